@@ -1,0 +1,53 @@
+"""Entry point of the `moeqos` console script."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules that each define `register(subparsers)`; their commands set `func` on the parsed namespace.
+COMMAND_MODULES = (
+    "moeqos.cli.model_cmds",      # model prepare
+    "moeqos.cli.eval_cmds",       # eval
+    "moeqos.cli.planner_cmds",    # plan, frontier, whatif
+    "moeqos.cli.serve_cmds",      # planner, executor (serve)
+    "moeqos.cli.client_cmds",     # generate, deploy, status
+    "moeqos.cli.demo_cmds",       # demo
+    "moeqos.cli.bench_cmds",      # bench
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moeqos",
+        description="Serve Mixture-of-Experts models with per-expert precision and tier placement.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a command group not installed in this image (e.g. the planner-only image)
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
