@@ -92,15 +92,20 @@ class Plan:
         """The (layer, expert) keys whose assignment differs from `other` (same shape required)."""
         self.check_shape(other.num_layers, other.num_experts)
         if other.group_size != self.group_size:
-            return [key for key, a in self.items() if a.precision.is_grouped or other[key].precision.is_grouped
-                    or a != other[key]]
+            return [
+                key
+                for key, a in self.items()
+                if a.precision.is_grouped or other[key].precision.is_grouped or a != other[key]
+            ]
         return [key for key, a in self.items() if a != other[key]]
 
     def bytes_per_tier(self, expert_bytes: Mapping[Precision, int]) -> dict[str, int]:
         """Bytes of experts the plan puts in each tier, given bytes per expert per precision."""
         totals: dict[str, int] = {}
         for assignment, count in self._counts.items():
-            totals[assignment.tier] = totals.get(assignment.tier, 0) + count * expert_bytes[assignment.precision]
+            totals[assignment.tier] = (
+                totals.get(assignment.tier, 0) + count * expert_bytes[assignment.precision]
+            )
         return totals
 
     def check_shape(self, num_layers: int, num_experts: int) -> None:
@@ -114,7 +119,11 @@ class Plan:
     # ----- construction -----------------------------------------------------------------------
     @classmethod
     def uniform(
-        cls, num_layers: int, num_experts: int, precision: Precision | str, tier: str,
+        cls,
+        num_layers: int,
+        num_experts: int,
+        precision: Precision | str,
+        tier: str,
         group_size: int = DEFAULT_GROUP_SIZE,
     ) -> Plan:
         """Every expert in the same precision and tier."""
@@ -123,10 +132,15 @@ class Plan:
 
     @classmethod
     def from_rules(
-        cls, num_layers: int, num_experts: int, default: Assignment, rules: list[PlacementRule],
+        cls,
+        num_layers: int,
+        num_experts: int,
+        default: Assignment,
+        rules: list[PlacementRule],
         group_size: int = DEFAULT_GROUP_SIZE,
     ) -> Plan:
         """Resolve ordered rules (first match wins) over a default into a flat plan."""
+
         def resolve(layer: int, expert: int) -> Assignment:
             rule = first_match(rules, layer, expert)
             if rule is None:
@@ -201,7 +215,10 @@ def _split_assignment(text: str) -> tuple[Precision, str]:
 
 
 def parse_plan(
-    text: str, num_layers: int, num_experts: int, default_tier: str,
+    text: str,
+    num_layers: int,
+    num_experts: int,
+    default_tier: str,
     group_size: int = DEFAULT_GROUP_SIZE,
 ) -> Plan:
     """Parse the text form (`int4@cpu,L0-3.E*=bf16`) or a JSON document into a plan for the model shape.

@@ -113,7 +113,9 @@ class QualityPoint:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QualityPoint:
-        return cls(str(data["plan_spec"]), float(data["perplexity"]), str(data["corpus"]), int(data["tokens"]))
+        return cls(
+            str(data["plan_spec"]), float(data["perplexity"]), str(data["corpus"]), int(data["tokens"])
+        )
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,7 @@ class Profile:
         rows = len(self.frequency)
         if rows != self.model.num_layers or any(len(r) != self.model.num_experts for r in self.frequency):
             raise ValueError(
-                f"frequency must be [{self.model.num_layers}, {self.model.num_experts}], "
-                f"got {rows} rows"
+                f"frequency must be [{self.model.num_layers}, {self.model.num_experts}], got {rows} rows"
             )
         for precision, grid in self.quant_error.items():
             if len(grid) != rows or any(len(r) != self.model.num_experts for r in grid):
@@ -186,7 +187,9 @@ class Profile:
     def from_dict(cls, data: dict[str, Any]) -> Profile:
         version = int(data.get("version", PROFILE_VERSION))
         if version != PROFILE_VERSION:
-            raise ValueError(f"profile version {version} is not supported (this build reads {PROFILE_VERSION})")
+            raise ValueError(
+                f"profile version {version} is not supported (this build reads {PROFILE_VERSION})"
+            )
         return cls(
             model=ModelIdentity.from_dict(data["model"]),
             hardware=HardwareIdentity.from_dict(data["hardware"]),

@@ -35,7 +35,9 @@ class TierBudget:
     def __post_init__(self) -> None:
         validate_tier(self.name)
         if not isinstance(self.budget_bytes, int) or self.budget_bytes < 0:
-            raise ValueError(f"tier {self.name}: budget must be a non-negative integer, got {self.budget_bytes!r}")
+            raise ValueError(
+                f"tier {self.name}: budget must be a non-negative integer, got {self.budget_bytes!r}"
+            )
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "budget_bytes": self.budget_bytes}

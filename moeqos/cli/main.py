@@ -9,13 +9,13 @@ from collections.abc import Sequence
 
 # Modules that each define `register(subparsers)`; their commands set `func` on the parsed namespace.
 COMMAND_MODULES = (
-    "moeqos.cli.model_cmds",      # model prepare
-    "moeqos.cli.eval_cmds",       # eval
-    "moeqos.cli.planner_cmds",    # plan, frontier, whatif
-    "moeqos.cli.serve_cmds",      # planner, executor (serve)
-    "moeqos.cli.client_cmds",     # generate, deploy, status
-    "moeqos.cli.demo_cmds",       # demo
-    "moeqos.cli.bench_cmds",      # bench
+    "moeqos.cli.model_cmds",  # model prepare
+    "moeqos.cli.eval_cmds",  # eval
+    "moeqos.cli.planner_cmds",  # plan, frontier, whatif
+    "moeqos.cli.serve_cmds",  # planner, executor (serve)
+    "moeqos.cli.client_cmds",  # generate, deploy, status
+    "moeqos.cli.demo_cmds",  # demo
+    "moeqos.cli.bench_cmds",  # bench
 )
 
 
