@@ -201,6 +201,19 @@ class Plan:
     def from_json(cls, text: str) -> Plan:
         return cls.from_dict(json.loads(text))
 
+    def to_proto(self) -> Any:
+        """This plan as a `moeqos.common.v1.Plan` message (see moeqos.wire)."""
+        from moeqos import wire  # lazy: the generated stubs are needed only at the edge
+
+        return wire.plan_to_proto(self)
+
+    @classmethod
+    def from_proto(cls, message: Any) -> Plan:
+        """A validated plan from a `moeqos.common.v1.Plan` message; InvalidArgument when malformed."""
+        from moeqos import wire
+
+        return wire.plan_from_proto(message)
+
     def describe(self) -> str:
         """One line for people: counts per assignment, most common first."""
         parts = [f"{count}x{a}" for a, count in self._counts.most_common()]

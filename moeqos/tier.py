@@ -45,3 +45,16 @@ class TierBudget:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> TierBudget:
         return cls(name=str(data["name"]), budget_bytes=int(data["budget_bytes"]))  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class TierStatus:
+    """One tier as an executor reports it: its budget and what the current plan puts there."""
+
+    name: str
+    budget_bytes: int
+    used_bytes: int
+    """Bytes of experts the current plan assigns to this tier."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "budget_bytes": self.budget_bytes, "used_bytes": self.used_bytes}

@@ -1,0 +1,212 @@
+"""Section `frontier`: the paper's central experiment, on the default model and Penn Treebank.
+
+Profile the executor (calibration ptb:train, fitting plans' perplexity on ptb:valid), fit both cost
+models, compute the planner's frontier, then measure plans spread along it that were not used for
+fitting: decode tokens/s (median of repeats) and ptb:test perplexity. The cost models are judged by
+their mean absolute percentage error on those held-out plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench import plots
+from bench.metrics import mape, ratio, spread_indices
+from bench.report import Goal, SectionResult, table
+
+SPEED_ERROR_GOAL = 10.0
+PERPLEXITY_ERROR_GOAL = 5.0
+RANGE_GOAL = 4.0
+MIN_PLANS = 8
+
+
+@dataclass(frozen=True)
+class Point:
+    """One held-out plan: predicted and measured speed and perplexity."""
+
+    spec: str
+    description: str
+    predicted_tokens_per_s: float
+    measured_tokens_per_s: float
+    predicted_perplexity: float
+    measured_perplexity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def held_out(ctx: Any) -> list[Any]:
+    """Frontier points spread evenly in log tokens/s, excluding plans the models were fitted to."""
+    fitting = {p.to_spec() for p in ctx.fitting_plans}
+    points = ctx.frontier
+    excluded = {i for i, r in enumerate(points) if r.plan.to_spec() in fitting}
+    speeds = [r.predicted_tokens_per_s for r in points]
+    return [points[i] for i in spread_indices(speeds, ctx.settings.measured_plans, excluded)]
+
+
+def measure(ctx: Any, result: Any) -> Point:
+    """Measure one frontier plan on the executor."""
+    speed = ctx.decode_speed(result.plan)
+    evaluation = ctx.perplexity(result.plan)
+    return Point(
+        result.plan.to_spec(),
+        result.plan.describe(),
+        result.predicted_tokens_per_s,
+        speed.tokens_per_s,
+        result.predicted_perplexity,
+        float(evaluation.perplexity),
+    )
+
+
+def run(ctx: Any) -> SectionResult:
+    """Profile, fit, solve the frontier, measure the held-out plans and both ends, report errors and range."""
+    points = [measure(ctx, r) for r in held_out(ctx)]
+    ends = [measure(ctx, r) for r in (ctx.frontier[0], ctx.frontier[-1])]
+    reference = float(ctx.perplexity(ctx.full_precision).perplexity)
+    result = SectionResult("frontier")
+    result.tables += [_plan_table(ctx, points, ends), _profile_table(ctx)]
+    result.goals += _goals(points, [*points, *ends], reference, ctx.models[1].reference_perplexity)
+    result.data = _data(ctx, points, ends, reference)
+    result.tables.insert(1, _range_table(result.data["range"]))
+    result.plots += _plots(ctx, points)
+    return result
+
+
+def _plan_table(ctx: Any, points: list[Point], ends: list[Point]) -> Any:
+    fitting = {p.to_spec() for p in ctx.fitting_plans}
+    labelled = [(p, "held out") for p in points]
+    labelled += [(p, "end, fitting" if p.spec in fitting else "end") for p in ends]
+    rows = [
+        [
+            p.description,
+            role,
+            p.predicted_tokens_per_s,
+            p.measured_tokens_per_s,
+            _error(p.predicted_tokens_per_s, p.measured_tokens_per_s),
+            p.predicted_perplexity,
+            p.measured_perplexity,
+            _error(p.predicted_perplexity, p.measured_perplexity),
+        ]
+        for p, role in labelled
+    ]
+    s = ctx.settings
+    notes = [
+        f"{len(points)} held-out frontier plans (of {len(ctx.frontier)} frontier points; fitting plans excluded) "
+        "and the frontier's two ends (for the range; in the error only if held out)",
+        f"tok/s: median of {s.repeats} greedy runs of {s.decode_tokens} tokens, decode rate after the first token",
+        f"perplexity: {len(ctx.test_ids)} ptb:test tokens, context {s.context_length}; predictions fitted "
+        f"on ptb:valid ({s.fit_tokens} tokens per fitting plan)",
+    ]
+    columns = ["plan", "role", "pred tok/s", "meas tok/s", "err %", "pred ppl", "meas ppl", "err %"]
+    return table("frontier: held-out plans, predicted vs measured", columns, rows, notes)
+
+
+def _range_table(span: dict[str, Any]) -> Any:
+    rows = [
+        [
+            "decode tok/s",
+            span["slowest_tokens_per_s"],
+            span["fastest_tokens_per_s"],
+            ratio(span["fastest_tokens_per_s"], span["slowest_tokens_per_s"]),
+        ],
+        [
+            "ptb:test perplexity",
+            span["perplexity_full_precision"],
+            span["perplexity_fastest"],
+            ratio(span["perplexity_fastest"], span["perplexity_full_precision"]),
+        ],
+    ]
+    notes = [f"fastest plan: {span['fastest_spec']}; perplexity from all-bf16 to the fastest measured plan"]
+    return table("frontier: range covered", ["quantity", "slow end", "fast end", "ratio"], rows, notes)
+
+
+def _profile_table(ctx: Any) -> Any:
+    profile, quality = ctx.profile, ctx.models[1]
+    rows = [[q.plan_spec, q.perplexity, q.tokens] for q in profile.quality_points]
+    notes = [
+        f"calibration: {profile.calibration_corpus}, {profile.calibration_tokens} tokens; "
+        f"fixed {profile.fixed_seconds * 1e3:.2f} ms/token outside the experts",
+        f"quality model: {quality.basis}",
+        f"frontier: {len(ctx.frontier)} points in {ctx.frontier_seconds:.2f} s; load {ctx.load_seconds:.1f} s",
+    ]
+    return table("frontier: fitting plans (ptb:valid)", ["plan", "perplexity", "tokens"], rows, notes)
+
+
+def _error(predicted: float, measured: float) -> float:
+    return 100.0 * (predicted - measured) / measured
+
+
+def _goals(
+    points: list[Point], measured: list[Point], reference: float, fitted_reference: float
+) -> list[Goal]:
+    """Error goals over the held-out `points`; the range goal over every `measured` plan."""
+    speeds = [p.measured_tokens_per_s for p in measured]
+    span = ratio(max(speeds), min(speeds))
+    goals = [
+        Goal("held-out plans measured", f">= {MIN_PLANS}", len(points), len(points) >= MIN_PLANS),
+        Goal("throughput range (fastest/slowest)", f">= {RANGE_GOAL:g}x", span, span >= RANGE_GOAL),
+    ]
+    if not points:
+        return goals
+    speed_error = mape([p.predicted_tokens_per_s for p in points], [p.measured_tokens_per_s for p in points])
+    ppl_error = mape([p.predicted_perplexity for p in points], [p.measured_perplexity for p in points])
+    shift = reference / fitted_reference  # ptb:test vs ptb:valid full-precision perplexity
+    shifted = mape([p.predicted_perplexity * shift for p in points], [p.measured_perplexity for p in points])
+    return [
+        *goals,
+        Goal("throughput MAPE %", f"< {SPEED_ERROR_GOAL:g}", speed_error, speed_error < SPEED_ERROR_GOAL),
+        Goal(
+            "perplexity MAPE %", f"< {PERPLEXITY_ERROR_GOAL:g}", ppl_error, ppl_error < PERPLEXITY_ERROR_GOAL
+        ),
+        Goal(
+            "perplexity MAPE %, test reference",
+            f"< {PERPLEXITY_ERROR_GOAL:g}",
+            shifted,
+            shifted < PERPLEXITY_ERROR_GOAL,
+        ),
+    ]
+
+
+def _data(ctx: Any, points: list[Point], ends: list[Point], reference: float) -> dict[str, Any]:
+    measured = [*points, *ends]
+    slowest = min(measured, key=lambda p: p.measured_tokens_per_s)
+    fastest = max(measured, key=lambda p: p.measured_tokens_per_s)
+    return {
+        "profile": ctx.profile.to_dict(),
+        "frontier": [r.to_dict() for r in ctx.frontier],
+        "frontier_seconds": ctx.frontier_seconds,
+        "held_out": [p.to_dict() for p in points],
+        "ends": [p.to_dict() for p in ends],
+        "full_precision": {
+            "perplexity": reference,
+            "tokens_per_s": ctx.decode_speed(ctx.full_precision).tokens_per_s,
+        },
+        "range": {
+            "slowest_tokens_per_s": slowest.measured_tokens_per_s,
+            "fastest_tokens_per_s": fastest.measured_tokens_per_s,
+            "perplexity_full_precision": reference,
+            "perplexity_fastest": fastest.measured_perplexity,
+            "fastest_spec": fastest.spec,
+        },
+    }
+
+
+def _plots(ctx: Any, points: list[Point]) -> list[str]:
+    if not points:
+        return []
+    speeds = ([p.predicted_tokens_per_s for p in points], [p.measured_tokens_per_s for p in points])
+    ppls = ([p.predicted_perplexity for p in points], [p.measured_perplexity for p in points])
+    title = f"{ctx.model_dir.name}: cost models on held-out frontier plans"
+    frontier = (
+        [r.predicted_tokens_per_s for r in ctx.frontier],
+        [r.predicted_perplexity for r in ctx.frontier],
+    )
+    return [
+        str(
+            plots.predicted_vs_measured(
+                ctx.out_dir / "frontier_predicted_vs_measured.png", speeds, ppls, title
+            )
+        ),
+        str(plots.frontier(ctx.out_dir / "frontier.png", frontier, (speeds[1], ppls[1]), ctx.model_dir.name)),
+    ]

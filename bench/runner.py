@@ -1,0 +1,111 @@
+"""The benchmark driver: run the chosen sections in order on one model, print, save JSON and plots.
+
+Sections share one `BenchContext` (one executor load, one profile, one frontier), so later sections
+compare against what earlier ones measured in the same run. A section that fails is reported as
+failed and the rest still run; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.report import SectionResult, write_json
+from bench.settings import FULL, QUICK, SECTIONS, parse_sections
+
+DEFAULT_OUT = Path("out/bench")
+
+_MODULES = {
+    "frontier": "bench.frontier",
+    "baseline": "bench.baseline",
+    "bandwidth": "bench.bandwidth",
+    "tiers": "bench.tiers",
+    "planner": "bench.planner_section",
+    "paper": "bench.paper",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags shared by `python -m bench` and `moeqos bench`."""
+    parser.add_argument(
+        "--model", type=Path, default=None, help="checkpoint directory (default: the default model)"
+    )
+    parser.add_argument("--quick", action="store_true", help="bounded smoke run: few tokens, plans, repeats")
+    parser.add_argument(
+        "--only", default=None, type=_sections, help=f"comma-separated sections: {','.join(SECTIONS)}"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results.json and PNG plots go here")
+    parser.add_argument("--json", action="store_true", help="print the results JSON instead of tables")
+    return parser
+
+
+def _sections(text: str) -> str:
+    try:
+        parse_sections(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def command_line(program: str, args: argparse.Namespace) -> str:
+    """The command that reproduces this run, for table headers and the JSON."""
+    words = [*program.split(), *(["--model", str(args.model)] if args.model else [])]
+    words += [*(["--quick"] if args.quick else []), *(["--only", args.only] if args.only else [])]
+    return shlex.join([*words, "--out", str(args.out), *(["--json"] if args.json else [])])
+
+
+def run(args: argparse.Namespace, program: str) -> int:
+    """Run the benchmark described by parsed `args` (`program` names the entry point); returns the
+    exit status."""
+    from bench.context import BenchContext
+
+    command = command_line(program, args)
+    sections = parse_sections(args.only)
+    settings = QUICK if args.quick else FULL
+    started, clock = datetime.now(UTC), time.perf_counter()
+    context = BenchContext.create(args.model, settings, Path(args.out), command)
+    results = []
+    for name in sections:
+        results.append(_run_section(name, context))
+        if not args.json:  # tables as each section finishes: a full run takes minutes
+            print(results[-1].render(context.header()) + "\n", flush=True)
+    document = {
+        "command": command,
+        "started_at": started.isoformat(timespec="seconds"),
+        "seconds": time.perf_counter() - clock,
+        "machine": context.machine_dict(),
+        "model": context.model_summary(),
+        "settings": settings.to_dict(),
+        "sections": {r.name: r.to_dict() for r in results},
+    }
+    path = write_json(Path(args.out) / "results.json", document)
+    print(path.read_text() if args.json else f"results: {path}", end="" if args.json else "\n")
+    return 1 if any(r.error for r in results) else 0
+
+
+def _run_section(name: str, context: Any) -> SectionResult:
+    """Run one section, timing it; an exception becomes the section's error, not the run's end."""
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        result: SectionResult = importlib.import_module(_MODULES[name]).run(context)
+    except Exception as exc:  # a broken section must not hide the others' numbers
+        traceback.print_exc(file=sys.stderr)
+        result = SectionResult(name, error=f"{type(exc).__name__}: {exc}")
+    result.seconds = time.perf_counter() - start
+    print(f"[bench] {name} done in {result.seconds:.1f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bench` entry point."""
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m bench", description=__doc__))
+    return run(parser.parse_args(argv), "python -m bench")

@@ -1,0 +1,65 @@
+"""The MoE block the runtime swaps into every decoder layer in place of transformers' own.
+
+Legend for shape comments: B batch, S sequence, T = B*S tokens, H hidden, E experts, K top-k, N tokens
+routed to one expert.
+
+The router stays full precision (fp32) on purpose: it is tiny, and quantizing it would change which
+experts run, which a per-expert plan is meant to control. Routing reproduces transformers'
+`MixtralTopKRouter` (softmax over all experts, top-k, renormalise the k weights to sum to one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RouteObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""Called as observer(layer, hidden [T, H], top_index [T, K]) on every routed batch (profiling)."""
+
+
+class ExpertRunner(Protocol):
+    """What a MoE block needs from the expert store: compute one expert on some tokens."""
+
+    def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class MoeBlock(nn.Module):
+    """fp32 top-k router plus dispatch of tokens to experts held by an `ExpertRunner`."""
+
+    def __init__(self, layer: int, router_weight: torch.Tensor, top_k: int, runner: ExpertRunner) -> None:
+        super().__init__()
+        self.layer = layer
+        self.top_k = top_k
+        # fp32 on purpose, whatever the dense precision
+        self.router_weight = nn.Parameter(router_weight.float(), requires_grad=False)  # [E, H]
+        self.runner = runner
+        self.observer: RouteObserver | None = None
+        self.experts_enabled = True
+        """False only while profiling the fixed (non-expert) decode cost."""
+
+    def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k expert indices [T, K] and their renormalised weights [T, K] (fp32)."""
+        logits = F.linear(flat.float(), self.router_weight)  # [T, E]
+        probs = torch.softmax(logits, dim=-1)  # [T, E]
+        weights, index = torch.topk(probs, self.top_k, dim=-1)  # [T, K], [T, K]
+        weights = weights / weights.sum(dim=-1, keepdim=True)  # [T, K]
+        return index, weights
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shape = hidden_states.shape  # [B, S, H]
+        flat = hidden_states.reshape(-1, shape[-1])  # [T, H]
+        index, weights = self.route(flat)  # [T, K], [T, K]
+        if self.observer is not None:
+            self.observer(self.layer, flat, index)
+        out = torch.zeros_like(flat)  # [T, H]
+        if not self.experts_enabled:
+            return out.reshape(shape)
+        for expert in torch.unique(index).tolist():
+            token, slot = torch.where(index == expert)  # [N], [N]
+            y = self.runner.run(self.layer, expert, flat[token])  # [N, H]
+            out.index_add_(0, token, (y * weights[token, slot, None]).to(out.dtype))
+        return out.reshape(shape)

@@ -1,0 +1,84 @@
+"""How the executor service measures its profile and evaluates plans: which corpus, how many tokens,
+which reference plans (policy), over ExecutorRuntime.profile / .evaluate (mechanism).
+
+Over the wire only the fixed corpus names are accepted (`ptb:train`, ...): a `text:PATH` corpus would
+let a remote caller make the server open any file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from executor.evaluation import EvalResult
+from executor.runtime import ExecutorRuntime
+from moeqos.corpora import CALIBRATION_CORPUS, FITTING_CORPUS, corpus_names, load_corpus, tokenize_prefix
+from moeqos.errors import InvalidArgument, OutOfRange
+from moeqos.plan import Plan
+from moeqos.precision import Precision
+from moeqos.profile import Profile
+
+Progress = Callable[[str, float], None]
+
+MAX_TOKENS = 65536
+"""Most corpus tokens one request may ask to measure or score."""
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """What a profile measurement covers (defaults keep it to seconds on a tiny model)."""
+
+    corpus: str = CALIBRATION_CORPUS
+    """Calibration corpus (frequencies, quantization errors)."""
+    tokens: int = 1024
+    """Calibration tokens."""
+    quality_corpus: str = FITTING_CORPUS
+    """Corpus the reference plans' perplexities are measured on."""
+    quality_tokens: int = 256
+    """Tokens scored per reference plan."""
+    quality_precisions: tuple[Precision, ...] = (Precision.BF16, Precision.INT8, Precision.INT4)
+    """Uniform plans (on the device) whose perplexity is measured; the most precise is the reference."""
+    repeats: int = 3
+    """Timing repeats per measured cost."""
+
+    def __post_init__(self) -> None:
+        for name in (self.corpus, self.quality_corpus):
+            wire_corpus(name)
+        if self.tokens < 16 or self.quality_tokens < 16 or self.repeats < 1:
+            raise ValueError("tokens and quality_tokens must be >= 16 and repeats >= 1")
+
+
+def wire_corpus(name: str) -> str:
+    """`name` if it is one of the fixed corpora a remote caller may name, else InvalidArgument."""
+    if name not in corpus_names():
+        raise InvalidArgument(f"unknown corpus {name!r}; known: {', '.join(corpus_names())}")
+    return name
+
+
+def corpus_ids(runtime: ExecutorRuntime, name: str, tokens: int) -> list[int]:
+    """The first `tokens` token ids of a fixed corpus under the runtime's tokenizer."""
+    if not 16 <= tokens <= MAX_TOKENS:
+        raise OutOfRange(f"tokens must be in [16, {MAX_TOKENS}], got {tokens}")
+    if runtime.tokenizer is None:
+        raise InvalidArgument("corpora need a tokenizer; this model directory has none")
+    return list(tokenize_prefix(load_corpus(wire_corpus(name)), runtime.tokenizer, tokens).token_ids)
+
+
+def measure(runtime: ExecutorRuntime, settings: MeasureSettings, quality: bool, progress: Progress) -> Profile:
+    """A fresh profile; with `quality`, also the perplexity of the uniform reference plans."""
+    plans = [
+        Plan.uniform(runtime.num_layers, runtime.num_experts, p, runtime.default_tier)
+        for p in (settings.quality_precisions if quality else ())
+    ]
+    return runtime.profile(
+        corpus_ids(runtime, settings.corpus, settings.tokens), settings.corpus, repeats=settings.repeats,
+        max_tokens=settings.tokens, quality_plans=plans,
+        quality_ids=corpus_ids(runtime, settings.quality_corpus, settings.quality_tokens) if plans else None,
+        progress=progress,
+    )
+
+
+def evaluate(runtime: ExecutorRuntime, corpus: str, tokens: int, plan: Plan | None) -> EvalResult:
+    """Perplexity and decode tokens/s of `plan` (None: the plan in force) on a fixed corpus."""
+    ids = corpus_ids(runtime, corpus, tokens)
+    return runtime.evaluate(ids, plan, context_length=min(512, runtime.context_length))

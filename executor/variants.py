@@ -1,0 +1,152 @@
+"""Where an expert's weights come from in the precision a plan asks for.
+
+`VariantFactory.build` looks in three places, cheapest first: the in-memory cache of variants no plan
+uses right now (LRU, bounded by bytes), the on-disk variant cache (one safetensors file per
+(layer, expert, precision, group_size)), and finally the checkpoint itself, quantizing from the
+original weights. So switching back and forth between two plans quantizes each variant once.
+The `disk` tier reads its experts from the same on-disk files, which therefore hold quantized bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from executor.adapters import ModelAdapter
+from executor.checkpoint import Checkpoint
+from executor.quant import QuantExpert
+from moeqos.precision import Precision
+
+ExpertKey = tuple[int, int]
+"""(layer, expert)"""
+VariantKey = tuple[int, int, Precision, int]
+"""(layer, expert, precision, group_size)"""
+
+
+class MemoryVariantCache:
+    """Host-RAM LRU of built variants not in use, bounded by their bytes."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self._entries: OrderedDict[VariantKey, QuantExpert] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: VariantKey) -> QuantExpert | None:
+        """Remove and return the variant (it is about to be used by a plan)."""
+        with self._lock:
+            module = self._entries.pop(key, None)
+            if module is not None:
+                self.used_bytes -= module.nbytes()
+            return module
+
+    def put(self, key: VariantKey, module: QuantExpert) -> None:
+        """Keep a variant a plan stopped using; evicts the least recently kept ones beyond capacity."""
+        size = module.nbytes()
+        if size > self.capacity_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                self.used_bytes -= self._entries.pop(key).nbytes()
+            self._entries[key] = module
+            self.used_bytes += size
+            while self.used_bytes > self.capacity_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.used_bytes -= evicted.nbytes()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class VariantFactory:
+    """Builds experts in a precision from the caches or the checkpoint, and keeps the on-disk files."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        adapter: ModelAdapter,
+        shape: tuple[int, int],
+        directory: Path,
+        memory_cache_bytes: int,
+        persist_all: bool,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.adapter = adapter
+        self.hidden, self.intermediate = shape
+        self.directory = directory
+        self.memory = MemoryVariantCache(memory_cache_bytes)
+        self.persist_all = persist_all
+        """Write every variant built to disk (a configured cache dir), not only the disk tier's."""
+        self.quantized = 0
+        """Variants quantized from the checkpoint so far (the caches' misses)."""
+
+    def path(self, key: VariantKey) -> Path:
+        layer, expert, precision, group_size = key
+        return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}.safetensors"
+
+    def check_experts(self, num_layers: int, num_experts: int) -> None:
+        """Fail at load, not at the first plan that needs it, if any expert tensor is missing or misshapen."""
+        up, down = (self.intermediate, self.hidden), (self.hidden, self.intermediate)
+        for layer in range(num_layers):
+            for expert in range(num_experts):
+                k1, k2, k3 = self.adapter.expert_keys(layer, expert)
+                for key, shape in ((k1, up), (k2, down), (k3, up)):
+                    self.checkpoint.check(key, shape)
+
+    def read_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w1 [I, H], w2 [H, I], w3 [I, H]) from the checkpoint, checked for shape."""
+        k1, k2, k3 = self.adapter.expert_keys(layer, expert)
+        up, down = (self.intermediate, self.hidden), (self.hidden, self.intermediate)
+        return self.checkpoint.read(k1, up), self.checkpoint.read(k2, down), self.checkpoint.read(k3, up)
+
+    def build(self, key: VariantKey, device: str) -> QuantExpert:
+        """The variant on `device`, from memory, the disk cache or the checkpoint (then persisted)."""
+        module = self.memory.take(key)
+        if module is not None:
+            return module.to_device(device)
+        if self.path(key).is_file():
+            return self.load(key, device)[0]
+        module = self._quantize(key, device)
+        if self.persist_all:
+            self._save(key, module)
+        return module
+
+    def ensure_file(self, key: VariantKey) -> Path:
+        """Make sure the on-disk variant exists (the `disk` tier's backing store)."""
+        path = self.path(key)
+        if not path.is_file():
+            module = self.memory.take(key) or self._quantize(key, "cpu")
+            self._save(key, module)
+            self.memory.put(key, module.to_device("cpu"))
+        return path
+
+    def load(self, key: VariantKey, device: str) -> tuple[QuantExpert, int]:
+        """Read the on-disk variant onto `device`; returns it and the bytes read."""
+        path = self.path(key)
+        state = load_file(str(path), device="cpu")
+        module = QuantExpert.from_state(state, key[2], key[3], device)
+        return module, path.stat().st_size
+
+    def retire(self, key: VariantKey, module: QuantExpert) -> None:
+        """A plan stopped using this variant: keep it in host RAM for a later switch back."""
+        self.memory.put(key, module.to_device("cpu"))
+
+    def _quantize(self, key: VariantKey, device: str) -> QuantExpert:
+        layer, expert, precision, group_size = key
+        w1, w2, w3 = self.read_weights(layer, expert)
+        self.quantized += 1
+        return QuantExpert.from_weights(w1, w2, w3, precision, group_size=group_size, device=device)
+
+    def _save(self, key: VariantKey, module: QuantExpert) -> None:
+        """Write atomically (temp file + rename) so a crash never leaves a truncated variant."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {name: t.detach().to("cpu").contiguous() for name, t in module.to_state().items()}
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, path)

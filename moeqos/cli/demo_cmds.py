@@ -1,0 +1,103 @@
+"""`moeqos demo` (the whole system on this machine, end to end) and `moeqos health ADDR` (a probe)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the `demo` and `health` commands."""
+    demo = subparsers.add_parser(
+        "demo",
+        help="start a planner and two executors locally (as docker-compose.yml describes), deploy two QoS "
+        "targets, stream from each, measure, plot the frontier, stop",
+    )
+    demo.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
+    demo.add_argument(
+        "--compose", type=Path, help="compose file (default: the checkout's docker-compose.yml)"
+    )
+    demo.add_argument(
+        "--model", type=Path, help="serve this checkpoint directory instead of the default model"
+    )
+    demo.add_argument("--prompt", default="The stock market today", help="prompt for both generations")
+    demo.add_argument("--max-tokens", type=int, default=40, help="tokens to generate per executor")
+    demo.add_argument("--eval-tokens", type=int, default=1024, help="ptb:test tokens for measured perplexity")
+    demo.add_argument(
+        "--max-ppl-increase",
+        type=float,
+        help="speed target: perplexity ceiling over full precision (default: 15%% of it)",
+    )
+    demo.add_argument(
+        "--min-tps",
+        type=float,
+        help="quality target: tokens/s floor (default: 15%% of the way from the most "
+        "accurate plan's speed to the fastest plan's)",
+    )
+    demo.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for SERVING")
+    demo.set_defaults(func=run_demo)
+
+    health = subparsers.add_parser(
+        "health", help="gRPC health check of a planner or executor (exit 0: SERVING)"
+    )
+    health.add_argument("address", help="host:port")
+    health.add_argument("--service", default="", help="service name (default: the whole server)")
+    health.add_argument("--wait", type=float, default=0.0, help="keep probing up to this many seconds")
+    health.add_argument("--json", action="store_true", help="print {address, status} as JSON")
+    health.set_defaults(func=run_health)
+
+
+def run_health(args: argparse.Namespace) -> int:
+    """Probe once (or until SERVING within --wait seconds); exit 0 only when SERVING."""
+    from client.base import SyncBase
+    from moeqos.errors import MoeqosError
+
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            with SyncBase(args.address) as probe:
+                status = probe.health(args.service, timeout=5.0)
+        except MoeqosError as exc:
+            status = f"UNAVAILABLE ({exc})"
+        if status == "SERVING" or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    print(
+        json.dumps({"address": args.address, "status": status}) if args.json else f"{args.address}: {status}"
+    )
+    return 0 if status == "SERVING" else 1
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The main job; see `moeqos demo --help`."""
+    from moeqos.demo.run import MODEL_VAR, Clock, load_local, started_services
+    from moeqos.demo.scenario import DemoSettings, run_scenario
+
+    say = Clock()
+    out_dir = args.out.resolve()
+    env = {MODEL_VAR: str(args.model.resolve())} if args.model else {}
+    services = load_local(args.compose, env)
+    settings = DemoSettings(
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        eval_tokens=args.eval_tokens,
+        max_perplexity_increase=args.max_ppl_increase,
+        min_tokens_per_s=args.min_tps,
+    )
+    say(f"moeqos demo: {len(services)} services from the compose file; their logs go to {out_dir / 'logs'}")
+    with started_services(
+        services, out_dir / "logs", say, skip_jobs=bool(args.model), timeout=args.startup_timeout
+    ) as running:
+        executors = {name: running.address(name) for name in running.names_running("executor")}
+        if len(executors) < 2:
+            print(f"the compose file has {len(executors)} executors; the demo needs two", file=sys.stderr)
+            return 1
+        planner = running.address(running.names_running("planner")[0])
+        report = run_scenario(planner, executors, settings, out_dir, say)
+    (out_dir / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+    say(f"done: plot {report['plot']}, report {out_dir / 'demo.json'}, logs {out_dir / 'logs'}")
+    return 0

@@ -1,0 +1,187 @@
+"""What the demo does once the services are up: pick two QoS targets from the frontier, deploy them
+through the planner, stream a generation from each executor, measure perplexity and speed, and plot.
+
+Talks to the services only through the clients in `client/`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from client import ExecutorClient, PlannerClient
+from client.types import DeployOutcome, DeploySpec, PlanOutcome, Sampling
+from moeqos.demo.plot import Deployed, Point, plot_frontier
+from moeqos.qos import QosTarget
+
+Say = Callable[[str], None]
+LONG_CALL_S = 900.0
+"""Deadline for calls that may measure a profile first (minutes on the real model, 2 cores)."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo asks of the two executors."""
+
+    prompt: str = "The stock market today"
+    max_tokens: int = 40
+    eval_corpus: str = "ptb:test"
+    eval_tokens: int = 1024
+    """Tokens of `eval_corpus` the measured perplexity is taken over (bounded: this is a demo)."""
+    max_perplexity_increase: float | None = None
+    """The speed target's ceiling over full precision; None: 15% of the full-precision perplexity."""
+    min_tokens_per_s: float | None = None
+    """The quality target's floor; None: 15% of the way from the most accurate plan's predicted speed
+    to the fastest plan's."""
+    frontier_points: int = 12
+
+
+@dataclass(frozen=True)
+class ExecutorResult:
+    """One executor's part of the demo."""
+
+    name: str
+    address: str
+    target: str
+    plan: str
+    plan_spec: str
+    predicted_tokens_per_s: float
+    predicted_perplexity: float
+    generated_text: str
+    measured_tokens_per_s: float
+    measured_perplexity: float
+    eval_tokens: int
+
+
+def choose_targets(frontier: list[PlanOutcome], settings: DemoSettings) -> tuple[QosTarget, QosTarget]:
+    """A speed target (a perplexity ceiling generous enough for 4- and 3-bit experts) and a quality
+    target (a throughput floor modest enough to keep most experts at 16 bits), placed on this
+    model's own frontier unless the settings fix them."""
+    best = min(frontier, key=lambda p: p.prediction.perplexity).prediction
+    fastest = max(p.prediction.tokens_per_s for p in frontier)
+    increase = settings.max_perplexity_increase
+    floor = settings.min_tokens_per_s
+    if increase is None:
+        increase = round(0.15 * best.perplexity, 2)
+    if floor is None:
+        floor = round(best.tokens_per_s + 0.15 * (fastest - best.tokens_per_s), 2)
+    return QosTarget(max_perplexity_increase=increase), QosTarget(min_tokens_per_s=floor)
+
+
+def stream_generation(name: str, address: str, settings: DemoSettings) -> tuple[str, float]:
+    """Print the tokens of one generation as they arrive; return the text and measured decode tokens/s."""
+    pieces: list[str] = []
+    tokens_per_s = 0.0
+    sys.stdout.write(f"    {name} > {settings.prompt}")
+    with ExecutorClient(address) as client:
+        for event in client.generate(
+            settings.prompt, Sampling(max_tokens=settings.max_tokens), timeout=LONG_CALL_S
+        ):
+            pieces.append(event.text)
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+            if event.stats is not None:
+                tokens_per_s = event.stats.tokens_per_s
+    sys.stdout.write("\n")
+    return "".join(pieces), tokens_per_s
+
+
+def run_scenario(
+    planner: str, executors: Mapping[str, str], settings: DemoSettings, out_dir: Path, say: Say
+) -> dict[str, Any]:
+    """The demo proper, against running services; returns the report (also written to demo.json)."""
+    (speed_name, speed_addr), (quality_name, quality_addr) = list(executors.items())[:2]
+    with PlannerClient(planner) as client:
+        say(f"asking the planner for the speed/quality frontier of {speed_name} (measures its profile first)")
+        frontier = client.frontier(executor=speed_addr, points=settings.frontier_points, timeout=LONG_CALL_S)
+        say(f"frontier: {len(frontier)} plans, {_span(frontier)}")
+        speed, quality = choose_targets(frontier, settings)
+        say(f"deploying  {speed_name}: {speed.describe()}  |  {quality_name}: {quality.describe()}")
+        specs = [DeploySpec(speed_addr, speed), DeploySpec(quality_addr, quality)]
+        outcomes = client.deploy(specs, timeout=LONG_CALL_S)
+    results = []
+    for name, target, outcome in zip((speed_name, quality_name), (speed, quality), outcomes, strict=True):
+        results.append(_exercise(name, target, outcome, settings, say))
+    _print_table(results)
+    plot = _plot(frontier, results, out_dir / "frontier.png", speed_name)
+    say(f"frontier plot written to {plot}")
+    return {
+        "settings": asdict(settings),
+        "executors": [asdict(r) for r in results],
+        "plot": str(plot),
+        "frontier": [_point(p) for p in frontier],
+    }
+
+
+def _exercise(
+    name: str, target: QosTarget, outcome: DeployOutcome, settings: DemoSettings, say: Say
+) -> ExecutorResult:
+    address = outcome.executor_address
+    say(
+        f"{name} runs {outcome.plan.describe()} (switched {outcome.report.experts_changed} experts "
+        f"in {outcome.report.seconds:.1f}s); streaming a generation:"
+    )
+    text, tokens_per_s = stream_generation(name, address, settings)
+    say(f"{name}: measuring perplexity on {settings.eval_corpus} ({settings.eval_tokens} tokens)")
+    start = time.monotonic()
+    with ExecutorClient(address) as client:
+        evaluation = client.evaluate(settings.eval_corpus, settings.eval_tokens, timeout=LONG_CALL_S)
+    say(f"{name}: perplexity {evaluation.perplexity:.2f} ({time.monotonic() - start:.0f}s)")
+    return ExecutorResult(
+        name=name,
+        address=address,
+        target=target.describe(),
+        plan=outcome.plan.describe(),
+        plan_spec=outcome.plan.to_spec(),
+        predicted_tokens_per_s=outcome.prediction.tokens_per_s,
+        predicted_perplexity=outcome.prediction.perplexity,
+        generated_text=text,
+        measured_tokens_per_s=tokens_per_s,
+        measured_perplexity=evaluation.perplexity,
+        eval_tokens=evaluation.tokens,
+    )
+
+
+def _span(frontier: list[PlanOutcome]) -> str:
+    speeds = [p.prediction.tokens_per_s for p in frontier]
+    ppls = [p.prediction.perplexity for p in frontier]
+    return (
+        f"{min(speeds):.1f}-{max(speeds):.1f} tok/s, perplexity {min(ppls):.2f}-{max(ppls):.2f} (predicted)"
+    )
+
+
+def _point(outcome: PlanOutcome) -> dict[str, Any]:
+    p = outcome.prediction
+    return {"plan": outcome.plan.to_spec(), "tokens_per_s": p.tokens_per_s, "perplexity": p.perplexity}
+
+
+def _print_table(results: list[ExecutorResult]) -> None:
+    header = f"{'executor':<12} {'target':<34} {'tok/s pred':>10} {'tok/s meas':>10} {'ppl pred':>9} {'ppl meas':>9}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in results:
+        print(
+            f"{r.name:<12} {r.target:<34} {r.predicted_tokens_per_s:>10.2f} {r.measured_tokens_per_s:>10.2f} "
+            f"{r.predicted_perplexity:>9.2f} {r.measured_perplexity:>9.2f}"
+        )
+    for r in results:
+        print(f"  {r.name}: {r.plan}\n    plan spec: {r.plan_spec}")
+    print()
+
+
+def _plot(frontier: list[PlanOutcome], results: list[ExecutorResult], path: Path, source: str) -> Path:
+    points = [Point(p.prediction.tokens_per_s, p.prediction.perplexity) for p in frontier]
+    deployed = [
+        Deployed(
+            r.name,
+            Point(r.predicted_tokens_per_s, r.predicted_perplexity),
+            Point(r.measured_tokens_per_s, r.measured_perplexity),
+        )
+        for r in results
+    ]
+    return plot_frontier(
+        points, deployed, path, f"moeqos: plans on {source}'s frontier, predicted and measured"
+    )

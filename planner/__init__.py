@@ -1,0 +1,1 @@
+"""The planner's pure core: cost models fitted to a Profile, an exact MILP solver and what-if profiles (no torch)."""

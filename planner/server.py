@@ -1,0 +1,96 @@
+"""The planner server: config, assembly (servicer + error map + auth + health + reflection), run loop.
+
+config = PlannerServerConfig.from_env_and_args(args)   # flags and MOEQOS_* read here, only here
+asyncio.run(serve(config))                               # until SIGTERM/SIGINT, then a graceful stop
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+
+from client.channel import ConnectOptions
+from moeqos import server_common
+from moeqos.server_common import Server, ServerConfig, start_server
+from moeqos_proto.planner.v1 import planner_pb2, planner_pb2_grpc
+from planner.servicer import PlannerServicer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+SERVICE_NAME = planner_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
+STATE_CHANGING = ("Deploy",)
+"""Methods that need the token whenever one is configured (the rest only with `auth_read`)."""
+
+
+@dataclass(frozen=True)
+class PlannerServerConfig(ServerConfig):
+    """Settings of a planner server (the common ones are documented on ServerConfig)."""
+
+    advertise_address: str | None = None
+    """Address executors reach this planner at (given to them by Deploy); None: the bound address."""
+    workers: int = 2
+    """Threads that run solves, so the event loop never blocks."""
+    peer_token: str | None = None
+    """Token sent to executors (None: this server's own token)."""
+    peer_tls_ca: Path | None = None
+    """PEM CA to verify executors with; set it to reach executors over TLS."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.peer_tls_ca is not None and not Path(self.peer_tls_ca).is_file():
+            raise ValueError(f"peer TLS CA {self.peer_tls_ca} does not exist")
+
+    @classmethod
+    def from_env_and_args(cls, args: Any = None, env: Mapping[str, str] | None = None) -> PlannerServerConfig:
+        """The config from parsed CLI flags (which win) and MOEQOS_* environment variables."""
+        env = server_common.env() if env is None else env
+        common = server_common.common_settings(args, env, DEFAULT_LISTEN)
+        peer_ca = getattr(args, "peer_tls_ca", None) or env.get("MOEQOS_PEER_TLS_CA")
+        return cls(
+            **common,
+            advertise_address=getattr(args, "advertise", None) or env.get("MOEQOS_ADVERTISE_ADDRESS"),
+            workers=int(getattr(args, "workers", None) or env.get("MOEQOS_PLANNER_WORKERS") or 2),
+            peer_token=getattr(args, "peer_token", None) or env.get("MOEQOS_PEER_TOKEN"),
+            peer_tls_ca=Path(peer_ca) if peer_ca else None,
+        )
+
+    def peer_options(self) -> ConnectOptions:
+        """How this planner connects to executors."""
+        return ConnectOptions(token=self.peer_token or self.token, tls_ca=self.peer_tls_ca, timeout=60.0)
+
+
+async def start_planner(config: PlannerServerConfig) -> tuple[Server, ThreadPoolExecutor]:
+    """Start a planner server and mark it SERVING (it needs no warm-up). Returns it and its solver pool."""
+    pool = ThreadPoolExecutor(config.workers, thread_name_prefix="planner")
+    servicer = PlannerServicer(pool, config.peer_options(), config.advertise_address or "")
+
+    def register(server: grpc.aio.Server) -> None:
+        planner_pb2_grpc.add_PlannerServiceServicer_to_server(servicer, server)
+
+    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING)
+    if not config.advertise_address:
+        servicer.advertise_address = server_common.reachable_address(config.listen, server.port)
+    await server.set_serving(True)
+    return server, pool
+
+
+async def serve(config: PlannerServerConfig, on_started: Any = None) -> None:
+    """Run a planner until SIGTERM or SIGINT, then stop gracefully (calls in flight get the grace period)."""
+    server, pool = await start_planner(config)
+    if on_started is not None:
+        on_started(server.port)
+    log.info("planner serving on port %d", server.port)
+    try:
+        await server_common.wait_for_signal()
+    finally:
+        await server.stop(config.grace_seconds)
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,141 @@
+"""The planner's gRPC servicer: parse, call the pure planner core in a worker thread, convert.
+
+Stateless: every call carries its profile or names the executor to fetch it from. Errors are raised as
+moeqos.errors exceptions; the server's one interceptor (moeqos.grpc_errors) maps them to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import grpc.aio
+
+from client import convert, descriptions
+from client.channel import ConnectOptions
+from client.executor import AsyncExecutorClient
+from client.types import Prediction
+from moeqos import wire
+from moeqos.errors import InvalidArgument
+from moeqos.profile import Profile
+from moeqos.tier import TierBudget
+from moeqos_proto.planner.v1 import planner_pb2 as pl
+from moeqos_proto.planner.v1 import planner_pb2_grpc as pl_grpc
+from planner.catalog import HARDWARE, MODELS
+from planner.descriptions import HardwareDescription, ModelDescription
+from planner.solver import PlanRequest, PlanResult, solve
+from planner.whatif import analytic_profile
+
+T = TypeVar("T")
+
+
+def prediction_of(result: PlanResult) -> Prediction:
+    """The wire-level prediction of a solver result."""
+    return Prediction(
+        result.predicted_tokens_per_s,
+        result.predicted_perplexity,
+        result.perplexity_is_estimate,
+        dict(result.bytes_per_tier),
+        result.notes,
+    )
+
+
+def point(result: PlanResult) -> pl.FrontierPoint:
+    """A plan with its predictions, as the wire has them."""
+    prediction = convert.prediction_to_proto(prediction_of(result))
+    return pl.FrontierPoint(plan=wire.plan_to_proto(result.plan), prediction=prediction)
+
+
+def _described_model(request: pl.WhatIfRequest) -> ModelDescription:
+    if request.WhichOneof("model") == "model_description":
+        return descriptions.model_from_proto(request.model_description)
+    if request.model_name not in MODELS:
+        raise InvalidArgument(f"unknown model {request.model_name!r}; built in: {', '.join(MODELS)}")
+    return MODELS[request.model_name]
+
+
+def _described_hardware(request: pl.WhatIfRequest) -> HardwareDescription:
+    # Only built-in names: `planner.whatif.hardware_named` also reads file paths, which a remote
+    # caller must not be able to make the server open.
+    if request.WhichOneof("hardware") == "hardware_description":
+        return descriptions.hardware_from_proto(request.hardware_description)
+    if request.hardware_name not in HARDWARE:
+        raise InvalidArgument(f"unknown hardware {request.hardware_name!r}; built in: {', '.join(HARDWARE)}")
+    return HARDWARE[request.hardware_name]
+
+
+class PlannerServicer(pl_grpc.PlannerServiceServicer):
+    """Plan, Frontier, WhatIf and Deploy over the pure planner core."""
+
+    def __init__(self, pool: Executor, peer: ConnectOptions, advertise_address: str) -> None:
+        self._pool = pool
+        self._peer = peer
+        """How to reach executors (token, TLS, deadline)."""
+        self.advertise_address = advertise_address
+        """The address Deploy gives executors to reach this planner at (set once the port is bound)."""
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound planner work off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _profile(self, source: pl.ProfileSource) -> Profile:
+        kind = source.WhichOneof("source")
+        if kind == "profile":
+            return wire.profile_from_proto(source.profile)
+        if kind == "executor_address" and source.executor_address:
+            async with AsyncExecutorClient(source.executor_address, self._peer) as executor:
+                return await executor.get_profile(timeout=None)
+        raise InvalidArgument("source must give a profile or an executor address")
+
+    async def Plan(self, request: pl.PlanRequest, context: grpc.aio.ServicerContext) -> pl.PlanResponse:
+        plan_request = PlanRequest(
+            await self._profile(request.source),
+            wire.target_from_proto(request.target),
+            wire.budgets_from_proto(request.budgets),
+            wire.pins_from_proto(request.pins),
+        )
+        result = await self._run(solve, plan_request)
+        chosen = point(result)
+        return pl.PlanResponse(
+            plan=chosen.plan, prediction=chosen.prediction, solve_seconds=result.solve_seconds
+        )
+
+    async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
+        profile = analytic_profile(_described_model(request), _described_hardware(request))
+        budgets = wire.budgets_from_proto(request.budgets)
+        response = pl.WhatIfResponse(profile=wire.profile_to_proto(profile))
+        if request.HasField("target"):
+            plan_request = PlanRequest(profile, wire.target_from_proto(request.target), budgets)
+            response.best.CopyFrom(point(await self._run(solve, plan_request)))
+        return response
+
+    async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
+        if not request.targets:
+            raise InvalidArgument("deploy needs at least one executor and target")
+        addresses = [t.executor_address for t in request.targets]
+        if "" in addresses or len(set(addresses)) != len(addresses):
+            raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
+        planner_address = request.planner_address or self.advertise_address
+        results = await asyncio.gather(*(self._deploy_one(t, planner_address) for t in request.targets))
+        return pl.DeployResponse(results=results)
+
+    async def _deploy_one(self, spec: pl.DeployTarget, planner_address: str) -> pl.DeployResult:
+        """Fetch the profile, solve, apply the plan, then leave the executor its standing target."""
+        target = wire.target_from_proto(spec.target)
+        budgets, pins = wire.budgets_from_proto(spec.budgets), wire.pins_from_proto(spec.pins)
+        async with AsyncExecutorClient(spec.executor_address, self._peer) as executor:
+            profile = await executor.get_profile(timeout=None)
+            if not budgets:
+                budgets = tuple(TierBudget(t.name, t.budget_bytes) for t in (await executor.info()).tiers)
+            result = await self._run(solve, PlanRequest(profile, target, budgets, pins))
+            report = await executor.apply_plan(result.plan, timeout=None)
+            await executor.set_target(target, planner_address)
+        chosen = point(result)
+        return pl.DeployResult(
+            executor_address=spec.executor_address,
+            plan=chosen.plan,
+            prediction=chosen.prediction,
+            report=convert.switch_to_proto(report),
+        )

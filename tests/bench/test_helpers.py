@@ -1,0 +1,108 @@
+"""The benchmark's pure helpers: errors, traffic bounds, frontier picks, timing, tables, tier plans."""
+
+import json
+import math
+
+import pytest
+
+from bench.metrics import bandwidth_bound, expert_bytes_per_token, knee_index, mape, spread_indices
+from bench.report import SectionResult, Table, json_ready, table, write_json
+from bench.settings import SECTIONS, parse_sections
+from bench.tiers import resident_first_plan
+from bench.timing import Timing, decode_rate, time_repeats
+from moeqos.plan import Plan, parse_plan
+from moeqos.precision import Precision, expert_bytes
+from moeqos.tier import DISK
+
+
+def test_mape_is_mean_of_relative_errors():
+    assert mape([110.0, 90.0], [100.0, 100.0]) == pytest.approx(10.0)
+    assert mape([1.0, 3.0], [2.0, 2.0]) == pytest.approx(50.0)
+    with pytest.raises(ValueError):
+        mape([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        mape([1.0], [0.0])
+
+
+def test_expert_bytes_per_token_weights_bytes_by_frequency():
+    frequency = ((1.5, 0.5), (1.0, 1.0))  # rows sum to top_k = 2
+    plan = parse_plan("int4@cpu,L0.E0=bf16", 2, 2, "cpu")
+    sizes = {p: expert_bytes(64, 128, p) for p in Precision}
+    expected = 1.5 * sizes[Precision.BF16] + (0.5 + 1.0 + 1.0) * sizes[Precision.INT4]
+    assert expert_bytes_per_token(frequency, plan, sizes) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        expert_bytes_per_token(((1.0, 1.0, 0.0),), plan, sizes)
+
+
+def test_bandwidth_bound():
+    assert bandwidth_bound(2e6, 1e9) == pytest.approx(500.0)
+    with pytest.raises(ValueError):
+        bandwidth_bound(0, 1e9)
+
+
+def test_spread_indices_cover_the_range_and_skip_excluded():
+    speeds = [1.0, 1.5, 2.0, 4.0, 8.0, 16.0, 16.5]
+    picked = spread_indices(speeds, 3)
+    assert picked[0] == 0 and picked[-1] in (5, 6) and len(set(picked)) == 3
+    assert 0 not in spread_indices(speeds, 3, exclude={0})
+    assert len(spread_indices(speeds, 20)) == len(speeds)
+    assert spread_indices(speeds, 0) == []
+
+
+def test_knee_is_the_bend_of_the_curve():
+    speeds = [1.0, 2.0, 4.0, 8.0, 16.0]
+    perplexities = [10.0, 10.1, 10.2, 16.0, 20.0]  # flat, then steep: the bend is at 4 tok/s
+    assert knee_index(speeds, perplexities) == 2
+
+
+def test_decode_rate_counts_tokens_after_the_first():
+    assert decode_rate(11, 2.0, 4.0) == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        decode_rate(1, 0.0, 1.0)
+    with pytest.raises(ValueError):
+        decode_rate(5, 2.0, 2.0)
+
+
+def test_time_repeats_takes_the_median():
+    calls = []
+    timing = time_repeats(lambda: calls.append(1), repeats=5, warmup=2)
+    assert len(calls) == 7 and len(timing.samples) == 5
+    assert Timing((3.0, 1.0, 100.0)).median == 3.0
+    with pytest.raises(ValueError):
+        Timing(())
+
+
+def test_table_renders_aligned_and_json_is_strict(tmp_path):
+    t = table("speeds", ["plan", "tok/s"], [["bf16", 12.345678], ["int4", math.nan]], ["a note"])
+    text = t.render("machine: x")
+    assert "== speeds" in text and "machine: x" in text and "12.35" in text and "a note" in text
+    assert isinstance(t, Table) and t.rows[1][1] == "nan"
+    path = write_json(tmp_path / "r.json", {"x": math.nan, "nested": [math.inf, 1.0]})
+    assert json.loads(path.read_text()) == {"x": None, "nested": [None, 1.0]}
+    assert json_ready({1: (2.0,)}) == {"1": [2.0]}
+
+
+def test_failed_section_renders_its_error():
+    result = SectionResult("tiers", error="RuntimeError: boom")
+    assert "FAILED" in result.render("h") and result.to_dict()["error"] == "RuntimeError: boom"
+
+
+def test_parse_sections():
+    assert parse_sections(None) == list(SECTIONS)
+    assert parse_sections("paper,frontier") == ["frontier", "paper"]
+    with pytest.raises(ValueError, match="nope"):
+        parse_sections("frontier,nope")
+
+
+def test_resident_first_plan_keeps_hot_experts_within_budget():
+    frequency = ((0.1, 0.9, 0.6, 0.4), (0.5, 0.5, 0.2, 0.8))
+    size = expert_bytes(64, 128, Precision.INT4)
+    plan = resident_first_plan(frequency, Precision.INT4, size, 3 * size + size // 2, "cpu")
+    resident = {key for key, a in plan.items() if a.tier == "cpu"}
+    assert resident == {(0, 1), (1, 3), (0, 2)}
+    assert all(a.precision == Precision.INT4 for _, a in plan.items())
+    full = resident_first_plan(frequency, Precision.INT4, size, 8 * size, "cpu")
+    assert full == Plan.uniform(2, 4, Precision.INT4, "cpu")
+    assert all(
+        a.tier == DISK for _, a in resident_first_plan(frequency, Precision.INT4, size, 0, "cpu").items()
+    )

@@ -1,0 +1,78 @@
+"""The whole benchmark suite, for real, on a tiny random Mixtral with `--quick` (seconds), and on the
+default model (slow)."""
+
+import json
+import math
+
+import pytest
+
+from bench.runner import main
+from bench.settings import SECTIONS
+from moeqos.cli.main import main as moeqos_main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from executor.testing import make_tiny_mixtral
+
+    return make_tiny_mixtral(tmp_path_factory.mktemp("bench") / "tiny")
+
+
+def _finite_positive(value):
+    return isinstance(value, float | int) and math.isfinite(value) and value > 0
+
+
+def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
+    status = main(["--model", str(tiny_model), "--quick", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    document = json.loads((tmp_path / "results.json").read_text())
+    sections = document["sections"]
+    assert list(sections) == list(SECTIONS)
+    assert {name: s["error"] for name, s in sections.items()} == dict.fromkeys(SECTIONS)
+    assert status == 0
+    assert document["machine"]["cpus"] >= 1 and "--quick" in document["command"]
+    held_out = sections["frontier"]["data"]["held_out"]
+    assert held_out and all(_finite_positive(p["measured_tokens_per_s"]) for p in held_out)
+    assert all(p["measured_perplexity"] > 1 for p in held_out)
+    fitting = {q["plan_spec"] for q in sections["frontier"]["data"]["profile"]["quality_points"]}
+    assert not fitting & {p["spec"] for p in held_out}
+    baseline = sections["baseline"]["data"]
+    assert _finite_positive(baseline["transformers_fp32"]["tokens_per_s"]) and _finite_positive(
+        baseline["knee"]["ratio"]
+    )
+    assert all(_finite_positive(p["fraction_of_bound"]) for p in sections["bandwidth"]["data"]["plans"])
+    budgets = sections["tiers"]["data"]["budgets"]
+    assert [b["experts_on_disk"] for b in budgets] == sorted(b["experts_on_disk"] for b in budgets)
+    assert budgets[-1]["experts_on_disk"] > 0 and budgets[-1]["hit_rate"] is not None
+    assert len(sections["planner"]["data"]["switches"]) == 4
+    assert (
+        sections["paper"]["data"]["whatif"]["max_tokens_per_s"]
+        > sections["paper"]["data"]["whatif"]["min_tokens_per_s"]
+    )
+    for section in sections.values():
+        assert all((tmp_path / p.rsplit("/", 1)[-1]).is_file() for p in section["plots"])
+    assert out.count("machine: ") >= len(SECTIONS) and "== frontier: held-out plans" in out
+
+
+def test_cli_runs_one_section_and_prints_json(tiny_model, tmp_path, capsys):
+    status = moeqos_main(
+        ["bench", "--model", str(tiny_model), "--quick", "--only", "paper", "--out", str(tmp_path), "--json"]
+    )
+    document = json.loads(capsys.readouterr().out)
+    assert status == 0 and list(document["sections"]) == ["paper"]
+    assert document["command"].startswith("moeqos ")
+
+
+def test_unknown_section_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--only", "frontier,speed", "--out", str(tmp_path)])
+    assert "unknown section(s) speed" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_quick_suite_on_the_default_model(tmp_path, capsys):
+    status = main(["--quick", "--out", str(tmp_path)])
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert {name: s["error"] for name, s in document["sections"].items()} == dict.fromkeys(SECTIONS)
+    assert status == 0

@@ -1,0 +1,51 @@
+"""The services of docker-compose.yml started as real processes from the file's own commands and
+environment (as `moeqos demo` does), on a tiny random Mixtral: health, Deploy, Generate, clean SIGTERM."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from client import DeploySpec, ExecutorClient, PlannerClient, Sampling
+from moeqos.demo.processes import console_argv
+from moeqos.demo.run import MODEL_VAR, REPO_ROOT, local_services, started_services
+from moeqos.demo.topology import load_topology
+from moeqos.qos import QosTarget
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from executor.testing import make_tiny_mixtral
+
+    return make_tiny_mixtral(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_compose_services_as_processes_deploy_generate_and_stop_cleanly(tmp_path: Path, tiny_model: Path) -> None:
+    topology = load_topology(REPO_ROOT / "docker-compose.yml")
+    services = local_services(topology, tmp_path / "home", {MODEL_VAR: str(tiny_model)})
+    lines: list[str] = []
+    with started_services(services, tmp_path / "logs", lines.append, skip_jobs=True, timeout=180) as running:
+        executor = running.address("executor-a")
+        probe = running.services["executor-a"].service.healthcheck
+        assert subprocess.run(console_argv(probe), capture_output=True, timeout=60).returncode == 0
+
+        with PlannerClient(running.address("planner")) as planner:
+            target = QosTarget(max_perplexity_increase=1e6)
+            (outcome,) = planner.deploy([DeploySpec(executor, target)], timeout=300)
+        assert outcome.executor_address == executor
+        assert (outcome.plan.num_layers, outcome.plan.num_experts) == (2, 4)
+        assert outcome.prediction.tokens_per_s > 0
+
+        with ExecutorClient(executor) as client:
+            events = list(client.generate("hello world", Sampling(max_tokens=6), timeout=120))
+            info = client.info()
+        stats = events[-1].stats
+        assert stats is not None and 1 <= stats.generated_tokens <= 6
+        assert stats.plan_spec == outcome.plan.to_spec()
+        assert info.standing_target == target and info.plan == outcome.plan
+    assert running.exit_codes == {"executor-a": 0, "executor-b": 0, "planner": 0}, lines
+    assert not (tmp_path / "logs" / "model.log").exists(), "a model override skips the model job"
