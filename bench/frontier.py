@@ -45,6 +45,11 @@ def held_out(ctx: Any) -> list[Any]:
     return [points[i] for i in spread_indices(speeds, ctx.settings.measured_plans, excluded)]
 
 
+def _ends(points: list[Any]) -> list[Any]:
+    """The slowest and the fastest frontier point (one when the frontier is a single plan)."""
+    return [points[0]] if len(points) == 1 else [points[0], points[-1]]
+
+
 def measure(ctx: Any, result: Any) -> Point:
     """Measure one frontier plan on the executor."""
     speed = ctx.decode_speed(result.plan)
@@ -62,7 +67,7 @@ def measure(ctx: Any, result: Any) -> Point:
 def run(ctx: Any) -> SectionResult:
     """Profile, fit, solve the frontier, measure the held-out plans and both ends, report errors and range."""
     points = [measure(ctx, r) for r in held_out(ctx)]
-    ends = [measure(ctx, r) for r in (ctx.frontier[0], ctx.frontier[-1])]
+    ends = [measure(ctx, r) for r in _ends(ctx.frontier)]
     reference = float(ctx.perplexity(ctx.full_precision).perplexity)
     result = SectionResult("frontier")
     result.tables += [_plan_table(ctx, points, ends), _profile_table(ctx)]

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from bench.report import Machine, Table
 from bench.timing import time_repeats
-from executor.quant import QuantExpert, quantize_linear
+from executor.quant import QuantExpert, QuantLinear, quantize_linear
 from moeqos.precision import Precision
 
 BIG = (14336, 4096)
@@ -38,8 +39,8 @@ def matrix_table(rows: int, cols: int, repeats: int) -> Table:
     table_rows = [("fp32 F.linear", "-", f"{base:.3f}", "1.00", "", "")]
     for precision in Precision:
         linear = quantize_linear(weight, precision)
-        ms = median_ms(lambda linear=linear: linear(x), repeats)
-        ms_b = median_ms(lambda linear=linear: linear(xb), repeats)
+        ms = median_ms(partial(linear, x), repeats)
+        ms_b = median_ms(partial(linear, xb), repeats)
         kernel = type(linear.kernel).__name__
         table_rows.append(
             (str(precision), kernel, f"{ms:.3f}", f"{base / ms:.2f}", f"{ms_b:.3f}", f"{base / ms_b:.2f}")
@@ -49,6 +50,11 @@ def matrix_table(rows: int, cols: int, repeats: int) -> Table:
         ("precision", "kernel", "ms (fp32 x)", "ratio", "ms (bf16 x)", "ratio"),
         tuple(table_rows),
     )
+
+
+def unfused_expert(w1: QuantLinear, w2: QuantLinear, w3: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """The expert as three separate kernel calls, to compare against the fused w1/w3 layout."""
+    return w2(F.silu(w1(x)) * w3(x))  # [T, H]
 
 
 def expert_table(repeats: int) -> Table:
@@ -64,13 +70,10 @@ def expert_table(repeats: int) -> Table:
     table_rows = [("fp32 F.linear x3", f"{base:.3f}", "1.00", "", "")]
     for precision in Precision:
         fused = QuantExpert.from_weights(w1, w2, w3, precision)
-        split = [quantize_linear(w, precision) for w in (w1, w2, w3)]
+        q1, q2, q3 = (quantize_linear(w, precision) for w in (w1, w2, w3))
 
-        def unfused(split: list = split) -> torch.Tensor:  # type: ignore[type-arg]
-            return split[1](F.silu(split[0](x)) * split[2](x))  # [1, H]
-
-        ms = median_ms(lambda fused=fused: fused(x), repeats)
-        ms_split = median_ms(unfused, repeats)
+        ms = median_ms(partial(fused, x), repeats)
+        ms_split = median_ms(partial(unfused_expert, q1, q2, q3, x), repeats)
         table_rows.append(
             (str(precision), f"{ms:.3f}", f"{base / ms:.2f}", f"{ms_split:.3f}", f"{base / ms_split:.2f}")
         )

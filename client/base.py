@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -14,6 +14,7 @@ from client.channel import ConnectOptions, async_channel, sync_channel
 from moeqos.grpc_errors import error_from_rpc
 
 _NO_DEADLINE = object()
+T = TypeVar("T")
 
 
 class SyncBase:
@@ -33,11 +34,14 @@ class SyncBase:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
 
-    def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Iterator[Any]:
-        """Messages of a server stream; closing the iterator early cancels the call."""
+    def _stream(
+        self, method: Callable[..., Any], request: Any, timeout: float | None, read: Callable[[Any], T]
+    ) -> Generator[T, None, None]:
+        """`read(message)` for each message of a server stream; closing the generator cancels the call."""
         call = method(request, timeout=timeout, metadata=self.options.metadata())
         try:
-            yield from call
+            for message in call:
+                yield read(message)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         finally:
@@ -82,13 +86,13 @@ class AsyncBase:
             raise error_from_rpc(exc) from None
 
     async def _stream(
-        self, method: Callable[..., Any], request: Any, timeout: float | None
-    ) -> AsyncIterator[Any]:
-        """Messages of a server stream; closing the iterator early cancels the call."""
+        self, method: Callable[..., Any], request: Any, timeout: float | None, read: Callable[[Any], T]
+    ) -> AsyncGenerator[T, None]:
+        """`read(message)` for each message of a server stream; closing the generator cancels the call."""
         call = method(request, timeout=timeout, metadata=self.options.metadata())
         try:
             async for message in call:
-                yield message
+                yield read(message)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         finally:

@@ -5,7 +5,7 @@ Both return client.types dataclasses and moeqos domain types, and raise moeqos.e
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 from client import convert
@@ -75,11 +75,10 @@ class ExecutorClient(SyncBase):
 
     def profile(
         self, corpus: str = "", tokens: int = 0, measure_quality: bool = False, timeout: float | None = None
-    ) -> Iterator[ProfileEvent]:
+    ) -> Generator[ProfileEvent, None, None]:
         """Measure again: ProfileProgress events, then the Profile."""
         request = ex.ProfileRequest(corpus=corpus, tokens=tokens, measure_quality=measure_quality)
-        for message in self._stream(self._stub.Profile, request, timeout):
-            yield profile_event(message)
+        return self._stream(self._stub.Profile, request, timeout, profile_event)
 
     def apply_plan(self, plan: Plan, timeout: Any = _NO_DEADLINE) -> SwitchReport:
         """Switch to `plan`; a rejected plan leaves the running plan untouched."""
@@ -97,10 +96,10 @@ class ExecutorClient(SyncBase):
 
     def generate(
         self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
-    ) -> Iterator[GenerationEvent]:
-        """Stream tokens; the last event carries stats. Closing the iterator cancels the request."""
-        for message in self._stream(self._stub.Generate, generate_request(prompt, sampling), timeout):
-            yield convert.event_from_proto(message)
+    ) -> Generator[GenerationEvent, None, None]:
+        """Stream tokens; the last event carries stats. Closing the generator cancels the request."""
+        request = generate_request(prompt, sampling)
+        return self._stream(self._stub.Generate, request, timeout, convert.event_from_proto)
 
     def complete(
         self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
@@ -133,13 +132,12 @@ class AsyncExecutorClient(AsyncBase):
         reply = await self._unary(self._stub.GetProfile, ex.GetProfileRequest(), timeout)
         return wire.profile_from_proto(reply.profile)
 
-    async def profile(
+    def profile(
         self, corpus: str = "", tokens: int = 0, measure_quality: bool = False, timeout: float | None = None
-    ) -> AsyncIterator[ProfileEvent]:
+    ) -> AsyncGenerator[ProfileEvent, None]:
         """Measure again: ProfileProgress events, then the Profile."""
         request = ex.ProfileRequest(corpus=corpus, tokens=tokens, measure_quality=measure_quality)
-        async for message in self._stream(self._stub.Profile, request, timeout):
-            yield profile_event(message)
+        return self._stream(self._stub.Profile, request, timeout, profile_event)
 
     async def apply_plan(self, plan: Plan, timeout: Any = _NO_DEADLINE) -> SwitchReport:
         """Switch to `plan`; a rejected plan leaves the running plan untouched."""
@@ -155,12 +153,12 @@ class AsyncExecutorClient(AsyncBase):
         """Set (or with None clear) the standing target and the planner to ask on budget changes."""
         await self._unary(self._stub.SetTarget, target_request(target, planner_address))
 
-    async def generate(
+    def generate(
         self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
-    ) -> AsyncIterator[GenerationEvent]:
-        """Stream tokens; the last event carries stats. Closing the iterator cancels the request."""
-        async for message in self._stream(self._stub.Generate, generate_request(prompt, sampling), timeout):
-            yield convert.event_from_proto(message)
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """Stream tokens; the last event carries stats. Closing the generator cancels the request."""
+        request = generate_request(prompt, sampling)
+        return self._stream(self._stub.Generate, request, timeout, convert.event_from_proto)
 
     async def complete(
         self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None

@@ -136,7 +136,7 @@ class PlannerClient(SyncBase):
         points: int = 0,
         timeout: Any = _NO_DEADLINE,
     ) -> list[PlanOutcome]:
-        """Non-dominated plans along the speed/quality trade-off, fastest first."""
+        """Pareto-optimal plans along the speed/quality trade-off, slowest (most accurate) first."""
         request = frontier_request(profile, executor, budgets, pins, points)
         reply = self._unary(self._stub.Frontier, request, timeout)
         return [convert.outcome_from_proto(p) for p in reply.points]
@@ -194,7 +194,7 @@ class AsyncPlannerClient(AsyncBase):
         points: int = 0,
         timeout: Any = _NO_DEADLINE,
     ) -> list[PlanOutcome]:
-        """Non-dominated plans along the speed/quality trade-off, fastest first."""
+        """Pareto-optimal plans along the speed/quality trade-off, slowest (most accurate) first."""
         request = frontier_request(profile, executor, budgets, pins, points)
         reply = await self._unary(self._stub.Frontier, request, timeout)
         return [convert.outcome_from_proto(p) for p in reply.points]

@@ -79,6 +79,9 @@ class ExecutorServerConfig(ServerConfig):
     """First and longest wait, in seconds, between re-plan attempts while the planner is unreachable."""
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     """What a profile measurement covers."""
+    profile_path: Path | None = None
+    """Profile JSON written after each measurement and served at the next start when it was measured
+    on the same model (fingerprint) and device, so a restart need not measure again."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,9 +96,13 @@ class ExecutorServerConfig(ServerConfig):
 
     def runtime_config(self, model_dir: Path) -> ExecutorConfig:
         return ExecutorConfig(
-            model_dir=model_dir, device=self.device, dense_precision=Precision.parse(self.dense_precision),
-            tier_budgets=dict(self.budgets), disk_pool_slots=self.disk_slots,
-            variant_cache_dir=self.variant_cache_dir, threads=self.threads,
+            model_dir=model_dir,
+            device=self.device,
+            dense_precision=Precision.parse(self.dense_precision),
+            tier_budgets=dict(self.budgets),
+            disk_pool_slots=self.disk_slots,
+            variant_cache_dir=self.variant_cache_dir,
+            threads=self.threads,
         )
 
     def peer_options(self) -> ConnectOptions:
@@ -103,7 +110,9 @@ class ExecutorServerConfig(ServerConfig):
         return ConnectOptions(token=self.peer_token or self.token, tls_ca=self.peer_tls_ca, timeout=60.0)
 
     @classmethod
-    def from_env_and_args(cls, args: Any = None, env: Mapping[str, str] | None = None) -> ExecutorServerConfig:
+    def from_env_and_args(
+        cls, args: Any = None, env: Mapping[str, str] | None = None
+    ) -> ExecutorServerConfig:
         """The config from parsed CLI flags (which win) and MOEQOS_* environment variables."""
         env = server_common.env() if env is None else env
 
@@ -114,6 +123,7 @@ class ExecutorServerConfig(ServerConfig):
         model = pick("model", "MOEQOS_MODEL")
         cache = pick("variant_cache", "MOEQOS_VARIANT_CACHE")
         peer_ca = pick("peer_tls_ca", "MOEQOS_PEER_TLS_CA")
+        profile = pick("profile_path", "MOEQOS_PROFILE_PATH")
         return cls(
             **server_common.common_settings(args, env, DEFAULT_LISTEN),
             model_dir=Path(model) if model else None,
@@ -130,6 +140,7 @@ class ExecutorServerConfig(ServerConfig):
             variant_cache_dir=Path(cache) if cache else None,
             peer_token=pick("peer_token", "MOEQOS_PEER_TOKEN"),
             peer_tls_ca=Path(peer_ca) if peer_ca else None,
+            profile_path=Path(profile) if profile else None,
         )
 
 
@@ -175,13 +186,18 @@ async def start_executor(
     pool = ThreadPoolExecutor(config.max_concurrent + 4, thread_name_prefix="executor")
     holder: list[ExecutorServicer] = []
     hooks = ReplanHooks(
-        profile=lambda: holder[0].cached_profile(), budgets=lambda: holder[0].budgets(),
+        profile=lambda: holder[0].cached_profile(),
+        budgets=lambda: holder[0].budgets(),
         apply=lambda plan: holder[0].apply(plan),
     )
     target = StandingTarget(config.planner_address or "", config.peer_options(), hooks, config.replan_backoff)
     servicer = ExecutorServicer(
-        config.name or socket.gethostname(), pool, Admission(config.max_concurrent, config.max_queued), target,
+        config.name or socket.gethostname(),
+        pool,
+        Admission(config.max_concurrent, config.max_queued),
+        target,
         config.measure,
+        config.profile_path,
     )
     holder.append(servicer)
 

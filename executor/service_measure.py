@@ -7,8 +7,10 @@ let a remote caller make the server open any file.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from executor.evaluation import EvalResult
 from executor.runtime import ExecutorRuntime
@@ -17,6 +19,8 @@ from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.plan import Plan
 from moeqos.precision import Precision
 from moeqos.profile import Profile
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 
@@ -64,15 +68,20 @@ def corpus_ids(runtime: ExecutorRuntime, name: str, tokens: int) -> list[int]:
     return list(tokenize_prefix(load_corpus(wire_corpus(name)), runtime.tokenizer, tokens).token_ids)
 
 
-def measure(runtime: ExecutorRuntime, settings: MeasureSettings, quality: bool, progress: Progress) -> Profile:
+def measure(
+    runtime: ExecutorRuntime, settings: MeasureSettings, quality: bool, progress: Progress
+) -> Profile:
     """A fresh profile; with `quality`, also the perplexity of the uniform reference plans."""
     plans = [
         Plan.uniform(runtime.num_layers, runtime.num_experts, p, runtime.default_tier)
         for p in (settings.quality_precisions if quality else ())
     ]
     return runtime.profile(
-        corpus_ids(runtime, settings.corpus, settings.tokens), settings.corpus, repeats=settings.repeats,
-        max_tokens=settings.tokens, quality_plans=plans,
+        corpus_ids(runtime, settings.corpus, settings.tokens),
+        settings.corpus,
+        repeats=settings.repeats,
+        max_tokens=settings.tokens,
+        quality_plans=plans,
         quality_ids=corpus_ids(runtime, settings.quality_corpus, settings.quality_tokens) if plans else None,
         progress=progress,
     )
@@ -82,3 +91,27 @@ def evaluate(runtime: ExecutorRuntime, corpus: str, tokens: int, plan: Plan | No
     """Perplexity and decode tokens/s of `plan` (None: the plan in force) on a fixed corpus."""
     ids = corpus_ids(runtime, corpus, tokens)
     return runtime.evaluate(ids, plan, context_length=min(512, runtime.context_length))
+
+
+def load_saved(path: Path | None, runtime: ExecutorRuntime) -> Profile | None:
+    """The profile saved at `path` if it was measured on this model and device, else None."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        profile = Profile.from_json(Path(path).read_text())
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable profile %s: %s", path, exc)
+        return None
+    same = (profile.model.fingerprint, profile.hardware.device) == (runtime.model.fingerprint, runtime.hardware.device)
+    if not same:
+        log.info("ignoring profile %s: measured on another model or device", path)
+    return profile if same else None
+
+
+def save(path: Path | None, profile: Profile) -> None:
+    """Write the profile to `path` (atomically: a reader never sees half a file); no-op without a path."""
+    if path is None:
+        return
+    partial = Path(path).with_suffix(".partial")
+    partial.write_text(profile.to_json(indent=2))
+    partial.replace(path)

@@ -33,7 +33,10 @@ class StandingTarget:
     """Holds the target and planner address; `replan()` starts (or restarts) a background re-plan."""
 
     def __init__(
-        self, planner_address: str, peer: ConnectOptions, hooks: ReplanHooks,
+        self,
+        planner_address: str,
+        peer: ConnectOptions,
+        hooks: ReplanHooks,
         backoff: tuple[float, float] = (0.2, 10.0),
     ) -> None:
         self.target: QosTarget | None = None

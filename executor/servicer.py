@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc.aio
@@ -41,9 +42,12 @@ _DONE = object()
 def sampling_params(message: ex.SamplingParams) -> SamplingParams:
     """Runtime sampling parameters (the runtime validates the values against the model)."""
     return SamplingParams(
-        max_tokens=message.max_tokens, temperature=message.temperature,
-        top_p=message.top_p if message.HasField("top_p") else 1.0, top_k=message.top_k,
-        seed=message.seed if message.HasField("seed") else None, stop=tuple(message.stop),
+        max_tokens=message.max_tokens,
+        temperature=message.temperature,
+        top_p=message.top_p if message.HasField("top_p") else 1.0,
+        top_k=message.top_k,
+        seed=message.seed if message.HasField("seed") else None,
+        stop=tuple(message.stop),
     )
 
 
@@ -51,8 +55,13 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     """The executor service over one ExecutorRuntime (attached once loaded; until then UNAVAILABLE)."""
 
     def __init__(
-        self, name: str, pool: Executor, admission: Admission, target: StandingTarget,
+        self,
+        name: str,
+        pool: Executor,
+        admission: Admission,
+        target: StandingTarget,
         measure: service_measure.MeasureSettings,
+        profile_path: Path | None = None,
     ) -> None:
         self.name = name
         self.runtime: ExecutorRuntime | None = None
@@ -61,6 +70,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         self._pool = pool
         self._measure = measure
         self._profile: Profile | None = None
+        self.profile_path = profile_path
+        """Where the profile is saved after each measurement and read back at the first need."""
         self._profile_lock = asyncio.Lock()
 
     def _ready(self) -> ExecutorRuntime:
@@ -77,8 +88,16 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         async with self._profile_lock:
             if self._profile is None:
                 runtime = self._ready()
-                self._profile = await self._run(service_measure.measure, runtime, self._measure, True, _quiet)
+                self._profile = service_measure.load_saved(self.profile_path, runtime)
+            if self._profile is None:
+                measured = await self._run(service_measure.measure, runtime, self._measure, True, _quiet)
+                self._keep(measured)
+            assert self._profile is not None
             return self._profile
+
+    def _keep(self, profile: Profile) -> None:
+        self._profile = profile
+        service_measure.save(self.profile_path, profile)
 
     def budgets(self) -> tuple[TierBudget, ...]:
         return tuple(TierBudget(name, budget) for name, budget in self._ready().budgets.items())
@@ -88,33 +107,48 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         return SwitchReport(report.changed_experts, report.seconds)
 
     # ----- state -------------------------------------------------------------------------------
-    async def GetInfo(self, request: ex.GetInfoRequest, context: grpc.aio.ServicerContext) -> ex.GetInfoResponse:
+    async def GetInfo(
+        self, request: ex.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> ex.GetInfoResponse:
         runtime = self._ready()
         response = ex.GetInfoResponse(
-            name=self.name, model=wire.model_to_proto(runtime.model), hardware=wire.hardware_to_proto(runtime.hardware),
-            tiers=[wire.tier_status_to_proto(s) for s in runtime.tier_status()], plan=wire.plan_to_proto(runtime.plan),
+            name=self.name,
+            model=wire.model_to_proto(runtime.model),
+            hardware=wire.hardware_to_proto(runtime.hardware),
+            tiers=[wire.tier_status_to_proto(s) for s in runtime.tier_status()],
+            plan=wire.plan_to_proto(runtime.plan),
             plan_applied_at=convert.timestamp(datetime.fromtimestamp(runtime.plan_applied_at, UTC)),
-            planner_address=self.target.planner_address, active_generations=self.admission.active,
-            queued_generations=self.admission.waiting, profile_cached=self._profile is not None,
+            planner_address=self.target.planner_address,
+            active_generations=self.admission.active,
+            queued_generations=self.admission.waiting,
+            profile_cached=self._profile is not None,
             replan_state=self.target.state,
         )
         if self.target.target is not None:
             response.standing_target.CopyFrom(wire.target_to_proto(self.target.target))
         return response
 
-    async def GetProfile(self, request: ex.GetProfileRequest, context: grpc.aio.ServicerContext) -> ex.GetProfileResponse:
+    async def GetProfile(
+        self, request: ex.GetProfileRequest, context: grpc.aio.ServicerContext
+    ) -> ex.GetProfileResponse:
         return ex.GetProfileResponse(profile=wire.profile_to_proto(await self.cached_profile()))
 
-    async def Profile(self, request: ex.ProfileRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ex.ProfileEvent]:
+    async def Profile(
+        self, request: ex.ProfileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ex.ProfileEvent]:
         runtime = self._ready()
         settings = self._measure_settings(request)
         loop, events = asyncio.get_running_loop(), asyncio.Queue[ex.ProfileEvent]()
 
         def progress(stage: str, fraction: float) -> None:
-            event = ex.ProfileEvent(progress=ex.ProfileProgress(stage=stage, done=round(fraction * 100), total=100))
+            event = ex.ProfileEvent(
+                progress=ex.ProfileProgress(stage=stage, done=round(fraction * 100), total=100)
+            )
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        job = asyncio.ensure_future(self._run(service_measure.measure, runtime, settings, request.measure_quality, progress))
+        job = asyncio.ensure_future(
+            self._run(service_measure.measure, runtime, settings, request.measure_quality, progress)
+        )
         while not job.done() or not events.empty():
             getter = asyncio.ensure_future(events.get())
             await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
@@ -123,31 +157,42 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             else:
                 getter.cancel()
         async with self._profile_lock:
-            self._profile = job.result()
+            self._keep(job.result())
         yield ex.ProfileEvent(profile=wire.profile_to_proto(self._profile))
 
     def _measure_settings(self, request: ex.ProfileRequest) -> service_measure.MeasureSettings:
         base = self._measure
         return service_measure.MeasureSettings(
-            corpus=service_measure.wire_corpus(request.corpus or base.corpus), tokens=request.tokens or base.tokens,
-            quality_corpus=base.quality_corpus, quality_tokens=base.quality_tokens,
-            quality_precisions=base.quality_precisions, repeats=base.repeats,
+            corpus=service_measure.wire_corpus(request.corpus or base.corpus),
+            tokens=request.tokens or base.tokens,
+            quality_corpus=base.quality_corpus,
+            quality_tokens=base.quality_tokens,
+            quality_precisions=base.quality_precisions,
+            repeats=base.repeats,
         )
 
     # ----- plans, budgets, targets -------------------------------------------------------------
-    async def ApplyPlan(self, request: ex.ApplyPlanRequest, context: grpc.aio.ServicerContext) -> ex.ApplyPlanResponse:
+    async def ApplyPlan(
+        self, request: ex.ApplyPlanRequest, context: grpc.aio.ServicerContext
+    ) -> ex.ApplyPlanResponse:
         self._ready()
         report = await self.apply(wire.plan_from_proto(request.plan))
-        return ex.ApplyPlanResponse(report=convert.switch_to_proto(report), plan=wire.plan_to_proto(self._ready().plan))
+        return ex.ApplyPlanResponse(
+            report=convert.switch_to_proto(report), plan=wire.plan_to_proto(self._ready().plan)
+        )
 
-    async def SetBudget(self, request: ex.SetBudgetRequest, context: grpc.aio.ServicerContext) -> ex.SetBudgetResponse:
+    async def SetBudget(
+        self, request: ex.SetBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> ex.SetBudgetResponse:
         runtime = self._ready()
         fits = runtime.set_budget(wire.tier_from_proto(request.tier), int(request.budget_bytes))
         started = self.target.replan()
         tiers = [wire.tier_status_to_proto(s) for s in runtime.tier_status()]
         return ex.SetBudgetResponse(plan_fits=fits, replan_started=started, tiers=tiers)
 
-    async def SetTarget(self, request: ex.SetTargetRequest, context: grpc.aio.ServicerContext) -> ex.SetTargetResponse:
+    async def SetTarget(
+        self, request: ex.SetTargetRequest, context: grpc.aio.ServicerContext
+    ) -> ex.SetTargetResponse:
         target = wire.target_from_proto(request.target) if request.HasField("target") else None
         self.target.set(target, request.planner_address)
         return ex.SetTargetResponse()
@@ -160,30 +205,43 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         async with self.admission.slot():
             cancel, started = threading.Event(), time.perf_counter()
             try:
-                events: Iterator[GenerationEvent] = await self._run(runtime.generate, request.prompt, params, cancel)
+                events: Iterator[GenerationEvent] = await self._run(
+                    runtime.generate, request.prompt, params, cancel
+                )
                 while (event := await self._run(next, events, _DONE)) is not _DONE:
-                    yield self._message(event, started, runtime)  # type: ignore[arg-type]
+                    yield self._message(event, started, runtime)
             finally:
                 cancel.set()  # the client went away or the deadline passed: stop at the next token
 
-    def _message(self, event: GenerationEvent, started: float, runtime: ExecutorRuntime) -> ex.GenerateResponse:
+    def _message(
+        self, event: GenerationEvent, started: float, runtime: ExecutorRuntime
+    ) -> ex.GenerateResponse:
         message = ex.GenerateResponse(text=event.text)
         if event.token_id is not None:
             message.token_id = event.token_id
         if event.stats is not None:
             s = event.stats
             stats = GenerationStats(
-                s.prompt_tokens, s.generated_tokens, s.time_to_first_token_s, s.tokens_per_s,
-                time.perf_counter() - started, s.finish_reason, runtime.plan.to_spec(),
+                s.prompt_tokens,
+                s.generated_tokens,
+                s.time_to_first_token_s,
+                s.tokens_per_s,
+                time.perf_counter() - started,
+                s.finish_reason,
+                runtime.plan.to_spec(),
             )
             message.stats.CopyFrom(convert.stats_to_proto(stats))
         return message
 
-    async def Generate(self, request: ex.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ex.GenerateResponse]:
+    async def Generate(
+        self, request: ex.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ex.GenerateResponse]:
         async for message in self._generate(request):
             yield message
 
-    async def Complete(self, request: ex.GenerateRequest, context: grpc.aio.ServicerContext) -> ex.CompleteResponse:
+    async def Complete(
+        self, request: ex.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> ex.CompleteResponse:
         parts, stats = [], ex.GenerationStats()
         async for message in self._generate(request):
             parts.append(message.text)
@@ -191,15 +249,20 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
                 stats = message.stats
         return ex.CompleteResponse(text="".join(parts), stats=stats)
 
-    async def Evaluate(self, request: ex.EvaluateRequest, context: grpc.aio.ServicerContext) -> ex.EvaluateResponse:
+    async def Evaluate(
+        self, request: ex.EvaluateRequest, context: grpc.aio.ServicerContext
+    ) -> ex.EvaluateResponse:
         runtime = self._ready()
         plan = wire.plan_from_proto(request.plan) if request.HasField("plan") else None
         corpus = service_measure.wire_corpus(request.corpus or self._measure.quality_corpus)
         tokens = request.max_tokens or self._measure.quality_tokens
         result = await self._run(service_measure.evaluate, runtime, corpus, tokens, plan)
         return ex.EvaluateResponse(
-            perplexity=result.perplexity, tokens_per_s=result.tokens_per_s, tokens=result.tokens_scored,
-            plan_spec=(plan or runtime.plan).to_spec(), corpus=corpus,
+            perplexity=result.perplexity,
+            tokens_per_s=result.tokens_per_s,
+            tokens=result.tokens_scored,
+            plan_spec=(plan or runtime.plan).to_spec(),
+            corpus=corpus,
         )
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from moeqos import errors
 
@@ -125,12 +127,38 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
+        if handler is not None and handler.request_deserializer is not None:
+            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         return wrap_handler(handler, _guard_unary, _guard_stream)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes did not parse (e.g. a string field with invalid UTF-8), so
+    the guard can answer INVALID_ARGUMENT instead of gRPC's generic UNKNOWN."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise errors.InvalidArgument(f"malformed request: {request.error}")
 
 
 def _guard_unary(behavior: Unary) -> Unary:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            _check_decoded(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -143,6 +171,7 @@ def _guard_unary(behavior: Unary) -> Unary:
 def _guard_stream(behavior: Stream) -> Stream:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
+            _check_decoded(request)
             async for item in behavior(request, context):
                 yield item
         except grpc.aio.AbortError:

@@ -73,6 +73,8 @@ def fit_curve(points: Sequence[tuple[int, float]]) -> CostCurve:
     inverse_bw = max(float(inverse_bw), 1e-18)  # a zero slope would mean infinite bandwidth
     residuals = seconds - (overhead + sizes * inverse_bw)
     return CostCurve(
-        float(overhead), float(1.0 / inverse_bw), tuple((int(b), float(s)) for b, s in points),
+        float(overhead),
+        float(1.0 / inverse_bw),
+        tuple((int(b), float(s)) for b, s in points),
         tuple(float(r) for r in residuals),
     )

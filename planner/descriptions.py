@@ -44,8 +44,15 @@ class ModelDescription:
     def identity(self) -> ModelIdentity:
         """A ModelIdentity marked analytic (no checkpoint behind it); dense weights in bf16."""
         return ModelIdentity(
-            self.name, f"analytic:{self.name}", self.num_layers, self.num_experts, self.top_k,
-            self.hidden_size, self.intermediate_size, self.vocab_size, 2 * self.dense_params,
+            self.name,
+            f"analytic:{self.name}",
+            self.num_layers,
+            self.num_experts,
+            self.top_k,
+            self.hidden_size,
+            self.intermediate_size,
+            self.vocab_size,
+            2 * self.dense_params,
         )
 
     @classmethod
@@ -101,7 +108,9 @@ class HardwareDescription:
 
     def with_capacities(self, capacities: dict[str, int]) -> HardwareDescription:
         """A copy with the named tiers' capacities replaced."""
-        tiers = tuple(TierSpec(t.name, capacities.get(t.name, t.capacity_bytes), t.bandwidth_bps) for t in self.tiers)
+        tiers = tuple(
+            TierSpec(t.name, capacities.get(t.name, t.capacity_bytes), t.bandwidth_bps) for t in self.tiers
+        )
         unknown = set(capacities) - {t.name for t in self.tiers}
         if unknown:
             raise KeyError(f"hardware {self.name} has no tier(s) {sorted(unknown)}")

@@ -23,7 +23,11 @@ class FitIdentity:
     def of(cls, profile: Profile) -> FitIdentity:
         hw = profile.hardware
         return cls(
-            profile.model.name, profile.model.fingerprint, hw.device, hw.device_name, hw.host,
+            profile.model.name,
+            profile.model.fingerprint,
+            hw.device,
+            hw.device_name,
+            hw.host,
             profile.measured_at,
         )
 
@@ -31,11 +35,16 @@ class FitIdentity:
         """True if `profile` is of the same model on the same hardware."""
         other = FitIdentity.of(profile)
         return (self.fingerprint, self.device, self.device_name, self.host) == (
-            other.fingerprint, other.device, other.device_name, other.host,
+            other.fingerprint,
+            other.device,
+            other.device_name,
+            other.host,
         )
 
     def describe(self) -> str:
-        return f"{self.model_name} [{self.fingerprint[:12]}] on {self.device_name} ({self.device}, {self.host})"
+        return (
+            f"{self.model_name} [{self.fingerprint[:12]}] on {self.device_name} ({self.device}, {self.host})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

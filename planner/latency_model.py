@@ -59,8 +59,11 @@ class LatencyModel:
         curves = {t: fit_curve([(c.bytes, c.seconds) for c in resident if c.tier == t]) for t in tiers}
         factors: dict[str, float] = {}
         for key in sorted({f"{c.precision.value}@{c.tier}" for c in resident}):
-            ratios = [c.seconds / curves[c.tier].seconds(c.bytes) for c in resident
-                      if f"{c.precision.value}@{c.tier}" == key]
+            ratios = [
+                c.seconds / curves[c.tier].seconds(c.bytes)
+                for c in resident
+                if f"{c.precision.value}@{c.tier}" == key
+            ]
             factors[key] = float(np.median(ratios))
         loads = [(c.bytes, c.seconds) for c in profile.load_costs]
         device = profile.hardware.device
@@ -80,7 +83,9 @@ class LatencyModel:
     @property
     def tiers(self) -> list[str]:
         """Tiers this model can predict (resident tiers with measurements, plus disk with load costs)."""
-        return list(self.curves) + ([DISK] if self.load_curve is not None and self.pool_tier in self.curves else [])
+        return list(self.curves) + (
+            [DISK] if self.load_curve is not None and self.pool_tier in self.curves else []
+        )
 
     def call_seconds(self, precision: Precision, tier: str) -> float:
         """One call's compute time; for `disk` the compute in the pool's tier (the hit case)."""

@@ -39,22 +39,32 @@ class MilpModel:
     g_idx: np.ndarray  # [V] group of each variable
     k_idx: np.ndarray  # [V] option of each variable
 
-    def solve(self, lower: np.ndarray, upper: np.ndarray, tolerance: float, time_limit_s: float) -> np.ndarray | None:
+    def solve(
+        self, lower: np.ndarray, upper: np.ndarray, tolerance: float, time_limit_s: float
+    ) -> np.ndarray | None:
         """An integer solution [V + 1] within relative gap `tolerance`, or None (infeasible or timed out)."""
         rows = [LinearConstraint(self.a_eq, self.b_eq, self.b_eq)]
         if self.b_ub.size:
             rows.append(LinearConstraint(self.a_ub, -np.inf, self.b_ub))
         result = milp(
-            self.objective, integrality=np.append(np.ones(self.g_idx.size), 0), bounds=Bounds(lower, upper),
-            constraints=rows, options={"mip_rel_gap": tolerance, "time_limit": time_limit_s},
+            self.objective,
+            integrality=np.append(np.ones(self.g_idx.size), 0),
+            bounds=Bounds(lower, upper),
+            constraints=rows,
+            options={"mip_rel_gap": tolerance, "time_limit": time_limit_s},
         )
         return None if result.x is None else np.asarray(result.x)
 
     def relax(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The LP relaxation's solution [V + 1] and reduced costs [V + 1], or None if infeasible."""
         result = linprog(
-            self.objective, A_ub=self.a_ub if self.b_ub.size else None, b_ub=self.b_ub if self.b_ub.size else None,
-            A_eq=self.a_eq, b_eq=self.b_eq, bounds=np.stack([self.lower, self.upper], axis=1), method="highs",
+            self.objective,
+            A_ub=self.a_ub if self.b_ub.size else None,
+            b_ub=self.b_ub if self.b_ub.size else None,
+            A_eq=self.a_eq,
+            b_eq=self.b_eq,
+            bounds=np.stack([self.lower, self.upper], axis=1),
+            method="highs",
         )
         if result.status != 0:
             return None
@@ -62,8 +72,12 @@ class MilpModel:
 
 
 def build_model(
-    problem: Problem, minimise: Metric, seconds_cap: float | None, log_ppl_cap: float | None,
-    fixed_seconds: float, tolerance: float,
+    problem: Problem,
+    minimise: Metric,
+    seconds_cap: float | None,
+    log_ppl_cap: float | None,
+    fixed_seconds: float,
+    tolerance: float,
 ) -> tuple[MilpModel, np.ndarray]:
     """The model and [N] group of each expert."""
     groups, members = _groups(problem)
@@ -72,7 +86,9 @@ def build_model(
     seconds = problem.seconds[members][g_idx, k_idx]  # [V]
     log_ppl = problem.log_ppl[members][g_idx, k_idx]  # [V]
     objective = _objective(problem, minimise, seconds, log_ppl, fixed_seconds, tolerance)
-    a_eq = csr_array((np.ones(g_idx.size), (g_idx, np.arange(g_idx.size))), shape=(counts.size, g_idx.size + 1))
+    a_eq = csr_array(
+        (np.ones(g_idx.size), (g_idx, np.arange(g_idx.size))), shape=(counts.size, g_idx.size + 1)
+    )
     a_ub, b_ub = _inequalities(problem, k_idx, seconds, log_ppl, seconds_cap, log_ppl_cap)
     lower = np.append(np.zeros(g_idx.size), 1.0)
     upper = np.append(counts[g_idx], 1.0)
@@ -80,7 +96,11 @@ def build_model(
 
 
 def _objective(
-    problem: Problem, minimise: Metric, seconds: np.ndarray, log_ppl: np.ndarray, fixed_seconds: float,
+    problem: Problem,
+    minimise: Metric,
+    seconds: np.ndarray,
+    log_ppl: np.ndarray,
+    fixed_seconds: float,
     tolerance: float,
 ) -> np.ndarray:
     """[V + 1] primary metric, a small tie-break on the other one, and the constant term.
@@ -101,7 +121,9 @@ def _objective(
 
 def _groups(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """[N] group of each expert and [G] a representative: identical (seconds, log_ppl, allowed) rows."""
-    keys = np.concatenate([problem.seconds, problem.log_ppl, problem.allowed.astype(float)], axis=1)  # [N, 3K]
+    keys = np.concatenate(
+        [problem.seconds, problem.log_ppl, problem.allowed.astype(float)], axis=1
+    )  # [N, 3K]
     _, members, groups = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     return groups.reshape(-1), members
 
@@ -116,14 +138,20 @@ def _undominated(problem: Problem, members: np.ndarray) -> np.ndarray:
             if j == k or a.tier != b.tier or nbytes[j] > nbytes[k]:
                 continue
             no_worse = (seconds[:, j] <= seconds[:, k]) & (log_ppl[:, j] <= log_ppl[:, k])
-            strictly = (seconds[:, j] < seconds[:, k]) | (log_ppl[:, j] < log_ppl[:, k]) | (nbytes[j] < nbytes[k])
+            strictly = (
+                (seconds[:, j] < seconds[:, k]) | (log_ppl[:, j] < log_ppl[:, k]) | (nbytes[j] < nbytes[k])
+            )
             allowed[:, k] &= ~(allowed[:, j] & no_worse & (strictly | (j < k)))
     return allowed
 
 
 def _inequalities(
-    problem: Problem, k_idx: np.ndarray, seconds: np.ndarray, log_ppl: np.ndarray,
-    seconds_cap: float | None, log_ppl_cap: float | None,
+    problem: Problem,
+    k_idx: np.ndarray,
+    seconds: np.ndarray,
+    log_ppl: np.ndarray,
+    seconds_cap: float | None,
+    log_ppl_cap: float | None,
 ) -> tuple[csr_array, np.ndarray]:
     """[R, V + 1] budget and cap rows (scaled) and [R] right-hand sides."""
     rows: list[np.ndarray] = []

@@ -22,7 +22,9 @@ import math
 
 from moeqos.precision import Precision
 
-PRIOR_SOURCE = "prior: per-precision log-ppl increase of RTN weight-only quantization (OmniQuant Table 1, LLaMA-2-7B)"
+PRIOR_SOURCE = (
+    "prior: per-precision log-ppl increase of RTN weight-only quantization (OmniQuant Table 1, LLaMA-2-7B)"
+)
 
 PRIOR_LOG_PPL_INCREASE: dict[Precision, float] = {
     Precision.FP32: 0.0,

@@ -42,22 +42,32 @@ class Problem:
     def to_plan(self, choice: np.ndarray) -> Plan:
         """The plan choosing option `choice[i]` ([N] ints) for expert i."""
         rows = tuple(
-            tuple(self.options[int(k)] for k in choice[layer * self.num_experts:(layer + 1) * self.num_experts])
+            tuple(
+                self.options[int(k)]
+                for k in choice[layer * self.num_experts : (layer + 1) * self.num_experts]
+            )
             for layer in range(self.num_layers)
         )
         return Plan(rows, self.group_size)
 
 
 def build_problem(
-    latency: LatencyModel, quality: QualityModel, budgets: tuple[TierBudget, ...],
-    precisions: Iterable[Precision], pins: tuple[PlacementRule, ...], hits: np.ndarray, group_size: int,
+    latency: LatencyModel,
+    quality: QualityModel,
+    budgets: tuple[TierBudget, ...],
+    precisions: Iterable[Precision],
+    pins: tuple[PlacementRule, ...],
+    hits: np.ndarray,
+    group_size: int,
 ) -> Problem:
     """Arrays for every (expert, option) pair; `hits` is the assumed [L, E] disk pool hit rate."""
     tiers = [b.name for b in budgets if b.name in latency.tiers]
     options = tuple(Assignment(p, t) for t in tiers for p in precisions)
     if not options:
-        raise InvalidArgument(f"no option to choose from: tiers {[b.name for b in budgets]} x precisions "
-                              f"{[p.value for p in precisions]} (modelled tiers: {latency.tiers})")
+        raise InvalidArgument(
+            f"no option to choose from: tiers {[b.name for b in budgets]} x precisions "
+            f"{[p.value for p in precisions]} (modelled tiers: {latency.tiers})"
+        )
     freq = np.asarray(latency.frequency).reshape(-1)  # [N]
     num_layers, num_experts = len(latency.frequency), len(latency.frequency[0])
     miss = 1.0 - np.asarray(hits).reshape(-1)  # [N]
@@ -70,11 +80,14 @@ def build_problem(
         log_ppl[:, k] = quality.expert_terms(a.precision).reshape(-1)
     allowed = _pinned(options, pins, num_layers, num_experts)  # [N, K]
     option_bytes = np.array([latency.expert_bytes[a.precision] for a in options], dtype=float)
-    return Problem(options, seconds, log_ppl, allowed, option_bytes, budgets, num_layers, num_experts,
-                   group_size)
+    return Problem(
+        options, seconds, log_ppl, allowed, option_bytes, budgets, num_layers, num_experts, group_size
+    )
 
 
-def _pinned(options: tuple[Assignment, ...], pins: tuple[PlacementRule, ...], layers: int, experts: int) -> np.ndarray:
+def _pinned(
+    options: tuple[Assignment, ...], pins: tuple[PlacementRule, ...], layers: int, experts: int
+) -> np.ndarray:
     """[N, K] options left to each expert by the first pin rule naming it (a rule without a tier
     fixes the precision only)."""
     allowed = np.ones((layers * experts, len(options)), dtype=bool)
@@ -86,7 +99,9 @@ def _pinned(options: tuple[Assignment, ...], pins: tuple[PlacementRule, ...], la
                 continue
             row = [a.precision == rule.precision and rule.tier in (None, a.tier) for a in options]
             if not any(row):
-                raise InvalidArgument(f"pin {rule} names no available option for L{layer}.E{expert} "
-                                      f"(options: {', '.join(map(str, options))})")
+                raise InvalidArgument(
+                    f"pin {rule} names no available option for L{layer}.E{expert} "
+                    f"(options: {', '.join(map(str, options))})"
+                )
             allowed[layer * experts + expert] = row
     return allowed

@@ -9,7 +9,8 @@ per-expert choice, so the solver can put it in a MILP.
 
 Fitting: with at least as many measured plans (besides the reference) as precisions that appear in
 them, the `c_p` are fitted by non-negative least squares (scipy.optimize.nnls) and checked by
-leave-one-out (`holdout_error`: RMS perplexity error on each plan predicted by a fit without it).
+leave-one-out (`holdout_error`: RMS relative perplexity error on each plan predicted by a fit
+without it).
 Otherwise, and for precisions no measured plan uses, `c_p` comes from planner.priors: the prior
 log-ppl increase of a uniform plan divided by that plan's total `s_p`; such predictions are estimates.
 """
@@ -46,7 +47,8 @@ class QualityModel:
     """Precisions whose coefficient was fitted to measurements (the rest are priors)."""
     basis: str
     holdout_error: float | None = None
-    """Leave-one-out RMS perplexity error over the measured plans (None when not computable)."""
+    """Leave-one-out RMS relative perplexity error (predicted / measured - 1) over the measured plans
+    (None when not computable)."""
     holdout_points: int = 0
 
     # ----- fitting ------------------------------------------------------------------------------
@@ -60,16 +62,25 @@ class QualityModel:
         rows = _design_rows(profile, points, sensitivity)  # [N, P]
         targets = np.array([math.log(q.perplexity / ref_ppl) for q in points])  # [N]
         coefficients, fitted = _coefficients(rows, targets, sensitivity)
-        holdout = _leave_one_out(rows, targets, sensitivity, ref_ppl) if fitted else None
+        holdout = _leave_one_out(rows, targets, sensitivity) if fitted else None
         basis = (
             f"fitted (nnls) to {len(points)} measured plans for {', '.join(sorted(fitted))}"
-            if fitted else f"{PRIOR_SOURCE}; {len(points)} measured plans, too few to fit"
+            if fitted
+            else f"{PRIOR_SOURCE}; {len(points)} measured plans, too few to fit"
         )
         if fitted and set(coefficients) - fitted - {ref_precision}:
             basis += "; other precisions from priors"
         return cls(
-            FitIdentity.of(profile), ref_ppl, ref_precision, ref_source, sensitivity, coefficients,
-            frozenset(fitted), basis, holdout, len(points) if holdout is not None else 0,
+            FitIdentity.of(profile),
+            ref_ppl,
+            ref_precision,
+            ref_source,
+            sensitivity,
+            coefficients,
+            frozenset(fitted),
+            basis,
+            holdout,
+            len(points) if holdout is not None else 0,
         )
 
     # ----- prediction ---------------------------------------------------------------------------
@@ -78,8 +89,12 @@ class QualityModel:
         return self.coefficients[precision] * np.asarray(self.sensitivity[precision])
 
     def predict_log_increase(self, plan: Plan) -> float:
-        return float(sum(self.coefficients[a.precision] * self.sensitivity[a.precision][l][e]
-                         for (l, e), a in plan.items()))
+        return float(
+            sum(
+                self.coefficients[a.precision] * self.sensitivity[a.precision][layer][expert]
+                for (layer, expert), a in plan.items()
+            )
+        )
 
     def predict_perplexity(self, plan: Plan) -> float:
         return self.reference_perplexity * math.exp(self.predict_log_increase(plan))
@@ -94,7 +109,9 @@ class QualityModel:
     def plan_is_estimate(self, plan: Plan) -> bool:
         """True when predicting `plan` uses a prior (its reference, or a precision not fitted)."""
         exact = set(self.fitted) | {self.reference_precision}
-        return self.reference_source.startswith("prior") or any(a.precision not in exact for a in plan.counts())
+        return self.reference_source.startswith("prior") or any(
+            a.precision not in exact for a in plan.counts()
+        )
 
     # ----- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +135,10 @@ class QualityModel:
             float(data["reference_perplexity"]),
             Precision(data["reference_precision"]),
             str(data["reference_source"]),
-            {Precision(p): tuple(tuple(float(x) for x in r) for r in g) for p, g in data["sensitivity"].items()},
+            {
+                Precision(p): tuple(tuple(float(x) for x in r) for r in g)
+                for p, g in data["sensitivity"].items()
+            },
             {Precision(p): float(c) for p, c in data["coefficients"].items()},
             frozenset(Precision(p) for p in data["fitted"]),
             str(data["basis"]),
@@ -127,9 +147,7 @@ class QualityModel:
         )
 
 
-def _reference(
-    profile: Profile, prior: tuple[float, str] | None
-) -> tuple[float, Precision, str, str | None]:
+def _reference(profile: Profile, prior: tuple[float, str] | None) -> tuple[float, Precision, str, str | None]:
     """(perplexity, precision, source, plan spec) of the full-precision reference."""
     uniform = [q for q in profile.quality_points if "," not in q.plan_spec and "=" not in q.plan_spec]
     if uniform:
@@ -139,7 +157,9 @@ def _reference(
             source = f"prior: {best.plan_spec} on {best.corpus} (published, not measured)"
         return best.perplexity, Precision.parse(best.plan_spec.split("@")[0]), source, best.plan_spec
     if prior is None:
-        raise InvalidArgument("the profile has no full-precision perplexity; measure one (uniform plan) first")
+        raise InvalidArgument(
+            "the profile has no full-precision perplexity; measure one (uniform plan) first"
+        )
     return prior[0], Precision.BF16, f"prior: {prior[1]}", None
 
 
@@ -159,7 +179,9 @@ def _design_rows(profile: Profile, points: list[QualityPoint], sens: dict[Precis
     m = profile.model
     rows = np.zeros((len(points), len(Precision)))
     for i, q in enumerate(points):
-        plan = parse_plan(q.plan_spec, m.num_layers, m.num_experts, profile.hardware.device, profile.group_size)
+        plan = parse_plan(
+            q.plan_spec, m.num_layers, m.num_experts, profile.hardware.device, profile.group_size
+        )
         for (layer, expert), a in plan.items():
             rows[i, list(Precision).index(a.precision)] += sens[a.precision][layer][expert]
     return rows
@@ -185,8 +207,10 @@ def _coefficients(
     return coefficients, {precisions[c] for c in support}
 
 
-def _leave_one_out(rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid], ref: float) -> float | None:
-    """RMS perplexity error of each plan predicted by a fit without it (None with < 2 plans)."""
+def _leave_one_out(
+    rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]
+) -> float | None:
+    """RMS relative perplexity error of each plan predicted by a fit without it (None with < 2 plans)."""
     if rows.shape[0] < 2:
         return None
     errors = []
@@ -194,5 +218,5 @@ def _leave_one_out(rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, 
         keep = np.arange(rows.shape[0]) != i
         coefficients, _ = _coefficients(rows[keep], targets[keep], sens)
         vector = np.array([coefficients[p] for p in Precision])  # [P]
-        errors.append(ref * math.exp(rows[i] @ vector) - ref * math.exp(targets[i]))
+        errors.append(math.expm1(rows[i] @ vector - targets[i]))  # predicted / measured - 1
     return float(np.sqrt(np.mean(np.square(errors))))

@@ -18,17 +18,21 @@ from client.channel import ConnectOptions
 from client.executor import AsyncExecutorClient
 from client.types import Prediction
 from moeqos import wire
-from moeqos.errors import InvalidArgument
+from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.profile import Profile
 from moeqos.tier import TierBudget
 from moeqos_proto.planner.v1 import planner_pb2 as pl
 from moeqos_proto.planner.v1 import planner_pb2_grpc as pl_grpc
 from planner.catalog import HARDWARE, MODELS
 from planner.descriptions import HardwareDescription, ModelDescription
+from planner.frontier import DEFAULT_POINTS, frontier
 from planner.solver import PlanRequest, PlanResult, solve
 from planner.whatif import analytic_profile
 
 T = TypeVar("T")
+
+MAX_POINTS = 200
+"""Most frontier points one request may ask for (each is a solve)."""
 
 
 def prediction_of(result: PlanResult) -> Prediction:
@@ -64,6 +68,12 @@ def _described_hardware(request: pl.WhatIfRequest) -> HardwareDescription:
     if request.hardware_name not in HARDWARE:
         raise InvalidArgument(f"unknown hardware {request.hardware_name!r}; built in: {', '.join(HARDWARE)}")
     return HARDWARE[request.hardware_name]
+
+
+def _points(count: int) -> int:
+    if not 2 <= count <= MAX_POINTS:
+        raise OutOfRange(f"frontier points must be in [2, {MAX_POINTS}], got {count}")
+    return count
 
 
 class PlannerServicer(pl_grpc.PlannerServiceServicer):
@@ -102,6 +112,15 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             plan=chosen.plan, prediction=chosen.prediction, solve_seconds=result.solve_seconds
         )
 
+    async def Frontier(
+        self, request: pl.FrontierRequest, context: grpc.aio.ServicerContext
+    ) -> pl.FrontierResponse:
+        points = _points(request.points or DEFAULT_POINTS)
+        profile = await self._profile(request.source)
+        budgets, pins = wire.budgets_from_proto(request.budgets), wire.pins_from_proto(request.pins)
+        results = await self._run(frontier, profile, budgets, points, pins)
+        return pl.FrontierResponse(points=[point(r) for r in results])
+
     async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
         profile = analytic_profile(_described_model(request), _described_hardware(request))
         budgets = wire.budgets_from_proto(request.budgets)
@@ -109,6 +128,9 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         if request.HasField("target"):
             plan_request = PlanRequest(profile, wire.target_from_proto(request.target), budgets)
             response.best.CopyFrom(point(await self._run(solve, plan_request)))
+        if request.frontier_points:
+            results = await self._run(frontier, profile, budgets, _points(request.frontier_points))
+            response.frontier.extend(point(r) for r in results)
         return response
 
     async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -98,8 +98,13 @@ class PlanResult:
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able description InfeasibleTarget.closest carries."""
-        keys = ("predicted_tokens_per_s", "predicted_perplexity", "plan_spec", "bytes_per_tier",
-                "perplexity_is_estimate")
+        keys = (
+            "predicted_tokens_per_s",
+            "predicted_perplexity",
+            "plan_spec",
+            "bytes_per_tier",
+            "perplexity_is_estimate",
+        )
         return {k: v for k, v in self.to_dict().items() if k in keys}
 
 
@@ -114,10 +119,14 @@ def fit_models(profile: Profile) -> tuple[LatencyModel, QualityModel]:
     return LatencyModel.fit(profile), QualityModel.fit(profile)
 
 
-def solve(request: PlanRequest, latency: LatencyModel | None = None, quality: QualityModel | None = None) -> PlanResult:
+def solve(
+    request: PlanRequest, latency: LatencyModel | None = None, quality: QualityModel | None = None
+) -> PlanResult:
     """The optimal plan for `request.target`; raises InfeasibleTarget (with the closest feasible point)."""
     started = time.perf_counter()
-    models = _Models(latency or LatencyModel.fit(request.profile), quality or QualityModel.fit(request.profile))
+    models = _Models(
+        latency or LatencyModel.fit(request.profile), quality or QualityModel.fit(request.profile)
+    )
     target = request.target
     seconds_cap = 1.0 / target.min_tokens_per_s if target.min_tokens_per_s else None
     ppl_cap = target.perplexity_ceiling(models.quality.reference_perplexity)
@@ -129,52 +138,66 @@ def solve(request: PlanRequest, latency: LatencyModel | None = None, quality: Qu
 
 
 def _search(
-    request: PlanRequest, models: _Models, metric: Metric, seconds_cap: float | None, ppl_cap: float | None,
+    request: PlanRequest,
+    models: _Models,
+    metric: Metric,
+    seconds_cap: float | None,
+    ppl_cap: float | None,
     started: float,
 ) -> PlanResult | None:
     """Best truly feasible plan over the hit-rate iterations (see module docstring), or None."""
     latency, quality = models.latency, models.quality
     hits = np.zeros((len(latency.frequency), len(latency.frequency[0])))  # [L, E]
-    best: PlanResult | None = None
-    iterations = 0
-    for iterations in range(1, DISK_ITERATIONS + 1):
+    expert_cap = None if seconds_cap is None else seconds_cap - latency.fixed_seconds
+    log_cap = None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity)
+    best: tuple[PlanResult, float] | None = None
+    solves = 0
+    while solves < DISK_ITERATIONS:
+        solves += 1
         problem = _problem(request, models, hits)
-        choice = solve_choice(
-            problem, metric,
-            None if seconds_cap is None else seconds_cap - latency.fixed_seconds,
-            None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity),
-            request.tolerance, latency.fixed_seconds,
-        )
-        if choice is None:
+        solved = solve_choice(problem, metric, expert_cap, log_cap, request.tolerance, latency.fixed_seconds)
+        if solved is None:
             break
-        plan = problem.to_plan(choice)
-        candidate = evaluate(plan, models.latency, models.quality, request.effective_budgets)
+        plan = problem.to_plan(solved[0])
+        candidate = evaluate(plan, latency, quality, request.effective_budgets)
         if _meets(candidate, seconds_cap, ppl_cap) and _better(candidate, best, metric):
-            best = candidate
+            best = candidate, solved[1]
         new_hits = latency.hit_rates(plan)
         if not any(a.tier == DISK for a in problem.options) or np.allclose(new_hits, hits):
             break
         hits = new_hits
     if best is None:
         return None
-    notes = _notes(request, models, iterations)
-    return PlanResult(best.plan, best.predicted_tokens_per_s, best.predicted_perplexity, best.bytes_per_tier,
-                      time.perf_counter() - started, best.perplexity_is_estimate, notes, best.budgets)
+    result, gap = best
+    notes = f"within {gap:.2%} of the LP bound; " + _notes(request, models, solves)
+    return replace(result, solve_seconds=time.perf_counter() - started, notes=notes)
 
 
 def _problem(request: PlanRequest, models: _Models, hits: np.ndarray) -> Problem:
     return build_problem(
-        models.latency, models.quality, request.effective_budgets, request.precisions, request.pins, hits,
+        models.latency,
+        models.quality,
+        request.effective_budgets,
+        request.precisions,
+        request.pins,
+        hits,
         request.profile.group_size,
     )
 
 
-def evaluate(plan: Plan, latency: LatencyModel, quality: QualityModel,
-             budgets: tuple[TierBudget, ...] = ()) -> PlanResult:
+def evaluate(
+    plan: Plan, latency: LatencyModel, quality: QualityModel, budgets: tuple[TierBudget, ...] = ()
+) -> PlanResult:
     """Predictions for a given plan (solve_seconds 0)."""
     return PlanResult(
-        plan, latency.predict_tokens_per_s(plan), quality.predict_perplexity(plan),
-        plan.bytes_per_tier(latency.expert_bytes), 0.0, quality.plan_is_estimate(plan), "", budgets,
+        plan,
+        latency.predict_tokens_per_s(plan),
+        quality.predict_perplexity(plan),
+        plan.bytes_per_tier(latency.expert_bytes),
+        0.0,
+        quality.plan_is_estimate(plan),
+        "",
+        budgets,
     )
 
 
@@ -185,30 +208,36 @@ def _meets(result: PlanResult, seconds_cap: float | None, ppl_cap: float | None)
     return fast_enough and good_enough
 
 
-def _better(candidate: PlanResult, best: PlanResult | None, metric: Metric) -> bool:
+def _better(candidate: PlanResult, best: tuple[PlanResult, float] | None, metric: Metric) -> bool:
     if best is None:
         return True
+    current = best[0]
     if metric == "seconds":
-        return candidate.predicted_tokens_per_s > best.predicted_tokens_per_s
-    return candidate.predicted_perplexity < best.predicted_perplexity
+        return candidate.predicted_tokens_per_s > current.predicted_tokens_per_s
+    return candidate.predicted_perplexity < current.predicted_perplexity
 
 
 def _notes(request: PlanRequest, models: _Models, iterations: int) -> str:
     parts = [f"perplexity: {models.quality.basis}"]
     if any(b.name == DISK for b in request.effective_budgets) and DISK in models.latency.tiers:
-        parts.append(f"disk: LRU pool of {models.latency.disk_pool_slots} slots (Che approximation), "
-                     f"{iterations} solve(s)")
+        parts.append(
+            f"disk: LRU pool of {models.latency.disk_pool_slots} slots (Che approximation), "
+            f"{iterations} solve(s)"
+        )
     return "; ".join(parts)
 
 
-def _infeasible(request: PlanRequest, models: _Models, seconds_cap: float | None,
-                ppl_cap: float | None) -> InfeasibleTarget:
+def _infeasible(
+    request: PlanRequest, models: _Models, seconds_cap: float | None, ppl_cap: float | None
+) -> InfeasibleTarget:
     """The error for an unreachable target, carrying the closest feasible point (see `closest_point`)."""
     closest = closest_point(request, models.latency, models.quality, seconds_cap, ppl_cap)
     budgets = ", ".join(f"{b.name}={b.budget_bytes}" for b in request.effective_budgets)
     wanted = request.target.describe()
     if closest is None:
-        return InfeasibleTarget(f"no plan fits the budgets ({budgets}) at all with the allowed precisions and pins")
+        return InfeasibleTarget(
+            f"no plan fits the budgets ({budgets}) at all with the allowed precisions and pins"
+        )
     return InfeasibleTarget(
         f"no plan meets {wanted} within budgets {budgets}; closest: {closest.predicted_tokens_per_s:.3g} tok/s, "
         f"perplexity {closest.predicted_perplexity:.4g} ({closest.plan.describe()})",
@@ -216,8 +245,13 @@ def _infeasible(request: PlanRequest, models: _Models, seconds_cap: float | None
     )
 
 
-def closest_point(request: PlanRequest, latency: LatencyModel, quality: QualityModel,
-                  seconds_cap: float | None, ppl_cap: float | None) -> PlanResult | None:
+def closest_point(
+    request: PlanRequest,
+    latency: LatencyModel,
+    quality: QualityModel,
+    seconds_cap: float | None,
+    ppl_cap: float | None,
+) -> PlanResult | None:
     """The feasible plan nearest an unreachable target: the best plan on the violated bound, keeping the
     other bound when possible (fastest under the ceiling, else most accurate under the floor, else the
     fastest or most accurate outright). None when nothing fits the budgets."""

@@ -8,10 +8,20 @@ from moeqos.errors import InvalidArgument
 from moeqos.tier import TierBudget, validate_tier
 
 _UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+    "t": 2**40,
 }
 _SIZE = re.compile(r"^\s*(?P<number>\d+(\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$")
 
@@ -21,7 +31,9 @@ def parse_bytes(text: str) -> int:
     match = _SIZE.match(text)
     unit = match["unit"].lower() if match else None
     if match is None or unit not in _UNITS:
-        raise InvalidArgument(f"bad size {text!r}; expected a number with an optional unit (GiB, GB, MiB, ...)")
+        raise InvalidArgument(
+            f"bad size {text!r}; expected a number with an optional unit (GiB, GB, MiB, ...)"
+        )
     return int(float(match["number"]) * _UNITS[unit])
 
 

@@ -36,7 +36,7 @@ from planner.descriptions import HardwareDescription, ModelDescription
 WHATIF_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
 DEFAULT_SKEW = 0.25
 
-__all__ = ["HARDWARE", "MODELS", "WHATIF_PRECISIONS", "analytic_profile", "model_named", "hardware_named"]
+__all__ = ["HARDWARE", "MODELS", "WHATIF_PRECISIONS", "analytic_profile", "hardware_named", "model_named"]
 
 
 def model_named(name: str) -> ModelDescription:
@@ -56,17 +56,27 @@ def hardware_named(name: str) -> HardwareDescription:
 
 
 def analytic_profile(
-    model: ModelDescription, hardware: HardwareDescription,
-    precisions: tuple[Precision, ...] = WHATIF_PRECISIONS, skew: float = DEFAULT_SKEW,
+    model: ModelDescription,
+    hardware: HardwareDescription,
+    precisions: tuple[Precision, ...] = WHATIF_PRECISIONS,
+    skew: float = DEFAULT_SKEW,
 ) -> Profile:
     """A Profile derived from the descriptions (see module docstring for every assumption)."""
     tiers = [t.name for t in hardware.tiers]
-    calls = tuple(CallCost(p, t, model.expert_bytes(p), _call_seconds(model, hardware, p, t))
-                  for p in precisions for t in tiers if t != DISK)
-    loads = tuple(LoadCost(p, model.expert_bytes(p), _load_seconds(model, hardware, p))
-                  for p in precisions if DISK in tiers)
-    reference = QualityPoint(f"bf16@{hardware.device}", model.reference_perplexity,
-                             f"published: {model.reference_source}", 0)
+    calls = tuple(
+        CallCost(p, t, model.expert_bytes(p), _call_seconds(model, hardware, p, t))
+        for p in precisions
+        for t in tiers
+        if t != DISK
+    )
+    loads = tuple(
+        LoadCost(p, model.expert_bytes(p), _load_seconds(model, hardware, p))
+        for p in precisions
+        if DISK in tiers
+    )
+    reference = QualityPoint(
+        f"bf16@{hardware.device}", model.reference_perplexity, f"published: {model.reference_source}", 0
+    )
     return Profile(
         model=model.identity(),
         hardware=HardwareIdentity(hardware.device, f"analytic:{hardware.name}", "what-if", 0, "none"),
@@ -83,7 +93,9 @@ def analytic_profile(
 
 
 def expert_budgets(
-    model: ModelDescription, hardware: HardwareDescription, precisions: tuple[Precision, ...] = WHATIF_PRECISIONS,
+    model: ModelDescription,
+    hardware: HardwareDescription,
+    precisions: tuple[Precision, ...] = WHATIF_PRECISIONS,
 ) -> tuple[TierBudget, ...]:
     """Per tier, bytes left for experts (see module docstring)."""
     pool = hardware.disk_pool_slots * max(model.expert_bytes(p) for p in precisions)
@@ -120,7 +132,9 @@ def _call_seconds(model: ModelDescription, hw: HardwareDescription, p: Precision
         return _device_seconds(model, hw, p)
     nbytes = model.expert_bytes(p)
     if hw.host_compute:
-        return hw.host_call_overhead_s + max(nbytes / hw.tier(tier).bandwidth_bps, _flops(model) / hw.host_flops)
+        return hw.host_call_overhead_s + max(
+            nbytes / hw.tier(tier).bandwidth_bps, _flops(model) / hw.host_flops
+        )
     return nbytes / hw.link_bandwidth_bps + _device_seconds(model, hw, p)
 
 

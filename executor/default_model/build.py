@@ -41,8 +41,8 @@ def build_model(source: Path, target: Path, recipe: Mapping[str, Any], progress:
     _say(progress, f"loading dense model from {source}")
     dense, tokenizer = load_dense(source)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_scratch(target)
     scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
     try:
         marker = _write_model(dense, tokenizer, source, scratch, recipe, progress)
         marker["build_seconds"] = round(time.monotonic() - started, 1)
@@ -137,12 +137,35 @@ def _publish(scratch: Path, target: Path) -> None:
 
 
 def _check_replaceable(path: Path) -> None:
-    """Raise FileExistsError if `path` holds something other than an (empty, partial or old) model."""
-    if not path.exists():
+    """Raise FileExistsError unless `path` is absent, empty, or a model this builder made (any recipe).
+
+    A checkpoint without our marker is someone else's model (MOEQOS_MODEL_DIR may point at one): never
+    replaced. Our own half-written builds live only in scratch directories, see `_remove_stale_scratch`.
+    """
+    if not path.exists() or (path.is_dir() and (not any(path.iterdir()) or read_marker(path) is not None)):
         return
-    if path.is_dir() and (not any(path.iterdir()) or (path / "config.json").exists() or read_marker(path)):
-        return
-    raise FileExistsError(f"{path} exists and is not a model directory; refusing to replace it")
+    raise FileExistsError(
+        f"{path} exists and is not a model built by `moeqos model prepare`; refusing to replace it "
+        "(name the model with --model, or choose another --out / MOEQOS_MODEL_DIR)"
+    )
+
+
+def _remove_stale_scratch(target: Path) -> None:
+    """Delete scratch directories of earlier builds of `target` whose process is gone (a crash)."""
+    for scratch in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = scratch.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _say(progress: bool, message: str) -> None:

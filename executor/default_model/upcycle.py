@@ -65,7 +65,7 @@ def mixtral_config(dense: LlamaConfig, recipe: UpcycleRecipe) -> MixtralConfig:
         intermediate_size=dense.intermediate_size,
         num_hidden_layers=dense.num_hidden_layers,
         num_attention_heads=dense.num_attention_heads,
-        num_key_value_heads=dense.num_key_value_heads,
+        num_key_value_heads=dense.num_key_value_heads or dense.num_attention_heads,
         head_dim=getattr(dense, "head_dim", None) or dense.hidden_size // dense.num_attention_heads,
         hidden_act=dense.hidden_act,
         max_position_embeddings=dense.max_position_embeddings,
@@ -76,7 +76,7 @@ def mixtral_config(dense: LlamaConfig, recipe: UpcycleRecipe) -> MixtralConfig:
         eos_token_id=dense.eos_token_id,
         tie_word_embeddings=dense.tie_word_embeddings,
         sliding_window=None,  # Llama attends to the whole context
-        attention_dropout=dense.attention_dropout,
+        attention_dropout=dense.attention_dropout or 0.0,
         rope_parameters=copy.deepcopy(dense.rope_parameters),
         num_local_experts=recipe.num_experts,
         num_experts_per_tok=recipe.top_k,

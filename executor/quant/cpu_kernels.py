@@ -1,7 +1,8 @@
 """CPU kernels: torch's weight-only int8 and int4 matmuls, fed bf16 activations.
 
-Both ops are 10-30x slower with fp32 activations than with bf16, so activations are cast to bf16 for the
-op and the result back to the caller's dtype. Shape limits (checked on torch 2.13; outside them the ops
+Both ops are far slower with fp32 activations than with bf16 (3072x576 weight, one token, one thread:
+int4 8.9 ms vs 0.095 ms, int8 4.5 ms vs 0.33 ms), so activations are cast to bf16 for the op and the
+result back to the caller's dtype. Shape limits (checked on torch 2.13; outside them the ops
 raise, return wrong numbers, or crash, so `QuantLinear` falls back to `DequantKernel`):
 
 - `_weight_int8pack_mm`: K a multiple of 16 (observed: other K give wrong results or segfault); we ask
@@ -25,7 +26,7 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 """Group sizes torch's int4 matmuls are compiled for."""
 
 _INNER_K_TILES = 2
-"""Packing parameter of the int4 op; the CPU op accepts 2, 4 or 8 and lays the weight out alike."""
+"""Packing parameter of the int4 op; the CPU op accepts 2, 4 or 8 and packs identically for each."""
 
 
 def int8_fits(rows: int, cols: int) -> bool:

@@ -3,7 +3,8 @@
 Written from torch's `int4mm.cu` (no GPU was available to run it here; the CPU tests cover the shared
 code: quantization, scale/zero layout, unpacking). What the op expects:
 - packing input: uint8 [N, K/2], code of column 2j in the HIGH nibble of byte j, 2j+1 in the low one;
-- innerKTiles in {2, 4, 8} with K a multiple of 16 * innerKTiles; N a multiple of 8;
+- innerKTiles in {2, 4, 8} with K a multiple of 16 * innerKTiles; N a multiple of 8 (16 on ROCm, so
+  we ask for 16);
 - activations bf16, contiguous, 2-D; qScaleAndZeros bf16 [G, N, 2]; group size in {32, 64, 128, 256};
 - compute capability 8.0 or newer.
 int8 on CUDA goes through `DequantKernel` (int8 -> bf16 is exact, then a bf16 F.linear): torch's CUDA
@@ -14,12 +15,16 @@ Shape legend: M tokens, K input features, N output features, G groups per row.
 
 from __future__ import annotations
 
+import warnings
+from functools import cache
+
 import torch
 from torch import Tensor
 
 from executor.quant.cpu_kernels import INT4_GROUP_SIZES, scales_and_zeros
 from executor.quant.layout import unpack_codes
-from executor.quant.rtn import QuantizedWeight
+from executor.quant.rtn import QuantizedWeight, dequantize, quantize
+from moeqos.precision import Precision
 
 
 def _inner_k_tiles(cols: int) -> int | None:
@@ -30,11 +35,12 @@ def _inner_k_tiles(cols: int) -> int | None:
 def int4_fits(rows: int, cols: int, group_size: int, device: torch.device) -> bool:
     """True if tinygemm handles an [N, K] weight with this group size on `device`."""
     return (
-        rows % 8 == 0
+        rows % 16 == 0
         and group_size in INT4_GROUP_SIZES
         and cols % group_size == 0
         and _inner_k_tiles(cols) is not None
         and torch.cuda.get_device_capability(device) >= (8, 0)
+        and int4_self_check(device)
     )
 
 
@@ -68,3 +74,30 @@ class Int4CudaKernel:
         return QuantizedWeight(
             self.precision, codes, scales.contiguous(), zeros.contiguous(), self.group_size
         )
+
+
+@cache
+def int4_self_check(device: torch.device) -> bool:
+    """Run tinygemm once on a small random weight against dequantize + matmul, and unpack it again.
+
+    False (with a warning) when this build lacks the op or it disagrees, so `QuantLinear` falls back to
+    `DequantKernel` instead of serving wrong numbers from a path no CPU test can reach.
+    """
+    gen = torch.Generator().manual_seed(0)
+    q = quantize(torch.randn(32, 256, generator=gen), Precision.INT4, 64).to(device)  # [32, 256]
+    x = torch.randn(4, 256, generator=gen).to(device)  # [4, 256]
+    try:
+        kernel = Int4CudaKernel(q)
+        y = kernel.matmul(x)  # [4, 32]
+        same_codes = torch.equal(kernel.portable().values, q.values)
+    except RuntimeError as err:
+        warnings.warn(f"tinygemm int4 unavailable on {device}: {err}", stacklevel=2)
+        return False
+    y_ref = x @ dequantize(q).T  # [4, 32]
+    error = float((y.float() - y_ref).norm() / y_ref.norm())
+    if error > 1e-2 or not same_codes:
+        warnings.warn(
+            f"tinygemm int4 on {device} disagrees with the reference (error {error:.3g})", stacklevel=2
+        )
+        return False
+    return True

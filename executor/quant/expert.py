@@ -75,5 +75,7 @@ class QuantExpert(nn.Module):
         return cls(w13, w2)
 
     def to_device(self, device: str | torch.device) -> QuantExpert:
-        """A copy on `device` (e.g. a host-RAM expert copied to the GPU for one call)."""
-        return QuantExpert(self.w13.to_device(device), self.w2.to_device(device))
+        """This expert on `device` (e.g. a host-RAM expert copied to the GPU for one call); `self` if it
+        is already there, since nothing mutates an expert."""
+        w13, w2 = self.w13.to_device(device), self.w2.to_device(device)
+        return self if w13 is self.w13 and w2 is self.w2 else QuantExpert(w13, w2)

@@ -25,6 +25,14 @@ from executor.quant.state import weight_from_state, weight_to_state
 from moeqos.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` with a CUDA index filled in, so "cuda" and "cuda:0" compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def build_kernel(q: QuantizedWeight, device: torch.device) -> Kernel:
     """The kernel for `q` (already on `device`); see the module table."""
     rows, cols = q.shape
@@ -49,11 +57,15 @@ class QuantLinear(nn.Module):
         self.precision: Precision = q.precision
         self.out_features, self.in_features = q.shape
         self.group_size: int = q.group_size
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.kernel: Kernel = build_kernel(q.to(self.device), self.device)
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in] of any float dtype -> [..., out] in x's dtype."""
+        if x.numel() == 0:  # no tokens routed here; some device ops reject an empty launch
+            return x.new_zeros(*x.shape[:-1], self.out_features)
+        if x.dim() == 2:
+            return self.kernel.matmul(x)  # [M, out]
         flat = x.reshape(-1, self.in_features)  # [M, in]
         return self.kernel.matmul(flat).reshape(*x.shape[:-1], self.out_features)  # [..., out]
 
@@ -86,7 +98,10 @@ class QuantLinear(nn.Module):
         return cls(weight_from_state(state, precision, group_size, prefix), device)
 
     def to_device(self, device: str | torch.device) -> QuantLinear:
-        """A copy on `device`, re-laid out for that device's kernel."""
+        """This weight on `device`, re-laid out for that device's kernel; `self` if already there
+        (nothing mutates a QuantLinear, so sharing is safe and a copy-on-use costs nothing)."""
+        if resolve_device(device) == self.device:
+            return self
         return QuantLinear(self.portable(), device)
 
     def extra_repr(self) -> str:

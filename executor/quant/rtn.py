@@ -45,6 +45,18 @@ class QuantizedWeight:
     """bf16 [N, G] for the grouped formats, else None."""
     group_size: int = 64
 
+    def __post_init__(self) -> None:
+        if self.precision.is_float:
+            return
+        rows, cols = self.values.shape
+        expected = (rows,) if self.precision == Precision.INT8 else (rows, -(-cols // self.group_size))
+        got = [None if t is None else tuple(t.shape) for t in (self.scales, self.zeros)]
+        wanted = [expected, expected if self.precision.is_grouped else None]
+        if got != wanted:
+            raise ValueError(
+                f"{self.precision} {rows}x{cols}, group {self.group_size}: scales, zeros {got} != {wanted}"
+            )
+
     @property
     def shape(self) -> tuple[int, int]:
         out_features, in_features = self.values.shape

@@ -73,14 +73,15 @@ def run_health(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """The main job; see `moeqos demo --help`."""
-    from moeqos.demo.run import MODEL_VAR, Clock, load_local, started_services
-    from moeqos.demo.scenario import DemoSettings, run_scenario
+    """The main job; see `moeqos demo --help`. Exit 1 with a message (and the services' log) on failure."""
+    from moeqos.demo.processes import ServiceFailed
+    from moeqos.demo.run import MODEL_VAR, Clock, load_local
+    from moeqos.demo.scenario import DemoSettings
+    from moeqos.errors import MoeqosError
 
     say = Clock()
     out_dir = args.out.resolve()
-    env = {MODEL_VAR: str(args.model.resolve())} if args.model else {}
-    services = load_local(args.compose, env)
+    services = load_local(args.compose, {MODEL_VAR: str(args.model.resolve())} if args.model else {})
     settings = DemoSettings(
         prompt=args.prompt,
         max_tokens=args.max_tokens,
@@ -89,15 +90,31 @@ def run_demo(args: argparse.Namespace) -> int:
         min_tokens_per_s=args.min_tps,
     )
     say(f"moeqos demo: {len(services)} services from the compose file; their logs go to {out_dir / 'logs'}")
-    with started_services(
-        services, out_dir / "logs", say, skip_jobs=bool(args.model), timeout=args.startup_timeout
-    ) as running:
-        executors = {name: running.address(name) for name in running.names_running("executor")}
-        if len(executors) < 2:
-            print(f"the compose file has {len(executors)} executors; the demo needs two", file=sys.stderr)
-            return 1
-        planner = running.address(running.names_running("planner")[0])
-        report = run_scenario(planner, executors, settings, out_dir, say)
+    try:
+        report = _run(
+            services, settings, out_dir, say, skip_jobs=bool(args.model), timeout=args.startup_timeout
+        )
+    except (ServiceFailed, MoeqosError) as exc:
+        print(f"demo failed: {type(exc).__name__}: {exc}\n(logs in {out_dir / 'logs'})", file=sys.stderr)
+        return 1
     (out_dir / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
     say(f"done: plot {report['plot']}, report {out_dir / 'demo.json'}, logs {out_dir / 'logs'}")
     return 0
+
+
+def _run(
+    services: Any, settings: Any, out_dir: Path, say: Any, *, skip_jobs: bool, timeout: float
+) -> dict[str, Any]:
+    """Start the services, run the scenario against them, stop them (whatever happens)."""
+    from moeqos.demo.processes import ServiceFailed
+    from moeqos.demo.run import started_services
+    from moeqos.demo.scenario import run_scenario
+
+    with started_services(services, out_dir / "logs", say, skip_jobs=skip_jobs, timeout=timeout) as running:
+        executors = {name: running.address(name) for name in running.names_running("executor")}
+        planners = running.names_running("planner")
+        if len(executors) < 2 or not planners:
+            raise ServiceFailed(
+                f"the demo needs a planner and two executors; the compose file has {sorted(running.services)}"
+            )
+        return run_scenario(running.address(planners[0]), executors, settings, out_dir, say)

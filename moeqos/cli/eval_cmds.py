@@ -13,7 +13,7 @@ from moeqos.corpora import REPORTING_CORPUS, TEXT_PREFIX, corpus_names, load_cor
 from moeqos.errors import MoeqosError
 from moeqos.models import resolve_model_dir
 from moeqos.plan import Plan, parse_plan
-from moeqos.precision import Precision, expert_bytes
+from moeqos.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"corpus name: {', '.join(corpus_names())} or text:PATH (default: {REPORTING_CORPUS})",
     )
     source.add_argument("--text", type=Path, help="a plain-text file to score (same as --corpus text:FILE)")
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=DEFAULT_GROUP_SIZE,
+        help=f"weights per group of int4/int3/int2 for a text plan (default {DEFAULT_GROUP_SIZE})",
+    )
     parser.add_argument("--model", help="model directory (default: the default model, built if needed)")
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens of the corpus to score")
     parser.add_argument("--context", type=int, default=512, help="tokens per scoring window")
@@ -66,7 +72,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from executor.runtime import ExecutorRuntime
 
     model_dir = resolve_model_dir(args.model)
-    plan = read_plan(args.plan, model_dir, args.device)
+    plan = read_plan(args.plan, model_dir, args.device, args.group_size)
     corpus = load_corpus(f"{TEXT_PREFIX}{args.text}" if args.text else args.corpus)
     started = time.perf_counter()
     runtime = ExecutorRuntime.load(ExecutorConfig(model_dir=model_dir, device=args.device), initial_plan=plan)
@@ -95,12 +101,13 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def read_plan(text: str, model_dir: Path, device: str) -> Plan:
-    """A plan for the model in `model_dir` from its text form or `@file.json`; bare precisions go to `device`."""
+def read_plan(text: str, model_dir: Path, device: str, group_size: int = DEFAULT_GROUP_SIZE) -> Plan:
+    """A plan for the model in `model_dir` from its text form or `@file.json` (which carries its own
+    group size); precisions given without a tier go to `device`."""
     if text.startswith("@"):
         text = Path(text[1:]).expanduser().read_text()
     layers, experts = _model_shape(model_dir)
-    return parse_plan(text, layers, experts, default_tier=device)
+    return parse_plan(text, layers, experts, default_tier=device, group_size=group_size)
 
 
 def _model_shape(model_dir: Path) -> tuple[int, int]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,6 @@ class Point:
 
     tokens_per_s: float
     perplexity: float
-    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -25,33 +25,35 @@ class Deployed:
     measured: Point | None
 
 
-def plot_frontier(frontier: Sequence[Point], deployed: Sequence[Deployed], path: Path, title: str) -> Path:
-    """Write the frontier (line), the deployed plans' predictions (stars) and measurements (crosses,
-    joined to their predictions) as a PNG at `path`."""
+def plot_frontier(
+    frontiers: Mapping[str, Sequence[Point]], deployed: Sequence[Deployed], path: Path, title: str
+) -> Path:
+    """Write each executor's frontier (a faint line, in the colour of the deployed plan of the same name),
+    the deployed plans' predictions (stars) and measurements (crosses, joined to their predictions) as a
+    PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: write files only
     import matplotlib.pyplot as plt
 
+    colors = {plan.name: f"C{index}" for index, plan in enumerate(deployed)}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    ordered = sorted(frontier, key=lambda p: p.tokens_per_s)
-    ax.plot(
-        [p.tokens_per_s for p in ordered],
-        [p.perplexity for p in ordered],
-        "o-",
-        color="0.55",
-        markersize=4,
-        label="frontier (predicted)",
-    )
-    for index, plan in enumerate(deployed):
-        color = f"C{index}"
+    for index, (name, frontier) in enumerate(frontiers.items()):
+        _line(
+            ax,
+            sorted(frontier, key=lambda p: p.tokens_per_s),
+            colors.get(name, f"C{len(colors) + index}"),
+            f"{name}: frontier (predicted)",
+        )
+    for plan in deployed:
+        color = colors[plan.name]
         ax.plot(
             plan.predicted.tokens_per_s,
             plan.predicted.perplexity,
             "*",
             color=color,
             markersize=15,
-            label=f"{plan.name}: predicted",
+            label=f"{plan.name}: deployed, predicted",
         )
         if plan.measured is not None:
             ax.plot(
@@ -62,20 +64,19 @@ def plot_frontier(frontier: Sequence[Point], deployed: Sequence[Deployed], path:
                 markersize=10,
                 label=f"{plan.name}: measured",
             )
-            ax.plot(
-                [plan.predicted.tokens_per_s, plan.measured.tokens_per_s],
-                [plan.predicted.perplexity, plan.measured.perplexity],
-                ":",
-                color=color,
-            )
+            _line(ax, [plan.predicted, plan.measured], color, None, style=":")
     ax.set_xlabel("decode tokens/s (higher is faster)")
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-    return path
+    return Path(path)
+
+
+def _line(ax: Any, points: Sequence[Point], color: str, label: str | None, style: str = "o-") -> None:
+    xs, ys = [p.tokens_per_s for p in points], [p.perplexity for p in points]
+    ax.plot(xs, ys, style, color=color, alpha=0.5 if label else 1.0, markersize=4, label=label)

@@ -70,10 +70,8 @@ class StartedServices:
         return address
 
     def names_running(self, command: str) -> list[str]:
-        """Servers started with `moeqos COMMAND` (e.g. `executor`), in compose order."""
-        return [
-            n for n, r in self.services.items() if r.service.argv[1:2] == (command,) and r.service.address
-        ]
+        """Servers whose command includes COMMAND (`moeqos executor`: `executor`), in compose order."""
+        return [n for n, r in self.services.items() if command in r.service.argv and r.service.address]
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ Talks to the services only through the clients in `client/`.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -57,19 +58,29 @@ class ExecutorResult:
     eval_tokens: int
 
 
-def choose_targets(frontier: list[PlanOutcome], settings: DemoSettings) -> tuple[QosTarget, QosTarget]:
-    """A speed target (a perplexity ceiling generous enough for 4- and 3-bit experts) and a quality
-    target (a throughput floor modest enough to keep most experts at 16 bits), placed on this
-    model's own frontier unless the settings fix them."""
-    best = min(frontier, key=lambda p: p.prediction.perplexity).prediction
-    fastest = max(p.prediction.tokens_per_s for p in frontier)
+def speed_target(frontier: list[PlanOutcome], settings: DemoSettings) -> QosTarget:
+    """A perplexity ceiling generous enough for 4- and 3-bit experts, placed on this executor's own
+    frontier (15% over its most accurate plan) unless the settings fix it."""
     increase = settings.max_perplexity_increase
-    floor = settings.min_tokens_per_s
     if increase is None:
-        increase = round(0.15 * best.perplexity, 2)
+        increase = _round_down(0.15 * min(p.prediction.perplexity for p in frontier))
+    return QosTarget(max_perplexity_increase=increase)
+
+
+def quality_target(frontier: list[PlanOutcome], settings: DemoSettings) -> QosTarget:
+    """A throughput floor modest enough to keep most experts at 16 bits: 15% of the way from this
+    executor's most accurate plan's predicted speed to its fastest plan's, unless the settings fix it."""
+    floor = settings.min_tokens_per_s
     if floor is None:
-        floor = round(best.tokens_per_s + 0.15 * (fastest - best.tokens_per_s), 2)
-    return QosTarget(max_perplexity_increase=increase), QosTarget(min_tokens_per_s=floor)
+        best = min(frontier, key=lambda p: p.prediction.perplexity).prediction.tokens_per_s
+        fastest = max(p.prediction.tokens_per_s for p in frontier)
+        floor = _round_down(best + 0.15 * (fastest - best))
+    return QosTarget(min_tokens_per_s=floor)
+
+
+def _round_down(value: float) -> float:
+    """Two decimals, rounded down: a bound read off the frontier must stay reachable."""
+    return math.floor(value * 100) / 100
 
 
 def stream_generation(name: str, address: str, settings: DemoSettings) -> tuple[str, float]:
@@ -95,25 +106,34 @@ def run_scenario(
 ) -> dict[str, Any]:
     """The demo proper, against running services; returns the report (also written to demo.json)."""
     (speed_name, speed_addr), (quality_name, quality_addr) = list(executors.items())[:2]
+    frontiers: dict[str, list[PlanOutcome]] = {}
     with PlannerClient(planner) as client:
-        say(f"asking the planner for the speed/quality frontier of {speed_name} (measures its profile first)")
-        frontier = client.frontier(executor=speed_addr, points=settings.frontier_points, timeout=LONG_CALL_S)
-        say(f"frontier: {len(frontier)} plans, {_span(frontier)}")
-        speed, quality = choose_targets(frontier, settings)
+        for name, address in ((speed_name, speed_addr), (quality_name, quality_addr)):
+            say(
+                f"asking the planner for {name}'s speed/quality frontier (the executor measures its profile first)"
+            )
+            frontiers[name] = client.frontier(
+                executor=address, points=settings.frontier_points, timeout=LONG_CALL_S
+            )
+            say(f"{name}: {len(frontiers[name])} plans on the frontier, {_span(frontiers[name])}")
+        speed, quality = (
+            speed_target(frontiers[speed_name], settings),
+            quality_target(frontiers[quality_name], settings),
+        )
         say(f"deploying  {speed_name}: {speed.describe()}  |  {quality_name}: {quality.describe()}")
         specs = [DeploySpec(speed_addr, speed), DeploySpec(quality_addr, quality)]
         outcomes = client.deploy(specs, timeout=LONG_CALL_S)
     results = []
     for name, target, outcome in zip((speed_name, quality_name), (speed, quality), outcomes, strict=True):
         results.append(_exercise(name, target, outcome, settings, say))
-    _print_table(results)
-    plot = _plot(frontier, results, out_dir / "frontier.png", speed_name)
+    _print_table(results, settings)
+    plot = _plot(frontiers, results, out_dir / "frontier.png")
     say(f"frontier plot written to {plot}")
     return {
         "settings": asdict(settings),
         "executors": [asdict(r) for r in results],
         "plot": str(plot),
-        "frontier": [_point(p) for p in frontier],
+        "frontiers": {name: [_point(p) for p in points] for name, points in frontiers.items()},
     }
 
 
@@ -159,7 +179,7 @@ def _point(outcome: PlanOutcome) -> dict[str, Any]:
     return {"plan": outcome.plan.to_spec(), "tokens_per_s": p.tokens_per_s, "perplexity": p.perplexity}
 
 
-def _print_table(results: list[ExecutorResult]) -> None:
+def _print_table(results: list[ExecutorResult], settings: DemoSettings) -> None:
     header = f"{'executor':<12} {'target':<34} {'tok/s pred':>10} {'tok/s meas':>10} {'ppl pred':>9} {'ppl meas':>9}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
@@ -167,13 +187,20 @@ def _print_table(results: list[ExecutorResult]) -> None:
             f"{r.name:<12} {r.target:<34} {r.predicted_tokens_per_s:>10.2f} {r.measured_tokens_per_s:>10.2f} "
             f"{r.predicted_perplexity:>9.2f} {r.measured_perplexity:>9.2f}"
         )
+    print(
+        f"measured: tok/s of the streamed generation (decode), perplexity on {settings.eval_corpus} "
+        f"({results[0].eval_tokens} tokens); predicted: the planner, from the executor's profile"
+    )
     for r in results:
         print(f"  {r.name}: {r.plan}\n    plan spec: {r.plan_spec}")
     print()
 
 
-def _plot(frontier: list[PlanOutcome], results: list[ExecutorResult], path: Path, source: str) -> Path:
-    points = [Point(p.prediction.tokens_per_s, p.prediction.perplexity) for p in frontier]
+def _plot(frontiers: Mapping[str, list[PlanOutcome]], results: list[ExecutorResult], path: Path) -> Path:
+    lines = {
+        name: [Point(p.prediction.tokens_per_s, p.prediction.perplexity) for p in points]
+        for name, points in frontiers.items()
+    }
     deployed = [
         Deployed(
             r.name,
@@ -182,6 +209,4 @@ def _plot(frontier: list[PlanOutcome], results: list[ExecutorResult], path: Path
         )
         for r in results
     ]
-    return plot_frontier(
-        points, deployed, path, f"moeqos: plans on {source}'s frontier, predicted and measured"
-    )
+    return plot_frontier(lines, deployed, path, "moeqos demo: each executor's frontier and deployed plan")

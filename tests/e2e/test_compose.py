@@ -79,7 +79,10 @@ def test_planner_needs_no_model_and_advertises_its_service_name(services: dict[s
 def test_every_command_is_a_valid_moeqos_command(services: dict[str, Any]) -> None:
     parser = build_parser()
     for name, service in services.items():
-        argvs = [service["command"], service.get("healthcheck", {}).get("test", ["CMD", "moeqos", "health", "x:1"])[1:]]
+        argvs = [
+            service["command"],
+            service.get("healthcheck", {}).get("test", ["CMD", "moeqos", "health", "x:1"])[1:],
+        ]
         for argv in argvs:
             assert argv[0] == "moeqos", name
             assert callable(parser.parse_args(argv[1:]).func), (name, argv)
@@ -107,7 +110,9 @@ def test_every_image_generates_its_stubs_with_the_one_script(name: str) -> None:
 
 
 def test_planner_image_has_no_torch_and_executor_images_pin_it() -> None:
-    planner = "\n".join(line for line in dockerfile("planner.Dockerfile").splitlines() if not line.startswith("#"))
+    planner = "\n".join(
+        line for line in dockerfile("planner.Dockerfile").splitlines() if not line.startswith("#")
+    )
     assert "torch" not in planner and "[executor]" not in planner and "COPY executor/" not in planner
     for name in ("executor.Dockerfile", "executor-cuda.Dockerfile"):
         text = dockerfile(name)
@@ -140,5 +145,7 @@ def test_the_planner_image_can_build_its_cli_without_torch(tmp_path: Path) -> No
         "import planner.server, client\n"
         "assert 'torch' not in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", blocker], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", blocker], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -24,7 +24,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_mixtral(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def test_compose_services_as_processes_deploy_generate_and_stop_cleanly(tmp_path: Path, tiny_model: Path) -> None:
+def test_compose_services_as_processes_deploy_generate_and_stop_cleanly(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     topology = load_topology(REPO_ROOT / "docker-compose.yml")
     services = local_services(topology, tmp_path / "home", {MODEL_VAR: str(tiny_model)})
     lines: list[str] = []

@@ -74,5 +74,11 @@ def test_health_wait_times_out(tmp_path: Path) -> None:
 
 
 def test_moeqos_runs_under_this_interpreter() -> None:
-    assert console_argv(["moeqos", "health", "x:1"]) == [sys.executable, "-m", "moeqos.cli.main", "health", "x:1"]
+    assert console_argv(["moeqos", "health", "x:1"]) == [
+        sys.executable,
+        "-m",
+        "moeqos.cli.main",
+        "health",
+        "x:1",
+    ]
     assert console_argv(["other", "arg"]) == ["other", "arg"]

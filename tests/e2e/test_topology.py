@@ -23,8 +23,12 @@ def test_real_compose_has_a_planner_two_executors_and_a_model_job() -> None:
     names = [s.name for s in topology.services]
     assert topology.jobs() == {"model"}
     assert {s.name for s in topology.servers()} == {"planner", "executor-a", "executor-b"}
-    assert names.index("model") < names.index("executor-a") and names.index("model") < names.index("executor-b")
-    assert len({s.port for s in topology.servers()}) == 3, "each server needs its own port to run side by side"
+    assert names.index("model") < names.index("executor-a") and names.index("model") < names.index(
+        "executor-b"
+    )
+    assert len({s.port for s in topology.servers()}) == 3, (
+        "each server needs its own port to run side by side"
+    )
 
 
 def test_localize_binds_loopback_and_points_peers_and_volumes_at_local_ones(tmp_path: Path) -> None:
@@ -44,7 +48,9 @@ def test_localize_binds_loopback_and_points_peers_and_volumes_at_local_ones(tmp_
 
 
 def test_rewrites_name_other_services_and_leave_lookalikes_alone(tmp_path: Path) -> None:
-    compose = write(tmp_path, """
+    compose = write(
+        tmp_path,
+        """
 services:
   api:
     command: ["moeqos", "planner", "--peer", "worker:7000,worker:70001"]
@@ -54,12 +60,18 @@ services:
   worker:
     command: ["moeqos", "executor"]
     environment: {MOEQOS_LISTEN: "0.0.0.0:7000"}
-""")
-    services = {s.name: s for s in localize(load_topology(compose), {"api": 1, "worker": 2}, {"cache": Path("/c")})}
+""",
+    )
+    services = {
+        s.name: s for s in localize(load_topology(compose), {"api": 1, "worker": 2}, {"cache": Path("/c")})
+    }
     api = services["api"]
     assert api.argv[-1] == "127.0.0.1:2,worker:70001"
     assert api.environment == {
-        "MOEQOS_LISTEN": "127.0.0.1:1", "OTHER": "myworker:7000", "DATA": "/c/y", "NOT": "/data/xy",
+        "MOEQOS_LISTEN": "127.0.0.1:1",
+        "OTHER": "myworker:7000",
+        "DATA": "/c/y",
+        "NOT": "/data/xy",
     }
     assert [s.name for s in load_topology(compose).services] == ["worker", "api"]
 

@@ -14,8 +14,7 @@ from executor.config import ExecutorConfig
 from executor.runtime import ExecutorRuntime
 from executor.testing import make_tiny_mixtral
 from moeqos.plan import Plan
-
-LAYERS, EXPERTS = 2, 4
+from tests.executor.tiny import fp32_plan
 
 
 @pytest.fixture(scope="session")
@@ -32,19 +31,14 @@ def reference_model(tiny_dir: Path) -> Any:
     return MixtralForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32).eval()
 
 
-def fp32_plan(tier: str = "cpu") -> Plan:
-    return Plan.uniform(LAYERS, EXPERTS, "fp32", tier)
-
-
 @pytest.fixture
 def make_runtime(tiny_dir: Path, tmp_path: Path) -> Callable[..., ExecutorRuntime]:
     """Build a runtime on the tiny checkpoint; keyword arguments go to ExecutorConfig."""
 
     def make(plan: Plan | None = None, **overrides: Any) -> ExecutorRuntime:
-        options: dict[str, Any] = {"dense_precision": "fp32", "variant_cache_dir": tmp_path / "variants"}
-        options.update(overrides)
-        return ExecutorRuntime.load(ExecutorConfig(model_dir=overrides.pop("model_dir", tiny_dir), **options),
-                                    plan or fp32_plan())
+        options: dict[str, Any] = {"model_dir": tiny_dir, "dense_precision": "fp32"}
+        options["variant_cache_dir"] = tmp_path / "variants"
+        return ExecutorRuntime.load(ExecutorConfig(**{**options, **overrides}), plan or fp32_plan())
 
     return make
 
@@ -53,8 +47,3 @@ def make_runtime(tiny_dir: Path, tmp_path: Path) -> Callable[..., ExecutorRuntim
 def runtime(make_runtime: Callable[..., ExecutorRuntime]) -> ExecutorRuntime:
     """A fresh runtime serving the all-fp32 plan (dense fp32)."""
     return make_runtime()
-
-
-def prompt_ids(length: int = 12, seed: int = 0, vocab: int = 256) -> torch.Tensor:
-    """Random token ids [1, length] avoiding the special ids 0-2."""
-    return torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(seed))

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from executor.checkpoint import Checkpoint, CheckpointError
 from executor.config import ExecutorConfig
 from executor.runtime import ExecutorRuntime
-from tests.executor.conftest import fp32_plan, prompt_ids
+from moeqos.precision import Precision
+from tests.executor.tiny import fp32_plan, prompt_ids
 
 
 def test_fp32_plan_reproduces_transformers_logits(runtime, reference_model) -> None:
@@ -47,7 +48,9 @@ def test_identity_and_fingerprint(runtime, tiny_dir: Path, tmp_path: Path) -> No
 
 def test_sharded_checkpoint_loads_the_same(runtime, tiny_dir: Path, tmp_path: Path) -> None:
     shard_dir = _shard(tiny_dir, tmp_path / "sharded")
-    sharded = ExecutorRuntime.load(ExecutorConfig(model_dir=shard_dir, dense_precision="fp32"), fp32_plan())
+    sharded = ExecutorRuntime.load(
+        ExecutorConfig(model_dir=shard_dir, dense_precision=Precision.FP32), fp32_plan()
+    )
     ids = prompt_ids(10)
     torch.testing.assert_close(sharded.forward_logits(ids), runtime.forward_logits(ids))
 
@@ -63,7 +66,9 @@ def _shard(source: Path, target: Path) -> Path:
         name = f"model-0000{part + 1}-of-00002.safetensors"
         save_file({k: tensors[k] for k in chunk}, str(target / name))
         weight_map.update(dict.fromkeys(chunk, name))
-    (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (target / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     return target
 
 
@@ -106,20 +111,23 @@ EXPERT_KEY = "model.layers.1.block_sparse_moe.experts.2.w3.weight"
         (_drop("model.layers.0.self_attn.q_proj.weight"), "model.layers.0.self_attn.q_proj.weight"),
         (_drop(EXPERT_KEY), EXPERT_KEY),
         (_reshape(EXPERT_KEY), EXPERT_KEY),
-        (_reshape("model.layers.1.block_sparse_moe.gate.weight"), "model.layers.1.block_sparse_moe.gate.weight"),
+        (
+            _reshape("model.layers.1.block_sparse_moe.gate.weight"),
+            "model.layers.1.block_sparse_moe.gate.weight",
+        ),
     ],
     ids=["truncated", "missing-dense", "missing-expert", "wrong-shape-expert", "wrong-shape-router"],
 )
 def test_broken_checkpoint_names_file_and_tensor(tiny_dir: Path, tmp_path: Path, edit, needle: str) -> None:
     broken = _broken(tiny_dir, tmp_path, edit)
     with pytest.raises(CheckpointError, match=needle.replace(".", r"\.")):
-        ExecutorRuntime.load(ExecutorConfig(model_dir=broken, dense_precision="fp32"), fp32_plan())
+        ExecutorRuntime.load(ExecutorConfig(model_dir=broken, dense_precision=Precision.FP32), fp32_plan())
 
 
 def test_missing_directory_and_shard_fail_clearly(tiny_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match=r"config\.json"):
         Checkpoint(tmp_path / "nowhere")
     shard_dir = _shard(tiny_dir, tmp_path / "sharded")
     (shard_dir / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors"):
+    with pytest.raises(CheckpointError, match=r"model-00002-of-00002\.safetensors"):
         Checkpoint(shard_dir)

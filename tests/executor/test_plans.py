@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from executor.config import ExecutorConfig
+from executor.runtime import ExecutorRuntime
 from moeqos.errors import InvalidArgument, OverBudget, PlanApplyFailed
 from moeqos.plan import Plan, parse_plan
 from moeqos.precision import Precision, expert_bytes
-from tests.executor.conftest import EXPERTS, LAYERS, fp32_plan, prompt_ids
+from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
 
 MIXED = "fp32@cpu,L0.E1=int4,L1.E2=int8,L1.E3=bf16@disk"
 
@@ -129,20 +130,14 @@ def test_variant_cache_dir_survives_a_restart(runtime, tmp_path) -> None:
     runtime.apply_plan(int4)
     ids = prompt_ids(8)
     expected = runtime.forward_logits(ids)
-    again = type(runtime).load(ExecutorConfig(**{**runtime.config.__dict__}), int4)
+    again = ExecutorRuntime.load(ExecutorConfig(**{**runtime.config.__dict__}), int4)
     assert again.factory.quantized == 0
     torch.testing.assert_close(again.forward_logits(ids), expected)
 
 
 def test_load_without_a_plan_serves_bf16_on_the_device_when_it_fits(tiny_dir) -> None:
-    runtime = type_of_runtime().load(ExecutorConfig(model_dir=tiny_dir))
+    runtime = ExecutorRuntime.load(ExecutorConfig(model_dir=tiny_dir))
     assert runtime.plan == Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu")
     budget = LAYERS * EXPERTS * expert_bytes(64, 128, Precision.INT4)
-    small = type_of_runtime().load(ExecutorConfig(model_dir=tiny_dir, tier_budgets={"cpu": budget}))
+    small = ExecutorRuntime.load(ExecutorConfig(model_dir=tiny_dir, tier_budgets={"cpu": budget}))
     assert small.plan == Plan.uniform(LAYERS, EXPERTS, "int4", "cpu")
-
-
-def type_of_runtime():
-    from executor.runtime import ExecutorRuntime
-
-    return ExecutorRuntime

@@ -61,6 +61,20 @@ def test_kernel_matches_reference(
     assert relative_error(y, y_ref) <= kernel_error_bound(precision, dtype)
 
 
+@pytest.mark.parametrize("tokens", [0, 37])
+@pytest.mark.parametrize("precision", [Precision.BF16, Precision.INT8, Precision.INT4])
+def test_kernel_handles_empty_and_prefill_batches(precision: Precision, tokens: int) -> None:
+    gen = generator("tokens", precision, tokens)
+    weight = torch.randn(64, 128, generator=gen)  # [N, K]
+    x = torch.randn(tokens, 128, generator=gen)  # [M, K]
+    linear = quantize_linear(weight, precision, 64)
+    y = linear(x)
+    assert y.shape == (tokens, 64)
+    if tokens:
+        y_ref = reference_linear(x, quantize_dequantize(weight, precision, 64))
+        assert relative_error(y, y_ref) <= kernel_error_bound(precision, x.dtype)
+
+
 @pytest.mark.parametrize("precision", list(Precision))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}g{s[2]}")
 def test_module_computes_with_the_reference_weight(
@@ -77,15 +91,16 @@ def test_module_computes_with_the_reference_weight(
 
 @pytest.mark.parametrize("precision", list(Precision))
 @pytest.mark.parametrize("shape", [(64, 128), (20, 71)], ids=str)
-def test_state_and_device_copies_compute_identically(shape: tuple[int, int], precision: Precision) -> None:
+def test_state_and_relaid_copies_compute_identically(shape: tuple[int, int], precision: Precision) -> None:
     gen = generator("state", shape, precision)
     weight = torch.randn(*shape, generator=gen)
     x = torch.randn(4, shape[1], generator=gen)
     linear = quantize_linear(weight, precision, 32)
     rebuilt = QuantLinear.from_state(linear.to_state(), precision, 32, "cpu")
-    copied = linear.to_device("cpu")
+    relaid = QuantLinear(linear.portable(), "cpu")  # what to_device does for another device
     assert torch.equal(rebuilt(x), linear(x))
-    assert torch.equal(copied(x), linear(x))
+    assert torch.equal(relaid(x), linear(x))
+    assert linear.to_device("cpu") is linear
 
 
 def test_precision_may_be_given_by_name() -> None:

@@ -110,3 +110,11 @@ def test_state_round_trip_is_exact(precision: Precision) -> None:
     back = weight_from_state(state, precision, 32, "w.")
     assert torch.equal(dequantize(back), dequantize(q))
     assert torch.equal(back.values, q.values)
+
+
+@pytest.mark.parametrize("precision", [Precision.INT8, Precision.INT4])
+def test_state_with_the_wrong_precision_or_group_size_is_rejected(precision: Precision) -> None:
+    state = weight_to_state(quantize(torch.randn(8, 128), Precision.INT4, 32))
+    wrong_group = 64 if precision == Precision.INT4 else 32
+    with pytest.raises(ValueError):
+        weight_from_state(state, precision, wrong_group)

@@ -14,7 +14,19 @@ from moeqos.cli.main import main
 from moeqos.corpora import load_corpus, tokenize_prefix
 from moeqos.models import ensure_default_model
 
-ARGS = ["--corpus", "ptb:test", "--max-tokens", "300", "--context", "64", "--decode-tokens", "4", "--json"]
+ARGS = [
+    "--corpus",
+    "ptb:test",
+    "--max-tokens",
+    "300",
+    "--context",
+    "64",
+    "--decode-tokens",
+    "4",
+    "--group-size",
+    "16",
+    "--json",
+]
 
 
 @pytest.fixture(scope="module")

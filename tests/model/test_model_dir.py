@@ -67,25 +67,28 @@ def test_prepare_builds_once_then_reuses(
     assert calls == [target, target]
 
 
-def test_incomplete_directory_is_rebuilt(
+def test_crashed_or_outdated_builds_are_rebuilt(
     tmp_path: Path, tiny_source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = _build_calls(monkeypatch)
     target = tmp_path / "model"
-    target.mkdir()
-    (target / "config.json").write_text("{}")  # a crash before the marker: no marker, so not complete
+    crashed = tmp_path / ".model.tmp-999999999"  # a build killed half-way: scratch only, no marker
+    crashed.mkdir()
+    (crashed / "config.json").write_text("{}")
     ensure_default_model(progress=False, model_dir=target, source=tiny_source)
-    assert calls == [target] and (target / MARKER_FILE).is_file()
-    (target / MARKER_FILE).write_text(json.dumps({"recipe": {**RECIPE, "router_seed": 1}}))  # older recipe
+    assert calls == [target] and (target / MARKER_FILE).is_file() and not crashed.exists()
+    marker = json.loads((target / MARKER_FILE).read_text())
+    (target / MARKER_FILE).write_text(json.dumps({**marker, "recipe": {**RECIPE, "router_seed": 1}}))
     ensure_default_model(progress=False, model_dir=target, source=tiny_source)
     assert len(calls) == 2 and json.loads((target / MARKER_FILE).read_text())["recipe"] == RECIPE
 
 
-def test_a_foreign_directory_is_never_replaced(tmp_path: Path, tiny_source: Path) -> None:
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+@pytest.mark.parametrize("own_file", ["notes.txt", "config.json"])
+def test_a_foreign_directory_is_never_replaced(tmp_path: Path, tiny_source: Path, own_file: str) -> None:
+    (tmp_path / own_file).write_text("mine")  # e.g. MOEQOS_MODEL_DIR pointing at someone's checkpoint
+    with pytest.raises(FileExistsError, match="not a model built by"):
         ensure_default_model(progress=False, model_dir=tmp_path, source=tiny_source)
-    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / own_file).read_text() == "mine"
 
 
 def test_cli_prepare_and_info_use_env_and_flags(

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, MixtralForCausalLM
 
 from executor.default_model.upcycle import UpcycleRecipe, mixtral_config, router_weights, upcycle
 from executor.default_model.writer import INDEX_FILE, shard_layers, write_checkpoint
-from tests.model.conftest import tiny_dense, tiny_llama_config
+from tests.model.tiny import tiny_dense, tiny_llama_config
 
 RECIPE = UpcycleRecipe(num_experts=4, top_k=2, router_seed=7, router_std=0.5)
 
@@ -56,7 +56,8 @@ def test_mixtral_config_keeps_dense_geometry() -> None:
     assert (config.num_local_experts, config.num_experts_per_tok) == (4, 2)
     assert config.tie_word_embeddings and config.sliding_window is None and config.router_jitter_noise == 0
     assert config.num_key_value_heads == 2 and config.head_dim == 8
-    assert config.rope_parameters["rope_theta"] == 12345.0 and config.rms_norm_eps == 1e-6
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 12345.0}
+    assert config.rms_norm_eps == 1e-6
 
 
 def test_biased_or_non_llama_models_are_refused() -> None:

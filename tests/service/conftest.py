@@ -18,14 +18,16 @@ def _ensure_stubs() -> None:
     try:
         import moeqos_proto.executor.v1.executor_pb2_grpc  # noqa: F401
     except ModuleNotFoundError:
-        subprocess.run(["bash", str(ROOT / "scripts" / "gen_protos.sh")], check=True, env={"PYTHON": sys.executable})
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "gen_protos.sh")], check=True, env={"PYTHON": sys.executable}
+        )
 
 
 _ensure_stubs()
 
 from executor.server import ExecutorHandle  # noqa: E402
 from moeqos.server_common import Server  # noqa: E402
-from tests.service.harness import Stack, address  # noqa: E402
+from tests.service.service_harness import Stack, address  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +51,8 @@ def planner(stack: Stack) -> Server:
 
 @pytest.fixture(scope="session")
 def executor(stack: Stack) -> ExecutorHandle:
-    """The shared executor: cpu budget 1 MB, no disk tier budget (so plans stay on cpu)."""
-    return stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    """The shared executor: cpu budget 600 kB (all bf16 fits, all fp32 does not), no disk tier budget."""
+    return stack.executor(budgets={"cpu": 600_000, "disk": 0})
 
 
 @pytest.fixture(scope="session")

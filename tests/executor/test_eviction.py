@@ -1,0 +1,98 @@
+"""The disk tier: the slot pool's LRU bookkeeping, alone and inside a running model."""
+
+from __future__ import annotations
+
+import torch
+
+from executor.eviction import LruPolicy, SlotPool
+from executor.loader import moe_blocks
+from moeqos.plan import Plan
+from tests.executor.tiny import EXPERTS, LAYERS, prompt_ids
+
+
+class Recorder:
+    """A pool over string keys whose loads are recorded (value = key upper-cased, 10 bytes each)."""
+
+    def __init__(self, slots: int) -> None:
+        self.pool: SlotPool[str, str] = SlotPool(slots, LruPolicy())
+        self.loads: list[str] = []
+
+    def access(self, key: str) -> str:
+        return self.pool.get(key, lambda: self._load(key))
+
+    def _load(self, key: str) -> tuple[str, int]:
+        self.loads.append(key)
+        return key.upper(), 10
+
+
+def test_lru_pool_follows_a_scripted_sequence() -> None:
+    recorder = Recorder(2)
+    pool, loads = recorder.pool, recorder.loads
+    sequence = ["a", "b", "a", "c", "b", "a", "a", "c"]
+    results = [recorder.access(k) for k in sequence]
+    assert results == [k.upper() for k in sequence]
+    # a miss, b miss, a hit, c miss (evicts b), b miss (evicts a), a miss (evicts c), a hit, c miss (evicts b)
+    assert loads == ["a", "b", "c", "b", "a", "c"]
+    assert (pool.stats.hits, pool.stats.misses, pool.stats.evictions) == (2, 6, 4)
+    assert pool.stats.bytes_loaded == 60
+    assert sorted(pool.resident()) == ["a", "c"]
+
+
+def test_pool_never_exceeds_its_slots_and_discard_frees_one() -> None:
+    recorder = Recorder(3)
+    pool = recorder.pool
+    for i in range(50):
+        recorder.access(str(i % 7))
+        assert len(pool) <= 3
+    resident = pool.resident()
+    pool.discard(resident[0])
+    assert len(pool) == 2 and resident[0] not in pool.resident()
+    pool.discard("not-there")
+    assert len(pool) == 2
+
+
+def test_disk_tier_in_a_running_model(make_runtime) -> None:
+    runtime = make_runtime(disk_pool_slots=3)
+    ids = prompt_ids(6)
+    on_cpu = Plan.uniform(LAYERS, EXPERTS, "int8", "cpu")
+    runtime.apply_plan(on_cpu)
+    expected = runtime.forward_logits(ids)
+    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "int8", "disk"))
+    accesses = _expert_accesses(runtime, ids) + _expert_accesses(runtime, ids[:, :1])
+    stats = runtime.store_stats()
+    hits, misses = _simulate_lru(accesses, 3)
+    assert (stats.hits, stats.misses) == (hits, misses)
+    assert stats.resident_slots == min(3, len(set(accesses)))
+    variant_file = runtime.factory.path((0, 0, on_cpu[0, 0].precision, 64))
+    assert stats.bytes_moved == misses * variant_file.stat().st_size
+    torch.testing.assert_close(runtime.forward_logits(ids), expected)  # same quantized bytes, read from disk
+
+
+def _expert_accesses(runtime, ids: torch.Tensor) -> list[tuple[int, int]]:
+    """Run one forward pass; the (layer, expert) calls it makes, in order (experts ascending per layer)."""
+    accesses: list[tuple[int, int]] = []
+
+    def observe(layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
+        accesses.extend((layer, e) for e in torch.unique(index).tolist())
+
+    blocks = moe_blocks(runtime.lm, runtime.adapter)
+    for block in blocks:
+        block.observer = observe
+    runtime.forward_logits(ids)
+    for block in blocks:
+        block.observer = None
+    return accesses
+
+
+def _simulate_lru(accesses: list[tuple[int, int]], slots: int) -> tuple[int, int]:
+    resident: list[tuple[int, int]] = []
+    hits = misses = 0
+    for key in accesses:
+        if key in resident:
+            hits += 1
+            resident.remove(key)
+        else:
+            misses += 1
+            resident = resident[-(slots - 1) :] if len(resident) >= slots else resident
+        resident.append(key)
+    return hits, misses

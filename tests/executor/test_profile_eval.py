@@ -1,0 +1,141 @@
+"""Profiles are well formed and round-trip; evaluate's perplexity matches transformers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from executor.loader import moe_blocks
+from moeqos.errors import InvalidArgument, OutOfRange
+from moeqos.plan import Plan
+from moeqos.precision import Precision
+from moeqos.profile import Profile
+from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
+
+INT4 = Plan.uniform(LAYERS, EXPERTS, "int4", "cpu")
+
+
+@pytest.fixture
+def calibration(runtime) -> list[int]:
+    return runtime.tokenizer.encode(" ".join(["the quick brown fox jumps over the lazy dog"] * 12))
+
+
+def test_profile_is_well_formed_and_round_trips(runtime, calibration) -> None:
+    stages: list[tuple[str, float]] = []
+    profile = runtime.profile(
+        calibration,
+        "tiny:train",
+        max_tokens=96,
+        repeats=2,
+        capture_tokens=32,
+        window=48,
+        quality_plans=[fp32_plan(), INT4],
+        progress=lambda stage, fraction: stages.append((stage, fraction)),
+    )
+    assert profile.model == runtime.model and profile.hardware == runtime.hardware
+    assert profile.calibration_tokens == 96
+    for row in profile.frequency:
+        assert len(row) == EXPERTS and min(row) >= 0
+        assert math.isclose(sum(row), runtime.model.top_k, rel_tol=1e-9)
+    precisions = set(Precision)
+    assert {(c.precision, c.tier) for c in profile.call_costs} == {
+        (p, t) for p in precisions for t in ("cpu", "disk")
+    }
+    assert all(
+        c.seconds > 0 and c.bytes == runtime.model.expert_bytes(c.precision) for c in profile.call_costs
+    )
+    assert {c.precision for c in profile.load_costs} == precisions and all(
+        c.seconds > 0 for c in profile.load_costs
+    )
+    assert profile.fixed_seconds > 0
+    assert set(profile.quant_error) == precisions
+    assert all(e < 1e-5 for row in profile.quant_error[Precision.FP32] for e in row)
+    assert all(e > 0 for row in profile.quant_error[Precision.INT2] for e in row)
+    assert [q.plan_spec for q in profile.quality_points] == ["fp32@cpu", "int4@cpu"]
+    assert all(q.perplexity > 1 and q.corpus == "tiny:train" for q in profile.quality_points)
+    assert {t.name for t in profile.tiers} == {"cpu", "disk"}
+    assert Profile.from_json(profile.to_json()) == profile
+    assert {s for s, _ in stages} >= {"frequency", "quant_error", "call_costs", "fixed", "quality"}
+    assert runtime.plan == fp32_plan()
+
+
+def test_profile_frequencies_count_routed_calls(runtime, calibration) -> None:
+    profile = runtime.profile(
+        calibration, "tiny:train", max_tokens=64, repeats=1, capture_tokens=8, window=64
+    )
+    ids = torch.tensor([calibration[:64]])
+    expected = _layer_frequencies(runtime, ids)
+    for got, want in zip(profile.frequency, expected, strict=True):
+        assert got == pytest.approx(want)
+
+
+def _layer_frequencies(runtime, ids: torch.Tensor) -> list[list[float]]:
+    counts = torch.zeros(LAYERS, EXPERTS)
+
+    def observe(layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
+        counts[layer] += torch.bincount(index.flatten(), minlength=EXPERTS).float()
+
+    blocks = moe_blocks(runtime.lm, runtime.adapter)
+    for block in blocks:
+        block.observer = observe
+    runtime.forward_logits(ids)
+    for block in blocks:
+        block.observer = None
+    return (counts / ids.shape[1]).tolist()
+
+
+def _transformers_perplexity(model, ids: list[int], window: int) -> float:
+    """Non-overlapping windows; within each, every token but the first is predicted from its prefix."""
+    nll, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = torch.tensor([ids[start : start + window]])
+        with torch.no_grad():
+            logits = model(chunk).logits[0, :-1]
+        nll += float(torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum"))
+        count += chunk.shape[1] - 1
+    return math.exp(nll / count)
+
+
+def test_evaluate_perplexity_equals_transformers(runtime, reference_model) -> None:
+    ids = prompt_ids(100, seed=5)[0].tolist()
+    result = runtime.evaluate(ids, context_length=32, decode_tokens=4)
+    assert result.perplexity == pytest.approx(_transformers_perplexity(reference_model, ids, 32), rel=1e-4)
+    assert result.tokens_scored == 100 - 4 and result.tokens_per_s > 0 and result.seconds > 0
+
+
+def test_evaluate_applies_a_plan_temporarily(runtime) -> None:
+    ids = prompt_ids(64, seed=6)[0].tolist()
+    reference = runtime.evaluate(ids, context_length=32, decode_tokens=0)
+    quantized = runtime.evaluate(ids, INT4, context_length=32, decode_tokens=0)
+    assert quantized.perplexity != pytest.approx(reference.perplexity, rel=1e-4)
+    assert runtime.plan == fp32_plan()
+    assert runtime.evaluate(ids, context_length=32, decode_tokens=0).perplexity == pytest.approx(
+        reference.perplexity
+    )
+
+
+def test_strided_windows_score_every_token_once(runtime) -> None:
+    ids = prompt_ids(80, seed=7)[0].tolist()
+    strided = runtime.evaluate(ids, context_length=32, stride=16, decode_tokens=0)
+    assert strided.tokens_scored == 79
+    full = runtime.evaluate(ids, context_length=80, decode_tokens=0)
+    assert full.tokens_scored == 79
+    assert strided.perplexity == pytest.approx(full.perplexity, rel=0.5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"token_ids": [5]}, InvalidArgument),
+        ({"context_length": 1}, OutOfRange),
+        ({"context_length": 4096}, OutOfRange),
+        ({"stride": 64}, InvalidArgument),
+        ({"token_ids": [5, 300]}, InvalidArgument),
+    ],
+)
+def test_evaluate_rejects_bad_arguments(runtime, kwargs, error) -> None:
+    arguments = {"token_ids": [5, 6, 7, 8], "context_length": 32, **kwargs}
+    with pytest.raises(error):
+        runtime.evaluate(**arguments)

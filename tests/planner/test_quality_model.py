@@ -1,0 +1,74 @@
+"""The quality model: nnls fit recovers known coefficients, leave-one-out error, priors, JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from moeqos.errors import InvalidArgument
+from moeqos.plan import Plan
+from moeqos.precision import Precision
+from planner.priors import PRIOR_LOG_PPL_INCREASE
+from planner.quality_model import QualityModel
+from tests.planner.planner_fixtures import (
+    REFERENCE_PPL,
+    TRUE_COEFFICIENT,
+    synthetic_profile,
+    true_log_increase,
+)
+
+PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT2)
+
+
+def test_fit_recovers_coefficients_without_noise() -> None:
+    profile = synthetic_profile(3, 4, PRECISIONS, quality_plans=10, seed=5)
+    model = QualityModel.fit(profile)
+    assert model.fitted == {Precision.INT8, Precision.INT4, Precision.INT2}
+    for p in model.fitted:
+        assert model.coefficients[p] == pytest.approx(TRUE_COEFFICIENT[p], rel=1e-6)
+    assert model.holdout_error is not None and model.holdout_error < 1e-6
+    assert model.holdout_points == 9
+    assert model.reference_perplexity == REFERENCE_PPL
+    assert not model.plan_is_estimate(Plan.uniform(3, 4, Precision.INT4, "cuda:0"))
+
+
+def test_fit_with_noise_is_close_and_reports_holdout_error() -> None:
+    profile = synthetic_profile(3, 4, PRECISIONS, quality_plans=30, seed=6, noise=0.005)
+    model = QualityModel.fit(profile)
+    assert model.coefficients[Precision.INT4] == pytest.approx(TRUE_COEFFICIENT[Precision.INT4], rel=0.25)
+    assert model.coefficients[Precision.INT2] == pytest.approx(TRUE_COEFFICIENT[Precision.INT2], rel=0.1)
+    assert model.holdout_error is not None and 0 < model.holdout_error < 0.05
+    plan = Plan.uniform(3, 4, Precision.INT4, "cuda:0")
+    expected = REFERENCE_PPL * math.exp(true_log_increase(profile, plan))
+    assert model.predict_perplexity(plan) == pytest.approx(expected, rel=0.05)
+
+
+def test_too_few_points_fall_back_to_priors_and_say_so() -> None:
+    profile = synthetic_profile(3, 4, PRECISIONS, quality_plans=2, seed=7)  # reference + 1 plan, 3 precisions
+    model = QualityModel.fit(profile)
+    assert model.fitted == frozenset() and model.is_estimate
+    assert "prior" in model.basis and model.holdout_error is None
+    uniform = Plan.uniform(3, 4, Precision.INT4, "cuda:0")
+    assert model.plan_is_estimate(uniform)
+    assert model.predict_log_increase(uniform) == pytest.approx(PRIOR_LOG_PPL_INCREASE[Precision.INT4])
+
+
+def test_missing_reference_needs_a_prior() -> None:
+    profile = synthetic_profile(quality_plans=0)
+    with pytest.raises(InvalidArgument):
+        QualityModel.fit(profile)
+    model = QualityModel.fit(profile, prior_reference=(7.5, "published"))
+    assert model.reference_perplexity == 7.5 and model.is_estimate
+    assert model.predict_perplexity(Plan.uniform(2, 3, Precision.BF16, "cpu")) == pytest.approx(7.5)
+
+
+def test_json_round_trip() -> None:
+    profile = synthetic_profile(2, 3, PRECISIONS, quality_plans=8, seed=8, noise=0.01)
+    model = QualityModel.fit(profile)
+    again = QualityModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again == model
+    assert again.identity.fingerprint == profile.model.fingerprint
+    plan = Plan.uniform(2, 3, Precision.INT2, "cpu")
+    assert again.predict_perplexity(plan) == model.predict_perplexity(plan)

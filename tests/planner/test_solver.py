@@ -1,0 +1,185 @@
+"""The MILP solver against brute force on small instances, plus budgets, pins and infeasible targets."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from moeqos.errors import InfeasibleTarget, InvalidArgument
+from moeqos.plan import Assignment
+from moeqos.precision import Precision
+from moeqos.profile import Profile
+from moeqos.qos import Objective, QosTarget
+from moeqos.rules import PlacementRule
+from moeqos.tier import TierBudget
+from planner.latency_model import LatencyModel
+from planner.quality_model import QualityModel
+from planner.solver import PlanRequest, PlanResult, solve
+from tests.planner.planner_fixtures import synthetic_profile
+
+P = Precision
+SMALL_CASES = [
+    ((P.BF16, P.INT8, P.INT4), ("cuda:0", "cpu")),
+    ((P.BF16, P.INT4), ("cuda:0", "cpu", "disk")),  # no pool slots: every disk call misses (linear)
+]
+
+
+def brute_force(profile: Profile, budgets: dict[str, int], precisions: tuple[P, ...], tiers: tuple[str, ...]):
+    """Every plan of the instance: [M] seconds per token, [M] perplexity, [M] feasible-in-budget."""
+    latency, quality = LatencyModel.fit(profile), QualityModel.fit(profile)
+    options = [Assignment(p, t) for t in tiers for p in precisions]
+    freq = np.asarray(profile.frequency).reshape(-1)  # [N]
+    cost = np.array(
+        [
+            [
+                f
+                * (
+                    latency.call_seconds(a.precision, a.tier)
+                    + (latency.load_seconds(a.precision) if a.tier == "disk" else 0)
+                )
+                for a in options
+            ]
+            for f in freq
+        ]
+    )  # [N, K]
+    logp = np.stack([quality.expert_terms(a.precision).reshape(-1) for a in options], axis=1)  # [N, K]
+    nbytes = np.array([latency.expert_bytes[a.precision] for a in options])  # [K]
+    choices = np.array(list(itertools.product(range(len(options)), repeat=freq.size)))  # [M, N]
+    rows = np.arange(freq.size)
+    seconds = profile.fixed_seconds + cost[rows, choices].sum(axis=1)
+    ppl = quality.reference_perplexity * np.exp(logp[rows, choices].sum(axis=1))
+    fits = np.ones(len(choices), dtype=bool)
+    for tier, budget in budgets.items():
+        used = (nbytes[choices] * np.array([a.tier == tier for a in options])[choices]).sum(axis=1)
+        fits &= used <= budget
+    return seconds, ppl, fits
+
+
+def _instance(seed: int, precisions: tuple[P, ...], tiers: tuple[str, ...]) -> tuple[Profile, dict[str, int]]:
+    rng = np.random.default_rng(seed)
+    probe = synthetic_profile(2, 3, precisions, tiers, seed=seed)
+    bf16 = probe.model.expert_bytes(P.BF16)
+    budgets = {
+        "cuda:0": int(rng.uniform(1, 4) * bf16),
+        "cpu": int(rng.uniform(2, 5) * bf16),
+        "disk": 10 * bf16,
+    }
+    budgets = {t: budgets[t] for t in tiers}
+    return synthetic_profile(2, 3, precisions, tiers, seed=seed, budgets=budgets, quality_plans=8), budgets
+
+
+@pytest.mark.parametrize("precisions, tiers", SMALL_CASES)
+@pytest.mark.parametrize("seed", range(4))
+def test_milp_matches_brute_force_for_both_objectives(precisions, tiers, seed: int) -> None:
+    profile, budgets = _instance(seed, precisions, tiers)
+    seconds, ppl, fits = brute_force(profile, budgets, precisions, tiers)
+    fastest, slowest = seconds[fits].min(), seconds[fits].max()
+    floor = 1 / (fastest + 0.5 * (slowest - fastest))
+    ceiling = float(np.quantile(ppl[fits], 0.4))
+    for target in (QosTarget(min_tokens_per_s=floor), QosTarget(max_perplexity=ceiling)):
+        result = solve(PlanRequest(profile, target, tolerance=1e-9))
+        ok = fits & (1 / seconds >= floor if target.min_tokens_per_s else ppl <= ceiling)
+        if target.effective_objective == Objective.QUALITY:
+            assert result.predicted_perplexity == pytest.approx(ppl[ok].min(), rel=1e-7)
+            assert result.predicted_tokens_per_s >= floor * (1 - 1e-9)
+        else:
+            assert 1 / result.predicted_tokens_per_s == pytest.approx(seconds[ok].min(), rel=1e-7)
+            assert result.predicted_perplexity <= ceiling * (1 + 1e-9)
+        _assert_within_budgets(result, budgets)
+
+
+def test_unreachable_floor_raises_with_the_fastest_plan_as_closest() -> None:
+    profile, budgets = _instance(1, (P.BF16, P.INT4), ("cuda:0", "cpu"))
+    seconds, _, fits = brute_force(profile, budgets, (P.BF16, P.INT4), ("cuda:0", "cpu"))
+    best = 1 / seconds[fits].min()
+    with pytest.raises(InfeasibleTarget) as caught:
+        solve(PlanRequest(profile, QosTarget(min_tokens_per_s=best * 1.5), tolerance=1e-9))
+    closest = caught.value.closest
+    assert closest["predicted_tokens_per_s"] == pytest.approx(best, rel=1e-7)
+    assert {"perplexity_is_estimate", "plan_spec", "bytes_per_tier", "predicted_perplexity"} <= set(closest)
+    assert "closest" in str(caught.value)
+
+
+def test_unreachable_ceiling_raises_with_the_most_accurate_plan_as_closest() -> None:
+    profile, _ = _instance(2, (P.BF16, P.INT8, P.INT4), ("cuda:0", "cpu"))
+    lossy = frozenset({P.INT8, P.INT4})
+    with pytest.raises(InfeasibleTarget) as caught:
+        solve(PlanRequest(profile, QosTarget(max_perplexity_increase=0.0), allowed_precisions=lossy))
+    most_accurate = solve(
+        PlanRequest(profile, QosTarget(objective=Objective.QUALITY), allowed_precisions=lossy)
+    )
+    closest = caught.value.closest
+    assert closest["predicted_perplexity"] == pytest.approx(most_accurate.predicted_perplexity, rel=5e-3)
+    assert closest["predicted_perplexity"] > QualityModel.fit(profile).reference_perplexity
+
+
+def test_budgets_that_hold_nothing_raise_without_a_closest_point() -> None:
+    profile = synthetic_profile(2, 3, (P.BF16, P.INT4), ("cpu",), budgets={"cpu": 1000})
+    with pytest.raises(InfeasibleTarget) as caught:
+        solve(PlanRequest(profile, QosTarget(min_tokens_per_s=1)))
+    assert caught.value.closest == {}
+
+
+def test_pins_first_match_wins_and_precision_only_pins_leave_the_tier_free() -> None:
+    profile, budgets = _instance(3, (P.BF16, P.INT8, P.INT4), ("cuda:0", "cpu"))
+    pins = (
+        PlacementRule.parse("L0.E0=int8@cpu"),
+        PlacementRule.parse("L0.E*=bf16"),
+        PlacementRule.parse("L1.E2=int4"),
+    )
+    result = solve(PlanRequest(profile, QosTarget(objective=Objective.SPEED), pins=pins))
+    assert result.plan[0, 0] == Assignment(P.INT8, "cpu")
+    assert all(result.plan[0, e].precision == P.BF16 for e in (1, 2))
+    assert result.plan[1, 2].precision == P.INT4
+    _assert_within_budgets(result, budgets)
+
+
+def test_pin_to_an_unavailable_option_is_invalid() -> None:
+    profile, _ = _instance(0, (P.BF16, P.INT4), ("cuda:0", "cpu"))
+    with pytest.raises(InvalidArgument):
+        solve(PlanRequest(profile, QosTarget(min_tokens_per_s=1), pins=(PlacementRule.parse("L0.E0=int2"),)))
+
+
+def test_explicit_budgets_and_allowed_sets_are_respected() -> None:
+    profile = synthetic_profile(4, 8, (P.BF16, P.INT8, P.INT4), ("cuda:0", "cpu"), quality_plans=10, seed=4)
+    bf16 = profile.model.expert_bytes(P.BF16)
+    budgets = (TierBudget("cuda:0", 7 * bf16), TierBudget("cpu", 40 * bf16))
+    request = PlanRequest(
+        profile,
+        QosTarget(max_perplexity_increase=0.5),
+        budgets,
+        allowed_precisions=frozenset({P.BF16, P.INT8}),
+    )
+    result = solve(request)
+    assert {a.precision for a in result.plan.counts()} <= {P.BF16, P.INT8}
+    _assert_within_budgets(result, {b.name: b.budget_bytes for b in budgets})
+
+
+def test_disk_pool_predictions_are_honest_and_meet_the_floor() -> None:
+    profile = synthetic_profile(
+        4,
+        8,
+        (P.BF16, P.INT4),
+        ("cpu", "disk"),
+        quality_plans=6,
+        seed=9,
+        pool_slots=6,
+        budgets={"cpu": 12 * synthetic_profile().model.expert_bytes(P.INT4)},
+    )
+    latency = LatencyModel.fit(profile)
+    slowest = solve(PlanRequest(profile, QosTarget(objective=Objective.QUALITY)))
+    fastest = solve(PlanRequest(profile, QosTarget(objective=Objective.SPEED)))
+    floor = math.sqrt(slowest.predicted_tokens_per_s * fastest.predicted_tokens_per_s)
+    result = solve(PlanRequest(profile, QosTarget(min_tokens_per_s=floor)))
+    assert result.predicted_tokens_per_s == pytest.approx(latency.predict_tokens_per_s(result.plan))
+    assert result.predicted_tokens_per_s >= floor * (1 - 1e-6)
+    assert any(a.tier == "disk" for a in result.plan.counts())
+    assert "LRU pool of 6 slots" in result.notes
+
+
+def _assert_within_budgets(result: PlanResult, budgets: dict[str, int]) -> None:
+    for tier, used in result.bytes_per_tier.items():
+        assert used <= budgets[tier], f"{tier}: {used} > {budgets[tier]}"

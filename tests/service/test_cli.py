@@ -1,0 +1,51 @@
+"""The client commands (`moeqos generate|deploy|status|apply|set-budget|profile`) against real servers,
+through `moeqos.cli.main.main` with `--json`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moeqos.cli.main import main
+from tests.service.service_harness import address
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_generate_prints_json_lines(capsys, executor_address):
+    code, out = _run(capsys, "generate", "--executor", executor_address, "--max-tokens", "5", "--json", "hello")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(lines) == 6
+    assert lines[-1]["stats"]["generated_tokens"] == 5 and lines[-1]["token_id"] is None
+
+
+def test_deploy_status_apply_and_set_budget(capsys, stack, planner_address):
+    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    target = address(handle.port)
+    code, out = _run(
+        capsys, "deploy", "--planner", planner_address, "--executor", target, "--min-tps", "0.001", "--json"
+    )
+    [deployed] = json.loads(out)
+    assert code == 0 and deployed["executor"] == target
+    code, out = _run(capsys, "status", "--executor", target, "--json")
+    [status] = json.loads(out)
+    assert status["plan"] == deployed["plan"] and status["standing_target"]["min_tokens_per_s"] == 0.001
+    code, out = _run(capsys, "apply", "--executor", target, "--plan", "int8@cpu,L0.E0=int4", "--json")
+    assert code == 0 and json.loads(out)["experts_changed"] >= 1
+    code, out = _run(capsys, "set-budget", "--executor", target, "cpu=2MiB", "--json")
+    assert code == 0 and {t["name"]: t["budget_bytes"] for t in json.loads(out)["tiers"]}["cpu"] == 2 << 20
+
+
+def test_errors_are_reported_not_raised(capsys, executor_address, planner_address):
+    code, out = _run(capsys, "apply", "--executor", executor_address, "--plan", "fp32@cpu", "--json")
+    assert code == 1 and json.loads(out)["type"] == "OverBudget"
+    code, out = _run(
+        capsys, "deploy", "--planner", planner_address, "--executor", executor_address, "--min-tps", "1e12", "--json"
+    )
+    assert code == 3 and json.loads(out)["closest"]
+    with pytest.raises(SystemExit):
+        main(["deploy", "--min-tps", "1"])

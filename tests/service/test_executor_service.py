@@ -1,0 +1,178 @@
+"""The executor service through the real client: Deploy -> plan applied -> Generate, a budget change
+re-planning under a running stream (standing target), rejected plans, and the error map."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from client import DeploySpec, ExecutorClient, PlannerClient, Sampling
+from moeqos.errors import (
+    InvalidArgument,
+    MoeqosError,
+    OutOfRange,
+    OverBudget,
+    PlanApplyFailed,
+)
+from moeqos.plan import Plan
+from moeqos.precision import Precision
+from moeqos.qos import QosTarget
+from tests.service.service_harness import address
+
+
+def test_info_describes_model_tiers_and_plan(executor_address, executor):
+    with ExecutorClient(executor_address) as client:
+        info = client.info()
+    runtime = executor.servicer.runtime
+    assert info.model == runtime.model
+    assert info.plan == runtime.plan
+    assert {t.name: t.budget_bytes for t in info.tiers} == runtime.budgets
+    assert info.plan_applied_at is not None and info.plan_applied_at.timestamp() == pytest.approx(
+        runtime.plan_applied_at, abs=1e-3
+    )
+
+
+def test_deploy_applies_the_plan_and_generate_streams_text(stack, planner_address):
+    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    target_address = address(handle.port)
+    with PlannerClient(planner_address) as planner, ExecutorClient(target_address) as executor:
+        target = QosTarget(min_tokens_per_s=0.001)
+        [outcome] = planner.deploy([DeploySpec(target_address, target)])
+        info = executor.info()
+        events = list(executor.generate("the quick brown fox", Sampling(max_tokens=12, seed=3)))
+    assert info.plan == outcome.plan
+    assert info.standing_target == target
+    assert info.planner_address == planner_address
+    assert outcome.report.experts_changed == len(
+        outcome.plan.changed_experts(Plan.uniform(2, 4, "bf16", "cpu"))
+    )
+    tokens, final = events[:-1], events[-1]
+    assert len(tokens) == 12 and all(e.token_id is not None for e in tokens)
+    assert final.stats is not None and final.stats.generated_tokens == 12
+    assert final.stats.finish_reason == "length"
+    assert final.stats.plan_spec == outcome.plan.to_spec()
+    assert "".join(e.text for e in events).strip()
+
+
+def test_budget_change_replans_under_a_running_stream(stack, planner_address):
+    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    executor_address = address(handle.port)
+    with PlannerClient(planner_address) as planner, ExecutorClient(executor_address) as executor:
+        planner.deploy([DeploySpec(executor_address, QosTarget(max_perplexity_increase=1e6))])
+        before = executor.info()
+        grouped = 8 * before.model.expert_bytes(Precision.INT4)
+        stream = executor.generate("hello world", Sampling(max_tokens=600))
+        first = next(stream)
+        outcome = executor.set_budget("cpu", grouped + 1000)
+        after = _wait_for(lambda: executor.info(), lambda i: i.replan_state.startswith("applied"))
+        rest = list(stream)
+    assert first.token_id is not None and outcome.replan_started
+    assert after.plan_applied_at > before.plan_applied_at
+    assert sum(after.plan.bytes_per_tier(_bytes(after)).values()) <= grouped + 1000
+    assert rest[-1].stats is not None and rest[-1].stats.generated_tokens == 600
+    assert rest[-1].stats.finish_reason == "length"
+    assert after.plan != before.plan
+    assert rest[-1].stats.plan_spec == after.plan.to_spec()  # the switch happened while the stream ran
+
+
+def test_replan_retries_while_the_planner_is_down(stack, planner_address):
+    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0}, replan_backoff=(0.05, 0.2))
+    executor_address = address(handle.port)
+    with ExecutorClient(executor_address) as executor:
+        executor.get_profile()
+        executor.set_target(QosTarget(min_tokens_per_s=0.001), "127.0.0.1:1")
+        executor.set_budget("cpu", 1 << 19)
+        retrying = _wait_for(executor.info, lambda i: i.replan_state.startswith("retrying"))
+        executor.set_target(QosTarget(min_tokens_per_s=0.001), planner_address)
+        executor.set_budget("cpu", 1 << 19)
+        applied = _wait_for(executor.info, lambda i: i.replan_state.startswith("applied"))
+    assert "127.0.0.1:1" not in applied.planner_address and retrying.replan_state != applied.replan_state
+
+
+def test_rejected_plans_leave_the_running_plan_untouched(executor_address):
+    with ExecutorClient(executor_address) as client:
+        before = client.info()
+        with pytest.raises(OverBudget):
+            client.apply_plan(Plan.uniform(2, 4, Precision.FP32, "cpu"))
+        with pytest.raises(InvalidArgument):
+            client.apply_plan(Plan.uniform(3, 4, Precision.INT4, "cpu"))
+        with pytest.raises(InvalidArgument):
+            client.apply_plan(Plan.uniform(2, 4, Precision.INT4, "cuda:3"))
+        after = client.info()
+    assert after.plan == before.plan and after.plan_applied_at == before.plan_applied_at
+
+
+def test_failed_switch_is_aborted_and_keeps_serving(stack, monkeypatch):
+    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    runtime = handle.servicer.runtime
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(runtime.factory, "build", broken)
+    with ExecutorClient(address(handle.port)) as client:
+        before = client.info()
+        with pytest.raises(PlanApplyFailed, match="disk on fire"):
+            client.apply_plan(Plan.uniform(2, 4, Precision.INT8, "cpu"))
+        assert client.info().plan == before.plan
+        assert client.complete("hello", Sampling(max_tokens=3)).stats.generated_tokens == 3
+
+
+def test_unexpected_errors_are_internal(stack, monkeypatch):
+    handle = stack.executor()
+
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(handle.servicer.runtime, "tier_status", broken)
+    with ExecutorClient(address(handle.port)) as client, pytest.raises(MoeqosError, match=r"INTERNAL.*boom"):
+        client.info()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "sampling", "error"),
+    [
+        ("", Sampling(max_tokens=4), InvalidArgument),
+        ("hello", Sampling(max_tokens=0), InvalidArgument),
+        ("hello", Sampling(max_tokens=4, temperature=float("nan")), InvalidArgument),
+        ("hello", Sampling(max_tokens=4, temperature=-1), InvalidArgument),
+        ("hello", Sampling(max_tokens=4, top_p=1.5), InvalidArgument),
+        ("hello", Sampling(max_tokens=100_000), OutOfRange),
+    ],
+)
+def test_bad_generation_requests(executor_address, prompt, sampling, error):
+    with ExecutorClient(executor_address) as client, pytest.raises(error):
+        list(client.generate(prompt, sampling))
+
+
+def test_evaluate_and_corpus_names(executor_address):
+    with ExecutorClient(executor_address) as client:
+        result = client.evaluate("ptb:valid", max_tokens=32)
+        assert result.perplexity > 1 and result.tokens > 0 and result.corpus == "ptb:valid"
+        with pytest.raises(InvalidArgument, match="unknown corpus"):
+            client.evaluate("text:/etc/passwd", max_tokens=32)
+        with pytest.raises(OutOfRange):
+            client.evaluate("ptb:valid", max_tokens=10**7)
+
+
+def test_complete_matches_the_stream_for_a_fixed_seed(executor_address):
+    sampling = Sampling(max_tokens=8, temperature=0.8, seed=11)
+    with ExecutorClient(executor_address) as client:
+        streamed = "".join(e.text for e in client.generate("a mixture of experts", sampling))
+        whole = client.complete("a mixture of experts", sampling)
+    assert whole.text == streamed and whole.stats.generated_tokens == 8
+
+
+def _bytes(info):
+    return {p: info.model.expert_bytes(p, info.plan.group_size) for p in Precision}
+
+
+def _wait_for(read, done, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            assert done(value), f"timed out; last value {value}"
+            return value
+        time.sleep(0.05)
