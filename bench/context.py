@@ -190,9 +190,10 @@ class BenchContext:
     @cached_property
     def models(self) -> tuple[Any, Any]:
         """(LatencyModel, QualityModel) fitted to the profile."""
-        from planner.solver import fit_models
+        from planner.latency_model import LatencyModel
+        from planner.quality_model import QualityModel
 
-        return fit_models(self.profile)
+        return LatencyModel.fit(self.profile), QualityModel.fit(self.profile)
 
     @cached_property
     def budgets(self) -> tuple[Any, ...]:

@@ -11,6 +11,7 @@ each its own quantization error, as a real profile would, so the MILP keeps one 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -57,13 +58,15 @@ def measured_like(profile: Profile, seed: int = 0) -> Profile:
     return replace(profile, frequency=tuple(map(tuple, freq)), quant_error=errors)
 
 
-def median_seconds(action: Callable[[], object], repeats: int) -> float:
-    times = []
+def median_seconds(action: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median (wall, process CPU) seconds of `action`; on a shared machine CPU time is the steadier one."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def bench(name: str, profile: Profile, repeats: int, points: int) -> list[str]:
@@ -76,12 +79,16 @@ def bench(name: str, profile: Profile, repeats: int, points: int) -> list[str]:
     mid_ppl = (front[0].predicted_perplexity + front[-1].predicted_perplexity) / 2
     floor = PlanRequest(profile, QosTarget(min_tokens_per_s=mid_tps))
     ceiling = PlanRequest(profile, QosTarget(max_perplexity=mid_ppl))
-    floor_ms = median_seconds(lambda: solve(floor, latency, quality), repeats) * 1e3
-    ceiling_ms = median_seconds(lambda: solve(ceiling, latency, quality), repeats) * 1e3
+    floor_s = median_seconds(lambda: solve(floor, latency, quality), repeats)
+    ceiling_s = median_seconds(lambda: solve(ceiling, latency, quality), repeats)
     m = profile.model
     shape = f"{m.num_layers}x{m.num_experts}x{len(profile.precisions)}x{len(profile.tiers)}"
     span = f"{front[0].predicted_tokens_per_s:.2f}-{front[-1].predicted_tokens_per_s:.2f}"
-    return [name, shape, f"{fit_ms:.0f}", f"{floor_ms:.0f}", f"{ceiling_ms:.0f}", f"{front_s:.2f}", span]
+    ms = [
+        f"{floor_s[0] * 1e3:.0f} / {floor_s[1] * 1e3:.0f}",
+        f"{ceiling_s[0] * 1e3:.0f} / {ceiling_s[1] * 1e3:.0f}",
+    ]
+    return [name, shape, f"{fit_ms:.0f}", *ms, f"{front_s[0]:.2f} / {front_s[1]:.2f}", span]
 
 
 def main() -> None:
@@ -91,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     header = (
-        "instance",
+        "instance (times: wall / cpu)",
         "LxExPxT",
         "fit ms",
         "solve ms (floor)",
@@ -101,6 +108,7 @@ def main() -> None:
     )
     rows = [bench(name, profile, args.repeats, args.points) for name, profile in instances()]
     print(table(header, rows))
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -25,12 +25,13 @@ MIN_SOLVE_REPEATS = 3
 
 def instance_timings(name: str, profile: Any, budgets: Any, points: int, repeats: int) -> list[list[Any]]:
     """Rows (instance, task, median seconds, result) for solves at each quality step and a frontier."""
-    from planner.frontier import frontier
-
     from moeqos.qos import QosTarget
-    from planner.solver import PlanRequest, fit_models, solve
+    from planner.frontier import frontier
+    from planner.latency_model import LatencyModel
+    from planner.quality_model import QualityModel
+    from planner.solver import PlanRequest, solve
 
-    (latency, quality), fit_seconds = timed(lambda: fit_models(profile))
+    (latency, quality), fit_seconds = timed(lambda: (LatencyModel.fit(profile), QualityModel.fit(profile)))
     rows: list[list[Any]] = [[name, "fit cost models", fit_seconds, f"{len(profile.call_costs)} call costs"]]
     repeats = max(repeats, MIN_SOLVE_REPEATS)
     for step in QUALITY_STEPS:

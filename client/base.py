@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -11,6 +13,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.channel import ConnectOptions, async_channel, sync_channel
+from moeqos.errors import MoeqosError, Unavailable
 from moeqos.grpc_errors import error_from_rpc
 
 _NO_DEADLINE = object()
@@ -52,6 +55,20 @@ class SyncBase:
         stub = health_pb2_grpc.HealthStub(self._channel)
         reply = self._unary(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_until_serving(self, timeout: float, service: str = "") -> None:
+        """Poll health until SERVING (an executor loading its model is NOT_SERVING); Unavailable after
+        `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health(service, timeout=max(0.1, min(5.0, deadline - time.monotonic()))) == "SERVING":
+                    return
+            except MoeqosError:
+                pass  # not listening yet
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"{self.address} is not serving after {timeout:g}s")
+            time.sleep(0.2)
 
     def close(self) -> None:
         self._channel.close()
@@ -103,6 +120,23 @@ class AsyncBase:
         stub = health_pb2_grpc.HealthStub(self._channel)
         reply = await self._unary(stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    async def wait_until_serving(self, timeout: float, service: str = "") -> None:
+        """Poll health until SERVING (an executor loading its model is NOT_SERVING); Unavailable after
+        `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if (
+                    await self.health(service, timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+                    == "SERVING"
+                ):
+                    return
+            except MoeqosError:
+                pass  # not listening yet
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"{self.address} is not serving after {timeout:g}s")
+            await asyncio.sleep(0.2)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -22,11 +22,8 @@ TORCH_DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, P
 
 
 def load_config(checkpoint: Checkpoint, adapter: ModelAdapter) -> Any:
-    """The transformers config object of the checkpoint."""
-    data = {
-        k: v for k, v in checkpoint.config_dict.items() if k not in ("architectures", "transformers_version")
-    }
-    return adapter.config_class(**data)
+    """The transformers config object of the checkpoint (read from its config.json, offline)."""
+    return adapter.config_class.from_pretrained(str(checkpoint.directory))  # type: ignore[attr-defined]
 
 
 def build_model(

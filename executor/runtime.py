@@ -8,9 +8,11 @@ No gRPC here (the servicer wraps this class). Two locks:
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,8 @@ class ExecutorRuntime:
         hf_config = load_config(checkpoint, adapter_for(str(checkpoint.config_dict.get("model_type"))))
         base = config.variant_cache_dir or Path(tempfile.mkdtemp(prefix="moeqos-variants-"))
         runtime = cls(config, checkpoint, hf_config, base / checkpoint.fingerprint()[:16])
+        if config.variant_cache_dir is None:  # the private cache lives as long as the runtime
+            weakref.finalize(runtime, shutil.rmtree, base, ignore_errors=True)
         _report(progress, "load", 0.2)
         runtime.apply_plan(initial_plan or runtime.default_plan(), progress)
         _report(progress, "load", 1.0)
@@ -277,18 +281,19 @@ class ExecutorRuntime:
         `quality_plans` (see executor.profiling); bounded by `max_tokens`, `capture_tokens`, `repeats`."""
         from executor.profiling import build_profile
 
-        return build_profile(
-            self,
-            calibration_ids,
-            corpus_name,
-            max_tokens=max_tokens,
-            repeats=repeats,
-            capture_tokens=capture_tokens,
-            window=window,
-            quality_plans=quality_plans,
-            quality_ids=quality_ids,
-            progress=progress or (lambda stage, fraction: None),
-        )
+        with self.apply_lock:  # the plan (and its group size) must not change under the measurement
+            return build_profile(
+                self,
+                calibration_ids,
+                corpus_name,
+                max_tokens=max_tokens,
+                repeats=repeats,
+                capture_tokens=capture_tokens,
+                window=window,
+                quality_plans=quality_plans,
+                quality_ids=quality_ids,
+                progress=progress or (lambda stage, fraction: None),
+            )
 
     def evaluate(
         self,

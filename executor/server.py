@@ -33,6 +33,7 @@ from moeqos import server_common
 from moeqos.plan import parse_plan
 from moeqos.precision import Precision
 from moeqos.server_common import Server, ServerConfig, start_server
+from moeqos.tier import TierBudget
 from moeqos_proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class ExecutorServerConfig(ServerConfig):
             **server_common.common_settings(args, env, DEFAULT_LISTEN),
             model_dir=Path(model) if model else None,
             device=pick("device", "MOEQOS_DEVICE") or "cpu",
-            budgets={b.name: b.budget_bytes for b in getattr(args, "budget", None) or ()},
+            budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
             disk_slots=int(pick("disk_slots", "MOEQOS_DISK_SLOTS") or 8),
             dense_precision=pick("dense_precision", "MOEQOS_DENSE_PRECISION") or "bf16",
             initial_plan=pick("initial_plan", "MOEQOS_INITIAL_PLAN"),
@@ -142,6 +143,14 @@ class ExecutorServerConfig(ServerConfig):
             peer_tls_ca=Path(peer_ca) if peer_ca else None,
             profile_path=Path(profile) if profile else None,
         )
+
+
+def _budgets(flags: list[TierBudget] | None, env_value: str) -> dict[str, int]:
+    """Budgets from `--budget` flags, else from MOEQOS_BUDGETS (`cpu=2GiB,disk=20GiB`)."""
+    from planner.units import parse_budget
+
+    chosen = flags or [parse_budget(part) for part in env_value.split(",") if part.strip()]
+    return {b.name: b.budget_bytes for b in chosen}
 
 
 @dataclass

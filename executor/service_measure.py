@@ -7,6 +7,7 @@ let a remote caller make the server open any file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +94,14 @@ def evaluate(runtime: ExecutorRuntime, corpus: str, tokens: int, plan: Plan | No
     return runtime.evaluate(ids, plan, context_length=min(512, runtime.context_length))
 
 
+def keep_quality(fresh: Profile, previous: Profile | None) -> Profile:
+    """`fresh`, carrying over the previous profile's measured perplexities when it measured none:
+    perplexity depends on the model and plan, not on the timings a re-measurement refreshes."""
+    if fresh.quality_points or previous is None or previous.model.fingerprint != fresh.model.fingerprint:
+        return fresh
+    return dataclasses.replace(fresh, quality_points=previous.quality_points)
+
+
 def load_saved(path: Path | None, runtime: ExecutorRuntime) -> Profile | None:
     """The profile saved at `path` if it was measured on this model and device, else None."""
     if path is None or not Path(path).is_file():
@@ -102,7 +111,10 @@ def load_saved(path: Path | None, runtime: ExecutorRuntime) -> Profile | None:
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable profile %s: %s", path, exc)
         return None
-    same = (profile.model.fingerprint, profile.hardware.device) == (runtime.model.fingerprint, runtime.hardware.device)
+    same = (profile.model.fingerprint, profile.hardware.device) == (
+        runtime.model.fingerprint,
+        runtime.hardware.device,
+    )
     if not same:
         log.info("ignoring profile %s: measured on another model or device", path)
     return profile if same else None

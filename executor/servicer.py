@@ -157,8 +157,10 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             else:
                 getter.cancel()
         async with self._profile_lock:
-            self._keep(job.result())
-        yield ex.ProfileEvent(profile=wire.profile_to_proto(self._profile))
+            previous = self._profile or service_measure.load_saved(self.profile_path, runtime)
+            profile = service_measure.keep_quality(job.result(), previous)
+            self._keep(profile)
+        yield ex.ProfileEvent(profile=wire.profile_to_proto(profile))
 
     def _measure_settings(self, request: ex.ProfileRequest) -> service_measure.MeasureSettings:
         base = self._measure

@@ -26,10 +26,6 @@ class CostCurve:
         return self.overhead_s + nbytes / self.bandwidth_bps
 
     @property
-    def rms_residual_s(self) -> float:
-        return float(np.sqrt(np.mean(np.square(self.residuals_s)))) if self.residuals_s else 0.0
-
-    @property
     def max_relative_residual(self) -> float:
         """Largest |residual| / measured seconds (0 without points)."""
         rel = [abs(r) / s for r, (_, s) in zip(self.residuals_s, self.points, strict=True) if s > 0]

@@ -34,6 +34,7 @@ def frontier(
     quality: QualityModel | None = None,
     allowed_precisions: frozenset[Precision] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    time_limit_s: float = 0.5,
 ) -> list[PlanResult]:
     """Up to `points` non-dominated plans, slowest (most accurate) first. Raises InfeasibleTarget when
     no plan fits the budgets at all."""
@@ -48,6 +49,7 @@ def frontier(
         pins,
         allowed_precisions,
         tolerance=tolerance,
+        time_limit_s=time_limit_s,
     )
     accurate = solve(base, latency, quality)
     fastest = solve(replace(base, target=QosTarget(objective=Objective.SPEED)), latency, quality)

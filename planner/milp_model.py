@@ -41,8 +41,9 @@ class MilpModel:
 
     def solve(
         self, lower: np.ndarray, upper: np.ndarray, tolerance: float, time_limit_s: float
-    ) -> np.ndarray | None:
-        """An integer solution [V + 1] within relative gap `tolerance`, or None (infeasible or timed out)."""
+    ) -> tuple[np.ndarray, float] | None:
+        """An integer solution [V + 1] and the relative gap HiGHS proved for it (within `tolerance`
+        unless the time limit struck), or None (infeasible, or no solution in time)."""
         rows = [LinearConstraint(self.a_eq, self.b_eq, self.b_eq)]
         if self.b_ub.size:
             rows.append(LinearConstraint(self.a_ub, -np.inf, self.b_ub))
@@ -53,7 +54,9 @@ class MilpModel:
             constraints=rows,
             options={"mip_rel_gap": tolerance, "time_limit": time_limit_s},
         )
-        return None if result.x is None else np.asarray(result.x)
+        if result.x is None:
+            return None
+        return np.asarray(result.x), float(getattr(result, "mip_gap", np.inf))
 
     def relax(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The LP relaxation's solution [V + 1] and reduced costs [V + 1], or None if infeasible."""

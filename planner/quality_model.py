@@ -12,7 +12,9 @@ them, the `c_p` are fitted by non-negative least squares (scipy.optimize.nnls) a
 leave-one-out (`holdout_error`: RMS relative perplexity error on each plan predicted by a fit
 without it).
 Otherwise, and for precisions no measured plan uses, `c_p` comes from planner.priors: the prior
-log-ppl increase of a uniform plan divided by that plan's total `s_p`; such predictions are estimates.
+log-ppl increase of a uniform plan divided by that plan's total `s_p`; with fewer measured plans than
+precisions but at least one, all priors are multiplied by one scale fitted to them. Predictions that
+rest on a prior (scaled or not) are marked as estimates.
 """
 
 from __future__ import annotations
@@ -61,15 +63,19 @@ class QualityModel:
         points = [q for q in profile.quality_points if q.tokens > 0 and q.plan_spec != ref_spec]
         rows = _design_rows(profile, points, sensitivity)  # [N, P]
         targets = np.array([math.log(q.perplexity / ref_ppl) for q in points])  # [N]
-        coefficients, fitted = _coefficients(rows, targets, sensitivity)
-        holdout = _leave_one_out(rows, targets, sensitivity) if fitted else None
-        basis = (
-            f"fitted (nnls) to {len(points)} measured plans for {', '.join(sorted(fitted))}"
-            if fitted
-            else f"{PRIOR_SOURCE}; {len(points)} measured plans, too few to fit"
-        )
-        if fitted and set(coefficients) - fitted - {ref_precision}:
-            basis += "; other precisions from priors"
+        coefficients, fitted, scale = _coefficients(rows, targets, sensitivity)
+        holdout = _leave_one_out(rows, targets, sensitivity)
+        if fitted:
+            basis = f"fitted (nnls) to {len(points)} measured plans for {', '.join(sorted(fitted))}"
+            if set(coefficients) - fitted - {ref_precision}:
+                basis += "; other precisions from priors"
+        elif scale is not None:
+            basis = (
+                f"{PRIOR_SOURCE}, scaled by {scale:.3g} to fit {len(points)} measured plan(s) "
+                "(too few for one coefficient per precision)"
+            )
+        else:
+            basis = f"{PRIOR_SOURCE}; no measured plans besides the reference"
         return cls(
             FitIdentity.of(profile),
             ref_ppl,
@@ -148,19 +154,32 @@ class QualityModel:
 
 
 def _reference(profile: Profile, prior: tuple[float, str] | None) -> tuple[float, Precision, str, str | None]:
-    """(perplexity, precision, source, plan spec) of the full-precision reference."""
-    uniform = [q for q in profile.quality_points if "," not in q.plan_spec and "=" not in q.plan_spec]
+    """(perplexity, precision, source, plan spec) of the reference: the most precise uniform plan in a
+    float precision (a uniform int8 plan is an ordinary quality point, not a reference)."""
+    uniform = [
+        (q, p) for q in profile.quality_points if (p := _uniform_precision(q.plan_spec)) and p.is_float
+    ]
     if uniform:
-        best = max(uniform, key=lambda q: Precision.parse(q.plan_spec.split("@")[0]).bits)
+        best, precision = max(uniform, key=lambda item: item[1].bits)
         source = f"measured: {best.plan_spec} on {best.corpus}, {best.tokens} tokens"
         if best.tokens <= 0:
             source = f"prior: {best.plan_spec} on {best.corpus} (published, not measured)"
-        return best.perplexity, Precision.parse(best.plan_spec.split("@")[0]), source, best.plan_spec
+        return best.perplexity, precision, source, best.plan_spec
     if prior is None:
         raise InvalidArgument(
-            "the profile has no full-precision perplexity; measure one (uniform plan) first"
+            "the profile has no full-precision perplexity; measure a uniform bf16 plan first"
         )
     return prior[0], Precision.BF16, f"prior: {prior[1]}", None
+
+
+def _uniform_precision(spec: str) -> Precision | None:
+    """The precision of a uniform plan spec (`bf16@cpu`), None for anything else."""
+    if "," in spec or "=" in spec or spec.lstrip().startswith("{"):
+        return None
+    try:
+        return Precision.parse(spec.split("@")[0])
+    except ValueError:
+        return None
 
 
 def _sensitivity(profile: Profile, reference: Precision) -> dict[Precision, Grid]:
@@ -194,29 +213,32 @@ def _prior_coefficients(sens: dict[Precision, Grid]) -> dict[Precision, float]:
 
 def _coefficients(
     rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]
-) -> tuple[dict[Precision, float], set[Precision]]:
-    """nnls fit of the supported columns when determined enough, else priors; (coefficients, fitted)."""
+) -> tuple[dict[Precision, float], set[Precision], float | None]:
+    """(coefficients, precisions fitted, prior scale): an nnls fit of each precision the plans use when
+    there are at least as many plans; with fewer, the priors times one fitted scale; with none, priors."""
     coefficients = _prior_coefficients(sens)
     support = np.flatnonzero(np.abs(rows).sum(axis=0) > 0)
-    if support.size == 0 or rows.shape[0] < support.size:
-        return coefficients, set()
+    if support.size == 0:
+        return coefficients, set(), None
+    if rows.shape[0] < support.size:
+        prior = np.array([coefficients[p] for p in Precision])  # [P]
+        (scale,), _ = nnls((rows @ prior)[:, None], targets)
+        return {p: float(scale) * c for p, c in coefficients.items()}, set(), float(scale)
     solution, _ = nnls(rows[:, support], targets)
     precisions = list(Precision)
     for column, value in zip(support, solution, strict=True):
         coefficients[precisions[column]] = float(value)
-    return coefficients, {precisions[c] for c in support}
+    return coefficients, {precisions[c] for c in support}, None
 
 
-def _leave_one_out(
-    rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]
-) -> float | None:
+def _leave_one_out(rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]) -> float | None:
     """RMS relative perplexity error of each plan predicted by a fit without it (None with < 2 plans)."""
     if rows.shape[0] < 2:
         return None
     errors = []
     for i in range(rows.shape[0]):
         keep = np.arange(rows.shape[0]) != i
-        coefficients, _ = _coefficients(rows[keep], targets[keep], sens)
+        coefficients, _, _ = _coefficients(rows[keep], targets[keep], sens)
         vector = np.array([coefficients[p] for p in Precision])  # [P]
         errors.append(math.expm1(rows[i] @ vector - targets[i]))  # predicted / measured - 1
     return float(np.sqrt(np.mean(np.square(errors))))

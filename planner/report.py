@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moeqos.tier import TierBudget
+from planner.latency_model import LatencyModel
 from planner.paper import Span
+from planner.quality_model import QualityModel
 from planner.solver import PlanResult
 from planner.units import format_bytes
 
@@ -86,3 +88,54 @@ def format_spans(spans: Sequence[Span]) -> str:
         for s in spans
     ]
     return table(("Mixtral-8x7B, A100 80GB, experts bf16/int4", "min tok/s", "max tok/s", "max +ppl"), rows)
+
+
+def format_fit(latency: LatencyModel, quality: QualityModel) -> str:
+    """The fitted cost curves with their residuals, and the quality model's basis and holdout error."""
+    curves = [(tier, c) for tier, c in latency.curves.items()]
+    if latency.load_curve is not None:
+        curves.append(("disk load", latency.load_curve))
+    rows = [
+        (
+            name,
+            f"{c.overhead_s * 1e6:.1f}",
+            f"{c.bandwidth_bps / 1e9:.2f}",
+            len(c.points),
+            f"{c.max_relative_residual:.1%}",
+        )
+        for name, c in curves
+    ]
+    holdout = (
+        f"leave-one-out error {quality.holdout_error:.2%} over {quality.holdout_points} plans"
+        if quality.holdout_error is not None
+        else "no holdout error (too few measured plans)"
+    )
+    return "\n".join(
+        [
+            f"fitted on {latency.identity.describe()}",
+            table(("curve", "overhead us", "bandwidth GB/s", "points", "max |residual|"), rows),
+            f"quality: {quality.basis}; {holdout}",
+            f"reference perplexity {quality.reference_perplexity:.4g} ({quality.reference_source})",
+        ]
+    )
+
+
+def fit_summary(latency: LatencyModel, quality: QualityModel) -> dict[str, object]:
+    """The JSON form of `format_fit`."""
+    return {
+        "identity": latency.identity.to_dict(),
+        "curves": {
+            t: {
+                "overhead_s": c.overhead_s,
+                "bandwidth_bps": c.bandwidth_bps,
+                "residuals_s": list(c.residuals_s),
+            }
+            for t, c in latency.curves.items()
+        },
+        "residuals": {k: list(v) for k, v in latency.residuals.items()},
+        "quality_basis": quality.basis,
+        "quality_holdout_error": quality.holdout_error,
+        "quality_is_estimate": quality.is_estimate,
+        "reference_perplexity": quality.reference_perplexity,
+        "reference_source": quality.reference_source,
+    }

@@ -2,11 +2,15 @@
 
 Stateless: every call carries its profile or names the executor to fetch it from. Errors are raised as
 moeqos.errors exceptions; the server's one interceptor (moeqos.grpc_errors) maps them to status codes.
+
+Calls to executors carry the planner's peer token when one is configured, else the caller's own bearer
+token (the planner acts for the caller, at the addresses the caller named).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -90,18 +94,27 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         """Run CPU-bound planner work off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def _profile(self, source: pl.ProfileSource) -> Profile:
+    def _peer_for(self, context: grpc.aio.ServicerContext) -> ConnectOptions:
+        """How to reach executors for this call: the configured peer token, else the caller's own."""
+        if self._peer.token:
+            return self._peer
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and str(value).startswith("Bearer "):
+                return dataclasses.replace(self._peer, token=str(value).removeprefix("Bearer "))
+        return self._peer
+
+    async def _profile(self, source: pl.ProfileSource, peer: ConnectOptions) -> Profile:
         kind = source.WhichOneof("source")
         if kind == "profile":
             return wire.profile_from_proto(source.profile)
         if kind == "executor_address" and source.executor_address:
-            async with AsyncExecutorClient(source.executor_address, self._peer) as executor:
+            async with AsyncExecutorClient(source.executor_address, peer) as executor:
                 return await executor.get_profile(timeout=None)
         raise InvalidArgument("source must give a profile or an executor address")
 
     async def Plan(self, request: pl.PlanRequest, context: grpc.aio.ServicerContext) -> pl.PlanResponse:
         plan_request = PlanRequest(
-            await self._profile(request.source),
+            await self._profile(request.source, self._peer_for(context)),
             wire.target_from_proto(request.target),
             wire.budgets_from_proto(request.budgets),
             wire.pins_from_proto(request.pins),
@@ -116,7 +129,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         self, request: pl.FrontierRequest, context: grpc.aio.ServicerContext
     ) -> pl.FrontierResponse:
         points = _points(request.points or DEFAULT_POINTS)
-        profile = await self._profile(request.source)
+        profile = await self._profile(request.source, self._peer_for(context))
         budgets, pins = wire.budgets_from_proto(request.budgets), wire.pins_from_proto(request.pins)
         results = await self._run(frontier, profile, budgets, points, pins)
         return pl.FrontierResponse(points=[point(r) for r in results])
@@ -140,14 +153,17 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         if "" in addresses or len(set(addresses)) != len(addresses):
             raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
         planner_address = request.planner_address or self.advertise_address
-        results = await asyncio.gather(*(self._deploy_one(t, planner_address) for t in request.targets))
+        peer = self._peer_for(context)
+        results = await asyncio.gather(*(self._deploy_one(t, planner_address, peer) for t in request.targets))
         return pl.DeployResponse(results=results)
 
-    async def _deploy_one(self, spec: pl.DeployTarget, planner_address: str) -> pl.DeployResult:
+    async def _deploy_one(
+        self, spec: pl.DeployTarget, planner_address: str, peer: ConnectOptions
+    ) -> pl.DeployResult:
         """Fetch the profile, solve, apply the plan, then leave the executor its standing target."""
         target = wire.target_from_proto(spec.target)
         budgets, pins = wire.budgets_from_proto(spec.budgets), wire.pins_from_proto(spec.pins)
-        async with AsyncExecutorClient(spec.executor_address, self._peer) as executor:
+        async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             profile = await executor.get_profile(timeout=None)
             if not budgets:
                 budgets = tuple(TierBudget(t.name, t.budget_bytes) for t in (await executor.info()).tiers)

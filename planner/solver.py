@@ -8,7 +8,8 @@ Disk experts make the latency model non-linear: their hit rate depends on which 
 the pool. The MILP is kept linear by fixing the hit rates per solve: the first solve assumes every disk
 call misses (an upper bound on time, so its plan is truly feasible whenever the solve is), then each
 next solve uses the hit rates of the previous plan; every plan is re-evaluated with its own hit rates
-and the best truly feasible one is kept (at most `DISK_ITERATIONS` solves).
+and the best truly feasible one is kept (at most `DISK_ITERATIONS` solves). Tier budgets count
+resident experts only: the pool's slots are memory the executor reserves apart from them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from planner.latency_model import LatencyModel
 from planner.milp import DEFAULT_TOLERANCE, Metric, solve_choice
 from planner.problem import Problem, build_problem
 from planner.quality_model import QualityModel
+from planner.units import format_bytes
 
 DISK_ITERATIONS = 4
 
@@ -52,6 +54,9 @@ class PlanRequest:
     """None: every budgeted tier the latency model can predict."""
     tolerance: float = DEFAULT_TOLERANCE
     """Relative optimality tolerance of the MILP on the predicted objective (tokens/s or perplexity)."""
+    time_limit_s: float = 1.0
+    """Seconds the full MILP may run when the fast path cannot certify `tolerance`; the answer's notes
+    then give the gap it certified (see planner.milp)."""
 
     @property
     def effective_budgets(self) -> tuple[TierBudget, ...]:
@@ -114,11 +119,6 @@ class _Models:
     quality: QualityModel
 
 
-def fit_models(profile: Profile) -> tuple[LatencyModel, QualityModel]:
-    """Both cost models fitted to `profile`."""
-    return LatencyModel.fit(profile), QualityModel.fit(profile)
-
-
 def solve(
     request: PlanRequest, latency: LatencyModel | None = None, quality: QualityModel | None = None
 ) -> PlanResult:
@@ -155,7 +155,15 @@ def _search(
     while solves < DISK_ITERATIONS:
         solves += 1
         problem = _problem(request, models, hits)
-        solved = solve_choice(problem, metric, expert_cap, log_cap, request.tolerance, latency.fixed_seconds)
+        solved = solve_choice(
+            problem,
+            metric,
+            expert_cap,
+            log_cap,
+            request.tolerance,
+            latency.fixed_seconds,
+            request.time_limit_s,
+        )
         if solved is None:
             break
         plan = problem.to_plan(solved[0])
@@ -169,7 +177,7 @@ def _search(
     if best is None:
         return None
     result, gap = best
-    notes = f"within {gap:.2%} of the LP bound; " + _notes(request, models, solves)
+    notes = f"optimal within {gap:.2%} (certified); " + _notes(request, models, solves)
     return replace(result, solve_seconds=time.perf_counter() - started, notes=notes)
 
 
@@ -222,7 +230,8 @@ def _notes(request: PlanRequest, models: _Models, iterations: int) -> str:
     if any(b.name == DISK for b in request.effective_budgets) and DISK in models.latency.tiers:
         parts.append(
             f"disk: LRU pool of {models.latency.disk_pool_slots} slots (Che approximation), "
-            f"{iterations} solve(s)"
+            f"{iterations} solve(s) with hit rates fixed per solve (the optimality certificate is for "
+            "those rates)"
         )
     return "; ".join(parts)
 
@@ -232,7 +241,7 @@ def _infeasible(
 ) -> InfeasibleTarget:
     """The error for an unreachable target, carrying the closest feasible point (see `closest_point`)."""
     closest = closest_point(request, models.latency, models.quality, seconds_cap, ppl_cap)
-    budgets = ", ".join(f"{b.name}={b.budget_bytes}" for b in request.effective_budgets)
+    budgets = ", ".join(f"{b.name}={format_bytes(b.budget_bytes)}" for b in request.effective_budgets)
     wanted = request.target.describe()
     if closest is None:
         return InfeasibleTarget(

@@ -36,7 +36,15 @@ from planner.descriptions import HardwareDescription, ModelDescription
 WHATIF_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
 DEFAULT_SKEW = 0.25
 
-__all__ = ["HARDWARE", "MODELS", "WHATIF_PRECISIONS", "analytic_profile", "hardware_named", "model_named"]
+__all__ = [
+    "HARDWARE",
+    "MODELS",
+    "WHATIF_PRECISIONS",
+    "analytic_profile",
+    "hardware_named",
+    "model_named",
+    "whatif_profile",
+]
 
 
 def model_named(name: str) -> ModelDescription:
@@ -90,6 +98,17 @@ def analytic_profile(
         tiers=expert_budgets(model, hardware, precisions),
         disk_pool_slots=hardware.disk_pool_slots if DISK in tiers else 0,
     )
+
+
+def whatif_profile(
+    model: ModelDescription,
+    hardware: HardwareDescription,
+    capacities: dict[str, int] | None = None,
+    skew: float = DEFAULT_SKEW,
+) -> Profile:
+    """`analytic_profile` on `hardware` with some tiers' *memory* replaced (`{"cuda:0": 24 GiB}`): the
+    profile's tier budgets are then what is left for experts (see module docstring)."""
+    return analytic_profile(model, hardware.with_capacities(capacities or {}), skew=skew)
 
 
 def expert_budgets(

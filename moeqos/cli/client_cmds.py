@@ -92,6 +92,13 @@ def _command(subparsers: argparse._SubParsersAction, name: str, help_text: str, 
     parser.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
     parser.add_argument("--tls-key", help="PEM client key, for mutual TLS")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of unary calls in seconds")
+    parser.add_argument(
+        "--wait-ready",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the servers to report SERVING (e.g. an executor loading)",
+    )
     parser.set_defaults(func=func)
     return parser
 
@@ -168,18 +175,46 @@ def connect_options(args: argparse.Namespace) -> Any:
 
 
 # ----- commands -----------------------------------------------------------------------------------
+def executor_client(args: argparse.Namespace, address: str | None = None) -> Any:
+    """A connected ExecutorClient, after waiting for SERVING when `--wait-ready` asks to."""
+    from client import ExecutorClient
+
+    client = ExecutorClient(address or executor_address(args), connect_options(args))
+    return _ready(client, args.wait_ready)
+
+
+def planner_client(args: argparse.Namespace) -> Any:
+    from client import PlannerClient
+
+    return _ready(PlannerClient(planner_address(args), connect_options(args)), args.wait_ready)
+
+
+def _ready(client: Any, wait: float) -> Any:
+    if wait > 0:
+        try:
+            client.wait_until_serving(wait)
+        except BaseException:
+            client.close()
+            raise
+    return client
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from client import ExecutorClient, Sampling
+    from client import Sampling
 
     sampling = Sampling(
         args.max_tokens, args.temperature, args.top_p, args.top_k, args.seed, tuple(args.stop)
     )
-    with ExecutorClient(executor_address(args), connect_options(args)) as executor:
-        return _guard(lambda: out.stream(executor.generate(args.prompt, sampling), args.json), args.json)
+
+    def run() -> int:
+        with executor_client(args) as executor:
+            return out.stream(executor.generate(args.prompt, sampling), args.json)
+
+    return _guard(run, args.json)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from client import DeploySpec, PlannerClient
+    from client import DeploySpec
 
     targets = getattr(args, "targets", None) or []
     if not targets:
@@ -188,7 +223,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     def run() -> int:
         specs = [DeploySpec(t["executor"], _target(t), tuple(t["budget"]), tuple(t["pin"])) for t in targets]
-        with PlannerClient(planner_address(args), connect_options(args)) as planner:
+        for spec in specs:
+            executor_client(args, spec.executor_address).close()  # waits for it with --wait-ready
+        with planner_client(args) as planner:
             return out.deployed(planner.deploy(specs, args.planner_address), args.json)
 
     return _guard(run, args.json)
@@ -204,12 +241,10 @@ def _target(fields: dict[str, Any]) -> QosTarget:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from client import ExecutorClient
-
     def run() -> int:
         infos = []
         for address in args.executor:
-            with ExecutorClient(address, connect_options(args)) as executor:
+            with executor_client(args, address) as executor:
                 infos.append((address, executor.info()))
         return out.status(infos, args.json)
 
@@ -217,13 +252,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from client import ExecutorClient
     from moeqos.plan import parse_plan
 
     text = open(args.plan[1:]).read() if args.plan.startswith("@") else args.plan  # noqa: SIM115
 
     def run() -> int:
-        with ExecutorClient(executor_address(args), connect_options(args)) as executor:
+        with executor_client(args) as executor:
             info = executor.info()
             plan = parse_plan(text, info.model.num_layers, info.model.num_experts, info.hardware.device)
             return out.applied(plan, executor.apply_plan(plan, timeout=None), args.json)
@@ -232,22 +266,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_set_budget(args: argparse.Namespace) -> int:
-    from client import ExecutorClient
-
     def run() -> int:
-        with ExecutorClient(executor_address(args), connect_options(args)) as executor:
+        with executor_client(args) as executor:
             return out.budget(executor.set_budget(args.budget.name, args.budget.budget_bytes), args.json)
 
     return _guard(run, args.json)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from client import ExecutorClient
-
     def run() -> int:
-        with ExecutorClient(executor_address(args), connect_options(args)) as executor:
-            events = executor.profile(args.corpus, args.tokens, args.quality)
-            return out.profile(events, args.out, args.json)
+        with executor_client(args) as executor:
+            return out.profile(executor.profile(args.corpus, args.tokens, args.quality), args.out, args.json)
 
     return _guard(run, args.json)
 

@@ -164,7 +164,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
 def cmd_whatif(args: argparse.Namespace) -> int:
     """Plan or frontier for an analytic profile; `--paper` prints the comparison with arXiv 2407.14417."""
     from planner.units import parse_budget
-    from planner.whatif import DEFAULT_SKEW, analytic_profile, hardware_named, model_named
+    from planner.whatif import DEFAULT_SKEW, hardware_named, model_named, whatif_profile
 
     def run() -> int:
         if args.paper:
@@ -172,8 +172,9 @@ def cmd_whatif(args: argparse.Namespace) -> int:
         model = model_named(args.model)
         hardware = hardware_named(args.hardware)
         capacities = {b.name: b.budget_bytes for b in (parse_budget(text) for text in args.budget)}
-        hardware = hardware.with_capacities(capacities)
-        profile = analytic_profile(model, hardware, skew=DEFAULT_SKEW if args.skew is None else args.skew)
+        profile = whatif_profile(
+            model, hardware, capacities, DEFAULT_SKEW if args.skew is None else args.skew
+        )
         target = target_from_args(args)
         if target is None or args.frontier:
             return frontier_and_print(
@@ -188,15 +189,21 @@ def cmd_whatif(args: argparse.Namespace) -> int:
 def solve_and_print(
     profile: Profile, target: QosTarget, budgets: tuple[Any, ...], args: argparse.Namespace
 ) -> int:
-    from planner.report import format_result
+    from planner.latency_model import LatencyModel
+    from planner.quality_model import QualityModel
+    from planner.report import fit_summary, format_fit, format_result
     from planner.solver import PlanRequest, solve
 
+    latency, quality = LatencyModel.fit(profile), QualityModel.fit(profile)
     request = PlanRequest(profile, target, budgets, pins_from_args(args), precisions_from_args(args))
-    result = solve(request)
+    result = solve(request, latency, quality)
     if args.json:
-        print(json.dumps({"target": target.to_dict(), **result.to_dict()}, indent=2))
+        doc = {"target": target.to_dict(), **result.to_dict(), "fit": fit_summary(latency, quality)}
+        print(json.dumps(doc, indent=2))
     else:
         print(format_result(result, target.describe()))
+        print()
+        print(format_fit(latency, quality))
     return 0
 
 
@@ -204,15 +211,17 @@ def frontier_and_print(
     profile: Profile, budgets: tuple[Any, ...], args: argparse.Namespace, title: str
 ) -> int:
     from planner.frontier import frontier
+    from planner.latency_model import LatencyModel
     from planner.quality_model import QualityModel
-    from planner.report import format_frontier
+    from planner.report import fit_summary, format_fit, format_frontier
 
-    quality = QualityModel.fit(profile)
+    latency, quality = LatencyModel.fit(profile), QualityModel.fit(profile)
     points = frontier(
         profile,
         budgets,
         args.points,
         pins_from_args(args),
+        latency=latency,
         quality=quality,
         allowed_precisions=precisions_from_args(args),
     )
@@ -225,11 +234,14 @@ def frontier_and_print(
             "reference_perplexity": quality.reference_perplexity,
             "points": [p.to_dict() for p in points],
             "plot": str(args.plot) if args.plot else None,
+            "fit": fit_summary(latency, quality),
         }
         print(json.dumps(doc, indent=2))
     else:
         print(f"{title}: {len(points)} Pareto-optimal plans")
         print(format_frontier(points, quality.reference_perplexity))
+        print()
+        print(format_fit(latency, quality))
         if args.plot:
             print(f"plot written to {args.plot}")
     return 0

@@ -51,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     executor.add_argument("--threads", type=int, help="torch threads")
     executor.add_argument("--variant-cache", metavar="DIR", help="where quantized expert variants are kept")
     executor.add_argument(
-        "--profile-path", metavar="FILE", help="profile JSON saved after measuring, reused at restart if it matches"
+        "--profile-path",
+        metavar="FILE",
+        help="profile JSON saved after measuring, reused at restart if it matches",
     )
     executor.set_defaults(func=cmd_executor)
 

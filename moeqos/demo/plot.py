@@ -65,6 +65,7 @@ def plot_frontier(
                 label=f"{plan.name}: measured",
             )
             _line(ax, [plan.predicted, plan.measured], color, None, style=":")
+    _clip_outliers(ax, [p for line in frontiers.values() for p in line], deployed)
     ax.set_xlabel("decode tokens/s (higher is faster)")
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(title)
@@ -80,3 +81,25 @@ def plot_frontier(
 def _line(ax: Any, points: Sequence[Point], color: str, label: str | None, style: str = "o-") -> None:
     xs, ys = [p.tokens_per_s for p in points], [p.perplexity for p in points]
     ax.plot(xs, ys, style, color=color, alpha=0.5 if label else 1.0, markersize=4, label=label)
+
+
+def _clip_outliers(ax: Any, frontier: Sequence[Point], deployed: Sequence[Deployed]) -> None:
+    """Keep the y axis on the interesting band: frontier plans far worse than both the best plan and the
+    deployed ones (2-bit experts can be) would squash it flat, so they are left above the top, and said."""
+    best = min([p.perplexity for p in frontier] + [d.predicted.perplexity for d in deployed])
+    shown = [d.predicted.perplexity for d in deployed] + [
+        d.measured.perplexity for d in deployed if d.measured
+    ]
+    cap = max([1.5 * best, *shown])
+    above = [p.perplexity for p in frontier if p.perplexity > cap]
+    if above:
+        lowest = min([p.perplexity for p in frontier], default=best)
+        ax.set_ylim(min(lowest, *shown) * 0.95, cap * 1.05)
+        ax.annotate(
+            f"{len(above)} frontier plan(s) above, up to perplexity {max(above):.0f}",
+            xy=(0.99, 0.98),
+            xycoords="axes fraction",
+            ha="right",
+            va="top",
+            fontsize=8,
+        )

@@ -48,7 +48,9 @@ def free_ports(count: int) -> list[int]:
 def local_services(
     topology: Topology, home: Path, env: Mapping[str, str] | None = None
 ) -> tuple[LocalService, ...]:
-    """The topology's services as local processes on free ports, the cache volume at `home`."""
+    """The topology's services as local processes on free ports, the cache volume at `home` (created,
+    as compose creates a volume)."""
+    Path(home).mkdir(parents=True, exist_ok=True)
     servers = topology.servers()
     ports = dict(zip((s.name for s in servers), free_ports(len(servers)), strict=True))
     return localize(topology, ports, {HOME_VOLUME: home}, env)

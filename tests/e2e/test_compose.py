@@ -68,6 +68,7 @@ def test_model_cache_is_one_shared_volume_filled_by_the_model_job(services: dict
     for name in EXECUTORS:
         assert services[name]["depends_on"] == {"model": {"condition": "service_completed_successfully"}}
         assert services[name]["environment"]["MOEQOS_NAME"] == name
+        assert services[name]["environment"]["MOEQOS_PROFILE_PATH"] == f"/data/moeqos/{name}.profile.json"
 
 
 def test_planner_needs_no_model_and_advertises_its_service_name(services: dict[str, Any]) -> None:

@@ -51,3 +51,4 @@ def test_compose_services_as_processes_deploy_generate_and_stop_cleanly(
         assert info.standing_target == target and info.plan == outcome.plan
     assert running.exit_codes == {"executor-a": 0, "executor-b": 0, "planner": 0}, lines
     assert not (tmp_path / "logs" / "model.log").exists(), "a model override skips the model job"
+    assert (tmp_path / "home" / "executor-a.profile.json").is_file(), "profiles are kept in the volume"

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from moeqos.errors import InvalidArgument
-from moeqos.plan import Plan
+from moeqos.plan import Plan, parse_plan
 from moeqos.precision import Precision
 from planner.priors import PRIOR_LOG_PPL_INCREASE
 from planner.quality_model import QualityModel
@@ -45,14 +45,31 @@ def test_fit_with_noise_is_close_and_reports_holdout_error() -> None:
     assert model.predict_perplexity(plan) == pytest.approx(expected, rel=0.05)
 
 
-def test_too_few_points_fall_back_to_priors_and_say_so() -> None:
+def test_too_few_points_scale_the_priors_and_say_so() -> None:
     profile = synthetic_profile(3, 4, PRECISIONS, quality_plans=2, seed=7)  # reference + 1 plan, 3 precisions
     model = QualityModel.fit(profile)
     assert model.fitted == frozenset() and model.is_estimate
-    assert "prior" in model.basis and model.holdout_error is None
+    assert "prior" in model.basis and "scaled" in model.basis and model.holdout_error is None
+    measured = profile.quality_points[1]
+    plan = parse_plan(measured.plan_spec, 3, 4, "cuda:0")
+    assert model.predict_perplexity(plan) == pytest.approx(
+        measured.perplexity, rel=1e-9
+    )  # one point, one scale
     uniform = Plan.uniform(3, 4, Precision.INT4, "cuda:0")
+    ratio = model.predict_log_increase(uniform) / PRIOR_LOG_PPL_INCREASE[Precision.INT4]
     assert model.plan_is_estimate(uniform)
-    assert model.predict_log_increase(uniform) == pytest.approx(PRIOR_LOG_PPL_INCREASE[Precision.INT4])
+    assert model.predict_log_increase(Plan.uniform(3, 4, Precision.INT2, "cuda:0")) == pytest.approx(
+        ratio * PRIOR_LOG_PPL_INCREASE[Precision.INT2]
+    )
+
+
+def test_no_measured_plans_use_the_priors_as_published() -> None:
+    profile = synthetic_profile(3, 4, PRECISIONS, quality_plans=1, seed=7)  # the reference only
+    model = QualityModel.fit(profile)
+    uniform = Plan.uniform(3, 4, Precision.INT4, "cuda:0")
+    assert model.is_estimate and model.predict_log_increase(uniform) == pytest.approx(
+        PRIOR_LOG_PPL_INCREASE[Precision.INT4]
+    )
 
 
 def test_missing_reference_needs_a_prior() -> None:

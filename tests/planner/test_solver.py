@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -89,6 +90,19 @@ def test_milp_matches_brute_force_for_both_objectives(precisions, tiers, seed: i
             assert 1 / result.predicted_tokens_per_s == pytest.approx(seconds[ok].min(), rel=1e-7)
             assert result.predicted_perplexity <= ceiling * (1 + 1e-9)
         _assert_within_budgets(result, budgets)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_identical_experts_aggregate_into_integer_counts_and_still_match_brute_force(seed: int) -> None:
+    precisions, tiers = (P.BF16, P.INT8, P.INT4), ("cuda:0", "cpu")
+    profile, budgets = _instance(seed, precisions, tiers)
+    same = {p: tuple((0.3 / p.bits,) * 3 for _ in range(2)) for p in precisions}
+    profile = replace(profile, frequency=((2 / 3,) * 3,) * 2, quant_error=same)  # 6 interchangeable experts
+    seconds, ppl, fits = brute_force(profile, budgets, precisions, tiers)
+    floor = 2 / (seconds[fits].min() + seconds[fits].max())
+    result = solve(PlanRequest(profile, QosTarget(min_tokens_per_s=floor), tolerance=1e-9))
+    assert result.predicted_perplexity == pytest.approx(ppl[fits & (1 / seconds >= floor)].min(), rel=1e-7)
+    _assert_within_budgets(result, budgets)
 
 
 def test_unreachable_floor_raises_with_the_fastest_plan_as_closest() -> None:

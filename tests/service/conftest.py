@@ -25,6 +25,7 @@ def _ensure_stubs() -> None:
 
 _ensure_stubs()
 
+from client import ExecutorClient  # noqa: E402
 from executor.server import ExecutorHandle  # noqa: E402
 from moeqos.server_common import Server  # noqa: E402
 from tests.service.service_harness import Stack, address  # noqa: E402
@@ -38,21 +39,33 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_model: Path) -> Iterator[Stack]:
-    stack = Stack(tiny_model)
+def bare_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(tiny_model, tmp_path_factory.mktemp("profile") / "profile.json")
     yield stack
     stack.close()
 
 
 @pytest.fixture(scope="session")
-def planner(stack: Stack) -> Server:
-    return stack.planner()
+def planner(bare_stack: Stack) -> Server:
+    return bare_stack.planner()
 
 
 @pytest.fixture(scope="session")
-def executor(stack: Stack) -> ExecutorHandle:
-    """The shared executor: cpu budget 600 kB (all bf16 fits, all fp32 does not), no disk tier budget."""
-    return stack.executor(budgets={"cpu": 600_000, "disk": 0})
+def executor(bare_stack: Stack) -> ExecutorHandle:
+    """The shared executor: cpu budget 600 kB (all bf16 fits, all fp32 does not), no disk tier budget.
+    Its profile is measured here, once, and saved where every later executor of the stack reads it."""
+    handle = bare_stack.executor(budgets={"cpu": 600_000, "disk": 0})
+    with ExecutorClient(address(handle.port)) as client:
+        assert not client.info().profile_cached
+        client.get_profile()
+    assert bare_stack.profile_path.is_file()
+    return handle
+
+
+@pytest.fixture(scope="session")
+def stack(bare_stack: Stack, executor: ExecutorHandle) -> Stack:
+    """The servers' stack, once the shared profile exists (so new executors need not measure)."""
+    return bare_stack
 
 
 @pytest.fixture(scope="session")

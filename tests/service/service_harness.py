@@ -47,15 +47,19 @@ class BackgroundLoop:
 class Stack:
     """Servers started on one background loop; `close()` stops them all."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, profile_path: Path) -> None:
         self.model_dir = model_dir
+        self.profile_path = profile_path
+        """Shared by every executor: measured once, then served by each new executor (same model)."""
         self.bg = BackgroundLoop()
         self._executors: list[ExecutorHandle] = []
         self._planners: list[Server] = []
 
     def executor(self, wait: bool = True, **overrides: Any) -> ExecutorHandle:
         """Start an executor on the tiny model (`overrides` are ExecutorServerConfig fields)."""
-        base = ExecutorServerConfig(model_dir=self.model_dir, measure=FAST_MEASURE, grace_seconds=2.0)
+        base = ExecutorServerConfig(
+            model_dir=self.model_dir, measure=FAST_MEASURE, grace_seconds=2.0, profile_path=self.profile_path
+        )
         loader = overrides.pop("loader", None)
         config = replace(base, **overrides)
         handle = self.bg.run(start_executor(config, loader) if loader else start_executor(config))

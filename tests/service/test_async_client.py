@@ -32,6 +32,7 @@ async def test_async_profile_streams_progress_then_the_profile(stack):
     assert len(progress) > 3 and all(isinstance(p, ProfileProgress) for p in progress)
     assert stages >= {"frequency", "quant_error", "call_costs"}
     assert isinstance(last, Profile) and cached == last
+    assert last.quality_points  # kept from the previous measurement, which measured them
 
 
 async def test_async_planner_plan_deploy_and_errors(planner_address, executor_address):

@@ -17,7 +17,9 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
 
 
 def test_generate_prints_json_lines(capsys, executor_address):
-    code, out = _run(capsys, "generate", "--executor", executor_address, "--max-tokens", "5", "--json", "hello")
+    code, out = _run(
+        capsys, "generate", "--executor", executor_address, "--max-tokens", "5", "--json", "hello"
+    )
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(lines) == 6
     assert lines[-1]["stats"]["generated_tokens"] == 5 and lines[-1]["token_id"] is None
@@ -44,7 +46,15 @@ def test_errors_are_reported_not_raised(capsys, executor_address, planner_addres
     code, out = _run(capsys, "apply", "--executor", executor_address, "--plan", "fp32@cpu", "--json")
     assert code == 1 and json.loads(out)["type"] == "OverBudget"
     code, out = _run(
-        capsys, "deploy", "--planner", planner_address, "--executor", executor_address, "--min-tps", "1e12", "--json"
+        capsys,
+        "deploy",
+        "--planner",
+        planner_address,
+        "--executor",
+        executor_address,
+        "--min-tps",
+        "1e12",
+        "--json",
     )
     assert code == 3 and json.loads(out)["closest"]
     with pytest.raises(SystemExit):

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from client import ConnectOptions, ExecutorClient, PlannerClient, Sampling
+from client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient, Sampling
 from executor.server import ExecutorServerConfig, load_runtime
 from moeqos.errors import Unauthenticated, Unavailable
 from moeqos.plan import Plan
@@ -133,3 +133,28 @@ def test_graceful_shutdown_finishes_streams_in_flight(stack):
             client.info()
     assert first.token_id is not None
     assert rest[-1].stats is not None and rest[-1].stats.generated_tokens == 300
+
+
+def test_undecodable_request_is_invalid_argument(executor_address):
+    with grpc.insecure_channel(executor_address) as channel:
+        generate = channel.unary_stream(
+            "/moeqos.executor.v1.ExecutorService/Generate",
+            request_serializer=lambda raw: raw,
+            response_deserializer=lambda raw: raw,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            list(generate(b"\x0a\x02\xff\xfe", timeout=10))  # field 1 (prompt): invalid UTF-8
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "UTF-8" in caught.value.details()
+
+
+def test_planner_forwards_the_callers_token_to_executors(stack, planner_address):
+    handle = stack.executor(token="s3cret", budgets={"cpu": 1 << 20, "disk": 0})
+    target = address(handle.port)
+    spec = [DeploySpec(target, QosTarget(min_tokens_per_s=0.001))]
+    with PlannerClient(planner_address) as anonymous, pytest.raises(Unauthenticated):
+        anonymous.deploy(spec)
+    with PlannerClient(planner_address, ConnectOptions(token="s3cret")) as planner:
+        [outcome] = planner.deploy(spec)
+    with ExecutorClient(target) as client:
+        assert client.info().plan == outcome.plan

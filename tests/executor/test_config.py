@@ -1,0 +1,44 @@
+"""ExecutorConfig validates its fields at construction; set_budget validates its arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from executor.config import ExecutorConfig
+from moeqos.errors import InvalidArgument
+from moeqos.precision import Precision
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"dense_precision": "int4"},
+        {"device": "disk"},
+        {"device": "gpu"},
+        {"tier_budgets": {"nvme": 1}},
+        {"tier_budgets": {"cpu": -1}},
+        {"disk_pool_slots": 0},
+        {"host_policy": "stream"},
+        {"memory_cache_bytes": -1},
+        {"threads": 0},
+    ],
+)
+def test_bad_fields_are_rejected(overrides) -> None:
+    with pytest.raises(ValueError):
+        ExecutorConfig(model_dir=Path("m"), **overrides)
+
+
+def test_tiers_follow_the_device() -> None:
+    assert ExecutorConfig(model_dir=Path("m")).tiers == ("cpu", "disk")
+    gpu = ExecutorConfig(model_dir=Path("m"), device="cuda:0", dense_precision=Precision.FP16)
+    assert gpu.tiers == ("cuda:0", "cpu", "disk") and gpu.dense_precision is Precision.FP16
+
+
+def test_set_budget_rejects_unknown_tiers_and_negative_bytes(runtime) -> None:
+    with pytest.raises(InvalidArgument):
+        runtime.set_budget("cuda:0", 10)
+    with pytest.raises(InvalidArgument):
+        runtime.set_budget("cpu", -5)
+    assert runtime.set_budget("disk", 0) is True  # the fp32 plan puts nothing on disk

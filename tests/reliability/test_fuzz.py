@@ -1,0 +1,201 @@
+"""Property-based fuzzing of the live planner and executor (in-process servers on port 0, tiny model).
+
+Each property sends malformed and extreme requests; every answer must be a clear status (never
+INTERNAL or UNKNOWN) and the servers must stay SERVING with their state untouched (see fuzz_harness).
+Examples per property: MOEQOS_FUZZ_EXAMPLES (default 300). The counts of inputs tried, by method and
+answer, are printed at the end of the module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from client import ExecutorClient
+from moeqos import wire
+from moeqos_proto.executor.v1 import executor_pb2 as ex
+from moeqos_proto.planner.v1 import planner_pb2 as pl
+from tests.reliability import fuzz_inputs as fi
+from tests.reliability.fuzz_harness import EXECUTOR, PLANNER, Fuzzer, serialized
+from tests.service.service_harness import Stack, address
+
+EXAMPLES = int(os.environ.get("MOEQOS_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+MAX_MESSAGE = 1 << 20
+"""The servers' message limit here, so an oversized request is cheap to build."""
+UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+"""Also clear for requests that name an executor nobody listens at."""
+VALID_CORPORA = ("", "ptb:train", "ptb:valid", "ptb:test")
+
+
+@pytest.fixture(scope="module")
+def fuzzer(stack: Stack, profile_file: Path, pytestconfig: pytest.Config) -> Iterator[Fuzzer]:
+    executor = stack.executor(budgets={"cpu": 600_000, "disk": 0}, max_message_bytes=MAX_MESSAGE)
+    planner = stack.planner(max_message_bytes=MAX_MESSAGE)
+    with ExecutorClient(address(executor.port)) as client:
+        client.get_profile()
+    fuzz = Fuzzer(address(executor.port), address(planner.port), baseline=None)  # type: ignore[arg-type]
+    fuzz.baseline = fuzz.state()
+    yield fuzz
+    fuzz.close()
+    stack.bg.run(executor.stop(0.5))
+    stack.bg.run(planner.stop(0.5))
+    report = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    total = sum(fuzz.counts.values())
+    lines = [f"fuzz: {total} malformed or extreme requests tried, answers by method:"]
+    lines += [f"  {method:<10} {code:<20} {n}" for (method, code), n in sorted(fuzz.counts.items())]
+    if report is not None:
+        report.write_line("\n".join(lines))
+
+
+def _cheap_measurement(corpus: str, tokens: int) -> bool:
+    """Whether a measurement request would be valid (and so cost seconds of compute)."""
+    return corpus in VALID_CORPORA and (tokens == 0 or 16 <= tokens <= 65536)
+
+
+@FUZZ
+@given(plan=fi.plans(), evaluate=st.booleans(), corpus=fi.text, tokens=fi.u32)
+def test_plans(fuzzer, plan, evaluate, corpus, tokens):
+    if evaluate:
+        assume(not _cheap_measurement(corpus, tokens))
+        request = ex.EvaluateRequest(corpus=corpus, max_tokens=tokens, plan=plan)
+        fuzzer.check(EXECUTOR, "Evaluate", serialized(request))
+    else:
+        fuzzer.check(EXECUTOR, "ApplyPlan", serialized(ex.ApplyPlanRequest(plan=plan)))
+
+
+@FUZZ
+@given(tier=fi.text, budget=fi.u64, target=fi.targets() | st.none(), planner=fi.text)
+def test_budgets_and_targets(fuzzer, tier, budget, target, planner):
+    fuzzer.check(EXECUTOR, "SetBudget", serialized(ex.SetBudgetRequest(tier=tier, budget_bytes=budget)))
+    request = ex.SetTargetRequest(planner_address=planner)
+    if target is not None:
+        request.target.CopyFrom(target)
+    fuzzer.check(EXECUTOR, "SetTarget", serialized(request))
+
+
+@FUZZ
+@given(request=fi.generate_requests, stream=st.booleans())
+def test_generation(fuzzer, request, stream):
+    fuzzer.check(EXECUTOR, "Generate" if stream else "Complete", serialized(request))
+
+
+@FUZZ
+@given(corpus=fi.text, tokens=fi.u32, quality=st.booleans())
+def test_measurement(fuzzer, corpus, tokens, quality):
+    assume(not _cheap_measurement(corpus, tokens))
+    request = ex.ProfileRequest(corpus=corpus, tokens=tokens, measure_quality=quality)
+    fuzzer.check(EXECUTOR, "Profile", serialized(request))
+
+
+@FUZZ
+@given(data=st.data(), target=fi.targets(), budgets=fi.budgets, pins=fi.pins, points=fi.u32)
+def test_planning(fuzzer, data, target, budgets, pins, points):
+    source, also = _source(fuzzer, data)
+    plan = pl.PlanRequest(source=source, target=target, budgets=budgets, pins=pins)
+    fuzzer.check(PLANNER, "Plan", serialized(plan), also)
+    assume(points == 0 or points > 200 or not budgets)  # a valid frontier is many solves: keep it rare
+    frontier = pl.FrontierRequest(source=source, budgets=budgets, pins=pins, points=points)
+    fuzzer.check(PLANNER, "Frontier", serialized(frontier), also)
+
+
+def _source(fuzzer: Fuzzer, data: st.DataObject) -> tuple[pl.ProfileSource, frozenset[grpc.StatusCode]]:
+    kind = data.draw(st.sampled_from(["executor", "address", "profile"]))
+    if kind == "executor":
+        return pl.ProfileSource(executor_address=fuzzer.executor_address), frozenset()
+    if kind == "address":
+        bad = data.draw(st.sampled_from(["", "127.0.0.1:1", "nowhere", "[::1]:0", ":", "a" * 300]))
+        return pl.ProfileSource(executor_address=bad), fi_unreachable(bad)
+    with ExecutorClient(fuzzer.executor_address) as client:
+        good = wire.profile_to_proto(client.get_profile())
+    return pl.ProfileSource(profile=data.draw(fi.profiles(good))), frozenset()
+
+
+def fi_unreachable(bad: str) -> frozenset[grpc.StatusCode]:
+    return UNREACHABLE if bad else frozenset()
+
+
+@FUZZ
+@given(
+    model=fi.model_descriptions | st.sampled_from(["", "mixtral-8x7b", "nope", "../../etc/passwd"]),
+    hardware=fi.hardware_descriptions | st.sampled_from(["", "cpu-2core", "/etc/passwd", "a100-80gb "]),
+    target=fi.targets() | st.none(),
+    budgets=fi.budgets,
+    points=st.sampled_from([0, 1, 2, 201, fi.U32]),
+)
+def test_whatif(fuzzer, model, hardware, target, budgets, points):
+    request = pl.WhatIfRequest(budgets=budgets, frontier_points=points)
+    if isinstance(model, str):
+        request.model_name = model
+    else:
+        request.model_description.CopyFrom(model)
+    if isinstance(hardware, str):
+        request.hardware_name = hardware
+    else:
+        request.hardware_description.CopyFrom(hardware)
+    if target is not None:
+        request.target.CopyFrom(target)
+    fuzzer.check(PLANNER, "WhatIf", serialized(request))
+
+
+@FUZZ
+@given(data=st.data(), count=st.integers(0, 3), planner=fi.text)
+def test_deploy(fuzzer, data, count, planner):
+    addresses = [fuzzer.executor_address, "127.0.0.1:1", "", "nowhere:1"]
+    targets = [
+        pl.DeployTarget(
+            executor_address=data.draw(st.sampled_from(addresses)),
+            target=data.draw(fi.targets()),
+            budgets=data.draw(fi.budgets),
+            pins=data.draw(fi.pins),
+        )
+        for _ in range(count)
+    ]
+    request = pl.DeployRequest(targets=targets, planner_address=planner)
+    fuzzer.check(PLANNER, "Deploy", serialized(request), UNREACHABLE)
+
+
+EXECUTOR_METHODS = (
+    "GetInfo",
+    "GetProfile",
+    "ApplyPlan",
+    "SetBudget",
+    "SetTarget",
+    "Generate",
+    "Complete",
+    "Evaluate",
+)
+PLANNER_METHODS = ("Plan", "Frontier", "WhatIf", "Deploy")
+STRING_FIELDS = {"SetBudget": 1, "Generate": 1, "Complete": 1, "Evaluate": 1, "WhatIf": 1}
+"""A `string` field number of each request that has one at the top level."""
+
+
+@FUZZ
+@given(data=st.data())
+def test_raw_bytes(fuzzer, data):
+    service, method = data.draw(
+        st.sampled_from([(EXECUTOR, m) for m in EXECUTOR_METHODS] + [(PLANNER, m) for m in PLANNER_METHODS])
+    )
+    payload = data.draw(fi.garbage)
+    if method in STRING_FIELDS and data.draw(st.booleans()):
+        payload = data.draw(fi.invalid_utf8(STRING_FIELDS[method]))
+    fuzzer.check(service, method, payload, UNREACHABLE if service == PLANNER else frozenset())
+
+
+def test_oversized_messages_are_refused(fuzzer):
+    prompt = "x" * (MAX_MESSAGE + 1024)
+    request = ex.GenerateRequest(prompt=prompt, sampling=ex.SamplingParams(max_tokens=1))
+    assert fuzzer.check(EXECUTOR, "Complete", serialized(request)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    big = pl.WhatIfRequest(model_name="m" * (MAX_MESSAGE + 1024), hardware_name="cpu-2core")
+    assert fuzzer.check(PLANNER, "WhatIf", serialized(big)) == grpc.StatusCode.RESOURCE_EXHAUSTED
