@@ -52,7 +52,8 @@ def run(ctx: Any) -> SectionResult:
             }
         )
     notes = [
-        f"copy bandwidth {bandwidth / 1e9:.2f} GB/s (read + write of {ctx.settings.bandwidth_bytes >> 20} MiB, "
+        f"copy bandwidth {bandwidth / 1e9:.2f} GB/s (read + write of "
+        f"{ctx.settings.bandwidth_bytes >> 20} MiB, "
         f"median of {len(timing.samples)}, spread {timing.spread:.0%})",
         f"dense weights {profile.model.dense_bytes / 2**20:.1f} MiB per token; experts weighted by the "
         f"{profile.calibration_corpus} routing frequencies (top_k={profile.model.top_k} per layer)",

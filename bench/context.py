@@ -138,7 +138,7 @@ class BenchContext:
         return runtime
 
     def time_load(self, plan: Plan | None = None) -> tuple[float, Any]:
-        """Seconds of one full `ExecutorRuntime.load` into `plan` (default full precision), and the runtime."""
+        """Seconds of one `ExecutorRuntime.load` into `plan` (default: full precision), and the runtime."""
         from executor.config import ExecutorConfig
         from executor.runtime import ExecutorRuntime
 
@@ -169,7 +169,8 @@ class BenchContext:
     # ----- profile, cost models, frontier ---------------------------------------------------------
     @cached_property
     def profile(self) -> Any:
-        """The executor's profile: ptb:train calibration, perplexity of the fitting plans on ptb:valid."""
+        """The executor's profile: ptb:train calibration, perplexity of the fitting plans on ptb:valid
+        (call costs and the fixed cost are medians of the runtime's default repeats)."""
         s = self.settings
         calibration = self.tokens("ptb:train", s.calibration_tokens)
         fitting = self.tokens("ptb:valid", s.fit_tokens)
@@ -177,7 +178,6 @@ class BenchContext:
             calibration,
             "ptb:train",
             max_tokens=s.calibration_tokens,
-            repeats=max(s.repeats, 3),
             window=s.context_length,
             quality_plans=self.fitting_plans,
             quality_ids=fitting,
@@ -205,7 +205,7 @@ class BenchContext:
 
     @cached_property
     def frontier(self) -> list[Any]:
-        """The planner's frontier (PlanResults, slowest first) and the seconds it took."""
+        """The planner's frontier (PlanResults, slowest first); `frontier_seconds` says how long it took."""
         from planner.frontier import frontier
 
         latency, quality = self.models
@@ -276,8 +276,9 @@ class BenchContext:
         key = plan.to_spec()
         if key not in self.perplexities:
             self.apply(plan)
-            ids = self.test_ids
-            self.perplexities[key] = self.runtime.evaluate(ids, plan, self.settings.context_length, 0)
+            self.perplexities[key] = self.runtime.evaluate(
+                self.test_ids, plan, context_length=self.settings.context_length, decode_tokens=0
+            )
         return self.perplexities[key]
 
     @cached_property

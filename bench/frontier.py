@@ -74,7 +74,7 @@ def run(ctx: Any) -> SectionResult:
     result.goals += _goals(points, [*points, *ends], reference, ctx.models[1].reference_perplexity)
     result.data = _data(ctx, points, ends, reference)
     result.tables.insert(1, _range_table(result.data["range"]))
-    result.plots += _plots(ctx, points)
+    result.plots += _plots(ctx, points, ends)
     return result
 
 
@@ -97,9 +97,10 @@ def _plan_table(ctx: Any, points: list[Point], ends: list[Point]) -> Any:
     ]
     s = ctx.settings
     notes = [
-        f"{len(points)} held-out frontier plans (of {len(ctx.frontier)} frontier points; fitting plans excluded) "
-        "and the frontier's two ends (for the range; in the error only if held out)",
-        f"tok/s: median of {s.repeats} greedy runs of {s.decode_tokens} tokens, decode rate after the first token",
+        f"{len(points)} held-out frontier plans (of {len(ctx.frontier)} frontier points; fitting plans "
+        "excluded) and the frontier's two ends (for the range; in the error only if held out)",
+        f"tok/s: median of {s.repeats} greedy runs of {s.decode_tokens} tokens, decode rate after the "
+        "first token",
         f"perplexity: {len(ctx.test_ids)} ptb:test tokens, context {s.context_length}; predictions fitted "
         f"on ptb:valid ({s.fit_tokens} tokens per fitting plan)",
     ]
@@ -133,7 +134,8 @@ def _profile_table(ctx: Any) -> Any:
         f"calibration: {profile.calibration_corpus}, {profile.calibration_tokens} tokens; "
         f"fixed {profile.fixed_seconds * 1e3:.2f} ms/token outside the experts",
         f"quality model: {quality.basis}",
-        f"frontier: {len(ctx.frontier)} points in {ctx.frontier_seconds:.2f} s; load {ctx.load_seconds:.1f} s",
+        f"frontier: {len(ctx.frontier)} points in {ctx.frontier_seconds:.2f} s; executor load "
+        f"{ctx.load_seconds:.1f} s",
     ]
     return table("frontier: fitting plans (ptb:valid)", ["plan", "perplexity", "tokens"], rows, notes)
 
@@ -197,21 +199,22 @@ def _data(ctx: Any, points: list[Point], ends: list[Point], reference: float) ->
     }
 
 
-def _plots(ctx: Any, points: list[Point]) -> list[str]:
-    if not points:
-        return []
-    speeds = ([p.predicted_tokens_per_s for p in points], [p.measured_tokens_per_s for p in points])
-    ppls = ([p.predicted_perplexity for p in points], [p.measured_perplexity for p in points])
-    title = f"{ctx.model_dir.name}: cost models on held-out frontier plans"
+def _plots(ctx: Any, points: list[Point], ends: list[Point]) -> list[str]:
+    """Predicted vs measured for the held-out plans; the frontier with every measured plan over it."""
+    measured = [*points, *ends]
     frontier = (
         [r.predicted_tokens_per_s for r in ctx.frontier],
         [r.predicted_perplexity for r in ctx.frontier],
     )
-    return [
-        str(
+    over = ([p.measured_tokens_per_s for p in measured], [p.measured_perplexity for p in measured])
+    paths = [plots.frontier(ctx.out_dir / "frontier.png", frontier, over, f"{ctx.model_dir.name}: frontier")]
+    if points:
+        speeds = ([p.predicted_tokens_per_s for p in points], [p.measured_tokens_per_s for p in points])
+        ppls = ([p.predicted_perplexity for p in points], [p.measured_perplexity for p in points])
+        title = f"{ctx.model_dir.name}: cost models on held-out frontier plans"
+        paths.append(
             plots.predicted_vs_measured(
                 ctx.out_dir / "frontier_predicted_vs_measured.png", speeds, ppls, title
             )
-        ),
-        str(plots.frontier(ctx.out_dir / "frontier.png", frontier, (speeds[1], ppls[1]), ctx.model_dir.name)),
-    ]
+        )
+    return [str(p) for p in paths]

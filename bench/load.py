@@ -225,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="model directory (default: the embedded default model)")
     parser.add_argument("--replan-every", type=float, default=5.0, help="seconds between control rounds")
     parser.add_argument("--max-tokens", type=int, default=24, help="tokens per request (default 24)")
+    parser.add_argument("--max-concurrent", type=int, default=2, help="generations per executor at once")
+    parser.add_argument("--max-queued", type=int, default=4, help="queued per executor; more are refused")
     parser.add_argument("--work", type=Path, help="directory for logs and the profile (default: temporary)")
     parser.add_argument("--threads", type=int, help="torch threads per executor")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -235,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_dir=args.model,
         replan_every_s=args.replan_every,
         max_tokens=args.max_tokens,
+        max_concurrent=args.max_concurrent,
+        max_queued=args.max_queued,
         work_dir=args.work,
         threads=args.threads,
     )

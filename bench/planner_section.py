@@ -1,9 +1,10 @@
 """Section `planner`: how long planning takes, and switching plans on a live executor vs reloading.
 
 Solve time (median of repeats, cost models fitted once beforehand, as the planner service caches
-them) for the default model's measured profile and for the analytic Mixtral-8x7B and -8x22B what-if
-profiles on `a100-80gb`; the frontier's time for each; then the executor's plan switches (changed
-experts, seconds) beside a full `ExecutorRuntime.load` of the target plan.
+them) for the default model's measured profile and for the planner benchmark's what-if instances
+(Mixtral-8x7B and -8x22B on A100-like hardware, see bench.planner_bench), and the frontier's time for
+each; then the executor's plan switches (changed experts, seconds) beside a full
+`ExecutorRuntime.load` into the target plan.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 from bench.report import SectionResult, table
 from bench.timing import time_repeats, timed
 
-WHATIF_MODELS = ("mixtral-8x7b", "mixtral-8x22b")
-WHATIF_HARDWARE = "a100-80gb"
 QUALITY_STEPS = (0.02, 0.10)
 """Perplexity ceilings as fractions of the reference perplexity (targets for the solve timings)."""
 MIN_SOLVE_REPEATS = 3
@@ -49,11 +48,12 @@ def instance_timings(name: str, profile: Any, budgets: Any, points: int, repeats
 
 
 def whatif_instances() -> list[tuple[str, Any]]:
-    """(name, analytic profile) for each what-if model on WHATIF_HARDWARE."""
-    from planner.whatif import analytic_profile, hardware_named, model_named
+    """(name, profile) of the planner benchmark's instances: Mixtral-8x7B and -8x22B (and the default
+    model) what-if on A100-like and CPU hardware, each also "measured-like" (per-expert frequencies and
+    errors, so the MILP keeps one binary per expert and option). See bench.planner_bench."""
+    from bench.planner_bench import instances
 
-    hardware = hardware_named(WHATIF_HARDWARE)
-    return [(f"{m} @ {WHATIF_HARDWARE}", analytic_profile(model_named(m), hardware)) for m in WHATIF_MODELS]
+    return instances()
 
 
 def switch_rows(ctx: Any) -> list[list[Any]]:

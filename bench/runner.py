@@ -14,14 +14,23 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.report import SectionResult, write_json
-from bench.settings import FULL, QUICK, SECTIONS, parse_sections
+from bench.settings import FULL, QUICK, SECTIONS, Settings, parse_sections
 
 DEFAULT_OUT = Path("out/bench")
+
+OVERRIDES = {
+    "decode_tokens": "tokens generated per decode-speed run",
+    "eval_tokens": "ptb:test tokens per held-out perplexity",
+    "repeats": "timed runs per measurement (the median is reported)",
+    "measured_plans": "held-out frontier plans to measure",
+}
+"""Settings a flag may override (bench.settings.Settings field -> help)."""
 
 _MODULES = {
     "frontier": "bench.frontier",
@@ -44,7 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results.json and PNG plots go here")
     parser.add_argument("--json", action="store_true", help="print the results JSON instead of tables")
+    for name, help_text in OVERRIDES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=_positive, default=None, help=help_text)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    """The full or quick settings with any per-flag overrides applied."""
+    base = QUICK if args.quick else FULL
+    return replace(base, **{k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None})
 
 
 def _sections(text: str) -> str:
@@ -59,6 +83,9 @@ def command_line(program: str, args: argparse.Namespace) -> str:
     """The command that reproduces this run, for table headers and the JSON."""
     words = [*program.split(), *(["--model", str(args.model)] if args.model else [])]
     words += [*(["--quick"] if args.quick else []), *(["--only", args.only] if args.only else [])]
+    words += [
+        f"--{k.replace('_', '-')}={getattr(args, k)}" for k in OVERRIDES if getattr(args, k, None) is not None
+    ]
     return shlex.join([*words, "--out", str(args.out), *(["--json"] if args.json else [])])
 
 
@@ -69,7 +96,7 @@ def run(args: argparse.Namespace, program: str) -> int:
 
     command = command_line(program, args)
     sections = parse_sections(args.only)
-    settings = QUICK if args.quick else FULL
+    settings = settings_for(args)
     started, clock = datetime.now(UTC), time.perf_counter()
     context = BenchContext.create(args.model, settings, Path(args.out), command)
     results = []

@@ -16,7 +16,8 @@ from client.channel import ConnectOptions, async_channel, sync_channel
 from moeqos.errors import MoeqosError, Unavailable
 from moeqos.grpc_errors import error_from_rpc
 
-_NO_DEADLINE = object()
+DEFAULT_DEADLINE: Any = object()
+"""Marks "use ConnectOptions.timeout" for a call's `timeout` (None means no deadline)."""
 T = TypeVar("T")
 
 
@@ -29,9 +30,9 @@ class SyncBase:
         self._channel = sync_channel(address, self.options)
 
     def _timeout(self, timeout: Any) -> float | None:
-        return self.options.timeout if timeout is _NO_DEADLINE else timeout
+        return self.options.timeout if timeout is DEFAULT_DEADLINE else timeout
 
-    def _unary(self, method: Callable[..., Any], request: Any, timeout: Any = _NO_DEADLINE) -> Any:
+    def _unary(self, method: Callable[..., Any], request: Any, timeout: Any = DEFAULT_DEADLINE) -> Any:
         try:
             return method(request, timeout=self._timeout(timeout), metadata=self.options.metadata())
         except grpc.RpcError as exc:
@@ -94,9 +95,9 @@ class AsyncBase:
         self._channel = async_channel(address, self.options)
 
     def _timeout(self, timeout: Any) -> float | None:
-        return self.options.timeout if timeout is _NO_DEADLINE else timeout
+        return self.options.timeout if timeout is DEFAULT_DEADLINE else timeout
 
-    async def _unary(self, method: Callable[..., Any], request: Any, timeout: Any = _NO_DEADLINE) -> Any:
+    async def _unary(self, method: Callable[..., Any], request: Any, timeout: Any = DEFAULT_DEADLINE) -> Any:
         try:
             return await method(request, timeout=self._timeout(timeout), metadata=self.options.metadata())
         except grpc.RpcError as exc:

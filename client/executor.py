@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 from client import convert
-from client.base import _NO_DEADLINE, AsyncBase, SyncBase
+from client.base import DEFAULT_DEADLINE, AsyncBase, SyncBase
 from client.channel import ConnectOptions
 from client.types import (
     BudgetOutcome,
@@ -80,7 +80,7 @@ class ExecutorClient(SyncBase):
         request = ex.ProfileRequest(corpus=corpus, tokens=tokens, measure_quality=measure_quality)
         return self._stream(self._stub.Profile, request, timeout, profile_event)
 
-    def apply_plan(self, plan: Plan, timeout: Any = _NO_DEADLINE) -> SwitchReport:
+    def apply_plan(self, plan: Plan, timeout: Any = DEFAULT_DEADLINE) -> SwitchReport:
         """Switch to `plan`; a rejected plan leaves the running plan untouched."""
         reply = self._unary(self._stub.ApplyPlan, ex.ApplyPlanRequest(plan=wire.plan_to_proto(plan)), timeout)
         return convert.switch_from_proto(reply.report)
@@ -139,7 +139,7 @@ class AsyncExecutorClient(AsyncBase):
         request = ex.ProfileRequest(corpus=corpus, tokens=tokens, measure_quality=measure_quality)
         return self._stream(self._stub.Profile, request, timeout, profile_event)
 
-    async def apply_plan(self, plan: Plan, timeout: Any = _NO_DEADLINE) -> SwitchReport:
+    async def apply_plan(self, plan: Plan, timeout: Any = DEFAULT_DEADLINE) -> SwitchReport:
         """Switch to `plan`; a rejected plan leaves the running plan untouched."""
         request = ex.ApplyPlanRequest(plan=wire.plan_to_proto(plan))
         return convert.switch_from_proto((await self._unary(self._stub.ApplyPlan, request, timeout)).report)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from client import convert, descriptions
-from client.base import _NO_DEADLINE, AsyncBase, SyncBase
+from client.base import DEFAULT_DEADLINE, AsyncBase, SyncBase
 from client.channel import ConnectOptions
 from client.types import DeployOutcome, DeploySpec, PlanOutcome, WhatIfOutcome
 from moeqos import wire
@@ -120,7 +120,7 @@ class PlannerClient(SyncBase):
         executor: str | None = None,
         budgets: Sequence[TierBudget] = (),
         pins: Sequence[PlacementRule] = (),
-        timeout: Any = _NO_DEADLINE,
+        timeout: Any = DEFAULT_DEADLINE,
     ) -> PlanOutcome:
         """The best plan for `target` from a profile, or from the profile of the executor at `executor`."""
         request = plan_request(target, profile, executor, budgets, pins)
@@ -134,7 +134,7 @@ class PlannerClient(SyncBase):
         budgets: Sequence[TierBudget] = (),
         pins: Sequence[PlacementRule] = (),
         points: int = 0,
-        timeout: Any = _NO_DEADLINE,
+        timeout: Any = DEFAULT_DEADLINE,
     ) -> list[PlanOutcome]:
         """Pareto-optimal plans along the speed/quality trade-off, slowest (most accurate) first."""
         request = frontier_request(profile, executor, budgets, pins, points)
@@ -149,7 +149,7 @@ class PlannerClient(SyncBase):
         target: QosTarget | None = None,
         budgets: Sequence[TierBudget] = (),
         frontier_points: int = 0,
-        timeout: Any = _NO_DEADLINE,
+        timeout: Any = DEFAULT_DEADLINE,
     ) -> WhatIfOutcome:
         """Plan for a built-in or described model on a built-in or described machine, no executor needed."""
         request = whatif_request(model, hardware, target, budgets, frontier_points)
@@ -178,7 +178,7 @@ class AsyncPlannerClient(AsyncBase):
         executor: str | None = None,
         budgets: Sequence[TierBudget] = (),
         pins: Sequence[PlacementRule] = (),
-        timeout: Any = _NO_DEADLINE,
+        timeout: Any = DEFAULT_DEADLINE,
     ) -> PlanOutcome:
         """The best plan for `target` from a profile, or from the profile of the executor at `executor`."""
         request = plan_request(target, profile, executor, budgets, pins)
@@ -192,7 +192,7 @@ class AsyncPlannerClient(AsyncBase):
         budgets: Sequence[TierBudget] = (),
         pins: Sequence[PlacementRule] = (),
         points: int = 0,
-        timeout: Any = _NO_DEADLINE,
+        timeout: Any = DEFAULT_DEADLINE,
     ) -> list[PlanOutcome]:
         """Pareto-optimal plans along the speed/quality trade-off, slowest (most accurate) first."""
         request = frontier_request(profile, executor, budgets, pins, points)
@@ -207,7 +207,7 @@ class AsyncPlannerClient(AsyncBase):
         target: QosTarget | None = None,
         budgets: Sequence[TierBudget] = (),
         frontier_points: int = 0,
-        timeout: Any = _NO_DEADLINE,
+        timeout: Any = DEFAULT_DEADLINE,
     ) -> WhatIfOutcome:
         """Plan for a built-in or described model on a built-in or described machine, no executor needed."""
         request = whatif_request(model, hardware, target, budgets, frontier_points)

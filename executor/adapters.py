@@ -25,22 +25,20 @@ class ModelAdapter:
     """Checkpoint key of one expert matrix; fields: layer, expert, name (w1/w2/w3)."""
     router_key: str
     """Checkpoint key of a layer's router weight [E, H]; field: layer."""
-    expert_prefix: str
-    """Prefix (field: layer) shared by every expert key of a layer, to tell expert tensors apart."""
     model_class: Callable[[Any], nn.Module]
     """Builds the transformers model (with its stock MoE blocks) from a config."""
     config_class: Callable[..., Any]
+    """The transformers config class (its `from_pretrained` reads config.json)."""
+    moe_module: str = "mlp"
+    """Attribute of a decoder layer holding its MoE block (what the runtime swaps)."""
 
     def expert_keys(self, layer: int, expert: int) -> tuple[str, str, str]:
         """Keys of (w1 [I, H], w2 [H, I], w3 [I, H])."""
         return tuple(self.expert_key.format(layer=layer, expert=expert, name=n) for n in ("w1", "w2", "w3"))  # type: ignore[return-value]
 
-    def is_expert_key(self, key: str, num_layers: int) -> bool:
-        return any(key.startswith(self.expert_prefix.format(layer=layer)) for layer in range(num_layers))
-
     @staticmethod
     def layers(model: nn.Module) -> nn.ModuleList:
-        """The decoder layers, each with an `.mlp` MoE block."""
+        """The decoder layers, each with a MoE block at `moe_module`."""
         layers = model.get_submodule("model.layers")
         assert isinstance(layers, nn.ModuleList)
         return layers
@@ -65,7 +63,6 @@ def _mixtral() -> ModelAdapter:
         model_type="mixtral",
         expert_key="model.layers.{layer}.block_sparse_moe.experts.{expert}.{name}.weight",
         router_key="model.layers.{layer}.block_sparse_moe.gate.weight",
-        expert_prefix="model.layers.{layer}.block_sparse_moe.experts.",
         model_class=MixtralForCausalLM,
         config_class=MixtralConfig,
     )

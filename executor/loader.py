@@ -41,7 +41,9 @@ def build_model(
         router = checkpoint.read(
             adapter.router_key.format(layer=layer), (adapter.num_experts(config), config.hidden_size)
         )
-        decoder.mlp = MoeBlock(layer, router.to(device), adapter.top_k(config), runner)
+        setattr(
+            decoder, adapter.moe_module, MoeBlock(layer, router.to(device), adapter.top_k(config), runner)
+        )
     _load_dense(model, checkpoint, device, TORCH_DTYPES[dense])
     if getattr(config, "tie_word_embeddings", False):
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
@@ -51,7 +53,7 @@ def build_model(
 
 def moe_blocks(model: nn.Module, adapter: ModelAdapter) -> list[MoeBlock]:
     """The swapped-in MoE block of every decoder layer, in layer order."""
-    blocks = [layer.get_submodule("mlp") for layer in adapter.layers(model)]
+    blocks = [layer.get_submodule(adapter.moe_module) for layer in adapter.layers(model)]
     assert all(isinstance(b, MoeBlock) for b in blocks), "the MoE blocks were not swapped"
     return blocks  # type: ignore[return-value]
 

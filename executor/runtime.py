@@ -87,6 +87,8 @@ class ExecutorRuntime:
         """The served model's identity (name, fingerprint, shape)."""
         self.hardware = hardware_identity(config.device)
         self.tokenizer = _load_tokenizer(checkpoint.directory)
+        self._tokenizer_lock = threading.Lock()
+        """Fast tokenizers may raise "Already borrowed" when one instance is used from two threads."""
         self.default_tier = config.device
         self.budgets = {t: config.tier_budgets.get(t, physical_budget(t, variant_dir)) for t in config.tiers}
         self.plan_applied_at = 0.0
@@ -240,7 +242,8 @@ class ExecutorRuntime:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise InvalidArgument("text prompts need a tokenizer; this model directory has none")
-            ids = list(self.tokenizer.encode(prompt)) if prompt else []
+            with self._tokenizer_lock:
+                ids = list(self.tokenizer.encode(prompt)) if prompt else []
         else:
             ids = [int(t) for t in prompt]
         if not ids:
@@ -261,7 +264,12 @@ class ExecutorRuntime:
         tokenizer = self.tokenizer
         if tokenizer is None:
             return None
-        return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+        def decode(ids: list[int]) -> str:
+            with self._tokenizer_lock:
+                return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+        return decode
 
     # ----- measurement --------------------------------------------------------------------------
     def profile(

@@ -48,6 +48,8 @@ STATE_CHANGING = ("ApplyPlan", "SetBudget", "SetTarget", "Profile")
 class ExecutorServerConfig(ServerConfig):
     """Settings of an executor server (the common ones are documented on ServerConfig)."""
 
+    listen: str = DEFAULT_LISTEN
+    """`host:port` to bind (port 0 picks a free port)."""
     model_dir: Path | None = None
     """Checkpoint directory; None serves the embedded default model (built on first use)."""
     device: str = "cpu"
@@ -88,6 +90,8 @@ class ExecutorServerConfig(ServerConfig):
         super().__post_init__()
         if self.max_concurrent < 1 or self.max_queued < 0 or self.disk_slots < 1:
             raise ValueError("need max_concurrent >= 1, max_queued >= 0 and disk_slots >= 1")
+        if self.planner_address is not None:
+            server_common.check_address("planner", self.planner_address)
         if not 0 < self.replan_backoff[0] <= self.replan_backoff[1]:
             raise ValueError(f"replan_backoff must be 0 < first <= longest, got {self.replan_backoff}")
         if self.model_dir is not None and not (Path(self.model_dir) / "config.json").is_file():

@@ -7,11 +7,13 @@ let a remote caller make the server open any file.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from executor.evaluation import EvalResult
 from executor.runtime import ExecutorRuntime
@@ -22,6 +24,7 @@ from moeqos.precision import Precision
 from moeqos.profile import Profile
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Progress = Callable[[str, float], None]
 
@@ -86,6 +89,25 @@ def measure(
         quality_ids=corpus_ids(runtime, settings.quality_corpus, settings.quality_tokens) if plans else None,
         progress=progress,
     )
+
+
+async def with_progress(job: Callable[[Progress], Awaitable[T]]) -> AsyncIterator[tuple[str, float] | T]:
+    """Run `job(progress)` (which calls `progress(stage, fraction)` from any thread) and yield each
+    (stage, fraction) as it is reported, then the job's result."""
+    loop, reports = asyncio.get_running_loop(), asyncio.Queue[tuple[str, float]]()
+
+    def progress(stage: str, fraction: float) -> None:
+        loop.call_soon_threadsafe(reports.put_nowait, (stage, fraction))
+
+    task = asyncio.ensure_future(job(progress))
+    while not task.done() or not reports.empty():
+        getter = asyncio.ensure_future(reports.get())
+        await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield getter.result()
+        else:
+            getter.cancel()
+    yield task.result()
 
 
 def evaluate(runtime: ExecutorRuntime, corpus: str, tokens: int, plan: Plan | None) -> EvalResult:

@@ -9,9 +9,10 @@ moeqos.errors exceptions; the server's one interceptor maps them to status codes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ from executor.service_target import StandingTarget
 from moeqos import wire
 from moeqos.errors import NotReady
 from moeqos.plan import Plan
-from moeqos.profile import Profile
+from moeqos.profile import Profile as Measured  # the RPC `Profile` below would shadow the name
 from moeqos.tier import TierBudget
 from moeqos_proto.executor.v1 import executor_pb2 as ex
 from moeqos_proto.executor.v1 import executor_pb2_grpc as ex_grpc
@@ -69,7 +70,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         self.target = target
         self._pool = pool
         self._measure = measure
-        self._profile: Profile | None = None
+        self._profile: Measured | None = None
         self.profile_path = profile_path
         """Where the profile is saved after each measurement and read back at the first need."""
         self._profile_lock = asyncio.Lock()
@@ -83,21 +84,18 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # ----- hooks for the standing target -------------------------------------------------------
-    async def cached_profile(self) -> Profile:
-        """The profile, measured (with reference perplexities) on first use and cached."""
+    async def cached_profile(self) -> Measured:
+        """The profile, measured (with reference perplexities) on first use and cached, its `tiers`
+        refreshed to the current budgets (they may have changed since it was measured)."""
         async with self._profile_lock:
             if self._profile is None:
                 runtime = self._ready()
-                self._profile = service_measure.load_saved(self.profile_path, runtime)
-            if self._profile is None:
-                measured = await self._run(service_measure.measure, runtime, self._measure, True, _quiet)
-                self._keep(measured)
-            assert self._profile is not None
-            return self._profile
-
-    def _keep(self, profile: Profile) -> None:
-        self._profile = profile
-        service_measure.save(self.profile_path, profile)
+                profile = service_measure.load_saved(self.profile_path, runtime)
+                if profile is None:
+                    profile = await self._run(service_measure.measure, runtime, self._measure, True, _quiet)
+                    service_measure.save(self.profile_path, profile)
+                self._profile = profile
+            return dataclasses.replace(self._profile, tiers=self.budgets())
 
     def budgets(self) -> tuple[TierBudget, ...]:
         return tuple(TierBudget(name, budget) for name, budget in self._ready().budgets.items())
@@ -138,29 +136,24 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     ) -> AsyncIterator[ex.ProfileEvent]:
         runtime = self._ready()
         settings = self._measure_settings(request)
-        loop, events = asyncio.get_running_loop(), asyncio.Queue[ex.ProfileEvent]()
 
-        def progress(stage: str, fraction: float) -> None:
-            event = ex.ProfileEvent(
-                progress=ex.ProfileProgress(stage=stage, done=round(fraction * 100), total=100)
-            )
-            loop.call_soon_threadsafe(events.put_nowait, event)
+        def job(progress: service_measure.Progress) -> Awaitable[Measured]:
+            return self._run(service_measure.measure, runtime, settings, request.measure_quality, progress)
 
-        job = asyncio.ensure_future(
-            self._run(service_measure.measure, runtime, settings, request.measure_quality, progress)
-        )
-        while not job.done() or not events.empty():
-            getter = asyncio.ensure_future(events.get())
-            await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield getter.result()
+        async for event in service_measure.with_progress(job):
+            if isinstance(event, Measured):
+                yield ex.ProfileEvent(profile=wire.profile_to_proto(await self._replace_profile(event)))
             else:
-                getter.cancel()
+                done = ex.ProfileProgress(stage=event[0], done=round(event[1] * 100), total=100)
+                yield ex.ProfileEvent(progress=done)
+
+    async def _replace_profile(self, fresh: Measured) -> Measured:
+        """Cache and save a re-measured profile, keeping earlier perplexities if it measured none."""
         async with self._profile_lock:
-            previous = self._profile or service_measure.load_saved(self.profile_path, runtime)
-            profile = service_measure.keep_quality(job.result(), previous)
-            self._keep(profile)
-        yield ex.ProfileEvent(profile=wire.profile_to_proto(profile))
+            previous = self._profile or service_measure.load_saved(self.profile_path, self._ready())
+            self._profile = service_measure.keep_quality(fresh, previous)
+            service_measure.save(self.profile_path, self._profile)
+            return self._profile
 
     def _measure_settings(self, request: ex.ProfileRequest) -> service_measure.MeasureSettings:
         base = self._measure

@@ -49,9 +49,7 @@ class ServerConfig:
     """On shutdown, how long calls in flight may take to finish before they are cancelled."""
 
     def __post_init__(self) -> None:
-        host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"listen address must be host:port, got {self.listen!r}")
+        check_address("listen", self.listen)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -65,6 +63,14 @@ class ServerConfig:
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"TLS file {path} does not exist")
+
+
+def check_address(name: str, address: str) -> str:
+    """`address` if it looks like `host:port`, else ValueError naming the setting (fail fast at start)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{name} address must be host:port, got {address!r}")
+    return address
 
 
 def common_settings(args: Any, env: Mapping[str, str], default_listen: str) -> dict[str, Any]:

@@ -112,6 +112,8 @@ def target_from_proto(message: pb.QosTarget) -> QosTarget:
         name: getattr(message, name) if message.HasField(name) else None
         for name in ("min_tokens_per_s", "max_perplexity", "max_perplexity_increase")
     }
+    if message.objective not in pb.Objective.values():
+        raise InvalidArgument(f"target: unknown objective {message.objective}")
     objective = {v: k for k, v in _OBJECTIVES.items()}.get(message.objective)
     try:
         return QosTarget(objective=objective, **bounds)

@@ -33,6 +33,8 @@ STATE_CHANGING = ("Deploy",)
 class PlannerServerConfig(ServerConfig):
     """Settings of a planner server (the common ones are documented on ServerConfig)."""
 
+    listen: str = DEFAULT_LISTEN
+    """`host:port` to bind (port 0 picks a free port)."""
     advertise_address: str | None = None
     """Address executors reach this planner at (given to them by Deploy); None: the bound address."""
     workers: int = 2
@@ -44,6 +46,8 @@ class PlannerServerConfig(ServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.advertise_address is not None:
+            server_common.check_address("advertise", self.advertise_address)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.peer_tls_ca is not None and not Path(self.peer_tls_ca).is_file():

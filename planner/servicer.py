@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 MAX_POINTS = 200
 """Most frontier points one request may ask for (each is a solve)."""
+MAX_DEPLOY_TARGETS = 64
+"""Most executors one Deploy may address."""
 
 
 def prediction_of(result: PlanResult) -> Prediction:
@@ -147,8 +149,10 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         return response
 
     async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
-        if not request.targets:
-            raise InvalidArgument("deploy needs at least one executor and target")
+        if not 0 < len(request.targets) <= MAX_DEPLOY_TARGETS:
+            raise InvalidArgument(
+                f"deploy needs 1 to {MAX_DEPLOY_TARGETS} executors, got {len(request.targets)}"
+            )
         addresses = [t.executor_address for t in request.targets]
         if "" in addresses or len(set(addresses)) != len(addresses):
             raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")

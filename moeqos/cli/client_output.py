@@ -16,7 +16,7 @@ from moeqos.profile import Profile
 
 
 def _mib(count: int) -> str:
-    return f"{count / 2**20:.2f} MiB"
+    return f"{count / 2**20:.2f}MiB"
 
 
 def _json(data: Any) -> str:
@@ -64,19 +64,23 @@ def _outcome_dict(o: DeployOutcome) -> dict[str, Any]:
 
 
 def status(infos: list[tuple[str, ExecutorInfo]], as_json: bool) -> int:
+    """One row per executor: model, device, tier use against budget, load, standing target, plan."""
     if as_json:
         print(_json([_info_dict(address, info) for address, info in infos]))
         return 0
+    rows = [("executor", "address", "model", "device", "tiers used/budget", "run/queue", "target", "plan")]
     for address, info in infos:
-        target = info.standing_target.describe() if info.standing_target else "none"
-        print(
-            f"{info.name} @ {address}: {info.model.name} on {info.hardware.device} ({info.hardware.device_name})"
-        )
-        print(f"  plan     {info.plan.describe()}  (applied {info.plan_applied_at:%Y-%m-%d %H:%M:%S} UTC)")
-        print(f"  target   {target}; planner {info.planner_address or 'none'}; re-plan {info.replan_state}")
-        print(f"  requests {info.active_generations} running, {info.queued_generations} queued")
-        for tier in info.tiers:
-            print(f"  tier {tier.name:<8} {_mib(tier.used_bytes):>12} used of {_mib(tier.budget_bytes):>12}")
+        tiers = " ".join(f"{t.name}:{_mib(t.used_bytes)}/{_mib(t.budget_bytes)}" for t in info.tiers)
+        target = info.standing_target.describe() if info.standing_target else "-"
+        load = f"{info.active_generations}/{info.queued_generations}"
+        plan = info.plan.to_spec()
+        rows.append((info.name, address, info.model.name, info.hardware.device, tiers, load, target, plan))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    for address, info in infos:
+        if info.replan_state != "idle":
+            print(f"{info.name} @ {address}: re-plan {info.replan_state} (planner {info.planner_address})")
     return 0
 
 

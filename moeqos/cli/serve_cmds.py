@@ -121,5 +121,9 @@ def _serve(args: argparse.Namespace, service: str, config_class: Any, serve: Any
     except ValueError as exc:
         print(f"moeqos {service}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(config, _announcer(args, service, config.listen)))
+    try:
+        asyncio.run(serve(config, _announcer(args, service, config.listen)))
+    except Exception:
+        logging.getLogger(__name__).exception("moeqos %s failed", service)
+        return 1
     return 0

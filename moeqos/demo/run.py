@@ -90,32 +90,54 @@ def started_services(
     """Run the jobs, start the servers in dependency order and wait until all are SERVING; stop them all
     on leaving (SIGTERM, then SIGKILL after `grace_seconds`), also on Ctrl-C or SIGTERM to us."""
     group = ProcessGroup(log_dir, grace_seconds, cwd=REPO_ROOT)
+    handle = StartedServices(group, {})
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with group:
-            started: dict[str, Running] = {}
-            for service in services:
-                if service.is_job and skip_jobs:
-                    continue
-                say(
-                    f"{'running' if service.is_job else 'starting'} {service.name}: {' '.join(service.argv)}"
-                    + (f" on {service.address}" if service.address else "")
-                )
-                if service.is_job:
-                    group.run_job(service, timeout)
-                    continue
-                for dependency in service.wait_for_healthy:
-                    _wait(group, started, dependency, probe, timeout, say)
-                started[service.name] = group.start(service)
-            for name in started:
-                _wait(group, started, name, probe, timeout, say)
-            handle = StartedServices(group, started)
-            yield handle
-            say("stopping the services (SIGTERM)")
-            handle.exit_codes = {name: code for name, code in group.stop().items() if name in started}
-            say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in handle.exit_codes.items()))
+        _start_all(services, group, handle.services, say, skip_jobs, timeout, probe)
+        yield handle
     finally:
+        _stop_all(handle, say)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _start_all(
+    services: tuple[LocalService, ...],
+    group: ProcessGroup,
+    started: dict[str, Running],
+    say: Say,
+    skip_jobs: bool,
+    timeout: float,
+    probe: HealthProbe,
+) -> None:
+    """Run the jobs to completion and start the servers, in order; return once every server is SERVING."""
+    for service in services:
+        if service.is_job and skip_jobs:
+            continue
+        where = f" on {service.address}" if service.address else ""
+        say(f"{'running' if service.is_job else 'starting'} {service.name}: {' '.join(service.argv)}{where}")
+        if service.is_job:
+            group.run_job(service, timeout)
+            continue
+        for dependency in service.wait_for_healthy:
+            _wait(group, started, dependency, probe, timeout, say)
+        started[service.name] = group.start(service)
+    for name in started:
+        _wait(group, started, name, probe, timeout, say)
+
+
+def _stop_all(handle: StartedServices, say: Say) -> None:
+    """Stop whatever runs; a second Ctrl-C meanwhile is ignored, so no child is left behind (the stop is
+    bounded: SIGKILL follows SIGTERM after the grace period)."""
+    if not handle.group.running:
+        return
+    say(f"stopping the services (SIGTERM; SIGKILL after {handle.group.grace_seconds:.0f}s)")
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        codes = handle.group.stop()
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+    handle.exit_codes = {name: code for name, code in codes.items() if name in handle.services}
+    say("stopped: " + ", ".join(f"{name} exit {code}" for name, code in handle.exit_codes.items()))
 
 
 def _wait(

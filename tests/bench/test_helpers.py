@@ -1,13 +1,15 @@
 """The benchmark's pure helpers: errors, traffic bounds, frontier picks, timing, tables, tier plans."""
 
+import argparse
 import json
 import math
 
 import pytest
 
 from bench.metrics import bandwidth_bound, expert_bytes_per_token, knee_index, mape, spread_indices
-from bench.report import SectionResult, Table, json_ready, table, write_json
-from bench.settings import SECTIONS, parse_sections
+from bench.report import SectionResult, Table, cpu_model, json_ready, table, write_json
+from bench.runner import add_arguments, command_line, settings_for
+from bench.settings import FULL, QUICK, SECTIONS, parse_sections
 from bench.tiers import resident_first_plan
 from bench.timing import Timing, decode_rate, time_repeats
 from moeqos.plan import Plan, parse_plan
@@ -106,3 +108,23 @@ def test_resident_first_plan_keeps_hot_experts_within_budget():
     assert all(
         a.tier == DISK for _, a in resident_first_plan(frequency, Precision.INT4, size, 0, "cpu").items()
     )
+
+
+def test_flags_override_settings_and_name_the_command():
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--quick", "--repeats", "5", "--only", "paper"]
+    )
+    settings = settings_for(args)
+    assert settings.repeats == 5 and settings.decode_tokens == QUICK.decode_tokens and settings.quick
+    assert (
+        command_line("python -m bench", args)
+        == "python -m bench --quick --only paper --repeats=5 --out out/bench"
+    )
+    assert settings_for(add_arguments(argparse.ArgumentParser()).parse_args([])) == FULL
+
+
+def test_cpu_model_comes_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t: avx2\n")
+    assert cpu_model(cpuinfo) == "Test CPU 9000"
+    assert cpu_model(tmp_path / "missing")  # falls back to what platform knows, never empty

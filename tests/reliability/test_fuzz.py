@@ -8,7 +8,9 @@ answer, are printed at the end of the module.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from client import ExecutorClient
 from moeqos import wire
+from moeqos_proto.common.v1 import common_pb2 as pb
 from moeqos_proto.executor.v1 import executor_pb2 as ex
 from moeqos_proto.planner.v1 import planner_pb2 as pl
 from tests.reliability import fuzz_inputs as fi
@@ -57,6 +60,13 @@ def fuzzer(stack: Stack, profile_file: Path, pytestconfig: pytest.Config) -> Ite
     lines += [f"  {method:<10} {code:<20} {n}" for (method, code), n in sorted(fuzz.counts.items())]
     if report is not None:
         report.write_line("\n".join(lines))
+
+
+@pytest.fixture(autouse=True)
+def _from_baseline(fuzzer: Fuzzer) -> None:
+    """Each test starts from the baseline state, whatever a failed test before it left."""
+    if fuzzer.state() != fuzzer.baseline:
+        fuzzer.restore()
 
 
 def _cheap_measurement(corpus: str, tokens: int) -> bool:
@@ -199,3 +209,26 @@ def test_oversized_messages_are_refused(fuzzer):
     assert fuzzer.check(EXECUTOR, "Complete", serialized(request)) == grpc.StatusCode.RESOURCE_EXHAUSTED
     big = pl.WhatIfRequest(model_name="m" * (MAX_MESSAGE + 1024), hardware_name="cpu-2core")
     assert fuzzer.check(PLANNER, "WhatIf", serialized(big)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# ----- the fuzzer's findings, pinned as plain regression tests -----------------------------------
+def test_deploy_with_one_bad_target_changes_no_executor(fuzzer):
+    """Found by test_deploy: a Deploy refused for one target's input must not have deployed the others."""
+    good = pl.DeployTarget(executor_address=fuzzer.executor_address, target=pb.QosTarget(objective=1))
+    bad = pl.DeployTarget(executor_address="127.0.0.1:1", target=pb.QosTarget(max_perplexity=math.nan))
+    request = pl.DeployRequest(targets=[good, bad])
+    assert fuzzer.check(PLANNER, "Deploy", serialized(request)) == grpc.StatusCode.INVALID_ARGUMENT
+    time.sleep(3.0)  # the good target's deploy would have applied its plan by now
+    assert fuzzer.state() == fuzzer.baseline
+
+
+def test_profile_with_too_few_tokens_is_out_of_range(fuzzer):
+    """Found by test_measurement: `tokens` 1..15 reached a config check and answered INTERNAL."""
+    code = fuzzer.check(EXECUTOR, "Profile", serialized(ex.ProfileRequest(tokens=1)))
+    assert code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_tiny_temperature_is_a_clear_answer(fuzzer):
+    """Found by test_generation: temperature 1e-300 overflowed the logits into NaN probabilities."""
+    sampling = ex.SamplingParams(max_tokens=2, temperature=1e-300)
+    fuzzer.check(EXECUTOR, "Complete", serialized(ex.GenerateRequest(prompt="hello", sampling=sampling)))

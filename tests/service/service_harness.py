@@ -58,7 +58,11 @@ class Stack:
     def executor(self, wait: bool = True, **overrides: Any) -> ExecutorHandle:
         """Start an executor on the tiny model (`overrides` are ExecutorServerConfig fields)."""
         base = ExecutorServerConfig(
-            model_dir=self.model_dir, measure=FAST_MEASURE, grace_seconds=2.0, profile_path=self.profile_path
+            listen="127.0.0.1:0",
+            model_dir=self.model_dir,
+            measure=FAST_MEASURE,
+            grace_seconds=2.0,
+            profile_path=self.profile_path,
         )
         loader = overrides.pop("loader", None)
         config = replace(base, **overrides)
@@ -69,7 +73,8 @@ class Stack:
         return handle
 
     def planner(self, **overrides: Any) -> Server:
-        server, _ = self.bg.run(start_planner(replace(PlannerServerConfig(), **overrides)))
+        config = replace(PlannerServerConfig(listen="127.0.0.1:0"), **overrides)
+        server, _ = self.bg.run(start_planner(config))
         self._planners.append(server)
         return server
 

@@ -36,19 +36,15 @@ def test_health_is_not_serving_until_the_model_is_loaded(stack):
         assert client.health(EXECUTOR) == "NOT_SERVING"
         with pytest.raises(Unavailable, match="loading"):
             client.info()
+        with pytest.raises(Unavailable, match="not serving"):
+            client.wait_until_serving(0.3)
         release.set()
-        stack.bg.run(_ready(handle))
+        client.wait_until_serving(60)
         assert client.health() == "SERVING" and client.health(EXECUTOR) == "SERVING"
         assert client.info().plan is not None
     stack.bg.run(handle.server.health.enter_graceful_shutdown())
     reply = stack.bg.run(handle.server.health.Check(health_pb2.HealthCheckRequest(service=EXECUTOR), None))
     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def _ready(handle):
-    import asyncio
-
-    await asyncio.shield(handle.ready)
 
 
 def test_reflection_lists_the_services(executor_address, planner_address):
@@ -127,11 +123,19 @@ def test_graceful_shutdown_finishes_streams_in_flight(stack):
         stream = client.generate("hello", Sampling(max_tokens=300))
         first = next(stream)
         stopped: Future = stack.bg.submit(handle.stop(30))
+        second = next(stream)
+        during = stack.bg.run(
+            handle.server.health.Check(health_pb2.HealthCheckRequest(service=EXECUTOR), None)
+        )
+        with (
+            ExecutorClient(address(handle.port), ConnectOptions(timeout=5)) as newcomer,
+            pytest.raises(Unavailable),
+        ):
+            newcomer.info()  # new calls are refused while the stream in flight finishes
         rest = list(stream)
         stopped.result(60)
-        with pytest.raises(Unavailable):
-            client.info()
-    assert first.token_id is not None
+    assert first.token_id is not None and second.token_id is not None
+    assert during.status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert rest[-1].stats is not None and rest[-1].stats.generated_tokens == 300
 
 

@@ -1,0 +1,40 @@
+"""The load harness (bench.load) against real processes: no request may fail while the planner re-plans
+the executors, refusals past the bounded queue are clean, and every token a request was told of arrived."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.load import LoadSettings, run
+
+
+@pytest.mark.e2e
+def test_load_on_the_tiny_model_loses_nothing(tiny_model, profile_file, tmp_path):
+    """Eight clients against two executors that admit six requests at once: some are refused."""
+    (tmp_path / "profile.json").write_bytes(profile_file.read_bytes())
+    settings = LoadSettings(
+        duration_s=25.0,
+        clients=8,
+        model_dir=tiny_model,
+        replan_every_s=3.0,
+        max_tokens=16,
+        max_concurrent=1,
+        max_queued=2,
+        work_dir=tmp_path,
+        threads=1,
+    )
+    report = run(settings)
+    print(report.table())
+    assert report.failed == 0, report.failures
+    assert not report.control_failures
+    assert report.completed > 0 and report.deploys >= 2 and report.budget_changes >= 2
+    assert report.plans_served >= 2  # requests were served across re-plans
+
+
+@pytest.mark.slow
+def test_load_on_the_default_model(tmp_path):
+    """The issue's run: 16 clients for a minute on the embedded default model."""
+    report = run(LoadSettings(duration_s=60.0, clients=16, work_dir=tmp_path))
+    print(report.table())
+    assert report.failed == 0, report.failures
+    assert not report.control_failures and report.completed > 0

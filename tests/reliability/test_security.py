@@ -1,0 +1,143 @@
+"""Security settings beyond tests/service/test_plumbing: the default bind address, tokens carried on the
+planner->executor and executor->planner calls, TLS between the services, and mutual TLS refusing a
+certificate from another CA."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+
+import pytest
+
+from client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient
+from executor.server import ExecutorServerConfig
+from moeqos.cli import serve_cmds
+from moeqos.errors import Unauthenticated, Unavailable
+from moeqos.qos import Objective, QosTarget
+from moeqos.tier import TierStatus
+from planner.server import PlannerServerConfig
+from tests.service.service_harness import address
+from tests.service.tls_certs import make_certs
+
+QUALITY = QosTarget(objective=Objective.QUALITY)
+
+
+def _parsed(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    serve_cmds.register(parser.add_subparsers())
+    return parser.parse_args(list(argv))
+
+
+def test_both_services_listen_on_loopback_by_default():
+    planner = PlannerServerConfig.from_env_and_args(_parsed("planner"), env={})
+    executor = ExecutorServerConfig.from_env_and_args(_parsed("executor"), env={})
+    assert planner.listen.rpartition(":")[0] == "127.0.0.1"
+    assert executor.listen.rpartition(":")[0] == "127.0.0.1"
+    widened = PlannerServerConfig.from_env_and_args(_parsed("planner"), env={"MOEQOS_LISTEN": "0.0.0.0:1"})
+    assert widened.listen == "0.0.0.0:1"  # only when told
+
+
+def _outside_address() -> str | None:
+    """This machine's address on its default route (no packet is sent), if it has a non-loopback one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        host = str(probe.getsockname()[0])
+    return None if host.startswith("127.") else host
+
+
+def test_a_loopback_server_cannot_be_reached_from_outside(stack):
+    host = _outside_address()
+    if host is None:
+        pytest.skip("this machine has no non-loopback address")
+    planner = stack.planner()
+    with PlannerClient(address(planner.port)) as inside:
+        assert inside.health() == "SERVING"
+    outside = PlannerClient(f"{host}:{planner.port}", ConnectOptions(timeout=5))
+    with outside, pytest.raises(Unavailable):
+        outside.health()
+
+
+def test_deploy_carries_the_token_to_executors(stack, profile_file):
+    executor = stack.executor(token="shared", budgets={"disk": 0})
+    good = stack.planner(token="shared")
+    wrong_peer = stack.planner(token="shared", peer_token="not-it")
+    admin = ConnectOptions(token="shared")
+    with ExecutorClient(address(executor.port)) as reader:
+        before = reader.info().plan
+        with PlannerClient(address(wrong_peer.port), admin) as planner, pytest.raises(Unauthenticated):
+            planner.deploy([DeploySpec(address(executor.port), QUALITY)], timeout=60)
+        assert reader.info().plan == before and reader.info().standing_target is None
+        with PlannerClient(address(good.port), admin) as planner:
+            outcome = planner.deploy([DeploySpec(address(executor.port), QUALITY)], timeout=60)
+        assert reader.info().plan == outcome[0].plan and reader.info().standing_target == QUALITY
+
+
+@pytest.mark.parametrize("peer_token", [None, "not-it"])
+def test_replans_carry_the_token_to_the_planner(stack, profile_file, peer_token):
+    """The planner requires the token even on reads (auth_read): the executor's re-plan gets through only
+    with the right one, and a wrong one ends the re-plan as failed rather than retrying forever."""
+    planner = stack.planner(token="shared", auth_read=True)
+    executor = stack.executor(token="shared", peer_token=peer_token, budgets={"disk": 0})
+    admin = ConnectOptions(token="shared")
+    with PlannerClient(address(planner.port), admin) as client:
+        client.deploy([DeploySpec(address(executor.port), QUALITY)], timeout=60)
+    with ExecutorClient(address(executor.port), admin) as client:
+        tight = _cpu(client).used_bytes // 2
+        assert client.set_budget("cpu", tight).replan_started
+        state = _settled_replan(client)
+    if peer_token is None:
+        assert state.startswith("applied"), state
+        with ExecutorClient(address(executor.port)) as client:
+            assert _cpu(client).used_bytes <= tight
+    else:
+        assert state.startswith("failed") and "Unauthenticated" in state, state
+
+
+def _cpu(client: ExecutorClient) -> TierStatus:
+    return next(t for t in client.info().tiers if t.name == "cpu")
+
+
+def _settled_replan(client: ExecutorClient, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.info().replan_state
+        if state.startswith(("applied", "failed")):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"re-plan still {state!r} after {timeout:.0f}s")
+
+
+def test_planner_reaches_a_tls_executor(stack, profile_file, tmp_path):
+    certs = make_certs(tmp_path)
+    executor = stack.executor(tls_cert=certs.server_cert, tls_key=certs.server_key, budgets={"disk": 0})
+    planner = stack.planner(peer_tls_ca=certs.ca)
+    cleartext = stack.planner()
+    target = [DeploySpec(f"localhost:{executor.port}", QUALITY)]
+    with PlannerClient(address(cleartext.port)) as client, pytest.raises(Unavailable):
+        client.deploy(target, timeout=30)
+    with PlannerClient(address(planner.port)) as client:
+        outcome = client.deploy(target, timeout=60)
+    with ExecutorClient(f"localhost:{executor.port}", ConnectOptions(tls_ca=certs.ca)) as client:
+        assert client.info().plan == outcome[0].plan
+
+
+def test_mutual_tls_refuses_a_certificate_from_another_ca(stack, tmp_path):
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "theirs").mkdir()
+    ours, theirs = make_certs(tmp_path / "ours"), make_certs(tmp_path / "theirs")
+    executor = stack.executor(
+        tls_cert=ours.server_cert, tls_key=ours.server_key, tls_client_ca=ours.ca, budgets={"disk": 0}
+    )
+    target = f"localhost:{executor.port}"
+    stranger = ConnectOptions(
+        tls_ca=ours.ca, tls_cert=theirs.client_cert, tls_key=theirs.client_key, timeout=10
+    )
+    member = ConnectOptions(tls_ca=ours.ca, tls_cert=ours.client_cert, tls_key=ours.client_key, timeout=10)
+    with ExecutorClient(target, stranger) as client, pytest.raises(Unavailable):
+        client.info()
+    with ExecutorClient(target, member) as client:
+        assert client.info().plan is not None
