@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from moeqos.demo.processes import ProcessGroup, Running, ServiceFailed, grpc_health
+from moeqos.demo.processes import ProcessGroup, Running, ServiceFailed, console_argv, grpc_health
 from moeqos.demo.topology import LocalService
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,9 +61,15 @@ class Cluster:
     """Services started so far, by name; use as a context manager so every process is stopped."""
 
     def __init__(
-        self, work_dir: Path, grace_seconds: float = 10.0, env: dict[str, str] | None = None
+        self,
+        work_dir: Path,
+        grace_seconds: float = 10.0,
+        env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.work_dir = Path(work_dir)
+        self.wrapper = tuple(wrapper)
+        """A command the services run under (e.g. `prlimit --as=BYTES`), or none."""
         self.group = ProcessGroup(self.work_dir / "logs", grace_seconds=grace_seconds, cwd=ROOT)
         self.env = {"PYTHONPATH": str(ROOT), **(env or {})}
         self.services: dict[str, Service] = {}
@@ -78,14 +84,32 @@ class Cluster:
         timeout: float = 300.0,
     ) -> Service:
         """Start `moeqos COMMAND ARGS` on 127.0.0.1:PORT; with `wait`, return once it is SERVING."""
-        argv = ("moeqos", command, "--listen", f"127.0.0.1:{port}", "--json", *args)
-        running = self.group.start(LocalService(name, argv, self.env, None, (), False))
-        bound = _bound_port(running, timeout)
-        running.service = replace(running.service, address=f"127.0.0.1:{bound}")
-        service = Service(name, command, tuple(args), bound, running)
-        self.services[name] = service
+        running = self._launch(name, command, args, port)
+        service = self._bound(running, command, args, timeout)
         if wait:
             self.wait_serving(name, timeout)
+        return service
+
+    def start_many(
+        self, specs: Sequence[tuple[str, str, Sequence[str]]], timeout: float = 300.0
+    ) -> list[Service]:
+        """Start several `(name, command, args)` services at once on free ports; return once all are SERVING."""
+        launched = [(self._launch(name, command, args, 0), command, args) for name, command, args in specs]
+        services = [self._bound(running, command, args, timeout) for running, command, args in launched]
+        for service in services:
+            self.wait_serving(service.name, timeout)
+        return services
+
+    def _launch(self, name: str, command: str, args: Sequence[str], port: int) -> Running:
+        argv = (*console_argv(["moeqos"]), command, "--listen", f"127.0.0.1:{port}", "--json", *args)
+        argv = (*self.wrapper, *argv)
+        return self.group.start(LocalService(name, argv, self.env, None, (), False))
+
+    def _bound(self, running: Running, command: str, args: Sequence[str], timeout: float) -> Service:
+        bound = _bound_port(running, timeout)
+        running.service = replace(running.service, address=f"127.0.0.1:{bound}")
+        service = Service(running.service.name, command, tuple(args), bound, running)
+        self.services[service.name] = service
         return service
 
     def wait_serving(self, name: str, timeout: float = 300.0) -> float:

@@ -212,9 +212,13 @@ def run(settings: LoadSettings) -> LoadReport:
     with tempfile.TemporaryDirectory(prefix="moeqos-load-") as scratch:
         work = settings.work_dir or Path(scratch)
         with Cluster(work, grace_seconds=10.0) as cluster:
-            planner = cluster.start("planner", "planner", [])
             args = executor_args(settings, work / "profile.json")
-            executors = [cluster.start(f"executor{i}", "executor", args) for i in range(2)]
+            specs = [
+                ("planner", "planner", []),
+                ("executor0", "executor", args),
+                ("executor1", "executor", args),
+            ]
+            planner, *executors = cluster.start_many(specs)
             return asyncio.run(drive(settings, planner.address, [e.address for e in executors]))
 
 

@@ -48,8 +48,9 @@ def health_until_serving(address: str, timeout: float = 240.0) -> list[str]:
 
 
 def test_executor_killed_mid_stream(cluster: Cluster, tiny_model: Path, tmp_path: Path) -> None:
-    planner = cluster.start("planner", "planner", [])
-    executor = cluster.start("executor", "executor", executor_args(tiny_model, tmp_path))
+    planner, executor = cluster.start_many(
+        [("planner", "planner", []), ("executor", "executor", executor_args(tiny_model, tmp_path))]
+    )
     spec = [DeploySpec(executor.address, QUALITY)]
     with ExecutorClient(executor.address) as client, PlannerClient(planner.address) as planning:
         stream = client.generate(PROMPTS[0], Sampling(max_tokens=900))
@@ -77,8 +78,9 @@ def test_executor_killed_mid_stream(cluster: Cluster, tiny_model: Path, tmp_path
 def test_planner_down_executor_serves_and_replans_once_it_is_back(
     cluster: Cluster, tiny_model: Path, tmp_path: Path
 ) -> None:
-    planner = cluster.start("planner", "planner", [])
-    executor = cluster.start("executor", "executor", executor_args(tiny_model, tmp_path))
+    planner, executor = cluster.start_many(
+        [("planner", "planner", []), ("executor", "executor", executor_args(tiny_model, tmp_path))]
+    )
     with PlannerClient(planner.address) as planning:
         deployed = planning.deploy([DeploySpec(executor.address, QUALITY)], timeout=120.0)[0].plan
     cluster.kill("planner", signal.SIGKILL)

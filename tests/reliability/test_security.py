@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 
 from client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient
@@ -16,6 +18,7 @@ from moeqos.cli import serve_cmds
 from moeqos.errors import Unauthenticated, Unavailable
 from moeqos.qos import Objective, QosTarget
 from moeqos.tier import TierStatus
+from moeqos_proto.executor.v1 import executor_pb2_grpc as ex_grpc
 from planner.server import PlannerServerConfig
 from tests.service.service_harness import address
 from tests.service.tls_certs import make_certs
@@ -141,3 +144,32 @@ def test_mutual_tls_refuses_a_certificate_from_another_ca(stack, tmp_path):
         client.info()
     with ExecutorClient(target, member) as client:
         assert client.info().plan is not None
+
+
+class _Spy(ex_grpc.ExecutorServiceServicer):
+    """An 'executor' that records the metadata it is sent and answers nothing."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[tuple[str, str], ...]] = []
+
+    def GetProfile(self, request, context):
+        self.seen.append(tuple(context.invocation_metadata()))
+        context.abort(grpc.StatusCode.UNAVAILABLE, "spy")
+
+
+def test_an_anonymous_caller_cannot_make_the_planner_send_its_token_elsewhere(stack):
+    """Plan is open to anonymous callers (no auth_read) and fetches the profile from any address it is
+    given: the planner's own token must not go to an address an anonymous caller chose."""
+    spy = _Spy()
+    server = grpc.server(ThreadPoolExecutor(2))
+    ex_grpc.add_ExecutorServiceServicer_to_server(spy, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        planner = stack.planner(token="planner-secret")
+        with PlannerClient(address(planner.port)) as anonymous, pytest.raises(Unavailable):
+            anonymous.plan(QUALITY, executor=f"127.0.0.1:{port}")
+    finally:
+        server.stop(0)
+    assert spy.seen, "the planner did not call the address it was given"
+    assert all("planner-secret" not in value for call in spy.seen for _, value in call), spy.seen
