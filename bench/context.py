@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -59,6 +60,21 @@ class BenchContext:
         self.load_seconds = 0.0
         self.frontier_seconds = 0.0
         self.device = DEVICE
+        self.profile_stages: dict[str, float] = {}
+        """Seconds of each profiling stage (frequency, quant_error, call_costs, ..., quality)."""
+        self._started = time.perf_counter()
+        self._stage_clock = self._started
+
+    def log(self, message: str) -> None:
+        """A progress line on stderr (a full run takes minutes), with seconds since the run began."""
+        print(f"[bench {time.perf_counter() - self._started:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+    def _profile_progress(self, stage: str, fraction: float) -> None:
+        now = time.perf_counter()
+        self.profile_stages[stage] = self.profile_stages.get(stage, 0.0) + now - self._stage_clock
+        self._stage_clock = now
+        if fraction >= 1.0:
+            self.log(f"profile: {stage} done ({self.profile_stages[stage]:.1f} s)")
 
     @classmethod
     def create(cls, model: Path | None, settings: Settings, out_dir: Path, command: str) -> BenchContext:
@@ -134,6 +150,7 @@ class BenchContext:
     @cached_property
     def runtime(self) -> Any:
         """The executor, loaded once with every expert bf16 on the device (load time kept)."""
+        self.log(f"loading {self.model_dir}")
         self.load_seconds, runtime = self.time_load()
         return runtime
 
@@ -173,6 +190,7 @@ class BenchContext:
         (call costs and the fixed cost are medians of the runtime's default repeats)."""
         s = self.settings
         calibration = self.tokens("ptb:train", s.calibration_tokens)
+        self._stage_clock = time.perf_counter()
         fitting = self.tokens("ptb:valid", s.fit_tokens)
         profile = self.runtime.profile(
             calibration,
@@ -181,6 +199,7 @@ class BenchContext:
             window=s.context_length,
             quality_plans=self.fitting_plans,
             quality_ids=fitting,
+            progress=self._profile_progress,
         )
         # ExecutorRuntime.profile labels quality points with the calibration corpus; they were measured
         # on the fitting corpus, so say so
@@ -242,6 +261,7 @@ class BenchContext:
         """Median decode tokens/s of `plan` over `repeats` greedy runs (cached per plan)."""
         key = plan.to_spec()
         if key not in self.speeds:
+            self.log(f"decode speed of {plan.describe()}")
             self.apply(plan)
             self.decode_once()  # warm-up: first-touch of the plan's weights, allocator growth
             rates = tuple(self.decode_once() for _ in range(self.settings.repeats))
@@ -275,6 +295,7 @@ class BenchContext:
         """ptb:test perplexity of `plan` over `eval_tokens` tokens (cached per plan)."""
         key = plan.to_spec()
         if key not in self.perplexities:
+            self.log(f"perplexity of {plan.describe()}")
             self.apply(plan)
             self.perplexities[key] = self.runtime.evaluate(
                 self.test_ids, plan, context_length=self.settings.context_length, decode_tokens=0

@@ -134,6 +134,7 @@ def _profile_table(ctx: Any) -> Any:
         f"calibration: {profile.calibration_corpus}, {profile.calibration_tokens} tokens; "
         f"fixed {profile.fixed_seconds * 1e3:.2f} ms/token outside the experts",
         f"quality model: {quality.basis}",
+        "profile stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in ctx.profile_stages.items()),
         f"frontier: {len(ctx.frontier)} points in {ctx.frontier_seconds:.2f} s; executor load "
         f"{ctx.load_seconds:.1f} s",
     ]
@@ -183,6 +184,7 @@ def _data(ctx: Any, points: list[Point], ends: list[Point], reference: float) ->
         "profile": ctx.profile.to_dict(),
         "frontier": [r.to_dict() for r in ctx.frontier],
         "frontier_seconds": ctx.frontier_seconds,
+        "profile_stage_seconds": dict(ctx.profile_stages),
         "held_out": [p.to_dict() for p in points],
         "ends": [p.to_dict() for p in ends],
         "full_precision": {

@@ -1,6 +1,6 @@
 """Decode speed of the executor runtime against stock transformers, with the bandwidth bound.
 
-    python -m bench.runtime_bench --model DIR [--tokens 32] [--repeats 3] [--json]
+    python -m bench.runtime_bench --model DIR [--tokens 32] [--repeats 3] [--threads N] [--json]
 
 The baseline is transformers' `MixtralForCausalLM` in fp32 with greedy `generate`; the runtime serves
 all-bf16, all-int8 and all-int4 plans (dense weights in --dense precision). Both rates count tokens
@@ -104,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32, help="tokens generated per run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
     parser.add_argument("--dense", default="bf16", help="dense precision of the runtime (fp32/bf16/fp16)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
     prompt = AutoTokenizer.from_pretrained(str(args.model)).encode(PROMPT)

@@ -3,6 +3,7 @@ to and from planner.v1 messages; absent optional hardware fields take the datacl
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -10,6 +11,16 @@ from moeqos.errors import InvalidArgument
 from moeqos_proto.planner.v1 import planner_pb2 as pl
 from planner.descriptions import HardwareDescription, ModelDescription, TierSpec
 
+_POSITIVE_MODEL_FIELDS = (
+    "num_layers",
+    "num_experts",
+    "hidden_size",
+    "intermediate_size",
+    "top_k",
+    "vocab_size",
+    "num_heads",
+    "num_kv_heads",
+)
 _OPTIONAL_HARDWARE = (
     "link_bandwidth_bps",
     "host_compute",
@@ -28,8 +39,12 @@ def model_to_proto(model: ModelDescription) -> pl.ModelDescription:
 
 def model_from_proto(message: pl.ModelDescription) -> ModelDescription:
     values = {f.name: getattr(message, f.name) for f in fields(ModelDescription)}
-    if min(values[k] for k in ("num_layers", "num_experts", "hidden_size", "intermediate_size", "top_k")) < 1:
-        raise InvalidArgument("model description: layers, experts, sizes and top_k must be positive")
+    if min(values[k] for k in _POSITIVE_MODEL_FIELDS) < 1:
+        raise InvalidArgument(f"model description: {', '.join(_POSITIVE_MODEL_FIELDS)} must be positive")
+    if values["num_kv_heads"] > values["num_heads"] or not math.isfinite(values["reference_perplexity"]):
+        raise InvalidArgument(
+            "model description: num_kv_heads must be <= num_heads, reference_perplexity finite"
+        )
     if values["top_k"] > values["num_experts"] or values["reference_perplexity"] < 1:
         raise InvalidArgument("model description: top_k must be <= experts and reference_perplexity >= 1")
     return ModelDescription(**values)
@@ -55,6 +70,9 @@ def hardware_from_proto(message: pl.HardwareDescription) -> HardwareDescription:
     if not (message.device_flops > 0 and message.host_flops > 0):
         raise InvalidArgument("hardware description: device_flops and host_flops must be positive")
     optional = {name: getattr(message, name) for name in _OPTIONAL_HARDWARE if message.HasField(name)}
+    for name, value in optional.items():
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgument(f"hardware description: {name} must be a finite number >= 0, got {value}")
     return HardwareDescription(
         message.name, message.device, tiers, message.device_flops, message.host_flops, **optional
     )

@@ -18,7 +18,6 @@ from safetensors import SafetensorError, safe_open
 from moeqos.errors import InvalidArgument
 
 INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 
 
 class CheckpointError(InvalidArgument):

@@ -20,8 +20,6 @@ from executor.textstream import TextStream
 
 __all__ = ["GenerationEvent", "GenerationStats", "SamplingParams", "decode_loop"]
 
-FINISH_REASONS = ("length", "stop", "eos", "cancelled")
-
 
 @dataclass(frozen=True)
 class GenerationStats:

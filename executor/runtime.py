@@ -75,6 +75,7 @@ class ExecutorRuntime:
             variant_dir,
             config.memory_cache_bytes,
             persist_all=config.variant_cache_dir is not None,
+            quantize_device=config.device,
         )
         self.factory.check_experts(self.num_layers, self.num_experts)
         self.store = ExpertStore(self.factory, config.device, config.host_policy, config.disk_pool_slots)

@@ -52,8 +52,11 @@ class MeasureSettings:
     def __post_init__(self) -> None:
         for name in (self.corpus, self.quality_corpus):
             wire_corpus(name)
-        if self.tokens < 16 or self.quality_tokens < 16 or self.repeats < 1:
-            raise ValueError("tokens and quality_tokens must be >= 16 and repeats >= 1")
+        for name in ("tokens", "quality_tokens"):
+            if not 16 <= getattr(self, name) <= MAX_TOKENS:
+                raise OutOfRange(f"{name} must be in [16, {MAX_TOKENS}], got {getattr(self, name)}")
+        if self.repeats < 1:
+            raise InvalidArgument(f"repeats must be >= 1, got {self.repeats}")
 
 
 def wire_corpus(name: str) -> str:

@@ -74,6 +74,7 @@ class VariantFactory:
         directory: Path,
         memory_cache_bytes: int,
         persist_all: bool,
+        quantize_device: str = "cpu",
     ) -> None:
         self.checkpoint = checkpoint
         self.adapter = adapter
@@ -82,6 +83,9 @@ class VariantFactory:
         self.memory = MemoryVariantCache(memory_cache_bytes)
         self.persist_all = persist_all
         """Write every variant built to disk (a configured cache dir), not only the disk tier's."""
+        self.quantize_device = quantize_device
+        """Where quantization runs: the execution device (an accelerator quantizes far faster than
+        the host, whatever tier the result goes to)."""
         self.quantized = 0
         """Variants quantized from the checkpoint so far (the caches' misses)."""
 
@@ -138,7 +142,7 @@ class VariantFactory:
 
     def _quantize(self, key: VariantKey, device: str) -> QuantExpert:
         layer, expert, precision, group_size = key
-        w1, w2, w3 = self.read_weights(layer, expert)
+        w1, w2, w3 = (w.to(self.quantize_device) for w in self.read_weights(layer, expert))
         self.quantized += 1
         return QuantExpert.from_weights(w1, w2, w3, precision, group_size=group_size, device=device)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ import grpc.aio
 from client import convert, descriptions
 from client.channel import ConnectOptions
 from client.executor import AsyncExecutorClient
-from client.types import Prediction
+from client.types import DeploySpec, Prediction
 from moeqos import wire
 from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.profile import Profile
@@ -74,6 +75,25 @@ def _described_hardware(request: pl.WhatIfRequest) -> HardwareDescription:
     if request.hardware_name not in HARDWARE:
         raise InvalidArgument(f"unknown hardware {request.hardware_name!r}; built in: {', '.join(HARDWARE)}")
     return HARDWARE[request.hardware_name]
+
+
+def _analytic(model: ModelDescription, hardware: HardwareDescription) -> Profile:
+    """The what-if profile, or InvalidArgument when the descriptions do not combine into finite costs
+    (e.g. a zero link bandwidth that host experts must be copied over)."""
+    try:
+        profile = analytic_profile(model, hardware)
+    except (ArithmeticError, KeyError, ValueError) as exc:
+        raise InvalidArgument(f"the model and hardware descriptions do not combine: {exc}") from None
+    costs = [
+        profile.fixed_seconds,
+        *(c.seconds for c in profile.call_costs),
+        *(c.seconds for c in profile.load_costs),
+    ]
+    if not all(math.isfinite(c) and c >= 0 for c in costs):
+        raise InvalidArgument(
+            "the model and hardware descriptions give non-finite costs; check bandwidths and rates"
+        )
+    return profile
 
 
 def _points(count: int) -> int:
@@ -137,7 +157,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         return pl.FrontierResponse(points=[point(r) for r in results])
 
     async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
-        profile = analytic_profile(_described_model(request), _described_hardware(request))
+        profile = _analytic(_described_model(request), _described_hardware(request))
         budgets = wire.budgets_from_proto(request.budgets)
         response = pl.WhatIfResponse(profile=wire.profile_to_proto(profile))
         if request.HasField("target"):
@@ -149,31 +169,34 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         return response
 
     async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
-        if not 0 < len(request.targets) <= MAX_DEPLOY_TARGETS:
-            raise InvalidArgument(
-                f"deploy needs 1 to {MAX_DEPLOY_TARGETS} executors, got {len(request.targets)}"
-            )
-        addresses = [t.executor_address for t in request.targets]
-        if "" in addresses or len(set(addresses)) != len(addresses):
-            raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
-        planner_address = request.planner_address or self.advertise_address
+        specs = _deploy_specs(request)
         peer = self._peer_for(context)
-        results = await asyncio.gather(*(self._deploy_one(t, planner_address, peer) for t in request.targets))
-        return pl.DeployResponse(results=results)
+        # Every plan is solved before any is applied, so a bad input or an infeasible target for one
+        # executor leaves all of them untouched.
+        results = await asyncio.gather(*(self._solve_for(spec, peer) for spec in specs))
+        planner_address = request.planner_address or self.advertise_address
+        deployed = [
+            self._apply_to(spec, result, planner_address, peer)
+            for spec, result in zip(specs, results, strict=True)
+        ]
+        return pl.DeployResponse(results=await asyncio.gather(*deployed))
 
-    async def _deploy_one(
-        self, spec: pl.DeployTarget, planner_address: str, peer: ConnectOptions
-    ) -> pl.DeployResult:
-        """Fetch the profile, solve, apply the plan, then leave the executor its standing target."""
-        target = wire.target_from_proto(spec.target)
-        budgets, pins = wire.budgets_from_proto(spec.budgets), wire.pins_from_proto(spec.pins)
+    async def _solve_for(self, spec: DeploySpec, peer: ConnectOptions) -> PlanResult:
+        """The executor's plan from its profile, within the given budgets or else its current ones."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             profile = await executor.get_profile(timeout=None)
-            if not budgets:
-                budgets = tuple(TierBudget(t.name, t.budget_bytes) for t in (await executor.info()).tiers)
-            result = await self._run(solve, PlanRequest(profile, target, budgets, pins))
+            budgets = spec.budgets or tuple(
+                TierBudget(t.name, t.budget_bytes) for t in (await executor.info()).tiers
+            )
+        return await self._run(solve, PlanRequest(profile, spec.target, budgets, spec.pins))
+
+    async def _apply_to(
+        self, spec: DeploySpec, result: PlanResult, planner_address: str, peer: ConnectOptions
+    ) -> pl.DeployResult:
+        """Apply the plan, then leave the executor its standing target and this planner's address."""
+        async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             report = await executor.apply_plan(result.plan, timeout=None)
-            await executor.set_target(target, planner_address)
+            await executor.set_target(spec.target, planner_address)
         chosen = point(result)
         return pl.DeployResult(
             executor_address=spec.executor_address,
@@ -181,3 +204,21 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             prediction=chosen.prediction,
             report=convert.switch_to_proto(report),
         )
+
+
+def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:
+    """Every target of a Deploy, validated before any executor is contacted."""
+    if not 0 < len(request.targets) <= MAX_DEPLOY_TARGETS:
+        raise InvalidArgument(f"deploy needs 1 to {MAX_DEPLOY_TARGETS} executors, got {len(request.targets)}")
+    addresses = [t.executor_address for t in request.targets]
+    if "" in addresses or len(set(addresses)) != len(addresses):
+        raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
+    return [
+        DeploySpec(
+            t.executor_address,
+            wire.target_from_proto(t.target),
+            wire.budgets_from_proto(t.budgets),
+            wire.pins_from_proto(t.pins),
+        )
+        for t in request.targets
+    ]

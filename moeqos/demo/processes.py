@@ -64,7 +64,7 @@ class ProcessGroup:
         self.running: list[Running] = []
 
     def start(self, service: LocalService) -> Running:
-        """Start one service in its own session (so a terminal's Ctrl-C reaches only us), logging to a file."""
+        """Start one service in its own session (a terminal's Ctrl-C reaches only us), logging to a file."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{service.name}.log"
         log = log_path.open("wb")
@@ -106,7 +106,8 @@ class ProcessGroup:
             code = running.process.poll()
             if code is not None:
                 raise ServiceFailed(
-                    f"{running.service.name} exited with {code} before serving; its log ({running.log_path}):\n"
+                    f"{running.service.name} exited with {code} before serving; "
+                    f"its log ({running.log_path}):\n"
                     f"{running.log_tail()}"
                 )
             if probe(address) == "SERVING":
@@ -118,7 +119,7 @@ class ProcessGroup:
             time.sleep(poll)
 
     def stop(self) -> dict[str, int]:
-        """SIGTERM every live service, wait up to the grace period, SIGKILL what is left; exit codes by name."""
+        """SIGTERM every live service, wait out the grace period, SIGKILL what is left; exit codes by name."""
         live = [r for r in reversed(self.running) if r.process.poll() is None]
         for r in live:
             _signal(r.process, signal.SIGTERM)

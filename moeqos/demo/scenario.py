@@ -109,9 +109,7 @@ def run_scenario(
     frontiers: dict[str, list[PlanOutcome]] = {}
     with PlannerClient(planner) as client:
         for name, address in ((speed_name, speed_addr), (quality_name, quality_addr)):
-            say(
-                f"asking the planner for {name}'s speed/quality frontier (the executor measures its profile first)"
-            )
+            say(f"asking the planner for {name}'s frontier (its profile is measured on first use, then kept)")
             frontiers[name] = client.frontier(
                 executor=address, points=settings.frontier_points, timeout=LONG_CALL_S
             )
@@ -180,12 +178,13 @@ def _point(outcome: PlanOutcome) -> dict[str, Any]:
 
 
 def _print_table(results: list[ExecutorResult], settings: DemoSettings) -> None:
-    header = f"{'executor':<12} {'target':<34} {'tok/s pred':>10} {'tok/s meas':>10} {'ppl pred':>9} {'ppl meas':>9}"
+    columns = ("tok/s pred", "tok/s meas", "ppl pred", "ppl meas")
+    header = f"{'executor':<12} {'target':<34} " + " ".join(f"{c:>10}" for c in columns)
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
         print(
             f"{r.name:<12} {r.target:<34} {r.predicted_tokens_per_s:>10.2f} {r.measured_tokens_per_s:>10.2f} "
-            f"{r.predicted_perplexity:>9.2f} {r.measured_perplexity:>9.2f}"
+            f"{r.predicted_perplexity:>10.2f} {r.measured_perplexity:>10.2f}"
         )
     print(
         f"measured: tok/s of the streamed generation (decode), perplexity on {settings.eval_corpus} "

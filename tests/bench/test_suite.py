@@ -35,27 +35,22 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     fitting = {q["plan_spec"] for q in frontier["profile"]["quality_points"]}
     candidates = {r["plan_spec"] for r in frontier["frontier"]} - fitting
     held_out = frontier["held_out"]
-    assert len(held_out) == min(
-        QUICK.measured_plans, len(candidates)
-    )  # a random model's frontier may be short
+    assert len(held_out) == min(QUICK.measured_plans, len(candidates))  # a random model's frontier is short
     assert {p["spec"] for p in held_out} <= candidates
-    assert frontier["ends"] and all(
-        _finite_positive(p["measured_tokens_per_s"]) for p in held_out + frontier["ends"]
-    )
-    assert all(p["measured_perplexity"] > 1 for p in held_out + frontier["ends"])
+    measured = held_out + frontier["ends"]
+    assert frontier["ends"] and all(_finite_positive(p["measured_tokens_per_s"]) for p in measured)
+    assert all(p["measured_perplexity"] > 1 for p in measured)
     baseline = sections["baseline"]["data"]
-    assert _finite_positive(baseline["transformers_fp32"]["tokens_per_s"]) and _finite_positive(
-        baseline["knee"]["ratio"]
-    )
+    assert _finite_positive(baseline["transformers_fp32"]["tokens_per_s"])
+    assert _finite_positive(baseline["knee"]["ratio"])
     assert all(_finite_positive(p["fraction_of_bound"]) for p in sections["bandwidth"]["data"]["plans"])
     budgets = sections["tiers"]["data"]["budgets"]
     assert [b["experts_on_disk"] for b in budgets] == sorted(b["experts_on_disk"] for b in budgets)
     assert budgets[-1]["experts_on_disk"] > 0 and budgets[-1]["hit_rate"] is not None
     assert len(sections["planner"]["data"]["switches"]) == 4
     spans = sections["paper"]["data"]["spans"]
-    assert spans[0]["max_tokens_per_s"] == 13.0 and all(
-        s["max_tokens_per_s"] > s["min_tokens_per_s"] for s in spans
-    )
+    assert spans[0]["max_tokens_per_s"] == 13.0
+    assert all(s["max_tokens_per_s"] > s["min_tokens_per_s"] for s in spans)
     for section in sections.values():
         assert all((tmp_path / p.rsplit("/", 1)[-1]).is_file() for p in section["plots"])
     assert out.count("machine: ") >= len(SECTIONS) and "== frontier: held-out plans" in out
@@ -81,5 +76,10 @@ def test_unknown_section_is_refused(tmp_path, capsys):
 def test_quick_suite_on_the_default_model(tmp_path, capsys):
     status = main(["--quick", "--out", str(tmp_path)])
     document = json.loads((tmp_path / "results.json").read_text())
-    assert {name: s["error"] for name, s in document["sections"].items()} == dict.fromkeys(SECTIONS)
+    sections = document["sections"]
+    assert {name: s["error"] for name, s in sections.items()} == dict.fromkeys(SECTIONS)
     assert status == 0
+    assert len(sections["frontier"]["data"]["held_out"]) == QUICK.measured_plans
+    assert (
+        1 < sections["frontier"]["data"]["full_precision"]["perplexity"] < 1000
+    )  # a trained model, not noise

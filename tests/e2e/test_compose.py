@@ -131,9 +131,10 @@ def test_the_planner_image_can_build_its_cli_without_torch(tmp_path: Path) -> No
 
     blocker = (
         "import sys\n"
+        "BLOCKED = ('torch', 'transformers', 'executor', 'safetensors', 'matplotlib')\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'transformers', 'executor', 'safetensors', 'matplotlib'):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from moeqos.cli.main import build_parser\n"

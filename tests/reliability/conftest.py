@@ -63,3 +63,12 @@ def executor_args(model: Path, work: Path, *extra: str) -> list[str]:
         "1",
         *extra,
     ]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many fuzzed inputs were tried (the README quotes the figure)."""
+    from tests.reliability.fuzz_harness import TRIED, summary
+
+    if TRIED:
+        for line in summary():
+            terminalreporter.write_line(line)

@@ -29,6 +29,8 @@ CLEAR = frozenset(
 """Answers a malformed or extreme request may get."""
 EXECUTOR = "/moeqos.executor.v1.ExecutorService/"
 PLANNER = "/moeqos.planner.v1.PlannerService/"
+TRIED: Counter[tuple[str, str]] = Counter()
+"""Answers by (method, status) over the whole session, for the summary (tests/reliability/conftest.py)."""
 STREAMS = frozenset({"Generate", "Profile"})
 CALL_TIMEOUT = 60.0
 """A fuzzed call still unanswered by then is a hang (DEADLINE_EXCEEDED is not a clear answer)."""
@@ -43,15 +45,18 @@ class State:
     target: object
 
 
-@dataclass
+@dataclass(repr=False)
 class Fuzzer:
     """Live servers under fuzz, the state to keep, and the answers counted per method and code."""
 
     executor_address: str
     planner_address: str
     baseline: State
-    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    counts: Counter[tuple[str, str]] = field(default_factory=lambda: TRIED)
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Fuzzer({self.executor_address}, {self.planner_address})"
 
     def send(self, address: str, path: str, payload: bytes) -> tuple[grpc.StatusCode, str]:
         """One call with a raw serialized request; its status code and details."""
@@ -110,3 +115,9 @@ class Fuzzer:
 
 def serialized(message: Any) -> bytes:
     return bytes(message.SerializeToString())
+
+
+def summary() -> list[str]:
+    """The inputs tried, by method and answer."""
+    lines = [f"fuzz: {sum(TRIED.values())} malformed or extreme requests tried, answers by method:"]
+    return lines + [f"  {method:<10} {code:<20} {n}" for (method, code), n in sorted(TRIED.items())]

@@ -7,12 +7,15 @@ requests are valid: the fuzzer restores the servers' state after those (see test
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from hypothesis import strategies as st
 
+from client import descriptions
 from moeqos_proto.common.v1 import common_pb2 as pb
 from moeqos_proto.executor.v1 import executor_pb2 as ex
 from moeqos_proto.planner.v1 import planner_pb2 as pl
+from planner.catalog import HARDWARE, MODELS
 
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
@@ -31,8 +34,8 @@ precision = st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 99, -1, 2**31 - 1])
 @st.composite
 def plans(draw: st.DrawFn) -> pb.Plan:
     """Plans of any shape: counts that match or not, unknown precisions, odd tiers and group sizes."""
-    layers = draw(st.sampled_from([0, 1, 2, 3, 10**6, U32]))
-    experts = draw(st.sampled_from([0, 1, 4, 5, U32]))
+    layers = draw(st.sampled_from([2, 2, 2, 0, 1, 3, 10**6, U32]))  # the tiny model is 2 x 4
+    experts = draw(st.sampled_from([4, 4, 4, 0, 1, 5, U32]))
     count = layers * experts if layers * experts <= 16 and draw(st.booleans()) else draw(st.integers(0, 12))
     assignment = st.builds(pb.Assignment, precision=precision, tier=text)
     return pb.Plan(
@@ -45,15 +48,18 @@ def plans(draw: st.DrawFn) -> pb.Plan:
 
 @st.composite
 def targets(draw: st.DrawFn) -> pb.QosTarget:
-    message = pb.QosTarget(objective=draw(precision))
+    objective: Any = draw(st.sampled_from([0, 1, 2, 0, 1, 2, 3, -1]))  # 3 and -1 are unknown values
+    message = pb.QosTarget(objective=objective)
     for name in ("min_tokens_per_s", "max_perplexity", "max_perplexity_increase"):
         if draw(st.booleans()):
             setattr(message, name, draw(floats))
     return message
 
 
-budgets = st.lists(st.builds(pb.TierBudget, name=text, budget_bytes=u64), max_size=3)
-pins = st.lists(
+budgets: st.SearchStrategy[list[pb.TierBudget]] = st.just([]) | st.lists(
+    st.builds(pb.TierBudget, name=text, budget_bytes=u64), max_size=3
+)
+pins: st.SearchStrategy[list[pb.Pin]] = st.just([]) | st.lists(
     st.builds(
         pb.Pin,
         pattern=st.sampled_from(["L*.E*", "L0.E0", "L9.E9", "L1-0.E*", "x", ""]) | text,
@@ -121,29 +127,50 @@ def profiles(draw: st.DrawFn, good: pb.Profile) -> pb.Profile:
     return message
 
 
-model_descriptions = st.builds(
-    pl.ModelDescription,
-    name=text,
-    num_layers=st.sampled_from([0, 1, 2, 32, 512]),
-    num_experts=st.sampled_from([0, 1, 2, 8, 512]),
-    hidden_size=u32,
-    intermediate_size=u32,
-    top_k=st.sampled_from([0, 1, 2, 9, U32]),
-    vocab_size=u32,
-    num_heads=u32,
-    num_kv_heads=u32,
-    reference_perplexity=floats,
-)
-"""Layer and expert counts stay within what a real planner can tabulate (see test_huge_whatif_model)."""
+@st.composite
+def model_descriptions(draw: st.DrawFn) -> pl.ModelDescription:
+    """A real model description with one or two fields made extreme (NaN, zero, 2**32 - 1, ...).
 
-tier_specs = st.lists(
-    st.builds(pl.TierSpec, name=text, capacity_bytes=u64, bandwidth_bps=floats), min_size=0, max_size=3
+    Layer and expert counts stay within what a real planner can tabulate (see test_resource_limits)."""
+    message = descriptions.model_to_proto(MODELS[draw(st.sampled_from(sorted(MODELS)))])
+    for name in draw(st.lists(st.sampled_from(MODEL_FIELDS), min_size=1, max_size=2)):
+        if name == "reference_perplexity":
+            message.reference_perplexity = draw(floats)
+        elif name in ("num_layers", "num_experts"):
+            setattr(message, name, draw(st.sampled_from([0, 1, 2, 16])))
+        else:
+            setattr(message, name, draw(u32))
+    return message
+
+
+MODEL_FIELDS = (
+    "num_layers",
+    "num_experts",
+    "hidden_size",
+    "intermediate_size",
+    "top_k",
+    "vocab_size",
+    "num_heads",
+    "num_kv_heads",
+    "reference_perplexity",
 )
-hardware_descriptions = st.builds(
-    pl.HardwareDescription,
-    name=text,
-    device=words,
-    tiers=tier_specs,
-    device_flops=floats,
-    host_flops=floats,
-)
+
+
+@st.composite
+def hardware_descriptions(draw: st.DrawFn) -> pl.HardwareDescription:
+    """A real machine description with one part broken: a tier, a rate, an optional number, the device."""
+    message = descriptions.hardware_to_proto(HARDWARE[draw(st.sampled_from(sorted(HARDWARE)))])
+    part = draw(st.sampled_from(["tier", "flops", "optional", "device", "extra tier"]))
+    if part == "tier":
+        tier = message.tiers[draw(st.integers(0, len(message.tiers) - 1))]
+        tier.capacity_bytes, tier.bandwidth_bps = draw(u64), draw(floats)
+    elif part == "flops":
+        message.device_flops, message.host_flops = draw(floats), draw(floats)
+    elif part == "optional":
+        message.disk_latency_s, message.layer_overhead_s = draw(floats), draw(floats)
+        message.disk_pool_slots = draw(u32)
+    elif part == "device":
+        message.device = draw(words)
+    else:
+        message.tiers.add(name=draw(text), capacity_bytes=draw(u64), bandwidth_bps=draw(floats))
+    return message

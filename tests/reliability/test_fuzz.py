@@ -43,7 +43,7 @@ VALID_CORPORA = ("", "ptb:train", "ptb:valid", "ptb:test")
 
 
 @pytest.fixture(scope="module")
-def fuzzer(stack: Stack, profile_file: Path, pytestconfig: pytest.Config) -> Iterator[Fuzzer]:
+def fuzzer(stack: Stack, profile_file: Path) -> Iterator[Fuzzer]:
     executor = stack.executor(budgets={"cpu": 600_000, "disk": 0}, max_message_bytes=MAX_MESSAGE)
     planner = stack.planner(max_message_bytes=MAX_MESSAGE)
     with ExecutorClient(address(executor.port)) as client:
@@ -54,12 +54,6 @@ def fuzzer(stack: Stack, profile_file: Path, pytestconfig: pytest.Config) -> Ite
     fuzz.close()
     stack.bg.run(executor.stop(0.5))
     stack.bg.run(planner.stop(0.5))
-    report = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    total = sum(fuzz.counts.values())
-    lines = [f"fuzz: {total} malformed or extreme requests tried, answers by method:"]
-    lines += [f"  {method:<10} {code:<20} {n}" for (method, code), n in sorted(fuzz.counts.items())]
-    if report is not None:
-        report.write_line("\n".join(lines))
 
 
 @pytest.fixture(autouse=True)
@@ -138,8 +132,8 @@ def fi_unreachable(bad: str) -> frozenset[grpc.StatusCode]:
 
 @FUZZ
 @given(
-    model=fi.model_descriptions | st.sampled_from(["", "mixtral-8x7b", "nope", "../../etc/passwd"]),
-    hardware=fi.hardware_descriptions | st.sampled_from(["", "cpu-2core", "/etc/passwd", "a100-80gb "]),
+    model=fi.model_descriptions() | st.sampled_from(["", "mixtral-8x7b", "nope", "../../etc/passwd"]),
+    hardware=fi.hardware_descriptions() | st.sampled_from(["", "cpu-2core", "/etc/passwd", "a100-80gb "]),
     target=fi.targets() | st.none(),
     budgets=fi.budgets,
     points=st.sampled_from([0, 1, 2, 201, fi.U32]),
@@ -160,15 +154,15 @@ def test_whatif(fuzzer, model, hardware, target, budgets, points):
 
 
 @FUZZ
-@given(data=st.data(), count=st.integers(0, 3), planner=fi.text)
+@given(data=st.data(), count=st.sampled_from([1, 1, 2, 0, 3]), planner=st.just("") | fi.text)
 def test_deploy(fuzzer, data, count, planner):
-    addresses = [fuzzer.executor_address, "127.0.0.1:1", "", "nowhere:1"]
+    addresses = [fuzzer.executor_address, fuzzer.executor_address, "127.0.0.1:1", "", "nowhere:1"]
     targets = [
         pl.DeployTarget(
             executor_address=data.draw(st.sampled_from(addresses)),
             target=data.draw(fi.targets()),
-            budgets=data.draw(fi.budgets),
-            pins=data.draw(fi.pins),
+            budgets=data.draw(st.just([]) | fi.budgets),
+            pins=data.draw(st.just([]) | fi.pins),
         )
         for _ in range(count)
     ]
@@ -214,7 +208,9 @@ def test_oversized_messages_are_refused(fuzzer):
 # ----- the fuzzer's findings, pinned as plain regression tests -----------------------------------
 def test_deploy_with_one_bad_target_changes_no_executor(fuzzer):
     """Found by test_deploy: a Deploy refused for one target's input must not have deployed the others."""
-    good = pl.DeployTarget(executor_address=fuzzer.executor_address, target=pb.QosTarget(objective=1))
+    good = pl.DeployTarget(
+        executor_address=fuzzer.executor_address, target=pb.QosTarget(objective=pb.OBJECTIVE_SPEED)
+    )
     bad = pl.DeployTarget(executor_address="127.0.0.1:1", target=pb.QosTarget(max_perplexity=math.nan))
     request = pl.DeployRequest(targets=[good, bad])
     assert fuzzer.check(PLANNER, "Deploy", serialized(request)) == grpc.StatusCode.INVALID_ARGUMENT

@@ -139,6 +139,7 @@ def test_unexpected_errors_are_internal(stack, monkeypatch):
         ("hello", Sampling(max_tokens=4, temperature=-1), InvalidArgument),
         ("hello", Sampling(max_tokens=4, top_p=1.5), InvalidArgument),
         ("hello", Sampling(max_tokens=100_000), OutOfRange),
+        ("hello", Sampling(max_tokens=4, temperature=1e-300), OutOfRange),
     ],
 )
 def test_bad_generation_requests(executor_address, prompt, sampling, error):
@@ -176,3 +177,10 @@ def _wait_for(read, done, timeout: float = 60.0):
             assert done(value), f"timed out; last value {value}"
             return value
         time.sleep(0.05)
+
+
+def test_profile_token_bounds_are_out_of_range(executor_address):
+    with ExecutorClient(executor_address) as client:
+        for tokens in (1, 15, 10**6):
+            with pytest.raises(OutOfRange):
+                list(client.profile(tokens=tokens))

@@ -3,13 +3,15 @@ infeasible targets with their closest point, and server-side validation of raw r
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 
-from client import ExecutorClient, PlannerClient
+from client import DeploySpec, ExecutorClient, PlannerClient
 from moeqos.errors import InfeasibleTarget, InvalidArgument, OutOfRange, Unavailable
 from moeqos.grpc_errors import CLOSEST_KEY
-from moeqos.qos import QosTarget
+from moeqos.qos import Objective, QosTarget
 from moeqos.rules import PlacementRule
 from moeqos.tier import TierBudget
 from moeqos_proto.common.v1 import common_pb2
@@ -143,3 +145,32 @@ def test_whatif_frontier(planner_address):
     with PlannerClient(planner_address) as planner:
         outcome = planner.whatif("mixtral-8x7b", "a100-80gb", frontier_points=4)
     assert outcome.best is None and 1 <= len(outcome.frontier) <= 4
+
+
+def test_deploy_with_one_bad_target_changes_no_executor(planner_address, executor_address):
+    good = DeploySpec(executor_address, QosTarget(objective=Objective.SPEED))
+    unreachable = DeploySpec("127.0.0.1:1", QosTarget(min_tokens_per_s=0.001))
+    same_executor = executor_address.replace("127.0.0.1", "localhost")
+    impossible = DeploySpec(same_executor, QosTarget(min_tokens_per_s=1e12))
+    with ExecutorClient(executor_address) as executor, PlannerClient(planner_address) as planner:
+        before = executor.info()
+        with pytest.raises(Unavailable):
+            planner.deploy([good, unreachable])
+        with pytest.raises(InfeasibleTarget):
+            planner.deploy([good, impossible])
+        after = executor.info()
+    assert (after.plan, after.plan_applied_at, after.standing_target) == (
+        before.plan,
+        before.plan_applied_at,
+        before.standing_target,
+    )
+
+
+def test_whatif_descriptions_that_do_not_combine_are_invalid_argument(planner_address):
+    model = dataclasses.replace(MODELS["mixtral-8x7b"], num_heads=0)
+    copy_over_nothing = dataclasses.replace(HARDWARE["a100-80gb"], host_compute=False, link_bandwidth_bps=0.0)
+    with PlannerClient(planner_address) as planner:
+        with pytest.raises(InvalidArgument, match="num_heads"):
+            planner.whatif(model, "a100-80gb", target=EASY)
+        with pytest.raises(InvalidArgument, match="combine"):
+            planner.whatif("mixtral-8x7b", copy_over_nothing, target=EASY)
