@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from executor.default_model.card import render_card
-from executor.default_model.check import max_logit_difference, perplexity
+from executor.default_model.check import load_fp32, max_logit_difference, perplexity
 from executor.default_model.upcycle import UpcycleRecipe, upcycle
 from executor.default_model.writer import shard_layers, write_checkpoint
 from moeqos.corpora import REPORTING_CORPUS, load_corpus, tokenize_prefix
@@ -97,7 +97,7 @@ def measure(dense: Any, tokenizer: Any, model_dir: Path, recipe: UpcycleRecipe) 
     exact = upcycle(dense, recipe)
     diff_fp32 = max_logit_difference(dense, exact, head)
     del exact
-    stored = MixtralForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    stored = load_fp32(model_dir)
     ppl_dense, scored = perplexity(dense, probe.token_ids, PROBE_CONTEXT)
     ppl_stored, _ = perplexity(stored, probe.token_ids, PROBE_CONTEXT)
     return {

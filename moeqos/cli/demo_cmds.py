@@ -75,13 +75,13 @@ def run_health(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     """The main job; see `moeqos demo --help`. Exit 1 with a message (and the services' log) on failure."""
     from moeqos.demo.processes import ServiceFailed
-    from moeqos.demo.run import MODEL_VAR, Clock, load_local
+    from moeqos.demo.run import Clock, load_local
     from moeqos.demo.scenario import DemoSettings
     from moeqos.errors import MoeqosError
 
     say = Clock()
     out_dir = args.out.resolve()
-    services = load_local(args.compose, {MODEL_VAR: str(args.model.resolve())} if args.model else {})
+    services = load_local(args.compose, args.model)
     settings = DemoSettings(
         prompt=args.prompt,
         max_tokens=args.max_tokens,

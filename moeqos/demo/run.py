@@ -1,12 +1,15 @@
-"""Start the services of docker-compose.yml as local processes, run the demo against them, stop them.
+"""Start the services of docker-compose.yml as local processes, and stop them again.
 
-with started_services(compose, out_dir, say) as services:   # SIGTERM, grace, SIGKILL on any exit
-    run_scenario(services.address("planner"), ...)
+services = load_local(None)                        # the checkout's compose file, free ports
+with started_services(services, log_dir, print) as running:   # jobs run, servers SERVING
+    planner = running.address("planner")
+# left: SIGTERM, the grace period, SIGKILL (also on an exception, Ctrl-C or SIGTERM to us)
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import socket
 import time
@@ -63,7 +66,7 @@ class StartedServices:
     group: ProcessGroup
     services: dict[str, Running]
     exit_codes: dict[str, int] = field(default_factory=dict)
-    """Filled in when the services have been stopped normally: exit code by name."""
+    """Exit code by name, filled in once the servers have been stopped."""
 
     def address(self, name: str) -> str:
         address = self.services[name].service.address
@@ -166,6 +169,13 @@ class Clock:
         print(f"[{time.monotonic() - self.start:6.1f}s] {message}", flush=True)
 
 
-def load_local(compose: Path | None, env: Mapping[str, str] | None = None) -> tuple[LocalService, ...]:
-    """The services of the compose file as local processes, the model cache in this user's MOEQOS_HOME."""
-    return local_services(load_topology(find_compose_file(compose)), moeqos_home(), env)
+def load_local(compose: Path | None, model: Path | None = None) -> tuple[LocalService, ...]:
+    """The services of the compose file as local processes. The cache volume is this user's MOEQOS_HOME;
+    with another `model`, the executors serve it and the volume is a directory of its own under
+    MOEQOS_HOME, so the profiles they keep there never overwrite the default model's."""
+    if model is None:
+        return local_services(load_topology(find_compose_file(compose)), moeqos_home())
+    model = Path(model).resolve()
+    digest = hashlib.sha256(str(model).encode()).hexdigest()[:10]
+    home = moeqos_home() / "demo-models" / f"{model.name}-{digest}"
+    return local_services(load_topology(find_compose_file(compose)), home, {MODEL_VAR: str(model)})

@@ -104,26 +104,23 @@ def stream_generation(name: str, address: str, settings: DemoSettings) -> tuple[
 def run_scenario(
     planner: str, executors: Mapping[str, str], settings: DemoSettings, out_dir: Path, say: Say
 ) -> dict[str, Any]:
-    """The demo proper, against running services; returns the report (also written to demo.json)."""
-    (speed_name, speed_addr), (quality_name, quality_addr) = list(executors.items())[:2]
-    frontiers: dict[str, list[PlanOutcome]] = {}
+    """The demo proper, against running services: the first executor gets the speed target, the second
+    the quality target. Returns the report (the caller writes it to demo.json)."""
+    pair = list(executors.items())[:2]
+    (speed_name, speed_addr), (quality_name, quality_addr) = pair
     with PlannerClient(planner) as client:
-        for name, address in ((speed_name, speed_addr), (quality_name, quality_addr)):
-            say(f"asking the planner for {name}'s frontier (its profile is measured on first use, then kept)")
-            frontiers[name] = client.frontier(
-                executor=address, points=settings.frontier_points, timeout=LONG_CALL_S
-            )
-            say(f"{name}: {len(frontiers[name])} plans on the frontier, {_span(frontiers[name])}")
-        speed, quality = (
-            speed_target(frontiers[speed_name], settings),
-            quality_target(frontiers[quality_name], settings),
-        )
+        frontiers = {name: _frontier(client, name, address, settings, say) for name, address in pair}
+        speed = speed_target(frontiers[speed_name], settings)
+        quality = quality_target(frontiers[quality_name], settings)
         say(f"deploying  {speed_name}: {speed.describe()}  |  {quality_name}: {quality.describe()}")
-        specs = [DeploySpec(speed_addr, speed), DeploySpec(quality_addr, quality)]
-        outcomes = client.deploy(specs, timeout=LONG_CALL_S)
-    results = []
-    for name, target, outcome in zip((speed_name, quality_name), (speed, quality), outcomes, strict=True):
-        results.append(_exercise(name, target, outcome, settings, say))
+        outcomes = client.deploy(
+            [DeploySpec(speed_addr, speed), DeploySpec(quality_addr, quality)], timeout=LONG_CALL_S
+        )
+    targets = ((speed_name, speed), (quality_name, quality))
+    results = [
+        _exercise(name, target, outcome, settings, say)
+        for (name, target), outcome in zip(targets, outcomes, strict=True)
+    ]
     _print_table(results, settings)
     plot = _plot(frontiers, results, out_dir / "frontier.png")
     say(f"frontier plot written to {plot}")
@@ -133,6 +130,15 @@ def run_scenario(
         "plot": str(plot),
         "frontiers": {name: [_point(p) for p in points] for name, points in frontiers.items()},
     }
+
+
+def _frontier(
+    client: PlannerClient, name: str, address: str, settings: DemoSettings, say: Say
+) -> list[PlanOutcome]:
+    say(f"asking the planner for {name}'s frontier (its profile is measured on first use, then kept)")
+    frontier = client.frontier(executor=address, points=settings.frontier_points, timeout=LONG_CALL_S)
+    say(f"{name}: {len(frontier)} plans on the frontier, {_span(frontier)}")
+    return frontier
 
 
 def _exercise(

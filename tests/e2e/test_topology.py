@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from moeqos.demo.run import HOME_VOLUME, REPO_ROOT, local_services
+from moeqos.demo.run import HOME_VOLUME, REPO_ROOT, load_local, local_services
 from moeqos.demo.topology import load_topology, localize
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -94,3 +94,17 @@ def test_env_overrides_are_laid_over_every_service(tmp_path: Path) -> None:
 def test_bad_compose_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_topology(write(tmp_path, text))
+
+
+def test_another_model_gets_a_cache_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOEQOS_HOME", str(tmp_path / "home"))
+    default = {s.name: s for s in load_local(None)}
+    other = {s.name: s for s in load_local(None, tmp_path / "m")}
+    assert default["executor-a"].environment["MOEQOS_PROFILE_PATH"] == str(
+        tmp_path / "home" / "executor-a.profile.json"
+    )
+    assert "MOEQOS_MODEL" not in default["executor-a"].environment
+    profile = Path(other["executor-a"].environment["MOEQOS_PROFILE_PATH"])
+    assert profile.parent.parent == tmp_path / "home" / "demo-models" and profile.parent.name.startswith("m-")
+    assert profile.parent.is_dir()
+    assert other["executor-b"].environment["MOEQOS_MODEL"] == str(tmp_path / "m")

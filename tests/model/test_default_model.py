@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import MixtralForCausalLM
 
 from executor.default_model.build import build_model, load_dense
-from executor.default_model.check import logits, max_logit_difference, perplexity
+from executor.default_model.check import load_fp32, logits, max_logit_difference, perplexity
 from executor.default_model.upcycle import UpcycleRecipe, upcycle
 from moeqos.corpora import load_corpus, tokenize_prefix
 from moeqos.models import MARKER_FILE, RECIPE, default_source, ensure_default_model
@@ -53,7 +52,8 @@ def test_default_model_is_the_dense_model_upcycled(
         RECIPE["num_experts"], RECIPE["top_k"], RECIPE["router_seed"], RECIPE["router_std"]
     )
     assert max_logit_difference(dense_model, upcycle(dense_model, recipe), probe[:64]) < 1e-3
-    stored = MixtralForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    stored = load_fp32(model_dir)
+    assert type(stored).__name__ == "MixtralForCausalLM" and stored.dtype == torch.float32
     reference, served = logits(dense_model, probe[:128]), logits(stored, probe[:128])  # [T, V]
     assert (reference - served).abs().max() < 1.0  # bf16 storage rounding only
     assert (reference.argmax(-1) == served.argmax(-1)).float().mean() > 0.9
