@@ -32,7 +32,7 @@ from planner.catalog import HARDWARE, MODELS
 from planner.descriptions import HardwareDescription, ModelDescription
 from planner.frontier import DEFAULT_POINTS, frontier
 from planner.solver import PlanRequest, PlanResult, solve
-from planner.whatif import analytic_profile
+from planner.whatif import whatif_profile
 
 T = TypeVar("T")
 
@@ -77,11 +77,13 @@ def _described_hardware(request: pl.WhatIfRequest) -> HardwareDescription:
     return HARDWARE[request.hardware_name]
 
 
-def _analytic(model: ModelDescription, hardware: HardwareDescription) -> Profile:
-    """The what-if profile, or InvalidArgument when the descriptions do not combine into finite costs
-    (e.g. a zero link bandwidth that host experts must be copied over)."""
+def _analytic(model: ModelDescription, hardware: HardwareDescription, capacities: dict[str, int]) -> Profile:
+    """The what-if profile with some tiers' memory replaced by `capacities` (the profile's budgets are
+    then what is left for experts, exactly as `moeqos whatif --budget` computes them), or
+    InvalidArgument when the descriptions do not combine into finite costs (e.g. a zero link
+    bandwidth that host experts must be copied over)."""
     try:
-        profile = analytic_profile(model, hardware)
+        profile = whatif_profile(model, hardware, capacities)
     except (ArithmeticError, KeyError, ValueError) as exc:
         raise InvalidArgument(f"the model and hardware descriptions do not combine: {exc}") from None
     costs = [
@@ -157,8 +159,9 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         return pl.FrontierResponse(points=[point(r) for r in results])
 
     async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
-        profile = _analytic(_described_model(request), _described_hardware(request))
-        budgets = wire.budgets_from_proto(request.budgets)
+        capacities = {b.name: b.budget_bytes for b in wire.budgets_from_proto(request.budgets)}
+        profile = _analytic(_described_model(request), _described_hardware(request), capacities)
+        budgets = profile.tiers
         response = pl.WhatIfResponse(profile=wire.profile_to_proto(profile))
         if request.HasField("target"):
             plan_request = PlanRequest(profile, wire.target_from_proto(request.target), budgets)

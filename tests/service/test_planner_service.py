@@ -174,3 +174,26 @@ def test_whatif_descriptions_that_do_not_combine_are_invalid_argument(planner_ad
             planner.whatif(model, "a100-80gb", target=EASY)
         with pytest.raises(InvalidArgument, match="combine"):
             planner.whatif("mixtral-8x7b", copy_over_nothing, target=EASY)
+
+
+def test_whatif_budgets_are_tier_capacities_as_in_the_cli(planner_address):
+    """'With 24 GiB on the GPU and 64 GiB of host RAM': the wire and `moeqos whatif --budget` agree."""
+    from planner.solver import PlanRequest, solve
+    from planner.whatif import whatif_profile
+
+    capacities = {"cuda:0": 24 << 30, "cpu": 64 << 30}
+    target = QosTarget(min_tokens_per_s=5)
+    with PlannerClient(planner_address) as planner:
+        outcome = planner.whatif(
+            "mixtral-8x7b",
+            "a100-80gb",
+            target=target,
+            budgets=[TierBudget(name, size) for name, size in capacities.items()],
+        )
+    local_profile = whatif_profile(MODELS["mixtral-8x7b"], HARDWARE["a100-80gb"], capacities)
+    local = solve(PlanRequest(local_profile, target))
+    assert outcome.profile.tiers == local_profile.tiers
+    assert outcome.best is not None
+    assert outcome.best.plan == local.plan
+    gpu_budget = next(t.budget_bytes for t in local_profile.tiers if t.name == "cuda:0")
+    assert gpu_budget < 24 << 30  # dense weights and the reserve come out of the GPU's memory
