@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from bench.cluster import Cluster
 from bench.load_report import LoadReport, RequestRecord, summarize
-from client import AsyncExecutorClient, AsyncPlannerClient, DeploySpec, Sampling
+from client import AsyncExecutorClient, AsyncPlannerClient, DeploySpec, GenerationStats, Sampling
 from moeqos.errors import MoeqosError, OverBudget
 from moeqos.precision import Precision, expert_bytes
 from moeqos.qos import Objective, QosTarget
@@ -107,14 +108,13 @@ async def one_request(
         return RequestRecord("failed", error=f"{type(exc).__name__}: {exc}")
 
 
-def _finished(stats: object, tokens: int, start: float, first: float | None) -> RequestRecord:
-    generated = getattr(stats, "generated_tokens", -1)
-    if generated != tokens:
-        return RequestRecord("failed", error=f"stats say {generated} tokens, {tokens} arrived")
+def _finished(stats: GenerationStats, tokens: int, start: float, first: float | None) -> RequestRecord:
+    if stats.generated_tokens != tokens:
+        return RequestRecord("failed", error=f"stats say {stats.generated_tokens} tokens, {tokens} arrived")
     end = time.perf_counter()
     ttft = (first or end) - start
     decode = (tokens - 1) / (end - first) if first is not None and tokens > 1 and end > first else 0.0
-    return RequestRecord("completed", ttft, tokens, decode, plan=getattr(stats, "plan_spec", ""))
+    return RequestRecord("completed", ttft, tokens, decode, plan=stats.plan_spec)
 
 
 async def client_loop(
@@ -175,6 +175,22 @@ async def device_budgets(address: str) -> tuple[int, int]:
     return int(total(Precision.BF16) * 1.1), int(total(Precision.INT4) * 1.2)
 
 
+async def after_the_run(executors: Sequence[str]) -> list[str]:
+    """What is wrong once the traffic is over: an executor not SERVING, requests left running or queued,
+    or a standing-target re-plan that failed."""
+    problems = []
+    for address in executors:
+        async with AsyncExecutorClient(address) as client:
+            info, health = await client.info(), await client.health()
+        if health != "SERVING" or info.active_generations or info.queued_generations:
+            problems.append(
+                f"{address}: {health}, {info.active_generations} running, {info.queued_generations} queued"
+            )
+        if info.replan_state.startswith("failed"):
+            problems.append(f"{address}: re-plan {info.replan_state}")
+    return problems
+
+
 async def warm_up(executors: Sequence[str]) -> None:
     """Measure the profile on the first executor (saved to the shared path), so the others read it."""
     for address in executors:
@@ -197,13 +213,10 @@ async def drive(settings: LoadSettings, planner: str, executors: Sequence[str]) 
     await asyncio.gather(
         control_loop(planner, executors, budgets, deadline, settings.replan_every_s, control), *clients
     )
+    elapsed = time.monotonic() - start
+    control.failures += await after_the_run(executors)
     return summarize(
-        settings.clients,
-        time.monotonic() - start,
-        records,
-        control.deploys,
-        control.budget_changes,
-        control.failures,
+        settings.clients, elapsed, records, control.deploys, control.budget_changes, control.failures
     )
 
 
@@ -246,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir=args.work,
         threads=args.threads,
     )
+    # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the cluster's processes are stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     report = run(settings)
     print(json.dumps(asdict(report), indent=2) if args.json else report.table())
     return 0 if report.failed == 0 and not report.control_failures else 1

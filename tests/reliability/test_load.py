@@ -6,6 +6,20 @@ from __future__ import annotations
 import pytest
 
 from bench.load import LoadSettings, run
+from bench.load_report import RequestRecord, summarize
+
+
+def test_the_report_counts_refusals_apart_from_failures():
+    records = [
+        RequestRecord("completed", ttft_s=0.01 * i, tokens=10, decode_tokens_per_s=5.0 * i, plan=f"p{i % 2}")
+        for i in range(1, 101)
+    ]
+    records += [RequestRecord("refused")] * 7 + [RequestRecord("failed", error="hung")] * 2
+    report = summarize(4, 10.0, records, deploys=3, budget_changes=2, control_failures=())
+    assert (report.completed, report.refused, report.failed, report.failures) == (100, 7, 2, ("hung", "hung"))
+    assert report.ttft_p50_s == pytest.approx(0.505) and report.ttft_p99_s == pytest.approx(0.9901)
+    assert report.tokens == 1000 and report.tokens_per_s == pytest.approx(100.0)
+    assert report.plans_served == 2 and "requests refused (RESOURCE_EXHAUSTED)  7" in report.table()
 
 
 @pytest.mark.e2e
