@@ -120,20 +120,26 @@ class BenchContext:
         return self.uniform(Precision.BF16)
 
     @cached_property
-    def fitting_plans(self) -> list[Plan]:
-        """Plans the quality model is fitted to: uniform bf16/int8/int4/int3 and three mixes."""
+    def fitting_labels(self) -> dict[str, str]:
+        """Plan spec -> the short rule text it was made from, for the fitting plans."""
         from moeqos.plan import parse_plan
 
         layers, _ = self.shape
         half = f"0-{max(layers // 2 - 1, 0)}"
-        mixes = [
+        texts = [f"{p.value}@{DEVICE}" for p in FITTING_PRECISIONS]
+        texts += [
             f"int4@{DEVICE},L{half}.E*=int8",
             f"int8@{DEVICE},L*.E0+1=int3",
             f"int3@{DEVICE},L{half}.E*=bf16",
         ]
-        return [self.uniform(p) for p in FITTING_PRECISIONS] + [
-            parse_plan(m, *self.shape, DEVICE) for m in mixes
-        ]
+        return {parse_plan(t, *self.shape, DEVICE).to_spec(): t for t in texts}
+
+    @cached_property
+    def fitting_plans(self) -> list[Plan]:
+        """Plans the quality model is fitted to: uniform bf16/int8/int4/int3 and three mixes."""
+        from moeqos.plan import parse_plan
+
+        return [parse_plan(spec, *self.shape, DEVICE) for spec in self.fitting_labels]
 
     @cached_property
     def uniform_int4(self) -> Plan:
@@ -190,8 +196,8 @@ class BenchContext:
         (call costs and the fixed cost are medians of the runtime's default repeats)."""
         s = self.settings
         calibration = self.tokens("ptb:train", s.calibration_tokens)
-        self._stage_clock = time.perf_counter()
         fitting = self.tokens("ptb:valid", s.fit_tokens)
+        self._stage_clock = time.perf_counter()
         profile = self.runtime.profile(
             calibration,
             "ptb:train",
@@ -239,6 +245,24 @@ class BenchContext:
             allowed_precisions=allowed,
         )
         self.frontier_seconds = time.perf_counter() - start
+        return sorted(points, key=lambda r: r.predicted_tokens_per_s)
+
+    @cached_property
+    def dial(self) -> list[Any]:
+        """The frontier restricted to bf16 and int4, the paper's two precisions (slowest first): where
+        the full frontier has too few plans to measure, held-out plans are taken from here too."""
+        from planner.frontier import frontier
+
+        latency, quality = self.models
+        allowed = frozenset({Precision.BF16, Precision.INT4})
+        points = frontier(
+            self.profile,
+            self.budgets,
+            self.settings.frontier_points,
+            latency=latency,
+            quality=quality,
+            allowed_precisions=allowed,
+        )
         return sorted(points, key=lambda r: r.predicted_tokens_per_s)
 
     @cached_property

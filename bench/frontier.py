@@ -27,6 +27,8 @@ class Point:
 
     spec: str
     description: str
+    source: str
+    """`frontier`, `frontier end` or `bf16/int4 dial` (see `held_out`)."""
     predicted_tokens_per_s: float
     measured_tokens_per_s: float
     predicted_perplexity: float
@@ -36,13 +38,26 @@ class Point:
         return dict(self.__dict__)
 
 
-def held_out(ctx: Any) -> list[Any]:
-    """Frontier points spread evenly in log tokens/s, excluding plans the models were fitted to."""
-    fitting = {p.to_spec() for p in ctx.fitting_plans}
-    points = ctx.frontier
-    excluded = {i for i, r in enumerate(points) if r.plan.to_spec() in fitting}
-    speeds = [r.predicted_tokens_per_s for r in points]
-    return [points[i] for i in spread_indices(speeds, ctx.settings.measured_plans, excluded)]
+def held_out(ctx: Any) -> list[tuple[Any, str]]:
+    """(PlanResult, source) for frontier points spread evenly in log tokens/s, fitting plans excluded.
+
+    When the frontier has fewer such plans than asked (on a machine where one precision is both the
+    fastest and nearly the most accurate it collapses to a point or two), the rest are spread along
+    the bf16/int4 dial (`ctx.dial`) so the cost models are still judged on held-out plans.
+    """
+    taken = {p.to_spec() for p in ctx.fitting_plans}
+    picked: list[tuple[Any, str]] = []
+    for source, points in (("frontier", ctx.frontier), ("bf16/int4 dial", ctx.dial)):
+        wanted = ctx.settings.measured_plans - len(picked)
+        if wanted <= 0:
+            break
+        excluded = {i for i, r in enumerate(points) if r.plan.to_spec() in taken}
+        chosen = [
+            points[i] for i in spread_indices([r.predicted_tokens_per_s for r in points], wanted, excluded)
+        ]
+        picked += [(r, source) for r in chosen]
+        taken |= {r.plan.to_spec() for r in chosen}
+    return picked
 
 
 def _ends(points: list[Any]) -> list[Any]:
@@ -50,13 +65,14 @@ def _ends(points: list[Any]) -> list[Any]:
     return [points[0]] if len(points) == 1 else [points[0], points[-1]]
 
 
-def measure(ctx: Any, result: Any) -> Point:
-    """Measure one frontier plan on the executor."""
+def measure(ctx: Any, result: Any, source: str) -> Point:
+    """Measure one planned plan on the executor."""
     speed = ctx.decode_speed(result.plan)
     evaluation = ctx.perplexity(result.plan)
     return Point(
         result.plan.to_spec(),
-        result.plan.describe(),
+        _label(ctx, result.plan),
+        source,
         result.predicted_tokens_per_s,
         speed.tokens_per_s,
         result.predicted_perplexity,
@@ -64,10 +80,15 @@ def measure(ctx: Any, result: Any) -> Point:
     )
 
 
+def _label(ctx: Any, plan: Any) -> str:
+    """The rule text of a fitting plan, else the plan's counts (full specs run to hundreds of chars)."""
+    return str(ctx.fitting_labels.get(plan.to_spec(), plan.describe().split(": ", 1)[-1]))
+
+
 def run(ctx: Any) -> SectionResult:
     """Profile, fit, solve the frontier, measure the held-out plans and both ends, report errors and range."""
-    points = [measure(ctx, r) for r in held_out(ctx)]
-    ends = [measure(ctx, r) for r in _ends(ctx.frontier)]
+    points = [measure(ctx, r, source) for r, source in held_out(ctx)]
+    ends = [measure(ctx, r, "frontier end") for r in _ends(ctx.frontier)]
     reference = float(ctx.perplexity(ctx.full_precision).perplexity)
     result = SectionResult("frontier")
     result.tables += [_plan_table(ctx, points, ends), _profile_table(ctx)]
@@ -80,7 +101,7 @@ def run(ctx: Any) -> SectionResult:
 
 def _plan_table(ctx: Any, points: list[Point], ends: list[Point]) -> Any:
     fitting = {p.to_spec() for p in ctx.fitting_plans}
-    labelled = [(p, "held out") for p in points]
+    labelled = [(p, f"held out ({p.source})") for p in points]
     labelled += [(p, "end, fitting" if p.spec in fitting else "end") for p in ends]
     rows = [
         [
@@ -97,8 +118,9 @@ def _plan_table(ctx: Any, points: list[Point], ends: list[Point]) -> Any:
     ]
     s = ctx.settings
     notes = [
-        f"{len(points)} held-out frontier plans (of {len(ctx.frontier)} frontier points; fitting plans "
-        "excluded) and the frontier's two ends (for the range; in the error only if held out)",
+        f"{len(points)} held-out plans ({sum(p.source == 'frontier' for p in points)} of the "
+        f"{len(ctx.frontier)}-point frontier, the rest from the bf16/int4 dial; fitting plans excluded) "
+        "and the frontier's ends (for the range; in the error only if held out)",
         f"tok/s: median of {s.repeats} greedy runs of {s.decode_tokens} tokens, decode rate after the "
         "first token",
         f"perplexity: {len(ctx.test_ids)} ptb:test tokens, context {s.context_length}; predictions fitted "
@@ -129,7 +151,10 @@ def _range_table(span: dict[str, Any]) -> Any:
 
 def _profile_table(ctx: Any) -> Any:
     profile, quality = ctx.profile, ctx.models[1]
-    rows = [[q.plan_spec, q.perplexity, q.tokens] for q in profile.quality_points]
+    rows = [
+        [ctx.fitting_labels.get(q.plan_spec, q.plan_spec), q.perplexity, q.tokens]
+        for q in profile.quality_points
+    ]
     notes = [
         f"calibration: {profile.calibration_corpus}, {profile.calibration_tokens} tokens; "
         f"fixed {profile.fixed_seconds * 1e3:.2f} ms/token outside the experts",

@@ -64,6 +64,9 @@ class LoadSettings:
     """Logs and the shared profile; None: a fresh temporary directory."""
     threads: int | None = None
     """torch threads per executor."""
+    profile_path: Path | None = None
+    """Where the executors keep their measured profile, so a later run need not measure again (it is
+    measured anew when the model or device differs); None: in the work directory."""
 
 
 @dataclass
@@ -225,7 +228,7 @@ def run(settings: LoadSettings) -> LoadReport:
     with tempfile.TemporaryDirectory(prefix="moeqos-load-") as scratch:
         work = settings.work_dir or Path(scratch)
         with Cluster(work, grace_seconds=10.0) as cluster:
-            args = executor_args(settings, work / "profile.json")
+            args = executor_args(settings, settings.profile_path or work / "profile.json")
             specs = [
                 ("planner", "planner", []),
                 ("executor0", "executor", args),
@@ -246,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-queued", type=int, default=4, help="queued per executor; more are refused")
     parser.add_argument("--work", type=Path, help="directory for logs and the profile (default: temporary)")
     parser.add_argument("--threads", type=int, help="torch threads per executor")
+    parser.add_argument("--profile", type=Path, help="profile file kept between runs (default: in --work)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     settings = LoadSettings(
@@ -258,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_queued=args.max_queued,
         work_dir=args.work,
         threads=args.threads,
+        profile_path=args.profile,
     )
     # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the cluster's processes are stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -60,7 +60,7 @@ QUICK = replace(
     repeats=2,
     measured_plans=3,
     frontier_points=8,
-    bandwidth_bytes=32 << 20,
+    bandwidth_bytes=256 << 20,
 )
 
 

@@ -61,7 +61,7 @@ class Checkpoint:
                     self.index[key] = path
                     self.meta[key] = (tuple(sliced.get_shape()), str(sliced.get_dtype()))
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+            raise CheckpointError(f"{path}: unreadable safetensors file ({exc}){_cut_tensor(path)}") from exc
 
     def check(self, key: str, shape: tuple[int, ...] | None = None) -> Path:
         """The file holding `key`; CheckpointError if it is missing or (given `shape`) misshapen."""
@@ -91,3 +91,21 @@ class Checkpoint:
         for path in self.files:
             digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
         return digest.hexdigest()
+
+
+def _cut_tensor(path: Path) -> str:
+    """`; the file ends inside tensor 'NAME'` when the header reads but the data stops short (a truncated
+    file), so the error names the first tensor lost; '' otherwise."""
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length))
+        available = path.stat().st_size - 8 - length
+        cut = min(
+            (entry["data_offsets"][0], name)
+            for name, entry in header.items()
+            if name != "__metadata__" and entry["data_offsets"][1] > available
+        )
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable header, or nothing is cut
+        return ""
+    return f"; the file ends inside tensor {cut[1]!r}"

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -19,11 +20,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from client import ExecutorClient
+from client import ExecutorClient, descriptions
 from moeqos import wire
 from moeqos_proto.common.v1 import common_pb2 as pb
 from moeqos_proto.executor.v1 import executor_pb2 as ex
 from moeqos_proto.planner.v1 import planner_pb2 as pl
+from planner.catalog import MODELS
 from tests.reliability import fuzz_inputs as fi
 from tests.reliability.fuzz_harness import EXECUTOR, PLANNER, Fuzzer, serialized
 from tests.service.service_harness import Stack, address
@@ -228,3 +230,10 @@ def test_tiny_temperature_is_a_clear_answer(fuzzer):
     """Found by test_generation: temperature 1e-300 overflowed the logits into NaN probabilities."""
     sampling = ex.SamplingParams(max_tokens=2, temperature=1e-300)
     fuzzer.check(EXECUTOR, "Complete", serialized(ex.GenerateRequest(prompt="hello", sampling=sampling)))
+
+
+def test_whatif_with_a_huge_hidden_size_is_a_clear_answer(fuzzer):
+    """Found by test_whatif: hidden_size 10**9 made the dense bytes overflow uint64 on the way out."""
+    model = descriptions.model_to_proto(replace(MODELS["mixtral-8x22b"], hidden_size=10**9))
+    request = pl.WhatIfRequest(model_description=model, hardware_name="a100-80gb")
+    fuzzer.check(PLANNER, "WhatIf", serialized(request))
