@@ -208,6 +208,7 @@ def _data(ctx: Any, points: list[Point], ends: list[Point], reference: float) ->
     return {
         "profile": ctx.profile.to_dict(),
         "frontier": [r.to_dict() for r in ctx.frontier],
+        "dial": [r.to_dict() for r in ctx.dial] if "dial" in vars(ctx) else [],  # only when consulted
         "frontier_seconds": ctx.frontier_seconds,
         "profile_stage_seconds": dict(ctx.profile_stages),
         "held_out": [p.to_dict() for p in points],

@@ -33,7 +33,7 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     assert document["machine"]["cpus"] >= 1 and "--quick" in document["command"]
     frontier = sections["frontier"]["data"]
     fitting = {q["plan_spec"] for q in frontier["profile"]["quality_points"]}
-    candidates = {r["plan_spec"] for r in frontier["frontier"]} - fitting
+    candidates = {r["plan_spec"] for r in frontier["frontier"] + frontier["dial"]} - fitting
     held_out = frontier["held_out"]
     assert len(held_out) == min(QUICK.measured_plans, len(candidates))  # a random model's frontier is short
     assert {p["spec"] for p in held_out} <= candidates

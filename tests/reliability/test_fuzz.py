@@ -2,8 +2,8 @@
 
 Each property sends malformed and extreme requests; every answer must be a clear status (never
 INTERNAL or UNKNOWN) and the servers must stay SERVING with their state untouched (see fuzz_harness).
-Examples per property: MOEQOS_FUZZ_EXAMPLES (default 300). The counts of inputs tried, by method and
-answer, are printed at the end of the module.
+Examples per property: MOEQOS_FUZZ_EXAMPLES (default 300); the inputs are the same every run unless
+MOEQOS_FUZZ_RANDOM=1. The counts of inputs tried, by method and answer, are printed at the end.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
     database=None,
+    derandomize=os.environ.get("MOEQOS_FUZZ_RANDOM") != "1",  # CI sees the same inputs every run
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
 MAX_MESSAGE = 1 << 20
