@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, fields
 from typing import Any
 
-from moeqos.errors import InvalidArgument
+from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos_proto.planner.v1 import planner_pb2 as pl
 from planner.descriptions import HardwareDescription, ModelDescription, TierSpec
 
@@ -21,6 +21,13 @@ _POSITIVE_MODEL_FIELDS = (
     "num_heads",
     "num_kv_heads",
 )
+MAX_MODEL_EXPERTS = 1 << 16
+"""Most experts (num_layers * num_experts) a described model may have: the planner holds arrays of that
+size per precision and tier, so a larger one would make it allocate without bound."""
+MAX_MODEL_WIDTH = 1 << 20
+"""Largest hidden, intermediate and vocab size of a described model: beyond it the byte counts a profile
+carries (uint64 on the wire) can overflow."""
+_WIDTH_FIELDS = ("hidden_size", "intermediate_size", "vocab_size")
 _OPTIONAL_HARDWARE = (
     "link_bandwidth_bps",
     "host_compute",
@@ -38,6 +45,7 @@ def model_to_proto(model: ModelDescription) -> pl.ModelDescription:
 
 
 def model_from_proto(message: pl.ModelDescription) -> ModelDescription:
+    """A validated description; InvalidArgument on bad numbers, OutOfRange on a model too large to plan."""
     values = {f.name: getattr(message, f.name) for f in fields(ModelDescription)}
     if min(values[k] for k in _POSITIVE_MODEL_FIELDS) < 1:
         raise InvalidArgument(f"model description: {', '.join(_POSITIVE_MODEL_FIELDS)} must be positive")
@@ -47,7 +55,20 @@ def model_from_proto(message: pl.ModelDescription) -> ModelDescription:
         )
     if values["top_k"] > values["num_experts"] or values["reference_perplexity"] < 1:
         raise InvalidArgument("model description: top_k must be <= experts and reference_perplexity >= 1")
+    _check_size(values)
     return ModelDescription(**values)
+
+
+def _check_size(values: dict[str, Any]) -> None:
+    """OutOfRange for a model too large to plan for (checked here, at the edge, before any allocation)."""
+    experts = values["num_layers"] * values["num_experts"]
+    if experts > MAX_MODEL_EXPERTS:
+        raise OutOfRange(
+            f"model description: num_layers * num_experts must be <= {MAX_MODEL_EXPERTS}, got {experts}"
+        )
+    for name in _WIDTH_FIELDS:
+        if values[name] > MAX_MODEL_WIDTH:
+            raise OutOfRange(f"model description: {name} must be <= {MAX_MODEL_WIDTH}, got {values[name]}")
 
 
 def hardware_to_proto(hardware: HardwareDescription) -> pl.HardwareDescription:

@@ -8,11 +8,9 @@ No gRPC here (the servicer wraps this class). Two locks:
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +95,8 @@ class ExecutorRuntime:
         """Held by every forward step; a plan swap takes it briefly."""
         self.apply_lock = threading.RLock()
         """Held by a plan switch (and by evaluate/profile around temporary plans)."""
+        self._private_dir: tempfile.TemporaryDirectory[str] | None = None
+        """The variant cache's temporary directory when no `variant_cache_dir` was configured."""
 
     # ----- loading ------------------------------------------------------------------------------
     @classmethod
@@ -112,14 +112,33 @@ class ExecutorRuntime:
         _report(progress, "load", 0.0)
         checkpoint = Checkpoint(config.model_dir)
         hf_config = load_config(checkpoint, adapter_for(str(checkpoint.config_dict.get("model_type"))))
-        base = config.variant_cache_dir or Path(tempfile.mkdtemp(prefix="moeqos-variants-"))
-        runtime = cls(config, checkpoint, hf_config, base / checkpoint.fingerprint()[:16])
-        if config.variant_cache_dir is None:  # the private cache lives as long as the runtime
-            weakref.finalize(runtime, shutil.rmtree, base, ignore_errors=True)
-        _report(progress, "load", 0.2)
-        runtime.apply_plan(initial_plan or runtime.default_plan(), progress)
+        # without a configured cache, variants go to a private directory removed by close() (or, as a
+        # fallback, when the directory object is collected or the interpreter exits)
+        private = None if config.variant_cache_dir else tempfile.TemporaryDirectory(prefix="moeqos-variants-")
+        base = config.variant_cache_dir or Path(private.name)  # type: ignore[union-attr]
+        try:
+            runtime = cls(config, checkpoint, hf_config, base / checkpoint.fingerprint()[:16])
+            runtime._private_dir = private
+            _report(progress, "load", 0.2)
+            runtime.apply_plan(initial_plan or runtime.default_plan(), progress)
+        except BaseException:
+            if private is not None:
+                private.cleanup()
+            raise
         _report(progress, "load", 1.0)
         return runtime
+
+    def close(self) -> None:
+        """Remove the private variant directory (if any). Idempotent; the runtime must not serve after."""
+        if self._private_dir is not None:
+            self._private_dir.cleanup()
+            self._private_dir = None
+
+    def __enter__(self) -> ExecutorRuntime:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def plan(self) -> Plan:

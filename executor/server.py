@@ -177,6 +177,8 @@ class ExecutorHandle:
         self.servicer.target.cancel()
         await self.server.stop(grace)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.servicer.runtime is not None:  # removes the runtime's private variant directory
+            self.servicer.runtime.close()
 
 
 def load_runtime(config: ExecutorServerConfig) -> ExecutorRuntime:

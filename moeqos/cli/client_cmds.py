@@ -85,6 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _command(subparsers: argparse._SubParsersAction, name: str, help_text: str, func: Any) -> Any:
     parser = subparsers.add_parser(name, help=help_text)
     parser.add_argument("--json", action="store_true", help="print JSON (JSON lines for streams)")
+    add_connection_args(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """The flags `connect_options` reads: token, TLS files, deadline, wait for SERVING."""
     parser.add_argument("--token", help="bearer token (default: $MOEQOS_TOKEN)")
     parser.add_argument(
         "--tls-ca", help="PEM CA to verify servers with; enables TLS (default: $MOEQOS_TLS_CA)"
@@ -99,8 +106,6 @@ def _command(subparsers: argparse._SubParsersAction, name: str, help_text: str, 
         metavar="SECONDS",
         help="first wait up to this long for the servers to report SERVING (e.g. an executor loading)",
     )
-    parser.set_defaults(func=func)
-    return parser
 
 
 def _executor_arg(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moeqos.errors import InfeasibleTarget, InvalidArgument
+from moeqos.cli.client_cmds import add_connection_args
+from moeqos.errors import InfeasibleTarget, InvalidArgument, MoeqosError
 from moeqos.precision import Precision
 from moeqos.profile import Profile
 from moeqos.qos import Objective, QosTarget
@@ -20,19 +21,20 @@ from moeqos.rules import PlacementRule
 
 EXIT_INFEASIBLE = 3
 EXIT_INVALID = 2
+EXIT_FAILED = 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the plan, frontier and whatif commands."""
     plan = subparsers.add_parser("plan", help="best plan for a QoS target from a measured profile")
-    plan.add_argument("--profile", required=True, help="profile JSON written by the executor")
+    _add_profile_source(plan)
     _add_target_args(plan)
     _add_choice_args(plan, budget_help="TIER=SIZE expert budget (e.g. cuda:0=24GiB); default: the profile's")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
 
     front = subparsers.add_parser("frontier", help="Pareto frontier of tokens/s vs perplexity from a profile")
-    front.add_argument("--profile", required=True, help="profile JSON written by the executor")
+    _add_profile_source(front)
     _add_frontier_args(front)
     _add_choice_args(front, budget_help="TIER=SIZE expert budget (e.g. cuda:0=24GiB); default: the profile's")
     front.add_argument("--json", action="store_true", help="print JSON")
@@ -61,6 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     whatif.add_argument("--json", action="store_true", help="print JSON")
     whatif.set_defaults(func=cmd_whatif)
+
+
+def _add_profile_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--profile", help="profile JSON written by an executor (`moeqos profile --json`)")
+    source.add_argument(
+        "--executor", metavar="ADDR", help="fetch the profile from a running executor (GetProfile)"
+    )
+    add_connection_args(parser)
 
 
 def _add_target_args(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +135,17 @@ def precisions_from_args(args: argparse.Namespace) -> frozenset[Precision] | Non
         raise InvalidArgument(str(exc)) from exc
 
 
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    """The profile named by --profile FILE, or fetched from the executor at --executor ADDR. The
+    solving still happens here, in process: the planner core is stateless either way."""
+    if not args.executor:
+        return load_profile(args.profile)
+    from moeqos.cli.client_cmds import executor_client
+
+    with executor_client(args, args.executor) as executor:
+        return executor.get_profile()
+
+
 def load_profile(path: str) -> Profile:
     try:
         return Profile.from_json(Path(path).read_text())
@@ -137,7 +159,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from planner.units import merge_budgets, parse_budget
 
     def run() -> int:
-        profile = load_profile(args.profile)
+        profile = profile_from_args(args)
         target = target_from_args(args)
         if target is None:
             raise InvalidArgument("give --min-tps, --max-ppl or --max-ppl-increase")
@@ -152,7 +174,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     from planner.units import merge_budgets, parse_budget
 
     def run() -> int:
-        profile = load_profile(args.profile)
+        profile = profile_from_args(args)
         budgets = merge_budgets(profile.tiers, [parse_budget(b) for b in args.budget])
         return frontier_and_print(
             profile, budgets, args, title=f"{profile.model.name} on {profile.hardware.device_name}"
@@ -278,6 +300,9 @@ def _guard(run: Any, as_json: bool, catch: tuple[type[Exception], ...] = ()) -> 
         _print_error(str(exc), as_json, {"closest": exc.closest})
         return EXIT_INFEASIBLE
     except Exception as exc:
+        if isinstance(exc, MoeqosError) and not isinstance(exc, InvalidArgument):
+            _print_error(f"{type(exc).__name__}: {exc}", as_json, {})  # e.g. an executor unreachable
+            return EXIT_FAILED
         if not isinstance(exc, (InvalidArgument, *catch)):
             raise
         _print_error(str(exc).strip("'\""), as_json, {})

@@ -59,3 +59,16 @@ def test_errors_are_reported_not_raised(capsys, executor_address, planner_addres
     assert code == 3 and json.loads(out)["closest"]
     with pytest.raises(SystemExit):
         main(["deploy", "--min-tps", "1"])
+
+
+def test_plan_and_frontier_from_a_running_executors_profile(capsys, executor_address):
+    code, out = _run(capsys, "plan", "--executor", executor_address, "--min-tps", "0.001", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["plan"]["num_layers"] >= 1
+    code, out = _run(capsys, "frontier", "--executor", executor_address, "--points", "3", "--json")
+    assert code == 0 and json.loads(out)
+
+
+def test_plan_from_an_unreachable_executor_is_a_clear_error(capsys):
+    code, _ = _run(capsys, "plan", "--executor", "127.0.0.1:1", "--min-tps", "1", "--timeout", "2", "--json")
+    assert code != 0
