@@ -7,7 +7,6 @@ but does not measure the frontier's plans.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import sys
@@ -198,19 +197,16 @@ class BenchContext:
         calibration = self.tokens("ptb:train", s.calibration_tokens)
         fitting = self.tokens("ptb:valid", s.fit_tokens)
         self._stage_clock = time.perf_counter()
-        profile = self.runtime.profile(
+        return self.runtime.profile(
             calibration,
             "ptb:train",
             max_tokens=s.calibration_tokens,
             window=s.context_length,
             quality_plans=self.fitting_plans,
             quality_ids=fitting,
+            quality_corpus="ptb:valid",
             progress=self._profile_progress,
         )
-        # ExecutorRuntime.profile labels quality points with the calibration corpus; they were measured
-        # on the fitting corpus, so say so
-        points = tuple(dataclasses.replace(q, corpus="ptb:valid") for q in profile.quality_points)
-        return dataclasses.replace(profile, quality_points=points)
 
     @cached_property
     def models(self) -> tuple[Any, Any]:

@@ -1,15 +1,19 @@
 """Build a `moeqos.profile.Profile`: what the planner needs to know about this executor and model.
 
 Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
-expert calls and capturing hidden states entering each MoE layer), `quant_error` (every expert in every
-precision against fp32 on the captured states), `call_costs`, `load_costs`, `fixed`, `quality`
-(perplexity of the given plans). Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
+expert calls and capturing hidden states entering each MoE layer), `quant_error` (every expert in each
+profiled precision against fp32 on the captured states; experts with bitwise identical weights, as in a
+sparse-upcycled model, are measured once per layer), `call_costs`, `load_costs`, `fixed`, `quality`
+(perplexity of the given plans on `quality_ids`, labelled `quality_corpus`).
+Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
+precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
 The frequency and timing passes hold the model lock: generation pauses while they run.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -19,6 +23,7 @@ from executor.costs import call_costs, fixed_seconds, load_costs
 from executor.evaluation import evaluate
 from executor.loader import moe_blocks
 from executor.quant import QuantExpert, reference_expert_forward, relative_error
+from moeqos.errors import InvalidArgument
 from moeqos.plan import Plan
 from moeqos.precision import Precision
 from moeqos.profile import Grid, Profile, QualityPoint
@@ -28,6 +33,16 @@ if TYPE_CHECKING:
     from executor.runtime import ExecutorRuntime
 
 Progress = Callable[[str, float], None]
+
+PLANNING_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
+"""What a profile measures by default: the precisions the planner mixes (fp32 is only the error
+reference; fp16 is added on accelerators, where it may beat bf16)."""
+
+
+def planning_precisions(device: str) -> tuple[Precision, ...]:
+    """The default profiled precisions for `device`: PLANNING_PRECISIONS, plus fp16 off the CPU
+    (CPUs have no fast fp16 matmul, so fp16 would only ever lose to bf16 there)."""
+    return PLANNING_PRECISIONS if device == "cpu" else (Precision.FP16, *PLANNING_PRECISIONS)
 
 
 def route_calibration(
@@ -63,23 +78,59 @@ def route_calibration(
 
 
 def quant_errors(
-    runtime: ExecutorRuntime, captured: list[torch.Tensor], group_size: int, progress: Progress
+    runtime: ExecutorRuntime,
+    captured: list[torch.Tensor],
+    precisions: Sequence[Precision],
+    group_size: int,
+    progress: Progress,
 ) -> dict[Precision, Grid]:
-    """||y_q - y|| / ||y|| per precision and expert, y the fp32 expert on the captured states."""
-    device = runtime.config.device
-    rows: dict[Precision, list[list[float]]] = {p: [] for p in Precision}
+    """||y_q - y|| / ||y|| per precision and expert, y the fp32 expert on the captured states.
+
+    Experts of a layer whose weights hash alike share one measurement (same weights, same inputs).
+    """
+    rows: dict[Precision, list[tuple[float, ...]]] = {p: [] for p in precisions}
     for layer in range(runtime.num_layers):
-        x = captured[layer].to(device)  # [N, H] fp32
-        for row in rows.values():
-            row.append([])
+        x = captured[layer].to(runtime.config.device)  # [N, H] fp32
+        measured: dict[str, dict[Precision, float]] = {}
+        layer_errors = []
         for expert in range(runtime.num_experts):
-            w1, w2, w3 = (w.to(device, torch.float32) for w in runtime.factory.read_weights(layer, expert))
-            y = reference_expert_forward(w1, w2, w3, x)  # [N, H]
-            for precision, row in rows.items():
-                q = QuantExpert.from_weights(w1, w2, w3, precision, group_size=group_size, device=device)
-                row[layer].append(relative_error(q(x).float(), y))
+            weights = runtime.factory.read_weights(layer, expert)
+            key = _content_hash(weights)
+            if key not in measured:
+                measured[key] = _expert_errors(runtime, weights, x, precisions, group_size)
+            layer_errors.append(measured[key])
+        for p, row in rows.items():
+            row.append(tuple(e[p] for e in layer_errors))
         progress("quant_error", (layer + 1) / runtime.num_layers)
-    return {p: tuple(tuple(r) for r in row) for p, row in rows.items()}
+    return {p: tuple(row) for p, row in rows.items()}
+
+
+def _content_hash(weights: Sequence[torch.Tensor]) -> str:
+    """A digest of the tensors' dtypes, shapes and bytes (bitwise identity, not closeness)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for w in weights:
+        flat = w.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{w.dtype}{tuple(w.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _expert_errors(
+    runtime: ExecutorRuntime,
+    weights: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    precisions: Sequence[Precision],
+    group_size: int,
+) -> dict[Precision, float]:
+    device = runtime.config.device
+    w1, w2, w3 = (w.to(device, torch.float32) for w in weights)
+    y = reference_expert_forward(w1, w2, w3, x)  # [N, H]
+    return {
+        p: relative_error(
+            QuantExpert.from_weights(w1, w2, w3, p, group_size=group_size, device=device)(x).float(), y
+        )
+        for p in precisions
+    }
 
 
 def build_profile(
@@ -93,25 +144,35 @@ def build_profile(
     window: int,
     quality_plans: Sequence[Plan],
     quality_ids: list[int] | None,
+    quality_corpus: str | None,
+    precisions: Sequence[Precision] | None,
     progress: Progress,
 ) -> Profile:
-    """Measure everything a Profile holds (see the module docstring for the stages)."""
+    """Measure everything a Profile holds (see the module docstring for the stages).
+
+    Quality points are measured on `quality_ids` labelled `quality_corpus` (both or neither; neither:
+    on the calibration tokens, labelled `corpus_name`). `precisions` defaults to planning_precisions.
+    """
+    if (quality_ids is None) != (quality_corpus is None):
+        raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
+    chosen = tuple(precisions) if precisions else planning_precisions(runtime.config.device)
     ids = runtime.encode(calibration_ids)[:max_tokens]
     group_size = runtime.plan.group_size
     frequency, captured = route_calibration(
         runtime, ids, min(window, runtime.context_length), capture_tokens, progress
     )
-    errors = quant_errors(runtime, captured, group_size, progress)
-    costs = call_costs(runtime, captured[0], repeats, group_size)
+    errors = quant_errors(runtime, captured, chosen, group_size, progress)
+    costs = call_costs(runtime, captured[0], chosen, repeats, group_size)
     progress("call_costs", 1.0)
-    loads = load_costs(runtime, repeats, group_size) if DISK in runtime.budgets else []
+    loads = load_costs(runtime, chosen, repeats, group_size) if DISK in runtime.budgets else []
     progress("load_costs", 1.0)
     fixed = fixed_seconds(runtime, ids[:16], repeats)
     progress("fixed", 1.0)
     points = []
     for done, plan in enumerate(quality_plans):
         result = evaluate(runtime, quality_ids or ids, plan, min(window, runtime.context_length), None, 0)
-        points.append(QualityPoint(plan.to_spec(), result.perplexity, corpus_name, result.tokens_scored))
+        label = quality_corpus or corpus_name
+        points.append(QualityPoint(plan.to_spec(), result.perplexity, label, result.tokens_scored))
         progress("quality", (done + 1) / len(quality_plans))
     return Profile(
         model=runtime.model,

@@ -303,10 +303,16 @@ class ExecutorRuntime:
         window: int = 512,
         quality_plans: Sequence[Plan] = (),
         quality_ids: list[int] | None = None,
+        quality_corpus: str | None = None,
+        precisions: Sequence[Precision] | None = None,
         progress: Progress | None = None,
     ) -> Profile:
         """Measure frequencies, quantization errors, call/load/fixed costs and the quality of
-        `quality_plans` (see executor.profiling); bounded by `max_tokens`, `capture_tokens`, `repeats`."""
+        `quality_plans` (see executor.profiling); bounded by `max_tokens`, `capture_tokens`, `repeats`.
+
+        Quality is measured on `quality_ids` and labelled `quality_corpus` (give both, or neither to use
+        the calibration tokens). `precisions`: what to measure (default: the planning precisions of
+        this device, executor.profiling.planning_precisions)."""
         from executor.profiling import build_profile
 
         with self.apply_lock:  # the plan (and its group size) must not change under the measurement
@@ -320,6 +326,8 @@ class ExecutorRuntime:
                 window=window,
                 quality_plans=quality_plans,
                 quality_ids=quality_ids,
+                quality_corpus=quality_corpus,
+                precisions=precisions,
                 progress=progress or (lambda stage, fraction: None),
             )
 

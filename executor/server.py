@@ -78,6 +78,10 @@ class ExecutorServerConfig(ServerConfig):
     """Token sent to the planner (None: this server's own token)."""
     peer_tls_ca: Path | None = None
     """PEM CA to verify the planner with; set it to reach the planner over TLS."""
+    peer_tls_cert: Path | None = None
+    """PEM client certificate shown to a planner that requires mutual TLS (with `peer_tls_key`)."""
+    peer_tls_key: Path | None = None
+    """PEM private key of `peer_tls_cert`."""
     replan_backoff: tuple[float, float] = (0.2, 10.0)
     """First and longest wait, in seconds, between re-plan attempts while the planner is unreachable."""
     measure: MeasureSettings = field(default_factory=MeasureSettings)
@@ -96,6 +100,7 @@ class ExecutorServerConfig(ServerConfig):
             raise ValueError(f"replan_backoff must be 0 < first <= longest, got {self.replan_backoff}")
         if self.model_dir is not None and not (Path(self.model_dir) / "config.json").is_file():
             raise ValueError(f"{self.model_dir}: not a model directory (no config.json)")
+        server_common.check_peer_tls(self.peer_tls_ca, self.peer_tls_cert, self.peer_tls_key)
         Precision.parse(self.dense_precision)
         self.runtime_config(Path("."))  # validates device, budgets, precision
 
@@ -112,7 +117,13 @@ class ExecutorServerConfig(ServerConfig):
 
     def peer_options(self) -> ConnectOptions:
         """How this executor connects to the planner."""
-        return ConnectOptions(token=self.peer_token or self.token, tls_ca=self.peer_tls_ca, timeout=60.0)
+        return ConnectOptions(
+            token=self.peer_token or self.token,
+            tls_ca=self.peer_tls_ca,
+            tls_cert=self.peer_tls_cert,
+            tls_key=self.peer_tls_key,
+            timeout=60.0,
+        )
 
     @classmethod
     def from_env_and_args(
@@ -127,10 +138,10 @@ class ExecutorServerConfig(ServerConfig):
 
         model = pick("model", "MOEQOS_MODEL")
         cache = pick("variant_cache", "MOEQOS_VARIANT_CACHE")
-        peer_ca = pick("peer_tls_ca", "MOEQOS_PEER_TLS_CA")
         profile = pick("profile_path", "MOEQOS_PROFILE_PATH")
         return cls(
             **server_common.common_settings(args, env, DEFAULT_LISTEN),
+            **server_common.peer_tls_settings(args, env),
             model_dir=Path(model) if model else None,
             device=pick("device", "MOEQOS_DEVICE") or "cpu",
             budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
@@ -144,7 +155,6 @@ class ExecutorServerConfig(ServerConfig):
             threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
             variant_cache_dir=Path(cache) if cache else None,
             peer_token=pick("peer_token", "MOEQOS_PEER_TOKEN"),
-            peer_tls_ca=Path(peer_ca) if peer_ca else None,
             profile_path=Path(profile) if profile else None,
         )
 

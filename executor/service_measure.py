@@ -90,6 +90,7 @@ def measure(
         max_tokens=settings.tokens,
         quality_plans=plans,
         quality_ids=corpus_ids(runtime, settings.quality_corpus, settings.quality_tokens) if plans else None,
+        quality_corpus=settings.quality_corpus if plans else None,
         progress=progress,
     )
 

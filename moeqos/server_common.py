@@ -65,6 +65,15 @@ class ServerConfig:
                 raise ValueError(f"TLS file {path} does not exist")
 
 
+def check_peer_tls(ca: Path | None, cert: Path | None, key: Path | None) -> None:
+    """ValueError unless the peer TLS files exist and the client certificate comes with its key."""
+    if (cert is None) != (key is None):
+        raise ValueError("give both peer_tls_cert and peer_tls_key, or neither")
+    for path in (ca, cert, key):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"peer TLS file {path} does not exist")
+
+
 def check_address(name: str, address: str) -> str:
     """`address` if it looks like `host:port`, else ValueError naming the setting (fail fast at start)."""
     host, _, port = address.rpartition(":")
@@ -95,6 +104,17 @@ def common_settings(args: Any, env: Mapping[str, str], default_listen: str) -> d
         "max_message_bytes": int(pick("max_message_bytes", "MOEQOS_MAX_MESSAGE_BYTES", 64 * 1024 * 1024)),
         "grace_seconds": float(pick("grace_seconds", "MOEQOS_GRACE_SECONDS", 10.0)),
     }
+
+
+def peer_tls_settings(args: Any, env: Mapping[str, str]) -> dict[str, Any]:
+    """The peer_tls_ca/cert/key fields (how a server reaches the other service over TLS or mutual TLS)
+    from `--peer-tls-*` flags (which win) and MOEQOS_PEER_TLS_* environment variables."""
+
+    def path(name: str) -> Path | None:
+        value = getattr(args, f"peer_tls_{name}", None) or env.get(f"MOEQOS_PEER_TLS_{name.upper()}")
+        return Path(value) if value else None
+
+    return {f"peer_tls_{name}": path(name) for name in ("ca", "cert", "key")}
 
 
 # ----- auth ---------------------------------------------------------------------------------------

@@ -43,6 +43,10 @@ class PlannerServerConfig(ServerConfig):
     """Token sent to executors (None: this server's own token)."""
     peer_tls_ca: Path | None = None
     """PEM CA to verify executors with; set it to reach executors over TLS."""
+    peer_tls_cert: Path | None = None
+    """PEM client certificate shown to executors that require mutual TLS (with `peer_tls_key`)."""
+    peer_tls_key: Path | None = None
+    """PEM private key of `peer_tls_cert`."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,32 +54,36 @@ class PlannerServerConfig(ServerConfig):
             server_common.check_address("advertise", self.advertise_address)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.peer_tls_ca is not None and not Path(self.peer_tls_ca).is_file():
-            raise ValueError(f"peer TLS CA {self.peer_tls_ca} does not exist")
+        server_common.check_peer_tls(self.peer_tls_ca, self.peer_tls_cert, self.peer_tls_key)
 
     @classmethod
     def from_env_and_args(cls, args: Any = None, env: Mapping[str, str] | None = None) -> PlannerServerConfig:
         """The config from parsed CLI flags (which win) and MOEQOS_* environment variables."""
         env = server_common.env() if env is None else env
         common = server_common.common_settings(args, env, DEFAULT_LISTEN)
-        peer_ca = getattr(args, "peer_tls_ca", None) or env.get("MOEQOS_PEER_TLS_CA")
         return cls(
             **common,
+            **server_common.peer_tls_settings(args, env),
             advertise_address=getattr(args, "advertise", None) or env.get("MOEQOS_ADVERTISE_ADDRESS"),
             workers=int(getattr(args, "workers", None) or env.get("MOEQOS_PLANNER_WORKERS") or 2),
             peer_token=getattr(args, "peer_token", None) or env.get("MOEQOS_PEER_TOKEN"),
-            peer_tls_ca=Path(peer_ca) if peer_ca else None,
         )
 
     def peer_options(self) -> ConnectOptions:
         """How this planner connects to executors."""
-        return ConnectOptions(token=self.peer_token or self.token, tls_ca=self.peer_tls_ca, timeout=60.0)
+        return ConnectOptions(
+            token=self.peer_token or self.token,
+            tls_ca=self.peer_tls_ca,
+            tls_cert=self.peer_tls_cert,
+            tls_key=self.peer_tls_key,
+            timeout=60.0,
+        )
 
 
 async def start_planner(config: PlannerServerConfig) -> tuple[Server, ThreadPoolExecutor]:
     """Start a planner server and mark it SERVING (it needs no warm-up). Returns it and its solver pool."""
     pool = ThreadPoolExecutor(config.workers, thread_name_prefix="planner")
-    servicer = PlannerServicer(pool, config.peer_options(), config.advertise_address or "")
+    servicer = PlannerServicer(pool, config.peer_options(), config.advertise_address or "", config.token)
 
     def register(server: grpc.aio.Server) -> None:
         planner_pb2_grpc.add_PlannerServiceServicer_to_server(servicer, server)

@@ -3,14 +3,16 @@
 Stateless: every call carries its profile or names the executor to fetch it from. Errors are raised as
 moeqos.errors exceptions; the server's one interceptor (moeqos.grpc_errors) maps them to status codes.
 
-Calls to executors carry the planner's peer token when one is configured, else the caller's own bearer
-token (the planner acts for the caller, at the addresses the caller named).
+Calls to executors carry the planner's peer token only for a caller that presented this planner's own
+token; any other caller's calls carry that caller's own bearer token, or none (the planner acts for the
+caller, at the addresses the caller named, so it must not lend its credentials to an anonymous one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -107,10 +109,14 @@ def _points(count: int) -> int:
 class PlannerServicer(pl_grpc.PlannerServiceServicer):
     """Plan, Frontier, WhatIf and Deploy over the pure planner core."""
 
-    def __init__(self, pool: Executor, peer: ConnectOptions, advertise_address: str) -> None:
+    def __init__(
+        self, pool: Executor, peer: ConnectOptions, advertise_address: str, token: str | None = None
+    ) -> None:
         self._pool = pool
         self._peer = peer
         """How to reach executors (token, TLS, deadline)."""
+        self._token = token
+        """This planner's own token: a caller that presents it may have the peer token sent for it."""
         self.advertise_address = advertise_address
         """The address Deploy gives executors to reach this planner at (set once the port is bound)."""
 
@@ -119,13 +125,16 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def _peer_for(self, context: grpc.aio.ServicerContext) -> ConnectOptions:
-        """How to reach executors for this call: the configured peer token, else the caller's own."""
-        if self._peer.token:
+        """How to reach executors for this call: the configured peer token for a caller that presented
+        this planner's token, else the caller's own token (or none).
+
+        Plan and Frontier are open to anonymous callers and reach whatever address they are given, so
+        the peer token goes out only for an authenticated caller: an anonymous one cannot have the
+        planner send its credentials to a server of the caller's choosing."""
+        presented = _bearer(context)
+        if presented is not None and _matches(presented, self._token):
             return self._peer
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and str(value).startswith("Bearer "):
-                return dataclasses.replace(self._peer, token=str(value).removeprefix("Bearer "))
-        return self._peer
+        return dataclasses.replace(self._peer, token=presented)
 
     async def _profile(self, source: pl.ProfileSource, peer: ConnectOptions) -> Profile:
         kind = source.WhichOneof("source")
@@ -207,6 +216,19 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             prediction=chosen.prediction,
             report=convert.switch_to_proto(report),
         )
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str | None:
+    """The bearer token the caller presented, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and str(value).startswith("Bearer "):
+            return str(value).removeprefix("Bearer ")
+    return None
+
+
+def _matches(presented: str, token: str | None) -> bool:
+    """Whether the presented token is this planner's own (constant time; never with no token set)."""
+    return token is not None and hmac.compare_digest(presented.encode(), token.encode())
 
 
 def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:

@@ -75,6 +75,10 @@ def _common(parser: argparse.ArgumentParser, listen: str) -> None:
     parser.add_argument(
         "--peer-tls-ca", metavar="PEM", help="CA to verify the other service with (enables TLS)"
     )
+    parser.add_argument(
+        "--peer-tls-cert", metavar="PEM", help="client certificate for the other service (mutual TLS)"
+    )
+    parser.add_argument("--peer-tls-key", metavar="PEM", help="private key of --peer-tls-cert")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument("--json", action="store_true", help="print the listening line as JSON")
 

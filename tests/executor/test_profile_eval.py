@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from executor.loader import moe_blocks
+from executor.profiling import planning_precisions
 from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.plan import Plan
 from moeqos.precision import Precision
@@ -32,14 +33,17 @@ def test_profile_is_well_formed_and_round_trips(runtime, calibration) -> None:
         capture_tokens=32,
         window=48,
         quality_plans=[fp32_plan(), INT4],
+        quality_ids=prompt_ids(64, seed=3)[0].tolist(),
+        quality_corpus="tiny:valid",
         progress=lambda stage, fraction: stages.append((stage, fraction)),
     )
     assert profile.model == runtime.model and profile.hardware == runtime.hardware
-    assert profile.calibration_tokens == 96
+    assert profile.calibration_corpus == "tiny:train" and profile.calibration_tokens == 96
     for row in profile.frequency:
         assert len(row) == EXPERTS and min(row) >= 0
         assert math.isclose(sum(row), runtime.model.top_k, rel_tol=1e-9)
-    precisions = set(Precision)
+    precisions = set(planning_precisions("cpu"))
+    assert Precision.FP32 not in precisions and Precision.FP16 not in precisions
     assert {(c.precision, c.tier) for c in profile.call_costs} == {
         (p, t) for p in precisions for t in ("cpu", "disk")
     }
@@ -50,15 +54,33 @@ def test_profile_is_well_formed_and_round_trips(runtime, calibration) -> None:
         c.seconds > 0 for c in profile.load_costs
     )
     assert profile.fixed_seconds > 0
-    assert set(profile.quant_error) == precisions
-    assert all(e < 1e-5 for row in profile.quant_error[Precision.FP32] for e in row)
+    assert set(profile.quant_error) == precisions == set(profile.precisions)
     assert all(e > 0 for row in profile.quant_error[Precision.INT2] for e in row)
     assert [q.plan_spec for q in profile.quality_points] == ["fp32@cpu", "int4@cpu"]
-    assert all(q.perplexity > 1 and q.corpus == "tiny:train" for q in profile.quality_points)
+    assert all(q.perplexity > 1 and q.corpus == "tiny:valid" for q in profile.quality_points)
+    assert all(q.tokens == 64 - 2 for q in profile.quality_points)  # quality_ids: 2 windows of 48
     assert {t.name for t in profile.tiers} == {"cpu", "disk"}
     assert Profile.from_json(profile.to_json()) == profile
     assert {s for s, _ in stages} >= {"frequency", "quant_error", "call_costs", "fixed", "quality"}
     assert runtime.plan == fp32_plan()
+
+
+def test_profile_measures_the_precisions_asked_for(runtime, calibration) -> None:
+    asked = [Precision.FP32, Precision.INT4]
+    profile = runtime.profile(
+        calibration, "tiny:train", max_tokens=32, repeats=1, capture_tokens=8, window=32, precisions=asked
+    )
+    assert list(profile.quant_error) == asked == profile.precisions
+    assert all(e < 1e-5 for row in profile.quant_error[Precision.FP32] for e in row)
+    assert all(e > 1e-3 for row in profile.quant_error[Precision.INT4] for e in row)
+    assert not profile.quality_points
+
+
+def test_quality_tokens_come_with_their_corpus_name(runtime, calibration) -> None:
+    with pytest.raises(InvalidArgument):
+        runtime.profile(calibration, "tiny:train", quality_plans=[INT4], quality_ids=calibration)
+    with pytest.raises(InvalidArgument):
+        runtime.profile(calibration, "tiny:train", quality_plans=[INT4], quality_corpus="tiny:valid")
 
 
 def test_profile_frequencies_count_routed_calls(runtime, calibration) -> None:

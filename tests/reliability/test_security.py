@@ -1,6 +1,6 @@
 """Security settings beyond tests/service/test_plumbing: the default bind address, tokens carried on the
-planner->executor and executor->planner calls, TLS between the services, and mutual TLS refusing a
-certificate from another CA."""
+planner->executor and executor->planner calls (and never lent to an anonymous caller), TLS and mutual
+TLS between the services, and mutual TLS refusing a certificate from another CA."""
 
 from __future__ import annotations
 
@@ -144,6 +144,40 @@ def test_mutual_tls_refuses_a_certificate_from_another_ca(stack, tmp_path):
         client.info()
     with ExecutorClient(target, member) as client:
         assert client.info().plan is not None
+
+
+def test_planner_deploys_to_an_executor_that_requires_mutual_tls(stack, profile_file, tmp_path):
+    certs = make_certs(tmp_path)
+    executor = stack.executor(
+        tls_cert=certs.server_cert, tls_key=certs.server_key, tls_client_ca=certs.ca, budgets={"disk": 0}
+    )
+    no_cert = stack.planner(peer_tls_ca=certs.ca)
+    planner = stack.planner(
+        peer_tls_ca=certs.ca, peer_tls_cert=certs.client_cert, peer_tls_key=certs.client_key
+    )
+    target = [DeploySpec(f"localhost:{executor.port}", QUALITY)]
+    with PlannerClient(address(no_cert.port)) as client, pytest.raises(Unavailable):
+        client.deploy(target, timeout=30)
+    with PlannerClient(address(planner.port)) as client:
+        outcome = client.deploy(target, timeout=60)
+    member = ConnectOptions(tls_ca=certs.ca, tls_cert=certs.client_cert, tls_key=certs.client_key)
+    with ExecutorClient(f"localhost:{executor.port}", member) as client:
+        assert client.info().plan == outcome[0].plan
+
+
+def test_the_peer_client_certificate_comes_from_flags_or_the_environment(tmp_path):
+    certs = make_certs(tmp_path)
+    cert, key = str(certs.client_cert), str(certs.client_key)
+    planner = PlannerServerConfig.from_env_and_args(
+        _parsed("planner", "--peer-tls-cert", cert, "--peer-tls-key", key), env={}
+    )
+    executor = ExecutorServerConfig.from_env_and_args(
+        _parsed("executor"), env={"MOEQOS_PEER_TLS_CERT": cert, "MOEQOS_PEER_TLS_KEY": key}
+    )
+    for options in (planner.peer_options(), executor.peer_options()):
+        assert (options.tls_cert, options.tls_key) == (certs.client_cert, certs.client_key)
+    with pytest.raises(ValueError, match="peer_tls_key"):
+        PlannerServerConfig(peer_tls_cert=certs.client_cert)
 
 
 class _Spy(ex_grpc.ExecutorServiceServicer):

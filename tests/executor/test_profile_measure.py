@@ -1,0 +1,91 @@
+"""Profile measurement details: identical experts measured once, the private variant directory's
+lifetime, and the fixed cost plus call costs predicting real decode speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from executor import profiling
+from executor.profiling import quant_errors
+from moeqos.plan import Plan
+from moeqos.precision import Precision
+from tests.executor.tiny import EXPERTS, LAYERS
+
+PRECISIONS = (Precision.INT8, Precision.INT4)
+
+
+def _captured(hidden: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(16, hidden, generator=generator) for _ in range(LAYERS)]  # [N, H] per layer
+
+
+def _count_measurements(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    measure = profiling._expert_errors
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(profiling, "_expert_errors", counted)
+    return calls
+
+
+def test_identical_experts_are_measured_once_per_layer(runtime, monkeypatch) -> None:
+    read = runtime.factory.read_weights
+    monkeypatch.setattr(runtime.factory, "read_weights", lambda layer, expert: read(layer, 0))  # copies
+    calls = _count_measurements(monkeypatch)
+    errors = quant_errors(runtime, _captured(runtime.shape[0]), PRECISIONS, 64, lambda s, f: None)
+    assert len(calls) == LAYERS
+    for p in PRECISIONS:
+        assert all(len(set(row)) == 1 and len(row) == EXPERTS for row in errors[p])
+
+
+def test_distinct_experts_are_each_measured(runtime, monkeypatch) -> None:
+    calls = _count_measurements(monkeypatch)
+    errors = quant_errors(runtime, _captured(runtime.shape[0]), PRECISIONS, 64, lambda s, f: None)
+    assert len(calls) == LAYERS * EXPERTS
+    assert all(len(set(row)) == EXPERTS for row in errors[Precision.INT4])
+
+
+def _private_dir(runtime) -> Path:
+    return Path(runtime._private_dir.name)
+
+
+def test_close_removes_the_private_variant_directory(make_runtime) -> None:
+    runtime = make_runtime(variant_cache_dir=None)
+    directory = _private_dir(runtime)
+    assert directory.name.startswith("moeqos-variants-") and any(directory.rglob("*"))
+    runtime.close()
+    runtime.close()
+    assert not directory.exists()
+    with make_runtime(variant_cache_dir=None) as scoped:
+        directory = _private_dir(scoped)
+        assert directory.is_dir()
+    assert not directory.exists()
+
+
+def test_a_configured_cache_survives_close(make_runtime, tmp_path) -> None:
+    runtime = make_runtime(variant_cache_dir=tmp_path / "kept")
+    runtime.close()
+    assert any((tmp_path / "kept").rglob("*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", [Precision.INT8, Precision.BF16])
+def test_latency_model_predicts_uniform_decode_speed(runtime, precision) -> None:
+    """Timing test, slow: it needs a quiet machine (on a loaded one, steps swing 1 ms to 70 ms).
+
+    The planner's decode time, fixed cost + sum of frequency x call cost, matches the generation's.
+    """
+    from planner.latency_model import LatencyModel
+
+    calibration = runtime.tokenizer.encode(" ".join(["the quick brown fox jumps over the lazy dog"] * 12))
+    profile = runtime.profile(calibration, "tiny:train", max_tokens=96, repeats=20, window=48)
+    plan = Plan.uniform(LAYERS, EXPERTS, precision, "cpu")
+    predicted = LatencyModel.fit(profile).predict_tokens_per_s(plan)
+    measured = max(runtime.evaluate(calibration[:64], plan, 32, None, 48).tokens_per_s for _ in range(3))
+    assert measured == pytest.approx(predicted, rel=0.25)
