@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import cast
 
 from moeqos.errors import InvalidArgument
 from moeqos.plan import Assignment, Plan
@@ -44,7 +45,8 @@ def finite(name: str, value: float, minimum: float = 0.0) -> float:
 
 # ----- precision, tier, assignment, plan ------------------------------------------------------------
 def precision_to_proto(precision: Precision) -> pb.Precision:
-    return pb.Precision.Value(f"PRECISION_{precision.name}")
+    # types-protobuf types EnumTypeWrapper.Value as returning a plain int
+    return cast("pb.Precision", pb.Precision.Value(f"PRECISION_{precision.name}"))
 
 
 def precision_from_proto(value: int) -> Precision:
