@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from executor.loader import moe_blocks
+from moeqos.plan import Plan
 from moeqos.precision import Precision
 from moeqos.profile import CallCost, LoadCost
 from moeqos.tier import DISK
@@ -92,35 +93,108 @@ FIXED_STEPS = 4
 """Decode steps per round; a round's time is averaged over them."""
 
 
-def fixed_seconds(runtime: ExecutorRuntime, prompt: list[int], repeats: int) -> float:
-    """Decode-step time with expert calls switched off (attention, norms, router, head, overhead).
+def fixed_seconds(
+    runtime: ExecutorRuntime, prompt: list[int], repeats: int, costs: Sequence[CallCost]
+) -> float:
+    """Decode-step time outside the measured expert calls: attention, norms, router, head, the MoE
+    dispatch around each call (unique/where/indexed add, which CallCost does not time) and overhead.
 
-    Method: prefill `prompt`, warm up with FIXED_STEPS steps, then time max(repeats, FIXED_ROUNDS)
-    rounds of FIXED_STEPS single-token steps each; the result is the minimum over rounds of the mean
-    step time. Other load on the machine only ever adds time, so the fastest round is the best estimate
-    of the undisturbed cost (a median of a few single steps swung 20x on a busy 2-core machine); averaging
-    within a round keeps the minimum from picking one lucky step. Runs under the model lock, so no
-    request sees the experts switched off.
+    Method: prefill `prompt`, then time rounds of FIXED_STEPS single-token steps (max(repeats,
+    FIXED_ROUNDS) rounds after one warm-up round), twice: with the served plan, subtracting the `costs`
+    of the expert calls each round routed (seen by the route observer), and with expert calls switched
+    off. Each is the minimum over rounds of the per-step mean: load on the machine only ever adds time,
+    so the fastest round is the best estimate of the undisturbed cost (a median of a few single steps
+    swung 20x on a busy 2-core machine). The result is the larger of the two: the first holds the
+    dispatch overhead, the second guards against a negative difference (and stands alone when the plan
+    has disk experts, whose loads the subtraction cannot account for, or precisions `costs` lacks).
+    Runs under the model lock, so no request sees the experts switched off.
     """
+    seconds = {(c.precision, c.tier): c.seconds for c in costs}
+    plan = runtime.plan
+    costed = all(a.tier != DISK and (a.precision, a.tier) in seconds for _, a in plan.items())
+    with runtime.model_lock:
+        step = _decode_step(runtime, prompt)
+        off = _fastest_round(step, repeats, runtime.config.device, _ExpertsOff(runtime))
+        if not costed:
+            return off
+        calls = _CallSeconds(runtime, plan, seconds)
+        return max(off, _fastest_round(step, repeats, runtime.config.device, calls))
+
+
+def _decode_step(runtime: ExecutorRuntime, prompt: list[int]) -> Callable[[], object]:
     from transformers import DynamicCache
 
-    blocks = moe_blocks(runtime.lm, runtime.adapter)
-    sync = torch.cuda.synchronize if runtime.config.device.startswith("cuda") else (lambda: None)
-    with runtime.model_lock:
-        cache = DynamicCache(config=runtime.hf_config)
-        runtime.forward_logits(torch.tensor([prompt]), cache, keep=1)
-        token = torch.tensor([[prompt[-1]]])  # [1, 1]
-        for block in blocks:
+    cache = DynamicCache(config=runtime.hf_config)
+    runtime.forward_logits(torch.tensor([prompt]), cache, keep=1)
+    token = torch.tensor([[prompt[-1]]])  # [1, 1]
+    return lambda: runtime.forward_logits(token, cache, keep=1)
+
+
+def _fastest_round(step: Callable[[], object], repeats: int, device: str, mode: _RoundMode) -> float:
+    """Minimum over rounds of (round time - mode.credit()) / FIXED_STEPS, first round a warm-up."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    rounds = []
+    with mode:
+        for _ in range(max(repeats, FIXED_ROUNDS) + 1):
+            mode.reset()
+            start = time.perf_counter()
+            for _ in range(FIXED_STEPS):
+                step()
+            sync()
+            rounds.append((time.perf_counter() - start - mode.credit()) / FIXED_STEPS)
+    return min(rounds[1:])
+
+
+class _RoundMode:
+    """How the MoE blocks behave while rounds are timed, and the expert time to subtract per round."""
+
+    def __init__(self, runtime: ExecutorRuntime) -> None:
+        self.blocks = moe_blocks(runtime.lm, runtime.adapter)
+
+    def reset(self) -> None:
+        """Called before each round."""
+
+    def credit(self) -> float:
+        return 0.0
+
+    def __enter__(self) -> None:
+        """Switch the blocks into this mode."""
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Switch them back."""
+
+
+class _ExpertsOff(_RoundMode):
+    def __enter__(self) -> None:
+        for block in self.blocks:
             block.experts_enabled = False
-        try:
-            rounds = []
-            for _ in range(max(repeats, FIXED_ROUNDS) + 1):  # the first round is the warm-up
-                start = time.perf_counter()
-                for _ in range(FIXED_STEPS):
-                    runtime.forward_logits(token, cache, keep=1)
-                sync()
-                rounds.append((time.perf_counter() - start) / FIXED_STEPS)
-            return min(rounds[1:])
-        finally:
-            for block in blocks:
-                block.experts_enabled = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        for block in self.blocks:
+            block.experts_enabled = True
+
+
+class _CallSeconds(_RoundMode):
+    """Experts on; credits each routed call with its measured one-token cost under `plan`."""
+
+    def __init__(self, runtime: ExecutorRuntime, plan: Plan, seconds: dict[tuple[Precision, str], float]):
+        super().__init__(runtime)
+        self.cost = [[seconds[a.precision, a.tier] for a in row] for row in plan.assignments]  # [L][E]
+        self.total = 0.0
+
+    def observe(self, layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
+        self.total += sum(self.cost[layer][e] for e in index.flatten().tolist())
+
+    def reset(self) -> None:
+        self.total = 0.0
+
+    def credit(self) -> float:
+        return self.total
+
+    def __enter__(self) -> None:
+        for block in self.blocks:
+            block.observer = self.observe
+
+    def __exit__(self, *exc_info: object) -> None:
+        for block in self.blocks:
+            block.observer = None

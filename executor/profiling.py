@@ -35,14 +35,19 @@ if TYPE_CHECKING:
 Progress = Callable[[str, float], None]
 
 PLANNING_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
-"""What a profile measures by default: the precisions the planner mixes (fp32 is only the error
-reference; fp16 is added on accelerators, where it may beat bf16)."""
+"""The precisions the planner mixes on any executor (see planning_precisions for the extras)."""
 
 
-def planning_precisions(device: str) -> tuple[Precision, ...]:
-    """The default profiled precisions for `device`: PLANNING_PRECISIONS, plus fp16 off the CPU
-    (CPUs have no fast fp16 matmul, so fp16 would only ever lose to bf16 there)."""
-    return PLANNING_PRECISIONS if device == "cpu" else (Precision.FP16, *PLANNING_PRECISIONS)
+def planning_precisions(device: str, dense: Precision = Precision.BF16) -> tuple[Precision, ...]:
+    """The default profiled precisions: PLANNING_PRECISIONS, plus fp16 off the CPU (CPUs have no fast
+    fp16 matmul, so there fp16 would only ever lose to bf16) and fp32 when the dense weights are fp32
+    (an fp32 executor computes in fp32 anyway, so fp32 experts are a real option, often the fastest)."""
+    extra = [
+        p
+        for p, wanted in ((Precision.FP32, dense == Precision.FP32), (Precision.FP16, device != "cpu"))
+        if wanted
+    ]
+    return (*extra, *PLANNING_PRECISIONS)
 
 
 def route_calibration(
@@ -155,7 +160,11 @@ def build_profile(
     """
     if (quality_ids is None) != (quality_corpus is None):
         raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
-    chosen = tuple(precisions) if precisions else planning_precisions(runtime.config.device)
+    chosen = (
+        tuple(precisions)
+        if precisions
+        else planning_precisions(runtime.config.device, runtime.config.dense_precision)
+    )
     ids = runtime.encode(calibration_ids)[:max_tokens]
     group_size = runtime.plan.group_size
     frequency, captured = route_calibration(
@@ -166,7 +175,7 @@ def build_profile(
     progress("call_costs", 1.0)
     loads = load_costs(runtime, chosen, repeats, group_size) if DISK in runtime.budgets else []
     progress("load_costs", 1.0)
-    fixed = fixed_seconds(runtime, ids[:16], repeats)
+    fixed = fixed_seconds(runtime, ids[:16], repeats, costs)
     progress("fixed", 1.0)
     points = []
     for done, plan in enumerate(quality_plans):

@@ -80,6 +80,8 @@ def test_latency_model_predicts_uniform_decode_speed(runtime, precision) -> None
     """Timing test, slow: it needs a quiet machine (on a loaded one, steps swing 1 ms to 70 ms).
 
     The planner's decode time, fixed cost + sum of frequency x call cost, matches the generation's.
+    Observed on a quiet 2-core CPU: int8 within 10%; bf16 predicted ~18% fast (the fixed cost is
+    measured under the served fp32 plan), hence the 25% tolerance.
     """
     from planner.latency_model import LatencyModel
 

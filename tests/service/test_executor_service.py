@@ -17,7 +17,7 @@ from moeqos.errors import (
 )
 from moeqos.plan import Plan
 from moeqos.precision import Precision
-from moeqos.qos import QosTarget
+from moeqos.qos import Objective, QosTarget
 from tests.service.service_harness import address
 
 
@@ -59,7 +59,8 @@ def test_budget_change_replans_under_a_running_stream(stack, planner_address):
     handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
     executor_address = address(handle.port)
     with PlannerClient(planner_address) as planner, ExecutorClient(executor_address) as executor:
-        planner.deploy([DeploySpec(executor_address, QosTarget(max_perplexity_increase=1e6))])
+        # best quality first (whole experts fit the 1 MiB budget), so the budget cut must change the plan
+        planner.deploy([DeploySpec(executor_address, QosTarget(objective=Objective.QUALITY))])
         before = executor.info()
         grouped = 8 * before.model.expert_bytes(Precision.INT4)
         stream = executor.generate("hello world", Sampling(max_tokens=600))
