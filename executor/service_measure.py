@@ -42,10 +42,18 @@ class MeasureSettings:
     """Calibration tokens."""
     quality_corpus: str = FITTING_CORPUS
     """Corpus the reference plans' perplexities are measured on."""
-    quality_tokens: int = 256
+    quality_tokens: int = 512
     """Tokens scored per reference plan."""
-    quality_precisions: tuple[Precision, ...] = (Precision.BF16, Precision.INT8, Precision.INT4)
-    """Uniform plans (on the device) whose perplexity is measured; the most precise is the reference."""
+    quality_precisions: tuple[Precision, ...] = (
+        Precision.BF16,
+        Precision.INT8,
+        Precision.INT4,
+        Precision.INT3,
+        Precision.INT2,
+    )
+    """Uniform plans (on the device) whose perplexity is measured; the most precise is the reference.
+    Every quantized precision the planner may choose is here, so none of its quality coefficients
+    falls back to a prior (a speed target would otherwise pick int3 on a prior's optimism)."""
     repeats: int = 3
     """Timing repeats per measured cost."""
 
