@@ -1,10 +1,11 @@
 """Timing measurements for a profile: one-token expert calls per (precision, tier), disk loads, and the
 fixed decode cost outside the experts. Calls and loads: medians over `repeats` after one warm-up call;
-expert calls are timed with cold caches (see `cold_median_seconds`). The fixed cost: see fixed_seconds
-(minimum over rounds, robust to a loaded machine)."""
+expert calls are timed with cold caches (see `cold_median_seconds`), then calibrated against whole
+decode steps together with the fixed cost (see `calibrate`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -122,21 +123,22 @@ FIXED_STEPS = 4
 """Decode steps per round; a round's time is averaged over them."""
 
 
-def fixed_seconds(
+def calibrate(
     runtime: ExecutorRuntime, prompt: list[int], repeats: int, costs: Sequence[CallCost]
-) -> float:
-    """Decode-step time outside the measured expert calls: attention, norms, router, head, the MoE
-    dispatch around each call (unique/where/indexed add, which CallCost does not time) and overhead.
+) -> tuple[float, list[CallCost]]:
+    """The fixed decode-step time outside the experts, and `costs` calibrated to whole decode steps.
 
     Method: prefill `prompt`, then time rounds of FIXED_STEPS single-token steps (max(repeats,
-    FIXED_ROUNDS) rounds after one warm-up round), twice: with the served plan, subtracting the `costs`
-    of the expert calls each round routed (seen by the route observer), and with expert calls switched
-    off. Each is the minimum over rounds of the per-step mean: load on the machine only ever adds time,
-    so the fastest round is the best estimate of the undisturbed cost (a median of a few single steps
-    swung 20x on a busy 2-core machine). The result is the larger of the two: the first holds the
-    dispatch overhead, the second guards against a negative difference (and stands alone when the plan
-    has disk experts, whose loads the subtraction cannot account for, or precisions `costs` lacks).
-    Runs under the model lock, so no request sees the experts switched off.
+    FIXED_ROUNDS) rounds after one warm-up round), twice: with expert calls switched off (the fixed
+    part: attention, norms, router, head, overhead) and with the served plan. Each is the minimum over
+    rounds of the per-step mean: load on the machine only ever adds time, so the fastest round is the
+    best estimate of the undisturbed cost (a median of a few single steps swung 20x on a busy 2-core
+    machine). The cold-cache call costs keep the ratios between precisions and tiers, but in a real
+    step the hardware prefetches and overlaps part of each expert's weight stream (measured on the
+    default model: cold calls 30-40% slower than their share of a step), so every cost is scaled by
+    (served step - fixed) / (the served plan's cold-cost sum per step), the MoE dispatch around each
+    call folded in. With disk experts or precisions `costs` lacks in the served plan, the costs are
+    returned as measured. Runs under the model lock, so no request sees the experts switched off.
     """
     seconds = {(c.precision, c.tier): c.seconds for c in costs}
     plan = runtime.plan
@@ -145,9 +147,12 @@ def fixed_seconds(
         step = _decode_step(runtime, prompt)
         off = _fastest_round(step, repeats, runtime.config.device, _ExpertsOff(runtime))
         if not costed:
-            return off
+            return off, list(costs)
         calls = _CallSeconds(runtime, plan, seconds)
-        return max(off, _fastest_round(step, repeats, runtime.config.device, calls))
+        on_minus_cold = _fastest_round(step, repeats, runtime.config.device, calls)
+    cold_per_step = calls.total / FIXED_STEPS  # the routing repeats each step, so any round's sum
+    scale = min(max((on_minus_cold + cold_per_step - off) / cold_per_step, 0.2), 5.0)
+    return off, [dataclasses.replace(c, seconds=c.seconds * scale) for c in costs]
 
 
 def _decode_step(runtime: ExecutorRuntime, prompt: list[int]) -> Callable[[], object]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from executor.costs import call_costs, fixed_seconds, load_costs
+from executor.costs import calibrate, call_costs, load_costs
 from executor.evaluation import evaluate
 from executor.loader import moe_blocks
 from executor.quant import QuantExpert, reference_expert_forward, relative_error
@@ -175,7 +175,7 @@ def build_profile(
     progress("call_costs", 1.0)
     loads = load_costs(runtime, chosen, repeats, group_size) if DISK in runtime.budgets else []
     progress("load_costs", 1.0)
-    fixed = fixed_seconds(runtime, ids[:16], repeats, costs)
+    fixed, costs = calibrate(runtime, ids[:16], repeats, costs)
     progress("fixed", 1.0)
     points = []
     for done, plan in enumerate(quality_plans):
