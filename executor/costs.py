@@ -26,13 +26,19 @@ REPRESENTATIVE = (0, 0)
 """The (layer, expert) whose calls are timed; every expert of a layer has the same shape."""
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Median wall time of fn() over `repeats` runs after a warm-up, synchronising accelerators."""
+def median_seconds(
+    fn: Callable[[], object], repeats: int, device: str, before: Callable[[], object] | None = None
+) -> float:
+    """Median wall time of fn() over `repeats` runs after a warm-up, synchronising accelerators;
+    `before` runs untimed ahead of each timed run."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fn()
     sync()
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
+            sync()
         start = time.perf_counter()
         fn()
         sync()
@@ -54,18 +60,8 @@ def cold_median_seconds(fn: Callable[[], object], repeats: int, device: str) -> 
     default model: hot, int4 and int8 calls cost the same and the planner saw no reason for int4,
     while whole decode steps at int4 run 1.5x faster than at int8).
     """
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     flush = torch.zeros(CACHE_FLUSH_BYTES, dtype=torch.uint8, device=device)
-    fn()
-    times = []
-    for _ in range(repeats):
-        flush.add_(1)  # [N] a write pass over more memory than the caches hold
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, device, before=lambda: flush.add_(1))  # a write pass over [N]
 
 
 def call_costs(

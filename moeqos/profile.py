@@ -23,6 +23,16 @@ Grid = tuple[tuple[float, ...], ...]
 """A [L, E] table of floats."""
 
 
+def uniform_precision(spec: str) -> Precision | None:
+    """The precision of a uniform plan in text form (`bf16@cpu`), None for anything else."""
+    if "," in spec or "=" in spec or spec.lstrip().startswith("{"):
+        return None
+    try:
+        return Precision.parse(spec.split("@")[0])
+    except ValueError:
+        return None
+
+
 def _grid(rows: Any) -> Grid:
     return tuple(tuple(float(x) for x in row) for row in rows)
 
@@ -169,12 +179,18 @@ class Profile:
         """Bytes of one expert in each precision of this profile."""
         return {p: self.model.expert_bytes(p, self.group_size) for p in Precision}
 
+    def reference_point(self) -> tuple[QualityPoint, Precision] | None:
+        """The full-precision reference: the measured uniform plan in the most precise float precision
+        (a uniform int8 plan is an ordinary quality point, not a reference), or None."""
+        uniform = [
+            (q, p) for q in self.quality_points if (p := uniform_precision(q.plan_spec)) and p.is_float
+        ]
+        return max(uniform, key=lambda item: item[1].bits) if uniform else None
+
     def reference_perplexity(self) -> float | None:
-        """The measured perplexity of the most precise uniform plan, if one was measured."""
-        uniform = [q for q in self.quality_points if "," not in q.plan_spec]
-        if not uniform:
-            return None
-        return min(uniform, key=lambda q: -Precision(q.plan_spec.split("@")[0]).bits).perplexity
+        """The perplexity of `reference_point`, if one was measured."""
+        point = self.reference_point()
+        return point[0].perplexity if point else None
 
     # ----- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -156,11 +156,9 @@ class QualityModel:
 def _reference(profile: Profile, prior: tuple[float, str] | None) -> tuple[float, Precision, str, str | None]:
     """(perplexity, precision, source, plan spec) of the reference: the most precise uniform plan in a
     float precision (a uniform int8 plan is an ordinary quality point, not a reference)."""
-    uniform = [
-        (q, p) for q in profile.quality_points if (p := _uniform_precision(q.plan_spec)) and p.is_float
-    ]
-    if uniform:
-        best, precision = max(uniform, key=lambda item: item[1].bits)
+    reference = profile.reference_point()
+    if reference:
+        best, precision = reference
         source = f"measured: {best.plan_spec} on {best.corpus}, {best.tokens} tokens"
         if best.tokens <= 0:
             source = f"prior: {best.plan_spec} on {best.corpus} (published, not measured)"
@@ -170,16 +168,6 @@ def _reference(profile: Profile, prior: tuple[float, str] | None) -> tuple[float
             "the profile has no full-precision perplexity; measure a uniform bf16 plan first"
         )
     return prior[0], Precision.BF16, f"prior: {prior[1]}", None
-
-
-def _uniform_precision(spec: str) -> Precision | None:
-    """The precision of a uniform plan spec (`bf16@cpu`), None for anything else."""
-    if "," in spec or "=" in spec or spec.lstrip().startswith("{"):
-        return None
-    try:
-        return Precision.parse(spec.split("@")[0])
-    except ValueError:
-        return None
 
 
 def _sensitivity(profile: Profile, reference: Precision) -> dict[Precision, Grid]:
