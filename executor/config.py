@@ -11,6 +11,7 @@ from moeqos.tier import DISK, validate_tier
 GIB = 1 << 30
 
 HOST_POLICIES = ("compute", "copy")
+DISK_READS = ("cached", "uncached")
 DENSE_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.FP16)
 
 
@@ -30,6 +31,10 @@ class ExecutorConfig:
     left out gets its physical size (device memory, host RAM, free disk in the variant cache)."""
     disk_pool_slots: int = 8
     """Experts of the `disk` tier that may be resident at once (the LRU slot pool on the device)."""
+    disk_reads: str = "cached"
+    """How the `disk` tier reads an expert file: `cached` leaves its pages in the OS page cache (a
+    later miss may be served from RAM the budget did not count), `uncached` drops them after each read
+    so every miss goes to the device, as on a host whose RAM really cannot hold the experts."""
     host_policy: str = "compute"
     """For experts in host RAM when the device is an accelerator: `compute` them on the host, or
     `copy` their weights to the device on each use."""
@@ -57,6 +62,8 @@ class ExecutorConfig:
                 raise ValueError(f"tier {name}: budget must be a non-negative integer, got {budget!r}")
         if self.disk_pool_slots < 1:
             raise ValueError(f"disk_pool_slots must be >= 1, got {self.disk_pool_slots}")
+        if self.disk_reads not in DISK_READS:
+            raise ValueError(f"disk_reads must be one of {DISK_READS}, got {self.disk_reads!r}")
         if self.host_policy not in HOST_POLICIES:
             raise ValueError(f"host_policy must be one of {HOST_POLICIES}, got {self.host_policy!r}")
         if self.memory_cache_bytes < 0:

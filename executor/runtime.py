@@ -74,6 +74,7 @@ class ExecutorRuntime:
             config.memory_cache_bytes,
             persist_all=config.variant_cache_dir is not None,
             quantize_device=config.device,
+            keep_in_page_cache=config.disk_reads == "cached",
         )
         self.factory.check_experts(self.num_layers, self.num_experts)
         self.store = ExpertStore(self.factory, config.device, config.host_policy, config.disk_pool_slots)

@@ -58,6 +58,8 @@ class ExecutorServerConfig(ServerConfig):
     """Expert bytes per tier; a tier left out gets its physical size."""
     disk_slots: int = 8
     """Slots of the disk tier's pool."""
+    disk_reads: str = "cached"
+    """`cached` or `uncached` reads of disk-tier experts (see ExecutorConfig.disk_reads)."""
     dense_precision: str = "bf16"
     """Precision of the non-expert weights (fp32, bf16, fp16)."""
     initial_plan: str | None = None
@@ -111,6 +113,7 @@ class ExecutorServerConfig(ServerConfig):
             dense_precision=Precision.parse(self.dense_precision),
             tier_budgets=dict(self.budgets),
             disk_pool_slots=self.disk_slots,
+            disk_reads=self.disk_reads,
             variant_cache_dir=self.variant_cache_dir,
             threads=self.threads,
         )
@@ -146,6 +149,7 @@ class ExecutorServerConfig(ServerConfig):
             device=pick("device", "MOEQOS_DEVICE") or "cpu",
             budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
             disk_slots=int(pick("disk_slots", "MOEQOS_DISK_SLOTS") or 8),
+            disk_reads=pick("disk_reads", "MOEQOS_DISK_READS") or "cached",
             dense_precision=pick("dense_precision", "MOEQOS_DENSE_PRECISION") or "bf16",
             initial_plan=pick("initial_plan", "MOEQOS_INITIAL_PLAN"),
             name=pick("name", "MOEQOS_NAME") or "",

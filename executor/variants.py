@@ -75,6 +75,7 @@ class VariantFactory:
         memory_cache_bytes: int,
         persist_all: bool,
         quantize_device: str = "cpu",
+        keep_in_page_cache: bool = True,
     ) -> None:
         self.checkpoint = checkpoint
         self.adapter = adapter
@@ -86,6 +87,9 @@ class VariantFactory:
         self.quantize_device = quantize_device
         """Where quantization runs: the execution device (an accelerator quantizes far faster than
         the host, whatever tier the result goes to)."""
+        self.keep_in_page_cache = keep_in_page_cache
+        """False: drop a variant file's pages from the OS page cache after each `load` (see
+        ExecutorConfig.disk_reads)."""
         self.quantized = 0
         """Variants quantized from the checkpoint so far (the caches' misses)."""
 
@@ -132,8 +136,12 @@ class VariantFactory:
     def load(self, key: VariantKey, device: str) -> tuple[QuantExpert, int]:
         """Read the on-disk variant onto `device`; returns it and the bytes read."""
         path = self.path(key)
-        state = load_file(str(path), device="cpu")
+        # safetensors maps the file: clone so the read happens here (not as page faults inside the
+        # first matmul) and the slot owns its memory rather than pinning the file's page-cache pages.
+        state = {name: tensor.clone() for name, tensor in load_file(str(path), device="cpu").items()}
         module = QuantExpert.from_state(state, key[2], key[3], device)
+        if not self.keep_in_page_cache:
+            _drop_from_page_cache(path)  # after the read's mapping is gone: mapped pages are not dropped
         return module, path.stat().st_size
 
     def retire(self, key: VariantKey, module: QuantExpert) -> None:
@@ -153,4 +161,17 @@ class VariantFactory:
         state = {name: t.detach().to("cpu").contiguous() for name, t in module.to_state().items()}
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         save_file(state, str(tmp))
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # durable before the rename; clean pages can leave the page cache
         os.replace(tmp, path)
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    """Ask the OS to forget `path`'s cached pages (a no-op where posix_fadvise does not exist)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

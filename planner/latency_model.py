@@ -10,14 +10,17 @@ with `freq[l][e]` the expected calls of expert (l, e) per token and `cost` one c
   (it keeps per-precision compute such as dequantisation that bytes alone do not explain; 1 for
   unmeasured ones). A tier with no measurement at all cannot be predicted and is not offered.
 - `disk`: the compute of the pool's tier (the executor's device) plus the expected load,
-  `(1 - hit) * load(bytes_p)`, with `load` fitted the same way to the LoadCosts and `hit` the LRU
-  pool's hit rate for that expert under the plan (see planner.hit_rate).
+  `(1 - hit) * load_factor[p] * load(bytes_p)`, with `load` fitted the same way to the LoadCosts,
+  `load_factor[p]` = measured / curve per measured precision (a load also rebuilds the kernel layout,
+  which bytes alone do not explain: on the default model an int4 load costs several times a bf16 load
+  of 3.5x the bytes), and `hit` the LRU pool's hit rate for that expert under the plan (see
+  planner.hit_rate).
 tokens/s = 1 / seconds per token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,8 @@ class LatencyModel:
     """Per measured `precision@tier`, measured / curve (median over its points)."""
     load_curve: CostCurve | None = None
     """Disk-to-slot load cost curve (None without LoadCosts: no disk tier)."""
+    load_factors: dict[Precision, float] = field(default_factory=dict)
+    """Per measured precision, measured load / curve (1 for unmeasured precisions)."""
     pool_tier: str = "cpu"
     """Where disk experts are computed once loaded (the executor's device)."""
     disk_pool_slots: int = 0
@@ -65,7 +70,9 @@ class LatencyModel:
                 if f"{c.precision.value}@{c.tier}" == key
             ]
             factors[key] = float(np.median(ratios))
-        loads = [(c.bytes, c.seconds) for c in profile.load_costs]
+        load_curve = (
+            fit_curve([(c.bytes, c.seconds) for c in profile.load_costs]) if profile.load_costs else None
+        )
         device = profile.hardware.device
         return cls(
             identity=FitIdentity.of(profile),
@@ -74,7 +81,8 @@ class LatencyModel:
             expert_bytes=profile.expert_bytes(),
             curves=curves,
             factors=factors,
-            load_curve=fit_curve(loads) if loads else None,
+            load_curve=load_curve,
+            load_factors=_load_factors(profile, load_curve),
             pool_tier=device if device in curves else (tiers[0] if tiers else device),
             disk_pool_slots=profile.disk_pool_slots,
         )
@@ -99,7 +107,8 @@ class LatencyModel:
         """Time to bring one expert in `precision` from disk into a pool slot."""
         if self.load_curve is None:
             raise KeyError("no load costs measured: the profile has no disk tier")
-        return self.load_curve.seconds(self.expert_bytes[precision])
+        factor = self.load_factors.get(precision, 1.0)
+        return factor * self.load_curve.seconds(self.expert_bytes[precision])
 
     # ----- per plan -----------------------------------------------------------------------------
     def hit_rates(self, plan: Plan) -> np.ndarray:
@@ -146,6 +155,7 @@ class LatencyModel:
             "curves": {t: c.to_dict() for t, c in self.curves.items()},
             "factors": dict(self.factors),
             "load_curve": self.load_curve.to_dict() if self.load_curve else None,
+            "load_factors": {p.value: f for p, f in self.load_factors.items()},
             "pool_tier": self.pool_tier,
             "disk_pool_slots": self.disk_pool_slots,
         }
@@ -161,6 +171,20 @@ class LatencyModel:
             curves={t: CostCurve.from_dict(c) for t, c in data["curves"].items()},
             factors={k: float(v) for k, v in data["factors"].items()},
             load_curve=CostCurve.from_dict(load) if load else None,
+            load_factors={Precision(p): float(f) for p, f in data.get("load_factors", {}).items()},
             pool_tier=str(data["pool_tier"]),
             disk_pool_slots=int(data["disk_pool_slots"]),
         )
+
+
+def _load_factors(profile: Profile, curve: CostCurve | None) -> dict[Precision, float]:
+    """Per precision with LoadCosts, median of measured / curve."""
+    if curve is None:
+        return {}
+    precisions = sorted({c.precision for c in profile.load_costs}, key=lambda p: p.value)
+    return {
+        p: float(
+            np.median([c.seconds / curve.seconds(c.bytes) for c in profile.load_costs if c.precision == p])
+        )
+        for p in precisions
+    }

@@ -229,7 +229,7 @@ def _notes(request: PlanRequest, models: _Models, iterations: int) -> str:
     parts = [f"perplexity: {models.quality.basis}"]
     if any(b.name == DISK for b in request.effective_budgets) and DISK in models.latency.tiers:
         parts.append(
-            f"disk: LRU pool of {models.latency.disk_pool_slots} slots (Che approximation), "
+            f"disk: LRU pool of {models.latency.disk_pool_slots} slots (token-cycle reuse model), "
             f"{iterations} solve(s) with hit rates fixed per solve (the optimality certificate is for "
             "those rates)"
         )

@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     executor.add_argument("--disk-slots", type=int, help="slots of the disk tier's pool (default 8)")
     executor.add_argument(
+        "--disk-reads",
+        choices=["cached", "uncached"],
+        help="uncached: drop disk-tier expert files from the OS page cache after each read (default cached)",
+    )
+    executor.add_argument(
         "--planner", metavar="ADDR", help="planner to ask for a new plan when budgets change"
     )
     executor.add_argument("--dense-precision", choices=["fp32", "bf16", "fp16"], help="non-expert weights")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
 from executor.config import ExecutorConfig
+from executor.server import ExecutorServerConfig
+from moeqos.cli import serve_cmds
 from moeqos.errors import InvalidArgument
 from moeqos.precision import Precision
 
@@ -21,6 +24,7 @@ from moeqos.precision import Precision
         {"tier_budgets": {"cpu": -1}},
         {"disk_pool_slots": 0},
         {"host_policy": "stream"},
+        {"disk_reads": "direct"},
         {"memory_cache_bytes": -1},
         {"threads": 0},
     ],
@@ -42,3 +46,21 @@ def test_set_budget_rejects_unknown_tiers_and_negative_bytes(runtime) -> None:
     with pytest.raises(InvalidArgument):
         runtime.set_budget("cpu", -5)
     assert runtime.set_budget("disk", 0) is True  # the fp32 plan puts nothing on disk
+
+
+def _executor_flags(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    serve_cmds.register(parser.add_subparsers())
+    return parser.parse_args(["executor", *argv])
+
+
+def test_disk_reads_come_from_the_flag_then_the_environment() -> None:
+    def reads(argv: tuple[str, ...], env: dict[str, str]) -> str:
+        config = ExecutorServerConfig.from_env_and_args(_executor_flags(*argv), env=env)
+        return config.runtime_config(Path("m")).disk_reads
+
+    assert reads((), {}) == "cached"
+    assert reads((), {"MOEQOS_DISK_READS": "uncached"}) == "uncached"
+    assert reads(("--disk-reads", "cached"), {"MOEQOS_DISK_READS": "uncached"}) == "cached"
+    with pytest.raises(ValueError, match="disk_reads"):
+        reads((), {"MOEQOS_DISK_READS": "sometimes"})

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from executor.eviction import LruPolicy, SlotPool
@@ -66,6 +72,61 @@ def test_disk_tier_in_a_running_model(make_runtime) -> None:
     variant_file = runtime.factory.path((0, 0, on_cpu[0, 0].precision, 64))
     assert stats.bytes_moved == misses * variant_file.stat().st_size
     torch.testing.assert_close(runtime.forward_logits(ids), expected)  # same quantized bytes, read from disk
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-cache residency via Linux mincore")
+def test_uncached_disk_reads_leave_no_pages_behind(make_runtime) -> None:
+    """`disk_reads=uncached`: a miss reads the file, keeps its own copy, and the file leaves the page cache."""
+    runtime = make_runtime(disk_pool_slots=2, disk_reads="uncached")
+    ids = prompt_ids(6)
+    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "int8", "cpu"))
+    expected = runtime.forward_logits(ids)
+    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "int8", "disk"))
+    logits = runtime.forward_logits(ids)
+    files = sorted(runtime.factory.directory.glob("*.int8.*.safetensors"))
+    assert runtime.store_stats().misses > 0 and files
+    mapped = Path("/proc/self/maps").read_text()
+    assert not [f for f in files if str(f) in mapped]  # slots own their memory, not the file's pages
+    assert max(resident_pages(f) for f in files) == 0
+    torch.testing.assert_close(logits, expected)
+
+
+def test_cached_disk_reads_leave_the_pages_to_the_os(make_runtime) -> None:
+    """The contrast that makes the test above meaningful: by default the read pages stay cached."""
+    runtime = make_runtime(disk_pool_slots=2)
+    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "int8", "disk"))
+    runtime.forward_logits(prompt_ids(6))
+    files = sorted(runtime.factory.directory.glob("*.int8.*.safetensors"))
+    if sys.platform.startswith("linux"):
+        assert max(resident_pages(f) for f in files) > 0
+
+
+def resident_pages(path: Path) -> int:
+    """Pages of `path` in the OS page cache: Linux mincore over a fresh read-only mapping of the file."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    vector = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
+    with open(path, "rb") as handle:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        try:
+            if libc.mincore(address, size, vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            libc.munmap(address, size)
+    return sum(v & 1 for v in vector)
 
 
 def _expert_accesses(runtime, ids: torch.Tensor) -> list[tuple[int, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,6 @@ import pytest
 from moeqos.plan import Plan
 from moeqos.precision import Precision
 from planner.curves import fit_curve
-from planner.hit_rate import lru_hit_rates
 from planner.latency_model import LatencyModel
 from tests.planner.planner_fixtures import TRUE_BANDWIDTH, TRUE_LOAD, TRUE_OVERHEAD, synthetic_profile
 
@@ -67,25 +67,18 @@ def test_disk_experts_pay_the_expected_load(slots: int, expect_hits: float) -> N
     assert model.predict_seconds(plan) == pytest.approx(expected)
 
 
-def test_che_hit_rates_match_a_simulated_lru_pool() -> None:
-    rng = np.random.default_rng(0)
-    freq = rng.dirichlet(np.ones(12) * 0.7) * 2  # [D] calls per token
-    slots, hits, calls = 4, np.zeros(12), np.zeros(12)
-    pool: list[int] = []
-    for _ in range(30000):
-        for item in np.flatnonzero(rng.random(12) < np.minimum(freq, 1)):
-            calls[item] += 1
-            if item in pool:
-                hits[item] += 1
-                pool.remove(item)
-            elif len(pool) == slots:
-                pool.pop(0)
-            pool.append(item)
-    simulated = hits.sum() / calls.sum()
-    predicted = float(
-        (lru_hit_rates(np.minimum(freq, 1), slots) * np.minimum(freq, 1)).sum() / np.minimum(freq, 1).sum()
+def test_loads_that_cost_more_than_their_bytes_are_priced_as_measured() -> None:
+    """An int4 load that repacks its kernel layout costs far more than a bf16 load of more bytes."""
+    profile = synthetic_profile(precisions=PRECISIONS, tiers=("cpu", "disk"), pool_slots=1)
+    slow = {Precision.INT4: 8.0}
+    loads = tuple(
+        dataclasses.replace(c, seconds=c.seconds * slow.get(c.precision, 1.0)) for c in profile.load_costs
     )
-    assert predicted == pytest.approx(simulated, abs=0.05)
+    model = LatencyModel.fit(dataclasses.replace(profile, load_costs=loads))
+    for cost in loads:
+        assert model.load_seconds(cost.precision) == pytest.approx(cost.seconds, rel=0.25)
+    assert model.load_seconds(Precision.INT4) > model.load_seconds(Precision.BF16)
+    assert model.load_factors[Precision.INT4] > 2 > model.load_factors[Precision.BF16]
 
 
 def test_json_round_trip_keeps_predictions_and_identity() -> None:
