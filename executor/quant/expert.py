@@ -74,6 +74,22 @@ class QuantExpert(nn.Module):
         w2 = QuantLinear.from_state(state, precision, group_size, device, prefix="w2.")
         return cls(w13, w2)
 
+    def packed_state(self) -> dict[str, Tensor] | None:
+        """Both matrices in the CPU int4 kernel layout (keys `w13.*`, `w2.*`), or None when either is not
+        in it (see QuantLinear.packed_state)."""
+        w13, w2 = self.w13.packed_state("w13."), self.w2.packed_state("w2.")
+        return None if w13 is None or w2 is None else w13 | w2
+
+    @classmethod
+    def from_packed_state(
+        cls, state: dict[str, Tensor], precision: Precision, group_size: int = DEFAULT_GROUP_SIZE
+    ) -> QuantExpert:
+        """A CPU expert from `packed_state` output written on a machine with the same layout tags."""
+        precision = Precision.parse(precision)
+        w13 = QuantLinear.from_packed_state(state, precision, group_size, prefix="w13.")
+        w2 = QuantLinear.from_packed_state(state, precision, group_size, prefix="w2.")
+        return cls(w13, w2)
+
     def to_device(self, device: str | torch.device) -> QuantExpert:
         """This expert on `device` (e.g. a host-RAM expert copied to the GPU for one call); `self` if it
         is already there, since nothing mutates an expert."""

@@ -28,14 +28,14 @@ def nibbles(packed: Tensor) -> Tensor:
 
 def unpack_codes(packed: Tensor, pack: PackFn, rows: int, cols: int) -> Tensor:
     """uint8 codes [rows, cols] that `pack` turned into `packed` (same device as `packed`)."""
-    source = _source_index(pack, rows, cols, packed.device)  # [N*K]
+    source = source_index(pack, rows, cols, packed.device)  # [N*K]
     codes = torch.empty(rows * cols, dtype=torch.uint8, device=packed.device)  # [N*K]
     codes[source] = nibbles(packed)
     return codes.view(rows, cols)
 
 
 @lru_cache(maxsize=4)
-def _source_index(pack: PackFn, rows: int, cols: int, device: torch.device) -> Tensor:
+def source_index(pack: PackFn, rows: int, cols: int, device: torch.device) -> Tensor:
     """For each nibble position of `pack`'s output, the flat [N, K] index of the code stored there."""
     count = rows * cols
     index = torch.arange(count, dtype=torch.int64, device=device)  # [N*K]

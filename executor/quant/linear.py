@@ -53,12 +53,43 @@ class QuantLinear(nn.Module):
     """y = x @ W.T for one [out, in] weight stored in `precision` (no bias)."""
 
     def __init__(self, q: QuantizedWeight, device: str | torch.device = "cpu") -> None:
+        device = resolve_device(device)
+        self._assemble(build_kernel(q.to(device), device), q.precision, q.shape, q.group_size, device)
+
+    def _assemble(
+        self,
+        kernel: Kernel,
+        precision: Precision,
+        shape: tuple[int, int],
+        group_size: int,
+        device: torch.device,
+    ) -> None:
         super().__init__()
-        self.precision: Precision = q.precision
-        self.out_features, self.in_features = q.shape
-        self.group_size: int = q.group_size
-        self.device = resolve_device(device)
-        self.kernel: Kernel = build_kernel(q.to(self.device), self.device)
+        self.precision: Precision = precision
+        self.out_features, self.in_features = shape
+        self.group_size: int = group_size
+        self.device = device
+        self.kernel: Kernel = kernel
+
+    @classmethod
+    def from_packed_state(
+        cls, state: dict[str, Tensor], precision: Precision, group_size: int, prefix: str = ""
+    ) -> QuantLinear:
+        """A CPU int4-kernel weight from `packed_state` output (same machine layout; see
+        cpu_kernels.int4_layout_tag)."""
+        kernel = cpu_kernels.Int4CpuKernel.from_packed(
+            precision, group_size, state[prefix + "packed"], state[prefix + "scales_zeros"]
+        )
+        linear = cls.__new__(cls)
+        linear._assemble(kernel, precision, kernel.shape, group_size, torch.device("cpu"))
+        return linear
+
+    def packed_state(self, prefix: str = "") -> dict[str, Tensor] | None:
+        """The weight in its kernel's own layout when that is the CPU int4 packing (None otherwise: the
+        portable layout is then the kernel's, or the kernel is on another device)."""
+        if not isinstance(self.kernel, cpu_kernels.Int4CpuKernel):
+            return None
+        return {prefix + key: t.contiguous() for key, t in self.kernel.packed_state().items()}
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in] of any float dtype -> [..., out] in x's dtype."""

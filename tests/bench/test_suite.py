@@ -47,6 +47,9 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     budgets = sections["tiers"]["data"]["budgets"]
     assert [b["experts_on_disk"] for b in budgets] == sorted(b["experts_on_disk"] for b in budgets)
     assert budgets[-1]["experts_on_disk"] > 0 and budgets[-1]["hit_rate"] is not None
+    offload = sections["offload"]["data"]
+    assert offload["measured"] and offload["disk_reads"] == "uncached"  # a random model's frontier is short
+    assert all(_finite_positive(p["measured_tokens_per_s"]) for p in offload["measured"])
     assert len(sections["planner"]["data"]["switches"]) == 4
     spans = sections["paper"]["data"]["spans"]
     assert spans[0]["max_tokens_per_s"] == 13.0
@@ -83,3 +86,6 @@ def test_quick_suite_on_the_default_model(tmp_path, capsys):
     assert (
         1 < sections["frontier"]["data"]["full_precision"]["perplexity"] < 1000
     )  # a trained model, not noise
+    offload = sections["offload"]["data"]["measured"]
+    assert len(offload) == QUICK.measured_plans
+    assert offload[0]["experts_on_disk"] > 0 and offload[0]["measured_hit_rate"] is not None  # RAM too small

@@ -75,3 +75,36 @@ def test_mismatched_matrices_are_rejected() -> None:
     b = QuantExpert.from_weights(*weights(32, 64, "b"), Precision.BF16)
     with pytest.raises(ValueError):
         QuantExpert(a.w13, b.w2)
+
+
+@pytest.mark.parametrize("precision", [Precision.INT4, Precision.INT3, Precision.INT2])
+def test_packed_state_round_trip_skips_the_repack(precision: Precision) -> None:
+    expert = QuantExpert.from_weights(*weights(128, 256, "packed", precision), precision, 64)
+    state = expert.packed_state()
+    assert state is not None and set(state) == {
+        "w13.packed",
+        "w13.scales_zeros",
+        "w2.packed",
+        "w2.scales_zeros",
+    }
+    rebuilt = QuantExpert.from_packed_state(load(save(state)), precision, 64)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(8))  # [T, H]
+    assert torch.equal(rebuilt(x), expert(x))
+    assert torch.equal(rebuilt.w13.portable().values, expert.w13.portable().values)
+    assert rebuilt.nbytes() == expert.nbytes()
+
+
+def test_only_the_cpu_int4_kernel_has_a_packed_state() -> None:
+    for precision in (Precision.BF16, Precision.INT8):
+        assert QuantExpert.from_weights(*weights(128, 256, precision), precision, 64).packed_state() is None
+    awkward = QuantExpert.from_weights(*weights(70, 50, "awkward"), Precision.INT4, 64)  # dequantize fallback
+    assert awkward.packed_state() is None
+
+
+def test_a_packed_state_of_the_wrong_shape_is_refused() -> None:
+    expert = QuantExpert.from_weights(*weights(128, 256, "wrong"), Precision.INT4, 64)
+    state = expert.packed_state()
+    assert state is not None
+    state["w2.packed"] = state["w2.packed"][:, :-8]
+    with pytest.raises(ValueError, match="packed int4 weight"):
+        QuantExpert.from_packed_state(state, Precision.INT4, 64)

@@ -1,0 +1,217 @@
+"""Section `offload`: the frontier when host RAM cannot hold every expert (the paper's own setting).
+
+The paper's dial spans 0.63-13 tokens/s because Mixtral 8x7B does not fit its A100: some experts are
+offloaded, and the planner trades precision against what must be fetched. Here the `cpu` tier gets
+RAM_SHARE of the all-bf16 experts' bytes, so the most accurate plans keep part of their experts on
+`disk`, read into the executor's LRU slot pool on use. The executor reads with `disk_reads=uncached`
+(see bench.context), so a miss reads the file as it would on a host whose RAM truly cannot hold the
+experts, not from an OS page cache the budget does not count.
+
+Same profile and cost models as the `frontier` section (its load costs were measured on this
+executor); the planner computes the frontier under this budget and plans spread along it are
+measured: decode tokens/s and the disk pool's hit rate on the executor, and ptb:test perplexity (a
+plan's numbers do not depend on where its experts live, so perplexity is measured with every expert
+in RAM: the same bytes, without waiting for disk). The dial's range and both cost models' errors
+over the measured plans are the section's goals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench import plots
+from bench.frontier import PERPLEXITY_ERROR_GOAL, RANGE_GOAL, SPEED_ERROR_GOAL
+from bench.metrics import mape, ratio, spread_indices
+from bench.report import Goal, SectionResult, table
+from moeqos.plan import Assignment, Plan
+from moeqos.tier import DISK, TierBudget
+from planner.units import format_bytes
+
+RAM_SHARE = 0.25
+"""The `cpu` tier's budget as a share of every expert in bf16: less than all-int4 needs (28%), so every
+plan offloads some experts, as Mixtral 8x22B does even in 4 bits on one 80 GB accelerator. With half
+(measured), all-int8 nearly fits, int8 is as accurate as bf16 on this model, and the planner rightly
+never offloads: the dial is then the int8/int4 mix of the `frontier` section."""
+
+
+@dataclass(frozen=True)
+class OffloadPoint:
+    """One measured plan of the offload frontier."""
+
+    spec: str
+    description: str
+    experts_on_disk: int
+    predicted_tokens_per_s: float
+    measured_tokens_per_s: float
+    predicted_hit_rate: float | None
+    measured_hit_rate: float | None
+    predicted_perplexity: float
+    measured_perplexity: float
+    fitting: bool
+    """Its in-RAM equivalent is one of the quality model's fitting plans (left out of the perplexity
+    error, which is over held-out plans)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def ram_budget(ctx: Any) -> TierBudget:
+    """RAM_SHARE of every expert in bf16, on the device tier."""
+    from moeqos.precision import Precision
+
+    layers, experts = ctx.shape
+    return TierBudget(
+        ctx.device, int(RAM_SHARE * layers * experts * ctx.profile.expert_bytes()[Precision.BF16])
+    )
+
+
+def in_ram(plan: Plan, tier: str) -> Plan:
+    """`plan` with its disk experts moved to `tier`: the same numbers, for perplexity."""
+    rows = tuple(
+        tuple(Assignment(a.precision, tier) if a.tier == DISK else a for a in row) for row in plan.assignments
+    )
+    return Plan(rows, plan.group_size)
+
+
+def predicted_hit_rate(latency: Any, plan: Plan) -> float | None:
+    """Frequency-weighted pool hit rate the latency model expects for `plan` (None without disk experts)."""
+    frequency = np.asarray(latency.frequency)  # [L, E]
+    on_disk = np.array([[a.tier == DISK for a in row] for row in plan.assignments])  # [L, E]
+    calls = float(frequency[on_disk].sum())
+    return float((latency.hit_rates(plan) * frequency)[on_disk].sum() / calls) if calls else None
+
+
+def measure(ctx: Any, result: Any) -> OffloadPoint:
+    """Decode speed (with the pool's hit rate over those runs) and perplexity of one frontier plan."""
+    plan = result.plan
+    before = ctx.runtime.store_stats()
+    speed = ctx.decode_speed(plan)
+    after = ctx.runtime.store_stats()
+    calls = (after.hits - before.hits) + (after.misses - before.misses)
+    return OffloadPoint(
+        plan.to_spec(),
+        plan.describe().split(": ", 1)[-1],
+        sum(1 for _, a in plan.items() if a.tier == DISK),
+        result.predicted_tokens_per_s,
+        speed.tokens_per_s,
+        predicted_hit_rate(ctx.models[0], plan),
+        (after.hits - before.hits) / calls if calls else None,
+        result.predicted_perplexity,
+        float(ctx.perplexity(in_ram(plan, ctx.device)).perplexity),
+        in_ram(plan, ctx.device).to_spec() in {p.to_spec() for p in ctx.fitting_plans},
+    )
+
+
+def run(ctx: Any) -> SectionResult:
+    """Solve the frontier under the RAM budget, measure plans spread along it, report range and errors."""
+    from bench.context import FITTING_PRECISIONS
+    from planner.frontier import frontier
+
+    latency, quality = ctx.models
+    budget = ram_budget(ctx)
+    disk = [b for b in ctx.profile.tiers if b.name == DISK]  # the executor's own disk budget
+    points = frontier(
+        ctx.profile,
+        (budget, *disk),
+        ctx.settings.frontier_points,
+        latency=latency,
+        quality=quality,
+        allowed_precisions=frozenset(FITTING_PRECISIONS),
+    )
+    points = sorted(points, key=lambda r: r.predicted_tokens_per_s)
+    chosen = [
+        points[i]
+        for i in spread_indices([r.predicted_tokens_per_s for r in points], ctx.settings.measured_plans)
+    ]
+    measured = [measure(ctx, r) for r in chosen]
+    result = SectionResult("offload")
+    result.tables.append(_plan_table(ctx, measured, budget, len(points)))
+    result.goals += _goals(measured, ctx.settings.measured_plans)
+    result.data = {
+        "cpu_budget_bytes": budget.budget_bytes,
+        "ram_share": RAM_SHARE,
+        "disk_reads": ctx.runtime.config.disk_reads,
+        "disk_pool_slots": ctx.runtime.config.disk_pool_slots,
+        "load_costs": [
+            {"precision": c.precision.value, "bytes": c.bytes, "seconds": c.seconds}
+            for c in ctx.profile.load_costs
+        ],
+        "frontier": [r.to_dict() for r in points],
+        "measured": [p.to_dict() for p in measured],
+    }
+    if measured:
+        over = ([p.measured_tokens_per_s for p in measured], [p.measured_perplexity for p in measured])
+        line = ([r.predicted_tokens_per_s for r in points], [r.predicted_perplexity for r in points])
+        title = f"{ctx.model_dir.name}: frontier with RAM for {RAM_SHARE:.0%} of the bf16 experts"
+        result.plots.append(str(plots.frontier(ctx.out_dir / "offload_frontier.png", line, over, title)))
+    return result
+
+
+def _plan_table(ctx: Any, measured: list[OffloadPoint], budget: TierBudget, frontier_size: int) -> Any:
+    rows = [
+        [
+            p.description + (" (fitting)" if p.fitting else ""),
+            p.experts_on_disk,
+            p.predicted_tokens_per_s,
+            p.measured_tokens_per_s,
+            _error(p.predicted_tokens_per_s, p.measured_tokens_per_s),
+            p.predicted_hit_rate,
+            p.measured_hit_rate,
+            p.predicted_perplexity,
+            p.measured_perplexity,
+            _error(p.predicted_perplexity, p.measured_perplexity),
+        ]
+        for p in measured
+    ]
+    loads = ", ".join(f"{c.precision.value} {c.seconds * 1e3:.2f} ms" for c in ctx.profile.load_costs)
+    s, config = ctx.settings, ctx.runtime.config
+    notes = [
+        f"cpu budget {format_bytes(budget.budget_bytes)} ({RAM_SHARE:.0%} of all experts in bf16), the rest "
+        f"on disk: LRU pool of {config.disk_pool_slots} slots, disk_reads={config.disk_reads}",
+        f"{len(measured)} of the {frontier_size}-point frontier, spread in log tok/s; profiled disk loads: {loads}",
+        f"tok/s: median of {s.repeats} greedy runs of {s.decode_tokens} tokens; hit rate over those runs and "
+        f"the warm-up; perplexity: {len(ctx.test_ids)} ptb:test tokens with every expert in RAM",
+    ]
+    columns = [
+        "plan",
+        "on disk",
+        "pred tok/s",
+        "meas tok/s",
+        "err %",
+        "pred hit",
+        "meas hit",
+        "pred ppl",
+        "meas ppl",
+        "err %",
+    ]
+    return table("offload: frontier under a RAM budget, predicted vs measured", columns, rows, notes)
+
+
+def _error(predicted: float, measured: float) -> float:
+    return 100.0 * (predicted - measured) / measured
+
+
+def _goals(measured: list[OffloadPoint], wanted: int) -> list[Goal]:
+    goals = [Goal("plans measured", f">= {wanted}", len(measured), len(measured) >= wanted)]
+    if not measured:
+        return goals
+    speeds = [p.measured_tokens_per_s for p in measured]
+    span = ratio(max(speeds), min(speeds))
+    speed_error = mape([p.predicted_tokens_per_s for p in measured], speeds)
+    goals += [
+        Goal("throughput range (fastest/slowest)", f">= {RANGE_GOAL:g}x", span, span >= RANGE_GOAL),
+        Goal("throughput MAPE %", f"< {SPEED_ERROR_GOAL:g}", speed_error, speed_error < SPEED_ERROR_GOAL),
+    ]
+    held_out = [p for p in measured if not p.fitting]
+    if held_out:
+        ppl_error = mape(
+            [p.predicted_perplexity for p in held_out], [p.measured_perplexity for p in held_out]
+        )
+        target = f"< {PERPLEXITY_ERROR_GOAL:g}"
+        goals.append(
+            Goal("perplexity MAPE % (held-out plans)", target, ppl_error, ppl_error < PERPLEXITY_ERROR_GOAL)
+        )
+    return goals
