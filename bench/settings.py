@@ -39,7 +39,7 @@ class Settings:
 FULL = Settings(
     quick=False,
     calibration_tokens=4096,
-    fit_tokens=1024,
+    fit_tokens=2048,
     eval_tokens=2048,
     context_length=512,
     decode_tokens=32,

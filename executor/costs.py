@@ -115,7 +115,7 @@ def load_costs(
     for precision in precisions:
         variants = [(layer, REPRESENTATIVE[1], precision, group_size) for layer in layers]
         for variant in variants:
-            runtime.factory.ensure_file(variant)
+            runtime.factory.ensure_file(variant, device)
             runtime.factory.load(variant, device)  # settle the file's page-cache state as serving would
         nbytes = runtime.factory.load(variants[0], device)[1]
         turn = itertools.cycle(variants)

@@ -208,7 +208,7 @@ class ExecutorRuntime:
             variant = (key[0], key[1], assignment.precision, plan.group_size)
             try:
                 if assignment.tier == DISK:
-                    self.factory.ensure_file(variant)
+                    self.factory.ensure_file(variant, self.config.device)
                 else:
                     built[key] = self.factory.build(variant, assignment.tier)
             except Exception as exc:

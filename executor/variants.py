@@ -140,13 +140,18 @@ class VariantFactory:
             self._save(key, module)
         return module
 
-    def ensure_file(self, key: VariantKey) -> Path:
-        """Make sure the on-disk variant exists (the `disk` tier's backing store)."""
+    def ensure_file(self, key: VariantKey, device: str | None = None) -> Path:
+        """Make sure the on-disk variant exists (the `disk` tier's backing store), and, given the
+        `device` that will load it, its packed file where one applies, so no miss writes a file."""
         path = self.path(key)
         if not path.is_file():
             module = self.memory.take(key) or self._quantize(key, "cpu")
             self._save(key, module)
             self.memory.put(key, module.to_device("cpu"))
+        if device is not None:
+            packed = self.packed_path(key, device)
+            if packed is not None and not packed.is_file():
+                self.load(key, device)  # reading the portable file writes the packed one
         return path
 
     def load(self, key: VariantKey, device: str) -> tuple[QuantExpert, int]:

@@ -10,11 +10,10 @@ with `freq[l][e]` the expected calls of expert (l, e) per token and `cost` one c
   (it keeps per-precision compute such as dequantisation that bytes alone do not explain; 1 for
   unmeasured ones). A tier with no measurement at all cannot be predicted and is not offered.
 - `disk`: the compute of the pool's tier (the executor's device) plus the expected load,
-  `(1 - hit) * load_factor[p] * load(bytes_p)`, with `load` fitted the same way to the LoadCosts,
-  `load_factor[p]` = measured / curve per measured precision (a load also rebuilds the kernel layout,
-  which bytes alone do not explain: on the default model an int4 load costs several times a bf16 load
-  of 3.5x the bytes), and `hit` the LRU pool's hit rate for that expert under the plan (see
-  planner.hit_rate).
+  `(1 - hit) * load_factor[p] * load(bytes_p)`, with `load` fitted the same way to the LoadCosts and
+  `load_factor[p]` = measured / curve (a load may also rebuild a kernel layout, which bytes alone do
+  not explain), and `hit` the LRU pool's hit rate for that expert under the plan (planner.hit_rate).
+Both kinds of factor are medians over the precisions that cost the same (see `same_cost`).
 tokens/s = 1 / seconds per token.
 """
 
@@ -63,13 +62,13 @@ class LatencyModel:
         tiers = sorted({c.tier for c in resident})
         curves = {t: fit_curve([(c.bytes, c.seconds) for c in resident if c.tier == t]) for t in tiers}
         factors: dict[str, float] = {}
-        for key in sorted({f"{c.precision.value}@{c.tier}" for c in resident}):
+        for c in resident:
             ratios = [
-                c.seconds / curves[c.tier].seconds(c.bytes)
-                for c in resident
-                if f"{c.precision.value}@{c.tier}" == key
+                other.seconds / curves[other.tier].seconds(other.bytes)
+                for other in resident
+                if other.tier == c.tier and same_cost(other.precision, c.precision)
             ]
-            factors[key] = float(np.median(ratios))
+            factors[f"{c.precision.value}@{c.tier}"] = float(np.median(ratios))
         load_curve = (
             fit_curve([(c.bytes, c.seconds) for c in profile.load_costs]) if profile.load_costs else None
         )
@@ -177,14 +176,24 @@ class LatencyModel:
         )
 
 
+def same_cost(a: Precision, b: Precision) -> bool:
+    """True if experts in `a` and `b` cost the same to call and to load: the grouped precisions
+    (int4/int3/int2) share one storage layout and one kernel, so their measurements differ only by
+    noise and are pooled. Without pooling, noise made int3 look faster than int4 and the fastest plan
+    took int3 (same bytes, twice the perplexity)."""
+    return a == b or (a.is_grouped and b.is_grouped)
+
+
 def _load_factors(profile: Profile, curve: CostCurve | None) -> dict[Precision, float]:
-    """Per precision with LoadCosts, median of measured / curve."""
+    """Per precision with LoadCosts, median of measured / curve over the precisions of the same cost."""
     if curve is None:
         return {}
-    precisions = sorted({c.precision for c in profile.load_costs}, key=lambda p: p.value)
+    loads = profile.load_costs
     return {
-        p: float(
-            np.median([c.seconds / curve.seconds(c.bytes) for c in profile.load_costs if c.precision == p])
+        c.precision: float(
+            np.median(
+                [o.seconds / curve.seconds(o.bytes) for o in loads if same_cost(o.precision, c.precision)]
+            )
         )
-        for p in precisions
+        for c in loads
     }

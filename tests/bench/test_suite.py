@@ -48,7 +48,7 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     assert [b["experts_on_disk"] for b in budgets] == sorted(b["experts_on_disk"] for b in budgets)
     assert budgets[-1]["experts_on_disk"] > 0 and budgets[-1]["hit_rate"] is not None
     offload = sections["offload"]["data"]
-    assert offload["measured"] and offload["disk_reads"] == "uncached"  # a random model's frontier is short
+    assert offload["disk_reads"] == "uncached" and offload["measured"][0]["role"] == "full precision"
     assert all(_finite_positive(p["measured_tokens_per_s"]) for p in offload["measured"])
     assert len(sections["planner"]["data"]["switches"]) == 4
     spans = sections["paper"]["data"]["spans"]
@@ -87,5 +87,7 @@ def test_quick_suite_on_the_default_model(tmp_path, capsys):
         1 < sections["frontier"]["data"]["full_precision"]["perplexity"] < 1000
     )  # a trained model, not noise
     offload = sections["offload"]["data"]["measured"]
-    assert len(offload) == QUICK.measured_plans
-    assert offload[0]["experts_on_disk"] > 0 and offload[0]["measured_hit_rate"] is not None  # RAM too small
+    assert [p["role"] for p in offload] == ["full precision"] + ["frontier"] * QUICK.measured_plans
+    assert all(
+        p["experts_on_disk"] > 0 and p["measured_hit_rate"] is not None for p in offload
+    )  # RAM too small

@@ -102,17 +102,17 @@ def test_cached_disk_reads_leave_the_pages_to_the_os(make_runtime) -> None:
 
 
 def test_int4_disk_experts_are_read_back_in_the_kernel_layout(make_runtime, tmp_path) -> None:
-    """The first miss writes the packed file; a later executor on the same cache loads it without the
-    portable file, and computes the same logits as with every expert resident."""
+    """Installing the plan writes the packed files (no miss writes one); a later executor on the same
+    cache loads them without the portable files, and computes the same logits as with every expert
+    resident."""
     cache = tmp_path / "shared-variants"
     runtime = make_runtime(disk_pool_slots=2, variant_cache_dir=cache)
     ids = prompt_ids(6)
     runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "int4", "cpu"))
     expected = runtime.forward_logits(ids)
     runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "int4", "disk"))
+    assert len(list(runtime.factory.directory.glob("*.int4.g64.cpu-*.safetensors"))) == LAYERS * EXPERTS
     torch.testing.assert_close(runtime.forward_logits(ids), expected)
-    packed = sorted(runtime.factory.directory.glob("*.int4.g64.cpu-*.safetensors"))
-    assert len(packed) == LAYERS * EXPERTS
     runtime.close()
 
     again = make_runtime(

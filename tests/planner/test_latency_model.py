@@ -9,8 +9,11 @@ import pytest
 
 from moeqos.plan import Plan
 from moeqos.precision import Precision
+from moeqos.qos import Objective, QosTarget
 from planner.curves import fit_curve
 from planner.latency_model import LatencyModel
+from planner.quality_model import QualityModel
+from planner.solver import PlanRequest, solve
 from tests.planner.planner_fixtures import TRUE_BANDWIDTH, TRUE_LOAD, TRUE_OVERHEAD, synthetic_profile
 
 PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4)
@@ -90,3 +93,28 @@ def test_json_round_trip_keeps_predictions_and_identity() -> None:
     assert again.identity.matches(profile) and again.identity.fingerprint == profile.model.fingerprint
     plan = Plan.uniform(2, 3, Precision.INT8, "disk")
     assert again.predict_seconds(plan) == model.predict_seconds(plan)
+
+
+def test_precisions_sharing_a_layout_share_their_measured_cost() -> None:
+    """int3 timed 10% faster than int4 by noise: same kernel, same bytes, so one cost, and the fastest
+    plan does not trade perplexity for that noise."""
+    precisions = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3)
+    profile = synthetic_profile(precisions=precisions, tiers=("cpu", "disk"), pool_slots=2)
+    noisy = {Precision.INT3: 0.9}
+    calls = tuple(
+        dataclasses.replace(c, seconds=c.seconds * noisy.get(c.precision, 1.0)) for c in profile.call_costs
+    )
+    loads = tuple(
+        dataclasses.replace(c, seconds=c.seconds * noisy.get(c.precision, 1.0)) for c in profile.load_costs
+    )
+    model = LatencyModel.fit(dataclasses.replace(profile, call_costs=calls, load_costs=loads))
+    assert model.call_seconds(Precision.INT3, "cpu") == model.call_seconds(Precision.INT4, "cpu")
+    assert model.load_seconds(Precision.INT3) == model.load_seconds(Precision.INT4)
+    assert model.call_seconds(Precision.INT8, "cpu") != model.call_seconds(Precision.INT4, "cpu")
+    noisy_profile = dataclasses.replace(profile, call_costs=calls, load_costs=loads)
+    fastest = solve(
+        PlanRequest(noisy_profile, QosTarget(objective=Objective.SPEED)),
+        model,
+        QualityModel.fit(noisy_profile),
+    )
+    assert Precision.INT3 not in {a.precision for _, a in fastest.plan.items()}
