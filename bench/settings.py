@@ -17,7 +17,8 @@ class Settings:
     calibration_tokens: int
     """ptb:train tokens the profile's routing frequencies and quantization errors are measured on."""
     fit_tokens: int
-    """ptb:valid tokens each fitting plan's perplexity is measured on."""
+    """ptb:valid tokens each fitting plan's perplexity is also measured on (the cross-corpus check; the
+    quality model itself is fitted on the `eval_tokens` ptb:test tokens)."""
     eval_tokens: int
     """ptb:test tokens each held-out plan's perplexity is measured on."""
     context_length: int

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from executor.loader import moe_blocks
-from moeqos.plan import Plan
+from executor.step_timing import STEPS_PER_ROUND, CallSeconds, ExpertsOff, decode_step, fastest_round
 from moeqos.precision import Precision
 from moeqos.profile import CallCost, LoadCost
 from moeqos.tier import DISK
@@ -126,8 +125,6 @@ def load_costs(
 
 FIXED_ROUNDS = 7
 """Rounds of decode steps timed for the fixed cost (at least `repeats`)."""
-FIXED_STEPS = 4
-"""Decode steps per round; a round's time is averaged over them."""
 
 
 def calibrate(
@@ -135,7 +132,7 @@ def calibrate(
 ) -> tuple[float, list[CallCost]]:
     """The fixed decode-step time outside the experts, and `costs` calibrated to whole decode steps.
 
-    Method: prefill `prompt`, then time rounds of FIXED_STEPS single-token steps (max(repeats,
+    Method: prefill `prompt`, then time rounds of STEPS_PER_ROUND single-token steps (max(repeats,
     FIXED_ROUNDS) rounds after one warm-up round), twice: with expert calls switched off (the fixed
     part: attention, norms, router, head, overhead) and with the served plan. Each is the minimum over
     rounds of the per-step mean: load on the machine only ever adds time, so the fastest round is the
@@ -150,92 +147,14 @@ def calibrate(
     seconds = {(c.precision, c.tier): c.seconds for c in costs}
     plan = runtime.plan
     costed = all(a.tier != DISK and (a.precision, a.tier) in seconds for _, a in plan.items())
+    rounds = max(repeats, FIXED_ROUNDS)
     with runtime.model_lock:
-        step = _decode_step(runtime, prompt)
-        off = _fastest_round(step, repeats, runtime.config.device, _ExpertsOff(runtime))
+        step = decode_step(runtime, prompt)
+        off = fastest_round(step, rounds, runtime.config.device, ExpertsOff(runtime))
         if not costed:
             return off, list(costs)
-        calls = _CallSeconds(runtime, plan, seconds)
-        on_minus_cold = _fastest_round(step, repeats, runtime.config.device, calls)
-    cold_per_step = calls.total / FIXED_STEPS  # the routing repeats each step, so any round's sum
+        calls = CallSeconds(runtime, plan, seconds)
+        on_minus_cold = fastest_round(step, rounds, runtime.config.device, calls)
+    cold_per_step = calls.total / STEPS_PER_ROUND  # the routing repeats each step, so any round's sum
     scale = min(max((on_minus_cold + cold_per_step - off) / cold_per_step, 0.2), 5.0)
     return off, [dataclasses.replace(c, seconds=c.seconds * scale) for c in costs]
-
-
-def _decode_step(runtime: ExecutorRuntime, prompt: list[int]) -> Callable[[], object]:
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=runtime.hf_config)
-    runtime.forward_logits(torch.tensor([prompt]), cache, keep=1)
-    token = torch.tensor([[prompt[-1]]])  # [1, 1]
-    return lambda: runtime.forward_logits(token, cache, keep=1)
-
-
-def _fastest_round(step: Callable[[], object], repeats: int, device: str, mode: _RoundMode) -> float:
-    """Minimum over rounds of (round time - mode.credit()) / FIXED_STEPS, first round a warm-up."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    rounds = []
-    with mode:
-        for _ in range(max(repeats, FIXED_ROUNDS) + 1):
-            mode.reset()
-            start = time.perf_counter()
-            for _ in range(FIXED_STEPS):
-                step()
-            sync()
-            rounds.append((time.perf_counter() - start - mode.credit()) / FIXED_STEPS)
-    return min(rounds[1:])
-
-
-class _RoundMode:
-    """How the MoE blocks behave while rounds are timed, and the expert time to subtract per round."""
-
-    def __init__(self, runtime: ExecutorRuntime) -> None:
-        self.blocks = moe_blocks(runtime.lm, runtime.adapter)
-
-    def reset(self) -> None:
-        """Called before each round."""
-
-    def credit(self) -> float:
-        return 0.0
-
-    def __enter__(self) -> None:
-        """Switch the blocks into this mode."""
-
-    def __exit__(self, *exc_info: object) -> None:
-        """Switch them back."""
-
-
-class _ExpertsOff(_RoundMode):
-    def __enter__(self) -> None:
-        for block in self.blocks:
-            block.experts_enabled = False
-
-    def __exit__(self, *exc_info: object) -> None:
-        for block in self.blocks:
-            block.experts_enabled = True
-
-
-class _CallSeconds(_RoundMode):
-    """Experts on; credits each routed call with its measured one-token cost under `plan`."""
-
-    def __init__(self, runtime: ExecutorRuntime, plan: Plan, seconds: dict[tuple[Precision, str], float]):
-        super().__init__(runtime)
-        self.cost = [[seconds[a.precision, a.tier] for a in row] for row in plan.assignments]  # [L][E]
-        self.total = 0.0
-
-    def observe(self, layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
-        self.total += sum(self.cost[layer][e] for e in index.flatten().tolist())
-
-    def reset(self) -> None:
-        self.total = 0.0
-
-    def credit(self) -> float:
-        return self.total
-
-    def __enter__(self) -> None:
-        for block in self.blocks:
-            block.observer = self.observe
-
-    def __exit__(self, *exc_info: object) -> None:
-        for block in self.blocks:
-            block.observer = None

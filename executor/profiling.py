@@ -3,8 +3,9 @@
 Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
 expert calls and capturing hidden states entering each MoE layer), `quant_error` (every expert in each
 profiled precision against fp32 on the captured states; experts with bitwise identical weights, as in a
-sparse-upcycled model, are measured once per layer), `call_costs`, `load_costs`, `fixed`, `quality`
-(perplexity of the given plans on `quality_ids`, labelled `quality_corpus`).
+sparse-upcycled model, are measured once per layer), `call_costs`, `load_costs`, `fixed` (with the
+call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
+tier only), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`).
 Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
 precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
 The frequency and timing passes hold the model lock: generation pauses while they run.
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from executor.costs import calibrate, call_costs, load_costs
+from executor.disk_calibration import calibrate_loads
 from executor.evaluation import evaluate
 from executor.loader import moe_blocks
 from executor.quant import QuantExpert, reference_expert_forward, relative_error
@@ -177,6 +179,9 @@ def build_profile(
     progress("load_costs", 1.0)
     fixed, costs = calibrate(runtime, ids[:16], repeats, costs)
     progress("fixed", 1.0)
+    if loads:
+        loads = calibrate_loads(runtime, ids[:16], repeats, fixed, costs, loads)
+        progress("load_calibration", 1.0)
     points = []
     for done, plan in enumerate(quality_plans):
         result = evaluate(runtime, quality_ids or ids, plan, min(window, runtime.context_length), None, 0)

@@ -159,15 +159,17 @@ class VariantFactory:
         and the bytes read."""
         packed = self.packed_path(key, device)
         if packed is not None and packed.is_file():
-            return QuantExpert.from_packed_state(self._read(packed), key[2], key[3]), packed.stat().st_size
+            return QuantExpert.from_packed_state(
+                self.read_state(packed), key[2], key[3]
+            ), packed.stat().st_size
         path = self.path(key)
-        module = QuantExpert.from_state(self._read(path), key[2], key[3], device)
+        module = QuantExpert.from_state(self.read_state(path), key[2], key[3], device)
         state = module.packed_state() if packed is not None else None
         if packed is not None and state is not None:
             self._write(packed, state)
         return module, path.stat().st_size
 
-    def _read(self, path: Path) -> dict[str, torch.Tensor]:
+    def read_state(self, path: Path) -> dict[str, torch.Tensor]:
         """Every tensor of a safetensors file, in memory of its own."""
         # safetensors maps the file: clone so the read happens here (not as page faults inside the
         # first matmul) and the slot owns its memory rather than pinning the file's page-cache pages.

@@ -91,3 +91,18 @@ def test_quick_suite_on_the_default_model(tmp_path, capsys):
     assert all(
         p["experts_on_disk"] > 0 and p["measured_hit_rate"] is not None for p in offload
     )  # RAM too small
+
+
+def test_disk_load_benchmark_compares_both_read_modes(tiny_model, capsys):
+    from bench import disk_loads
+
+    assert disk_loads.main(["--model", str(tiny_model), "--experts", "2"]) == 0
+    rows = [
+        line.split()
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("cached", "uncached"))
+    ]
+    assert [(r[0], r[1]) for r in rows] == [
+        (m, p) for m in ("cached", "uncached") for p in ("bf16", "int8", "int4")
+    ]
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)

@@ -91,3 +91,32 @@ def test_latency_model_predicts_uniform_decode_speed(runtime, precision) -> None
     predicted = LatencyModel.fit(profile).predict_tokens_per_s(plan)
     measured = max(runtime.evaluate(calibration[:64], plan, 32, None, 48).tokens_per_s for _ in range(3))
     assert measured == pytest.approx(predicted, rel=0.25)
+
+
+def test_disk_loads_are_calibrated_against_decode_steps(make_runtime) -> None:
+    """Each load cost becomes the seconds a miss adds to a real decode step (positive, finite); the
+    grouped precisions move together; a precision without call costs keeps its timed load; the served
+    plan is back afterwards."""
+    from executor.costs import calibrate, call_costs, load_costs
+    from executor.disk_calibration import calibrate_loads, disk_plan
+
+    runtime = make_runtime(disk_pool_slots=1)
+    served = runtime.plan
+    prompt = runtime.encode("the quick brown fox jumps over the lazy dog")
+    x = torch.randn(1, 64)
+    precisions = (Precision.INT8, Precision.INT4, Precision.INT3)
+    fixed, costs = calibrate(runtime, prompt, 2, call_costs(runtime, x, precisions, 2, 64))
+    loads = load_costs(runtime, (*precisions, Precision.BF16), 2, 64)
+    calibrated = {c.precision: c for c in calibrate_loads(runtime, prompt, 2, fixed, costs, loads)}
+    measured = {c.precision: c for c in loads}
+    assert runtime.plan == served
+    assert all(0 < calibrated[p].seconds < 1 for p in precisions)
+    assert calibrated[Precision.BF16] == measured[Precision.BF16]  # no call costs for bf16 here
+    int3_ratio = calibrated[Precision.INT3].seconds / measured[Precision.INT3].seconds
+    assert int3_ratio == pytest.approx(calibrated[Precision.INT4].seconds / measured[Precision.INT4].seconds)
+    on_disk = [
+        layer
+        for layer, row in enumerate(disk_plan(runtime, Precision.INT8).assignments)
+        if row[0].tier == "disk"
+    ]
+    assert on_disk == [LAYERS - 1]  # the last quarter of the layers, at least one
