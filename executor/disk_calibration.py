@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from executor.evaluation import plan_applied
 from executor.step_timing import STEPS_PER_ROUND, CallSeconds, decode_step, fastest_round
 from moeqos.plan import Assignment, Plan
-from moeqos.precision import Precision
+from moeqos.precision import Precision, expert_bytes
 from moeqos.profile import CallCost, LoadCost
 from moeqos.tier import DISK
 
@@ -34,9 +34,13 @@ DISK_SHARE = 0.25
 
 
 def disk_plan(runtime: ExecutorRuntime, precision: Precision) -> Plan:
-    """Every expert in `precision`; the last DISK_SHARE of the layers on disk, the rest on the device."""
-    first_on_disk = runtime.num_layers - max(1, round(runtime.num_layers * DISK_SHARE))
+    """Every expert in `precision`; the last DISK_SHARE of the layers on disk (more if the device
+    tier's budget cannot hold the rest), the others on the device."""
     device = runtime.config.device
+    hidden, intermediate = runtime.shape
+    layer_bytes = runtime.num_experts * expert_bytes(hidden, intermediate, precision, runtime.plan.group_size)
+    fitting_layers = runtime.budgets.get(device, 0) // layer_bytes
+    first_on_disk = min(runtime.num_layers - max(1, round(runtime.num_layers * DISK_SHARE)), fitting_layers)
     rows = tuple(
         tuple(
             Assignment(precision, DISK if layer >= first_on_disk else device)

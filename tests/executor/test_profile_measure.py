@@ -120,3 +120,10 @@ def test_disk_loads_are_calibrated_against_decode_steps(make_runtime) -> None:
         if row[0].tier == "disk"
     ]
     assert on_disk == [LAYERS - 1]  # the last quarter of the layers, at least one
+
+
+def test_the_disk_calibration_plan_fits_the_device_budget(runtime) -> None:
+    from executor.disk_calibration import disk_plan
+
+    runtime.budgets["cpu"] = 0  # no room at all on the device tier: every layer goes to disk
+    assert {a.tier for _, a in disk_plan(runtime, Precision.INT8).items()} == {"disk"}
