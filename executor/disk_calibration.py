@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from executor.evaluation import plan_applied
 from executor.step_timing import STEPS_PER_ROUND, CallSeconds, decode_step, fastest_round
+from moeqos.errors import OverBudget
 from moeqos.plan import Assignment, Plan
 from moeqos.precision import Precision, expert_bytes
 from moeqos.profile import CallCost, LoadCost
@@ -60,7 +61,8 @@ def calibrate_loads(
     loads: Sequence[LoadCost],
 ) -> list[LoadCost]:
     """`loads` with each precision's seconds replaced by its effective miss cost (module docstring);
-    a precision without call costs on both tiers, or whose plan never missed, keeps its measured load."""
+    a precision without call costs on both tiers, whose plan the budgets cannot hold, or whose plan
+    never missed, keeps its measured load."""
     seconds = {(c.precision, c.tier): c.seconds for c in costs}
     device = runtime.config.device
     effective: dict[Precision, float] = {}
@@ -72,7 +74,12 @@ def calibrate_loads(
             continue
         if (precision, device) not in seconds or (precision, DISK) not in seconds:
             continue
-        miss = _miss_seconds(runtime, disk_plan(runtime, precision), prompt, rounds, fixed_seconds, seconds)
+        try:
+            miss = _miss_seconds(
+                runtime, disk_plan(runtime, precision), prompt, rounds, fixed_seconds, seconds
+            )
+        except OverBudget:  # the tiers' budgets cannot hold the calibration plan: keep the timed load
+            continue
         if miss is not None:
             effective[precision] = max(miss, load.seconds)  # the miss includes the load; below it is noise
     return [dataclasses.replace(c, seconds=effective.get(c.precision, c.seconds)) for c in loads]

@@ -70,6 +70,8 @@ def test_plan_and_frontier_from_a_running_executors_profile(capsys, executor_add
 
 
 def test_plan_from_an_unreachable_executor_is_a_clear_error(capsys):
-    code, out = _run(capsys, "plan", "--executor", "127.0.0.1:1", "--min-tps", "1", "--timeout", "2", "--json")
+    code, out = _run(
+        capsys, "plan", "--executor", "127.0.0.1:1", "--min-tps", "1", "--timeout", "2", "--json"
+    )
     error = json.loads(out)["error"]
     assert code == 1 and error.startswith("Unavailable:") and "127.0.0.1:1" in error
