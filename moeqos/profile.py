@@ -17,7 +17,9 @@ from typing import Any
 from moeqos.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.tier import TierBudget
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+"""2: load costs are what a miss adds to a decode step (executor.disk_calibration), not a load timed
+alone, which priced disk-heavy plans 20-37% fast; a version-1 profile is measured again."""
 
 Grid = tuple[tuple[float, ...], ...]
 """A [L, E] table of floats."""
