@@ -23,7 +23,7 @@ import grpc.aio
 from client import convert, descriptions
 from client.channel import ConnectOptions
 from client.executor import AsyncExecutorClient
-from client.types import DeploySpec, Prediction
+from client.types import DeploySpec, ExecutorInfo, Prediction
 from moeqos import wire
 from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.profile import Profile
@@ -186,12 +186,26 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         # Every plan is solved before any is applied, so a bad input or an infeasible target for one
         # executor leaves all of them untouched.
         results = await asyncio.gather(*(self._solve_for(spec, peer) for spec in specs))
+        before = await asyncio.gather(*(self._state_of(spec, peer) for spec in specs))
         planner_address = request.planner_address or self.advertise_address
-        deployed = [
-            self._apply_to(spec, result, planner_address, peer)
-            for spec, result in zip(specs, results, strict=True)
-        ]
-        return pl.DeployResponse(results=await asyncio.gather(*deployed))
+        outcomes = await asyncio.gather(
+            *(
+                self._apply_to(spec, result, planner_address, peer)
+                for spec, result in zip(specs, results, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            # All or nothing: executors that did switch go back to the plan and target they had, so a
+            # Deploy that fails on one executor has changed none (best effort: one that cannot be
+            # reached keeps whatever it has).
+            await asyncio.gather(
+                *(self._restore(spec, info, peer) for spec, info in zip(specs, before, strict=True)),
+                return_exceptions=True,
+            )
+            raise failures[0]
+        return pl.DeployResponse(results=[o for o in outcomes if isinstance(o, pl.DeployResult)])
 
     async def _solve_for(self, spec: DeploySpec, peer: ConnectOptions) -> PlanResult:
         """The executor's plan from its profile, within the given budgets or else its current ones."""
@@ -201,6 +215,17 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
                 TierBudget(t.name, t.budget_bytes) for t in (await executor.info()).tiers
             )
         return await self._run(solve, PlanRequest(profile, spec.target, budgets, spec.pins))
+
+    async def _state_of(self, spec: DeploySpec, peer: ConnectOptions) -> ExecutorInfo:
+        """What the executor serves now (its plan, standing target and planner), to restore on failure."""
+        async with AsyncExecutorClient(spec.executor_address, peer) as executor:
+            return await executor.info()
+
+    async def _restore(self, spec: DeploySpec, info: ExecutorInfo, peer: ConnectOptions) -> None:
+        """Put the executor back on `info`'s plan and standing target (a no-op switch when unchanged)."""
+        async with AsyncExecutorClient(spec.executor_address, peer) as executor:
+            await executor.apply_plan(info.plan, timeout=None)
+            await executor.set_target(info.standing_target, info.planner_address)
 
     async def _apply_to(
         self, spec: DeploySpec, result: PlanResult, planner_address: str, peer: ConnectOptions

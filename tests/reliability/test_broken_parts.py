@@ -1,5 +1,6 @@
-"""Broken parts: a plan switch that fails halfway (an injected quantization error for one expert) and
-corrupt or truncated checkpoints, at the runtime and at the `moeqos executor` process."""
+"""Broken parts: a plan switch that fails halfway (an injected quantization error for one expert), a
+Deploy that fails on one of two executors, and corrupt or truncated checkpoints, at the runtime and at
+the `moeqos executor` process."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import ROOT
-from client import ExecutorClient, Sampling
+from client import DeploySpec, ExecutorClient, PlannerClient, Sampling
 from executor.checkpoint import CheckpointError
 from executor.config import ExecutorConfig
 from executor.runtime import ExecutorRuntime
 from moeqos.errors import PlanApplyFailed
 from moeqos.plan import Plan
 from moeqos.precision import Precision
+from moeqos.qos import Objective, QosTarget
 from tests.service.service_harness import address
 
 GREEDY = Sampling(max_tokens=12, temperature=0.0)
@@ -51,6 +53,31 @@ def test_plan_switch_failing_halfway_rolls_back(stack, profile_file, monkeypatch
         monkeypatch.undo()
         assert client.apply_plan(target).experts_changed == runtime.num_layers * runtime.num_experts
         assert client.info().plan == target
+
+
+def test_deploy_failing_on_one_executor_changes_none(stack, profile_file, monkeypatch):
+    """One executor's switch fails after the other's succeeded: the planner puts the first back, so a
+    failed Deploy leaves every executor on the plan and standing target it had."""
+    first, second = stack.executor(budgets={"disk": 0}), stack.executor(budgets={"disk": 0})
+    planner = stack.planner()
+    runtime = second.servicer.runtime
+
+    def fails(variant, device):
+        raise RuntimeError("injected quantization failure")
+
+    monkeypatch.setattr(runtime.factory, "build", fails)
+    addresses = [address(first.port), address(second.port)]
+    with ExecutorClient(addresses[0]) as a, ExecutorClient(addresses[1]) as b:
+        before = [(c.info().plan, c.info().standing_target) for c in (a, b)]
+        with PlannerClient(address(planner.port)) as client, pytest.raises(PlanApplyFailed):
+            client.deploy([DeploySpec(addr, QosTarget(objective=Objective.SPEED)) for addr in addresses])
+        assert [(c.info().plan, c.info().standing_target) for c in (a, b)] == before
+        monkeypatch.undo()
+        with PlannerClient(address(planner.port)) as client:
+            client.deploy([DeploySpec(addr, QosTarget(objective=Objective.SPEED)) for addr in addresses])
+        assert all(
+            c.info().plan != plan for c, (plan, _) in zip((a, b), before, strict=True)
+        )  # it can deploy
 
 
 def _copy(model: Path, tmp_path: Path) -> Path:
