@@ -207,3 +207,16 @@ def test_an_anonymous_caller_cannot_make_the_planner_send_its_token_elsewhere(st
         server.stop(0)
     assert spy.seen, "the planner did not call the address it was given"
     assert all("planner-secret" not in value for call in spy.seen for _, value in call), spy.seen
+
+
+def test_health_probe_speaks_tls(stack, tmp_path, capsys):
+    """`moeqos health` (the compose healthcheck) probes a TLS server when given its CA."""
+    from moeqos.cli.main import main
+
+    certs = make_certs(tmp_path)
+    planner = stack.planner(tls_cert=certs.server_cert, tls_key=certs.server_key)
+    target = f"localhost:{planner.port}"
+    assert main(["health", target, "--tls-ca", str(certs.ca)]) == 0
+    assert capsys.readouterr().out.strip() == f"{target}: SERVING"
+    assert main(["health", target]) == 1  # plaintext against a TLS server
+    assert "UNAVAILABLE" in capsys.readouterr().out
