@@ -201,6 +201,7 @@ def build_profile(
         quality_points=tuple(points),
         tiers=tuple(TierBudget(name, budget) for name, budget in runtime.budgets.items()),
         disk_pool_slots=runtime.config.disk_pool_slots,
+        disk_reads=runtime.config.disk_reads if DISK in runtime.budgets else "",
         group_size=group_size,
         measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )

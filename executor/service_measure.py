@@ -22,6 +22,7 @@ from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.plan import Plan
 from moeqos.precision import Precision
 from moeqos.profile import Profile
+from moeqos.tier import DISK
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,7 +138,8 @@ def keep_quality(fresh: Profile, previous: Profile | None) -> Profile:
 
 
 def load_saved(path: Path | None, runtime: ExecutorRuntime) -> Profile | None:
-    """The profile saved at `path` if it was measured on this model and device, else None."""
+    """The profile saved at `path` if it was measured on this model and device with this disk tier
+    (its pool's slots and how it reads files: both change what a disk expert costs), else None."""
     if path is None or not Path(path).is_file():
         return None
     try:
@@ -145,12 +147,20 @@ def load_saved(path: Path | None, runtime: ExecutorRuntime) -> Profile | None:
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable profile %s: %s", path, exc)
         return None
-    same = (profile.model.fingerprint, profile.hardware.device) == (
+    reads = runtime.config.disk_reads if DISK in runtime.budgets else ""  # as build_profile records it
+    same = (
+        profile.model.fingerprint,
+        profile.hardware.device,
+        profile.disk_pool_slots,
+        profile.disk_reads,
+    ) == (
         runtime.model.fingerprint,
         runtime.hardware.device,
+        runtime.config.disk_pool_slots,
+        reads,
     )
     if not same:
-        log.info("ignoring profile %s: measured on another model or device", path)
+        log.info("ignoring profile %s: measured on another model, device or disk tier", path)
     return profile if same else None
 
 

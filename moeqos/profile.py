@@ -156,6 +156,9 @@ class Profile:
     """The executor's tiers and budgets when measured."""
     disk_pool_slots: int = 0
     """Slots in the disk tier's pool (experts that can be resident at once after a load)."""
+    disk_reads: str = ""
+    """How the disk tier read its files when `load_costs` were measured (`cached` or `uncached`; see
+    executor.config.ExecutorConfig.disk_reads); empty without a disk tier."""
     group_size: int = DEFAULT_GROUP_SIZE
     measured_at: str = ""
     """ISO-8601 UTC time of measurement."""
@@ -221,6 +224,7 @@ class Profile:
             quality_points=tuple(QualityPoint.from_dict(q) for q in data.get("quality_points", [])),
             tiers=tuple(TierBudget.from_dict(t) for t in data.get("tiers", [])),
             disk_pool_slots=int(data.get("disk_pool_slots", 0)),
+            disk_reads=str(data.get("disk_reads", "")),
             group_size=int(data.get("group_size", DEFAULT_GROUP_SIZE)),
             measured_at=str(data.get("measured_at", "")),
             version=version,

@@ -127,3 +127,19 @@ def test_the_disk_calibration_plan_fits_the_device_budget(runtime) -> None:
 
     runtime.budgets["cpu"] = 0  # no room at all on the device tier: every layer goes to disk
     assert {a.tier for _, a in disk_plan(runtime, Precision.INT8).items()} == {"disk"}
+
+
+def test_a_saved_profile_is_reused_only_with_the_same_disk_tier(make_runtime, tmp_path) -> None:
+    """Load costs depend on the pool's slots and on whether reads bypass the page cache."""
+    from executor.service_measure import load_saved, save
+
+    runtime = make_runtime(disk_reads="uncached", disk_pool_slots=2)
+    calibration = runtime.tokenizer.encode(" ".join(["the quick brown fox jumps over the lazy dog"] * 8))
+    profile = runtime.profile(calibration, "tiny:train", max_tokens=64, repeats=1, window=32)
+    assert (profile.disk_reads, profile.disk_pool_slots) == ("uncached", 2)
+    path = tmp_path / "profile.json"
+    save(path, profile)
+    assert load_saved(path, runtime) == profile
+    runtime.close()
+    assert load_saved(path, make_runtime(disk_reads="cached", disk_pool_slots=2)) is None
+    assert load_saved(path, make_runtime(disk_reads="uncached", disk_pool_slots=3)) is None
