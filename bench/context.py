@@ -247,42 +247,35 @@ class BenchContext:
         layers, experts = self.shape
         return (TierBudget(DEVICE, layers * experts * self.profile.expert_bytes()[Precision.BF16]),)
 
-    @cached_property
-    def frontier(self) -> list[Any]:
-        """The planner's frontier (PlanResults, slowest first); `frontier_seconds` says how long it took."""
+    def frontier_under(self, budgets: tuple[Any, ...], precisions: Any) -> list[Any]:
+        """The planner's frontier within `budgets` over `precisions` (PlanResults, slowest first)."""
         from planner.frontier import frontier
 
         latency, quality = self.models
-        allowed = frozenset(FITTING_PRECISIONS)
-        start = time.perf_counter()
         points = frontier(
             self.profile,
-            self.budgets,
+            budgets,
             self.settings.frontier_points,
             latency=latency,
             quality=quality,
-            allowed_precisions=allowed,
+            allowed_precisions=frozenset(precisions),
         )
-        self.frontier_seconds = time.perf_counter() - start
         return sorted(points, key=lambda r: r.predicted_tokens_per_s)
+
+    @cached_property
+    def frontier(self) -> list[Any]:
+        """The frontier with every expert in RAM over FITTING_PRECISIONS; `frontier_seconds` says how
+        long it took."""
+        start = time.perf_counter()
+        points = self.frontier_under(self.budgets, FITTING_PRECISIONS)
+        self.frontier_seconds = time.perf_counter() - start
+        return points
 
     @cached_property
     def dial(self) -> list[Any]:
         """The frontier restricted to bf16 and int4, the paper's two precisions (slowest first): where
         the full frontier has too few plans to measure, held-out plans are taken from here too."""
-        from planner.frontier import frontier
-
-        latency, quality = self.models
-        allowed = frozenset({Precision.BF16, Precision.INT4})
-        points = frontier(
-            self.profile,
-            self.budgets,
-            self.settings.frontier_points,
-            latency=latency,
-            quality=quality,
-            allowed_precisions=allowed,
-        )
-        return sorted(points, key=lambda r: r.predicted_tokens_per_s)
+        return self.frontier_under(self.budgets, (Precision.BF16, Precision.INT4))
 
     @cached_property
     def knee(self) -> Any:

@@ -13,17 +13,13 @@ where the precision has one). Prints one table; ratios are within the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from bench.report import table
 from executor.config import ExecutorConfig
-from executor.costs import CACHE_FLUSH_BYTES
+from executor.costs import cold_median_over
 from executor.quant import QuantExpert
 from executor.runtime import ExecutorRuntime
 from moeqos.models import resolve_model_dir
@@ -33,44 +29,32 @@ PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4)
 READ_MODES = ("cached", "uncached")
 
 
-def cold_times(load: Callable[[tuple[int, int, Precision, int]], object], variants: Sequence[tuple]) -> float:
-    """Median seconds of `load(v)` over `variants`, each once, with the CPU caches flushed before."""
-    flush = torch.zeros(CACHE_FLUSH_BYTES, dtype=torch.uint8)
-    times = []
-    for variant in variants:
-        flush.add_(1)
-        start = time.perf_counter()
-        load(variant)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(model_dir: Path, mode: str, experts: int) -> list[list[object]]:
     """Rows (mode, precision, file KiB, portable ms, packed ms, speed-up) for one read mode."""
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="moeqos-disk-loads-") as cache:
         config = ExecutorConfig(model_dir, variant_cache_dir=Path(cache), disk_reads=mode)
         with ExecutorRuntime.load(config) as runtime:
-            factory, device = runtime.factory, config.device
+            factory, device, group = runtime.factory, config.device, runtime.plan.group_size
             layer_experts = [
                 (layer, expert)
                 for layer in range(runtime.num_layers)
                 for expert in range(runtime.num_experts)
             ]
             for precision in PRECISIONS:
-                variants = [(layer, expert, precision, 64) for layer, expert in layer_experts[:experts]]
+                variants = [(layer, expert, precision, group) for layer, expert in layer_experts[:experts]]
                 for variant in variants:
                     factory.ensure_file(variant, device)  # portable and (where one applies) packed files
                     factory.load(variant, device)  # leave each file as serving would (cached or not)
 
                 def portable(variant: tuple, f=factory, p=precision) -> object:
-                    return QuantExpert.from_state(f.read_state(f.path(variant)), p, 64, device)
+                    return QuantExpert.from_state(f.read_state(f.path(variant)), p, group, device)
 
                 def current(variant: tuple, f=factory) -> object:
                     return f.load(variant, device)
 
-                before = cold_times(portable, variants)
-                now = cold_times(current, variants)
+                before = cold_median_over(portable, variants, len(variants), device)
+                now = cold_median_over(current, variants, len(variants), device)
                 size = factory.path(variants[0]).stat().st_size
                 rows.append([mode, precision.value, size // 1024, before * 1e3, now * 1e3, before / now])
     return rows

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import plots
-from bench.metrics import mape, ratio, spread_indices
+from bench.metrics import mape, percent_error, ratio, spread_indices
 from bench.report import Goal, SectionResult, table
 
 SPEED_ERROR_GOAL = 10.0
@@ -113,10 +113,10 @@ def _plan_table(ctx: Any, points: list[Point], ends: list[Point]) -> Any:
             role,
             p.predicted_tokens_per_s,
             p.measured_tokens_per_s,
-            _error(p.predicted_tokens_per_s, p.measured_tokens_per_s),
+            percent_error(p.predicted_tokens_per_s, p.measured_tokens_per_s),
             p.predicted_perplexity,
             p.measured_perplexity,
-            _error(p.predicted_perplexity, p.measured_perplexity),
+            percent_error(p.predicted_perplexity, p.measured_perplexity),
         ]
         for p, role in labelled
     ]
@@ -172,10 +172,6 @@ def _profile_table(ctx: Any) -> Any:
         f"{ctx.load_seconds:.1f} s",
     ]
     return table("frontier: fitting plans (ptb:test)", ["plan", "perplexity", "tokens"], rows, notes)
-
-
-def _error(predicted: float, measured: float) -> float:
-    return 100.0 * (predicted - measured) / measured
 
 
 def _goals(points: list[Point]) -> list[Goal]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from moeqos.plan import Plan
 from moeqos.precision import Precision
@@ -21,6 +22,17 @@ def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
     if any(m == 0 for m in measured):
         raise ValueError("a measured value of 0 has no percentage error")
     return 100.0 * sum(abs(p - m) / abs(m) for p, m in zip(predicted, measured, strict=True)) / len(measured)
+
+
+def percent_error(predicted: float, measured: float) -> float:
+    """Signed error of `predicted` against `measured`, in percent of `measured`."""
+    return 100.0 * (predicted - measured) / measured
+
+
+def pool_hit_rate(before: Any, after: Any) -> float | None:
+    """Hit rate of the disk pool between two StoreStats snapshots (None when no disk expert was called)."""
+    calls = (after.hits - before.hits) + (after.misses - before.misses)
+    return (after.hits - before.hits) / calls if calls else None
 
 
 def expert_bytes_per_token(

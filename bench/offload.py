@@ -25,7 +25,7 @@ import numpy as np
 
 from bench import plots
 from bench.frontier import PERPLEXITY_ERROR_GOAL, RANGE_GOAL, SPEED_ERROR_GOAL
-from bench.metrics import mape, ratio, spread_indices
+from bench.metrics import mape, percent_error, pool_hit_rate, ratio, spread_indices
 from bench.report import Goal, SectionResult, table
 from moeqos.plan import Assignment, Plan
 from moeqos.tier import DISK, TierBudget
@@ -93,7 +93,7 @@ def measure(ctx: Any, result: Any, role: str) -> OffloadPoint:
     before = ctx.runtime.store_stats()
     speed = ctx.decode_speed(plan)
     after = ctx.runtime.store_stats()
-    calls = (after.hits - before.hits) + (after.misses - before.misses)
+    same_bytes_in_ram = in_ram(plan, ctx.device)
     return OffloadPoint(
         plan.to_spec(),
         plan.describe().split(": ", 1)[-1],
@@ -102,10 +102,10 @@ def measure(ctx: Any, result: Any, role: str) -> OffloadPoint:
         result.predicted_tokens_per_s,
         speed.tokens_per_s,
         predicted_hit_rate(ctx.models[0], plan),
-        (after.hits - before.hits) / calls if calls else None,
+        pool_hit_rate(before, after),
         result.predicted_perplexity,
-        float(ctx.perplexity(in_ram(plan, ctx.device)).perplexity),
-        in_ram(plan, ctx.device).to_spec() in {p.to_spec() for p in ctx.fitting_plans},
+        float(ctx.perplexity(same_bytes_in_ram).perplexity),
+        same_bytes_in_ram.to_spec() in ctx.fitting_labels,
     )
 
 
@@ -114,7 +114,6 @@ def run(ctx: Any) -> SectionResult:
     from bench.context import FITTING_PRECISIONS
     from moeqos.precision import Precision
     from moeqos.qos import Objective, QosTarget
-    from planner.frontier import frontier
     from planner.solver import PlanRequest, solve
 
     latency, quality = ctx.models
@@ -130,15 +129,7 @@ def run(ctx: Any) -> SectionResult:
         latency,
         quality,
     )
-    points = frontier(
-        ctx.profile,
-        budgets,
-        ctx.settings.frontier_points,
-        latency=latency,
-        quality=quality,
-        allowed_precisions=frozenset(FITTING_PRECISIONS),
-    )
-    points = sorted(points, key=lambda r: r.predicted_tokens_per_s)
+    points = ctx.frontier_under(budgets, FITTING_PRECISIONS)
     chosen = [
         points[i]
         for i in spread_indices([r.predicted_tokens_per_s for r in points], ctx.settings.measured_plans)
@@ -174,12 +165,12 @@ def _plan_table(ctx: Any, measured: list[OffloadPoint], budget: TierBudget, fron
             p.experts_on_disk,
             p.predicted_tokens_per_s,
             p.measured_tokens_per_s,
-            _error(p.predicted_tokens_per_s, p.measured_tokens_per_s),
+            percent_error(p.predicted_tokens_per_s, p.measured_tokens_per_s),
             p.predicted_hit_rate,
             p.measured_hit_rate,
             p.predicted_perplexity,
             p.measured_perplexity,
-            _error(p.predicted_perplexity, p.measured_perplexity),
+            percent_error(p.predicted_perplexity, p.measured_perplexity),
         ]
         for p in measured
     ]
@@ -207,10 +198,6 @@ def _plan_table(ctx: Any, measured: list[OffloadPoint], budget: TierBudget, fron
         "err %",
     ]
     return table("offload: the dial under a RAM budget, predicted vs measured", columns, rows, notes)
-
-
-def _error(predicted: float, measured: float) -> float:
-    return 100.0 * (predicted - measured) / measured
 
 
 def _goals(measured: list[OffloadPoint], wanted: int) -> list[Goal]:

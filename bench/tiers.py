@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bench.metrics import pool_hit_rate
 from bench.report import SectionResult, table
 from moeqos.plan import Assignment, Plan
 from moeqos.precision import Precision
@@ -43,11 +44,6 @@ def resident_first_plan(
     return Plan(rows)
 
 
-def _hit_rate(before: Any, after: Any) -> float | None:
-    calls = (after.hits - before.hits) + (after.misses - before.misses)
-    return (after.hits - before.hits) / calls if calls else None
-
-
 def measure_budget(ctx: Any, fraction: float) -> dict[str, Any]:
     """Plan, run and predict one budget (a fraction of the all-int4 size)."""
     profile, latency = ctx.profile, ctx.models[0]
@@ -69,7 +65,7 @@ def measure_budget(ctx: Any, fraction: float) -> dict[str, Any]:
         "spec": plan.to_spec(),
         "tokens_per_s": speed.tokens_per_s,
         "predicted_tokens_per_s": predicted,
-        "hit_rate": _hit_rate(before, after),
+        "hit_rate": pool_hit_rate(before, after),
         "misses": after.misses - before.misses,
         "bytes_moved": after.bytes_moved - before.bytes_moved,
     }

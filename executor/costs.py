@@ -10,7 +10,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -21,6 +21,8 @@ from moeqos.tier import DISK
 
 if TYPE_CHECKING:
     from executor.runtime import ExecutorRuntime
+
+T = TypeVar("T")
 
 REPRESENTATIVE = (0, 0)
 """The (layer, expert) whose calls are timed; every expert of a layer has the same shape."""
@@ -62,6 +64,13 @@ def cold_median_seconds(fn: Callable[[], object], repeats: int, device: str) -> 
     """
     flush = torch.zeros(CACHE_FLUSH_BYTES, dtype=torch.uint8, device=device)
     return median_seconds(fn, repeats, device, before=lambda: flush.add_(1))  # a write pass over [N]
+
+
+def cold_median_over(fn: Callable[[T], object], items: Sequence[T], repeats: int, device: str) -> float:
+    """`cold_median_seconds` of `fn(item)` with the items taken in turn (the warm-up takes the first):
+    for timing reads that must not find their data already cached."""
+    turn = itertools.cycle(items)
+    return cold_median_seconds(lambda: fn(next(turn)), repeats, device)
 
 
 def call_costs(
@@ -115,10 +124,9 @@ def load_costs(
         variants = [(layer, REPRESENTATIVE[1], precision, group_size) for layer in layers]
         for variant in variants:
             runtime.factory.ensure_file(variant, device)
-            runtime.factory.load(variant, device)  # settle the file's page-cache state as serving would
-        nbytes = runtime.factory.load(variants[0], device)[1]
-        turn = itertools.cycle(variants)
-        seconds = cold_median_seconds(lambda t=turn: runtime.factory.load(next(t), device), repeats, device)  # type: ignore[misc]
+            # settle the file's page-cache state as serving would; every variant has the same size
+            nbytes = runtime.factory.load(variant, device)[1]
+        seconds = cold_median_over(lambda v: runtime.factory.load(v, device), variants, repeats, device)
         costs.append(LoadCost(precision, nbytes, seconds))
     return costs
 

@@ -8,6 +8,8 @@ expert store reads each one when a plan asks for it, so two full copies of the w
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -56,6 +58,22 @@ def moe_blocks(model: nn.Module, adapter: ModelAdapter) -> list[MoeBlock]:
     blocks = [layer.get_submodule(adapter.moe_module) for layer in adapter.layers(model)]
     assert all(isinstance(b, MoeBlock) for b in blocks), "the MoE blocks were not swapped"
     return blocks  # type: ignore[return-value]
+
+
+@contextmanager
+def observing(
+    model: nn.Module, adapter: ModelAdapter, observer: Callable[[int, torch.Tensor, torch.Tensor], None]
+) -> Iterator[None]:
+    """Inside the block, every MoE block calls `observer(layer, hidden [N, H], index [N, k])` on each
+    forward pass (the routed experts of each token); afterwards none does."""
+    blocks = moe_blocks(model, adapter)
+    for block in blocks:
+        block.observer = observer
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.observer = None
 
 
 def _load_dense(model: nn.Module, checkpoint: Checkpoint, device: str, dtype: torch.dtype) -> None:

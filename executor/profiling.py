@@ -23,7 +23,7 @@ import torch
 from executor.costs import calibrate, call_costs, load_costs
 from executor.disk_calibration import calibrate_loads
 from executor.evaluation import evaluate
-from executor.loader import moe_blocks
+from executor.loader import observing
 from executor.quant import QuantExpert, reference_expert_forward, relative_error
 from moeqos.errors import InvalidArgument
 from moeqos.plan import Plan
@@ -69,17 +69,10 @@ def route_calibration(
         if room > 0:
             captured[layer].append(hidden[:room].detach().float().cpu())  # [<=room, H]
 
-    blocks = moe_blocks(runtime.lm, runtime.adapter)
-    with runtime.model_lock:
-        for block in blocks:
-            block.observer = observe
-        try:
-            for start in range(0, len(ids), window):
-                runtime.forward_logits(torch.tensor([ids[start : start + window]]), keep=1)
-                progress("frequency", min(1.0, (start + window) / len(ids)))
-        finally:
-            for block in blocks:
-                block.observer = None
+    with runtime.model_lock, observing(runtime.lm, runtime.adapter, observe):
+        for start in range(0, len(ids), window):
+            runtime.forward_logits(torch.tensor([ids[start : start + window]]), keep=1)
+            progress("frequency", min(1.0, (start + window) / len(ids)))
     frequency = tuple(tuple(float(c) / len(ids) for c in row) for row in counts.tolist())
     return frequency, [torch.cat(c) for c in captured]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from executor.eviction import LruPolicy, SlotPool
-from executor.loader import moe_blocks
+from executor.loader import observing
 from moeqos.plan import Plan
 from tests.executor.tiny import EXPERTS, LAYERS, prompt_ids
 
@@ -159,12 +159,8 @@ def _expert_accesses(runtime, ids: torch.Tensor) -> list[tuple[int, int]]:
     def observe(layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
         accesses.extend((layer, e) for e in torch.unique(index).tolist())
 
-    blocks = moe_blocks(runtime.lm, runtime.adapter)
-    for block in blocks:
-        block.observer = observe
-    runtime.forward_logits(ids)
-    for block in blocks:
-        block.observer = None
+    with observing(runtime.lm, runtime.adapter, observe):
+        runtime.forward_logits(ids)
     return accesses
 
 

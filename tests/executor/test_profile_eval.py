@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from executor.loader import moe_blocks
+from executor.loader import observing
 from executor.profiling import planning_precisions
 from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.plan import Plan
@@ -99,12 +99,8 @@ def _layer_frequencies(runtime, ids: torch.Tensor) -> list[list[float]]:
     def observe(layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
         counts[layer] += torch.bincount(index.flatten(), minlength=EXPERTS).float()
 
-    blocks = moe_blocks(runtime.lm, runtime.adapter)
-    for block in blocks:
-        block.observer = observe
-    runtime.forward_logits(ids)
-    for block in blocks:
-        block.observer = None
+    with observing(runtime.lm, runtime.adapter, observe):
+        runtime.forward_logits(ids)
     return (counts / ids.shape[1]).tolist()
 
 
