@@ -328,8 +328,11 @@ class BenchContext:
         return float(last.stats.tokens_per_s)
 
     def perplexity(self, plan: Plan) -> Any:
-        """ptb:test perplexity of `plan` over `eval_tokens` tokens (cached per plan)."""
+        """ptb:test perplexity of `plan` over `eval_tokens` tokens (cached per plan; a fitting plan's
+        is the profile's measurement, on the same tokens): anything with a `.perplexity`."""
         key = plan.to_spec()
+        if key not in self.perplexities:
+            self.perplexities.update((q.plan_spec, q) for q in self.profile.quality_points)
         if key not in self.perplexities:
             self.log(f"perplexity of {plan.describe()}")
             self.apply(plan)

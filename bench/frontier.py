@@ -12,14 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import plots
-from bench.metrics import mape, percent_error, ratio, spread_indices
+from bench.metrics import mape, percent_error, ratio, short_description, spread_indices
 from bench.report import Goal, SectionResult, table
 
 SPEED_ERROR_GOAL = 10.0
 PERPLEXITY_ERROR_GOAL = 5.0
-RANGE_GOAL = 4.0
-"""Judged in the `offload` section, where the dial includes what must be fetched; with every expert in
-RAM the range is bounded by how much lighter the lightest expert precision makes a whole token."""
 MIN_PLANS = 8
 
 
@@ -84,7 +81,7 @@ def measure(ctx: Any, result: Any, source: str) -> Point:
 
 def _label(ctx: Any, plan: Any) -> str:
     """The rule text of a fitting plan, else the plan's counts (full specs run to hundreds of chars)."""
-    return str(ctx.fitting_labels.get(plan.to_spec(), plan.describe().split(": ", 1)[-1]))
+    return str(ctx.fitting_labels.get(plan.to_spec(), short_description(plan)))
 
 
 def run(ctx: Any) -> SectionResult:

@@ -29,6 +29,12 @@ def percent_error(predicted: float, measured: float) -> float:
     return 100.0 * (predicted - measured) / measured
 
 
+def short_description(plan: Plan) -> str:
+    """The plan's counts (`120xint8@cpu 120xint4@disk`) without its shape prefix: full specs run to
+    hundreds of characters."""
+    return plan.describe().split(": ", 1)[-1]
+
+
 def pool_hit_rate(before: Any, after: Any) -> float | None:
     """Hit rate of the disk pool between two StoreStats snapshots (None when no disk expert was called)."""
     calls = (after.hits - before.hits) + (after.misses - before.misses)

@@ -42,18 +42,11 @@ def instance_timings(name: str, profile: Any, budgets: Any, points: int, repeats
         rows.append(
             [name, f"solve ppl <= ref +{step:.0%}", timing.median, f"{best.predicted_tokens_per_s:.3g} tok/s"]
         )
-    timing = time_repeats(lambda: frontier(profile, budgets, points), 1, warmup=0)
+    timing = time_repeats(
+        lambda: frontier(profile, budgets, points, latency=latency, quality=quality), 1, warmup=0
+    )
     rows.append([name, f"frontier ({points} points)", timing.median, ""])
     return rows
-
-
-def whatif_instances() -> list[tuple[str, Any]]:
-    """(name, profile) of the planner benchmark's instances: Mixtral-8x7B and -8x22B (and the default
-    model) what-if on A100-like and CPU hardware, each also "measured-like" (per-expert frequencies and
-    errors, so the MILP keeps one binary per expert and option). See bench.planner_bench."""
-    from bench.planner_bench import instances
-
-    return instances()
 
 
 def switch_rows(ctx: Any) -> list[list[Any]]:
@@ -83,7 +76,11 @@ def switch_rows(ctx: Any) -> list[list[Any]]:
 
 
 def run(ctx: Any) -> SectionResult:
-    """Solve and frontier timings for three instances, then plan switches vs reload."""
+    """Solve and frontier timings for the measured profile and the planner benchmark's what-if instances
+    (Mixtral-8x7B and -8x22B and the default model on A100-like and CPU hardware, each also
+    "measured-like"; see bench.planner_bench), then plan switches vs reload."""
+    from bench.planner_bench import instances as whatif_instances
+
     s = ctx.settings
     instances = [(f"{ctx.model_dir.name} (measured)", ctx.profile, ctx.budgets)]
     instances += [(name, profile, profile.tiers) for name, profile in whatif_instances()]

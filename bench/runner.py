@@ -32,15 +32,8 @@ OVERRIDES = {
 }
 """Settings a flag may override (bench.settings.Settings field -> help)."""
 
-_MODULES = {
-    "frontier": "bench.frontier",
-    "baseline": "bench.baseline",
-    "bandwidth": "bench.bandwidth",
-    "tiers": "bench.tiers",
-    "offload": "bench.offload",
-    "planner": "bench.planner_section",
-    "paper": "bench.paper",
-}
+_MODULES = {name: f"bench.{name}" for name in SECTIONS} | {"planner": "bench.planner_section"}
+"""Section -> the module whose `run(ctx)` measures it (bench.NAME, but for `planner`)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

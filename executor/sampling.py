@@ -13,6 +13,11 @@ import torch
 
 from moeqos.errors import InvalidArgument, OutOfRange
 
+MIN_TEMPERATURE = 1e-3
+"""Smallest non-zero sampling temperature accepted (below it, use 0: greedy)."""
+MIN_TOP_P = 1e-6
+"""Smallest nucleus mass accepted."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -42,6 +47,14 @@ class SamplingParams:
             raise InvalidArgument(f"temperature must be finite and >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise InvalidArgument(f"top_p must be in (0, 1], got {self.top_p}")
+        # Below these floors fp32 sampling breaks (logits / 1e-300 overflow to inf; a top_p of 1e-300
+        # rounds to 0 and masks every token): answer clearly instead.
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise OutOfRange(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {self.temperature:g}"
+            )
+        if self.top_p < MIN_TOP_P:
+            raise OutOfRange(f"top_p must be at least {MIN_TOP_P:g}, got {self.top_p:g}")
         if self.top_k < 0:
             raise InvalidArgument(f"top_k must be >= 0, got {self.top_k}")
         if any(not s for s in self.stop):

@@ -29,7 +29,7 @@ from executor.sampling import SamplingParams
 from executor.service_admission import Admission
 from executor.service_target import StandingTarget
 from moeqos import wire
-from moeqos.errors import NotReady, OutOfRange
+from moeqos.errors import NotReady
 from moeqos.plan import Plan
 from moeqos.profile import Profile as Measured  # the RPC `Profile` below would shadow the name
 from moeqos.tier import TierBudget
@@ -38,23 +38,11 @@ from moeqos_proto.executor.v1 import executor_pb2_grpc as ex_grpc
 
 T = TypeVar("T")
 
-MIN_TEMPERATURE = 1e-3
-"""Smallest non-zero sampling temperature accepted (below it, use 0: greedy)."""
-MIN_TOP_P = 1e-6
-"""Smallest nucleus mass accepted."""
 _DONE = object()
 
 
 def sampling_params(message: ex.SamplingParams) -> SamplingParams:
     """Runtime sampling parameters (the runtime validates the values against the model)."""
-    # Below these, fp32 sampling breaks (logits / 1e-300 overflow to inf; a top_p of 1e-300 rounds to 0
-    # and masks every token): answer clearly instead.
-    if 0 < message.temperature < MIN_TEMPERATURE:
-        raise OutOfRange(
-            f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {message.temperature:g}"
-        )
-    if message.HasField("top_p") and 0 < message.top_p < MIN_TOP_P:
-        raise OutOfRange(f"top_p must be at least {MIN_TOP_P:g}, got {message.top_p:g}")
     return SamplingParams(
         max_tokens=message.max_tokens,
         temperature=message.temperature,

@@ -6,7 +6,7 @@ uses right now (LRU, bounded by bytes), the on-disk variant cache (one safetenso
 original weights. So switching back and forth between two plans quantizes each variant once.
 The `disk` tier reads its experts from the same on-disk files, which therefore hold quantized bytes.
 For CPU int4 experts it keeps a second file in the kernel's own packed layout (named by the machine's
-layout tag), written on the first load: repacking the portable codes is most of an int4 load's cost.
+layout tag), written with the disk file: repacking the portable codes is most of an int4 load's cost.
 """
 
 from __future__ import annotations
@@ -144,30 +144,29 @@ class VariantFactory:
         """Make sure the on-disk variant exists (the `disk` tier's backing store), and, given the
         `device` that will load it, its packed file where one applies, so no miss writes a file."""
         path = self.path(key)
+        module = None
         if not path.is_file():
             module = self.memory.take(key) or self._quantize(key, "cpu")
             self._save(key, module)
             self.memory.put(key, module.to_device("cpu"))
-        if device is not None:
-            packed = self.packed_path(key, device)
-            if packed is not None and not packed.is_file():
-                self.load(key, device)  # reading the portable file writes the packed one
+        packed = None if device is None else self.packed_path(key, device)
+        if packed is not None and not packed.is_file():
+            if module is None:
+                module = QuantExpert.from_state(self.read_state(path), key[2], key[3], "cpu")
+            state = module.packed_state()
+            if state is not None:
+                self._write(packed, state)
         return path
 
     def load(self, key: VariantKey, device: str) -> tuple[QuantExpert, int]:
-        """Read the on-disk variant onto `device` (from its packed file when there is one); returns it
-        and the bytes read."""
+        """Read the on-disk variant onto `device` (from its packed file when `ensure_file` wrote one);
+        returns it and the bytes read."""
         packed = self.packed_path(key, device)
         if packed is not None and packed.is_file():
-            return QuantExpert.from_packed_state(
-                self.read_state(packed), key[2], key[3]
-            ), packed.stat().st_size
+            module = QuantExpert.from_packed_state(self.read_state(packed), key[2], key[3])
+            return module, packed.stat().st_size
         path = self.path(key)
-        module = QuantExpert.from_state(self.read_state(path), key[2], key[3], device)
-        state = module.packed_state() if packed is not None else None
-        if packed is not None and state is not None:
-            self._write(packed, state)
-        return module, path.stat().st_size
+        return QuantExpert.from_state(self.read_state(path), key[2], key[3], device), path.stat().st_size
 
     def read_state(self, path: Path) -> dict[str, torch.Tensor]:
         """Every tensor of a safetensors file, in memory of its own."""

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from moeqos.errors import InfeasibleTarget
+from moeqos.errors import InfeasibleTarget, OutOfRange
 from moeqos.precision import Precision
 from moeqos.profile import Profile
 from moeqos.qos import Objective, QosTarget
@@ -39,7 +39,7 @@ def frontier(
     """Up to `points` non-dominated plans, slowest (most accurate) first. Raises InfeasibleTarget when
     no plan fits the budgets at all."""
     if points < 2:
-        raise ValueError(f"a frontier needs at least 2 points, got {points}")
+        raise OutOfRange(f"a frontier needs at least 2 points, got {points}")
     latency = latency or LatencyModel.fit(profile)
     quality = quality or QualityModel.fit(profile)
     base = PlanRequest(

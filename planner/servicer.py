@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -77,27 +76,6 @@ def _described_hardware(request: pl.WhatIfRequest) -> HardwareDescription:
     if request.hardware_name not in HARDWARE:
         raise InvalidArgument(f"unknown hardware {request.hardware_name!r}; built in: {', '.join(HARDWARE)}")
     return HARDWARE[request.hardware_name]
-
-
-def _analytic(model: ModelDescription, hardware: HardwareDescription, capacities: dict[str, int]) -> Profile:
-    """The what-if profile with some tiers' memory replaced by `capacities` (the profile's budgets are
-    then what is left for experts, exactly as `moeqos whatif --budget` computes them), or
-    InvalidArgument when the descriptions do not combine into finite costs (e.g. a zero link
-    bandwidth that host experts must be copied over)."""
-    try:
-        profile = whatif_profile(model, hardware, capacities)
-    except (ArithmeticError, KeyError, ValueError) as exc:
-        raise InvalidArgument(f"the model and hardware descriptions do not combine: {exc}") from None
-    costs = [
-        profile.fixed_seconds,
-        *(c.seconds for c in profile.call_costs),
-        *(c.seconds for c in profile.load_costs),
-    ]
-    if not all(math.isfinite(c) and c >= 0 for c in costs):
-        raise InvalidArgument(
-            "the model and hardware descriptions give non-finite costs; check bandwidths and rates"
-        )
-    return profile
 
 
 def _points(count: int) -> int:
@@ -169,7 +147,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
 
     async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
         capacities = {b.name: b.budget_bytes for b in wire.budgets_from_proto(request.budgets)}
-        profile = _analytic(_described_model(request), _described_hardware(request), capacities)
+        profile = whatif_profile(_described_model(request), _described_hardware(request), capacities)
         budgets = profile.tiers
         response = pl.WhatIfResponse(profile=wire.profile_to_proto(profile))
         if request.HasField("target"):
@@ -185,8 +163,8 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         peer = self._peer_for(context)
         # Every plan is solved before any is applied, so a bad input or an infeasible target for one
         # executor leaves all of them untouched.
-        results = await asyncio.gather(*(self._solve_for(spec, peer) for spec in specs))
-        before = await asyncio.gather(*(self._state_of(spec, peer) for spec in specs))
+        solved = await asyncio.gather(*(self._solve_for(spec, peer) for spec in specs))
+        results, before = [result for result, _ in solved], [info for _, info in solved]
         planner_address = request.planner_address or self.advertise_address
         outcomes = await asyncio.gather(
             *(
@@ -207,19 +185,14 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             raise failures[0]
         return pl.DeployResponse(results=[o for o in outcomes if isinstance(o, pl.DeployResult)])
 
-    async def _solve_for(self, spec: DeploySpec, peer: ConnectOptions) -> PlanResult:
-        """The executor's plan from its profile, within the given budgets or else its current ones."""
+    async def _solve_for(self, spec: DeploySpec, peer: ConnectOptions) -> tuple[PlanResult, ExecutorInfo]:
+        """The executor's plan from its profile, within the given budgets or else its current ones, and
+        what it serves now (its plan, standing target and planner: what a failed Deploy restores)."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             profile = await executor.get_profile(timeout=None)
-            budgets = spec.budgets or tuple(
-                TierBudget(t.name, t.budget_bytes) for t in (await executor.info()).tiers
-            )
-        return await self._run(solve, PlanRequest(profile, spec.target, budgets, spec.pins))
-
-    async def _state_of(self, spec: DeploySpec, peer: ConnectOptions) -> ExecutorInfo:
-        """What the executor serves now (its plan, standing target and planner), to restore on failure."""
-        async with AsyncExecutorClient(spec.executor_address, peer) as executor:
-            return await executor.info()
+            info = await executor.info()
+        budgets = spec.budgets or tuple(TierBudget(t.name, t.budget_bytes) for t in info.tiers)
+        return await self._run(solve, PlanRequest(profile, spec.target, budgets, spec.pins)), info
 
     async def _restore(self, spec: DeploySpec, info: ExecutorInfo, peer: ConnectOptions) -> None:
         """Put the executor back on `info`'s plan and standing target (a no-op switch when unchanged)."""

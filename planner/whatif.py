@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from moeqos.errors import InvalidArgument
 from moeqos.precision import Precision
 from moeqos.profile import CallCost, HardwareIdentity, LoadCost, Profile, QualityPoint
 from moeqos.tier import DISK, TierBudget
@@ -107,8 +108,25 @@ def whatif_profile(
     skew: float = DEFAULT_SKEW,
 ) -> Profile:
     """`analytic_profile` on `hardware` with some tiers' *memory* replaced (`{"cuda:0": 24 GiB}`): the
-    profile's tier budgets are then what is left for experts (see module docstring)."""
-    return analytic_profile(model, hardware.with_capacities(capacities or {}), skew=skew)
+    profile's tier budgets are then what is left for experts (see module docstring). InvalidArgument
+    when the descriptions do not combine into finite costs (e.g. a zero link bandwidth that host
+    experts must be copied over)."""
+    try:
+        profile = analytic_profile(model, hardware.with_capacities(capacities or {}), skew=skew)
+    except (ArithmeticError, KeyError, ValueError) as exc:
+        if isinstance(exc, InvalidArgument):
+            raise
+        raise InvalidArgument(f"the model and hardware descriptions do not combine: {exc}") from None
+    costs = [
+        profile.fixed_seconds,
+        *(c.seconds for c in profile.call_costs),
+        *(c.seconds for c in profile.load_costs),
+    ]
+    if not all(math.isfinite(c) and c >= 0 for c in costs):
+        raise InvalidArgument(
+            "the model and hardware descriptions give non-finite costs; check bandwidths and rates"
+        )
+    return profile
 
 
 def expert_budgets(

@@ -49,11 +49,12 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     assert budgets[-1]["experts_on_disk"] > 0 and budgets[-1]["hit_rate"] is not None
     offload = sections["offload"]["data"]
     assert offload["disk_reads"] == "uncached" and offload["measured"][0]["role"] == "full precision"
+    assert all(p["experts_on_disk"] > 0 and p["measured_hit_rate"] is not None for p in offload["measured"])
     assert all(_finite_positive(p["measured_tokens_per_s"]) for p in offload["measured"])
     assert len(sections["planner"]["data"]["switches"]) == 4
     spans = sections["paper"]["data"]["spans"]
-    assert spans[0]["max_tokens_per_s"] == 13.0
-    assert all(s["max_tokens_per_s"] > s["min_tokens_per_s"] for s in spans)
+    assert len(spans) == 4  # the paper's row, then three what-if scenarios computed here
+    assert all(s["frontier"] and s["max_tokens_per_s"] > s["min_tokens_per_s"] for s in spans[1:])
     for section in sections.values():
         assert all((tmp_path / p.rsplit("/", 1)[-1]).is_file() for p in section["plots"])
     assert out.count("machine: ") >= len(SECTIONS) and "== frontier: held-out plans" in out

@@ -86,6 +86,8 @@ def test_cancel_stops_between_tokens(runtime) -> None:
         ("hello", SamplingParams(temperature=float("nan")), InvalidArgument),
         ("hello", SamplingParams(top_p=0.0), InvalidArgument),
         ("hello", SamplingParams(top_p=1.5), InvalidArgument),
+        ("hello", SamplingParams(temperature=1e-300), OutOfRange),  # logits / T would overflow to inf
+        ("hello", SamplingParams(temperature=0.5, top_p=1e-300), OutOfRange),
         ("hello", SamplingParams(top_k=-1), InvalidArgument),
         ("hello", SamplingParams(stop=("",)), InvalidArgument),
     ],

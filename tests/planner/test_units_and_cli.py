@@ -95,6 +95,8 @@ def test_frontier_command_with_plot(profile_file, tmp_path, capsys) -> None:
     )
     doc = json.loads(out)
     assert code == 0 and len(doc["points"]) >= 2 and plot.stat().st_size > 0
+    code, _, err = _run(["frontier", "--profile", str(profile_file), "--points", "1"], capsys)
+    assert code == 2 and "at least 2 points" in err
 
 
 def test_whatif_command_answers_the_example_question(capsys) -> None:
@@ -119,6 +121,21 @@ def test_whatif_command_answers_the_example_question(capsys) -> None:
     assert code == 0 and doc["predicted_tokens_per_s"] >= 5 * (1 - 1e-6) and doc["perplexity_is_estimate"]
     code, _, err = _run(["whatif", "--model", "nope"], capsys)
     assert code == 2 and "unknown model" in err
+
+
+def test_whatif_with_descriptions_that_do_not_combine_is_a_clear_error(tmp_path, capsys) -> None:
+    """Host experts copied over a link of zero bandwidth: exit 2 with a message, not a traceback."""
+    from dataclasses import asdict, replace
+
+    from planner.catalog import HARDWARE
+
+    hardware = replace(HARDWARE["a100-80gb"], host_compute=False, link_bandwidth_bps=0.0)
+    path = tmp_path / "no-link.json"
+    path.write_text(json.dumps(asdict(hardware)))
+    code, _, err = _run(
+        ["whatif", "--model", "mixtral-8x7b", "--hardware", str(path), "--min-tps", "1"], capsys
+    )
+    assert code == 2 and "do not combine" in err
 
 
 def test_whatif_paper_prints_the_side_by_side(capsys) -> None:
