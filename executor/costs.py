@@ -1,7 +1,7 @@
 """Timing measurements for a profile: one-token expert calls per (precision, tier), disk loads, and the
-fixed decode cost outside the experts. Calls and loads: medians over `repeats` after one warm-up call;
-expert calls are timed with cold caches (see `cold_median_seconds`), then calibrated against whole
-decode steps together with the fixed cost (see `calibrate`)."""
+fixed decode cost outside the experts. Calls and loads: medians over `repeats` after one warm-up call,
+timed with cold caches (see `cold_median_seconds`). Calls are then calibrated against whole decode
+steps together with the fixed cost (`calibrate`), loads likewise in executor.disk_calibration."""
 
 from __future__ import annotations
 
@@ -28,33 +28,14 @@ REPRESENTATIVE = (0, 0)
 """The (layer, expert) whose calls are timed; every expert of a layer has the same shape."""
 
 
-def median_seconds(
-    fn: Callable[[], object], repeats: int, device: str, before: Callable[[], object] | None = None
-) -> float:
-    """Median wall time of fn() over `repeats` runs after a warm-up, synchronising accelerators;
-    `before` runs untimed ahead of each timed run."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        if before is not None:
-            before()
-            sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 CACHE_FLUSH_BYTES = 128 << 20
 """Bytes written between timed expert calls to push the expert's weights out of the caches (larger than
 the last-level cache of current server CPUs and than an H100's 50 MB L2)."""
 
 
 def cold_median_seconds(fn: Callable[[], object], repeats: int, device: str) -> float:
-    """Median wall time of fn() with the caches flushed before each run.
+    """Median wall time of fn() over `repeats` runs after a warm-up, with the caches flushed before each
+    run and accelerators synchronised.
 
     During decode an expert's weights are touched once per token and all experts together far exceed
     the caches, so every call streams its weights from memory. Timing one expert in a hot loop keeps
@@ -62,8 +43,19 @@ def cold_median_seconds(fn: Callable[[], object], repeats: int, device: str) -> 
     default model: hot, int4 and int8 calls cost the same and the planner saw no reason for int4,
     while whole decode steps at int4 run 1.5x faster than at int8).
     """
-    flush = torch.zeros(CACHE_FLUSH_BYTES, dtype=torch.uint8, device=device)
-    return median_seconds(fn, repeats, device, before=lambda: flush.add_(1))  # a write pass over [N]
+    flush = torch.zeros(CACHE_FLUSH_BYTES, dtype=torch.uint8, device=device)  # [N]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()  # warm-up
+    sync()
+    times = []
+    for _ in range(repeats):
+        flush.add_(1)  # a write pass over [N], untimed
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def cold_median_over(fn: Callable[[T], object], items: Sequence[T], repeats: int, device: str) -> float:

@@ -133,6 +133,11 @@ def _expert_errors(
     }
 
 
+def recorded_disk_reads(runtime: ExecutorRuntime) -> str:
+    """What a profile of `runtime` records as its disk read mode: empty without a disk tier."""
+    return runtime.config.disk_reads if DISK in runtime.budgets else ""
+
+
 def build_profile(
     runtime: ExecutorRuntime,
     calibration_ids: list[int],
@@ -194,7 +199,7 @@ def build_profile(
         quality_points=tuple(points),
         tiers=tuple(TierBudget(name, budget) for name, budget in runtime.budgets.items()),
         disk_pool_slots=runtime.config.disk_pool_slots,
-        disk_reads=runtime.config.disk_reads if DISK in runtime.budgets else "",
+        disk_reads=recorded_disk_reads(runtime),
         group_size=group_size,
         measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )

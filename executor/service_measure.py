@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from executor.evaluation import EvalResult
+from executor.profiling import recorded_disk_reads
 from executor.runtime import ExecutorRuntime
 from moeqos.corpora import CALIBRATION_CORPUS, FITTING_CORPUS, corpus_names, load_corpus, tokenize_prefix
 from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.plan import Plan
 from moeqos.precision import Precision
 from moeqos.profile import Profile
-from moeqos.tier import DISK
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,7 +147,6 @@ def load_saved(path: Path | None, runtime: ExecutorRuntime) -> Profile | None:
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable profile %s: %s", path, exc)
         return None
-    reads = runtime.config.disk_reads if DISK in runtime.budgets else ""  # as build_profile records it
     same = (
         profile.model.fingerprint,
         profile.hardware.device,
@@ -157,7 +156,7 @@ def load_saved(path: Path | None, runtime: ExecutorRuntime) -> Profile | None:
         runtime.model.fingerprint,
         runtime.hardware.device,
         runtime.config.disk_pool_slots,
-        reads,
+        recorded_disk_reads(runtime),
     )
     if not same:
         log.info("ignoring profile %s: measured on another model, device or disk tier", path)

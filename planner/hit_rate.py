@@ -72,9 +72,7 @@ def _gap_bins(horizon: int) -> np.ndarray:
 
 
 def _gap_horizon(rarest: float) -> int:
-    """Gaps to sum so that P(gap > horizon) < NEGLIGIBLE_TAIL for every expert, capped."""
-    if rarest >= 1.0:
-        return 1
+    """Gaps to sum so that P(gap > horizon) < NEGLIGIBLE_TAIL for every expert, capped (`rarest` < 1)."""
     return int(min(MAX_GAP_TOKENS, math.ceil(math.log(NEGLIGIBLE_TAIL) / math.log1p(-rarest))))
 
 

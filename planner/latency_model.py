@@ -19,6 +19,7 @@ tokens/s = 1 / seconds per token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from moeqos.plan import Plan
 from moeqos.precision import Precision
-from moeqos.profile import Grid, Profile
+from moeqos.profile import CallCost, Grid, LoadCost, Profile
 from moeqos.tier import DISK
 from planner.curves import CostCurve, fit_curve
 from planner.hit_rate import lru_hit_rates
@@ -61,14 +62,12 @@ class LatencyModel:
         resident = [c for c in profile.call_costs if c.tier != DISK]
         tiers = sorted({c.tier for c in resident})
         curves = {t: fit_curve([(c.bytes, c.seconds) for c in resident if c.tier == t]) for t in tiers}
-        factors: dict[str, float] = {}
-        for c in resident:
-            ratios = [
-                other.seconds / curves[other.tier].seconds(other.bytes)
-                for other in resident
-                if other.tier == c.tier and same_cost(other.precision, c.precision)
-            ]
-            factors[f"{c.precision.value}@{c.tier}"] = float(np.median(ratios))
+        factors = {
+            f"{c.precision.value}@{c.tier}": _pooled_ratio(
+                [o for o in resident if o.tier == c.tier], c, curves[c.tier]
+            )
+            for c in resident
+        }
         load_curve = (
             fit_curve([(c.bytes, c.seconds) for c in profile.load_costs]) if profile.load_costs else None
         )
@@ -185,15 +184,16 @@ def same_cost(a: Precision, b: Precision) -> bool:
 
 
 def _load_factors(profile: Profile, curve: CostCurve | None) -> dict[Precision, float]:
-    """Per precision with LoadCosts, median of measured / curve over the precisions of the same cost."""
+    """Per precision with LoadCosts, its pooled measured / curve ratio."""
     if curve is None:
         return {}
-    loads = profile.load_costs
-    return {
-        c.precision: float(
-            np.median(
-                [o.seconds / curve.seconds(o.bytes) for o in loads if same_cost(o.precision, c.precision)]
-            )
+    return {c.precision: _pooled_ratio(profile.load_costs, c, curve) for c in profile.load_costs}
+
+
+def _pooled_ratio(costs: Sequence[CallCost | LoadCost], cost: CallCost | LoadCost, curve: CostCurve) -> float:
+    """Median of measured / curve over the `costs` whose precision costs the same as `cost`'s."""
+    return float(
+        np.median(
+            [c.seconds / curve.seconds(c.bytes) for c in costs if same_cost(c.precision, cost.precision)]
         )
-        for c in loads
-    }
+    )

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
     deploy.add_argument("--objective", action=_TargetField, choices=[o.value for o in Objective])
     deploy.add_argument(
-        "--budget", action=_TargetField, type=_budget, metavar="TIER=SIZE", help="plan budget"
+        "--budget", action=_TargetField, type=budget_arg, metavar="TIER=SIZE", help="plan budget"
     )
     deploy.add_argument("--pin", action=_TargetField, type=_pin, metavar="RULE", help="e.g. L0.E*=bf16@cpu")
 
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     budget = _command(subparsers, "set-budget", "change a tier's budget on an executor", cmd_set_budget)
     _executor_arg(budget)
-    budget.add_argument("budget", type=_budget, metavar="TIER=SIZE", help="e.g. cpu=1GiB")
+    budget.add_argument("budget", type=budget_arg, metavar="TIER=SIZE", help="e.g. cpu=1GiB")
 
     profile = _command(
         subparsers, "profile", "measure an executor's profile again (progress bar)", cmd_profile
@@ -93,11 +93,7 @@ def _command(subparsers: argparse._SubParsersAction, name: str, help_text: str, 
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """The flags `connect_options` reads: token, TLS files, deadline, wait for SERVING."""
     parser.add_argument("--token", help="bearer token (default: $MOEQOS_TOKEN)")
-    parser.add_argument(
-        "--tls-ca", help="PEM CA to verify servers with; enables TLS (default: $MOEQOS_TLS_CA)"
-    )
-    parser.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
-    parser.add_argument("--tls-key", help="PEM client key, for mutual TLS")
+    add_tls_args(parser)
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of unary calls in seconds")
     parser.add_argument(
         "--wait-ready",
@@ -108,13 +104,23 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tls_args(parser: argparse.ArgumentParser) -> None:
+    """The TLS flags `tls_options` reads."""
+    parser.add_argument(
+        "--tls-ca", help="PEM CA to verify servers with; enables TLS (default: $MOEQOS_TLS_CA)"
+    )
+    parser.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS")
+    parser.add_argument("--tls-key", help="PEM client key, for mutual TLS")
+
+
 def _executor_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executor", metavar="ADDR", help=f"executor (default $MOEQOS_EXECUTOR or {DEFAULT_EXECUTOR})"
     )
 
 
-def _budget(text: str) -> Any:
+def budget_arg(text: str) -> Any:
+    """argparse type of a `TIER=SIZE` budget (e.g. `cpu=2GiB`)."""
     from planner.units import parse_budget
 
     try:
@@ -164,19 +170,22 @@ def planner_address(args: argparse.Namespace) -> str:
 
 def connect_options(args: argparse.Namespace) -> Any:
     """ConnectOptions from the flags, falling back to MOEQOS_TOKEN / MOEQOS_TLS_CA."""
-    from pathlib import Path
-
     from client import ConnectOptions
 
     token = args.token or os.environ.get("MOEQOS_TOKEN") or None
+    return ConnectOptions(token=token, timeout=args.timeout, **tls_options(args))
+
+
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ConnectOptions' TLS fields from `add_tls_args` flags, the CA falling back to MOEQOS_TLS_CA."""
+    from pathlib import Path
+
     ca = args.tls_ca or os.environ.get("MOEQOS_TLS_CA")
-    return ConnectOptions(
-        token=token,
-        tls_ca=Path(ca) if ca else None,
-        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-        tls_key=Path(args.tls_key) if args.tls_key else None,
-        timeout=args.timeout,
-    )
+    return {
+        "tls_ca": Path(ca) if ca else None,
+        "tls_cert": Path(args.tls_cert) if args.tls_cert else None,
+        "tls_key": Path(args.tls_key) if args.tls_key else None,
+    }
 
 
 # ----- commands -----------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from moeqos.cli.client_cmds import add_tls_args, tls_options
 
 
 def register(subparsers: Any) -> None:
@@ -49,11 +50,7 @@ def register(subparsers: Any) -> None:
     health.add_argument("--service", default="", help="service name (default: the whole server)")
     health.add_argument("--wait", type=float, default=0.0, help="keep probing up to this many seconds")
     health.add_argument("--json", action="store_true", help="print {address, status} as JSON")
-    health.add_argument(
-        "--tls-ca", help="PEM CA to verify the server with; probes over TLS (default: $MOEQOS_TLS_CA)"
-    )
-    health.add_argument("--tls-cert", help="PEM client certificate, for a server that requires mutual TLS")
-    health.add_argument("--tls-key", help="PEM client key, for mutual TLS")
+    add_tls_args(health)
     health.set_defaults(func=run_health)
 
 
@@ -63,12 +60,7 @@ def run_health(args: argparse.Namespace) -> int:
     from client.base import SyncBase
     from moeqos.errors import MoeqosError
 
-    ca = args.tls_ca or os.environ.get("MOEQOS_TLS_CA")
-    options = ConnectOptions(
-        tls_ca=Path(ca) if ca else None,
-        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
-        tls_key=Path(args.tls_key) if args.tls_key else None,
-    )
+    options = ConnectOptions(**tls_options(args))
     deadline = time.monotonic() + args.wait
     while True:
         try:

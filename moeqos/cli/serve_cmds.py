@@ -15,6 +15,8 @@ import logging
 import sys
 from typing import Any
 
+from moeqos.cli.client_cmds import budget_arg
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the planner and executor serve commands."""
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     executor.add_argument(
         "--budget",
         action="append",
-        type=_budget,
+        type=budget_arg,
         metavar="TIER=SIZE",
         help="expert budget of a tier, e.g. cpu=2GiB (repeatable; default: the tier's physical size)",
     )
@@ -86,15 +88,6 @@ def _common(parser: argparse.ArgumentParser, listen: str) -> None:
     parser.add_argument("--peer-tls-key", metavar="PEM", help="private key of --peer-tls-cert")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument("--json", action="store_true", help="print the listening line as JSON")
-
-
-def _budget(text: str) -> Any:
-    from planner.units import parse_budget
-
-    try:
-        return parse_budget(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _announcer(args: argparse.Namespace, service: str, listen: str) -> Any:
