@@ -11,7 +11,7 @@ from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos_proto.planner.v1 import planner_pb2 as pl
 from planner.descriptions import HardwareDescription, ModelDescription, TierSpec
 
-_POSITIVE_MODEL_FIELDS = (
+POSITIVE_MODEL_FIELDS = (
     "num_layers",
     "num_experts",
     "hidden_size",
@@ -21,6 +21,7 @@ _POSITIVE_MODEL_FIELDS = (
     "num_heads",
     "num_kv_heads",
 )
+"""ModelDescription fields that must be at least 1."""
 MAX_MODEL_EXPERTS = 1 << 16
 """Most experts (num_layers * num_experts) a described model may have: the planner holds arrays of that
 size per precision and tier, so a larger one would make it allocate without bound."""
@@ -47,8 +48,8 @@ def model_to_proto(model: ModelDescription) -> pl.ModelDescription:
 def model_from_proto(message: pl.ModelDescription) -> ModelDescription:
     """A validated description; InvalidArgument on bad numbers, OutOfRange on a model too large to plan."""
     values = {f.name: getattr(message, f.name) for f in fields(ModelDescription)}
-    if min(values[k] for k in _POSITIVE_MODEL_FIELDS) < 1:
-        raise InvalidArgument(f"model description: {', '.join(_POSITIVE_MODEL_FIELDS)} must be positive")
+    if min(values[k] for k in POSITIVE_MODEL_FIELDS) < 1:
+        raise InvalidArgument(f"model description: {', '.join(POSITIVE_MODEL_FIELDS)} must be positive")
     if values["num_kv_heads"] > values["num_heads"] or not math.isfinite(values["reference_perplexity"]):
         raise InvalidArgument(
             "model description: num_kv_heads must be <= num_heads, reference_perplexity finite"

@@ -56,3 +56,17 @@ def test_unknown_version_is_rejected():
     data["version"] = 99
     with pytest.raises(ValueError, match="version 99"):
         Profile.from_dict(data)
+
+
+def test_the_reference_is_the_most_precise_uniform_float_plan():
+    points = (
+        QualityPoint("int8@cpu", 11.0, "ptb:valid", 1024),
+        QualityPoint("fp32@cpu", 12.5, "ptb:valid", 1024),
+        QualityPoint("bf16@cpu", 12.0, "ptb:valid", 1024),
+        QualityPoint("int4@cpu,L0.E*=bf16", 10.0, "ptb:valid", 1024),
+    )
+    reference = make_profile(quality_points=points).reference_point()
+    assert reference is not None and reference[1] is Precision.FP32
+    assert make_profile(quality_points=points).reference_perplexity() == 12.5
+    int8_only = (QualityPoint("int8@cpu", 11.0, "ptb:valid", 1024),)
+    assert make_profile(quality_points=int8_only).reference_point() is None  # int8 is not a reference

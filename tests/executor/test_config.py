@@ -64,3 +64,12 @@ def test_disk_reads_come_from_the_flag_then_the_environment() -> None:
     assert reads(("--disk-reads", "cached"), {"MOEQOS_DISK_READS": "uncached"}) == "cached"
     with pytest.raises(ValueError, match="disk_reads"):
         reads((), {"MOEQOS_DISK_READS": "sometimes"})
+
+
+def test_budgets_come_from_the_flags_then_the_environment() -> None:
+    def budgets(argv: tuple[str, ...], env: dict[str, str]) -> dict[str, int]:
+        return ExecutorServerConfig.from_env_and_args(_executor_flags(*argv), env=env).budgets
+
+    assert budgets((), {}) == {}
+    assert budgets((), {"MOEQOS_BUDGETS": "cpu=2GiB, disk=20GiB"}) == {"cpu": 2 << 30, "disk": 20 << 30}
+    assert budgets(("--budget", "cpu=1GiB"), {"MOEQOS_BUDGETS": "cpu=2GiB,disk=20GiB"}) == {"cpu": 1 << 30}

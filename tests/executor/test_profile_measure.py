@@ -107,8 +107,10 @@ def test_disk_loads_are_calibrated_against_decode_steps(make_runtime) -> None:
     precisions = (Precision.INT8, Precision.INT4, Precision.INT3)
     fixed, costs = calibrate(runtime, prompt, 2, call_costs(runtime, x, precisions, 2, 64))
     loads = load_costs(runtime, (*precisions, Precision.BF16), 2, 64)
+    misses = runtime.store_stats().misses
     calibrated = {c.precision: c for c in calibrate_loads(runtime, prompt, 2, fixed, costs, loads)}
     measured = {c.precision: c for c in loads}
+    assert runtime.store_stats().misses > misses  # decode steps really ran with experts on disk
     assert runtime.plan == served
     assert all(0 < calibrated[p].seconds < 1 for p in precisions)
     assert calibrated[Precision.BF16] == measured[Precision.BF16]  # no call costs for bf16 here
@@ -143,3 +145,18 @@ def test_a_saved_profile_is_reused_only_with_the_same_disk_tier(make_runtime, tm
     runtime.close()
     assert load_saved(path, make_runtime(disk_reads="cached", disk_pool_slots=2)) is None
     assert load_saved(path, make_runtime(disk_reads="uncached", disk_pool_slots=3)) is None
+
+
+def test_call_costs_are_scaled_together_to_the_served_plan(make_runtime) -> None:
+    """`calibrate` keeps the measured ratios between precisions and tiers and scales them all by one
+    factor; with a disk expert in the served plan there is nothing to scale against."""
+    from executor.costs import calibrate, call_costs
+
+    runtime = make_runtime()  # serves every expert fp32 on the cpu
+    prompt = runtime.encode("the quick brown fox jumps over the lazy dog")
+    measured = call_costs(runtime, torch.randn(1, 64), (Precision.FP32, Precision.INT8), 2, 64)
+    _, scaled = calibrate(runtime, prompt, 2, measured)
+    factors = [s.seconds / m.seconds for s, m in zip(scaled, measured, strict=True)]
+    assert factors == pytest.approx([factors[0]] * len(factors)) and 0.2 <= factors[0] <= 5.0
+    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, Precision.FP32, "disk"))
+    assert calibrate(runtime, prompt, 2, measured)[1] == measured

@@ -143,17 +143,7 @@ def model_descriptions(draw: st.DrawFn) -> pl.ModelDescription:
     return message
 
 
-MODEL_FIELDS = (
-    "num_layers",
-    "num_experts",
-    "hidden_size",
-    "intermediate_size",
-    "top_k",
-    "vocab_size",
-    "num_heads",
-    "num_kv_heads",
-    "reference_perplexity",
-)
+MODEL_FIELDS = (*descriptions.POSITIVE_MODEL_FIELDS, "reference_perplexity")
 
 
 @st.composite

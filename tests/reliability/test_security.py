@@ -52,11 +52,12 @@ def _outside_address() -> str | None:
     return None if host.startswith("127.") else host
 
 
-def test_a_loopback_server_cannot_be_reached_from_outside(stack):
+def test_a_server_on_the_default_address_cannot_be_reached_from_outside(stack):
     host = _outside_address()
     if host is None:
         pytest.skip("this machine has no non-loopback address")
-    planner = stack.planner()
+    default = PlannerServerConfig.from_env_and_args(_parsed("planner"), env={}).listen
+    planner = stack.planner(listen=f"{default.rpartition(':')[0]}:0")
     with PlannerClient(address(planner.port)) as inside:
         assert inside.health() == "SERVING"
     outside = PlannerClient(f"{host}:{planner.port}", ConnectOptions(timeout=5))
@@ -125,7 +126,8 @@ def test_planner_reaches_a_tls_executor(stack, profile_file, tmp_path):
     with PlannerClient(address(planner.port)) as client:
         outcome = client.deploy(target, timeout=60)
     with ExecutorClient(f"localhost:{executor.port}", ConnectOptions(tls_ca=certs.ca)) as client:
-        assert client.info().plan == outcome[0].plan
+        info = client.info()
+        assert info.plan == outcome[0].plan and info.standing_target == QUALITY  # the deploy landed
 
 
 def test_mutual_tls_refuses_a_certificate_from_another_ca(stack, tmp_path):
@@ -162,7 +164,8 @@ def test_planner_deploys_to_an_executor_that_requires_mutual_tls(stack, profile_
         outcome = client.deploy(target, timeout=60)
     member = ConnectOptions(tls_ca=certs.ca, tls_cert=certs.client_cert, tls_key=certs.client_key)
     with ExecutorClient(f"localhost:{executor.port}", member) as client:
-        assert client.info().plan == outcome[0].plan
+        info = client.info()
+        assert info.plan == outcome[0].plan and info.standing_target == QUALITY  # the deploy landed
 
 
 def test_the_peer_client_certificate_comes_from_flags_or_the_environment(tmp_path):
