@@ -16,8 +16,10 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from moeqos.errors import InvalidArgument
 from moeqos.precision import DEFAULT_GROUP_SIZE, Precision
 from moeqos.rules import PlacementRule, first_match, parse_target
 from moeqos.tier import validate_tier
@@ -218,6 +220,17 @@ class Plan:
         """One line for people: counts per assignment, most common first."""
         parts = [f"{count}x{a}" for a, count in self._counts.most_common()]
         return f"{self.num_layers}x{self.num_experts} experts: " + " ".join(parts)
+
+
+def plan_text(argument: str) -> str:
+    """The plan text a command-line argument names: the argument itself, or with `@PATH` the file's
+    contents (text form or JSON); InvalidArgument if the file cannot be read."""
+    if not argument.startswith("@"):
+        return argument
+    try:
+        return Path(argument[1:]).expanduser().read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read the plan file {argument[1:]!r}: {exc.strerror}") from None
 
 
 def _split_assignment(text: str) -> tuple[Precision, str]:

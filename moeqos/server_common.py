@@ -118,6 +118,24 @@ def peer_tls_settings(args: Any, env: Mapping[str, str]) -> dict[str, Any]:
 
 
 # ----- auth ---------------------------------------------------------------------------------------
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The token of the call's `authorization: Bearer TOKEN` metadata, if it has one."""
+    for key, value in metadata or ():
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if key == "authorization" and text.startswith("Bearer "):
+            return text.removeprefix("Bearer ")
+    return None
+
+
+def token_matches(presented: str | None, token: str | None) -> bool:
+    """Whether `presented` is `token` (constant time; never when either is missing)."""
+    return (
+        presented is not None
+        and token is not None
+        and hmac.compare_digest(presented.encode(), token.encode())
+    )
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Requires `authorization: Bearer TOKEN` on `protected` methods (all methods with `all_methods`).
 
@@ -126,7 +144,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, token: str, protected: Iterable[str], all_methods: bool, open_prefixes: Iterable[str]):
-        self._expected = f"Bearer {token}".encode()
+        self._token = token
         self._protected = frozenset(protected)
         self._all = all_methods
         self._open = tuple(open_prefixes)
@@ -137,11 +155,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return self._all or method.rsplit("/", 1)[-1] in self._protected
 
     def _authorized(self, metadata: Iterable[tuple[str, Any]] | None) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(given, self._expected)
-        return False
+        return token_matches(bearer_token(metadata), self._token)
 
     async def intercept_service(
         self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -26,6 +25,7 @@ from client.types import DeploySpec, ExecutorInfo, Prediction
 from moeqos import wire
 from moeqos.errors import InvalidArgument, OutOfRange
 from moeqos.profile import Profile
+from moeqos.server_common import bearer_token, token_matches
 from moeqos.tier import TierBudget
 from moeqos_proto.planner.v1 import planner_pb2 as pl
 from moeqos_proto.planner.v1 import planner_pb2_grpc as pl_grpc
@@ -109,8 +109,8 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         Plan and Frontier are open to anonymous callers and reach whatever address they are given, so
         the peer token goes out only for an authenticated caller: an anonymous one cannot have the
         planner send its credentials to a server of the caller's choosing."""
-        presented = _bearer(context)
-        if presented is not None and _matches(presented, self._token):
+        presented = bearer_token(context.invocation_metadata())
+        if token_matches(presented, self._token):
             return self._peer
         return dataclasses.replace(self._peer, token=presented)
 
@@ -214,19 +214,6 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             prediction=chosen.prediction,
             report=convert.switch_to_proto(report),
         )
-
-
-def _bearer(context: grpc.aio.ServicerContext) -> str | None:
-    """The bearer token the caller presented, if any."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and str(value).startswith("Bearer "):
-            return str(value).removeprefix("Bearer ")
-    return None
-
-
-def _matches(presented: str, token: str | None) -> bool:
-    """Whether the presented token is this planner's own (constant time; never with no token set)."""
-    return token is not None and hmac.compare_digest(presented.encode(), token.encode())
 
 
 def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:

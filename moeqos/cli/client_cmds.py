@@ -266,11 +266,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from moeqos.plan import parse_plan
-
-    text = open(args.plan[1:]).read() if args.plan.startswith("@") else args.plan  # noqa: SIM115
+    from moeqos.plan import parse_plan, plan_text
 
     def run() -> int:
+        text = plan_text(args.plan)
         with executor_client(args) as executor:
             info = executor.info()
             plan = parse_plan(text, info.model.num_layers, info.model.num_experts, info.hardware.device)

@@ -12,7 +12,7 @@ from typing import Any
 from moeqos.corpora import REPORTING_CORPUS, TEXT_PREFIX, corpus_names, load_corpus, tokenize_prefix
 from moeqos.errors import MoeqosError
 from moeqos.models import resolve_model_dir
-from moeqos.plan import Plan, parse_plan
+from moeqos.plan import Plan, parse_plan, plan_text
 from moeqos.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 
 
@@ -104,10 +104,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 def read_plan(text: str, model_dir: Path, device: str, group_size: int = DEFAULT_GROUP_SIZE) -> Plan:
     """A plan for the model in `model_dir` from its text form or `@file.json` (which carries its own
     group size); precisions given without a tier go to `device`."""
-    if text.startswith("@"):
-        text = Path(text[1:]).expanduser().read_text()
     layers, experts = _model_shape(model_dir)
-    return parse_plan(text, layers, experts, default_tier=device, group_size=group_size)
+    return parse_plan(plan_text(text), layers, experts, default_tier=device, group_size=group_size)
 
 
 def _model_shape(model_dir: Path) -> tuple[int, int]:

@@ -75,3 +75,8 @@ def test_plan_from_an_unreachable_executor_is_a_clear_error(capsys):
     )
     error = json.loads(out)["error"]
     assert code == 1 and error.startswith("Unavailable:") and "127.0.0.1:1" in error
+
+
+def test_apply_with_an_unreadable_plan_file_is_a_clear_error(capsys, executor_address, tmp_path):
+    code = main(["apply", "--executor", executor_address, "--plan", f"@{tmp_path / 'missing.json'}"])
+    assert code == 1 and "cannot read the plan file" in capsys.readouterr().err
