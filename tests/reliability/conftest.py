@@ -1,5 +1,5 @@
-"""Fixtures of the reliability tests: a tiny random Mixtral, its measured profile, in-process servers
-(tests.service.service_harness) and a cluster of real `moeqos` processes (bench.cluster)."""
+"""Fixtures of the reliability tests: the shared tiny model's measured profile (tests/conftest.py) and a
+cluster of real `moeqos` processes (bench.cluster)."""
 
 from __future__ import annotations
 
@@ -10,35 +10,13 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import Cluster
-from client import ExecutorClient
-from tests.service.service_harness import Stack, address
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from executor.testing import make_tiny_mixtral
-
-    return make_tiny_mixtral(tmp_path_factory.mktemp("reliability") / "tiny")
-
-
-@pytest.fixture(scope="session")
-def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """In-process servers on one background loop; executors share one profile file (measured once)."""
-    servers = Stack(tiny_model, tmp_path_factory.mktemp("profile") / "profile.json")
-    yield servers
-    servers.close()
+from tests.service.service_harness import Stack
 
 
 @pytest.fixture(scope="session")
 def profile_file(stack: Stack) -> Path:
-    """The tiny model's profile, measured once by a throwaway in-process executor and saved as JSON, so
-    every executor (in-process or a real process) started later reads it instead of measuring."""
-    if not stack.profile_path.is_file():
-        handle = stack.executor(budgets={"disk": 0})
-        with ExecutorClient(address(handle.port)) as client:
-            client.get_profile()
-        stack.bg.run(handle.stop(0.5))
-    assert stack.profile_path.is_file()
+    """The tiny model's profile, measured once by the shared executor (tests/conftest.py) and saved as
+    JSON, so every executor (in-process or a real process) started later reads it instead of measuring."""
     return stack.profile_path
 
 
