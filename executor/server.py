@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc.aio
 
-from client.channel import ConnectOptions
 from executor.config import ExecutorConfig
 from executor.runtime import ExecutorRuntime
 from executor.sampling import SamplingParams
@@ -32,7 +31,7 @@ from executor.servicer import ExecutorServicer
 from moeqos import server_common
 from moeqos.plan import parse_plan
 from moeqos.precision import Precision
-from moeqos.server_common import Server, ServerConfig, start_server
+from moeqos.server_common import PeerServerConfig, Server, start_server
 from moeqos.tier import TierBudget
 from moeqos_proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
@@ -45,7 +44,7 @@ STATE_CHANGING = ("ApplyPlan", "SetBudget", "SetTarget", "Profile")
 
 
 @dataclass(frozen=True)
-class ExecutorServerConfig(ServerConfig):
+class ExecutorServerConfig(PeerServerConfig):
     """Settings of an executor server (the common ones are documented on ServerConfig)."""
 
     listen: str = DEFAULT_LISTEN
@@ -76,14 +75,6 @@ class ExecutorServerConfig(ServerConfig):
     """torch intra-op threads; None: torch's default."""
     variant_cache_dir: Path | None = None
     """Where quantized expert variants are kept on disk; None: a private temporary directory."""
-    peer_token: str | None = None
-    """Token sent to the planner (None: this server's own token)."""
-    peer_tls_ca: Path | None = None
-    """PEM CA to verify the planner with; set it to reach the planner over TLS."""
-    peer_tls_cert: Path | None = None
-    """PEM client certificate shown to a planner that requires mutual TLS (with `peer_tls_key`)."""
-    peer_tls_key: Path | None = None
-    """PEM private key of `peer_tls_cert`."""
     replan_backoff: tuple[float, float] = (0.2, 10.0)
     """First and longest wait, in seconds, between re-plan attempts while the planner is unreachable."""
     measure: MeasureSettings = field(default_factory=MeasureSettings)
@@ -102,7 +93,6 @@ class ExecutorServerConfig(ServerConfig):
             raise ValueError(f"replan_backoff must be 0 < first <= longest, got {self.replan_backoff}")
         if self.model_dir is not None and not (Path(self.model_dir) / "config.json").is_file():
             raise ValueError(f"{self.model_dir}: not a model directory (no config.json)")
-        server_common.check_peer_tls(self.peer_tls_ca, self.peer_tls_cert, self.peer_tls_key)
         Precision.parse(self.dense_precision)
         self.runtime_config(Path("."))  # validates device, budgets, precision
 
@@ -116,16 +106,6 @@ class ExecutorServerConfig(ServerConfig):
             disk_reads=self.disk_reads,
             variant_cache_dir=self.variant_cache_dir,
             threads=self.threads,
-        )
-
-    def peer_options(self) -> ConnectOptions:
-        """How this executor connects to the planner."""
-        return ConnectOptions(
-            token=self.peer_token or self.token,
-            tls_ca=self.peer_tls_ca,
-            tls_cert=self.peer_tls_cert,
-            tls_key=self.peer_tls_key,
-            timeout=60.0,
         )
 
     @classmethod
@@ -144,7 +124,7 @@ class ExecutorServerConfig(ServerConfig):
         profile = pick("profile_path", "MOEQOS_PROFILE_PATH")
         return cls(
             **server_common.common_settings(args, env, DEFAULT_LISTEN),
-            **server_common.peer_tls_settings(args, env),
+            **server_common.peer_settings(args, env),
             model_dir=Path(model) if model else None,
             device=pick("device", "MOEQOS_DEVICE") or "cpu",
             budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
@@ -158,7 +138,6 @@ class ExecutorServerConfig(ServerConfig):
             max_queued=int(pick("max_queued", "MOEQOS_MAX_QUEUED") or 8),
             threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
             variant_cache_dir=Path(cache) if cache else None,
-            peer_token=pick("peer_token", "MOEQOS_PEER_TOKEN"),
             profile_path=Path(profile) if profile else None,
         )
 

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -23,6 +23,9 @@ from grpc_reflection.v1alpha import reflection
 
 from moeqos.errors import Unauthenticated
 from moeqos.grpc_errors import ErrorInterceptor, Stream, Unary, wrap_handler
+
+if TYPE_CHECKING:
+    from client.channel import ConnectOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,41 @@ class ServerConfig:
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"TLS file {path} does not exist")
+
+
+@dataclass(frozen=True)
+class PeerServerConfig(ServerConfig):
+    """A server that also calls the other service (the planner its executors, an executor its planner):
+    how it reaches it."""
+
+    peer_token: str | None = None
+    """Token sent to the other service (None: this server's own token)."""
+    peer_tls_ca: Path | None = None
+    """PEM CA to verify the other service with; set it to reach it over TLS."""
+    peer_tls_cert: Path | None = None
+    """PEM client certificate shown to a peer that requires mutual TLS (with `peer_tls_key`)."""
+    peer_tls_key: Path | None = None
+    """PEM private key of `peer_tls_cert`."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_peer_tls(self.peer_tls_ca, self.peer_tls_cert, self.peer_tls_key)
+
+    def peer_options(self) -> ConnectOptions:
+        """The client ConnectOptions this server reaches its peers with."""
+        from client.channel import ConnectOptions
+
+        return ConnectOptions(
+            token=self.peer_token or self.token,
+            tls_ca=self.peer_tls_ca,
+            tls_cert=self.peer_tls_cert,
+            tls_key=self.peer_tls_key,
+            timeout=PEER_TIMEOUT_S,
+        )
+
+
+PEER_TIMEOUT_S = 60.0
+"""Deadline of a server's unary calls to its peer."""
 
 
 def check_peer_tls(ca: Path | None, cert: Path | None, key: Path | None) -> None:
@@ -106,15 +144,16 @@ def common_settings(args: Any, env: Mapping[str, str], default_listen: str) -> d
     }
 
 
-def peer_tls_settings(args: Any, env: Mapping[str, str]) -> dict[str, Any]:
-    """The peer_tls_ca/cert/key fields (how a server reaches the other service over TLS or mutual TLS)
-    from `--peer-tls-*` flags (which win) and MOEQOS_PEER_TLS_* environment variables."""
+def peer_settings(args: Any, env: Mapping[str, str]) -> dict[str, Any]:
+    """The PeerServerConfig fields (peer_token, peer_tls_ca/cert/key) from `--peer-*` flags (which win)
+    and MOEQOS_PEER_* environment variables."""
 
     def path(name: str) -> Path | None:
         value = getattr(args, f"peer_tls_{name}", None) or env.get(f"MOEQOS_PEER_TLS_{name.upper()}")
         return Path(value) if value else None
 
-    return {f"peer_tls_{name}": path(name) for name in ("ca", "cert", "key")}
+    token = getattr(args, "peer_token", None) or env.get("MOEQOS_PEER_TOKEN")
+    return {"peer_token": token} | {f"peer_tls_{name}": path(name) for name in ("ca", "cert", "key")}
 
 
 # ----- auth ---------------------------------------------------------------------------------------

@@ -10,14 +10,12 @@ import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc.aio
 
-from client.channel import ConnectOptions
 from moeqos import server_common
-from moeqos.server_common import Server, ServerConfig, start_server
+from moeqos.server_common import PeerServerConfig, Server, start_server
 from moeqos_proto.planner.v1 import planner_pb2, planner_pb2_grpc
 from planner.servicer import PlannerServicer
 
@@ -30,7 +28,7 @@ STATE_CHANGING = ("Deploy",)
 
 
 @dataclass(frozen=True)
-class PlannerServerConfig(ServerConfig):
+class PlannerServerConfig(PeerServerConfig):
     """Settings of a planner server (the common ones are documented on ServerConfig)."""
 
     listen: str = DEFAULT_LISTEN
@@ -39,14 +37,6 @@ class PlannerServerConfig(ServerConfig):
     """Address executors reach this planner at (given to them by Deploy); None: the bound address."""
     workers: int = 2
     """Threads that run solves, so the event loop never blocks."""
-    peer_token: str | None = None
-    """Token sent to executors (None: this server's own token)."""
-    peer_tls_ca: Path | None = None
-    """PEM CA to verify executors with; set it to reach executors over TLS."""
-    peer_tls_cert: Path | None = None
-    """PEM client certificate shown to executors that require mutual TLS (with `peer_tls_key`)."""
-    peer_tls_key: Path | None = None
-    """PEM private key of `peer_tls_cert`."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,7 +44,6 @@ class PlannerServerConfig(ServerConfig):
             server_common.check_address("advertise", self.advertise_address)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        server_common.check_peer_tls(self.peer_tls_ca, self.peer_tls_cert, self.peer_tls_key)
 
     @classmethod
     def from_env_and_args(cls, args: Any = None, env: Mapping[str, str] | None = None) -> PlannerServerConfig:
@@ -63,20 +52,9 @@ class PlannerServerConfig(ServerConfig):
         common = server_common.common_settings(args, env, DEFAULT_LISTEN)
         return cls(
             **common,
-            **server_common.peer_tls_settings(args, env),
+            **server_common.peer_settings(args, env),
             advertise_address=getattr(args, "advertise", None) or env.get("MOEQOS_ADVERTISE_ADDRESS"),
             workers=int(getattr(args, "workers", None) or env.get("MOEQOS_PLANNER_WORKERS") or 2),
-            peer_token=getattr(args, "peer_token", None) or env.get("MOEQOS_PEER_TOKEN"),
-        )
-
-    def peer_options(self) -> ConnectOptions:
-        """How this planner connects to executors."""
-        return ConnectOptions(
-            token=self.peer_token or self.token,
-            tls_ca=self.peer_tls_ca,
-            tls_cert=self.peer_tls_cert,
-            tls_key=self.peer_tls_key,
-            timeout=60.0,
         )
 
 
