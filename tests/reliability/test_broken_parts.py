@@ -22,6 +22,7 @@ from moeqos.errors import PlanApplyFailed
 from moeqos.plan import Plan
 from moeqos.precision import Precision
 from moeqos.qos import Objective, QosTarget
+from moeqos.rules import PlacementRule
 from tests.service.service_harness import address
 
 GREEDY = Sampling(max_tokens=12, temperature=0.0)
@@ -67,14 +68,18 @@ def test_deploy_failing_on_one_executor_changes_none(stack, profile_file, monkey
 
     monkeypatch.setattr(runtime.factory, "build", fails)
     addresses = [address(first.port), address(second.port)]
+    every_expert_int8 = (PlacementRule("*", Precision.INT8, "cpu"),)  # a switch for both, whatever the costs
+    specs = [
+        DeploySpec(addr, QosTarget(objective=Objective.SPEED), pins=every_expert_int8) for addr in addresses
+    ]
     with ExecutorClient(addresses[0]) as a, ExecutorClient(addresses[1]) as b:
         before = [(c.info().plan, c.info().standing_target) for c in (a, b)]
         with PlannerClient(address(planner.port)) as client, pytest.raises(PlanApplyFailed):
-            client.deploy([DeploySpec(addr, QosTarget(objective=Objective.SPEED)) for addr in addresses])
+            client.deploy(specs)
         assert [(c.info().plan, c.info().standing_target) for c in (a, b)] == before
         monkeypatch.undo()
         with PlannerClient(address(planner.port)) as client:
-            client.deploy([DeploySpec(addr, QosTarget(objective=Objective.SPEED)) for addr in addresses])
+            client.deploy(specs)
         assert all(
             c.info().plan != plan for c, (plan, _) in zip((a, b), before, strict=True)
         )  # it can deploy
