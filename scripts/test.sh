@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: set-up, lint, types, the compose file, all fast tests, then the bounded subset of
+# The test command: set-up, lint, the import floors (import-linter), types, the compose file, all fast tests, then the bounded subset of
 # slow tests on the real default model (so the real model path runs on every submission).
 #
 #   ./scripts/test.sh [PYTEST_ARGS...]     e.g. ./scripts/test.sh -x -k planner
@@ -86,7 +86,8 @@ pytest_step() {
 
 run ruff-check "$PY" -m ruff check .
 run ruff-format "$PY" -m ruff format --check .
-run mypy "$PY" -m mypy planner client moeqos
+run layers "$VENV/bin/lint-imports"
+run mypy "$PY" -m mypy core api client planner apps/moeqos/cli apps/moeqos/demo
 compose_step
 pytest_step fast "not slow" "$@"
 run model-prepare moeqos model prepare

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _ensure_stubs() -> None:
     """Generate the gRPC stubs with the one script if they are missing (a fresh checkout)."""
     try:
-        import moeqos_proto.executor.v1.executor_pb2_grpc  # noqa: F401
+        import moeqos.proto.executor.v1.executor_pb2_grpc  # noqa: F401
     except ModuleNotFoundError:
         subprocess.run(
             ["bash", str(ROOT / "scripts" / "gen_protos.sh")], check=True, env={"PYTHON": sys.executable}
@@ -31,15 +31,16 @@ def _ensure_stubs() -> None:
 
 _ensure_stubs()
 
-from client import ExecutorClient  # noqa: E402
-from executor.server import ExecutorHandle  # noqa: E402
-from moeqos.server_common import Server  # noqa: E402
+from moeqos.api.server import Server  # noqa: E402
+from moeqos.client import ExecutorClient  # noqa: E402
+from moeqos.executor.server import ExecutorHandle  # noqa: E402
+
 from tests.service.service_harness import Stack, address  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from executor.testing import make_tiny_mixtral
+    from moeqos.executor.testing import make_tiny_mixtral
 
     return make_tiny_mixtral(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -5,16 +5,15 @@ import json
 import math
 
 import pytest
-
-from bench.metrics import bandwidth_bound, expert_bytes_per_token, knee_index, mape, spread_indices
-from bench.report import SectionResult, Table, cpu_model, json_ready, table, write_json
-from bench.runner import add_arguments, command_line, settings_for
-from bench.settings import FULL, QUICK, SECTIONS, parse_sections
-from bench.tiers import resident_first_plan
-from bench.timing import Timing, decode_rate, time_repeats
-from moeqos.plan import Plan, parse_plan
-from moeqos.precision import Precision, expert_bytes
-from moeqos.tier import DISK
+from moeqos.bench.metrics import bandwidth_bound, expert_bytes_per_token, knee_index, mape, spread_indices
+from moeqos.bench.report import SectionResult, Table, cpu_model, json_ready, table, write_json
+from moeqos.bench.runner import add_arguments, command_line, settings_for
+from moeqos.bench.settings import FULL, QUICK, SECTIONS, parse_sections
+from moeqos.bench.tiers import resident_first_plan
+from moeqos.bench.timing import Timing, decode_rate, time_repeats
+from moeqos.core.plan import Plan, parse_plan
+from moeqos.core.precision import Precision, expert_bytes
+from moeqos.core.tier import DISK
 
 
 def test_mape_is_mean_of_relative_errors():
@@ -117,8 +116,8 @@ def test_flags_override_settings_and_name_the_command():
     settings = settings_for(args)
     assert settings.repeats == 5 and settings.decode_tokens == QUICK.decode_tokens and settings.quick
     assert (
-        command_line("python -m bench", args)
-        == "python -m bench --quick --only paper --repeats=5 --out out/bench"
+        command_line("python -m moeqos.bench", args)
+        == "python -m moeqos.bench --quick --only paper --repeats=5 --out out/bench"
     )
     assert settings_for(add_arguments(argparse.ArgumentParser()).parse_args([])) == FULL
 

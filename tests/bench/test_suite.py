@@ -5,15 +5,14 @@ import json
 import math
 
 import pytest
-
-from bench.runner import main
-from bench.settings import QUICK, SECTIONS
+from moeqos.bench.runner import main
+from moeqos.bench.settings import QUICK, SECTIONS
 from moeqos.cli.main import main as moeqos_main
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from executor.testing import make_tiny_mixtral
+    from moeqos.executor.testing import make_tiny_mixtral
 
     return make_tiny_mixtral(tmp_path_factory.mktemp("bench") / "tiny")
 
@@ -95,7 +94,7 @@ def test_quick_suite_on_the_default_model(tmp_path, capsys):
 
 
 def test_disk_load_benchmark_compares_both_read_modes(tiny_model, capsys):
-    from bench import disk_loads
+    from moeqos.bench import disk_loads
 
     assert disk_loads.main(["--model", str(tiny_model), "--experts", "2"]) == 0
     rows = [

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from moeqos.corpora import corpus_names, load_corpus, tokenize_prefix
+from moeqos.core.corpora import corpus_names, load_corpus, tokenize_prefix
 
 # Mikolov's language-modelling split of the Penn Treebank (the standard LM benchmark).
 PTB_WORDS = {"ptb:train": 887_521, "ptb:valid": 70_390, "ptb:test": 78_669}
@@ -42,7 +41,9 @@ def test_ptb_keeps_unk_and_number_tokens() -> None:
 
 
 def test_corpora_never_import_torch() -> None:
-    code = "import sys, moeqos.corpora as c; c.load_corpus('ptb:test'); assert 'torch' not in sys.modules"
+    code = (
+        "import sys, moeqos.core.corpora as c; c.load_corpus('ptb:test'); assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 

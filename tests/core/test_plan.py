@@ -3,9 +3,8 @@
 import json
 
 import pytest
-
-from moeqos.plan import Assignment, Plan, parse_plan
-from moeqos.precision import Precision, expert_bytes
+from moeqos.core.plan import Assignment, Plan, parse_plan
+from moeqos.core.precision import Precision, expert_bytes
 
 
 def test_text_form_resolves_rules_first_match_wins():

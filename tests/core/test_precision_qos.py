@@ -3,10 +3,9 @@
 import math
 
 import pytest
-
-from moeqos.precision import Precision, expert_bytes, matrix_bytes
-from moeqos.qos import Objective, QosTarget
-from moeqos.tier import TierBudget, validate_tier
+from moeqos.core.precision import Precision, expert_bytes, matrix_bytes
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.tier import TierBudget, validate_tier
 
 
 def test_matrix_bytes_per_format():

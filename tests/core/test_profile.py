@@ -1,10 +1,9 @@
 """The Profile type round-trips through JSON and checks its shapes."""
 
 import pytest
-
-from moeqos.precision import Precision
-from moeqos.profile import CallCost, HardwareIdentity, LoadCost, ModelIdentity, Profile, QualityPoint
-from moeqos.tier import TierBudget
+from moeqos.core.precision import Precision
+from moeqos.core.profile import CallCost, HardwareIdentity, LoadCost, ModelIdentity, Profile, QualityPoint
+from moeqos.core.tier import TierBudget
 
 
 def make_profile(layers=2, experts=3, **overrides):

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from moeqos.cli.main import build_parser
 from moeqos.demo.run import REPO_ROOT
 
@@ -107,7 +106,10 @@ def dockerfile(name: str) -> str:
 @pytest.mark.parametrize("name", ["planner.Dockerfile", "executor.Dockerfile", "executor-cuda.Dockerfile"])
 def test_every_image_generates_its_stubs_with_the_one_script(name: str) -> None:
     text = dockerfile(name)
-    assert "scripts/gen_protos.sh" in text and "COPY --from=stubs /src/moeqos_proto/ moeqos_proto/" in text
+    assert (
+        "scripts/gen_protos.sh" in text
+        and "COPY --from=stubs /src/api/moeqos/proto/ api/moeqos/proto/" in text
+    )
 
 
 def test_planner_image_has_no_torch_and_executor_images_pin_it() -> None:
@@ -144,7 +146,7 @@ def test_the_planner_image_can_build_its_cli_without_torch(tmp_path: Path) -> No
         "        parser.parse_args(argv)\n"
         "    except SystemExit as exc:\n"
         "        assert exc.code == 0, argv\n"
-        "import planner.server, client\n"
+        "import moeqos.planner.server, client\n"
         "assert 'torch' not in sys.modules\n"
     )
     result = subprocess.run(

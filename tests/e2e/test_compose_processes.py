@@ -7,19 +7,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from client import DeploySpec, ExecutorClient, PlannerClient, Sampling
+from moeqos.client import DeploySpec, ExecutorClient, PlannerClient, Sampling
+from moeqos.core.qos import QosTarget
 from moeqos.demo.processes import console_argv
 from moeqos.demo.run import MODEL_VAR, REPO_ROOT, local_services, started_services
 from moeqos.demo.topology import load_topology
-from moeqos.qos import QosTarget
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from executor.testing import make_tiny_mixtral
+    from moeqos.executor.testing import make_tiny_mixtral
 
     return make_tiny_mixtral(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -6,14 +6,13 @@ import struct
 from pathlib import Path
 
 import pytest
-
-from client.types import PlanOutcome, Prediction
 from moeqos.cli.main import main
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.core.service_types import PlanOutcome, Prediction
 from moeqos.demo.plot import Deployed, Point, plot_frontier
 from moeqos.demo.run import free_ports
 from moeqos.demo.scenario import DemoSettings, quality_target, speed_target
-from moeqos.plan import Plan
-from moeqos.precision import Precision
 
 
 def outcome(precision: Precision, tokens_per_s: float, perplexity: float) -> PlanOutcome:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from moeqos.demo.processes import ProcessGroup, ServiceFailed, console_argv
 from moeqos.demo.topology import LocalService
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from moeqos.demo.run import HOME_VOLUME, REPO_ROOT, load_local, local_services
 from moeqos.demo.topology import load_topology, localize
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
+from moeqos.core.plan import Plan
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.testing import make_tiny_mixtral
 
-from executor.config import ExecutorConfig
-from executor.runtime import ExecutorRuntime
-from executor.testing import make_tiny_mixtral
-from moeqos.plan import Plan
 from tests.executor.tiny import fp32_plan
 
 

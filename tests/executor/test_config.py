@@ -6,12 +6,11 @@ import argparse
 from pathlib import Path
 
 import pytest
-
-from executor.config import ExecutorConfig
-from executor.server import ExecutorServerConfig
 from moeqos.cli import serve_cmds
-from moeqos.errors import InvalidArgument
-from moeqos.precision import Precision
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.precision import Precision
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.server import ExecutorServerConfig
 
 
 @pytest.mark.parametrize(

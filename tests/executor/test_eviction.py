@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from moeqos.core.plan import Plan
+from moeqos.executor.eviction import LruPolicy, SlotPool
+from moeqos.executor.loader import observing
 
-from executor.eviction import LruPolicy, SlotPool
-from executor.loader import observing
-from moeqos.plan import Plan
 from tests.executor.tiny import EXPERTS, LAYERS, prompt_ids
 
 

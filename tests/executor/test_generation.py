@@ -6,13 +6,13 @@ import threading
 
 import pytest
 import torch
+from moeqos.core.errors import InvalidArgument, OutOfRange
+from moeqos.core.plan import Plan
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.generation import GenerationEvent, SamplingParams
+from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.testing import make_tiny_mixtral
 
-from executor.config import ExecutorConfig
-from executor.generation import GenerationEvent, SamplingParams
-from executor.runtime import ExecutorRuntime
-from executor.testing import make_tiny_mixtral
-from moeqos.errors import InvalidArgument, OutOfRange
-from moeqos.plan import Plan
 from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
 
 SAMPLED = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, top_k=50, seed=7)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from moeqos.core.precision import Precision
+from moeqos.executor.checkpoint import Checkpoint, CheckpointError
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.runtime import ExecutorRuntime
 from safetensors.torch import load_file, save_file
 
-from executor.checkpoint import Checkpoint, CheckpointError
-from executor.config import ExecutorConfig
-from executor.runtime import ExecutorRuntime
-from moeqos.precision import Precision
 from tests.executor.tiny import fp32_plan, prompt_ids
 
 

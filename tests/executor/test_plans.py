@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from moeqos.core.errors import InvalidArgument, OverBudget, PlanApplyFailed
+from moeqos.core.plan import Plan, parse_plan
+from moeqos.core.precision import Precision, expert_bytes
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.runtime import ExecutorRuntime
 
-from executor.config import ExecutorConfig
-from executor.runtime import ExecutorRuntime
-from moeqos.errors import InvalidArgument, OverBudget, PlanApplyFailed
-from moeqos.plan import Plan, parse_plan
-from moeqos.precision import Precision, expert_bytes
 from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
 
 MIXED = "fp32@cpu,L0.E1=int4,L1.E2=int8,L1.E3=bf16@disk"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
 
-from moeqos.plan import Plan
-from moeqos.precision import Precision
 from tests.executor.tiny import EXPERTS, LAYERS, prompt_ids
 
 LOGIT_ERROR_BOUNDS = {

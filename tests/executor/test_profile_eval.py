@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
+from moeqos.core.errors import InvalidArgument, OutOfRange
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Profile
+from moeqos.executor.loader import observing
+from moeqos.executor.profiling import planning_precisions
 
-from executor.loader import observing
-from executor.profiling import planning_precisions
-from moeqos.errors import InvalidArgument, OutOfRange
-from moeqos.plan import Plan
-from moeqos.precision import Precision
-from moeqos.profile import Profile
 from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
 
 INT4 = Plan.uniform(LAYERS, EXPERTS, "int4", "cpu")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.executor import profiling
+from moeqos.executor.profiling import quant_errors
 
-from executor import profiling
-from executor.profiling import quant_errors
-from moeqos.plan import Plan
-from moeqos.precision import Precision
 from tests.executor.tiny import EXPERTS, LAYERS
 
 PRECISIONS = (Precision.INT8, Precision.INT4)
@@ -83,7 +83,7 @@ def test_latency_model_predicts_uniform_decode_speed(runtime, precision) -> None
     Observed on a quiet 2-core CPU: int8 within 10%; bf16 predicted ~18% fast (the fixed cost is
     measured under the served fp32 plan), hence the 25% tolerance.
     """
-    from planner.latency_model import LatencyModel
+    from moeqos.planner.latency_model import LatencyModel
 
     calibration = runtime.tokenizer.encode(" ".join(["the quick brown fox jumps over the lazy dog"] * 12))
     profile = runtime.profile(calibration, "tiny:train", max_tokens=96, repeats=20, window=48)
@@ -97,8 +97,8 @@ def test_disk_loads_are_calibrated_against_decode_steps(make_runtime) -> None:
     """Each load cost becomes the seconds a miss adds to a real decode step (positive, finite); the
     grouped precisions move together; a precision without call costs keeps its timed load; the served
     plan is back afterwards."""
-    from executor.costs import calibrate, call_costs, load_costs
-    from executor.disk_calibration import calibrate_loads, disk_plan
+    from moeqos.executor.costs import calibrate, call_costs, load_costs
+    from moeqos.executor.disk_calibration import calibrate_loads, disk_plan
 
     runtime = make_runtime(disk_pool_slots=1)
     served = runtime.plan
@@ -125,7 +125,7 @@ def test_disk_loads_are_calibrated_against_decode_steps(make_runtime) -> None:
 
 
 def test_the_disk_calibration_plan_fits_the_device_budget(runtime) -> None:
-    from executor.disk_calibration import disk_plan
+    from moeqos.executor.disk_calibration import disk_plan
 
     runtime.budgets["cpu"] = 0  # no room at all on the device tier: every layer goes to disk
     assert {a.tier for _, a in disk_plan(runtime, Precision.INT8).items()} == {"disk"}
@@ -133,7 +133,7 @@ def test_the_disk_calibration_plan_fits_the_device_budget(runtime) -> None:
 
 def test_a_saved_profile_is_reused_only_with_the_same_disk_tier(make_runtime, tmp_path) -> None:
     """Load costs depend on the pool's slots and on whether reads bypass the page cache."""
-    from executor.service_measure import load_saved, save
+    from moeqos.executor.service_measure import load_saved, save
 
     runtime = make_runtime(disk_reads="uncached", disk_pool_slots=2)
     calibration = runtime.tokenizer.encode(" ".join(["the quick brown fox jumps over the lazy dog"] * 8))
@@ -150,7 +150,7 @@ def test_a_saved_profile_is_reused_only_with_the_same_disk_tier(make_runtime, tm
 def test_call_costs_are_scaled_together_to_the_served_plan(make_runtime) -> None:
     """`calibrate` keeps the measured ratios between precisions and tiers and scales them all by one
     factor; with a disk expert in the served plan there is nothing to scale against."""
-    from executor.costs import calibrate, call_costs
+    from moeqos.executor.costs import calibrate, call_costs
 
     runtime = make_runtime()  # serves every expert fp32 on the cpu
     prompt = runtime.encode("the quick brown fox jumps over the lazy dog")

@@ -6,16 +6,15 @@ import zlib
 
 import pytest
 import torch
-from safetensors.torch import load, save
-
-from executor.quant import QuantExpert, reference_expert_forward
-from executor.quant.reference import (
+from moeqos.core.precision import Precision, expert_bytes
+from moeqos.executor.quant import QuantExpert, reference_expert_forward
+from moeqos.executor.quant.reference import (
     QUANT_ERROR_BOUNDS,
     kernel_error_bound,
     reference_quant_expert_forward,
     relative_error,
 )
-from moeqos.precision import Precision, expert_bytes
+from safetensors.torch import load, save
 
 # (hidden H, intermediate I, group size): kernel-friendly, the default model's, and awkward shapes.
 SHAPES = [(128, 256, 64), (576, 1536, 64), (64, 96, 32), (70, 50, 64)]

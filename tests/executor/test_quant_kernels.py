@@ -7,15 +7,14 @@ import zlib
 
 import pytest
 import torch
-
-from executor.quant import QuantLinear, quantize_linear
-from executor.quant.reference import (
+from moeqos.core.precision import Precision, matrix_bytes
+from moeqos.executor.quant import QuantLinear, quantize_linear
+from moeqos.executor.quant.reference import (
     kernel_error_bound,
     quantize_dequantize,
     reference_linear,
     relative_error,
 )
-from moeqos.precision import Precision, matrix_bytes
 
 # (out N, in K, group size, kernel expected for int8, kernel expected for int4/int3/int2)
 SHAPES = [

@@ -7,16 +7,15 @@ import zlib
 
 import pytest
 import torch
-
-from executor.quant.reference import (
+from moeqos.core.precision import Precision
+from moeqos.executor.quant.reference import (
     QUANT_ERROR_BOUNDS,
     quantize_dequantize,
     reference_linear,
     relative_error,
 )
-from executor.quant.rtn import CODE_MID, dequantize, quantize
-from executor.quant.state import pack_nibbles, unpack_nibbles, weight_from_state, weight_to_state
-from moeqos.precision import Precision
+from moeqos.executor.quant.rtn import CODE_MID, dequantize, quantize
+from moeqos.executor.quant.state import pack_nibbles, unpack_nibbles, weight_from_state, weight_to_state
 
 GROUPED = [Precision.INT4, Precision.INT3, Precision.INT2]
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-
-from executor.sampling import SamplingParams, choose_token
-from executor.textstream import TextStream
+from moeqos.executor.sampling import SamplingParams, choose_token
+from moeqos.executor.textstream import TextStream
 
 LOGITS = torch.log(torch.tensor([0.05, 0.5, 0.3, 0.15]))
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from moeqos.plan import Plan
+from moeqos.core.plan import Plan
 
 LAYERS, EXPERTS = 2, 4
 """Shape of the `tiny_dir` checkpoint."""

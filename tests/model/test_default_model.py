@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 import torch
-
-from executor.default_model.build import build_model, load_dense
-from executor.default_model.check import load_fp32, logits, max_logit_difference, perplexity
-from executor.default_model.upcycle import UpcycleRecipe, upcycle
-from moeqos.corpora import load_corpus, tokenize_prefix
-from moeqos.models import MARKER_FILE, RECIPE, default_source, ensure_default_model
+from moeqos.core.corpora import load_corpus, tokenize_prefix
+from moeqos.executor.default_model.build import build_model, load_dense
+from moeqos.executor.default_model.check import load_fp32, logits, max_logit_difference, perplexity
+from moeqos.executor.default_model.location import MARKER_FILE, RECIPE, default_source, ensure_default_model
+from moeqos.executor.default_model.upcycle import UpcycleRecipe, upcycle
 
 pytestmark = pytest.mark.slow
 

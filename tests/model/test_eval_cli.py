@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, MixtralForCausalLM
-
-from executor.default_model.check import perplexity
 from moeqos.cli.main import main
-from moeqos.corpora import load_corpus, tokenize_prefix
-from moeqos.models import ensure_default_model
+from moeqos.core.corpora import load_corpus, tokenize_prefix
+from moeqos.executor.default_model.check import perplexity
+from moeqos.executor.default_model.location import ensure_default_model
+from transformers import AutoTokenizer, MixtralForCausalLM
 
 ARGS = [
     "--corpus",

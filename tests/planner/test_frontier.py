@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from moeqos.core.precision import Precision
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.planner.frontier import frontier
+from moeqos.planner.plot import plot_frontier
+from moeqos.planner.solver import PlanRequest, solve
 
-from moeqos.precision import Precision
-from moeqos.qos import Objective, QosTarget
-from planner.frontier import frontier
-from planner.plot import plot_frontier
-from planner.solver import PlanRequest, solve
 from tests.planner.planner_fixtures import synthetic_profile
 
 PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT2)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from planner.hit_rate import lru_hit_rates
+from moeqos.planner.hit_rate import lru_hit_rates
 
 
 def simulate_decode(

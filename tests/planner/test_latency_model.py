@@ -6,14 +6,14 @@ import dataclasses
 import json
 
 import pytest
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.planner.curves import fit_curve
+from moeqos.planner.latency_model import LatencyModel
+from moeqos.planner.quality_model import QualityModel
+from moeqos.planner.solver import PlanRequest, solve
 
-from moeqos.plan import Plan
-from moeqos.precision import Precision
-from moeqos.qos import Objective, QosTarget
-from planner.curves import fit_curve
-from planner.latency_model import LatencyModel
-from planner.quality_model import QualityModel
-from planner.solver import PlanRequest, solve
 from tests.planner.planner_fixtures import TRUE_BANDWIDTH, TRUE_LOAD, TRUE_OVERHEAD, synthetic_profile
 
 PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4)

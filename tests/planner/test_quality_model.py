@@ -6,12 +6,12 @@ import json
 import math
 
 import pytest
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.plan import Plan, parse_plan
+from moeqos.core.precision import Precision
+from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE
+from moeqos.planner.quality_model import QualityModel
 
-from moeqos.errors import InvalidArgument
-from moeqos.plan import Plan, parse_plan
-from moeqos.precision import Precision
-from planner.priors import PRIOR_LOG_PPL_INCREASE
-from planner.quality_model import QualityModel
 from tests.planner.planner_fixtures import (
     REFERENCE_PPL,
     TRUE_COEFFICIENT,

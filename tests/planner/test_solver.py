@@ -8,17 +8,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from moeqos.core.errors import InfeasibleTarget, InvalidArgument
+from moeqos.core.plan import Assignment
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Profile
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
+from moeqos.core.tier import TierBudget
+from moeqos.planner.latency_model import LatencyModel
+from moeqos.planner.quality_model import QualityModel
+from moeqos.planner.solver import PlanRequest, PlanResult, solve
 
-from moeqos.errors import InfeasibleTarget, InvalidArgument
-from moeqos.plan import Assignment
-from moeqos.precision import Precision
-from moeqos.profile import Profile
-from moeqos.qos import Objective, QosTarget
-from moeqos.rules import PlacementRule
-from moeqos.tier import TierBudget
-from planner.latency_model import LatencyModel
-from planner.quality_model import QualityModel
-from planner.solver import PlanRequest, PlanResult, solve
 from tests.planner.planner_fixtures import synthetic_profile
 
 P = Precision

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
 from moeqos.cli import planner_cmds
-from moeqos.errors import InvalidArgument
-from moeqos.precision import Precision
-from planner.units import format_bytes, parse_budget, parse_bytes
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.precision import Precision
+from moeqos.core.units import format_bytes, parse_budget, parse_bytes
+
 from tests.planner.planner_fixtures import synthetic_profile
 
 
@@ -127,7 +127,7 @@ def test_whatif_with_descriptions_that_do_not_combine_is_a_clear_error(tmp_path,
     """Host experts copied over a link of zero bandwidth: exit 2 with a message, not a traceback."""
     from dataclasses import asdict, replace
 
-    from planner.catalog import HARDWARE
+    from moeqos.planner.catalog import HARDWARE
 
     hardware = replace(HARDWARE["a100-80gb"], host_compute=False, link_bandwidth_bps=0.0)
     path = tmp_path / "no-link.json"
@@ -152,7 +152,7 @@ def test_planning_never_imports_torch() -> None:
         "planner_cmds.register(parser.add_subparsers())\n"
         "args = parser.parse_args(['whatif', '--model', 'smollm2-135m-moe8', '--min-tps', '20', '--json'])\n"
         "assert args.func(args) == 0\n"
-        "import planner.solver, planner.frontier, planner.whatif, planner.report, planner.paper\n"
+        "import moeqos.planner.solver, moeqos.planner.frontier, moeqos.planner.whatif, moeqos.planner.report, moeqos.planner.paper\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from moeqos.errors import InfeasibleTarget
-from moeqos.qos import Objective, QosTarget
-from planner.descriptions import HardwareDescription
-from planner.frontier import frontier
-from planner.paper import PAPER_MAX_TOKENS_PER_S, PAPER_MIN_TOKENS_PER_S, paper_comparison
-from planner.solver import PlanRequest, solve
-from planner.units import parse_bytes
-from planner.whatif import HARDWARE, MODELS, analytic_profile, expert_budgets, hardware_named
+from moeqos.core.descriptions import HardwareDescription
+from moeqos.core.errors import InfeasibleTarget
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.units import parse_bytes
+from moeqos.planner.frontier import frontier
+from moeqos.planner.paper import PAPER_MAX_TOKENS_PER_S, PAPER_MIN_TOKENS_PER_S, paper_comparison
+from moeqos.planner.solver import PlanRequest, solve
+from moeqos.planner.whatif import HARDWARE, MODELS, analytic_profile, expert_budgets, hardware_named
 
 GIB = 2**30
 

@@ -1,5 +1,5 @@
 """Fixtures of the reliability tests: the shared tiny model's measured profile (tests/conftest.py) and a
-cluster of real `moeqos` processes (bench.cluster)."""
+cluster of real `moeqos` processes (moeqos.bench.cluster)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from moeqos.bench.cluster import Cluster
 
-from bench.cluster import Cluster
 from tests.service.service_harness import Stack
 
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-
-from client import ExecutorClient
-from client.base import SyncBase
-from moeqos.plan import Plan
+from moeqos.client import ExecutorClient
+from moeqos.client.base import SyncBase
+from moeqos.core.plan import Plan
 
 CLEAR = frozenset(
     {

@@ -10,12 +10,11 @@ import math
 from typing import Any
 
 from hypothesis import strategies as st
-
-from client import descriptions
-from moeqos_proto.common.v1 import common_pb2 as pb
-from moeqos_proto.executor.v1 import executor_pb2 as ex
-from moeqos_proto.planner.v1 import planner_pb2 as pl
-from planner.catalog import HARDWARE, MODELS
+from moeqos.api import descriptions
+from moeqos.planner.catalog import HARDWARE, MODELS
+from moeqos.proto.common.v1 import common_pb2 as pb
+from moeqos.proto.executor.v1 import executor_pb2 as ex
+from moeqos.proto.planner.v1 import planner_pb2 as pl
 
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1

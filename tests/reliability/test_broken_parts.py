@@ -12,17 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from moeqos.bench.cluster import ROOT
+from moeqos.client import DeploySpec, ExecutorClient, PlannerClient, Sampling
+from moeqos.core.errors import PlanApplyFailed
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
+from moeqos.executor.checkpoint import CheckpointError
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.runtime import ExecutorRuntime
 
-from bench.cluster import ROOT
-from client import DeploySpec, ExecutorClient, PlannerClient, Sampling
-from executor.checkpoint import CheckpointError
-from executor.config import ExecutorConfig
-from executor.runtime import ExecutorRuntime
-from moeqos.errors import PlanApplyFailed
-from moeqos.plan import Plan
-from moeqos.precision import Precision
-from moeqos.qos import Objective, QosTarget
-from moeqos.rules import PlacementRule
 from tests.service.service_harness import address
 
 GREEDY = Sampling(max_tokens=12, temperature=0.0)

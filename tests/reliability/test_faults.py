@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from moeqos.bench.cluster import Cluster
+from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, GenerationStats, PlannerClient, Sampling
+from moeqos.client.base import SyncBase
+from moeqos.core.errors import MoeqosError, Unavailable
+from moeqos.core.precision import Precision, expert_bytes
+from moeqos.core.qos import Objective, QosTarget
 
-from bench.cluster import Cluster
-from client import ConnectOptions, DeploySpec, ExecutorClient, GenerationStats, PlannerClient, Sampling
-from client.base import SyncBase
-from moeqos.errors import MoeqosError, Unavailable
-from moeqos.precision import Precision, expert_bytes
-from moeqos.qos import Objective, QosTarget
 from tests.reliability.conftest import executor_args
 
 pytestmark = pytest.mark.e2e

@@ -19,13 +19,13 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from moeqos.api import descriptions, wire
+from moeqos.client import ExecutorClient
+from moeqos.planner.catalog import MODELS
+from moeqos.proto.common.v1 import common_pb2 as pb
+from moeqos.proto.executor.v1 import executor_pb2 as ex
+from moeqos.proto.planner.v1 import planner_pb2 as pl
 
-from client import ExecutorClient, descriptions
-from moeqos import wire
-from moeqos_proto.common.v1 import common_pb2 as pb
-from moeqos_proto.executor.v1 import executor_pb2 as ex
-from moeqos_proto.planner.v1 import planner_pb2 as pl
-from planner.catalog import MODELS
 from tests.reliability import fuzz_inputs as fi
 from tests.reliability.fuzz_harness import EXECUTOR, PLANNER, Fuzzer, serialized
 from tests.service.service_harness import Stack, address

@@ -1,13 +1,12 @@
-"""The load harness (bench.load) against real processes: no request may fail while the planner re-plans
+"""The load harness (moeqos.bench.load) against real processes: no request may fail while the planner re-plans
 the executors, refusals past the bounded queue are clean, and every token a request was told of arrived."""
 
 from __future__ import annotations
 
 import pytest
-
-from bench.load import LoadSettings, run
-from bench.load_report import RequestRecord, summarize
-from moeqos.models import moeqos_home
+from moeqos.bench.load import LoadSettings, run
+from moeqos.bench.load_report import RequestRecord, summarize
+from moeqos.executor.default_model.location import moeqos_home
 
 
 def test_the_report_counts_refusals_apart_from_failures():

@@ -10,11 +10,10 @@ import time
 from dataclasses import replace
 
 import pytest
-
-from bench.cluster import Cluster
-from client import ConnectOptions, PlannerClient
-from moeqos.errors import InvalidArgument
-from planner.catalog import MODELS
+from moeqos.bench.cluster import Cluster
+from moeqos.client import ConnectOptions, PlannerClient
+from moeqos.core.errors import InvalidArgument
+from moeqos.planner.catalog import MODELS
 
 pytestmark = pytest.mark.e2e
 

@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-
-from client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient
-from executor.server import ExecutorServerConfig
 from moeqos.cli import serve_cmds
-from moeqos.errors import Unauthenticated, Unavailable
-from moeqos.qos import Objective, QosTarget
-from moeqos.tier import TierStatus
-from moeqos_proto.executor.v1 import executor_pb2_grpc as ex_grpc
-from planner.server import PlannerServerConfig
+from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient
+from moeqos.core.errors import Unauthenticated, Unavailable
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.tier import TierStatus
+from moeqos.executor.server import ExecutorServerConfig
+from moeqos.planner.server import PlannerServerConfig
+from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
+
 from tests.service.service_harness import address
 from tests.service.tls_certs import make_certs
 

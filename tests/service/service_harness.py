@@ -12,11 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from executor.server import ExecutorHandle, ExecutorServerConfig, start_executor
-from executor.service_measure import MeasureSettings
-from moeqos.precision import Precision
-from moeqos.server_common import Server
-from planner.server import PlannerServerConfig, start_planner
+from moeqos.api.server import Server
+from moeqos.core.precision import Precision
+from moeqos.executor.server import ExecutorHandle, ExecutorServerConfig, start_executor
+from moeqos.executor.service_measure import MeasureSettings
+from moeqos.planner.server import PlannerServerConfig, start_planner
 
 T = TypeVar("T")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from moeqos.client import ExecutorClient, Sampling
+from moeqos.core.errors import OverBudget, Unavailable
 
-from client import ExecutorClient, Sampling
-from moeqos.errors import OverBudget, Unavailable
 from tests.service.service_harness import address
 
 

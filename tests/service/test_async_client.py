@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from moeqos.client import AsyncExecutorClient, AsyncPlannerClient, DeploySpec, ProfileProgress, Sampling
+from moeqos.core.errors import InfeasibleTarget, InvalidArgument
+from moeqos.core.profile import Profile
+from moeqos.core.qos import QosTarget
 
-from client import AsyncExecutorClient, AsyncPlannerClient, DeploySpec, ProfileProgress, Sampling
-from moeqos.errors import InfeasibleTarget, InvalidArgument
-from moeqos.profile import Profile
-from moeqos.qos import QosTarget
 from tests.service.service_harness import address
 
 

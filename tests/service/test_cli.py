@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from moeqos.cli.main import main
+
 from tests.service.service_harness import address
 
 

@@ -6,18 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from moeqos.client import DeploySpec, ExecutorClient, PlannerClient, Sampling
+from moeqos.core.errors import InvalidArgument, MoeqosError, OutOfRange, OverBudget, PlanApplyFailed
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.core.qos import Objective, QosTarget
 
-from client import DeploySpec, ExecutorClient, PlannerClient, Sampling
-from moeqos.errors import (
-    InvalidArgument,
-    MoeqosError,
-    OutOfRange,
-    OverBudget,
-    PlanApplyFailed,
-)
-from moeqos.plan import Plan
-from moeqos.precision import Precision
-from moeqos.qos import Objective, QosTarget
 from tests.service.service_harness import address
 
 

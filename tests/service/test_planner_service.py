@@ -7,16 +7,15 @@ import dataclasses
 
 import grpc
 import pytest
-
-from client import DeploySpec, ExecutorClient, PlannerClient
-from moeqos.errors import InfeasibleTarget, InvalidArgument, OutOfRange, Unavailable
-from moeqos.grpc_errors import CLOSEST_KEY
-from moeqos.qos import Objective, QosTarget
-from moeqos.rules import PlacementRule
-from moeqos.tier import TierBudget
-from moeqos_proto.common.v1 import common_pb2
-from moeqos_proto.planner.v1 import planner_pb2, planner_pb2_grpc
-from planner.catalog import HARDWARE, MODELS
+from moeqos.api.grpc_errors import CLOSEST_KEY
+from moeqos.client import DeploySpec, ExecutorClient, PlannerClient
+from moeqos.core.errors import InfeasibleTarget, InvalidArgument, OutOfRange, Unavailable
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
+from moeqos.core.tier import TierBudget
+from moeqos.planner.catalog import HARDWARE, MODELS
+from moeqos.proto.common.v1 import common_pb2
+from moeqos.proto.planner.v1 import planner_pb2, planner_pb2_grpc
 
 EASY = QosTarget(min_tokens_per_s=0.001)
 
@@ -119,13 +118,13 @@ def test_whatif_with_described_hardware_and_unknown_names(planner_address):
 
 
 def _proto_profile(profile):
-    from moeqos import wire
+    from moeqos.api import wire
 
     return wire.profile_to_proto(profile)
 
 
 def _easy_proto():
-    from moeqos import wire
+    from moeqos.api import wire
 
     return wire.target_to_proto(EASY)
 
@@ -178,8 +177,8 @@ def test_whatif_descriptions_that_do_not_combine_are_invalid_argument(planner_ad
 
 def test_whatif_budgets_are_tier_capacities_as_in_the_cli(planner_address):
     """'With 24 GiB on the GPU and 64 GiB of host RAM': the wire and `moeqos whatif --budget` agree."""
-    from planner.solver import PlanRequest, solve
-    from planner.whatif import whatif_profile
+    from moeqos.planner.solver import PlanRequest, solve
+    from moeqos.planner.whatif import whatif_profile
 
     capacities = {"cuda:0": 24 << 30, "cpu": 64 << 30}
     target = QosTarget(min_tokens_per_s=5)

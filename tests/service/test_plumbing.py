@@ -10,12 +10,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient, Sampling
+from moeqos.core.errors import Unauthenticated, Unavailable
+from moeqos.core.plan import Plan
+from moeqos.core.qos import QosTarget
+from moeqos.executor.server import ExecutorServerConfig, load_runtime
 
-from client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient, Sampling
-from executor.server import ExecutorServerConfig, load_runtime
-from moeqos.errors import Unauthenticated, Unavailable
-from moeqos.plan import Plan
-from moeqos.qos import QosTarget
 from tests.service.service_harness import address
 from tests.service.tls_certs import make_certs
 

@@ -1,25 +1,24 @@
-"""pb2 <-> domain conversions (moeqos.wire, Plan.to_proto/from_proto): round trips, presence of the
+"""pb2 <-> domain conversions (moeqos.api.wire): round trips, presence of the
 optional QoS bounds, and InvalidArgument for malformed messages."""
 
 from __future__ import annotations
 
 import pytest
-
-from moeqos import wire
-from moeqos.errors import InvalidArgument
-from moeqos.plan import Plan, parse_plan
-from moeqos.precision import Precision
-from moeqos.qos import Objective, QosTarget
-from moeqos.rules import PlacementRule
-from moeqos.tier import TierBudget
-from moeqos_proto.common.v1 import common_pb2
+from moeqos.api import wire
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.plan import Plan, parse_plan
+from moeqos.core.precision import Precision
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
+from moeqos.core.tier import TierBudget
+from moeqos.proto.common.v1 import common_pb2
 
 
 def test_plan_round_trip_keeps_every_assignment():
     plan = parse_plan("int4@cpu,L0.E1-2=bf16,L1.E*=int8@disk,L2.E3=fp32", 3, 4, "cpu", group_size=128)
-    message = plan.to_proto()
+    message = wire.plan_to_proto(plan)
     assert message.spec == plan.to_spec() and len(message.assignments) == 12
-    assert Plan.from_proto(common_pb2.Plan.FromString(message.SerializeToString())) == plan
+    assert wire.plan_from_proto(common_pb2.Plan.FromString(message.SerializeToString())) == plan
 
 
 @pytest.mark.parametrize(
@@ -34,10 +33,10 @@ def test_plan_round_trip_keeps_every_assignment():
     ],
 )
 def test_malformed_plans_are_invalid_argument(mutate):
-    message = Plan.uniform(2, 3, Precision.INT4, "cpu").to_proto()
+    message = wire.plan_to_proto(Plan.uniform(2, 3, Precision.INT4, "cpu"))
     mutate(message)
     with pytest.raises(InvalidArgument):
-        Plan.from_proto(message)
+        wire.plan_from_proto(message)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +72,7 @@ def test_pins_and_budgets():
 
 
 def test_profile_round_trip(executor_address):
-    from client import ExecutorClient
+    from moeqos.client import ExecutorClient
 
     with ExecutorClient(executor_address) as client:
         profile = client.get_profile()

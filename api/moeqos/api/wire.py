@@ -1,0 +1,283 @@
+"""Conversions between the shared protobuf messages (moeqos.proto.common.v1) and the domain types.
+
+The only place the common pb2 types meet the domain: servicers and clients call these at the edge, and
+nothing else in the package touches pb2. Every `*_from_proto` validates what it reads and raises
+`moeqos.core.errors.InvalidArgument` on malformed input, so the servers' error map answers INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import cast
+
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.plan import Assignment, Plan
+from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision
+from moeqos.core.profile import (
+    PROFILE_VERSION,
+    CallCost,
+    Grid,
+    HardwareIdentity,
+    LoadCost,
+    ModelIdentity,
+    Profile,
+    QualityPoint,
+)
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
+from moeqos.core.tier import TierBudget, TierStatus, validate_tier
+from moeqos.proto.common.v1 import common_pb2 as pb
+
+_OBJECTIVES = {Objective.SPEED: pb.OBJECTIVE_SPEED, Objective.QUALITY: pb.OBJECTIVE_QUALITY}
+
+
+def _invalid(what: str, exc: Exception) -> InvalidArgument:
+    return InvalidArgument(f"{what}: {exc}")
+
+
+def finite(name: str, value: float, minimum: float = 0.0) -> float:
+    """`value` if it is a finite number >= minimum, else InvalidArgument naming the field."""
+    if not math.isfinite(value) or value < minimum:
+        raise InvalidArgument(f"{name} must be a finite number >= {minimum:g}, got {value}")
+    return value
+
+
+# ----- precision, tier, assignment, plan ------------------------------------------------------------
+def precision_to_proto(precision: Precision) -> pb.Precision:
+    # types-protobuf types EnumTypeWrapper.Value as returning a plain int
+    return cast("pb.Precision", pb.Precision.Value(f"PRECISION_{precision.name}"))
+
+
+def precision_from_proto(value: int) -> Precision:
+    if value == pb.PRECISION_UNSPECIFIED or value not in pb.Precision.values():
+        raise InvalidArgument(f"precision must be set to a known value, got {value}")
+    return Precision[pb.Precision.Name(value).removeprefix("PRECISION_")]
+
+
+def tier_from_proto(name: str) -> str:
+    try:
+        return validate_tier(name)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def assignment_to_proto(assignment: Assignment) -> pb.Assignment:
+    return pb.Assignment(precision=precision_to_proto(assignment.precision), tier=assignment.tier)
+
+
+def assignment_from_proto(message: pb.Assignment) -> Assignment:
+    return Assignment(precision_from_proto(message.precision), tier_from_proto(message.tier))
+
+
+def plan_to_proto(plan: Plan) -> pb.Plan:
+    """The plan, layer-major, with its text form for people."""
+    return pb.Plan(
+        num_layers=plan.num_layers,
+        num_experts=plan.num_experts,
+        group_size=plan.group_size,
+        assignments=[assignment_to_proto(a) for _, a in plan.items()],
+        spec=plan.to_spec(),
+    )
+
+
+def plan_from_proto(message: pb.Plan) -> Plan:
+    """A validated plan; InvalidArgument when the shape, an assignment or the group size is wrong."""
+    layers, experts = message.num_layers, message.num_experts
+    if layers == 0 or experts == 0 or len(message.assignments) != layers * experts:
+        raise InvalidArgument(
+            f"plan must have num_layers x num_experts = {layers} x {experts} assignments, "
+            f"got {len(message.assignments)}"
+        )
+    flat = [assignment_from_proto(a) for a in message.assignments]
+    rows = tuple(tuple(flat[layer * experts : (layer + 1) * experts]) for layer in range(layers))
+    try:
+        return Plan(rows, message.group_size or DEFAULT_GROUP_SIZE)
+    except ValueError as exc:
+        raise _invalid("plan", exc) from None
+
+
+# ----- QoS targets and tiers ----------------------------------------------------------------------
+def target_to_proto(target: QosTarget) -> pb.QosTarget:
+    objective = _OBJECTIVES[target.objective] if target.objective else pb.OBJECTIVE_UNSPECIFIED
+    message = pb.QosTarget(objective=objective)
+    for name in ("min_tokens_per_s", "max_perplexity", "max_perplexity_increase"):
+        value = getattr(target, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def target_from_proto(message: pb.QosTarget) -> QosTarget:
+    """A validated target; absent bounds stay None (proto3 `optional` keeps presence)."""
+    bounds = {
+        name: getattr(message, name) if message.HasField(name) else None
+        for name in ("min_tokens_per_s", "max_perplexity", "max_perplexity_increase")
+    }
+    if message.objective not in pb.Objective.values():
+        raise InvalidArgument(f"target: unknown objective {message.objective}")
+    objective = {v: k for k, v in _OBJECTIVES.items()}.get(message.objective)
+    try:
+        return QosTarget(objective=objective, **bounds)
+    except ValueError as exc:
+        raise _invalid("target", exc) from None
+
+
+def budget_to_proto(budget: TierBudget) -> pb.TierBudget:
+    return pb.TierBudget(name=budget.name, budget_bytes=budget.budget_bytes)
+
+
+def budgets_from_proto(messages: Iterable[pb.TierBudget]) -> tuple[TierBudget, ...]:
+    """Validated budgets; a tier named twice is InvalidArgument."""
+    budgets = tuple(TierBudget(tier_from_proto(m.name), int(m.budget_bytes)) for m in messages)
+    names = [b.name for b in budgets]
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"a tier is given more than one budget: {names}")
+    return budgets
+
+
+def tier_status_to_proto(status: TierStatus) -> pb.TierStatus:
+    return pb.TierStatus(name=status.name, budget_bytes=status.budget_bytes, used_bytes=status.used_bytes)
+
+
+def tier_status_from_proto(message: pb.TierStatus) -> TierStatus:
+    return TierStatus(message.name, message.budget_bytes, message.used_bytes)
+
+
+def pin_to_proto(rule: PlacementRule) -> pb.Pin:
+    precision = precision_to_proto(rule.precision)
+    return pb.Pin(pattern=rule.pattern, precision=precision, tier=rule.tier or "")
+
+
+def pins_from_proto(messages: Iterable[pb.Pin]) -> tuple[PlacementRule, ...]:
+    """Validated pin rules, in order (first match wins)."""
+    try:
+        return tuple(
+            PlacementRule(m.pattern, precision_from_proto(m.precision), m.tier or None) for m in messages
+        )
+    except ValueError as exc:
+        if isinstance(exc, InvalidArgument):
+            raise
+        raise _invalid("pin", exc) from None
+
+
+# ----- profile ------------------------------------------------------------------------------------
+def grid_to_proto(grid: Grid) -> pb.Grid:
+    return pb.Grid(rows=[pb.Grid.Row(values=row) for row in grid])
+
+
+def grid_from_proto(message: pb.Grid, name: str) -> Grid:
+    rows = tuple(tuple(row.values) for row in message.rows)
+    for row in rows:
+        for value in row:
+            finite(name, value)
+    return rows
+
+
+def model_to_proto(model: ModelIdentity) -> pb.ModelIdentity:
+    return pb.ModelIdentity(**model.__dict__)
+
+
+def model_from_proto(message: pb.ModelIdentity) -> ModelIdentity:
+    return ModelIdentity(
+        name=message.name,
+        fingerprint=message.fingerprint,
+        num_layers=message.num_layers,
+        num_experts=message.num_experts,
+        top_k=message.top_k,
+        hidden_size=message.hidden_size,
+        intermediate_size=message.intermediate_size,
+        vocab_size=message.vocab_size,
+        dense_bytes=message.dense_bytes,
+    )
+
+
+def hardware_to_proto(hardware: HardwareIdentity) -> pb.HardwareIdentity:
+    return pb.HardwareIdentity(**hardware.__dict__)
+
+
+def hardware_from_proto(message: pb.HardwareIdentity) -> HardwareIdentity:
+    return HardwareIdentity(
+        device=message.device,
+        device_name=message.device_name,
+        host=message.host,
+        threads=message.threads,
+        torch_version=message.torch_version,
+    )
+
+
+def profile_to_proto(profile: Profile) -> pb.Profile:
+    return pb.Profile(
+        model=model_to_proto(profile.model),
+        hardware=hardware_to_proto(profile.hardware),
+        calibration_corpus=profile.calibration_corpus,
+        calibration_tokens=profile.calibration_tokens,
+        frequency=grid_to_proto(profile.frequency),
+        fixed_seconds=profile.fixed_seconds,
+        call_costs=[
+            pb.CallCost(
+                precision=precision_to_proto(c.precision), tier=c.tier, bytes=c.bytes, seconds=c.seconds
+            )
+            for c in profile.call_costs
+        ],
+        load_costs=[
+            pb.LoadCost(precision=precision_to_proto(c.precision), bytes=c.bytes, seconds=c.seconds)
+            for c in profile.load_costs
+        ],
+        quant_error=[
+            pb.QuantError(precision=precision_to_proto(p), error=grid_to_proto(g))
+            for p, g in profile.quant_error.items()
+        ],
+        quality_points=[pb.QualityPoint(**q.__dict__) for q in profile.quality_points],
+        tiers=[budget_to_proto(t) for t in profile.tiers],
+        disk_pool_slots=profile.disk_pool_slots,
+        disk_reads=profile.disk_reads,
+        group_size=profile.group_size,
+        measured_at=profile.measured_at,
+        version=profile.version,
+    )
+
+
+def profile_from_proto(message: pb.Profile) -> Profile:
+    """A validated profile; InvalidArgument when a table has the wrong shape or a number is not finite."""
+    try:
+        return Profile(
+            model=model_from_proto(message.model),
+            hardware=hardware_from_proto(message.hardware),
+            calibration_corpus=message.calibration_corpus,
+            calibration_tokens=message.calibration_tokens,
+            frequency=grid_from_proto(message.frequency, "frequency"),
+            fixed_seconds=finite("fixed_seconds", message.fixed_seconds),
+            call_costs=tuple(_call_cost(c) for c in message.call_costs),
+            load_costs=tuple(
+                LoadCost(precision_from_proto(c.precision), c.bytes, finite("load seconds", c.seconds))
+                for c in message.load_costs
+            ),
+            quant_error={
+                precision_from_proto(q.precision): grid_from_proto(q.error, "quant_error")
+                for q in message.quant_error
+            },
+            quality_points=tuple(
+                QualityPoint(q.plan_spec, finite("perplexity", q.perplexity, 1.0), q.corpus, q.tokens)
+                for q in message.quality_points
+            ),
+            tiers=budgets_from_proto(message.tiers),
+            disk_pool_slots=message.disk_pool_slots,
+            disk_reads=message.disk_reads,
+            group_size=message.group_size or DEFAULT_GROUP_SIZE,
+            measured_at=message.measured_at,
+            version=message.version or PROFILE_VERSION,
+        )
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, InvalidArgument):
+            raise
+        raise _invalid("profile", exc) from None
+
+
+def _call_cost(message: pb.CallCost) -> CallCost:
+    return CallCost(
+        precision_from_proto(message.precision),
+        tier_from_proto(message.tier),
+        message.bytes,
+        finite("call seconds", message.seconds),
+    )

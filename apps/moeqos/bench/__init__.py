@@ -1,0 +1,1 @@
+"""Benchmark scripts that print tables (`python -m moeqos.bench.<name>`); speed goals are checked here, not in tests."""

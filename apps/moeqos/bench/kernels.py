@@ -1,0 +1,104 @@
+"""Decode-matmul speed of each precision's kernel against fp32 F.linear.
+
+    /work/venv/bin/python -m moeqos.bench.kernels [--quick] [--threads N] [--repeats N]
+
+One token (M = 1) through a 14336x4096 weight (Mixtral-8x7B's w1) and through the default model's
+expert matrices (hidden 576, intermediate 1536), and one whole SwiGLU expert (w1/w3 fused vs three
+separate matmuls). Every time is the median of repeated runs; ratio = fp32 time / this time, so > 1 is
+faster than fp32. `--quick` skips the 14336x4096 weight and runs fewer repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from moeqos.bench.report import Machine, Table
+from moeqos.bench.timing import time_repeats
+from moeqos.core.precision import Precision
+from moeqos.executor.quant import QuantExpert, QuantLinear, quantize_linear
+
+BIG = (14336, 4096)
+HIDDEN, INTERMEDIATE = 576, 1536
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    return time_repeats(fn, repeats, warmup=2).median * 1e3
+
+
+def matrix_table(rows: int, cols: int, repeats: int) -> Table:
+    """One decode matmul through a [rows, cols] weight, per precision, fp32 and bf16 activations."""
+    weight = torch.randn(rows, cols) / cols**0.5  # [N, K]
+    x = torch.randn(1, cols)  # [1, K]
+    xb = x.bfloat16()
+    base = median_ms(lambda: F.linear(x, weight), repeats)
+    table_rows = [("fp32 F.linear", "-", f"{base:.3f}", "1.00", "", "")]
+    for precision in Precision:
+        linear = quantize_linear(weight, precision)
+        ms = median_ms(partial(linear, x), repeats)
+        ms_b = median_ms(partial(linear, xb), repeats)
+        kernel = type(linear.kernel).__name__
+        table_rows.append(
+            (str(precision), kernel, f"{ms:.3f}", f"{base / ms:.2f}", f"{ms_b:.3f}", f"{base / ms_b:.2f}")
+        )
+    return Table(
+        f"decode matmul, weight {rows}x{cols}, 1 token",
+        ("precision", "kernel", "ms (fp32 x)", "ratio", "ms (bf16 x)", "ratio"),
+        tuple(table_rows),
+    )
+
+
+def unfused_expert(w1: QuantLinear, w2: QuantLinear, w3: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """The expert as three separate kernel calls, to compare against the fused w1/w3 layout."""
+    return w2(F.silu(w1(x)) * w3(x))  # [T, H]
+
+
+def expert_table(repeats: int) -> Table:
+    """One token through a whole expert: fused w1/w3 (two kernel calls) vs three separate calls."""
+    w1, w3 = (torch.randn(INTERMEDIATE, HIDDEN) / HIDDEN**0.5 for _ in range(2))  # [I, H]
+    w2 = torch.randn(HIDDEN, INTERMEDIATE) / INTERMEDIATE**0.5  # [H, I]
+    x = torch.randn(1, HIDDEN)  # [1, H]
+
+    def fp32_expert() -> torch.Tensor:
+        return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)  # [1, H]
+
+    base = median_ms(fp32_expert, repeats)
+    table_rows = [("fp32 F.linear x3", f"{base:.3f}", "1.00", "", "")]
+    for precision in Precision:
+        fused = QuantExpert.from_weights(w1, w2, w3, precision)
+        q1, q2, q3 = (quantize_linear(w, precision) for w in (w1, w2, w3))
+
+        ms = median_ms(partial(fused, x), repeats)
+        ms_split = median_ms(partial(unfused_expert, q1, q2, q3, x), repeats)
+        table_rows.append(
+            (str(precision), f"{ms:.3f}", f"{base / ms:.2f}", f"{ms_split:.3f}", f"{base / ms_split:.2f}")
+        )
+    return Table(
+        f"expert forward, hidden {HIDDEN}, intermediate {INTERMEDIATE}, 1 token (fp32 activations)",
+        ("precision", "ms fused w1/w3", "ratio", "ms 3 calls", "ratio"),
+        tuple(table_rows),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="skip the 14336x4096 weight, fewer repeats")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=0, help="timed runs per median (default 25, quick 7)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (7 if args.quick else 25)
+    torch.manual_seed(0)
+    header = f"{Machine.detect(torch.get_num_threads()).describe()}; torch {torch.__version__}; median of {repeats}"
+    shapes = [(INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)] + ([] if args.quick else [BIG])
+    for rows, cols in shapes:
+        print(matrix_table(rows, cols, repeats).render(header), end="\n\n")
+    print(expert_table(repeats).render(header))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`moeqos model prepare|info`: build the embedded default model, and describe a model directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
+from moeqos.executor.default_model.location import (
+    default_model_dir,
+    ensure_default_model,
+    read_marker,
+    resolve_model_dir,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    model = subparsers.add_parser("model", help="prepare or describe the model to serve")
+    commands = model.add_subparsers(dest="model_command", metavar="COMMAND", required=True)
+
+    prepare = commands.add_parser(
+        "prepare", help="build the default model (SmolLM2-135M upcycled to 8 experts) once, into the cache"
+    )
+    prepare.add_argument("--out", type=Path, help=f"model directory (default: {default_model_dir()})")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if a finished model is there")
+    prepare.add_argument("--json", action="store_true", help="print the result as JSON")
+    prepare.set_defaults(func=cmd_prepare)
+
+    info = commands.add_parser("info", help="print a model's shape and the bytes of one expert per precision")
+    info.add_argument("--model", help="model directory (default: the default model, built if needed)")
+    info.add_argument("--json", action="store_true", help="print the result as JSON")
+    info.set_defaults(func=cmd_info)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    path = ensure_default_model(progress=True, model_dir=args.out, force=args.force)
+    marker = read_marker(path) or {}
+    result = {
+        "model_dir": str(path),
+        "bytes_on_disk": _disk_bytes(path),
+        "measured": marker.get("measured", {}),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(path)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = model_info(resolve_model_dir(args.model))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key in (
+        "model_dir",
+        "name",
+        "fingerprint",
+        "num_layers",
+        "num_experts",
+        "top_k",
+        "hidden_size",
+        "intermediate_size",
+        "vocab_size",
+        "dense_bytes",
+        "bytes_on_disk",
+    ):
+        print(f"{key:18} {info[key]}")
+    print(f"{'expert bytes':18} " + "  ".join(f"{p}={n:,}" for p, n in info["expert_bytes"].items()))
+    print(
+        f"{'all experts bytes':18} " + "  ".join(f"{p}={n:,}" for p, n in info["all_experts_bytes"].items())
+    )
+    return 0
+
+
+def model_info(model_dir: Path) -> dict[str, Any]:
+    """Identity of the checkpoint in `model_dir` and the bytes of its experts in every precision."""
+    from moeqos.executor.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(model_dir)
+    config = checkpoint.config_dict
+    hidden, intermediate = int(config["hidden_size"]), int(config["intermediate_size"])
+    experts = int(config["num_local_experts"])
+    count = int(config["num_hidden_layers"]) * experts
+    per_expert = {str(p): expert_bytes(hidden, intermediate, p, DEFAULT_GROUP_SIZE) for p in Precision}
+    return {
+        "model_dir": str(model_dir),
+        "name": model_dir.name,
+        "fingerprint": checkpoint.fingerprint(),
+        "num_layers": int(config["num_hidden_layers"]),
+        "num_experts": experts,
+        "top_k": int(config["num_experts_per_tok"]),
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "vocab_size": int(config["vocab_size"]),
+        "dense_bytes": _stored_bytes(checkpoint, experts=False),
+        "bytes_on_disk": _disk_bytes(model_dir),
+        "group_size": DEFAULT_GROUP_SIZE,
+        "expert_bytes": per_expert,
+        "all_experts_bytes": {p: n * count for p, n in per_expert.items()},
+    }
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
+"""Bytes per element of the safetensors dtype names."""
+
+
+def _stored_bytes(checkpoint: Any, experts: bool) -> int:
+    """Bytes of the stored tensors that are (or are not) expert matrices."""
+    total = 0
+    for key, (shape, dtype) in checkpoint.meta.items():
+        if (".experts." in key) == experts:
+            total += math.prod(shape) * _DTYPE_BYTES[dtype]
+    return total
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -1,0 +1,238 @@
+"""What an executor measured about itself: the input the planner fits its cost models to.
+
+A `Profile` is plain data (JSON round-trip through `to_dict`/`from_dict`) and says which model and
+hardware it was measured on, so a cost model fitted to it can say the same. Shapes use the legend
+L = layers, E = experts per layer.
+
+Units: seconds, bytes, and "calls per token" for frequencies. `frequency[l][e]` is the fraction of
+tokens that route to expert e of layer l, so each layer's row sums to top_k.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
+from moeqos.core.tier import TierBudget
+
+PROFILE_VERSION = 2
+"""2: load costs are what a miss adds to a decode step (moeqos.executor.disk_calibration), not a load timed
+alone, which priced disk-heavy plans 20-37% fast; a version-1 profile is measured again."""
+
+Grid = tuple[tuple[float, ...], ...]
+"""A [L, E] table of floats."""
+
+
+def uniform_precision(spec: str) -> Precision | None:
+    """The precision of a uniform plan in text form (`bf16@cpu`), None for anything else."""
+    if "," in spec or "=" in spec or spec.lstrip().startswith("{"):
+        return None
+    try:
+        return Precision.parse(spec.split("@")[0])
+    except ValueError:
+        return None
+
+
+def _grid(rows: Any) -> Grid:
+    return tuple(tuple(float(x) for x in row) for row in rows)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The model a profile, plan or cost model belongs to."""
+
+    name: str
+    """Human name, e.g. `smollm2-135m-moe8` or the checkpoint directory's name."""
+    fingerprint: str
+    """Hex digest of the checkpoint's config and tensor index; equal fingerprints mean the same weights."""
+    num_layers: int
+    num_experts: int
+    top_k: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    dense_bytes: int = 0
+    """Bytes of the non-expert weights (attention, norms, router, embeddings, head) as served."""
+
+    def expert_bytes(self, precision: Precision, group_size: int = DEFAULT_GROUP_SIZE) -> int:
+        """Bytes of one expert of this model in `precision`."""
+        return expert_bytes(self.hidden_size, self.intermediate_size, precision, group_size)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class HardwareIdentity:
+    """The machine a profile was measured on."""
+
+    device: str
+    """The executor's execution device string (`cpu`, `cuda:0`)."""
+    device_name: str
+    """Processor or accelerator model, as the OS or driver names it."""
+    host: str
+    threads: int
+    """Compute threads torch used."""
+    torch_version: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HardwareIdentity:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class CallCost:
+    """Median time of one expert call for one decode token with the expert in (precision, tier)."""
+
+    precision: Precision
+    tier: str
+    bytes: int
+    """Bytes of the expert in this precision (what the call streams from memory)."""
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallCost:
+        return cls(Precision(data["precision"]), data["tier"], int(data["bytes"]), float(data["seconds"]))
+
+
+@dataclass(frozen=True)
+class LoadCost:
+    """Median time to bring one expert in `precision` from the `disk` tier into a pool slot."""
+
+    precision: Precision
+    bytes: int
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadCost:
+        return cls(Precision(data["precision"]), int(data["bytes"]), float(data["seconds"]))
+
+
+@dataclass(frozen=True)
+class QualityPoint:
+    """A plan whose perplexity the executor measured (what the quality model is fitted to)."""
+
+    plan_spec: str
+    """The plan in text form (moeqos.core.plan.parse_plan reads it)."""
+    perplexity: float
+    corpus: str
+    """Corpus name with split, e.g. `ptb:valid` (see moeqos.core.corpora)."""
+    tokens: int
+    """Tokens scored."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QualityPoint:
+        return cls(
+            str(data["plan_spec"]), float(data["perplexity"]), str(data["corpus"]), int(data["tokens"])
+        )
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Measurements of one executor running one model on one machine."""
+
+    model: ModelIdentity
+    hardware: HardwareIdentity
+    calibration_corpus: str
+    """Corpus the frequencies and quantization errors were measured on, e.g. `ptb:train`."""
+    calibration_tokens: int
+    frequency: Grid
+    """[L, E] expected calls of each expert per token (each row sums to top_k)."""
+    fixed_seconds: float
+    """Decode time per token spent outside the experts (attention, embeddings, head, router, overhead)."""
+    call_costs: tuple[CallCost, ...]
+    """Measured per-call expert costs for each (precision, tier) the executor can serve."""
+    load_costs: tuple[LoadCost, ...] = ()
+    """Measured disk-to-slot load costs per precision (empty when there is no disk tier)."""
+    quant_error: dict[Precision, Grid] = field(default_factory=dict)
+    """Per precision, [L, E] relative output error ||y_q - y|| / ||y|| of each expert on calibration
+    activations (0 for the reference precision)."""
+    quality_points: tuple[QualityPoint, ...] = ()
+    """Plans with measured perplexity, including the full-precision reference when measured."""
+    tiers: tuple[TierBudget, ...] = ()
+    """The executor's tiers and budgets when measured."""
+    disk_pool_slots: int = 0
+    """Slots in the disk tier's pool (experts that can be resident at once after a load)."""
+    disk_reads: str = ""
+    """How the disk tier read its files when `load_costs` were measured (`cached` or `uncached`; see
+    moeqos.executor.config.ExecutorConfig.disk_reads); empty without a disk tier."""
+    group_size: int = DEFAULT_GROUP_SIZE
+    measured_at: str = ""
+    """ISO-8601 UTC time of measurement."""
+    version: int = PROFILE_VERSION
+
+    def __post_init__(self) -> None:
+        rows = len(self.frequency)
+        if rows != self.model.num_layers or any(len(r) != self.model.num_experts for r in self.frequency):
+            raise ValueError(
+                f"frequency must be [{self.model.num_layers}, {self.model.num_experts}], got {rows} rows"
+            )
+        for precision, grid in self.quant_error.items():
+            if len(grid) != rows or any(len(r) != self.model.num_experts for r in grid):
+                raise ValueError(f"quant_error[{precision}] must be [layers, experts]")
+
+    @property
+    def precisions(self) -> list[Precision]:
+        """Precisions with at least one measured call cost, in enum order."""
+        measured = {c.precision for c in self.call_costs}
+        return [p for p in Precision if p in measured]
+
+    def expert_bytes(self) -> dict[Precision, int]:
+        """Bytes of one expert in each precision of this profile."""
+        return {p: self.model.expert_bytes(p, self.group_size) for p in Precision}
+
+    def reference_point(self) -> tuple[QualityPoint, Precision] | None:
+        """The full-precision reference: the measured uniform plan in the most precise float precision
+        (a uniform int8 plan is an ordinary quality point, not a reference), or None."""
+        uniform = [
+            (q, p) for q in self.quality_points if (p := uniform_precision(q.plan_spec)) and p.is_float
+        ]
+        return max(uniform, key=lambda item: item[1].bits) if uniform else None
+
+    def reference_perplexity(self) -> float | None:
+        """The perplexity of `reference_point`, if one was measured."""
+        point = self.reference_point()
+        return point[0].perplexity if point else None
+
+    # ----- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["quant_error"] = {p.value: [list(r) for r in g] for p, g in self.quant_error.items()}
+        data["frequency"] = [list(r) for r in self.frequency]
+        return json.loads(json.dumps(data, default=str))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        version = int(data.get("version", PROFILE_VERSION))
+        if version != PROFILE_VERSION:
+            raise ValueError(
+                f"profile version {version} is not supported (this build reads {PROFILE_VERSION})"
+            )
+        return cls(
+            model=ModelIdentity.from_dict(data["model"]),
+            hardware=HardwareIdentity.from_dict(data["hardware"]),
+            calibration_corpus=str(data["calibration_corpus"]),
+            calibration_tokens=int(data["calibration_tokens"]),
+            frequency=_grid(data["frequency"]),
+            fixed_seconds=float(data["fixed_seconds"]),
+            call_costs=tuple(CallCost.from_dict(c) for c in data["call_costs"]),
+            load_costs=tuple(LoadCost.from_dict(c) for c in data.get("load_costs", [])),
+            quant_error={Precision(p): _grid(g) for p, g in data.get("quant_error", {}).items()},
+            quality_points=tuple(QualityPoint.from_dict(q) for q in data.get("quality_points", [])),
+            tiers=tuple(TierBudget.from_dict(t) for t in data.get("tiers", [])),
+            disk_pool_slots=int(data.get("disk_pool_slots", 0)),
+            disk_reads=str(data.get("disk_reads", "")),
+            group_size=int(data.get("group_size", DEFAULT_GROUP_SIZE)),
+            measured_at=str(data.get("measured_at", "")),
+            version=version,
+        )
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        return cls.from_dict(json.loads(text))

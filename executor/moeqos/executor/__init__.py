@@ -1,0 +1,32 @@
+"""The executor: runs a Mixtral-family model with per-expert precision and memory-tier placement (torch).
+
+Public names load lazily (importing `executor` does not import torch):
+`ExecutorConfig` (moeqos.executor.config), `ExecutorRuntime`, `SwitchReport` (moeqos.executor.runtime),
+`SamplingParams`, `GenerationEvent`, `GenerationStats` (moeqos.executor.generation), `EvalResult`
+(moeqos.executor.evaluation), `StoreStats` (moeqos.executor.store), `make_tiny_mixtral` (moeqos.executor.testing).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ExecutorConfig": "moeqos.executor.config",
+    "ExecutorRuntime": "moeqos.executor.runtime",
+    "SwitchReport": "moeqos.executor.runtime",
+    "SamplingParams": "moeqos.executor.generation",
+    "GenerationEvent": "moeqos.executor.generation",
+    "GenerationStats": "moeqos.executor.generation",
+    "EvalResult": "moeqos.executor.evaluation",
+    "StoreStats": "moeqos.executor.store",
+    "make_tiny_mixtral": "moeqos.executor.testing",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'executor' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

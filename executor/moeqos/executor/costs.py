@@ -1,0 +1,159 @@
+"""Timing measurements for a profile: one-token expert calls per (precision, tier), disk loads, and the
+fixed decode cost outside the experts. Calls and loads: medians over `repeats` after one warm-up call,
+timed with cold caches (see `cold_median_seconds`). Calls are then calibrated against whole decode
+steps together with the fixed cost (`calibrate`), loads likewise in moeqos.executor.disk_calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import torch
+from moeqos.core.precision import Precision
+from moeqos.core.profile import CallCost, LoadCost
+from moeqos.core.tier import DISK
+from moeqos.executor.step_timing import STEPS_PER_ROUND, CallSeconds, ExpertsOff, decode_step, fastest_round
+
+if TYPE_CHECKING:
+    from moeqos.executor.runtime import ExecutorRuntime
+
+T = TypeVar("T")
+
+REPRESENTATIVE = (0, 0)
+"""The (layer, expert) whose calls are timed; every expert of a layer has the same shape."""
+
+
+CACHE_FLUSH_BYTES = 128 << 20
+"""Bytes written between timed expert calls to push the expert's weights out of the caches (larger than
+the last-level cache of current server CPUs and than an H100's 50 MB L2)."""
+
+
+def cold_median_seconds(fn: Callable[[], object], repeats: int, device: str) -> float:
+    """Median wall time of fn() over `repeats` runs after a warm-up, with the caches flushed before each
+    run and accelerators synchronised.
+
+    During decode an expert's weights are touched once per token and all experts together far exceed
+    the caches, so every call streams its weights from memory. Timing one expert in a hot loop keeps
+    it in cache and makes the bytes-heavy precisions look as cheap as the light ones (measured on the
+    default model: hot, int4 and int8 calls cost the same and the planner saw no reason for int4,
+    while whole decode steps at int4 run 1.5x faster than at int8).
+    """
+    flush = torch.zeros(CACHE_FLUSH_BYTES, dtype=torch.uint8, device=device)  # [N]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    fn()  # warm-up
+    sync()
+    times = []
+    for _ in range(repeats):
+        flush.add_(1)  # a write pass over [N], untimed
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cold_median_over(fn: Callable[[T], object], items: Sequence[T], repeats: int, device: str) -> float:
+    """`cold_median_seconds` of `fn(item)` with the items taken in turn (the warm-up takes the first):
+    for timing reads that must not find their data already cached."""
+    turn = itertools.cycle(items)
+    return cold_median_seconds(lambda: fn(next(turn)), repeats, device)
+
+
+def call_costs(
+    runtime: ExecutorRuntime, x: torch.Tensor, precisions: Sequence[Precision], repeats: int, group_size: int
+) -> list[CallCost]:
+    """One-token call time of the representative expert in each of `precisions` on every tier.
+
+    `disk` costs the call once the expert sits in a slot (the load is a LoadCost); `cpu` on an
+    accelerator follows the host policy (compute on the host, or copy to the device per call).
+    """
+    device = runtime.config.device
+    x = x[:1].to(device)  # [1, H] in the dense dtype
+    costs = []
+    for precision in precisions:
+        variant = (*REPRESENTATIVE, precision, group_size)
+        on_device = runtime.factory.build(variant, device)
+        nbytes = on_device.nbytes()
+        for tier in runtime.budgets:
+            fn = _call(runtime, variant, tier, on_device, x)
+            costs.append(CallCost(precision, tier, nbytes, cold_median_seconds(fn, repeats, device)))
+        runtime.factory.retire(variant, on_device)
+    return costs
+
+
+def _call(
+    runtime: ExecutorRuntime, variant: tuple, tier: str, on_device: object, x: torch.Tensor
+) -> Callable[[], object]:
+    device = runtime.config.device
+    if tier in (device, DISK):
+        return lambda: on_device(x)  # type: ignore[operator]
+    on_host = runtime.factory.build(variant, tier)
+    if runtime.config.host_policy == "compute":
+        return lambda: on_host(x.to(tier)).to(device)
+    return lambda: on_host.to_device(device)(x)
+
+
+def load_costs(
+    runtime: ExecutorRuntime, precisions: Sequence[Precision], repeats: int, group_size: int
+) -> list[LoadCost]:
+    """Time to read an expert from the variant cache into a slot, per precision.
+
+    Each timed load reads a different expert (expert 0 of successive layers), with the CPU caches
+    flushed and the file in the state serving leaves it (in the page cache, or dropped from it under
+    `disk_reads=uncached`): a miss during decoding never finds the expert it loads in any cache, and
+    re-reading one file in a loop made loads look 1.3-2x cheaper than the misses of a decode run.
+    """
+    device = runtime.config.device
+    layers = range(min(runtime.num_layers, repeats + 1))
+    costs = []
+    for precision in precisions:
+        variants = [(layer, REPRESENTATIVE[1], precision, group_size) for layer in layers]
+        for variant in variants:
+            runtime.factory.ensure_file(variant, device)
+            # settle the file's page-cache state as serving would; every variant has the same size
+            nbytes = runtime.factory.load(variant, device)[1]
+        seconds = cold_median_over(lambda v: runtime.factory.load(v, device), variants, repeats, device)
+        costs.append(LoadCost(precision, nbytes, seconds))
+    return costs
+
+
+FIXED_ROUNDS = 7
+"""Rounds of decode steps timed for the fixed cost (at least `repeats`)."""
+
+
+def calibrate(
+    runtime: ExecutorRuntime, prompt: list[int], repeats: int, costs: Sequence[CallCost]
+) -> tuple[float, list[CallCost]]:
+    """The fixed decode-step time outside the experts, and `costs` calibrated to whole decode steps.
+
+    Method: prefill `prompt`, then time rounds of STEPS_PER_ROUND single-token steps (max(repeats,
+    FIXED_ROUNDS) rounds after one warm-up round), twice: with expert calls switched off (the fixed
+    part: attention, norms, router, head, overhead) and with the served plan. Each is the minimum over
+    rounds of the per-step mean: load on the machine only ever adds time, so the fastest round is the
+    best estimate of the undisturbed cost (a median of a few single steps swung 20x on a busy 2-core
+    machine). The cold-cache call costs keep the ratios between precisions and tiers, but in a real
+    step the hardware prefetches and overlaps part of each expert's weight stream (measured on the
+    default model: cold calls 30-40% slower than their share of a step), so every cost is scaled by
+    (served step - fixed) / (the served plan's cold-cost sum per step), the MoE dispatch around each
+    call folded in. With disk experts or precisions `costs` lacks in the served plan, the costs are
+    returned as measured. Runs under the model lock, so no request sees the experts switched off.
+    """
+    seconds = {(c.precision, c.tier): c.seconds for c in costs}
+    plan = runtime.plan
+    costed = all(a.tier != DISK and (a.precision, a.tier) in seconds for _, a in plan.items())
+    rounds = max(repeats, FIXED_ROUNDS)
+    with runtime.model_lock:
+        step = decode_step(runtime, prompt)
+        off = fastest_round(step, rounds, runtime.config.device, ExpertsOff(runtime))
+        if not costed:
+            return off, list(costs)
+        calls = CallSeconds(runtime, plan, seconds)
+        on_minus_cold = fastest_round(step, rounds, runtime.config.device, calls)
+    cold_per_step = calls.total / STEPS_PER_ROUND  # the routing repeats each step, so any round's sum
+    scale = min(max((on_minus_cold + cold_per_step - off) / cold_per_step, 0.2), 5.0)
+    return off, [dataclasses.replace(c, seconds=c.seconds * scale) for c in costs]

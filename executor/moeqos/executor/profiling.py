@@ -1,0 +1,204 @@
+"""Build a `moeqos.core.profile.Profile`: what the planner needs to know about this executor and model.
+
+Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
+expert calls and capturing hidden states entering each MoE layer), `quant_error` (every expert in each
+profiled precision against fp32 on the captured states; experts with bitwise identical weights, as in a
+sparse-upcycled model, are measured once per layer), `call_costs`, `load_costs`, `fixed` (with the
+call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
+tier only), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`).
+Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
+precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
+The frequency and timing passes hold the model lock: generation pauses while they run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Grid, Profile, QualityPoint
+from moeqos.core.tier import DISK, TierBudget
+from moeqos.executor.costs import calibrate, call_costs, load_costs
+from moeqos.executor.disk_calibration import calibrate_loads
+from moeqos.executor.evaluation import evaluate
+from moeqos.executor.loader import observing
+from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
+
+if TYPE_CHECKING:
+    from moeqos.executor.runtime import ExecutorRuntime
+
+Progress = Callable[[str, float], None]
+
+PLANNING_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
+"""The precisions the planner mixes on any executor (see planning_precisions for the extras)."""
+
+
+def planning_precisions(device: str, dense: Precision = Precision.BF16) -> tuple[Precision, ...]:
+    """The default profiled precisions: PLANNING_PRECISIONS, plus fp16 off the CPU (CPUs have no fast
+    fp16 matmul, so there fp16 would only ever lose to bf16) and fp32 when the dense weights are fp32
+    (an fp32 executor computes in fp32 anyway, so fp32 experts are a real option, often the fastest)."""
+    extra = [
+        p
+        for p, wanted in ((Precision.FP32, dense == Precision.FP32), (Precision.FP16, device != "cpu"))
+        if wanted
+    ]
+    return (*extra, *PLANNING_PRECISIONS)
+
+
+def route_calibration(
+    runtime: ExecutorRuntime,
+    ids: list[int],
+    window: int,
+    capture_tokens: int,
+    progress: Progress,
+) -> tuple[Grid, list[torch.Tensor]]:
+    """Frequencies [L][E] (calls per token) and up to `capture_tokens` hidden states [N, H] per layer."""
+    counts = torch.zeros(runtime.num_layers, runtime.num_experts, dtype=torch.float64)  # [L, E]
+    captured: list[list[torch.Tensor]] = [[] for _ in range(runtime.num_layers)]
+
+    def observe(layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
+        counts[layer] += torch.bincount(index.flatten().cpu(), minlength=runtime.num_experts).double()
+        room = capture_tokens - sum(len(c) for c in captured[layer])
+        if room > 0:
+            captured[layer].append(hidden[:room].detach().float().cpu())  # [<=room, H]
+
+    with runtime.model_lock, observing(runtime.lm, runtime.adapter, observe):
+        for start in range(0, len(ids), window):
+            runtime.forward_logits(torch.tensor([ids[start : start + window]]), keep=1)
+            progress("frequency", min(1.0, (start + window) / len(ids)))
+    frequency = tuple(tuple(float(c) / len(ids) for c in row) for row in counts.tolist())
+    return frequency, [torch.cat(c) for c in captured]
+
+
+def quant_errors(
+    runtime: ExecutorRuntime,
+    captured: list[torch.Tensor],
+    precisions: Sequence[Precision],
+    group_size: int,
+    progress: Progress,
+) -> dict[Precision, Grid]:
+    """||y_q - y|| / ||y|| per precision and expert, y the fp32 expert on the captured states.
+
+    Experts of a layer whose weights hash alike share one measurement (same weights, same inputs).
+    """
+    rows: dict[Precision, list[tuple[float, ...]]] = {p: [] for p in precisions}
+    for layer in range(runtime.num_layers):
+        x = captured[layer].to(runtime.config.device)  # [N, H] fp32
+        measured: dict[str, dict[Precision, float]] = {}
+        layer_errors = []
+        for expert in range(runtime.num_experts):
+            weights = runtime.factory.read_weights(layer, expert)
+            key = _content_hash(weights)
+            if key not in measured:
+                measured[key] = _expert_errors(runtime, weights, x, precisions, group_size)
+            layer_errors.append(measured[key])
+        for p, row in rows.items():
+            row.append(tuple(e[p] for e in layer_errors))
+        progress("quant_error", (layer + 1) / runtime.num_layers)
+    return {p: tuple(row) for p, row in rows.items()}
+
+
+def _content_hash(weights: Sequence[torch.Tensor]) -> str:
+    """A digest of the tensors' dtypes, shapes and bytes (bitwise identity, not closeness)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for w in weights:
+        flat = w.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{w.dtype}{tuple(w.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _expert_errors(
+    runtime: ExecutorRuntime,
+    weights: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    precisions: Sequence[Precision],
+    group_size: int,
+) -> dict[Precision, float]:
+    device = runtime.config.device
+    w1, w2, w3 = (w.to(device, torch.float32) for w in weights)
+    y = reference_expert_forward(w1, w2, w3, x)  # [N, H]
+    return {
+        p: relative_error(
+            QuantExpert.from_weights(w1, w2, w3, p, group_size=group_size, device=device)(x).float(), y
+        )
+        for p in precisions
+    }
+
+
+def recorded_disk_reads(runtime: ExecutorRuntime) -> str:
+    """What a profile of `runtime` records as its disk read mode: empty without a disk tier."""
+    return runtime.config.disk_reads if DISK in runtime.budgets else ""
+
+
+def build_profile(
+    runtime: ExecutorRuntime,
+    calibration_ids: list[int],
+    corpus_name: str,
+    *,
+    max_tokens: int,
+    repeats: int,
+    capture_tokens: int,
+    window: int,
+    quality_plans: Sequence[Plan],
+    quality_ids: list[int] | None,
+    quality_corpus: str | None,
+    precisions: Sequence[Precision] | None,
+    progress: Progress,
+) -> Profile:
+    """Measure everything a Profile holds (see the module docstring for the stages).
+
+    Quality points are measured on `quality_ids` labelled `quality_corpus` (both or neither; neither:
+    on the calibration tokens, labelled `corpus_name`). `precisions` defaults to planning_precisions.
+    """
+    if (quality_ids is None) != (quality_corpus is None):
+        raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
+    chosen = (
+        tuple(precisions)
+        if precisions
+        else planning_precisions(runtime.config.device, runtime.config.dense_precision)
+    )
+    ids = runtime.encode(calibration_ids)[:max_tokens]
+    group_size = runtime.plan.group_size
+    frequency, captured = route_calibration(
+        runtime, ids, min(window, runtime.context_length), capture_tokens, progress
+    )
+    errors = quant_errors(runtime, captured, chosen, group_size, progress)
+    costs = call_costs(runtime, captured[0], chosen, repeats, group_size)
+    progress("call_costs", 1.0)
+    loads = load_costs(runtime, chosen, repeats, group_size) if DISK in runtime.budgets else []
+    progress("load_costs", 1.0)
+    fixed, costs = calibrate(runtime, ids[:16], repeats, costs)
+    progress("fixed", 1.0)
+    if loads:
+        loads = calibrate_loads(runtime, ids[:16], repeats, fixed, costs, loads)
+        progress("load_calibration", 1.0)
+    points = []
+    for done, plan in enumerate(quality_plans):
+        result = evaluate(runtime, quality_ids or ids, plan, min(window, runtime.context_length), None, 0)
+        label = quality_corpus or corpus_name
+        points.append(QualityPoint(plan.to_spec(), result.perplexity, label, result.tokens_scored))
+        progress("quality", (done + 1) / len(quality_plans))
+    return Profile(
+        model=runtime.model,
+        hardware=runtime.hardware,
+        calibration_corpus=corpus_name,
+        calibration_tokens=len(ids),
+        frequency=frequency,
+        fixed_seconds=fixed,
+        call_costs=tuple(costs),
+        load_costs=tuple(loads),
+        quant_error=errors,
+        quality_points=tuple(points),
+        tiers=tuple(TierBudget(name, budget) for name, budget in runtime.budgets.items()),
+        disk_pool_slots=runtime.config.disk_pool_slots,
+        disk_reads=recorded_disk_reads(runtime),
+        group_size=group_size,
+        measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )

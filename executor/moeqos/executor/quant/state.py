@@ -1,0 +1,54 @@
+"""The on-disk form of a `QuantizedWeight`: flat, contiguous CPU tensors that safetensors can write.
+
+Keys, under a caller's prefix (e.g. `w13.`):
+- `values`: the float weight, int8 codes [N, K], or for the grouped formats 4-bit codes packed two per
+  byte [N, ceil(K / 2)] uint8 (even column in the low nibble);
+- `scales`, `zeros`: as in `QuantizedWeight`, when present;
+- `shape`: int64 [2] = (N, K), since packed codes alone do not say whether K is odd.
+"""
+
+from __future__ import annotations
+
+import torch
+from moeqos.core.precision import Precision
+from moeqos.executor.quant.rtn import CODE_MID, QuantizedWeight
+from torch import Tensor
+
+
+def pack_nibbles(codes: Tensor) -> Tensor:
+    """uint8 codes [N, K] in 0..15 -> uint8 [N, ceil(K / 2)], even column in the low nibble."""
+    if codes.shape[1] % 2:
+        codes = torch.cat([codes, torch.full_like(codes[:, :1], CODE_MID)], dim=1)  # [N, K+1]
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(packed: Tensor, cols: int) -> Tensor:
+    """Inverse of `pack_nibbles`: uint8 [N, ceil(K / 2)] -> uint8 codes [N, K]."""
+    low, high = packed & 0x0F, packed >> 4  # [N, K/2] each
+    return torch.stack([low, high], dim=2).flatten(1)[:, :cols].contiguous()  # [N, K]
+
+
+def weight_to_state(q: QuantizedWeight, prefix: str = "") -> dict[str, Tensor]:
+    """Flat CPU tensors for `q`, keys prefixed by `prefix`."""
+    values = pack_nibbles(q.values) if q.precision.is_grouped else q.values
+    state = {"values": values, "shape": torch.tensor(q.shape, dtype=torch.int64)}
+    if q.scales is not None:
+        state["scales"] = q.scales
+    if q.zeros is not None:
+        state["zeros"] = q.zeros
+    return {prefix + key: t.detach().to("cpu").contiguous() for key, t in state.items()}
+
+
+def weight_from_state(
+    state: dict[str, Tensor], precision: Precision, group_size: int, prefix: str = ""
+) -> QuantizedWeight:
+    """Rebuild a `QuantizedWeight` (on CPU) from `weight_to_state` output."""
+    rows, cols = (int(n) for n in state[prefix + "shape"].tolist())
+    values = state[prefix + "values"]
+    if precision.is_grouped:
+        values = unpack_nibbles(values, cols)
+    if tuple(values.shape) != (rows, cols):
+        raise ValueError(f"state {prefix!r}: values shape {tuple(values.shape)} != {(rows, cols)}")
+    return QuantizedWeight(
+        precision, values, state.get(prefix + "scales"), state.get(prefix + "zeros"), group_size
+    )

@@ -1,0 +1,237 @@
+"""The executor server: config, assembly, model loading behind the health service, run loop.
+
+The port is bound first (health NOT_SERVING, every RPC UNAVAILABLE), then the model loads and warms up
+(one token) in a worker thread, then health turns SERVING. SIGTERM/SIGINT: NOT_SERVING, new calls
+refused, calls in flight get `grace_seconds` to finish.
+
+    config = ExecutorServerConfig.from_env_and_args(args)   # flags and MOEQOS_* read here, only here
+    asyncio.run(serve(config))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+from moeqos.api import server as server_common
+from moeqos.api.server import PeerServerConfig, Server, start_server
+from moeqos.core.plan import parse_plan
+from moeqos.core.precision import Precision
+from moeqos.core.tier import TierBudget
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.sampling import SamplingParams
+from moeqos.executor.service_admission import Admission
+from moeqos.executor.service_measure import MeasureSettings
+from moeqos.executor.service_target import ReplanHooks, StandingTarget
+from moeqos.executor.servicer import ExecutorServicer
+from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:50061"
+SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+STATE_CHANGING = ("ApplyPlan", "SetBudget", "SetTarget", "Profile")
+"""Methods that need the token whenever one is configured (the rest only with `auth_read`)."""
+
+
+@dataclass(frozen=True)
+class ExecutorServerConfig(PeerServerConfig):
+    """Settings of an executor server (the common ones are documented on ServerConfig)."""
+
+    listen: str = DEFAULT_LISTEN
+    """`host:port` to bind (port 0 picks a free port)."""
+    model_dir: Path | None = None
+    """Checkpoint directory; None serves the embedded default model (built on first use)."""
+    device: str = "cpu"
+    """Execution device (`cpu`, `cuda:0`)."""
+    budgets: dict[str, int] = field(default_factory=dict)
+    """Expert bytes per tier; a tier left out gets its physical size."""
+    disk_slots: int = 8
+    """Slots of the disk tier's pool."""
+    disk_reads: str = "cached"
+    """`cached` or `uncached` reads of disk-tier experts (see ExecutorConfig.disk_reads)."""
+    dense_precision: str = "bf16"
+    """Precision of the non-expert weights (fp32, bf16, fp16)."""
+    initial_plan: str | None = None
+    """Plan to serve first (text form or JSON); None lets the runtime choose."""
+    name: str = ""
+    """Name reported by GetInfo; empty: the host name."""
+    planner_address: str | None = None
+    """Planner asked for a new plan when a budget changes under a standing target (Deploy may set it)."""
+    max_concurrent: int = 2
+    """Generations running at once."""
+    max_queued: int = 8
+    """Generations waiting for a slot; more are refused with RESOURCE_EXHAUSTED."""
+    threads: int | None = None
+    """torch intra-op threads; None: torch's default."""
+    variant_cache_dir: Path | None = None
+    """Where quantized expert variants are kept on disk; None: a private temporary directory."""
+    replan_backoff: tuple[float, float] = (0.2, 10.0)
+    """First and longest wait, in seconds, between re-plan attempts while the planner is unreachable."""
+    measure: MeasureSettings = field(default_factory=MeasureSettings)
+    """What a profile measurement covers."""
+    profile_path: Path | None = None
+    """Profile JSON written after each measurement and served at the next start when it was measured
+    on the same model (fingerprint) and device, so a restart need not measure again."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_concurrent < 1 or self.max_queued < 0 or self.disk_slots < 1:
+            raise ValueError("need max_concurrent >= 1, max_queued >= 0 and disk_slots >= 1")
+        if self.planner_address is not None:
+            server_common.check_address("planner", self.planner_address)
+        if not 0 < self.replan_backoff[0] <= self.replan_backoff[1]:
+            raise ValueError(f"replan_backoff must be 0 < first <= longest, got {self.replan_backoff}")
+        if self.model_dir is not None and not (Path(self.model_dir) / "config.json").is_file():
+            raise ValueError(f"{self.model_dir}: not a model directory (no config.json)")
+        Precision.parse(self.dense_precision)
+        self.runtime_config(Path("."))  # validates device, budgets, precision
+
+    def runtime_config(self, model_dir: Path) -> ExecutorConfig:
+        return ExecutorConfig(
+            model_dir=model_dir,
+            device=self.device,
+            dense_precision=Precision.parse(self.dense_precision),
+            tier_budgets=dict(self.budgets),
+            disk_pool_slots=self.disk_slots,
+            disk_reads=self.disk_reads,
+            variant_cache_dir=self.variant_cache_dir,
+            threads=self.threads,
+        )
+
+    @classmethod
+    def from_env_and_args(
+        cls, args: Any = None, env: Mapping[str, str] | None = None
+    ) -> ExecutorServerConfig:
+        """The config from parsed CLI flags (which win) and MOEQOS_* environment variables."""
+        env = server_common.env() if env is None else env
+
+        def pick(flag: str, var: str) -> Any:
+            value = getattr(args, flag, None)
+            return value if value is not None else env.get(var)
+
+        model = pick("model", "MOEQOS_MODEL")
+        cache = pick("variant_cache", "MOEQOS_VARIANT_CACHE")
+        profile = pick("profile_path", "MOEQOS_PROFILE_PATH")
+        return cls(
+            **server_common.common_settings(args, env, DEFAULT_LISTEN),
+            **server_common.peer_settings(args, env),
+            model_dir=Path(model) if model else None,
+            device=pick("device", "MOEQOS_DEVICE") or "cpu",
+            budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
+            disk_slots=int(pick("disk_slots", "MOEQOS_DISK_SLOTS") or 8),
+            disk_reads=pick("disk_reads", "MOEQOS_DISK_READS") or "cached",
+            dense_precision=pick("dense_precision", "MOEQOS_DENSE_PRECISION") or "bf16",
+            initial_plan=pick("initial_plan", "MOEQOS_INITIAL_PLAN"),
+            name=pick("name", "MOEQOS_NAME") or "",
+            planner_address=pick("planner", "MOEQOS_PLANNER"),
+            max_concurrent=int(pick("max_concurrent", "MOEQOS_MAX_CONCURRENT") or 2),
+            max_queued=int(pick("max_queued", "MOEQOS_MAX_QUEUED") or 8),
+            threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
+            variant_cache_dir=Path(cache) if cache else None,
+            profile_path=Path(profile) if profile else None,
+        )
+
+
+def _budgets(flags: list[TierBudget] | None, env_value: str) -> dict[str, int]:
+    """Budgets from `--budget` flags, else from MOEQOS_BUDGETS (`cpu=2GiB,disk=20GiB`)."""
+    from moeqos.core.units import parse_budget
+
+    chosen = flags or [parse_budget(part) for part in env_value.split(",") if part.strip()]
+    return {b.name: b.budget_bytes for b in chosen}
+
+
+@dataclass
+class ExecutorHandle:
+    """A started executor server: the gRPC server, its servicer, and the model-loading task."""
+
+    server: Server
+    servicer: ExecutorServicer
+    pool: ThreadPoolExecutor
+    ready: asyncio.Task[None]
+    """Done once the model is loaded and warm (health SERVING); raises if loading failed."""
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def stop(self, grace: float) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish for `grace` seconds."""
+        self.ready.cancel()
+        self.servicer.target.cancel()
+        await self.server.stop(grace)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.servicer.runtime is not None:  # removes the runtime's private variant directory
+            self.servicer.runtime.close()
+
+
+def load_runtime(config: ExecutorServerConfig) -> ExecutorRuntime:
+    """Load the model, apply the initial plan, and warm up with one generated token (blocking)."""
+    from moeqos.executor.default_model.location import resolve_model_dir
+
+    runtime = ExecutorRuntime.load(config.runtime_config(resolve_model_dir(config.model_dir, progress=False)))
+    if config.initial_plan:
+        plan = parse_plan(config.initial_plan, runtime.num_layers, runtime.num_experts, config.device)
+        runtime.apply_plan(plan)
+    for _ in runtime.generate([0], SamplingParams(max_tokens=1)):
+        pass
+    return runtime
+
+
+async def start_executor(
+    config: ExecutorServerConfig, loader: Callable[[ExecutorServerConfig], ExecutorRuntime] = load_runtime
+) -> ExecutorHandle:
+    """Bind and start the server now; load the model in the background (see ExecutorHandle.ready)."""
+    pool = ThreadPoolExecutor(config.max_concurrent + 4, thread_name_prefix="executor")
+    holder: list[ExecutorServicer] = []
+    hooks = ReplanHooks(
+        profile=lambda: holder[0].cached_profile(),
+        budgets=lambda: holder[0].budgets(),
+        apply=lambda plan: holder[0].apply(plan),
+    )
+    target = StandingTarget(config.planner_address or "", config.peer_options(), hooks, config.replan_backoff)
+    servicer = ExecutorServicer(
+        config.name or socket.gethostname(),
+        pool,
+        Admission(config.max_concurrent, config.max_queued),
+        target,
+        config.measure,
+        config.profile_path,
+    )
+    holder.append(servicer)
+
+    def register(server: grpc.aio.Server) -> None:
+        executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
+
+    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING)
+
+    async def load() -> None:
+        servicer.runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        await server.set_serving(True)
+        log.info("executor %s serving %s on port %d", servicer.name, servicer.runtime.model.name, server.port)
+
+    return ExecutorHandle(server, servicer, pool, asyncio.get_running_loop().create_task(load()))
+
+
+async def serve(config: ExecutorServerConfig, on_started: Callable[[int], None] | None = None) -> None:
+    """Run an executor until SIGTERM or SIGINT (or a failed model load), then stop gracefully."""
+    handle = await start_executor(config)
+    if on_started is not None:
+        on_started(handle.port)
+    stop = asyncio.ensure_future(server_common.wait_for_signal())
+    try:
+        await asyncio.wait({stop, handle.ready}, return_when=asyncio.FIRST_COMPLETED)
+        if handle.ready.done() and handle.ready.exception() is not None:
+            raise handle.ready.exception()  # type: ignore[misc]
+        await stop
+    finally:
+        stop.cancel()
+        await handle.stop(config.grace_seconds)

@@ -1,0 +1,104 @@
+"""Timing whole decode steps with the experts switched off, or with each expert call credited at a
+known cost: what `moeqos.executor.costs.calibrate` and `moeqos.executor.disk_calibration` build on.
+
+A round is STEPS_PER_ROUND single-token steps on one KV cache; a measurement is the fastest of several
+rounds, since load on the machine only ever adds time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.executor.loader import moe_blocks
+
+if TYPE_CHECKING:
+    from moeqos.executor.runtime import ExecutorRuntime
+
+STEPS_PER_ROUND = 4
+"""Decode steps per round; a round's time is averaged over them."""
+
+
+def decode_step(runtime: ExecutorRuntime, prompt: list[int]) -> Callable[[], object]:
+    """One single-token forward step on a KV cache prefilled with `prompt` (each call appends to it)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=runtime.hf_config)
+    runtime.forward_logits(torch.tensor([prompt]), cache, keep=1)
+    token = torch.tensor([[prompt[-1]]])  # [1, 1]
+    return lambda: runtime.forward_logits(token, cache, keep=1)
+
+
+def fastest_round(step: Callable[[], object], rounds: int, device: str, mode: RoundMode) -> float:
+    """Minimum over `rounds` rounds of (round time - mode.credit()) / STEPS_PER_ROUND, after one
+    warm-up round."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = []
+    with mode:
+        for _ in range(rounds + 1):
+            mode.reset()
+            start = time.perf_counter()
+            for _ in range(STEPS_PER_ROUND):
+                step()
+            sync()
+            times.append((time.perf_counter() - start - mode.credit()) / STEPS_PER_ROUND)
+    return min(times[1:])
+
+
+class RoundMode:
+    """How the MoE blocks behave while rounds are timed, and the expert time to subtract per round."""
+
+    def __init__(self, runtime: ExecutorRuntime) -> None:
+        self.blocks = moe_blocks(runtime.lm, runtime.adapter)
+
+    def reset(self) -> None:
+        """Called before each round."""
+
+    def credit(self) -> float:
+        return 0.0
+
+    def __enter__(self) -> None:
+        """Switch the blocks into this mode."""
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Switch them back."""
+
+
+class ExpertsOff(RoundMode):
+    def __enter__(self) -> None:
+        for block in self.blocks:
+            block.experts_enabled = False
+
+    def __exit__(self, *exc_info: object) -> None:
+        for block in self.blocks:
+            block.experts_enabled = True
+
+
+class CallSeconds(RoundMode):
+    """Experts on; credits each routed call with its measured one-token cost under `plan`."""
+
+    def __init__(self, runtime: ExecutorRuntime, plan: Plan, seconds: dict[tuple[Precision, str], float]):
+        super().__init__(runtime)
+        self.cost = [[seconds[a.precision, a.tier] for a in row] for row in plan.assignments]  # [L][E]
+        self.total = 0.0
+
+    def observe(self, layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
+        self.total += sum(self.cost[layer][e] for e in index.flatten().tolist())
+
+    def reset(self) -> None:
+        self.total = 0.0
+
+    def credit(self) -> float:
+        return self.total
+
+    def __enter__(self) -> None:
+        for block in self.blocks:
+            block.observer = self.observe
+
+    def __exit__(self, *exc_info: object) -> None:
+        for block in self.blocks:
+            block.observer = None

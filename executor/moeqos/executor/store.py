@@ -1,0 +1,100 @@
+"""The expert store: holds every expert where the plan puts it and computes it on demand.
+
+Mechanism only: where an expert lives comes from the plan (`install`), what stays in the disk tier's
+slot pool from the pool's `EvictionPolicy`. The store counts what it moves so profiles and the
+service can report it. Calls happen under the runtime's model lock, so the store needs no lock of its
+own for its counters beyond that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from moeqos.core.plan import Plan
+from moeqos.core.tier import DISK
+from moeqos.executor.eviction import SlotPool
+from moeqos.executor.quant import QuantExpert
+from moeqos.executor.variants import ExpertKey, VariantFactory, VariantKey
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Counters since load: disk-tier pool hits/misses, bytes moved between tiers, pool occupancy."""
+
+    hits: int
+    misses: int
+    bytes_moved: int
+    """Bytes read from disk into slots plus bytes copied host-to-device under host_policy=copy."""
+    resident_slots: int
+    slots: int
+    evictions: int
+
+
+class ExpertStore:
+    """Resident experts per (layer, expert), plus the slot pool for the `disk` tier."""
+
+    def __init__(self, factory: VariantFactory, device: str, host_policy: str, slots: int) -> None:
+        self.factory = factory
+        self.device = device
+        self.host_policy = host_policy
+        self.pool: SlotPool[ExpertKey, QuantExpert] = SlotPool(slots)
+        self.plan: Plan | None = None
+        self._resident: dict[ExpertKey, QuantExpert] = {}
+        self._copied_bytes = 0
+
+    def module(self, key: ExpertKey) -> QuantExpert | None:
+        """The resident module of a device- or host-tier expert (None for disk-tier ones)."""
+        return self._resident.get(key)
+
+    def variant(self, key: ExpertKey) -> VariantKey:
+        assert self.plan is not None, "no plan installed"
+        assignment = self.plan[key]
+        return (key[0], key[1], assignment.precision, self.plan.group_size)
+
+    def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """y [N, H] = expert(x [N, H]) on whichever processor the expert's tier and policy say."""
+        assert self.plan is not None, "no plan installed"
+        key = (layer, expert)
+        tier = self.plan[key].tier
+        if tier == DISK:
+            variant = self.variant(key)
+            module = self.pool.get(key, lambda: self.factory.load(variant, self.device))
+            return module(x)
+        module = self._resident[key]
+        if tier == self.device:
+            return module(x)
+        if self.host_policy == "compute":
+            return module(x.to(tier)).to(x.device)  # [N, H] computed on the host
+        self._copied_bytes += module.nbytes()
+        return module.to_device(self.device)(x)
+
+    def install(
+        self, plan: Plan, built: dict[ExpertKey, QuantExpert]
+    ) -> list[tuple[VariantKey, QuantExpert]]:
+        """Switch to `plan` with freshly `built` modules for its changed resident experts.
+
+        Returns the (variant, module) pairs the plan no longer uses, for the caller to retire.
+        """
+        previous = self.plan
+        changed = [key for key, _ in plan.items()] if previous is None else plan.changed_experts(previous)
+        retired: list[tuple[VariantKey, QuantExpert]] = []
+        for key in changed:
+            self.pool.discard(key)
+            old = self._resident.pop(key, None)
+            if old is not None and previous is not None:
+                retired.append(((key[0], key[1], previous[key].precision, previous.group_size), old))
+        self._resident.update(built)
+        self.plan = plan
+        return retired
+
+    def stats(self) -> StoreStats:
+        pool = self.pool.stats
+        return StoreStats(
+            hits=pool.hits,
+            misses=pool.misses,
+            bytes_moved=pool.bytes_loaded + self._copied_bytes,
+            resident_slots=len(self.pool),
+            slots=self.pool.slots,
+            evictions=pool.evictions,
+        )

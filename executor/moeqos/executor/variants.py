@@ -1,0 +1,213 @@
+"""Where an expert's weights come from in the precision a plan asks for.
+
+`VariantFactory.build` looks in three places, cheapest first: the in-memory cache of variants no plan
+uses right now (LRU, bounded by bytes), the on-disk variant cache (one safetensors file per
+(layer, expert, precision, group_size)), and finally the checkpoint itself, quantizing from the
+original weights. So switching back and forth between two plans quantizes each variant once.
+The `disk` tier reads its experts from the same on-disk files, which therefore hold quantized bytes.
+For CPU int4 experts it keeps a second file in the kernel's own packed layout (named by the machine's
+layout tag), written with the disk file: repacking the portable codes is most of an int4 load's cost.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from moeqos.core.precision import Precision
+from moeqos.executor.adapters import ModelAdapter
+from moeqos.executor.checkpoint import Checkpoint
+from moeqos.executor.quant import QuantExpert, cpu_kernels
+from moeqos.executor.quant.linear import resolve_device
+from safetensors.torch import load_file, save_file
+
+ExpertKey = tuple[int, int]
+"""(layer, expert)"""
+VariantKey = tuple[int, int, Precision, int]
+"""(layer, expert, precision, group_size)"""
+
+
+class MemoryVariantCache:
+    """Host-RAM LRU of built variants not in use, bounded by their bytes."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self._entries: OrderedDict[VariantKey, QuantExpert] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: VariantKey) -> QuantExpert | None:
+        """Remove and return the variant (it is about to be used by a plan)."""
+        with self._lock:
+            module = self._entries.pop(key, None)
+            if module is not None:
+                self.used_bytes -= module.nbytes()
+            return module
+
+    def put(self, key: VariantKey, module: QuantExpert) -> None:
+        """Keep a variant a plan stopped using; evicts the least recently kept ones beyond capacity."""
+        size = module.nbytes()
+        if size > self.capacity_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                self.used_bytes -= self._entries.pop(key).nbytes()
+            self._entries[key] = module
+            self.used_bytes += size
+            while self.used_bytes > self.capacity_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.used_bytes -= evicted.nbytes()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class VariantFactory:
+    """Builds experts in a precision from the caches or the checkpoint, and keeps the on-disk files."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        adapter: ModelAdapter,
+        shape: tuple[int, int],
+        directory: Path,
+        memory_cache_bytes: int,
+        persist_all: bool,
+        quantize_device: str = "cpu",
+        keep_in_page_cache: bool = True,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.adapter = adapter
+        self.hidden, self.intermediate = shape
+        self.directory = directory
+        self.memory = MemoryVariantCache(memory_cache_bytes)
+        self.persist_all = persist_all
+        """Write every variant built to disk (a configured cache dir), not only the disk tier's."""
+        self.quantize_device = quantize_device
+        """Where quantization runs: the execution device (an accelerator quantizes far faster than
+        the host, whatever tier the result goes to)."""
+        self.keep_in_page_cache = keep_in_page_cache
+        """False: drop a variant file's pages from the OS page cache after each `load` (see
+        ExecutorConfig.disk_reads)."""
+        self.quantized = 0
+        """Variants quantized from the checkpoint so far (the caches' misses)."""
+
+    def path(self, key: VariantKey) -> Path:
+        layer, expert, precision, group_size = key
+        return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}.safetensors"
+
+    def packed_path(self, key: VariantKey, device: str) -> Path | None:
+        """Where the variant is kept in this machine's CPU int4 kernel layout, or None where loads build
+        the kernel from the portable file (floats and int8, whose portable layout is the kernel's; other
+        devices; shapes the CPU op does not take)."""
+        layer, expert, precision, group_size = key
+        if resolve_device(device).type != "cpu" or not precision.is_grouped:
+            return None
+        shapes = ((2 * self.intermediate, self.hidden), (self.hidden, self.intermediate))  # w13, w2
+        if not all(cpu_kernels.int4_fits(rows, cols, group_size) for rows, cols in shapes):
+            return None
+        tag = "".join(cpu_kernels.int4_layout_tag(rows, cols)[:6] for rows, cols in shapes)
+        return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}.cpu-{tag}.safetensors"
+
+    def check_experts(self, num_layers: int, num_experts: int) -> None:
+        """Fail at load, not at the first plan that needs it, if any expert tensor is missing or misshapen."""
+        up, down = (self.intermediate, self.hidden), (self.hidden, self.intermediate)
+        for layer in range(num_layers):
+            for expert in range(num_experts):
+                k1, k2, k3 = self.adapter.expert_keys(layer, expert)
+                for key, shape in ((k1, up), (k2, down), (k3, up)):
+                    self.checkpoint.check(key, shape)
+
+    def read_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w1 [I, H], w2 [H, I], w3 [I, H]) from the checkpoint, checked for shape."""
+        k1, k2, k3 = self.adapter.expert_keys(layer, expert)
+        up, down = (self.intermediate, self.hidden), (self.hidden, self.intermediate)
+        return self.checkpoint.read(k1, up), self.checkpoint.read(k2, down), self.checkpoint.read(k3, up)
+
+    def build(self, key: VariantKey, device: str) -> QuantExpert:
+        """The variant on `device`, from memory, the disk cache or the checkpoint (then persisted)."""
+        module = self.memory.take(key)
+        if module is not None:
+            return module.to_device(device)
+        if self.path(key).is_file():
+            return self.load(key, device)[0]
+        module = self._quantize(key, device)
+        if self.persist_all:
+            self._save(key, module)
+        return module
+
+    def ensure_file(self, key: VariantKey, device: str | None = None) -> Path:
+        """Make sure the on-disk variant exists (the `disk` tier's backing store), and, given the
+        `device` that will load it, its packed file where one applies, so no miss writes a file."""
+        path = self.path(key)
+        module = None
+        if not path.is_file():
+            module = self.memory.take(key) or self._quantize(key, "cpu")
+            self._save(key, module)
+            self.memory.put(key, module.to_device("cpu"))
+        packed = None if device is None else self.packed_path(key, device)
+        if packed is not None and not packed.is_file():
+            if module is None:
+                module = QuantExpert.from_state(self.read_state(path), key[2], key[3], "cpu")
+            state = module.packed_state()
+            if state is not None:
+                self._write(packed, state)
+        return path
+
+    def load(self, key: VariantKey, device: str) -> tuple[QuantExpert, int]:
+        """Read the on-disk variant onto `device` (from its packed file when `ensure_file` wrote one);
+        returns it and the bytes read."""
+        packed = self.packed_path(key, device)
+        if packed is not None and packed.is_file():
+            module = QuantExpert.from_packed_state(self.read_state(packed), key[2], key[3])
+            return module, packed.stat().st_size
+        path = self.path(key)
+        return QuantExpert.from_state(self.read_state(path), key[2], key[3], device), path.stat().st_size
+
+    def read_state(self, path: Path) -> dict[str, torch.Tensor]:
+        """Every tensor of a safetensors file, in memory of its own."""
+        # safetensors maps the file: clone so the read happens here (not as page faults inside the
+        # first matmul) and the slot owns its memory rather than pinning the file's page-cache pages.
+        state = {name: tensor.clone() for name, tensor in load_file(str(path), device="cpu").items()}
+        if not self.keep_in_page_cache:
+            _drop_from_page_cache(path)  # after the read's mapping is gone: mapped pages are not dropped
+        return state
+
+    def retire(self, key: VariantKey, module: QuantExpert) -> None:
+        """A plan stopped using this variant: keep it in host RAM for a later switch back."""
+        self.memory.put(key, module.to_device("cpu"))
+
+    def _quantize(self, key: VariantKey, device: str) -> QuantExpert:
+        layer, expert, precision, group_size = key
+        w1, w2, w3 = (w.to(self.quantize_device) for w in self.read_weights(layer, expert))
+        self.quantized += 1
+        return QuantExpert.from_weights(w1, w2, w3, precision, group_size=group_size, device=device)
+
+    def _save(self, key: VariantKey, module: QuantExpert) -> None:
+        self._write(self.path(key), module.to_state())
+
+    def _write(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        """Write atomically (temp file + rename) so a crash never leaves a truncated variant."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        save_file(state, str(tmp))
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())  # durable before the rename; clean pages can leave the page cache
+        os.replace(tmp, path)
+        if not self.keep_in_page_cache:
+            _drop_from_page_cache(path)  # the first read goes to the device like every later one
+
+
+def _drop_from_page_cache(path: Path) -> None:
+    """Ask the OS to forget `path`'s cached pages (a no-op where posix_fadvise does not exist)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

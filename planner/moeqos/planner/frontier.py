@@ -1,0 +1,74 @@
+"""The speed/quality frontier: Pareto-optimal plans from the most accurate to the fastest.
+
+The two ends are solved directly (minimum perplexity; maximum tokens/s, each with the other metric as
+tie-break); the points between minimise perplexity under evenly spaced tokens/s floors. Points another
+point beats on both tokens/s and perplexity (possible within the solver's tolerance) are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from moeqos.core.errors import InfeasibleTarget, OutOfRange
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Profile
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
+from moeqos.core.tier import TierBudget
+from moeqos.planner.latency_model import LatencyModel
+from moeqos.planner.milp import DEFAULT_TOLERANCE
+from moeqos.planner.quality_model import QualityModel
+from moeqos.planner.solver import PlanRequest, PlanResult, solve
+
+DEFAULT_POINTS = 20
+
+
+def frontier(
+    profile: Profile,
+    budgets: tuple[TierBudget, ...] = (),
+    points: int = DEFAULT_POINTS,
+    pins: tuple[PlacementRule, ...] = (),
+    latency: LatencyModel | None = None,
+    quality: QualityModel | None = None,
+    allowed_precisions: frozenset[Precision] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    time_limit_s: float = 0.5,
+) -> list[PlanResult]:
+    """Up to `points` non-dominated plans, slowest (most accurate) first. Raises InfeasibleTarget when
+    no plan fits the budgets at all."""
+    if points < 2:
+        raise OutOfRange(f"a frontier needs at least 2 points, got {points}")
+    latency = latency or LatencyModel.fit(profile)
+    quality = quality or QualityModel.fit(profile)
+    base = PlanRequest(
+        profile,
+        QosTarget(objective=Objective.QUALITY),
+        budgets,
+        pins,
+        allowed_precisions,
+        tolerance=tolerance,
+        time_limit_s=time_limit_s,
+    )
+    accurate = solve(base, latency, quality)
+    fastest = solve(replace(base, target=QosTarget(objective=Objective.SPEED)), latency, quality)
+    results = [accurate, fastest]
+    for floor in np.linspace(accurate.predicted_tokens_per_s, fastest.predicted_tokens_per_s, points)[1:-1]:
+        try:
+            results.append(
+                solve(replace(base, target=QosTarget(min_tokens_per_s=float(floor))), latency, quality)
+            )
+        except InfeasibleTarget:
+            continue  # the floor sits in a gap the tolerance left; its neighbours cover it
+    return pareto(results)
+
+
+def pareto(results: list[PlanResult]) -> list[PlanResult]:
+    """The non-dominated results (no other is at least as fast and strictly better, or vice versa),
+    one per distinct (tokens/s, perplexity), ordered by tokens/s ascending."""
+    ordered = sorted(results, key=lambda r: (-r.predicted_tokens_per_s, r.predicted_perplexity))
+    kept: list[PlanResult] = []
+    for result in ordered:
+        if not kept or result.predicted_perplexity < kept[-1].predicted_perplexity * (1 - 1e-12):
+            kept.append(result)
+    return kept[::-1]

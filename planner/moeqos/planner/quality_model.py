@@ -1,0 +1,231 @@
+"""Predicted perplexity under a plan, fitted to a Profile's measured plans.
+
+    log ppl(plan) = log ppl_ref + sum_{l,e} c_{p(l,e)} * s_p[l][e],    s_p = freq * err_p
+
+`freq[l][e]` is calls per token, `err_p[l][e]` the expert's relative output error in precision p
+(Profile.quant_error; where a precision's error was not measured, 1 stands in, so the term is the
+call share alone) and `c_p >= 0` one coefficient per precision. The model is linear in the plan's
+per-expert choice, so the solver can put it in a MILP.
+
+Fitting: with at least as many measured plans (besides the reference) as precisions that appear in
+them, the `c_p` are fitted by non-negative least squares (scipy.optimize.nnls) and checked by
+leave-one-out (`holdout_error`: RMS relative perplexity error on each plan predicted by a fit
+without it).
+Otherwise, and for precisions no measured plan uses, `c_p` comes from moeqos.planner.priors: the prior
+log-ppl increase of a uniform plan divided by that plan's total `s_p`; with fewer measured plans than
+precisions but at least one, all priors are multiplied by one scale fitted to them. Predictions that
+rest on a prior (scaled or not) are marked as estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.plan import Plan, parse_plan
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Grid, Profile, QualityPoint
+from moeqos.planner.identity import FitIdentity
+from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE, PRIOR_SOURCE
+from scipy.optimize import nnls
+
+
+@dataclass(frozen=True)
+class QualityModel:
+    """A fitted perplexity model (plain data; `to_dict`/`from_dict`)."""
+
+    identity: FitIdentity
+    reference_perplexity: float
+    reference_precision: Precision
+    reference_source: str
+    sensitivity: dict[Precision, Grid]
+    """Per precision, [L, E] freq * err (0 for the reference precision)."""
+    coefficients: dict[Precision, float]
+    fitted: frozenset[Precision]
+    """Precisions whose coefficient was fitted to measurements (the rest are priors)."""
+    basis: str
+    holdout_error: float | None = None
+    """Leave-one-out RMS relative perplexity error (predicted / measured - 1) over the measured plans
+    (None when not computable)."""
+    holdout_points: int = 0
+
+    # ----- fitting ------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, profile: Profile, prior_reference: tuple[float, str] | None = None) -> QualityModel:
+        """Fit to `profile.quality_points`; `prior_reference` (perplexity, source) stands in for an
+        unmeasured full-precision reference. Raises InvalidArgument with no reference at all."""
+        ref_ppl, ref_precision, ref_source, ref_spec = _reference(profile, prior_reference)
+        sensitivity = _sensitivity(profile, ref_precision)
+        points = [q for q in profile.quality_points if q.tokens > 0 and q.plan_spec != ref_spec]
+        rows = _design_rows(profile, points, sensitivity)  # [N, P]
+        targets = np.array([math.log(q.perplexity / ref_ppl) for q in points])  # [N]
+        coefficients, fitted, scale = _coefficients(rows, targets, sensitivity)
+        holdout = _leave_one_out(rows, targets, sensitivity)
+        if fitted:
+            basis = f"fitted (nnls) to {len(points)} measured plans for {', '.join(sorted(fitted))}"
+            if set(coefficients) - fitted - {ref_precision}:
+                basis += "; other precisions from priors"
+        elif scale is not None:
+            basis = (
+                f"{PRIOR_SOURCE}, scaled by {scale:.3g} to fit {len(points)} measured plan(s) "
+                "(too few for one coefficient per precision)"
+            )
+        else:
+            basis = f"{PRIOR_SOURCE}; no measured plans besides the reference"
+        return cls(
+            FitIdentity.of(profile),
+            ref_ppl,
+            ref_precision,
+            ref_source,
+            sensitivity,
+            coefficients,
+            frozenset(fitted),
+            basis,
+            holdout,
+            len(points) if holdout is not None else 0,
+        )
+
+    # ----- prediction ---------------------------------------------------------------------------
+    def expert_terms(self, precision: Precision) -> np.ndarray:
+        """[L, E] log-ppl increase each expert adds when stored in `precision`."""
+        return self.coefficients[precision] * np.asarray(self.sensitivity[precision])
+
+    def predict_log_increase(self, plan: Plan) -> float:
+        return float(
+            sum(
+                self.coefficients[a.precision] * self.sensitivity[a.precision][layer][expert]
+                for (layer, expert), a in plan.items()
+            )
+        )
+
+    def predict_perplexity(self, plan: Plan) -> float:
+        return self.reference_perplexity * math.exp(self.predict_log_increase(plan))
+
+    @property
+    def is_estimate(self) -> bool:
+        """True when any part of the model (reference or a coefficient) is a prior, not a fit."""
+        return self.reference_source.startswith("prior") or bool(
+            set(self.coefficients) - set(self.fitted) - {self.reference_precision}
+        )
+
+    def plan_is_estimate(self, plan: Plan) -> bool:
+        """True when predicting `plan` uses a prior (its reference, or a precision not fitted)."""
+        exact = set(self.fitted) | {self.reference_precision}
+        return self.reference_source.startswith("prior") or any(
+            a.precision not in exact for a in plan.counts()
+        )
+
+    # ----- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity.to_dict(),
+            "reference_perplexity": self.reference_perplexity,
+            "reference_precision": self.reference_precision.value,
+            "reference_source": self.reference_source,
+            "sensitivity": {p.value: [list(r) for r in g] for p, g in self.sensitivity.items()},
+            "coefficients": {p.value: c for p, c in self.coefficients.items()},
+            "fitted": sorted(p.value for p in self.fitted),
+            "basis": self.basis,
+            "holdout_error": self.holdout_error,
+            "holdout_points": self.holdout_points,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QualityModel:
+        return cls(
+            FitIdentity.from_dict(data["identity"]),
+            float(data["reference_perplexity"]),
+            Precision(data["reference_precision"]),
+            str(data["reference_source"]),
+            {
+                Precision(p): tuple(tuple(float(x) for x in r) for r in g)
+                for p, g in data["sensitivity"].items()
+            },
+            {Precision(p): float(c) for p, c in data["coefficients"].items()},
+            frozenset(Precision(p) for p in data["fitted"]),
+            str(data["basis"]),
+            None if data.get("holdout_error") is None else float(data["holdout_error"]),
+            int(data.get("holdout_points", 0)),
+        )
+
+
+def _reference(profile: Profile, prior: tuple[float, str] | None) -> tuple[float, Precision, str, str | None]:
+    """(perplexity, precision, source, plan spec) of the reference: the most precise uniform plan in a
+    float precision (a uniform int8 plan is an ordinary quality point, not a reference)."""
+    reference = profile.reference_point()
+    if reference:
+        best, precision = reference
+        source = f"measured: {best.plan_spec} on {best.corpus}, {best.tokens} tokens"
+        if best.tokens <= 0:
+            source = f"prior: {best.plan_spec} on {best.corpus} (published, not measured)"
+        return best.perplexity, precision, source, best.plan_spec
+    if prior is None:
+        raise InvalidArgument(
+            "the profile has no full-precision perplexity; measure a uniform bf16 plan first"
+        )
+    return prior[0], Precision.BF16, f"prior: {prior[1]}", None
+
+
+def _sensitivity(profile: Profile, reference: Precision) -> dict[Precision, Grid]:
+    """freq * err per precision; err = 1 where unmeasured, and 0 for the reference precision."""
+    freq = np.asarray(profile.frequency)  # [L, E]
+    out: dict[Precision, Grid] = {}
+    for p in Precision:
+        err = np.asarray(profile.quant_error[p]) if p in profile.quant_error else np.ones_like(freq)
+        grid = np.zeros_like(freq) if p == reference else freq * err  # [L, E]
+        out[p] = tuple(tuple(float(x) for x in row) for row in grid)
+    return out
+
+
+def _design_rows(profile: Profile, points: list[QualityPoint], sens: dict[Precision, Grid]) -> np.ndarray:
+    """[N, P] per measured plan, the summed sensitivity of its experts in each precision (enum order)."""
+    m = profile.model
+    rows = np.zeros((len(points), len(Precision)))
+    for i, q in enumerate(points):
+        plan = parse_plan(
+            q.plan_spec, m.num_layers, m.num_experts, profile.hardware.device, profile.group_size
+        )
+        for (layer, expert), a in plan.items():
+            rows[i, list(Precision).index(a.precision)] += sens[a.precision][layer][expert]
+    return rows
+
+
+def _prior_coefficients(sens: dict[Precision, Grid]) -> dict[Precision, float]:
+    totals = {p: float(np.sum(g)) for p, g in sens.items()}
+    return {p: (PRIOR_LOG_PPL_INCREASE[p] / totals[p] if totals[p] > 0 else 0.0) for p in Precision}
+
+
+def _coefficients(
+    rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]
+) -> tuple[dict[Precision, float], set[Precision], float | None]:
+    """(coefficients, precisions fitted, prior scale): an nnls fit of each precision the plans use when
+    there are at least as many plans; with fewer, the priors times one fitted scale; with none, priors."""
+    coefficients = _prior_coefficients(sens)
+    support = np.flatnonzero(np.abs(rows).sum(axis=0) > 0)
+    if support.size == 0:
+        return coefficients, set(), None
+    if rows.shape[0] < support.size:
+        prior = np.array([coefficients[p] for p in Precision])  # [P]
+        (scale,), _ = nnls((rows @ prior)[:, None], targets)
+        return {p: float(scale) * c for p, c in coefficients.items()}, set(), float(scale)
+    solution, _ = nnls(rows[:, support], targets)
+    precisions = list(Precision)
+    for column, value in zip(support, solution, strict=True):
+        coefficients[precisions[column]] = float(value)
+    return coefficients, {precisions[c] for c in support}, None
+
+
+def _leave_one_out(rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]) -> float | None:
+    """RMS relative perplexity error of each plan predicted by a fit without it (None with < 2 plans)."""
+    if rows.shape[0] < 2:
+        return None
+    errors = []
+    for i in range(rows.shape[0]):
+        keep = np.arange(rows.shape[0]) != i
+        coefficients, _, _ = _coefficients(rows[keep], targets[keep], sens)
+        vector = np.array([coefficients[p] for p in Precision])  # [P]
+        errors.append(math.expm1(rows[i] @ vector - targets[i]))  # predicted / measured - 1
+    return float(np.sqrt(np.mean(np.square(errors))))

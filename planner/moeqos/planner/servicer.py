@@ -1,0 +1,232 @@
+"""The planner's gRPC servicer: parse, call the pure planner core in a worker thread, convert.
+
+Stateless: every call carries its profile or names the executor to fetch it from. Errors are raised as
+moeqos.core.errors exceptions; the server's one interceptor (moeqos.api.grpc_errors) maps them to status codes.
+
+Calls to executors carry the planner's peer token only for a caller that presented this planner's own
+token; any other caller's calls carry that caller's own bearer token, or none (the planner acts for the
+caller, at the addresses the caller named, so it must not lend its credentials to an anonymous one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import grpc.aio
+from moeqos.api import convert, descriptions, wire
+from moeqos.api.channel import ConnectOptions
+from moeqos.api.server import bearer_token, token_matches
+from moeqos.client.executor import AsyncExecutorClient
+from moeqos.core.descriptions import HardwareDescription, ModelDescription
+from moeqos.core.errors import InvalidArgument, OutOfRange
+from moeqos.core.profile import Profile
+from moeqos.core.service_types import DeploySpec, ExecutorInfo, Prediction
+from moeqos.core.tier import TierBudget
+from moeqos.planner.catalog import HARDWARE, MODELS
+from moeqos.planner.frontier import DEFAULT_POINTS, frontier
+from moeqos.planner.solver import PlanRequest, PlanResult, solve
+from moeqos.planner.whatif import whatif_profile
+from moeqos.proto.planner.v1 import planner_pb2 as pl
+from moeqos.proto.planner.v1 import planner_pb2_grpc as pl_grpc
+
+T = TypeVar("T")
+
+MAX_POINTS = 200
+"""Most frontier points one request may ask for (each is a solve)."""
+MAX_DEPLOY_TARGETS = 64
+"""Most executors one Deploy may address."""
+
+
+def prediction_of(result: PlanResult) -> Prediction:
+    """The wire-level prediction of a solver result."""
+    return Prediction(
+        result.predicted_tokens_per_s,
+        result.predicted_perplexity,
+        result.perplexity_is_estimate,
+        dict(result.bytes_per_tier),
+        result.notes,
+    )
+
+
+def point(result: PlanResult) -> pl.FrontierPoint:
+    """A plan with its predictions, as the wire has them."""
+    prediction = convert.prediction_to_proto(prediction_of(result))
+    return pl.FrontierPoint(plan=wire.plan_to_proto(result.plan), prediction=prediction)
+
+
+def _described_model(request: pl.WhatIfRequest) -> ModelDescription:
+    if request.WhichOneof("model") == "model_description":
+        return descriptions.model_from_proto(request.model_description)
+    if request.model_name not in MODELS:
+        raise InvalidArgument(f"unknown model {request.model_name!r}; built in: {', '.join(MODELS)}")
+    return MODELS[request.model_name]
+
+
+def _described_hardware(request: pl.WhatIfRequest) -> HardwareDescription:
+    # Only built-in names: `moeqos.planner.whatif.hardware_named` also reads file paths, which a remote
+    # caller must not be able to make the server open.
+    if request.WhichOneof("hardware") == "hardware_description":
+        return descriptions.hardware_from_proto(request.hardware_description)
+    if request.hardware_name not in HARDWARE:
+        raise InvalidArgument(f"unknown hardware {request.hardware_name!r}; built in: {', '.join(HARDWARE)}")
+    return HARDWARE[request.hardware_name]
+
+
+def _points(count: int) -> int:
+    if not 2 <= count <= MAX_POINTS:
+        raise OutOfRange(f"frontier points must be in [2, {MAX_POINTS}], got {count}")
+    return count
+
+
+class PlannerServicer(pl_grpc.PlannerServiceServicer):
+    """Plan, Frontier, WhatIf and Deploy over the pure planner core."""
+
+    def __init__(
+        self, pool: Executor, peer: ConnectOptions, advertise_address: str, token: str | None = None
+    ) -> None:
+        self._pool = pool
+        self._peer = peer
+        """How to reach executors (token, TLS, deadline)."""
+        self._token = token
+        """This planner's own token: a caller that presents it may have the peer token sent for it."""
+        self.advertise_address = advertise_address
+        """The address Deploy gives executors to reach this planner at (set once the port is bound)."""
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound planner work off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _peer_for(self, context: grpc.aio.ServicerContext) -> ConnectOptions:
+        """How to reach executors for this call: the configured peer token for a caller that presented
+        this planner's token, else the caller's own token (or none).
+
+        Plan and Frontier are open to anonymous callers and reach whatever address they are given, so
+        the peer token goes out only for an authenticated caller: an anonymous one cannot have the
+        planner send its credentials to a server of the caller's choosing."""
+        presented = bearer_token(context.invocation_metadata())
+        if token_matches(presented, self._token):
+            return self._peer
+        return dataclasses.replace(self._peer, token=presented)
+
+    async def _profile(self, source: pl.ProfileSource, peer: ConnectOptions) -> Profile:
+        kind = source.WhichOneof("source")
+        if kind == "profile":
+            return wire.profile_from_proto(source.profile)
+        if kind == "executor_address" and source.executor_address:
+            async with AsyncExecutorClient(source.executor_address, peer) as executor:
+                return await executor.get_profile(timeout=None)
+        raise InvalidArgument("source must give a profile or an executor address")
+
+    async def Plan(self, request: pl.PlanRequest, context: grpc.aio.ServicerContext) -> pl.PlanResponse:
+        plan_request = PlanRequest(
+            await self._profile(request.source, self._peer_for(context)),
+            wire.target_from_proto(request.target),
+            wire.budgets_from_proto(request.budgets),
+            wire.pins_from_proto(request.pins),
+        )
+        result = await self._run(solve, plan_request)
+        chosen = point(result)
+        return pl.PlanResponse(
+            plan=chosen.plan, prediction=chosen.prediction, solve_seconds=result.solve_seconds
+        )
+
+    async def Frontier(
+        self, request: pl.FrontierRequest, context: grpc.aio.ServicerContext
+    ) -> pl.FrontierResponse:
+        points = _points(request.points or DEFAULT_POINTS)
+        profile = await self._profile(request.source, self._peer_for(context))
+        budgets, pins = wire.budgets_from_proto(request.budgets), wire.pins_from_proto(request.pins)
+        results = await self._run(frontier, profile, budgets, points, pins)
+        return pl.FrontierResponse(points=[point(r) for r in results])
+
+    async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
+        capacities = {b.name: b.budget_bytes for b in wire.budgets_from_proto(request.budgets)}
+        profile = whatif_profile(_described_model(request), _described_hardware(request), capacities)
+        budgets = profile.tiers
+        response = pl.WhatIfResponse(profile=wire.profile_to_proto(profile))
+        if request.HasField("target"):
+            plan_request = PlanRequest(profile, wire.target_from_proto(request.target), budgets)
+            response.best.CopyFrom(point(await self._run(solve, plan_request)))
+        if request.frontier_points:
+            results = await self._run(frontier, profile, budgets, _points(request.frontier_points))
+            response.frontier.extend(point(r) for r in results)
+        return response
+
+    async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
+        specs = _deploy_specs(request)
+        peer = self._peer_for(context)
+        # Every plan is solved before any is applied, so a bad input or an infeasible target for one
+        # executor leaves all of them untouched.
+        solved = await asyncio.gather(*(self._solve_for(spec, peer) for spec in specs))
+        results, before = [result for result, _ in solved], [info for _, info in solved]
+        planner_address = request.planner_address or self.advertise_address
+        outcomes = await asyncio.gather(
+            *(
+                self._apply_to(spec, result, planner_address, peer)
+                for spec, result in zip(specs, results, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            # All or nothing: executors that did switch go back to the plan and target they had, so a
+            # Deploy that fails on one executor has changed none (best effort: one that cannot be
+            # reached keeps whatever it has).
+            await asyncio.gather(
+                *(self._restore(spec, info, peer) for spec, info in zip(specs, before, strict=True)),
+                return_exceptions=True,
+            )
+            raise failures[0]
+        return pl.DeployResponse(results=[o for o in outcomes if isinstance(o, pl.DeployResult)])
+
+    async def _solve_for(self, spec: DeploySpec, peer: ConnectOptions) -> tuple[PlanResult, ExecutorInfo]:
+        """The executor's plan from its profile, within the given budgets or else its current ones, and
+        what it serves now (its plan, standing target and planner: what a failed Deploy restores)."""
+        async with AsyncExecutorClient(spec.executor_address, peer) as executor:
+            profile = await executor.get_profile(timeout=None)
+            info = await executor.info()
+        budgets = spec.budgets or tuple(TierBudget(t.name, t.budget_bytes) for t in info.tiers)
+        return await self._run(solve, PlanRequest(profile, spec.target, budgets, spec.pins)), info
+
+    async def _restore(self, spec: DeploySpec, info: ExecutorInfo, peer: ConnectOptions) -> None:
+        """Put the executor back on `info`'s plan and standing target (a no-op switch when unchanged)."""
+        async with AsyncExecutorClient(spec.executor_address, peer) as executor:
+            await executor.apply_plan(info.plan, timeout=None)
+            await executor.set_target(info.standing_target, info.planner_address)
+
+    async def _apply_to(
+        self, spec: DeploySpec, result: PlanResult, planner_address: str, peer: ConnectOptions
+    ) -> pl.DeployResult:
+        """Apply the plan, then leave the executor its standing target and this planner's address."""
+        async with AsyncExecutorClient(spec.executor_address, peer) as executor:
+            report = await executor.apply_plan(result.plan, timeout=None)
+            await executor.set_target(spec.target, planner_address)
+        chosen = point(result)
+        return pl.DeployResult(
+            executor_address=spec.executor_address,
+            plan=chosen.plan,
+            prediction=chosen.prediction,
+            report=convert.switch_to_proto(report),
+        )
+
+
+def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:
+    """Every target of a Deploy, validated before any executor is contacted."""
+    if not 0 < len(request.targets) <= MAX_DEPLOY_TARGETS:
+        raise InvalidArgument(f"deploy needs 1 to {MAX_DEPLOY_TARGETS} executors, got {len(request.targets)}")
+    addresses = [t.executor_address for t in request.targets]
+    if "" in addresses or len(set(addresses)) != len(addresses):
+        raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
+    return [
+        DeploySpec(
+            t.executor_address,
+            wire.target_from_proto(t.target),
+            wire.budgets_from_proto(t.budgets),
+            wire.pins_from_proto(t.pins),
+        )
+        for t in request.targets
+    ]

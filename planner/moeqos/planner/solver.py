@@ -1,0 +1,277 @@
+"""`solve`: the best plan for a QoS target within tier budgets (a pure function; no I/O).
+
+Maximise predicted tokens/s under a perplexity ceiling, or minimise predicted perplexity under a
+tokens/s floor (a floor on tokens/s is a ceiling on seconds per token, so both are linear). Solved
+exactly as a MILP (moeqos.planner.milp) over the linear cost models.
+
+Disk experts make the latency model non-linear: their hit rate depends on which other experts share
+the pool. The MILP is kept linear by fixing the hit rates per solve: the first solve assumes every disk
+call misses (an upper bound on time, so its plan is truly feasible whenever the solve is), then each
+next solve uses the hit rates of the previous plan; every plan is re-evaluated with its own hit rates
+and the best truly feasible one is kept (at most `DISK_ITERATIONS` solves). Tier budgets count
+resident experts only: the pool's slots are memory the executor reserves apart from them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from moeqos.core.errors import InfeasibleTarget, InvalidArgument
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Profile
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
+from moeqos.core.tier import DISK, TierBudget
+from moeqos.core.units import format_bytes
+from moeqos.planner.latency_model import LatencyModel
+from moeqos.planner.milp import DEFAULT_TOLERANCE, Metric, solve_choice
+from moeqos.planner.problem import Problem, build_problem
+from moeqos.planner.quality_model import QualityModel
+
+DISK_ITERATIONS = 4
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What to plan for: a profile, a QoS target, budgets, pins and the allowed choices."""
+
+    profile: Profile
+    target: QosTarget
+    budgets: tuple[TierBudget, ...] = ()
+    """Tier budgets (bytes of experts per tier); empty means the profile's own `tiers`."""
+    pins: tuple[PlacementRule, ...] = ()
+    """Ordered `pattern=precision[@tier]` rules, first match wins; a rule without a tier fixes only the
+    precision."""
+    allowed_precisions: frozenset[Precision] | None = None
+    """None: every precision the profile measured."""
+    allowed_tiers: frozenset[str] | None = None
+    """None: every budgeted tier the latency model can predict."""
+    tolerance: float = DEFAULT_TOLERANCE
+    """Relative optimality tolerance of the MILP on the predicted objective (tokens/s or perplexity)."""
+    time_limit_s: float = 1.0
+    """Seconds the full MILP may run when the fast path cannot certify `tolerance`; the answer's notes
+    then give the gap it certified (see moeqos.planner.milp)."""
+
+    @property
+    def effective_budgets(self) -> tuple[TierBudget, ...]:
+        budgets = self.budgets or self.profile.tiers
+        if not budgets:
+            raise InvalidArgument("no tier budgets: the profile lists none and the request gives none")
+        if self.allowed_tiers is not None:
+            budgets = tuple(b for b in budgets if b.name in self.allowed_tiers)
+        return budgets
+
+    @property
+    def precisions(self) -> list[Precision]:
+        measured = self.profile.precisions
+        if self.allowed_precisions is None:
+            return measured
+        return [p for p in measured if p in self.allowed_precisions]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A chosen plan with its predictions."""
+
+    plan: Plan
+    predicted_tokens_per_s: float
+    predicted_perplexity: float
+    bytes_per_tier: dict[str, int]
+    solve_seconds: float
+    perplexity_is_estimate: bool
+    notes: str = ""
+    budgets: tuple[TierBudget, ...] = field(default=(), compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan_spec": self.plan.to_spec(),
+            "plan": self.plan.to_dict(),
+            "predicted_tokens_per_s": self.predicted_tokens_per_s,
+            "predicted_perplexity": self.predicted_perplexity,
+            "bytes_per_tier": dict(self.bytes_per_tier),
+            "budgets": {b.name: b.budget_bytes for b in self.budgets},
+            "solve_seconds": self.solve_seconds,
+            "perplexity_is_estimate": self.perplexity_is_estimate,
+            "notes": self.notes,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able description InfeasibleTarget.closest carries."""
+        keys = (
+            "predicted_tokens_per_s",
+            "predicted_perplexity",
+            "plan_spec",
+            "bytes_per_tier",
+            "perplexity_is_estimate",
+        )
+        return {k: v for k, v in self.to_dict().items() if k in keys}
+
+
+@dataclass(frozen=True)
+class _Models:
+    latency: LatencyModel
+    quality: QualityModel
+
+
+def solve(
+    request: PlanRequest, latency: LatencyModel | None = None, quality: QualityModel | None = None
+) -> PlanResult:
+    """The optimal plan for `request.target`; raises InfeasibleTarget (with the closest feasible point)."""
+    started = time.perf_counter()
+    models = _Models(
+        latency or LatencyModel.fit(request.profile), quality or QualityModel.fit(request.profile)
+    )
+    target = request.target
+    seconds_cap = 1.0 / target.min_tokens_per_s if target.min_tokens_per_s else None
+    ppl_cap = target.perplexity_ceiling(models.quality.reference_perplexity)
+    metric: Metric = "seconds" if target.effective_objective == Objective.SPEED else "log_ppl"
+    result = _search(request, models, metric, seconds_cap, ppl_cap, started)
+    if result is None:
+        raise _infeasible(request, models, seconds_cap, ppl_cap)
+    return result
+
+
+def _search(
+    request: PlanRequest,
+    models: _Models,
+    metric: Metric,
+    seconds_cap: float | None,
+    ppl_cap: float | None,
+    started: float,
+) -> PlanResult | None:
+    """Best truly feasible plan over the hit-rate iterations (see module docstring), or None."""
+    latency, quality = models.latency, models.quality
+    hits = np.zeros((len(latency.frequency), len(latency.frequency[0])))  # [L, E]
+    expert_cap = None if seconds_cap is None else seconds_cap - latency.fixed_seconds
+    log_cap = None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity)
+    best: tuple[PlanResult, float] | None = None
+    solves = 0
+    while solves < DISK_ITERATIONS:
+        solves += 1
+        problem = _problem(request, models, hits)
+        solved = solve_choice(
+            problem,
+            metric,
+            expert_cap,
+            log_cap,
+            request.tolerance,
+            latency.fixed_seconds,
+            request.time_limit_s,
+        )
+        if solved is None:
+            break
+        plan = problem.to_plan(solved[0])
+        candidate = evaluate(plan, latency, quality, request.effective_budgets)
+        if _meets(candidate, seconds_cap, ppl_cap) and _better(candidate, best, metric):
+            best = candidate, solved[1]
+        new_hits = latency.hit_rates(plan)
+        if not any(a.tier == DISK for a in problem.options) or np.allclose(new_hits, hits):
+            break
+        hits = new_hits
+    if best is None:
+        return None
+    result, gap = best
+    notes = f"optimal within {gap:.2%} (certified); " + _notes(request, models, solves)
+    return replace(result, solve_seconds=time.perf_counter() - started, notes=notes)
+
+
+def _problem(request: PlanRequest, models: _Models, hits: np.ndarray) -> Problem:
+    return build_problem(
+        models.latency,
+        models.quality,
+        request.effective_budgets,
+        request.precisions,
+        request.pins,
+        hits,
+        request.profile.group_size,
+    )
+
+
+def evaluate(
+    plan: Plan, latency: LatencyModel, quality: QualityModel, budgets: tuple[TierBudget, ...] = ()
+) -> PlanResult:
+    """Predictions for a given plan (solve_seconds 0)."""
+    return PlanResult(
+        plan,
+        latency.predict_tokens_per_s(plan),
+        quality.predict_perplexity(plan),
+        plan.bytes_per_tier(latency.expert_bytes),
+        0.0,
+        quality.plan_is_estimate(plan),
+        "",
+        budgets,
+    )
+
+
+def _meets(result: PlanResult, seconds_cap: float | None, ppl_cap: float | None) -> bool:
+    slack = 1e-6
+    fast_enough = seconds_cap is None or 1.0 / result.predicted_tokens_per_s <= seconds_cap * (1 + slack)
+    good_enough = ppl_cap is None or result.predicted_perplexity <= ppl_cap * (1 + slack)
+    return fast_enough and good_enough
+
+
+def _better(candidate: PlanResult, best: tuple[PlanResult, float] | None, metric: Metric) -> bool:
+    if best is None:
+        return True
+    current = best[0]
+    if metric == "seconds":
+        return candidate.predicted_tokens_per_s > current.predicted_tokens_per_s
+    return candidate.predicted_perplexity < current.predicted_perplexity
+
+
+def _notes(request: PlanRequest, models: _Models, iterations: int) -> str:
+    parts = [f"perplexity: {models.quality.basis}"]
+    if any(b.name == DISK for b in request.effective_budgets) and DISK in models.latency.tiers:
+        parts.append(
+            f"disk: LRU pool of {models.latency.disk_pool_slots} slots (token-cycle reuse model), "
+            f"{iterations} solve(s) with hit rates fixed per solve (the optimality certificate is for "
+            "those rates)"
+        )
+    return "; ".join(parts)
+
+
+def _infeasible(
+    request: PlanRequest, models: _Models, seconds_cap: float | None, ppl_cap: float | None
+) -> InfeasibleTarget:
+    """The error for an unreachable target, carrying the closest feasible point (see `closest_point`)."""
+    closest = closest_point(request, models.latency, models.quality, seconds_cap, ppl_cap)
+    budgets = ", ".join(f"{b.name}={format_bytes(b.budget_bytes)}" for b in request.effective_budgets)
+    wanted = request.target.describe()
+    if closest is None:
+        return InfeasibleTarget(
+            f"no plan fits the budgets ({budgets}) at all with the allowed precisions and pins"
+        )
+    return InfeasibleTarget(
+        f"no plan meets {wanted} within budgets {budgets}; closest: {closest.predicted_tokens_per_s:.3g} tok/s, "
+        f"perplexity {closest.predicted_perplexity:.4g} ({closest.plan.describe()})",
+        closest.summary(),
+    )
+
+
+def closest_point(
+    request: PlanRequest,
+    latency: LatencyModel,
+    quality: QualityModel,
+    seconds_cap: float | None,
+    ppl_cap: float | None,
+) -> PlanResult | None:
+    """The feasible plan nearest an unreachable target: the best plan on the violated bound, keeping the
+    other bound when possible (fastest under the ceiling, else most accurate under the floor, else the
+    fastest or most accurate outright). None when nothing fits the budgets."""
+    models, started = _Models(latency, quality), time.perf_counter()
+    attempts: list[tuple[Metric, float | None, float | None]] = []
+    if seconds_cap is not None:
+        attempts.append(("seconds", None, ppl_cap))
+    if ppl_cap is not None:
+        attempts.append(("log_ppl", seconds_cap, None))
+    attempts.append(("seconds" if seconds_cap is not None else "log_ppl", None, None))
+    for metric, s_cap, p_cap in dict.fromkeys(attempts):
+        found = _search(request, models, metric, s_cap, p_cap, started)
+        if found is not None:
+            return found
+    return None
