@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from moeqos.cli import serve_cmds
-from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient
+from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient, ReplanState
 from moeqos.core.errors import Unauthenticated, Unavailable
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.tier import TierStatus
@@ -92,27 +92,27 @@ def test_replans_carry_the_token_to_the_planner(stack, profile_file, peer_token)
     with ExecutorClient(address(executor.port), admin) as client:
         tight = _cpu(client).used_bytes // 2
         assert client.set_budget("cpu", tight).replan_started
-        state = _settled_replan(client)
+        state, detail = _settled_replan(client)
     if peer_token is None:
-        assert state.startswith("applied"), state
+        assert state is ReplanState.APPLIED, (state, detail)
         with ExecutorClient(address(executor.port)) as client:
             assert _cpu(client).used_bytes <= tight
     else:
-        assert state.startswith("failed") and "Unauthenticated" in state, state
+        assert state is ReplanState.FAILED and "Unauthenticated" in detail, (state, detail)
 
 
 def _cpu(client: ExecutorClient) -> TierStatus:
     return next(t for t in client.info().tiers if t.name == "cpu")
 
 
-def _settled_replan(client: ExecutorClient, timeout: float = 60.0) -> str:
+def _settled_replan(client: ExecutorClient, timeout: float = 60.0) -> tuple[ReplanState, str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = client.info().replan_state
-        if state.startswith(("applied", "failed")):
-            return state
+        info = client.info()
+        if info.replan_state in (ReplanState.APPLIED, ReplanState.FAILED):
+            return info.replan_state, info.replan_detail
         time.sleep(0.1)
-    raise AssertionError(f"re-plan still {state!r} after {timeout:.0f}s")
+    raise AssertionError(f"re-plan still {info.replan_state} after {timeout:.0f}s")
 
 
 def test_planner_reaches_a_tls_executor(stack, profile_file, tmp_path):

@@ -65,7 +65,7 @@ def test_token_guards_state_changing_calls(stack):
             lambda c: c.apply_plan(plan),
             lambda c: c.set_budget("cpu", 1 << 20),
             lambda c: c.set_target(QosTarget(min_tokens_per_s=1)),
-            lambda c: list(c.profile()),
+            lambda c: list(c.measure_profile()),
         ):
             with pytest.raises(Unauthenticated):
                 call(anonymous)

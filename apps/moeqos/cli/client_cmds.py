@@ -289,7 +289,9 @@ def cmd_set_budget(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     def run() -> int:
         with executor_client(args) as executor:
-            return out.profile(executor.profile(args.corpus, args.tokens, args.quality), args.out, args.json)
+            return out.profile(
+                executor.measure_profile(args.corpus, args.tokens, args.quality), args.out, args.json
+            )
 
     return _guard(run, args.json)
 

@@ -1,6 +1,6 @@
 """Sync and asyncio clients of the moeqos planner and executor services (torch-free).
 
-from client import ExecutorClient, PlannerClient, ConnectOptions
+from moeqos.client import ExecutorClient, PlannerClient, ConnectOptions, Sampling
 with ExecutorClient("127.0.0.1:50061") as executor:
     for event in executor.generate("hello", Sampling(max_tokens=16)):
         print(event.text, end="")
@@ -21,6 +21,7 @@ from moeqos.core.service_types import (
     PlanOutcome,
     Prediction,
     ProfileProgress,
+    ReplanState,
     Sampling,
     SwitchReport,
     WhatIfOutcome,
@@ -43,6 +44,7 @@ __all__ = [
     "PlannerClient",
     "Prediction",
     "ProfileProgress",
+    "ReplanState",
     "Sampling",
     "SwitchReport",
     "WhatIfOutcome",

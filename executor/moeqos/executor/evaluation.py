@@ -6,28 +6,16 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
+from moeqos.core.service_types import Evaluation
 from moeqos.executor.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from moeqos.executor.runtime import ExecutorRuntime
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What `evaluate` measured."""
-
-    perplexity: float
-    tokens_scored: int
-    tokens_per_s: float
-    """Greedy decode rate of a short generation under the plan (0 when decode_tokens is 0)."""
-    seconds: float
-    """Wall time of the whole evaluation, plan switches included."""
 
 
 @contextmanager
@@ -78,15 +66,25 @@ def evaluate(
     context_length: int,
     stride: int | None,
     decode_tokens: int,
-) -> EvalResult:
-    """Perplexity of `token_ids` and decode tokens/s, under `plan` (applied temporarily)."""
+    corpus: str = "",
+) -> Evaluation:
+    """Perplexity of `token_ids` and decode tokens/s, under `plan` (applied temporarily; None: the plan
+    in force); `corpus` labels the token ids in the result."""
     stride = stride or context_length
     _validate(runtime, token_ids, context_length, stride, decode_tokens)
     start = time.perf_counter()
     with plan_applied(runtime, plan):
+        spec = runtime.plan.to_spec()
         ppl, scored = perplexity(runtime, token_ids, context_length, stride)
         rate = decode_rate(runtime, token_ids[:16], decode_tokens) if decode_tokens else 0.0
-    return EvalResult(ppl, scored, rate, time.perf_counter() - start)
+    return Evaluation(
+        perplexity=ppl,
+        tokens_per_s=rate,
+        tokens=scored,
+        plan_spec=spec,
+        corpus=corpus,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def decode_rate(runtime: ExecutorRuntime, prompt: list[int], tokens: int) -> float:

@@ -183,7 +183,7 @@ def build_profile(
     for done, plan in enumerate(quality_plans):
         result = evaluate(runtime, quality_ids or ids, plan, min(window, runtime.context_length), None, 0)
         label = quality_corpus or corpus_name
-        points.append(QualityPoint(plan.to_spec(), result.perplexity, label, result.tokens_scored))
+        points.append(QualityPoint(plan.to_spec(), result.perplexity, label, result.tokens))
         progress("quality", (done + 1) / len(quality_plans))
     return Profile(
         model=runtime.model,

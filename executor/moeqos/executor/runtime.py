@@ -20,12 +20,13 @@ import torch
 from moeqos.core.errors import InvalidArgument, OverBudget, PlanApplyFailed
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
+from moeqos.core.service_types import Evaluation, GenerationEvent, SwitchReport
 from moeqos.core.tier import DISK, TierStatus
 from moeqos.executor.adapters import adapter_for
 from moeqos.executor.budgets import physical_budget, validate_plan
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
-from moeqos.executor.generation import GenerationEvent, SamplingParams, decode_loop
+from moeqos.executor.generation import SamplingParams, decode_loop
 from moeqos.executor.identity import hardware_identity, model_identity
 from moeqos.executor.loader import build_model, load_config
 from moeqos.executor.quant import QuantExpert
@@ -34,18 +35,15 @@ from moeqos.executor.variants import ExpertKey, VariantFactory
 
 if TYPE_CHECKING:
     from moeqos.core.profile import Profile
-    from moeqos.executor.evaluation import EvalResult
 
 Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
-class SwitchReport:
-    """What a plan switch did."""
+class PlanSwitch:
+    """A plan switch: what the service reports (`report`) and the runtime's own record of it."""
 
-    changed_experts: int
-    seconds: float
-    """From validation to the swap, building included."""
+    report: SwitchReport
     previous: Plan | None
     """The plan served before (None for the first plan, at load)."""
     current: Plan
@@ -179,7 +177,7 @@ class ExecutorRuntime:
         self.budgets[tier] = budget_bytes
         return self._used_bytes(self.plan).get(tier, 0) <= budget_bytes
 
-    def apply_plan(self, plan: Plan, progress: Progress | None = None) -> SwitchReport:
+    def apply_plan(self, plan: Plan, progress: Progress | None = None) -> PlanSwitch:
         """Validate, build the experts whose assignment differs (outside the model lock), swap atomically.
 
         On a build failure the partial work is dropped and PlanApplyFailed raised; the previous plan
@@ -196,7 +194,8 @@ class ExecutorRuntime:
                 self.plan_applied_at = time.time()
             for variant, module in retired:
                 self.factory.retire(variant, module)
-            return SwitchReport(len(changed), time.perf_counter() - start, previous, plan, tuple(changed))
+            report = SwitchReport(experts_changed=len(changed), seconds=time.perf_counter() - start)
+            return PlanSwitch(report, previous, plan, tuple(changed))
 
     def _build(
         self, plan: Plan, changed: list[ExpertKey], progress: Progress | None
@@ -255,7 +254,9 @@ class ExecutorRuntime:
         def step(new_ids: list[int]) -> torch.Tensor:
             return self.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]
 
-        return decode_loop(step, ids, params, self.eos_ids(), self._decoder(), cancel)
+        return decode_loop(
+            step, ids, params, self.eos_ids(), self._decoder(), cancel, lambda: self.plan.to_spec()
+        )
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text needs the tokenizer); InvalidArgument when empty or out of vocab."""
@@ -338,12 +339,14 @@ class ExecutorRuntime:
         context_length: int = 512,
         stride: int | None = None,
         decode_tokens: int = 32,
-    ) -> EvalResult:
+        corpus: str = "",
+    ) -> Evaluation:
         """Perplexity of `token_ids` (windows of `context_length` every `stride` tokens) and greedy decode
-        tokens/s, under `plan` (applied temporarily, then the previous plan is restored)."""
+        tokens/s, under `plan` (applied temporarily, then the previous plan is restored); `corpus` labels
+        the token ids in the result."""
         from moeqos.executor.evaluation import evaluate
 
-        return evaluate(self, token_ids, plan, context_length, stride, decode_tokens)
+        return evaluate(self, token_ids, plan, context_length, stride, decode_tokens, corpus)
 
 
 def _load_tokenizer(directory: Path) -> Any:

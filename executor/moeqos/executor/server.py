@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
-STATE_CHANGING = ("ApplyPlan", "SetBudget", "SetTarget", "Profile")
+STATE_CHANGING = ("ApplyPlan", "SetBudget", "SetTarget", "MeasureProfile")
 """Methods that need the token whenever one is configured (the rest only with `auth_read`)."""
 
 
