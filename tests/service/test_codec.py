@@ -262,6 +262,20 @@ def test_an_equivalent_spec_beside_the_assignments_is_accepted():
         (common_pb2.Plan(num_layers=3, num_experts=4, spec="L0.E0=int4@cpu"), "default"),
         (common_pb2.Plan(num_layers=3, num_experts=4, spec="{not json"), "spec"),
         (common_pb2.Plan(num_layers=3, num_experts=4, spec="int9@cpu"), "spec"),
+        (
+            common_pb2.Plan(num_layers=3, num_experts=4, spec="int4@cpu" + ",L0.E0=bf16" * 13),
+            "one rule per expert",
+        ),
+    ],
+    ids=[
+        "disagree",
+        "no-shape",
+        "huge-shape",
+        "no-tier",
+        "no-default",
+        "bad-json",
+        "bad-precision",
+        "too-many-rules",
     ],
 )
 def test_bad_or_disagreeing_specs_are_invalid_argument(message, match):

@@ -134,6 +134,10 @@ def _plan_from_spec(message: pb.Plan, model: ModelIdentity | None, default_tier:
             f"a plan given by its spec needs num_layers x num_experts in [1, {MAX_SPEC_EXPERTS}], "
             f"got {shape[0]} x {shape[1]}"
         )
+    # Every rule is matched against every expert: a spec needs no more rules than experts (to_spec writes
+    # fewer), and more would let one request keep the server busy for as long as it likes.
+    if not message.spec.lstrip().startswith("{") and message.spec.count(",") > shape[0] * shape[1]:
+        raise InvalidArgument(f"a plan spec may have at most one rule per expert ({shape[0] * shape[1]})")
     try:
         return parse_plan(message.spec, *shape, default_tier, message.group_size or DEFAULT_GROUP_SIZE)
     except ValueError as exc:
