@@ -25,7 +25,7 @@ from moeqos.api.server import PeerServerConfig, Server, start_server
 from moeqos.core.plan import parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
-from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.config import ExecutorConfig, check_settings
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -54,8 +54,9 @@ class ExecutorServerConfig(PeerServerConfig):
     """Execution device (`cpu`, `cuda:0`)."""
     budgets: dict[str, int] = field(default_factory=dict)
     """Expert bytes per tier; a tier left out gets its physical size."""
-    disk_slots: int = 8
-    """Slots of the disk tier's pool."""
+    disk_pool_slots: int = 8
+    """Experts of the disk tier resident at once (ExecutorConfig.disk_pool_slots; flag `--disk-slots`,
+    environment MOEQOS_DISK_SLOTS)."""
     disk_reads: str = "cached"
     """`cached` or `uncached` reads of disk-tier experts (see ExecutorConfig.disk_reads)."""
     dense_precision: str = "bf16"
@@ -84,16 +85,22 @@ class ExecutorServerConfig(PeerServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_concurrent < 1 or self.max_queued < 0 or self.disk_slots < 1:
-            raise ValueError("need max_concurrent >= 1, max_queued >= 0 and disk_slots >= 1")
+        if self.max_concurrent < 1 or self.max_queued < 0:
+            raise ValueError("need max_concurrent >= 1 and max_queued >= 0")
         if self.planner_address is not None:
             server_common.check_address("planner", self.planner_address)
         if not 0 < self.replan_backoff[0] <= self.replan_backoff[1]:
             raise ValueError(f"replan_backoff must be 0 < first <= longest, got {self.replan_backoff}")
         if self.model_dir is not None and not (Path(self.model_dir) / "config.json").is_file():
             raise ValueError(f"{self.model_dir}: not a model directory (no config.json)")
-        Precision.parse(self.dense_precision)
-        self.runtime_config(Path("."))  # validates device, budgets, precision
+        check_settings(
+            self.device,
+            self.dense_precision,
+            self.budgets,
+            self.disk_pool_slots,
+            self.disk_reads,
+            self.threads,
+        )
 
     def runtime_config(self, model_dir: Path) -> ExecutorConfig:
         return ExecutorConfig(
@@ -101,7 +108,7 @@ class ExecutorServerConfig(PeerServerConfig):
             device=self.device,
             dense_precision=Precision.parse(self.dense_precision),
             tier_budgets=dict(self.budgets),
-            disk_pool_slots=self.disk_slots,
+            disk_pool_slots=self.disk_pool_slots,
             disk_reads=self.disk_reads,
             variant_cache_dir=self.variant_cache_dir,
             threads=self.threads,
@@ -127,7 +134,7 @@ class ExecutorServerConfig(PeerServerConfig):
             model_dir=Path(model) if model else None,
             device=pick("device", "MOEQOS_DEVICE") or "cpu",
             budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
-            disk_slots=int(pick("disk_slots", "MOEQOS_DISK_SLOTS") or 8),
+            disk_pool_slots=int(pick("disk_slots", "MOEQOS_DISK_SLOTS") or 8),
             disk_reads=pick("disk_reads", "MOEQOS_DISK_READS") or "cached",
             dense_precision=pick("dense_precision", "MOEQOS_DENSE_PRECISION") or "bf16",
             initial_plan=pick("initial_plan", "MOEQOS_INITIAL_PLAN"),

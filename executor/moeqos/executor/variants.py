@@ -14,10 +14,14 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from moeqos.core.errors import PlanApplyFailed
+from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
+from moeqos.core.tier import DISK
 from moeqos.executor.adapters import ModelAdapter
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.quant import QuantExpert, cpu_kernels
@@ -211,3 +215,32 @@ def _drop_from_page_cache(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def build_changed(
+    factory: VariantFactory,
+    plan: Plan,
+    changed: Sequence[ExpertKey],
+    device: str,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict[ExpertKey, QuantExpert]:
+    """The modules of the `changed` experts as `plan` assigns them (disk experts: their files written,
+    no module), reporting `apply_plan` progress; PlanApplyFailed, with nothing kept, if one fails."""
+    built: dict[ExpertKey, QuantExpert] = {}
+    for done, key in enumerate(changed):
+        assignment = plan[key]
+        variant = (key[0], key[1], assignment.precision, plan.group_size)
+        try:
+            if assignment.tier == DISK:
+                factory.ensure_file(variant, device)
+            else:
+                built[key] = factory.build(variant, assignment.tier)
+        except Exception as exc:
+            built.clear()
+            raise PlanApplyFailed(
+                f"building expert L{key[0]}.E{key[1]} as {assignment} failed ({exc}); "
+                "the previous plan is still serving"
+            ) from exc
+        if progress is not None:
+            progress("apply_plan", (done + 1) / len(changed))
+    return built
