@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
 from moeqos.core.profile import HardwareIdentity, ModelIdentity
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.moe import RouteObserver
@@ -34,7 +35,7 @@ class FakeRuntime:
     """A Measurable with `num_layers` x `num_experts` experts, top-2 routing and vocabulary `vocab`."""
 
     def __init__(self, num_layers: int = 2, num_experts: int = 4, vocab: int = 16, hidden: int = 8) -> None:
-        self.config = ExecutorConfig(model_dir=Path("fake"), dense_precision="fp32")
+        self.config = ExecutorConfig(model_dir=Path("fake"), dense_precision=Precision.FP32)
         self.num_layers, self.num_experts, self.shape = num_layers, num_experts, (hidden, 2 * hidden)
         self.model = ModelIdentity("fake", "0" * 16, num_layers, num_experts, 2, hidden, 2 * hidden, vocab)
         self.hardware = HardwareIdentity("cpu", "fake", "host", 1, torch.__version__)

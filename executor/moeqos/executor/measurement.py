@@ -21,7 +21,7 @@ from moeqos.core.plan import Plan
 from moeqos.core.profile import HardwareIdentity, ModelIdentity
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.generation import GenerationEvent
-from moeqos.executor.moe import MoeBlock
+from moeqos.executor.moe import RoutedBlock
 from moeqos.executor.quant import QuantExpert
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.store import StoreStats
@@ -116,7 +116,7 @@ class Measurable(Protocol):
         """The expert store's counters (disk-tier hits and misses, bytes moved)."""
         ...
 
-    def moe_blocks(self) -> Sequence[MoeBlock]:
+    def moe_blocks(self) -> Sequence[RoutedBlock]:
         """The MoE block of every layer, in layer order (their `observer` and `experts_enabled` may be
         set inside `exclusive()`, and must be put back before leaving it)."""
         ...

@@ -68,8 +68,17 @@ class MoeBlock(nn.Module):
         return out.reshape(shape)
 
 
+class RoutedBlock(Protocol):
+    """What measuring sets on a MoE block (MoeBlock has it): an observer of its routing, and whether
+    its experts run."""
+
+    layer: int
+    observer: RouteObserver | None
+    experts_enabled: bool
+
+
 @contextmanager
-def observed(blocks: Sequence[MoeBlock], observer: RouteObserver) -> Iterator[None]:
+def observed(blocks: Sequence[RoutedBlock], observer: RouteObserver) -> Iterator[None]:
     """Inside the block, every one of `blocks` calls `observer(layer, hidden [T, H], index [T, K])` on
     each forward pass (the routed experts of each token); afterwards none does."""
     for block in blocks:
