@@ -75,3 +75,26 @@ def validate_plan(
     if over:
         detail = ", ".join(f"{tier} needs {n} B of {budget} B" for tier, (n, budget) in over.items())
         raise OverBudget(f"plan does not fit the tier budgets: {detail}")
+
+
+def check_budget(tier: str, budget_bytes: int, budgets: Mapping[str, int]) -> None:
+    """InvalidArgument unless `tier` is one of `budgets` and `budget_bytes` a non-negative integer."""
+    if tier not in budgets:
+        raise InvalidArgument(f"unknown tier {tier!r}; this executor has {sorted(budgets)}")
+    if not isinstance(budget_bytes, int) or budget_bytes < 0:
+        raise InvalidArgument(f"budget must be a non-negative integer, got {budget_bytes!r}")
+
+
+def default_plan(
+    shape: tuple[int, int], hidden_intermediate: tuple[int, int], device: str, budgets: Mapping[str, int]
+) -> Plan:
+    """Uniform bf16 on `device` if it fits the budgets, else uniform int4 (whether or not that fits:
+    applying it then says what is over budget)."""
+    for precision in (Precision.BF16, Precision.INT4):
+        plan = Plan.uniform(*shape, precision, device)
+        try:
+            validate_plan(plan, shape, hidden_intermediate, budgets)
+        except OverBudget:
+            continue
+        return plan
+    return plan

@@ -151,10 +151,13 @@ def build_profile(
     precisions: Sequence[Precision] | None,
     progress: Progress,
 ) -> Profile:
-    """Measure everything a Profile holds (see the module docstring for the stages).
+    """Measure everything a Profile holds (see the module docstring for the stages), the served plan
+    pinned throughout.
 
-    Quality points are measured on `quality_ids` labelled `quality_corpus` (both or neither; neither:
-    on the calibration tokens, labelled `corpus_name`). `precisions` defaults to planning_precisions.
+    Bounded by `max_tokens` calibration tokens (routed in windows of `window`), `capture_tokens`
+    hidden states per layer and `repeats` timings per cost. Quality points of `quality_plans` are
+    measured on `quality_ids` labelled `quality_corpus` (both or neither; neither: on the calibration
+    tokens, labelled `corpus_name`). `precisions` defaults to planning_precisions of the device.
     """
     if (quality_ids is None) != (quality_corpus is None):
         raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")

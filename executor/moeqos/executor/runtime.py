@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from moeqos.core.errors import InvalidArgument, OverBudget
+from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile
 from moeqos.core.tier import TierStatus
 from moeqos.executor.adapters import adapter_for
-from moeqos.executor.budgets import physical_budget, plan_bytes, validate_plan
+from moeqos.executor.budgets import check_budget, default_plan, physical_budget, plan_bytes, validate_plan
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.evaluation import EvalResult, evaluate
@@ -68,16 +68,7 @@ class ExecutorRuntime:
         self.num_layers = self.adapter.num_layers(hf_config)
         self.num_experts = self.adapter.num_experts(hf_config)
         self.shape = (int(hf_config.hidden_size), int(hf_config.intermediate_size))
-        self.factory = VariantFactory(
-            checkpoint,
-            self.adapter,
-            self.shape,
-            variant_dir,
-            config.memory_cache_bytes,
-            persist_all=config.variant_cache_dir is not None,
-            quantize_device=config.device,
-            keep_in_page_cache=config.disk_reads == "cached",
-        )
+        self.factory = VariantFactory.for_config(checkpoint, self.adapter, self.shape, variant_dir, config)
         self.factory.check_experts(self.num_layers, self.num_experts)
         self.store = ExpertStore(self.factory, config.device, config.host_policy, config.disk_pool_slots)
         self.lm = build_model(
@@ -115,10 +106,7 @@ class ExecutorRuntime:
         _report(progress, "load", 0.0)
         checkpoint = Checkpoint(config.model_dir)
         hf_config = load_config(checkpoint, adapter_for(str(checkpoint.config_dict.get("model_type"))))
-        # without a configured cache, variants go to a private directory removed by close() (or, as a
-        # fallback, when the directory object is collected or the interpreter exits)
-        private = None if config.variant_cache_dir else tempfile.TemporaryDirectory(prefix="moeqos-variants-")
-        base = config.variant_cache_dir or Path(private.name)  # type: ignore[union-attr]
+        base, private = _variant_base(config)
         try:
             runtime = cls(config, checkpoint, hf_config, base / checkpoint.fingerprint()[:16])
             runtime._private_dir = private
@@ -154,14 +142,7 @@ class ExecutorRuntime:
 
     def default_plan(self) -> Plan:
         """Uniform bf16 on the device tier if it fits the budget, else uniform int4."""
-        for precision in (Precision.BF16, Precision.INT4):
-            plan = Plan.uniform(self.num_layers, self.num_experts, precision, self.default_tier)
-            try:
-                self.validate_plan(plan)
-            except OverBudget:
-                continue
-            return plan
-        return plan
+        return default_plan((self.num_layers, self.num_experts), self.shape, self.default_tier, self.budgets)
 
     # ----- tiers and plans ----------------------------------------------------------------------
     def tier_status(self) -> list[TierStatus]:
@@ -175,10 +156,7 @@ class ExecutorRuntime:
 
     def set_budget(self, tier: str, budget_bytes: int) -> bool:
         """Record a tier's budget; returns whether the current plan still fits."""
-        if tier not in self.budgets:
-            raise InvalidArgument(f"unknown tier {tier!r}; this executor has {sorted(self.budgets)}")
-        if not isinstance(budget_bytes, int) or budget_bytes < 0:
-            raise InvalidArgument(f"budget must be a non-negative integer, got {budget_bytes!r}")
+        check_budget(tier, budget_bytes, self.budgets)
         self.budgets[tier] = budget_bytes
         return plan_bytes(self.plan, self.shape).get(tier, 0) <= budget_bytes
 
@@ -284,11 +262,8 @@ class ExecutorRuntime:
         progress: Progress | None = None,
     ) -> Profile:
         """Measure frequencies, quantization errors, call/load/fixed costs and the quality of
-        `quality_plans` (see moeqos.executor.profiling); bounded by `max_tokens`, `capture_tokens`, `repeats`.
-
-        Quality is measured on `quality_ids` and labelled `quality_corpus` (give both, or neither to use
-        the calibration tokens). `precisions`: what to measure (default: the planning precisions of
-        this device, moeqos.executor.profiling.planning_precisions)."""
+        `quality_plans`, bounded by `max_tokens`, `capture_tokens`, `repeats` (the stages and options:
+        moeqos.executor.profiling.build_profile)."""
         return build_profile(
             self,
             calibration_ids,
@@ -315,6 +290,15 @@ class ExecutorRuntime:
         """Perplexity of `token_ids` (windows of `context_length` every `stride` tokens) and greedy decode
         tokens/s, under `plan` (applied temporarily, then the previous plan is restored)."""
         return evaluate(self, token_ids, plan, context_length, stride, decode_tokens)
+
+
+def _variant_base(config: ExecutorConfig) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """Where variants go: the configured cache, or else a private directory (also returned) that
+    close() removes (or, as a fallback, its collection or the interpreter's exit)."""
+    if config.variant_cache_dir is not None:
+        return config.variant_cache_dir, None
+    private = tempfile.TemporaryDirectory(prefix="moeqos-variants-")
+    return Path(private.name), private
 
 
 def _report(progress: Progress | None, stage: str, fraction: float) -> None:

@@ -24,6 +24,7 @@ from moeqos.core.precision import Precision
 from moeqos.core.tier import DISK
 from moeqos.executor.adapters import ModelAdapter
 from moeqos.executor.checkpoint import Checkpoint
+from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.quant import QuantExpert, cpu_kernels
 from moeqos.executor.quant.linear import resolve_device
 from safetensors.torch import load_file, save_file
@@ -98,6 +99,27 @@ class VariantFactory:
         ExecutorConfig.disk_reads)."""
         self.quantized = 0
         """Variants quantized from the checkpoint so far (the caches' misses)."""
+
+    @classmethod
+    def for_config(
+        cls,
+        checkpoint: Checkpoint,
+        adapter: ModelAdapter,
+        shape: tuple[int, int],
+        directory: Path,
+        config: ExecutorConfig,
+    ) -> VariantFactory:
+        """The factory an executor with `config` uses, its variant files in `directory`."""
+        return cls(
+            checkpoint,
+            adapter,
+            shape,
+            directory,
+            config.memory_cache_bytes,
+            persist_all=config.variant_cache_dir is not None,
+            quantize_device=config.device,
+            keep_in_page_cache=config.disk_reads == "cached",
+        )
 
     def path(self, key: VariantKey) -> Path:
         layer, expert, precision, group_size = key
