@@ -26,7 +26,7 @@ def test_generate_prints_json_lines(capsys, executor_address):
 
 
 def test_deploy_status_apply_and_set_budget(capsys, stack, planner_address):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     target = address(handle.port)
     code, out = _run(
         capsys, "deploy", "--planner", planner_address, "--executor", target, "--min-tps", "0.001", "--json"

@@ -313,10 +313,9 @@ class BenchContext:
         """
         import torch
         from moeqos.executor.generation import SamplingParams, decode_loop
-        from transformers import DynamicCache
 
         runtime = self.runtime
-        cache = DynamicCache(config=runtime.hf_config)
+        cache = runtime.new_cache()
 
         def step(new_ids: list[int]) -> torch.Tensor:
             return runtime.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import Protocol
 
 from moeqos.api.channel import ConnectOptions
 from moeqos.client.planner import AsyncPlannerClient
@@ -21,13 +20,20 @@ from moeqos.core.tier import TierBudget
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ReplanHooks:
-    """What a re-plan needs from the executor (all awaitables, run off the event loop by the caller)."""
+class ReplanHooks(Protocol):
+    """What a re-plan needs from the executor (moeqos.executor.service_model.ServedModel has it)."""
 
-    profile: Callable[[], Awaitable[Profile]]
-    budgets: Callable[[], tuple[TierBudget, ...]]
-    apply: Callable[[Plan], Awaitable[object]]
+    async def cached_profile(self) -> Profile:
+        """The executor's profile, its tiers at the current budgets."""
+        ...
+
+    def budgets(self) -> tuple[TierBudget, ...]:
+        """Every tier's budget now."""
+        ...
+
+    async def apply(self, plan: Plan) -> object:
+        """Serve `plan` (the torch work off the event loop)."""
+        ...
 
 
 class StandingTarget:
@@ -100,7 +106,7 @@ class StandingTarget:
         self.state, self.detail = state, detail
 
     async def _plan_once(self, target: QosTarget, address: str) -> Plan:
-        profile = await self._hooks.profile()
+        profile = await self._hooks.cached_profile()
         async with AsyncPlannerClient(address, self._peer) as planner:
             outcome = await planner.plan(target, profile=profile, budgets=self._hooks.budgets())
         return outcome.plan
