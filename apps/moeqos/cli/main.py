@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "moeqos.cli.eval_cmds",  # eval
     "moeqos.cli.planner_cmds",  # plan, frontier, whatif
     "moeqos.cli.serve_cmds",  # planner, executor (serve)
+    "moeqos.cli.gateway_cmds",  # gateway (the OpenAI-compatible HTTP service)
     "moeqos.cli.client_cmds",  # generate, deploy, status
     "moeqos.cli.demo_cmds",  # demo
     "moeqos.cli.bench_cmds",  # bench

@@ -11,6 +11,7 @@ from moeqos.client.executor import AsyncExecutorClient, ExecutorClient
 from moeqos.client.planner import AsyncPlannerClient, PlannerClient
 from moeqos.core.service_types import (
     BudgetOutcome,
+    ChatMessage,
     Completion,
     DeployOutcome,
     DeploySpec,
@@ -30,6 +31,7 @@ __all__ = [
     "AsyncExecutorClient",
     "AsyncPlannerClient",
     "BudgetOutcome",
+    "ChatMessage",
     "Completion",
     "ConnectOptions",
     "DeployOutcome",

@@ -5,7 +5,7 @@ Both return moeqos.core.service_types dataclasses and moeqos domain types, and r
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Sequence
 from typing import Any
 
 from moeqos.api import convert, wire
@@ -16,6 +16,7 @@ from moeqos.core.profile import Profile
 from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import (
     BudgetOutcome,
+    ChatMessage,
     Completion,
     Evaluation,
     ExecutorInfo,
@@ -30,8 +31,17 @@ from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
 ProfileEvent = ProfileProgress | Profile
 
 
-def generate_request(prompt: str, sampling: Sampling | None) -> ex.GenerateRequest:
-    return ex.GenerateRequest(prompt=prompt, sampling=convert.sampling_to_proto(sampling or Sampling()))
+Prompt = str | Sequence[ChatMessage]
+"""Text used as it is, or a conversation the executor renders with the model's chat template."""
+
+
+def generate_request(prompt: Prompt, sampling: Sampling | None) -> ex.GenerateRequest:
+    request = ex.GenerateRequest(sampling=convert.sampling_to_proto(sampling or Sampling()))
+    if isinstance(prompt, str):
+        request.prompt = prompt
+    else:
+        request.messages.extend(ex.ChatMessage(role=m.role, content=m.content) for m in prompt)
+    return request
 
 
 def target_request(target: QosTarget | None, planner_address: str) -> ex.SetTargetRequest:
@@ -94,16 +104,17 @@ class ExecutorClient(SyncBase):
         self._unary(self._stub.SetTarget, target_request(target, planner_address))
 
     def generate(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Generator[GenerationEvent, None, None]:
-        """Stream tokens; the last event carries stats. Closing the generator cancels the request."""
+        """Stream tokens for `prompt` (text, or a conversation to render with the chat template); the last
+        event carries stats. Closing the generator cancels the request."""
         request = generate_request(prompt, sampling)
         return self._stream(self._stub.Generate, request, timeout, convert.event_from_proto)
 
     def complete(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Completion:
-        """Generate and return the whole text."""
+        """Generate for `prompt` (text or a conversation) and return the whole text."""
         reply = self._unary(self._stub.Complete, generate_request(prompt, sampling), timeout)
         return convert.completion_from_proto(reply)
 
@@ -153,16 +164,17 @@ class AsyncExecutorClient(AsyncBase):
         await self._unary(self._stub.SetTarget, target_request(target, planner_address))
 
     def generate(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """Stream tokens; the last event carries stats. Closing the generator cancels the request."""
+        """Stream tokens for `prompt` (text, or a conversation to render with the chat template); the last
+        event carries stats. Closing the generator cancels the request."""
         request = generate_request(prompt, sampling)
         return self._stream(self._stub.Generate, request, timeout, convert.event_from_proto)
 
     async def complete(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Completion:
-        """Generate and return the whole text."""
+        """Generate for `prompt` (text or a conversation) and return the whole text."""
         reply = await self._unary(self._stub.Complete, generate_request(prompt, sampling), timeout)
         return convert.completion_from_proto(reply)
 

@@ -21,11 +21,13 @@ from typing import Any
 
 import grpc.aio
 from moeqos.api import server as server_common
+from moeqos.api.metrics import ServerMetrics
 from moeqos.api.server import PeerServerConfig, Server, start_server
 from moeqos.core.plan import parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
 from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -198,12 +200,19 @@ async def start_executor(
         apply=lambda plan: holder[0].apply(plan),
     )
     target = StandingTarget(config.planner_address or "", config.peer_options(), hooks, config.replan_backoff)
+    metrics = ServerMetrics()
+    executor_metrics = ExecutorMetrics(
+        metrics.registry,
+        store_stats=lambda: holder[0].runtime.store_stats() if holder[0].runtime else None,
+        target=lambda: (target.target, target.state),
+    )
     servicer = ExecutorServicer(
         config.name or socket.gethostname(),
         pool,
         Admission(config.max_concurrent, config.max_queued),
         target,
         config.measure,
+        executor_metrics,
         config.profile_path,
     )
     holder.append(servicer)
@@ -211,7 +220,7 @@ async def start_executor(
     def register(server: grpc.aio.Server) -> None:
         executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
 
-    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING)
+    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING, metrics)
 
     async def load() -> None:
         servicer.runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)

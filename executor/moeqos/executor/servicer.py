@@ -20,13 +20,14 @@ from typing import Any, TypeVar
 
 import grpc.aio
 from moeqos.api import convert, wire
-from moeqos.core.errors import NotReady
+from moeqos.core.errors import InvalidArgument, NotReady
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile as Measured  # the RPC `Profile` below would shadow the name
 from moeqos.core.service_types import GenerationStats, SwitchReport
 from moeqos.core.tier import TierBudget
 from moeqos.executor import service_measure
 from moeqos.executor.generation import GenerationEvent
+from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -51,6 +52,19 @@ def sampling_params(message: ex.SamplingParams) -> SamplingParams:
     )
 
 
+def start_generation(
+    runtime: ExecutorRuntime, request: ex.GenerateRequest, params: SamplingParams, cancel: threading.Event
+) -> Iterator[GenerationEvent]:
+    """The runtime's generation for the request's prompt, or its conversation rendered with the chat
+    template (blocking: the template and the tokenizer run here, in the worker thread)."""
+    if request.messages and request.prompt:
+        raise InvalidArgument("give a prompt or messages, not both")
+    if not request.messages:
+        return runtime.generate(request.prompt, params, cancel)
+    ids = runtime.encode_chat([(m.role, m.content) for m in request.messages])
+    return runtime.generate(ids, params, cancel)
+
+
 class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     """The executor service over one ExecutorRuntime (attached once loaded; until then UNAVAILABLE)."""
 
@@ -61,9 +75,11 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         admission: Admission,
         target: StandingTarget,
         measure: service_measure.MeasureSettings,
+        metrics: ExecutorMetrics,
         profile_path: Path | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics
         self.runtime: ExecutorRuntime | None = None
         self.admission = admission
         self.target = target
@@ -101,6 +117,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
 
     async def apply(self, plan: Plan) -> SwitchReport:
         report = await self._run(self._ready().apply_plan, plan)
+        self.metrics.switch(report.changed_experts, report.seconds)
         return SwitchReport(report.changed_experts, report.seconds)
 
     # ----- state -------------------------------------------------------------------------------
@@ -200,7 +217,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             cancel, started = threading.Event(), time.perf_counter()
             try:
                 events: Iterator[GenerationEvent] = await self._run(
-                    runtime.generate, request.prompt, params, cancel
+                    start_generation, runtime, request, params, cancel
                 )
                 while (event := await self._run(next, events, _DONE)) is not _DONE:
                     yield self._message(event, started, runtime)
@@ -215,6 +232,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             message.token_id = event.token_id
         if event.stats is not None:
             s = event.stats
+            self.metrics.generation(s)
             stats = GenerationStats(
                 s.prompt_tokens,
                 s.generated_tokens,
