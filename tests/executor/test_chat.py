@@ -12,9 +12,12 @@ TURNS = [("system", "be brief"), ("user", "hello world")]
 def test_conversation_is_the_rendered_template_without_extra_special_tokens(runtime: ExecutorRuntime) -> None:
     tokenizer = runtime.tokenizer
     rendered = "<s>system\nbe brief</s>\n<s>user\nhello world</s>\n<s>assistant\n"
-    assert tokenizer.apply_chat_template(
-        [{"role": r, "content": c} for r, c in TURNS], tokenize=False, add_generation_prompt=True
-    ) == rendered
+    assert (
+        tokenizer.apply_chat_template(
+            [{"role": r, "content": c} for r, c in TURNS], tokenize=False, add_generation_prompt=True
+        )
+        == rendered
+    )
     assert runtime.encode_chat(TURNS) == list(tokenizer.encode(rendered, add_special_tokens=False))
 
 

@@ -111,5 +111,5 @@ def test_errors_have_the_openai_shape_and_status(client: openai.OpenAI) -> None:
     assert hot.value.param == "temperature"
 
     # checked by the executor (the tiny model's context is 1024 tokens): INVALID_ARGUMENT becomes 400
-    with pytest.raises(openai.BadRequestError, match="max_tokens|context"):
+    with pytest.raises(openai.BadRequestError, match=r"max_tokens|context"):
         client.completions.create(model=FAST, prompt="hello", max_tokens=5000)
