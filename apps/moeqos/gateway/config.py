@@ -80,7 +80,8 @@ class GatewayConfig:
         ca = pick("executor_tls_ca", "MOEQOS_GATEWAY_EXECUTOR_TLS_CA")
         return cls(
             routes=routes,
-            listen=pick("listen", "MOEQOS_GATEWAY_LISTEN") or DEFAULT_LISTEN,
+            # MOEQOS_LISTEN too, as every moeqos server reads it (the compose file sets it for each)
+            listen=pick("listen", "MOEQOS_GATEWAY_LISTEN") or env.get("MOEQOS_LISTEN") or DEFAULT_LISTEN,
             token=pick("token", "MOEQOS_GATEWAY_TOKEN") or None,
             executor_token=pick("executor_token", "MOEQOS_GATEWAY_EXECUTOR_TOKEN") or None,
             executor_tls_ca=Path(ca) if ca else None,
