@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -28,12 +30,27 @@ def dead_address() -> str:
         return address(sock.getsockname()[1])
 
 
+def wait_for_lines(caplog: pytest.LogCaptureFixture, logger: str, count: int) -> list[str]:
+    """The logger's lines once there are `count` (the line is written after the last byte is sent)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [r.getMessage() for r in caplog.records if r.name == logger]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.02)
+
+
 def sse_data(response: httpx.Response) -> list[str]:
     return [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
 
 
-def test_stream_is_server_sent_events_ending_with_done(gateway: RunningGateway) -> None:
-    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=CHAT | {"stream": True}) as reply:
+def test_stream_is_server_sent_events_ending_with_done(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.INFO, "moeqos.gateway"),
+        httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=CHAT | {"stream": True}) as reply,
+    ):
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/event-stream")
         data = sse_data(reply)
@@ -42,6 +59,9 @@ def test_stream_is_server_sent_events_ending_with_done(gateway: RunningGateway) 
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert len({c["id"] for c in chunks}) == 1
     assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    (line,) = wait_for_lines(caplog, "moeqos.gateway", 1)
+    assert line.startswith("route=/v1/chat/completions method=POST status=200 duration_ms=")
+    assert f"model={FAST}" in line and "tokens=" in line and "prompt_tokens=" in line and "finish=" in line
 
 
 def test_bad_json_unknown_paths_and_methods_get_openai_errors(gateway: RunningGateway) -> None:
