@@ -209,3 +209,14 @@ def test_metrics_scrape_parses_with_every_gateway_metric(gateway: RunningGateway
         if s.name.endswith("_total")
     }
     assert tokens["prompt"] > 0 and tokens["completion"] > 0
+
+
+def test_the_demo_step_asks_every_qos_class_through_the_gateway(gateway: RunningGateway) -> None:
+    from moeqos.demo.gateway_step import QUESTION, ask_gateway
+
+    said: list[str] = []
+    answers = ask_gateway(gateway.url, said.append, max_tokens=3)
+    assert list(answers) == [FAST]
+    assert 1 <= answers[FAST]["usage"]["completion_tokens"] <= 3
+    assert answers[FAST]["finish_reason"] in ("stop", "length")
+    assert any(QUESTION in line for line in said) and any(line.startswith("try it: curl") for line in said)

@@ -16,8 +16,9 @@ def register(subparsers: Any) -> None:
     """Add the `demo` and `health` commands."""
     demo = subparsers.add_parser(
         "demo",
-        help="start a planner and two executors locally (as docker-compose.yml describes), deploy two QoS "
-        "targets, stream from each, measure, plot the frontier, stop",
+        help="start a planner, two executors and the gateway locally (as docker-compose.yml describes), "
+        "deploy two QoS targets, stream from each, measure, plot the frontier, ask each QoS class a "
+        "question through the OpenAI-compatible gateway, stop",
     )
     demo.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
     demo.add_argument(
@@ -127,4 +128,9 @@ def _run(
             raise ServiceFailed(
                 f"the demo needs a planner and two executors; the compose file has {sorted(running.services)}"
             )
-        return run_scenario(running.address(planners[0]), executors, settings, out_dir, say)
+        report = run_scenario(running.address(planners[0]), executors, settings, out_dir, say)
+        if "gateway" in running.services:
+            from moeqos.demo.gateway_step import ask_gateway
+
+            report["gateway"] = ask_gateway(f"http://{running.address('gateway')}", say)
+        return report
