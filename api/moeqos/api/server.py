@@ -21,6 +21,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from moeqos.api.grpc_errors import ErrorInterceptor, Stream, Unary, wrap_handler
+from moeqos.api.metrics import MetricsEndpoint, MetricsInterceptor, ServerMetrics, serve_metrics
 from moeqos.core.errors import Unauthenticated
 
 if TYPE_CHECKING:
@@ -49,9 +50,13 @@ class ServerConfig:
     """Largest request or response message, both directions."""
     grace_seconds: float = 10.0
     """On shutdown, how long calls in flight may take to finish before they are cancelled."""
+    metrics_listen: str | None = None
+    """`host:port` of the Prometheus `/metrics` HTTP endpoint (None: off; port 0 picks a free port)."""
 
     def __post_init__(self) -> None:
         check_address("listen", self.listen)
+        if self.metrics_listen is not None:
+            check_address("metrics_listen", self.metrics_listen)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -140,6 +145,7 @@ def common_settings(args: Any, env: Mapping[str, str], default_listen: str) -> d
         "tls_client_ca": path("tls_client_ca", "MOEQOS_TLS_CLIENT_CA"),
         "max_message_bytes": int(pick("max_message_bytes", "MOEQOS_MAX_MESSAGE_BYTES", 64 * 1024 * 1024)),
         "grace_seconds": float(pick("grace_seconds", "MOEQOS_GRACE_SECONDS", 10.0)),
+        "metrics_listen": pick("metrics_listen", "MOEQOS_METRICS_LISTEN") or None,
     }
 
 
@@ -234,6 +240,9 @@ class Server:
     port: int
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
+    metrics: ServerMetrics
+    metrics_endpoint: MetricsEndpoint | None = None
+    """The `/metrics` HTTP endpoint, when the config's `metrics_listen` asked for one."""
 
     async def set_serving(self, serving: bool) -> None:
         """Report every service (and the whole server, name "") as SERVING or NOT_SERVING."""
@@ -247,6 +256,8 @@ class Server:
         """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -262,9 +273,12 @@ async def start_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: tuple[str, ...],
     protected_methods: Iterable[str],
+    metrics: ServerMetrics | None = None,
 ) -> Server:
-    """Build, bind and start a server with the error map, auth, health (NOT_SERVING) and reflection."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    """Build, bind and start a server with metrics, the error map, auth, health (NOT_SERVING) and
+    reflection. `metrics` holds the server's domain metrics too (None: per-call metrics only)."""
+    metrics = metrics or ServerMetrics()
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics), ErrorInterceptor()]
     if config.token:
         open_prefixes = ("/grpc.health.v1.", "/grpc.reflection.")
         interceptors.append(AuthInterceptor(config.token, protected_methods, config.auth_read, open_prefixes))
@@ -286,7 +300,9 @@ async def start_server(
         port = server.add_secure_port(config.listen, credentials)
     if port == 0:
         raise OSError(f"could not bind {config.listen}")
-    wrapped = Server(server, port, health_servicer, service_names)
+    wrapped = Server(server, port, health_servicer, service_names, metrics)
+    if config.metrics_listen:
+        wrapped.metrics_endpoint = serve_metrics(config.metrics_listen, metrics.registry)
     await wrapped.set_serving(False)
     await server.start()
     log.info("listening on %s (port %d)%s", config.listen, port, " with TLS" if credentials else "")

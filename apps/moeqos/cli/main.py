@@ -13,10 +13,14 @@ COMMAND_MODULES = (
     "moeqos.cli.eval_cmds",  # eval
     "moeqos.cli.planner_cmds",  # plan, frontier, whatif
     "moeqos.cli.serve_cmds",  # planner, executor (serve)
+    "moeqos.cli.gateway_cmds",  # gateway (the OpenAI-compatible HTTP service)
     "moeqos.cli.client_cmds",  # generate, deploy, status
     "moeqos.cli.demo_cmds",  # demo
     "moeqos.cli.bench_cmds",  # bench
 )
+
+FLOORS = ("moeqos.planner", "moeqos.executor", "moeqos.gateway")
+"""Packages an image may leave out (the planner image has no executor, the gateway image neither)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:
+            if exc.name != name and exc.name not in FLOORS:
                 raise
-            continue  # a command group not installed in this image (e.g. the planner-only image)
+            continue  # a command group, or the floor it needs, not in this image (planner, gateway images)
         module.register(subparsers)
     return parser
 

@@ -86,6 +86,11 @@ def _common(parser: argparse.ArgumentParser, listen: str) -> None:
         "--peer-tls-cert", metavar="PEM", help="client certificate for the other service (mutual TLS)"
     )
     parser.add_argument("--peer-tls-key", metavar="PEM", help="private key of --peer-tls-cert")
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics over HTTP here, e.g. 127.0.0.1:9461 (default: off)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument("--json", action="store_true", help="print the listening line as JSON")
 

@@ -34,6 +34,15 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation; the executor renders a conversation with the model's chat template."""
+
+    role: str
+    """`system`, `user` or `assistant`."""
+    content: str
+
+
+@dataclass(frozen=True)
 class Prediction:
     """What the planner predicts for a plan."""
 

@@ -4,7 +4,7 @@ end-of-sequence ids, and a thread-safe decoder for streaming."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,25 @@ class PromptCodec:
         if any(not 0 <= t < vocab for t in ids):
             raise InvalidArgument(f"prompt token ids must be in [0, {vocab})")
         return ids
+
+    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Token ids of a conversation of (role, content) turns rendered with the tokenizer's chat
+        template, ending with the assistant's turn to speak; InvalidArgument without a template."""
+        if not messages:
+            raise InvalidArgument("the conversation has no messages")
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidArgument("this model's tokenizer has no chat template; send a text prompt")
+        turns = [{"role": role, "content": content} for role, content in messages]
+        from jinja2 import TemplateError
+
+        with self._lock:
+            try:
+                text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            except TemplateError as exc:  # e.g. roles out of the order the template requires
+                raise InvalidArgument(f"the chat template refused the conversation: {exc}") from exc
+            # the template writes the special tokens (BOS, turn markers) itself
+            ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+        return self.encode(ids)
 
     def eos_ids(self) -> set[int]:
         """Token ids that end a generation: the model config's and the tokenizer's."""

@@ -253,6 +253,11 @@ class ExecutorRuntime:
         """Token ids of a prompt (text needs the tokenizer); InvalidArgument when empty or out of vocab."""
         return self.prompts.encode(prompt)
 
+    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Token ids of a conversation of (role, content) turns rendered with the tokenizer's chat
+        template, ending with the assistant's turn to speak; InvalidArgument without a template."""
+        return self.prompts.encode_chat(messages)
+
     # ----- measurement --------------------------------------------------------------------------
     def profile(
         self,

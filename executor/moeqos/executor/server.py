@@ -21,11 +21,13 @@ from typing import Any
 
 import grpc.aio
 from moeqos.api import server as server_common
+from moeqos.api.metrics import ServerMetrics
 from moeqos.api.server import PeerServerConfig, Server, start_server
 from moeqos.core.plan import parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
 from moeqos.executor.config import ExecutorConfig, check_settings
+from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -204,17 +206,20 @@ async def start_executor(
 ) -> ExecutorHandle:
     """Bind and start the server now; load the model in the background (see ExecutorHandle.ready)."""
     pool = ThreadPoolExecutor(config.max_concurrent + 4, thread_name_prefix="executor")
-    served = ServedModel(pool, config.measure, config.profile_path)
+    metrics = ServerMetrics()
+    executor_metrics = ExecutorMetrics(metrics.registry)
+    served = ServedModel(pool, config.measure, config.profile_path, executor_metrics)
     target = StandingTarget(
         config.planner_address or "", config.peer_options(), served, config.replan_backoff
     )
     admission = Admission(config.max_concurrent, config.max_queued)
     servicer = ExecutorServicer(config.name or socket.gethostname(), served, admission, target)
+    executor_metrics.observe(served, target)
 
     def register(server: grpc.aio.Server) -> None:
         executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
 
-    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING)
+    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING, metrics)
 
     async def load() -> None:
         runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)

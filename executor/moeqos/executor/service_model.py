@@ -22,6 +22,7 @@ from moeqos.core.profile import Profile
 from moeqos.core.service_types import SwitchReport
 from moeqos.core.tier import TierBudget
 from moeqos.executor import service_measure
+from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.runtime import ExecutorRuntime
 
 T = TypeVar("T")
@@ -30,12 +31,20 @@ T = TypeVar("T")
 class ServedModel:
     """One runtime (attached once loaded) with its worker pool and its cached profile."""
 
-    def __init__(self, pool: Executor, measure: service_measure.MeasureSettings, profile_path: Path | None):
+    def __init__(
+        self,
+        pool: Executor,
+        measure: service_measure.MeasureSettings,
+        profile_path: Path | None,
+        metrics: ExecutorMetrics,
+    ) -> None:
         self.runtime: ExecutorRuntime | None = None
         self.measure = measure
         """What a profile measurement covers."""
         self.profile_path = profile_path
         """Where the profile is saved after each measurement and read back at the first need."""
+        self.metrics = metrics
+        """Where generations and plan switches are counted."""
         self._pool = pool
         self._profile: Profile | None = None
         self._profile_lock = asyncio.Lock()
@@ -91,6 +100,7 @@ class ServedModel:
     async def apply(self, plan: Plan) -> SwitchReport:
         """Switch the runtime to `plan` (on the worker pool)."""
         switch = await self.run(self.ready().apply_plan, plan)
+        self.metrics.switch(switch.report)
         return switch.report
 
 

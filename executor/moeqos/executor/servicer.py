@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import grpc.aio
 from moeqos.api.codec import common
 from moeqos.api.codec import executor as codec
+from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.service_types import (
@@ -36,6 +37,19 @@ from moeqos.proto.executor.v1 import executor_pb2 as ex
 from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
 
 _DONE = object()
+
+
+def start_generation(
+    runtime: ExecutorRuntime, request: ex.GenerateRequest, params: SamplingParams, cancel: threading.Event
+) -> Iterator[GenerationEvent]:
+    """The runtime's generation for the request's prompt, or its conversation rendered with the chat
+    template (blocking: the template and the tokenizer run here, in the worker thread)."""
+    if request.messages and request.prompt:
+        raise InvalidArgument("give a prompt or messages, not both")
+    if not request.messages:
+        return runtime.generate(request.prompt, params, cancel)
+    ids = runtime.encode_chat([(m.role, m.content) for m in request.messages])
+    return runtime.generate(ids, params, cancel)
 
 
 class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
@@ -146,9 +160,11 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             cancel = threading.Event()
             try:
                 events: Iterator[GenerationEvent] = await self.served.run(
-                    runtime.generate, request.prompt, params, cancel
+                    start_generation, runtime, request, params, cancel
                 )
                 while (event := await self.served.run(next, events, _DONE)) is not _DONE:
+                    if event.stats is not None:
+                        self.served.metrics.generation(event.stats)
                     yield event
             finally:
                 cancel.set()  # the client went away or the deadline passed: stop at the next token
