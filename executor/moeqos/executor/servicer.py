@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import grpc.aio
 from moeqos.api import convert, wire
+from moeqos.core.addresses import check_address
 from moeqos.core.errors import NotReady
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile as Measured  # the RPC `Profile` below would shadow the name
@@ -188,6 +189,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         self, request: ex.SetTargetRequest, context: grpc.aio.ServicerContext
     ) -> ex.SetTargetResponse:
         target = wire.target_from_proto(request.target) if request.HasField("target") else None
+        if request.planner_address:
+            check_address(request.planner_address, "planner_address")
         self.target.set(target, request.planner_address)
         return ex.SetTargetResponse()
 
