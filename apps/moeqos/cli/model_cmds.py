@@ -59,8 +59,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     plain = ("model_dir", "name", "fingerprint", "num_layers", "num_experts", "top_k", "hidden_size")
     for key in (*plain, "intermediate_size", "vocab_size"):
         print(f"{key:18} {info[key]}")
-    for key in ("dense_bytes", "bytes_on_disk"):
-        print(f"{key.replace('_bytes', ''):18} {format_bytes(info[key])}")
+    for key, label in (("dense_bytes", "dense weights"), ("bytes_on_disk", "on disk")):
+        print(f"{label:18} {format_bytes(info[key])}")
     for key, label in (("expert_bytes", "one expert"), ("all_experts_bytes", "all experts")):
         print(f"{label:18} " + "  ".join(f"{p}={format_bytes(n)}" for p, n in info[key].items()))
     return 0
