@@ -60,11 +60,15 @@ def test_a_bad_initial_plan_is_exit_2_without_a_traceback(tiny_model):
     assert "unknown precision 'int5'" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_busy_port_is_exit_1_with_a_clear_message():
+@pytest.mark.parametrize("service", ["planner", "executor"])
+def test_a_busy_port_is_exit_1_with_a_clear_message(service, tiny_model):
     with socket.socket() as busy:
+        # SO_REUSEPORT, as a gRPC server sets it: a server that set it too would share the port silently.
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        done = _moeqos("planner", "--listen", f"127.0.0.1:{busy.getsockname()[1]}")
+        extra = ["--model", str(tiny_model)] if service == "executor" else []
+        done = _moeqos(service, "--listen", f"127.0.0.1:{busy.getsockname()[1]}", *extra, timeout=60)
     assert done.returncode == 1, done.stderr
     assert "cannot listen on 127.0.0.1" in done.stderr and "Traceback" not in done.stderr
 
