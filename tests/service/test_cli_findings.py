@@ -132,20 +132,6 @@ def test_a_long_deploy_shows_progress_on_stderr_and_keeps_stdout_json(
     assert "deploying to 1 executor(s)" in err and "done after" in err
 
 
-def test_a_wait_shorter_than_the_threshold_is_silent_and_a_longer_one_is_not(tmp_path):
-    import io
-    import time
-
-    quiet, loud = io.StringIO(), io.StringIO()
-    with progress.waiting("quick", after=5.0, stream=quiet):
-        pass
-    with progress.waiting("slow", after=0.05, every=0.05, stream=loud):
-        time.sleep(0.4)
-    lines = loud.getvalue().splitlines()
-    assert quiet.getvalue() == ""
-    assert lines[0].startswith("slow... (") and len(lines) >= 3 and lines[-1].startswith("slow: done after")
-
-
 def test_model_prepare_steps_without_a_bar_have_a_heartbeat(capsys):
     import time
 
