@@ -1,7 +1,9 @@
 """Client commands over the services: `generate`, `deploy`, `status`, `apply`, `set-budget`, `profile`.
 
 Torch-free (they use the sync clients). Every command has `--json`; connection flags (`--token`,
-`--tls-ca`, ...) fall back to MOEQOS_* environment variables, read in `connect_options` only.
+`--tls-ca`, ...) fall back to MOEQOS_* environment variables, read in `connect_options` only. Calls
+that may take a while (deploy, apply, waiting for SERVING) show a heartbeat on stderr; errors propagate
+to `moeqos.cli.guard`.
 """
 
 from __future__ import annotations

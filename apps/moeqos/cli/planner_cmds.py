@@ -1,7 +1,8 @@
 """`moeqos plan`, `moeqos frontier`, `moeqos whatif`: the planner from the command line (never torch).
 
 The computation lives in `planner` (solve, frontier, whatif); these functions parse arguments, call it
-and print a table (or JSON with `--json`), so remote variants can reuse the same printing.
+and print a table (or JSON with `--json`), so remote variants can reuse the same printing. Bad input
+raises InvalidArgument; `moeqos.cli.guard` turns errors into messages and exit codes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.rules import PlacementRule
+from moeqos.planner.catalog import HARDWARE, MODELS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_choice_args(front, budget_help="TIER=SIZE expert budget (e.g. cuda:0=24GiB); default: the profile's")
     front.add_argument("--json", action="store_true", help="print JSON")
     front.set_defaults(func=cmd_frontier)
-
-    from moeqos.planner.catalog import HARDWARE, MODELS
 
     whatif = subparsers.add_parser(
         "whatif", help="plan for a described model and machine, no executor needed"
