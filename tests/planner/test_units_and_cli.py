@@ -19,7 +19,14 @@ from tests.planner.planner_fixtures import synthetic_profile
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("1.5 MiB", 1572864), ("4096B", 4096), ("2g", 2 * 2**30)],
+    [
+        ("24GiB", 24 * 2**30),
+        ("80GB", 80 * 10**9),
+        ("1.5 MiB", 1572864),
+        ("4096B", 4096),
+        ("2g", 2 * 2**30),
+        ("0", 0),
+    ],
 )
 def test_parse_bytes(text: str, expected: int) -> None:
     assert parse_bytes(text) == expected

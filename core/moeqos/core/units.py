@@ -27,9 +27,12 @@ _SIZE = re.compile(r"^\s*(?P<number>\d+(\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$
 
 def parse_bytes(text: str) -> int:
     """Parse `24GiB`, `80GB`, `1.5 TiB`, `4096B`; bare K/M/G/T are binary (like llama.cpp). The unit is
-    required: a bare number is refused, since `70` meant as 70 GiB would silently be 70 bytes."""
+    required: a bare number is refused, since `70` meant as 70 GiB would silently be 70 bytes. Only `0`
+    may go without one (zero in any unit)."""
     match = _SIZE.match(text)
     unit = match["unit"].lower() if match else None
+    if match is not None and not unit and float(match["number"]) == 0:
+        return 0
     if match is None or unit not in _UNITS:
         hint = " (a unit is required)" if match is not None and not unit else ""
         raise InvalidArgument(
