@@ -20,6 +20,9 @@ from tests.gateway.conftest import FAST
 from tests.gateway.gateway_harness import RunningGateway, start_gateway
 from tests.service.service_harness import Stack, address
 
+TIMEOUT = 60.0
+"""Seconds any one HTTP call may take: the shared test machine can be slow (httpx defaults to 5)."""
+
 CHAT = {"model": FAST, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
 
 
@@ -49,7 +52,9 @@ def test_stream_is_server_sent_events_ending_with_done(
 ) -> None:
     with (
         caplog.at_level(logging.INFO, "moeqos.gateway"),
-        httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=CHAT | {"stream": True}) as reply,
+        httpx.stream(
+            "POST", f"{gateway.url}/v1/chat/completions", json=CHAT | {"stream": True}, timeout=TIMEOUT
+        ) as reply,
     ):
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/event-stream")
@@ -65,16 +70,20 @@ def test_stream_is_server_sent_events_ending_with_done(
 
 
 def test_bad_json_unknown_paths_and_methods_get_openai_errors(gateway: RunningGateway) -> None:
-    bad = httpx.post(f"{gateway.url}/v1/completions", content=b"{not json", timeout=30)
+    bad = httpx.post(f"{gateway.url}/v1/completions", content=b"{not json", timeout=TIMEOUT)
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
-    assert httpx.get(f"{gateway.url}/v1/nothing").json()["error"]["type"] == "not_found_error"
-    assert httpx.get(f"{gateway.url}/v1/completions").status_code == 405
-    two = httpx.post(f"{gateway.url}/v1/completions", json={"model": FAST, "prompt": "hi", "n": 2})
+    assert (
+        httpx.get(f"{gateway.url}/v1/nothing", timeout=TIMEOUT).json()["error"]["type"] == "not_found_error"
+    )
+    assert httpx.get(f"{gateway.url}/v1/completions", timeout=TIMEOUT).status_code == 405
+    two = httpx.post(
+        f"{gateway.url}/v1/completions", json={"model": FAST, "prompt": "hi", "n": 2}, timeout=TIMEOUT
+    )
     assert two.status_code == 400 and two.json()["error"]["param"] == "n"
 
 
 def test_health_reports_each_executor(gateway: RunningGateway, executor_address: str) -> None:
-    reply = httpx.get(f"{gateway.url}/health")
+    reply = httpx.get(f"{gateway.url}/health", timeout=TIMEOUT)
     assert reply.status_code == 200
     assert reply.json()["models"][FAST] == [{"address": executor_address, "status": "SERVING"}]
 
@@ -82,15 +91,19 @@ def test_health_reports_each_executor(gateway: RunningGateway, executor_address:
 def test_token_is_required_with_any_case_of_the_bearer_scheme(executor_address: str) -> None:
     guarded = start_gateway({FAST: (executor_address,)}, token="s3cret")
     try:
-        refused = httpx.post(f"{guarded.url}/v1/chat/completions", json=CHAT, timeout=30)
+        refused = httpx.post(f"{guarded.url}/v1/chat/completions", json=CHAT, timeout=TIMEOUT)
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "invalid_api_key"
-        wrong = httpx.get(f"{guarded.url}/v1/models", headers={"Authorization": "Bearer nope"})
+        wrong = httpx.get(
+            f"{guarded.url}/v1/models", headers={"Authorization": "Bearer nope"}, timeout=TIMEOUT
+        )
         assert wrong.status_code == 401
         for scheme in ("Bearer", "bearer"):
-            ok = httpx.get(f"{guarded.url}/v1/models", headers={"Authorization": f"{scheme} s3cret"})
+            ok = httpx.get(
+                f"{guarded.url}/v1/models", headers={"Authorization": f"{scheme} s3cret"}, timeout=TIMEOUT
+            )
             assert ok.status_code == 200
-        assert httpx.get(f"{guarded.url}/health").status_code == 200  # probes stay open
+        assert httpx.get(f"{guarded.url}/health", timeout=TIMEOUT).status_code == 200  # probes stay open
     finally:
         guarded.close()
 
@@ -99,13 +112,17 @@ def test_unreachable_executors_are_503_and_failed_over(executor_address: str) ->
     dead = dead_address()
     running = start_gateway({"down": (dead,), "mixed": (dead, executor_address)})
     try:
-        down = httpx.post(f"{running.url}/v1/chat/completions", json=CHAT | {"model": "down"}, timeout=30)
+        down = httpx.post(
+            f"{running.url}/v1/chat/completions", json=CHAT | {"model": "down"}, timeout=TIMEOUT
+        )
         assert down.status_code == 503
         assert down.json()["error"]["type"] == "service_unavailable"
         for _ in range(2):  # the dead executor is tried (first or last), the live one answers
-            ok = httpx.post(f"{running.url}/v1/chat/completions", json=CHAT | {"model": "mixed"}, timeout=30)
+            ok = httpx.post(
+                f"{running.url}/v1/chat/completions", json=CHAT | {"model": "mixed"}, timeout=TIMEOUT
+            )
             assert ok.status_code == 200, ok.text
-        health = httpx.get(f"{running.url}/health")
+        health = httpx.get(f"{running.url}/health", timeout=TIMEOUT)
         assert health.status_code == 503
         assert health.json()["models"]["mixed"][0] == {"address": dead, "status": "UNREACHABLE"}
     finally:
@@ -139,7 +156,7 @@ def occupied(stack: Stack, single_slot: ExecutorHandle) -> Iterator[ExecutorHand
 def test_a_busy_executor_is_429(occupied: ExecutorHandle) -> None:
     running = start_gateway({FAST: (address(occupied.port),)})
     try:
-        busy = httpx.post(f"{running.url}/v1/chat/completions", json=CHAT, timeout=30)
+        busy = httpx.post(f"{running.url}/v1/chat/completions", json=CHAT, timeout=TIMEOUT)
         assert busy.status_code == 429
         assert busy.json()["error"]["type"] == "rate_limit_error"
     finally:
@@ -152,7 +169,7 @@ def test_a_busy_executor_is_passed_over_for_a_free_one(
     running = start_gateway({FAST: (address(occupied.port), executor_address)})
     try:
         for _ in range(2):
-            ok = httpx.post(f"{running.url}/v1/chat/completions", json=CHAT, timeout=30)
+            ok = httpx.post(f"{running.url}/v1/chat/completions", json=CHAT, timeout=TIMEOUT)
             assert ok.status_code == 200, ok.text
     finally:
         running.close()
@@ -174,16 +191,19 @@ def test_requests_are_spread_over_equally_loaded_executors(
     before = generate_calls(executor), generate_calls(single_slot)
     try:
         for _ in range(4):
-            assert httpx.post(f"{running.url}/v1/chat/completions", json=CHAT, timeout=30).status_code == 200
+            assert (
+                httpx.post(f"{running.url}/v1/chat/completions", json=CHAT, timeout=TIMEOUT).status_code
+                == 200
+            )
     finally:
         running.close()
     assert (generate_calls(executor) - before[0], generate_calls(single_slot) - before[1]) == (2, 2)
 
 
 def test_metrics_scrape_parses_with_every_gateway_metric(gateway: RunningGateway) -> None:
-    httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=30).raise_for_status()
-    httpx.post(f"{gateway.url}/v1/completions", json={"model": "nope", "prompt": "x"}, timeout=30)
-    reply = httpx.get(f"{gateway.url}/metrics")
+    httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, timeout=TIMEOUT).raise_for_status()
+    httpx.post(f"{gateway.url}/v1/completions", json={"model": "nope", "prompt": "x"}, timeout=TIMEOUT)
+    reply = httpx.get(f"{gateway.url}/metrics", timeout=TIMEOUT)
     assert reply.status_code == 200
     families = {f.name: f for f in text_string_to_metric_families(reply.text)}
     for name in (

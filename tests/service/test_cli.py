@@ -79,4 +79,4 @@ def test_plan_from_an_unreachable_executor_is_a_clear_error(capsys):
 
 def test_apply_with_an_unreadable_plan_file_is_a_clear_error(capsys, executor_address, tmp_path):
     code = main(["apply", "--executor", executor_address, "--plan", f"@{tmp_path / 'missing.json'}"])
-    assert code == 1 and "cannot read the plan file" in capsys.readouterr().err
+    assert code == 2 and "cannot read the plan file" in capsys.readouterr().err  # input error (exit 2)

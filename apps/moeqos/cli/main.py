@@ -6,6 +6,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+
+from moeqos.cli.guard import EXIT_CODES_HELP, EXIT_USAGE, run_command
 
 # Modules that each define `register(subparsers)`; their commands set `func` on the parsed namespace.
 COMMAND_MODULES = (
@@ -27,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moeqos",
         description="Serve Mixture-of-Experts models with per-expert precision and tier placement.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -45,12 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_USAGE
+    return run_command(args.func, args)
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or a note when running from bare sources."""
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return metadata.version("moeqos")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 if __name__ == "__main__":

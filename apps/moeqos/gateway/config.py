@@ -43,7 +43,7 @@ class GatewayConfig:
     """Deadline of one generation on an executor."""
 
     def __post_init__(self) -> None:
-        check_address("listen", self.listen)
+        check_address("listen", self.listen, listen=True)
         if not self.routes:
             raise ValueError("give at least one route: --route MODEL=HOST:PORT[,HOST:PORT...]")
         for model, addresses in self.routes.items():

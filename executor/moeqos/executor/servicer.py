@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import grpc.aio
 from moeqos.api.codec import common
 from moeqos.api.codec import executor as codec
+from moeqos.core.addresses import check_address
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
@@ -148,6 +149,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         self, request: ex.SetTargetRequest, context: grpc.aio.ServicerContext
     ) -> ex.SetTargetResponse:
         target = common.target_from_proto(request.target) if request.HasField("target") else None
+        if request.planner_address:
+            check_address(request.planner_address, "planner_address")
         self.target.set(target, request.planner_address)
         return ex.SetTargetResponse()
 

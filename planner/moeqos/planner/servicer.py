@@ -22,6 +22,7 @@ from moeqos.api.codec import common
 from moeqos.api.codec import planner as codec
 from moeqos.api.server import bearer_token, token_matches
 from moeqos.client.executor import AsyncExecutorClient
+from moeqos.core.addresses import check_address
 from moeqos.core.descriptions import HardwareDescription, ModelDescription
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.profile import Profile
@@ -211,10 +212,16 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
 
 
 def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:
-    """Every target of a Deploy, validated before any executor is contacted."""
+    """Every target of a Deploy, validated before any executor is contacted. A malformed address (the
+    executors' or the planner's they are told to call back) is refused here: an executor holding one
+    would retry its re-plans forever."""
     if not 0 < len(request.targets) <= MAX_DEPLOY_TARGETS:
         raise InvalidArgument(f"deploy needs 1 to {MAX_DEPLOY_TARGETS} executors, got {len(request.targets)}")
     addresses = [t.executor_address for t in request.targets]
     if "" in addresses or len(set(addresses)) != len(addresses):
         raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
+    for address in addresses:
+        check_address(address, "executor address")
+    if request.planner_address:
+        check_address(request.planner_address, "planner_address")
     return [codec.deploy_spec_from_proto(t) for t in request.targets]
