@@ -43,6 +43,9 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     assert _finite_positive(baseline["transformers_fp32"]["tokens_per_s"])
     assert _finite_positive(baseline["knee"]["ratio"])
     assert all(_finite_positive(p["fraction_of_bound"]) for p in sections["bandwidth"]["data"]["plans"])
+    breakdown = sections["breakdown"]["data"]["plans"]
+    assert [p["plan"] for p in breakdown] == ["all-bf16", "all-int8", "all-int4"]
+    assert all(p["parts_seconds"]["experts"] > 0 for p in breakdown)
     budgets = sections["tiers"]["data"]["budgets"]
     assert [b["experts_on_disk"] for b in budgets] == sorted(b["experts_on_disk"] for b in budgets)
     assert budgets[-1]["experts_on_disk"] > 0 and budgets[-1]["hit_rate"] is not None
