@@ -40,7 +40,9 @@ def run(ctx: Any) -> SectionResult:
                 "top_ops": [{"op": o, "seconds": s, "calls": c} for o, s, c in found.top_ops],
             }
         )
-    notes.insert(0, f"{steps} single-token steps per plan after a {len(ctx.prompt_ids)}-token prompt, ms/step")
+    notes.insert(
+        0, f"{steps} single-token steps per plan after a {len(ctx.prompt_ids)}-token prompt, ms/step"
+    )
     columns = ["plan", "step", *PARTS]
     result = SectionResult("breakdown")
     result.tables.append(table("breakdown: where a decode step's time goes (ms)", columns, rows, notes))

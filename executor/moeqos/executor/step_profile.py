@@ -133,4 +133,3 @@ def _summarise(prof: Any, steps: int) -> StepBreakdown:
     ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     top = tuple((e.key, e.self_cpu_time_total * 1e-6 / steps, e.count / steps) for e in ops[:8])
     return StepBreakdown(steps, step_seconds, parts, top)
-
