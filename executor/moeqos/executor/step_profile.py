@@ -12,7 +12,8 @@ each MoE block's expert calls:
   of the model code, Python between modules).
 
 Times are wall-clock per step under the profiler, which adds a little to every op; the split, not the
-absolute figure, is the point.
+absolute figure, is the point. Ranges are host (CPU) time: on an accelerator, where kernels run
+asynchronously, they show launch cost, not device time.
 """
 
 from __future__ import annotations
