@@ -72,6 +72,8 @@ class MoeBlock(nn.Module):
 
     def _one_token(self, flat: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The decode case, T = 1: the token's K expert ids read once (K ints, no unique or where),
-        and the K outputs mixed by one [1, K] @ [K, H] matmul instead of a scaled add per expert."""
+        and the K outputs mixed by one scale and one sum instead of an indexed add per expert. (Not a
+        [1, K] @ [K, H] matmul: a BLAS call may open a thread-parallel region, which costs far more
+        than these few elementwise ops, and on a loaded machine waits for every thread.)"""
         ys = [self.runner.run(self.layer, expert, flat) for expert in index[0].tolist()]  # K x [1, H]
-        return torch.mm(weights.to(flat.dtype), torch.cat(ys))  # [1, H]
+        return (torch.cat(ys) * weights.to(flat.dtype).T).sum(dim=0, keepdim=True)  # [1, H]
