@@ -9,7 +9,7 @@ from moeqos.executor.step_profile import PARTS, decode_breakdown
 def test_breakdown_splits_a_step_into_its_parts(runtime):
     blocks = moe_blocks(runtime.lm, runtime.adapter)
     runners = [b.runner for b in blocks]
-    found = decode_breakdown(runtime, [5, 6, 7, 8], steps=3)
+    found = decode_breakdown(runtime, runtime.lm, [5, 6, 7, 8], steps=3)
     assert found.steps == 3 and found.step_seconds > 0
     assert list(found.parts) == list(PARTS)
     assert math.isclose(sum(found.parts.values()), found.step_seconds, rel_tol=1e-9)

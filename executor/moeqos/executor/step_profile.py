@@ -21,16 +21,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from moeqos.executor.measurement import Measurable
 from moeqos.executor.moe import ExpertRunner, MoeBlock
 from moeqos.executor.step_timing import decode_step
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
-
-if TYPE_CHECKING:
-    from moeqos.executor.runtime import ExecutorRuntime
 
 PARTS = ("experts", "routing", "attention", "norms", "lm_head", "embedding", "other")
 """The parts of a decode step, in table order."""
@@ -110,14 +108,16 @@ def labelled(lm: nn.Module) -> Iterator[None]:
         yield
 
 
-def decode_breakdown(runtime: ExecutorRuntime, prompt: list[int], steps: int) -> StepBreakdown:
-    """Profile `steps` single-token decode steps after prefilling `prompt` (one warm-up step)."""
-    step = decode_step(runtime, prompt)
-    step()
-    with labelled(runtime.lm), profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            with record_function(_STEP):
-                step()
+def decode_breakdown(runtime: Measurable, lm: nn.Module, prompt: list[int], steps: int) -> StepBreakdown:
+    """Profile `steps` single-token decode steps of `runtime`, whose model is `lm`, after prefilling
+    `prompt` (one warm-up step). Runs `exclusive()`ly: no request's step is labelled or profiled."""
+    with runtime.exclusive():
+        step = decode_step(runtime, prompt)
+        step()
+        with labelled(lm), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                with record_function(_STEP):
+                    step()
     return _summarise(prof, steps)
 
 
