@@ -1,7 +1,8 @@
 """The seam between the runtime and what measures it: `Measurable` is everything profiling, evaluation
-and step timing (moeqos.executor.profiling, evaluation, costs, disk_calibration, step_timing) need from
-a runtime, so they never touch its locks or internals. ExecutorRuntime implements it; a test drives
-the measurements through a small fake (tests/executor/fake_runtime.py).
+and step timing (moeqos.executor.profiling, evaluation, costs, disk_calibration, step_timing,
+step_profile, which is also handed the model's modules) need from a runtime, so they never touch its
+locks or internals. ExecutorRuntime implements it; a test drives the measurements through a small fake
+(tests/executor/fake_runtime.py).
 
 The two locks behind the runtime stay its own business; measurement asks for what they guarantee:
 `exclusive()` (no request's forward step runs inside the block) and `serving(plan)` (that plan and
