@@ -81,3 +81,18 @@ def test_profile_round_trip(executor_address):
     message.fixed_seconds = float("nan")
     with pytest.raises(InvalidArgument, match="fixed_seconds"):
         wire.profile_from_proto(message)
+
+
+def test_profile_round_trip_keeps_the_layer_kl_and_rejects_a_bad_one():
+    from tests.planner.test_sensitivity import known_profile
+
+    profile = known_profile()
+    message = wire.profile_to_proto(profile)
+    back = wire.profile_from_proto(common_pb2.Profile.FromString(message.SerializeToString()))
+    assert back == profile and back.layer_kl[Precision.INT4][-1] == pytest.approx(0.12)
+    message.layer_kl[0].kl[0] = float("nan")
+    with pytest.raises(InvalidArgument, match="layer_kl"):
+        wire.profile_from_proto(message)
+    del message.layer_kl[0].kl[0]
+    with pytest.raises(InvalidArgument, match="layer_kl"):
+        wire.profile_from_proto(message)

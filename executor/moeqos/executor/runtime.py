@@ -306,13 +306,15 @@ class ExecutorRuntime:
         quality_corpus: str | None = None,
         precisions: Sequence[Precision] | None = None,
         progress: Progress | None = None,
+        sensitivity_tokens: int = 128,
     ) -> Profile:
         """Measure frequencies, quantization errors, call/load/fixed costs and the quality of
         `quality_plans` (see moeqos.executor.profiling); bounded by `max_tokens`, `capture_tokens`, `repeats`.
 
         Quality is measured on `quality_ids` and labelled `quality_corpus` (give both, or neither to use
         the calibration tokens). `precisions`: what to measure (default: the planning precisions of
-        this device, moeqos.executor.profiling.planning_precisions)."""
+        this device, moeqos.executor.profiling.planning_precisions). `sensitivity_tokens`: calibration
+        tokens the layer KL is measured on (0: not measured, and no designed quality plans)."""
         from moeqos.executor.profiling import build_profile
 
         with self.apply_lock:  # the plan (and its group size) must not change under the measurement
@@ -329,6 +331,7 @@ class ExecutorRuntime:
                 quality_corpus=quality_corpus,
                 precisions=precisions,
                 progress=progress or (lambda stage, fraction: None),
+                sensitivity_tokens=sensitivity_tokens,
             )
 
     def evaluate(
