@@ -54,6 +54,10 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     spans = sections["paper"]["data"]["spans"]
     assert len(spans) == 4  # the paper's row, then three what-if scenarios computed here
     assert all(s["frontier"] and s["max_tokens_per_s"] > s["min_tokens_per_s"] for s in spans[1:])
+    quality = sections["quality"]["data"]
+    assert [p["kind"] for p in quality["plans"]].count("random") == 3 * 5  # 5 seeds at 25/50/75%
+    assert all(p["perplexity"] > 1 for p in quality["plans"])
+    assert quality["times"]["new_cpu_s"] > 0 and quality["layer_kl"]["int4"]
     for section in sections.values():
         assert all((tmp_path / p.rsplit("/", 1)[-1]).is_file() for p in section["plots"])
     assert out.count("machine: ") >= len(SECTIONS) and "== frontier: held-out plans" in out

@@ -104,8 +104,8 @@ def run(ctx: Any) -> SectionResult:
     quality, latency = QualityModel.fit(profile), LatencyModel.fit(profile)
     old_quality = QualityModel.fit(dataclasses.replace(profile, layer_kl={}))
     plans = contenders(ctx, profile, quality, latency)
-    reference = ctx.perplexity(ctx.full_precision).perplexity
-    measured = [ctx.perplexity(plan).perplexity for _, _, plan in plans]
+    reference = _perplexity(ctx, ctx.full_precision)
+    measured = [_perplexity(ctx, plan) for _, _, plan in plans]
     result = SectionResult("quality")
     result.tables.append(_equal_memory_table(plans, measured, reference))
     result.goals += _equal_memory_goals(plans, measured)
@@ -154,6 +154,18 @@ def run(ctx: Any) -> SectionResult:
         "old_profile_quality_points": len(old_profile.quality_points),
     }
     return result
+
+
+def _perplexity(ctx: Any, plan: Any) -> float:
+    """ptb:test perplexity of `plan` on the run's `eval_tokens` (cached in the context per plan; unlike
+    ctx.perplexity this does not measure the frontier section's profile first)."""
+    key = plan.to_spec()
+    if key not in ctx.perplexities:
+        ctx.log(f"quality: perplexity of {plan.describe()}")
+        ctx.perplexities[key] = ctx.runtime.evaluate(
+            ctx.test_ids, plan, context_length=ctx.settings.context_length, decode_tokens=0
+        )
+    return float(ctx.perplexities[key].perplexity)
 
 
 def _accuracy(model: Any, held: list[tuple[Any, float]], reference: float) -> tuple[float, float]:
