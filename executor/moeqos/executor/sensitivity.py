@@ -11,44 +11,26 @@ how much a layer's perturbation is amplified or washed out downstream. moeqos.co
 it out over a layer's experts. Cost: one forward pass of `tokens` tokens per (precision, layer), plus
 switching one layer's experts each time (only the experts that change are rebuilt).
 
-Uses only the runtime's public surface (plan, apply_plan, forward_logits, apply_lock, validate_plan).
+Sees the runtime only as a moeqos.executor.measurement.Measurable: each temporary plan is served
+inside `serving(plan)`, which restores the served plan afterwards (and on error).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import torch
 from moeqos.core.plan import Assignment, Plan
 from moeqos.core.precision import Precision
+from moeqos.executor.measurement import Measurable
 
 Progress = Callable[[str, float], None]
 
 
-class SensitivityRuntime(Protocol):
-    """What the measurement needs from the executor runtime."""
-
-    num_layers: int
-    num_experts: int
-    default_tier: str
-
-    @property
-    def plan(self) -> Plan: ...
-
-    @property
-    def apply_lock(self) -> object: ...
-
-    def apply_plan(self, plan: Plan) -> object: ...
-
-    def forward_logits(
-        self, token_ids: torch.Tensor, cache: object = None, keep: int = 0
-    ) -> torch.Tensor: ...
-
-
-def reference_plan(runtime: SensitivityRuntime, precision: Precision) -> Plan:
-    """Every expert in `precision` on the runtime's default tier, at the served plan's group size."""
-    plan = Plan.uniform(runtime.num_layers, runtime.num_experts, precision, runtime.default_tier)
+def reference_plan(runtime: Measurable, precision: Precision) -> Plan:
+    """Every expert in `precision` on the device tier (named after the device, as in
+    moeqos.executor.costs), at the served plan's group size."""
+    plan = Plan.uniform(runtime.num_layers, runtime.num_experts, precision, runtime.config.device)
     return Plan(plan.assignments, runtime.plan.group_size)
 
 
@@ -60,7 +42,7 @@ def with_layer(plan: Plan, layer: int, precision: Precision) -> Plan:
 
 
 def layer_kl(
-    runtime: SensitivityRuntime,
+    runtime: Measurable,
     ids: list[int],
     reference: Precision,
     precisions: Sequence[Precision],
@@ -68,32 +50,29 @@ def layer_kl(
 ) -> dict[Precision, tuple[float, ...]]:
     """Per precision, [L] mean per-token KL(reference || layer l in p) on `ids` (one window).
 
-    The served plan is restored afterwards (and on error); the caller holds the runtime's apply lock
-    or accepts that requests meanwhile see the temporary plans.
+    Each temporary plan is served inside `runtime.serving`, so the served plan is back afterwards (and
+    on error); requests running meanwhile see the temporary plans. The per-layer plans are served
+    inside the reference's, so each switch rebuilds only the one layer that differs from it.
     """
     window = torch.tensor([ids])  # [1, S]
     base = reference_plan(runtime, reference)
-    previous = runtime.plan
     out: dict[Precision, tuple[float, ...]] = {}
     steps, done = len(precisions) * runtime.num_layers, 0
-    try:
-        runtime.apply_plan(base)
+    with runtime.serving(base):
         ref_logp = _log_probs(runtime, window)  # [S, V]
         ref_p = ref_logp.exp()  # [S, V]
         for p in precisions:
             row = []
             for layer in range(runtime.num_layers):
-                runtime.apply_plan(with_layer(base, layer, p))
-                logp = _log_probs(runtime, window)  # [S, V]
+                with runtime.serving(with_layer(base, layer, p)):
+                    logp = _log_probs(runtime, window)  # [S, V]
                 row.append(float((ref_p * (ref_logp - logp)).sum(-1).mean().clamp_min(0.0)))
                 done += 1
                 progress("sensitivity", done / steps)
             out[p] = tuple(row)
-    finally:
-        runtime.apply_plan(previous)
     return out
 
 
-def _log_probs(runtime: SensitivityRuntime, window: torch.Tensor) -> torch.Tensor:
+def _log_probs(runtime: Measurable, window: torch.Tensor) -> torch.Tensor:
     logits = runtime.forward_logits(window)[0].float()  # [S, V]
     return torch.log_softmax(logits, dim=-1)  # [S, V]
