@@ -35,12 +35,27 @@ MIN_RANK = 0.95
 PROFILE_SECONDS = 120.0
 
 
+def measure_settings(settings: Any) -> Any:
+    """The product's MeasureSettings; with --quick bounded by the run's calibration and fit tokens, so
+    a quick run's two profiles cost what its frontier profile does, not a full product profile each."""
+    from moeqos.executor.service_measure import MeasureSettings
+
+    s = MeasureSettings()
+    if not settings.quick:
+        return s
+    return dataclasses.replace(
+        s,
+        tokens=min(s.tokens, settings.calibration_tokens),
+        quality_tokens=min(s.quality_tokens, settings.fit_tokens),
+    )
+
+
 def profile_pair(ctx: Any) -> tuple[Any, Any, dict[str, float]]:
     """(old profile, new profile, CPU- and wall-seconds of each), measured back to back."""
     from moeqos.core.plan import Plan
-    from moeqos.executor.service_measure import MeasureSettings, corpus_ids
+    from moeqos.executor.service_measure import corpus_ids
 
-    s, runtime = MeasureSettings(), ctx.runtime
+    s, runtime = measure_settings(ctx.settings), ctx.runtime
     plans = [Plan.uniform(*ctx.shape, p, ctx.device) for p in s.quality_precisions]
     quality_ids = corpus_ids(runtime, s.quality_corpus, s.quality_tokens)
     calibration = corpus_ids(runtime, s.corpus, s.tokens)
@@ -152,6 +167,10 @@ def run(ctx: Any) -> SectionResult:
         "fit": quality.to_dict() | {"sensitivity": None},
         "layer_kl": {p.value: list(r) for p, r in profile.layer_kl.items()},
         "old_profile_quality_points": len(old_profile.quality_points),
+        "profile_tokens": {
+            "calibration": profile.calibration_tokens,
+            "quality": profile.quality_points[0].tokens,
+        },
     }
     return result
 
