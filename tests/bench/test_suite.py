@@ -70,6 +70,12 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     spans = sections["paper"]["data"]["spans"]
     assert len(spans) == 4  # the paper's row, then three what-if scenarios computed here
     assert all(s["frontier"] and s["max_tokens_per_s"] > s["min_tokens_per_s"] for s in spans[1:])
+    quality = sections["quality"]["data"]
+    assert [p["kind"] for p in quality["plans"]].count("random") == 3 * 5  # 5 seeds at 25/50/75%
+    assert all(p["perplexity"] > 1 for p in quality["plans"])
+    assert quality["times"]["new_cpu_s"] > 0 and quality["layer_kl"]["int4"]
+    assert quality["profile_tokens"]["calibration"] <= QUICK.calibration_tokens  # --quick bounds them
+    assert quality["profile_tokens"]["quality"] <= QUICK.fit_tokens
     for section in sections.values():
         assert all((tmp_path / p.rsplit("/", 1)[-1]).is_file() for p in section["plots"])
     assert out.count("machine: ") >= len(SECTIONS) and "== frontier: held-out plans" in out
@@ -92,6 +98,7 @@ def test_unknown_section_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three profiles (frontier, quality without and with the layer KL), on a CPU
 def test_quick_suite_on_the_default_model(tmp_path, capsys):
     status = main(["--quick", "--out", str(tmp_path)])
     document = json.loads((tmp_path / "results.json").read_text())

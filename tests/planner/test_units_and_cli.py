@@ -165,3 +165,24 @@ def test_planning_never_imports_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_no_offload_keeps_every_expert_off_the_disk_tier(tmp_path, capsys) -> None:
+    profile = synthetic_profile(
+        3,
+        4,
+        (Precision.BF16, Precision.INT4),
+        ("cpu", "disk"),
+        quality_plans=6,
+        seed=4,
+        budgets={"cpu": 6 * synthetic_profile().model.expert_bytes(Precision.BF16)},
+    )
+    path = tmp_path / "profile.json"
+    path.write_text(profile.to_json())
+    base = ["plan", "--profile", str(path), "--objective", "quality", "--json"]
+    code, out, _ = _run(base, capsys)
+    assert code == 0 and json.loads(out)["bytes_per_tier"].get("disk", 0) > 0
+    assert "--no-offload" in json.loads(out)["notes"]
+    code, out, _ = _run([*base, "--no-offload"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["bytes_per_tier"].get("disk", 0) == 0 and "int4" in doc["plan_spec"]

@@ -4,6 +4,7 @@ malformed messages."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,14 @@ STATS = GenerationStats(5, 3, 0.25, 40.0, 0.3, "stop", PLAN.to_spec())
 TARGET = QosTarget(max_perplexity=12.5, objective=Objective.QUALITY)
 PINS = (PlacementRule("L0.E*", Precision.BF16, "cpu"), PlacementRule("*", Precision.INT4))
 ANALYTIC = whatif_profile(MODELS["mixtral-8x7b"], HARDWARE["a100-80gb"], {})
+WITH_KL = dataclasses.replace(
+    ANALYTIC,
+    layer_kl={
+        Precision.INT4: tuple(0.01 * (layer + 1) for layer in range(len(ANALYTIC.frequency))),
+        Precision.INT2: tuple(0.5 for _ in ANALYTIC.frequency),
+    },
+    sensitivity_tokens=128,
+)
 
 
 def _info(**changes: Any) -> ExecutorInfo:
@@ -84,6 +93,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ("model identity", MODEL, wire.model_to_proto, wire.model_from_proto),
     ("hardware identity", HARDWARE_ID, wire.hardware_to_proto, wire.hardware_from_proto),
     ("analytic profile", ANALYTIC, wire.profile_to_proto, wire.profile_from_proto),
+    ("profile with layer KL", WITH_KL, wire.profile_to_proto, wire.profile_from_proto),
     ("prediction", PREDICTION, wire.prediction_to_proto, wire.prediction_from_proto),
     ("switch report", SwitchReport(5, 0.125), wire.switch_to_proto, wire.switch_from_proto),
     ("timestamp", _info().plan_applied_at, wire.timestamp_to_proto, wire.timestamp_from_proto),
@@ -350,4 +360,14 @@ def test_profile_round_trip(executor_address):
     assert wire.profile_from_proto(common_pb2.Profile.FromString(message.SerializeToString())) == profile
     message.fixed_seconds = float("nan")
     with pytest.raises(InvalidArgument, match="fixed_seconds"):
+        wire.profile_from_proto(message)
+
+
+def test_a_profile_with_a_bad_layer_kl_is_invalid_argument():
+    message = wire.profile_to_proto(WITH_KL)
+    message.layer_kl[0].kl[0] = float("nan")
+    with pytest.raises(InvalidArgument, match="layer_kl"):
+        wire.profile_from_proto(message)
+    del message.layer_kl[0].kl[0]
+    with pytest.raises(InvalidArgument, match="layer_kl"):
         wire.profile_from_proto(message)

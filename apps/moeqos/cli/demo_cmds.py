@@ -29,7 +29,12 @@ def register(subparsers: Any) -> None:
     )
     demo.add_argument("--prompt", default="The stock market today", help="prompt for both generations")
     demo.add_argument("--max-tokens", type=int, default=40, help="tokens to generate per executor")
-    demo.add_argument("--eval-tokens", type=int, default=1024, help="ptb:test tokens for measured perplexity")
+    demo.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=1024,
+        help="ptb:valid tokens for measured perplexity (the corpus the predictions are on)",
+    )
     demo.add_argument(
         "--max-ppl-increase",
         type=float,

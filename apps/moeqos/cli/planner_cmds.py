@@ -110,6 +110,11 @@ def _add_choice_args(parser: argparse.ArgumentParser, budget_help: str) -> None:
         help="pattern=precision[@tier], first match wins (e.g. L0.E*=bf16@cuda:0)",
     )
     parser.add_argument("--precisions", help="comma-separated precisions the planner may use")
+    parser.add_argument(
+        "--no-offload",
+        action="store_true",
+        help="fit by precision only: never put an expert on the disk tier, whatever its budget",
+    )
 
 
 # ----- argument conversion ---------------------------------------------------------------------
@@ -142,6 +147,15 @@ def precisions_from_args(args: argparse.Namespace) -> frozenset[Precision] | Non
         return frozenset(Precision.parse(p) for p in args.precisions.split(",") if p.strip())
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
+
+
+def tiers_from_args(args: argparse.Namespace, budgets: tuple[Any, ...]) -> frozenset[str] | None:
+    """The tiers the planner may use: every budgeted tier but disk with --no-offload, else None (all)."""
+    from moeqos.core.tier import DISK
+
+    if not getattr(args, "no_offload", False):
+        return None
+    return frozenset(b.name for b in budgets if b.name != DISK)
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
@@ -224,7 +238,14 @@ def solve_and_print(
     from moeqos.planner.solver import PlanRequest, solve
 
     latency, quality = LatencyModel.fit(profile), QualityModel.fit(profile)
-    request = PlanRequest(profile, target, budgets, pins_from_args(args), precisions_from_args(args))
+    request = PlanRequest(
+        profile,
+        target,
+        budgets,
+        pins_from_args(args),
+        precisions_from_args(args),
+        tiers_from_args(args, budgets),
+    )
     result = solve(request, latency, quality)
     if args.json:
         doc = {"target": target.to_dict(), **result.to_dict(), "fit": fit_summary(latency, quality)}
@@ -253,6 +274,7 @@ def frontier_and_print(
         latency=latency,
         quality=quality,
         allowed_precisions=precisions_from_args(args),
+        allowed_tiers=tiers_from_args(args, budgets),
     )
     if args.plot:
         from moeqos.planner.plot import plot_frontier

@@ -1,5 +1,5 @@
 """The seam between the runtime and what measures it: `Measurable` is everything profiling, evaluation
-and step timing (moeqos.executor.profiling, evaluation, costs, disk_calibration, step_timing,
+and step timing (moeqos.executor.profiling, sensitivity, evaluation, costs, disk_calibration, step_timing,
 step_profile, which is also handed the model's modules) need from a runtime, so they never touch its
 locks or internals. ExecutorRuntime implements it; a test drives the measurements through a small fake
 (tests/executor/fake_runtime.py).

@@ -3,9 +3,13 @@
 Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
 expert calls and capturing hidden states entering each MoE layer), `quant_error` (every expert in each
 profiled precision against fp32 on the captured states; experts with bitwise identical weights, as in a
-sparse-upcycled model, are measured once per layer), `call_costs`, `load_costs`, `fixed` (with the
+sparse-upcycled model, are measured once per layer), `sensitivity` (the output KL divergence when one
+layer's experts lose precision, moeqos.executor.sensitivity, on the first `sensitivity_tokens`
+calibration tokens), `call_costs`, `load_costs`, `fixed` (with the
 call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
-tier only), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`).
+tier only), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`, then
+of the mixed plans moeqos.executor.calibration_design derives from the signal, when the sensitivity was
+measured).
 Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
 precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
 The plan served is pinned throughout (`Measurable.serving`); the frequency and timing passes run
@@ -24,15 +28,22 @@ from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, Grid, LoadCost, Profile, QualityPoint
+from moeqos.core.sensitivity import signal_grids
 from moeqos.core.tier import DISK, TierBudget
+from moeqos.executor.calibration_design import designed_plans
 from moeqos.executor.costs import calibrate, call_costs, load_costs
 from moeqos.executor.disk_calibration import calibrate_loads
 from moeqos.executor.evaluation import evaluate
 from moeqos.executor.measurement import Measurable
 from moeqos.executor.moe import observed
 from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
+from moeqos.executor.sensitivity import layer_kl
 
 Progress = Callable[[str, float], None]
+
+SENSITIVITY_PRECISIONS = (Precision.INT4,)
+"""Precisions whose layer KL is measured by default; the others borrow it, scaled by their errors
+(moeqos.core.sensitivity): one forward pass per layer and precision is the stage's whole cost."""
 
 PLANNING_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
 """The precisions the planner mixes on any executor (see planning_precisions for the extras)."""
@@ -150,6 +161,8 @@ def build_profile(
     quality_corpus: str | None,
     precisions: Sequence[Precision] | None,
     progress: Progress,
+    sensitivity_tokens: int = 0,
+    sensitivity_precisions: Sequence[Precision] = SENSITIVITY_PRECISIONS,
 ) -> Profile:
     """Measure everything a Profile holds (see the module docstring for the stages), the served plan
     pinned throughout.
@@ -158,6 +171,8 @@ def build_profile(
     hidden states per layer and `repeats` timings per cost. Quality points of `quality_plans` are
     measured on `quality_ids` labelled `quality_corpus` (both or neither; neither: on the calibration
     tokens, labelled `corpus_name`). `precisions` defaults to planning_precisions of the device.
+    With `sensitivity_tokens` > 0 the layer KL of `sensitivity_precisions` (those profiled) is measured
+    on that many calibration tokens, and with quality plans the designed mixed plans are measured too.
     """
     if (quality_ids is None) != (quality_corpus is None):
         raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
@@ -168,9 +183,23 @@ def build_profile(
         window = min(window, runtime.context_length)
         frequency, captured = route_calibration(runtime, ids, window, capture_tokens, progress)
         errors = quant_errors(runtime, captured, chosen, runtime.plan.group_size, progress)
+        reference = max((p for p in chosen if p.is_float), key=lambda p: p.bits, default=Precision.BF16)
+        kl_precisions = [p for p in sensitivity_precisions if p in chosen and not p.is_float]
+        kl = (
+            layer_kl(runtime, ids[:sensitivity_tokens], reference, kl_precisions, progress)
+            if sensitivity_tokens > 0 and kl_precisions
+            else {}
+        )
         timings = measure_timings(runtime, ids[:16], captured[0], chosen, repeats, progress)
+        plans = list(quality_plans)
+        if kl and plans:
+            signal = signal_grids(frequency, errors, kl, chosen)
+            uniform = [next(iter(plan.counts())).precision for plan in plans if len(plan.counts()) == 1]
+            plans += designed_plans(
+                signal, reference, uniform, runtime.config.device, runtime.plan.group_size
+            )
         label = quality_corpus or corpus_name
-        points = quality(runtime, quality_plans, quality_ids or ids, label, window, progress)
+        points = quality(runtime, plans, quality_ids or ids, label, window, progress)
         return Profile(
             model=runtime.model,
             hardware=runtime.hardware,
@@ -182,6 +211,8 @@ def build_profile(
             load_costs=tuple(timings.loads),
             quant_error=errors,
             quality_points=tuple(points),
+            layer_kl=kl,
+            sensitivity_tokens=min(sensitivity_tokens, len(ids)) if kl else 0,
             tiers=tuple(TierBudget(name, budget) for name, budget in runtime.budgets.items()),
             disk_pool_slots=runtime.config.disk_pool_slots,
             disk_reads=recorded_disk_reads(runtime),

@@ -273,10 +273,12 @@ class ExecutorRuntime:
         quality_corpus: str | None = None,
         precisions: Sequence[Precision] | None = None,
         progress: Progress | None = None,
+        sensitivity_tokens: int = 128,
     ) -> Profile:
         """Measure frequencies, quantization errors, call/load/fixed costs and the quality of
         `quality_plans`, bounded by `max_tokens`, `capture_tokens`, `repeats` (the stages and options:
-        moeqos.executor.profiling.build_profile)."""
+        moeqos.executor.profiling.build_profile). `sensitivity_tokens`: calibration tokens the layer KL
+        is measured on (0: not measured, and no designed quality plans)."""
         return build_profile(
             self,
             calibration_ids,
@@ -290,6 +292,7 @@ class ExecutorRuntime:
             quality_corpus=quality_corpus,
             precisions=precisions,
             progress=progress or (lambda stage, fraction: None),
+            sensitivity_tokens=sensitivity_tokens,
         )
 
     def evaluate(

@@ -1,8 +1,11 @@
 """The speed/quality frontier: Pareto-optimal plans from the most accurate to the fastest.
 
 The two ends are solved directly (minimum perplexity; maximum tokens/s, each with the other metric as
-tie-break); the points between minimise perplexity under evenly spaced tokens/s floors. Points another
-point beats on both tokens/s and perplexity (possible within the solver's tolerance) are dropped.
+tie-break); of the points between, half minimise perplexity under tokens/s floors evenly spaced in
+tokens/s and half maximise tokens/s under perplexity ceilings evenly spaced in log-perplexity, so the
+lossy end, where perplexity climbs fast for little speed, is sampled as densely as the fast one. Points
+another point beats on both tokens/s and perplexity (possible within the solver's tolerance) are
+dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def frontier(
     latency: LatencyModel | None = None,
     quality: QualityModel | None = None,
     allowed_precisions: frozenset[Precision] | None = None,
+    allowed_tiers: frozenset[str] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     time_limit_s: float = 0.5,
 ) -> list[PlanResult]:
@@ -47,19 +51,27 @@ def frontier(
         budgets,
         pins,
         allowed_precisions,
+        allowed_tiers,
         tolerance=tolerance,
         time_limit_s=time_limit_s,
     )
     accurate = solve(base, latency, quality)
     fastest = solve(replace(base, target=QosTarget(objective=Objective.SPEED)), latency, quality)
     results = [accurate, fastest]
-    for floor in np.linspace(accurate.predicted_tokens_per_s, fastest.predicted_tokens_per_s, points)[1:-1]:
+    inner = points - 2
+    floors = np.linspace(
+        accurate.predicted_tokens_per_s, fastest.predicted_tokens_per_s, inner - inner // 2 + 2
+    )
+    log_ceilings = np.linspace(
+        np.log(accurate.predicted_perplexity), np.log(fastest.predicted_perplexity), inner // 2 + 2
+    )
+    targets = [QosTarget(min_tokens_per_s=float(f)) for f in floors[1:-1]]
+    targets += [QosTarget(max_perplexity=float(np.exp(c))) for c in log_ceilings[1:-1]]
+    for target in targets:
         try:
-            results.append(
-                solve(replace(base, target=QosTarget(min_tokens_per_s=float(floor))), latency, quality)
-            )
+            results.append(solve(replace(base, target=target), latency, quality))
         except InfeasibleTarget:
-            continue  # the floor sits in a gap the tolerance left; its neighbours cover it
+            continue  # the bound sits in a gap the tolerance left; its neighbours cover it
     return pareto(results)
 
 
