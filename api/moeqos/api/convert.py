@@ -75,6 +75,8 @@ def info_from_proto(m: ex.GetInfoResponse) -> t.ExecutorInfo:
         queued_generations=m.queued_generations,
         profile_cached=m.profile_cached,
         replan_state=m.replan_state,
+        damaged_files=m.damaged_files,
+        integrity=m.integrity or "ok",
     )
 
 

@@ -87,6 +87,10 @@ class ExecutorInfo:
     profile_cached: bool
     replan_state: str = "idle"
     """The standing target's last re-plan (`idle`, `replanning`, `applied: PLAN`, `failed: ...`)."""
+    damaged_files: int = 0
+    """Damaged or missing variant files found since start (each rebuilt from the checkpoint)."""
+    integrity: str = "ok"
+    """`ok`, or how many files were damaged and mended and the last problem."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
+from moeqos.executor.plan_view import private_view
 from moeqos.executor.sampling import SamplingParams
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ def plan_applied(runtime: ExecutorRuntime, plan: Plan | None) -> Iterator[None]:
     """Serve `plan` inside the block, then restore the previous plan (no-op when it is already served).
 
     Holds the runtime's apply lock throughout, so no other switch interleaves; requests running
-    meanwhile are served with the temporary plan.
+    meanwhile are served with the temporary plan. For measurements that need the store itself to
+    serve the plan (its pool's misses); `evaluate` uses `plan_viewed`.
     """
     with runtime.apply_lock:
         previous = runtime.plan
@@ -47,6 +49,19 @@ def plan_applied(runtime: ExecutorRuntime, plan: Plan | None) -> Iterator[None]:
             yield
         finally:
             runtime.apply_plan(previous)
+
+
+@contextmanager
+def plan_viewed(runtime: ExecutorRuntime, plan: Plan | None) -> Iterator[None]:
+    """Compute with `plan` inside the block, on this thread only (moeqos.executor.plan_view): the plan
+    served to everyone else never changes. None (or the serving plan) holds the apply lock instead,
+    so the plan measured is the one served throughout."""
+    if plan is None or plan == runtime.plan:
+        with runtime.apply_lock:
+            yield
+        return
+    with private_view(runtime, plan):
+        yield
 
 
 def perplexity(
@@ -79,11 +94,11 @@ def evaluate(
     stride: int | None,
     decode_tokens: int,
 ) -> EvalResult:
-    """Perplexity of `token_ids` and decode tokens/s, under `plan` (applied temporarily)."""
+    """Perplexity of `token_ids` and decode tokens/s, under `plan` (seen by this thread only)."""
     stride = stride or context_length
     _validate(runtime, token_ids, context_length, stride, decode_tokens)
     start = time.perf_counter()
-    with plan_applied(runtime, plan):
+    with plan_viewed(runtime, plan):
         ppl, scored = perplexity(runtime, token_ids, context_length, stride)
         rate = decode_rate(runtime, token_ids[:16], decode_tokens) if decode_tokens else 0.0
     return EvalResult(ppl, scored, rate, time.perf_counter() - start)

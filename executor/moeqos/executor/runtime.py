@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from moeqos.core.errors import InvalidArgument, OverBudget, PlanApplyFailed
+from moeqos.core.errors import InvalidArgument, OutOfRange, OverBudget, PlanApplyFailed
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import DISK, TierStatus
@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from moeqos.executor.evaluation import EvalResult
 
 Progress = Callable[[str, float], None]
+
+PROMPT_CHARS_PER_TOKEN = 64
+"""More characters than any served tokenizer packs into one token of real text: a prompt longer than
+the context times this cannot fit, and is refused before tokenizing it (seconds and gigabytes for a
+prompt of megabytes)."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,11 @@ class ExecutorRuntime:
     def encode(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text needs the tokenizer); InvalidArgument when empty or out of vocab."""
         if isinstance(prompt, str):
+            if len(prompt) > PROMPT_CHARS_PER_TOKEN * self.context_length:
+                raise OutOfRange(
+                    f"the prompt has {len(prompt)} characters; at most "
+                    f"{PROMPT_CHARS_PER_TOKEN * self.context_length} fit the {self.context_length}-token context"
+                )
             if self.tokenizer is None:
                 raise InvalidArgument("text prompts need a tokenizer; this model directory has none")
             with self._tokenizer_lock:

@@ -70,6 +70,9 @@ class ExecutorServerConfig(PeerServerConfig):
     """Generations running at once."""
     max_queued: int = 8
     """Generations waiting for a slot; more are refused with RESOURCE_EXHAUSTED."""
+    write_window_s: float = 30.0
+    """Seconds a stream's reader may leave a message unread before the stream is cancelled and its
+    generation slot freed (moeqos.executor.stream_watch)."""
     threads: int | None = None
     """torch intra-op threads; None: torch's default."""
     variant_cache_dir: Path | None = None
@@ -86,6 +89,8 @@ class ExecutorServerConfig(PeerServerConfig):
         super().__post_init__()
         if self.max_concurrent < 1 or self.max_queued < 0 or self.disk_slots < 1:
             raise ValueError("need max_concurrent >= 1, max_queued >= 0 and disk_slots >= 1")
+        if self.write_window_s <= 0:
+            raise ValueError(f"write_window_s must be positive, got {self.write_window_s}")
         if self.planner_address is not None:
             server_common.check_address("planner", self.planner_address)
         if not 0 < self.replan_backoff[0] <= self.replan_backoff[1]:
@@ -135,6 +140,7 @@ class ExecutorServerConfig(PeerServerConfig):
             planner_address=pick("planner", "MOEQOS_PLANNER"),
             max_concurrent=int(pick("max_concurrent", "MOEQOS_MAX_CONCURRENT") or 2),
             max_queued=int(pick("max_queued", "MOEQOS_MAX_QUEUED") or 8),
+            write_window_s=float(pick("write_window", "MOEQOS_WRITE_WINDOW_S") or 30.0),
             threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
             variant_cache_dir=Path(cache) if cache else None,
             profile_path=Path(profile) if profile else None,
@@ -205,6 +211,7 @@ async def start_executor(
         target,
         config.measure,
         config.profile_path,
+        write_window_s=config.write_window_s,
     )
     holder.append(servicer)
 

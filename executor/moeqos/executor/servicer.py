@@ -31,6 +31,7 @@ from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
 from moeqos.executor.service_target import StandingTarget
+from moeqos.executor.stream_watch import WriteWatch
 from moeqos.proto.executor.v1 import executor_pb2 as ex
 from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
 
@@ -62,6 +63,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         target: StandingTarget,
         measure: service_measure.MeasureSettings,
         profile_path: Path | None = None,
+        write_window_s: float = 30.0,
     ) -> None:
         self.name = name
         self.runtime: ExecutorRuntime | None = None
@@ -73,6 +75,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         self.profile_path = profile_path
         """Where the profile is saved after each measurement and read back at the first need."""
         self._profile_lock = asyncio.Lock()
+        self.write_window_s = write_window_s
+        """How long a stream's message may stay unread before the stream is cancelled."""
 
     def _ready(self) -> ExecutorRuntime:
         if self.runtime is None:
@@ -120,6 +124,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             queued_generations=self.admission.waiting,
             profile_cached=self._profile is not None,
             replan_state=self.target.state,
+            damaged_files=runtime.factory.integrity.status().damaged,
+            integrity=runtime.factory.integrity.status().describe(),
         )
         if self.target.target is not None:
             response.standing_target.CopyFrom(wire.target_to_proto(self.target.target))
@@ -196,15 +202,24 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         """One message per runtime event; the last carries stats. Holds an admission slot throughout."""
         runtime = self._ready()
         params = sampling_params(request.sampling)
-        async with self.admission.slot():
+        async with self.admission.slot() as held:
             cancel, started = threading.Event(), time.perf_counter()
+
+            def stalled() -> None:  # the reader stopped reading: this handler will not be resumed
+                cancel.set()
+                held.release()
+
+            watch = WriteWatch(self.write_window_s, stalled)
             try:
                 events: Iterator[GenerationEvent] = await self._run(
                     runtime.generate, request.prompt, params, cancel
                 )
                 while (event := await self._run(next, events, _DONE)) is not _DONE:
+                    watch.writing()
                     yield self._message(event, started, runtime)
+                    watch.written()
             finally:
+                watch.written()
                 cancel.set()  # the client went away or the deadline passed: stop at the next token
 
     def _message(
@@ -250,7 +265,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         plan = wire.plan_from_proto(request.plan) if request.HasField("plan") else None
         corpus = service_measure.wire_corpus(request.corpus or self._measure.quality_corpus)
         tokens = request.max_tokens or self._measure.quality_tokens
-        result = await self._run(service_measure.evaluate, runtime, corpus, tokens, plan)
+        async with self.admission.slot():  # an evaluation computes like a generation: it queues like one
+            result = await self._run(service_measure.evaluate, runtime, corpus, tokens, plan)
         return ex.EvaluateResponse(
             perplexity=result.perplexity,
             tokens_per_s=result.tokens_per_s,

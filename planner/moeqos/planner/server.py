@@ -16,6 +16,7 @@ import grpc.aio
 from moeqos.api import server as server_common
 from moeqos.api.server import PeerServerConfig, Server, start_server
 from moeqos.planner.servicer import PlannerServicer
+from moeqos.planner.work_pool import WorkPool
 from moeqos.proto.planner.v1 import planner_pb2, planner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ class PlannerServerConfig(PeerServerConfig):
     """Address executors reach this planner at (given to them by Deploy); None: the bound address."""
     workers: int = 2
     """Threads that run solves, so the event loop never blocks."""
+    heavy_running: int = 1
+    """WhatIf and Frontier calls computing at once (on the solver threads; keep it below `workers` so
+    Plan and Deploy always find one free)."""
+    heavy_queued: int = 4
+    """WhatIf and Frontier calls waiting; more are refused with RESOURCE_EXHAUSTED."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,6 +49,10 @@ class PlannerServerConfig(PeerServerConfig):
             server_common.check_address("advertise", self.advertise_address)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.heavy_running < 1 or self.heavy_queued < 0:
+            raise ValueError(
+                f"need heavy_running >= 1 and heavy_queued >= 0, got {self.heavy_running}, {self.heavy_queued}"
+            )
 
     @classmethod
     def from_env_and_args(cls, args: Any = None, env: Mapping[str, str] | None = None) -> PlannerServerConfig:
@@ -60,7 +70,10 @@ class PlannerServerConfig(PeerServerConfig):
 async def start_planner(config: PlannerServerConfig) -> tuple[Server, ThreadPoolExecutor]:
     """Start a planner server and mark it SERVING (it needs no warm-up). Returns it and its solver pool."""
     pool = ThreadPoolExecutor(config.workers, thread_name_prefix="planner")
-    servicer = PlannerServicer(pool, config.peer_options(), config.advertise_address or "", config.token)
+    heavy = WorkPool(pool, config.heavy_running, config.heavy_queued, "what-if/frontier")
+    servicer = PlannerServicer(
+        pool, config.peer_options(), config.advertise_address or "", config.token, heavy
+    )
 
     def register(server: grpc.aio.Server) -> None:
         planner_pb2_grpc.add_PlannerServiceServicer_to_server(servicer, server)

@@ -30,6 +30,7 @@ from moeqos.planner.catalog import HARDWARE, MODELS
 from moeqos.planner.frontier import DEFAULT_POINTS, frontier
 from moeqos.planner.solver import PlanRequest, PlanResult, solve
 from moeqos.planner.whatif import whatif_profile
+from moeqos.planner.work_pool import Stop, WorkPool, checked
 from moeqos.proto.planner.v1 import planner_pb2 as pl
 from moeqos.proto.planner.v1 import planner_pb2_grpc as pl_grpc
 
@@ -86,9 +87,16 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
     """Plan, Frontier, WhatIf and Deploy over the pure planner core."""
 
     def __init__(
-        self, pool: Executor, peer: ConnectOptions, advertise_address: str, token: str | None = None
+        self,
+        pool: Executor,
+        peer: ConnectOptions,
+        advertise_address: str,
+        token: str | None = None,
+        heavy: WorkPool | None = None,
     ) -> None:
         self._pool = pool
+        self.heavy = heavy or WorkPool(pool, 1, 4, "what-if/frontier")
+        """Where WhatIf and Frontier run: bounded apart from Plan and Deploy, stopped when callers leave."""
         self._peer = peer
         """How to reach executors (token, TLS, deadline)."""
         self._token = token
@@ -140,20 +148,31 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         points = _points(request.points or DEFAULT_POINTS)
         profile = await self._profile(request.source, self._peer_for(context))
         budgets, pins = wire.budgets_from_proto(request.budgets), wire.pins_from_proto(request.pins)
-        results = await self._run(frontier, profile, budgets, points, pins)
+
+        def job(stop: Stop) -> list[PlanResult]:
+            return frontier(profile, budgets, points, pins, stop=stop)
+
+        results = await self.heavy.run(job, context.time_remaining())
         return pl.FrontierResponse(points=[point(r) for r in results])
 
     async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
         capacities = {b.name: b.budget_bytes for b in wire.budgets_from_proto(request.budgets)}
-        profile = whatif_profile(_described_model(request), _described_hardware(request), capacities)
-        budgets = profile.tiers
+        model, hardware = _described_model(request), _described_hardware(request)
+        target = wire.target_from_proto(request.target) if request.HasField("target") else None
+        points = _points(request.frontier_points) if request.frontier_points else 0
+
+        def job(stop: Stop) -> tuple[Profile, PlanResult | None, list[PlanResult]]:
+            profile = whatif_profile(model, hardware, capacities)
+            checked(stop)
+            best = None if target is None else solve(PlanRequest(profile, target, profile.tiers))
+            front = frontier(profile, profile.tiers, points, stop=stop) if points else []
+            return profile, best, front
+
+        profile, best, front = await self.heavy.run(job, context.time_remaining())
         response = pl.WhatIfResponse(profile=wire.profile_to_proto(profile))
-        if request.HasField("target"):
-            plan_request = PlanRequest(profile, wire.target_from_proto(request.target), budgets)
-            response.best.CopyFrom(point(await self._run(solve, plan_request)))
-        if request.frontier_points:
-            results = await self._run(frontier, profile, budgets, _points(request.frontier_points))
-            response.frontier.extend(point(r) for r in results)
+        if best is not None:
+            response.best.CopyFrom(point(best))
+        response.frontier.extend(point(r) for r in front)
         return response
 
     async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
