@@ -76,6 +76,8 @@ def info_from_proto(m: ex.GetInfoResponse) -> t.ExecutorInfo:
         profile_cached=m.profile_cached,
         replan_state=m.replan_state,
         damaged_files=m.damaged_files,
+        standing_pins=wire.pins_from_proto(m.standing_pins),
+        target_generation=m.target_generation,
         integrity=m.integrity or "ok",
     )
 

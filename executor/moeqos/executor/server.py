@@ -201,7 +201,7 @@ async def start_executor(
     hooks = ReplanHooks(
         profile=lambda: holder[0].cached_profile(),
         budgets=lambda: holder[0].budgets(),
-        apply=lambda plan: holder[0].apply(plan),
+        apply=lambda plan, current: holder[0].apply(plan, current),
     )
     target = StandingTarget(config.planner_address or "", config.peer_options(), hooks, config.replan_backoff)
     servicer = ExecutorServicer(

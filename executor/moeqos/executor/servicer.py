@@ -30,7 +30,7 @@ from moeqos.executor.generation import GenerationEvent
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
-from moeqos.executor.service_target import StandingTarget
+from moeqos.executor.service_target import StandingTarget, Superseded
 from moeqos.executor.stream_watch import WriteWatch
 from moeqos.proto.executor.v1 import executor_pb2 as ex
 from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
@@ -103,8 +103,18 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     def budgets(self) -> tuple[TierBudget, ...]:
         return tuple(TierBudget(name, budget) for name, budget in self._ready().budgets.items())
 
-    async def apply(self, plan: Plan) -> SwitchReport:
-        report = await self._run(self._ready().apply_plan, plan)
+    async def apply(self, plan: Plan, current: Callable[[], bool] | None = None) -> SwitchReport:
+        """Switch to `plan`; with `current` (a re-plan's), only if it still says True under the apply
+        lock, else Superseded."""
+        runtime = self._ready()
+
+        def switch() -> Any:
+            with runtime.apply_lock:
+                if current is not None and not current():
+                    raise Superseded("a newer target or plan came first")
+                return runtime.apply_plan(plan)
+
+        report = await self._run(switch)
         return SwitchReport(report.changed_experts, report.seconds)
 
     # ----- state -------------------------------------------------------------------------------
@@ -126,6 +136,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             replan_state=self.target.state,
             damaged_files=runtime.factory.integrity.status().damaged,
             integrity=runtime.factory.integrity.status().describe(),
+            standing_pins=[wire.pin_to_proto(p) for p in self.target.pins],
+            target_generation=self.target.generation,
         )
         if self.target.target is not None:
             response.standing_target.CopyFrom(wire.target_to_proto(self.target.target))
@@ -175,8 +187,10 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     async def ApplyPlan(
         self, request: ex.ApplyPlanRequest, context: grpc.aio.ServicerContext
     ) -> ex.ApplyPlanResponse:
-        self._ready()
-        report = await self.apply(wire.plan_from_proto(request.plan))
+        plan = wire.plan_from_proto(request.plan)
+        self._ready().validate_plan(plan)  # a rejected plan changes nothing, a re-plan in progress included
+        self.target.supersede()  # an explicit plan is newer than any re-plan in progress
+        report = await self.apply(plan)
         return ex.ApplyPlanResponse(
             report=convert.switch_to_proto(report), plan=wire.plan_to_proto(self._ready().plan)
         )
@@ -194,7 +208,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         self, request: ex.SetTargetRequest, context: grpc.aio.ServicerContext
     ) -> ex.SetTargetResponse:
         target = wire.target_from_proto(request.target) if request.HasField("target") else None
-        self.target.set(target, request.planner_address)
+        self.target.set(target, request.planner_address, wire.pins_from_proto(request.pins))
         return ex.SetTargetResponse()
 
     # ----- generation and evaluation -----------------------------------------------------------

@@ -215,7 +215,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         """Put the executor back on `info`'s plan and standing target (a no-op switch when unchanged)."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             await executor.apply_plan(info.plan, timeout=None)
-            await executor.set_target(info.standing_target, info.planner_address)
+            await executor.set_target(info.standing_target, info.planner_address, info.standing_pins)
 
     async def _apply_to(
         self, spec: DeploySpec, result: PlanResult, planner_address: str, peer: ConnectOptions
@@ -223,7 +223,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         """Apply the plan, then leave the executor its standing target and this planner's address."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             report = await executor.apply_plan(result.plan, timeout=None)
-            await executor.set_target(spec.target, planner_address)
+            await executor.set_target(spec.target, planner_address, spec.pins)
         chosen = point(result)
         return pl.DeployResult(
             executor_address=spec.executor_address,
