@@ -81,6 +81,9 @@ class ExecutorServerConfig(PeerServerConfig):
     """First and longest wait, in seconds, between re-plan attempts while the planner is unreachable."""
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     """What a profile measurement covers."""
+    state_path: Path | None = None
+    """JSON file where the plan, budgets and standing target are saved after each change and restored
+    from at start (they win over `initial_plan` and `budgets`); None: nothing is kept across restarts."""
     profile_path: Path | None = None
     """Profile JSON written after each measurement and served at the next start when it was measured
     on the same model (fingerprint) and device, so a restart need not measure again."""
@@ -126,6 +129,7 @@ class ExecutorServerConfig(PeerServerConfig):
         model = pick("model", "MOEQOS_MODEL")
         cache = pick("variant_cache", "MOEQOS_VARIANT_CACHE")
         profile = pick("profile_path", "MOEQOS_PROFILE_PATH")
+        state = pick("state_path", "MOEQOS_STATE_PATH")
         return cls(
             **server_common.common_settings(args, env, DEFAULT_LISTEN),
             **server_common.peer_settings(args, env),
@@ -144,6 +148,7 @@ class ExecutorServerConfig(PeerServerConfig):
             threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
             variant_cache_dir=Path(cache) if cache else None,
             profile_path=Path(profile) if profile else None,
+            state_path=Path(state) if state else None,
         )
 
 
@@ -212,6 +217,7 @@ async def start_executor(
         config.measure,
         config.profile_path,
         write_window_s=config.write_window_s,
+        state_path=config.state_path,
     )
     holder.append(servicer)
 
@@ -222,6 +228,7 @@ async def start_executor(
 
     async def load() -> None:
         servicer.runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        await servicer.restore()
         await server.set_serving(True)
         log.info("executor %s serving %s on port %d", servicer.name, servicer.runtime.model.name, server.port)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 
 import grpc.aio
 from moeqos.api import convert, wire
-from moeqos.core.errors import NotReady
+from moeqos.core.errors import MoeqosError, NotReady
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile as Measured  # the RPC `Profile` below would shadow the name
 from moeqos.core.service_types import GenerationStats, SwitchReport
@@ -31,11 +32,14 @@ from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
 from moeqos.executor.service_target import StandingTarget, Superseded
+from moeqos.executor.state_store import ExecutorState, load_state, save_state
 from moeqos.executor.stream_watch import WriteWatch
 from moeqos.proto.executor.v1 import executor_pb2 as ex
 from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _DONE = object()
 
@@ -64,6 +68,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         measure: service_measure.MeasureSettings,
         profile_path: Path | None = None,
         write_window_s: float = 30.0,
+        state_path: Path | None = None,
     ) -> None:
         self.name = name
         self.runtime: ExecutorRuntime | None = None
@@ -77,6 +82,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         self._profile_lock = asyncio.Lock()
         self.write_window_s = write_window_s
         """How long a stream's message may stay unread before the stream is cancelled."""
+        self.state_path = state_path
+        """Where the plan, budgets and standing target are saved after each change (None: nowhere)."""
 
     def _ready(self) -> ExecutorRuntime:
         if self.runtime is None:
@@ -115,7 +122,41 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
                 return runtime.apply_plan(plan)
 
         report = await self._run(switch)
+        self._persist()
         return SwitchReport(report.changed_experts, report.seconds)
+
+    # ----- state kept across restarts -----------------------------------------------------------
+    def _persist(self) -> None:
+        """Save the plan, budgets and standing target (moeqos.executor.state_store)."""
+        if self.state_path is None or self.runtime is None:
+            return
+        runtime, target = self.runtime, self.target
+        state = ExecutorState(
+            runtime.model.fingerprint,
+            runtime.plan,
+            dict(runtime.budgets),
+            target.target,
+            target.planner_address,
+            target.pins,
+        )
+        save_state(self.state_path, state)
+
+    async def restore(self) -> None:
+        """Put back the state saved before a restart, if any was saved for this model. A saved plan
+        that no longer fits (another device, budgets) is skipped with a warning."""
+        runtime = self._ready()
+        state = None if self.state_path is None else load_state(self.state_path, runtime.model.fingerprint)
+        if state is None:
+            return
+        for tier, budget in state.budgets.items():
+            if tier in runtime.budgets:
+                runtime.set_budget(tier, budget)
+        try:
+            await self.apply(state.plan)
+        except MoeqosError as exc:
+            log.warning("the saved plan was not restored: %s", exc)
+        self.target.set(state.target, state.planner_address, state.pins)
+        self._persist()
 
     # ----- state -------------------------------------------------------------------------------
     async def GetInfo(
@@ -201,6 +242,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         runtime = self._ready()
         fits = runtime.set_budget(wire.tier_from_proto(request.tier), int(request.budget_bytes))
         started = self.target.replan()
+        self._persist()
         tiers = [wire.tier_status_to_proto(s) for s in runtime.tier_status()]
         return ex.SetBudgetResponse(plan_fits=fits, replan_started=started, tiers=tiers)
 
@@ -209,6 +251,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     ) -> ex.SetTargetResponse:
         target = wire.target_from_proto(request.target) if request.HasField("target") else None
         self.target.set(target, request.planner_address, wire.pins_from_proto(request.pins))
+        self._persist()
         return ex.SetTargetResponse()
 
     # ----- generation and evaluation -----------------------------------------------------------

@@ -28,6 +28,7 @@ from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.integrity import DamagedFile, IntegrityLog, read_verified, save_with_digest
 from moeqos.executor.quant import QuantExpert, cpu_kernels
 from moeqos.executor.quant.linear import resolve_device
+from moeqos.executor.state_store import remove_orphan_temp_files
 
 ExpertKey = tuple[int, int]
 """(layer, expert)"""
@@ -101,6 +102,7 @@ class VariantFactory:
         """Variants quantized from the checkpoint so far (the caches' misses)."""
         self.integrity = IntegrityLog()
         """Damaged files found and mended so far."""
+        remove_orphan_temp_files(directory)  # left by a writer killed mid-write
 
     def path(self, key: VariantKey) -> Path:
         layer, expert, precision, group_size = key
