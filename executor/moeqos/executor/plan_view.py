@@ -22,6 +22,7 @@ from moeqos.core.errors import OverBudget
 from moeqos.core.plan import Plan
 from moeqos.core.tier import DISK
 from moeqos.executor.budgets import bytes_table
+from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.quant import QuantExpert
 from moeqos.executor.store import compute_on_tier
 from moeqos.executor.variants import ExpertKey, VariantFactory, VariantKey
@@ -80,6 +81,8 @@ def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:
     finally:
         for key, module in built.items():
             factory.retire(_variant(plan, key), module)
+        built.clear()
+        release_freed_memory()
 
 
 def _same(serving: Plan, plan: Plan, key: ExpertKey) -> bool:

@@ -26,6 +26,7 @@ from moeqos.executor.budgets import physical_budget, validate_plan
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.generation import GenerationEvent, SamplingParams, decode_loop
+from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.identity import hardware_identity, model_identity
 from moeqos.executor.loader import build_model, load_config
 from moeqos.executor.quant import QuantExpert
@@ -199,8 +200,9 @@ class ExecutorRuntime:
             with self.model_lock:
                 retired = self.store.install(plan, built)
                 self.plan_applied_at = time.time()
-            for variant, module in retired:
-                self.factory.retire(variant, module)
+            while retired:  # popped, so no reference outlives the loop
+                self.factory.retire(*retired.pop())
+            release_freed_memory()  # the replaced experts not kept in the variant cache are free now
             return SwitchReport(len(changed), time.perf_counter() - start, previous, plan, tuple(changed))
 
     def _build(
