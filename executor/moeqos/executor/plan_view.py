@@ -67,6 +67,8 @@ def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:
         serving = runtime.plan
         shared = {key: store.module(key) for key, _ in plan.items() if _same(serving, plan, key)}
     _check_disk_room(runtime, plan, serving)
+    disk = [_variant(plan, key) for key, a in plan.items() if a.tier == DISK]
+    factory.check_room(disk, runtime.config.device)  # the filesystem, as it is now
     built: dict[ExpertKey, QuantExpert] = {}
     try:
         for key, assignment in plan.items():

@@ -196,6 +196,10 @@ class ExecutorRuntime:
             start = time.perf_counter()
             previous = self.store.plan
             changed = [k for k, _ in plan.items()] if previous is None else plan.changed_experts(previous)
+            on_disk = [
+                (*key, plan[key].precision, plan.group_size) for key in changed if plan[key].tier == DISK
+            ]
+            self.factory.check_room(on_disk, self.config.device)  # before anything is written or swapped
             built = self._build(plan, changed, progress)
             with self.model_lock:
                 retired = self.store.install(plan, built)

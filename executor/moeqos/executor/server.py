@@ -26,6 +26,7 @@ from moeqos.core.plan import parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
 from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.disk_room import check_writable
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -102,6 +103,8 @@ class ExecutorServerConfig(PeerServerConfig):
             raise ValueError(f"{self.model_dir}: not a model directory (no config.json)")
         Precision.parse(self.dense_precision)
         self.runtime_config(Path("."))  # validates device, budgets, precision
+        if self.variant_cache_dir is not None:
+            check_writable(Path(self.variant_cache_dir))
 
     def runtime_config(self, model_dir: Path) -> ExecutorConfig:
         return ExecutorConfig(

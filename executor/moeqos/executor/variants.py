@@ -15,6 +15,7 @@ the checkpoint cannot rebuild it either, the read fails with DataLoss.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -22,13 +23,16 @@ from pathlib import Path
 
 import torch
 from moeqos.core.errors import DataLoss
-from moeqos.core.precision import Precision
+from moeqos.core.precision import Precision, expert_bytes
 from moeqos.executor.adapters import ModelAdapter
 from moeqos.executor.checkpoint import Checkpoint
+from moeqos.executor.disk_room import check_room
 from moeqos.executor.integrity import DamagedFile, IntegrityLog, read_verified, save_with_digest
 from moeqos.executor.quant import QuantExpert, cpu_kernels
 from moeqos.executor.quant.linear import resolve_device
 from moeqos.executor.state_store import remove_orphan_temp_files
+
+log = logging.getLogger(__name__)
 
 ExpertKey = tuple[int, int]
 """(layer, expert)"""
@@ -148,8 +152,24 @@ class VariantFactory:
                 self._discard(error)
         module = self._quantize(key, device)
         if self.persist_all:
-            self._save(key, module)
+            try:
+                self._save(key, module)
+            except OSError as exc:  # a full or failing cache disk: a RAM-tier expert does not need the file
+                log.warning("variant %s not kept on disk: %s", self.path(key).name, exc.strerror)
         return module
+
+    def check_room(self, keys: list[VariantKey], device: str) -> None:
+        """OverBudget unless the disk-tier files `ensure_file` would write for `keys` fit on the cache's
+        filesystem now (measured at each call, so other writers and RAM-tier files count)."""
+        needed = 0
+        for key in keys:
+            size = expert_bytes(self.hidden, self.intermediate, key[2], key[3])
+            if not self.path(key).is_file():
+                needed += size
+            packed = self.packed_path(key, device)
+            if packed is not None and not packed.is_file():
+                needed += size
+        check_room(self.directory, needed, "the plan's disk tier")
 
     def ensure_file(self, key: VariantKey, device: str | None = None) -> Path:
         """Make sure the on-disk variant exists (the `disk` tier's backing store), and, given the
@@ -252,7 +272,11 @@ class VariantFactory:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        save_with_digest(state, tmp)
+        try:
+            save_with_digest(state, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
+            raise
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())  # durable before the rename; clean pages can leave the page cache
         os.replace(tmp, path)
