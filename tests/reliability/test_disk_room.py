@@ -59,7 +59,7 @@ def test_a_disk_plan_that_does_not_fit_the_free_space_is_refused_first(
 def test_a_cache_dir_that_cannot_be_created_is_a_clear_start_up_error(tmp_path, tiny_model):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache's parent should be")
-    with pytest.raises(ValueError, match="variant cache .* is not a directory"):
+    with pytest.raises(ValueError, match=r"variant cache .* is not a directory"):
         ExecutorServerConfig(model_dir=tiny_model, variant_cache_dir=blocker / "cache")
     run = subprocess.run(
         [
@@ -71,8 +71,9 @@ def test_a_cache_dir_that_cannot_be_created_is_a_clear_start_up_error(tmp_path, 
             str(tiny_model),
             "--listen",
             "127.0.0.1:0",
-        ]
-        + ["--variant-cache", str(blocker / "cache")],
+            "--variant-cache",
+            str(blocker / "cache"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
