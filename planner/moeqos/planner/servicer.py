@@ -27,6 +27,7 @@ from moeqos.core.profile import Profile
 from moeqos.core.service_types import DeploySpec, ExecutorInfo, Prediction
 from moeqos.core.tier import TierBudget
 from moeqos.planner.catalog import HARDWARE, MODELS
+from moeqos.planner.executor_addresses import ExecutorAddresses
 from moeqos.planner.frontier import DEFAULT_POINTS, frontier
 from moeqos.planner.solver import PlanRequest, PlanResult, solve
 from moeqos.planner.whatif import whatif_profile
@@ -93,10 +94,13 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         advertise_address: str,
         token: str | None = None,
         heavy: WorkPool | None = None,
+        addresses: ExecutorAddresses | None = None,
     ) -> None:
         self._pool = pool
         self.heavy = heavy or WorkPool(pool, 1, 4, "what-if/frontier")
         """Where WhatIf and Frontier run: bounded apart from Plan and Deploy, stopped when callers leave."""
+        self.addresses = addresses or ExecutorAddresses(token_required=token is not None)
+        """Which executor addresses callers may name."""
         self._peer = peer
         """How to reach executors (token, TLS, deadline)."""
         self._token = token
@@ -120,18 +124,26 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             return self._peer
         return dataclasses.replace(self._peer, token=presented)
 
-    async def _profile(self, source: pl.ProfileSource, peer: ConnectOptions) -> Profile:
+    def _authenticated(self, context: grpc.aio.ServicerContext) -> bool:
+        return self._token is not None and token_matches(
+            bearer_token(context.invocation_metadata()), self._token
+        )
+
+    async def _profile(
+        self, source: pl.ProfileSource, peer: ConnectOptions, context: grpc.aio.ServicerContext
+    ) -> Profile:
         kind = source.WhichOneof("source")
         if kind == "profile":
             return wire.profile_from_proto(source.profile)
         if kind == "executor_address" and source.executor_address:
+            self.addresses.check(source.executor_address, self._authenticated(context))
             async with AsyncExecutorClient(source.executor_address, peer) as executor:
                 return await executor.get_profile(timeout=None)
         raise InvalidArgument("source must give a profile or an executor address")
 
     async def Plan(self, request: pl.PlanRequest, context: grpc.aio.ServicerContext) -> pl.PlanResponse:
         plan_request = PlanRequest(
-            await self._profile(request.source, self._peer_for(context)),
+            await self._profile(request.source, self._peer_for(context), context),
             wire.target_from_proto(request.target),
             wire.budgets_from_proto(request.budgets),
             wire.pins_from_proto(request.pins),
@@ -146,7 +158,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         self, request: pl.FrontierRequest, context: grpc.aio.ServicerContext
     ) -> pl.FrontierResponse:
         points = _points(request.points or DEFAULT_POINTS)
-        profile = await self._profile(request.source, self._peer_for(context))
+        profile = await self._profile(request.source, self._peer_for(context), context)
         budgets, pins = wire.budgets_from_proto(request.budgets), wire.pins_from_proto(request.pins)
 
         def job(stop: Stop) -> list[PlanResult]:
@@ -177,6 +189,8 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
 
     async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
         specs = _deploy_specs(request)
+        for spec in specs:
+            self.addresses.check(spec.executor_address, authenticated=True)  # Deploy needs the token anyway
         peer = self._peer_for(context)
         # Every plan is solved before any is applied, so a bad input or an infeasible target for one
         # executor leaves all of them untouched.
