@@ -15,7 +15,7 @@ from moeqos.client import ExecutorClient, Sampling
 from moeqos.core.errors import DataLoss
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
-from moeqos.executor.integrity import DamagedFile, read_verified, save_with_digest
+from moeqos.executor.integrity import DamagedFile, VerifiedFiles, read_verified, save_with_digest
 from safetensors.torch import save_file
 
 from tests.service.service_harness import address
@@ -111,11 +111,13 @@ def test_read_verified_refuses_files_without_or_with_a_wrong_hash(tmp_path):
     good, unhashed = tmp_path / "good.safetensors", tmp_path / "unhashed.safetensors"
     save_with_digest(state, good)
     save_file(state, str(unhashed))
-    assert torch.equal(read_verified(good)["values"], state["values"])
+    known = VerifiedFiles()
+    assert torch.equal(read_verified(good, known)["values"], state["values"])
+    assert torch.equal(read_verified(good, known)["values"], state["values"])  # trusted: unchanged
     with pytest.raises(DamagedFile, match="no content hash"):
         read_verified(unhashed)
-    _flip(good)
+    _flip(good)  # a write: the file is hashed again although it was verified before
     with pytest.raises(DamagedFile, match=r"good\.safetensors: (content hash mismatch|unreadable)"):
-        read_verified(good)
+        read_verified(good, known)
     with pytest.raises(DamagedFile, match="missing"):
         read_verified(tmp_path / "absent.safetensors")

@@ -6,12 +6,18 @@ truncated file or a file deleted under a running plan is reported as `DamagedFil
 served as silently wrong weights or surfacing as a library error. Files without a hash (written before
 hashes existed, or by anything else) count as damaged: the caller rebuilds them from the checkpoint.
 
+Hashing costs about as much as reading the file again, and the disk tier reads its files on every
+pool miss, so `VerifiedFiles` remembers the files it has checked by their stat signature (inode, size,
+mtime, ctime): a file is hashed again only once anything wrote to it, replaced or truncated it (every
+write moves its ctime, which no one can set back), and is checked for existence and parsed on every read.
+
 `IntegrityLog` counts what was found and mended, for GetInfo.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +48,7 @@ def digest(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().data)  # the buffer, not a copy
     return h.hexdigest()
 
 
@@ -51,10 +57,27 @@ def save_with_digest(state: dict[str, torch.Tensor], path: Path) -> None:
     save_file(state, str(path), metadata={DIGEST_KEY: digest(state)})
 
 
-def read_verified(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of `path`, in memory of its own, after checking the content hash.
+def read_verified(path: Path, known: VerifiedFiles | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of `path`, in memory of its own, after checking the content hash (skipped when
+    `known` checked this very file before and nothing changed it since).
 
     Raises DamagedFile when the file is missing, cannot be parsed, has no hash or does not match it."""
+    before = _signature(path)
+    trusted = known is not None and known.unchanged(path, before)
+    state, expected = _read(path)
+    after = _signature(path)
+    if trusted and after == before:
+        return state
+    if expected is None:
+        raise DamagedFile(path, "no content hash")
+    if digest(state) != expected:
+        raise DamagedFile(path, "content hash mismatch")
+    if known is not None and after == before:
+        known.remember(path, after)
+    return state
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             expected = (handle.metadata() or {}).get(DIGEST_KEY)
@@ -64,11 +87,35 @@ def read_verified(path: Path) -> dict[str, torch.Tensor]:
         raise DamagedFile(path, "missing") from None
     except Exception as exc:  # safetensors raises its own error types for every parse failure
         raise DamagedFile(path, f"unreadable ({type(exc).__name__}: {exc})") from None
-    if expected is None:
-        raise DamagedFile(path, "no content hash")
-    if digest(state) != expected:
-        raise DamagedFile(path, "content hash mismatch")
-    return state
+    return state, expected
+
+
+Signature = tuple[int, int, int, int]
+"""(inode, size, mtime ns, ctime ns) of a file."""
+
+
+def _signature(path: Path) -> Signature:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DamagedFile(path, "missing") from None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class VerifiedFiles:
+    """Files whose hash matched, by the signature they had then (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[Path, Signature] = {}
+
+    def unchanged(self, path: Path, signature: Signature) -> bool:
+        with self._lock:
+            return self._seen.get(path) == signature
+
+    def remember(self, path: Path, signature: Signature) -> None:
+        with self._lock:
+            self._seen[path] = signature
 
 
 @dataclass(frozen=True)

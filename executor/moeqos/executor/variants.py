@@ -27,7 +27,13 @@ from moeqos.core.precision import Precision, expert_bytes
 from moeqos.executor.adapters import ModelAdapter
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.disk_room import check_room
-from moeqos.executor.integrity import DamagedFile, IntegrityLog, read_verified, save_with_digest
+from moeqos.executor.integrity import (
+    DamagedFile,
+    IntegrityLog,
+    VerifiedFiles,
+    read_verified,
+    save_with_digest,
+)
 from moeqos.executor.quant import QuantExpert, cpu_kernels
 from moeqos.executor.quant.linear import resolve_device
 from moeqos.executor.state_store import remove_orphan_temp_files
@@ -106,6 +112,8 @@ class VariantFactory:
         """Variants quantized from the checkpoint so far (the caches' misses)."""
         self.integrity = IntegrityLog()
         """Damaged files found and mended so far."""
+        self._verified = VerifiedFiles()
+        """Files hashed already (hashed again once anything changes them)."""
         remove_orphan_temp_files(directory)  # left by a writer killed mid-write
 
     def path(self, key: VariantKey) -> Path:
@@ -212,7 +220,10 @@ class VariantFactory:
             self._discard(error)
         module = self._rebuild(key)
         if packed is not None and (packed_state := module.packed_state()) is not None:
-            self._write(packed, packed_state)
+            try:
+                self._write(packed, packed_state)
+            except OSError as exc:  # served from the rebuilt module all the same
+                log.warning("packed variant %s not rewritten: %s", packed.name, exc.strerror)
         return module.to_device(device), 0
 
     def read_state(self, path: Path) -> dict[str, torch.Tensor]:
@@ -220,7 +231,7 @@ class VariantFactory:
         hash (DamagedFile when it is missing, unreadable or does not match)."""
         # read (and clone) here, not as page faults inside the first matmul, and so the slot owns its
         # memory rather than pinning the file's page-cache pages
-        state = read_verified(path)
+        state = read_verified(path, self._verified)
         if not self.keep_in_page_cache:
             _drop_from_page_cache(path)  # after the read's mapping is gone: mapped pages are not dropped
         return state
@@ -296,7 +307,10 @@ def _drop_from_page_cache(path: Path) -> None:
     """Ask the OS to forget `path`'s cached pages (a no-op where posix_fadvise does not exist)."""
     if not hasattr(os, "posix_fadvise"):
         return
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # removed since it was read: nothing cached to drop
+        return
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
