@@ -113,7 +113,9 @@ class VerifiedFiles:
         with self._lock:
             return self._seen.get(path) == signature
 
-    def remember(self, path: Path, signature: Signature) -> None:
+    def remember(self, path: Path, signature: Signature | None = None) -> None:
+        """`path` matches its hash now (`signature`: as it was when checked; default: as it is now)."""
+        signature = signature or _signature(path)
         with self._lock:
             self._seen[path] = signature
 

@@ -291,6 +291,7 @@ class VariantFactory:
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())  # durable before the rename; clean pages can leave the page cache
         os.replace(tmp, path)
+        self._verified.remember(path)  # written from `state` just now: its first read need not hash it
         if not self.keep_in_page_cache:
             _drop_from_page_cache(path)  # the first read goes to the device like every later one
 
