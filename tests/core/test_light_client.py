@@ -19,10 +19,10 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("light client must not import " + name)
 sys.meta_path.insert(0, Block())
 from moeqos.client import AsyncExecutorClient, ExecutorClient, PlannerClient
-from moeqos.api import wire
+from moeqos.api.codec import common as codec
 from moeqos.core.plan import parse_plan
 plan = parse_plan("int4@cpu", 2, 3, "cpu")
-assert wire.plan_from_proto(wire.plan_to_proto(plan)) == plan
+assert codec.plan_from_proto(codec.plan_to_proto(plan)) == plan
 ExecutorClient("127.0.0.1:1").close()
 PlannerClient("127.0.0.1:1").close()
 from moeqos.cli.main import main

@@ -120,7 +120,7 @@ def test_evaluate_perplexity_equals_transformers(runtime, reference_model) -> No
     ids = prompt_ids(100, seed=5)[0].tolist()
     result = runtime.evaluate(ids, context_length=32, decode_tokens=4)
     assert result.perplexity == pytest.approx(_transformers_perplexity(reference_model, ids, 32), rel=1e-4)
-    assert result.tokens_scored == 100 - 4 and result.tokens_per_s > 0 and result.seconds > 0
+    assert result.tokens == 100 - 4 and result.tokens_per_s > 0 and result.seconds > 0
 
 
 def test_evaluate_applies_a_plan_temporarily(runtime) -> None:
@@ -137,9 +137,9 @@ def test_evaluate_applies_a_plan_temporarily(runtime) -> None:
 def test_strided_windows_score_every_token_once(runtime) -> None:
     ids = prompt_ids(80, seed=7)[0].tolist()
     strided = runtime.evaluate(ids, context_length=32, stride=16, decode_tokens=0)
-    assert strided.tokens_scored == 79
+    assert strided.tokens == 79
     full = runtime.evaluate(ids, context_length=80, decode_tokens=0)
-    assert full.tokens_scored == 79
+    assert full.tokens == 79
     assert strided.perplexity == pytest.approx(full.perplexity, rel=0.5)
 
 

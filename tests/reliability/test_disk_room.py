@@ -25,7 +25,7 @@ Usage = namedtuple("Usage", "total used free")
 
 
 def test_a_full_cache_disk_does_not_stop_a_ram_only_plan(stack, profile_file, tmp_path, monkeypatch):
-    handle = stack.executor(variant_cache_dir=tmp_path / "variants", budgets={"disk": 0})
+    handle = stack.executor(variant_cache_dir=tmp_path / "variants", tier_budgets={"disk": 0})
     runtime = handle.servicer.runtime
 
     def disk_full(*args, **kwargs):
@@ -43,7 +43,7 @@ def test_a_full_cache_disk_does_not_stop_a_ram_only_plan(stack, profile_file, tm
 def test_a_disk_plan_that_does_not_fit_the_free_space_is_refused_first(
     stack, profile_file, tmp_path, monkeypatch
 ):
-    handle = stack.executor(variant_cache_dir=tmp_path / "variants", budgets={"disk": 1 << 40})
+    handle = stack.executor(variant_cache_dir=tmp_path / "variants", tier_budgets={"disk": 1 << 40})
     runtime = handle.servicer.runtime
     monkeypatch.setattr(disk_room.shutil, "disk_usage", lambda path: Usage(1 << 30, 1 << 30, 1 << 20))
     plan = Plan.uniform(runtime.num_layers, runtime.num_experts, Precision.INT8, "disk")

@@ -53,7 +53,7 @@ def _evaluate_in_background(client: ExecutorClient, plan: Plan) -> tuple[threadi
 
 
 def test_evaluate_with_a_plan_leaves_the_serving_plan_alone(stack, profile_file, monkeypatch):
-    handle = stack.executor(budgets={"disk": 0}, max_concurrent=2)
+    handle = stack.executor(tier_budgets={"disk": 0}, max_concurrent=2)
     runtime = handle.servicer.runtime
     int2 = Plan.uniform(runtime.num_layers, runtime.num_experts, Precision.INT2, "cpu")
     int8 = Plan.uniform(runtime.num_layers, runtime.num_experts, Precision.INT8, "cpu")
@@ -74,7 +74,7 @@ def test_evaluate_with_a_plan_leaves_the_serving_plan_alone(stack, profile_file,
 
 
 def test_evaluate_takes_an_admission_slot(stack, profile_file, monkeypatch):
-    handle = stack.executor(budgets={"disk": 0}, max_concurrent=1, max_queued=0)
+    handle = stack.executor(tier_budgets={"disk": 0}, max_concurrent=1, max_queued=0)
     runtime = handle.servicer.runtime
     int4 = Plan.uniform(runtime.num_layers, runtime.num_experts, Precision.INT4, "cpu")
     paused = Paused(monkeypatch)
@@ -89,7 +89,7 @@ def test_evaluate_takes_an_admission_slot(stack, profile_file, monkeypatch):
 
 
 def test_evaluate_disk_writes_count_against_the_disk_budget(stack, profile_file, tmp_path):
-    handle = stack.executor(variant_cache_dir=tmp_path / "variants", budgets={"disk": 0})
+    handle = stack.executor(variant_cache_dir=tmp_path / "variants", tier_budgets={"disk": 0})
     runtime = handle.servicer.runtime
     layers, experts = runtime.num_layers, runtime.num_experts
     on_disk = Plan.uniform(layers, experts, Precision.INT8, "disk")

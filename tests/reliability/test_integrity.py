@@ -61,7 +61,7 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
 
 def _disk_executor(stack, tmp_path: Path):
     """An executor serving every expert int8 from disk, one slot (every expert use reads its file)."""
-    handle = stack.executor(variant_cache_dir=tmp_path / "variants", disk_slots=1)
+    handle = stack.executor(variant_cache_dir=tmp_path / "variants", disk_pool_slots=1)
     runtime = handle.servicer.runtime
     plan = Plan.uniform(runtime.num_layers, runtime.num_experts, Precision.INT8, "disk")
     return handle, runtime, plan

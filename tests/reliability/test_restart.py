@@ -27,7 +27,7 @@ def _dead_pid() -> int:
 
 def test_a_restarted_executor_restores_its_state(stack, profile_file, tmp_path):
     settings = {"state_path": tmp_path / "state.json", "variant_cache_dir": tmp_path / "variants"}
-    first = stack.executor(budgets={"disk": 0}, **settings)
+    first = stack.executor(tier_budgets={"disk": 0}, **settings)
     runtime = first.servicer.runtime
     plan = Plan.uniform(runtime.num_layers, runtime.num_experts, Precision.INT8, "cpu")
     with ExecutorClient(address(first.port)) as client:
@@ -38,7 +38,7 @@ def test_a_restarted_executor_restores_its_state(stack, profile_file, tmp_path):
         before = client.info()
     orphan = runtime.factory.directory / f"L0.E0.int8.g64.{_dead_pid()}.1.tmp"
     orphan.write_bytes(b"half a variant")  # what a writer killed mid-write leaves
-    second = stack.executor(budgets={"disk": 0}, **settings)  # as after a SIGKILL: nothing saved at exit
+    second = stack.executor(tier_budgets={"disk": 0}, **settings)  # as after a SIGKILL: nothing saved at exit
     with ExecutorClient(address(second.port)) as client:
         after = client.info()
     assert after.plan == plan == before.plan
@@ -54,7 +54,7 @@ def test_a_restarted_executor_restores_its_state(stack, profile_file, tmp_path):
 def test_an_unreadable_state_file_is_ignored(stack, profile_file, tmp_path):
     state = tmp_path / "state.json"
     state.write_text('{"version": 1, "plan": ')  # cut short
-    handle = stack.executor(budgets={"disk": 0}, state_path=state)
+    handle = stack.executor(tier_budgets={"disk": 0}, state_path=state)
     with ExecutorClient(address(handle.port)) as client:
         assert client.info().standing_target is None
         runtime = handle.servicer.runtime

@@ -26,7 +26,7 @@ def _wait(condition, what: str, timeout: float = 30.0) -> None:
 
 
 def test_a_reader_that_never_reads_loses_its_slot(stack, profile_file):
-    handle = stack.executor(budgets={"disk": 0}, max_concurrent=1, max_queued=0, write_window_s=1.0)
+    handle = stack.executor(tier_budgets={"disk": 0}, max_concurrent=1, max_queued=0, write_window_s=1.0)
     admission = handle.servicer.admission
     request = ex.GenerateRequest(prompt="the quick brown fox", sampling=ex.SamplingParams(max_tokens=200))
     with (
@@ -41,7 +41,7 @@ def test_a_reader_that_never_reads_loses_its_slot(stack, profile_file):
 
 
 def test_a_huge_prompt_is_refused_by_size_before_tokenizing(stack, profile_file, monkeypatch):
-    handle = stack.executor(budgets={"disk": 0})
+    handle = stack.executor(tier_budgets={"disk": 0})
     runtime = handle.servicer.runtime
     tokenized: list[int] = []
     encode = runtime.tokenizer.encode

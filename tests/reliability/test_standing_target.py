@@ -15,7 +15,8 @@ from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.rules import PlacementRule
-from moeqos.executor.service_target import ReplanHooks, StandingTarget, Superseded
+from moeqos.core.service_types import ReplanState
+from moeqos.executor.service_target import StandingTarget, Superseded
 
 from tests.service.service_harness import address
 
@@ -41,13 +42,13 @@ def _all_int8(info) -> bool:
 
 
 def test_a_stale_replan_never_overwrites_a_newer_deploy(stack, profile_file):
-    handle = stack.executor(budgets={"disk": 0}, replan_backoff=(0.2, 0.5))
+    handle = stack.executor(tier_budgets={"disk": 0}, replan_backoff=(0.2, 0.5))
     old_port = _free_port()  # the old planner's address: nothing listens there yet
     with ExecutorClient(address(handle.port)) as executor:
         executor.set_target(SPEED, address(old_port))
         cpu = next(t for t in executor.info().tiers if t.name == "cpu")
         executor.set_budget("cpu", cpu.budget_bytes - 1)  # starts a re-plan through the old address
-        _wait(lambda: executor.info().replan_state.startswith("retrying"), "the re-plan to retry")
+        _wait(lambda: executor.info().replan_state == ReplanState.RETRYING, "the re-plan to retry")
         new = stack.planner()
         with PlannerClient(address(new.port)) as planner:
             planner.deploy([DeploySpec(address(handle.port), SPEED, pins=EVERY_EXPERT_INT8)])
@@ -61,14 +62,14 @@ def test_a_stale_replan_never_overwrites_a_newer_deploy(stack, profile_file):
 
 
 def test_pins_survive_a_budget_change(stack, profile_file):
-    handle = stack.executor(budgets={"disk": 0})
+    handle = stack.executor(tier_budgets={"disk": 0})
     planner = stack.planner()
     with ExecutorClient(address(handle.port)) as executor, PlannerClient(address(planner.port)) as client:
         client.deploy([DeploySpec(address(handle.port), SPEED, pins=EVERY_EXPERT_INT8)])
         assert _all_int8(executor.info())
         cpu = next(t for t in executor.info().tiers if t.name == "cpu")
         assert executor.set_budget("cpu", cpu.budget_bytes - 1).replan_started
-        _wait(lambda: executor.info().replan_state.startswith("applied"), "the re-plan")
+        _wait(lambda: executor.info().replan_state == ReplanState.APPLIED, "the re-plan")
         assert _all_int8(executor.info())  # the re-plan kept the Deploy's pins
 
 
@@ -77,19 +78,25 @@ def test_a_replan_superseded_during_its_switch_does_not_apply():
     made under the apply lock, does."""
     started, release, applied = threading.Event(), threading.Event(), []
 
-    async def apply(plan: Plan, current) -> None:
-        def switch() -> None:
-            started.set()
-            release.wait(10)  # waiting for the apply lock, say
-            if not current():
-                raise Superseded("a newer target came first")
-            applied.append(plan)
+    class Hooks:  # a moeqos.executor.service_target.ReplanHooks whose switch waits for `release`
+        async def cached_profile(self) -> None:
+            raise AssertionError("the plan is given, no profile is needed")
 
-        await asyncio.get_running_loop().run_in_executor(None, switch)
+        def budgets(self) -> tuple[()]:
+            return ()
+
+        async def apply(self, plan: Plan, current=None) -> None:
+            def switch() -> None:
+                started.set()
+                release.wait(10)  # waiting for the apply lock, say
+                if not current():
+                    raise Superseded("a newer target came first")
+                applied.append(plan)
+
+            await asyncio.get_running_loop().run_in_executor(None, switch)
 
     async def scenario() -> None:
-        hooks = ReplanHooks(profile=None, budgets=lambda: (), apply=apply)  # type: ignore[arg-type]
-        target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks)
+        target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())  # type: ignore[arg-type]
         plan = Plan.uniform(2, 4, Precision.INT4, "cpu")
 
         async def planned(*args: object) -> Plan:

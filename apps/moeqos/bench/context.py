@@ -228,7 +228,7 @@ class BenchContext:
             result = self.runtime.evaluate(
                 ids, plan, context_length=self.settings.context_length, decode_tokens=0
             )
-            points.append(QualityPoint(plan.to_spec(), result.perplexity, "ptb:valid", result.tokens_scored))
+            points.append(QualityPoint(plan.to_spec(), result.perplexity, "ptb:valid", result.tokens))
         return QualityModel.fit(dataclasses.replace(self.profile, quality_points=tuple(points)))
 
     @cached_property
@@ -313,10 +313,9 @@ class BenchContext:
         """
         import torch
         from moeqos.executor.generation import SamplingParams, decode_loop
-        from transformers import DynamicCache
 
         runtime = self.runtime
-        cache = DynamicCache(config=runtime.hf_config)
+        cache = runtime.new_cache()
 
         def step(new_ids: list[int]) -> torch.Tensor:
             return runtime.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]

@@ -92,7 +92,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "measured_on": tokens.describe(),
         "context": args.context,
         "perplexity": result.perplexity,
-        "tokens_scored": result.tokens_scored,
+        "tokens_scored": result.tokens,
         "decode_tokens": args.decode_tokens,
         "tokens_per_s": result.tokens_per_s,
         "seconds": result.seconds,

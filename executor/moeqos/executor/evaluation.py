@@ -4,69 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
-from moeqos.executor.plan_view import private_view
+from moeqos.core.service_types import Evaluation
+from moeqos.executor.measurement import Measurable
 from moeqos.executor.sampling import SamplingParams
 
-if TYPE_CHECKING:
-    from moeqos.executor.runtime import ExecutorRuntime
 
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What `evaluate` measured."""
-
-    perplexity: float
-    tokens_scored: int
-    tokens_per_s: float
-    """Greedy decode rate of a short generation under the plan (0 when decode_tokens is 0)."""
-    seconds: float
-    """Wall time of the whole evaluation, plan switches included."""
-
-
-@contextmanager
-def plan_applied(runtime: ExecutorRuntime, plan: Plan | None) -> Iterator[None]:
-    """Serve `plan` inside the block, then restore the previous plan (no-op when it is already served).
-
-    Holds the runtime's apply lock throughout, so no other switch interleaves; requests running
-    meanwhile are served with the temporary plan. For measurements that need the store itself to
-    serve the plan (its pool's misses); `evaluate` uses `plan_viewed`.
-    """
-    with runtime.apply_lock:
-        previous = runtime.plan
-        if plan is None or plan == previous:
-            yield
-            return
-        runtime.apply_plan(plan)
-        try:
-            yield
-        finally:
-            runtime.apply_plan(previous)
-
-
-@contextmanager
-def plan_viewed(runtime: ExecutorRuntime, plan: Plan | None) -> Iterator[None]:
-    """Compute with `plan` inside the block, on this thread only (moeqos.executor.plan_view): the plan
-    served to everyone else never changes. None (or the serving plan) holds the apply lock instead,
-    so the plan measured is the one served throughout."""
-    if plan is None or plan == runtime.plan:
-        with runtime.apply_lock:
-            yield
-        return
-    with private_view(runtime, plan):
-        yield
-
-
-def perplexity(
-    runtime: ExecutorRuntime, ids: list[int], context_length: int, stride: int
-) -> tuple[float, int]:
+def perplexity(runtime: Measurable, ids: list[int], context_length: int, stride: int) -> tuple[float, int]:
     """exp(mean NLL) over windows of `context_length` starting every `stride` tokens; each target is
     scored once, in the first window that has it and context before it (stride = context_length gives
     non-overlapping windows, whose first token has no context and is not scored)."""
@@ -87,24 +34,34 @@ def perplexity(
 
 
 def evaluate(
-    runtime: ExecutorRuntime,
+    runtime: Measurable,
     token_ids: list[int],
     plan: Plan | None,
     context_length: int,
     stride: int | None,
     decode_tokens: int,
-) -> EvalResult:
-    """Perplexity of `token_ids` and decode tokens/s, under `plan` (seen by this thread only)."""
+    corpus: str = "",
+) -> Evaluation:
+    """Perplexity of `token_ids` and decode tokens/s, under `plan` (seen by this thread only; None: the
+    plan in force); `corpus` labels the token ids in the result."""
     stride = stride or context_length
     _validate(runtime, token_ids, context_length, stride, decode_tokens)
     start = time.perf_counter()
-    with plan_viewed(runtime, plan):
+    with runtime.viewing(plan):
+        spec = (plan or runtime.plan).to_spec()
         ppl, scored = perplexity(runtime, token_ids, context_length, stride)
         rate = decode_rate(runtime, token_ids[:16], decode_tokens) if decode_tokens else 0.0
-    return EvalResult(ppl, scored, rate, time.perf_counter() - start)
+    return Evaluation(
+        perplexity=ppl,
+        tokens_per_s=rate,
+        tokens=scored,
+        plan_spec=spec,
+        corpus=corpus,
+        seconds=time.perf_counter() - start,
+    )
 
 
-def decode_rate(runtime: ExecutorRuntime, prompt: list[int], tokens: int) -> float:
+def decode_rate(runtime: Measurable, prompt: list[int], tokens: int) -> float:
     """Greedy decode tokens/s of a `tokens`-long generation (eos ignored by the count, not by the loop)."""
     events = list(runtime.generate(prompt, SamplingParams(max_tokens=tokens)))
     stats = events[-1].stats
@@ -112,9 +69,7 @@ def decode_rate(runtime: ExecutorRuntime, prompt: list[int], tokens: int) -> flo
     return stats.tokens_per_s
 
 
-def _validate(
-    runtime: ExecutorRuntime, ids: list[int], context_length: int, stride: int, decode: int
-) -> None:
+def _validate(runtime: Measurable, ids: list[int], context_length: int, stride: int, decode: int) -> None:
     if len(ids) < 2:
         raise InvalidArgument("perplexity needs at least 2 token ids")
     if not 2 <= context_length <= runtime.context_length:

@@ -63,7 +63,7 @@ def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:
     """Serve `plan` to the calling thread only, inside the block (see the module docstring)."""
     runtime.validate_plan(plan)
     factory, store = runtime.factory, runtime.store
-    with runtime.model_lock:  # a consistent snapshot of the serving plan and its modules
+    with runtime.exclusive():  # a consistent snapshot of the serving plan and its modules
         serving = runtime.plan
         shared = {key: store.module(key) for key, _ in plan.items() if _same(serving, plan, key)}
     _check_disk_room(runtime, plan, serving)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Protocol
 
 from moeqos.api.channel import ConnectOptions
 from moeqos.client.planner import AsyncPlannerClient
@@ -22,19 +22,27 @@ from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.qos import QosTarget
 from moeqos.core.rules import PlacementRule
+from moeqos.core.service_types import ReplanState
 from moeqos.core.tier import TierBudget
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ReplanHooks:
-    """What a re-plan needs from the executor (all awaitables, run off the event loop by the caller)."""
+class ReplanHooks(Protocol):
+    """What a re-plan needs from the executor (moeqos.executor.service_model.ServedModel has it)."""
 
-    profile: Callable[[], Awaitable[Profile]]
-    budgets: Callable[[], tuple[TierBudget, ...]]
-    apply: Callable[[Plan, Callable[[], bool]], Awaitable[object]]
-    """Apply the plan if the check (run under the apply lock) still says True, else raise Superseded."""
+    async def cached_profile(self) -> Profile:
+        """The executor's profile, its tiers at the current budgets."""
+        ...
+
+    def budgets(self) -> tuple[TierBudget, ...]:
+        """Every tier's budget now."""
+        ...
+
+    async def apply(self, plan: Plan, current: Callable[[], bool] | None = None) -> object:
+        """Serve `plan` (the torch work off the event loop); with `current`, only if it still says True
+        when checked under the runtime's apply lock, else raise Superseded."""
+        ...
 
 
 class Superseded(Exception):
@@ -57,8 +65,10 @@ class StandingTarget:
         self.planner_address = planner_address
         self.generation = 0
         """Counts decisions (see the module docstring); read from worker threads, written on the loop."""
-        self.state = "idle"
-        """`idle`, `replanning`, `applied: <plan>`, `retrying: <error>` or `failed: <error>`, for GetInfo."""
+        self.state = ReplanState.IDLE
+        """Where the last re-plan stands, for GetInfo."""
+        self.detail = ""
+        """For people: the plan applied (APPLIED) or the error (RETRYING, FAILED); empty otherwise."""
         self._peer = peer
         self._hooks = hooks
         self._backoff = backoff
@@ -79,7 +89,7 @@ class StandingTarget:
         """A newer decision was taken (SetTarget, an explicit ApplyPlan): stop any re-plan in progress."""
         self.generation += 1
         if self._task is not None and not self._task.done():
-            self.state = "idle"
+            self._set(ReplanState.IDLE)
         self.cancel()
 
     def replan(self) -> bool:
@@ -87,7 +97,7 @@ class StandingTarget:
         if self.target is None or not self.planner_address:
             return False
         self.supersede()
-        self.state = "replanning"
+        self._set(ReplanState.REPLANNING)
         run = self._run(self.target, self.planner_address, self.pins, self.generation)
         self._task = asyncio.get_running_loop().create_task(run)
         return True
@@ -110,23 +120,26 @@ class StandingTarget:
             try:
                 plan = await self._plan_once(target, address, pins)
                 await self._hooks.apply(plan, lambda: self.generation == generation)
-                self.state = f"applied: {plan.to_spec()}"
+                self._set(ReplanState.APPLIED, plan.to_spec())
                 return
             except Superseded:
                 log.info("a re-plan against %s was superseded before it applied", target.describe())
                 return
             except Unavailable as exc:
-                self.state = f"retrying in {delay:.1f}s: {exc}"
+                self._set(ReplanState.RETRYING, f"{type(exc).__name__}: {exc} (next try in {delay:.1f}s)")
                 log.warning("planner %s unreachable (%s); retrying in %.1fs", address, exc, delay)
             except MoeqosError as exc:
-                self.state = f"failed: {type(exc).__name__}: {exc}"
+                self._set(ReplanState.FAILED, f"{type(exc).__name__}: {exc}")
                 log.error("re-plan against %s failed: %s", target.describe(), exc)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, ceiling)
 
+    def _set(self, state: ReplanState, detail: str = "") -> None:
+        self.state, self.detail = state, detail
+
     async def _plan_once(self, target: QosTarget, address: str, pins: tuple[PlacementRule, ...]) -> Plan:
-        profile = await self._hooks.profile()
+        profile = await self._hooks.cached_profile()
         async with AsyncPlannerClient(address, self._peer) as planner:
             outcome = await planner.plan(target, profile=profile, budgets=self._hooks.budgets(), pins=pins)
         return outcome.plan

@@ -2,15 +2,17 @@
 address, Deploy).
 
 The planner acts for its caller at the address the caller names, so an open planner would let anyone
-probe hosts, ports and unix sockets from where it runs. An address must be a plain `host:port`; when an
-allow-list is configured it must be on it; when the planner has a token, naming an address needs it;
-and the planner never dials itself (a call that would wait on itself).
+probe hosts, ports and unix sockets from where it runs. An address must be a plain `host:port` (the
+syntax of moeqos.core.addresses, less its unix sockets); when an allow-list is configured it must be
+on it; when the planner has a token, naming an address needs it; and the planner never dials itself
+(a call that would wait on itself).
 """
 
 from __future__ import annotations
 
 import socket
 
+from moeqos.core.addresses import check_address
 from moeqos.core.errors import InvalidArgument, Unauthenticated
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "[::]", "::"})
@@ -39,11 +41,12 @@ class ExecutorAddresses:
 
 
 def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.strip().rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")  # an IPv6 literal
-    plain = bool(host) and "/" not in host and (bracketed or ":" not in host)  # no unix:, dns:, paths
-    if not plain or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise InvalidArgument(f"executor address must be host:port, got {address!r}")
+    """(host, port) of a dialable `host:port` (moeqos.core.addresses checks the syntax); a unix socket,
+    which that syntax admits, is refused: the planner dials executors over the network only."""
+    check_address(address, "executor address")
+    if address.startswith("unix:"):
+        raise InvalidArgument(f"executor address must be host:port, not a unix socket, got {address!r}")
+    host, _, port = address.rpartition(":")
     return host, int(port)
 
 

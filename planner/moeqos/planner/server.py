@@ -51,6 +51,8 @@ class PlannerServerConfig(PeerServerConfig):
         super().__post_init__()
         if self.advertise_address is not None:
             server_common.check_address("advertise", self.advertise_address)
+        for allowed in self.executor_allow:
+            server_common.check_address("executor allow-list", allowed)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.heavy_running < 1 or self.heavy_queued < 0:
@@ -69,7 +71,10 @@ class PlannerServerConfig(PeerServerConfig):
             advertise_address=getattr(args, "advertise", None) or env.get("MOEQOS_ADVERTISE_ADDRESS"),
             workers=int(getattr(args, "workers", None) or env.get("MOEQOS_PLANNER_WORKERS") or 2),
             executor_allow=tuple(
-                a.strip() for a in env.get("MOEQOS_EXECUTOR_ALLOW", "").split(",") if a.strip()
+                a.strip()
+                for a in getattr(args, "executor_allow", None)
+                or env.get("MOEQOS_EXECUTOR_ALLOW", "").split(",")
+                if a.strip()
             ),
         )
 
