@@ -4,7 +4,8 @@ runtime than the Protocol offers, these tests would fail with an AttributeError.
 
 Its "model" routes token t to experts (t % E, (t + 1) % E) in every layer, with hidden states [T, H]
 filled with t, and returns all-zero logits (a uniform distribution: perplexity = vocab size). It
-records whether each forward step ran inside `exclusive()` and which plans `serving` switched to.
+records whether each forward step ran inside `exclusive()` and under which plan (`viewing` sets the
+calling thread's plan), and which plans `serving` switched to.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ class FakeRuntime:
         self.factory: Any = None
         """Not needed by what these tests drive; an AttributeError on None would show it was."""
         self.blocks = [FakeBlock(layer) for layer in range(num_layers)]
-        self.steps: list[dict[str, bool]] = []
-        """Per forward step: was it inside exclusive(), were the experts on."""
+        self.steps: list[dict[str, Any]] = []
+        """Per forward step: was it inside exclusive(), were the experts on, the plan it computed with."""
         self.switches: list[Plan] = []
         self._exclusive = 0
+        self._viewed: Plan | None = None
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         assert isinstance(prompt, list), "the fake has no tokenizer"
@@ -62,7 +64,9 @@ class FakeRuntime:
             if block.observer is not None:
                 block.observer(block.layer, hidden, index)
         on = all(b.experts_enabled for b in self.blocks)
-        self.steps.append({"exclusive": self._exclusive > 0, "experts": on})
+        self.steps.append(
+            {"exclusive": self._exclusive > 0, "experts": on, "plan": self._viewed or self.plan}
+        )
         length = keep or token_ids.shape[1]
         return torch.zeros(token_ids.shape[0], length, self.model.vocab_size)  # [B, S', V]
 
@@ -99,3 +103,11 @@ class FakeRuntime:
         finally:
             self.plan = previous
             self.switches.append(previous)
+
+    @contextmanager
+    def viewing(self, plan: Plan | None) -> Iterator[None]:
+        self._viewed = plan
+        try:
+            yield
+        finally:
+            self._viewed = None

@@ -99,6 +99,20 @@ def test_a_zero_is_a_value_not_an_absent_setting() -> None:
         config("--threads", "0")
 
 
+def test_state_path_and_write_window_come_from_the_flags_then_the_environment() -> None:
+    def config(argv: tuple[str, ...], env: dict[str, str]) -> ExecutorServerConfig:
+        return ExecutorServerConfig.from_env_and_args(_executor_flags(*argv), env=env)
+
+    assert (config((), {}).state_path, config((), {}).write_window_s) == (None, 30.0)
+    env = {"MOEQOS_STATE_PATH": "/var/lib/moeqos/state.json", "MOEQOS_WRITE_WINDOW_S": "5"}
+    assert config((), env).state_path == Path("/var/lib/moeqos/state.json")
+    assert config((), env).write_window_s == 5.0
+    flagged = config(("--state-path", "s.json", "--write-window", "2.5"), env)
+    assert (flagged.state_path, flagged.write_window_s) == (Path("s.json"), 2.5)
+    with pytest.raises(ValueError, match="write_window_s"):  # 0 is refused, not taken for "unset"
+        config(("--write-window", "0"), {})
+
+
 @pytest.mark.parametrize(
     "overrides",
     [

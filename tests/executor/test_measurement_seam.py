@@ -45,10 +45,12 @@ def test_calibrate_switches_the_experts_off_only_inside_exclusive() -> None:
     assert all(block.experts_enabled for block in fake.blocks)
 
 
-def test_evaluate_serves_the_plan_temporarily_and_scores_every_target() -> None:
+def test_evaluate_views_the_plan_without_switching_and_scores_every_target() -> None:
     fake = FakeRuntime(vocab=16)
     served, asked = fake.plan, Plan.uniform(2, 4, "int4", "cpu")
     result = evaluate(fake, list(range(10)), asked, 4, None, 0)
     assert result.perplexity == pytest.approx(16.0)  # uniform logits over 16 tokens
     assert result.tokens == 10 - math.ceil(10 / 4)  # non-overlapping windows: no first tokens
-    assert fake.switches == [asked, served] and fake.plan == served
+    assert result.plan_spec == asked.to_spec()
+    assert all(step["plan"] == asked for step in fake.steps)  # every step computed with the plan asked
+    assert fake.switches == [] and fake.plan == served  # the plan served never changed

@@ -76,6 +76,10 @@ def _info(**changes: Any) -> ExecutorInfo:
         "profile_cached": True,
         "replan_state": ReplanState.APPLIED,
         "replan_detail": PLAN.to_spec(),
+        "damaged_files": 3,
+        "integrity": "3 damaged, 2 mended; last: expert L1.E2 (int8): checkpoint unreadable",
+        "standing_pins": PINS,
+        "target_generation": 7,
     }
     return ExecutorInfo(**{**values, **changes})
 
@@ -100,7 +104,16 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ("executor info", _info(), ex_codec.info_to_proto, ex_codec.info_from_proto),
     (
         "executor info, no target, idle",
-        _info(standing_target=None, plan_applied_at=None, replan_state=ReplanState.IDLE, replan_detail=""),
+        _info(
+            standing_target=None,
+            plan_applied_at=None,
+            replan_state=ReplanState.IDLE,
+            replan_detail="",
+            damaged_files=0,
+            integrity="ok",
+            standing_pins=(),
+            target_generation=0,
+        ),
         ex_codec.info_to_proto,
         ex_codec.info_from_proto,
     ),

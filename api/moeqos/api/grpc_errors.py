@@ -42,6 +42,7 @@ _TO_CODE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PlanApplyFailed, grpc.StatusCode.ABORTED),
+    (errors.DataLoss, grpc.StatusCode.DATA_LOSS),
 )
 
 _FROM_CODE: dict[grpc.StatusCode, type[errors.MoeqosError]] = {
@@ -53,6 +54,7 @@ _FROM_CODE: dict[grpc.StatusCode, type[errors.MoeqosError]] = {
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: errors.Unauthenticated,
     grpc.StatusCode.ABORTED: errors.PlanApplyFailed,
+    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
 }
 
 

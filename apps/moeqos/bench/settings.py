@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-SECTIONS = ("frontier", "baseline", "bandwidth", "breakdown", "tiers", "offload", "planner", "paper", "quality")
+SECTIONS = (
+    "frontier",
+    "baseline",
+    "bandwidth",
+    "breakdown",
+    "tiers",
+    "offload",
+    "planner",
+    "paper",
+    "quality",
+)
 """Every section, in the order they run (later ones reuse what earlier ones measured)."""
 
 

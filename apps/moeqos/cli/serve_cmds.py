@@ -23,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(planner, "127.0.0.1:50051")
     planner.add_argument("--advertise", metavar="ADDR", help="address executors reach this planner at")
     planner.add_argument("--workers", type=int, help="solver threads (default 2)")
+    planner.add_argument(
+        "--executor-allow",
+        action="append",
+        metavar="HOST:PORT",
+        help="an executor address callers may name (repeatable; default: any)",
+    )
     planner.set_defaults(func=cmd_planner)
 
     executor = subparsers.add_parser("executor", help="run the executor service for one model")
@@ -60,6 +66,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--profile-path",
         metavar="FILE",
         help="profile JSON saved after measuring, reused at restart if it matches",
+    )
+    executor.add_argument(
+        "--state-path",
+        metavar="FILE",
+        help="plan, budgets and standing target saved after each change and restored at start",
+    )
+    executor.add_argument(
+        "--write-window",
+        type=float,
+        metavar="SECONDS",
+        help="how long a stream's reader may leave a message unread before it is cancelled (default 30)",
     )
     executor.set_defaults(func=cmd_executor)
 

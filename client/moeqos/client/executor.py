@@ -16,6 +16,7 @@ from moeqos.client.base import DEFAULT_DEADLINE, AsyncBase, SyncBase
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.qos import QosTarget
+from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import (
     BudgetOutcome,
     ChatMessage,
@@ -47,8 +48,12 @@ def generate_request(prompt: Prompt, sampling: Sampling | None) -> ex.GenerateRe
     return request
 
 
-def target_request(target: QosTarget | None, planner_address: str) -> ex.SetTargetRequest:
-    request = ex.SetTargetRequest(planner_address=planner_address)
+def target_request(
+    target: QosTarget | None, planner_address: str, pins: Sequence[PlacementRule] = ()
+) -> ex.SetTargetRequest:
+    request = ex.SetTargetRequest(
+        planner_address=planner_address, pins=[common.pin_to_proto(p) for p in pins]
+    )
     if target is not None:
         request.target.CopyFrom(common.target_to_proto(target))
     return request
@@ -97,9 +102,12 @@ class ExecutorClient(SyncBase):
         request = ex.SetBudgetRequest(tier=tier, budget_bytes=budget_bytes)
         return codec.budget_outcome_from_proto(self._unary(self._stub.SetBudget, request))
 
-    def set_target(self, target: QosTarget | None, planner_address: str = "") -> None:
-        """Set (or with None clear) the standing target and the planner to ask on budget changes."""
-        self._unary(self._stub.SetTarget, target_request(target, planner_address))
+    def set_target(
+        self, target: QosTarget | None, planner_address: str = "", pins: Sequence[PlacementRule] = ()
+    ) -> None:
+        """Set (or with None clear) the standing target, the planner to ask on budget changes and the
+        pins its re-plans keep."""
+        self._unary(self._stub.SetTarget, target_request(target, planner_address, pins))
 
     def generate(
         self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
@@ -157,9 +165,12 @@ class AsyncExecutorClient(AsyncBase):
         request = ex.SetBudgetRequest(tier=tier, budget_bytes=budget_bytes)
         return codec.budget_outcome_from_proto(await self._unary(self._stub.SetBudget, request))
 
-    async def set_target(self, target: QosTarget | None, planner_address: str = "") -> None:
-        """Set (or with None clear) the standing target and the planner to ask on budget changes."""
-        await self._unary(self._stub.SetTarget, target_request(target, planner_address))
+    async def set_target(
+        self, target: QosTarget | None, planner_address: str = "", pins: Sequence[PlacementRule] = ()
+    ) -> None:
+        """Set (or with None clear) the standing target, the planner to ask on budget changes and the
+        pins its re-plans keep."""
+        await self._unary(self._stub.SetTarget, target_request(target, planner_address, pins))
 
     def generate(
         self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None

@@ -120,6 +120,14 @@ class ExecutorInfo:
     """Where the standing target's last re-plan stands."""
     replan_detail: str = ""
     """For people: the plan applied (APPLIED) or the error (RETRYING, FAILED); empty otherwise."""
+    damaged_files: int = 0
+    """Damaged or missing variant files found since start (each rebuilt from the checkpoint)."""
+    integrity: str = "ok"
+    """`ok`, or how many files were damaged and mended and the last problem."""
+    standing_pins: tuple[PlacementRule, ...] = ()
+    """The pin rules re-plans against the standing target keep."""
+    target_generation: int = 0
+    """Counts SetTarget and ApplyPlan calls; a re-plan started under an older one never applies."""
 
 
 @dataclass(frozen=True)

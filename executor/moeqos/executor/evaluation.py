@@ -42,13 +42,13 @@ def evaluate(
     decode_tokens: int,
     corpus: str = "",
 ) -> Evaluation:
-    """Perplexity of `token_ids` and decode tokens/s, under `plan` (applied temporarily; None: the plan
-    in force); `corpus` labels the token ids in the result."""
+    """Perplexity of `token_ids` and decode tokens/s, under `plan` (seen by this thread only; None: the
+    plan in force); `corpus` labels the token ids in the result."""
     stride = stride or context_length
     _validate(runtime, token_ids, context_length, stride, decode_tokens)
     start = time.perf_counter()
-    with runtime.serving(plan):
-        spec = runtime.plan.to_spec()
+    with runtime.viewing(plan):
+        spec = (plan or runtime.plan).to_spec()
         ppl, scored = perplexity(runtime, token_ids, context_length, stride)
         rate = decode_rate(runtime, token_ids[:16], decode_tokens) if decode_tokens else 0.0
     return Evaluation(

@@ -5,8 +5,9 @@ locks or internals. ExecutorRuntime implements it; a test drives the measurement
 (tests/executor/fake_runtime.py).
 
 The two locks behind the runtime stay its own business; measurement asks for what they guarantee:
-`exclusive()` (no request's forward step runs inside the block) and `serving(plan)` (that plan and
-no other is served inside the block).
+`exclusive()` (no request's forward step runs inside the block), `serving(plan)` (that plan and
+no other is served inside the block) and `viewing(plan)` (the calling thread alone computes with that
+plan; everyone else keeps the plan served).
 """
 
 from __future__ import annotations
@@ -129,4 +130,9 @@ class Measurable(Protocol):
     def serving(self, plan: Plan | None) -> AbstractContextManager[None]:
         """Serve `plan` inside the block (None: keep the current one) with no other plan switch
         interleaving, then restore the previous plan."""
+        ...
+
+    def viewing(self, plan: Plan | None) -> AbstractContextManager[None]:
+        """Compute with `plan` inside the block on the calling thread only (None: the plan served, with
+        no switch interleaving); every other request keeps the plan served."""
         ...

@@ -20,27 +20,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from moeqos.core.errors import InvalidArgument
+from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile
 from moeqos.core.service_types import Evaluation, GenerationEvent, SwitchReport
-from moeqos.core.tier import TierStatus
+from moeqos.core.tier import DISK, TierStatus
 from moeqos.executor.adapters import adapter_for
 from moeqos.executor.budgets import check_budget, default_plan, physical_budget, plan_bytes, validate_plan
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.evaluation import evaluate
 from moeqos.executor.generation import SamplingParams, decode_loop
+from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.identity import hardware_identity, model_identity
 from moeqos.executor.loader import build_model, load_config, moe_blocks
 from moeqos.executor.moe import MoeBlock
+from moeqos.executor.plan_view import private_view
 from moeqos.executor.profiling import build_profile
 from moeqos.executor.prompts import PromptCodec
 from moeqos.executor.store import ExpertStore, StoreStats
 from moeqos.executor.variants import ExpertKey, VariantFactory, build_changed
 
 Progress = Callable[[str, float], None]
+
+PROMPT_CHARS_PER_TOKEN = 64
+"""More characters than any served tokenizer packs into one token of real text: a prompt longer than
+the context times this cannot fit, and is refused before tokenizing it (seconds and gigabytes for a
+prompt of megabytes)."""
 
 
 @dataclass(frozen=True)
@@ -159,23 +166,33 @@ class ExecutorRuntime:
         self.budgets[tier] = budget_bytes
         return plan_bytes(self.plan, self.shape).get(tier, 0) <= budget_bytes
 
-    def apply_plan(self, plan: Plan, progress: Progress | None = None) -> PlanSwitch:
+    def apply_plan(
+        self, plan: Plan, progress: Progress | None = None, check: Callable[[], None] | None = None
+    ) -> PlanSwitch:
         """Validate, build the experts whose assignment differs (outside the model lock), swap atomically.
 
-        On a build failure the partial work is dropped and PlanApplyFailed raised; the previous plan
-        keeps serving.
+        `check` runs first, under the apply lock: whatever it raises refuses the switch with nothing
+        changed (a re-plan checks it is still wanted, with no other switch in between). On a build
+        failure the partial work is dropped and PlanApplyFailed raised; the previous plan keeps serving.
         """
         with self._apply_lock:
+            if check is not None:
+                check()
             self.validate_plan(plan)
             start = time.perf_counter()
             previous = self.store.plan
             changed = [k for k, _ in plan.items()] if previous is None else plan.changed_experts(previous)
+            on_disk = [
+                (*key, plan[key].precision, plan.group_size) for key in changed if plan[key].tier == DISK
+            ]
+            self.factory.check_room(on_disk, self.config.device)  # before anything is written or swapped
             built = build_changed(self.factory, plan, changed, self.config.device, progress)
             with self._model_lock:
                 retired = self.store.install(plan, built)
                 self.plan_applied_at = time.time()
-            for variant, module in retired:
-                self.factory.retire(variant, module)
+            while retired:  # popped, so no reference outlives the loop
+                self.factory.retire(*retired.pop())
+            release_freed_memory()  # the replaced experts not kept in the variant cache are free now
             report = SwitchReport(experts_changed=len(changed), seconds=time.perf_counter() - start)
             return PlanSwitch(report, previous, plan, tuple(changed))
 
@@ -193,6 +210,18 @@ class ExecutorRuntime:
                 yield
             finally:
                 self.apply_plan(previous)
+
+    @contextmanager
+    def viewing(self, plan: Plan | None) -> Iterator[None]:
+        """Compute with `plan` inside the block on the calling thread only (moeqos.executor.plan_view):
+        the plan served to everyone else never changes. None (or the plan served) holds the apply lock
+        instead, so the plan measured is the one served throughout."""
+        if plan is None or plan == self.plan:
+            with self._apply_lock:
+                yield
+            return
+        with private_view(self, plan):
+            yield
 
     def store_stats(self) -> StoreStats:
         """Disk-tier pool hits/misses, bytes moved between tiers, resident slots."""
@@ -251,12 +280,24 @@ class ExecutorRuntime:
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text needs the tokenizer); InvalidArgument when empty or out of vocab."""
+        if isinstance(prompt, str):
+            self._check_prompt_size(len(prompt))
         return self.prompts.encode(prompt)
 
     def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
         """Token ids of a conversation of (role, content) turns rendered with the tokenizer's chat
         template, ending with the assistant's turn to speak; InvalidArgument without a template."""
+        self._check_prompt_size(sum(len(content) for _, content in messages))
         return self.prompts.encode_chat(messages)
+
+    def _check_prompt_size(self, chars: int) -> None:
+        """OutOfRange when `chars` characters cannot fit the context, before any tokenizing."""
+        limit = PROMPT_CHARS_PER_TOKEN * self.context_length
+        if chars > limit:
+            raise OutOfRange(
+                f"the prompt has {chars} characters; at most {limit} fit the "
+                f"{self.context_length}-token context"
+            )
 
     # ----- measurement --------------------------------------------------------------------------
     def profile(
@@ -305,8 +346,8 @@ class ExecutorRuntime:
         corpus: str = "",
     ) -> Evaluation:
         """Perplexity of `token_ids` (windows of `context_length` every `stride` tokens) and greedy decode
-        tokens/s, under `plan` (applied temporarily, then the previous plan is restored); `corpus` labels
-        the token ids in the result."""
+        tokens/s, under `plan` (computed on this thread only: the plan served to others never changes);
+        `corpus` labels the token ids in the result."""
         return evaluate(self, token_ids, plan, context_length, stride, decode_tokens, corpus)
 
 

@@ -27,6 +27,7 @@ from moeqos.core.plan import parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
 from moeqos.executor.config import ExecutorConfig, check_settings
+from moeqos.executor.disk_room import check_writable
 from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
@@ -75,6 +76,9 @@ class ExecutorServerConfig(PeerServerConfig):
     """Generations running at once."""
     max_queued: int = 8
     """Generations waiting for a slot; more are refused with RESOURCE_EXHAUSTED."""
+    write_window_s: float = 30.0
+    """Seconds a stream's reader may leave a message unread before the stream is cancelled and its
+    generation slot freed (moeqos.executor.stream_watch)."""
     threads: int | None = None
     """torch intra-op threads; None: torch's default."""
     variant_cache_dir: Path | None = None
@@ -83,6 +87,9 @@ class ExecutorServerConfig(PeerServerConfig):
     """First and longest wait, in seconds, between re-plan attempts while the planner is unreachable."""
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     """What a profile measurement covers."""
+    state_path: Path | None = None
+    """JSON file where the plan, budgets and standing target are saved after each change and restored
+    from at start (they win over `initial_plan` and `budgets`); None: nothing is kept across restarts."""
     profile_path: Path | None = None
     """Profile JSON written after each measurement and served at the next start when it was measured
     on the same model (fingerprint) and device, so a restart need not measure again."""
@@ -91,6 +98,8 @@ class ExecutorServerConfig(PeerServerConfig):
         super().__post_init__()
         if self.max_concurrent < 1 or self.max_queued < 0:
             raise ValueError("need max_concurrent >= 1 and max_queued >= 0")
+        if self.write_window_s <= 0:
+            raise ValueError(f"write_window_s must be positive, got {self.write_window_s}")
         if self.planner_address is not None:
             server_common.check_address("planner", self.planner_address)
         if not 0 < self.replan_backoff[0] <= self.replan_backoff[1]:
@@ -105,6 +114,8 @@ class ExecutorServerConfig(PeerServerConfig):
             self.disk_reads,
             self.threads,
         )
+        if self.variant_cache_dir is not None:
+            check_writable(Path(self.variant_cache_dir))
 
     def runtime_config(self, model_dir: Path) -> ExecutorConfig:
         return ExecutorConfig(
@@ -134,9 +145,15 @@ class ExecutorServerConfig(PeerServerConfig):
             value = pick(flag, var)
             return default if value is None or value == "" else int(value)
 
+        def seconds(flag: str, var: str, default: float) -> float:
+            """A duration setting, `default` when neither gives one (0 is a value, refused as such)."""
+            value = pick(flag, var)
+            return default if value is None or value == "" else float(value)
+
         model = pick("model", "MOEQOS_MODEL")
         cache = pick("variant_cache", "MOEQOS_VARIANT_CACHE")
         profile = pick("profile_path", "MOEQOS_PROFILE_PATH")
+        state = pick("state_path", "MOEQOS_STATE_PATH")
         return cls(
             **server_common.common_settings(args, env, DEFAULT_LISTEN),
             **server_common.peer_settings(args, env),
@@ -151,9 +168,11 @@ class ExecutorServerConfig(PeerServerConfig):
             planner_address=pick("planner", "MOEQOS_PLANNER"),
             max_concurrent=number("max_concurrent", "MOEQOS_MAX_CONCURRENT", 2),
             max_queued=number("max_queued", "MOEQOS_MAX_QUEUED", 8),
+            write_window_s=seconds("write_window", "MOEQOS_WRITE_WINDOW_S", 30.0),
             threads=number("threads", "MOEQOS_THREADS", None),
             variant_cache_dir=Path(cache) if cache else None,
             profile_path=Path(profile) if profile else None,
+            state_path=Path(state) if state else None,
         )
 
 
@@ -213,7 +232,14 @@ async def start_executor(
         config.planner_address or "", config.peer_options(), served, config.replan_backoff
     )
     admission = Admission(config.max_concurrent, config.max_queued)
-    servicer = ExecutorServicer(config.name or socket.gethostname(), served, admission, target)
+    servicer = ExecutorServicer(
+        config.name or socket.gethostname(),
+        served,
+        admission,
+        target,
+        write_window_s=config.write_window_s,
+        state_path=config.state_path,
+    )
     executor_metrics.observe(served, target)
 
     def register(server: grpc.aio.Server) -> None:
@@ -224,6 +250,7 @@ async def start_executor(
     async def load() -> None:
         runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
         served.attach(runtime)
+        await servicer.restore()
         await server.set_serving(True)
         log.info("executor %s serving %s on port %d", servicer.name, runtime.model.name, server.port)
 

@@ -24,6 +24,7 @@ from moeqos.core.tier import TierBudget
 from moeqos.executor import service_measure
 from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.service_target import Superseded
 
 T = TypeVar("T")
 
@@ -45,6 +46,8 @@ class ServedModel:
         """Where the profile is saved after each measurement and read back at the first need."""
         self.metrics = metrics
         """Where generations and plan switches are counted."""
+        self.on_switch: Callable[[], None] = lambda: None
+        """Called after each plan switch `apply` makes (the server saves the executor's state there)."""
         self._pool = pool
         self._profile: Profile | None = None
         self._profile_lock = asyncio.Lock()
@@ -97,10 +100,17 @@ class ServedModel:
         """Every tier's budget now."""
         return tuple(TierBudget(name, budget) for name, budget in self.ready().budgets.items())
 
-    async def apply(self, plan: Plan) -> SwitchReport:
-        """Switch the runtime to `plan` (on the worker pool)."""
-        switch = await self.run(self.ready().apply_plan, plan)
+    async def apply(self, plan: Plan, current: Callable[[], bool] | None = None) -> SwitchReport:
+        """Switch the runtime to `plan` (on the worker pool); with `current` (a re-plan's), only if it
+        still says True under the runtime's apply lock, else Superseded with nothing changed."""
+
+        def still_current() -> None:
+            if current is not None and not current():
+                raise Superseded("a newer target or plan came first")
+
+        switch = await self.run(self.ready().apply_plan, plan, None, still_current)
         self.metrics.switch(switch.report)
+        self.on_switch()
         return switch.report
 
 

@@ -8,15 +8,17 @@ moeqos.core.errors exceptions; the server's one interceptor maps them to status 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc.aio
 from moeqos.api.codec import common
 from moeqos.api.codec import executor as codec
 from moeqos.core.addresses import check_address
-from moeqos.core.errors import InvalidArgument
+from moeqos.core.errors import InvalidArgument, MoeqosError
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.service_types import (
@@ -33,9 +35,13 @@ from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
 from moeqos.executor.service_model import ServedModel
 from moeqos.executor.service_target import StandingTarget
+from moeqos.executor.state_store import ExecutorState, load_state, save_state
+from moeqos.executor.stream_watch import WriteWatch
 from moeqos.proto.common.v1 import common_pb2
 from moeqos.proto.executor.v1 import executor_pb2 as ex
 from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
+
+log = logging.getLogger(__name__)
 
 _DONE = object()
 
@@ -56,11 +62,24 @@ def start_generation(
 class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     """The executor service over one ExecutorRuntime (attached once loaded; until then UNAVAILABLE)."""
 
-    def __init__(self, name: str, served: ServedModel, admission: Admission, target: StandingTarget) -> None:
+    def __init__(
+        self,
+        name: str,
+        served: ServedModel,
+        admission: Admission,
+        target: StandingTarget,
+        write_window_s: float = 30.0,
+        state_path: Path | None = None,
+    ) -> None:
         self.name = name
         self.served = served
         self.admission = admission
         self.target = target
+        self.write_window_s = write_window_s
+        """How long a stream's message may stay unread before the stream is cancelled."""
+        self.state_path = state_path
+        """Where the plan, budgets and standing target are saved after each change (None: nowhere)."""
+        served.on_switch = self._persist  # every switch, a re-plan's included
 
     @property
     def runtime(self) -> ExecutorRuntime | None:
@@ -71,6 +90,39 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         """The request's plan, given by its assignments or its spec alone (read for the served model)."""
         runtime = self.served.ready()
         return common.plan_from_proto(message, runtime.model, runtime.default_tier)
+
+    # ----- state kept across restarts -----------------------------------------------------------
+    def _persist(self) -> None:
+        """Save the plan, budgets and standing target (moeqos.executor.state_store)."""
+        if self.state_path is None or self.runtime is None:
+            return
+        runtime, target = self.runtime, self.target
+        state = ExecutorState(
+            runtime.model.fingerprint,
+            runtime.plan,
+            dict(runtime.budgets),
+            target.target,
+            target.planner_address,
+            target.pins,
+        )
+        save_state(self.state_path, state)
+
+    async def restore(self) -> None:
+        """Put back the state saved before a restart, if any was saved for this model. A saved plan
+        that no longer fits (another device, budgets) is skipped with a warning."""
+        runtime = self.served.ready()
+        state = None if self.state_path is None else load_state(self.state_path, runtime.model.fingerprint)
+        if state is None:
+            return
+        for tier, budget in state.budgets.items():
+            if tier in runtime.budgets:
+                runtime.set_budget(tier, budget)
+        try:
+            await self.served.apply(state.plan)
+        except MoeqosError as exc:
+            log.warning("the saved plan was not restored: %s", exc)
+        self.target.set(state.target, state.planner_address, state.pins)
+        self._persist()
 
     # ----- state -------------------------------------------------------------------------------
     async def GetInfo(
@@ -91,6 +143,10 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             profile_cached=self.served.profile_cached,
             replan_state=self.target.state,
             replan_detail=self.target.detail,
+            damaged_files=runtime.factory.integrity.status().damaged,
+            integrity=runtime.factory.integrity.status().describe(),
+            standing_pins=self.target.pins,
+            target_generation=self.target.generation,
         )
         return codec.info_to_proto(info)
 
@@ -132,7 +188,10 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     async def ApplyPlan(
         self, request: ex.ApplyPlanRequest, context: grpc.aio.ServicerContext
     ) -> ex.ApplyPlanResponse:
-        report = await self.served.apply(self._plan(request.plan))
+        plan = self._plan(request.plan)
+        self.served.ready().validate_plan(plan)  # a rejected plan changes nothing, a re-plan included
+        self.target.supersede()  # an explicit plan is newer than any re-plan in progress
+        report = await self.served.apply(plan)
         return ex.ApplyPlanResponse(
             report=common.switch_to_proto(report), plan=common.plan_to_proto(self.served.ready().plan)
         )
@@ -143,6 +202,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         runtime = self.served.ready()
         fits = runtime.set_budget(common.tier_from_proto(request.tier), int(request.budget_bytes))
         started = self.target.replan()
+        self._persist()
         return codec.budget_outcome_to_proto(BudgetOutcome(fits, started, tuple(runtime.tier_status())))
 
     async def SetTarget(
@@ -151,16 +211,24 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         target = common.target_from_proto(request.target) if request.HasField("target") else None
         if request.planner_address:
             check_address(request.planner_address, "planner_address")
-        self.target.set(target, request.planner_address)
+        self.target.set(target, request.planner_address, common.pins_from_proto(request.pins))
+        self._persist()
         return ex.SetTargetResponse()
 
     # ----- generation and evaluation -----------------------------------------------------------
     async def _generate(self, request: ex.GenerateRequest) -> AsyncIterator[GenerationEvent]:
-        """The runtime's events; the last carries stats. Holds an admission slot throughout."""
+        """The runtime's events; the last carries stats. Holds an admission slot throughout, handed
+        back early when the reader leaves a message unread past the write window (stream_watch)."""
         runtime = self.served.ready()
         params = SamplingParams.of(codec.sampling_from_proto(request.sampling))
-        async with self.admission.slot():
+        async with self.admission.slot() as held:
             cancel = threading.Event()
+
+            def stalled() -> None:  # the reader stopped reading: this handler will not be resumed
+                cancel.set()
+                held.release()
+
+            watch = WriteWatch(self.write_window_s, stalled)
             try:
                 events: Iterator[GenerationEvent] = await self.served.run(
                     start_generation, runtime, request, params, cancel
@@ -168,8 +236,11 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
                 while (event := await self.served.run(next, events, _DONE)) is not _DONE:
                     if event.stats is not None:
                         self.served.metrics.generation(event.stats)
+                    watch.writing()
                     yield event
+                    watch.written()
             finally:
+                watch.written()
                 cancel.set()  # the client went away or the deadline passed: stop at the next token
 
     async def Generate(
@@ -196,5 +267,6 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         plan = self._plan(request.plan) if request.HasField("plan") else None
         corpus = service_measure.wire_corpus(request.corpus or self.served.measure.quality_corpus)
         tokens = request.max_tokens or self.served.measure.quality_tokens
-        evaluation = await self.served.run(service_measure.evaluate, runtime, corpus, tokens, plan)
+        async with self.admission.slot():  # an evaluation computes like a generation: it queues like one
+            evaluation = await self.served.run(service_measure.evaluate, runtime, corpus, tokens, plan)
         return codec.evaluation_to_proto(evaluation)

@@ -10,6 +10,7 @@ dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -23,6 +24,7 @@ from moeqos.planner.latency_model import LatencyModel
 from moeqos.planner.milp import DEFAULT_TOLERANCE
 from moeqos.planner.quality_model import QualityModel
 from moeqos.planner.solver import PlanRequest, PlanResult, solve
+from moeqos.planner.work_pool import checked
 
 DEFAULT_POINTS = 20
 
@@ -38,9 +40,14 @@ def frontier(
     allowed_tiers: frozenset[str] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     time_limit_s: float = 0.5,
+    stop: Callable[[], bool] | None = None,
 ) -> list[PlanResult]:
     """Up to `points` non-dominated plans, slowest (most accurate) first. Raises InfeasibleTarget when
-    no plan fits the budgets at all."""
+    no plan fits the budgets at all.
+
+    `stop`, checked before each solve: when it returns True the caller has gone, and StopRequested
+    ends the work (moeqos.planner.work_pool)."""
+    check = (lambda: None) if stop is None else (lambda: checked(stop))
     if points < 2:
         raise OutOfRange(f"a frontier needs at least 2 points, got {points}")
     latency = latency or LatencyModel.fit(profile)
@@ -55,7 +62,9 @@ def frontier(
         tolerance=tolerance,
         time_limit_s=time_limit_s,
     )
+    check()
     accurate = solve(base, latency, quality)
+    check()
     fastest = solve(replace(base, target=QosTarget(objective=Objective.SPEED)), latency, quality)
     results = [accurate, fastest]
     inner = points - 2
@@ -68,6 +77,7 @@ def frontier(
     targets = [QosTarget(min_tokens_per_s=float(f)) for f in floors[1:-1]]
     targets += [QosTarget(max_perplexity=float(np.exp(c))) for c in log_ceilings[1:-1]]
     for target in targets:
+        check()
         try:
             results.append(solve(replace(base, target=target), latency, quality))
         except InfeasibleTarget:

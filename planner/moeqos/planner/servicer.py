@@ -36,9 +36,11 @@ from moeqos.core.service_types import (
 )
 from moeqos.core.tier import TierBudget
 from moeqos.planner.catalog import HARDWARE, MODELS
+from moeqos.planner.executor_addresses import ExecutorAddresses
 from moeqos.planner.frontier import DEFAULT_POINTS, frontier
 from moeqos.planner.solver import PlanRequest, PlanResult, solve
 from moeqos.planner.whatif import whatif_profile
+from moeqos.planner.work_pool import Stop, WorkPool, checked
 from moeqos.proto.planner.v1 import planner_pb2 as pl
 from moeqos.proto.planner.v1 import planner_pb2_grpc as pl_grpc
 
@@ -90,9 +92,19 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
     """Plan, Frontier, WhatIf and Deploy over the pure planner core."""
 
     def __init__(
-        self, pool: Executor, peer: ConnectOptions, advertise_address: str, token: str | None = None
+        self,
+        pool: Executor,
+        peer: ConnectOptions,
+        advertise_address: str,
+        token: str | None = None,
+        heavy: WorkPool | None = None,
+        addresses: ExecutorAddresses | None = None,
     ) -> None:
         self._pool = pool
+        self.heavy = heavy or WorkPool(pool, 1, 4, "what-if/frontier")
+        """Where WhatIf and Frontier run: bounded apart from Plan and Deploy, stopped when callers leave."""
+        self.addresses = addresses or ExecutorAddresses(token_required=token is not None)
+        """Which executor addresses callers may name."""
         self._peer = peer
         """How to reach executors (token, TLS, deadline)."""
         self._token = token
@@ -116,18 +128,26 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             return self._peer
         return dataclasses.replace(self._peer, token=presented)
 
-    async def _profile(self, source: pl.ProfileSource, peer: ConnectOptions) -> Profile:
+    def _authenticated(self, context: grpc.aio.ServicerContext) -> bool:
+        return self._token is not None and token_matches(
+            bearer_token(context.invocation_metadata()), self._token
+        )
+
+    async def _profile(
+        self, source: pl.ProfileSource, peer: ConnectOptions, context: grpc.aio.ServicerContext
+    ) -> Profile:
         kind = source.WhichOneof("source")
         if kind == "profile":
             return common.profile_from_proto(source.profile)
         if kind == "executor_address" and source.executor_address:
+            self.addresses.check(source.executor_address, self._authenticated(context))
             async with AsyncExecutorClient(source.executor_address, peer) as executor:
                 return await executor.get_profile(timeout=None)
         raise InvalidArgument("source must give a profile or an executor address")
 
     async def Plan(self, request: pl.PlanRequest, context: grpc.aio.ServicerContext) -> pl.PlanResponse:
         plan_request = PlanRequest(
-            await self._profile(request.source, self._peer_for(context)),
+            await self._profile(request.source, self._peer_for(context), context),
             common.target_from_proto(request.target),
             common.budgets_from_proto(request.budgets),
             common.pins_from_proto(request.pins),
@@ -138,27 +158,38 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         self, request: pl.FrontierRequest, context: grpc.aio.ServicerContext
     ) -> pl.FrontierResponse:
         points = _points(request.points or DEFAULT_POINTS)
-        profile = await self._profile(request.source, self._peer_for(context))
+        profile = await self._profile(request.source, self._peer_for(context), context)
         budgets, pins = common.budgets_from_proto(request.budgets), common.pins_from_proto(request.pins)
-        results = await self._run(frontier, profile, budgets, points, pins)
+
+        def job(stop: Stop) -> list[PlanResult]:
+            return frontier(profile, budgets, points, pins, stop=stop)
+
+        results = await self.heavy.run(job, context.time_remaining())
         return pl.FrontierResponse(points=[codec.outcome_to_point(outcome_of(r)) for r in results])
 
     async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
         capacities = {b.name: b.budget_bytes for b in common.budgets_from_proto(request.budgets)}
-        profile = whatif_profile(_described_model(request), _described_hardware(request), capacities)
-        best: PlanOutcome | None = None
-        points: tuple[PlanOutcome, ...] = ()
-        budgets = profile.tiers
-        if request.HasField("target"):
-            plan_request = PlanRequest(profile, common.target_from_proto(request.target), budgets)
-            best = outcome_of(await self._run(solve, plan_request))
-        if request.frontier_points:
-            results = await self._run(frontier, profile, budgets, _points(request.frontier_points))
-            points = tuple(outcome_of(r) for r in results)
-        return codec.whatif_to_proto(WhatIfOutcome(profile, best, points))
+        model, hardware = _described_model(request), _described_hardware(request)
+        target = common.target_from_proto(request.target) if request.HasField("target") else None
+        points = _points(request.frontier_points) if request.frontier_points else 0
+
+        def job(stop: Stop) -> WhatIfOutcome:
+            profile = whatif_profile(model, hardware, capacities)
+            checked(stop)
+            best = None if target is None else solve(PlanRequest(profile, target, profile.tiers))
+            front = frontier(profile, profile.tiers, points, stop=stop) if points else []
+            return WhatIfOutcome(
+                profile,
+                None if best is None else outcome_of(best),
+                tuple(outcome_of(r) for r in front),
+            )
+
+        return codec.whatif_to_proto(await self.heavy.run(job, context.time_remaining()))
 
     async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
         specs = _deploy_specs(request)
+        for spec in specs:
+            self.addresses.check(spec.executor_address, authenticated=True)  # Deploy needs the token anyway
         peer = self._peer_for(context)
         # Every plan is solved before any is applied, so a bad input or an infeasible target for one
         # executor leaves all of them untouched.
@@ -199,7 +230,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         """Put the executor back on `info`'s plan and standing target (a no-op switch when unchanged)."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             await executor.apply_plan(info.plan, timeout=None)
-            await executor.set_target(info.standing_target, info.planner_address)
+            await executor.set_target(info.standing_target, info.planner_address, info.standing_pins)
 
     async def _apply_to(
         self, spec: DeploySpec, result: PlanResult, planner_address: str, peer: ConnectOptions
@@ -207,7 +238,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         """Apply the plan, then leave the executor its standing target and this planner's address."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             report = await executor.apply_plan(result.plan, timeout=None)
-            await executor.set_target(spec.target, planner_address)
+            await executor.set_target(spec.target, planner_address, spec.pins)
         return DeployOutcome(spec.executor_address, result.plan, outcome_of(result).prediction, report)
 
 

@@ -55,6 +55,10 @@ def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
         profile_cached=info.profile_cached,
         replan_state=replan_state_to_proto(info.replan_state),
         replan_detail=info.replan_detail,
+        damaged_files=info.damaged_files,
+        integrity=info.integrity,
+        standing_pins=[common.pin_to_proto(p) for p in info.standing_pins],
+        target_generation=info.target_generation,
     )
     if info.plan_applied_at is not None:
         message.plan_applied_at.CopyFrom(common.timestamp_to_proto(info.plan_applied_at))
@@ -84,6 +88,10 @@ def info_from_proto(message: ex.GetInfoResponse) -> ExecutorInfo:
         profile_cached=message.profile_cached,
         replan_state=replan_state_from_proto(message.replan_state),
         replan_detail=message.replan_detail,
+        damaged_files=message.damaged_files,
+        integrity=message.integrity or "ok",
+        standing_pins=common.pins_from_proto(message.standing_pins),
+        target_generation=message.target_generation,
     )
 
 
