@@ -122,4 +122,4 @@ def completion_from_proto(m: ex.CompleteResponse) -> t.Completion:
 
 
 def evaluation_from_proto(m: ex.EvaluateResponse) -> t.Evaluation:
-    return t.Evaluation(m.perplexity, m.tokens_per_s, m.tokens, m.plan_spec, m.corpus)
+    return t.Evaluation(m.perplexity, m.tokens_per_s, m.tokens, m.plan_spec, m.corpus, m.decode_tokens)

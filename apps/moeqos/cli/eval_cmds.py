@@ -15,13 +15,18 @@ from moeqos.core.plan import Plan, parse_plan, plan_text
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.executor.default_model.location import resolve_model_dir
 
+DECODE_EOS = "ignored"
+"""How the timed decode treats end-of-sequence (`decode_eos` in the JSON): it generates past it, so
+`tokens_per_s` is measured over exactly `decode_tokens` tokens for every plan."""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="perplexity and tokens/s of a model under a plan",
         description="Load the model under PLAN, score the first --max-tokens tokens of the corpus in "
-        "non-overlapping windows of --context tokens, then time a short greedy decode.",
+        "non-overlapping windows of --context tokens, then time a greedy decode of exactly --decode-tokens "
+        "tokens (end-of-sequence ignored, after one untimed warm-up run).",
     )
     parser.add_argument(
         "--plan", required=True, help="plan text (e.g. `int4`, `int4@cpu,L0-3.E*=bf16`) or @plan.json"
@@ -42,7 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="model directory (default: the default model, built if needed)")
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens of the corpus to score")
     parser.add_argument("--context", type=int, default=512, help="tokens per scoring window")
-    parser.add_argument("--decode-tokens", type=int, default=32, help="tokens of greedy decode to time")
+    parser.add_argument(
+        "--decode-tokens",
+        type=int,
+        default=32,
+        help="tokens of greedy decode to time, generated past end-of-sequence (0: no decode)",
+    )
     parser.add_argument("--device", default="cpu", help="execution device (cpu, cuda:0)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_eval)
@@ -61,7 +71,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"plan        {result['plan_summary']}")
     print(f"corpus      {result['measured_on']} (context {result['context']})")
     print(f"perplexity  {result['perplexity']:.3f}")
-    print(f"tokens/s    {result['tokens_per_s']:.2f} (greedy decode of {result['decode_tokens']} tokens)")
+    if result["decode_tokens"]:
+        print(
+            f"tokens/s    {result['tokens_per_s']:.2f} (greedy decode of {result['decode_tokens']} tokens, "
+            f"end-of-sequence ignored, after {result['decode_warmup_runs']} untimed warm-up run)"
+        )
     print(f"seconds     {result['seconds']:.1f} evaluating, {result['load_seconds']:.1f} loading")
     return 0
 
@@ -93,7 +107,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "context": args.context,
         "perplexity": result.perplexity,
         "tokens_scored": result.tokens_scored,
-        "decode_tokens": args.decode_tokens,
+        "decode_tokens": result.decode_tokens,
+        "decode_eos": DECODE_EOS,
+        "decode_warmup_runs": result.decode_warmup_runs,
         "tokens_per_s": result.tokens_per_s,
         "seconds": result.seconds,
         "load_seconds": load_seconds,

@@ -138,9 +138,12 @@ class Evaluation:
 
     perplexity: float
     tokens_per_s: float
+    """Greedy decode rate over exactly `decode_tokens` tokens (end-of-sequence ignored, after a warm-up)."""
     tokens: int
     plan_spec: str
     corpus: str
+    decode_tokens: int = 0
+    """Tokens the timed decode generated."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
-from moeqos.executor.sampling import SamplingParams
+from moeqos.executor.generation import time_decode
 
 if TYPE_CHECKING:
     from moeqos.executor.runtime import ExecutorRuntime
@@ -25,9 +25,14 @@ class EvalResult:
     perplexity: float
     tokens_scored: int
     tokens_per_s: float
-    """Greedy decode rate of a short generation under the plan (0 when decode_tokens is 0)."""
+    """Greedy decode rate under the plan over exactly `decode_tokens` tokens, end-of-sequence ignored,
+    after one untimed warm-up run (moeqos.executor.generation.time_decode); 0 when none were asked."""
     seconds: float
     """Wall time of the whole evaluation, plan switches included."""
+    decode_tokens: int = 0
+    """Tokens the timed decode generated (and `tokens_per_s` is measured over)."""
+    decode_warmup_runs: int = 0
+    """Untimed decode runs before the timed one."""
 
 
 @contextmanager
@@ -85,16 +90,11 @@ def evaluate(
     start = time.perf_counter()
     with plan_applied(runtime, plan):
         ppl, scored = perplexity(runtime, token_ids, context_length, stride)
-        rate = decode_rate(runtime, token_ids[:16], decode_tokens) if decode_tokens else 0.0
-    return EvalResult(ppl, scored, rate, time.perf_counter() - start)
-
-
-def decode_rate(runtime: ExecutorRuntime, prompt: list[int], tokens: int) -> float:
-    """Greedy decode tokens/s of a `tokens`-long generation (eos ignored by the count, not by the loop)."""
-    events = list(runtime.generate(prompt, SamplingParams(max_tokens=tokens)))
-    stats = events[-1].stats
-    assert stats is not None
-    return stats.tokens_per_s
+        timing = time_decode(runtime.decode_step, token_ids[:16], decode_tokens) if decode_tokens else None
+    seconds = time.perf_counter() - start
+    if timing is None:
+        return EvalResult(ppl, scored, 0.0, seconds)
+    return EvalResult(ppl, scored, timing.tokens_per_s, seconds, timing.tokens, timing.warmup_runs)
 
 
 def _validate(

@@ -25,7 +25,7 @@ from moeqos.executor.adapters import adapter_for
 from moeqos.executor.budgets import physical_budget, validate_plan
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
-from moeqos.executor.generation import GenerationEvent, SamplingParams, decode_loop
+from moeqos.executor.generation import GenerationEvent, SamplingParams, Step, decode_loop
 from moeqos.executor.identity import hardware_identity, model_identity
 from moeqos.executor.loader import build_model, load_config
 from moeqos.executor.quant import QuantExpert
@@ -81,7 +81,12 @@ class ExecutorRuntime:
             checkpoint, self.adapter, hf_config, config.device, config.dense_precision, self.store
         )
         self.model = model_identity(
-            checkpoint, hf_config, self.lm, self.adapter.top_k(hf_config), self.num_experts
+            checkpoint,
+            hf_config,
+            self.lm,
+            self.adapter.top_k(hf_config),
+            self.num_experts,
+            config.dense_precision,
         )
         """The served model's identity (name, fingerprint, shape)."""
         self.hardware = hardware_identity(config.device)
@@ -244,18 +249,22 @@ class ExecutorRuntime:
         self, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None
     ) -> Iterator[GenerationEvent]:
         """Stream a completion; inputs are validated here, before the first token."""
-        from transformers import DynamicCache
-
         ids = self.encode(prompt)
         params.validate(len(ids), self.context_length)
         if params.stop and self.tokenizer is None:
             raise InvalidArgument("stop strings need a tokenizer; this model directory has none")
+        return decode_loop(self.decode_step(), ids, params, self.eos_ids(), self._decoder(), cancel)
+
+    def decode_step(self) -> Step:
+        """A decode step with its own fresh KV cache: new token ids -> logits [V] of the last position."""
+        from transformers import DynamicCache
+
         cache = DynamicCache(config=self.hf_config)
 
         def step(new_ids: list[int]) -> torch.Tensor:
             return self.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]
 
-        return decode_loop(step, ids, params, self.eos_ids(), self._decoder(), cancel)
+        return step
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text needs the tokenizer); InvalidArgument when empty or out of vocab."""

@@ -254,6 +254,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         return ex.EvaluateResponse(
             perplexity=result.perplexity,
             tokens_per_s=result.tokens_per_s,
+            decode_tokens=result.decode_tokens,
             tokens=result.tokens_scored,
             plan_spec=(plan or runtime.plan).to_spec(),
             corpus=corpus,
