@@ -15,10 +15,6 @@ from moeqos.core.plan import Plan, parse_plan, plan_text
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.executor.default_model.location import resolve_model_dir
 
-DECODE_EOS = "ignored"
-"""How the timed decode treats end-of-sequence (`decode_eos` in the JSON): it generates past it, so
-`tokens_per_s` is measured over exactly `decode_tokens` tokens for every plan."""
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -83,6 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Load the model under the plan and evaluate it; returns what `moeqos eval --json` prints."""
     from moeqos.executor.config import ExecutorConfig
+    from moeqos.executor.generation import TIMED_DECODE_EOS
     from moeqos.executor.runtime import ExecutorRuntime
 
     model_dir = resolve_model_dir(args.model)
@@ -108,7 +105,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "perplexity": result.perplexity,
         "tokens_scored": result.tokens_scored,
         "decode_tokens": result.decode_tokens,
-        "decode_eos": DECODE_EOS,
+        "decode_eos": TIMED_DECODE_EOS,
         "decode_warmup_runs": result.decode_warmup_runs,
         "tokens_per_s": result.tokens_per_s,
         "seconds": result.seconds,

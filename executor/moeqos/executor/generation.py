@@ -19,6 +19,7 @@ from moeqos.executor.sampling import SamplingParams, choose_token
 from moeqos.executor.textstream import TextStream
 
 __all__ = [
+    "TIMED_DECODE_EOS",
     "DecodeTiming",
     "GenerationEvent",
     "GenerationStats",
@@ -97,6 +98,11 @@ def _stats(prompt_tokens: int, start: float, stamps: list[float], reason: str) -
     else:
         rate = count / max((stamps[-1] if stamps else time.perf_counter()) - start, 1e-9)
     return GenerationStats(prompt_tokens, count, ttft, rate, reason)
+
+
+TIMED_DECODE_EOS = "ignored"
+"""What `time_decode` does at end-of-sequence (as reports name it, e.g. `moeqos eval --json`'s
+`decode_eos`): it generates past it, so a rate is always over exactly the tokens asked for."""
 
 
 @dataclass(frozen=True)
