@@ -8,8 +8,9 @@ import pytest
 import torch
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
+from moeqos.core.service_types import GenerationEvent
 from moeqos.executor.config import ExecutorConfig
-from moeqos.executor.generation import GenerationEvent, SamplingParams, time_decode
+from moeqos.executor.generation import SamplingParams, time_decode
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.testing import make_tiny_mixtral
 

@@ -21,11 +21,11 @@ def _modules(runtime) -> dict:
 
 def test_switch_rebuilds_exactly_the_changed_experts(runtime) -> None:
     before = _modules(runtime)
-    report = runtime.apply_plan(parse_plan(MIXED, LAYERS, EXPERTS, "cpu"))
+    switch = runtime.apply_plan(parse_plan(MIXED, LAYERS, EXPERTS, "cpu"))
     after = _modules(runtime)
     changed = {(0, 1), (1, 2), (1, 3)}
-    assert report.changed_experts == 3 and set(report.changed) == changed
-    assert report.previous == fp32_plan() and report.current == runtime.plan
+    assert switch.report.experts_changed == 3 and set(switch.changed) == changed
+    assert switch.previous == fp32_plan() and switch.current == runtime.plan
     for key in before:
         if key in changed:
             assert after[key] is not before[key]

@@ -121,7 +121,7 @@ def test_evaluate_perplexity_equals_transformers(runtime, reference_model) -> No
     ids = prompt_ids(100, seed=5)[0].tolist()
     result = runtime.evaluate(ids, context_length=32, decode_tokens=4)
     assert result.perplexity == pytest.approx(_transformers_perplexity(reference_model, ids, 32), rel=1e-4)
-    assert result.tokens_scored == 100 - 4 and result.tokens_per_s > 0 and result.seconds > 0
+    assert result.tokens == 100 - 4 and result.tokens_per_s > 0 and result.seconds > 0
 
 
 def test_evaluate_times_exactly_the_decode_tokens_it_reports(runtime, monkeypatch) -> None:
@@ -129,7 +129,7 @@ def test_evaluate_times_exactly_the_decode_tokens_it_reports(runtime, monkeypatc
     but evaluate decodes past it and times the tokens it reports, after a warm-up run of as many."""
     ids = prompt_ids(40, seed=8)[0].tolist()
     first = next(iter(runtime.generate(ids[:16], SamplingParams(max_tokens=1)))).token_id
-    monkeypatch.setattr(runtime, "eos_ids", lambda: {first})
+    monkeypatch.setattr(runtime.prompts, "eos_ids", lambda: {first})
     *_, last = runtime.generate(ids[:16], SamplingParams(max_tokens=8))
     assert (last.stats.finish_reason, last.stats.generated_tokens) == ("eos", 1)
     steps: list[int] = []  # decode steps (they keep the last position; scoring windows keep all)
@@ -142,8 +142,8 @@ def test_evaluate_times_exactly_the_decode_tokens_it_reports(runtime, monkeypatc
 
     monkeypatch.setattr(runtime, "forward_logits", counting)
     result = runtime.evaluate(ids, context_length=32, decode_tokens=8)
-    assert (result.decode_tokens, result.decode_warmup_runs) == (8, 1)
-    assert len(steps) == 2 * 8 and result.tokens_per_s > 0
+    assert result.decode_tokens == 8 and result.tokens_per_s > 0
+    assert len(steps) == 2 * 8  # the warm-up run and the timed run, each exactly 8 tokens
     assert runtime.evaluate(ids, context_length=32, decode_tokens=0).decode_tokens == 0
 
 
@@ -161,9 +161,9 @@ def test_evaluate_applies_a_plan_temporarily(runtime) -> None:
 def test_strided_windows_score_every_token_once(runtime) -> None:
     ids = prompt_ids(80, seed=7)[0].tolist()
     strided = runtime.evaluate(ids, context_length=32, stride=16, decode_tokens=0)
-    assert strided.tokens_scored == 79
+    assert strided.tokens == 79
     full = runtime.evaluate(ids, context_length=80, decode_tokens=0)
-    assert full.tokens_scored == 79
+    assert full.tokens == 79
     assert strided.perplexity == pytest.approx(full.perplexity, rel=0.5)
 
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from moeqos.cli import planner_cmds
+from moeqos.cli.guard import run_command
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.precision import Precision
 from moeqos.core.units import format_bytes, parse_budget, parse_bytes
@@ -18,20 +19,27 @@ from tests.planner.planner_fixtures import synthetic_profile
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("1.5 MiB", 1572864), ("4096", 4096), ("2g", 2 * 2**30)],
+    [
+        ("24GiB", 24 * 2**30),
+        ("80GB", 80 * 10**9),
+        ("1.5 MiB", 1572864),
+        ("4096B", 4096),
+        ("2g", 2 * 2**30),
+        ("0", 0),
+    ],
 )
 def test_parse_bytes(text: str, expected: int) -> None:
     assert parse_bytes(text) == expected
 
 
 def test_bad_sizes_and_budgets_are_invalid() -> None:
-    for bad in ("lots", "12 parsecs", "-1GB"):
+    for bad in ("lots", "12 parsecs", "-1GB", "4096", "70"):
         with pytest.raises(InvalidArgument):
             parse_bytes(bad)
     with pytest.raises(InvalidArgument):
         parse_budget("gpu=1GiB")
     assert parse_budget("cuda:0=16GiB").budget_bytes == 16 * 2**30
-    assert format_bytes(3 * 2**30) == "3.0 GiB"
+    assert format_bytes(3 * 2**30) == "3.00 GiB"
 
 
 @pytest.fixture()
@@ -49,7 +57,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="moeqos")
     planner_cmds.register(parser.add_subparsers())
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_command(args.func, args)
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:

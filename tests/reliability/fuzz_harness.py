@@ -30,7 +30,7 @@ EXECUTOR = "/moeqos.executor.v1.ExecutorService/"
 PLANNER = "/moeqos.planner.v1.PlannerService/"
 TRIED: Counter[tuple[str, str]] = Counter()
 """Answers by (method, status) over the whole session, for the summary (tests/reliability/conftest.py)."""
-STREAMS = frozenset({"Generate", "Profile"})
+STREAMS = frozenset({"Generate", "MeasureProfile"})
 CALL_TIMEOUT = 60.0
 """A fuzzed call still unanswered by then is a hang (DEADLINE_EXCEEDED is not a clear answer)."""
 

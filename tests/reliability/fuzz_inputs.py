@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from hypothesis import strategies as st
-from moeqos.api import descriptions
+from moeqos.api.codec import planner as planner_codec
 from moeqos.planner.catalog import HARDWARE, MODELS
 from moeqos.proto.common.v1 import common_pb2 as pb
 from moeqos.proto.executor.v1 import executor_pb2 as ex
@@ -131,7 +131,7 @@ def model_descriptions(draw: st.DrawFn) -> pl.ModelDescription:
     """A real model description with one or two fields made extreme (NaN, zero, 2**32 - 1, ...).
 
     Layer and expert counts stay within what a real planner can tabulate (see test_resource_limits)."""
-    message = descriptions.model_to_proto(MODELS[draw(st.sampled_from(sorted(MODELS)))])
+    message = planner_codec.model_to_proto(MODELS[draw(st.sampled_from(sorted(MODELS)))])
     for name in draw(st.lists(st.sampled_from(MODEL_FIELDS), min_size=1, max_size=2)):
         if name == "reference_perplexity":
             message.reference_perplexity = draw(floats)
@@ -142,13 +142,13 @@ def model_descriptions(draw: st.DrawFn) -> pl.ModelDescription:
     return message
 
 
-MODEL_FIELDS = (*descriptions.POSITIVE_MODEL_FIELDS, "reference_perplexity")
+MODEL_FIELDS = (*planner_codec.POSITIVE_MODEL_FIELDS, "reference_perplexity")
 
 
 @st.composite
 def hardware_descriptions(draw: st.DrawFn) -> pl.HardwareDescription:
     """A real machine description with one part broken: a tier, a rate, an optional number, the device."""
-    message = descriptions.hardware_to_proto(HARDWARE[draw(st.sampled_from(sorted(HARDWARE)))])
+    message = planner_codec.hardware_to_proto(HARDWARE[draw(st.sampled_from(sorted(HARDWARE)))])
     part = draw(st.sampled_from(["tier", "flops", "optional", "device", "extra tier"]))
     if part == "tier":
         tier = message.tiers[draw(st.integers(0, len(message.tiers) - 1))]

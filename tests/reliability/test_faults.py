@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 from moeqos.bench.cluster import Cluster
-from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, GenerationStats, PlannerClient, Sampling
+from moeqos.client import (
+    ConnectOptions,
+    DeploySpec,
+    ExecutorClient,
+    GenerationStats,
+    PlannerClient,
+    ReplanState,
+    Sampling,
+)
 from moeqos.client.base import SyncBase
 from moeqos.core.errors import MoeqosError, Unavailable
 from moeqos.core.precision import Precision, expert_bytes
@@ -93,13 +101,13 @@ def test_planner_down_executor_serves_and_replans_once_it_is_back(
             * expert_bytes(model.hidden_size, model.intermediate_size, Precision.INT4)
         )
         assert client.set_budget("cpu", tight).replan_started
-        _wait_for(lambda: client.info().replan_state.startswith("retrying"), "a retry")
+        _wait_for(lambda: client.info().replan_state is ReplanState.RETRYING, "a retry")
         served = client.complete(PROMPTS[0], Sampling(max_tokens=4)).stats
         assert served.generated_tokens == 4 and served.plan_spec == deployed.to_spec()
         assert client.info().plan == deployed
 
         cluster.restart("planner")
-        _wait_for(lambda: client.info().replan_state.startswith("applied"), "the re-plan", timeout=90.0)
+        _wait_for(lambda: client.info().replan_state is ReplanState.APPLIED, "the re-plan", timeout=90.0)
         info = client.info()
         assert info.plan != deployed
         assert next(t for t in info.tiers if t.name == "cpu").used_bytes <= tight

@@ -19,7 +19,8 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from moeqos.api import descriptions, wire
+from moeqos.api.codec import common
+from moeqos.api.codec import planner as planner_codec
 from moeqos.client import ExecutorClient
 from moeqos.planner.catalog import MODELS
 from moeqos.proto.common.v1 import common_pb2 as pb
@@ -47,7 +48,7 @@ VALID_CORPORA = ("", "ptb:train", "ptb:valid", "ptb:test")
 
 @pytest.fixture(scope="module")
 def fuzzer(stack: Stack, profile_file: Path) -> Iterator[Fuzzer]:
-    executor = stack.executor(budgets={"cpu": 600_000, "disk": 0}, max_message_bytes=MAX_MESSAGE)
+    executor = stack.executor(tier_budgets={"cpu": 600_000, "disk": 0}, max_message_bytes=MAX_MESSAGE)
     planner = stack.planner(max_message_bytes=MAX_MESSAGE)
     with ExecutorClient(address(executor.port)) as client:
         client.get_profile()
@@ -102,8 +103,8 @@ def test_generation(fuzzer, request, stream):
 @given(corpus=fi.text, tokens=fi.u32, quality=st.booleans())
 def test_measurement(fuzzer, corpus, tokens, quality):
     assume(not _cheap_measurement(corpus, tokens))
-    request = ex.ProfileRequest(corpus=corpus, tokens=tokens, measure_quality=quality)
-    fuzzer.check(EXECUTOR, "Profile", serialized(request))
+    request = ex.MeasureProfileRequest(corpus=corpus, tokens=tokens, measure_quality=quality)
+    fuzzer.check(EXECUTOR, "MeasureProfile", serialized(request))
 
 
 @FUZZ
@@ -125,7 +126,7 @@ def _source(fuzzer: Fuzzer, data: st.DataObject) -> tuple[pl.ProfileSource, froz
         bad = data.draw(st.sampled_from(["", "127.0.0.1:1", "nowhere", "[::1]:0", ":", "a" * 300]))
         return pl.ProfileSource(executor_address=bad), fi_unreachable(bad)
     with ExecutorClient(fuzzer.executor_address) as client:
-        good = wire.profile_to_proto(client.get_profile())
+        good = common.profile_to_proto(client.get_profile())
     return pl.ProfileSource(profile=data.draw(fi.profiles(good))), frozenset()
 
 
@@ -223,7 +224,7 @@ def test_deploy_with_one_bad_target_changes_no_executor(fuzzer):
 
 def test_profile_with_too_few_tokens_is_out_of_range(fuzzer):
     """Found by test_measurement: `tokens` 1..15 reached a config check and answered INTERNAL."""
-    code = fuzzer.check(EXECUTOR, "Profile", serialized(ex.ProfileRequest(tokens=1)))
+    code = fuzzer.check(EXECUTOR, "MeasureProfile", serialized(ex.MeasureProfileRequest(tokens=1)))
     assert code in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.INVALID_ARGUMENT)
 
 
@@ -235,6 +236,6 @@ def test_tiny_temperature_is_a_clear_answer(fuzzer):
 
 def test_whatif_with_a_huge_hidden_size_is_a_clear_answer(fuzzer):
     """Found by test_whatif: hidden_size 10**9 made the dense bytes overflow uint64 on the way out."""
-    model = descriptions.model_to_proto(replace(MODELS["mixtral-8x22b"], hidden_size=10**9))
+    model = planner_codec.model_to_proto(replace(MODELS["mixtral-8x22b"], hidden_size=10**9))
     request = pl.WhatIfRequest(model_description=model, hardware_name="a100-80gb")
     fuzzer.check(PLANNER, "WhatIf", serialized(request))

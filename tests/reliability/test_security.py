@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from moeqos.cli import serve_cmds
-from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient
+from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient, ReplanState
 from moeqos.core.errors import Unauthenticated, Unavailable
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.tier import TierStatus
@@ -66,7 +66,7 @@ def test_a_server_on_the_default_address_cannot_be_reached_from_outside(stack):
 
 
 def test_deploy_carries_the_token_to_executors(stack, profile_file):
-    executor = stack.executor(token="shared", budgets={"disk": 0})
+    executor = stack.executor(token="shared", tier_budgets={"disk": 0})
     good = stack.planner(token="shared")
     wrong_peer = stack.planner(token="shared", peer_token="not-it")
     admin = ConnectOptions(token="shared")
@@ -85,39 +85,39 @@ def test_replans_carry_the_token_to_the_planner(stack, profile_file, peer_token)
     """The planner requires the token even on reads (auth_read): the executor's re-plan gets through only
     with the right one, and a wrong one ends the re-plan as failed rather than retrying forever."""
     planner = stack.planner(token="shared", auth_read=True)
-    executor = stack.executor(token="shared", peer_token=peer_token, budgets={"disk": 0})
+    executor = stack.executor(token="shared", peer_token=peer_token, tier_budgets={"disk": 0})
     admin = ConnectOptions(token="shared")
     with PlannerClient(address(planner.port), admin) as client:
         client.deploy([DeploySpec(address(executor.port), QUALITY)], timeout=60)
     with ExecutorClient(address(executor.port), admin) as client:
         tight = _cpu(client).used_bytes // 2
         assert client.set_budget("cpu", tight).replan_started
-        state = _settled_replan(client)
+        state, detail = _settled_replan(client)
     if peer_token is None:
-        assert state.startswith("applied"), state
+        assert state is ReplanState.APPLIED, (state, detail)
         with ExecutorClient(address(executor.port)) as client:
             assert _cpu(client).used_bytes <= tight
     else:
-        assert state.startswith("failed") and "Unauthenticated" in state, state
+        assert state is ReplanState.FAILED and "Unauthenticated" in detail, (state, detail)
 
 
 def _cpu(client: ExecutorClient) -> TierStatus:
     return next(t for t in client.info().tiers if t.name == "cpu")
 
 
-def _settled_replan(client: ExecutorClient, timeout: float = 60.0) -> str:
+def _settled_replan(client: ExecutorClient, timeout: float = 60.0) -> tuple[ReplanState, str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = client.info().replan_state
-        if state.startswith(("applied", "failed")):
-            return state
+        info = client.info()
+        if info.replan_state in (ReplanState.APPLIED, ReplanState.FAILED):
+            return info.replan_state, info.replan_detail
         time.sleep(0.1)
-    raise AssertionError(f"re-plan still {state!r} after {timeout:.0f}s")
+    raise AssertionError(f"re-plan still {info.replan_state} after {timeout:.0f}s")
 
 
 def test_planner_reaches_a_tls_executor(stack, profile_file, tmp_path):
     certs = make_certs(tmp_path)
-    executor = stack.executor(tls_cert=certs.server_cert, tls_key=certs.server_key, budgets={"disk": 0})
+    executor = stack.executor(tls_cert=certs.server_cert, tls_key=certs.server_key, tier_budgets={"disk": 0})
     planner = stack.planner(peer_tls_ca=certs.ca)
     cleartext = stack.planner()
     target = [DeploySpec(f"localhost:{executor.port}", QUALITY)]
@@ -135,7 +135,7 @@ def test_mutual_tls_refuses_a_certificate_from_another_ca(stack, tmp_path):
     (tmp_path / "theirs").mkdir()
     ours, theirs = make_certs(tmp_path / "ours"), make_certs(tmp_path / "theirs")
     executor = stack.executor(
-        tls_cert=ours.server_cert, tls_key=ours.server_key, tls_client_ca=ours.ca, budgets={"disk": 0}
+        tls_cert=ours.server_cert, tls_key=ours.server_key, tls_client_ca=ours.ca, tier_budgets={"disk": 0}
     )
     target = f"localhost:{executor.port}"
     stranger = ConnectOptions(
@@ -151,7 +151,7 @@ def test_mutual_tls_refuses_a_certificate_from_another_ca(stack, tmp_path):
 def test_planner_deploys_to_an_executor_that_requires_mutual_tls(stack, profile_file, tmp_path):
     certs = make_certs(tmp_path)
     executor = stack.executor(
-        tls_cert=certs.server_cert, tls_key=certs.server_key, tls_client_ca=certs.ca, budgets={"disk": 0}
+        tls_cert=certs.server_cert, tls_key=certs.server_key, tls_client_ca=certs.ca, tier_budgets={"disk": 0}
     )
     no_cert = stack.planner(peer_tls_ca=certs.ca)
     planner = stack.planner(

@@ -25,7 +25,7 @@ async def test_async_executor_stream_and_state(executor_address):
 async def test_async_profile_streams_progress_then_the_profile(stack):
     handle = stack.executor()
     async with AsyncExecutorClient(address(handle.port)) as client:
-        events = [e async for e in client.profile(measure_quality=False)]
+        events = [e async for e in client.measure_profile(measure_quality=False)]
         cached = await client.get_profile()
     progress, last = events[:-1], events[-1]
     stages = {p.stage for p in progress if isinstance(p, ProfileProgress)}

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
-from moeqos.client import DeploySpec, ExecutorClient, PlannerClient, Sampling
+from moeqos.client import DeploySpec, ExecutorClient, PlannerClient, ReplanState, Sampling
 from moeqos.core.errors import InvalidArgument, MoeqosError, OutOfRange, OverBudget, PlanApplyFailed
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.qos import Objective, QosTarget
+from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
 from tests.service.service_harness import address
 
@@ -28,7 +30,7 @@ def test_info_describes_model_tiers_and_plan(executor_address, executor):
 
 
 def test_deploy_applies_the_plan_and_generate_streams_text(stack, planner_address):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     target_address = address(handle.port)
     with PlannerClient(planner_address) as planner, ExecutorClient(target_address) as executor:
         target = QosTarget(min_tokens_per_s=0.001)
@@ -50,7 +52,7 @@ def test_deploy_applies_the_plan_and_generate_streams_text(stack, planner_addres
 
 
 def test_budget_change_replans_under_a_running_stream(stack, planner_address):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     executor_address = address(handle.port)
     with PlannerClient(planner_address) as planner, ExecutorClient(executor_address) as executor:
         # best quality first (whole experts fit the 1 MiB budget), so the budget cut must change the plan
@@ -60,7 +62,7 @@ def test_budget_change_replans_under_a_running_stream(stack, planner_address):
         stream = executor.generate("hello world", Sampling(max_tokens=600))
         first = next(stream)
         outcome = executor.set_budget("cpu", grouped + 1000)
-        after = _wait_for(lambda: executor.info(), lambda i: i.replan_state.startswith("applied"))
+        after = _wait_for(lambda: executor.info(), lambda i: i.replan_state is ReplanState.APPLIED)
         rest = list(stream)
     assert first.token_id is not None and outcome.replan_started
     assert after.plan_applied_at > before.plan_applied_at
@@ -73,17 +75,26 @@ def test_budget_change_replans_under_a_running_stream(stack, planner_address):
 
 
 def test_replan_retries_while_the_planner_is_down(stack, planner_address):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0}, replan_backoff=(0.05, 0.2))
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0}, replan_backoff=(0.05, 0.2))
     executor_address = address(handle.port)
     with ExecutorClient(executor_address) as executor:
         executor.get_profile()
+        idle = executor.info()
         executor.set_target(QosTarget(min_tokens_per_s=0.001), "127.0.0.1:1")
         executor.set_budget("cpu", 1 << 19)
-        retrying = _wait_for(executor.info, lambda i: i.replan_state.startswith("retrying"))
+        retrying = _wait_for(executor.info, lambda i: i.replan_state is ReplanState.RETRYING)
         executor.set_target(QosTarget(min_tokens_per_s=0.001), planner_address)
         executor.set_budget("cpu", 1 << 19)
-        applied = _wait_for(executor.info, lambda i: i.replan_state.startswith("applied"))
+        applied = _wait_for(executor.info, lambda i: i.replan_state is ReplanState.APPLIED)
     assert "127.0.0.1:1" not in applied.planner_address and retrying.replan_state != applied.replan_state
+    assert "Unavailable" in retrying.replan_detail and applied.replan_detail == applied.plan.to_spec()
+    assert idle.replan_state is ReplanState.IDLE and idle.replan_detail == ""
+    # the wire carries the enum itself, not text
+    stub = executor_pb2_grpc.ExecutorServiceStub(grpc.insecure_channel(executor_address))
+    assert (
+        stub.GetInfo(executor_pb2.GetInfoRequest(), timeout=10).replan_state
+        == executor_pb2.REPLAN_STATE_APPLIED
+    )
 
 
 def test_rejected_plans_leave_the_running_plan_untouched(executor_address):
@@ -100,7 +111,7 @@ def test_rejected_plans_leave_the_running_plan_untouched(executor_address):
 
 
 def test_failed_switch_is_aborted_and_keeps_serving(stack, monkeypatch):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     runtime = handle.servicer.runtime
 
     def broken(*args, **kwargs):
@@ -180,4 +191,4 @@ def test_profile_token_bounds_are_out_of_range(executor_address):
     with ExecutorClient(executor_address) as client:
         for tokens in (1, 15, 10**6):
             with pytest.raises(OutOfRange):
-                list(client.profile(tokens=tokens))
+                list(client.measure_profile(tokens=tokens))

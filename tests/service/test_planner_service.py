@@ -118,15 +118,15 @@ def test_whatif_with_described_hardware_and_unknown_names(planner_address):
 
 
 def _proto_profile(profile):
-    from moeqos.api import wire
+    from moeqos.api.codec import common
 
-    return wire.profile_to_proto(profile)
+    return common.profile_to_proto(profile)
 
 
 def _easy_proto():
-    from moeqos.api import wire
+    from moeqos.api.codec import common
 
-    return wire.target_to_proto(EASY)
+    return common.target_to_proto(EASY)
 
 
 def test_frontier_is_pareto_ordered_and_bounded(planner_address, executor_address):

@@ -65,7 +65,7 @@ def test_token_guards_state_changing_calls(stack):
             lambda c: c.apply_plan(plan),
             lambda c: c.set_budget("cpu", 1 << 20),
             lambda c: c.set_target(QosTarget(min_tokens_per_s=1)),
-            lambda c: list(c.profile()),
+            lambda c: list(c.measure_profile()),
         ):
             with pytest.raises(Unauthenticated):
                 call(anonymous)
@@ -153,7 +153,7 @@ def test_undecodable_request_is_invalid_argument(executor_address):
 
 
 def test_planner_forwards_the_callers_token_to_executors(stack, planner_address):
-    handle = stack.executor(token="s3cret", budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(token="s3cret", tier_budgets={"cpu": 1 << 20, "disk": 0})
     target = address(handle.port)
     spec = [DeploySpec(target, QosTarget(min_tokens_per_s=0.001))]
     with PlannerClient(planner_address) as anonymous, pytest.raises(Unauthenticated):

@@ -15,6 +15,7 @@ Client side: `error_from_rpc` turns a `grpc.RpcError` back into the typed except
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -168,6 +169,11 @@ def _guard_unary(behavior: Unary) -> Unary:
 
 
 def _guard_stream(behavior: Stream) -> Stream:
+    if inspect.iscoroutinefunction(behavior):
+        # A handler that streams with `context.write` and returns nothing (the stock health Watch):
+        # guard it as a coroutine, since gRPC calls a coroutine function and iterates anything else.
+        return _guard_unary(behavior)  # type: ignore[return-value]
+
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             _check_decoded(request)

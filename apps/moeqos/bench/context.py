@@ -227,7 +227,7 @@ class BenchContext:
             result = self.runtime.evaluate(
                 ids, plan, context_length=self.settings.context_length, decode_tokens=0
             )
-            points.append(QualityPoint(plan.to_spec(), result.perplexity, "ptb:valid", result.tokens_scored))
+            points.append(QualityPoint(plan.to_spec(), result.perplexity, "ptb:valid", result.tokens))
         return QualityModel.fit(dataclasses.replace(self.profile, quality_points=tuple(points)))
 
     @cached_property

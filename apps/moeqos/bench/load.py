@@ -25,7 +25,14 @@ from pathlib import Path
 
 from moeqos.bench.cluster import Cluster
 from moeqos.bench.load_report import LoadReport, RequestRecord, summarize
-from moeqos.client import AsyncExecutorClient, AsyncPlannerClient, DeploySpec, GenerationStats, Sampling
+from moeqos.client import (
+    AsyncExecutorClient,
+    AsyncPlannerClient,
+    DeploySpec,
+    GenerationStats,
+    ReplanState,
+    Sampling,
+)
 from moeqos.core.errors import MoeqosError, OverBudget
 from moeqos.core.precision import Precision, expert_bytes
 from moeqos.core.qos import Objective, QosTarget
@@ -189,8 +196,8 @@ async def after_the_run(executors: Sequence[str]) -> list[str]:
             problems.append(
                 f"{address}: {health}, {info.active_generations} running, {info.queued_generations} queued"
             )
-        if info.replan_state.startswith("failed"):
-            problems.append(f"{address}: re-plan {info.replan_state}")
+        if info.replan_state is ReplanState.FAILED:
+            problems.append(f"{address}: re-plan failed: {info.replan_detail}")
     return problems
 
 

@@ -60,8 +60,8 @@ def switch_rows(ctx: Any) -> list[list[Any]]:
     ctx.apply(sequence[0][1])
     rows = []
     for (before, _), (after, plan) in itertools.pairwise(sequence):
-        report = ctx.apply(plan)
-        rows.append([f"switch {before} -> {after}", report.changed_experts, report.seconds])
+        switch = ctx.apply(plan)
+        rows.append([f"switch {before} -> {after}", switch.report.experts_changed, switch.report.seconds])
     reload_seconds, runtime = ctx.time_load(ctx.uniform_int4)
     del runtime
     gc.collect()

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from moeqos.client.executor import ProfileEvent
+from moeqos.client.executor import MeasureEvent
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.service_types import (
@@ -17,12 +17,10 @@ from moeqos.core.service_types import (
     DeployOutcome,
     ExecutorInfo,
     GenerationEvent,
+    ReplanState,
     SwitchReport,
 )
-
-
-def _mib(count: int) -> str:
-    return f"{count / 2**20:.2f}MiB"
+from moeqos.core.units import format_bytes
 
 
 def _json(data: Any) -> str:
@@ -76,7 +74,9 @@ def status(infos: list[tuple[str, ExecutorInfo]], as_json: bool) -> int:
         return 0
     rows = [("executor", "address", "model", "device", "tiers used/budget", "run/queue", "target", "plan")]
     for address, info in infos:
-        tiers = " ".join(f"{t.name}:{_mib(t.used_bytes)}/{_mib(t.budget_bytes)}" for t in info.tiers)
+        tiers = " ".join(
+            f"{t.name}:{format_bytes(t.used_bytes)}/{format_bytes(t.budget_bytes)}" for t in info.tiers
+        )
         target = info.standing_target.describe() if info.standing_target else "-"
         load = f"{info.active_generations}/{info.queued_generations}"
         plan = info.plan.to_spec()
@@ -85,8 +85,13 @@ def status(infos: list[tuple[str, ExecutorInfo]], as_json: bool) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     for address, info in infos:
-        if info.replan_state != "idle":
-            print(f"{info.name} @ {address}: re-plan {info.replan_state} (planner {info.planner_address})")
+        if info.replan_state is not ReplanState.IDLE:
+            state = (
+                f"{info.replan_state.value}: {info.replan_detail}"
+                if info.replan_detail
+                else info.replan_state.value
+            )
+            print(f"{info.name} @ {address}: re-plan {state} (planner {info.planner_address})")
     return 0
 
 
@@ -100,7 +105,8 @@ def _info_dict(address: str, info: ExecutorInfo) -> dict[str, Any]:
         "plan_applied_at": info.plan_applied_at.isoformat() if info.plan_applied_at else None,
         "standing_target": info.standing_target.to_dict() if info.standing_target else None,
         "planner_address": info.planner_address,
-        "replan_state": info.replan_state,
+        "replan_state": info.replan_state.value,
+        "replan_detail": info.replan_detail,
         "tiers": [t.to_dict() for t in info.tiers],
         "active_generations": info.active_generations,
         "queued_generations": info.queued_generations,
@@ -121,11 +127,13 @@ def budget(outcome: BudgetOutcome, as_json: bool) -> int:
         return 0
     print(f"plan fits: {outcome.plan_fits}; re-plan started: {outcome.replan_started}")
     for tier in outcome.tiers:
-        print(f"  tier {tier.name:<8} {_mib(tier.used_bytes):>12} used of {_mib(tier.budget_bytes):>12}")
+        print(
+            f"  tier {tier.name:<8} {format_bytes(tier.used_bytes):>12} used of {format_bytes(tier.budget_bytes):>12}"
+        )
     return 0
 
 
-def profile(events: Iterable[ProfileEvent], out: str | None, as_json: bool) -> int:
+def profile(events: Iterable[MeasureEvent], out: str | None, as_json: bool) -> int:
     """Show a progress bar per stage on stderr, then write the profile JSON to `out` (or stdout)."""
     from tqdm import tqdm
 

@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Load the model under the plan and evaluate it; returns what `moeqos eval --json` prints."""
     from moeqos.executor.config import ExecutorConfig
-    from moeqos.executor.generation import TIMED_DECODE_EOS
+    from moeqos.executor.generation import TIMED_DECODE_EOS, TIMED_DECODE_WARMUP_RUNS
     from moeqos.executor.runtime import ExecutorRuntime
 
     model_dir = resolve_model_dir(args.model)
@@ -103,10 +103,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "measured_on": tokens.describe(),
         "context": args.context,
         "perplexity": result.perplexity,
-        "tokens_scored": result.tokens_scored,
+        "tokens_scored": result.tokens,
         "decode_tokens": result.decode_tokens,
         "decode_eos": TIMED_DECODE_EOS,
-        "decode_warmup_runs": result.decode_warmup_runs,
+        "decode_warmup_runs": TIMED_DECODE_WARMUP_RUNS if result.decode_tokens else 0,
         "tokens_per_s": result.tokens_per_s,
         "seconds": result.seconds,
         "load_seconds": load_seconds,

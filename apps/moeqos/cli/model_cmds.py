@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
+from moeqos.core.units import format_bytes
 from moeqos.executor.default_model.location import (
     default_model_dir,
     ensure_default_model,
@@ -54,25 +55,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    for key in (
-        "model_dir",
-        "name",
-        "fingerprint",
-        "num_layers",
-        "num_experts",
-        "top_k",
-        "hidden_size",
-        "intermediate_size",
-        "vocab_size",
-        "dense_precision",
-        "dense_bytes",
-        "bytes_on_disk",
-    ):
+    plain = ("model_dir", "name", "fingerprint", "num_layers", "num_experts", "top_k", "hidden_size")
+    for key in (*plain, "intermediate_size", "vocab_size", "dense_precision"):
         print(f"{key:18} {info[key]}")
-    print(f"{'expert bytes':18} " + "  ".join(f"{p}={n:,}" for p, n in info["expert_bytes"].items()))
-    print(
-        f"{'all experts bytes':18} " + "  ".join(f"{p}={n:,}" for p, n in info["all_experts_bytes"].items())
-    )
+    for key, label in (("dense_bytes", "dense weights"), ("bytes_on_disk", "on disk")):
+        print(f"{label:18} {format_bytes(info[key])}")
+    for key, label in (("expert_bytes", "one expert"), ("all_experts_bytes", "all experts")):
+        print(f"{label:18} " + "  ".join(f"{p}={format_bytes(n)}" for p, n in info[key].items()))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Sync and asyncio clients of the moeqos planner and executor services (torch-free).
 
-from client import ExecutorClient, PlannerClient, ConnectOptions
+from moeqos.client import ExecutorClient, PlannerClient, ConnectOptions, Sampling
 with ExecutorClient("127.0.0.1:50061") as executor:
     for event in executor.generate("hello", Sampling(max_tokens=16)):
         print(event.text, end="")
@@ -11,6 +11,7 @@ from moeqos.client.executor import AsyncExecutorClient, ExecutorClient
 from moeqos.client.planner import AsyncPlannerClient, PlannerClient
 from moeqos.core.service_types import (
     BudgetOutcome,
+    ChatMessage,
     Completion,
     DeployOutcome,
     DeploySpec,
@@ -21,6 +22,7 @@ from moeqos.core.service_types import (
     PlanOutcome,
     Prediction,
     ProfileProgress,
+    ReplanState,
     Sampling,
     SwitchReport,
     WhatIfOutcome,
@@ -30,6 +32,7 @@ __all__ = [
     "AsyncExecutorClient",
     "AsyncPlannerClient",
     "BudgetOutcome",
+    "ChatMessage",
     "Completion",
     "ConnectOptions",
     "DeployOutcome",
@@ -43,6 +46,7 @@ __all__ = [
     "PlannerClient",
     "Prediction",
     "ProfileProgress",
+    "ReplanState",
     "Sampling",
     "SwitchReport",
     "WhatIfOutcome",

@@ -1,21 +1,24 @@
 """Clients of the executor service: `ExecutorClient` (blocking) and `AsyncExecutorClient` (asyncio).
 
-Both return moeqos.core.service_types dataclasses and moeqos domain types, and raise moeqos.core.errors exceptions.
+Both return moeqos.core.service_types dataclasses and moeqos domain types (converted by moeqos.api.codec),
+and raise moeqos.core.errors exceptions.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Sequence
 from typing import Any
 
-from moeqos.api import convert, wire
 from moeqos.api.channel import ConnectOptions
+from moeqos.api.codec import common
+from moeqos.api.codec import executor as codec
 from moeqos.client.base import DEFAULT_DEADLINE, AsyncBase, SyncBase
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import (
     BudgetOutcome,
+    ChatMessage,
     Completion,
     Evaluation,
     ExecutorInfo,
@@ -27,32 +30,35 @@ from moeqos.core.service_types import (
 from moeqos.proto.executor.v1 import executor_pb2 as ex
 from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
 
-ProfileEvent = ProfileProgress | Profile
+MeasureEvent = ProfileProgress | Profile
+"""An event of a profile measurement: progress, then the finished profile."""
 
 
-def generate_request(prompt: str, sampling: Sampling | None) -> ex.GenerateRequest:
-    return ex.GenerateRequest(prompt=prompt, sampling=convert.sampling_to_proto(sampling or Sampling()))
+Prompt = str | Sequence[ChatMessage]
+"""Text used as it is, or a conversation the executor renders with the model's chat template."""
+
+
+def generate_request(prompt: Prompt, sampling: Sampling | None) -> ex.GenerateRequest:
+    request = ex.GenerateRequest(sampling=codec.sampling_to_proto(sampling or Sampling()))
+    if isinstance(prompt, str):
+        request.prompt = prompt
+    else:
+        request.messages.extend(ex.ChatMessage(role=m.role, content=m.content) for m in prompt)
+    return request
 
 
 def target_request(target: QosTarget | None, planner_address: str) -> ex.SetTargetRequest:
     request = ex.SetTargetRequest(planner_address=planner_address)
     if target is not None:
-        request.target.CopyFrom(wire.target_to_proto(target))
+        request.target.CopyFrom(common.target_to_proto(target))
     return request
 
 
 def evaluate_request(corpus: str, max_tokens: int, plan: Plan | None) -> ex.EvaluateRequest:
     request = ex.EvaluateRequest(corpus=corpus, max_tokens=max_tokens)
     if plan is not None:
-        request.plan.CopyFrom(wire.plan_to_proto(plan))
+        request.plan.CopyFrom(common.plan_to_proto(plan))
     return request
-
-
-def profile_event(message: ex.ProfileEvent) -> ProfileEvent:
-    if message.HasField("profile"):
-        return wire.profile_from_proto(message.profile)
-    p = message.progress
-    return ProfileProgress(p.stage, p.done, p.total)
 
 
 class ExecutorClient(SyncBase):
@@ -64,55 +70,58 @@ class ExecutorClient(SyncBase):
 
     def info(self) -> ExecutorInfo:
         """Identity, tiers, plan in force and standing target."""
-        return convert.info_from_proto(self._unary(self._stub.GetInfo, ex.GetInfoRequest()))
+        return codec.info_from_proto(self._unary(self._stub.GetInfo, ex.GetInfoRequest()))
 
     def get_profile(self, timeout: float | None = None) -> Profile:
         """The executor's profile (the first call measures it: no deadline by default)."""
-        return wire.profile_from_proto(
+        return common.profile_from_proto(
             self._unary(self._stub.GetProfile, ex.GetProfileRequest(), timeout).profile
         )
 
-    def profile(
+    def measure_profile(
         self, corpus: str = "", tokens: int = 0, measure_quality: bool = False, timeout: float | None = None
-    ) -> Generator[ProfileEvent, None, None]:
+    ) -> Generator[MeasureEvent, None, None]:
         """Measure again: ProfileProgress events, then the Profile."""
-        request = ex.ProfileRequest(corpus=corpus, tokens=tokens, measure_quality=measure_quality)
-        return self._stream(self._stub.Profile, request, timeout, profile_event)
+        request = ex.MeasureProfileRequest(corpus=corpus, tokens=tokens, measure_quality=measure_quality)
+        return self._stream(self._stub.MeasureProfile, request, timeout, codec.measure_event_from_proto)
 
     def apply_plan(self, plan: Plan, timeout: Any = DEFAULT_DEADLINE) -> SwitchReport:
         """Switch to `plan`; a rejected plan leaves the running plan untouched."""
-        reply = self._unary(self._stub.ApplyPlan, ex.ApplyPlanRequest(plan=wire.plan_to_proto(plan)), timeout)
-        return convert.switch_from_proto(reply.report)
+        reply = self._unary(
+            self._stub.ApplyPlan, ex.ApplyPlanRequest(plan=common.plan_to_proto(plan)), timeout
+        )
+        return common.switch_from_proto(reply.report)
 
     def set_budget(self, tier: str, budget_bytes: int) -> BudgetOutcome:
         """Change a tier's budget (re-plans against the standing target if there is one)."""
         request = ex.SetBudgetRequest(tier=tier, budget_bytes=budget_bytes)
-        return convert.budget_from_proto(self._unary(self._stub.SetBudget, request))
+        return codec.budget_outcome_from_proto(self._unary(self._stub.SetBudget, request))
 
     def set_target(self, target: QosTarget | None, planner_address: str = "") -> None:
         """Set (or with None clear) the standing target and the planner to ask on budget changes."""
         self._unary(self._stub.SetTarget, target_request(target, planner_address))
 
     def generate(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Generator[GenerationEvent, None, None]:
-        """Stream tokens; the last event carries stats. Closing the generator cancels the request."""
+        """Stream tokens for `prompt` (text, or a conversation to render with the chat template); the last
+        event carries stats. Closing the generator cancels the request."""
         request = generate_request(prompt, sampling)
-        return self._stream(self._stub.Generate, request, timeout, convert.event_from_proto)
+        return self._stream(self._stub.Generate, request, timeout, codec.event_from_proto)
 
     def complete(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Completion:
-        """Generate and return the whole text."""
+        """Generate for `prompt` (text or a conversation) and return the whole text."""
         reply = self._unary(self._stub.Complete, generate_request(prompt, sampling), timeout)
-        return convert.completion_from_proto(reply)
+        return codec.completion_from_proto(reply)
 
     def evaluate(
         self, corpus: str, max_tokens: int = 0, plan: Plan | None = None, timeout: float | None = None
     ) -> Evaluation:
         """Perplexity and tokens/s under `plan` (default: the plan in force) on `corpus`."""
         reply = self._unary(self._stub.Evaluate, evaluate_request(corpus, max_tokens, plan), timeout)
-        return convert.evaluation_from_proto(reply)
+        return codec.evaluation_from_proto(reply)
 
 
 class AsyncExecutorClient(AsyncBase):
@@ -124,51 +133,52 @@ class AsyncExecutorClient(AsyncBase):
 
     async def info(self) -> ExecutorInfo:
         """Identity, tiers, plan in force and standing target."""
-        return convert.info_from_proto(await self._unary(self._stub.GetInfo, ex.GetInfoRequest()))
+        return codec.info_from_proto(await self._unary(self._stub.GetInfo, ex.GetInfoRequest()))
 
     async def get_profile(self, timeout: float | None = None) -> Profile:
         """The executor's profile (the first call measures it: no deadline by default)."""
         reply = await self._unary(self._stub.GetProfile, ex.GetProfileRequest(), timeout)
-        return wire.profile_from_proto(reply.profile)
+        return common.profile_from_proto(reply.profile)
 
-    def profile(
+    def measure_profile(
         self, corpus: str = "", tokens: int = 0, measure_quality: bool = False, timeout: float | None = None
-    ) -> AsyncGenerator[ProfileEvent, None]:
+    ) -> AsyncGenerator[MeasureEvent, None]:
         """Measure again: ProfileProgress events, then the Profile."""
-        request = ex.ProfileRequest(corpus=corpus, tokens=tokens, measure_quality=measure_quality)
-        return self._stream(self._stub.Profile, request, timeout, profile_event)
+        request = ex.MeasureProfileRequest(corpus=corpus, tokens=tokens, measure_quality=measure_quality)
+        return self._stream(self._stub.MeasureProfile, request, timeout, codec.measure_event_from_proto)
 
     async def apply_plan(self, plan: Plan, timeout: Any = DEFAULT_DEADLINE) -> SwitchReport:
         """Switch to `plan`; a rejected plan leaves the running plan untouched."""
-        request = ex.ApplyPlanRequest(plan=wire.plan_to_proto(plan))
-        return convert.switch_from_proto((await self._unary(self._stub.ApplyPlan, request, timeout)).report)
+        request = ex.ApplyPlanRequest(plan=common.plan_to_proto(plan))
+        return common.switch_from_proto((await self._unary(self._stub.ApplyPlan, request, timeout)).report)
 
     async def set_budget(self, tier: str, budget_bytes: int) -> BudgetOutcome:
         """Change a tier's budget (re-plans against the standing target if there is one)."""
         request = ex.SetBudgetRequest(tier=tier, budget_bytes=budget_bytes)
-        return convert.budget_from_proto(await self._unary(self._stub.SetBudget, request))
+        return codec.budget_outcome_from_proto(await self._unary(self._stub.SetBudget, request))
 
     async def set_target(self, target: QosTarget | None, planner_address: str = "") -> None:
         """Set (or with None clear) the standing target and the planner to ask on budget changes."""
         await self._unary(self._stub.SetTarget, target_request(target, planner_address))
 
     def generate(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """Stream tokens; the last event carries stats. Closing the generator cancels the request."""
+        """Stream tokens for `prompt` (text, or a conversation to render with the chat template); the last
+        event carries stats. Closing the generator cancels the request."""
         request = generate_request(prompt, sampling)
-        return self._stream(self._stub.Generate, request, timeout, convert.event_from_proto)
+        return self._stream(self._stub.Generate, request, timeout, codec.event_from_proto)
 
     async def complete(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Completion:
-        """Generate and return the whole text."""
+        """Generate for `prompt` (text or a conversation) and return the whole text."""
         reply = await self._unary(self._stub.Complete, generate_request(prompt, sampling), timeout)
-        return convert.completion_from_proto(reply)
+        return codec.completion_from_proto(reply)
 
     async def evaluate(
         self, corpus: str, max_tokens: int = 0, plan: Plan | None = None, timeout: float | None = None
     ) -> Evaluation:
         """Perplexity and tokens/s under `plan` (default: the plan in force) on `corpus`."""
         reply = await self._unary(self._stub.Evaluate, evaluate_request(corpus, max_tokens, plan), timeout)
-        return convert.evaluation_from_proto(reply)
+        return codec.evaluation_from_proto(reply)

@@ -1,7 +1,8 @@
 """Clients of the planner service: `PlannerClient` (blocking) and `AsyncPlannerClient` (asyncio).
 
-Both return moeqos.core.service_types dataclasses and moeqos domain types, and raise moeqos.core.errors exceptions
-(an unreachable target raises InfeasibleTarget with `.closest` filled in).
+Both return moeqos.core.service_types dataclasses and moeqos domain types (converted by moeqos.api.codec),
+and raise moeqos.core.errors exceptions (an unreachable target raises InfeasibleTarget with `.closest`
+filled in).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from moeqos.api import convert, descriptions, wire
 from moeqos.api.channel import ConnectOptions
+from moeqos.api.codec import common
+from moeqos.api.codec import planner as codec
 from moeqos.client.base import DEFAULT_DEADLINE, AsyncBase, SyncBase
 from moeqos.core.descriptions import HardwareDescription, ModelDescription
 from moeqos.core.errors import InvalidArgument
@@ -28,7 +30,7 @@ def source(profile: Profile | None, executor: str | None) -> pl.ProfileSource:
     if (profile is None) == (executor is None):
         raise InvalidArgument("give exactly one of a profile or an executor address")
     if profile is not None:
-        return pl.ProfileSource(profile=wire.profile_to_proto(profile))
+        return pl.ProfileSource(profile=common.profile_to_proto(profile))
     return pl.ProfileSource(executor_address=executor)
 
 
@@ -41,9 +43,9 @@ def plan_request(
 ) -> pl.PlanRequest:
     return pl.PlanRequest(
         source=source(profile, executor),
-        target=wire.target_to_proto(target),
-        budgets=[wire.budget_to_proto(b) for b in budgets],
-        pins=[wire.pin_to_proto(p) for p in pins],
+        target=common.target_to_proto(target),
+        budgets=[common.budget_to_proto(b) for b in budgets],
+        pins=[common.pin_to_proto(p) for p in pins],
     )
 
 
@@ -56,8 +58,8 @@ def frontier_request(
 ) -> pl.FrontierRequest:
     return pl.FrontierRequest(
         source=source(profile, executor),
-        budgets=[wire.budget_to_proto(b) for b in budgets],
-        pins=[wire.pin_to_proto(p) for p in pins],
+        budgets=[common.budget_to_proto(b) for b in budgets],
+        pins=[common.pin_to_proto(p) for p in pins],
         points=points,
     )
 
@@ -70,37 +72,23 @@ def whatif_request(
     frontier_points: int,
 ) -> pl.WhatIfRequest:
     request = pl.WhatIfRequest(
-        budgets=[wire.budget_to_proto(b) for b in budgets], frontier_points=frontier_points
+        budgets=[common.budget_to_proto(b) for b in budgets], frontier_points=frontier_points
     )
     if isinstance(model, str):
         request.model_name = model
     else:
-        request.model_description.CopyFrom(descriptions.model_to_proto(model))
+        request.model_description.CopyFrom(codec.model_to_proto(model))
     if isinstance(hardware, str):
         request.hardware_name = hardware
     else:
-        request.hardware_description.CopyFrom(descriptions.hardware_to_proto(hardware))
+        request.hardware_description.CopyFrom(codec.hardware_to_proto(hardware))
     if target is not None:
-        request.target.CopyFrom(wire.target_to_proto(target))
+        request.target.CopyFrom(common.target_to_proto(target))
     return request
 
 
-def whatif_outcome(reply: pl.WhatIfResponse) -> WhatIfOutcome:
-    best = convert.outcome_from_proto(reply.best) if reply.HasField("best") else None
-    frontier = tuple(convert.outcome_from_proto(p) for p in reply.frontier)
-    return WhatIfOutcome(wire.profile_from_proto(reply.profile), best, frontier)
-
-
 def deploy_request(specs: Sequence[DeploySpec], planner_address: str) -> pl.DeployRequest:
-    targets = [
-        pl.DeployTarget(
-            executor_address=s.executor_address,
-            target=wire.target_to_proto(s.target),
-            budgets=[wire.budget_to_proto(b) for b in s.budgets],
-            pins=[wire.pin_to_proto(p) for p in s.pins],
-        )
-        for s in specs
-    ]
+    targets = [codec.deploy_spec_to_proto(s) for s in specs]
     return pl.DeployRequest(targets=targets, planner_address=planner_address)
 
 
@@ -123,7 +111,7 @@ class PlannerClient(SyncBase):
     ) -> PlanOutcome:
         """The best plan for `target` from a profile, or from the profile of the executor at `executor`."""
         request = plan_request(target, profile, executor, budgets, pins)
-        return convert.outcome_from_proto(self._unary(self._stub.Plan, request, timeout))
+        return codec.outcome_from_proto(self._unary(self._stub.Plan, request, timeout))
 
     def frontier(
         self,
@@ -138,7 +126,7 @@ class PlannerClient(SyncBase):
         """Pareto-optimal plans along the speed/quality trade-off, slowest (most accurate) first."""
         request = frontier_request(profile, executor, budgets, pins, points)
         reply = self._unary(self._stub.Frontier, request, timeout)
-        return [convert.outcome_from_proto(p) for p in reply.points]
+        return [codec.outcome_from_proto(p) for p in reply.points]
 
     def whatif(
         self,
@@ -152,14 +140,14 @@ class PlannerClient(SyncBase):
     ) -> WhatIfOutcome:
         """Plan for a built-in or described model on a built-in or described machine, no executor needed."""
         request = whatif_request(model, hardware, target, budgets, frontier_points)
-        return whatif_outcome(self._unary(self._stub.WhatIf, request, timeout))
+        return codec.whatif_from_proto(self._unary(self._stub.WhatIf, request, timeout))
 
     def deploy(
         self, specs: Sequence[DeploySpec], planner_address: str = "", timeout: float | None = None
     ) -> list[DeployOutcome]:
         """Plan for and apply to each executor; the executors keep their targets as standing targets."""
         reply = self._unary(self._stub.Deploy, deploy_request(specs, planner_address), timeout)
-        return [convert.deploy_from_proto(r) for r in reply.results]
+        return [codec.deploy_outcome_from_proto(r) for r in reply.results]
 
 
 class AsyncPlannerClient(AsyncBase):
@@ -181,7 +169,7 @@ class AsyncPlannerClient(AsyncBase):
     ) -> PlanOutcome:
         """The best plan for `target` from a profile, or from the profile of the executor at `executor`."""
         request = plan_request(target, profile, executor, budgets, pins)
-        return convert.outcome_from_proto(await self._unary(self._stub.Plan, request, timeout))
+        return codec.outcome_from_proto(await self._unary(self._stub.Plan, request, timeout))
 
     async def frontier(
         self,
@@ -196,7 +184,7 @@ class AsyncPlannerClient(AsyncBase):
         """Pareto-optimal plans along the speed/quality trade-off, slowest (most accurate) first."""
         request = frontier_request(profile, executor, budgets, pins, points)
         reply = await self._unary(self._stub.Frontier, request, timeout)
-        return [convert.outcome_from_proto(p) for p in reply.points]
+        return [codec.outcome_from_proto(p) for p in reply.points]
 
     async def whatif(
         self,
@@ -210,11 +198,11 @@ class AsyncPlannerClient(AsyncBase):
     ) -> WhatIfOutcome:
         """Plan for a built-in or described model on a built-in or described machine, no executor needed."""
         request = whatif_request(model, hardware, target, budgets, frontier_points)
-        return whatif_outcome(await self._unary(self._stub.WhatIf, request, timeout))
+        return codec.whatif_from_proto(await self._unary(self._stub.WhatIf, request, timeout))
 
     async def deploy(
         self, specs: Sequence[DeploySpec], planner_address: str = "", timeout: float | None = None
     ) -> list[DeployOutcome]:
         """Plan for and apply to each executor; the executors keep their targets as standing targets."""
         reply = await self._unary(self._stub.Deploy, deploy_request(specs, planner_address), timeout)
-        return [convert.deploy_from_proto(r) for r in reply.results]
+        return [codec.deploy_outcome_from_proto(r) for r in reply.results]

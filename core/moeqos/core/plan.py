@@ -1,8 +1,8 @@
 """The plan: for every expert `(layer, expert)` a precision and a memory tier.
 
 `Plan` is the contract between the planner (which chooses one), the executor (which carries it out)
-and the client (which shows it). It is frozen and validated on construction; protobuf appears only in
-`to_proto`/`from_proto`, at the edge.
+and the client (which shows it). It is frozen and validated on construction; the wire codec
+(moeqos.api.codec.common) converts it to and from its message, which may also carry it by its text form.
 
 Text form (what people type, see `parse_plan`):  `DEFAULT[,RULE...]`
     DEFAULT = precision[@tier]          e.g. `int4@cpu`

@@ -1,9 +1,12 @@
-"""Typed results of the client calls: plain frozen dataclasses and moeqos domain types, never pb2."""
+"""The service's domain types: what the executor runtime, both servicers and the clients share (one type
+per concept; the wire codec, moeqos.api.codec, converts each to and from its message). Plain frozen
+dataclasses and enums, never pb2."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 
 from moeqos.core.plan import Plan
 from moeqos.core.profile import HardwareIdentity, ModelIdentity, Profile
@@ -28,6 +31,15 @@ class Sampling:
     """Seed for reproducible sampling."""
     stop: tuple[str, ...] = ()
     """Stop strings (not returned)."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation; the executor renders a conversation with the model's chat template."""
+
+    role: str
+    """`system`, `user` or `assistant`."""
+    content: str
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,9 @@ class SwitchReport:
     """What an executor's plan switch did."""
 
     experts_changed: int
+    """Experts whose assignment changed (every expert for the first plan, at load)."""
     seconds: float
+    """Wall seconds from validation to the swap, building the changed experts included."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,23 @@ class DeployOutcome:
     plan: Plan
     prediction: Prediction
     report: SwitchReport
+
+
+class ReplanState(Enum):
+    """Where an executor's re-plan against its standing target stands."""
+
+    IDLE = "idle"
+    """No re-plan has run since the executor started or the target was set."""
+    REPLANNING = "replanning"
+    """A re-plan is running now."""
+    APPLIED = "applied"
+    """The last re-plan applied a plan."""
+    RETRYING = "retrying"
+    """The planner was unreachable; the re-plan will try again."""
+    FAILED = "failed"
+    """The last re-plan failed and will not be retried."""
+    UNKNOWN = "unknown"
+    """The executor sent a state this client does not know (a newer executor) or none."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +116,10 @@ class ExecutorInfo:
     active_generations: int
     queued_generations: int
     profile_cached: bool
-    replan_state: str = "idle"
-    """The standing target's last re-plan (`idle`, `replanning`, `applied: PLAN`, `failed: ...`)."""
+    replan_state: ReplanState = ReplanState.IDLE
+    """Where the standing target's last re-plan stands."""
+    replan_detail: str = ""
+    """For people: the plan applied (APPLIED) or the error (RETRYING, FAILED); empty otherwise."""
 
 
 @dataclass(frozen=True)
@@ -107,20 +140,25 @@ class GenerationStats:
     prompt_tokens: int
     generated_tokens: int
     time_to_first_token_s: float
+    """From the request's start to its first generated token (prefill + one step)."""
     tokens_per_s: float
+    """Decode rate after the first token: (n - 1) / (t_last - t_first); n / total when n < 2."""
     total_s: float
+    """From the request's start to its end."""
     finish_reason: str
     """`length`, `stop`, `eos` or `cancelled`."""
     plan_spec: str
+    """Spec of the plan in force when the request finished."""
 
 
 @dataclass(frozen=True)
 class GenerationEvent:
-    """One streamed token's text; the last event also has `stats`."""
+    """One streamed piece: a token (`stats` None) or the end of the request (`stats` set)."""
 
     text: str
+    """Text this event adds (may be empty while a character or a possible stop string is held back)."""
     token_id: int | None
-    """None on the last event."""
+    """The generated token; None on the last event."""
     stats: GenerationStats | None = None
 
 
@@ -138,12 +176,18 @@ class Evaluation:
 
     perplexity: float
     tokens_per_s: float
-    """Greedy decode rate over exactly `decode_tokens` tokens (end-of-sequence ignored, after a warm-up)."""
+    """Greedy decode rate over exactly `decode_tokens` tokens, end-of-sequence ignored, after one untimed
+    warm-up run (0 when none was asked for)."""
     tokens: int
+    """Tokens scored."""
     plan_spec: str
+    """Spec of the plan evaluated."""
     corpus: str
-    decode_tokens: int = 0
-    """Tokens the timed decode generated."""
+    """Label of the text scored (`ptb:valid`; empty when the caller gave none)."""
+    seconds: float
+    """Wall time of the whole evaluation, plan switches included."""
+    decode_tokens: int
+    """Tokens the timed decode generated (0: no decode was timed)."""
 
 
 @dataclass(frozen=True)
@@ -151,8 +195,11 @@ class ProfileProgress:
     """Progress of a profile measurement."""
 
     stage: str
+    """What is being measured now."""
     done: int
+    """Units done in this stage."""
     total: int
+    """Units in this stage (0: unknown)."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The executor: runs a Mixtral-family model with per-expert precision and memory-tier placement (torch).
 
 Public names load lazily (importing `executor` does not import torch):
-`ExecutorConfig` (moeqos.executor.config), `ExecutorRuntime`, `SwitchReport` (moeqos.executor.runtime),
-`SamplingParams`, `GenerationEvent`, `GenerationStats` (moeqos.executor.generation), `EvalResult`
-(moeqos.executor.evaluation), `StoreStats` (moeqos.executor.store), `make_tiny_mixtral` (moeqos.executor.testing).
+`ExecutorConfig` (moeqos.executor.config), `ExecutorRuntime`, `PlanSwitch` (moeqos.executor.runtime),
+`SamplingParams` (moeqos.executor.generation), `StoreStats` (moeqos.executor.store), `make_tiny_mixtral`
+(moeqos.executor.testing). What the runtime reports (SwitchReport, GenerationEvent, GenerationStats,
+Evaluation) are the service's domain types, in moeqos.core.service_types.
 """
 
 from __future__ import annotations
@@ -14,11 +15,8 @@ from typing import Any
 _EXPORTS = {
     "ExecutorConfig": "moeqos.executor.config",
     "ExecutorRuntime": "moeqos.executor.runtime",
-    "SwitchReport": "moeqos.executor.runtime",
+    "PlanSwitch": "moeqos.executor.runtime",
     "SamplingParams": "moeqos.executor.generation",
-    "GenerationEvent": "moeqos.executor.generation",
-    "GenerationStats": "moeqos.executor.generation",
-    "EvalResult": "moeqos.executor.evaluation",
     "StoreStats": "moeqos.executor.store",
     "make_tiny_mixtral": "moeqos.executor.testing",
 }

@@ -1,4 +1,4 @@
-"""Token-by-token generation: the decode loop, its events and its statistics.
+"""Token-by-token generation: the decode loop, which yields moeqos.core GenerationEvents and their stats.
 
 The loop knows nothing of the model: it calls `step(token_ids) -> logits [V]`, which the runtime
 implements with a per-request KV cache and the model lock. Requests from different threads therefore
@@ -15,45 +15,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from moeqos.core.service_types import GenerationEvent, GenerationStats
 from moeqos.executor.sampling import SamplingParams, choose_token
 from moeqos.executor.textstream import TextStream
 
 __all__ = [
     "TIMED_DECODE_EOS",
+    "TIMED_DECODE_WARMUP_RUNS",
     "DecodeTiming",
-    "GenerationEvent",
-    "GenerationStats",
     "SamplingParams",
     "decode_loop",
     "time_decode",
 ]
-
-
-@dataclass(frozen=True)
-class GenerationStats:
-    """Per-request figures, carried by the final event."""
-
-    prompt_tokens: int
-    generated_tokens: int
-    time_to_first_token_s: float
-    """From the request's start to its first generated token (prefill + one step)."""
-    tokens_per_s: float
-    """Decode rate after the first token: (n - 1) / (t_last - t_first); n / total when n < 2."""
-    finish_reason: str
-    """One of `length`, `stop`, `eos`, `cancelled`."""
-
-
-@dataclass(frozen=True)
-class GenerationEvent:
-    """One streamed piece: a token (`stats` None) or the end of the request (`stats` set)."""
-
-    token_id: int | None
-    """The generated token, None on the final event."""
-    text: str
-    """Text this event adds (may be empty while a character or a possible stop string is held back)."""
-    index: int
-    """0-based position among generated tokens; on the final event, the number generated."""
-    stats: GenerationStats | None = None
 
 
 Step = Callable[[list[int]], torch.Tensor]
@@ -67,8 +40,13 @@ def decode_loop(
     eos_ids: set[int],
     decode: Callable[[list[int]], str] | None,
     cancel: threading.Event | None = None,
+    plan_spec: Callable[[], str] | None = None,
 ) -> Iterator[GenerationEvent]:
-    """Generate up to params.max_tokens tokens, yielding one event per token and a final one."""
+    """Generate up to params.max_tokens tokens, yielding one event per token and a final one.
+
+    `plan_spec()` names the plan in force, read when the request finishes (a switch may land mid-request)
+    for the final event's statistics; without it they name none.
+    """
     generator = params.generator()
     stream = TextStream(decode, params.stop)
     start = time.perf_counter()
@@ -81,28 +59,42 @@ def decode_loop(
         token = choose_token(step(pending), params, generator)
         stamps.append(time.perf_counter())
         text, stopped = stream.push(token)
-        yield GenerationEvent(token, text, len(stamps) - 1)
+        yield GenerationEvent(text=text, token_id=token)
         pending = [token]
         if stopped or token in eos_ids:
             reason = "stop" if stopped else "eos"
             break
-    stats = _stats(len(prompt_ids), start, stamps, reason)
-    yield GenerationEvent(None, stream.flush(), len(stamps), stats)
+    stats = _stats(len(prompt_ids), start, stamps, reason, plan_spec() if plan_spec else "")
+    yield GenerationEvent(text=stream.flush(), token_id=None, stats=stats)
 
 
-def _stats(prompt_tokens: int, start: float, stamps: list[float], reason: str) -> GenerationStats:
-    count = len(stamps)
+def _stats(
+    prompt_tokens: int, start: float, stamps: list[float], reason: str, plan_spec: str
+) -> GenerationStats:
+    count, end = len(stamps), time.perf_counter()
     ttft = stamps[0] - start if stamps else 0.0
     if count >= 2:
         rate = (count - 1) / max(stamps[-1] - stamps[0], 1e-9)
     else:
-        rate = count / max((stamps[-1] if stamps else time.perf_counter()) - start, 1e-9)
-    return GenerationStats(prompt_tokens, count, ttft, rate, reason)
+        rate = count / max((stamps[-1] if stamps else end) - start, 1e-9)
+    return GenerationStats(
+        prompt_tokens=prompt_tokens,
+        generated_tokens=count,
+        time_to_first_token_s=ttft,
+        tokens_per_s=rate,
+        total_s=end - start,
+        finish_reason=reason,
+        plan_spec=plan_spec,
+    )
 
 
 TIMED_DECODE_EOS = "ignored"
 """What `time_decode` does at end-of-sequence (as reports name it, e.g. `moeqos eval --json`'s
 `decode_eos`): it generates past it, so a rate is always over exactly the tokens asked for."""
+
+TIMED_DECODE_WARMUP_RUNS = 1
+"""Untimed runs `time_decode` makes by default before the timed ones (as `moeqos eval --json` reports
+them, `decode_warmup_runs`)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +115,11 @@ class DecodeTiming:
 
 
 def time_decode(
-    new_step: Callable[[], Step], prompt_ids: list[int], tokens: int, repeats: int = 1, warmup: int = 1
+    new_step: Callable[[], Step],
+    prompt_ids: list[int],
+    tokens: int,
+    repeats: int = 1,
+    warmup: int = TIMED_DECODE_WARMUP_RUNS,
 ) -> DecodeTiming:
     """Time greedy decodes of exactly `tokens` tokens: `warmup` untimed runs (first touch of the plan's
     weights, allocator growth), then `repeats` timed ones, each with a fresh `new_step()` (KV cache).

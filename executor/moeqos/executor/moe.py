@@ -10,7 +10,8 @@ experts run, which a per-expert plan is meant to control. Routing reproduces tra
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -65,3 +66,25 @@ class MoeBlock(nn.Module):
             # is exact; it avoids index_add_'s parallel kernel, which dominates CPU decode steps.
             out[token] += (y * weights[token, slot, None]).to(out.dtype)
         return out.reshape(shape)
+
+
+class RoutedBlock(Protocol):
+    """What measuring sets on a MoE block (MoeBlock has it): an observer of its routing, and whether
+    its experts run."""
+
+    layer: int
+    observer: RouteObserver | None
+    experts_enabled: bool
+
+
+@contextmanager
+def observed(blocks: Sequence[RoutedBlock], observer: RouteObserver) -> Iterator[None]:
+    """Inside the block, every one of `blocks` calls `observer(layer, hidden [T, H], index [T, K])` on
+    each forward pass (the routed experts of each token); afterwards none does."""
+    for block in blocks:
+        block.observer = observer
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.observer = None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from moeqos.core.errors import InvalidArgument, OutOfRange
+from moeqos.core.service_types import Sampling
 
 MIN_TEMPERATURE = 1e-3
 """Smallest non-zero sampling temperature accepted (below it, use 0: greedy)."""
@@ -34,6 +35,18 @@ class SamplingParams:
     """Seed of the request's own random generator; None picks one at random."""
     stop: tuple[str, ...] = ()
     """Generation ends when the text contains one of these (the stop string is not returned)."""
+
+    @classmethod
+    def of(cls, sampling: Sampling) -> SamplingParams:
+        """The parameters of a service request's sampling (an absent top_p is 1: no nucleus cut)."""
+        return cls(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=1.0 if sampling.top_p is None else sampling.top_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed,
+            stop=sampling.stop,
+        )
 
     def validate(self, prompt_tokens: int, context_length: int) -> None:
         """InvalidArgument / OutOfRange for values no request can use."""

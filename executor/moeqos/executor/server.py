@@ -21,16 +21,19 @@ from typing import Any
 
 import grpc.aio
 from moeqos.api import server as server_common
+from moeqos.api.metrics import ServerMetrics
 from moeqos.api.server import PeerServerConfig, Server, start_server
 from moeqos.core.plan import parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
-from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.config import ExecutorConfig, check_settings
+from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
 from moeqos.executor.service_measure import MeasureSettings
-from moeqos.executor.service_target import ReplanHooks, StandingTarget
+from moeqos.executor.service_model import ServedModel
+from moeqos.executor.service_target import StandingTarget
 from moeqos.executor.servicer import ExecutorServicer
 from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
 SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
-STATE_CHANGING = ("ApplyPlan", "SetBudget", "SetTarget", "Profile")
+STATE_CHANGING = ("ApplyPlan", "SetBudget", "SetTarget", "MeasureProfile")
 """Methods that need the token whenever one is configured (the rest only with `auth_read`)."""
 
 
@@ -52,10 +55,12 @@ class ExecutorServerConfig(PeerServerConfig):
     """Checkpoint directory; None serves the embedded default model (built on first use)."""
     device: str = "cpu"
     """Execution device (`cpu`, `cuda:0`)."""
-    budgets: dict[str, int] = field(default_factory=dict)
-    """Expert bytes per tier; a tier left out gets its physical size."""
-    disk_slots: int = 8
-    """Slots of the disk tier's pool."""
+    tier_budgets: dict[str, int] = field(default_factory=dict)
+    """Expert bytes per tier; a tier left out gets its physical size (ExecutorConfig.tier_budgets;
+    flag `--budget`, environment MOEQOS_BUDGETS)."""
+    disk_pool_slots: int = 8
+    """Experts of the disk tier resident at once (ExecutorConfig.disk_pool_slots; flag `--disk-slots`,
+    environment MOEQOS_DISK_SLOTS)."""
     disk_reads: str = "cached"
     """`cached` or `uncached` reads of disk-tier experts (see ExecutorConfig.disk_reads)."""
     dense_precision: str = "bf16"
@@ -84,24 +89,30 @@ class ExecutorServerConfig(PeerServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_concurrent < 1 or self.max_queued < 0 or self.disk_slots < 1:
-            raise ValueError("need max_concurrent >= 1, max_queued >= 0 and disk_slots >= 1")
+        if self.max_concurrent < 1 or self.max_queued < 0:
+            raise ValueError("need max_concurrent >= 1 and max_queued >= 0")
         if self.planner_address is not None:
             server_common.check_address("planner", self.planner_address)
         if not 0 < self.replan_backoff[0] <= self.replan_backoff[1]:
             raise ValueError(f"replan_backoff must be 0 < first <= longest, got {self.replan_backoff}")
         if self.model_dir is not None and not (Path(self.model_dir) / "config.json").is_file():
             raise ValueError(f"{self.model_dir}: not a model directory (no config.json)")
-        Precision.parse(self.dense_precision)
-        self.runtime_config(Path("."))  # validates device, budgets, precision
+        check_settings(
+            self.device,
+            self.dense_precision,
+            self.tier_budgets,
+            self.disk_pool_slots,
+            self.disk_reads,
+            self.threads,
+        )
 
     def runtime_config(self, model_dir: Path) -> ExecutorConfig:
         return ExecutorConfig(
             model_dir=model_dir,
             device=self.device,
             dense_precision=Precision.parse(self.dense_precision),
-            tier_budgets=dict(self.budgets),
-            disk_pool_slots=self.disk_slots,
+            tier_budgets=dict(self.tier_budgets),
+            disk_pool_slots=self.disk_pool_slots,
             disk_reads=self.disk_reads,
             variant_cache_dir=self.variant_cache_dir,
             threads=self.threads,
@@ -118,6 +129,11 @@ class ExecutorServerConfig(PeerServerConfig):
             value = getattr(args, flag, None)
             return value if value is not None else env.get(var)
 
+        def number(flag: str, var: str, default: int | None) -> Any:
+            """An integer setting, `default` when neither gives one (0 is a value, not an absence)."""
+            value = pick(flag, var)
+            return default if value is None or value == "" else int(value)
+
         model = pick("model", "MOEQOS_MODEL")
         cache = pick("variant_cache", "MOEQOS_VARIANT_CACHE")
         profile = pick("profile_path", "MOEQOS_PROFILE_PATH")
@@ -126,16 +142,16 @@ class ExecutorServerConfig(PeerServerConfig):
             **server_common.peer_settings(args, env),
             model_dir=Path(model) if model else None,
             device=pick("device", "MOEQOS_DEVICE") or "cpu",
-            budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
-            disk_slots=int(pick("disk_slots", "MOEQOS_DISK_SLOTS") or 8),
+            tier_budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
+            disk_pool_slots=number("disk_slots", "MOEQOS_DISK_SLOTS", 8),
             disk_reads=pick("disk_reads", "MOEQOS_DISK_READS") or "cached",
             dense_precision=pick("dense_precision", "MOEQOS_DENSE_PRECISION") or "bf16",
             initial_plan=pick("initial_plan", "MOEQOS_INITIAL_PLAN"),
             name=pick("name", "MOEQOS_NAME") or "",
             planner_address=pick("planner", "MOEQOS_PLANNER"),
-            max_concurrent=int(pick("max_concurrent", "MOEQOS_MAX_CONCURRENT") or 2),
-            max_queued=int(pick("max_queued", "MOEQOS_MAX_QUEUED") or 8),
-            threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
+            max_concurrent=number("max_concurrent", "MOEQOS_MAX_CONCURRENT", 2),
+            max_queued=number("max_queued", "MOEQOS_MAX_QUEUED", 8),
+            threads=number("threads", "MOEQOS_THREADS", None),
             variant_cache_dir=Path(cache) if cache else None,
             profile_path=Path(profile) if profile else None,
         )
@@ -169,8 +185,7 @@ class ExecutorHandle:
         self.servicer.target.cancel()
         await self.server.stop(grace)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.servicer.runtime is not None:  # removes the runtime's private variant directory
-            self.servicer.runtime.close()
+        self.servicer.served.close()  # removes the runtime's private variant directory
 
 
 def load_runtime(config: ExecutorServerConfig) -> ExecutorRuntime:
@@ -191,32 +206,26 @@ async def start_executor(
 ) -> ExecutorHandle:
     """Bind and start the server now; load the model in the background (see ExecutorHandle.ready)."""
     pool = ThreadPoolExecutor(config.max_concurrent + 4, thread_name_prefix="executor")
-    holder: list[ExecutorServicer] = []
-    hooks = ReplanHooks(
-        profile=lambda: holder[0].cached_profile(),
-        budgets=lambda: holder[0].budgets(),
-        apply=lambda plan: holder[0].apply(plan),
+    metrics = ServerMetrics()
+    executor_metrics = ExecutorMetrics(metrics.registry)
+    served = ServedModel(pool, config.measure, config.profile_path, executor_metrics)
+    target = StandingTarget(
+        config.planner_address or "", config.peer_options(), served, config.replan_backoff
     )
-    target = StandingTarget(config.planner_address or "", config.peer_options(), hooks, config.replan_backoff)
-    servicer = ExecutorServicer(
-        config.name or socket.gethostname(),
-        pool,
-        Admission(config.max_concurrent, config.max_queued),
-        target,
-        config.measure,
-        config.profile_path,
-    )
-    holder.append(servicer)
+    admission = Admission(config.max_concurrent, config.max_queued)
+    servicer = ExecutorServicer(config.name or socket.gethostname(), served, admission, target)
+    executor_metrics.observe(served, target)
 
     def register(server: grpc.aio.Server) -> None:
         executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
 
-    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING)
+    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING, metrics)
 
     async def load() -> None:
-        servicer.runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        served.attach(runtime)
         await server.set_serving(True)
-        log.info("executor %s serving %s on port %d", servicer.name, servicer.runtime.model.name, server.port)
+        log.info("executor %s serving %s on port %d", servicer.name, runtime.model.name, server.port)
 
     return ExecutorHandle(server, servicer, pool, asyncio.get_running_loop().create_task(load()))
 

@@ -20,7 +20,7 @@ from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile
-from moeqos.executor.evaluation import EvalResult
+from moeqos.core.service_types import Evaluation
 from moeqos.executor.profiling import recorded_disk_reads
 from moeqos.executor.runtime import ExecutorRuntime
 
@@ -123,10 +123,10 @@ async def with_progress(job: Callable[[Progress], Awaitable[T]]) -> AsyncIterato
     yield task.result()
 
 
-def evaluate(runtime: ExecutorRuntime, corpus: str, tokens: int, plan: Plan | None) -> EvalResult:
+def evaluate(runtime: ExecutorRuntime, corpus: str, tokens: int, plan: Plan | None) -> Evaluation:
     """Perplexity and decode tokens/s of `plan` (None: the plan in force) on a fixed corpus."""
     ids = corpus_ids(runtime, corpus, tokens)
-    return runtime.evaluate(ids, plan, context_length=min(512, runtime.context_length))
+    return runtime.evaluate(ids, plan, context_length=min(512, runtime.context_length), corpus=corpus)
 
 
 def keep_quality(fresh: Profile, previous: Profile | None) -> Profile:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import Protocol
 
 from moeqos.api.channel import ConnectOptions
 from moeqos.client.planner import AsyncPlannerClient
@@ -15,18 +14,26 @@ from moeqos.core.errors import MoeqosError, Unavailable
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.qos import QosTarget
+from moeqos.core.service_types import ReplanState
 from moeqos.core.tier import TierBudget
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ReplanHooks:
-    """What a re-plan needs from the executor (all awaitables, run off the event loop by the caller)."""
+class ReplanHooks(Protocol):
+    """What a re-plan needs from the executor (moeqos.executor.service_model.ServedModel has it)."""
 
-    profile: Callable[[], Awaitable[Profile]]
-    budgets: Callable[[], tuple[TierBudget, ...]]
-    apply: Callable[[Plan], Awaitable[object]]
+    async def cached_profile(self) -> Profile:
+        """The executor's profile, its tiers at the current budgets."""
+        ...
+
+    def budgets(self) -> tuple[TierBudget, ...]:
+        """Every tier's budget now."""
+        ...
+
+    async def apply(self, plan: Plan) -> object:
+        """Serve `plan` (the torch work off the event loop)."""
+        ...
 
 
 class StandingTarget:
@@ -41,8 +48,10 @@ class StandingTarget:
     ) -> None:
         self.target: QosTarget | None = None
         self.planner_address = planner_address
-        self.state = "idle"
-        """`idle`, `replanning`, `applied: <plan>`, `retrying: <error>` or `failed: <error>`, for GetInfo."""
+        self.state = ReplanState.IDLE
+        """Where the last re-plan stands, for GetInfo."""
+        self.detail = ""
+        """For people: the plan applied (APPLIED) or the error (RETRYING, FAILED); empty otherwise."""
         self._peer = peer
         self._hooks = hooks
         self._backoff = backoff
@@ -61,7 +70,7 @@ class StandingTarget:
         if self.target is None or not self.planner_address:
             return False
         self.cancel()
-        self.state = "replanning"
+        self._set(ReplanState.REPLANNING)
         self._task = asyncio.get_running_loop().create_task(self._run(self.target, self.planner_address))
         return True
 
@@ -81,20 +90,23 @@ class StandingTarget:
             try:
                 plan = await self._plan_once(target, address)
                 await self._hooks.apply(plan)
-                self.state = f"applied: {plan.to_spec()}"
+                self._set(ReplanState.APPLIED, plan.to_spec())
                 return
             except Unavailable as exc:
-                self.state = f"retrying in {delay:.1f}s: {exc}"
+                self._set(ReplanState.RETRYING, f"{type(exc).__name__}: {exc} (next try in {delay:.1f}s)")
                 log.warning("planner %s unreachable (%s); retrying in %.1fs", address, exc, delay)
             except MoeqosError as exc:
-                self.state = f"failed: {type(exc).__name__}: {exc}"
+                self._set(ReplanState.FAILED, f"{type(exc).__name__}: {exc}")
                 log.error("re-plan against %s failed: %s", target.describe(), exc)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, ceiling)
 
+    def _set(self, state: ReplanState, detail: str = "") -> None:
+        self.state, self.detail = state, detail
+
     async def _plan_once(self, target: QosTarget, address: str) -> Plan:
-        profile = await self._hooks.profile()
+        profile = await self._hooks.cached_profile()
         async with AsyncPlannerClient(address, self._peer) as planner:
             outcome = await planner.plan(target, profile=profile, budgets=self._hooks.budgets())
         return outcome.plan

@@ -14,12 +14,17 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from moeqos.core.errors import PlanApplyFailed
+from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
+from moeqos.core.tier import DISK
 from moeqos.executor.adapters import ModelAdapter
 from moeqos.executor.checkpoint import Checkpoint
+from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.quant import QuantExpert, cpu_kernels
 from moeqos.executor.quant.linear import resolve_device
 from safetensors.torch import load_file, save_file
@@ -94,6 +99,27 @@ class VariantFactory:
         ExecutorConfig.disk_reads)."""
         self.quantized = 0
         """Variants quantized from the checkpoint so far (the caches' misses)."""
+
+    @classmethod
+    def for_config(
+        cls,
+        checkpoint: Checkpoint,
+        adapter: ModelAdapter,
+        shape: tuple[int, int],
+        directory: Path,
+        config: ExecutorConfig,
+    ) -> VariantFactory:
+        """The factory an executor with `config` uses, its variant files in `directory`."""
+        return cls(
+            checkpoint,
+            adapter,
+            shape,
+            directory,
+            config.memory_cache_bytes,
+            persist_all=config.variant_cache_dir is not None,
+            quantize_device=config.device,
+            keep_in_page_cache=config.disk_reads == "cached",
+        )
 
     def path(self, key: VariantKey) -> Path:
         layer, expert, precision, group_size = key
@@ -211,3 +237,32 @@ def _drop_from_page_cache(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def build_changed(
+    factory: VariantFactory,
+    plan: Plan,
+    changed: Sequence[ExpertKey],
+    device: str,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict[ExpertKey, QuantExpert]:
+    """The modules of the `changed` experts as `plan` assigns them (disk experts: their files written,
+    no module), reporting `apply_plan` progress; PlanApplyFailed, with nothing kept, if one fails."""
+    built: dict[ExpertKey, QuantExpert] = {}
+    for done, key in enumerate(changed):
+        assignment = plan[key]
+        variant = (key[0], key[1], assignment.precision, plan.group_size)
+        try:
+            if assignment.tier == DISK:
+                factory.ensure_file(variant, device)
+            else:
+                built[key] = factory.build(variant, assignment.tier)
+        except Exception as exc:
+            built.clear()
+            raise PlanApplyFailed(
+                f"building expert L{key[0]}.E{key[1]} as {assignment} failed ({exc}); "
+                "the previous plan is still serving"
+            ) from exc
+        if progress is not None:
+            progress("apply_plan", (done + 1) / len(changed))
+    return built

@@ -17,14 +17,23 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc.aio
-from moeqos.api import convert, descriptions, wire
 from moeqos.api.channel import ConnectOptions
+from moeqos.api.codec import common
+from moeqos.api.codec import planner as codec
 from moeqos.api.server import bearer_token, token_matches
 from moeqos.client.executor import AsyncExecutorClient
+from moeqos.core.addresses import check_address
 from moeqos.core.descriptions import HardwareDescription, ModelDescription
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.profile import Profile
-from moeqos.core.service_types import DeploySpec, ExecutorInfo, Prediction
+from moeqos.core.service_types import (
+    DeployOutcome,
+    DeploySpec,
+    ExecutorInfo,
+    PlanOutcome,
+    Prediction,
+    WhatIfOutcome,
+)
 from moeqos.core.tier import TierBudget
 from moeqos.planner.catalog import HARDWARE, MODELS
 from moeqos.planner.frontier import DEFAULT_POINTS, frontier
@@ -41,26 +50,21 @@ MAX_DEPLOY_TARGETS = 64
 """Most executors one Deploy may address."""
 
 
-def prediction_of(result: PlanResult) -> Prediction:
-    """The wire-level prediction of a solver result."""
-    return Prediction(
-        result.predicted_tokens_per_s,
-        result.predicted_perplexity,
-        result.perplexity_is_estimate,
-        dict(result.bytes_per_tier),
-        result.notes,
+def outcome_of(result: PlanResult) -> PlanOutcome:
+    """The service's outcome of a solver result: the plan, its predictions and the solve time."""
+    prediction = Prediction(
+        tokens_per_s=result.predicted_tokens_per_s,
+        perplexity=result.predicted_perplexity,
+        perplexity_is_estimate=result.perplexity_is_estimate,
+        tier_use=dict(result.bytes_per_tier),
+        notes=result.notes,
     )
-
-
-def point(result: PlanResult) -> pl.FrontierPoint:
-    """A plan with its predictions, as the wire has them."""
-    prediction = convert.prediction_to_proto(prediction_of(result))
-    return pl.FrontierPoint(plan=wire.plan_to_proto(result.plan), prediction=prediction)
+    return PlanOutcome(result.plan, prediction, result.solve_seconds)
 
 
 def _described_model(request: pl.WhatIfRequest) -> ModelDescription:
     if request.WhichOneof("model") == "model_description":
-        return descriptions.model_from_proto(request.model_description)
+        return codec.model_from_proto(request.model_description)
     if request.model_name not in MODELS:
         raise InvalidArgument(f"unknown model {request.model_name!r}; built in: {', '.join(MODELS)}")
     return MODELS[request.model_name]
@@ -70,7 +74,7 @@ def _described_hardware(request: pl.WhatIfRequest) -> HardwareDescription:
     # Only built-in names: `moeqos.planner.whatif.hardware_named` also reads file paths, which a remote
     # caller must not be able to make the server open.
     if request.WhichOneof("hardware") == "hardware_description":
-        return descriptions.hardware_from_proto(request.hardware_description)
+        return codec.hardware_from_proto(request.hardware_description)
     if request.hardware_name not in HARDWARE:
         raise InvalidArgument(f"unknown hardware {request.hardware_name!r}; built in: {', '.join(HARDWARE)}")
     return HARDWARE[request.hardware_name]
@@ -115,7 +119,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
     async def _profile(self, source: pl.ProfileSource, peer: ConnectOptions) -> Profile:
         kind = source.WhichOneof("source")
         if kind == "profile":
-            return wire.profile_from_proto(source.profile)
+            return common.profile_from_proto(source.profile)
         if kind == "executor_address" and source.executor_address:
             async with AsyncExecutorClient(source.executor_address, peer) as executor:
                 return await executor.get_profile(timeout=None)
@@ -124,37 +128,34 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
     async def Plan(self, request: pl.PlanRequest, context: grpc.aio.ServicerContext) -> pl.PlanResponse:
         plan_request = PlanRequest(
             await self._profile(request.source, self._peer_for(context)),
-            wire.target_from_proto(request.target),
-            wire.budgets_from_proto(request.budgets),
-            wire.pins_from_proto(request.pins),
+            common.target_from_proto(request.target),
+            common.budgets_from_proto(request.budgets),
+            common.pins_from_proto(request.pins),
         )
-        result = await self._run(solve, plan_request)
-        chosen = point(result)
-        return pl.PlanResponse(
-            plan=chosen.plan, prediction=chosen.prediction, solve_seconds=result.solve_seconds
-        )
+        return codec.outcome_to_response(outcome_of(await self._run(solve, plan_request)))
 
     async def Frontier(
         self, request: pl.FrontierRequest, context: grpc.aio.ServicerContext
     ) -> pl.FrontierResponse:
         points = _points(request.points or DEFAULT_POINTS)
         profile = await self._profile(request.source, self._peer_for(context))
-        budgets, pins = wire.budgets_from_proto(request.budgets), wire.pins_from_proto(request.pins)
+        budgets, pins = common.budgets_from_proto(request.budgets), common.pins_from_proto(request.pins)
         results = await self._run(frontier, profile, budgets, points, pins)
-        return pl.FrontierResponse(points=[point(r) for r in results])
+        return pl.FrontierResponse(points=[codec.outcome_to_point(outcome_of(r)) for r in results])
 
     async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
-        capacities = {b.name: b.budget_bytes for b in wire.budgets_from_proto(request.budgets)}
+        capacities = {b.name: b.budget_bytes for b in common.budgets_from_proto(request.budgets)}
         profile = whatif_profile(_described_model(request), _described_hardware(request), capacities)
+        best: PlanOutcome | None = None
+        points: tuple[PlanOutcome, ...] = ()
         budgets = profile.tiers
-        response = pl.WhatIfResponse(profile=wire.profile_to_proto(profile))
         if request.HasField("target"):
-            plan_request = PlanRequest(profile, wire.target_from_proto(request.target), budgets)
-            response.best.CopyFrom(point(await self._run(solve, plan_request)))
+            plan_request = PlanRequest(profile, common.target_from_proto(request.target), budgets)
+            best = outcome_of(await self._run(solve, plan_request))
         if request.frontier_points:
             results = await self._run(frontier, profile, budgets, _points(request.frontier_points))
-            response.frontier.extend(point(r) for r in results)
-        return response
+            points = tuple(outcome_of(r) for r in results)
+        return codec.whatif_to_proto(WhatIfOutcome(profile, best, points))
 
     async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
         specs = _deploy_specs(request)
@@ -181,7 +182,9 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
                 return_exceptions=True,
             )
             raise failures[0]
-        return pl.DeployResponse(results=[o for o in outcomes if isinstance(o, pl.DeployResult)])
+        return pl.DeployResponse(
+            results=[codec.deploy_outcome_to_proto(o) for o in outcomes if isinstance(o, DeployOutcome)]
+        )
 
     async def _solve_for(self, spec: DeploySpec, peer: ConnectOptions) -> tuple[PlanResult, ExecutorInfo]:
         """The executor's plan from its profile, within the given budgets or else its current ones, and
@@ -200,33 +203,25 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
 
     async def _apply_to(
         self, spec: DeploySpec, result: PlanResult, planner_address: str, peer: ConnectOptions
-    ) -> pl.DeployResult:
+    ) -> DeployOutcome:
         """Apply the plan, then leave the executor its standing target and this planner's address."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             report = await executor.apply_plan(result.plan, timeout=None)
             await executor.set_target(spec.target, planner_address)
-        chosen = point(result)
-        return pl.DeployResult(
-            executor_address=spec.executor_address,
-            plan=chosen.plan,
-            prediction=chosen.prediction,
-            report=convert.switch_to_proto(report),
-        )
+        return DeployOutcome(spec.executor_address, result.plan, outcome_of(result).prediction, report)
 
 
 def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:
-    """Every target of a Deploy, validated before any executor is contacted."""
+    """Every target of a Deploy, validated before any executor is contacted. A malformed address (the
+    executors' or the planner's they are told to call back) is refused here: an executor holding one
+    would retry its re-plans forever."""
     if not 0 < len(request.targets) <= MAX_DEPLOY_TARGETS:
         raise InvalidArgument(f"deploy needs 1 to {MAX_DEPLOY_TARGETS} executors, got {len(request.targets)}")
     addresses = [t.executor_address for t in request.targets]
     if "" in addresses or len(set(addresses)) != len(addresses):
         raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
-    return [
-        DeploySpec(
-            t.executor_address,
-            wire.target_from_proto(t.target),
-            wire.budgets_from_proto(t.budgets),
-            wire.pins_from_proto(t.pins),
-        )
-        for t in request.targets
-    ]
+    for address in addresses:
+        check_address(address, "executor address")
+    if request.planner_address:
+        check_address(request.planner_address, "planner_address")
+    return [codec.deploy_spec_from_proto(t) for t in request.targets]

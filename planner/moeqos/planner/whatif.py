@@ -24,6 +24,8 @@ holds them, moeqos.core.precision.dense_bytes: bf16, routers fp32), the `reserve
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 from moeqos.core.descriptions import HardwareDescription, ModelDescription
@@ -42,25 +44,41 @@ __all__ = [
     "WHATIF_PRECISIONS",
     "analytic_profile",
     "hardware_named",
+    "hardware_template",
     "model_named",
     "whatif_profile",
 ]
 
 
 def model_named(name: str) -> ModelDescription:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; built in: {', '.join(MODELS)}") from None
+    """A built-in model description by name; InvalidArgument listing the built-in names otherwise."""
+    if name not in MODELS:
+        raise InvalidArgument(f"unknown model {name!r}; built in: {', '.join(MODELS)}")
+    return MODELS[name]
 
 
 def hardware_named(name: str) -> HardwareDescription:
-    """A built-in hardware description by name, or one loaded from a JSON file path."""
+    """A built-in hardware description by name, or one loaded from a JSON file path (InvalidArgument
+    for an unknown name or a file that is missing or not a hardware description)."""
     if name in HARDWARE:
         return HARDWARE[name]
-    if name.endswith(".json"):
+    if not name.endswith(".json"):
+        raise InvalidArgument(f"unknown hardware {name!r}; built in: {', '.join(HARDWARE)} (or a .json file)")
+    try:
         return HardwareDescription.load(name)
-    raise KeyError(f"unknown hardware {name!r}; built in: {', '.join(HARDWARE)} (or a .json file)")
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read hardware file {name!r}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(
+            f"{name} is not a hardware description ({exc}); `moeqos whatif --hardware-template` prints one"
+        ) from None
+
+
+def hardware_template() -> dict[str, Any]:
+    """A hardware description as JSON-ready data with every field filled in (from `a100-80gb`), to edit
+    and pass back with `--hardware FILE.json`. Sizes are bytes, bandwidths bytes/s, times seconds."""
+    notes = "copied from a100-80gb: edit the numbers to describe your machine"
+    return {**asdict(HARDWARE["a100-80gb"]), "name": "my-machine", "notes": notes}
 
 
 def analytic_profile(

@@ -1,18 +1,19 @@
-"""Conversions between the shared protobuf messages (moeqos.proto.common.v1) and the domain types.
+"""The codec of moeqos.common.v1: plans, targets, tiers, pins, profiles, predictions, switch reports.
 
-The only place the common pb2 types meet the domain: servicers and clients call these at the edge, and
-nothing else in the package touches pb2. Every `*_from_proto` validates what it reads and raises
-`moeqos.core.errors.InvalidArgument` on malformed input, so the servers' error map answers INVALID_ARGUMENT.
+Every `*_from_proto` validates what it reads and raises `moeqos.core.errors.InvalidArgument` on malformed
+input, so the servers' error map answers INVALID_ARGUMENT. Fields are converted one by one, by name.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import cast
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from moeqos.core.errors import InvalidArgument
-from moeqos.core.plan import Assignment, Plan
+from moeqos.core.plan import Assignment, Plan, parse_plan
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision
 from moeqos.core.profile import (
     PROFILE_VERSION,
@@ -26,10 +27,14 @@ from moeqos.core.profile import (
 )
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.rules import PlacementRule
+from moeqos.core.service_types import Prediction, SwitchReport
 from moeqos.core.tier import TierBudget, TierStatus, validate_tier
 from moeqos.proto.common.v1 import common_pb2 as pb
 
 _OBJECTIVES = {Objective.SPEED: pb.OBJECTIVE_SPEED, Objective.QUALITY: pb.OBJECTIVE_QUALITY}
+MAX_SPEC_EXPERTS = 1 << 16
+"""Most experts (num_layers * num_experts) a plan given by its spec alone may name when no served model
+fixes its shape: the plan is expanded expert by expert, so a larger shape would allocate without bound."""
 
 
 def _invalid(what: str, exc: Exception) -> InvalidArgument:
@@ -81,8 +86,28 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
     )
 
 
-def plan_from_proto(message: pb.Plan) -> Plan:
-    """A validated plan; InvalidArgument when the shape, an assignment or the group size is wrong."""
+def plan_from_proto(message: pb.Plan, model: ModelIdentity | None = None, default_tier: str = "") -> Plan:
+    """A validated plan from its assignments, its spec, or both (which must then describe the same plan).
+
+    A plan given by its spec alone takes its shape from `model` (the served model) when given, else from
+    num_layers and num_experts; `default_tier` is the tier of a precision the spec gives without one.
+    InvalidArgument when the shape, an assignment, the spec or the group size is wrong, or when the
+    assignments and the spec disagree.
+    """
+    if not message.assignments and message.spec:
+        return _plan_from_spec(message, model, default_tier)
+    plan = _plan_from_assignments(message)
+    # The spec a plan_to_proto wrote is the plan's own to_spec(): only another text needs parsing.
+    if (
+        message.spec
+        and message.spec != plan.to_spec()
+        and _plan_from_spec(message, model, default_tier) != plan
+    ):
+        raise InvalidArgument(f"the plan's assignments and its spec {message.spec!r} disagree")
+    return plan
+
+
+def _plan_from_assignments(message: pb.Plan) -> Plan:
     layers, experts = message.num_layers, message.num_experts
     if layers == 0 or experts == 0 or len(message.assignments) != layers * experts:
         raise InvalidArgument(
@@ -97,28 +122,55 @@ def plan_from_proto(message: pb.Plan) -> Plan:
         raise _invalid("plan", exc) from None
 
 
+def _plan_from_spec(message: pb.Plan, model: ModelIdentity | None, default_tier: str) -> Plan:
+    given = (message.num_layers, message.num_experts)
+    shape = (model.num_layers, model.num_experts) if model is not None else given
+    if model is not None and any(given) and given != shape:
+        raise InvalidArgument(
+            f"plan is {given[0]} layers x {given[1]} experts, model is {shape[0]} x {shape[1]}"
+        )
+    if min(shape) == 0 or shape[0] * shape[1] > MAX_SPEC_EXPERTS:
+        raise InvalidArgument(
+            f"a plan given by its spec needs num_layers x num_experts in [1, {MAX_SPEC_EXPERTS}], "
+            f"got {shape[0]} x {shape[1]}"
+        )
+    # Every rule is matched against every expert: a spec needs no more rules than experts (to_spec writes
+    # fewer), and more would let one request keep the server busy for as long as it likes.
+    if not message.spec.lstrip().startswith("{") and message.spec.count(",") > shape[0] * shape[1]:
+        raise InvalidArgument(f"a plan spec may have at most one rule per expert ({shape[0] * shape[1]})")
+    try:
+        return parse_plan(message.spec, *shape, default_tier, message.group_size or DEFAULT_GROUP_SIZE)
+    except ValueError as exc:
+        raise _invalid(f"plan spec {message.spec!r}", exc) from None
+
+
 # ----- QoS targets and tiers ----------------------------------------------------------------------
 def target_to_proto(target: QosTarget) -> pb.QosTarget:
     objective = _OBJECTIVES[target.objective] if target.objective else pb.OBJECTIVE_UNSPECIFIED
     message = pb.QosTarget(objective=objective)
-    for name in ("min_tokens_per_s", "max_perplexity", "max_perplexity_increase"):
-        value = getattr(target, name)
-        if value is not None:
-            setattr(message, name, value)
+    if target.min_tokens_per_s is not None:
+        message.min_tokens_per_s = target.min_tokens_per_s
+    if target.max_perplexity is not None:
+        message.max_perplexity = target.max_perplexity
+    if target.max_perplexity_increase is not None:
+        message.max_perplexity_increase = target.max_perplexity_increase
     return message
 
 
 def target_from_proto(message: pb.QosTarget) -> QosTarget:
     """A validated target; absent bounds stay None (proto3 `optional` keeps presence)."""
-    bounds = {
-        name: getattr(message, name) if message.HasField(name) else None
-        for name in ("min_tokens_per_s", "max_perplexity", "max_perplexity_increase")
-    }
     if message.objective not in pb.Objective.values():
         raise InvalidArgument(f"target: unknown objective {message.objective}")
     objective = {v: k for k, v in _OBJECTIVES.items()}.get(message.objective)
     try:
-        return QosTarget(objective=objective, **bounds)
+        return QosTarget(
+            min_tokens_per_s=message.min_tokens_per_s if message.HasField("min_tokens_per_s") else None,
+            max_perplexity=message.max_perplexity if message.HasField("max_perplexity") else None,
+            max_perplexity_increase=(
+                message.max_perplexity_increase if message.HasField("max_perplexity_increase") else None
+            ),
+            objective=objective,
+        )
     except ValueError as exc:
         raise _invalid("target", exc) from None
 
@@ -175,7 +227,17 @@ def grid_from_proto(message: pb.Grid, name: str) -> Grid:
 
 
 def model_to_proto(model: ModelIdentity) -> pb.ModelIdentity:
-    return pb.ModelIdentity(**model.__dict__)
+    return pb.ModelIdentity(
+        name=model.name,
+        fingerprint=model.fingerprint,
+        num_layers=model.num_layers,
+        num_experts=model.num_experts,
+        top_k=model.top_k,
+        hidden_size=model.hidden_size,
+        intermediate_size=model.intermediate_size,
+        vocab_size=model.vocab_size,
+        dense_bytes=model.dense_bytes,
+    )
 
 
 def model_from_proto(message: pb.ModelIdentity) -> ModelIdentity:
@@ -193,7 +255,13 @@ def model_from_proto(message: pb.ModelIdentity) -> ModelIdentity:
 
 
 def hardware_to_proto(hardware: HardwareIdentity) -> pb.HardwareIdentity:
-    return pb.HardwareIdentity(**hardware.__dict__)
+    return pb.HardwareIdentity(
+        device=hardware.device,
+        device_name=hardware.device_name,
+        host=hardware.host,
+        threads=hardware.threads,
+        torch_version=hardware.torch_version,
+    )
 
 
 def hardware_from_proto(message: pb.HardwareIdentity) -> HardwareIdentity:
@@ -228,7 +296,10 @@ def profile_to_proto(profile: Profile) -> pb.Profile:
             pb.QuantError(precision=precision_to_proto(p), error=grid_to_proto(g))
             for p, g in profile.quant_error.items()
         ],
-        quality_points=[pb.QualityPoint(**q.__dict__) for q in profile.quality_points],
+        quality_points=[
+            pb.QualityPoint(plan_spec=q.plan_spec, perplexity=q.perplexity, corpus=q.corpus, tokens=q.tokens)
+            for q in profile.quality_points
+        ],
         tiers=[budget_to_proto(t) for t in profile.tiers],
         disk_pool_slots=profile.disk_pool_slots,
         disk_reads=profile.disk_reads,
@@ -281,3 +352,42 @@ def _call_cost(message: pb.CallCost) -> CallCost:
         message.bytes,
         finite("call seconds", message.seconds),
     )
+
+
+# ----- predictions, switch reports, times ---------------------------------------------------------
+def prediction_to_proto(prediction: Prediction) -> pb.PlanPrediction:
+    return pb.PlanPrediction(
+        tokens_per_s=prediction.tokens_per_s,
+        perplexity=prediction.perplexity,
+        perplexity_is_estimate=prediction.perplexity_is_estimate,
+        tier_use=[pb.TierUse(name=name, bytes=size) for name, size in prediction.tier_use.items()],
+        notes=prediction.notes,
+    )
+
+
+def prediction_from_proto(message: pb.PlanPrediction) -> Prediction:
+    return Prediction(
+        tokens_per_s=message.tokens_per_s,
+        perplexity=message.perplexity,
+        perplexity_is_estimate=message.perplexity_is_estimate,
+        tier_use={use.name: use.bytes for use in message.tier_use},
+        notes=message.notes,
+    )
+
+
+def switch_to_proto(report: SwitchReport) -> pb.SwitchReport:
+    return pb.SwitchReport(experts_changed=report.experts_changed, seconds=report.seconds)
+
+
+def switch_from_proto(message: pb.SwitchReport) -> SwitchReport:
+    return SwitchReport(experts_changed=message.experts_changed, seconds=message.seconds)
+
+
+def timestamp_to_proto(when: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when.astimezone(UTC))
+    return stamp
+
+
+def timestamp_from_proto(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(UTC)

@@ -1,0 +1,219 @@
+"""The codec of moeqos.executor.v1: executor state, budgets, sampling, generation, evaluation and profile
+measurement, both directions (servicers build with `*_to_proto`, clients read with `*_from_proto`).
+
+Fields are converted one by one, by name; the shared parts go through moeqos.api.codec.common.
+"""
+
+from __future__ import annotations
+
+from moeqos.api.codec import common
+from moeqos.core.profile import Profile
+from moeqos.core.service_types import (
+    BudgetOutcome,
+    Completion,
+    Evaluation,
+    ExecutorInfo,
+    GenerationEvent,
+    GenerationStats,
+    ProfileProgress,
+    ReplanState,
+    Sampling,
+)
+from moeqos.proto.executor.v1 import executor_pb2 as ex
+
+_REPLAN_STATES = {
+    ReplanState.IDLE: ex.REPLAN_STATE_IDLE,
+    ReplanState.REPLANNING: ex.REPLAN_STATE_REPLANNING,
+    ReplanState.APPLIED: ex.REPLAN_STATE_APPLIED,
+    ReplanState.RETRYING: ex.REPLAN_STATE_RETRYING,
+    ReplanState.FAILED: ex.REPLAN_STATE_FAILED,
+    ReplanState.UNKNOWN: ex.REPLAN_STATE_UNSPECIFIED,
+}
+_REPLAN_STATES_BACK = {value: state for state, value in _REPLAN_STATES.items()}
+
+
+# ----- executor state -----------------------------------------------------------------------------
+def replan_state_to_proto(state: ReplanState) -> ex.ReplanState:
+    return _REPLAN_STATES[state]
+
+
+def replan_state_from_proto(value: int) -> ReplanState:
+    """The domain state; UNKNOWN for UNSPECIFIED or a value this build does not know (a newer executor)."""
+    return _REPLAN_STATES_BACK.get(value, ReplanState.UNKNOWN)  # type: ignore[call-overload]
+
+
+def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
+    message = ex.GetInfoResponse(
+        name=info.name,
+        model=common.model_to_proto(info.model),
+        hardware=common.hardware_to_proto(info.hardware),
+        tiers=[common.tier_status_to_proto(s) for s in info.tiers],
+        plan=common.plan_to_proto(info.plan),
+        planner_address=info.planner_address,
+        active_generations=info.active_generations,
+        queued_generations=info.queued_generations,
+        profile_cached=info.profile_cached,
+        replan_state=replan_state_to_proto(info.replan_state),
+        replan_detail=info.replan_detail,
+    )
+    if info.plan_applied_at is not None:
+        message.plan_applied_at.CopyFrom(common.timestamp_to_proto(info.plan_applied_at))
+    if info.standing_target is not None:
+        message.standing_target.CopyFrom(common.target_to_proto(info.standing_target))
+    return message
+
+
+def info_from_proto(message: ex.GetInfoResponse) -> ExecutorInfo:
+    return ExecutorInfo(
+        name=message.name,
+        model=common.model_from_proto(message.model),
+        hardware=common.hardware_from_proto(message.hardware),
+        tiers=tuple(common.tier_status_from_proto(s) for s in message.tiers),
+        plan=common.plan_from_proto(message.plan),
+        plan_applied_at=(
+            common.timestamp_from_proto(message.plan_applied_at)
+            if message.HasField("plan_applied_at")
+            else None
+        ),
+        standing_target=(
+            common.target_from_proto(message.standing_target) if message.HasField("standing_target") else None
+        ),
+        planner_address=message.planner_address,
+        active_generations=message.active_generations,
+        queued_generations=message.queued_generations,
+        profile_cached=message.profile_cached,
+        replan_state=replan_state_from_proto(message.replan_state),
+        replan_detail=message.replan_detail,
+    )
+
+
+def budget_outcome_to_proto(outcome: BudgetOutcome) -> ex.SetBudgetResponse:
+    return ex.SetBudgetResponse(
+        plan_fits=outcome.plan_fits,
+        replan_started=outcome.replan_started,
+        tiers=[common.tier_status_to_proto(s) for s in outcome.tiers],
+    )
+
+
+def budget_outcome_from_proto(message: ex.SetBudgetResponse) -> BudgetOutcome:
+    return BudgetOutcome(
+        plan_fits=message.plan_fits,
+        replan_started=message.replan_started,
+        tiers=tuple(common.tier_status_from_proto(s) for s in message.tiers),
+    )
+
+
+# ----- generation ---------------------------------------------------------------------------------
+def sampling_to_proto(sampling: Sampling) -> ex.SamplingParams:
+    message = ex.SamplingParams(
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        stop=sampling.stop,
+    )
+    if sampling.top_p is not None:
+        message.top_p = sampling.top_p
+    if sampling.seed is not None:
+        message.seed = sampling.seed
+    return message
+
+
+def sampling_from_proto(message: ex.SamplingParams) -> Sampling:
+    """The request's sampling (the runtime validates the values against the model)."""
+    return Sampling(
+        max_tokens=message.max_tokens,
+        temperature=message.temperature,
+        top_p=message.top_p if message.HasField("top_p") else None,
+        top_k=message.top_k,
+        seed=message.seed if message.HasField("seed") else None,
+        stop=tuple(message.stop),
+    )
+
+
+def stats_to_proto(stats: GenerationStats) -> ex.GenerationStats:
+    return ex.GenerationStats(
+        prompt_tokens=stats.prompt_tokens,
+        generated_tokens=stats.generated_tokens,
+        time_to_first_token_s=stats.time_to_first_token_s,
+        tokens_per_s=stats.tokens_per_s,
+        total_s=stats.total_s,
+        finish_reason=stats.finish_reason,
+        plan_spec=stats.plan_spec,
+    )
+
+
+def stats_from_proto(message: ex.GenerationStats) -> GenerationStats:
+    return GenerationStats(
+        prompt_tokens=message.prompt_tokens,
+        generated_tokens=message.generated_tokens,
+        time_to_first_token_s=message.time_to_first_token_s,
+        tokens_per_s=message.tokens_per_s,
+        total_s=message.total_s,
+        finish_reason=message.finish_reason,
+        plan_spec=message.plan_spec,
+    )
+
+
+def event_to_proto(event: GenerationEvent) -> ex.GenerateResponse:
+    message = ex.GenerateResponse(text=event.text)
+    if event.token_id is not None:
+        message.token_id = event.token_id
+    if event.stats is not None:
+        message.stats.CopyFrom(stats_to_proto(event.stats))
+    return message
+
+
+def event_from_proto(message: ex.GenerateResponse) -> GenerationEvent:
+    return GenerationEvent(
+        text=message.text,
+        token_id=message.token_id if message.HasField("token_id") else None,
+        stats=stats_from_proto(message.stats) if message.HasField("stats") else None,
+    )
+
+
+def completion_to_proto(completion: Completion) -> ex.CompleteResponse:
+    return ex.CompleteResponse(text=completion.text, stats=stats_to_proto(completion.stats))
+
+
+def completion_from_proto(message: ex.CompleteResponse) -> Completion:
+    return Completion(text=message.text, stats=stats_from_proto(message.stats))
+
+
+# ----- evaluation and profile measurement ---------------------------------------------------------
+def evaluation_to_proto(evaluation: Evaluation) -> ex.EvaluateResponse:
+    return ex.EvaluateResponse(
+        perplexity=evaluation.perplexity,
+        tokens_per_s=evaluation.tokens_per_s,
+        tokens=evaluation.tokens,
+        plan_spec=evaluation.plan_spec,
+        corpus=evaluation.corpus,
+        seconds=evaluation.seconds,
+        decode_tokens=evaluation.decode_tokens,
+    )
+
+
+def evaluation_from_proto(message: ex.EvaluateResponse) -> Evaluation:
+    return Evaluation(
+        perplexity=message.perplexity,
+        tokens_per_s=message.tokens_per_s,
+        tokens=message.tokens,
+        plan_spec=message.plan_spec,
+        corpus=message.corpus,
+        seconds=message.seconds,
+        decode_tokens=message.decode_tokens,
+    )
+
+
+def measure_event_to_proto(event: ProfileProgress | Profile) -> ex.MeasureProfileResponse:
+    if isinstance(event, Profile):
+        return ex.MeasureProfileResponse(profile=common.profile_to_proto(event))
+    progress = ex.ProfileProgress(stage=event.stage, done=event.done, total=event.total)
+    return ex.MeasureProfileResponse(progress=progress)
+
+
+def measure_event_from_proto(message: ex.MeasureProfileResponse) -> ProfileProgress | Profile:
+    """The progress, or the finished profile (the stream's last event)."""
+    if message.HasField("profile"):
+        return common.profile_from_proto(message.profile)
+    progress = message.progress
+    return ProfileProgress(stage=progress.stage, done=progress.done, total=progress.total)

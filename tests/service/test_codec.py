@@ -1,0 +1,359 @@
+"""The wire codec (moeqos.api.codec): a round trip domain -> pb -> bytes -> pb -> domain for every type
+it converts, presence of the optional fields, plans given by their spec, and InvalidArgument for
+malformed messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from moeqos.api.codec import common as wire
+from moeqos.api.codec import executor as ex_codec
+from moeqos.api.codec import planner as pl_codec
+from moeqos.core.descriptions import HardwareDescription, TierSpec
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.plan import Assignment, Plan, parse_plan
+from moeqos.core.precision import Precision
+from moeqos.core.profile import HardwareIdentity, ModelIdentity
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
+from moeqos.core.service_types import (
+    BudgetOutcome,
+    Completion,
+    DeployOutcome,
+    DeploySpec,
+    Evaluation,
+    ExecutorInfo,
+    GenerationEvent,
+    GenerationStats,
+    PlanOutcome,
+    Prediction,
+    ProfileProgress,
+    ReplanState,
+    Sampling,
+    SwitchReport,
+    WhatIfOutcome,
+)
+from moeqos.core.tier import TierBudget, TierStatus
+from moeqos.planner.catalog import HARDWARE, MODELS
+from moeqos.planner.whatif import whatif_profile
+from moeqos.proto.common.v1 import common_pb2
+from moeqos.proto.executor.v1 import executor_pb2
+
+PLAN = parse_plan("int4@cpu,L0.E1-2=bf16,L1.E*=int8@disk,L2.E3=fp32", 3, 4, "cpu", group_size=128)
+MODEL = ModelIdentity("tiny", "abc123", 3, 4, 2, 64, 128, 1000, 4096)
+HARDWARE_ID = HardwareIdentity("cpu", "Some CPU", "host-1", 2, "2.5.0")
+PREDICTION = Prediction(12.5, 7.25, True, {"cpu": 1 << 20, "disk": 3}, "priors")
+STATS = GenerationStats(5, 3, 0.25, 40.0, 0.3, "stop", PLAN.to_spec())
+TARGET = QosTarget(max_perplexity=12.5, objective=Objective.QUALITY)
+PINS = (PlacementRule("L0.E*", Precision.BF16, "cpu"), PlacementRule("*", Precision.INT4))
+ANALYTIC = whatif_profile(MODELS["mixtral-8x7b"], HARDWARE["a100-80gb"], {})
+
+
+def _info(**changes: Any) -> ExecutorInfo:
+    values: dict[str, Any] = {
+        "name": "executor-a",
+        "model": MODEL,
+        "hardware": HARDWARE_ID,
+        "tiers": (TierStatus("cpu", 1 << 30, 1 << 20), TierStatus("disk", 0, 0)),
+        "plan": PLAN,
+        "plan_applied_at": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+        "standing_target": TARGET,
+        "planner_address": "127.0.0.1:50051",
+        "active_generations": 2,
+        "queued_generations": 1,
+        "profile_cached": True,
+        "replan_state": ReplanState.APPLIED,
+        "replan_detail": PLAN.to_spec(),
+    }
+    return ExecutorInfo(**{**values, **changes})
+
+
+# (name, value, to_proto, from_proto): every type the codec converts, both ways.
+ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] = [
+    ("plan", PLAN, wire.plan_to_proto, wire.plan_from_proto),
+    ("assignment", Assignment(Precision.INT3, "disk"), wire.assignment_to_proto, wire.assignment_from_proto),
+    ("grid", ((0.5, 1.0), (2.0, 0.0)), wire.grid_to_proto, lambda m: wire.grid_from_proto(m, "grid")),
+    ("target", TARGET, wire.target_to_proto, wire.target_from_proto),
+    ("tier budget", TierBudget("disk", 7), wire.budget_to_proto, lambda m: wire.budgets_from_proto([m])[0]),
+    ("tier status", TierStatus("cpu", 9, 4), wire.tier_status_to_proto, wire.tier_status_from_proto),
+    ("pin", PINS[0], wire.pin_to_proto, lambda m: wire.pins_from_proto([m])[0]),
+    ("pin without tier", PINS[1], wire.pin_to_proto, lambda m: wire.pins_from_proto([m])[0]),
+    ("model identity", MODEL, wire.model_to_proto, wire.model_from_proto),
+    ("hardware identity", HARDWARE_ID, wire.hardware_to_proto, wire.hardware_from_proto),
+    ("analytic profile", ANALYTIC, wire.profile_to_proto, wire.profile_from_proto),
+    ("prediction", PREDICTION, wire.prediction_to_proto, wire.prediction_from_proto),
+    ("switch report", SwitchReport(5, 0.125), wire.switch_to_proto, wire.switch_from_proto),
+    ("timestamp", _info().plan_applied_at, wire.timestamp_to_proto, wire.timestamp_from_proto),
+    ("executor info", _info(), ex_codec.info_to_proto, ex_codec.info_from_proto),
+    (
+        "executor info, no target, idle",
+        _info(standing_target=None, plan_applied_at=None, replan_state=ReplanState.IDLE, replan_detail=""),
+        ex_codec.info_to_proto,
+        ex_codec.info_from_proto,
+    ),
+    (
+        "budget outcome",
+        BudgetOutcome(True, False, (TierStatus("cpu", 9, 4),)),
+        ex_codec.budget_outcome_to_proto,
+        ex_codec.budget_outcome_from_proto,
+    ),
+    (
+        "sampling",
+        Sampling(9, 0.7, 0.9, 40, 1234, ("\n\n", "END")),
+        ex_codec.sampling_to_proto,
+        ex_codec.sampling_from_proto,
+    ),
+    ("sampling defaults", Sampling(), ex_codec.sampling_to_proto, ex_codec.sampling_from_proto),
+    ("generation stats", STATS, ex_codec.stats_to_proto, ex_codec.stats_from_proto),
+    ("token event", GenerationEvent("lo", 0), ex_codec.event_to_proto, ex_codec.event_from_proto),
+    ("last event", GenerationEvent("", None, STATS), ex_codec.event_to_proto, ex_codec.event_from_proto),
+    ("completion", Completion("hello", STATS), ex_codec.completion_to_proto, ex_codec.completion_from_proto),
+    (
+        "evaluation",
+        Evaluation(9.5, 33.0, 96, PLAN.to_spec(), "ptb:valid", 1.5, 32),
+        ex_codec.evaluation_to_proto,
+        ex_codec.evaluation_from_proto,
+    ),
+    (
+        "evaluation without a decode",
+        Evaluation(9.5, 0.0, 96, PLAN.to_spec(), "", 1.5, 0),
+        ex_codec.evaluation_to_proto,
+        ex_codec.evaluation_from_proto,
+    ),
+    (
+        "profile progress",
+        ProfileProgress("quality", 40, 100),
+        ex_codec.measure_event_to_proto,
+        ex_codec.measure_event_from_proto,
+    ),
+    ("measured profile", ANALYTIC, ex_codec.measure_event_to_proto, ex_codec.measure_event_from_proto),
+    (
+        "plan response",
+        PlanOutcome(PLAN, PREDICTION, 0.5),
+        pl_codec.outcome_to_response,
+        pl_codec.outcome_from_proto,
+    ),
+    ("frontier point", PlanOutcome(PLAN, PREDICTION), pl_codec.outcome_to_point, pl_codec.outcome_from_proto),
+    (
+        "what-if",
+        WhatIfOutcome(ANALYTIC, PlanOutcome(PLAN, PREDICTION), (PlanOutcome(PLAN, PREDICTION),) * 2),
+        pl_codec.whatif_to_proto,
+        pl_codec.whatif_from_proto,
+    ),
+    (
+        "what-if, no target",
+        WhatIfOutcome(ANALYTIC, None),
+        pl_codec.whatif_to_proto,
+        pl_codec.whatif_from_proto,
+    ),
+    (
+        "deploy spec",
+        DeploySpec("127.0.0.1:1", TARGET, (TierBudget("cpu", 5),), PINS),
+        pl_codec.deploy_spec_to_proto,
+        pl_codec.deploy_spec_from_proto,
+    ),
+    (
+        "deploy outcome",
+        DeployOutcome("127.0.0.1:1", PLAN, PREDICTION, SwitchReport(3, 0.25)),
+        pl_codec.deploy_outcome_to_proto,
+        pl_codec.deploy_outcome_from_proto,
+    ),
+    ("model description", MODELS["mixtral-8x7b"], pl_codec.model_to_proto, pl_codec.model_from_proto),
+    (
+        "hardware description",
+        HardwareDescription(
+            "box",
+            "cuda:0",
+            (
+                TierSpec("cuda:0", 1 << 34, 2e12),
+                TierSpec("cpu", 1 << 36, 5e10),
+                TierSpec("disk", 1 << 40, 3e9),
+            ),
+            1e14,
+            1e12,
+            link_bandwidth_bps=2.5e10,
+            host_compute=False,
+            call_overhead_s=1e-5,
+            host_call_overhead_s=2e-5,
+            layer_overhead_s=3e-4,
+            reserve_bytes=1 << 31,
+            disk_latency_s=2e-4,
+            disk_pool_slots=3,
+        ),
+        pl_codec.hardware_to_proto,
+        pl_codec.hardware_from_proto,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("value", "to_proto", "from_proto"), [r[1:] for r in ROUND_TRIPS], ids=[r[0] for r in ROUND_TRIPS]
+)
+def test_round_trip_through_bytes(value, to_proto, from_proto):
+    message = to_proto(value)
+    again = type(message).FromString(message.SerializeToString())
+    assert again == message and from_proto(again) == value
+
+
+def test_round_trips_cover_every_codec_function():
+    """Every public to_proto/from_proto of the codec appears in ROUND_TRIPS (a new one needs a case)."""
+    used = {f.__name__ for _, _, to, back in ROUND_TRIPS for f in (to, back)}
+    used |= {"budgets_from_proto", "pins_from_proto", "grid_from_proto"}  # reached through the lambdas above
+    used |= {"precision_to_proto", "precision_from_proto", "tier_from_proto"}  # enums and names: below
+    used |= {"replan_state_to_proto", "replan_state_from_proto"}
+    for module in (wire, ex_codec, pl_codec):
+        public = {
+            n for n in dir(module) if n.endswith(("_to_proto", "_from_proto")) and not n.startswith("_")
+        }
+        public |= {n for n in dir(module) if n.startswith("outcome_to_")}
+        assert public <= used, sorted(public - used)
+
+
+@pytest.mark.parametrize("precision", list(Precision))
+def test_every_precision_has_a_wire_value(precision):
+    assert wire.precision_from_proto(wire.precision_to_proto(precision)) is precision
+
+
+def test_tier_names_are_validated():
+    assert wire.tier_from_proto("cuda:1") == "cuda:1"
+    with pytest.raises(InvalidArgument):
+        wire.tier_from_proto("gpu7")
+
+
+@pytest.mark.parametrize("state", list(ReplanState))
+def test_every_replan_state_has_a_wire_value(state):
+    value = ex_codec.replan_state_to_proto(state)
+    assert ex_codec.replan_state_from_proto(value) is state
+    assert (value == executor_pb2.REPLAN_STATE_UNSPECIFIED) == (state is ReplanState.UNKNOWN)
+
+
+def test_an_unknown_replan_state_reads_as_unknown():
+    assert ex_codec.replan_state_from_proto(99) is ReplanState.UNKNOWN
+
+
+def test_plan_round_trip_keeps_every_assignment():
+    message = wire.plan_to_proto(PLAN)
+    assert message.spec == PLAN.to_spec() and len(message.assignments) == 12
+    assert wire.plan_from_proto(common_pb2.Plan.FromString(message.SerializeToString())) == PLAN
+
+
+def test_a_plan_given_by_its_spec_alone():
+    spec = "int4@cpu,L0.E1-2=bf16,L1.E*=int8@disk,L2.E3=fp32"
+    shaped = common_pb2.Plan(num_layers=3, num_experts=4, group_size=128, spec=spec)
+    assert wire.plan_from_proto(shaped) == PLAN
+    # the shape and the tier of a bare precision come from the served model
+    bare = common_pb2.Plan(group_size=128, spec="int4,L0.E1-2=bf16,L1.E*=int8@disk,L2.E3=fp32")
+    assert wire.plan_from_proto(bare, MODEL, "cpu") == PLAN
+
+
+def test_an_equivalent_spec_beside_the_assignments_is_accepted():
+    message = wire.plan_to_proto(PLAN)
+    message.spec = "int4@cpu,L0.E1=bf16@cpu,L0.E2=bf16@cpu,L1.E*=int8@disk,L2.E3=fp32@cpu"
+    assert wire.plan_from_proto(message) == PLAN
+
+
+@pytest.mark.parametrize(
+    ("message", "match"),
+    [
+        (wire.plan_to_proto(Plan.uniform(3, 4, "int4", "cpu")), "disagree"),
+        (common_pb2.Plan(spec="int4@cpu"), "num_layers x num_experts"),
+        (
+            common_pb2.Plan(num_layers=1 << 16, num_experts=1 << 16, spec="int4@cpu"),
+            "num_layers x num_experts",
+        ),
+        (common_pb2.Plan(num_layers=3, num_experts=4, spec="int4"), "tier"),
+        (common_pb2.Plan(num_layers=3, num_experts=4, spec="L0.E0=int4@cpu"), "default"),
+        (common_pb2.Plan(num_layers=3, num_experts=4, spec="{not json"), "spec"),
+        (common_pb2.Plan(num_layers=3, num_experts=4, spec="int9@cpu"), "spec"),
+        (
+            common_pb2.Plan(num_layers=3, num_experts=4, spec="int4@cpu" + ",L0.E0=bf16" * 13),
+            "one rule per expert",
+        ),
+    ],
+    ids=[
+        "disagree",
+        "no-shape",
+        "huge-shape",
+        "no-tier",
+        "no-default",
+        "bad-json",
+        "bad-precision",
+        "too-many-rules",
+    ],
+)
+def test_bad_or_disagreeing_specs_are_invalid_argument(message, match):
+    if len(message.assignments) == 12:
+        message.spec = PLAN.to_spec()  # assignments of one plan, the spec of another
+    with pytest.raises(InvalidArgument, match=match):
+        wire.plan_from_proto(message)
+
+
+def test_a_spec_for_another_shape_than_the_model_is_invalid_argument():
+    message = common_pb2.Plan(num_layers=2, num_experts=4, spec="int4@cpu")
+    with pytest.raises(InvalidArgument, match="model is 3 x 4"):
+        wire.plan_from_proto(message, MODEL, "cpu")
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m.assignments.pop(),
+        lambda m: setattr(m.assignments[0], "precision", common_pb2.PRECISION_UNSPECIFIED),
+        lambda m: setattr(m.assignments[0], "precision", 42),
+        lambda m: setattr(m.assignments[0], "tier", "gpu7"),
+        lambda m: setattr(m, "group_size", 10),
+        lambda m: setattr(m, "num_layers", 0),
+    ],
+)
+def test_malformed_plans_are_invalid_argument(mutate):
+    message = wire.plan_to_proto(Plan.uniform(2, 3, Precision.INT4, "cpu"))
+    mutate(message)
+    with pytest.raises(InvalidArgument):
+        wire.plan_from_proto(message)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        QosTarget(min_tokens_per_s=0.0),
+        QosTarget(max_perplexity=12.5, objective=Objective.QUALITY),
+        QosTarget(min_tokens_per_s=3, max_perplexity_increase=0.0),
+        QosTarget(objective=Objective.SPEED),
+    ],
+)
+def test_target_round_trip_keeps_presence(target):
+    message = common_pb2.QosTarget.FromString(wire.target_to_proto(target).SerializeToString())
+    assert wire.target_from_proto(message) == target
+
+
+def test_unknown_objective_is_invalid_argument():
+    with pytest.raises(InvalidArgument, match="objective"):
+        message = common_pb2.QosTarget(min_tokens_per_s=1)
+        message.MergeFromString(b"\x20\x09")  # field 4 (objective) = 9, a value this build does not know
+        wire.target_from_proto(message)
+
+
+def test_pins_and_budgets():
+    pins = PINS
+    assert wire.pins_from_proto([wire.pin_to_proto(p) for p in pins]) == pins
+    with pytest.raises(InvalidArgument):
+        wire.pins_from_proto([common_pb2.Pin(pattern="L0.Ex", precision=common_pb2.PRECISION_INT4)])
+    budgets = (TierBudget("cpu", 5), TierBudget("disk", 0))
+    assert wire.budgets_from_proto([wire.budget_to_proto(b) for b in budgets]) == budgets
+    with pytest.raises(InvalidArgument, match="more than one"):
+        wire.budgets_from_proto([wire.budget_to_proto(budgets[0])] * 2)
+
+
+def test_profile_round_trip(executor_address):
+    from moeqos.client import ExecutorClient
+
+    with ExecutorClient(executor_address) as client:
+        profile = client.get_profile()
+    message = wire.profile_to_proto(profile)
+    assert wire.profile_from_proto(common_pb2.Profile.FromString(message.SerializeToString())) == profile
+    message.fixed_seconds = float("nan")
+    with pytest.raises(InvalidArgument, match="fixed_seconds"):
+        wire.profile_from_proto(message)
