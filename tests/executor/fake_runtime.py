@@ -10,7 +10,7 @@ calling thread's plan), and which plans `serving` switched to.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ class FakeRuntime:
         self.steps: list[dict[str, Any]] = []
         """Per forward step: was it inside exclusive(), were the experts on, the plan it computed with."""
         self.switches: list[Plan] = []
+        self.decode_steps = 0
+        """How many decode steps (fresh KV caches) were asked for."""
         self._exclusive = 0
         self._viewed: Plan | None = None
 
@@ -73,8 +75,9 @@ class FakeRuntime:
     def new_cache(self) -> Any:
         return None
 
-    def generate(self, prompt: str | list[int], params: Any, cancel: Any = None) -> Iterator[Any]:
-        raise AssertionError("not driven by these tests")
+    def decode_step(self) -> Callable[[list[int]], torch.Tensor]:
+        self.decode_steps += 1
+        return lambda ids: self.forward_logits(torch.tensor([ids]), keep=1)[0, -1]  # [V]
 
     def store_stats(self) -> Any:
         raise AssertionError("not driven by these tests")

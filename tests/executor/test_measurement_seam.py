@@ -54,3 +54,11 @@ def test_evaluate_views_the_plan_without_switching_and_scores_every_target() -> 
     assert result.plan_spec == asked.to_spec()
     assert all(step["plan"] == asked for step in fake.steps)  # every step computed with the plan asked
     assert fake.switches == [] and fake.plan == served  # the plan served never changed
+
+
+def test_evaluate_times_the_decode_through_fresh_decode_steps() -> None:
+    fake = FakeRuntime(vocab=32)
+    result = evaluate(fake, list(range(20)), None, 4, None, 5)
+    assert result.decode_tokens == 5 and result.tokens_per_s > 0
+    assert fake.decode_steps == 2  # one untimed warm-up run and one timed run, each with a fresh KV cache
+    assert len(fake.steps) == 5 + 2 * 5  # five scoring windows, then two runs of exactly five tokens

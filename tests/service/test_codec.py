@@ -136,7 +136,13 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ("completion", Completion("hello", STATS), ex_codec.completion_to_proto, ex_codec.completion_from_proto),
     (
         "evaluation",
-        Evaluation(9.5, 33.0, 96, PLAN.to_spec(), "ptb:valid", 1.5),
+        Evaluation(9.5, 33.0, 96, PLAN.to_spec(), "ptb:valid", 1.5, 32),
+        ex_codec.evaluation_to_proto,
+        ex_codec.evaluation_from_proto,
+    ),
+    (
+        "evaluation without a decode",
+        Evaluation(9.5, 0.0, 96, PLAN.to_spec(), "", 1.5, 0),
         ex_codec.evaluation_to_proto,
         ex_codec.evaluation_from_proto,
     ),

@@ -158,6 +158,7 @@ def test_evaluate_and_corpus_names(executor_address):
     with ExecutorClient(executor_address) as client:
         result = client.evaluate("ptb:valid", max_tokens=32)
         assert result.perplexity > 1 and result.tokens > 0 and result.corpus == "ptb:valid"
+        assert result.decode_tokens == 32 and result.tokens_per_s > 0  # timed past end-of-sequence
         with pytest.raises(InvalidArgument, match="unknown corpus"):
             client.evaluate("text:/etc/passwd", max_tokens=32)
         with pytest.raises(OutOfRange):

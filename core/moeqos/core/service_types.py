@@ -184,7 +184,8 @@ class Evaluation:
 
     perplexity: float
     tokens_per_s: float
-    """Greedy decode rate of a short generation under the plan (0 when none was asked for)."""
+    """Greedy decode rate over exactly `decode_tokens` tokens, end-of-sequence ignored, after one untimed
+    warm-up run (0 when none was asked for)."""
     tokens: int
     """Tokens scored."""
     plan_spec: str
@@ -193,6 +194,8 @@ class Evaluation:
     """Label of the text scored (`ptb:valid`; empty when the caller gave none)."""
     seconds: float
     """Wall time of the whole evaluation, plan switches included."""
+    decode_tokens: int
+    """Tokens the timed decode generated (0: no decode was timed)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ GIB = 1 << 30
 HOST_POLICIES = ("compute", "copy")
 DISK_READS = ("cached", "uncached")
 DENSE_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.FP16)
+DEFAULT_DENSE_PRECISION = Precision.BF16
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class ExecutorConfig:
     """A Hugging Face-format checkpoint directory (config.json + safetensors, optionally a tokenizer)."""
     device: str = "cpu"
     """The execution device (`cpu`, `cuda:0`); attention, embeddings, head and routers live here."""
-    dense_precision: Precision = Precision.BF16
+    dense_precision: Precision = DEFAULT_DENSE_PRECISION
     """Precision of every non-expert weight (attention, norms, embeddings, head): fp32, bf16 or fp16.
     The routers stay fp32 whatever this says."""
     tier_budgets: dict[str, int] = field(default_factory=dict)

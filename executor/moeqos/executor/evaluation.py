@@ -9,8 +9,8 @@ import torch
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
 from moeqos.core.service_types import Evaluation
+from moeqos.executor.generation import time_decode
 from moeqos.executor.measurement import Measurable
-from moeqos.executor.sampling import SamplingParams
 
 
 def perplexity(runtime: Measurable, ids: list[int], context_length: int, stride: int) -> tuple[float, int]:
@@ -43,30 +43,26 @@ def evaluate(
     corpus: str = "",
 ) -> Evaluation:
     """Perplexity of `token_ids` and decode tokens/s, under `plan` (seen by this thread only; None: the
-    plan in force); `corpus` labels the token ids in the result."""
+    plan in force); `corpus` labels the token ids in the result.
+
+    The decode is timed by moeqos.executor.generation.time_decode over exactly `decode_tokens` tokens
+    (end-of-sequence ignored, after one untimed warm-up run); none when `decode_tokens` is 0."""
     stride = stride or context_length
     _validate(runtime, token_ids, context_length, stride, decode_tokens)
     start = time.perf_counter()
     with runtime.viewing(plan):
         spec = (plan or runtime.plan).to_spec()
         ppl, scored = perplexity(runtime, token_ids, context_length, stride)
-        rate = decode_rate(runtime, token_ids[:16], decode_tokens) if decode_tokens else 0.0
+        timing = time_decode(runtime.decode_step, token_ids[:16], decode_tokens) if decode_tokens else None
     return Evaluation(
         perplexity=ppl,
-        tokens_per_s=rate,
+        tokens_per_s=timing.tokens_per_s if timing else 0.0,
         tokens=scored,
         plan_spec=spec,
         corpus=corpus,
         seconds=time.perf_counter() - start,
+        decode_tokens=timing.tokens if timing else 0,
     )
-
-
-def decode_rate(runtime: Measurable, prompt: list[int], tokens: int) -> float:
-    """Greedy decode tokens/s of a `tokens`-long generation (eos ignored by the count, not by the loop)."""
-    events = list(runtime.generate(prompt, SamplingParams(max_tokens=tokens)))
-    stats = events[-1].stats
-    assert stats is not None
-    return stats.tokens_per_s
 
 
 def _validate(runtime: Measurable, ids: list[int], context_length: int, stride: int, decode: int) -> None:

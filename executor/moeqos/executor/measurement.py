@@ -12,8 +12,7 @@ plan; everyone else keeps the plan served).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,10 +21,9 @@ import torch
 from moeqos.core.plan import Plan
 from moeqos.core.profile import HardwareIdentity, ModelIdentity
 from moeqos.executor.config import ExecutorConfig
-from moeqos.executor.generation import GenerationEvent
+from moeqos.executor.generation import Step
 from moeqos.executor.moe import RoutedBlock
 from moeqos.executor.quant import QuantExpert
-from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.store import StoreStats
 from moeqos.executor.variants import VariantKey
 
@@ -108,10 +106,9 @@ class Measurable(Protocol):
         """An empty KV cache for `forward_logits`."""
         ...
 
-    def generate(
-        self, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None
-    ) -> Iterator[GenerationEvent]:
-        """Stream a completion; the last event carries its stats."""
+    def decode_step(self) -> Step:
+        """A decode step with its own fresh KV cache (new token ids -> logits [V] of the last position),
+        for timing a greedy decode (moeqos.executor.generation.time_decode)."""
         ...
 
     def store_stats(self) -> StoreStats:

@@ -31,7 +31,7 @@ from moeqos.executor.budgets import check_budget, default_plan, physical_budget,
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.evaluation import evaluate
-from moeqos.executor.generation import SamplingParams, decode_loop
+from moeqos.executor.generation import SamplingParams, Step, decode_loop
 from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.identity import hardware_identity, model_identity
 from moeqos.executor.loader import build_model, load_config, moe_blocks
@@ -81,7 +81,12 @@ class ExecutorRuntime:
             checkpoint, self.adapter, hf_config, config.device, config.dense_precision, self.store
         )
         self.model = model_identity(
-            checkpoint, hf_config, self.lm, self.adapter.top_k(hf_config), self.num_experts
+            checkpoint,
+            hf_config,
+            self.lm,
+            self.adapter.top_k(hf_config),
+            self.num_experts,
+            config.dense_precision,
         )
         """The served model's identity (name, fingerprint, shape)."""
         self.hardware = hardware_identity(config.device)
@@ -263,13 +268,8 @@ class ExecutorRuntime:
         params.validate(len(ids), self.context_length)
         if params.stop and self.tokenizer is None:
             raise InvalidArgument("stop strings need a tokenizer; this model directory has none")
-        cache = self.new_cache()
-
-        def step(new_ids: list[int]) -> torch.Tensor:
-            return self.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]
-
         return decode_loop(
-            step,
+            self.decode_step(),
             ids,
             params,
             self.prompts.eos_ids(),
@@ -277,6 +277,15 @@ class ExecutorRuntime:
             cancel,
             lambda: self.plan.to_spec(),
         )
+
+    def decode_step(self) -> Step:
+        """A decode step with its own fresh KV cache: new token ids -> logits [V] of the last position."""
+        cache = self.new_cache()
+
+        def step(new_ids: list[int]) -> torch.Tensor:
+            return self.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]
+
+        return step
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text needs the tokenizer); InvalidArgument when empty or out of vocab."""

@@ -17,8 +17,8 @@ Frequencies are *mildly skewed*, not measured: in layer l, expert e gets weight
 known, so the quality model falls back to its priors (moeqos.planner.priors), scaled by call share, and every
 predicted perplexity is an estimate relative to the model's published reference (`reference_source`).
 
-Budgets: a tier's expert budget is its capacity, less on the device the dense weights (bf16), the
-`reserve_bytes` for KV cache/activations and the disk pool's slots (the largest allowed expert each).
+Budgets: a tier's expert budget is its capacity, less on the device the dense weights (as the executor
+holds them, moeqos.core.precision.dense_bytes: bf16, routers fp32), the `reserve_bytes` for KV cache/activations and the disk pool's slots (the largest allowed expert each).
 """
 
 from __future__ import annotations

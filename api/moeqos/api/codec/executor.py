@@ -196,6 +196,7 @@ def evaluation_to_proto(evaluation: Evaluation) -> ex.EvaluateResponse:
         plan_spec=evaluation.plan_spec,
         corpus=evaluation.corpus,
         seconds=evaluation.seconds,
+        decode_tokens=evaluation.decode_tokens,
     )
 
 
@@ -207,6 +208,7 @@ def evaluation_from_proto(message: ex.EvaluateResponse) -> Evaluation:
         plan_spec=message.plan_spec,
         corpus=message.corpus,
         seconds=message.seconds,
+        decode_tokens=message.decode_tokens,
     )
 
 
