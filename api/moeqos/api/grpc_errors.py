@@ -102,14 +102,20 @@ def wrap_handler(
     unary: Callable[[Unary], Unary],
     stream: Callable[[Stream], Stream],
 ) -> grpc.RpcMethodHandler | None:
-    """The handler with its unary-unary or unary-stream behaviour wrapped (moeqos has no client streams)."""
+    """The handler with its unary-unary or unary-stream behaviour wrapped (moeqos has no client streams).
+
+    A unary-stream handler written as a coroutine that streams with `context.write` and returns nothing
+    (the stock health Watch) is wrapped by `unary`: gRPC awaits a coroutine function and iterates
+    anything else, so a generator wrapper around it would fail."""
     if handler is None:
         return None
     if handler.unary_unary is not None:
         return handler._replace(unary_unary=unary(handler.unary_unary))
-    if handler.unary_stream is not None:
-        return handler._replace(unary_stream=stream(handler.unary_stream))
-    return handler
+    behavior = handler.unary_stream
+    if behavior is None:
+        return handler
+    wrapped = unary(behavior) if inspect.iscoroutinefunction(behavior) else stream(behavior)
+    return handler._replace(unary_stream=wrapped)
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: Exception) -> None:
@@ -171,11 +177,6 @@ def _guard_unary(behavior: Unary) -> Unary:
 
 
 def _guard_stream(behavior: Stream) -> Stream:
-    if inspect.iscoroutinefunction(behavior):
-        # A handler that streams with `context.write` and returns nothing (the stock health Watch):
-        # guard it as a coroutine, since gRPC calls a coroutine function and iterates anything else.
-        return _guard_unary(behavior)  # type: ignore[return-value]
-
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             _check_decoded(request)

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
 import grpc.aio
+from moeqos.api.grpc_errors import Stream, Unary, wrap_handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("moeqos.requests")
@@ -98,7 +100,6 @@ def serve_metrics(listen: str, registry: CollectorRegistry) -> MetricsEndpoint:
 
 
 # ----- the interceptor ----------------------------------------------------------------------------
-Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def _code(context: grpc.aio.ServicerContext, failed: BaseException | None) -> grpc.StatusCode:
@@ -123,60 +124,40 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None:
-            return handler
         method = details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
-        stream = handler.unary_stream
-        if stream is not None and inspect.isasyncgenfunction(stream):
-            return handler._replace(unary_stream=self._stream(method, stream))
-        if stream is not None:  # a handler that writes with context.write (the health service's Watch)
-            return handler._replace(unary_stream=self._unary(method, stream))
-        return handler
+        return wrap_handler(handler, partial(self._unary, method), partial(self._stream, method))
 
     def _unary(self, method: str, behavior: Unary) -> Unary:
-        metrics = self._metrics
-
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            record: dict[str, Any] = {}
-            _CALL.set(record)
-            started, failed = time.perf_counter(), None
-            metrics.in_flight.labels(method).inc()
-            try:
+            with self._observing(method, context):
                 return await behavior(request, context)
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                metrics.in_flight.labels(method).dec()
-                code = grpc.StatusCode.CANCELLED if _cancelled(failed) else _code(context, failed)
-                metrics.finish(method, code, time.perf_counter() - started, record)
 
         return observed
 
-    def _stream(
-        self, method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
-    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
-        metrics = self._metrics
-
+    def _stream(self, method: str, behavior: Stream) -> Stream:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            record: dict[str, Any] = {}
-            _CALL.set(record)
-            started, failed = time.perf_counter(), None
-            metrics.in_flight.labels(method).inc()
-            try:
+            with self._observing(method, context):
                 async for item in behavior(request, context):
                     yield item
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:
-                metrics.in_flight.labels(method).dec()
-                code = grpc.StatusCode.CANCELLED if _cancelled(failed) else _code(context, failed)
-                metrics.finish(method, code, time.perf_counter() - started, record)
 
         return observed
+
+    @contextmanager
+    def _observing(self, method: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        """Count the call in flight, then record its status, duration and annotations when it ends."""
+        record: dict[str, Any] = {}
+        _CALL.set(record)
+        started, failed = time.perf_counter(), None
+        self._metrics.in_flight.labels(method).inc()
+        try:
+            yield
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            self._metrics.in_flight.labels(method).dec()
+            code = grpc.StatusCode.CANCELLED if _cancelled(failed) else _code(context, failed)
+            self._metrics.finish(method, code, time.perf_counter() - started, record)
 
 
 def _cancelled(failed: BaseException | None) -> bool:
