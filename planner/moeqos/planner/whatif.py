@@ -43,6 +43,7 @@ __all__ = [
     "MODELS",
     "WHATIF_PRECISIONS",
     "analytic_profile",
+    "builtin_hardware",
     "hardware_named",
     "hardware_template",
     "model_named",
@@ -57,13 +58,22 @@ def model_named(name: str) -> ModelDescription:
     return MODELS[name]
 
 
+def builtin_hardware(name: str) -> HardwareDescription:
+    """A built-in hardware description by name; InvalidArgument listing the built-in names otherwise
+    (never a file: a remote caller must not be able to make the server open one)."""
+    if name not in HARDWARE:
+        raise InvalidArgument(f"unknown hardware {name!r}; built in: {', '.join(HARDWARE)}")
+    return HARDWARE[name]
+
+
 def hardware_named(name: str) -> HardwareDescription:
     """A built-in hardware description by name, or one loaded from a JSON file path (InvalidArgument
     for an unknown name or a file that is missing or not a hardware description)."""
-    if name in HARDWARE:
-        return HARDWARE[name]
-    if not name.endswith(".json"):
-        raise InvalidArgument(f"unknown hardware {name!r}; built in: {', '.join(HARDWARE)} (or a .json file)")
+    if name in HARDWARE or not name.endswith(".json"):
+        try:
+            return builtin_hardware(name)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{exc} (or a .json file)") from None
     try:
         return HardwareDescription.load(name)
     except OSError as exc:
