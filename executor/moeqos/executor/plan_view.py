@@ -21,11 +21,11 @@ import torch
 from moeqos.core.errors import OverBudget
 from moeqos.core.plan import Plan
 from moeqos.core.tier import DISK
-from moeqos.executor.budgets import bytes_table
+from moeqos.executor.budgets import bytes_table, plan_bytes
 from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.quant import QuantExpert
 from moeqos.executor.store import compute_on_tier
-from moeqos.executor.variants import ExpertKey, VariantFactory, VariantKey
+from moeqos.executor.variants import ExpertKey, VariantFactory, variant_key
 
 if TYPE_CHECKING:
     from moeqos.executor.runtime import ExecutorRuntime
@@ -53,7 +53,7 @@ class PlanView:
         key = (layer, expert)
         tier = self.plan[key].tier
         if tier == DISK:
-            module = self.factory.load(_variant(self.plan, key), self.device)[0]
+            module = self.factory.load(variant_key(self.plan, key), self.device)[0]
             return module(x)
         return compute_on_tier(self.modules[key], tier, self.device, self.host_policy, x)
 
@@ -67,22 +67,22 @@ def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:
         serving = runtime.plan
         shared = {key: store.module(key) for key, _ in plan.items() if _same(serving, plan, key)}
     _check_disk_room(runtime, plan, serving)
-    disk = [_variant(plan, key) for key, a in plan.items() if a.tier == DISK]
+    disk = [variant_key(plan, key) for key, a in plan.items() if a.tier == DISK]
     factory.check_room(disk, runtime.config.device)  # the filesystem, as it is now
     built: dict[ExpertKey, QuantExpert] = {}
     try:
         for key, assignment in plan.items():
             if assignment.tier == DISK:
-                factory.ensure_file(_variant(plan, key), runtime.config.device)
+                factory.ensure_file(variant_key(plan, key), runtime.config.device)
             elif shared.get(key) is None:
-                built[key] = factory.build(_variant(plan, key), assignment.tier)
+                built[key] = factory.build(variant_key(plan, key), assignment.tier)
         modules = {key: module for key, module in shared.items() if module is not None} | built
         view = PlanView(plan, modules, factory, runtime.config.device, runtime.config.host_policy)
         with store.viewing(view):
             yield
     finally:
         for key, module in built.items():
-            factory.retire(_variant(plan, key), module)
+            factory.retire(variant_key(plan, key), module)
         built.clear()
         release_freed_memory()
 
@@ -91,21 +91,19 @@ def _same(serving: Plan, plan: Plan, key: ExpertKey) -> bool:
     return serving[key] == plan[key] and serving.group_size == plan.group_size
 
 
-def _variant(plan: Plan, key: ExpertKey) -> VariantKey:
-    return (key[0], key[1], plan[key].precision, plan.group_size)
-
-
 def _check_disk_room(runtime: ExecutorRuntime, plan: Plan, serving: Plan) -> None:
     """OverBudget when the disk files the view would write do not fit beside the serving plan's."""
     if DISK not in runtime.budgets:
         return
     exists = runtime.factory.path
-    missing = [a for key, a in plan.items() if a.tier == DISK and not exists(_variant(plan, key)).is_file()]
+    missing = [
+        a for key, a in plan.items() if a.tier == DISK and not exists(variant_key(plan, key)).is_file()
+    ]
     if not missing:
         return
     sizes = bytes_table(*runtime.shape, plan.group_size)
     needed = sum(sizes[a.precision] for a in missing)
-    used = serving.bytes_per_tier(bytes_table(*runtime.shape, serving.group_size)).get(DISK, 0)
+    used = plan_bytes(serving, runtime.shape).get(DISK, 0)
     budget = runtime.budgets[DISK]
     if used + needed > budget:
         raise OverBudget(

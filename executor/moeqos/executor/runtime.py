@@ -40,7 +40,7 @@ from moeqos.executor.plan_view import private_view
 from moeqos.executor.profiling import build_profile
 from moeqos.executor.prompts import PromptCodec
 from moeqos.executor.store import ExpertStore, StoreStats
-from moeqos.executor.variants import ExpertKey, VariantFactory, build_changed
+from moeqos.executor.variants import ExpertKey, VariantFactory, build_changed, variant_key
 
 Progress = Callable[[str, float], None]
 
@@ -187,9 +187,7 @@ class ExecutorRuntime:
             start = time.perf_counter()
             previous = self.store.plan
             changed = [k for k, _ in plan.items()] if previous is None else plan.changed_experts(previous)
-            on_disk = [
-                (*key, plan[key].precision, plan.group_size) for key in changed if plan[key].tier == DISK
-            ]
+            on_disk = [variant_key(plan, key) for key in changed if plan[key].tier == DISK]
             self.factory.check_room(on_disk, self.config.device)  # before anything is written or swapped
             built = build_changed(self.factory, plan, changed, self.config.device, progress)
             with self._model_lock:

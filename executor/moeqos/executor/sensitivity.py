@@ -30,8 +30,9 @@ Progress = Callable[[str, float], None]
 def reference_plan(runtime: Measurable, precision: Precision) -> Plan:
     """Every expert in `precision` on the device tier (named after the device, as in
     moeqos.executor.costs), at the served plan's group size."""
-    plan = Plan.uniform(runtime.num_layers, runtime.num_experts, precision, runtime.config.device)
-    return Plan(plan.assignments, runtime.plan.group_size)
+    return Plan.uniform(
+        runtime.num_layers, runtime.num_experts, precision, runtime.config.device, runtime.plan.group_size
+    )
 
 
 def with_layer(plan: Plan, layer: int, precision: Precision) -> Plan:

@@ -129,6 +129,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         self, request: ex.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> ex.GetInfoResponse:
         runtime = self.served.ready()
+        integrity = runtime.factory.integrity.status()
         info = ExecutorInfo(
             name=self.name,
             model=runtime.model,
@@ -143,8 +144,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             profile_cached=self.served.profile_cached,
             replan_state=self.target.state,
             replan_detail=self.target.detail,
-            damaged_files=runtime.factory.integrity.status().damaged,
-            integrity=runtime.factory.integrity.status().describe(),
+            damaged_files=integrity.damaged,
+            integrity=integrity.describe(),
             standing_pins=self.target.pins,
             target_generation=self.target.generation,
         )

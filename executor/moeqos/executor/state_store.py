@@ -20,6 +20,7 @@ from typing import Any
 from moeqos.core.plan import Plan
 from moeqos.core.qos import QosTarget
 from moeqos.core.rules import PlacementRule
+from moeqos.executor.processes import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,4 @@ def _writer_alive(path: Path) -> bool:
     pids = [int(p) for p in parts[-3:-1] if p.isdigit()]
     if not pids or pids[0] == os.getpid():
         return bool(pids)  # our own temp files are mid-write; unnamed ones are nobody's
-    try:
-        os.kill(pids[0], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(pids[0])

@@ -19,7 +19,7 @@ from moeqos.core.tier import DISK
 from moeqos.executor.eviction import SlotPool
 from moeqos.executor.moe import ExpertRunner
 from moeqos.executor.quant import QuantExpert
-from moeqos.executor.variants import ExpertKey, VariantFactory, VariantKey
+from moeqos.executor.variants import ExpertKey, VariantFactory, VariantKey, variant_key
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,7 @@ class ExpertStore:
 
     def variant(self, key: ExpertKey) -> VariantKey:
         assert self.plan is not None, "no plan installed"
-        assignment = self.plan[key]
-        return (key[0], key[1], assignment.precision, self.plan.group_size)
+        return variant_key(self.plan, key)
 
     def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
         """y [N, H] = expert(x [N, H]) on whichever processor the expert's tier and policy say."""
@@ -98,7 +97,7 @@ class ExpertStore:
             self.pool.discard(key)
             old = self._resident.pop(key, None)
             if old is not None and previous is not None:
-                retired.append(((key[0], key[1], previous[key].precision, previous.group_size), old))
+                retired.append((variant_key(previous, key), old))
         self._resident.update(built)
         self.plan = plan
         return retired

@@ -50,6 +50,11 @@ VariantKey = tuple[int, int, Precision, int]
 """(layer, expert, precision, group_size)"""
 
 
+def variant_key(plan: Plan, key: ExpertKey) -> VariantKey:
+    """The variant `plan` assigns the expert `key` (layer, expert): its precision and the plan's group size."""
+    return (key[0], key[1], plan[key].precision, plan.group_size)
+
+
 class MemoryVariantCache:
     """Host-RAM LRU of built variants not in use, bounded by their bytes."""
 
@@ -355,7 +360,7 @@ def build_changed(
     built: dict[ExpertKey, QuantExpert] = {}
     for done, key in enumerate(changed):
         assignment = plan[key]
-        variant = (key[0], key[1], assignment.precision, plan.group_size)
+        variant = variant_key(plan, key)
         try:
             if assignment.tier == DISK:
                 factory.ensure_file(variant, device)

@@ -26,6 +26,7 @@ from moeqos.executor.default_model.check import load_fp32, max_logit_difference,
 from moeqos.executor.default_model.location import MARKER_FILE, read_marker, source_size
 from moeqos.executor.default_model.upcycle import UpcycleRecipe, upcycle
 from moeqos.executor.default_model.writer import shard_layers, write_checkpoint
+from moeqos.executor.processes import process_alive
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -155,18 +156,8 @@ def _remove_stale_scratch(target: Path) -> None:
     """Delete scratch directories of earlier builds of `target` whose process is gone (a crash)."""
     for scratch in target.parent.glob(f".{target.name}.tmp-*"):
         pid = scratch.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: existence check only, nothing is sent
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _step(progress: bool, what: str) -> contextlib.AbstractContextManager[Any]:
