@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import openai
 import pytest
 from moeqos.client import DeploySpec, ExecutorClient, PlannerClient, Sampling
 from moeqos.core.qos import QosTarget
@@ -54,7 +55,6 @@ def test_compose_services_as_processes_deploy_generate_and_stop_cleanly(
         assert (
             subprocess.run(console_argv(gateway.healthcheck), capture_output=True, timeout=60).returncode == 0
         )
-        openai = pytest.importorskip("openai")
         client = openai.OpenAI(base_url=f"http://{gateway.address}/v1", api_key="-", max_retries=0)
         chat = client.chat.completions.create(
             model="smollm2-moe8:fast", messages=[{"role": "user", "content": "hello"}], max_tokens=4
