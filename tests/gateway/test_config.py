@@ -49,3 +49,27 @@ def test_the_cli_refuses_a_bad_config_with_exit_2(capsys: pytest.CaptureFixture[
 
     assert main(["gateway", "--route", "m:fast"]) == 2
     assert "MODEL=HOST:PORT" in capsys.readouterr().err
+
+
+def test_executor_mutual_tls_files_come_from_flags_or_env(tmp_path: Path) -> None:
+    pem = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    for path in pem.values():
+        path.write_text("x")
+    env = {"MOEQOS_GATEWAY_EXECUTOR_TLS_KEY": str(pem["key"])}
+    config = GatewayConfig.from_env_and_args(
+        args(
+            "--route",
+            "m:fast=h:1",
+            "--executor-tls-ca",
+            str(pem["ca"]),
+            "--executor-tls-cert",
+            str(pem["cert"]),
+        ),
+        env,
+    )
+    options = config.executor_options()
+    assert (options.tls_ca, options.tls_cert, options.tls_key) == (pem["ca"], pem["cert"], pem["key"])
+    with pytest.raises(ValueError, match="both executor_tls_cert and executor_tls_key"):
+        GatewayConfig.from_env_and_args(
+            args("--route", "m:fast=h:1", "--executor-tls-cert", str(pem["cert"])), {}
+        )

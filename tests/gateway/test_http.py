@@ -241,3 +241,29 @@ def test_the_demo_step_asks_every_qos_class_through_the_gateway(gateway: Running
     assert 1 <= answers[FAST]["usage"]["completion_tokens"] <= 3
     assert answers[FAST]["finish_reason"] in ("stop", "length")
     assert any(QUESTION in line for line in said) and any(line.startswith("try it: curl") for line in said)
+
+
+def test_the_gateway_reaches_a_mutual_tls_executor_with_its_client_certificate(
+    stack: Stack, tmp_path
+) -> None:
+    from tests.service.tls_certs import make_certs
+
+    certs = make_certs(tmp_path)
+    mutual = stack.executor(tls_cert=certs.server_cert, tls_key=certs.server_key, tls_client_ca=certs.ca)
+    routes = {FAST: (address(mutual.port),)}
+    with_cert = start_gateway(
+        routes,
+        executor_tls_ca=certs.ca,
+        executor_tls_cert=certs.client_cert,
+        executor_tls_key=certs.client_key,
+    )
+    without_cert = start_gateway(routes, executor_tls_ca=certs.ca)
+    try:
+        served = httpx.post(f"{with_cert.url}/v1/chat/completions", json=CHAT, timeout=TIMEOUT)
+        refused = httpx.post(f"{without_cert.url}/v1/chat/completions", json=CHAT, timeout=TIMEOUT)
+    finally:
+        with_cert.close()
+        without_cert.close()
+    assert served.status_code == 200, served.text
+    assert served.json()["choices"][0]["message"]["content"] is not None
+    assert refused.status_code == 503  # the executor refuses the handshake: unreachable

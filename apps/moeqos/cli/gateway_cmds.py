@@ -32,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--executor-token", help="bearer token sent to the executors")
     parser.add_argument("--executor-tls-ca", metavar="PEM", help="CA to verify the executors with (TLS)")
     parser.add_argument(
+        "--executor-tls-cert", metavar="PEM", help="client certificate for executors that require mutual TLS"
+    )
+    parser.add_argument("--executor-tls-key", metavar="PEM", help="private key of --executor-tls-cert")
+    parser.add_argument(
         "--default-max-tokens", type=int, help="max_tokens of a chat request that gives none (default 256)"
     )
     parser.add_argument("--request-timeout", type=float, help="seconds one generation may take (default 600)")

@@ -37,6 +37,10 @@ class GatewayConfig:
     """Bearer token sent to the executors (needed when they run with `--auth-read`)."""
     executor_tls_ca: Path | None = None
     """PEM CA to verify the executors with; set it to reach them over TLS."""
+    executor_tls_cert: Path | None = None
+    """PEM client certificate the gateway shows executors that require mutual TLS (`--tls-client-ca`)."""
+    executor_tls_key: Path | None = None
+    """PEM private key of `executor_tls_cert`."""
     default_max_tokens: int = 256
     """`max_tokens` of a chat request that gives none (completions default to OpenAI's 16)."""
     request_timeout_s: float = 600.0
@@ -55,13 +59,21 @@ class GatewayConfig:
             raise ValueError("token must not be empty")
         if self.default_max_tokens < 1 or self.request_timeout_s <= 0:
             raise ValueError("default_max_tokens must be >= 1 and request_timeout_s > 0")
-        if self.executor_tls_ca is not None and not Path(self.executor_tls_ca).is_file():
-            raise ValueError(f"TLS file {self.executor_tls_ca} does not exist")
+        if (self.executor_tls_cert is None) != (self.executor_tls_key is None):
+            raise ValueError("give both executor_tls_cert and executor_tls_key, or neither")
+        for tls_file in (self.executor_tls_ca, self.executor_tls_cert, self.executor_tls_key):
+            if tls_file is not None and not Path(tls_file).is_file():
+                raise ValueError(f"TLS file {tls_file} does not exist")
 
     def executor_options(self) -> ConnectOptions:
         """How the gateway reaches its executors (GetInfo keeps the default deadline; generations
         take `request_timeout_s`)."""
-        return ConnectOptions(token=self.executor_token, tls_ca=self.executor_tls_ca)
+        return ConnectOptions(
+            token=self.executor_token,
+            tls_ca=self.executor_tls_ca,
+            tls_cert=self.executor_tls_cert,
+            tls_key=self.executor_tls_key,
+        )
 
     @classmethod
     def from_env_and_args(cls, args: Any = None, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -77,7 +89,10 @@ class GatewayConfig:
         if routes_file:
             routes |= read_routes_file(Path(routes_file))
         routes |= parse_routes(getattr(args, "route", None) or ())
-        ca = pick("executor_tls_ca", "MOEQOS_GATEWAY_EXECUTOR_TLS_CA")
+        ca, cert, key = (
+            pick(f"executor_tls_{part}", f"MOEQOS_GATEWAY_EXECUTOR_TLS_{part.upper()}")
+            for part in ("ca", "cert", "key")
+        )
         return cls(
             routes=routes,
             # MOEQOS_LISTEN too, as every moeqos server reads it (the compose file sets it for each)
@@ -85,6 +100,8 @@ class GatewayConfig:
             token=pick("token", "MOEQOS_GATEWAY_TOKEN") or None,
             executor_token=pick("executor_token", "MOEQOS_GATEWAY_EXECUTOR_TOKEN") or None,
             executor_tls_ca=Path(ca) if ca else None,
+            executor_tls_cert=Path(cert) if cert else None,
+            executor_tls_key=Path(key) if key else None,
             default_max_tokens=int(pick("default_max_tokens", "MOEQOS_GATEWAY_DEFAULT_MAX_TOKENS") or 256),
             request_timeout_s=float(pick("request_timeout", "MOEQOS_GATEWAY_REQUEST_TIMEOUT") or 600.0),
         )
