@@ -12,6 +12,7 @@ from moeqos.core.errors import OverBudget
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.precision import expert_bytes as one_expert_bytes
+from moeqos.core.rules import PlacementRule
 from moeqos.executor import evaluation
 
 from tests.service.service_harness import address
@@ -103,3 +104,24 @@ def test_evaluate_disk_writes_count_against_the_disk_budget(stack, profile_file,
             client.evaluate("ptb:valid", max_tokens=32, plan=int4_on_disk)
         assert set(runtime.factory.directory.iterdir()) == files  # refused before writing anything
         assert client.info().plan == on_disk
+
+
+def test_evaluate_memory_copies_count_against_the_memory_budget(stack, profile_file, tmp_path):
+    handle = stack.executor(variant_cache_dir=tmp_path / "variants", tier_budgets={"disk": 0})
+    runtime = handle.servicer.runtime
+    layers, experts = runtime.num_layers, runtime.num_experts
+    int8 = Plan.uniform(layers, experts, Precision.INT8, "cpu")
+    int8_bytes = layers * experts * one_expert_bytes(*runtime.shape, Precision.INT8, int8.group_size)
+    int4_bytes = layers * experts * one_expert_bytes(*runtime.shape, Precision.INT4, int8.group_size)
+    with ExecutorClient(address(handle.port)) as client:
+        client.apply_plan(int8)
+        runtime.set_budget("cpu", int8_bytes + int4_bytes // 2)  # room for half the int4 copies only
+        with pytest.raises(OverBudget, match="cpu budget"):
+            client.evaluate(
+                "ptb:valid", max_tokens=32, plan=Plan.uniform(layers, experts, Precision.INT4, "cpu")
+            )
+        assert client.info().plan == int8
+        one_layer = Plan.from_rules(
+            layers, experts, int8[0, 0], [PlacementRule("L0.E*", Precision.INT4, "cpu")]
+        )
+        assert client.evaluate("ptb:valid", max_tokens=32, plan=one_layer).perplexity > 0  # fits: served

@@ -6,9 +6,10 @@ rest, and installs the view on the calling thread through `ExpertStore.viewing`.
 that thread compute with the view; every other request keeps the serving plan, and a plan switch
 meanwhile changes neither. The copies go back to the variant factory's memory cache afterwards.
 
-Disk-tier experts of the viewed plan are read from their files on each use (no slot pool). Files the
-view must write count against the disk budget: refused (OverBudget) before anything is built when
-the serving plan's disk bytes plus the new files would not fit.
+Disk-tier experts of the viewed plan are read from their files on each use (no slot pool). What the
+view adds counts against the tier budgets beside the serving plan: the files it must write against
+the disk budget, its own copies of experts against their memory tier's budget. Refused (OverBudget)
+before anything is built when either would not fit.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:
     with runtime.exclusive():  # a consistent snapshot of the serving plan and its modules
         serving = runtime.plan
         shared = {key: store.module(key) for key, _ in plan.items() if _same(serving, plan, key)}
-    _check_disk_room(runtime, plan, serving)
+    _check_room(runtime, plan, serving, [key for key, _ in plan.items() if shared.get(key) is None])
     disk = [variant_key(plan, key) for key, a in plan.items() if a.tier == DISK]
     factory.check_room(disk, runtime.config.device)  # the filesystem, as it is now
     built: dict[ExpertKey, QuantExpert] = {}
@@ -91,22 +92,25 @@ def _same(serving: Plan, plan: Plan, key: ExpertKey) -> bool:
     return serving[key] == plan[key] and serving.group_size == plan.group_size
 
 
-def _check_disk_room(runtime: ExecutorRuntime, plan: Plan, serving: Plan) -> None:
-    """OverBudget when the disk files the view would write do not fit beside the serving plan's."""
-    if DISK not in runtime.budgets:
-        return
-    exists = runtime.factory.path
-    missing = [
-        a for key, a in plan.items() if a.tier == DISK and not exists(variant_key(plan, key)).is_file()
-    ]
-    if not missing:
-        return
+def _check_room(runtime: ExecutorRuntime, plan: Plan, serving: Plan, own: list[ExpertKey]) -> None:
+    """OverBudget when what the view adds on a tier does not fit in its budget beside the serving
+    plan: disk files it must write (`own` experts whose file is missing), memory copies it must build
+    (`own` experts on a memory tier)."""
     sizes = bytes_table(*runtime.shape, plan.group_size)
-    needed = sum(sizes[a.precision] for a in missing)
-    used = plan_bytes(serving, runtime.shape).get(DISK, 0)
-    budget = runtime.budgets[DISK]
-    if used + needed > budget:
-        raise OverBudget(
-            f"evaluating this plan writes {needed} bytes of disk-tier files; the disk budget "
-            f"{budget} has {max(0, budget - used)} left beside the serving plan's {used}"
-        )
+    exists = runtime.factory.path
+    added: dict[str, int] = {}
+    for key in own:
+        assignment = plan[key]
+        if assignment.tier == DISK and exists(variant_key(plan, key)).is_file():
+            continue  # read from its existing file: nothing written, nothing resident
+        added[assignment.tier] = added.get(assignment.tier, 0) + sizes[assignment.precision]
+    used = plan_bytes(serving, runtime.shape)
+    for tier, needed in added.items():
+        budget = runtime.budgets.get(tier)
+        in_use = used.get(tier, 0)
+        if budget is not None and in_use + needed > budget:
+            what = "writes disk-tier files of" if tier == DISK else f"builds {tier} copies of experts of"
+            raise OverBudget(
+                f"evaluating this plan {what} {needed} bytes; the {tier} budget {budget} has "
+                f"{max(0, budget - in_use)} left beside the serving plan's {in_use}"
+            )
