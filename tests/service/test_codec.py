@@ -22,6 +22,7 @@ from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import (
     BudgetOutcome,
+    ChatMessage,
     Completion,
     DeployOutcome,
     DeploySpec,
@@ -130,6 +131,12 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
         ex_codec.sampling_from_proto,
     ),
     ("sampling defaults", Sampling(), ex_codec.sampling_to_proto, ex_codec.sampling_from_proto),
+    (
+        "chat message",
+        ChatMessage("user", "hi\nthere"),
+        ex_codec.chat_message_to_proto,
+        ex_codec.chat_message_from_proto,
+    ),
     ("generation stats", STATS, ex_codec.stats_to_proto, ex_codec.stats_from_proto),
     ("token event", GenerationEvent("lo", 0), ex_codec.event_to_proto, ex_codec.event_from_proto),
     ("last event", GenerationEvent("", None, STATS), ex_codec.event_to_proto, ex_codec.event_from_proto),

@@ -44,7 +44,7 @@ def generate_request(prompt: Prompt, sampling: Sampling | None) -> ex.GenerateRe
     if isinstance(prompt, str):
         request.prompt = prompt
     else:
-        request.messages.extend(ex.ChatMessage(role=m.role, content=m.content) for m in prompt)
+        request.messages.extend(codec.chat_message_to_proto(m) for m in prompt)
     return request
 
 

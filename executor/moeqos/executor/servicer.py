@@ -55,7 +55,8 @@ def start_generation(
         raise InvalidArgument("give a prompt or messages, not both")
     if not request.messages:
         return runtime.generate(request.prompt, params, cancel)
-    ids = runtime.encode_chat([(m.role, m.content) for m in request.messages])
+    conversation = [codec.chat_message_from_proto(m) for m in request.messages]
+    ids = runtime.encode_chat([(m.role, m.content) for m in conversation])
     return runtime.generate(ids, params, cancel)
 
 

@@ -10,6 +10,7 @@ from moeqos.api.codec import common
 from moeqos.core.profile import Profile
 from moeqos.core.service_types import (
     BudgetOutcome,
+    ChatMessage,
     Completion,
     Evaluation,
     ExecutorInfo,
@@ -124,6 +125,14 @@ def sampling_to_proto(sampling: Sampling) -> ex.SamplingParams:
     if sampling.seed is not None:
         message.seed = sampling.seed
     return message
+
+
+def chat_message_to_proto(message: ChatMessage) -> ex.ChatMessage:
+    return ex.ChatMessage(role=message.role, content=message.content)
+
+
+def chat_message_from_proto(message: ex.ChatMessage) -> ChatMessage:
+    return ChatMessage(role=message.role, content=message.content)
 
 
 def sampling_from_proto(message: ex.SamplingParams) -> Sampling:
