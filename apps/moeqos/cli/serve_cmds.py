@@ -62,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="profile JSON saved after measuring, reused at restart if it matches",
     )
+    executor.add_argument(
+        "--qos-loop",
+        choices=["on", "off"],
+        help="on: measure decode steps, recalibrate the profile and re-plan to hold a standing floor; "
+        "off: plan once from the measured profile (open loop). Default on",
+    )
     executor.set_defaults(func=cmd_executor)
 
 

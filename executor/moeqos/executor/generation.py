@@ -32,11 +32,13 @@ def decode_loop(
     decode: Callable[[list[int]], str] | None,
     cancel: threading.Event | None = None,
     plan_spec: Callable[[], str] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> Iterator[GenerationEvent]:
     """Generate up to params.max_tokens tokens, yielding one event per token and a final one.
 
     `plan_spec()` names the plan in force, read when the request finishes (a switch may land mid-request)
-    for the final event's statistics; without it they name none.
+    for the final event's statistics; without it they name none. `on_step(index, seconds)` hears the
+    wall time of each token's step (forward pass and sampling; index 0 includes the prefill).
     """
     generator = params.generator()
     stream = TextStream(decode, params.stop)
@@ -47,8 +49,11 @@ def decode_loop(
         if cancel is not None and cancel.is_set():
             reason = "cancelled"
             break
+        began = time.perf_counter()
         token = choose_token(step(pending), params, generator)
         stamps.append(time.perf_counter())
+        if on_step is not None:
+            on_step(len(stamps) - 1, stamps[-1] - began)
         text, stopped = stream.push(token)
         yield GenerationEvent(text=text, token_id=token)
         pending = [token]

@@ -240,9 +240,14 @@ class ExecutorRuntime:
         return out.logits
 
     def generate(
-        self, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> Iterator[GenerationEvent]:
-        """Stream a completion; inputs are validated here, before the first token."""
+        """Stream a completion; inputs are validated here, before the first token. `on_step` hears each
+        token's step time (see moeqos.executor.generation.decode_loop)."""
         from transformers import DynamicCache
 
         ids = self.encode(prompt)
@@ -255,7 +260,7 @@ class ExecutorRuntime:
             return self.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]
 
         return decode_loop(
-            step, ids, params, self.eos_ids(), self._decoder(), cancel, lambda: self.plan.to_spec()
+            step, ids, params, self.eos_ids(), self._decoder(), cancel, lambda: self.plan.to_spec(), on_step
         )
 
     def encode(self, prompt: str | list[int]) -> list[int]:

@@ -22,10 +22,13 @@ from typing import Any
 import grpc.aio
 from moeqos.api import server as server_common
 from moeqos.api.server import PeerServerConfig, Server, start_server
-from moeqos.core.plan import parse_plan
+from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
 from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.live_stats import LiveStats
+from moeqos.executor.qos_control import LoopSettings
+from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -81,6 +84,8 @@ class ExecutorServerConfig(PeerServerConfig):
     profile_path: Path | None = None
     """Profile JSON written after each measurement and served at the next start when it was measured
     on the same model (fingerprint) and device, so a restart need not measure again."""
+    qos: LoopSettings = field(default_factory=LoopSettings)
+    """The closed loop keeping a standing floor (`enabled=False`: open loop, measured only)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,7 +143,14 @@ class ExecutorServerConfig(PeerServerConfig):
             threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
             variant_cache_dir=Path(cache) if cache else None,
             profile_path=Path(profile) if profile else None,
+            qos=LoopSettings(enabled=_on_off(pick("qos_loop", "MOEQOS_QOS_LOOP") or "on", "qos loop")),
         )
+
+
+def _on_off(value: str, what: str) -> bool:
+    if value not in ("on", "off"):
+        raise ValueError(f"{what} must be on or off, got {value!r}")
+    return value == "on"
 
 
 def _budgets(flags: list[TierBudget] | None, env_value: str) -> dict[str, int]:
@@ -166,6 +178,8 @@ class ExecutorHandle:
     async def stop(self, grace: float) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish for `grace` seconds."""
         self.ready.cancel()
+        if self.servicer.qos is not None:
+            self.servicer.qos.stop()
         self.servicer.target.cancel()
         await self.server.stop(grace)
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -192,12 +206,19 @@ async def start_executor(
     """Bind and start the server now; load the model in the background (see ExecutorHandle.ready)."""
     pool = ThreadPoolExecutor(config.max_concurrent + 4, thread_name_prefix="executor")
     holder: list[ExecutorServicer] = []
+    loops: list[QosLoop] = []
     hooks = ReplanHooks(
-        profile=lambda: holder[0].cached_profile(),
+        profile=lambda: holder[0].planning_profile(),
         budgets=lambda: holder[0].budgets(),
         apply=lambda plan: holder[0].apply(plan),
+        planning_target=lambda target: loops[0].planning_target(target),
     )
     target = StandingTarget(config.planner_address or "", config.peer_options(), hooks, config.replan_backoff)
+
+    def plan() -> Plan:  # asked only once the model is loaded (by generations, GetInfo, the loop)
+        return holder[0]._ready().plan
+
+    loops.append(QosLoop(config.qos, LiveStats(plan), target, plan))
     servicer = ExecutorServicer(
         config.name or socket.gethostname(),
         pool,
@@ -205,6 +226,7 @@ async def start_executor(
         target,
         config.measure,
         config.profile_path,
+        loops[0],
     )
     holder.append(servicer)
 
@@ -215,6 +237,7 @@ async def start_executor(
 
     async def load() -> None:
         servicer.runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        loops[0].start(lambda: servicer.measured_profile)
         await server.set_serving(True)
         log.info("executor %s serving %s on port %d", servicer.name, servicer.runtime.model.name, server.port)
 

@@ -28,6 +28,8 @@ class ReplanHooks:
     profile: Callable[[], Awaitable[Profile]]
     budgets: Callable[[], tuple[TierBudget, ...]]
     apply: Callable[[Plan], Awaitable[object]]
+    planning_target: Callable[[QosTarget], QosTarget] = lambda target: target
+    """The target the planner is asked for (the QoS loop adds headroom to the floor)."""
 
 
 class StandingTarget:
@@ -102,5 +104,7 @@ class StandingTarget:
     async def _plan_once(self, target: QosTarget, address: str) -> Plan:
         profile = await self._hooks.profile()
         async with AsyncPlannerClient(address, self._peer) as planner:
-            outcome = await planner.plan(target, profile=profile, budgets=self._hooks.budgets())
+            outcome = await planner.plan(
+                self._hooks.planning_target(target), profile=profile, budgets=self._hooks.budgets()
+            )
         return outcome.plan

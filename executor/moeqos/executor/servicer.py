@@ -34,6 +34,7 @@ from moeqos.core.service_types import (
 )
 from moeqos.core.tier import TierBudget
 from moeqos.executor import service_measure
+from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -58,8 +59,11 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         target: StandingTarget,
         measure: service_measure.MeasureSettings,
         profile_path: Path | None = None,
+        qos: QosLoop | None = None,
     ) -> None:
         self.name = name
+        self.qos = qos
+        """Live measurement and the closed loop (None: neither, e.g. a bare servicer in tests)."""
         self.runtime: ExecutorRuntime | None = None
         self.admission = admission
         self.target = target
@@ -92,6 +96,16 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
                 self._profile = profile
             return dataclasses.replace(self._profile, tiers=self.budgets())
 
+    async def planning_profile(self) -> Profile:
+        """The profile plans are made from: the cached one under the live calibration (loop on)."""
+        profile = await self.cached_profile()
+        return self.qos.calibrated(profile) if self.qos is not None else profile
+
+    @property
+    def measured_profile(self) -> Profile | None:
+        """The profile as measured, once cached (None before)."""
+        return self._profile
+
     def budgets(self) -> tuple[TierBudget, ...]:
         return tuple(TierBudget(name, budget) for name, budget in self._ready().budgets.items())
 
@@ -123,13 +137,16 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             profile_cached=self._profile is not None,
             replan_state=self.target.state,
             replan_detail=self.target.detail,
+            qos=self.qos.status(self._profile) if self.qos is not None else None,
         )
         return codec.info_to_proto(info)
 
     async def GetProfile(
         self, request: ex.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> ex.GetProfileResponse:
-        return ex.GetProfileResponse(profile=common.profile_to_proto(await self.cached_profile()))
+        profile = await self.planning_profile()
+        calibration = self.qos.planned_with if self.qos is not None and self.qos.settings.enabled else None
+        return codec.profile_response_to_proto(profile, calibration)
 
     async def MeasureProfile(
         self, request: ex.MeasureProfileRequest, context: grpc.aio.ServicerContext
@@ -198,8 +215,9 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         async with self.admission.slot():
             cancel = threading.Event()
             try:
+                on_step = self.qos.stats.stream() if self.qos is not None else None
                 events: Iterator[GenerationEvent] = await self._run(
-                    runtime.generate, request.prompt, params, cancel
+                    runtime.generate, request.prompt, params, cancel, on_step
                 )
                 while (event := await self._run(next, events, _DONE)) is not _DONE:
                     yield event
