@@ -116,3 +116,19 @@ def test_an_injected_slowdown_makes_the_executor_replan_to_a_faster_plan(stack, 
     assert info.qos.state in (QosState.MET, QosState.VIOLATED, QosState.REPLANNING)
     assert "live: " in info.qos.calibration
     assert handle.servicer.qos.calibration.call_scale > 1.5  # the fit saw the expert calls slow down
+
+
+def test_profile_at_start_measures_before_serving(stack, tmp_path):
+    handle = stack.executor(
+        budgets={"cpu": 600_000, "disk": 0}, profile_path=tmp_path / "p.json", profile_at_start=True
+    )
+    with ExecutorClient(address(handle.port)) as client:
+        assert client.info().profile_cached  # measured before health turned SERVING
+    assert (tmp_path / "p.json").is_file()
+
+
+def test_a_saved_profile_is_read_before_serving(stack):
+    handle = stack.executor(budgets={"cpu": 600_000, "disk": 0})
+    with ExecutorClient(address(handle.port)) as client:
+        info = client.info()
+    assert info.profile_cached and info.qos is not None and info.qos.predicted_tokens_per_s is not None

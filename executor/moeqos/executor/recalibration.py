@@ -28,7 +28,7 @@ from moeqos.core.profile import CallCost, Profile
 from moeqos.core.service_types import LiveCalibration
 from moeqos.executor.live_stats import StepRecord
 
-SCALE_BOUNDS = (0.2, 20.0)
+SCALE_BOUNDS = (0.05, 20.0)
 """Scales are clamped here: a window of garbage must not price a plan at zero or forever."""
 OUTLIER_FACTOR = 3.0
 """Steps longer than this times the window's median are clipped to it (a GC pause, a page fault)."""

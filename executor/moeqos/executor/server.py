@@ -1,7 +1,8 @@
 """The executor server: config, assembly, model loading behind the health service, run loop.
 
 The port is bound first (health NOT_SERVING, every RPC UNAVAILABLE), then the model loads and warms up
-(one token) in a worker thread, then health turns SERVING. SIGTERM/SIGINT: NOT_SERVING, new calls
+(one token) in a worker thread, the profile is read (or, with `profile_at_start`, measured), then
+health turns SERVING. SIGTERM/SIGINT: NOT_SERVING, new calls
 refused, calls in flight get `grace_seconds` to finish.
 
     config = ExecutorServerConfig.from_env_and_args(args)   # flags and MOEQOS_* read here, only here
@@ -84,6 +85,9 @@ class ExecutorServerConfig(PeerServerConfig):
     profile_path: Path | None = None
     """Profile JSON written after each measurement and served at the next start when it was measured
     on the same model (fingerprint) and device, so a restart need not measure again."""
+    profile_at_start: bool = False
+    """Measure the profile (unless a saved one matches) before health turns SERVING; either way a saved
+    profile is read before SERVING, so the QoS loop can recalibrate from the first generation."""
     qos: LoopSettings = field(default_factory=LoopSettings)
     """The closed loop keeping a standing floor (`enabled=False`: open loop, measured only)."""
 
@@ -143,8 +147,14 @@ class ExecutorServerConfig(PeerServerConfig):
             threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
             variant_cache_dir=Path(cache) if cache else None,
             profile_path=Path(profile) if profile else None,
+            profile_at_start=_yes(pick("profile_at_start", "MOEQOS_PROFILE_AT_START")),
             qos=LoopSettings(enabled=_on_off(pick("qos_loop", "MOEQOS_QOS_LOOP") or "on", "qos loop")),
         )
+
+
+def _yes(value: object) -> bool:
+    """A flag's True, or an environment variable's `1`, `true`, `on`, `yes`."""
+    return value is True or str(value).lower() in ("1", "true", "on", "yes")
 
 
 def _on_off(value: str, what: str) -> bool:
@@ -237,6 +247,9 @@ async def start_executor(
 
     async def load() -> None:
         servicer.runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        if config.profile_at_start:
+            log.info("executor %s measuring its profile before serving", servicer.name)
+        await servicer.warm_profile(config.profile_at_start)
         loops[0].start(lambda: servicer.measured_profile)
         await server.set_serving(True)
         log.info("executor %s serving %s on port %d", servicer.name, servicer.runtime.model.name, server.port)

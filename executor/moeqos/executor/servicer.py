@@ -96,6 +96,16 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
                 self._profile = profile
             return dataclasses.replace(self._profile, tiers=self.budgets())
 
+    async def warm_profile(self, measure: bool) -> None:
+        """Before health turns SERVING: read the saved profile if there is one, and with `measure`
+        measure it when there is none, so a first Plan or Deploy does not wait behind a healthy status."""
+        if measure:
+            await self.cached_profile()
+            return
+        async with self._profile_lock:
+            if self._profile is None:
+                self._profile = service_measure.load_saved(self.profile_path, self._ready())
+
     async def planning_profile(self) -> Profile:
         """The profile plans are made from: the cached one under the live calibration (loop on)."""
         profile = await self.cached_profile()
