@@ -6,6 +6,7 @@ recalibrate its profile and re-plan to a faster plan on its own."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from pathlib import Path
@@ -132,3 +133,21 @@ def test_a_saved_profile_is_read_before_serving(stack):
     with ExecutorClient(address(handle.port)) as client:
         info = client.info()
     assert info.profile_cached and info.qos is not None and info.qos.predicted_tokens_per_s is not None
+
+
+def test_status_shows_the_floor_prediction_measurement_and_verdict(stack, capsys):
+    from moeqos.cli.main import main
+
+    handle = stack.executor(budgets={"cpu": 600_000, "disk": 0}, qos=FAST_LOOP)
+    target = address(handle.port)
+    with ExecutorClient(target) as client:
+        client.set_target(QosTarget(min_tokens_per_s=0.001))
+        client.complete("the quick brown fox", Sampling(max_tokens=16, seed=1))
+        time.sleep(0.5)  # two ticks of the loop
+    assert main(["status", "--executor", target]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "floor 0.001 tok/s" in x]
+    assert line and line[0].split(": ", 2)[1].startswith("met"), line
+    assert "predicted " in line[0] and "measured " in line[0] and "loop on" in line[0]
+    assert main(["status", "--executor", target, "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["qos"]["state"] == "met" and row["qos"]["floor_tokens_per_s"] == 0.001
