@@ -11,7 +11,7 @@ from moeqos.api.channel import ConnectOptions
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, HardwareIdentity, ModelIdentity, Profile
-from moeqos.core.qos import QosTarget
+from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.service_types import LiveCalibration, QosState, ReplanState
 from moeqos.executor import recalibration
 from moeqos.executor.live_stats import LiveStats, WindowRate
@@ -222,3 +222,22 @@ def test_planning_target_adds_headroom_only_with_the_loop_on() -> None:
     floor = QosTarget(min_tokens_per_s=10.0, max_perplexity=20.0)
     assert on.planning_target(floor) == QosTarget(min_tokens_per_s=11.0, max_perplexity=20.0)
     assert off.planning_target(floor) == floor
+
+
+def test_after_a_failed_replan_the_next_asks_for_the_fastest_plan_within_the_ceiling() -> None:
+    clock = FakeClock()
+    target = StandingTarget("127.0.0.1:1", ConnectOptions(), ReplanHooks(None, lambda: (), None))  # type: ignore[arg-type]
+    goal = QosTarget(min_tokens_per_s=20.0, max_perplexity=30.0)
+    target.set(goal, "")
+    stats = LiveStats(lambda: BF16, clock)
+    loop = QosLoop(LoopSettings(), stats, target, lambda: BF16)
+    feed(stats, clock, 0.1, 60)
+    target.state = ReplanState.FAILED  # e.g. no plan met the floor + headroom under the calibration
+    target.replan = lambda: False  # type: ignore[method-assign]  # (no event loop here: decide only)
+    assert loop.tick(profile()).state is QosState.VIOLATED
+    assert loop.planning_target(goal) == QosTarget(max_perplexity=30.0, objective=Objective.SPEED)
+    target.state = ReplanState.APPLIED
+    clock.now += 10.0
+    feed(stats, clock, 0.1, 60)
+    loop.tick(profile())
+    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0 * 1.08, max_perplexity=30.0)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
-from moeqos.core.qos import QosTarget
+from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.service_types import LiveCalibration, QosState, QosStatus, ReplanState
 from moeqos.executor import recalibration
 from moeqos.executor.live_stats import LiveStats, WindowRate
@@ -56,6 +56,9 @@ class QosLoop:
         """The calibration of the profile the plan in force was chosen from (the prediction's basis)."""
         self._plan = plan
         self._last = Decision(QosState.NO_FLOOR, False, "not started")
+        self._fallback = False
+        """The next re-plan asks for the fastest plan within the target's ceiling: the last one failed
+        (no plan meets the floor under the calibrated profile)."""
         self._pending: tuple[str, bool] | None = None
         """(plan spec before, for slack) of the re-plan in flight."""
         self._task: asyncio.Task[None] | None = None
@@ -69,10 +72,14 @@ class QosLoop:
         return recalibration.apply(self.calibration, profile)
 
     def planning_target(self, target: QosTarget) -> QosTarget:
-        """The target a re-plan asks the planner for: the floor plus `headroom` when the loop is on."""
+        """The target a re-plan asks the planner for: the floor plus `headroom` when the loop is on; after
+        a failed re-plan, the fastest plan within the ceiling (which also gives the recalibration a
+        second plan to tell the fixed cost from the expert calls)."""
         floor = target.min_tokens_per_s
         if not self.settings.enabled or floor is None:
             return target
+        if self._fallback:
+            return dataclasses.replace(target, min_tokens_per_s=None, objective=Objective.SPEED)
         return dataclasses.replace(target, min_tokens_per_s=floor * (1 + self.settings.headroom))
 
     # ----- one look ----------------------------------------------------------------------------
@@ -86,6 +93,8 @@ class QosLoop:
         self._settle()
         floor = self.target.target.min_tokens_per_s if self.target.target else None
         decision = self.controller.decide(now, floor, self.window(), self.target.state in BUSY)
+        if decision.replan and self.settings.enabled:
+            self._fallback = self.target.state is ReplanState.FAILED and not decision.for_slack
         if decision.replan and self.settings.enabled and self.target.replan():
             self.controller.replanned(now)
             self._pending = (self._plan().to_spec(), decision.for_slack)
