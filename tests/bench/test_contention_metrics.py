@@ -44,3 +44,12 @@ def test_summarize_a_trace() -> None:
     assert m.recover_s == pytest.approx(1.0)
     assert m.quality_back_s == pytest.approx(0.4)
     assert (m.replans_on_start, m.replans_on_stop) == (2, 1)
+
+
+def test_a_trace_starts_at_its_first_token() -> None:
+    from moeqos.bench.contention import _from_first_token
+
+    trace = _from_first_token([5.0, 5.5, 7.0], [(0.1, "bf16"), (4.0, "int8"), (6.0, "int4")], 8.0, 9.0, 10.0)
+    assert trace.token_times == (0.0, 0.5, 2.0)
+    assert trace.plans == ((0.0, "int8"), (1.0, "int4"))
+    assert (trace.neighbour_start, trace.neighbour_stop, trace.end) == (3.0, 4.0, 5.0)

@@ -75,22 +75,30 @@ def _executor_args(ctx: Any, profile_path: Path, mode: str) -> list[str]:
 
 
 def _quality_rate(planner_address: str, executor_address: str) -> float:
-    """Decode tokens/s of the best-quality plan, now (median of 1 s windows over a few seconds)."""
+    """Decode tokens/s of the best-quality plan, now: the median 1 s window of 6 s counted from the
+    first token (the first request's prefill and warm-up are not part of a decode rate)."""
     from moeqos.client import DeploySpec, PlannerClient
 
     with PlannerClient(planner_address) as planner:
         planner.deploy([DeploySpec(executor_address, QosTarget(objective=Objective.QUALITY))])
-    start = time.monotonic()
-    times = _stream_for(executor_address, 6.0, start)
-    rates = sorted(window_rates([t for t in times if t >= 1.0], 6.0)[1:])
+    times = _stream_for(executor_address, 6.0, time.monotonic(), after_first_token=True)
+    if not times:
+        raise RuntimeError("the executor decoded nothing in 6 s: no floor to set")
+    rates = sorted(window_rates([t - times[0] for t in times], times[-1] - times[0]))
+    if not rates or rates[len(rates) // 2] == 0:
+        raise RuntimeError(f"too few tokens to set a floor ({len(times)} in 6 s)")
     return float(rates[len(rates) // 2])
 
 
-def _stream_for(address: str, seconds: float, origin: float) -> list[float]:
+def _stream_for(address: str, seconds: float, origin: float, after_first_token: bool = False) -> list[float]:
+    """Token times of `seconds` of streaming (counted from the first token with `after_first_token`)."""
     stop = threading.Event()
     times: list[float] = []
     thread = threading.Thread(target=_stream, args=(address, origin, times, stop), daemon=True)
     thread.start()
+    deadline = time.monotonic() + 300
+    while after_first_token and not times and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(seconds)
     stop.set()
     thread.join(60)
@@ -151,6 +159,9 @@ def _scenario(executor_address: str, phases: tuple[float, ...]) -> Trace:
     ]
     for worker in workers:
         worker.start()
+    deadline = time.monotonic() + 300
+    while not times and time.monotonic() < deadline:  # the trace starts at the first token
+        time.sleep(0.05)
     time.sleep(quiet)
     neighbour = subprocess.Popen([sys.executable, "-c", BURN])
     started = time.monotonic() - origin
@@ -165,7 +176,23 @@ def _scenario(executor_address: str, phases: tuple[float, ...]) -> Trace:
     stop.set()
     for worker in workers:
         worker.join(60)
-    return Trace(tuple(times), tuple(plans), started, stopped, end)
+    return _from_first_token(times, plans, started, stopped, end)
+
+
+def _from_first_token(
+    times: list[float], plans: list[tuple[float, str]], started: float, stopped: float, end: float
+) -> Trace:
+    """The trace with its clock starting at the first token (a plan in force then starts at 0)."""
+    t0 = times[0] if times else 0.0
+    shifted = [(max(when - t0, 0.0), spec) for when, spec in plans]
+    starting = [p for p in shifted if p[0] == 0.0][-1:]
+    return Trace(
+        tuple(t - t0 for t in times),
+        tuple(starting + [p for p in shifted if p[0] > 0.0]),
+        started - t0,
+        stopped - t0,
+        end - t0,
+    )
 
 
 def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> SectionResult:
