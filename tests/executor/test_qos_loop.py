@@ -133,7 +133,10 @@ def test_controller_rules() -> None:
     c = QosController(settings)
     assert c.decide(0.0, None, rate(1.0), busy=False).state is QosState.NO_FLOOR
     assert c.decide(0.0, 10.0, rate(5.0), busy=True).state is QosState.REPLANNING
-    assert not c.decide(0.0, 10.0, rate(5.0, tokens=3), busy=False).replan  # too few tokens
+    short = WindowRate(0.5, 3, 1, 5.0, 6.0)  # 3 tokens in 0.5 s: too few to judge
+    assert not c.decide(0.0, 10.0, short, busy=False).replan
+    idle = WindowRate(3.0, 0, 0, None, 0.0)
+    assert c.decide(0.0, 10.0, idle, busy=False).state is QosState.MET
     inside = c.decide(0.0, 10.0, rate(9.6), busy=False)  # within tolerance and slack: hysteresis band
     assert (inside.state, inside.replan) == (QosState.MET, False)
     violated = c.decide(0.0, 10.0, rate(9.0), busy=False)
@@ -241,3 +244,18 @@ def test_after_a_failed_replan_the_next_asks_for_the_fastest_plan_within_the_cei
     feed(stats, clock, 0.1, 60)
     loop.tick(profile())
     assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0 * 1.08, max_perplexity=30.0)
+
+
+def test_a_slow_model_is_judged_over_a_window_long_enough_for_min_tokens_and_still_calibrated() -> None:
+    clock = FakeClock()
+    target = StandingTarget("", ConnectOptions(), ReplanHooks(None, lambda: (), None))  # type: ignore[arg-type]
+    target.set(QosTarget(min_tokens_per_s=1.0), "")
+    stats = LiveStats(lambda: BF16, clock)
+    loop = QosLoop(
+        LoopSettings(window_s=3.0, min_tokens=8, calibration_window_s=6.0), stats, target, lambda: BF16
+    )
+    feed(stats, clock, 2.0, 8)  # 0.5 tok/s: 3 tokens in 6 s, 8 in 16 s
+    decision = loop.tick(profile())
+    assert decision.state is QosState.VIOLATED  # judged over 8 s (8 tokens at the 1 tok/s floor)
+    assert loop.window().seconds == pytest.approx(8.0)
+    assert loop.calibration.steps == 8  # fitted to the last 8 steps, older than the 6 s window

@@ -7,7 +7,7 @@ Rules, in order (r = measured decode rate of the streams, F = floor):
 - no floor: nothing to hold;
 - a re-plan in flight (or retrying): wait for it; never start a second (the first keeps its backoff);
 - fewer than `min_tokens` decode tokens under the plan in force: too little to judge, the floor counts
-  as met;
+  as met (unless the window was long enough for `min_tokens` at the floor and a stream ran in it);
 - r < F * (1 - tolerance): violated; re-plan once `min_interval_s` has passed since the last re-plan;
 - r > F * (1 + slack): met with quality left on the table; re-plan once `slack_interval` has passed.
   A slack re-plan that keeps the same plan doubles that interval (up to `max_slack_interval_s`), so a
@@ -87,7 +87,10 @@ class QosController:
         if busy:
             return Decision(QosState.REPLANNING, False, "re-plan in progress")
         rate = window.stream_tokens_per_s
-        if rate is None or window.tokens < s.min_tokens:
+        # A window long enough for min_tokens at the floor that holds fewer, from a running stream,
+        # is itself evidence of a rate below the floor: judged, not skipped.
+        sized_for_floor = window.seconds * floor >= s.min_tokens and window.streams > 0
+        if rate is None or (window.tokens < s.min_tokens and not sized_for_floor):
             return Decision(QosState.MET, False, f"{window.tokens} tokens in the window: too few to judge")
         if rate < floor * (1 - s.tolerance):
             why = (

@@ -88,6 +88,8 @@ class QosLoop:
         now = self.stats.clock()
         if profile is not None and self.settings.enabled:
             steps = self.stats.steps(self.settings.calibration_window_s)
+            if len(steps) < self.settings.min_tokens:  # a slow model: the last few steps, however old
+                steps = self.stats.steps(self.stats.horizon)[-self.settings.min_tokens :]
             if len(steps) >= self.settings.min_tokens:
                 self.calibration = recalibration.fit(profile, steps)
         self._settle()
@@ -103,8 +105,14 @@ class QosLoop:
         return decision
 
     def window(self) -> WindowRate:
-        """The rate window: steps of the last `window_s` seconds under the plan in force."""
-        return self.stats.window(self.settings.window_s, self._plan())
+        """The rate window: steps under the plan in force of the last `window_s` seconds, or of as long
+        as `min_tokens` take at the floor when that is longer (a slow model on a slow machine)."""
+        target = self.target.target
+        floor = target.min_tokens_per_s if target else None
+        seconds = self.settings.window_s
+        if floor:
+            seconds = min(max(seconds, self.settings.min_tokens / floor), self.stats.horizon)
+        return self.stats.window(seconds, self._plan())
 
     def _settle(self) -> None:
         """When the re-plan in flight has finished, tell the controller whether it changed the plan."""
