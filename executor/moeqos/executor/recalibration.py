@@ -70,7 +70,7 @@ def _cost_table(call_costs: Sequence[CallCost]) -> dict[tuple[str, str], float]:
     return table
 
 
-def fit(profile: Profile, steps: Sequence[StepRecord], prior_steps: float = 20.0) -> LiveCalibration:
+def fit(profile: Profile, steps: Sequence[StepRecord], prior_steps: float = 4.0) -> LiveCalibration:
     """Ridge fit of (fixed_scale, call_scale) to `steps` with the profile (1, 1) as the prior."""
     if not steps:
         return LiveCalibration()
