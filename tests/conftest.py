@@ -61,7 +61,7 @@ def planner(bare_stack: Stack) -> Server:
 def executor(bare_stack: Stack) -> ExecutorHandle:
     """The shared executor: cpu budget 600 kB (all bf16 fits, all fp32 does not), no disk tier budget.
     Its profile is measured here, once, and saved where every later executor of the stack reads it."""
-    handle = bare_stack.executor(budgets={"cpu": 600_000, "disk": 0})
+    handle = bare_stack.executor(tier_budgets={"cpu": 600_000, "disk": 0})
     with ExecutorClient(address(handle.port)) as client:
         assert not client.info().profile_cached
         client.get_profile()

@@ -37,8 +37,9 @@ def port_of(service: dict[str, Any]) -> int:
 
 
 def test_services_and_images(services: dict[str, Any]) -> None:
-    assert set(services) == {"model", *SERVERS}
+    assert set(services) == {"model", *SERVERS, "gateway"}
     assert services["planner"]["build"]["dockerfile"] == "docker/planner.Dockerfile"
+    assert services["gateway"]["build"]["dockerfile"] == "docker/gateway.Dockerfile"
     for name in ("model", *EXECUTORS):
         assert services[name]["build"]["dockerfile"] == "docker/executor.Dockerfile"
     for service in services.values():
@@ -55,6 +56,24 @@ def test_servers_publish_their_port_on_loopback_and_probe_grpc_health(services: 
         assert check["test"] == ["CMD", "moeqos", "health", f"127.0.0.1:{port}"]
         assert {"interval", "timeout", "retries", "start_period"} <= set(check)
         assert service["restart"] == "unless-stopped" and "stop_grace_period" in service
+
+
+def test_gateway_routes_the_qos_classes_to_the_executors_once_they_serve(services: dict[str, Any]) -> None:
+    from moeqos.gateway.config import GatewayConfig
+
+    gateway = services["gateway"]
+    port = port_of(gateway)
+    assert gateway["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert gateway["healthcheck"]["test"] == ["CMD", "moeqos", "health", f"http://127.0.0.1:{port}/health"]
+    assert gateway["depends_on"] == {name: {"condition": "service_healthy"} for name in EXECUTORS}
+    assert "volumes" not in gateway, "the gateway needs no model"
+    config = GatewayConfig.from_env_and_args(None, gateway["environment"])
+    assert config.listen == f"0.0.0.0:{port}"
+    assert config.routes == {
+        "smollm2-moe8:fast": (f"executor-a:{port_of(services['executor-a'])}",),
+        "smollm2-moe8:quality": (f"executor-b:{port_of(services['executor-b'])}",),
+    }
+    assert gateway["restart"] == "unless-stopped" and "stop_grace_period" in gateway
 
 
 def test_model_cache_is_one_shared_volume_filled_by_the_model_job(services: dict[str, Any]) -> None:
@@ -103,7 +122,9 @@ def dockerfile(name: str) -> str:
     return (REPO_ROOT / "docker" / name).read_text()
 
 
-@pytest.mark.parametrize("name", ["planner.Dockerfile", "executor.Dockerfile", "executor-cuda.Dockerfile"])
+@pytest.mark.parametrize(
+    "name", ["planner.Dockerfile", "executor.Dockerfile", "executor-cuda.Dockerfile", "gateway.Dockerfile"]
+)
 def test_every_image_generates_its_stubs_with_the_one_script(name: str) -> None:
     text = dockerfile(name)
     assert (
@@ -133,10 +154,10 @@ def test_the_planner_image_can_build_its_cli_without_torch(tmp_path: Path) -> No
 
     blocker = (
         "import sys\n"
-        "BLOCKED = ('torch', 'transformers', 'executor', 'safetensors', 'matplotlib')\n"
+        "BLOCKED = ('torch', 'transformers', 'safetensors', 'matplotlib')\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in BLOCKED:\n"
+        "        if name.split('.')[0] in BLOCKED or name.startswith(('moeqos.executor', 'moeqos.gateway')):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from moeqos.cli.main import build_parser\n"
@@ -146,8 +167,44 @@ def test_the_planner_image_can_build_its_cli_without_torch(tmp_path: Path) -> No
         "        parser.parse_args(argv)\n"
         "    except SystemExit as exc:\n"
         "        assert exc.code == 0, argv\n"
-        "import moeqos.planner.server, client\n"
+        "import moeqos.planner.server, moeqos.client\n"
         "assert 'torch' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocker], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_gateway_image_has_the_gateway_extra_and_no_torch() -> None:
+    text = "\n".join(
+        line for line in dockerfile("gateway.Dockerfile").splitlines() if not line.startswith("#")
+    )
+    assert '".[gateway]"' in text and "torch" not in text
+    assert "COPY executor/" not in text and "COPY planner/" not in text
+
+
+def test_the_gateway_image_can_build_its_cli_without_torch_numpy_or_the_servers() -> None:
+    """The gateway image has only the light client and the gateway: its CLI and server must load."""
+    import subprocess
+    import sys
+
+    blocker = (
+        "import sys\n"
+        "BLOCKED = ('torch', 'transformers', 'safetensors', 'matplotlib', 'numpy', 'scipy', 'yaml')\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED or name.startswith(('moeqos.executor', 'moeqos.planner')):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from moeqos.cli.main import build_parser\n"
+        "parser = build_parser()\n"
+        "for argv in (['gateway', '--help'], ['health', '--help']):\n"
+        "    try:\n"
+        "        parser.parse_args(argv)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, argv\n"
+        "import moeqos.gateway.server\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", blocker], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120

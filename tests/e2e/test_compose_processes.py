@@ -1,11 +1,13 @@
 """The services of docker-compose.yml started as real processes from the file's own commands and
-environment (as `moeqos demo` does), on a tiny random Mixtral: health, Deploy, Generate, clean SIGTERM."""
+environment (as `moeqos demo` does), on a tiny random Mixtral: health, Deploy, Generate, a chat through
+the gateway with the openai client, clean SIGTERM."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
+import openai
 import pytest
 from moeqos.client import DeploySpec, ExecutorClient, PlannerClient, Sampling
 from moeqos.core.qos import QosTarget
@@ -48,6 +50,16 @@ def test_compose_services_as_processes_deploy_generate_and_stop_cleanly(
         assert stats is not None and 1 <= stats.generated_tokens <= 6
         assert stats.plan_spec == outcome.plan.to_spec()
         assert info.standing_target == target and info.plan == outcome.plan
-    assert running.exit_codes == {"executor-a": 0, "executor-b": 0, "planner": 0}, lines
+
+        gateway = running.services["gateway"].service
+        assert (
+            subprocess.run(console_argv(gateway.healthcheck), capture_output=True, timeout=60).returncode == 0
+        )
+        client = openai.OpenAI(base_url=f"http://{gateway.address}/v1", api_key="-", max_retries=0)
+        chat = client.chat.completions.create(
+            model="smollm2-moe8:fast", messages=[{"role": "user", "content": "hello"}], max_tokens=4
+        )
+        assert chat.usage is not None and 1 <= chat.usage.completion_tokens <= 4
+    assert running.exit_codes == {"executor-a": 0, "executor-b": 0, "planner": 0, "gateway": 0}, lines
     assert not (tmp_path / "logs" / "model.log").exists(), "a model override skips the model job"
     assert (tmp_path / "home" / "executor-a.profile.json").is_file(), "profiles are kept in the volume"

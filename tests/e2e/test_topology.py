@@ -17,22 +17,23 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_real_compose_has_a_planner_two_executors_and_a_model_job() -> None:
+def test_real_compose_has_a_planner_two_executors_a_gateway_and_a_model_job() -> None:
     topology = load_topology(COMPOSE)
     names = [s.name for s in topology.services]
     assert topology.jobs() == {"model"}
-    assert {s.name for s in topology.servers()} == {"planner", "executor-a", "executor-b"}
+    assert {s.name for s in topology.servers()} == {"planner", "executor-a", "executor-b", "gateway"}
+    assert names.index("gateway") > max(names.index("executor-a"), names.index("executor-b"))
     assert names.index("model") < names.index("executor-a") and names.index("model") < names.index(
         "executor-b"
     )
-    assert len({s.port for s in topology.servers()}) == 3, (
+    assert len({s.port for s in topology.servers()}) == 4, (
         "each server needs its own port to run side by side"
     )
 
 
 def test_localize_binds_loopback_and_points_peers_and_volumes_at_local_ones(tmp_path: Path) -> None:
     topology = load_topology(COMPOSE)
-    ports = {"planner": 41001, "executor-a": 41002, "executor-b": 41003}
+    ports = {"planner": 41001, "executor-a": 41002, "executor-b": 41003, "gateway": 41004}
     services = {s.name: s for s in localize(topology, ports, {HOME_VOLUME: tmp_path / "home"})}
     assert services["executor-a"].environment["MOEQOS_LISTEN"] == "127.0.0.1:41002"
     assert services["executor-b"].environment["MOEQOS_LISTEN"] == "127.0.0.1:41003"
@@ -41,6 +42,13 @@ def test_localize_binds_loopback_and_points_peers_and_volumes_at_local_ones(tmp_
     assert services["model"].environment["MOEQOS_HOME"] == str(tmp_path / "home")
     assert services["model"].is_job and services["model"].address is None
     assert services["planner"].address == "127.0.0.1:41001"
+    gateway = services["gateway"]
+    assert gateway.environment["MOEQOS_LISTEN"] == "127.0.0.1:41004"
+    assert gateway.environment["MOEQOS_GATEWAY_ROUTES"] == (
+        "smollm2-moe8:fast=127.0.0.1:41002;smollm2-moe8:quality=127.0.0.1:41003"
+    )
+    assert gateway.healthcheck == ("moeqos", "health", "http://127.0.0.1:41004/health")
+    assert gateway.wait_for_healthy == ("executor-a", "executor-b")
     for service in services.values():
         text = " ".join([*service.argv, *service.environment.values(), *service.healthcheck])
         assert "0.0.0.0" not in text and "/data/moeqos" not in text
@@ -79,7 +87,7 @@ def test_env_overrides_are_laid_over_every_service(tmp_path: Path) -> None:
     services = local_services(load_topology(COMPOSE), tmp_path, {"MOEQOS_MODEL": "/m"})
     assert all(s.environment["MOEQOS_MODEL"] == "/m" for s in services)
     ports = [s.address for s in services if s.address]
-    assert len(set(ports)) == 3
+    assert len(set(ports)) == 4
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
 from moeqos.core.service_types import GenerationEvent
 from moeqos.executor.config import ExecutorConfig
-from moeqos.executor.generation import SamplingParams
+from moeqos.executor.generation import SamplingParams, time_decode
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.testing import make_tiny_mixtral
 
@@ -37,6 +37,29 @@ def test_greedy_equals_transformers_generate(runtime, reference_model) -> None:
         and stats.tokens_per_s > 0
         and stats.time_to_first_token_s > 0
     )
+
+
+def test_timed_decode_generates_past_end_of_sequence() -> None:
+    """A model that predicts end-of-sequence (id 2) at every step is still timed over every token asked
+    for, in each warm-up and timed run, each run with a fresh step (KV cache)."""
+    calls: list[list[int]] = []
+    fresh: list[int] = []
+
+    def new_step():
+        fresh.append(len(calls))
+
+        def step(ids: list[int]) -> torch.Tensor:
+            calls.append(ids)
+            return torch.nn.functional.one_hot(torch.tensor(2), 8).float()  # [V]: eos wins
+
+        return step
+
+    timing = time_decode(new_step, [5, 6, 7], tokens=6, repeats=3, warmup=2)
+    assert (timing.tokens, timing.warmup_runs, len(timing.rates)) == (6, 2, 3)
+    assert len(calls) == 5 * 6 and fresh == [0, 6, 12, 18, 24]
+    assert calls[:2] == [[5, 6, 7], [2]] and timing.tokens_per_s == sorted(timing.rates)[1] > 0
+    with pytest.raises(ValueError, match="tokens >= 1"):
+        time_decode(new_step, [5], tokens=0)
 
 
 def test_fixed_seed_reproduces_and_other_seed_differs(runtime) -> None:

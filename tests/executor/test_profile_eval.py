@@ -12,6 +12,7 @@ from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile
 from moeqos.executor.loader import observing
 from moeqos.executor.profiling import planning_precisions
+from moeqos.executor.sampling import SamplingParams
 
 from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
 
@@ -56,7 +57,12 @@ def test_profile_is_well_formed_and_round_trips(runtime, calibration) -> None:
     assert profile.fixed_seconds > 0
     assert set(profile.quant_error) == precisions == set(profile.precisions)
     assert all(e > 0 for row in profile.quant_error[Precision.INT2] for e in row)
-    assert [q.plan_spec for q in profile.quality_points] == ["fp32@cpu", "int4@cpu"]
+    specs = [q.plan_spec for q in profile.quality_points]
+    assert specs[:2] == ["fp32@cpu", "int4@cpu"]  # the uniform plans asked for, then the designed ones
+    assert len(specs) == 2 + 3 and all("int4" in s and "fp32" in s for s in specs[2:])
+    assert set(profile.layer_kl) == {Precision.INT4} and len(profile.layer_kl[Precision.INT4]) == LAYERS
+    assert profile.sensitivity_tokens == 96  # the default 128, bounded by the calibration tokens
+    assert {"sensitivity"} <= {s for s, _ in stages}
     assert all(q.perplexity > 1 and q.corpus == "tiny:valid" for q in profile.quality_points)
     assert all(q.tokens == 64 - 2 for q in profile.quality_points)  # quality_ids: 2 windows of 48
     assert {t.name for t in profile.tiers} == {"cpu", "disk"}
@@ -121,6 +127,29 @@ def test_evaluate_perplexity_equals_transformers(runtime, reference_model) -> No
     result = runtime.evaluate(ids, context_length=32, decode_tokens=4)
     assert result.perplexity == pytest.approx(_transformers_perplexity(reference_model, ids, 32), rel=1e-4)
     assert result.tokens == 100 - 4 and result.tokens_per_s > 0 and result.seconds > 0
+
+
+def test_evaluate_times_exactly_the_decode_tokens_it_reports(runtime, monkeypatch) -> None:
+    """A prompt whose greedy continuation is end-of-sequence at once: a request stops after one token,
+    but evaluate decodes past it and times the tokens it reports, after a warm-up run of as many."""
+    ids = prompt_ids(40, seed=8)[0].tolist()
+    first = next(iter(runtime.generate(ids[:16], SamplingParams(max_tokens=1)))).token_id
+    monkeypatch.setattr(runtime.prompts, "eos_ids", lambda: {first})
+    *_, last = runtime.generate(ids[:16], SamplingParams(max_tokens=8))
+    assert (last.stats.finish_reason, last.stats.generated_tokens) == ("eos", 1)
+    steps: list[int] = []  # decode steps (they keep the last position; scoring windows keep all)
+    forward = runtime.forward_logits
+
+    def counting(token_ids, cache=None, keep=0):
+        if keep:
+            steps.append(token_ids.shape[1])
+        return forward(token_ids, cache, keep)
+
+    monkeypatch.setattr(runtime, "forward_logits", counting)
+    result = runtime.evaluate(ids, context_length=32, decode_tokens=8)
+    assert result.decode_tokens == 8 and result.tokens_per_s > 0
+    assert len(steps) == 2 * 8  # the warm-up run and the timed run, each exactly 8 tokens
+    assert runtime.evaluate(ids, context_length=32, decode_tokens=0).decode_tokens == 0
 
 
 def test_evaluate_applies_a_plan_temporarily(runtime) -> None:

@@ -157,6 +157,7 @@ def test_call_costs_are_scaled_together_to_the_served_plan(make_runtime) -> None
     measured = call_costs(runtime, torch.randn(1, 64), (Precision.FP32, Precision.INT8), 2, 64)
     _, scaled = calibrate(runtime, prompt, 2, measured)
     factors = [s.seconds / m.seconds for s, m in zip(scaled, measured, strict=True)]
-    assert factors == pytest.approx([factors[0]] * len(factors)) and 0.2 <= factors[0] <= 5.0
+    low, high = 0.2 * (1 - 1e-9), 5.0 * (1 + 1e-9)  # the clamp's bounds, less float rounding of s/m
+    assert factors == pytest.approx([factors[0]] * len(factors)) and low <= factors[0] <= high
     runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, Precision.FP32, "disk"))
     assert calibrate(runtime, prompt, 2, measured)[1] == measured

@@ -5,6 +5,8 @@ unreachable planner (the plan in force keeps serving, the re-plan retries with b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from moeqos.api.channel import ConnectOptions
@@ -12,12 +14,13 @@ from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, HardwareIdentity, ModelIdentity, Profile
 from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import LiveCalibration, QosState, ReplanState
-from moeqos.executor import recalibration
+from moeqos.executor import recalibration, service_target
 from moeqos.executor.live_stats import LiveStats, WindowRate
 from moeqos.executor.qos_control import LoopSettings, QosController
 from moeqos.executor.qos_loop import QosLoop
-from moeqos.executor.service_target import ReplanHooks, StandingTarget
+from moeqos.executor.service_target import StandingTarget, Superseded
 
 FIXED = 0.02
 CALL = {Precision.BF16: 0.01, Precision.INT4: 0.004}
@@ -37,6 +40,27 @@ def profile() -> Profile:
     hardware = HardwareIdentity("cpu", "test", "host", 1, "none")
     calls = tuple(CallCost(p, "cpu", 100, s) for p, s in CALL.items())
     return Profile(model, hardware, "ptb:train", 10, ((1.0, 1.0), (1.0, 1.0)), FIXED, calls)
+
+
+class Hooks:
+    """A moeqos.executor.service_target.ReplanHooks: the test profile, switches recorded."""
+
+    def __init__(self) -> None:
+        self.applied: list[Plan] = []
+        self.current: list[Callable[[], bool]] = []
+
+    async def cached_profile(self) -> Profile:
+        return profile()
+
+    def budgets(self) -> tuple[()]:
+        return ()
+
+    async def apply(self, plan: Plan, current: Callable[[], bool] | None = None) -> None:
+        if current is not None:
+            self.current.append(current)
+            if not current():
+                raise Superseded("a newer decision came first")
+        self.applied.append(plan)
 
 
 BF16 = Plan.uniform(2, 2, Precision.BF16, "cpu")
@@ -172,15 +196,7 @@ def test_settings_are_validated() -> None:
 def test_loop_against_a_planner_that_is_down_keeps_the_plan_and_retries() -> None:
     async def scenario() -> None:
         clock = FakeClock()
-        applied: list[Plan] = []
-
-        async def measured() -> Profile:
-            return profile()
-
-        async def apply(plan: Plan) -> None:
-            applied.append(plan)
-
-        hooks = ReplanHooks(profile=measured, budgets=lambda: (), apply=apply)
+        hooks = Hooks()
         target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks, backoff=(0.01, 0.05))
         target.set(QosTarget(min_tokens_per_s=20.0), "")
         stats = LiveStats(lambda: BF16, clock)
@@ -194,7 +210,7 @@ def test_loop_against_a_planner_that_is_down_keeps_the_plan_and_retries() -> Non
             clock.now += 1.0
             assert not loop.tick(profile()).replan  # one re-plan in flight, retrying, never restarted
         assert target.state is ReplanState.RETRYING
-        assert applied == []  # the plan in force keeps serving
+        assert hooks.applied == []  # the plan in force keeps serving
         status = loop.status(profile())
         assert status.state is QosState.REPLANNING and status.floor_tokens_per_s == 20.0
         target.cancel()
@@ -202,10 +218,53 @@ def test_loop_against_a_planner_that_is_down_keeps_the_plan_and_retries() -> Non
     asyncio.run(scenario())
 
 
+def test_a_loop_replan_keeps_the_pins_asks_from_the_calibration_and_applies_only_while_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[tuple[QosTarget, Profile, tuple[PlacementRule, ...]]] = []
+
+    class Planner:  # moeqos.client.planner.AsyncPlannerClient, answering INT4
+        def __init__(self, *args: object) -> None:
+            pass
+
+        async def __aenter__(self) -> Planner:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def plan(self, target, profile, budgets, pins):  # type: ignore[no-untyped-def]
+            asked.append((target, profile, pins))
+            return SimpleNamespace(plan=INT4)
+
+    monkeypatch.setattr(service_target, "AsyncPlannerClient", Planner)
+
+    async def scenario() -> None:
+        clock, hooks = FakeClock(), Hooks()
+        target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks)
+        pins = (PlacementRule("L0.E*", Precision.BF16, "cpu"),)
+        target.set(QosTarget(min_tokens_per_s=20.0), "", pins)
+        stats = LiveStats(lambda: BF16, clock)
+        loop = QosLoop(LoopSettings(), stats, target, lambda: BF16)
+        target.planning_target, target.planning_profile = loop.planning_target, loop.calibrated
+        feed(stats, clock, true_seconds(BF16, 2.0, 2.0), 60)  # 10 tok/s < 20
+        generation = target.generation
+        assert loop.tick(profile()).replan and target.generation == generation + 1
+        await target.wait()
+        [(goal, planned_from, kept)] = asked
+        assert kept == pins and goal.min_tokens_per_s == pytest.approx(20.0 * 1.08)
+        assert planned_from.fixed_seconds == pytest.approx(FIXED * loop.calibration.fixed_scale)
+        assert hooks.applied == [INT4] and target.state is ReplanState.APPLIED
+        [current] = hooks.current
+        target.set(QosTarget(min_tokens_per_s=5.0), "", pins)  # a newer SetTarget
+        assert not current()  # a re-plan of the older target could no longer apply
+
+    asyncio.run(scenario())
+
+
 def test_open_loop_measures_but_never_replans_nor_recalibrates() -> None:
     clock = FakeClock()
-    hooks = ReplanHooks(profile=None, budgets=lambda: (), apply=None)  # type: ignore[arg-type]
-    target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks)
+    target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
     target.set(QosTarget(min_tokens_per_s=20.0), "")
     stats = LiveStats(lambda: BF16, clock)
     loop = QosLoop(LoopSettings(enabled=False), stats, target, lambda: BF16)
@@ -219,7 +278,7 @@ def test_open_loop_measures_but_never_replans_nor_recalibrates() -> None:
 
 
 def test_planning_target_adds_headroom_only_with_the_loop_on() -> None:
-    target = StandingTarget("", ConnectOptions(), ReplanHooks(None, lambda: (), None))  # type: ignore[arg-type]
+    target = StandingTarget("", ConnectOptions(), Hooks())
     on = QosLoop(LoopSettings(headroom=0.1), LiveStats(lambda: BF16), target, lambda: BF16)
     off = QosLoop(LoopSettings(enabled=False), LiveStats(lambda: BF16), target, lambda: BF16)
     floor = QosTarget(min_tokens_per_s=10.0, max_perplexity=20.0)
@@ -229,7 +288,7 @@ def test_planning_target_adds_headroom_only_with_the_loop_on() -> None:
 
 def test_after_a_failed_replan_the_next_asks_for_the_fastest_plan_within_the_ceiling() -> None:
     clock = FakeClock()
-    target = StandingTarget("127.0.0.1:1", ConnectOptions(), ReplanHooks(None, lambda: (), None))  # type: ignore[arg-type]
+    target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
     goal = QosTarget(min_tokens_per_s=20.0, max_perplexity=30.0)
     target.set(goal, "")
     stats = LiveStats(lambda: BF16, clock)
@@ -248,7 +307,7 @@ def test_after_a_failed_replan_the_next_asks_for_the_fastest_plan_within_the_cei
 
 def test_a_slow_model_is_judged_over_a_window_long_enough_for_min_tokens_and_still_calibrated() -> None:
     clock = FakeClock()
-    target = StandingTarget("", ConnectOptions(), ReplanHooks(None, lambda: (), None))  # type: ignore[arg-type]
+    target = StandingTarget("", ConnectOptions(), Hooks())
     target.set(QosTarget(min_tokens_per_s=1.0), "")
     stats = LiveStats(lambda: BF16, clock)
     loop = QosLoop(

@@ -47,6 +47,7 @@ def test_eval_matches_the_reference_perplexity(tiny_model: Path, capsys: pytest.
     assert result["measured_on"] == "ptb:test[:300 tokens]" and result["tokens_scored"] == scored
     assert result["perplexity"] == pytest.approx(reference, rel=2e-2)
     assert result["tokens_per_s"] > 0 and result["plan_summary"] == "3x8 experts: 24xfp32@cpu"
+    assert (result["decode_tokens"], result["decode_eos"], result["decode_warmup_runs"]) == (4, "ignored", 1)
 
 
 def test_eval_reacts_to_precision_and_reads_plan_files(

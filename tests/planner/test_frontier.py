@@ -60,3 +60,28 @@ def test_frontier_ends_are_the_most_accurate_and_fastest_plans(profile) -> None:
 def test_frontier_plot_writes_a_png(profile, tmp_path) -> None:
     path = plot_frontier(frontier(profile, points=4), tmp_path / "frontier.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_samples_the_lossy_end_evenly_in_perplexity(profile, monkeypatch) -> None:
+    """Half the inner points are asked for with perplexity ceilings evenly spaced in log-perplexity
+    between the two ends, so the lossy end, where tokens/s floors put few points, is sampled too."""
+    import math
+
+    import moeqos.planner.frontier as module
+
+    asked: list[QosTarget] = []
+
+    def recording_solve(request, latency=None, quality=None):
+        asked.append(request.target)
+        return solve(request, latency, quality)
+
+    monkeypatch.setattr(module, "solve", recording_solve)
+    points = frontier(profile, points=12)
+    ceilings = [t.max_perplexity for t in asked if t.max_perplexity is not None]
+    floors = [t.min_tokens_per_s for t in asked if t.min_tokens_per_s is not None]
+    assert len(ceilings) == 5 and len(floors) == 5
+    logs = [math.log(c) for c in ceilings]
+    steps = [b - a for a, b in itertools.pairwise(logs)]
+    assert all(step == pytest.approx(steps[0]) and step > 0 for step in steps)
+    ends = math.log(points[0].predicted_perplexity), math.log(points[-1].predicted_perplexity)
+    assert logs[0] - ends[0] == pytest.approx(steps[0]) and ends[1] - logs[-1] == pytest.approx(steps[0])

@@ -197,3 +197,28 @@ def test_disk_pool_predictions_are_honest_and_meet_the_floor() -> None:
 def _assert_within_budgets(result: PlanResult, budgets: dict[str, int]) -> None:
     for tier, used in result.bytes_per_tier.items():
         assert used <= budgets[tier], f"{tier}: {used} > {budgets[tier]}"
+
+
+def _offload_profile():
+    return synthetic_profile(
+        4,
+        8,
+        (P.BF16, P.INT4),
+        ("cpu", "disk"),
+        quality_plans=6,
+        seed=9,
+        budgets={"cpu": 12 * synthetic_profile().model.expert_bytes(P.BF16)},
+    )
+
+
+def test_a_quality_plan_that_offloads_says_so_and_excluding_disk_fits_by_precision() -> None:
+    profile = _offload_profile()
+    offloaded = solve(PlanRequest(profile, QosTarget(objective=Objective.QUALITY)))
+    on_disk = sum(n for a, n in offloaded.plan.counts().items() if a.tier == "disk")
+    assert on_disk > 0 and f"offload: {on_disk} experts on the disk tier" in offloaded.notes
+    assert "--no-offload" in offloaded.notes
+    fitted = solve(
+        PlanRequest(profile, QosTarget(objective=Objective.QUALITY), allowed_tiers=frozenset({"cpu"}))
+    )
+    assert {a.tier for a in fitted.plan.counts()} == {"cpu"} and "offload" not in fitted.notes
+    assert any(a.precision == P.INT4 for a in fitted.plan.counts())  # it quantizes instead

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from moeqos.cli import planner_cmds
+from moeqos.cli.guard import run_command
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.precision import Precision
 from moeqos.core.units import format_bytes, parse_budget, parse_bytes
@@ -18,20 +19,27 @@ from tests.planner.planner_fixtures import synthetic_profile
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("24GiB", 24 * 2**30), ("80GB", 80 * 10**9), ("1.5 MiB", 1572864), ("4096", 4096), ("2g", 2 * 2**30)],
+    [
+        ("24GiB", 24 * 2**30),
+        ("80GB", 80 * 10**9),
+        ("1.5 MiB", 1572864),
+        ("4096B", 4096),
+        ("2g", 2 * 2**30),
+        ("0", 0),
+    ],
 )
 def test_parse_bytes(text: str, expected: int) -> None:
     assert parse_bytes(text) == expected
 
 
 def test_bad_sizes_and_budgets_are_invalid() -> None:
-    for bad in ("lots", "12 parsecs", "-1GB"):
+    for bad in ("lots", "12 parsecs", "-1GB", "4096", "70"):
         with pytest.raises(InvalidArgument):
             parse_bytes(bad)
     with pytest.raises(InvalidArgument):
         parse_budget("gpu=1GiB")
     assert parse_budget("cuda:0=16GiB").budget_bytes == 16 * 2**30
-    assert format_bytes(3 * 2**30) == "3.0 GiB"
+    assert format_bytes(3 * 2**30) == "3.00 GiB"
 
 
 @pytest.fixture()
@@ -49,7 +57,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="moeqos")
     planner_cmds.register(parser.add_subparsers())
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return run_command(args.func, args)
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -157,3 +165,24 @@ def test_planning_never_imports_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_no_offload_keeps_every_expert_off_the_disk_tier(tmp_path, capsys) -> None:
+    profile = synthetic_profile(
+        3,
+        4,
+        (Precision.BF16, Precision.INT4),
+        ("cpu", "disk"),
+        quality_plans=6,
+        seed=4,
+        budgets={"cpu": 6 * synthetic_profile().model.expert_bytes(Precision.BF16)},
+    )
+    path = tmp_path / "profile.json"
+    path.write_text(profile.to_json())
+    base = ["plan", "--profile", str(path), "--objective", "quality", "--json"]
+    code, out, _ = _run(base, capsys)
+    assert code == 0 and json.loads(out)["bytes_per_tier"].get("disk", 0) > 0
+    assert "--no-offload" in json.loads(out)["notes"]
+    code, out, _ = _run([*base, "--no-offload"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["bytes_per_tier"].get("disk", 0) == 0 and "int4" in doc["plan_spec"]

@@ -36,6 +36,12 @@ def test_analytic_profiles_are_consistent(name: str) -> None:
     assert result.perplexity_is_estimate and "prior" in result.notes
 
 
+def test_default_model_description_counts_dense_bytes_as_the_executor_holds_them() -> None:
+    """smollm2-135m-moe8 as `moeqos model info` and its measured profile report it (110,330,496 bytes):
+    54,888,768 bf16 weights (attention, norms, tied embeddings) and 30 x 8 x 576 fp32 router weights."""
+    assert MODELS["smollm2-135m-moe8"].identity().dense_bytes == 54_888_768 * 2 + 30 * 8 * 576 * 4
+
+
 def test_best_perplexity_at_5_tokens_per_s_with_24_gib_gpu_and_64_gib_host() -> None:
     profile = _mixtral_on_a100(24 * GIB, 64 * GIB)
     result = solve(PlanRequest(profile, QosTarget(min_tokens_per_s=5)))

@@ -31,7 +31,7 @@ BROKEN = "model.layers.1.block_sparse_moe.experts.2.w2.weight"
 
 
 def test_plan_switch_failing_halfway_rolls_back(stack, profile_file, monkeypatch):
-    handle = stack.executor(budgets={"disk": 0})
+    handle = stack.executor(tier_budgets={"disk": 0})
     runtime = handle.servicer.runtime
     build, built = runtime.factory.build, []
 
@@ -59,7 +59,7 @@ def test_plan_switch_failing_halfway_rolls_back(stack, profile_file, monkeypatch
 def test_deploy_failing_on_one_executor_changes_none(stack, profile_file, monkeypatch):
     """One executor's switch fails after the other's succeeded: the planner puts the first back, so a
     failed Deploy leaves every executor on the plan and standing target it had."""
-    first, second = stack.executor(budgets={"disk": 0}), stack.executor(budgets={"disk": 0})
+    first, second = stack.executor(tier_budgets={"disk": 0}), stack.executor(tier_budgets={"disk": 0})
     planner = stack.planner()
     runtime = second.servicer.runtime
 

@@ -48,7 +48,7 @@ VALID_CORPORA = ("", "ptb:train", "ptb:valid", "ptb:test")
 
 @pytest.fixture(scope="module")
 def fuzzer(stack: Stack, profile_file: Path) -> Iterator[Fuzzer]:
-    executor = stack.executor(budgets={"cpu": 600_000, "disk": 0}, max_message_bytes=MAX_MESSAGE)
+    executor = stack.executor(tier_budgets={"cpu": 600_000, "disk": 0}, max_message_bytes=MAX_MESSAGE)
     planner = stack.planner(max_message_bytes=MAX_MESSAGE)
     with ExecutorClient(address(executor.port)) as client:
         client.get_profile()

@@ -26,7 +26,7 @@ def test_generate_prints_json_lines(capsys, executor_address):
 
 
 def test_deploy_status_apply_and_set_budget(capsys, stack, planner_address):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     target = address(handle.port)
     code, out = _run(
         capsys, "deploy", "--planner", planner_address, "--executor", target, "--min-tps", "0.001", "--json"
@@ -79,4 +79,4 @@ def test_plan_from_an_unreachable_executor_is_a_clear_error(capsys):
 
 def test_apply_with_an_unreadable_plan_file_is_a_clear_error(capsys, executor_address, tmp_path):
     code = main(["apply", "--executor", executor_address, "--plan", f"@{tmp_path / 'missing.json'}"])
-    assert code == 1 and "cannot read the plan file" in capsys.readouterr().err
+    assert code == 2 and "cannot read the plan file" in capsys.readouterr().err  # input error (exit 2)

@@ -4,6 +4,7 @@ malformed messages."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +57,14 @@ ANALYTIC = whatif_profile(MODELS["mixtral-8x7b"], HARDWARE["a100-80gb"], {})
 QOS = QosStatus(QosState.VIOLATED, True, 10.75, 15.5, 7.65, 3.0, "live: fixed x1.30", "floor violated")
 QOS_BARE = QosStatus(QosState.NO_FLOOR, False, None, None, None, 3.0, "as measured", "")
 CALIBRATION = LiveCalibration(1.25, 1.5, 42, 6.0)
+WITH_KL = dataclasses.replace(
+    ANALYTIC,
+    layer_kl={
+        Precision.INT4: tuple(0.01 * (layer + 1) for layer in range(len(ANALYTIC.frequency))),
+        Precision.INT2: tuple(0.5 for _ in ANALYTIC.frequency),
+    },
+    sensitivity_tokens=128,
+)
 
 
 def _info(**changes: Any) -> ExecutorInfo:
@@ -73,6 +82,10 @@ def _info(**changes: Any) -> ExecutorInfo:
         "profile_cached": True,
         "replan_state": ReplanState.APPLIED,
         "replan_detail": PLAN.to_spec(),
+        "damaged_files": 3,
+        "integrity": "3 damaged, 2 mended; last: expert L1.E2 (int8): checkpoint unreadable",
+        "standing_pins": PINS,
+        "target_generation": 7,
     }
     return ExecutorInfo(**{**values, **changes})
 
@@ -90,6 +103,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ("model identity", MODEL, wire.model_to_proto, wire.model_from_proto),
     ("hardware identity", HARDWARE_ID, wire.hardware_to_proto, wire.hardware_from_proto),
     ("analytic profile", ANALYTIC, wire.profile_to_proto, wire.profile_from_proto),
+    ("profile with layer KL", WITH_KL, wire.profile_to_proto, wire.profile_from_proto),
     ("prediction", PREDICTION, wire.prediction_to_proto, wire.prediction_from_proto),
     ("switch report", SwitchReport(5, 0.125), wire.switch_to_proto, wire.switch_from_proto),
     ("timestamp", _info().plan_applied_at, wire.timestamp_to_proto, wire.timestamp_from_proto),
@@ -112,7 +126,16 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ),
     (
         "executor info, no target, idle",
-        _info(standing_target=None, plan_applied_at=None, replan_state=ReplanState.IDLE, replan_detail=""),
+        _info(
+            standing_target=None,
+            plan_applied_at=None,
+            replan_state=ReplanState.IDLE,
+            replan_detail="",
+            damaged_files=0,
+            integrity="ok",
+            standing_pins=(),
+            target_generation=0,
+        ),
         ex_codec.info_to_proto,
         ex_codec.info_from_proto,
     ),
@@ -135,7 +158,13 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ("completion", Completion("hello", STATS), ex_codec.completion_to_proto, ex_codec.completion_from_proto),
     (
         "evaluation",
-        Evaluation(9.5, 33.0, 96, PLAN.to_spec(), "ptb:valid", 1.5),
+        Evaluation(9.5, 33.0, 96, PLAN.to_spec(), "ptb:valid", 1.5, 32),
+        ex_codec.evaluation_to_proto,
+        ex_codec.evaluation_from_proto,
+    ),
+    (
+        "evaluation without a decode",
+        Evaluation(9.5, 0.0, 96, PLAN.to_spec(), "", 1.5, 0),
         ex_codec.evaluation_to_proto,
         ex_codec.evaluation_from_proto,
     ),
@@ -216,16 +245,21 @@ def test_round_trip_through_bytes(value, to_proto, from_proto):
 
 def test_round_trips_cover_every_codec_function():
     """Every public to_proto/from_proto of the codec appears in ROUND_TRIPS (a new one needs a case)."""
-    used = {f.__name__ for _, _, to, back in ROUND_TRIPS for f in (to, back)}
-    used |= {"budgets_from_proto", "pins_from_proto", "grid_from_proto"}  # reached through the lambdas above
-    used |= {"precision_to_proto", "precision_from_proto", "tier_from_proto"}  # enums and names: below
-    used |= {"replan_state_to_proto", "replan_state_from_proto", "profile_response_to_proto"}
+    # Compared as function objects, not names: common and planner both have a `model_to_proto`.
+    used = {f for _, _, to, back in ROUND_TRIPS for f in (to, back)}
+    used |= {wire.budgets_from_proto, wire.pins_from_proto, wire.grid_from_proto}  # inside the lambdas above
+    used |= {
+        wire.precision_to_proto,
+        wire.precision_from_proto,
+        wire.tier_from_proto,
+    }  # enums and names: below
+    used |= {ex_codec.replan_state_to_proto, ex_codec.replan_state_from_proto}
+    used |= {ex_codec.profile_response_to_proto}  # inside the lambdas above
     for module in (wire, ex_codec, pl_codec):
-        public = {
-            n for n in dir(module) if n.endswith(("_to_proto", "_from_proto")) and not n.startswith("_")
-        }
-        public |= {n for n in dir(module) if n.startswith("outcome_to_")}
-        assert public <= used, sorted(public - used)
+        names = [n for n in dir(module) if n.endswith(("_to_proto", "_from_proto")) and not n.startswith("_")]
+        names += [n for n in dir(module) if n.startswith("outcome_to_")]
+        public = {getattr(module, n) for n in names if getattr(module, n).__module__ == module.__name__}
+        assert public <= used, sorted(f"{f.__module__}.{f.__name__}" for f in public - used)
 
 
 @pytest.mark.parametrize("precision", list(Precision))
@@ -384,4 +418,14 @@ def test_profile_round_trip(executor_address):
     assert wire.profile_from_proto(common_pb2.Profile.FromString(message.SerializeToString())) == profile
     message.fixed_seconds = float("nan")
     with pytest.raises(InvalidArgument, match="fixed_seconds"):
+        wire.profile_from_proto(message)
+
+
+def test_a_profile_with_a_bad_layer_kl_is_invalid_argument():
+    message = wire.profile_to_proto(WITH_KL)
+    message.layer_kl[0].kl[0] = float("nan")
+    with pytest.raises(InvalidArgument, match="layer_kl"):
+        wire.profile_from_proto(message)
+    del message.layer_kl[0].kl[0]
+    with pytest.raises(InvalidArgument, match="layer_kl"):
         wire.profile_from_proto(message)

@@ -30,7 +30,7 @@ def test_info_describes_model_tiers_and_plan(executor_address, executor):
 
 
 def test_deploy_applies_the_plan_and_generate_streams_text(stack, planner_address):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     target_address = address(handle.port)
     with PlannerClient(planner_address) as planner, ExecutorClient(target_address) as executor:
         target = QosTarget(min_tokens_per_s=0.001)
@@ -52,7 +52,7 @@ def test_deploy_applies_the_plan_and_generate_streams_text(stack, planner_addres
 
 
 def test_budget_change_replans_under_a_running_stream(stack, planner_address):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     executor_address = address(handle.port)
     with PlannerClient(planner_address) as planner, ExecutorClient(executor_address) as executor:
         # best quality first (whole experts fit the 1 MiB budget), so the budget cut must change the plan
@@ -75,7 +75,7 @@ def test_budget_change_replans_under_a_running_stream(stack, planner_address):
 
 
 def test_replan_retries_while_the_planner_is_down(stack, planner_address):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0}, replan_backoff=(0.05, 0.2))
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0}, replan_backoff=(0.05, 0.2))
     executor_address = address(handle.port)
     with ExecutorClient(executor_address) as executor:
         executor.get_profile()
@@ -111,7 +111,7 @@ def test_rejected_plans_leave_the_running_plan_untouched(executor_address):
 
 
 def test_failed_switch_is_aborted_and_keeps_serving(stack, monkeypatch):
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     runtime = handle.servicer.runtime
 
     def broken(*args, **kwargs):
@@ -158,6 +158,7 @@ def test_evaluate_and_corpus_names(executor_address):
     with ExecutorClient(executor_address) as client:
         result = client.evaluate("ptb:valid", max_tokens=32)
         assert result.perplexity > 1 and result.tokens > 0 and result.corpus == "ptb:valid"
+        assert result.decode_tokens == 32 and result.tokens_per_s > 0  # timed past end-of-sequence
         with pytest.raises(InvalidArgument, match="unknown corpus"):
             client.evaluate("text:/etc/passwd", max_tokens=32)
         with pytest.raises(OutOfRange):

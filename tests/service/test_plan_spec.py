@@ -26,7 +26,7 @@ MIXED = "bf16@cpu,L1.E2-3=int8@cpu"
 @pytest.fixture
 def own_executor(stack):
     """A fresh executor of its own (these tests switch its plan)."""
-    handle = stack.executor(budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 1 << 20, "disk": 0})
     return address(handle.port)
 
 

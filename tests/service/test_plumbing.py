@@ -153,7 +153,7 @@ def test_undecodable_request_is_invalid_argument(executor_address):
 
 
 def test_planner_forwards_the_callers_token_to_executors(stack, planner_address):
-    handle = stack.executor(token="s3cret", budgets={"cpu": 1 << 20, "disk": 0})
+    handle = stack.executor(token="s3cret", tier_budgets={"cpu": 1 << 20, "disk": 0})
     target = address(handle.port)
     spec = [DeploySpec(target, QosTarget(min_tokens_per_s=0.001))]
     with PlannerClient(planner_address) as anonymous, pytest.raises(Unauthenticated):

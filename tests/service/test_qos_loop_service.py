@@ -74,7 +74,7 @@ def decode_rate(client: ExecutorClient, tokens: int = 24) -> float:
 def test_an_injected_slowdown_makes_the_executor_replan_to_a_faster_plan(stack, planner_address, tmp_path):
     profile_path = tmp_path / "profile.json"
     handle = stack.executor(
-        budgets={"cpu": 600_000, "disk": 0},
+        tier_budgets={"cpu": 600_000, "disk": 0},
         planner_address=planner_address,
         qos=FAST_LOOP,
         initial_plan="bf16@cpu",
@@ -121,7 +121,7 @@ def test_an_injected_slowdown_makes_the_executor_replan_to_a_faster_plan(stack, 
 
 def test_profile_at_start_measures_before_serving(stack, tmp_path):
     handle = stack.executor(
-        budgets={"cpu": 600_000, "disk": 0}, profile_path=tmp_path / "p.json", profile_at_start=True
+        tier_budgets={"cpu": 600_000, "disk": 0}, profile_path=tmp_path / "p.json", profile_at_start=True
     )
     with ExecutorClient(address(handle.port)) as client:
         assert client.info().profile_cached  # measured before health turned SERVING
@@ -129,7 +129,7 @@ def test_profile_at_start_measures_before_serving(stack, tmp_path):
 
 
 def test_a_saved_profile_is_read_before_serving(stack):
-    handle = stack.executor(budgets={"cpu": 600_000, "disk": 0})
+    handle = stack.executor(tier_budgets={"cpu": 600_000, "disk": 0})
     with ExecutorClient(address(handle.port)) as client:
         info = client.info()
     assert info.profile_cached and info.qos is not None and info.qos.predicted_tokens_per_s is not None
@@ -138,7 +138,7 @@ def test_a_saved_profile_is_read_before_serving(stack):
 def test_status_shows_the_floor_prediction_measurement_and_verdict(stack, capsys):
     from moeqos.cli.main import main
 
-    handle = stack.executor(budgets={"cpu": 600_000, "disk": 0}, qos=FAST_LOOP)
+    handle = stack.executor(tier_budgets={"cpu": 600_000, "disk": 0}, qos=FAST_LOOP)
     target = address(handle.port)
     with ExecutorClient(target) as client:
         client.set_target(QosTarget(min_tokens_per_s=0.001))

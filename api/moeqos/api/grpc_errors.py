@@ -15,6 +15,7 @@ Client side: `error_from_rpc` turns a `grpc.RpcError` back into the typed except
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +42,7 @@ _TO_CODE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PlanApplyFailed, grpc.StatusCode.ABORTED),
+    (errors.DataLoss, grpc.StatusCode.DATA_LOSS),
 )
 
 _FROM_CODE: dict[grpc.StatusCode, type[errors.MoeqosError]] = {
@@ -52,6 +54,7 @@ _FROM_CODE: dict[grpc.StatusCode, type[errors.MoeqosError]] = {
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: errors.Unauthenticated,
     grpc.StatusCode.ABORTED: errors.PlanApplyFailed,
+    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
 }
 
 
@@ -99,14 +102,20 @@ def wrap_handler(
     unary: Callable[[Unary], Unary],
     stream: Callable[[Stream], Stream],
 ) -> grpc.RpcMethodHandler | None:
-    """The handler with its unary-unary or unary-stream behaviour wrapped (moeqos has no client streams)."""
+    """The handler with its unary-unary or unary-stream behaviour wrapped (moeqos has no client streams).
+
+    A unary-stream handler written as a coroutine that streams with `context.write` and returns nothing
+    (the stock health Watch) is wrapped by `unary`: gRPC awaits a coroutine function and iterates
+    anything else, so a generator wrapper around it would fail."""
     if handler is None:
         return None
     if handler.unary_unary is not None:
         return handler._replace(unary_unary=unary(handler.unary_unary))
-    if handler.unary_stream is not None:
-        return handler._replace(unary_stream=stream(handler.unary_stream))
-    return handler
+    behavior = handler.unary_stream
+    if behavior is None:
+        return handler
+    wrapped = unary(behavior) if inspect.iscoroutinefunction(behavior) else stream(behavior)
+    return handler._replace(unary_stream=wrapped)
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: Exception) -> None:

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from moeqos.api.grpc_errors import ErrorInterceptor, Stream, Unary, wrap_handler
+from moeqos.api.metrics import MetricsEndpoint, MetricsInterceptor, ServerMetrics, serve_metrics
+from moeqos.api.reflection import enable_reflection
+from moeqos.core import addresses
 from moeqos.core.errors import Unauthenticated
 
 if TYPE_CHECKING:
@@ -49,9 +51,13 @@ class ServerConfig:
     """Largest request or response message, both directions."""
     grace_seconds: float = 10.0
     """On shutdown, how long calls in flight may take to finish before they are cancelled."""
+    metrics_listen: str | None = None
+    """`host:port` of the Prometheus `/metrics` HTTP endpoint (None: off; port 0 picks a free port)."""
 
     def __post_init__(self) -> None:
-        check_address("listen", self.listen)
+        check_address("listen", self.listen, listen=True)
+        if self.metrics_listen is not None:
+            check_address("metrics_listen", self.metrics_listen, listen=True)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -111,12 +117,12 @@ def check_peer_tls(ca: Path | None, cert: Path | None, key: Path | None) -> None
             raise ValueError(f"peer TLS file {path} does not exist")
 
 
-def check_address(name: str, address: str) -> str:
-    """`address` if it looks like `host:port`, else ValueError naming the setting (fail fast at start)."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
+def check_address(name: str, address: str, listen: bool = False) -> str:
+    """`address` if gRPC can dial it (see moeqos.core.addresses), or with `listen` bind it (`host:port`,
+    port 0 meaning any free port); else ValueError naming the setting (fail fast at start)."""
+    if listen and address.startswith("unix:"):
         raise ValueError(f"{name} address must be host:port, got {address!r}")
-    return address
+    return addresses.check_address(address, f"{name} address", allow_port_zero=listen)
 
 
 def common_settings(args: Any, env: Mapping[str, str], default_listen: str) -> dict[str, Any]:
@@ -140,6 +146,7 @@ def common_settings(args: Any, env: Mapping[str, str], default_listen: str) -> d
         "tls_client_ca": path("tls_client_ca", "MOEQOS_TLS_CLIENT_CA"),
         "max_message_bytes": int(pick("max_message_bytes", "MOEQOS_MAX_MESSAGE_BYTES", 64 * 1024 * 1024)),
         "grace_seconds": float(pick("grace_seconds", "MOEQOS_GRACE_SECONDS", 10.0)),
+        "metrics_listen": pick("metrics_listen", "MOEQOS_METRICS_LISTEN") or None,
     }
 
 
@@ -157,11 +164,13 @@ def peer_settings(args: Any, env: Mapping[str, str]) -> dict[str, Any]:
 
 # ----- auth ---------------------------------------------------------------------------------------
 def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
-    """The token of the call's `authorization: Bearer TOKEN` metadata, if it has one."""
+    """The token of the call's `authorization: Bearer TOKEN` metadata, if it has one. The scheme is
+    case-insensitive (RFC 7235 section 2.1), so `bearer TOKEN` counts too."""
     for key, value in metadata or ():
         text = value.decode() if isinstance(value, bytes) else str(value)
-        if key == "authorization" and text.startswith("Bearer "):
-            return text.removeprefix("Bearer ")
+        scheme, _, token = text.strip().partition(" ")
+        if key == "authorization" and scheme.lower() == "bearer" and token.strip():
+            return token.strip()
     return None
 
 
@@ -234,6 +243,9 @@ class Server:
     port: int
     health: health.aio.HealthServicer
     service_names: tuple[str, ...]
+    metrics: ServerMetrics
+    metrics_endpoint: MetricsEndpoint | None = None
+    """The `/metrics` HTTP endpoint, when the config's `metrics_listen` asked for one."""
 
     async def set_serving(self, serving: bool) -> None:
         """Report every service (and the whole server, name "") as SERVING or NOT_SERVING."""
@@ -247,6 +259,8 @@ class Server:
         """Refuse new calls, let calls in flight finish for up to `grace` seconds, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -257,36 +271,54 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The port bound at `listen`; OSError with a plain message when it cannot be (e.g. in use)."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError:  # grpcio raises this, not OSError, when the bind fails
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}: the address is in use or not available here")
+    return port
+
+
 async def start_server(
     config: ServerConfig,
     register: Callable[[grpc.aio.Server], None],
     service_names: tuple[str, ...],
     protected_methods: Iterable[str],
+    metrics: ServerMetrics | None = None,
 ) -> Server:
-    """Build, bind and start a server with the error map, auth, health (NOT_SERVING) and reflection."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    """Build, bind and start a server with metrics, the error map, auth, health (NOT_SERVING) and
+    reflection. `metrics` holds the server's domain metrics too (None: per-call metrics only)."""
+    metrics = metrics or ServerMetrics()
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics), ErrorInterceptor()]
     if config.token:
         open_prefixes = ("/grpc.health.v1.", "/grpc.reflection.")
         interceptors.append(AuthInterceptor(config.token, protected_methods, config.auth_read, open_prefixes))
     limit = config.max_message_bytes
     server = grpc.aio.server(
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # gRPC sets SO_REUSEPORT by default, so a second server on a busy port would bind and share
+            # it silently; without it the bind fails and the second server refuses to start.
+            ("grpc.so_reuseport", 0),
+        ],
     )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME), server
-    )
+    enable_reflection((*service_names, health.SERVICE_NAME), server)
     credentials = _credentials(config)
-    if credentials is None:
-        port = server.add_insecure_port(config.listen)
-    else:
-        port = server.add_secure_port(config.listen, credentials)
-    if port == 0:
-        raise OSError(f"could not bind {config.listen}")
-    wrapped = Server(server, port, health_servicer, service_names)
+    port = _bind(server, config.listen, credentials)
+    wrapped = Server(server, port, health_servicer, service_names, metrics)
+    if config.metrics_listen:
+        wrapped.metrics_endpoint = serve_metrics(config.metrics_listen, metrics.registry)
     await wrapped.set_serving(False)
     await server.start()
     log.info("listening on %s (port %d)%s", config.listen, port, " with TLS" if credentials else "")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import sys
 import time
 import zlib
@@ -294,37 +293,24 @@ class BenchContext:
         return self.runtime.apply_plan(plan)
 
     def decode_speed(self, plan: Plan) -> Speed:
-        """Median decode tokens/s of `plan` over `repeats` greedy runs (cached per plan)."""
+        """Median decode tokens/s of `plan` over `repeats` greedy runs of exactly `decode_tokens` tokens
+        after one warm-up run (cached per plan).
+
+        Times the executor's own decode loop with end-of-sequence ignored, through the one mechanism
+        `moeqos eval` and the Evaluate RPC use too (moeqos.executor.generation.time_decode), so every
+        plan and the baseline generate the same number of tokens whatever they predict.
+        """
+        from moeqos.executor.generation import time_decode
+
         key = plan.to_spec()
         if key not in self.speeds:
             self.log(f"decode speed of {plan.describe()}")
             self.apply(plan)
-            self.decode_once()  # warm-up: first-touch of the plan's weights, allocator growth
-            rates = tuple(self.decode_once() for _ in range(self.settings.repeats))
-            self.speeds[key] = Speed(statistics.median(rates), rates, self.settings.decode_tokens)
+            timing = time_decode(
+                self.runtime.decode_step, self.prompt_ids, self.settings.decode_tokens, self.settings.repeats
+            )
+            self.speeds[key] = Speed(timing.tokens_per_s, timing.rates, timing.tokens)
         return self.speeds[key]
-
-    def decode_once(self) -> float:
-        """Decode tokens/s of one greedy generation of exactly `decode_tokens` tokens.
-
-        Runs the executor's own decode loop (moeqos.executor.generation.decode_loop over its forward step,
-        as `ExecutorRuntime.generate` does) with end-of-sequence ignored, so every plan and the
-        baseline generate the same number of tokens whatever they predict.
-        """
-        import torch
-        from moeqos.executor.generation import SamplingParams, decode_loop
-        from transformers import DynamicCache
-
-        runtime = self.runtime
-        cache = DynamicCache(config=runtime.hf_config)
-
-        def step(new_ids: list[int]) -> torch.Tensor:
-            return runtime.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]
-
-        params = SamplingParams(max_tokens=self.settings.decode_tokens, temperature=0.0)
-        *_, last = decode_loop(step, self.prompt_ids, params, set(), None)
-        assert last.stats is not None and last.stats.generated_tokens == params.max_tokens
-        return float(last.stats.tokens_per_s)
 
     def perplexity(self, plan: Plan) -> Any:
         """ptb:test perplexity of `plan` over `eval_tokens` tokens (cached per plan; a fitting plan's

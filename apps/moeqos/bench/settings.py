@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-SECTIONS = ("frontier", "baseline", "bandwidth", "tiers", "offload", "planner", "paper")
+SECTIONS = (
+    "frontier",
+    "baseline",
+    "bandwidth",
+    "breakdown",
+    "tiers",
+    "offload",
+    "planner",
+    "paper",
+    "quality",
+)
 """The default sections, in the order they run (later ones reuse what earlier ones measured)."""
 OPT_IN = ("contention",)
 """Sections that run only when `--only` names them: `contention` loads the machine on purpose for

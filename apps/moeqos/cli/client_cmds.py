@@ -1,19 +1,20 @@
 """Client commands over the services: `generate`, `deploy`, `status`, `apply`, `set-budget`, `profile`.
 
 Torch-free (they use the sync clients). Every command has `--json`; connection flags (`--token`,
-`--tls-ca`, ...) fall back to MOEQOS_* environment variables, read in `connect_options` only.
+`--tls-ca`, ...) fall back to MOEQOS_* environment variables, read in `connect_options` only. Calls
+that may take a while (deploy, apply, waiting for SERVING) show a heartbeat on stderr; errors propagate
+to `moeqos.cli.guard`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from typing import Any
 
 from moeqos.cli import client_output as out
-from moeqos.core.errors import InfeasibleTarget, MoeqosError
+from moeqos.core.errors import InvalidArgument
+from moeqos.core.progress import waiting
 from moeqos.core.qos import Objective, QosTarget
 
 DEFAULT_EXECUTOR = "127.0.0.1:50061"
@@ -206,7 +207,8 @@ def planner_client(args: argparse.Namespace) -> Any:
 def _ready(client: Any, wait: float) -> Any:
     if wait > 0:
         try:
-            client.wait_until_serving(wait)
+            with waiting(f"waiting for {client.address} to report SERVING"):
+                client.wait_until_serving(wait)
         except BaseException:
             client.close()
             raise
@@ -219,12 +221,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = Sampling(
         args.max_tokens, args.temperature, args.top_p, args.top_k, args.seed, tuple(args.stop)
     )
-
-    def run() -> int:
-        with executor_client(args) as executor:
-            return out.stream(executor.generate(args.prompt, sampling), args.json)
-
-    return _guard(run, args.json)
+    with executor_client(args) as executor:
+        return out.stream(executor.generate(args.prompt, sampling), args.json)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -232,17 +230,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     targets = getattr(args, "targets", None) or []
     if not targets:
-        print("moeqos deploy: give at least one --executor ADDR with a target", file=sys.stderr)
-        return 2
-
-    def run() -> int:
-        specs = [DeploySpec(t["executor"], _target(t), tuple(t["budget"]), tuple(t["pin"])) for t in targets]
-        for spec in specs:
-            executor_client(args, spec.executor_address).close()  # waits for it with --wait-ready
-        with planner_client(args) as planner:
-            return out.deployed(planner.deploy(specs, args.planner_address), args.json)
-
-    return _guard(run, args.json)
+        raise InvalidArgument("give at least one --executor ADDR with a target")
+    specs = [DeploySpec(t["executor"], _target(t), tuple(t["budget"]), tuple(t["pin"])) for t in targets]
+    for spec in specs:
+        executor_client(args, spec.executor_address).close()  # waits for it with --wait-ready
+    with planner_client(args) as planner, waiting(f"deploying to {len(specs)} executor(s)"):
+        outcomes = planner.deploy(specs, args.planner_address)
+    return out.deployed(outcomes, args.json)
 
 
 def _target(fields: dict[str, Any]) -> QosTarget:
@@ -255,55 +249,33 @@ def _target(fields: dict[str, Any]) -> QosTarget:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    def run() -> int:
-        infos = []
-        for address in args.executor:
-            with executor_client(args, address) as executor:
-                infos.append((address, executor.info()))
-        return out.status(infos, args.json)
-
-    return _guard(run, args.json)
+    infos = []
+    for address in args.executor:
+        with executor_client(args, address) as executor:
+            infos.append((address, executor.info()))
+    return out.status(infos, args.json)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from moeqos.core.plan import parse_plan, plan_text
 
-    def run() -> int:
-        text = plan_text(args.plan)
-        with executor_client(args) as executor:
-            info = executor.info()
-            plan = parse_plan(text, info.model.num_layers, info.model.num_experts, info.hardware.device)
-            return out.applied(plan, executor.apply_plan(plan, timeout=None), args.json)
-
-    return _guard(run, args.json)
+    text = plan_text(args.plan)
+    with executor_client(args) as executor:
+        info = executor.info()
+        plan = parse_plan(text, info.model.num_layers, info.model.num_experts, info.hardware.device)
+        with waiting("applying the plan"):
+            report = executor.apply_plan(plan, timeout=None)
+    return out.applied(plan, report, args.json)
 
 
 def cmd_set_budget(args: argparse.Namespace) -> int:
-    def run() -> int:
-        with executor_client(args) as executor:
-            return out.budget(executor.set_budget(args.budget.name, args.budget.budget_bytes), args.json)
-
-    return _guard(run, args.json)
+    with executor_client(args) as executor, waiting("setting the budget"):
+        outcome = executor.set_budget(args.budget.name, args.budget.budget_bytes)
+    return out.budget(outcome, args.json)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    def run() -> int:
-        with executor_client(args) as executor:
-            return out.profile(
-                executor.measure_profile(args.corpus, args.tokens, args.quality), args.out, args.json
-            )
-
-    return _guard(run, args.json)
-
-
-def _guard(run: Any, as_json: bool) -> int:
-    """Run a command; print domain errors as one message (or JSON), exit 1 (3 for infeasible targets)."""
-    try:
-        return int(run())
-    except (MoeqosError, ValueError) as exc:
-        extra = {"closest": exc.closest} if isinstance(exc, InfeasibleTarget) else {}
-        if as_json:
-            print(json.dumps({"error": str(exc), "type": type(exc).__name__, **extra}))
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 3 if isinstance(exc, InfeasibleTarget) else 1
+    with executor_client(args) as executor:
+        return out.profile(
+            executor.measure_profile(args.corpus, args.tokens, args.quality), args.out, args.json
+        )

@@ -21,10 +21,7 @@ from moeqos.core.service_types import (
     ReplanState,
     SwitchReport,
 )
-
-
-def _mib(count: int) -> str:
-    return f"{count / 2**20:.2f}MiB"
+from moeqos.core.units import format_bytes
 
 
 def _json(data: Any) -> str:
@@ -78,7 +75,9 @@ def status(infos: list[tuple[str, ExecutorInfo]], as_json: bool) -> int:
         return 0
     rows = [("executor", "address", "model", "device", "tiers used/budget", "run/queue", "target", "plan")]
     for address, info in infos:
-        tiers = " ".join(f"{t.name}:{_mib(t.used_bytes)}/{_mib(t.budget_bytes)}" for t in info.tiers)
+        tiers = " ".join(
+            f"{t.name}:{format_bytes(t.used_bytes)}/{format_bytes(t.budget_bytes)}" for t in info.tiers
+        )
         target = info.standing_target.describe() if info.standing_target else "-"
         load = f"{info.active_generations}/{info.queued_generations}"
         plan = info.plan.to_spec()
@@ -150,7 +149,9 @@ def budget(outcome: BudgetOutcome, as_json: bool) -> int:
         return 0
     print(f"plan fits: {outcome.plan_fits}; re-plan started: {outcome.replan_started}")
     for tier in outcome.tiers:
-        print(f"  tier {tier.name:<8} {_mib(tier.used_bytes):>12} used of {_mib(tier.budget_bytes):>12}")
+        print(
+            f"  tier {tier.name:<8} {format_bytes(tier.used_bytes):>12} used of {format_bytes(tier.budget_bytes):>12}"
+        )
     return 0
 
 

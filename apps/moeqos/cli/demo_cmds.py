@@ -16,8 +16,9 @@ def register(subparsers: Any) -> None:
     """Add the `demo` and `health` commands."""
     demo = subparsers.add_parser(
         "demo",
-        help="start a planner and two executors locally (as docker-compose.yml describes), deploy two QoS "
-        "targets, stream from each, measure, plot the frontier, stop",
+        help="start a planner, two executors and the gateway locally (as docker-compose.yml describes), "
+        "deploy two QoS targets, stream from each, measure, plot the frontier, ask each QoS class a "
+        "question through the OpenAI-compatible gateway, stop",
     )
     demo.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out)")
     demo.add_argument(
@@ -28,7 +29,12 @@ def register(subparsers: Any) -> None:
     )
     demo.add_argument("--prompt", default="The stock market today", help="prompt for both generations")
     demo.add_argument("--max-tokens", type=int, default=40, help="tokens to generate per executor")
-    demo.add_argument("--eval-tokens", type=int, default=1024, help="ptb:test tokens for measured perplexity")
+    demo.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=1024,
+        help="ptb:valid tokens for measured perplexity (the corpus the predictions are on)",
+    )
     demo.add_argument(
         "--max-ppl-increase",
         type=float,
@@ -44,9 +50,10 @@ def register(subparsers: Any) -> None:
     demo.set_defaults(func=run_demo)
 
     health = subparsers.add_parser(
-        "health", help="gRPC health check of a planner or executor (exit 0: SERVING)"
+        "health",
+        help="gRPC health check of a planner or executor, or HTTP of the gateway (exit 0: SERVING)",
     )
-    health.add_argument("address", help="host:port")
+    health.add_argument("address", help="host:port (gRPC), or the gateway's http://HOST:PORT/health")
     health.add_argument("--service", default="", help="service name (default: the whole server)")
     health.add_argument("--wait", type=float, default=0.0, help="keep probing up to this many seconds")
     health.add_argument("--json", action="store_true", help="print {address, status} as JSON")
@@ -59,13 +66,17 @@ def run_health(args: argparse.Namespace) -> int:
     from moeqos.client import ConnectOptions
     from moeqos.client.base import SyncBase
     from moeqos.core.errors import MoeqosError
+    from moeqos.demo.processes import http_health
 
     options = ConnectOptions(**tls_options(args))
     deadline = time.monotonic() + args.wait
     while True:
         try:
-            with SyncBase(args.address, options) as probe:
-                status = probe.health(args.service, timeout=5.0)
+            if args.address.startswith(("http://", "https://")):
+                status = http_health(args.address)
+            else:
+                with SyncBase(args.address, options) as probe:
+                    status = probe.health(args.service, timeout=5.0)
         except MoeqosError as exc:
             status = f"UNAVAILABLE ({exc})"
         if status == "SERVING" or time.monotonic() >= deadline:
@@ -122,4 +133,9 @@ def _run(
             raise ServiceFailed(
                 f"the demo needs a planner and two executors; the compose file has {sorted(running.services)}"
             )
-        return run_scenario(running.address(planners[0]), executors, settings, out_dir, say)
+        report = run_scenario(running.address(planners[0]), executors, settings, out_dir, say)
+        if "gateway" in running.services:
+            from moeqos.demo.gateway_step import ask_gateway
+
+            report["gateway"] = ask_gateway(f"http://{running.address('gateway')}", say)
+        return report

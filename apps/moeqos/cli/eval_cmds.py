@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="perplexity and tokens/s of a model under a plan",
         description="Load the model under PLAN, score the first --max-tokens tokens of the corpus in "
-        "non-overlapping windows of --context tokens, then time a short greedy decode.",
+        "non-overlapping windows of --context tokens, then time a greedy decode of exactly --decode-tokens "
+        "tokens (end-of-sequence ignored, after one untimed warm-up run).",
     )
     parser.add_argument(
         "--plan", required=True, help="plan text (e.g. `int4`, `int4@cpu,L0-3.E*=bf16`) or @plan.json"
@@ -42,7 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="model directory (default: the default model, built if needed)")
     parser.add_argument("--max-tokens", type=int, default=4096, help="tokens of the corpus to score")
     parser.add_argument("--context", type=int, default=512, help="tokens per scoring window")
-    parser.add_argument("--decode-tokens", type=int, default=32, help="tokens of greedy decode to time")
+    parser.add_argument(
+        "--decode-tokens",
+        type=int,
+        default=32,
+        help="tokens of greedy decode to time, generated past end-of-sequence (0: no decode)",
+    )
     parser.add_argument("--device", default="cpu", help="execution device (cpu, cuda:0)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_eval)
@@ -61,7 +67,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"plan        {result['plan_summary']}")
     print(f"corpus      {result['measured_on']} (context {result['context']})")
     print(f"perplexity  {result['perplexity']:.3f}")
-    print(f"tokens/s    {result['tokens_per_s']:.2f} (greedy decode of {result['decode_tokens']} tokens)")
+    if result["decode_tokens"]:
+        print(
+            f"tokens/s    {result['tokens_per_s']:.2f} (greedy decode of {result['decode_tokens']} tokens, "
+            f"end-of-sequence ignored, after {result['decode_warmup_runs']} untimed warm-up run)"
+        )
     print(f"seconds     {result['seconds']:.1f} evaluating, {result['load_seconds']:.1f} loading")
     return 0
 
@@ -69,6 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Load the model under the plan and evaluate it; returns what `moeqos eval --json` prints."""
     from moeqos.executor.config import ExecutorConfig
+    from moeqos.executor.generation import TIMED_DECODE_EOS, TIMED_DECODE_WARMUP_RUNS
     from moeqos.executor.runtime import ExecutorRuntime
 
     model_dir = resolve_model_dir(args.model)
@@ -93,7 +104,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         "context": args.context,
         "perplexity": result.perplexity,
         "tokens_scored": result.tokens,
-        "decode_tokens": args.decode_tokens,
+        "decode_tokens": result.decode_tokens,
+        "decode_eos": TIMED_DECODE_EOS,
+        "decode_warmup_runs": TIMED_DECODE_WARMUP_RUNS if result.decode_tokens else 0,
         "tokens_per_s": result.tokens_per_s,
         "seconds": result.seconds,
         "load_seconds": load_seconds,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
+from moeqos.core.units import format_bytes
 from moeqos.executor.default_model.location import (
     default_model_dir,
     ensure_default_model,
@@ -55,33 +55,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    for key in (
-        "model_dir",
-        "name",
-        "fingerprint",
-        "num_layers",
-        "num_experts",
-        "top_k",
-        "hidden_size",
-        "intermediate_size",
-        "vocab_size",
-        "dense_bytes",
-        "bytes_on_disk",
-    ):
+    plain = ("model_dir", "name", "fingerprint", "num_layers", "num_experts", "top_k", "hidden_size")
+    for key in (*plain, "intermediate_size", "vocab_size", "dense_precision"):
         print(f"{key:18} {info[key]}")
-    print(f"{'expert bytes':18} " + "  ".join(f"{p}={n:,}" for p, n in info["expert_bytes"].items()))
-    print(
-        f"{'all experts bytes':18} " + "  ".join(f"{p}={n:,}" for p, n in info["all_experts_bytes"].items())
-    )
+    for key, label in (("dense_bytes", "dense weights"), ("bytes_on_disk", "on disk")):
+        print(f"{label:18} {format_bytes(info[key])}")
+    for key, label in (("expert_bytes", "one expert"), ("all_experts_bytes", "all experts")):
+        print(f"{label:18} " + "  ".join(f"{p}={format_bytes(n)}" for p, n in info[key].items()))
     return 0
 
 
 def model_info(model_dir: Path) -> dict[str, Any]:
-    """Identity of the checkpoint in `model_dir` and the bytes of its experts in every precision."""
+    """Identity of the checkpoint in `model_dir`, the bytes of its dense weights as an executor with the
+    default dense precision holds them, and the bytes of its experts in every precision."""
+    from moeqos.executor.adapters import adapter_for
     from moeqos.executor.checkpoint import Checkpoint
+    from moeqos.executor.config import DEFAULT_DENSE_PRECISION
+    from moeqos.executor.identity import checkpoint_dense_bytes
 
     checkpoint = Checkpoint(model_dir)
     config = checkpoint.config_dict
+    adapter = adapter_for(str(config.get("model_type")))
     hidden, intermediate = int(config["hidden_size"]), int(config["intermediate_size"])
     experts = int(config["num_local_experts"])
     count = int(config["num_hidden_layers"]) * experts
@@ -96,25 +90,13 @@ def model_info(model_dir: Path) -> dict[str, Any]:
         "hidden_size": hidden,
         "intermediate_size": intermediate,
         "vocab_size": int(config["vocab_size"]),
-        "dense_bytes": _stored_bytes(checkpoint, experts=False),
+        "dense_precision": str(DEFAULT_DENSE_PRECISION),
+        "dense_bytes": checkpoint_dense_bytes(checkpoint, adapter, DEFAULT_DENSE_PRECISION),
         "bytes_on_disk": _disk_bytes(model_dir),
         "group_size": DEFAULT_GROUP_SIZE,
         "expert_bytes": per_expert,
         "all_experts_bytes": {p: n * count for p, n in per_expert.items()},
     }
-
-
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
-"""Bytes per element of the safetensors dtype names."""
-
-
-def _stored_bytes(checkpoint: Any, experts: bool) -> int:
-    """Bytes of the stored tensors that are (or are not) expert matrices."""
-    total = 0
-    for key, (shape, dtype) in checkpoint.meta.items():
-        if (".experts." in key) == experts:
-            total += math.prod(shape) * _DTYPE_BYTES[dtype]
-    return total
 
 
 def _disk_bytes(path: Path) -> int:

@@ -1,27 +1,24 @@
 """`moeqos plan`, `moeqos frontier`, `moeqos whatif`: the planner from the command line (never torch).
 
 The computation lives in `planner` (solve, frontier, whatif); these functions parse arguments, call it
-and print a table (or JSON with `--json`), so remote variants can reuse the same printing.
+and print a table (or JSON with `--json`), so remote variants can reuse the same printing. Bad input
+raises InvalidArgument; `moeqos.cli.guard` turns errors into messages and exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from moeqos.cli.client_cmds import add_connection_args
-from moeqos.core.errors import InfeasibleTarget, InvalidArgument, MoeqosError
+from moeqos.core.errors import InvalidArgument
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.rules import PlacementRule
-
-EXIT_INFEASIBLE = 3
-EXIT_INVALID = 2
-EXIT_FAILED = 1
+from moeqos.planner.catalog import HARDWARE, MODELS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,9 +41,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "whatif", help="plan for a described model and machine, no executor needed"
     )
     whatif.add_argument(
-        "--model", default="smollm2-135m-moe8", help="built-in model name (see moeqos.planner.catalog)"
+        "--model",
+        default="smollm2-135m-moe8",
+        help=f"built-in model: {', '.join(MODELS)} (default %(default)s)",
     )
-    whatif.add_argument("--hardware", default="cpu-2core", help="built-in hardware name or a JSON file")
+    whatif.add_argument(
+        "--hardware",
+        default="cpu-2core",
+        help=f"built-in hardware: {', '.join(HARDWARE)} (default %(default)s), or a JSON file "
+        "(see --hardware-template)",
+    )
+    whatif.add_argument(
+        "--hardware-template",
+        action="store_true",
+        help="print a hardware description JSON to edit and pass back with --hardware FILE.json",
+    )
     whatif.add_argument("--skew", type=float, default=None, help="frequency skew of the analytic profile")
     whatif.add_argument(
         "--frontier", action="store_true", help="print the frontier (default without a target)"
@@ -101,6 +110,11 @@ def _add_choice_args(parser: argparse.ArgumentParser, budget_help: str) -> None:
         help="pattern=precision[@tier], first match wins (e.g. L0.E*=bf16@cuda:0)",
     )
     parser.add_argument("--precisions", help="comma-separated precisions the planner may use")
+    parser.add_argument(
+        "--no-offload",
+        action="store_true",
+        help="fit by precision only: never put an expert on the disk tier, whatever its budget",
+    )
 
 
 # ----- argument conversion ---------------------------------------------------------------------
@@ -135,6 +149,15 @@ def precisions_from_args(args: argparse.Namespace) -> frozenset[Precision] | Non
         raise InvalidArgument(str(exc)) from exc
 
 
+def tiers_from_args(args: argparse.Namespace, budgets: tuple[Any, ...]) -> frozenset[str] | None:
+    """The tiers the planner may use: every budgeted tier but disk with --no-offload, else None (all)."""
+    from moeqos.core.tier import DISK
+
+    if not getattr(args, "no_offload", False):
+        return None
+    return frozenset(b.name for b in budgets if b.name != DISK)
+
+
 def profile_from_args(args: argparse.Namespace) -> Profile:
     """The profile named by --profile FILE, or fetched from the executor at --executor ADDR. The
     solving still happens here, in process: the planner core is stateless either way."""
@@ -158,53 +181,51 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Solve one target against a measured profile."""
     from moeqos.core.units import merge_budgets, parse_budget
 
-    def run() -> int:
-        profile = profile_from_args(args)
-        target = target_from_args(args)
-        if target is None:
-            raise InvalidArgument("give --min-tps, --max-ppl or --max-ppl-increase")
-        budgets = merge_budgets(profile.tiers, [parse_budget(b) for b in args.budget])
-        return solve_and_print(profile, target, budgets, args)
-
-    return _guard(run, args.json)
+    profile = profile_from_args(args)
+    target = target_from_args(args)
+    if target is None:
+        raise InvalidArgument("give --min-tps, --max-ppl or --max-ppl-increase")
+    budgets = merge_budgets(profile.tiers, [parse_budget(b) for b in args.budget])
+    return solve_and_print(profile, target, budgets, args)
 
 
 def cmd_frontier(args: argparse.Namespace) -> int:
     """The frontier of a measured profile."""
     from moeqos.core.units import merge_budgets, parse_budget
 
-    def run() -> int:
-        profile = profile_from_args(args)
-        budgets = merge_budgets(profile.tiers, [parse_budget(b) for b in args.budget])
-        return frontier_and_print(
-            profile, budgets, args, title=f"{profile.model.name} on {profile.hardware.device_name}"
-        )
-
-    return _guard(run, args.json)
+    profile = profile_from_args(args)
+    budgets = merge_budgets(profile.tiers, [parse_budget(b) for b in args.budget])
+    return frontier_and_print(
+        profile, budgets, args, title=f"{profile.model.name} on {profile.hardware.device_name}"
+    )
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
     """Plan or frontier for an analytic profile; `--paper` prints the comparison with arXiv 2407.14417."""
     from moeqos.core.units import parse_budget
-    from moeqos.planner.whatif import DEFAULT_SKEW, hardware_named, model_named, whatif_profile
+    from moeqos.planner.whatif import (
+        DEFAULT_SKEW,
+        hardware_named,
+        hardware_template,
+        model_named,
+        whatif_profile,
+    )
 
-    def run() -> int:
-        if args.paper:
-            return print_paper(args.json)
-        model = model_named(args.model)
-        hardware = hardware_named(args.hardware)
-        capacities = {b.name: b.budget_bytes for b in (parse_budget(text) for text in args.budget)}
-        profile = whatif_profile(
-            model, hardware, capacities, DEFAULT_SKEW if args.skew is None else args.skew
+    if args.hardware_template:
+        print(json.dumps(hardware_template(), indent=2))
+        return 0
+    if args.paper:
+        return print_paper(args.json)
+    model = model_named(args.model)
+    hardware = hardware_named(args.hardware)
+    capacities = {b.name: b.budget_bytes for b in (parse_budget(text) for text in args.budget)}
+    profile = whatif_profile(model, hardware, capacities, DEFAULT_SKEW if args.skew is None else args.skew)
+    target = target_from_args(args)
+    if target is None or args.frontier:
+        return frontier_and_print(
+            profile, profile.tiers, args, title=f"{model.name} on {hardware.name} (what-if)"
         )
-        target = target_from_args(args)
-        if target is None or args.frontier:
-            return frontier_and_print(
-                profile, profile.tiers, args, title=f"{model.name} on {hardware.name} (what-if)"
-            )
-        return solve_and_print(profile, target, profile.tiers, args)
-
-    return _guard(run, args.json, catch=(KeyError,))
+    return solve_and_print(profile, target, profile.tiers, args)
 
 
 # ----- shared: compute and print ---------------------------------------------------------------
@@ -217,7 +238,14 @@ def solve_and_print(
     from moeqos.planner.solver import PlanRequest, solve
 
     latency, quality = LatencyModel.fit(profile), QualityModel.fit(profile)
-    request = PlanRequest(profile, target, budgets, pins_from_args(args), precisions_from_args(args))
+    request = PlanRequest(
+        profile,
+        target,
+        budgets,
+        pins_from_args(args),
+        precisions_from_args(args),
+        tiers_from_args(args, budgets),
+    )
     result = solve(request, latency, quality)
     if args.json:
         doc = {"target": target.to_dict(), **result.to_dict(), "fit": fit_summary(latency, quality)}
@@ -246,6 +274,7 @@ def frontier_and_print(
         latency=latency,
         quality=quality,
         allowed_precisions=precisions_from_args(args),
+        allowed_tiers=tiers_from_args(args, budgets),
     )
     if args.plot:
         from moeqos.planner.plot import plot_frontier
@@ -290,34 +319,3 @@ def print_paper(as_json: bool) -> int:
         print()
         print(EXPLANATION)
     return 0
-
-
-def _guard(run: Any, as_json: bool, catch: tuple[type[Exception], ...] = ()) -> int:
-    """Run a command; print infeasible targets and bad input as messages (or JSON), not tracebacks."""
-    try:
-        return int(run())
-    except InfeasibleTarget as exc:
-        _print_error(str(exc), as_json, {"closest": exc.closest})
-        return EXIT_INFEASIBLE
-    except Exception as exc:
-        if isinstance(exc, MoeqosError) and not isinstance(exc, InvalidArgument):
-            _print_error(f"{type(exc).__name__}: {exc}", as_json, {})  # e.g. an executor unreachable
-            return EXIT_FAILED
-        if not isinstance(exc, (InvalidArgument, *catch)):
-            raise
-        _print_error(str(exc).strip("'\""), as_json, {})
-        return EXIT_INVALID
-
-
-def _print_error(message: str, as_json: bool, extra: dict[str, Any]) -> None:
-    if as_json:
-        print(json.dumps({"error": message, **extra}, indent=2))
-        return
-    print(f"error: {message}", file=sys.stderr)
-    closest = extra.get("closest")
-    if closest:
-        print(
-            f"closest feasible: {closest.get('predicted_tokens_per_s', 0):.3f} tokens/s, perplexity "
-            f"{closest.get('predicted_perplexity', 0):.4f}, plan {closest.get('plan_spec')}",
-            file=sys.stderr,
-        )

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import logging
-import sys
 from typing import Any
 
 from moeqos.cli.client_cmds import budget_arg
@@ -24,6 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(planner, "127.0.0.1:50051")
     planner.add_argument("--advertise", metavar="ADDR", help="address executors reach this planner at")
     planner.add_argument("--workers", type=int, help="solver threads (default 2)")
+    planner.add_argument(
+        "--executor-allow",
+        action="append",
+        metavar="HOST:PORT",
+        help="an executor address callers may name (repeatable; default: any)",
+    )
     planner.set_defaults(func=cmd_planner)
 
     executor = subparsers.add_parser("executor", help="run the executor service for one model")
@@ -74,6 +79,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on: measure decode steps, recalibrate the profile and re-plan to hold a standing floor; "
         "off: plan once from the measured profile (open loop). Default on",
     )
+    executor.add_argument(
+        "--state-path",
+        metavar="FILE",
+        help="plan, budgets and standing target saved after each change and restored at start",
+    )
+    executor.add_argument(
+        "--write-window",
+        type=float,
+        metavar="SECONDS",
+        help="how long a stream's reader may leave a message unread before it is cancelled (default 30)",
+    )
     executor.set_defaults(func=cmd_executor)
 
 
@@ -98,6 +114,11 @@ def _common(parser: argparse.ArgumentParser, listen: str) -> None:
         "--peer-tls-cert", metavar="PEM", help="client certificate for the other service (mutual TLS)"
     )
     parser.add_argument("--peer-tls-key", metavar="PEM", help="private key of --peer-tls-cert")
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics over HTTP here, e.g. 127.0.0.1:9461 (default: off)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument("--json", action="store_true", help="print the listening line as JSON")
 
@@ -126,18 +147,11 @@ def cmd_executor(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, service: str, config_class: Any, serve: Any) -> int:
-    """Build the config (failing fast, exit 2, on a bad setting), then serve until a signal."""
+    """Build the config, then serve until a signal. A bad setting raises ValueError before anything
+    starts and a port in use OSError; `moeqos.cli.guard` turns them into exit codes 2 and 1."""
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        config = config_class.from_env_and_args(args)
-    except ValueError as exc:
-        print(f"moeqos {service}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(serve(config, _announcer(args, service, config.listen)))
-    except Exception:
-        logging.getLogger(__name__).exception("moeqos %s failed", service)
-        return 1
+    config = config_class.from_env_and_args(args)
+    asyncio.run(serve(config, _announcer(args, service, config.listen)))
     return 0

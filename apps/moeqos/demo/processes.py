@@ -161,3 +161,17 @@ def grpc_health(address: str) -> str:
             return probe.health(timeout=2.0)
     except MoeqosError:
         return "UNAVAILABLE"
+
+
+def http_health(url: str) -> str:
+    """`SERVING` when GET `url` answers 200 (the gateway's `/health`), else why not."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=2.0) as reply:
+            return "SERVING" if reply.status == 200 else f"NOT_SERVING (HTTP {reply.status})"
+    except HTTPError as exc:
+        return f"NOT_SERVING (HTTP {exc.code})"
+    except (URLError, OSError) as exc:
+        return f"UNAVAILABLE ({exc})"

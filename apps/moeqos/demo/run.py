@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from moeqos.demo.processes import HealthProbe, ProcessGroup, Running, grpc_health
+from moeqos.demo.processes import HealthProbe, ProcessGroup, Running, grpc_health, http_health
 from moeqos.demo.topology import LocalService, Topology, load_topology, localize
 from moeqos.executor.default_model.location import moeqos_home
 
@@ -150,9 +150,17 @@ def _wait(
     running = started[name]
     if running.healthy:
         return
-    took = group.wait_healthy(running, probe, timeout)
+    took = group.wait_healthy(running, probe_for(running.service, probe), timeout)
     running.healthy = True
     say(f"{name} is SERVING (waited {took:.1f}s)")
+
+
+def probe_for(service: LocalService, probe: HealthProbe) -> HealthProbe:
+    """The service's own HTTP health URL when its health check names one (the gateway), else `probe`."""
+    url = next((part for part in service.healthcheck if part.startswith(("http://", "https://"))), None)
+    if url is None:
+        return probe
+    return lambda _address: http_health(url)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from moeqos.client import ExecutorClient, PlannerClient
+from moeqos.core.corpora import FITTING_CORPUS
 from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import DeployOutcome, DeploySpec, PlanOutcome, Sampling
 from moeqos.demo.plot import Deployed, Point, plot_frontier
@@ -30,7 +31,9 @@ class DemoSettings:
 
     prompt: str = "The stock market today"
     max_tokens: int = 40
-    eval_corpus: str = "ptb:test"
+    eval_corpus: str = FITTING_CORPUS
+    """Where the measured perplexity is taken: the corpus the executors' profiles measure their quality
+    plans on, so the planner's predicted perplexity and the measured one are on one scale."""
     eval_tokens: int = 1024
     """Tokens of `eval_corpus` the measured perplexity is taken over (bounded: this is a demo)."""
     max_perplexity_increase: float | None = None
@@ -210,8 +213,8 @@ def _print_table(results: list[ExecutorResult], settings: DemoSettings) -> None:
         )
     print(
         f"measured: tok/s of the streamed generation (decode), perplexity on {settings.eval_corpus} "
-        f"({results[0].eval_tokens} tokens); predicted: the planner, from the executor's profile; "
-        "target: the measured numbers against it"
+        f"({results[0].eval_tokens} tokens); predicted: the planner, from the executor's profile "
+        f"(perplexity on {settings.eval_corpus} too); target: the measured numbers against it"
     )
     for r in results:
         print(f"  {r.name}: {r.plan}\n    plan spec: {r.plan_spec}")

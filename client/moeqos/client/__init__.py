@@ -11,6 +11,7 @@ from moeqos.client.executor import AsyncExecutorClient, ExecutorClient
 from moeqos.client.planner import AsyncPlannerClient, PlannerClient
 from moeqos.core.service_types import (
     BudgetOutcome,
+    ChatMessage,
     Completion,
     DeployOutcome,
     DeploySpec,
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncExecutorClient",
     "AsyncPlannerClient",
     "BudgetOutcome",
+    "ChatMessage",
     "Completion",
     "ConnectOptions",
     "DeployOutcome",

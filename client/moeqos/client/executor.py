@@ -6,7 +6,7 @@ and raise moeqos.core.errors exceptions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Sequence
 from typing import Any
 
 from moeqos.api.channel import ConnectOptions
@@ -16,8 +16,10 @@ from moeqos.client.base import DEFAULT_DEADLINE, AsyncBase, SyncBase
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.qos import QosTarget
+from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import (
     BudgetOutcome,
+    ChatMessage,
     Completion,
     Evaluation,
     ExecutorInfo,
@@ -33,12 +35,25 @@ MeasureEvent = ProfileProgress | Profile
 """An event of a profile measurement: progress, then the finished profile."""
 
 
-def generate_request(prompt: str, sampling: Sampling | None) -> ex.GenerateRequest:
-    return ex.GenerateRequest(prompt=prompt, sampling=codec.sampling_to_proto(sampling or Sampling()))
+Prompt = str | Sequence[ChatMessage]
+"""Text used as it is, or a conversation the executor renders with the model's chat template."""
 
 
-def target_request(target: QosTarget | None, planner_address: str) -> ex.SetTargetRequest:
-    request = ex.SetTargetRequest(planner_address=planner_address)
+def generate_request(prompt: Prompt, sampling: Sampling | None) -> ex.GenerateRequest:
+    request = ex.GenerateRequest(sampling=codec.sampling_to_proto(sampling or Sampling()))
+    if isinstance(prompt, str):
+        request.prompt = prompt
+    else:
+        request.messages.extend(ex.ChatMessage(role=m.role, content=m.content) for m in prompt)
+    return request
+
+
+def target_request(
+    target: QosTarget | None, planner_address: str, pins: Sequence[PlacementRule] = ()
+) -> ex.SetTargetRequest:
+    request = ex.SetTargetRequest(
+        planner_address=planner_address, pins=[common.pin_to_proto(p) for p in pins]
+    )
     if target is not None:
         request.target.CopyFrom(common.target_to_proto(target))
     return request
@@ -87,21 +102,25 @@ class ExecutorClient(SyncBase):
         request = ex.SetBudgetRequest(tier=tier, budget_bytes=budget_bytes)
         return codec.budget_outcome_from_proto(self._unary(self._stub.SetBudget, request))
 
-    def set_target(self, target: QosTarget | None, planner_address: str = "") -> None:
-        """Set (or with None clear) the standing target and the planner to ask on budget changes."""
-        self._unary(self._stub.SetTarget, target_request(target, planner_address))
+    def set_target(
+        self, target: QosTarget | None, planner_address: str = "", pins: Sequence[PlacementRule] = ()
+    ) -> None:
+        """Set (or with None clear) the standing target, the planner to ask on budget changes and the
+        pins its re-plans keep."""
+        self._unary(self._stub.SetTarget, target_request(target, planner_address, pins))
 
     def generate(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Generator[GenerationEvent, None, None]:
-        """Stream tokens; the last event carries stats. Closing the generator cancels the request."""
+        """Stream tokens for `prompt` (text, or a conversation to render with the chat template); the last
+        event carries stats. Closing the generator cancels the request."""
         request = generate_request(prompt, sampling)
         return self._stream(self._stub.Generate, request, timeout, codec.event_from_proto)
 
     def complete(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Completion:
-        """Generate and return the whole text."""
+        """Generate for `prompt` (text or a conversation) and return the whole text."""
         reply = self._unary(self._stub.Complete, generate_request(prompt, sampling), timeout)
         return codec.completion_from_proto(reply)
 
@@ -146,21 +165,25 @@ class AsyncExecutorClient(AsyncBase):
         request = ex.SetBudgetRequest(tier=tier, budget_bytes=budget_bytes)
         return codec.budget_outcome_from_proto(await self._unary(self._stub.SetBudget, request))
 
-    async def set_target(self, target: QosTarget | None, planner_address: str = "") -> None:
-        """Set (or with None clear) the standing target and the planner to ask on budget changes."""
-        await self._unary(self._stub.SetTarget, target_request(target, planner_address))
+    async def set_target(
+        self, target: QosTarget | None, planner_address: str = "", pins: Sequence[PlacementRule] = ()
+    ) -> None:
+        """Set (or with None clear) the standing target, the planner to ask on budget changes and the
+        pins its re-plans keep."""
+        await self._unary(self._stub.SetTarget, target_request(target, planner_address, pins))
 
     def generate(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> AsyncGenerator[GenerationEvent, None]:
-        """Stream tokens; the last event carries stats. Closing the generator cancels the request."""
+        """Stream tokens for `prompt` (text, or a conversation to render with the chat template); the last
+        event carries stats. Closing the generator cancels the request."""
         request = generate_request(prompt, sampling)
         return self._stream(self._stub.Generate, request, timeout, codec.event_from_proto)
 
     async def complete(
-        self, prompt: str, sampling: Sampling | None = None, timeout: float | None = None
+        self, prompt: Prompt, sampling: Sampling | None = None, timeout: float | None = None
     ) -> Completion:
-        """Generate and return the whole text."""
+        """Generate for `prompt` (text or a conversation) and return the whole text."""
         reply = await self._unary(self._stub.Complete, generate_request(prompt, sampling), timeout)
         return codec.completion_from_proto(reply)
 

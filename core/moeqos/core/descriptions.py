@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from moeqos.core.precision import Precision, expert_bytes
+from moeqos.core.precision import Precision, dense_bytes, expert_bytes
 from moeqos.core.profile import ModelIdentity
 from moeqos.core.tier import validate_tier
 
@@ -32,17 +32,24 @@ class ModelDescription:
 
     @property
     def dense_params(self) -> int:
-        """Non-expert parameters: attention (q, o: H*H; k, v: H*H*kv/heads), router, embeddings, head."""
+        """Non-expert, non-router parameters: attention (q, o: H*H; k, v: H*H*kv/heads), the two norms
+        of each layer and the final norm, embeddings and head (once when tied)."""
         h = self.hidden_size
         attention = 2 * h * h + 2 * h * h * self.num_kv_heads // self.num_heads
         embeddings = self.vocab_size * h * (1 if self.tied_embeddings else 2)
-        return self.num_layers * (attention + h * self.num_experts) + embeddings
+        return self.num_layers * (attention + 2 * h) + h + embeddings
+
+    @property
+    def router_params(self) -> int:
+        """The routers' weights: one [experts, H] matrix per layer."""
+        return self.num_layers * self.num_experts * self.hidden_size
 
     def expert_bytes(self, precision: Precision) -> int:
         return expert_bytes(self.hidden_size, self.intermediate_size, precision)
 
     def identity(self) -> ModelIdentity:
-        """A ModelIdentity marked analytic (no checkpoint behind it); dense weights in bf16."""
+        """A ModelIdentity marked analytic (no checkpoint behind it); dense bytes as the executor would
+        hold them by default (moeqos.core.precision.dense_bytes: bf16, routers fp32)."""
         return ModelIdentity(
             self.name,
             f"analytic:{self.name}",
@@ -52,7 +59,7 @@ class ModelDescription:
             self.hidden_size,
             self.intermediate_size,
             self.vocab_size,
-            2 * self.dense_params,
+            dense_bytes(self.dense_params, self.router_params, Precision.BF16),
         )
 
     @classmethod

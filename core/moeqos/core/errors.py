@@ -48,3 +48,7 @@ class Unauthenticated(MoeqosError):
 
 class PlanApplyFailed(MoeqosError):
     """Carrying out a valid plan failed part way; the previous plan was restored. (ABORTED)"""
+
+
+class DataLoss(MoeqosError):
+    """A file the service needs is damaged or gone and could not be rebuilt. (DATA_LOSS)"""

@@ -93,3 +93,22 @@ def expert_bytes(
     up = matrix_bytes(intermediate_size, hidden_size, precision, group_size)
     down = matrix_bytes(hidden_size, intermediate_size, precision, group_size)
     return 2 * up + down
+
+
+ROUTER_PRECISION = Precision.FP32
+"""The routers stay full precision whatever the dense precision (moeqos.executor.moe): they are tiny, and
+rounding them would change which experts a token goes to."""
+
+
+def dense_bytes(params: int, router_params: int, precision: Precision = Precision.BF16) -> int:
+    """Bytes the executor holds in memory for a model's non-expert weights: the one count that model
+    info, the measured profile and what-if descriptions all report.
+
+    `params`: non-expert weights other than the routers (attention, norms, embeddings, and the head
+    unless tied to the embeddings), held in the dense `precision` (the executor's `dense_precision`,
+    bf16 by default). `router_params`: the routers' weights (layers x experts x hidden), always held in
+    ROUTER_PRECISION (fp32, 4 bytes each) whatever the dense precision or the checkpoint's dtype.
+    """
+    if not precision.is_float:
+        raise ValueError(f"dense weights are held in a float precision, not {precision}")
+    return (params * precision.storage_bits + router_params * ROUTER_PRECISION.storage_bits) // 8

@@ -17,8 +17,11 @@ from typing import Any
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 2
-"""2: load costs are what a miss adds to a decode step (moeqos.executor.disk_calibration), not a load timed
+PROFILE_VERSION = 3
+"""3: `layer_kl` (the output-KL sensitivity of each layer per precision) and designed mixed quality
+plans, without which the quality model could not tell which experts matter; a version-2 profile is
+measured again.
+2: load costs are what a miss adds to a decode step (moeqos.executor.disk_calibration), not a load timed
 alone, which priced disk-heavy plans 20-37% fast; a version-1 profile is measured again."""
 
 Grid = tuple[tuple[float, ...], ...]
@@ -163,6 +166,13 @@ class Profile:
     measured_at: str = ""
     """ISO-8601 UTC time of measurement."""
     version: int = PROFILE_VERSION
+    layer_kl: dict[Precision, tuple[float, ...]] = field(default_factory=dict)
+    """Per precision, [L] mean per-token KL divergence (nats) of the next-token distribution from the
+    reference's when every expert of layer l is in that precision, on the first `sensitivity_tokens`
+    calibration tokens (moeqos.executor.sensitivity; moeqos.core.sensitivity turns it into a per-expert
+    signal). Empty when not measured."""
+    sensitivity_tokens: int = 0
+    """Calibration tokens `layer_kl` was measured on (0 when not measured)."""
 
     def __post_init__(self) -> None:
         rows = len(self.frequency)
@@ -173,6 +183,9 @@ class Profile:
         for precision, grid in self.quant_error.items():
             if len(grid) != rows or any(len(r) != self.model.num_experts for r in grid):
                 raise ValueError(f"quant_error[{precision}] must be [layers, experts]")
+        for precision, row in self.layer_kl.items():
+            if len(row) != rows:
+                raise ValueError(f"layer_kl[{precision}] must have one value per layer ({rows})")
 
     @property
     def precisions(self) -> list[Precision]:
@@ -202,6 +215,7 @@ class Profile:
         data = asdict(self)
         data["quant_error"] = {p.value: [list(r) for r in g] for p, g in self.quant_error.items()}
         data["frequency"] = [list(r) for r in self.frequency]
+        data["layer_kl"] = {p.value: list(r) for p, r in self.layer_kl.items()}
         return json.loads(json.dumps(data, default=str))
 
     @classmethod
@@ -222,6 +236,8 @@ class Profile:
             load_costs=tuple(LoadCost.from_dict(c) for c in data.get("load_costs", [])),
             quant_error={Precision(p): _grid(g) for p, g in data.get("quant_error", {}).items()},
             quality_points=tuple(QualityPoint.from_dict(q) for q in data.get("quality_points", [])),
+            layer_kl={Precision(p): tuple(float(x) for x in r) for p, r in data.get("layer_kl", {}).items()},
+            sensitivity_tokens=int(data.get("sensitivity_tokens", 0)),
             tiers=tuple(TierBudget.from_dict(t) for t in data.get("tiers", [])),
             disk_pool_slots=int(data.get("disk_pool_slots", 0)),
             disk_reads=str(data.get("disk_reads", "")),

@@ -34,6 +34,15 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation; the executor renders a conversation with the model's chat template."""
+
+    role: str
+    """`system`, `user` or `assistant`."""
+    content: str
+
+
+@dataclass(frozen=True)
 class Prediction:
     """What the planner predicts for a plan."""
 
@@ -166,6 +175,14 @@ class ExecutorInfo:
     """Where the standing target's last re-plan stands."""
     replan_detail: str = ""
     """For people: the plan applied (APPLIED) or the error (RETRYING, FAILED); empty otherwise."""
+    damaged_files: int = 0
+    """Damaged or missing variant files found since start (each rebuilt from the checkpoint)."""
+    integrity: str = "ok"
+    """`ok`, or how many files were damaged and mended and the last problem."""
+    standing_pins: tuple[PlacementRule, ...] = ()
+    """The pin rules re-plans against the standing target keep."""
+    target_generation: int = 0
+    """Counts SetTarget and ApplyPlan calls; a re-plan started under an older one never applies."""
     qos: QosStatus | None = None
     """The standing floor as measured live (None from an executor that does not report it)."""
 
@@ -224,7 +241,8 @@ class Evaluation:
 
     perplexity: float
     tokens_per_s: float
-    """Greedy decode rate of a short generation under the plan (0 when none was asked for)."""
+    """Greedy decode rate over exactly `decode_tokens` tokens, end-of-sequence ignored, after one untimed
+    warm-up run (0 when none was asked for)."""
     tokens: int
     """Tokens scored."""
     plan_spec: str
@@ -233,6 +251,8 @@ class Evaluation:
     """Label of the text scored (`ptb:valid`; empty when the caller gave none)."""
     seconds: float
     """Wall time of the whole evaluation, plan switches included."""
+    decode_tokens: int
+    """Tokens the timed decode generated (0: no decode was timed)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from moeqos.core.errors import InvalidArgument
 from moeqos.core.tier import TierBudget, validate_tier
 
 _UNITS = {
-    "": 1,
     "b": 1,
     "kb": 10**3,
     "mb": 10**6,
@@ -27,21 +26,28 @@ _SIZE = re.compile(r"^\s*(?P<number>\d+(\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$
 
 
 def parse_bytes(text: str) -> int:
-    """Parse `24GiB`, `80GB`, `1.5 TiB` or a plain byte count; bare K/M/G/T are binary (like llama.cpp)."""
+    """Parse `24GiB`, `80GB`, `1.5 TiB`, `4096B`; bare K/M/G/T are binary (like llama.cpp). The unit is
+    required: a bare number is refused, since `70` meant as 70 GiB would silently be 70 bytes. Only `0`
+    may go without one (zero in any unit)."""
     match = _SIZE.match(text)
     unit = match["unit"].lower() if match else None
+    if match is not None and not unit and float(match["number"]) == 0:
+        return 0
     if match is None or unit not in _UNITS:
+        hint = " (a unit is required)" if match is not None and not unit else ""
         raise InvalidArgument(
-            f"bad size {text!r}; expected a number with an optional unit (GiB, GB, MiB, ...)"
+            f"bad size {text!r}{hint}; expected a number with a unit: B, KiB, MiB, GiB, TiB (binary) "
+            "or KB, MB, GB, TB (decimal), e.g. 24GiB"
         )
     return int(float(match["number"]) * _UNITS[unit])
 
 
 def format_bytes(count: float) -> str:
-    """Binary units for people: `23.5 GiB`."""
+    """A byte count for people, in binary IEC units with two decimals: `23.50 GiB`, `512.00 KiB`,
+    `100 B`. Every human-readable size moeqos prints goes through here (JSON keeps plain bytes)."""
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(count) >= scale:
-            return f"{count / scale:.1f} {unit}"
+            return f"{count / scale:.2f} {unit}"
     return f"{int(count)} B"
 
 

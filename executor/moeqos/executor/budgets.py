@@ -1,14 +1,15 @@
 """Tier budgets and plan validation against one executor: shape, tiers, group size, bytes.
 
-Pure checks over plain values, so `validate_plan` can run before anything is built and the running
-plan is untouched when it raises.
+Pure functions over plain values: `plan_bytes` computes what a plan needs per tier, `check_plan` and
+`validate_plan` check it, so validation runs before anything is built and the running plan is
+untouched when it raises.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
@@ -35,29 +36,65 @@ def bytes_table(hidden: int, intermediate: int, group_size: int) -> dict[Precisi
     return {p: expert_bytes(hidden, intermediate, p, group_size) for p in Precision}
 
 
-def validate_plan(
-    plan: Plan,
-    shape: tuple[int, int],
-    hidden_intermediate: tuple[int, int],
-    budgets: Mapping[str, int],
-) -> dict[str, int]:
-    """Raise InvalidArgument/OverBudget unless `plan` can run here; returns bytes per tier."""
+def plan_bytes(plan: Plan, hidden_intermediate: tuple[int, int]) -> dict[str, int]:
+    """Bytes of expert weights `plan` puts on each tier it uses (a pure calculation, no checks)."""
+    hidden, intermediate = hidden_intermediate
+    return plan.bytes_per_tier(bytes_table(hidden, intermediate, plan.group_size))
+
+
+def check_plan(
+    plan: Plan, shape: tuple[int, int], hidden_intermediate: tuple[int, int], tiers: Collection[str]
+) -> None:
+    """InvalidArgument unless `plan` has `shape` (layers, experts), uses only `tiers`, and its group
+    size divides the expert dimensions (when a precision is grouped)."""
     try:
         plan.check_shape(*shape)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc
-    unknown = sorted(plan.tiers() - set(budgets))
+    unknown = sorted(plan.tiers() - set(tiers))
     if unknown:
-        raise InvalidArgument(f"plan uses tiers {unknown} this executor lacks; it has {sorted(budgets)}")
+        raise InvalidArgument(f"plan uses tiers {unknown} this executor lacks; it has {sorted(tiers)}")
     hidden, intermediate = hidden_intermediate
     grouped = any(a.precision.is_grouped for a in plan.counts())
     if grouped and (hidden % plan.group_size or intermediate % plan.group_size):
         raise InvalidArgument(
             f"group_size {plan.group_size} must divide hidden {hidden} and intermediate {intermediate}"
         )
-    used = plan.bytes_per_tier(bytes_table(hidden, intermediate, plan.group_size))
+
+
+def validate_plan(
+    plan: Plan,
+    shape: tuple[int, int],
+    hidden_intermediate: tuple[int, int],
+    budgets: Mapping[str, int],
+) -> None:
+    """Raise InvalidArgument (see check_plan) or OverBudget unless `plan` can run here."""
+    check_plan(plan, shape, hidden_intermediate, budgets)
+    used = plan_bytes(plan, hidden_intermediate)
     over = {tier: (n, budgets[tier]) for tier, n in used.items() if n > budgets[tier]}
     if over:
         detail = ", ".join(f"{tier} needs {n} B of {budget} B" for tier, (n, budget) in over.items())
         raise OverBudget(f"plan does not fit the tier budgets: {detail}")
-    return used
+
+
+def check_budget(tier: str, budget_bytes: int, budgets: Mapping[str, int]) -> None:
+    """InvalidArgument unless `tier` is one of `budgets` and `budget_bytes` a non-negative integer."""
+    if tier not in budgets:
+        raise InvalidArgument(f"unknown tier {tier!r}; this executor has {sorted(budgets)}")
+    if not isinstance(budget_bytes, int) or budget_bytes < 0:
+        raise InvalidArgument(f"budget must be a non-negative integer, got {budget_bytes!r}")
+
+
+def default_plan(
+    shape: tuple[int, int], hidden_intermediate: tuple[int, int], device: str, budgets: Mapping[str, int]
+) -> Plan:
+    """Uniform bf16 on `device` if it fits the budgets, else uniform int4 (whether or not that fits:
+    applying it then says what is over budget)."""
+    for precision in (Precision.BF16, Precision.INT4):
+        plan = Plan.uniform(*shape, precision, device)
+        try:
+            validate_plan(plan, shape, hidden_intermediate, budgets)
+        except OverBudget:
+            continue
+        return plan
+    return plan

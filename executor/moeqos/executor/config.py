@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ GIB = 1 << 30
 HOST_POLICIES = ("compute", "copy")
 DISK_READS = ("cached", "uncached")
 DENSE_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.FP16)
+DEFAULT_DENSE_PRECISION = Precision.BF16
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class ExecutorConfig:
     """A Hugging Face-format checkpoint directory (config.json + safetensors, optionally a tokenizer)."""
     device: str = "cpu"
     """The execution device (`cpu`, `cuda:0`); attention, embeddings, head and routers live here."""
-    dense_precision: Precision = Precision.BF16
+    dense_precision: Precision = DEFAULT_DENSE_PRECISION
     """Precision of every non-expert weight (attention, norms, embeddings, head): fp32, bf16 or fp16.
     The routers stay fp32 whatever this says."""
     tier_budgets: dict[str, int] = field(default_factory=dict)
@@ -52,24 +54,18 @@ class ExecutorConfig:
         if self.variant_cache_dir is not None:
             object.__setattr__(self, "variant_cache_dir", Path(self.variant_cache_dir))
         object.__setattr__(self, "dense_precision", Precision.parse(str(self.dense_precision)))
-        if self.dense_precision not in DENSE_PRECISIONS:
-            raise ValueError(f"dense_precision must be fp32, bf16 or fp16, got {self.dense_precision}")
-        if validate_tier(self.device) == DISK:
-            raise ValueError("device must be a compute device (cpu, cuda:N), not disk")
-        for name, budget in self.tier_budgets.items():
-            validate_tier(name)
-            if not isinstance(budget, int) or budget < 0:
-                raise ValueError(f"tier {name}: budget must be a non-negative integer, got {budget!r}")
-        if self.disk_pool_slots < 1:
-            raise ValueError(f"disk_pool_slots must be >= 1, got {self.disk_pool_slots}")
-        if self.disk_reads not in DISK_READS:
-            raise ValueError(f"disk_reads must be one of {DISK_READS}, got {self.disk_reads!r}")
+        check_settings(
+            self.device,
+            self.dense_precision,
+            self.tier_budgets,
+            self.disk_pool_slots,
+            self.disk_reads,
+            self.threads,
+        )
         if self.host_policy not in HOST_POLICIES:
             raise ValueError(f"host_policy must be one of {HOST_POLICIES}, got {self.host_policy!r}")
         if self.memory_cache_bytes < 0:
             raise ValueError(f"memory_cache_bytes must be >= 0, got {self.memory_cache_bytes}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
 
     @property
     def tiers(self) -> tuple[str, ...]:
@@ -77,3 +73,29 @@ class ExecutorConfig:
         if self.device == "cpu":
             return ("cpu", DISK)
         return (self.device, "cpu", DISK)
+
+
+def check_settings(
+    device: str,
+    dense_precision: Precision | str,
+    tier_budgets: Mapping[str, int],
+    disk_pool_slots: int,
+    disk_reads: str,
+    threads: int | None,
+) -> None:
+    """ValueError unless these are valid ExecutorConfig fields of the same names (also used by
+    configurations that hold them before an ExecutorConfig can be made, e.g. the server's)."""
+    if Precision.parse(str(dense_precision)) not in DENSE_PRECISIONS:
+        raise ValueError(f"dense_precision must be fp32, bf16 or fp16, got {dense_precision}")
+    if validate_tier(device) == DISK:
+        raise ValueError("device must be a compute device (cpu, cuda:N), not disk")
+    for name, budget in tier_budgets.items():
+        validate_tier(name)
+        if not isinstance(budget, int) or budget < 0:
+            raise ValueError(f"tier {name}: budget must be a non-negative integer, got {budget!r}")
+    if disk_pool_slots < 1:
+        raise ValueError(f"disk_pool_slots must be >= 1, got {disk_pool_slots}")
+    if disk_reads not in DISK_READS:
+        raise ValueError(f"disk_reads must be one of {DISK_READS}, got {disk_reads!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")

@@ -10,16 +10,14 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, LoadCost
 from moeqos.core.tier import DISK
+from moeqos.executor.measurement import Measurable
 from moeqos.executor.step_timing import STEPS_PER_ROUND, CallSeconds, ExpertsOff, decode_step, fastest_round
-
-if TYPE_CHECKING:
-    from moeqos.executor.runtime import ExecutorRuntime
 
 T = TypeVar("T")
 
@@ -65,7 +63,7 @@ def cold_median_over(fn: Callable[[T], object], items: Sequence[T], repeats: int
 
 
 def call_costs(
-    runtime: ExecutorRuntime, x: torch.Tensor, precisions: Sequence[Precision], repeats: int, group_size: int
+    runtime: Measurable, x: torch.Tensor, precisions: Sequence[Precision], repeats: int, group_size: int
 ) -> list[CallCost]:
     """One-token call time of the representative expert in each of `precisions` on every tier.
 
@@ -87,7 +85,7 @@ def call_costs(
 
 
 def _call(
-    runtime: ExecutorRuntime, variant: tuple, tier: str, on_device: object, x: torch.Tensor
+    runtime: Measurable, variant: tuple, tier: str, on_device: object, x: torch.Tensor
 ) -> Callable[[], object]:
     device = runtime.config.device
     if tier in (device, DISK):
@@ -99,7 +97,7 @@ def _call(
 
 
 def load_costs(
-    runtime: ExecutorRuntime, precisions: Sequence[Precision], repeats: int, group_size: int
+    runtime: Measurable, precisions: Sequence[Precision], repeats: int, group_size: int
 ) -> list[LoadCost]:
     """Time to read an expert from the variant cache into a slot, per precision.
 
@@ -127,7 +125,7 @@ FIXED_ROUNDS = 7
 
 
 def calibrate(
-    runtime: ExecutorRuntime, prompt: list[int], repeats: int, costs: Sequence[CallCost]
+    runtime: Measurable, prompt: list[int], repeats: int, costs: Sequence[CallCost]
 ) -> tuple[float, list[CallCost]]:
     """The fixed decode-step time outside the experts, and `costs` calibrated to whole decode steps.
 
@@ -141,13 +139,13 @@ def calibrate(
     default model: cold calls 30-40% slower than their share of a step), so every cost is scaled by
     (served step - fixed) / (the served plan's cold-cost sum per step), the MoE dispatch around each
     call folded in. With disk experts or precisions `costs` lacks in the served plan, the costs are
-    returned as measured. Runs under the model lock, so no request sees the experts switched off.
+    returned as measured. Runs `exclusive()`ly, so no request sees the experts switched off.
     """
     seconds = {(c.precision, c.tier): c.seconds for c in costs}
     plan = runtime.plan
     costed = all(a.tier != DISK and (a.precision, a.tier) in seconds for _, a in plan.items())
     rounds = max(repeats, FIXED_ROUNDS)
-    with runtime.model_lock:
+    with runtime.exclusive():
         step = decode_step(runtime, prompt)
         off = fastest_round(step, rounds, runtime.config.device, ExpertsOff(runtime))
         if not costed:

@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from moeqos.core.errors import OverBudget
 from moeqos.core.plan import Assignment, Plan
 from moeqos.core.precision import Precision, expert_bytes
 from moeqos.core.profile import CallCost, LoadCost
 from moeqos.core.tier import DISK
-from moeqos.executor.evaluation import plan_applied
+from moeqos.executor.measurement import Measurable
 from moeqos.executor.step_timing import STEPS_PER_ROUND, CallSeconds, decode_step, fastest_round
-
-if TYPE_CHECKING:
-    from moeqos.executor.runtime import ExecutorRuntime
 
 DISK_SHARE = 0.25
 """Share of the layers (the last ones) whose experts are on disk while calibrating."""
 
 
-def disk_plan(runtime: ExecutorRuntime, precision: Precision) -> Plan:
+def disk_plan(runtime: Measurable, precision: Precision) -> Plan:
     """Every expert in `precision`; the last DISK_SHARE of the layers on disk (more if the device
     tier's budget cannot hold the rest), the others on the device."""
     device = runtime.config.device
@@ -53,7 +49,7 @@ def disk_plan(runtime: ExecutorRuntime, precision: Precision) -> Plan:
 
 
 def calibrate_loads(
-    runtime: ExecutorRuntime,
+    runtime: Measurable,
     prompt: list[int],
     rounds: int,
     fixed_seconds: float,
@@ -90,7 +86,7 @@ def _measured(loads: Sequence[LoadCost], precision: Precision) -> float:
 
 
 def _miss_seconds(
-    runtime: ExecutorRuntime,
+    runtime: Measurable,
     plan: Plan,
     prompt: list[int],
     rounds: int,
@@ -98,7 +94,7 @@ def _miss_seconds(
     seconds: dict[tuple[Precision, str], float],
 ) -> float | None:
     """Seconds one miss adds to a decode step under `plan` (None if no call missed)."""
-    with plan_applied(runtime, plan), runtime.model_lock:
+    with runtime.serving(plan), runtime.exclusive():
         step = decode_step(runtime, prompt)
         calls = CallSeconds(runtime, plan, seconds)
         before = runtime.store_stats().misses

@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
 from moeqos.core.service_types import Evaluation
-from moeqos.executor.sampling import SamplingParams
-
-if TYPE_CHECKING:
-    from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.generation import time_decode
+from moeqos.executor.measurement import Measurable
 
 
-@contextmanager
-def plan_applied(runtime: ExecutorRuntime, plan: Plan | None) -> Iterator[None]:
-    """Serve `plan` inside the block, then restore the previous plan (no-op when it is already served).
-
-    Holds the runtime's apply lock throughout, so no other switch interleaves; requests running
-    meanwhile are served with the temporary plan.
-    """
-    with runtime.apply_lock:
-        previous = runtime.plan
-        if plan is None or plan == previous:
-            yield
-            return
-        runtime.apply_plan(plan)
-        try:
-            yield
-        finally:
-            runtime.apply_plan(previous)
-
-
-def perplexity(
-    runtime: ExecutorRuntime, ids: list[int], context_length: int, stride: int
-) -> tuple[float, int]:
+def perplexity(runtime: Measurable, ids: list[int], context_length: int, stride: int) -> tuple[float, int]:
     """exp(mean NLL) over windows of `context_length` starting every `stride` tokens; each target is
     scored once, in the first window that has it and context before it (stride = context_length gives
     non-overlapping windows, whose first token has no context and is not scored)."""
@@ -60,7 +34,7 @@ def perplexity(
 
 
 def evaluate(
-    runtime: ExecutorRuntime,
+    runtime: Measurable,
     token_ids: list[int],
     plan: Plan | None,
     context_length: int,
@@ -68,36 +42,30 @@ def evaluate(
     decode_tokens: int,
     corpus: str = "",
 ) -> Evaluation:
-    """Perplexity of `token_ids` and decode tokens/s, under `plan` (applied temporarily; None: the plan
-    in force); `corpus` labels the token ids in the result."""
+    """Perplexity of `token_ids` and decode tokens/s, under `plan` (seen by this thread only; None: the
+    plan in force); `corpus` labels the token ids in the result.
+
+    The decode is timed by moeqos.executor.generation.time_decode over exactly `decode_tokens` tokens
+    (end-of-sequence ignored, after one untimed warm-up run); none when `decode_tokens` is 0."""
     stride = stride or context_length
     _validate(runtime, token_ids, context_length, stride, decode_tokens)
     start = time.perf_counter()
-    with plan_applied(runtime, plan):
-        spec = runtime.plan.to_spec()
+    with runtime.viewing(plan):
+        spec = (plan or runtime.plan).to_spec()
         ppl, scored = perplexity(runtime, token_ids, context_length, stride)
-        rate = decode_rate(runtime, token_ids[:16], decode_tokens) if decode_tokens else 0.0
+        timing = time_decode(runtime.decode_step, token_ids[:16], decode_tokens) if decode_tokens else None
     return Evaluation(
         perplexity=ppl,
-        tokens_per_s=rate,
+        tokens_per_s=timing.tokens_per_s if timing else 0.0,
         tokens=scored,
         plan_spec=spec,
         corpus=corpus,
         seconds=time.perf_counter() - start,
+        decode_tokens=timing.tokens if timing else 0,
     )
 
 
-def decode_rate(runtime: ExecutorRuntime, prompt: list[int], tokens: int) -> float:
-    """Greedy decode tokens/s of a `tokens`-long generation (eos ignored by the count, not by the loop)."""
-    events = list(runtime.generate(prompt, SamplingParams(max_tokens=tokens)))
-    stats = events[-1].stats
-    assert stats is not None
-    return stats.tokens_per_s
-
-
-def _validate(
-    runtime: ExecutorRuntime, ids: list[int], context_length: int, stride: int, decode: int
-) -> None:
+def _validate(runtime: Measurable, ids: list[int], context_length: int, stride: int, decode: int) -> None:
     if len(ids) < 2:
         raise InvalidArgument("perplexity needs at least 2 token ids")
     if not 2 <= context_length <= runtime.context_length:

@@ -8,16 +8,25 @@ handful of concurrent requests and lets a plan switch slip in between any two st
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from moeqos.core.service_types import GenerationEvent, GenerationStats
 from moeqos.executor.sampling import SamplingParams, choose_token
 from moeqos.executor.textstream import TextStream
 
-__all__ = ["SamplingParams", "decode_loop"]
+__all__ = [
+    "TIMED_DECODE_EOS",
+    "TIMED_DECODE_WARMUP_RUNS",
+    "DecodeTiming",
+    "SamplingParams",
+    "decode_loop",
+    "time_decode",
+]
 
 
 Step = Callable[[list[int]], torch.Tensor]
@@ -82,3 +91,56 @@ def _stats(
         finish_reason=reason,
         plan_spec=plan_spec,
     )
+
+
+TIMED_DECODE_EOS = "ignored"
+"""What `time_decode` does at end-of-sequence (as reports name it, e.g. `moeqos eval --json`'s
+`decode_eos`): it generates past it, so a rate is always over exactly the tokens asked for."""
+
+TIMED_DECODE_WARMUP_RUNS = 1
+"""Untimed runs `time_decode` makes by default before the timed ones (as `moeqos eval --json` reports
+them, `decode_warmup_runs`)."""
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """Greedy decode rates of one prompt, every run exactly `tokens` long (see `time_decode`)."""
+
+    tokens: int
+    """Tokens each timed run generated: the count asked for, end-of-sequence ignored."""
+    warmup_runs: int
+    """Untimed runs before the timed ones."""
+    rates: tuple[float, ...]
+    """tokens/s of each timed run, after its first token (GenerationStats.tokens_per_s)."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        """The median of the timed runs."""
+        return float(statistics.median(self.rates))
+
+
+def time_decode(
+    new_step: Callable[[], Step],
+    prompt_ids: list[int],
+    tokens: int,
+    repeats: int = 1,
+    warmup: int = TIMED_DECODE_WARMUP_RUNS,
+) -> DecodeTiming:
+    """Time greedy decodes of exactly `tokens` tokens: `warmup` untimed runs (first touch of the plan's
+    weights, allocator growth), then `repeats` timed ones, each with a fresh `new_step()` (KV cache).
+
+    End-of-sequence is ignored, so every plan is timed over the same length whatever it predicts: a
+    plan that would stop early is not credited with a shorter (or penalised with a longer) run.
+    """
+    if tokens < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need tokens >= 1, repeats >= 1, warmup >= 0; got {tokens}, {repeats}, {warmup}")
+    params = SamplingParams(max_tokens=tokens, temperature=0.0)
+
+    def run() -> float:
+        *_, last = decode_loop(new_step(), prompt_ids, params, set(), None)
+        assert last.stats is not None and last.stats.generated_tokens == tokens
+        return last.stats.tokens_per_s
+
+    for _ in range(warmup):
+        run()
+    return DecodeTiming(tokens, warmup, tuple(run() for _ in range(repeats)))

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import socket
 from pathlib import Path
 from typing import Any
 
 import torch
+from moeqos.core.precision import Precision, dense_bytes
 from moeqos.core.profile import HardwareIdentity, ModelIdentity
+from moeqos.executor.adapters import ModelAdapter
 from moeqos.executor.checkpoint import Checkpoint
+from moeqos.executor.moe import MoeBlock
 from torch import nn
 
 
 def model_identity(
-    checkpoint: Checkpoint, config: Any, model: nn.Module, top_k: int, experts: int
+    checkpoint: Checkpoint, config: Any, model: nn.Module, top_k: int, experts: int, dense: Precision
 ) -> ModelIdentity:
-    """Identity of the loaded model; dense_bytes counts the non-expert weights as served."""
-    dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    """Identity of the loaded model (its dense weights held in `dense`); dense_bytes as served."""
     return ModelIdentity(
         name=checkpoint.directory.name,
         fingerprint=checkpoint.fingerprint(),
@@ -27,8 +30,33 @@ def model_identity(
         hidden_size=int(config.hidden_size),
         intermediate_size=int(config.intermediate_size),
         vocab_size=int(config.vocab_size),
-        dense_bytes=dense_bytes,
+        dense_bytes=served_dense_bytes(model, dense),
     )
+
+
+def served_dense_bytes(model: nn.Module, dense: Precision) -> int:
+    """moeqos.core.precision.dense_bytes of a loaded model: its parameters are the non-expert weights
+    (the experts live in the expert store), the MoE blocks' router weights among them."""
+    routers = sum(m.router_weight.numel() for m in model.modules() if isinstance(m, MoeBlock))
+    return dense_bytes(sum(p.numel() for p in model.parameters()) - routers, routers, dense)
+
+
+def checkpoint_dense_bytes(checkpoint: Checkpoint, adapter: ModelAdapter, dense: Precision) -> int:
+    """moeqos.core.precision.dense_bytes of a checkpoint served with its dense weights in `dense`,
+    whatever dtype they are stored in: what the executor will hold once it has loaded it."""
+    config = checkpoint.config_dict
+    layers, experts = int(config["num_hidden_layers"]), int(config["num_local_experts"])
+    routers = {adapter.router_key.format(layer=layer) for layer in range(layers)}
+    expert_keys = {
+        k for layer in range(layers) for e in range(experts) for k in adapter.expert_keys(layer, e)
+    }
+    params = router_params = 0
+    for key, (shape, _) in checkpoint.meta.items():
+        if key in routers:
+            router_params += math.prod(shape)
+        elif key not in expert_keys:
+            params += math.prod(shape)
+    return dense_bytes(params, router_params, dense)
 
 
 def hardware_identity(device: str) -> HardwareIdentity:

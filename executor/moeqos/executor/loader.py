@@ -8,15 +8,14 @@ expert store reads each one when a plan asks for it, so two full copies of the w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from moeqos.core.precision import Precision
 from moeqos.executor.adapters import ModelAdapter
 from moeqos.executor.checkpoint import Checkpoint
-from moeqos.executor.moe import ExpertRunner, MoeBlock
+from moeqos.executor.moe import ExpertRunner, MoeBlock, RouteObserver, observed
 from torch import nn
 
 TORCH_DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
@@ -59,20 +58,12 @@ def moe_blocks(model: nn.Module, adapter: ModelAdapter) -> list[MoeBlock]:
     return blocks  # type: ignore[return-value]
 
 
-@contextmanager
 def observing(
-    model: nn.Module, adapter: ModelAdapter, observer: Callable[[int, torch.Tensor, torch.Tensor], None]
-) -> Iterator[None]:
-    """Inside the block, every MoE block calls `observer(layer, hidden [N, H], index [N, k])` on each
-    forward pass (the routed experts of each token); afterwards none does."""
-    blocks = moe_blocks(model, adapter)
-    for block in blocks:
-        block.observer = observer
-    try:
-        yield
-    finally:
-        for block in blocks:
-            block.observer = None
+    model: nn.Module, adapter: ModelAdapter, observer: RouteObserver
+) -> AbstractContextManager[None]:
+    """Inside the block, every MoE block of `model` calls `observer(layer, hidden [N, H], index [N, k])`
+    on each forward pass (the routed experts of each token); afterwards none does."""
+    return observed(moe_blocks(model, adapter), observer)
 
 
 def _load_dense(model: nn.Module, checkpoint: Checkpoint, device: str, dtype: torch.dtype) -> None:

@@ -3,12 +3,17 @@
 Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
 expert calls and capturing hidden states entering each MoE layer), `quant_error` (every expert in each
 profiled precision against fp32 on the captured states; experts with bitwise identical weights, as in a
-sparse-upcycled model, are measured once per layer), `call_costs`, `load_costs`, `fixed` (with the
+sparse-upcycled model, are measured once per layer), `sensitivity` (the output KL divergence when one
+layer's experts lose precision, moeqos.executor.sensitivity, on the first `sensitivity_tokens`
+calibration tokens), `call_costs`, `load_costs`, `fixed` (with the
 call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
-tier only), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`).
+tier only), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`, then
+of the mixed plans moeqos.executor.calibration_design derives from the signal, when the sensitivity was
+measured).
 Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
 precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
-The frequency and timing passes hold the model lock: generation pauses while they run.
+The plan served is pinned throughout (`Measurable.serving`); the frequency and timing passes run
+`exclusive()`ly: generation pauses while they run.
 """
 
 from __future__ import annotations
@@ -16,24 +21,29 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
-from moeqos.core.profile import Grid, Profile, QualityPoint
+from moeqos.core.profile import CallCost, Grid, LoadCost, Profile, QualityPoint
+from moeqos.core.sensitivity import signal_grids
 from moeqos.core.tier import DISK, TierBudget
+from moeqos.executor.calibration_design import designed_plans
 from moeqos.executor.costs import calibrate, call_costs, load_costs
 from moeqos.executor.disk_calibration import calibrate_loads
 from moeqos.executor.evaluation import evaluate
-from moeqos.executor.loader import observing
+from moeqos.executor.measurement import Measurable
+from moeqos.executor.moe import observed
 from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
-
-if TYPE_CHECKING:
-    from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.sensitivity import layer_kl
 
 Progress = Callable[[str, float], None]
+
+SENSITIVITY_PRECISIONS = (Precision.INT4,)
+"""Precisions whose layer KL is measured by default; the others borrow it, scaled by their errors
+(moeqos.core.sensitivity): one forward pass per layer and precision is the stage's whole cost."""
 
 PLANNING_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
 """The precisions the planner mixes on any executor (see planning_precisions for the extras)."""
@@ -52,7 +62,7 @@ def planning_precisions(device: str, dense: Precision = Precision.BF16) -> tuple
 
 
 def route_calibration(
-    runtime: ExecutorRuntime,
+    runtime: Measurable,
     ids: list[int],
     window: int,
     capture_tokens: int,
@@ -68,7 +78,7 @@ def route_calibration(
         if room > 0:
             captured[layer].append(hidden[:room].detach().float().cpu())  # [<=room, H]
 
-    with runtime.model_lock, observing(runtime.lm, runtime.adapter, observe):
+    with runtime.exclusive(), observed(runtime.moe_blocks(), observe):
         for start in range(0, len(ids), window):
             runtime.forward_logits(torch.tensor([ids[start : start + window]]), keep=1)
             progress("frequency", min(1.0, (start + window) / len(ids)))
@@ -77,7 +87,7 @@ def route_calibration(
 
 
 def quant_errors(
-    runtime: ExecutorRuntime,
+    runtime: Measurable,
     captured: list[torch.Tensor],
     precisions: Sequence[Precision],
     group_size: int,
@@ -115,7 +125,7 @@ def _content_hash(weights: Sequence[torch.Tensor]) -> str:
 
 
 def _expert_errors(
-    runtime: ExecutorRuntime,
+    runtime: Measurable,
     weights: Sequence[torch.Tensor],
     x: torch.Tensor,
     precisions: Sequence[Precision],
@@ -132,13 +142,13 @@ def _expert_errors(
     }
 
 
-def recorded_disk_reads(runtime: ExecutorRuntime) -> str:
+def recorded_disk_reads(runtime: Measurable) -> str:
     """What a profile of `runtime` records as its disk read mode: empty without a disk tier."""
     return runtime.config.disk_reads if DISK in runtime.budgets else ""
 
 
 def build_profile(
-    runtime: ExecutorRuntime,
+    runtime: Measurable,
     calibration_ids: list[int],
     corpus_name: str,
     *,
@@ -151,54 +161,105 @@ def build_profile(
     quality_corpus: str | None,
     precisions: Sequence[Precision] | None,
     progress: Progress,
+    sensitivity_tokens: int = 0,
+    sensitivity_precisions: Sequence[Precision] = SENSITIVITY_PRECISIONS,
 ) -> Profile:
-    """Measure everything a Profile holds (see the module docstring for the stages).
+    """Measure everything a Profile holds (see the module docstring for the stages), the served plan
+    pinned throughout.
 
-    Quality points are measured on `quality_ids` labelled `quality_corpus` (both or neither; neither:
-    on the calibration tokens, labelled `corpus_name`). `precisions` defaults to planning_precisions.
+    Bounded by `max_tokens` calibration tokens (routed in windows of `window`), `capture_tokens`
+    hidden states per layer and `repeats` timings per cost. Quality points of `quality_plans` are
+    measured on `quality_ids` labelled `quality_corpus` (both or neither; neither: on the calibration
+    tokens, labelled `corpus_name`). `precisions` defaults to planning_precisions of the device.
+    With `sensitivity_tokens` > 0 the layer KL of `sensitivity_precisions` (those profiled) is measured
+    on that many calibration tokens, and with quality plans the designed mixed plans are measured too.
     """
     if (quality_ids is None) != (quality_corpus is None):
         raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
-    chosen = (
-        tuple(precisions)
-        if precisions
-        else planning_precisions(runtime.config.device, runtime.config.dense_precision)
-    )
-    ids = runtime.encode(calibration_ids)[:max_tokens]
+    device, dense = runtime.config.device, runtime.config.dense_precision
+    chosen = tuple(precisions) if precisions else planning_precisions(device, dense)
+    with runtime.serving(None):  # the plan (and its group size) must not change under the measurement
+        ids = runtime.encode(calibration_ids)[:max_tokens]
+        window = min(window, runtime.context_length)
+        frequency, captured = route_calibration(runtime, ids, window, capture_tokens, progress)
+        errors = quant_errors(runtime, captured, chosen, runtime.plan.group_size, progress)
+        reference = max((p for p in chosen if p.is_float), key=lambda p: p.bits, default=Precision.BF16)
+        kl_precisions = [p for p in sensitivity_precisions if p in chosen and not p.is_float]
+        kl = (
+            layer_kl(runtime, ids[:sensitivity_tokens], reference, kl_precisions, progress)
+            if sensitivity_tokens > 0 and kl_precisions
+            else {}
+        )
+        timings = measure_timings(runtime, ids[:16], captured[0], chosen, repeats, progress)
+        plans = list(quality_plans)
+        if kl and plans:
+            signal = signal_grids(frequency, errors, kl, chosen)
+            uniform = [next(iter(plan.counts())).precision for plan in plans if len(plan.counts()) == 1]
+            plans += designed_plans(
+                signal, reference, uniform, runtime.config.device, runtime.plan.group_size
+            )
+        label = quality_corpus or corpus_name
+        points = quality(runtime, plans, quality_ids or ids, label, window, progress)
+        return Profile(
+            model=runtime.model,
+            hardware=runtime.hardware,
+            calibration_corpus=corpus_name,
+            calibration_tokens=len(ids),
+            frequency=frequency,
+            fixed_seconds=timings.fixed,
+            call_costs=tuple(timings.calls),
+            load_costs=tuple(timings.loads),
+            quant_error=errors,
+            quality_points=tuple(points),
+            layer_kl=kl,
+            sensitivity_tokens=min(sensitivity_tokens, len(ids)) if kl else 0,
+            tiers=tuple(TierBudget(name, budget) for name, budget in runtime.budgets.items()),
+            disk_pool_slots=runtime.config.disk_pool_slots,
+            disk_reads=recorded_disk_reads(runtime),
+            group_size=runtime.plan.group_size,
+            measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The timed parts of a profile."""
+
+    fixed: float
+    calls: list[CallCost]
+    loads: list[LoadCost]
+
+
+def measure_timings(
+    runtime: Measurable,
+    prompt: list[int],
+    x: torch.Tensor,
+    precisions: Sequence[Precision],
+    repeats: int,
+    progress: Progress,
+) -> Timings:
+    """Call costs (on hidden states `x` [N, H]), load costs with a disk tier, and the fixed decode cost,
+    calibrated on decode steps after `prompt` (stages `call_costs` to `load_calibration`)."""
     group_size = runtime.plan.group_size
-    frequency, captured = route_calibration(
-        runtime, ids, min(window, runtime.context_length), capture_tokens, progress
-    )
-    errors = quant_errors(runtime, captured, chosen, group_size, progress)
-    costs = call_costs(runtime, captured[0], chosen, repeats, group_size)
+    costs = call_costs(runtime, x, precisions, repeats, group_size)
     progress("call_costs", 1.0)
-    loads = load_costs(runtime, chosen, repeats, group_size) if DISK in runtime.budgets else []
+    loads = load_costs(runtime, precisions, repeats, group_size) if DISK in runtime.budgets else []
     progress("load_costs", 1.0)
-    fixed, costs = calibrate(runtime, ids[:16], repeats, costs)
+    fixed, costs = calibrate(runtime, prompt, repeats, costs)
     progress("fixed", 1.0)
     if loads:
-        loads = calibrate_loads(runtime, ids[:16], repeats, fixed, costs, loads)
+        loads = calibrate_loads(runtime, prompt, repeats, fixed, costs, loads)
         progress("load_calibration", 1.0)
+    return Timings(fixed, costs, loads)
+
+
+def quality(
+    runtime: Measurable, plans: Sequence[Plan], ids: list[int], corpus: str, window: int, progress: Progress
+) -> list[QualityPoint]:
+    """The perplexity of each of `plans` on `ids` (windows of `window` tokens), labelled `corpus`."""
     points = []
-    for done, plan in enumerate(quality_plans):
-        result = evaluate(runtime, quality_ids or ids, plan, min(window, runtime.context_length), None, 0)
-        label = quality_corpus or corpus_name
-        points.append(QualityPoint(plan.to_spec(), result.perplexity, label, result.tokens))
-        progress("quality", (done + 1) / len(quality_plans))
-    return Profile(
-        model=runtime.model,
-        hardware=runtime.hardware,
-        calibration_corpus=corpus_name,
-        calibration_tokens=len(ids),
-        frequency=frequency,
-        fixed_seconds=fixed,
-        call_costs=tuple(costs),
-        load_costs=tuple(loads),
-        quant_error=errors,
-        quality_points=tuple(points),
-        tiers=tuple(TierBudget(name, budget) for name, budget in runtime.budgets.items()),
-        disk_pool_slots=runtime.config.disk_pool_slots,
-        disk_reads=recorded_disk_reads(runtime),
-        group_size=group_size,
-        measured_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    )
+    for done, plan in enumerate(plans):
+        result = evaluate(runtime, ids, plan, window, None, 0)
+        points.append(QualityPoint(plan.to_spec(), result.perplexity, corpus, result.tokens))
+        progress("quality", (done + 1) / len(plans))
+    return points

@@ -1,9 +1,11 @@
 """The executor's model runtime: load a checkpoint, carry out plans, generate, profile, evaluate.
 
-No gRPC here (the servicer wraps this class). Two locks:
+No gRPC here (the servicer wraps this class). Two locks, private to this class:
 - the model lock: every forward step holds it; a plan switch takes it only to swap the store's
   modules, after building the changed experts outside it, so requests keep flowing while a plan builds;
 - the apply lock: one plan switch at a time.
+Measurement (profiling, evaluation) sees the runtime through moeqos.executor.measurement.Measurable:
+`exclusive()` and `serving(plan)` give it what the locks guarantee without handing it the locks.
 """
 
 from __future__ import annotations
@@ -12,31 +14,40 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from moeqos.core.errors import InvalidArgument, OverBudget, PlanApplyFailed
+from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
+from moeqos.core.profile import Profile
 from moeqos.core.service_types import Evaluation, GenerationEvent, SwitchReport
 from moeqos.core.tier import DISK, TierStatus
 from moeqos.executor.adapters import adapter_for
-from moeqos.executor.budgets import physical_budget, validate_plan
+from moeqos.executor.budgets import check_budget, default_plan, physical_budget, plan_bytes, validate_plan
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
-from moeqos.executor.generation import SamplingParams, decode_loop
+from moeqos.executor.evaluation import evaluate
+from moeqos.executor.generation import SamplingParams, Step, decode_loop
+from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.identity import hardware_identity, model_identity
-from moeqos.executor.loader import build_model, load_config
-from moeqos.executor.quant import QuantExpert
+from moeqos.executor.loader import build_model, load_config, moe_blocks
+from moeqos.executor.moe import MoeBlock
+from moeqos.executor.plan_view import private_view
+from moeqos.executor.profiling import build_profile
+from moeqos.executor.prompts import PromptCodec
 from moeqos.executor.store import ExpertStore, StoreStats
-from moeqos.executor.variants import ExpertKey, VariantFactory
-
-if TYPE_CHECKING:
-    from moeqos.core.profile import Profile
+from moeqos.executor.variants import ExpertKey, VariantFactory, build_changed, variant_key
 
 Progress = Callable[[str, float], None]
+
+PROMPT_CHARS_PER_TOKEN = 64
+"""More characters than any served tokenizer packs into one token of real text: a prompt longer than
+the context times this cannot fit, and is refused before tokenizing it (seconds and gigabytes for a
+prompt of megabytes)."""
 
 
 @dataclass(frozen=True)
@@ -63,36 +74,32 @@ class ExecutorRuntime:
         self.num_layers = self.adapter.num_layers(hf_config)
         self.num_experts = self.adapter.num_experts(hf_config)
         self.shape = (int(hf_config.hidden_size), int(hf_config.intermediate_size))
-        self.factory = VariantFactory(
-            checkpoint,
-            self.adapter,
-            self.shape,
-            variant_dir,
-            config.memory_cache_bytes,
-            persist_all=config.variant_cache_dir is not None,
-            quantize_device=config.device,
-            keep_in_page_cache=config.disk_reads == "cached",
-        )
+        self.factory = VariantFactory.for_config(checkpoint, self.adapter, self.shape, variant_dir, config)
         self.factory.check_experts(self.num_layers, self.num_experts)
         self.store = ExpertStore(self.factory, config.device, config.host_policy, config.disk_pool_slots)
         self.lm = build_model(
             checkpoint, self.adapter, hf_config, config.device, config.dense_precision, self.store
         )
         self.model = model_identity(
-            checkpoint, hf_config, self.lm, self.adapter.top_k(hf_config), self.num_experts
+            checkpoint,
+            hf_config,
+            self.lm,
+            self.adapter.top_k(hf_config),
+            self.num_experts,
+            config.dense_precision,
         )
         """The served model's identity (name, fingerprint, shape)."""
         self.hardware = hardware_identity(config.device)
-        self.tokenizer = _load_tokenizer(checkpoint.directory)
-        self._tokenizer_lock = threading.Lock()
-        """Fast tokenizers may raise "Already borrowed" when one instance is used from two threads."""
+        self.prompts = PromptCodec.load(checkpoint.directory, hf_config)
+        self.tokenizer = self.prompts.tokenizer
+        """The model's tokenizer; None when its directory has none (token-id prompts only)."""
         self.default_tier = config.device
         self.budgets = {t: config.tier_budgets.get(t, physical_budget(t, variant_dir)) for t in config.tiers}
         self.plan_applied_at = 0.0
-        self.model_lock = threading.RLock()
+        self._model_lock = threading.RLock()
         """Held by every forward step; a plan swap takes it briefly."""
-        self.apply_lock = threading.RLock()
-        """Held by a plan switch (and by evaluate/profile around temporary plans)."""
+        self._apply_lock = threading.RLock()
+        """Held by a plan switch (and by `serving` around temporary plans)."""
         self._private_dir: tempfile.TemporaryDirectory[str] | None = None
         """The variant cache's temporary directory when no `variant_cache_dir` was configured."""
 
@@ -110,10 +117,7 @@ class ExecutorRuntime:
         _report(progress, "load", 0.0)
         checkpoint = Checkpoint(config.model_dir)
         hf_config = load_config(checkpoint, adapter_for(str(checkpoint.config_dict.get("model_type"))))
-        # without a configured cache, variants go to a private directory removed by close() (or, as a
-        # fallback, when the directory object is collected or the interpreter exits)
-        private = None if config.variant_cache_dir else tempfile.TemporaryDirectory(prefix="moeqos-variants-")
-        base = config.variant_cache_dir or Path(private.name)  # type: ignore[union-attr]
+        base, private = _variant_base(config)
         try:
             runtime = cls(config, checkpoint, hf_config, base / checkpoint.fingerprint()[:16])
             runtime._private_dir = private
@@ -149,19 +153,12 @@ class ExecutorRuntime:
 
     def default_plan(self) -> Plan:
         """Uniform bf16 on the device tier if it fits the budget, else uniform int4."""
-        for precision in (Precision.BF16, Precision.INT4):
-            plan = Plan.uniform(self.num_layers, self.num_experts, precision, self.default_tier)
-            try:
-                self.validate_plan(plan)
-            except OverBudget:
-                continue
-            return plan
-        return plan
+        return default_plan((self.num_layers, self.num_experts), self.shape, self.default_tier, self.budgets)
 
     # ----- tiers and plans ----------------------------------------------------------------------
     def tier_status(self) -> list[TierStatus]:
         """Every tier with its budget and the bytes the current plan puts there."""
-        used = self._used_bytes(self.plan)
+        used = plan_bytes(self.plan, self.shape)
         return [TierStatus(name, budget, used.get(name, 0)) for name, budget in self.budgets.items()]
 
     def validate_plan(self, plan: Plan) -> None:
@@ -170,58 +167,64 @@ class ExecutorRuntime:
 
     def set_budget(self, tier: str, budget_bytes: int) -> bool:
         """Record a tier's budget; returns whether the current plan still fits."""
-        if tier not in self.budgets:
-            raise InvalidArgument(f"unknown tier {tier!r}; this executor has {sorted(self.budgets)}")
-        if not isinstance(budget_bytes, int) or budget_bytes < 0:
-            raise InvalidArgument(f"budget must be a non-negative integer, got {budget_bytes!r}")
+        check_budget(tier, budget_bytes, self.budgets)
         self.budgets[tier] = budget_bytes
-        return self._used_bytes(self.plan).get(tier, 0) <= budget_bytes
+        return plan_bytes(self.plan, self.shape).get(tier, 0) <= budget_bytes
 
-    def apply_plan(self, plan: Plan, progress: Progress | None = None) -> PlanSwitch:
+    def apply_plan(
+        self, plan: Plan, progress: Progress | None = None, check: Callable[[], None] | None = None
+    ) -> PlanSwitch:
         """Validate, build the experts whose assignment differs (outside the model lock), swap atomically.
 
-        On a build failure the partial work is dropped and PlanApplyFailed raised; the previous plan
-        keeps serving.
+        `check` runs first, under the apply lock: whatever it raises refuses the switch with nothing
+        changed (a re-plan checks it is still wanted, with no other switch in between). On a build
+        failure the partial work is dropped and PlanApplyFailed raised; the previous plan keeps serving.
         """
-        with self.apply_lock:
+        with self._apply_lock:
+            if check is not None:
+                check()
             self.validate_plan(plan)
             start = time.perf_counter()
             previous = self.store.plan
             changed = [k for k, _ in plan.items()] if previous is None else plan.changed_experts(previous)
-            built = self._build(plan, changed, progress)
-            with self.model_lock:
+            on_disk = [variant_key(plan, key) for key in changed if plan[key].tier == DISK]
+            self.factory.check_room(on_disk, self.config.device)  # before anything is written or swapped
+            built = build_changed(self.factory, plan, changed, self.config.device, progress)
+            with self._model_lock:
                 retired = self.store.install(plan, built)
                 self.plan_applied_at = time.time()
-            for variant, module in retired:
-                self.factory.retire(variant, module)
+            while retired:  # popped, so no reference outlives the loop
+                self.factory.retire(*retired.pop())
+            release_freed_memory()  # the replaced experts not kept in the variant cache are free now
             report = SwitchReport(experts_changed=len(changed), seconds=time.perf_counter() - start)
             return PlanSwitch(report, previous, plan, tuple(changed))
 
-    def _build(
-        self, plan: Plan, changed: list[ExpertKey], progress: Progress | None
-    ) -> dict[ExpertKey, QuantExpert]:
-        built: dict[ExpertKey, QuantExpert] = {}
-        for done, key in enumerate(changed):
-            assignment = plan[key]
-            variant = (key[0], key[1], assignment.precision, plan.group_size)
+    @contextmanager
+    def serving(self, plan: Plan | None) -> Iterator[None]:
+        """Serve `plan` inside the block, then restore the previous plan (no switch when `plan` is None
+        or already served). No other switch interleaves; requests running meanwhile get `plan`."""
+        with self._apply_lock:
+            previous = self.plan
+            if plan is None or plan == previous:
+                yield
+                return
+            self.apply_plan(plan)
             try:
-                if assignment.tier == DISK:
-                    self.factory.ensure_file(variant, self.config.device)
-                else:
-                    built[key] = self.factory.build(variant, assignment.tier)
-            except Exception as exc:
-                built.clear()
-                raise PlanApplyFailed(
-                    f"building expert L{key[0]}.E{key[1]} as {assignment} failed ({exc}); "
-                    "the previous plan is still serving"
-                ) from exc
-            _report(progress, "apply_plan", (done + 1) / len(changed))
-        return built
+                yield
+            finally:
+                self.apply_plan(previous)
 
-    def _used_bytes(self, plan: Plan) -> dict[str, int]:
-        return validate_plan(
-            plan, (self.num_layers, self.num_experts), self.shape, {t: 1 << 62 for t in self.budgets}
-        )
+    @contextmanager
+    def viewing(self, plan: Plan | None) -> Iterator[None]:
+        """Compute with `plan` inside the block on the calling thread only (moeqos.executor.plan_view):
+        the plan served to everyone else never changes. None (or the plan served) holds the apply lock
+        instead, so the plan measured is the one served throughout."""
+        if plan is None or plan == self.plan:
+            with self._apply_lock:
+                yield
+            return
+        with private_view(self, plan):
+            yield
 
     def store_stats(self) -> StoreStats:
         """Disk-tier pool hits/misses, bytes moved between tiers, resident slots."""
@@ -230,7 +233,7 @@ class ExecutorRuntime:
     # ----- forward passes -----------------------------------------------------------------------
     def forward_logits(self, token_ids: torch.Tensor, cache: Any = None, keep: int = 0) -> torch.Tensor:
         """Logits [B, S', V] for token ids [B, S] (S' = keep if keep else S), one locked forward step."""
-        with self.model_lock, torch.inference_mode():
+        with self._model_lock, torch.inference_mode():
             out = self.lm(
                 input_ids=token_ids.to(self.config.device),
                 cache=cache,
@@ -238,6 +241,22 @@ class ExecutorRuntime:
                 logits_to_keep=keep,
             )
         return out.logits
+
+    def new_cache(self) -> Any:
+        """An empty KV cache for `forward_logits`."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.hf_config)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Inside the block no other thread runs a forward step (the model lock; re-entrant)."""
+        with self._model_lock:
+            yield
+
+    def moe_blocks(self) -> Sequence[MoeBlock]:
+        """The MoE block of every layer, in layer order (for observing routing while measuring)."""
+        return moe_blocks(self.lm, self.adapter)
 
     def generate(
         self,
@@ -248,54 +267,50 @@ class ExecutorRuntime:
     ) -> Iterator[GenerationEvent]:
         """Stream a completion; inputs are validated here, before the first token. `on_step` hears each
         token's step time (see moeqos.executor.generation.decode_loop)."""
-        from transformers import DynamicCache
-
         ids = self.encode(prompt)
         params.validate(len(ids), self.context_length)
         if params.stop and self.tokenizer is None:
             raise InvalidArgument("stop strings need a tokenizer; this model directory has none")
-        cache = DynamicCache(config=self.hf_config)
+        return decode_loop(
+            self.decode_step(),
+            ids,
+            params,
+            self.prompts.eos_ids(),
+            self.prompts.decoder(),
+            cancel,
+            lambda: self.plan.to_spec(),
+            on_step,
+        )
+
+    def decode_step(self) -> Step:
+        """A decode step with its own fresh KV cache: new token ids -> logits [V] of the last position."""
+        cache = self.new_cache()
 
         def step(new_ids: list[int]) -> torch.Tensor:
             return self.forward_logits(torch.tensor([new_ids]), cache, keep=1)[0, -1]  # [V]
 
-        return decode_loop(
-            step, ids, params, self.eos_ids(), self._decoder(), cancel, lambda: self.plan.to_spec(), on_step
-        )
+        return step
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text needs the tokenizer); InvalidArgument when empty or out of vocab."""
         if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise InvalidArgument("text prompts need a tokenizer; this model directory has none")
-            with self._tokenizer_lock:
-                ids = list(self.tokenizer.encode(prompt)) if prompt else []
-        else:
-            ids = [int(t) for t in prompt]
-        if not ids:
-            raise InvalidArgument("the prompt is empty")
-        vocab = int(self.hf_config.vocab_size)
-        if any(not 0 <= t < vocab for t in ids):
-            raise InvalidArgument(f"prompt token ids must be in [0, {vocab})")
-        return ids
+            self._check_prompt_size(len(prompt))
+        return self.prompts.encode(prompt)
 
-    def eos_ids(self) -> set[int]:
-        ids = self.hf_config.eos_token_id
-        found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            found.add(int(self.tokenizer.eos_token_id))
-        return found
+    def encode_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Token ids of a conversation of (role, content) turns rendered with the tokenizer's chat
+        template, ending with the assistant's turn to speak; InvalidArgument without a template."""
+        self._check_prompt_size(sum(len(content) for _, content in messages))
+        return self.prompts.encode_chat(messages)
 
-    def _decoder(self) -> Callable[[list[int]], str] | None:
-        tokenizer = self.tokenizer
-        if tokenizer is None:
-            return None
-
-        def decode(ids: list[int]) -> str:
-            with self._tokenizer_lock:
-                return str(tokenizer.decode(ids, skip_special_tokens=True))
-
-        return decode
+    def _check_prompt_size(self, chars: int) -> None:
+        """OutOfRange when `chars` characters cannot fit the context, before any tokenizing."""
+        limit = PROMPT_CHARS_PER_TOKEN * self.context_length
+        if chars > limit:
+            raise OutOfRange(
+                f"the prompt has {chars} characters; at most {limit} fit the "
+                f"{self.context_length}-token context"
+            )
 
     # ----- measurement --------------------------------------------------------------------------
     def profile(
@@ -312,30 +327,27 @@ class ExecutorRuntime:
         quality_corpus: str | None = None,
         precisions: Sequence[Precision] | None = None,
         progress: Progress | None = None,
+        sensitivity_tokens: int = 128,
     ) -> Profile:
         """Measure frequencies, quantization errors, call/load/fixed costs and the quality of
-        `quality_plans` (see moeqos.executor.profiling); bounded by `max_tokens`, `capture_tokens`, `repeats`.
-
-        Quality is measured on `quality_ids` and labelled `quality_corpus` (give both, or neither to use
-        the calibration tokens). `precisions`: what to measure (default: the planning precisions of
-        this device, moeqos.executor.profiling.planning_precisions)."""
-        from moeqos.executor.profiling import build_profile
-
-        with self.apply_lock:  # the plan (and its group size) must not change under the measurement
-            return build_profile(
-                self,
-                calibration_ids,
-                corpus_name,
-                max_tokens=max_tokens,
-                repeats=repeats,
-                capture_tokens=capture_tokens,
-                window=window,
-                quality_plans=quality_plans,
-                quality_ids=quality_ids,
-                quality_corpus=quality_corpus,
-                precisions=precisions,
-                progress=progress or (lambda stage, fraction: None),
-            )
+        `quality_plans`, bounded by `max_tokens`, `capture_tokens`, `repeats` (the stages and options:
+        moeqos.executor.profiling.build_profile). `sensitivity_tokens`: calibration tokens the layer KL
+        is measured on (0: not measured, and no designed quality plans)."""
+        return build_profile(
+            self,
+            calibration_ids,
+            corpus_name,
+            max_tokens=max_tokens,
+            repeats=repeats,
+            capture_tokens=capture_tokens,
+            window=window,
+            quality_plans=quality_plans,
+            quality_ids=quality_ids,
+            quality_corpus=quality_corpus,
+            precisions=precisions,
+            progress=progress or (lambda stage, fraction: None),
+            sensitivity_tokens=sensitivity_tokens,
+        )
 
     def evaluate(
         self,
@@ -347,23 +359,18 @@ class ExecutorRuntime:
         corpus: str = "",
     ) -> Evaluation:
         """Perplexity of `token_ids` (windows of `context_length` every `stride` tokens) and greedy decode
-        tokens/s, under `plan` (applied temporarily, then the previous plan is restored); `corpus` labels
-        the token ids in the result."""
-        from moeqos.executor.evaluation import evaluate
-
+        tokens/s, under `plan` (computed on this thread only: the plan served to others never changes);
+        `corpus` labels the token ids in the result."""
         return evaluate(self, token_ids, plan, context_length, stride, decode_tokens, corpus)
 
 
-def _load_tokenizer(directory: Path) -> Any:
-    """The directory's tokenizer, or None when it has none (token-id prompts only)."""
-    if not any(
-        (directory / name).is_file()
-        for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-    ):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(directory))
+def _variant_base(config: ExecutorConfig) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """Where variants go: the configured cache, or else a private directory (also returned) that
+    close() removes (or, as a fallback, its collection or the interpreter's exit)."""
+    if config.variant_cache_dir is not None:
+        return config.variant_cache_dir, None
+    private = tempfile.TemporaryDirectory(prefix="moeqos-variants-")
+    return Path(private.name), private
 
 
 def _report(progress: Progress | None, stage: str, fraction: float) -> None:

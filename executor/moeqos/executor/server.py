@@ -22,19 +22,23 @@ from typing import Any
 
 import grpc.aio
 from moeqos.api import server as server_common
+from moeqos.api.metrics import ServerMetrics
 from moeqos.api.server import PeerServerConfig, Server, start_server
 from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
-from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.config import ExecutorConfig, check_settings
+from moeqos.executor.disk_room import check_writable
 from moeqos.executor.live_stats import LiveStats
+from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.qos_control import LoopSettings
 from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
 from moeqos.executor.service_measure import MeasureSettings
-from moeqos.executor.service_target import ReplanHooks, StandingTarget
+from moeqos.executor.service_model import ServedModel
+from moeqos.executor.service_target import StandingTarget
 from moeqos.executor.servicer import ExecutorServicer
 from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
@@ -56,10 +60,12 @@ class ExecutorServerConfig(PeerServerConfig):
     """Checkpoint directory; None serves the embedded default model (built on first use)."""
     device: str = "cpu"
     """Execution device (`cpu`, `cuda:0`)."""
-    budgets: dict[str, int] = field(default_factory=dict)
-    """Expert bytes per tier; a tier left out gets its physical size."""
-    disk_slots: int = 8
-    """Slots of the disk tier's pool."""
+    tier_budgets: dict[str, int] = field(default_factory=dict)
+    """Expert bytes per tier; a tier left out gets its physical size (ExecutorConfig.tier_budgets;
+    flag `--budget`, environment MOEQOS_BUDGETS)."""
+    disk_pool_slots: int = 8
+    """Experts of the disk tier resident at once (ExecutorConfig.disk_pool_slots; flag `--disk-slots`,
+    environment MOEQOS_DISK_SLOTS)."""
     disk_reads: str = "cached"
     """`cached` or `uncached` reads of disk-tier experts (see ExecutorConfig.disk_reads)."""
     dense_precision: str = "bf16"
@@ -74,6 +80,9 @@ class ExecutorServerConfig(PeerServerConfig):
     """Generations running at once."""
     max_queued: int = 8
     """Generations waiting for a slot; more are refused with RESOURCE_EXHAUSTED."""
+    write_window_s: float = 30.0
+    """Seconds a stream's reader may leave a message unread before the stream is cancelled and its
+    generation slot freed (moeqos.executor.stream_watch)."""
     threads: int | None = None
     """torch intra-op threads; None: torch's default."""
     variant_cache_dir: Path | None = None
@@ -82,6 +91,9 @@ class ExecutorServerConfig(PeerServerConfig):
     """First and longest wait, in seconds, between re-plan attempts while the planner is unreachable."""
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     """What a profile measurement covers."""
+    state_path: Path | None = None
+    """JSON file where the plan, budgets and standing target are saved after each change and restored
+    from at start (they win over `initial_plan` and `budgets`); None: nothing is kept across restarts."""
     profile_path: Path | None = None
     """Profile JSON written after each measurement and served at the next start when it was measured
     on the same model (fingerprint) and device, so a restart need not measure again."""
@@ -93,24 +105,34 @@ class ExecutorServerConfig(PeerServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_concurrent < 1 or self.max_queued < 0 or self.disk_slots < 1:
-            raise ValueError("need max_concurrent >= 1, max_queued >= 0 and disk_slots >= 1")
+        if self.max_concurrent < 1 or self.max_queued < 0:
+            raise ValueError("need max_concurrent >= 1 and max_queued >= 0")
+        if self.write_window_s <= 0:
+            raise ValueError(f"write_window_s must be positive, got {self.write_window_s}")
         if self.planner_address is not None:
             server_common.check_address("planner", self.planner_address)
         if not 0 < self.replan_backoff[0] <= self.replan_backoff[1]:
             raise ValueError(f"replan_backoff must be 0 < first <= longest, got {self.replan_backoff}")
         if self.model_dir is not None and not (Path(self.model_dir) / "config.json").is_file():
             raise ValueError(f"{self.model_dir}: not a model directory (no config.json)")
-        Precision.parse(self.dense_precision)
-        self.runtime_config(Path("."))  # validates device, budgets, precision
+        check_settings(
+            self.device,
+            self.dense_precision,
+            self.tier_budgets,
+            self.disk_pool_slots,
+            self.disk_reads,
+            self.threads,
+        )
+        if self.variant_cache_dir is not None:
+            check_writable(Path(self.variant_cache_dir))
 
     def runtime_config(self, model_dir: Path) -> ExecutorConfig:
         return ExecutorConfig(
             model_dir=model_dir,
             device=self.device,
             dense_precision=Precision.parse(self.dense_precision),
-            tier_budgets=dict(self.budgets),
-            disk_pool_slots=self.disk_slots,
+            tier_budgets=dict(self.tier_budgets),
+            disk_pool_slots=self.disk_pool_slots,
             disk_reads=self.disk_reads,
             variant_cache_dir=self.variant_cache_dir,
             threads=self.threads,
@@ -127,26 +149,39 @@ class ExecutorServerConfig(PeerServerConfig):
             value = getattr(args, flag, None)
             return value if value is not None else env.get(var)
 
+        def number(flag: str, var: str, default: int | None) -> Any:
+            """An integer setting, `default` when neither gives one (0 is a value, not an absence)."""
+            value = pick(flag, var)
+            return default if value is None or value == "" else int(value)
+
+        def seconds(flag: str, var: str, default: float) -> float:
+            """A duration setting, `default` when neither gives one (0 is a value, refused as such)."""
+            value = pick(flag, var)
+            return default if value is None or value == "" else float(value)
+
         model = pick("model", "MOEQOS_MODEL")
         cache = pick("variant_cache", "MOEQOS_VARIANT_CACHE")
         profile = pick("profile_path", "MOEQOS_PROFILE_PATH")
+        state = pick("state_path", "MOEQOS_STATE_PATH")
         return cls(
             **server_common.common_settings(args, env, DEFAULT_LISTEN),
             **server_common.peer_settings(args, env),
             model_dir=Path(model) if model else None,
             device=pick("device", "MOEQOS_DEVICE") or "cpu",
-            budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
-            disk_slots=int(pick("disk_slots", "MOEQOS_DISK_SLOTS") or 8),
+            tier_budgets=_budgets(getattr(args, "budget", None), env.get("MOEQOS_BUDGETS", "")),
+            disk_pool_slots=number("disk_slots", "MOEQOS_DISK_SLOTS", 8),
             disk_reads=pick("disk_reads", "MOEQOS_DISK_READS") or "cached",
             dense_precision=pick("dense_precision", "MOEQOS_DENSE_PRECISION") or "bf16",
             initial_plan=pick("initial_plan", "MOEQOS_INITIAL_PLAN"),
             name=pick("name", "MOEQOS_NAME") or "",
             planner_address=pick("planner", "MOEQOS_PLANNER"),
-            max_concurrent=int(pick("max_concurrent", "MOEQOS_MAX_CONCURRENT") or 2),
-            max_queued=int(pick("max_queued", "MOEQOS_MAX_QUEUED") or 8),
-            threads=int(pick("threads", "MOEQOS_THREADS")) if pick("threads", "MOEQOS_THREADS") else None,
+            max_concurrent=number("max_concurrent", "MOEQOS_MAX_CONCURRENT", 2),
+            max_queued=number("max_queued", "MOEQOS_MAX_QUEUED", 8),
+            write_window_s=seconds("write_window", "MOEQOS_WRITE_WINDOW_S", 30.0),
+            threads=number("threads", "MOEQOS_THREADS", None),
             variant_cache_dir=Path(cache) if cache else None,
             profile_path=Path(profile) if profile else None,
+            state_path=Path(state) if state else None,
             profile_at_start=_yes(pick("profile_at_start", "MOEQOS_PROFILE_AT_START")),
             qos=LoopSettings(enabled=_on_off(pick("qos_loop", "MOEQOS_QOS_LOOP") or "on", "qos loop")),
         )
@@ -193,8 +228,7 @@ class ExecutorHandle:
         self.servicer.target.cancel()
         await self.server.stop(grace)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.servicer.runtime is not None:  # removes the runtime's private variant directory
-            self.servicer.runtime.close()
+        self.servicer.served.close()  # removes the runtime's private variant directory
 
 
 def load_runtime(config: ExecutorServerConfig) -> ExecutorRuntime:
@@ -215,44 +249,46 @@ async def start_executor(
 ) -> ExecutorHandle:
     """Bind and start the server now; load the model in the background (see ExecutorHandle.ready)."""
     pool = ThreadPoolExecutor(config.max_concurrent + 4, thread_name_prefix="executor")
-    holder: list[ExecutorServicer] = []
-    loops: list[QosLoop] = []
-    hooks = ReplanHooks(
-        profile=lambda: holder[0].planning_profile(),
-        budgets=lambda: holder[0].budgets(),
-        apply=lambda plan: holder[0].apply(plan),
-        planning_target=lambda target: loops[0].planning_target(target),
+    metrics = ServerMetrics()
+    executor_metrics = ExecutorMetrics(metrics.registry)
+    served = ServedModel(pool, config.measure, config.profile_path, executor_metrics)
+    target = StandingTarget(
+        config.planner_address or "", config.peer_options(), served, config.replan_backoff
     )
-    target = StandingTarget(config.planner_address or "", config.peer_options(), hooks, config.replan_backoff)
+    admission = Admission(config.max_concurrent, config.max_queued)
 
     def plan() -> Plan:  # asked only once the model is loaded (by generations, GetInfo, the loop)
-        return holder[0]._ready().plan
+        return served.ready().plan
 
-    loops.append(QosLoop(config.qos, LiveStats(plan), target, plan))
+    qos = QosLoop(config.qos, LiveStats(plan), target, plan)
+    target.planning_target = qos.planning_target  # re-plans ask with headroom,
+    target.planning_profile = qos.calibrated  # from the live-calibrated profile
     servicer = ExecutorServicer(
         config.name or socket.gethostname(),
-        pool,
-        Admission(config.max_concurrent, config.max_queued),
+        served,
+        admission,
         target,
-        config.measure,
-        config.profile_path,
-        loops[0],
+        write_window_s=config.write_window_s,
+        state_path=config.state_path,
+        qos=qos,
     )
-    holder.append(servicer)
+    executor_metrics.observe(served, target)
 
     def register(server: grpc.aio.Server) -> None:
         executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
 
-    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING)
+    server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING, metrics)
 
     async def load() -> None:
-        servicer.runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        served.attach(runtime)
+        await servicer.restore()
         if config.profile_at_start:
             log.info("executor %s measuring its profile before serving", servicer.name)
-        await servicer.warm_profile(config.profile_at_start)
-        loops[0].start(lambda: servicer.measured_profile)
+        await served.warm_profile(config.profile_at_start)
+        qos.start(lambda: served.measured_profile)
         await server.set_serving(True)
-        log.info("executor %s serving %s on port %d", servicer.name, servicer.runtime.model.name, server.port)
+        log.info("executor %s serving %s on port %d", servicer.name, runtime.model.name, server.port)
 
     return ExecutorHandle(server, servicer, pool, asyncio.get_running_loop().create_task(load()))
 

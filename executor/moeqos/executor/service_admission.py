@@ -24,8 +24,10 @@ class Admission:
         self._slots = asyncio.Semaphore(max_active)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one generation slot for the body; OverBudget when every slot and queue place is taken."""
+    async def slot(self) -> AsyncIterator[Held]:
+        """Hold one generation slot for the body; OverBudget when every slot and queue place is taken.
+
+        The body may hand the slot back early (`Held.release`, idempotent), e.g. when its stream stalls."""
         if self.active + self.waiting >= self.max_active + self.max_queued:
             raise OverBudget(
                 f"executor busy: {self.active} generations running and {self.waiting} queued "
@@ -37,8 +39,24 @@ class Admission:
         finally:
             self.waiting -= 1
         self.active += 1
+        held = Held(self)
         try:
-            yield
+            yield held
         finally:
-            self.active -= 1
-            self._slots.release()
+            held.release()
+
+    def _release(self) -> None:
+        self.active -= 1
+        self._slots.release()
+
+
+class Held:
+    """One slot taken from an `Admission`; `release` gives it back once, however often it is called."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+
+    def release(self) -> None:
+        if self._admission is not None:
+            self._admission._release()
+            self._admission = None

@@ -1,13 +1,19 @@
 """The standing QoS target: when a tier's budget changes, ask the planner for a plan that meets the
 target under the new budgets and apply it, in the background, retrying with exponential backoff
-while the planner is unreachable. The planner stays stateless: each request carries the profile."""
+while the planner is unreachable. The planner stays stateless: each request carries the profile and
+the target's pin rules (a Deploy's pins survive every later re-plan).
+
+Every decision counts in `generation`: SetTarget, an explicit ApplyPlan (`supersede`) and each new
+re-plan. A re-plan remembers the generation it started under and applies its plan only if it is still
+the current one, checked under the runtime's apply lock (`ReplanHooks.apply`), so a retry loop for an
+older target or planner address can never install its plan over a newer Deploy."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Protocol
 
 from moeqos.api.channel import ConnectOptions
 from moeqos.client.planner import AsyncPlannerClient
@@ -15,21 +21,32 @@ from moeqos.core.errors import MoeqosError, Unavailable
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.qos import QosTarget
+from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import ReplanState
 from moeqos.core.tier import TierBudget
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ReplanHooks:
-    """What a re-plan needs from the executor (all awaitables, run off the event loop by the caller)."""
+class ReplanHooks(Protocol):
+    """What a re-plan needs from the executor (moeqos.executor.service_model.ServedModel has it)."""
 
-    profile: Callable[[], Awaitable[Profile]]
-    budgets: Callable[[], tuple[TierBudget, ...]]
-    apply: Callable[[Plan], Awaitable[object]]
-    planning_target: Callable[[QosTarget], QosTarget] = lambda target: target
-    """The target the planner is asked for (the QoS loop adds headroom to the floor)."""
+    async def cached_profile(self) -> Profile:
+        """The executor's profile, its tiers at the current budgets."""
+        ...
+
+    def budgets(self) -> tuple[TierBudget, ...]:
+        """Every tier's budget now."""
+        ...
+
+    async def apply(self, plan: Plan, current: Callable[[], bool] | None = None) -> object:
+        """Serve `plan` (the torch work off the event loop); with `current`, only if it still says True
+        when checked under the runtime's apply lock, else raise Superseded."""
+        ...
+
+
+class Superseded(Exception):
+    """A newer SetTarget, ApplyPlan or re-plan came after this re-plan started: it must not apply."""
 
 
 class StandingTarget:
@@ -43,7 +60,11 @@ class StandingTarget:
         backoff: tuple[float, float] = (0.2, 10.0),
     ) -> None:
         self.target: QosTarget | None = None
+        self.pins: tuple[PlacementRule, ...] = ()
+        """Pin rules every re-plan keeps (a Deploy's)."""
         self.planner_address = planner_address
+        self.generation = 0
+        """Counts decisions (see the module docstring); read from worker threads, written on the loop."""
         self.state = ReplanState.IDLE
         """Where the last re-plan stands, for GetInfo."""
         self.detail = ""
@@ -51,23 +72,38 @@ class StandingTarget:
         self._peer = peer
         self._hooks = hooks
         self._backoff = backoff
+        self.planning_target: Callable[[QosTarget], QosTarget] = lambda target: target
+        """The target the planner is asked for (the QoS loop adds headroom to the floor)."""
+        self.planning_profile: Callable[[Profile], Profile] = lambda profile: profile
+        """The profile the planner plans from (the QoS loop's live calibration of the measured one)."""
         self._task: asyncio.Task[None] | None = None
 
-    def set(self, target: QosTarget | None, planner_address: str) -> None:
-        """Hold `target` (None clears it); a non-empty address replaces the planner to ask."""
+    def set(
+        self, target: QosTarget | None, planner_address: str, pins: tuple[PlacementRule, ...] = ()
+    ) -> None:
+        """Hold `target` (None clears it) and the pins its re-plans keep; a non-empty address replaces
+        the planner to ask. A re-plan in progress is cancelled and can no longer apply."""
+        self.supersede()
         self.target = target
+        self.pins = pins if target is not None else ()
         if planner_address:
             self.planner_address = planner_address
-        if target is None:
-            self.cancel()
+
+    def supersede(self) -> None:
+        """A newer decision was taken (SetTarget, an explicit ApplyPlan): stop any re-plan in progress."""
+        self.generation += 1
+        if self._task is not None and not self._task.done():
+            self._set(ReplanState.IDLE)
+        self.cancel()
 
     def replan(self) -> bool:
         """Start re-planning against the target; False when there is no target or no planner to ask."""
         if self.target is None or not self.planner_address:
             return False
-        self.cancel()
+        self.supersede()
         self._set(ReplanState.REPLANNING)
-        self._task = asyncio.get_running_loop().create_task(self._run(self.target, self.planner_address))
+        run = self._run(self.target, self.planner_address, self.pins, self.generation)
+        self._task = asyncio.get_running_loop().create_task(run)
         return True
 
     def cancel(self) -> None:
@@ -80,13 +116,18 @@ class StandingTarget:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _run(self, target: QosTarget, address: str) -> None:
+    async def _run(
+        self, target: QosTarget, address: str, pins: tuple[PlacementRule, ...], generation: int
+    ) -> None:
         delay, ceiling = self._backoff
         while True:
             try:
-                plan = await self._plan_once(target, address)
-                await self._hooks.apply(plan)
+                plan = await self._plan_once(target, address, pins)
+                await self._hooks.apply(plan, lambda: self.generation == generation)
                 self._set(ReplanState.APPLIED, plan.to_spec())
+                return
+            except Superseded:
+                log.info("a re-plan against %s was superseded before it applied", target.describe())
                 return
             except Unavailable as exc:
                 self._set(ReplanState.RETRYING, f"{type(exc).__name__}: {exc} (next try in {delay:.1f}s)")
@@ -101,10 +142,10 @@ class StandingTarget:
     def _set(self, state: ReplanState, detail: str = "") -> None:
         self.state, self.detail = state, detail
 
-    async def _plan_once(self, target: QosTarget, address: str) -> Plan:
-        profile = await self._hooks.profile()
+    async def _plan_once(self, target: QosTarget, address: str, pins: tuple[PlacementRule, ...]) -> Plan:
+        profile = self.planning_profile(await self._hooks.cached_profile())
         async with AsyncPlannerClient(address, self._peer) as planner:
             outcome = await planner.plan(
-                self._hooks.planning_target(target), profile=profile, budgets=self._hooks.budgets()
+                self.planning_target(target), profile=profile, budgets=self._hooks.budgets(), pins=pins
             )
         return outcome.plan

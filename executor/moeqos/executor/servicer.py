@@ -1,6 +1,6 @@
 """The executor's gRPC servicer: parse, call ExecutorRuntime in a worker thread, convert.
 
-Torch work never runs on the event loop: every runtime call goes through `_run` (a thread pool), and
+Torch work never runs on the event loop: every runtime call goes through `ServedModel.run` (a thread pool), and
 a generation is driven one `next()` per token from the loop, so a cancelled call (client gone,
 deadline passed) stops at the next token and sets the runtime's cancel event. Errors are raised as
 moeqos.core.errors exceptions; the server's one interceptor maps them to status codes.
@@ -8,19 +8,17 @@ moeqos.core.errors exceptions; the server's one interceptor maps them to status 
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 import grpc.aio
 from moeqos.api.codec import common
 from moeqos.api.codec import executor as codec
-from moeqos.core.errors import NotReady
+from moeqos.core.addresses import check_address
+from moeqos.core.errors import InvalidArgument, MoeqosError
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.service_types import (
@@ -30,22 +28,41 @@ from moeqos.core.service_types import (
     GenerationEvent,
     GenerationStats,
     ProfileProgress,
-    SwitchReport,
 )
-from moeqos.core.tier import TierBudget
 from moeqos.executor import service_measure
 from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
+from moeqos.executor.service_model import ServedModel
 from moeqos.executor.service_target import StandingTarget
+from moeqos.executor.state_store import ExecutorState, load_state, save_state
+from moeqos.executor.stream_watch import WriteWatch
 from moeqos.proto.common.v1 import common_pb2
 from moeqos.proto.executor.v1 import executor_pb2 as ex
 from moeqos.proto.executor.v1 import executor_pb2_grpc as ex_grpc
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _DONE = object()
+
+
+def start_generation(
+    runtime: ExecutorRuntime,
+    request: ex.GenerateRequest,
+    params: SamplingParams,
+    cancel: threading.Event,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Iterator[GenerationEvent]:
+    """The runtime's generation for the request's prompt, or its conversation rendered with the chat
+    template (blocking: the template and the tokenizer run here, in the worker thread). `on_step`
+    hears each token's step time (the QoS loop's live measurement)."""
+    if request.messages and request.prompt:
+        raise InvalidArgument("give a prompt or messages, not both")
+    if not request.messages:
+        return runtime.generate(request.prompt, params, cancel, on_step)
+    ids = runtime.encode_chat([(m.role, m.content) for m in request.messages])
+    return runtime.generate(ids, params, cancel, on_step)
 
 
 class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
@@ -54,85 +71,74 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     def __init__(
         self,
         name: str,
-        pool: Executor,
+        served: ServedModel,
         admission: Admission,
         target: StandingTarget,
-        measure: service_measure.MeasureSettings,
-        profile_path: Path | None = None,
+        write_window_s: float = 30.0,
+        state_path: Path | None = None,
         qos: QosLoop | None = None,
     ) -> None:
         self.name = name
+        self.served = served
         self.qos = qos
         """Live measurement and the closed loop (None: neither, e.g. a bare servicer in tests)."""
-        self.runtime: ExecutorRuntime | None = None
         self.admission = admission
         self.target = target
-        self._pool = pool
-        self._measure = measure
-        self._profile: Profile | None = None
-        self.profile_path = profile_path
-        """Where the profile is saved after each measurement and read back at the first need."""
-        self._profile_lock = asyncio.Lock()
-
-    def _ready(self) -> ExecutorRuntime:
-        if self.runtime is None:
-            raise NotReady("the executor is still loading its model")
-        return self.runtime
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    # ----- hooks for the standing target -------------------------------------------------------
-    async def cached_profile(self) -> Profile:
-        """The profile, measured (with reference perplexities) on first use and cached, its `tiers`
-        refreshed to the current budgets (they may have changed since it was measured)."""
-        async with self._profile_lock:
-            if self._profile is None:
-                runtime = self._ready()
-                profile = service_measure.load_saved(self.profile_path, runtime)
-                if profile is None:
-                    profile = await self._run(service_measure.measure, runtime, self._measure, True, _quiet)
-                    service_measure.save(self.profile_path, profile)
-                self._profile = profile
-            return dataclasses.replace(self._profile, tiers=self.budgets())
-
-    async def warm_profile(self, measure: bool) -> None:
-        """Before health turns SERVING: read the saved profile if there is one, and with `measure`
-        measure it when there is none, so a first Plan or Deploy does not wait behind a healthy status."""
-        if measure:
-            await self.cached_profile()
-            return
-        async with self._profile_lock:
-            if self._profile is None:
-                self._profile = service_measure.load_saved(self.profile_path, self._ready())
-
-    async def planning_profile(self) -> Profile:
-        """The profile plans are made from: the cached one under the live calibration (loop on)."""
-        profile = await self.cached_profile()
-        return self.qos.calibrated(profile) if self.qos is not None else profile
+        self.write_window_s = write_window_s
+        """How long a stream's message may stay unread before the stream is cancelled."""
+        self.state_path = state_path
+        """Where the plan, budgets and standing target are saved after each change (None: nowhere)."""
+        served.on_switch = self._persist  # every switch, a re-plan's included
 
     @property
-    def measured_profile(self) -> Profile | None:
-        """The profile as measured, once cached (None before)."""
-        return self._profile
-
-    def budgets(self) -> tuple[TierBudget, ...]:
-        return tuple(TierBudget(name, budget) for name, budget in self._ready().budgets.items())
-
-    async def apply(self, plan: Plan) -> SwitchReport:
-        switch = await self._run(self._ready().apply_plan, plan)
-        return switch.report
+    def runtime(self) -> ExecutorRuntime | None:
+        """The runtime served (None while the model loads)."""
+        return self.served.runtime
 
     def _plan(self, message: common_pb2.Plan) -> Plan:
         """The request's plan, given by its assignments or its spec alone (read for the served model)."""
-        runtime = self._ready()
+        runtime = self.served.ready()
         return common.plan_from_proto(message, runtime.model, runtime.default_tier)
+
+    # ----- state kept across restarts -----------------------------------------------------------
+    def _persist(self) -> None:
+        """Save the plan, budgets and standing target (moeqos.executor.state_store)."""
+        if self.state_path is None or self.runtime is None:
+            return
+        runtime, target = self.runtime, self.target
+        state = ExecutorState(
+            runtime.model.fingerprint,
+            runtime.plan,
+            dict(runtime.budgets),
+            target.target,
+            target.planner_address,
+            target.pins,
+        )
+        save_state(self.state_path, state)
+
+    async def restore(self) -> None:
+        """Put back the state saved before a restart, if any was saved for this model. A saved plan
+        that no longer fits (another device, budgets) is skipped with a warning."""
+        runtime = self.served.ready()
+        state = None if self.state_path is None else load_state(self.state_path, runtime.model.fingerprint)
+        if state is None:
+            return
+        for tier, budget in state.budgets.items():
+            if tier in runtime.budgets:
+                runtime.set_budget(tier, budget)
+        try:
+            await self.served.apply(state.plan)
+        except MoeqosError as exc:
+            log.warning("the saved plan was not restored: %s", exc)
+        self.target.set(state.target, state.planner_address, state.pins)
+        self._persist()
 
     # ----- state -------------------------------------------------------------------------------
     async def GetInfo(
         self, request: ex.GetInfoRequest, context: grpc.aio.ServicerContext
     ) -> ex.GetInfoResponse:
-        runtime = self._ready()
+        runtime = self.served.ready()
+        integrity = runtime.factory.integrity.status()
         info = ExecutorInfo(
             name=self.name,
             model=runtime.model,
@@ -144,46 +150,45 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             planner_address=self.target.planner_address,
             active_generations=self.admission.active,
             queued_generations=self.admission.waiting,
-            profile_cached=self._profile is not None,
+            profile_cached=self.served.profile_cached,
             replan_state=self.target.state,
             replan_detail=self.target.detail,
-            qos=self.qos.status(self._profile) if self.qos is not None else None,
+            damaged_files=integrity.damaged,
+            integrity=integrity.describe(),
+            standing_pins=self.target.pins,
+            target_generation=self.target.generation,
+            qos=self.qos.status(self.served.measured_profile) if self.qos is not None else None,
         )
         return codec.info_to_proto(info)
 
     async def GetProfile(
         self, request: ex.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> ex.GetProfileResponse:
-        profile = await self.planning_profile()
-        calibration = self.qos.planned_with if self.qos is not None and self.qos.settings.enabled else None
-        return codec.profile_response_to_proto(profile, calibration)
+        profile = await self.served.cached_profile()
+        if self.qos is None or not self.qos.settings.enabled:
+            return codec.profile_response_to_proto(profile, None)
+        return codec.profile_response_to_proto(self.qos.calibrated(profile), self.qos.planned_with)
 
     async def MeasureProfile(
         self, request: ex.MeasureProfileRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ex.MeasureProfileResponse]:
-        runtime = self._ready()
+        runtime = self.served.ready()
         settings = self._measure_settings(request)
 
         def job(progress: service_measure.Progress) -> Awaitable[Profile]:
-            return self._run(service_measure.measure, runtime, settings, request.measure_quality, progress)
+            return self.served.run(
+                service_measure.measure, runtime, settings, request.measure_quality, progress
+            )
 
         async for event in service_measure.with_progress(job):
             if isinstance(event, Profile):
-                yield codec.measure_event_to_proto(await self._replace_profile(event))
+                yield codec.measure_event_to_proto(await self.served.replace_profile(event))
             else:
                 stage, fraction = event
                 yield codec.measure_event_to_proto(ProfileProgress(stage, round(fraction * 100), 100))
 
-    async def _replace_profile(self, fresh: Profile) -> Profile:
-        """Cache and save a re-measured profile, keeping earlier perplexities if it measured none."""
-        async with self._profile_lock:
-            previous = self._profile or service_measure.load_saved(self.profile_path, self._ready())
-            self._profile = service_measure.keep_quality(fresh, previous)
-            service_measure.save(self.profile_path, self._profile)
-            return self._profile
-
     def _measure_settings(self, request: ex.MeasureProfileRequest) -> service_measure.MeasureSettings:
-        base = self._measure
+        base = self.served.measure
         return service_measure.MeasureSettings(
             corpus=service_measure.wire_corpus(request.corpus or base.corpus),
             tokens=request.tokens or base.tokens,
@@ -197,41 +202,60 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     async def ApplyPlan(
         self, request: ex.ApplyPlanRequest, context: grpc.aio.ServicerContext
     ) -> ex.ApplyPlanResponse:
-        report = await self.apply(self._plan(request.plan))
+        plan = self._plan(request.plan)
+        self.served.ready().validate_plan(plan)  # a rejected plan changes nothing, a re-plan included
+        self.target.supersede()  # an explicit plan is newer than any re-plan in progress
+        report = await self.served.apply(plan)
         return ex.ApplyPlanResponse(
-            report=common.switch_to_proto(report), plan=common.plan_to_proto(self._ready().plan)
+            report=common.switch_to_proto(report), plan=common.plan_to_proto(self.served.ready().plan)
         )
 
     async def SetBudget(
         self, request: ex.SetBudgetRequest, context: grpc.aio.ServicerContext
     ) -> ex.SetBudgetResponse:
-        runtime = self._ready()
+        runtime = self.served.ready()
         fits = runtime.set_budget(common.tier_from_proto(request.tier), int(request.budget_bytes))
         started = self.target.replan()
+        self._persist()
         return codec.budget_outcome_to_proto(BudgetOutcome(fits, started, tuple(runtime.tier_status())))
 
     async def SetTarget(
         self, request: ex.SetTargetRequest, context: grpc.aio.ServicerContext
     ) -> ex.SetTargetResponse:
         target = common.target_from_proto(request.target) if request.HasField("target") else None
-        self.target.set(target, request.planner_address)
+        if request.planner_address:
+            check_address(request.planner_address, "planner_address")
+        self.target.set(target, request.planner_address, common.pins_from_proto(request.pins))
+        self._persist()
         return ex.SetTargetResponse()
 
     # ----- generation and evaluation -----------------------------------------------------------
     async def _generate(self, request: ex.GenerateRequest) -> AsyncIterator[GenerationEvent]:
-        """The runtime's events; the last carries stats. Holds an admission slot throughout."""
-        runtime = self._ready()
+        """The runtime's events; the last carries stats. Holds an admission slot throughout, handed
+        back early when the reader leaves a message unread past the write window (stream_watch)."""
+        runtime = self.served.ready()
         params = SamplingParams.of(codec.sampling_from_proto(request.sampling))
-        async with self.admission.slot():
+        async with self.admission.slot() as held:
             cancel = threading.Event()
+
+            def stalled() -> None:  # the reader stopped reading: this handler will not be resumed
+                cancel.set()
+                held.release()
+
+            watch = WriteWatch(self.write_window_s, stalled)
             try:
                 on_step = self.qos.stats.stream() if self.qos is not None else None
-                events: Iterator[GenerationEvent] = await self._run(
-                    runtime.generate, request.prompt, params, cancel, on_step
+                events: Iterator[GenerationEvent] = await self.served.run(
+                    start_generation, runtime, request, params, cancel, on_step
                 )
-                while (event := await self._run(next, events, _DONE)) is not _DONE:
+                while (event := await self.served.run(next, events, _DONE)) is not _DONE:
+                    if event.stats is not None:
+                        self.served.metrics.generation(event.stats)
+                    watch.writing()
                     yield event
+                    watch.written()
             finally:
+                watch.written()
                 cancel.set()  # the client went away or the deadline passed: stop at the next token
 
     async def Generate(
@@ -254,13 +278,10 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
     async def Evaluate(
         self, request: ex.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> ex.EvaluateResponse:
-        runtime = self._ready()
+        runtime = self.served.ready()
         plan = self._plan(request.plan) if request.HasField("plan") else None
-        corpus = service_measure.wire_corpus(request.corpus or self._measure.quality_corpus)
-        tokens = request.max_tokens or self._measure.quality_tokens
-        evaluation = await self._run(service_measure.evaluate, runtime, corpus, tokens, plan)
+        corpus = service_measure.wire_corpus(request.corpus or self.served.measure.quality_corpus)
+        tokens = request.max_tokens or self.served.measure.quality_tokens
+        async with self.admission.slot():  # an evaluation computes like a generation: it queues like one
+            evaluation = await self.served.run(service_measure.evaluate, runtime, corpus, tokens, plan)
         return codec.evaluation_to_proto(evaluation)
-
-
-def _quiet(stage: str, fraction: float) -> None:
-    """Progress sink for measurements nobody watches."""

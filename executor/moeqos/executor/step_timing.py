@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
-from moeqos.executor.loader import moe_blocks
-
-if TYPE_CHECKING:
-    from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.measurement import Measurable
 
 STEPS_PER_ROUND = 4
 """Decode steps per round; a round's time is averaged over them."""
 
 
-def decode_step(runtime: ExecutorRuntime, prompt: list[int]) -> Callable[[], object]:
+def decode_step(runtime: Measurable, prompt: list[int]) -> Callable[[], object]:
     """One single-token forward step on a KV cache prefilled with `prompt` (each call appends to it)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=runtime.hf_config)
+    cache = runtime.new_cache()
     runtime.forward_logits(torch.tensor([prompt]), cache, keep=1)
     token = torch.tensor([[prompt[-1]]])  # [1, 1]
     return lambda: runtime.forward_logits(token, cache, keep=1)
@@ -52,8 +46,8 @@ def fastest_round(step: Callable[[], object], rounds: int, device: str, mode: Ro
 class RoundMode:
     """How the MoE blocks behave while rounds are timed, and the expert time to subtract per round."""
 
-    def __init__(self, runtime: ExecutorRuntime) -> None:
-        self.blocks = moe_blocks(runtime.lm, runtime.adapter)
+    def __init__(self, runtime: Measurable) -> None:
+        self.blocks = runtime.moe_blocks()
 
     def reset(self) -> None:
         """Called before each round."""
@@ -81,7 +75,7 @@ class ExpertsOff(RoundMode):
 class CallSeconds(RoundMode):
     """Experts on; credits each routed call with its measured one-token cost under `plan`."""
 
-    def __init__(self, runtime: ExecutorRuntime, plan: Plan, seconds: dict[tuple[Precision, str], float]):
+    def __init__(self, runtime: Measurable, plan: Plan, seconds: dict[tuple[Precision, str], float]):
         super().__init__(runtime)
         self.cost = [[seconds[a.precision, a.tier] for a in row] for row in plan.assignments]  # [L][E]
         self.total = 0.0

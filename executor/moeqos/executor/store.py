@@ -8,14 +8,18 @@ own for its counters beyond that.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from moeqos.core.plan import Plan
 from moeqos.core.tier import DISK
 from moeqos.executor.eviction import SlotPool
+from moeqos.executor.moe import ExpertRunner
 from moeqos.executor.quant import QuantExpert
-from moeqos.executor.variants import ExpertKey, VariantFactory, VariantKey
+from moeqos.executor.variants import ExpertKey, VariantFactory, VariantKey, variant_key
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,17 @@ class ExpertStore:
         self.plan: Plan | None = None
         self._resident: dict[ExpertKey, QuantExpert] = {}
         self._copied_bytes = 0
+        self._local = threading.local()
+        """`view`: the runner of this thread's private plan while `viewing` (moeqos.executor.plan_view)."""
+
+    @contextmanager
+    def viewing(self, view: ExpertRunner) -> Iterator[None]:
+        """Compute this thread's expert calls with `view` inside the block; other threads keep the plan."""
+        self._local.view = view
+        try:
+            yield
+        finally:
+            del self._local.view
 
     def module(self, key: ExpertKey) -> QuantExpert | None:
         """The resident module of a device- or host-tier expert (None for disk-tier ones)."""
@@ -49,11 +64,13 @@ class ExpertStore:
 
     def variant(self, key: ExpertKey) -> VariantKey:
         assert self.plan is not None, "no plan installed"
-        assignment = self.plan[key]
-        return (key[0], key[1], assignment.precision, self.plan.group_size)
+        return variant_key(self.plan, key)
 
     def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
         """y [N, H] = expert(x [N, H]) on whichever processor the expert's tier and policy say."""
+        view = getattr(self._local, "view", None)
+        if view is not None:
+            return view.run(layer, expert, x)
         assert self.plan is not None, "no plan installed"
         key = (layer, expert)
         tier = self.plan[key].tier
@@ -62,12 +79,9 @@ class ExpertStore:
             module = self.pool.get(key, lambda: self.factory.load(variant, self.device))
             return module(x)
         module = self._resident[key]
-        if tier == self.device:
-            return module(x)
-        if self.host_policy == "compute":
-            return module(x.to(tier)).to(x.device)  # [N, H] computed on the host
-        self._copied_bytes += module.nbytes()
-        return module.to_device(self.device)(x)
+        if tier != self.device and self.host_policy != "compute":
+            self._copied_bytes += module.nbytes()
+        return compute_on_tier(module, tier, self.device, self.host_policy, x)
 
     def install(
         self, plan: Plan, built: dict[ExpertKey, QuantExpert]
@@ -83,7 +97,7 @@ class ExpertStore:
             self.pool.discard(key)
             old = self._resident.pop(key, None)
             if old is not None and previous is not None:
-                retired.append(((key[0], key[1], previous[key].precision, previous.group_size), old))
+                retired.append((variant_key(previous, key), old))
         self._resident.update(built)
         self.plan = plan
         return retired
@@ -98,3 +112,15 @@ class ExpertStore:
             slots=self.pool.slots,
             evictions=pool.evictions,
         )
+
+
+def compute_on_tier(
+    module: QuantExpert, tier: str, device: str, host_policy: str, x: torch.Tensor
+) -> torch.Tensor:
+    """y [N, H] = module(x [N, H]) for an expert resident on `tier`: on the device, on the host
+    (host_policy `compute`), or copied to the device for the call (`copy`)."""
+    if tier == device:
+        return module(x)
+    if host_policy == "compute":
+        return module(x.to(tier)).to(x.device)  # [N, H] computed on the host
+    return module.to_device(device)(x)

@@ -18,6 +18,11 @@ SENTENCES = (
     "hello world, this is a small test of the moeqos executor runtime.",
 )
 SPECIALS = ("<unk>", "<s>", "</s>")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+"""A ChatML-like chat template, so the tiny model serves chat requests as real instruct models do."""
 
 
 def make_tiny_mixtral(
@@ -69,8 +74,8 @@ def _check_per_expert_keys(directory: Path) -> None:
 
 
 def _write_tokenizer(directory: Path, vocab_size: int) -> None:
-    """A BPE tokenizer trained in-process on a few sentences (Metaspace keeps the spaces), saved as a
-    PreTrainedTokenizerFast so `AutoTokenizer.from_pretrained(directory)` loads it offline."""
+    """A BPE tokenizer trained in-process on a few sentences (Metaspace keeps the spaces), with a chat
+    template, saved as a PreTrainedTokenizerFast so `AutoTokenizer.from_pretrained(directory)` loads it offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -82,6 +87,7 @@ def _write_tokenizer(directory: Path, vocab_size: int) -> None:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(directory))
     config_path = directory / "tokenizer_config.json"
     data = json.loads(config_path.read_text())

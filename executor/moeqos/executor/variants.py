@@ -7,27 +7,52 @@ original weights. So switching back and forth between two plans quantizes each v
 The `disk` tier reads its experts from the same on-disk files, which therefore hold quantized bytes.
 For CPU int4 experts it keeps a second file in the kernel's own packed layout (named by the machine's
 layout tag), written with the disk file: repacking the portable codes is most of an int4 load's cost.
+
+Every file carries a content hash (moeqos.executor.integrity) checked on each read. A damaged, truncated
+or missing file is never served: it is rebuilt from the checkpoint (counted in `integrity`), or, when
+the checkpoint cannot rebuild it either, the read fails with DataLoss.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from moeqos.core.precision import Precision
+from moeqos.core.errors import DataLoss, PlanApplyFailed
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision, expert_bytes
+from moeqos.core.tier import DISK
 from moeqos.executor.adapters import ModelAdapter
 from moeqos.executor.checkpoint import Checkpoint
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.disk_room import check_room
+from moeqos.executor.integrity import (
+    DamagedFile,
+    IntegrityLog,
+    VerifiedFiles,
+    read_verified,
+    save_with_digest,
+)
 from moeqos.executor.quant import QuantExpert, cpu_kernels
 from moeqos.executor.quant.linear import resolve_device
-from safetensors.torch import load_file, save_file
+from moeqos.executor.state_store import remove_orphan_temp_files
+
+log = logging.getLogger(__name__)
 
 ExpertKey = tuple[int, int]
 """(layer, expert)"""
 VariantKey = tuple[int, int, Precision, int]
 """(layer, expert, precision, group_size)"""
+
+
+def variant_key(plan: Plan, key: ExpertKey) -> VariantKey:
+    """The variant `plan` assigns the expert `key` (layer, expert): its precision and the plan's group size."""
+    return (key[0], key[1], plan[key].precision, plan.group_size)
 
 
 class MemoryVariantCache:
@@ -94,6 +119,32 @@ class VariantFactory:
         ExecutorConfig.disk_reads)."""
         self.quantized = 0
         """Variants quantized from the checkpoint so far (the caches' misses)."""
+        self.integrity = IntegrityLog()
+        """Damaged files found and mended so far."""
+        self._verified = VerifiedFiles()
+        """Files hashed already (hashed again once anything changes them)."""
+        remove_orphan_temp_files(directory)  # left by a writer killed mid-write
+
+    @classmethod
+    def for_config(
+        cls,
+        checkpoint: Checkpoint,
+        adapter: ModelAdapter,
+        shape: tuple[int, int],
+        directory: Path,
+        config: ExecutorConfig,
+    ) -> VariantFactory:
+        """The factory an executor with `config` uses, its variant files in `directory`."""
+        return cls(
+            checkpoint,
+            adapter,
+            shape,
+            directory,
+            config.memory_cache_bytes,
+            persist_all=config.variant_cache_dir is not None,
+            quantize_device=config.device,
+            keep_in_page_cache=config.disk_reads == "cached",
+        )
 
     def path(self, key: VariantKey) -> Path:
         layer, expert, precision, group_size = key
@@ -133,11 +184,30 @@ class VariantFactory:
         if module is not None:
             return module.to_device(device)
         if self.path(key).is_file():
-            return self.load(key, device)[0]
+            try:
+                return self._read_portable(key, device)
+            except DamagedFile as error:
+                self._discard(error)
         module = self._quantize(key, device)
         if self.persist_all:
-            self._save(key, module)
+            try:
+                self._save(key, module)
+            except OSError as exc:  # a full or failing cache disk: a RAM-tier expert does not need the file
+                log.warning("variant %s not kept on disk: %s", self.path(key).name, exc.strerror)
         return module
+
+    def check_room(self, keys: list[VariantKey], device: str) -> None:
+        """OverBudget unless the disk-tier files `ensure_file` would write for `keys` fit on the cache's
+        filesystem now (measured at each call, so other writers and RAM-tier files count)."""
+        needed = 0
+        for key in keys:
+            size = expert_bytes(self.hidden, self.intermediate, key[2], key[3])
+            if not self.path(key).is_file():
+                needed += size
+            packed = self.packed_path(key, device)
+            if packed is not None and not packed.is_file():
+                needed += size
+        check_room(self.directory, needed, "the plan's disk tier")
 
     def ensure_file(self, key: VariantKey, device: str | None = None) -> Path:
         """Make sure the on-disk variant exists (the `disk` tier's backing store), and, given the
@@ -151,7 +221,11 @@ class VariantFactory:
         packed = None if device is None else self.packed_path(key, device)
         if packed is not None and not packed.is_file():
             if module is None:
-                module = QuantExpert.from_state(self.read_state(path), key[2], key[3], "cpu")
+                try:
+                    module = self._read_portable(key, "cpu")
+                except DamagedFile as error:
+                    self._discard(error)
+                    module = self._rebuild(key)
             state = module.packed_state()
             if state is not None:
                 self._write(packed, state)
@@ -159,22 +233,67 @@ class VariantFactory:
 
     def load(self, key: VariantKey, device: str) -> tuple[QuantExpert, int]:
         """Read the on-disk variant onto `device` (from its packed file when `ensure_file` wrote one);
-        returns it and the bytes read."""
+        returns it and the bytes read. A damaged or missing file is rebuilt from the checkpoint and
+        rewritten (0 bytes read); DataLoss when the checkpoint cannot rebuild it."""
         packed = self.packed_path(key, device)
         if packed is not None and packed.is_file():
-            module = QuantExpert.from_packed_state(self.read_state(packed), key[2], key[3])
-            return module, packed.stat().st_size
-        path = self.path(key)
-        return QuantExpert.from_state(self.read_state(path), key[2], key[3], device), path.stat().st_size
+            try:
+                state = self.read_state(packed)
+                return QuantExpert.from_packed_state(state, key[2], key[3]), _size(packed, state)
+            except DamagedFile as error:
+                self._discard(error)
+        try:
+            path = self.path(key)
+            state = self.read_state(path)
+            return QuantExpert.from_state(state, key[2], key[3], device), _size(path, state)
+        except DamagedFile as error:
+            self._discard(error)
+        module = self._rebuild(key)
+        if packed is not None and (packed_state := module.packed_state()) is not None:
+            try:
+                self._write(packed, packed_state)
+            except OSError as exc:  # served from the rebuilt module all the same
+                log.warning("packed variant %s not rewritten: %s", packed.name, exc.strerror)
+        return module.to_device(device), 0
 
     def read_state(self, path: Path) -> dict[str, torch.Tensor]:
-        """Every tensor of a safetensors file, in memory of its own."""
-        # safetensors maps the file: clone so the read happens here (not as page faults inside the
-        # first matmul) and the slot owns its memory rather than pinning the file's page-cache pages.
-        state = {name: tensor.clone() for name, tensor in load_file(str(path), device="cpu").items()}
+        """Every tensor of a variant file, in memory of its own, checked against the file's content
+        hash (DamagedFile when it is missing, unreadable or does not match)."""
+        # read (and clone) here, not as page faults inside the first matmul, and so the slot owns its
+        # memory rather than pinning the file's page-cache pages
+        state = read_verified(path, self._verified)
         if not self.keep_in_page_cache:
             _drop_from_page_cache(path)  # after the read's mapping is gone: mapped pages are not dropped
         return state
+
+    def _read_portable(self, key: VariantKey, device: str) -> QuantExpert:
+        return QuantExpert.from_state(self.read_state(self.path(key)), key[2], key[3], device)
+
+    def _discard(self, error: DamagedFile) -> None:
+        """Count a damaged file and remove it, so the next read rebuilds it rather than tripping again."""
+        self.integrity.damaged(error)
+        error.path.unlink(missing_ok=True)
+
+    def _rebuild(self, key: VariantKey) -> QuantExpert:
+        """Quantize the variant again from the checkpoint and rewrite its file (on the host).
+
+        DataLoss when the checkpoint cannot give the weights; a failed write is counted and the
+        rebuilt module served anyway (its output is right; the next miss rebuilds again)."""
+        layer, expert, precision, _ = key
+        name = f"expert L{layer}.E{expert} ({precision.value})"
+        try:
+            module = self._quantize(key, "cpu")
+        except Exception as exc:
+            message = f"{name}: its variant file is damaged and the checkpoint cannot rebuild it ({exc})"
+            self.integrity.failed(message)
+            raise DataLoss(message) from exc
+        try:
+            self._save(key, module)
+        except OSError as exc:
+            self.integrity.failed(f"{name}: rebuilt, but its file could not be rewritten ({exc.strerror})")
+        else:
+            self.integrity.mended()
+        return module
 
     def retire(self, key: VariantKey, module: QuantExpert) -> None:
         """A plan stopped using this variant: keep it in host RAM for a later switch back."""
@@ -194,20 +313,65 @@ class VariantFactory:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        save_file(state, str(tmp))
+        try:
+            save_with_digest(state, tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file behind
+            raise
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())  # durable before the rename; clean pages can leave the page cache
         os.replace(tmp, path)
+        self._verified.remember(path)  # written from `state` just now: its first read need not hash it
         if not self.keep_in_page_cache:
             _drop_from_page_cache(path)  # the first read goes to the device like every later one
+
+
+def _size(path: Path, state: dict[str, torch.Tensor]) -> int:
+    """The bytes a read of `path` moved (its tensors' bytes if it vanished since the read)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return sum(t.numel() * t.element_size() for t in state.values())
 
 
 def _drop_from_page_cache(path: Path) -> None:
     """Ask the OS to forget `path`'s cached pages (a no-op where posix_fadvise does not exist)."""
     if not hasattr(os, "posix_fadvise"):
         return
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # removed since it was read: nothing cached to drop
+        return
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def build_changed(
+    factory: VariantFactory,
+    plan: Plan,
+    changed: Sequence[ExpertKey],
+    device: str,
+    progress: Callable[[str, float], None] | None = None,
+) -> dict[ExpertKey, QuantExpert]:
+    """The modules of the `changed` experts as `plan` assigns them (disk experts: their files written,
+    no module), reporting `apply_plan` progress; PlanApplyFailed, with nothing kept, if one fails."""
+    built: dict[ExpertKey, QuantExpert] = {}
+    for done, key in enumerate(changed):
+        assignment = plan[key]
+        variant = variant_key(plan, key)
+        try:
+            if assignment.tier == DISK:
+                factory.ensure_file(variant, device)
+            else:
+                built[key] = factory.build(variant, assignment.tier)
+        except Exception as exc:
+            built.clear()
+            raise PlanApplyFailed(
+                f"building expert L{key[0]}.E{key[1]} as {assignment} failed ({exc}); "
+                "the previous plan is still serving"
+            ) from exc
+        if progress is not None:
+            progress("apply_plan", (done + 1) / len(changed))
+    return built

@@ -1,20 +1,24 @@
 """Predicted perplexity under a plan, fitted to a Profile's measured plans.
 
-    log ppl(plan) = log ppl_ref + sum_{l,e} c_{p(l,e)} * s_p[l][e],    s_p = freq * err_p
+    log ppl(plan) = log ppl_ref + sum_{l,e} c_{p(l,e)} * s_p[l][e]
 
-`freq[l][e]` is calls per token, `err_p[l][e]` the expert's relative output error in precision p
-(Profile.quant_error; where a precision's error was not measured, 1 stands in, so the term is the
-call share alone) and `c_p >= 0` one coefficient per precision. The model is linear in the plan's
+`s_p[l][e]` is the expert's signal in precision p (moeqos.core.sensitivity: the measured output KL of
+its layer in p shared out by frequency times squared error; without a measured KL, the older proxy
+freq * err_p) and `c_p >= 0` one coefficient per precision. The model is linear in the plan's
 per-expert choice, so the solver can put it in a MILP.
 
 Fitting: with at least as many measured plans (besides the reference) as precisions that appear in
-them, the `c_p` are fitted by non-negative least squares (scipy.optimize.nnls) and checked by
-leave-one-out (`holdout_error`: RMS relative perplexity error on each plan predicted by a fit
-without it).
+them, the `c_p` are fitted by non-negative least squares (scipy.optimize.nnls) on the log ratios, each
+plan weighted by 1 / max(its log ratio, MIN_INCREASE) so that small increases (the plans a planner
+actually picks) count as much as uniform corners, and checked by leave-one-out: `holdout_error` is the
+mean absolute relative error of the perplexity *increase* (ppl / ref - 1) of each plan predicted by a
+fit without it. When that error is unknown or above ESTIMATE_THRESHOLD, every prediction of a plan with
+a lossy precision is labelled an estimate.
 Otherwise, and for precisions no measured plan uses, `c_p` comes from moeqos.planner.priors: the prior
 log-ppl increase of a uniform plan divided by that plan's total `s_p`; with fewer measured plans than
 precisions but at least one, all priors are multiplied by one scale fitted to them. Predictions that
-rest on a prior (scaled or not) are marked as estimates.
+rest on a prior (scaled or not) are marked as estimates. Predictions are on `corpus`, the corpus the
+reference and the fitted plans were measured on.
 """
 
 from __future__ import annotations
@@ -28,9 +32,16 @@ from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Grid, Profile, QualityPoint
+from moeqos.core.sensitivity import signal_grids
 from moeqos.planner.identity import FitIdentity
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE, PRIOR_SOURCE
 from scipy.optimize import nnls
+
+ESTIMATE_THRESHOLD = 0.25
+"""Above this cross-validated error of the increase, predictions are labelled estimates."""
+MIN_INCREASE = 0.01
+"""Floor of a plan's perplexity increase (and log ratio) in the fit weights and the holdout error, so
+near-lossless plans (int8: +0.1%) do not turn a 0.1-point miss into a 100% error."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +59,11 @@ class QualityModel:
     """Precisions whose coefficient was fitted to measurements (the rest are priors)."""
     basis: str
     holdout_error: float | None = None
-    """Leave-one-out RMS relative perplexity error (predicted / measured - 1) over the measured plans
-    (None when not computable)."""
+    """Leave-one-out mean absolute relative error of the perplexity increase over the measured plans
+    (None when not computable; see the module docstring)."""
     holdout_points: int = 0
+    corpus: str = ""
+    """The corpus predictions are on: where the reference and the fitted plans were measured."""
 
     # ----- fitting ------------------------------------------------------------------------------
     @classmethod
@@ -60,12 +73,18 @@ class QualityModel:
         ref_ppl, ref_precision, ref_source, ref_spec = _reference(profile, prior_reference)
         sensitivity = _sensitivity(profile, ref_precision)
         points = [q for q in profile.quality_points if q.tokens > 0 and q.plan_spec != ref_spec]
+        corpus = _corpus(profile, ref_spec)
+        points = [q for q in points if not corpus or q.corpus == corpus]
         rows = _design_rows(profile, points, sensitivity)  # [N, P]
         targets = np.array([math.log(q.perplexity / ref_ppl) for q in points])  # [N]
         coefficients, fitted, scale = _coefficients(rows, targets, sensitivity)
         holdout = _leave_one_out(rows, targets, sensitivity)
+        signal = "output-KL signal" if profile.layer_kl else "frequency x error signal"
         if fitted:
-            basis = f"fitted (nnls) to {len(points)} measured plans for {', '.join(sorted(fitted))}"
+            basis = (
+                f"{signal}, fitted (nnls) to {len(points)} measured plans on {corpus or 'an unnamed corpus'} "
+                f"for {', '.join(sorted(fitted))}"
+            )
             if set(coefficients) - fitted - {ref_precision}:
                 basis += "; other precisions from priors"
         elif scale is not None:
@@ -86,6 +105,7 @@ class QualityModel:
             basis,
             holdout,
             len(points) if holdout is not None else 0,
+            corpus,
         )
 
     # ----- prediction ---------------------------------------------------------------------------
@@ -105,17 +125,30 @@ class QualityModel:
         return self.reference_perplexity * math.exp(self.predict_log_increase(plan))
 
     @property
+    def trusted(self) -> bool:
+        """True when the cross-validated error is known and within ESTIMATE_THRESHOLD."""
+        return self.holdout_error is not None and self.holdout_error <= ESTIMATE_THRESHOLD
+
+    @property
     def is_estimate(self) -> bool:
-        """True when any part of the model (reference or a coefficient) is a prior, not a fit."""
-        return self.reference_source.startswith("prior") or bool(
-            set(self.coefficients) - set(self.fitted) - {self.reference_precision}
+        """True when any part of the model (reference or a coefficient) is a prior, not a fit, or the
+        fit's cross-validated error is unknown or above ESTIMATE_THRESHOLD."""
+        return (
+            self.reference_source.startswith("prior")
+            or bool(set(self.coefficients) - set(self.fitted) - {self.reference_precision})
+            or not self.trusted
         )
 
     def plan_is_estimate(self, plan: Plan) -> bool:
-        """True when predicting `plan` uses a prior (its reference, or a precision not fitted)."""
+        """True when predicting `plan` uses a prior (its reference, or a precision not fitted) or, for a
+        plan with a lossy expert, a fit whose cross-validated error is unknown or too large."""
         exact = set(self.fitted) | {self.reference_precision}
-        return self.reference_source.startswith("prior") or any(
-            a.precision not in exact for a in plan.counts()
+        precisions = {a.precision for a in plan.counts()}
+        lossy = bool(precisions - {self.reference_precision})
+        return (
+            self.reference_source.startswith("prior")
+            or any(p not in exact for p in precisions)
+            or (lossy and not self.trusted)
         )
 
     # ----- JSON ---------------------------------------------------------------------------------
@@ -131,6 +164,7 @@ class QualityModel:
             "basis": self.basis,
             "holdout_error": self.holdout_error,
             "holdout_points": self.holdout_points,
+            "corpus": self.corpus,
         }
 
     @classmethod
@@ -149,6 +183,7 @@ class QualityModel:
             str(data["basis"]),
             None if data.get("holdout_error") is None else float(data["holdout_error"]),
             int(data.get("holdout_points", 0)),
+            str(data.get("corpus", "")),
         )
 
 
@@ -169,15 +204,18 @@ def _reference(profile: Profile, prior: tuple[float, str] | None) -> tuple[float
     return prior[0], Precision.BF16, f"prior: {prior[1]}", None
 
 
+def _corpus(profile: Profile, ref_spec: str | None) -> str:
+    """The reference's corpus, else the corpus most measured plans used ('' with none)."""
+    named = [q.corpus for q in profile.quality_points if q.plan_spec == ref_spec]
+    named = named or [q.corpus for q in profile.quality_points if q.tokens > 0]
+    return max(set(named), key=named.count) if named else ""
+
+
 def _sensitivity(profile: Profile, reference: Precision) -> dict[Precision, Grid]:
-    """freq * err per precision; err = 1 where unmeasured, and 0 for the reference precision."""
-    freq = np.asarray(profile.frequency)  # [L, E]
-    out: dict[Precision, Grid] = {}
-    for p in Precision:
-        err = np.asarray(profile.quant_error[p]) if p in profile.quant_error else np.ones_like(freq)
-        grid = np.zeros_like(freq) if p == reference else freq * err  # [L, E]
-        out[p] = tuple(tuple(float(x) for x in row) for row in grid)
-    return out
+    """The per-expert signal per precision (moeqos.core.sensitivity), 0 for the reference precision."""
+    grids = signal_grids(profile.frequency, profile.quant_error, profile.layer_kl, list(Precision))
+    zero = tuple(tuple(0.0 for _ in row) for row in profile.frequency)
+    return {p: zero if p == reference else grids[p] for p in Precision}
 
 
 def _design_rows(profile: Profile, points: list[QualityPoint], sens: dict[Precision, Grid]) -> np.ndarray:
@@ -207,11 +245,12 @@ def _coefficients(
     support = np.flatnonzero(np.abs(rows).sum(axis=0) > 0)
     if support.size == 0:
         return coefficients, set(), None
+    weights = 1.0 / np.maximum(np.abs(targets), MIN_INCREASE)  # [N] relative, not absolute, errors
     if rows.shape[0] < support.size:
         prior = np.array([coefficients[p] for p in Precision])  # [P]
-        (scale,), _ = nnls((rows @ prior)[:, None], targets)
+        (scale,), _ = nnls((weights * (rows @ prior))[:, None], weights * targets)
         return {p: float(scale) * c for p, c in coefficients.items()}, set(), float(scale)
-    solution, _ = nnls(rows[:, support], targets)
+    solution, _ = nnls(weights[:, None] * rows[:, support], weights * targets)
     precisions = list(Precision)
     for column, value in zip(support, solution, strict=True):
         coefficients[precisions[column]] = float(value)
@@ -219,7 +258,8 @@ def _coefficients(
 
 
 def _leave_one_out(rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]) -> float | None:
-    """RMS relative perplexity error of each plan predicted by a fit without it (None with < 2 plans)."""
+    """Mean |predicted - measured| / max(measured, MIN_INCREASE) of the perplexity increase of each plan
+    predicted by a fit without it (None with < 2 plans)."""
     if rows.shape[0] < 2:
         return None
     errors = []
@@ -227,5 +267,6 @@ def _leave_one_out(rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, 
         keep = np.arange(rows.shape[0]) != i
         coefficients, _, _ = _coefficients(rows[keep], targets[keep], sens)
         vector = np.array([coefficients[p] for p in Precision])  # [P]
-        errors.append(math.expm1(rows[i] @ vector - targets[i]))  # predicted / measured - 1
-    return float(np.sqrt(np.mean(np.square(errors))))
+        predicted, measured = math.expm1(rows[i] @ vector), math.expm1(targets[i])
+        errors.append(abs(predicted - measured) / max(measured, MIN_INCREASE))
+    return float(np.mean(errors))

@@ -106,7 +106,9 @@ def format_fit(latency: LatencyModel, quality: QualityModel) -> str:
         for name, c in curves
     ]
     holdout = (
-        f"leave-one-out error {quality.holdout_error:.2%} over {quality.holdout_points} plans"
+        f"leave-one-out error of the perplexity increase {quality.holdout_error:.1%} over "
+        f"{quality.holdout_points} plans"
+        + ("" if quality.trusted else " (above the trust threshold: predictions are estimates)")
         if quality.holdout_error is not None
         else "no holdout error (too few measured plans)"
     )
@@ -115,7 +117,8 @@ def format_fit(latency: LatencyModel, quality: QualityModel) -> str:
             f"fitted on {latency.identity.describe()}",
             table(("curve", "overhead us", "bandwidth GB/s", "points", "max |residual|"), rows),
             f"quality: {quality.basis}; {holdout}",
-            f"reference perplexity {quality.reference_perplexity:.4g} ({quality.reference_source})",
+            f"reference perplexity {quality.reference_perplexity:.4g} ({quality.reference_source}); "
+            f"predicted perplexities are on {quality.corpus or 'the reference corpus'}",
         ]
     )
 
@@ -136,6 +139,7 @@ def fit_summary(latency: LatencyModel, quality: QualityModel) -> dict[str, objec
         "quality_basis": quality.basis,
         "quality_holdout_error": quality.holdout_error,
         "quality_is_estimate": quality.is_estimate,
+        "quality_corpus": quality.corpus,
         "reference_perplexity": quality.reference_perplexity,
         "reference_source": quality.reference_source,
     }

@@ -15,7 +15,9 @@ from typing import Any
 import grpc.aio
 from moeqos.api import server as server_common
 from moeqos.api.server import PeerServerConfig, Server, start_server
+from moeqos.planner.executor_addresses import ExecutorAddresses
 from moeqos.planner.servicer import PlannerServicer
+from moeqos.planner.work_pool import WorkPool
 from moeqos.proto.planner.v1 import planner_pb2, planner_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,13 +38,27 @@ class PlannerServerConfig(PeerServerConfig):
     """Address executors reach this planner at (given to them by Deploy); None: the bound address."""
     workers: int = 2
     """Threads that run solves, so the event loop never blocks."""
+    heavy_running: int = 1
+    """WhatIf and Frontier calls computing at once (on the solver threads; keep it below `workers` so
+    Plan and Deploy always find one free)."""
+    heavy_queued: int = 4
+    """WhatIf and Frontier calls waiting; more are refused with RESOURCE_EXHAUSTED."""
+    executor_allow: tuple[str, ...] = ()
+    """Executor addresses callers may name (Plan, Frontier, Deploy); empty: any (naming one needs the
+    token when one is set, and the planner's own address is always refused)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.advertise_address is not None:
             server_common.check_address("advertise", self.advertise_address)
+        for allowed in self.executor_allow:
+            server_common.check_address("executor allow-list", allowed)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.heavy_running < 1 or self.heavy_queued < 0:
+            raise ValueError(
+                f"need heavy_running >= 1 and heavy_queued >= 0, got {self.heavy_running}, {self.heavy_queued}"
+            )
 
     @classmethod
     def from_env_and_args(cls, args: Any = None, env: Mapping[str, str] | None = None) -> PlannerServerConfig:
@@ -54,13 +70,23 @@ class PlannerServerConfig(PeerServerConfig):
             **server_common.peer_settings(args, env),
             advertise_address=getattr(args, "advertise", None) or env.get("MOEQOS_ADVERTISE_ADDRESS"),
             workers=int(getattr(args, "workers", None) or env.get("MOEQOS_PLANNER_WORKERS") or 2),
+            executor_allow=tuple(
+                a.strip()
+                for a in getattr(args, "executor_allow", None)
+                or env.get("MOEQOS_EXECUTOR_ALLOW", "").split(",")
+                if a.strip()
+            ),
         )
 
 
 async def start_planner(config: PlannerServerConfig) -> tuple[Server, ThreadPoolExecutor]:
     """Start a planner server and mark it SERVING (it needs no warm-up). Returns it and its solver pool."""
     pool = ThreadPoolExecutor(config.workers, thread_name_prefix="planner")
-    servicer = PlannerServicer(pool, config.peer_options(), config.advertise_address or "", config.token)
+    heavy = WorkPool(pool, config.heavy_running, config.heavy_queued, "what-if/frontier")
+    addresses = ExecutorAddresses(config.executor_allow, token_required=config.token is not None)
+    servicer = PlannerServicer(
+        pool, config.peer_options(), config.advertise_address or "", config.token, heavy, addresses
+    )
 
     def register(server: grpc.aio.Server) -> None:
         planner_pb2_grpc.add_PlannerServiceServicer_to_server(servicer, server)
@@ -68,6 +94,7 @@ async def start_planner(config: PlannerServerConfig) -> tuple[Server, ThreadPool
     server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING)
     if not config.advertise_address:
         servicer.advertise_address = server_common.reachable_address(config.listen, server.port)
+    addresses.own_port, addresses.own_host = server.port, config.listen.rpartition(":")[0].lower()
     await server.set_serving(True)
     return server, pool
 

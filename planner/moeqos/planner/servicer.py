@@ -22,6 +22,7 @@ from moeqos.api.codec import common
 from moeqos.api.codec import planner as codec
 from moeqos.api.server import bearer_token, token_matches
 from moeqos.client.executor import AsyncExecutorClient
+from moeqos.core.addresses import check_address
 from moeqos.core.descriptions import HardwareDescription, ModelDescription
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.profile import Profile
@@ -34,10 +35,11 @@ from moeqos.core.service_types import (
     WhatIfOutcome,
 )
 from moeqos.core.tier import TierBudget
-from moeqos.planner.catalog import HARDWARE, MODELS
+from moeqos.planner.executor_addresses import ExecutorAddresses
 from moeqos.planner.frontier import DEFAULT_POINTS, frontier
 from moeqos.planner.solver import PlanRequest, PlanResult, solve
-from moeqos.planner.whatif import whatif_profile
+from moeqos.planner.whatif import builtin_hardware, model_named, whatif_profile
+from moeqos.planner.work_pool import Stop, WorkPool, checked
 from moeqos.proto.planner.v1 import planner_pb2 as pl
 from moeqos.proto.planner.v1 import planner_pb2_grpc as pl_grpc
 
@@ -64,19 +66,13 @@ def outcome_of(result: PlanResult) -> PlanOutcome:
 def _described_model(request: pl.WhatIfRequest) -> ModelDescription:
     if request.WhichOneof("model") == "model_description":
         return codec.model_from_proto(request.model_description)
-    if request.model_name not in MODELS:
-        raise InvalidArgument(f"unknown model {request.model_name!r}; built in: {', '.join(MODELS)}")
-    return MODELS[request.model_name]
+    return model_named(request.model_name)
 
 
 def _described_hardware(request: pl.WhatIfRequest) -> HardwareDescription:
-    # Only built-in names: `moeqos.planner.whatif.hardware_named` also reads file paths, which a remote
-    # caller must not be able to make the server open.
     if request.WhichOneof("hardware") == "hardware_description":
         return codec.hardware_from_proto(request.hardware_description)
-    if request.hardware_name not in HARDWARE:
-        raise InvalidArgument(f"unknown hardware {request.hardware_name!r}; built in: {', '.join(HARDWARE)}")
-    return HARDWARE[request.hardware_name]
+    return builtin_hardware(request.hardware_name)  # never a file path: see builtin_hardware
 
 
 def _points(count: int) -> int:
@@ -89,9 +85,19 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
     """Plan, Frontier, WhatIf and Deploy over the pure planner core."""
 
     def __init__(
-        self, pool: Executor, peer: ConnectOptions, advertise_address: str, token: str | None = None
+        self,
+        pool: Executor,
+        peer: ConnectOptions,
+        advertise_address: str,
+        token: str | None,
+        heavy: WorkPool,
+        addresses: ExecutorAddresses,
     ) -> None:
         self._pool = pool
+        self.heavy = heavy
+        """Where WhatIf and Frontier run: bounded apart from Plan and Deploy, stopped when callers leave."""
+        self.addresses = addresses
+        """Which executor addresses callers may name."""
         self._peer = peer
         """How to reach executors (token, TLS, deadline)."""
         self._token = token
@@ -103,30 +109,32 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         """Run CPU-bound planner work off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _peer_for(self, context: grpc.aio.ServicerContext) -> ConnectOptions:
-        """How to reach executors for this call: the configured peer token for a caller that presented
-        this planner's token, else the caller's own token (or none).
+    def _caller(self, context: grpc.aio.ServicerContext) -> tuple[ConnectOptions, bool]:
+        """How to reach executors for this call, and whether the caller presented this planner's token:
+        the configured peer token for such a caller, else the caller's own token (or none).
 
         Plan and Frontier are open to anonymous callers and reach whatever address they are given, so
         the peer token goes out only for an authenticated caller: an anonymous one cannot have the
         planner send its credentials to a server of the caller's choosing."""
         presented = bearer_token(context.invocation_metadata())
         if token_matches(presented, self._token):
-            return self._peer
-        return dataclasses.replace(self._peer, token=presented)
+            return self._peer, True
+        return dataclasses.replace(self._peer, token=presented), False
 
-    async def _profile(self, source: pl.ProfileSource, peer: ConnectOptions) -> Profile:
+    async def _profile(self, source: pl.ProfileSource, context: grpc.aio.ServicerContext) -> Profile:
         kind = source.WhichOneof("source")
         if kind == "profile":
             return common.profile_from_proto(source.profile)
         if kind == "executor_address" and source.executor_address:
+            peer, authenticated = self._caller(context)
+            self.addresses.check(source.executor_address, authenticated)
             async with AsyncExecutorClient(source.executor_address, peer) as executor:
                 return await executor.get_profile(timeout=None)
         raise InvalidArgument("source must give a profile or an executor address")
 
     async def Plan(self, request: pl.PlanRequest, context: grpc.aio.ServicerContext) -> pl.PlanResponse:
         plan_request = PlanRequest(
-            await self._profile(request.source, self._peer_for(context)),
+            await self._profile(request.source, context),
             common.target_from_proto(request.target),
             common.budgets_from_proto(request.budgets),
             common.pins_from_proto(request.pins),
@@ -137,28 +145,39 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         self, request: pl.FrontierRequest, context: grpc.aio.ServicerContext
     ) -> pl.FrontierResponse:
         points = _points(request.points or DEFAULT_POINTS)
-        profile = await self._profile(request.source, self._peer_for(context))
+        profile = await self._profile(request.source, context)
         budgets, pins = common.budgets_from_proto(request.budgets), common.pins_from_proto(request.pins)
-        results = await self._run(frontier, profile, budgets, points, pins)
+
+        def job(stop: Stop) -> list[PlanResult]:
+            return frontier(profile, budgets, points, pins, stop=stop)
+
+        results = await self.heavy.run(job, context.time_remaining())
         return pl.FrontierResponse(points=[codec.outcome_to_point(outcome_of(r)) for r in results])
 
     async def WhatIf(self, request: pl.WhatIfRequest, context: grpc.aio.ServicerContext) -> pl.WhatIfResponse:
         capacities = {b.name: b.budget_bytes for b in common.budgets_from_proto(request.budgets)}
-        profile = whatif_profile(_described_model(request), _described_hardware(request), capacities)
-        best: PlanOutcome | None = None
-        points: tuple[PlanOutcome, ...] = ()
-        budgets = profile.tiers
-        if request.HasField("target"):
-            plan_request = PlanRequest(profile, common.target_from_proto(request.target), budgets)
-            best = outcome_of(await self._run(solve, plan_request))
-        if request.frontier_points:
-            results = await self._run(frontier, profile, budgets, _points(request.frontier_points))
-            points = tuple(outcome_of(r) for r in results)
-        return codec.whatif_to_proto(WhatIfOutcome(profile, best, points))
+        model, hardware = _described_model(request), _described_hardware(request)
+        target = common.target_from_proto(request.target) if request.HasField("target") else None
+        points = _points(request.frontier_points) if request.frontier_points else 0
+
+        def job(stop: Stop) -> WhatIfOutcome:
+            profile = whatif_profile(model, hardware, capacities)
+            checked(stop)
+            best = None if target is None else solve(PlanRequest(profile, target, profile.tiers))
+            front = frontier(profile, profile.tiers, points, stop=stop) if points else []
+            return WhatIfOutcome(
+                profile,
+                None if best is None else outcome_of(best),
+                tuple(outcome_of(r) for r in front),
+            )
+
+        return codec.whatif_to_proto(await self.heavy.run(job, context.time_remaining()))
 
     async def Deploy(self, request: pl.DeployRequest, context: grpc.aio.ServicerContext) -> pl.DeployResponse:
         specs = _deploy_specs(request)
-        peer = self._peer_for(context)
+        for spec in specs:
+            self.addresses.check(spec.executor_address, authenticated=True)  # Deploy needs the token anyway
+        peer, _ = self._caller(context)
         # Every plan is solved before any is applied, so a bad input or an infeasible target for one
         # executor leaves all of them untouched.
         solved = await asyncio.gather(*(self._solve_for(spec, peer) for spec in specs))
@@ -198,7 +217,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         """Put the executor back on `info`'s plan and standing target (a no-op switch when unchanged)."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             await executor.apply_plan(info.plan, timeout=None)
-            await executor.set_target(info.standing_target, info.planner_address)
+            await executor.set_target(info.standing_target, info.planner_address, info.standing_pins)
 
     async def _apply_to(
         self, spec: DeploySpec, result: PlanResult, planner_address: str, peer: ConnectOptions
@@ -206,15 +225,19 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         """Apply the plan, then leave the executor its standing target and this planner's address."""
         async with AsyncExecutorClient(spec.executor_address, peer) as executor:
             report = await executor.apply_plan(result.plan, timeout=None)
-            await executor.set_target(spec.target, planner_address)
+            await executor.set_target(spec.target, planner_address, spec.pins)
         return DeployOutcome(spec.executor_address, result.plan, outcome_of(result).prediction, report)
 
 
 def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:
-    """Every target of a Deploy, validated before any executor is contacted."""
+    """Every target of a Deploy, validated before any executor is contacted (the executor addresses
+    themselves by `ExecutorAddresses.check` in Deploy). A malformed planner address for the executors
+    to call back is refused here: an executor holding one would retry its re-plans forever."""
     if not 0 < len(request.targets) <= MAX_DEPLOY_TARGETS:
         raise InvalidArgument(f"deploy needs 1 to {MAX_DEPLOY_TARGETS} executors, got {len(request.targets)}")
     addresses = [t.executor_address for t in request.targets]
     if "" in addresses or len(set(addresses)) != len(addresses):
         raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
+    if request.planner_address:
+        check_address(request.planner_address, "planner_address")
     return [codec.deploy_spec_from_proto(t) for t in request.targets]

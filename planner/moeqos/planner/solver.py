@@ -177,7 +177,21 @@ def _search(
         return None
     result, gap = best
     notes = f"optimal within {gap:.2%} (certified); " + _notes(request, models, solves)
+    notes += _offload_note(result.plan, metric)
     return replace(result, solve_seconds=time.perf_counter() - started, notes=notes)
+
+
+def _offload_note(plan: Plan, metric: Metric) -> str:
+    """Why experts went to disk when the target asked for quality: a user giving a memory budget
+    expects quantization, not offloading, so the plan says which it chose and how to forbid it."""
+    on_disk = sum(n for a, n in plan.counts().items() if a.tier == DISK)
+    if not on_disk or metric != "log_ppl":
+        return ""
+    return (
+        f"; offload: {on_disk} experts on the disk tier, which kept them at higher precision than the "
+        "other tiers' budgets allow (slower, not less accurate); to fit by precision only, exclude the "
+        "disk tier (allowed tiers without disk; CLI: --no-offload)"
+    )
 
 
 def _problem(request: PlanRequest, models: _Models, hits: np.ndarray) -> Problem:

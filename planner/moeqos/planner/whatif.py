@@ -17,13 +17,15 @@ Frequencies are *mildly skewed*, not measured: in layer l, expert e gets weight
 known, so the quality model falls back to its priors (moeqos.planner.priors), scaled by call share, and every
 predicted perplexity is an estimate relative to the model's published reference (`reference_source`).
 
-Budgets: a tier's expert budget is its capacity, less on the device the dense weights (bf16), the
-`reserve_bytes` for KV cache/activations and the disk pool's slots (the largest allowed expert each).
+Budgets: a tier's expert budget is its capacity, less on the device the dense weights (as the executor
+holds them, moeqos.core.precision.dense_bytes: bf16, routers fp32), the `reserve_bytes` for KV cache/activations and the disk pool's slots (the largest allowed expert each).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 from moeqos.core.descriptions import HardwareDescription, ModelDescription
@@ -41,26 +43,52 @@ __all__ = [
     "MODELS",
     "WHATIF_PRECISIONS",
     "analytic_profile",
+    "builtin_hardware",
     "hardware_named",
+    "hardware_template",
     "model_named",
     "whatif_profile",
 ]
 
 
 def model_named(name: str) -> ModelDescription:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; built in: {', '.join(MODELS)}") from None
+    """A built-in model description by name; InvalidArgument listing the built-in names otherwise."""
+    if name not in MODELS:
+        raise InvalidArgument(f"unknown model {name!r}; built in: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def builtin_hardware(name: str) -> HardwareDescription:
+    """A built-in hardware description by name; InvalidArgument listing the built-in names otherwise
+    (never a file: a remote caller must not be able to make the server open one)."""
+    if name not in HARDWARE:
+        raise InvalidArgument(f"unknown hardware {name!r}; built in: {', '.join(HARDWARE)}")
+    return HARDWARE[name]
 
 
 def hardware_named(name: str) -> HardwareDescription:
-    """A built-in hardware description by name, or one loaded from a JSON file path."""
-    if name in HARDWARE:
-        return HARDWARE[name]
-    if name.endswith(".json"):
+    """A built-in hardware description by name, or one loaded from a JSON file path (InvalidArgument
+    for an unknown name or a file that is missing or not a hardware description)."""
+    if name in HARDWARE or not name.endswith(".json"):
+        try:
+            return builtin_hardware(name)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{exc} (or a .json file)") from None
+    try:
         return HardwareDescription.load(name)
-    raise KeyError(f"unknown hardware {name!r}; built in: {', '.join(HARDWARE)} (or a .json file)")
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read hardware file {name!r}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument(
+            f"{name} is not a hardware description ({exc}); `moeqos whatif --hardware-template` prints one"
+        ) from None
+
+
+def hardware_template() -> dict[str, Any]:
+    """A hardware description as JSON-ready data with every field filled in (from `a100-80gb`), to edit
+    and pass back with `--hardware FILE.json`. Sizes are bytes, bandwidths bytes/s, times seconds."""
+    notes = "copied from a100-80gb: edit the numbers to describe your machine"
+    return {**asdict(HARDWARE["a100-80gb"]), "name": "my-machine", "notes": notes}
 
 
 def analytic_profile(

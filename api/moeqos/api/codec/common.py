@@ -306,6 +306,8 @@ def profile_to_proto(profile: Profile) -> pb.Profile:
         group_size=profile.group_size,
         measured_at=profile.measured_at,
         version=profile.version,
+        layer_kl=[pb.LayerKl(precision=precision_to_proto(p), kl=row) for p, row in profile.layer_kl.items()],
+        sensitivity_tokens=profile.sensitivity_tokens,
     )
 
 
@@ -338,6 +340,11 @@ def profile_from_proto(message: pb.Profile) -> Profile:
             group_size=message.group_size or DEFAULT_GROUP_SIZE,
             measured_at=message.measured_at,
             version=message.version or PROFILE_VERSION,
+            layer_kl={
+                precision_from_proto(k.precision): tuple(finite("layer_kl", v) for v in k.kl)
+                for k in message.layer_kl
+            },
+            sensitivity_tokens=message.sensitivity_tokens,
         )
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidArgument):

@@ -132,6 +132,10 @@ def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
         profile_cached=info.profile_cached,
         replan_state=replan_state_to_proto(info.replan_state),
         replan_detail=info.replan_detail,
+        damaged_files=info.damaged_files,
+        integrity=info.integrity,
+        standing_pins=[common.pin_to_proto(p) for p in info.standing_pins],
+        target_generation=info.target_generation,
     )
     if info.plan_applied_at is not None:
         message.plan_applied_at.CopyFrom(common.timestamp_to_proto(info.plan_applied_at))
@@ -163,6 +167,10 @@ def info_from_proto(message: ex.GetInfoResponse) -> ExecutorInfo:
         profile_cached=message.profile_cached,
         replan_state=replan_state_from_proto(message.replan_state),
         replan_detail=message.replan_detail,
+        damaged_files=message.damaged_files,
+        integrity=message.integrity or "ok",
+        standing_pins=common.pins_from_proto(message.standing_pins),
+        target_generation=message.target_generation,
         qos=qos_status_from_proto(message.qos) if message.HasField("qos") else None,
     )
 
@@ -268,6 +276,7 @@ def evaluation_to_proto(evaluation: Evaluation) -> ex.EvaluateResponse:
         plan_spec=evaluation.plan_spec,
         corpus=evaluation.corpus,
         seconds=evaluation.seconds,
+        decode_tokens=evaluation.decode_tokens,
     )
 
 
@@ -279,6 +288,7 @@ def evaluation_from_proto(message: ex.EvaluateResponse) -> Evaluation:
         plan_spec=message.plan_spec,
         corpus=message.corpus,
         seconds=message.seconds,
+        decode_tokens=message.decode_tokens,
     )
 
 

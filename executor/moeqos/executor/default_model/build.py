@@ -7,6 +7,7 @@ directory without a valid marker is rebuilt by `moeqos.executor.default_model.lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,11 +20,13 @@ from typing import Any
 
 import torch
 from moeqos.core.corpora import REPORTING_CORPUS, load_corpus, tokenize_prefix
+from moeqos.core.progress import waiting
 from moeqos.executor.default_model.card import render_card
 from moeqos.executor.default_model.check import load_fp32, max_logit_difference, perplexity
 from moeqos.executor.default_model.location import MARKER_FILE, read_marker, source_size
 from moeqos.executor.default_model.upcycle import UpcycleRecipe, upcycle
 from moeqos.executor.default_model.writer import shard_layers, write_checkpoint
+from moeqos.executor.processes import process_alive
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -37,8 +40,8 @@ def build_model(source: Path, target: Path, recipe: Mapping[str, Any], progress:
     """Build the upcycled model of `source` (a GGUF file or a dense HF checkpoint directory) into `target`."""
     started = time.monotonic()
     _check_replaceable(target)
-    _say(progress, f"loading dense model from {source}")
-    dense, tokenizer = load_dense(source)
+    with _step(progress, f"loading dense model from {source}"):
+        dense, tokenizer = load_dense(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_scratch(target)
     scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -80,8 +83,8 @@ def _write_model(
             dense, out, upcycle_recipe, dtype, recipe["layers_per_shard"], on_layer=lambda _: bar.update()
         )
     tokenizer.save_pretrained(out)
-    _say(progress, "measuring the upcycled model against the dense one")
-    measured = measure(dense, tokenizer, out, upcycle_recipe)
+    with _step(progress, "measuring the upcycled model against the dense one"):
+        measured = measure(dense, tokenizer, out, upcycle_recipe)
     source_info = {"file": source.name, "size": source_size(source), "sha256": checksum(source)}
     shards = len(shard_layers(layers, recipe["layers_per_shard"]))
     card = render_card(recipe, dense.config, source_info, measured, shards)
@@ -153,18 +156,14 @@ def _remove_stale_scratch(target: Path) -> None:
     """Delete scratch directories of earlier builds of `target` whose process is gone (a crash)."""
     for scratch in target.parent.glob(f".{target.name}.tmp-*"):
         pid = scratch.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: existence check only, nothing is sent
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _step(progress: bool, what: str) -> contextlib.AbstractContextManager[Any]:
+    """A heartbeat on stderr for a step without a progress bar (measuring takes minutes on a small CPU,
+    so a silent one would look stuck)."""
+    return waiting(what, after=0.0) if progress else contextlib.nullcontext()
 
 
 def _say(progress: bool, message: str) -> None:

@@ -1,0 +1,260 @@
+"""Section `quality`: does the planner know which experts matter?
+
+Profiles the executor twice the product's way (moeqos.executor.service_measure.MeasureSettings: ptb:train
+calibration, uniform plans' perplexity on ptb:valid): without the output-KL signal (the old profile)
+and with it (the layer KL and the designed mixed plans), CPU-seconds of each in the same run. Then, on
+`eval_tokens` ptb:test tokens, at 25/50/75% int4 (the rest bf16, equal bytes; moeqos.bench.quality_plans)
+measures the planner's plan, 5 random picks and the least-called experts. Every measured plan besides
+the fitted ones is held out: its predicted perplexity increase (the fit's ratio, carried to ptb:test by
+the ptb:test reference) against the measured one gives the MAPE of the increase and the rank
+correlation, for the new signal and for the old one fitted to the same plans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import Any
+
+from moeqos.bench.quality_plans import (
+    RANDOM_SEEDS,
+    SHARES,
+    frequency_pick,
+    int4_count,
+    mape_of_increase,
+    random_pick,
+    spearman,
+)
+from moeqos.bench.report import Goal, SectionResult, table
+
+BEAT_RANDOM = 0.03
+"""The planner's plan must beat the mean of the random picks by this much perplexity."""
+MAX_MAPE = 0.25
+MIN_RANK = 0.95
+PROFILE_SECONDS = 120.0
+
+
+def measure_settings(settings: Any) -> Any:
+    """The product's MeasureSettings; with --quick bounded by the run's calibration and fit tokens, so
+    a quick run's two profiles cost what its frontier profile does, not a full product profile each."""
+    from moeqos.executor.service_measure import MeasureSettings
+
+    s = MeasureSettings()
+    if not settings.quick:
+        return s
+    return dataclasses.replace(
+        s,
+        tokens=min(s.tokens, settings.calibration_tokens),
+        quality_tokens=min(s.quality_tokens, settings.fit_tokens),
+    )
+
+
+def profile_pair(ctx: Any) -> tuple[Any, Any, dict[str, float]]:
+    """(old profile, new profile, CPU- and wall-seconds of each), measured back to back."""
+    from moeqos.core.plan import Plan
+    from moeqos.executor.service_measure import corpus_ids
+
+    s, runtime = measure_settings(ctx.settings), ctx.runtime
+    plans = [Plan.uniform(*ctx.shape, p, ctx.device) for p in s.quality_precisions]
+    quality_ids = corpus_ids(runtime, s.quality_corpus, s.quality_tokens)
+    calibration = corpus_ids(runtime, s.corpus, s.tokens)
+    times: dict[str, float] = {}
+    profiles = []
+    for name, tokens in (("old", 0), ("new", 128)):
+        ctx.log(f"quality: profile ({name} signal)")
+        cpu, wall = time.process_time(), time.perf_counter()
+        profiles.append(
+            runtime.profile(
+                calibration,
+                s.corpus,
+                repeats=s.repeats,
+                max_tokens=s.tokens,
+                quality_plans=plans,
+                quality_ids=quality_ids,
+                quality_corpus=s.quality_corpus,
+                sensitivity_tokens=tokens,
+            )
+        )
+        times[f"{name}_cpu_s"] = time.process_time() - cpu
+        times[f"{name}_wall_s"] = time.perf_counter() - wall
+    return profiles[0], profiles[1], times
+
+
+def contenders(ctx: Any, profile: Any, quality: Any, latency: Any) -> list[tuple[str, float, Any]]:
+    """(kind, share, plan) for every share: the planner's, the random picks, the frequency pick."""
+    from moeqos.core.precision import Precision
+    from moeqos.core.qos import Objective, QosTarget
+    from moeqos.core.tier import TierBudget
+    from moeqos.planner.solver import PlanRequest, solve
+
+    layers, experts = ctx.shape
+    sizes = profile.expert_bytes()
+    out = []
+    for share in SHARES:
+        count = int4_count(layers, experts, share)
+        budget = count * sizes[Precision.INT4] + (layers * experts - count) * sizes[Precision.BF16]
+        request = PlanRequest(
+            profile,
+            QosTarget(objective=Objective.QUALITY),
+            (TierBudget(ctx.device, budget),),
+            allowed_precisions=frozenset({Precision.BF16, Precision.INT4}),
+            allowed_tiers=frozenset({ctx.device}),
+        )
+        out.append(("planner", share, solve(request, latency, quality).plan))
+        out += [
+            ("random", share, random_pick(layers, experts, count, seed, ctx.device))
+            for seed in range(RANDOM_SEEDS)
+        ]
+        out.append(("frequency", share, frequency_pick(profile.frequency, count, ctx.device)))
+    return out
+
+
+def run(ctx: Any) -> SectionResult:
+    """See the module docstring."""
+    from moeqos.planner.latency_model import LatencyModel
+    from moeqos.planner.quality_model import QualityModel
+
+    old_profile, profile, times = profile_pair(ctx)
+    quality, latency = QualityModel.fit(profile), LatencyModel.fit(profile)
+    old_quality = QualityModel.fit(dataclasses.replace(profile, layer_kl={}))
+    plans = contenders(ctx, profile, quality, latency)
+    reference = _perplexity(ctx, ctx.full_precision)
+    measured = [_perplexity(ctx, plan) for _, _, plan in plans]
+    result = SectionResult("quality")
+    result.tables.append(_equal_memory_table(plans, measured, reference))
+    result.goals += _equal_memory_goals(plans, measured)
+    fitted = {q.plan_spec for q in profile.quality_points}
+    held = [(p, m) for (_, _, p), m in zip(plans, measured, strict=True) if p.to_spec() not in fitted]
+    accuracy = {
+        name: _accuracy(model, held, reference) for name, model in (("new", quality), ("old", old_quality))
+    }
+    result.tables.append(_accuracy_table(accuracy, len(held), quality, times))
+    result.goals += [
+        Goal(
+            "MAPE of the predicted increase, held-out plans",
+            f"<= {MAX_MAPE:.0%}",
+            accuracy["new"][0],
+            accuracy["new"][0] <= MAX_MAPE,
+        ),
+        Goal(
+            "rank correlation, held-out plans",
+            f">= {MIN_RANK}",
+            accuracy["new"][1],
+            accuracy["new"][1] >= MIN_RANK,
+        ),
+        Goal(
+            "profile with the signal, CPU-seconds",
+            f"<= {PROFILE_SECONDS:.0f}",
+            times["new_cpu_s"],
+            times["new_cpu_s"] <= PROFILE_SECONDS,
+        ),
+    ]
+    result.data = {
+        "reference_perplexity": reference,
+        "plans": [
+            {
+                "kind": k,
+                "share": s,
+                "plan_spec": p.to_spec(),
+                "perplexity": m,
+                "predicted_increase": quality.predict_perplexity(p) / quality.reference_perplexity - 1,
+            }
+            for (k, s, p), m in zip(plans, measured, strict=True)
+        ],
+        "accuracy": {k: {"mape": v[0], "spearman": v[1]} for k, v in accuracy.items()},
+        "times": times,
+        "fit": quality.to_dict() | {"sensitivity": None},
+        "layer_kl": {p.value: list(r) for p, r in profile.layer_kl.items()},
+        "old_profile_quality_points": len(old_profile.quality_points),
+        "profile_tokens": {
+            "calibration": profile.calibration_tokens,
+            "quality": profile.quality_points[0].tokens,
+        },
+    }
+    return result
+
+
+def _perplexity(ctx: Any, plan: Any) -> float:
+    """ptb:test perplexity of `plan` on the run's `eval_tokens` (cached in the context per plan; unlike
+    ctx.perplexity this does not measure the frontier section's profile first)."""
+    key = plan.to_spec()
+    if key not in ctx.perplexities:
+        ctx.log(f"quality: perplexity of {plan.describe()}")
+        ctx.perplexities[key] = ctx.runtime.evaluate(
+            ctx.test_ids, plan, context_length=ctx.settings.context_length, decode_tokens=0
+        )
+    return float(ctx.perplexities[key].perplexity)
+
+
+def _accuracy(model: Any, held: list[tuple[Any, float]], reference: float) -> tuple[float, float]:
+    """(MAPE of the increase, Spearman) of `model`'s predictions, carried to ptb:test by `reference`."""
+    predicted = [reference * model.predict_perplexity(p) / model.reference_perplexity for p, _ in held]
+    measured = [m for _, m in held]
+    return mape_of_increase(predicted, measured, reference), spearman(predicted, measured)
+
+
+def _equal_memory_table(plans: list[tuple[str, float, Any]], measured: list[float], reference: float) -> Any:
+    rows = []
+    for share in SHARES:
+        by_kind = {
+            k: [m for (k2, s, _), m in zip(plans, measured, strict=True) if s == share and k2 == k]
+            for k in ("planner", "random", "frequency")
+        }
+        rows.append(
+            [
+                f"{share:.0%}",
+                statistics.mean(by_kind["random"]),
+                min(by_kind["random"]),
+                max(by_kind["random"]),
+                by_kind["planner"][0],
+                by_kind["frequency"][0],
+            ]
+        )
+    return table(
+        "quality: equal memory (int4 share, rest bf16), ptb:test perplexity",
+        ["int4 share", "random mean", "random min", "random max", "planner", "frequency only"],
+        rows,
+        [f"all-bf16: {reference:.4g}; random: {RANDOM_SEEDS} seeds"],
+    )
+
+
+def _equal_memory_goals(plans: list[tuple[str, float, Any]], measured: list[float]) -> list[Goal]:
+    goals = []
+    for share in SHARES:
+        pick = {
+            k: [m for (k2, s, _), m in zip(plans, measured, strict=True) if s == share and k2 == k]
+            for k in ("planner", "random", "frequency")
+        }
+        gain = 1 - pick["planner"][0] / statistics.mean(pick["random"])
+        goals.append(
+            Goal(
+                f"{share:.0%} int4: planner vs mean random",
+                f">= {BEAT_RANDOM:.0%} lower",
+                gain,
+                gain >= BEAT_RANDOM,
+            )
+        )
+        margin = pick["frequency"][0] - pick["planner"][0]
+        goals.append(
+            Goal(f"{share:.0%} int4: planner vs frequency only", "<= frequency", margin, margin >= 0)
+        )
+    return goals
+
+
+def _accuracy_table(
+    accuracy: dict[str, tuple[float, float]], held: int, quality: Any, times: dict[str, float]
+) -> Any:
+    rows = [[name, mape, rank] for name, (mape, rank) in accuracy.items()]
+    return table(
+        "quality: predicted vs measured increase, held-out plans",
+        ["signal", "MAPE of increase", "Spearman"],
+        rows,
+        [
+            f"{held} held-out plans; fit: {quality.basis}; cross-validated error "
+            f"{quality.holdout_error if quality.holdout_error is not None else float('nan'):.1%}",
+            f"profile CPU-s: old {times['old_cpu_s']:.1f}, new {times['new_cpu_s']:.1f} "
+            f"(ratio {times['new_cpu_s'] / times['old_cpu_s']:.2f}); wall: old {times['old_wall_s']:.1f}, "
+            f"new {times['new_wall_s']:.1f} (machine shared: wall is noisy)",
+        ],
+    )

@@ -1,0 +1,82 @@
+"""The plans the `quality` section compares at equal memory, and the statistics it reports (pure).
+
+At a share s of int4 (the rest bf16) every contender puts exactly round(s * L * E) experts in int4, so
+all use the same bytes: the planner's choice (a quality objective under a device budget of exactly
+those bytes, bf16 and int4 only, no disk), a uniformly random pick (the paper's baseline), and the
+least-called experts (routing frequency alone).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+from moeqos.core.plan import Assignment, Plan
+from moeqos.core.precision import Precision
+
+SHARES = (0.25, 0.5, 0.75)
+RANDOM_SEEDS = 5
+
+
+def int4_count(layers: int, experts: int, share: float) -> int:
+    """Experts in int4 at `share`."""
+    return round(layers * experts * share)
+
+
+def with_int4(layers: int, experts: int, cells: Iterable[tuple[int, int]], tier: str) -> Plan:
+    """bf16 everywhere but `cells`, which are int4; all on `tier`."""
+    chosen = set(cells)
+    lossy, full = Assignment(Precision.INT4, tier), Assignment(Precision.BF16, tier)
+    return Plan(
+        tuple(
+            tuple(lossy if (layer, e) in chosen else full for e in range(experts)) for layer in range(layers)
+        )
+    )
+
+
+def random_pick(layers: int, experts: int, count: int, seed: int, tier: str) -> Plan:
+    """`count` experts drawn uniformly without replacement put in int4."""
+    cells = [(layer, e) for layer in range(layers) for e in range(experts)]
+    return with_int4(layers, experts, random.Random(seed).sample(cells, count), tier)
+
+
+def frequency_pick(frequency: Sequence[Sequence[float]], count: int, tier: str) -> Plan:
+    """The `count` least-called experts put in int4 (ties by position)."""
+    cells = sorted((f, layer, e) for layer, row in enumerate(frequency) for e, f in enumerate(row))
+    layers, experts = len(frequency), len(frequency[0])
+    return with_int4(layers, experts, [(layer, e) for _, layer, e in cells[:count]], tier)
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); nan with fewer than 2 points or no spread."""
+    if len(xs) < 2:
+        return float("nan")
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else float("nan")
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def mape_of_increase(predicted: Sequence[float], measured: Sequence[float], reference: float) -> float:
+    """Mean |predicted increase - measured increase| / measured increase (perplexities vs `reference`)."""
+    errors = [
+        abs((p - reference) - (m - reference)) / (m - reference)
+        for p, m in zip(predicted, measured, strict=True)
+        if m > reference
+    ]
+    return sum(errors) / len(errors) if errors else float("nan")

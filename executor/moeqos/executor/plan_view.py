@@ -1,0 +1,112 @@
+"""A plan seen by one thread only: how `Evaluate` measures a plan without serving it to anyone.
+
+`private_view(runtime, plan)` builds the experts `plan` assigns differently from the serving plan (its
+own copies, from the variant caches or the checkpoint), shares the serving plan's modules for the
+rest, and installs the view on the calling thread through `ExpertStore.viewing`. Forward passes from
+that thread compute with the view; every other request keeps the serving plan, and a plan switch
+meanwhile changes neither. The copies go back to the variant factory's memory cache afterwards.
+
+Disk-tier experts of the viewed plan are read from their files on each use (no slot pool). Files the
+view must write count against the disk budget: refused (OverBudget) before anything is built when
+the serving plan's disk bytes plus the new files would not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+from moeqos.core.errors import OverBudget
+from moeqos.core.plan import Plan
+from moeqos.core.tier import DISK
+from moeqos.executor.budgets import bytes_table, plan_bytes
+from moeqos.executor.host_memory import release_freed_memory
+from moeqos.executor.quant import QuantExpert
+from moeqos.executor.store import compute_on_tier
+from moeqos.executor.variants import ExpertKey, VariantFactory, variant_key
+
+if TYPE_CHECKING:
+    from moeqos.executor.runtime import ExecutorRuntime
+
+
+class PlanView:
+    """An `ExpertRunner` for one fixed plan: resident modules per expert, disk experts read per use."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        modules: dict[ExpertKey, QuantExpert],
+        factory: VariantFactory,
+        device: str,
+        host_policy: str,
+    ) -> None:
+        self.plan = plan
+        self.modules = modules
+        self.factory = factory
+        self.device = device
+        self.host_policy = host_policy
+
+    def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """y [N, H] = expert(x [N, H]) as the viewed plan places it."""
+        key = (layer, expert)
+        tier = self.plan[key].tier
+        if tier == DISK:
+            module = self.factory.load(variant_key(self.plan, key), self.device)[0]
+            return module(x)
+        return compute_on_tier(self.modules[key], tier, self.device, self.host_policy, x)
+
+
+@contextmanager
+def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:
+    """Serve `plan` to the calling thread only, inside the block (see the module docstring)."""
+    runtime.validate_plan(plan)
+    factory, store = runtime.factory, runtime.store
+    with runtime.exclusive():  # a consistent snapshot of the serving plan and its modules
+        serving = runtime.plan
+        shared = {key: store.module(key) for key, _ in plan.items() if _same(serving, plan, key)}
+    _check_disk_room(runtime, plan, serving)
+    disk = [variant_key(plan, key) for key, a in plan.items() if a.tier == DISK]
+    factory.check_room(disk, runtime.config.device)  # the filesystem, as it is now
+    built: dict[ExpertKey, QuantExpert] = {}
+    try:
+        for key, assignment in plan.items():
+            if assignment.tier == DISK:
+                factory.ensure_file(variant_key(plan, key), runtime.config.device)
+            elif shared.get(key) is None:
+                built[key] = factory.build(variant_key(plan, key), assignment.tier)
+        modules = {key: module for key, module in shared.items() if module is not None} | built
+        view = PlanView(plan, modules, factory, runtime.config.device, runtime.config.host_policy)
+        with store.viewing(view):
+            yield
+    finally:
+        for key, module in built.items():
+            factory.retire(variant_key(plan, key), module)
+        built.clear()
+        release_freed_memory()
+
+
+def _same(serving: Plan, plan: Plan, key: ExpertKey) -> bool:
+    return serving[key] == plan[key] and serving.group_size == plan.group_size
+
+
+def _check_disk_room(runtime: ExecutorRuntime, plan: Plan, serving: Plan) -> None:
+    """OverBudget when the disk files the view would write do not fit beside the serving plan's."""
+    if DISK not in runtime.budgets:
+        return
+    exists = runtime.factory.path
+    missing = [
+        a for key, a in plan.items() if a.tier == DISK and not exists(variant_key(plan, key)).is_file()
+    ]
+    if not missing:
+        return
+    sizes = bytes_table(*runtime.shape, plan.group_size)
+    needed = sum(sizes[a.precision] for a in missing)
+    used = plan_bytes(serving, runtime.shape).get(DISK, 0)
+    budget = runtime.budgets[DISK]
+    if used + needed > budget:
+        raise OverBudget(
+            f"evaluating this plan writes {needed} bytes of disk-tier files; the disk budget "
+            f"{budget} has {max(0, budget - used)} left beside the serving plan's {used}"
+        )

@@ -1,0 +1,133 @@
+"""The executor service's state beside its RPCs: the runtime once it is loaded, the worker pool every
+torch call runs on, and the profile, measured (or read back) once and cached.
+
+Lifecycle: made empty when the server starts (every use raises NotReady), `attach(runtime)` once the
+model is loaded, `close()` at shutdown. The servicer answers RPCs over it, and the standing target
+re-plans through it (it is the target's moeqos.executor.service_target.ReplanHooks), so the servicer
+and the target are both built after it and neither needs the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from moeqos.core.errors import NotReady
+from moeqos.core.plan import Plan
+from moeqos.core.profile import Profile
+from moeqos.core.service_types import SwitchReport
+from moeqos.core.tier import TierBudget
+from moeqos.executor import service_measure
+from moeqos.executor.metrics import ExecutorMetrics
+from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.service_target import Superseded
+
+T = TypeVar("T")
+
+
+class ServedModel:
+    """One runtime (attached once loaded) with its worker pool and its cached profile."""
+
+    def __init__(
+        self,
+        pool: Executor,
+        measure: service_measure.MeasureSettings,
+        profile_path: Path | None,
+        metrics: ExecutorMetrics,
+    ) -> None:
+        self.runtime: ExecutorRuntime | None = None
+        self.measure = measure
+        """What a profile measurement covers."""
+        self.profile_path = profile_path
+        """Where the profile is saved after each measurement and read back at the first need."""
+        self.metrics = metrics
+        """Where generations and plan switches are counted."""
+        self.on_switch: Callable[[], None] = lambda: None
+        """Called after each plan switch `apply` makes (the server saves the executor's state there)."""
+        self._pool = pool
+        self._profile: Profile | None = None
+        self._profile_lock = asyncio.Lock()
+
+    def attach(self, runtime: ExecutorRuntime) -> None:
+        """Serve `runtime` from now on (once, when the model has loaded)."""
+        self.runtime = runtime
+
+    def close(self) -> None:
+        """Close the runtime, if one was attached (removes its private variant directory)."""
+        if self.runtime is not None:
+            self.runtime.close()
+
+    def ready(self) -> ExecutorRuntime:
+        """The runtime; NotReady while the model is still loading."""
+        if self.runtime is None:
+            raise NotReady("the executor is still loading its model")
+        return self.runtime
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the worker pool: torch work never runs on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @property
+    def profile_cached(self) -> bool:
+        return self._profile is not None
+
+    @property
+    def measured_profile(self) -> Profile | None:
+        """The profile as measured, once cached (None before; its tiers as when it was measured)."""
+        return self._profile
+
+    async def warm_profile(self, measure: bool) -> None:
+        """Before health turns SERVING: read the saved profile if there is one, and with `measure`
+        measure it when there is none, so a first Plan or Deploy does not wait behind a healthy status."""
+        if measure:
+            await self.cached_profile()
+            return
+        async with self._profile_lock:
+            if self._profile is None:
+                self._profile = service_measure.load_saved(self.profile_path, self.ready())
+
+    async def cached_profile(self) -> Profile:
+        """The profile, measured (with reference perplexities) on first use and cached, its `tiers`
+        refreshed to the current budgets (they may have changed since it was measured)."""
+        async with self._profile_lock:
+            if self._profile is None:
+                runtime = self.ready()
+                profile = service_measure.load_saved(self.profile_path, runtime)
+                if profile is None:
+                    profile = await self.run(service_measure.measure, runtime, self.measure, True, _quiet)
+                    service_measure.save(self.profile_path, profile)
+                self._profile = profile
+            return dataclasses.replace(self._profile, tiers=self.budgets())
+
+    async def replace_profile(self, fresh: Profile) -> Profile:
+        """Cache and save a re-measured profile, keeping earlier perplexities if it measured none."""
+        async with self._profile_lock:
+            previous = self._profile or service_measure.load_saved(self.profile_path, self.ready())
+            self._profile = service_measure.keep_quality(fresh, previous)
+            service_measure.save(self.profile_path, self._profile)
+            return self._profile
+
+    def budgets(self) -> tuple[TierBudget, ...]:
+        """Every tier's budget now."""
+        return tuple(TierBudget(name, budget) for name, budget in self.ready().budgets.items())
+
+    async def apply(self, plan: Plan, current: Callable[[], bool] | None = None) -> SwitchReport:
+        """Switch the runtime to `plan` (on the worker pool); with `current` (a re-plan's), only if it
+        still says True under the runtime's apply lock, else Superseded with nothing changed."""
+
+        def still_current() -> None:
+            if current is not None and not current():
+                raise Superseded("a newer target or plan came first")
+
+        switch = await self.run(self.ready().apply_plan, plan, None, still_current)
+        self.metrics.switch(switch.report)
+        self.on_switch()
+        return switch.report
+
+
+def _quiet(stage: str, fraction: float) -> None:
+    """Progress sink for measurements nobody watches."""

@@ -1,0 +1,136 @@
+"""Where a decode step's time goes: torch.profiler over single-token steps, split by model part.
+
+Parts are labelled with `torch.profiler.record_function` ranges opened by forward hooks on the model's
+own modules (installed only while profiling, so serving pays nothing) and by a runner wrapper around
+each MoE block's expert calls:
+
+- `experts`: the expert calls (`ExpertRunner.run`), whatever kernel they use;
+- `routing`: the rest of each MoE block (router matmul, top-k, dispatch, combining the outputs);
+- `attention`: the attention modules (projections, rotary embedding, cache update, SDPA);
+- `norms`: RMS/layer norms; `lm_head`; `embedding`;
+- `other`: the step's wall time outside every labelled part (residual adds, mask and cache bookkeeping
+  of the model code, Python between modules).
+
+Times are wall-clock per step under the profiler, which adds a little to every op; the split, not the
+absolute figure, is the point. Ranges are host (CPU) time: on an accelerator, where kernels run
+asynchronously, they show launch cost, not device time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from moeqos.executor.measurement import Measurable
+from moeqos.executor.moe import ExpertRunner, MoeBlock
+from moeqos.executor.step_timing import decode_step
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+
+PARTS = ("experts", "routing", "attention", "norms", "lm_head", "embedding", "other")
+"""The parts of a decode step, in table order."""
+
+_STEP = "decode_step"
+_MOE = "moe_block"
+
+
+@dataclass(frozen=True)
+class StepBreakdown:
+    """Seconds per decode step, in all and per part, with the ops that took the most self time."""
+
+    steps: int
+    step_seconds: float
+    parts: dict[str, float]
+    """Part -> seconds per step (see the module docstring); the parts sum to `step_seconds`."""
+    top_ops: tuple[tuple[str, float, float], ...]
+    """(op name, self seconds per step, calls per step), most time first."""
+
+
+class _LabelledRunner:
+    """An `ExpertRunner` that opens an `experts` profiler range around each call."""
+
+    def __init__(self, inner: ExpertRunner) -> None:
+        self.inner = inner
+
+    def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
+        with record_function("experts"):
+            return self.inner.run(layer, expert, x)
+
+
+def _part_of(module: nn.Module, lm: nn.Module) -> str | None:
+    """The label of a module that roots a part, None for the others."""
+    name = type(module).__name__
+    if isinstance(module, MoeBlock):
+        return _MOE
+    if module is lm.get_output_embeddings():
+        return "lm_head"
+    if module is lm.get_input_embeddings():
+        return "embedding"
+    if "Attention" in name or "Rotary" in name:
+        return "attention"
+    if "Norm" in name:
+        return "norms"
+    return None
+
+
+def _label(module: nn.Module, label: str, stack: ExitStack) -> None:
+    """Open `label` around every forward of `module` until `stack` closes."""
+    ranges: list[Any] = []
+
+    def enter(*_: object) -> None:
+        ranges.append(record_function(label).__enter__())
+
+    def leave(*_: object) -> None:
+        ranges.pop().__exit__(None, None, None)
+
+    stack.callback(module.register_forward_pre_hook(enter).remove)
+    stack.callback(module.register_forward_hook(leave).remove)
+
+
+@contextmanager
+def labelled(lm: nn.Module) -> Iterator[None]:
+    """Inside the block, every part root of `lm` (outermost only) runs inside its profiler range."""
+    with ExitStack() as stack:
+        roots: list[str] = []
+        for name, module in lm.named_modules():
+            part = _part_of(module, lm)
+            if part is None or any(name.startswith(root + ".") for root in roots):
+                continue
+            roots.append(name)
+            _label(module, part, stack)
+            if isinstance(module, MoeBlock):
+                inner = module.runner
+                module.runner = _LabelledRunner(inner)
+                stack.callback(setattr, module, "runner", inner)
+        yield
+
+
+def decode_breakdown(runtime: Measurable, lm: nn.Module, prompt: list[int], steps: int) -> StepBreakdown:
+    """Profile `steps` single-token decode steps of `runtime`, whose model is `lm`, after prefilling
+    `prompt` (one warm-up step). Runs `exclusive()`ly: no request's step is labelled or profiled."""
+    with runtime.exclusive():
+        step = decode_step(runtime, prompt)
+        step()
+        with labelled(lm), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                with record_function(_STEP):
+                    step()
+    return _summarise(prof, steps)
+
+
+def _summarise(prof: Any, steps: int) -> StepBreakdown:
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        totals[event.name] = totals.get(event.name, 0.0) + event.cpu_time_total * 1e-6 / steps
+    step_seconds = totals.get(_STEP, 0.0)
+    parts = {part: totals.get(part, 0.0) for part in PARTS[:-1]}
+    parts["routing"] = totals.get(_MOE, 0.0) - parts["experts"]
+    parts["other"] = step_seconds - sum(parts.values())
+    labels = {*PARTS, _STEP, _MOE}
+    ops = [e for e in prof.key_averages() if e.key not in labels]
+    ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    top = tuple((e.key, e.self_cpu_time_total * 1e-6 / steps, e.count / steps) for e in ops[:8])
+    return StepBreakdown(steps, step_seconds, parts, top)

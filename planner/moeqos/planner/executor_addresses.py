@@ -1,0 +1,54 @@
+"""Which executor addresses a caller may make the planner dial (Plan and Frontier with an executor
+address, Deploy).
+
+The planner acts for its caller at the address the caller names, so an open planner would let anyone
+probe hosts, ports and unix sockets from where it runs. An address must be a plain `host:port` (the
+syntax of moeqos.core.addresses, less its unix sockets); when an allow-list is configured it must be
+on it; when the planner has a token, naming an address needs it; and the planner never dials itself
+(a call that would wait on itself).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from moeqos.core.addresses import check_address
+from moeqos.core.errors import InvalidArgument, Unauthenticated
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "[::]", "::"})
+
+
+class ExecutorAddresses:
+    """The policy above; `own_port` and `own_host` are set once the planner has bound its port."""
+
+    def __init__(self, allowed: tuple[str, ...] = (), token_required: bool = False) -> None:
+        self.allowed = frozenset(_normal(a) for a in allowed)
+        """Addresses callers may name (empty: any)."""
+        self.token_required = token_required
+        self.own_port: int | None = None
+        self.own_host = ""
+
+    def check(self, address: str, authenticated: bool) -> str:
+        """`address` if the caller may have the planner dial it, else InvalidArgument/Unauthenticated."""
+        host, port = _split(address)
+        if self.token_required and not authenticated:
+            raise Unauthenticated("naming an executor address needs this planner's token")
+        if self.allowed and _normal(address) not in self.allowed:
+            raise InvalidArgument(f"executor address {address!r} is not on this planner's allow-list")
+        if port == self.own_port and host.lower() in LOOPBACK_HOSTS | {self.own_host, socket.gethostname()}:
+            raise InvalidArgument(f"{address!r} is this planner's own address, not an executor")
+        return address
+
+
+def _split(address: str) -> tuple[str, int]:
+    """(host, port) of a dialable `host:port` (moeqos.core.addresses checks the syntax); a unix socket,
+    which that syntax admits, is refused: the planner dials executors over the network only."""
+    check_address(address, "executor address")
+    if address.startswith("unix:"):
+        raise InvalidArgument(f"executor address must be host:port, not a unix socket, got {address!r}")
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def _normal(address: str) -> str:
+    return address.strip().lower()

@@ -1,0 +1,65 @@
+"""The output-KL sensitivity (moeqos.executor.sensitivity) and the designed calibration plans, on a tiny
+random Mixtral against a direct computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.executor.calibration_design import designed_plans
+from moeqos.executor.sensitivity import layer_kl, with_layer
+
+from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
+
+IDS = prompt_ids(40, seed=11)[0].tolist()
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    pass
+
+
+def _direct_kl(runtime, plan: Plan) -> float:
+    """KL(fp32 || plan) per token, computed here from two plain forward passes."""
+    window = torch.tensor([IDS])  # [1, S]
+    runtime.apply_plan(fp32_plan())
+    ref = torch.log_softmax(runtime.forward_logits(window)[0].float(), -1)  # [S, V]
+    runtime.apply_plan(plan)
+    got = torch.log_softmax(runtime.forward_logits(window)[0].float(), -1)  # [S, V]
+    return float((ref.exp() * (ref - got)).sum(-1).mean())
+
+
+def test_layer_kl_matches_a_direct_computation_and_restores_the_plan(runtime) -> None:
+    served = Plan.uniform(LAYERS, EXPERTS, Precision.INT8, "cpu")
+    runtime.apply_plan(served)
+    kl = layer_kl(runtime, IDS, Precision.FP32, [Precision.INT4, Precision.INT2], _no_progress)
+    assert runtime.plan == served
+    assert set(kl) == {Precision.INT4, Precision.INT2} and all(len(r) == LAYERS for r in kl.values())
+    for layer in range(LAYERS):
+        direct = _direct_kl(runtime, with_layer(fp32_plan(), layer, Precision.INT2))
+        assert kl[Precision.INT2][layer] == pytest.approx(direct, rel=1e-5)
+        assert kl[Precision.INT2][layer] > kl[Precision.INT4][layer] > 0
+
+
+def test_layer_kl_of_the_reference_precision_is_zero(runtime) -> None:
+    kl = layer_kl(runtime, IDS, Precision.FP32, [Precision.FP32], _no_progress)
+    assert kl[Precision.FP32] == pytest.approx((0.0,) * LAYERS, abs=1e-7)
+
+
+def test_designed_plans_put_the_lossy_precision_on_the_safest_and_the_riskiest_experts() -> None:
+    signal = {
+        Precision.INT4: ((0.1, 0.2, 0.3, 0.4), (0.5, 0.6, 0.7, 0.8)),
+        Precision.INT8: ((0.01,) * 4, (0.01,) * 4),
+        Precision.INT2: ((1.0, 2.0, 3.0, 4.0), (5.0, 6.0, 7.0, 8.0)),
+    }
+    plans = designed_plans(
+        signal, Precision.BF16, [Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT2], "cpu", 64
+    )
+    lossy = [{k for k, a in p.items() if a.precision != Precision.BF16} for p in plans]
+    assert lossy == [
+        {(0, 0), (0, 1)},  # int4 on the safest quarter
+        {(0, 0), (0, 1), (0, 2), (0, 3)},  # the safest half
+        {(1, 3), (1, 2)},  # the riskiest quarter
+        {(0, 0)},  # int2: the safest eighth only; int8: none (near lossless)
+    ]
+    assert all(p.group_size == 64 for p in plans)

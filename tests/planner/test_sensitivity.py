@@ -1,0 +1,144 @@
+"""The output-KL signal in the quality model and the planner, on a synthetic profile whose truth is known.
+
+The truth: int4 on expert e of layer l adds damage[l] * freq[l][e] / top_k to log-perplexity, and the
+profile measured layer_kl[int4] = damage exactly. The weight-space error is made *inverse* to the damage
+(the layers that look worst in isolation matter least), and the rarely called experts sit in the layers
+that matter most, so both the old proxy (freq * err) and a frequency-only ranking choose badly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from moeqos.core.plan import Assignment, Plan
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Profile, QualityPoint
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.sensitivity import expert_signal, safest_first, signal_grids
+from moeqos.core.tier import TierBudget
+from moeqos.planner.quality_model import ESTIMATE_THRESHOLD, QualityModel
+from moeqos.planner.solver import PlanRequest, solve
+
+from tests.planner.planner_fixtures import REFERENCE_PPL, synthetic_profile
+
+LAYERS, EXPERTS = 6, 4
+DAMAGE = np.array([0.002, 0.004, 0.01, 0.03, 0.06, 0.12])  # [L] true int4 log-ppl increase per layer
+ERROR = 0.01 / DAMAGE  # [L] inverted: the weight error ranks the layers backwards
+
+
+def _frequency() -> np.ndarray:
+    """[L, E]: a skew that puts the least-called experts in the most damaging layers."""
+    skew = np.linspace(0.2, 1.0, LAYERS)[::-1][:, None]  # rare experts deep in the model
+    raw = np.tile(np.array([1.0, 1.0, 1.0, 1.0]), (LAYERS, 1)) * skew
+    raw[:, 0] *= 0.3
+    return raw / raw.sum(axis=1, keepdims=True) * 2  # each row sums to top_k = 2
+
+
+def true_log_increase(frequency: np.ndarray, plan: Plan) -> float:
+    return float(
+        sum(
+            DAMAGE[layer] * frequency[layer][e] / 2
+            for (layer, e), a in plan.items()
+            if a.precision == Precision.INT4
+        )
+    )
+
+
+def _plan(cells: set[tuple[int, int]]) -> Plan:
+    lossy, full = Assignment(Precision.INT4, "cpu"), Assignment(Precision.BF16, "cpu")
+    return Plan(
+        tuple(
+            tuple(lossy if (layer, e) in cells else full for e in range(EXPERTS)) for layer in range(LAYERS)
+        )
+    )
+
+
+def known_profile(with_kl: bool = True) -> Profile:
+    base = synthetic_profile(
+        LAYERS, EXPERTS, (Precision.BF16, Precision.INT4), tiers=("cpu",), quality_plans=0
+    )
+    frequency = _frequency()
+    error = np.repeat(ERROR[:, None], EXPERTS, axis=1)  # [L, E] identical experts within a layer
+    rng = np.random.default_rng(3)
+    plans = [Plan.uniform(LAYERS, EXPERTS, p, "cpu") for p in (Precision.BF16, Precision.INT4)]
+    cells = [(layer, e) for layer in range(LAYERS) for e in range(EXPERTS)]
+    for share in (0.25, 0.5, 0.75):
+        picks = rng.permutation(len(cells))[: round(share * len(cells))]
+        plans.append(_plan({cells[i] for i in picks}))
+    points = tuple(
+        QualityPoint(p.to_spec(), REFERENCE_PPL * math.exp(true_log_increase(frequency, p)), "ptb:valid", 512)
+        for p in plans
+    )
+    return dataclasses.replace(
+        base,
+        frequency=tuple(map(tuple, frequency)),
+        quant_error={Precision.BF16: tuple(map(tuple, error * 0)), Precision.INT4: tuple(map(tuple, error))},
+        layer_kl={Precision.INT4: tuple(DAMAGE)} if with_kl else {},
+        sensitivity_tokens=128 if with_kl else 0,
+        quality_points=points,
+    )
+
+
+def _plan_at_half(profile: Profile) -> Plan:
+    sizes = profile.expert_bytes()
+    count = LAYERS * EXPERTS // 2
+    budget = count * sizes[Precision.INT4] + (LAYERS * EXPERTS - count) * sizes[Precision.BF16]
+    request = PlanRequest(
+        profile,
+        QosTarget(objective=Objective.QUALITY),
+        (TierBudget("cpu", budget),),
+        allowed_precisions=frozenset({Precision.BF16, Precision.INT4}),
+    )
+    return solve(request).plan
+
+
+def _frequency_plan(frequency: np.ndarray, count: int) -> Plan:
+    order = sorted((frequency[layer][e], layer, e) for layer in range(LAYERS) for e in range(EXPERTS))
+    return _plan({(layer, e) for _, layer, e in order[:count]})
+
+
+def test_signal_shares_layer_kl_by_frequency_times_squared_error() -> None:
+    signal = expert_signal([[0.5, 1.5]], [[0.2, 0.1]], [0.3])
+    weights = [0.5 * 0.04, 1.5 * 0.01]
+    assert signal[0] == pytest.approx(tuple(0.3 * w / sum(weights) for w in weights))
+    assert expert_signal([[0.5, 1.5]], [[0.2, 0.1]], None)[0] == pytest.approx((0.1, 0.15))
+
+
+def test_unmeasured_precision_borrows_the_nearest_measured_kl_scaled_by_squared_error() -> None:
+    frequency = [[1.0, 1.0]]
+    errors = {Precision.INT4: [[0.1, 0.1]], Precision.INT3: [[0.2, 0.2]]}
+    grids = signal_grids(frequency, errors, {Precision.INT4: [0.01]}, [Precision.INT4, Precision.INT3])
+    assert sum(grids[Precision.INT3][0]) == pytest.approx(0.04)  # 0.01 * (0.2 / 0.1)^2
+    assert safest_first(((3.0, 1.0), (2.0, 0.5))) == [(1, 1), (0, 1), (1, 0), (0, 0)]
+
+
+def test_kl_signal_recovers_the_truth_and_labels_the_fit_honest() -> None:
+    model = QualityModel.fit(known_profile())
+    assert model.coefficients[Precision.INT4] == pytest.approx(1.0, rel=1e-6)
+    assert model.holdout_error is not None and model.holdout_error < 1e-6
+    assert model.trusted and not model.plan_is_estimate(Plan.uniform(LAYERS, EXPERTS, Precision.INT4, "cpu"))
+    assert model.corpus == "ptb:valid" and "ptb:valid" in model.basis
+
+
+def test_the_old_proxy_fits_badly_and_its_predictions_are_labelled_estimates() -> None:
+    model = QualityModel.fit(known_profile(with_kl=False))
+    assert model.holdout_error is not None and model.holdout_error > ESTIMATE_THRESHOLD
+    assert model.plan_is_estimate(Plan.uniform(LAYERS, EXPERTS, Precision.INT4, "cpu"))
+    assert not model.plan_is_estimate(Plan.uniform(LAYERS, EXPERTS, Precision.BF16, "cpu"))
+
+
+def test_plan_from_the_kl_signal_beats_frequency_only_and_the_old_proxy() -> None:
+    frequency = _frequency()
+    ours = _plan_at_half(known_profile())
+    old = _plan_at_half(known_profile(with_kl=False))
+    by_frequency = _frequency_plan(frequency, LAYERS * EXPERTS // 2)
+    assert sum(a.precision == Precision.INT4 for _, a in ours.items()) == LAYERS * EXPERTS // 2
+    truth = {
+        name: true_log_increase(frequency, p)
+        for name, p in (("ours", ours), ("old", old), ("freq", by_frequency))
+    }
+    assert truth["ours"] < 0.8 * truth["freq"]
+    assert truth["ours"] < 0.8 * truth["old"]
