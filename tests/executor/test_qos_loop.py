@@ -5,6 +5,7 @@ unreachable planner (the plan in force keeps serving, the re-plan retries with b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -136,6 +137,49 @@ def test_fit_with_one_plan_matches_its_step_time_and_prior_alone_is_the_profile(
     calibrated = recalibration.apply(fitted, profile())
     assert calibrated.fixed_seconds == pytest.approx(FIXED * fitted.fixed_scale)
     assert calibrated.call_costs[0].seconds == pytest.approx(CALL[Precision.BF16] * fitted.call_scale)
+
+
+def slow_profile(fixed: float, call_factor: float) -> Profile:
+    """The test profile with fixed_seconds `fixed` and every call cost times `call_factor`."""
+    measured = profile()
+    calls = tuple(dataclasses.replace(c, seconds=c.seconds * call_factor) for c in measured.call_costs)
+    return dataclasses.replace(measured, fixed_seconds=fixed, call_costs=calls)
+
+
+@pytest.mark.parametrize(
+    ("measured", "observed_tps"),
+    [
+        (slow_profile(1.5, 1.0), 5.0),  # the default model's case: predicted 0.65 tok/s, 5 measured
+        (slow_profile(0.02, 1.0), 80.0),  # the calls dominate, live 5x faster than measured
+        (slow_profile(0.02, 1.0), 4.0),  # a neighbour: 4x slower than measured
+    ],
+)
+def test_fit_predicts_the_rate_just_measured_however_far_off_the_profile_was(
+    measured: Profile, observed_tps: float
+) -> None:
+    """Regression: on the default model a profile measured on a busier machine predicted ~0.6 tok/s,
+    decode ran at ~5, and the fit still predicted ~1.3: its prior pulled towards the profile in
+    seconds, which drove the smaller scale below zero, and each scale was clamped alone."""
+    clock = FakeClock()
+    stats = LiveStats(lambda: BF16, clock)
+    feed(stats, clock, 1.0 / observed_tps, 60)
+    fitted = recalibration.fit(measured, stats.steps(60.0))
+    predicted_tps = 1.0 / recalibration.predict_seconds(fitted, measured, BF16)
+    assert predicted_tps == pytest.approx(observed_tps, rel=0.05)
+    assert fitted.fixed_scale == pytest.approx(fitted.call_scale)  # one plan: the profile's split
+
+
+def test_fit_recovers_both_scales_of_a_profile_far_off() -> None:
+    measured = slow_profile(1.5, 1.0)  # live: fixed 0.1x, calls 0.3x
+    clock, plan = FakeClock(), [BF16]
+    stats = LiveStats(lambda: plan[0], clock)
+    live = {p: 0.1 * 1.5 + 0.3 * 4 * CALL[p.assignments[0][0].precision] for p in (BF16, INT4)}
+    feed(stats, clock, live[BF16], 40)
+    plan[0] = INT4
+    feed(stats, clock, live[INT4], 40)
+    fitted = recalibration.fit(measured, stats.steps(60.0))
+    for p, seconds in live.items():
+        assert recalibration.predict_seconds(fitted, measured, p) == pytest.approx(seconds, rel=0.05)
 
 
 def test_outlier_steps_are_clipped() -> None:

@@ -46,8 +46,10 @@ def decode_loop(
     """Generate up to params.max_tokens tokens, yielding one event per token and a final one.
 
     `plan_spec()` names the plan in force, read when the request finishes (a switch may land mid-request)
-    for the final event's statistics; without it they name none. `on_step(index, seconds)` hears the
-    wall time of each token's step (forward pass and sampling; index 0 includes the prefill).
+    for the final event's statistics; without it they name none. `on_step(index, seconds)` hears, for
+    each token, the wall seconds since the previous one: its step (forward pass, sampling, the wait for
+    the model lock) and the time the consumer held the previous token (the hand-off to the client), so
+    that the intervals add up to the rate the client sees (index 0: since the start, prefill included).
     """
     generator = params.generator()
     stream = TextStream(decode, params.stop)
@@ -58,11 +60,10 @@ def decode_loop(
         if cancel is not None and cancel.is_set():
             reason = "cancelled"
             break
-        began = time.perf_counter()
         token = choose_token(step(pending), params, generator)
         stamps.append(time.perf_counter())
         if on_step is not None:
-            on_step(len(stamps) - 1, stamps[-1] - began)
+            on_step(len(stamps) - 1, stamps[-1] - (stamps[-2] if len(stamps) > 1 else start))
         text, stopped = stream.push(token)
         yield GenerationEvent(text=text, token_id=token)
         pending = [token]

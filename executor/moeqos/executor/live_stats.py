@@ -1,7 +1,8 @@
 """Live measurement of decode steps: what the executor actually does, step by step, while it serves.
 
-The decode loop calls a stream's sink once per generated token with the step's wall seconds; the
-sink stamps it with the clock, the stream and the plan in force, and keeps it for `horizon` seconds.
+The decode loop calls a stream's sink once per generated token with the seconds since the stream's
+previous token (moeqos.executor.generation.decode_loop); the sink stamps it with the clock, the
+stream and the plan in force, and keeps it for `horizon` seconds.
 Readers ask for the steps of the last few seconds (recalibration) or for rolling rates (the QoS
 loop, GetInfo). The first step of a stream (prefill plus one token) is kept apart from the decode
 rate: a floor is a decode rate, as the planner predicts it.
@@ -24,7 +25,7 @@ Clock = Callable[[], float]
 """Monotonic seconds (time.monotonic, or a fake clock in tests)."""
 
 StepSink = Callable[[int, float], None]
-"""sink(index of the token in its stream, wall seconds of the step that produced it)."""
+"""sink(index of the token in its stream, wall seconds since the stream's previous token)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class StepRecord:
     end: float
     """Clock time when the step finished."""
     seconds: float
-    """Wall time of the step: one forward pass (and the wait for the model lock) plus sampling."""
+    """Wall seconds since the stream's previous token: the forward pass, the wait for the model lock,
+    sampling, and the hand-off of the previous token to the client (what the client's rate counts)."""
     plan: Plan
     """The plan in force when the step finished; its (precision, tier) per expert are the regressors."""
 

@@ -9,17 +9,22 @@ executor fits two scales to the steps of the last few seconds,
 
     t_step ~= a * fixed_seconds + b * calls(plan of the step)
 
-by ridge regression towards the measured profile (a = b = 1), the prior weighing as much as
-`prior_steps` steps. With one plan only the data say a*f + b*c and the prior splits it evenly in
-relative terms; once plans change, both scales are identified. The calibrated profile is the measured
-one with fixed_seconds * a and every call cost * b (load costs are left as measured), which the
-planner fits as usual. Regressors use the profile's expected calls per token (its frequencies), the
-same quantity the planner's latency model uses.
+by ridge regression. The prior is the measured profile's split between the two, at the level the
+live steps show: it pulls (a, b) towards (s, s), where s is the single scale that best fits the steps
+(t ~= s * (fixed + calls)), with the weight of `prior_steps` steps. With one plan only the data say
+a*f + b*c and the prior splits it in proportion to the profile (a = b = s, so the calibrated profile
+predicts the rate just measured however far off the measured profile was); once plans change, both
+scales are identified. A scale that leaves SCALE_BOUNDS is clamped and the other re-fitted with it
+held. The calibrated profile is the measured one with fixed_seconds * a and every call cost * b (load
+costs are left as measured), which the planner fits as usual. Regressors use the profile's expected
+calls per token (its frequencies), the same quantity the planner's latency model uses; the step times
+are a stream's intervals between tokens (moeqos.executor.live_stats), the rate its client sees.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -71,7 +76,7 @@ def _cost_table(call_costs: Sequence[CallCost]) -> dict[tuple[str, str], float]:
 
 
 def fit(profile: Profile, steps: Sequence[StepRecord], prior_steps: float = 4.0) -> LiveCalibration:
-    """Ridge fit of (fixed_scale, call_scale) to `steps` with the profile (1, 1) as the prior."""
+    """Ridge fit of (fixed_scale, call_scale) to `steps`, towards the common scale (see the module)."""
     if not steps:
         return LiveCalibration()
     per_plan: dict[int, tuple[float, float]] = {}
@@ -81,21 +86,45 @@ def fit(profile: Profile, steps: Sequence[StepRecord], prior_steps: float = 4.0)
         rows.append((x[0], x[1], step.seconds))
     cap = OUTLIER_FACTOR * statistics.median(t for _, _, t in rows)
     rows = [(f, c, min(t, cap)) for f, c, t in rows]
-    # Prior: lam * ((a-1)^2 * mean f^2 + (b-1)^2 * mean c^2), i.e. worth `prior_steps` steps.
+    total = sum((f + c) ** 2 for f, c, _ in rows)
+    if total <= 0:
+        return LiveCalibration()
+    common = _clamp(sum((f + c) * t for f, c, t in rows) / total)  # t ~= s * (f + c)
+    # Prior: prior_steps * ((a-s)^2 * mean f^2 + (b-s)^2 * mean c^2), seconds of an average step.
     pf = prior_steps * sum(f * f for f, _, _ in rows) / len(rows)
     pc = prior_steps * sum(c * c for _, c, _ in rows) / len(rows)
     a11 = sum(f * f for f, _, _ in rows) + pf
     a12 = sum(f * c for f, c, _ in rows)
     a22 = sum(c * c for _, c, _ in rows) + pc
-    r1 = sum(f * t for f, _, t in rows) + pf
-    r2 = sum(c * t for _, c, t in rows) + pc
+    r1 = sum(f * t for f, _, t in rows) + pf * common
+    r2 = sum(c * t for _, c, t in rows) + pc * common
     det = a11 * a22 - a12 * a12
     if det <= 0:
-        return LiveCalibration()
+        return LiveCalibration(common, common, len(steps), _span(steps))
     fixed_scale = (r1 * a22 - r2 * a12) / det
     call_scale = (a11 * r2 - a12 * r1) / det
-    span = steps[-1].end - (steps[0].end - steps[0].seconds)
-    return LiveCalibration(_clamp(fixed_scale), _clamp(call_scale), len(steps), span)
+    # Clamp the scale furthest out of bounds and re-fit the other with it held (clamping both
+    # independently would leave the pair predicting neither the steps nor the prior).
+    fixed_excess, call_excess = _excess(fixed_scale), _excess(call_scale)
+    if fixed_excess > 0 and fixed_excess >= call_excess:
+        fixed_scale = _clamp(fixed_scale)
+        call_scale = _clamp((r2 - a12 * fixed_scale) / a22)
+    elif call_excess > 0:
+        call_scale = _clamp(call_scale)
+        fixed_scale = _clamp((r1 - a12 * call_scale) / a11)
+    return LiveCalibration(fixed_scale, call_scale, len(steps), _span(steps))
+
+
+def _span(steps: Sequence[StepRecord]) -> float:
+    return steps[-1].end - (steps[0].end - steps[0].seconds)
+
+
+def _excess(scale: float) -> float:
+    """How far (as a log ratio) `scale` lies outside SCALE_BOUNDS; 0 inside, inf when not positive."""
+    low, high = SCALE_BOUNDS
+    if scale <= 0:
+        return math.inf
+    return max(math.log(low / scale), math.log(scale / high), 0.0)
 
 
 def _clamp(scale: float) -> float:
