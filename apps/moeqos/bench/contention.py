@@ -69,7 +69,7 @@ def _executor_args(ctx: Any, profile_path: Path, mode: str) -> list[str]:
     budget = sum(b.budget_bytes for b in ctx.budgets)
     return [
         *["--model", str(ctx.model_dir), "--profile-path", str(profile_path)],
-        *["--budget", f"cpu={budget}", "--budget", "disk=0", "--disk-reads", DISK_READS],
+        *["--budget", f"cpu={budget}B", "--budget", "disk=0B", "--disk-reads", DISK_READS],
         *["--max-concurrent", "1", "--qos-loop", mode],
     ]
 
