@@ -9,10 +9,11 @@ import pytest
 from moeqos.cli.main import main
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
+from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import PlanOutcome, Prediction
 from moeqos.demo.plot import Deployed, Point, plot_frontier
 from moeqos.demo.run import free_ports
-from moeqos.demo.scenario import DemoSettings, quality_target, speed_target
+from moeqos.demo.scenario import DemoSettings, meets, quality_target, speed_target
 
 
 def outcome(precision: Precision, tokens_per_s: float, perplexity: float) -> PlanOutcome:
@@ -45,6 +46,13 @@ def test_settings_override_the_frontier() -> None:
     settings = DemoSettings(max_perplexity_increase=0.5, min_tokens_per_s=20)
     assert speed_target(FRONTIER, settings).max_perplexity_increase == 0.5
     assert quality_target(FRONTIER, settings).min_tokens_per_s == 20
+
+
+def test_the_table_says_whether_the_measured_numbers_meet_the_target() -> None:
+    floor, ceiling = QosTarget(min_tokens_per_s=10.75), QosTarget(max_perplexity_increase=2.0)
+    assert not meets(floor, 7.65, 30.0, 12.0)  # the executor-b: 7.65 tok/s against >= 10.75
+    assert meets(floor, 10.75, 99.0, 12.0)
+    assert meets(ceiling, 1.0, 14.0, 12.0) and not meets(ceiling, 1.0, 14.5, 12.0)
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:

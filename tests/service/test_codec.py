@@ -30,9 +30,12 @@ from moeqos.core.service_types import (
     ExecutorInfo,
     GenerationEvent,
     GenerationStats,
+    LiveCalibration,
     PlanOutcome,
     Prediction,
     ProfileProgress,
+    QosState,
+    QosStatus,
     ReplanState,
     Sampling,
     SwitchReport,
@@ -52,6 +55,9 @@ STATS = GenerationStats(5, 3, 0.25, 40.0, 0.3, "stop", PLAN.to_spec())
 TARGET = QosTarget(max_perplexity=12.5, objective=Objective.QUALITY)
 PINS = (PlacementRule("L0.E*", Precision.BF16, "cpu"), PlacementRule("*", Precision.INT4))
 ANALYTIC = whatif_profile(MODELS["mixtral-8x7b"], HARDWARE["a100-80gb"], {})
+QOS = QosStatus(QosState.VIOLATED, True, 10.75, 15.5, 7.65, 3.0, "live: fixed x1.30", "floor violated")
+QOS_BARE = QosStatus(QosState.NO_FLOOR, False, None, None, None, 3.0, "as measured", "")
+CALIBRATION = LiveCalibration(1.25, 1.5, 42, 6.0)
 WITH_KL = dataclasses.replace(
     ANALYTIC,
     layer_kl={
@@ -103,6 +109,22 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ("switch report", SwitchReport(5, 0.125), wire.switch_to_proto, wire.switch_from_proto),
     ("timestamp", _info().plan_applied_at, wire.timestamp_to_proto, wire.timestamp_from_proto),
     ("executor info", _info(), ex_codec.info_to_proto, ex_codec.info_from_proto),
+    ("executor info with qos", _info(qos=QOS), ex_codec.info_to_proto, ex_codec.info_from_proto),
+    ("qos status", QOS, ex_codec.qos_status_to_proto, ex_codec.qos_status_from_proto),
+    ("qos status, no floor", QOS_BARE, ex_codec.qos_status_to_proto, ex_codec.qos_status_from_proto),
+    ("live calibration", CALIBRATION, ex_codec.calibration_to_proto, ex_codec.calibration_from_proto),
+    (
+        "calibrated profile",
+        (ANALYTIC, CALIBRATION),
+        lambda pair: ex_codec.profile_response_to_proto(*pair),
+        ex_codec.profile_response_from_proto,
+    ),
+    (
+        "measured profile reply",
+        (ANALYTIC, None),
+        lambda pair: ex_codec.profile_response_to_proto(*pair),
+        ex_codec.profile_response_from_proto,
+    ),
     (
         "executor info, no target, idle",
         _info(
@@ -239,6 +261,7 @@ def test_round_trips_cover_every_codec_function():
         wire.tier_from_proto,
     }  # enums and names: below
     used |= {ex_codec.replan_state_to_proto, ex_codec.replan_state_from_proto}
+    used |= {ex_codec.profile_response_to_proto}  # inside the lambdas above
     for module in (wire, ex_codec, pl_codec):
         names = [n for n in dir(module) if n.endswith(("_to_proto", "_from_proto")) and not n.startswith("_")]
         names += [n for n in dir(module) if n.startswith("outcome_to_")]
@@ -266,6 +289,18 @@ def test_every_replan_state_has_a_wire_value(state):
 
 def test_an_unknown_replan_state_reads_as_unknown():
     assert ex_codec.replan_state_from_proto(99) is ReplanState.UNKNOWN
+
+
+@pytest.mark.parametrize("state", list(QosState))
+def test_every_qos_state_has_a_wire_value(state):
+    message = ex_codec.qos_status_to_proto(QosStatus(state, True, None, None, None, 1.0, "", ""))
+    assert ex_codec.qos_status_from_proto(message).state is state
+    assert (message.state == executor_pb2.QOS_STATE_UNSPECIFIED) == (state is QosState.UNKNOWN)
+
+
+def test_an_unknown_qos_state_reads_as_unknown():
+    message = executor_pb2.QosStatus(state=99)  # type: ignore[arg-type]
+    assert ex_codec.qos_status_from_proto(message).state is QosState.UNKNOWN
 
 
 def test_plan_round_trip_keeps_every_assignment():

@@ -78,3 +78,28 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def contention(
+    path: Path,
+    series: dict[str, tuple[Sequence[int], Sequence[float]]],
+    floor: float,
+    neighbour_start: float,
+    neighbour_stop: float,
+    title: str,
+) -> Path:
+    """Tokens/s per 1 s window of each run (label -> (rates, plan-switch times)), the floor, the
+    neighbour's busy span shaded and each run's plan switches as ticks on its line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.axvspan(neighbour_start, neighbour_stop, color="tab:red", alpha=0.1, label="neighbour busy")
+    ax.axhline(floor, color="black", linestyle="--", label="floor")
+    for (label, (rates, switches)), color in zip(series.items(), ("tab:blue", "tab:orange"), strict=False):
+        ax.plot([k + 0.5 for k in range(len(rates))], rates, color=color, label=f"{label} tok/s")
+        for when in switches:
+            ax.axvline(when, color=color, linestyle=":", alpha=0.8)
+    ax.set_xlabel("seconds (dotted: plan switches)")
+    ax.set_ylabel("decode tokens/s (1 s windows)")
+    ax.legend(loc="lower left")
+    fig.suptitle(title)
+    return _save(plt, fig, path)

@@ -17,6 +17,7 @@ from moeqos.core.service_types import (
     DeployOutcome,
     ExecutorInfo,
     GenerationEvent,
+    QosStatus,
     ReplanState,
     SwitchReport,
 )
@@ -92,7 +93,23 @@ def status(infos: list[tuple[str, ExecutorInfo]], as_json: bool) -> int:
                 else info.replan_state.value
             )
             print(f"{info.name} @ {address}: re-plan {state} (planner {info.planner_address})")
+        if info.qos is not None and info.qos.floor_tokens_per_s is not None:
+            print(f"{info.name} @ {address}: {qos_line(info.qos)}")
     return 0
+
+
+def qos_line(qos: QosStatus) -> str:
+    """The floor as held: `met: floor 10 tok/s, predicted 12.1, measured 11.4 over 3s (loop on; ...)`."""
+
+    def rate(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None else "-"
+
+    return (
+        f"{qos.state.value}: floor {qos.floor_tokens_per_s:g} tok/s, predicted "
+        f"{rate(qos.predicted_tokens_per_s)}, measured {rate(qos.measured_tokens_per_s)} over "
+        f"{qos.window_seconds:g}s (loop {'on' if qos.loop else 'off'}; profile {qos.calibration}; "
+        f"{qos.last_decision})"
+    )
 
 
 def _info_dict(address: str, info: ExecutorInfo) -> dict[str, Any]:
@@ -107,10 +124,15 @@ def _info_dict(address: str, info: ExecutorInfo) -> dict[str, Any]:
         "planner_address": info.planner_address,
         "replan_state": info.replan_state.value,
         "replan_detail": info.replan_detail,
+        "qos": _qos_dict(info.qos) if info.qos is not None else None,
         "tiers": [t.to_dict() for t in info.tiers],
         "active_generations": info.active_generations,
         "queued_generations": info.queued_generations,
     }
+
+
+def _qos_dict(qos: QosStatus) -> dict[str, Any]:
+    return {**dataclasses.asdict(qos), "state": qos.state.value}
 
 
 def applied(plan: Plan, report: SwitchReport, as_json: bool) -> int:

@@ -68,6 +68,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="profile JSON saved after measuring, reused at restart if it matches",
     )
     executor.add_argument(
+        "--profile-at-start",
+        action="store_true",
+        default=None,
+        help="measure the profile (unless --profile-path holds a matching one) before reporting SERVING",
+    )
+    executor.add_argument(
+        "--qos-loop",
+        choices=["on", "off"],
+        help="on: measure decode steps, recalibrate the profile and re-plan to hold a standing floor; "
+        "off: plan once from the measured profile (open loop). Default on",
+    )
+    executor.add_argument(
         "--state-path",
         metavar="FILE",
         help="plan, budgets and standing target saved after each change and restored at start",

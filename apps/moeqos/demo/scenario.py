@@ -59,6 +59,16 @@ class ExecutorResult:
     measured_tokens_per_s: float
     measured_perplexity: float
     eval_tokens: int
+    target_met: bool
+    """Whether the measured numbers meet the target (see `meets`)."""
+
+
+def meets(target: QosTarget, tokens_per_s: float, perplexity: float, reference_perplexity: float) -> bool:
+    """Whether measured decode tokens/s and perplexity meet `target`'s bounds; a ceiling relative to
+    full precision is placed on `reference_perplexity` (the frontier's most accurate plan, predicted)."""
+    floor = target.min_tokens_per_s
+    ceiling = target.perplexity_ceiling(reference_perplexity)
+    return (floor is None or tokens_per_s >= floor) and (ceiling is None or perplexity <= ceiling)
 
 
 def speed_target(frontier: list[PlanOutcome], settings: DemoSettings) -> QosTarget:
@@ -121,7 +131,7 @@ def run_scenario(
         )
     targets = ((speed_name, speed), (quality_name, quality))
     results = [
-        _exercise(name, target, outcome, settings, say)
+        _exercise(name, target, outcome, settings, say, _reference(frontiers[name]))
         for (name, target), outcome in zip(targets, outcomes, strict=True)
     ]
     _print_table(results, settings)
@@ -144,8 +154,12 @@ def _frontier(
     return frontier
 
 
+def _reference(frontier: list[PlanOutcome]) -> float:
+    return min(p.prediction.perplexity for p in frontier)
+
+
 def _exercise(
-    name: str, target: QosTarget, outcome: DeployOutcome, settings: DemoSettings, say: Say
+    name: str, target: QosTarget, outcome: DeployOutcome, settings: DemoSettings, say: Say, reference: float
 ) -> ExecutorResult:
     address = outcome.executor_address
     say(
@@ -170,6 +184,7 @@ def _exercise(
         measured_tokens_per_s=tokens_per_s,
         measured_perplexity=evaluation.perplexity,
         eval_tokens=evaluation.tokens,
+        target_met=meets(target, tokens_per_s, evaluation.perplexity, reference),
     )
 
 
@@ -187,18 +202,19 @@ def _point(outcome: PlanOutcome) -> dict[str, Any]:
 
 
 def _print_table(results: list[ExecutorResult], settings: DemoSettings) -> None:
-    columns = ("tok/s pred", "tok/s meas", "ppl pred", "ppl meas")
+    columns = ("tok/s pred", "tok/s meas", "ppl pred", "ppl meas", "target")
     header = f"{'executor':<12} {'target':<34} " + " ".join(f"{c:>10}" for c in columns)
     print("\n" + header + "\n" + "-" * len(header))
     for r in results:
         print(
             f"{r.name:<12} {r.target:<34} {r.predicted_tokens_per_s:>10.2f} {r.measured_tokens_per_s:>10.2f} "
-            f"{r.predicted_perplexity:>10.2f} {r.measured_perplexity:>10.2f}"
+            f"{r.predicted_perplexity:>10.2f} {r.measured_perplexity:>10.2f} "
+            f"{'met' if r.target_met else 'MISSED':>10}"
         )
     print(
         f"measured: tok/s of the streamed generation (decode), perplexity on {settings.eval_corpus} "
         f"({results[0].eval_tokens} tokens); predicted: the planner, from the executor's profile "
-        f"(perplexity on {settings.eval_corpus} too)"
+        f"(perplexity on {settings.eval_corpus} too); target: the measured numbers against it"
     )
     for r in results:
         print(f"  {r.name}: {r.plan}\n    plan spec: {r.plan_spec}")

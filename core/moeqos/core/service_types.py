@@ -102,6 +102,61 @@ class ReplanState(Enum):
 
 
 @dataclass(frozen=True)
+class LiveCalibration:
+    """Scales an executor fitted to its live decode steps: the profile it plans from has its fixed cost
+    times `fixed_scale` and every call cost times `call_scale` (see moeqos.executor.recalibration)."""
+
+    fixed_scale: float = 1.0
+    call_scale: float = 1.0
+    steps: int = 0
+    """Live decode steps fitted (0: the measured profile as is)."""
+    window_seconds: float = 0.0
+    """How far back those steps go."""
+
+    def describe(self) -> str:
+        if self.steps == 0:
+            return "as measured"
+        return (
+            f"live: fixed x{self.fixed_scale:.2f}, calls x{self.call_scale:.2f} "
+            f"({self.steps} steps over {self.window_seconds:.0f}s)"
+        )
+
+
+class QosState(Enum):
+    """Whether the standing throughput floor holds, as measured over the executor's last window."""
+
+    NO_FLOOR = "no-floor"
+    """No standing throughput floor (or the executor does not measure: an older one)."""
+    MET = "met"
+    """The floor holds (or too few tokens were decoded in the window to say otherwise)."""
+    VIOLATED = "violated"
+    """The measured rate is below the floor beyond the tolerance."""
+    REPLANNING = "replanning"
+    """A re-plan against the target is running (or retrying) now."""
+    UNKNOWN = "unknown"
+    """The executor sent a state this client does not know (a newer executor) or none."""
+
+
+@dataclass(frozen=True)
+class QosStatus:
+    """The standing floor as held live (GetInfo): target, prediction, measurement, verdict."""
+
+    state: QosState
+    loop: bool
+    """Whether the closed loop re-plans on its own (False: open loop, measured but not acted on)."""
+    floor_tokens_per_s: float | None
+    predicted_tokens_per_s: float | None
+    """What the profile the plan in force was chosen from predicts for it."""
+    measured_tokens_per_s: float | None
+    """Mean decode rate of the streams over the last window (None: too few tokens decoded)."""
+    window_seconds: float
+    calibration: str
+    """For people: how the live calibration scales the measured profile."""
+    last_decision: str
+    """For people: the loop's last decision and its reason."""
+
+
+@dataclass(frozen=True)
 class ExecutorInfo:
     """An executor's identity and state (GetInfo)."""
 
@@ -128,6 +183,8 @@ class ExecutorInfo:
     """The pin rules re-plans against the standing target keep."""
     target_generation: int = 0
     """Counts SetTarget and ApplyPlan calls; a re-plan started under an older one never applies."""
+    qos: QosStatus | None = None
+    """The standing floor as measured live (None from an executor that does not report it)."""
 
 
 @dataclass(frozen=True)

@@ -259,9 +259,14 @@ class ExecutorRuntime:
         return moe_blocks(self.lm, self.adapter)
 
     def generate(
-        self, prompt: str | list[int], params: SamplingParams, cancel: threading.Event | None = None
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> Iterator[GenerationEvent]:
-        """Stream a completion; inputs are validated here, before the first token."""
+        """Stream a completion; inputs are validated here, before the first token. `on_step` hears each
+        token's step time (see moeqos.executor.generation.decode_loop)."""
         ids = self.encode(prompt)
         params.validate(len(ids), self.context_length)
         if params.stop and self.tokenizer is None:
@@ -274,6 +279,7 @@ class ExecutorRuntime:
             self.prompts.decoder(),
             cancel,
             lambda: self.plan.to_spec(),
+            on_step,
         )
 
     def decode_step(self) -> Step:

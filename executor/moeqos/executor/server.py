@@ -1,7 +1,8 @@
 """The executor server: config, assembly, model loading behind the health service, run loop.
 
 The port is bound first (health NOT_SERVING, every RPC UNAVAILABLE), then the model loads and warms up
-(one token) in a worker thread, then health turns SERVING. SIGTERM/SIGINT: NOT_SERVING, new calls
+(one token) in a worker thread, the profile is read (or, with `profile_at_start`, measured), then
+health turns SERVING. SIGTERM/SIGINT: NOT_SERVING, new calls
 refused, calls in flight get `grace_seconds` to finish.
 
     config = ExecutorServerConfig.from_env_and_args(args)   # flags and MOEQOS_* read here, only here
@@ -23,12 +24,15 @@ import grpc.aio
 from moeqos.api import server as server_common
 from moeqos.api.metrics import ServerMetrics
 from moeqos.api.server import PeerServerConfig, Server, start_server
-from moeqos.core.plan import parse_plan
+from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
 from moeqos.executor.config import ExecutorConfig, check_settings
 from moeqos.executor.disk_room import check_writable
+from moeqos.executor.live_stats import LiveStats
 from moeqos.executor.metrics import ExecutorMetrics
+from moeqos.executor.qos_control import LoopSettings
+from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -93,6 +97,11 @@ class ExecutorServerConfig(PeerServerConfig):
     profile_path: Path | None = None
     """Profile JSON written after each measurement and served at the next start when it was measured
     on the same model (fingerprint) and device, so a restart need not measure again."""
+    profile_at_start: bool = False
+    """Measure the profile (unless a saved one matches) before health turns SERVING; either way a saved
+    profile is read before SERVING, so the QoS loop can recalibrate from the first generation."""
+    qos: LoopSettings = field(default_factory=LoopSettings)
+    """The closed loop keeping a standing floor (`enabled=False`: open loop, measured only)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -173,7 +182,20 @@ class ExecutorServerConfig(PeerServerConfig):
             variant_cache_dir=Path(cache) if cache else None,
             profile_path=Path(profile) if profile else None,
             state_path=Path(state) if state else None,
+            profile_at_start=_yes(pick("profile_at_start", "MOEQOS_PROFILE_AT_START")),
+            qos=LoopSettings(enabled=_on_off(pick("qos_loop", "MOEQOS_QOS_LOOP") or "on", "qos loop")),
         )
+
+
+def _yes(value: object) -> bool:
+    """A flag's True, or an environment variable's `1`, `true`, `on`, `yes`."""
+    return value is True or str(value).lower() in ("1", "true", "on", "yes")
+
+
+def _on_off(value: str, what: str) -> bool:
+    if value not in ("on", "off"):
+        raise ValueError(f"{what} must be on or off, got {value!r}")
+    return value == "on"
 
 
 def _budgets(flags: list[TierBudget] | None, env_value: str) -> dict[str, int]:
@@ -201,6 +223,8 @@ class ExecutorHandle:
     async def stop(self, grace: float) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish for `grace` seconds."""
         self.ready.cancel()
+        if self.servicer.qos is not None:
+            self.servicer.qos.stop()
         self.servicer.target.cancel()
         await self.server.stop(grace)
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -232,6 +256,13 @@ async def start_executor(
         config.planner_address or "", config.peer_options(), served, config.replan_backoff
     )
     admission = Admission(config.max_concurrent, config.max_queued)
+
+    def plan() -> Plan:  # asked only once the model is loaded (by generations, GetInfo, the loop)
+        return served.ready().plan
+
+    qos = QosLoop(config.qos, LiveStats(plan), target, plan)
+    target.planning_target = qos.planning_target  # re-plans ask with headroom,
+    target.planning_profile = qos.calibrated  # from the live-calibrated profile
     servicer = ExecutorServicer(
         config.name or socket.gethostname(),
         served,
@@ -239,6 +270,7 @@ async def start_executor(
         target,
         write_window_s=config.write_window_s,
         state_path=config.state_path,
+        qos=qos,
     )
     executor_metrics.observe(served, target)
 
@@ -251,6 +283,10 @@ async def start_executor(
         runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
         served.attach(runtime)
         await servicer.restore()
+        if config.profile_at_start:
+            log.info("executor %s measuring its profile before serving", servicer.name)
+        await served.warm_profile(config.profile_at_start)
+        qos.start(lambda: served.measured_profile)
         await server.set_serving(True)
         log.info("executor %s serving %s on port %d", servicer.name, runtime.model.name, server.port)
 

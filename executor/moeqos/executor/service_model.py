@@ -75,6 +75,21 @@ class ServedModel:
     def profile_cached(self) -> bool:
         return self._profile is not None
 
+    @property
+    def measured_profile(self) -> Profile | None:
+        """The profile as measured, once cached (None before; its tiers as when it was measured)."""
+        return self._profile
+
+    async def warm_profile(self, measure: bool) -> None:
+        """Before health turns SERVING: read the saved profile if there is one, and with `measure`
+        measure it when there is none, so a first Plan or Deploy does not wait behind a healthy status."""
+        if measure:
+            await self.cached_profile()
+            return
+        async with self._profile_lock:
+            if self._profile is None:
+                self._profile = service_measure.load_saved(self.profile_path, self.ready())
+
     async def cached_profile(self) -> Profile:
         """The profile, measured (with reference perplexities) on first use and cached, its `tiers`
         refreshed to the current budgets (they may have changed since it was measured)."""

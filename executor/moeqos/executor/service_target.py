@@ -72,6 +72,10 @@ class StandingTarget:
         self._peer = peer
         self._hooks = hooks
         self._backoff = backoff
+        self.planning_target: Callable[[QosTarget], QosTarget] = lambda target: target
+        """The target the planner is asked for (the QoS loop adds headroom to the floor)."""
+        self.planning_profile: Callable[[Profile], Profile] = lambda profile: profile
+        """The profile the planner plans from (the QoS loop's live calibration of the measured one)."""
         self._task: asyncio.Task[None] | None = None
 
     def set(
@@ -139,7 +143,9 @@ class StandingTarget:
         self.state, self.detail = state, detail
 
     async def _plan_once(self, target: QosTarget, address: str, pins: tuple[PlacementRule, ...]) -> Plan:
-        profile = await self._hooks.cached_profile()
+        profile = self.planning_profile(await self._hooks.cached_profile())
         async with AsyncPlannerClient(address, self._peer) as planner:
-            outcome = await planner.plan(target, profile=profile, budgets=self._hooks.budgets(), pins=pins)
+            outcome = await planner.plan(
+                self.planning_target(target), profile=profile, budgets=self._hooks.budgets(), pins=pins
+            )
         return outcome.plan

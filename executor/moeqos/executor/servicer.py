@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from moeqos.core.service_types import (
     ProfileProgress,
 )
 from moeqos.executor import service_measure
+from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
 from moeqos.executor.service_admission import Admission
@@ -47,17 +48,22 @@ _DONE = object()
 
 
 def start_generation(
-    runtime: ExecutorRuntime, request: ex.GenerateRequest, params: SamplingParams, cancel: threading.Event
+    runtime: ExecutorRuntime,
+    request: ex.GenerateRequest,
+    params: SamplingParams,
+    cancel: threading.Event,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> Iterator[GenerationEvent]:
     """The runtime's generation for the request's prompt, or its conversation rendered with the chat
-    template (blocking: the template and the tokenizer run here, in the worker thread)."""
+    template (blocking: the template and the tokenizer run here, in the worker thread). `on_step`
+    hears each token's step time (the QoS loop's live measurement)."""
     if request.messages and request.prompt:
         raise InvalidArgument("give a prompt or messages, not both")
     if not request.messages:
-        return runtime.generate(request.prompt, params, cancel)
+        return runtime.generate(request.prompt, params, cancel, on_step)
     conversation = [codec.chat_message_from_proto(m) for m in request.messages]
     ids = runtime.encode_chat([(m.role, m.content) for m in conversation])
-    return runtime.generate(ids, params, cancel)
+    return runtime.generate(ids, params, cancel, on_step)
 
 
 class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
@@ -71,9 +77,12 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         target: StandingTarget,
         write_window_s: float = 30.0,
         state_path: Path | None = None,
+        qos: QosLoop | None = None,
     ) -> None:
         self.name = name
         self.served = served
+        self.qos = qos
+        """Live measurement and the closed loop (None: neither, e.g. a bare servicer in tests)."""
         self.admission = admission
         self.target = target
         self.write_window_s = write_window_s
@@ -149,13 +158,17 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             integrity=integrity.describe(),
             standing_pins=self.target.pins,
             target_generation=self.target.generation,
+            qos=self.qos.status(self.served.measured_profile) if self.qos is not None else None,
         )
         return codec.info_to_proto(info)
 
     async def GetProfile(
         self, request: ex.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> ex.GetProfileResponse:
-        return ex.GetProfileResponse(profile=common.profile_to_proto(await self.served.cached_profile()))
+        profile = await self.served.cached_profile()
+        if self.qos is None or not self.qos.settings.enabled:
+            return codec.profile_response_to_proto(profile, None)
+        return codec.profile_response_to_proto(self.qos.calibrated(profile), self.qos.planned_with)
 
     async def MeasureProfile(
         self, request: ex.MeasureProfileRequest, context: grpc.aio.ServicerContext
@@ -232,8 +245,9 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
 
             watch = WriteWatch(self.write_window_s, stalled)
             try:
+                on_step = self.qos.stats.stream() if self.qos is not None else None
                 events: Iterator[GenerationEvent] = await self.served.run(
-                    start_generation, runtime, request, params, cancel
+                    start_generation, runtime, request, params, cancel, on_step
                 )
                 while (event := await self.served.run(next, events, _DONE)) is not _DONE:
                     if event.stats is not None:

@@ -16,7 +16,10 @@ from moeqos.core.service_types import (
     ExecutorInfo,
     GenerationEvent,
     GenerationStats,
+    LiveCalibration,
     ProfileProgress,
+    QosState,
+    QosStatus,
     ReplanState,
     Sampling,
 )
@@ -31,6 +34,14 @@ _REPLAN_STATES = {
     ReplanState.UNKNOWN: ex.REPLAN_STATE_UNSPECIFIED,
 }
 _REPLAN_STATES_BACK = {value: state for state, value in _REPLAN_STATES.items()}
+_QOS_STATES = {
+    QosState.NO_FLOOR: ex.QOS_STATE_NO_FLOOR,
+    QosState.MET: ex.QOS_STATE_MET,
+    QosState.VIOLATED: ex.QOS_STATE_VIOLATED,
+    QosState.REPLANNING: ex.QOS_STATE_REPLANNING,
+    QosState.UNKNOWN: ex.QOS_STATE_UNSPECIFIED,
+}
+_QOS_STATES_BACK = {value: state for state, value in _QOS_STATES.items()}
 
 
 # ----- executor state -----------------------------------------------------------------------------
@@ -41,6 +52,72 @@ def replan_state_to_proto(state: ReplanState) -> ex.ReplanState:
 def replan_state_from_proto(value: int) -> ReplanState:
     """The domain state; UNKNOWN for UNSPECIFIED or a value this build does not know (a newer executor)."""
     return _REPLAN_STATES_BACK.get(value, ReplanState.UNKNOWN)  # type: ignore[call-overload]
+
+
+def qos_status_to_proto(status: QosStatus) -> ex.QosStatus:
+    message = ex.QosStatus(
+        state=_QOS_STATES[status.state],
+        loop=status.loop,
+        window_seconds=status.window_seconds,
+        calibration=status.calibration,
+        last_decision=status.last_decision,
+    )
+    if status.floor_tokens_per_s is not None:
+        message.floor_tokens_per_s = status.floor_tokens_per_s
+    if status.predicted_tokens_per_s is not None:
+        message.predicted_tokens_per_s = status.predicted_tokens_per_s
+    if status.measured_tokens_per_s is not None:
+        message.measured_tokens_per_s = status.measured_tokens_per_s
+    return message
+
+
+def qos_status_from_proto(message: ex.QosStatus) -> QosStatus:
+    """The domain status; state UNKNOWN for UNSPECIFIED or a value this build does not know."""
+
+    def optional(name: str) -> float | None:
+        return float(getattr(message, name)) if message.HasField(name) else None
+
+    return QosStatus(
+        state=_QOS_STATES_BACK.get(message.state, QosState.UNKNOWN),
+        loop=message.loop,
+        floor_tokens_per_s=optional("floor_tokens_per_s"),
+        predicted_tokens_per_s=optional("predicted_tokens_per_s"),
+        measured_tokens_per_s=optional("measured_tokens_per_s"),
+        window_seconds=message.window_seconds,
+        calibration=message.calibration,
+        last_decision=message.last_decision,
+    )
+
+
+def calibration_to_proto(calibration: LiveCalibration) -> ex.LiveCalibration:
+    return ex.LiveCalibration(
+        fixed_scale=calibration.fixed_scale,
+        call_scale=calibration.call_scale,
+        steps=calibration.steps,
+        window_seconds=calibration.window_seconds,
+    )
+
+
+def calibration_from_proto(message: ex.LiveCalibration) -> LiveCalibration:
+    return LiveCalibration(
+        fixed_scale=message.fixed_scale,
+        call_scale=message.call_scale,
+        steps=message.steps,
+        window_seconds=message.window_seconds,
+    )
+
+
+def profile_response_to_proto(profile: Profile, calibration: LiveCalibration | None) -> ex.GetProfileResponse:
+    """GetProfile's reply: the profile, and the live calibration it is under (None: as measured)."""
+    message = ex.GetProfileResponse(profile=common.profile_to_proto(profile))
+    if calibration is not None:
+        message.calibration.CopyFrom(calibration_to_proto(calibration))
+    return message
+
+
+def profile_response_from_proto(message: ex.GetProfileResponse) -> tuple[Profile, LiveCalibration | None]:
+    calibration = calibration_from_proto(message.calibration) if message.HasField("calibration") else None
+    return common.profile_from_proto(message.profile), calibration
 
 
 def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
@@ -65,6 +142,8 @@ def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
         message.plan_applied_at.CopyFrom(common.timestamp_to_proto(info.plan_applied_at))
     if info.standing_target is not None:
         message.standing_target.CopyFrom(common.target_to_proto(info.standing_target))
+    if info.qos is not None:
+        message.qos.CopyFrom(qos_status_to_proto(info.qos))
     return message
 
 
@@ -93,6 +172,7 @@ def info_from_proto(message: ex.GetInfoResponse) -> ExecutorInfo:
         integrity=message.integrity or "ok",
         standing_pins=common.pins_from_proto(message.standing_pins),
         target_generation=message.target_generation,
+        qos=qos_status_from_proto(message.qos) if message.HasField("qos") else None,
     )
 
 

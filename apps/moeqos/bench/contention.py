@@ -1,0 +1,268 @@
+"""Section `contention`: does a standing throughput floor hold while a noisy neighbour comes and goes?
+
+A planner and an executor run as real processes (moeqos.bench.cluster). The floor is set from what the
+machine does now: 80% of the decode rate of the best-quality plan, measured first. Then, once with
+the closed loop (`--qos-loop on`) and once open loop (`--qos-loop off`), on a fresh executor each:
+Deploy the floor, stream tokens back to back, start a neighbour process that burns one core, stop it
+later, and keep streaming. Reported per mode: the fraction of 1-second windows meeting the floor,
+seconds until the floor is met again after the neighbour starts, seconds until the quality plan is
+back after it stops, plan changes per resource change, and the (predicted) perplexity of the plans
+used; a PNG of tokens/s over time with the floor, the neighbour and the plan switches.
+
+On a machine that other work also loads the neighbour is not the only contention: the numbers say
+what this run saw, not what the loop can do on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from moeqos.bench import plots
+from moeqos.bench.cluster import Cluster
+from moeqos.bench.contention_metrics import ContentionMetrics, Trace, summarize, window_rates
+from moeqos.bench.context import DISK_READS
+from moeqos.bench.report import Goal, SectionResult, table
+from moeqos.core.errors import InfeasibleTarget
+from moeqos.core.plan import Plan
+from moeqos.core.qos import Objective, QosTarget
+
+FLOOR_FRACTION = 0.8
+"""The floor, as a fraction of the quality plan's quiet decode rate."""
+PHASES = {True: (6.0, 14.0, 14.0), False: (15.0, 40.0, 40.0)}
+"""--quick or not -> seconds quiet, with the neighbour, after it."""
+PROMPT = "the planner picks a plan that meets the target"
+BURN = "while True:\n    pass\n"
+"""The neighbour: one busy core."""
+
+
+def run(ctx: Any) -> SectionResult:
+    work = Path(ctx.out_dir) / "contention"
+    work.mkdir(parents=True, exist_ok=True)
+    profile_path = work / "profile.json"
+    profile_path.write_text(ctx.profile.to_json(indent=2))  # the executors serve it instead of measuring
+    quality = ctx.models[1]
+    phases = PHASES[ctx.settings.quick]
+    traces: dict[str, Trace] = {}
+    with Cluster(work) as cluster:
+        planner = cluster.start("planner", "planner", [])
+        floor, first_plan = None, None
+        for mode in ("on", "off"):
+            executor = cluster.start(f"executor-{mode}", "executor", _executor_args(ctx, profile_path, mode))
+            if floor is None:
+                floor = FLOOR_FRACTION * _quality_rate(planner.address, executor.address)
+                ctx.log(f"contention: floor {floor:.2f} tok/s")
+            ctx.log(f"contention: loop {mode}")
+            first_plan = _deploy(planner.address, executor.address, floor, first_plan)
+            traces[mode] = _scenario(executor.address, phases)
+            cluster.kill(f"executor-{mode}")
+    assert floor is not None
+    return _result(ctx, traces, floor, quality)
+
+
+def _executor_args(ctx: Any, profile_path: Path, mode: str) -> list[str]:
+    budget = sum(b.budget_bytes for b in ctx.budgets)
+    return [
+        *["--model", str(ctx.model_dir), "--profile-path", str(profile_path)],
+        *["--budget", f"cpu={budget}B", "--budget", "disk=0B", "--disk-reads", DISK_READS],
+        *["--max-concurrent", "1", "--qos-loop", mode],
+    ]
+
+
+def _quality_rate(planner_address: str, executor_address: str) -> float:
+    """Decode tokens/s of the best-quality plan, now: the median 1 s window of 6 s counted from the
+    first token (the first request's prefill and warm-up are not part of a decode rate)."""
+    from moeqos.client import DeploySpec, PlannerClient
+
+    with PlannerClient(planner_address) as planner:
+        planner.deploy([DeploySpec(executor_address, QosTarget(objective=Objective.QUALITY))])
+    times = _stream_for(executor_address, 6.0, time.monotonic(), after_first_token=True)
+    if not times:
+        raise RuntimeError("the executor decoded nothing in 6 s: no floor to set")
+    rates = sorted(window_rates([t - times[0] for t in times], times[-1] - times[0]))
+    if not rates or rates[len(rates) // 2] == 0:
+        raise RuntimeError(f"too few tokens to set a floor ({len(times)} in 6 s)")
+    return float(rates[len(rates) // 2])
+
+
+def _stream_for(address: str, seconds: float, origin: float, after_first_token: bool = False) -> list[float]:
+    """Token times of `seconds` of streaming (counted from the first token with `after_first_token`)."""
+    stop = threading.Event()
+    times: list[float] = []
+    thread = threading.Thread(target=_stream, args=(address, origin, times, stop), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while after_first_token and not times and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(seconds)
+    stop.set()
+    thread.join(60)
+    return times
+
+
+def _stream(address: str, origin: float, times: list[float], stop: threading.Event) -> None:
+    """Requests back to back until `stop`; the arrival time of every token, from `origin`."""
+    from moeqos.client import ExecutorClient, Sampling
+
+    with ExecutorClient(address) as client:
+        while not stop.is_set():
+            for event in client.generate(PROMPT, Sampling(max_tokens=48, seed=len(times))):
+                if event.token_id is not None:
+                    times.append(time.monotonic() - origin)
+                if stop.is_set():
+                    break
+
+
+def _watch(address: str, origin: float, plans: list[tuple[float, str]], stop: threading.Event) -> None:
+    """Every plan change the executor reports, polled every 0.25 s."""
+    from moeqos.client import ExecutorClient
+
+    with ExecutorClient(address) as client:
+        while not stop.is_set():
+            spec = client.info().plan.to_spec()
+            if not plans or plans[-1][1] != spec:
+                plans.append((time.monotonic() - origin, spec))
+            stop.wait(0.25)
+
+
+def _deploy(planner_address: str, executor_address: str, floor: float, fallback: Plan | None) -> Plan:
+    """Deploy the floor; when the measured profile says no plan meets it (open loop on a profile that
+    is off), serve `fallback` (the plan the closed loop started from) under the same standing floor."""
+    from moeqos.client import DeploySpec, ExecutorClient, PlannerClient
+
+    target = QosTarget(min_tokens_per_s=floor)
+    try:
+        with PlannerClient(planner_address) as planner:
+            return planner.deploy([DeploySpec(executor_address, target)])[0].plan
+    except InfeasibleTarget:
+        if fallback is None:
+            raise
+    with ExecutorClient(executor_address) as executor:
+        executor.apply_plan(fallback)
+        executor.set_target(target, planner_address)
+    return fallback
+
+
+def _scenario(executor_address: str, phases: tuple[float, ...]) -> Trace:
+    quiet, loaded, after = phases
+    origin, stop = time.monotonic(), threading.Event()
+    times: list[float] = []
+    plans: list[tuple[float, str]] = []
+    workers = [
+        threading.Thread(target=_stream, args=(executor_address, origin, times, stop), daemon=True),
+        threading.Thread(target=_watch, args=(executor_address, origin, plans, stop), daemon=True),
+    ]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + 300
+    while not times and time.monotonic() < deadline:  # the trace starts at the first token
+        time.sleep(0.05)
+    time.sleep(quiet)
+    neighbour = subprocess.Popen([sys.executable, "-c", BURN])
+    started = time.monotonic() - origin
+    try:
+        time.sleep(loaded)
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    stopped = time.monotonic() - origin
+    time.sleep(after)
+    end = time.monotonic() - origin
+    stop.set()
+    for worker in workers:
+        worker.join(60)
+    return _from_first_token(times, plans, started, stopped, end)
+
+
+def _from_first_token(
+    times: list[float], plans: list[tuple[float, str]], started: float, stopped: float, end: float
+) -> Trace:
+    """The trace with its clock starting at the first token (a plan in force then starts at 0)."""
+    t0 = times[0] if times else 0.0
+    shifted = [(max(when - t0, 0.0), spec) for when, spec in plans]
+    starting = [p for p in shifted if p[0] == 0.0][-1:]
+    return Trace(
+        tuple(t - t0 for t in times),
+        tuple(starting + [p for p in shifted if p[0] > 0.0]),
+        started - t0,
+        stopped - t0,
+        end - t0,
+    )
+
+
+def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> SectionResult:
+    from moeqos.core.plan import parse_plan
+
+    layers, experts = ctx.shape
+
+    def perplexity(spec: str) -> float:
+        return float(quality.predict_perplexity(parse_plan(spec, layers, experts, ctx.device)))
+
+    metrics = {mode: summarize(trace, floor) for mode, trace in traces.items()}
+    rows: list[list[Any]] = []
+    modes: dict[str, Any] = {}
+    for mode, trace in traces.items():
+        m = metrics[mode]
+        used = sorted({spec for _, spec in trace.plans}, key=perplexity)
+        ppl = ", ".join(f"{perplexity(s):.2f}" for s in used)
+        rows.append(_row(mode, m, ppl))
+        modes[mode] = {
+            **m.to_dict(),
+            "plans": [{"time_s": t, "plan": s, "perplexity": perplexity(s)} for t, s in trace.plans],
+            "window_tokens_per_s": window_rates(trace.token_times, trace.end),
+            "neighbour": [trace.neighbour_start, trace.neighbour_stop],
+        }
+    path = plots.contention(
+        Path(ctx.out_dir) / "contention.png",
+        {f"loop {mode}": _series(t) for mode, t in traces.items()},
+        floor,
+        traces["on"].neighbour_start,
+        traces["on"].neighbour_stop,
+        f"floor {floor:.1f} tok/s under a one-core neighbour",
+    )
+    columns = ["loop", "windows met", "recover s", "quality back s", "re-plans start/stop", "plan ppl"]
+    notes = [
+        f"floor = {FLOOR_FRACTION:.0%} of the quality plan's quiet rate; 1 s windows as a client saw them",
+        "perplexity: the planner's prediction for each plan used; the machine is shared with other work",
+    ]
+    return SectionResult(
+        "contention",
+        tables=[table("contention: closed vs open loop", columns, rows, notes)],
+        goals=_goals(metrics["on"]),
+        data={"floor_tokens_per_s": floor, "modes": modes},
+        plots=[str(path)],
+    )
+
+
+def _row(mode: str, m: ContentionMetrics, ppl: str) -> list[Any]:
+    return [
+        mode,
+        m.fraction_met,
+        m.recover_s,
+        m.quality_back_s,
+        f"{m.replans_on_start}/{m.replans_on_stop}",
+        ppl,
+    ]
+
+
+def _series(trace: Trace) -> tuple[list[int], list[float]]:
+    return window_rates(trace.token_times, trace.end), [t for t, _ in trace.plans[1:]]
+
+
+def _goals(m: ContentionMetrics) -> list[Goal]:
+    replans = max(m.replans_on_start, m.replans_on_stop)
+    return [
+        _goal("floor met again after the neighbour starts", "<= 10 s", m.recover_s, lambda v: v <= 10),
+        Goal("windows meeting the floor", ">= 90%", m.fraction_met, m.fraction_met >= 0.9),
+        Goal("re-plans per resource change", "<= 3", replans, replans <= 3),
+        _goal("quality plan back after it stops", "<= 20 s", m.quality_back_s, lambda v: v <= 20),
+    ]
+
+
+def _goal(name: str, target: str, value: float | None, ok: Callable[[float], bool]) -> Goal:
+    return Goal(name, target, float("nan") if value is None else value, value is not None and ok(value))

@@ -1,0 +1,120 @@
+"""The QoS controller's policy: from a measured window to a verdict and, maybe, a re-plan. Pure.
+
+    controller = QosController(LoopSettings())
+    decision = controller.decide(now, floor, measured, busy)   # measured: WindowRate of the plan in force
+
+Rules, in order (r = measured decode rate of the streams, F = floor):
+- no floor: nothing to hold;
+- a re-plan in flight (or retrying): wait for it; never start a second (the first keeps its backoff);
+- fewer than `min_tokens` decode tokens under the plan in force: too little to judge, the floor counts
+  as met (unless the window was long enough for `min_tokens` at the floor and a stream ran in it);
+- r < F * (1 - tolerance): violated; re-plan once `min_interval_s` has passed since the last re-plan;
+- r > F * (1 + slack): met with quality left on the table; re-plan once `slack_interval` has passed.
+  A slack re-plan that keeps the same plan doubles that interval (up to `max_slack_interval_s`), so a
+  plan that is already the best one is not asked for again and again; any plan change resets it.
+The gap between 1 - tolerance and 1 + slack (with the plan asked for at F * (1 + headroom)) is the
+hysteresis band: a plan chosen to land inside it triggers neither rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from moeqos.core.service_types import QosState
+from moeqos.executor.live_stats import WindowRate
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Knobs of the closed loop (defaults suit a CPU executor decoding ~10 tok/s)."""
+
+    enabled: bool = True
+    """False: open loop (rates measured and reported, never acted on; profiles served as measured)."""
+    window_s: float = 3.0
+    """Rates are judged over the last this many seconds (only steps under the plan in force)."""
+    tolerance: float = 0.05
+    """Violated when the measured rate is below floor * (1 - tolerance)."""
+    slack: float = 0.25
+    """Quality left on the table when the measured rate is above floor * (1 + slack)."""
+    headroom: float = 0.08
+    """Re-plans ask the planner for floor * (1 + headroom), so noise does not put the plan at the edge."""
+    min_interval_s: float = 4.0
+    """At least this long between two re-plans for a violation."""
+    slack_interval_s: float = 8.0
+    """At least this long between a re-plan and a re-plan for slack."""
+    max_slack_interval_s: float = 64.0
+    """Longest wait between slack re-plans that keep finding the same plan."""
+    min_tokens: int = 8
+    """Decode tokens a window needs before it is judged."""
+    tick_s: float = 0.5
+    """How often the loop looks."""
+    calibration_window_s: float = 6.0
+    """Recalibration fits the steps of the last this many seconds."""
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.tolerance < 1 and 0 <= self.headroom < self.slack):
+            raise ValueError("need 0 <= tolerance < 1 and 0 <= headroom < slack")
+        positive = (self.window_s, self.min_interval_s, self.slack_interval_s, self.tick_s)
+        if min(positive) <= 0 or self.calibration_window_s <= 0 or self.min_tokens < 2:
+            raise ValueError("windows, intervals and the tick must be positive; min_tokens >= 2")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The controller's verdict on one window."""
+
+    state: QosState
+    replan: bool
+    reason: str
+    for_slack: bool = False
+    """The re-plan (if any) is for quality left on the table, not for a violation."""
+
+
+class QosController:
+    """Judges windows against the floor and rations re-plans (see the module docstring)."""
+
+    def __init__(self, settings: LoopSettings) -> None:
+        self.settings = settings
+        self.last_replan = -math.inf
+        self.slack_interval = settings.slack_interval_s
+
+    def decide(self, now: float, floor: float | None, window: WindowRate, busy: bool) -> Decision:
+        """The verdict at `now` on `window` (steps under the plan in force); `busy`: a re-plan is running."""
+        s = self.settings
+        if floor is None:
+            return Decision(QosState.NO_FLOOR, False, "no throughput floor")
+        if busy:
+            return Decision(QosState.REPLANNING, False, "re-plan in progress")
+        rate = window.stream_tokens_per_s
+        # A window long enough for min_tokens at the floor that holds fewer, from a running stream,
+        # is itself evidence of a rate below the floor: judged, not skipped.
+        sized_for_floor = window.seconds * floor >= s.min_tokens and window.streams > 0
+        if rate is None or (window.tokens < s.min_tokens and not sized_for_floor):
+            return Decision(QosState.MET, False, f"{window.tokens} tokens in the window: too few to judge")
+        if rate < floor * (1 - s.tolerance):
+            why = (
+                f"floor violated: {rate:.2f} < {floor:g} tok/s - {s.tolerance:.0%} over {window.seconds:.1f}s"
+            )
+            return self._maybe(now, s.min_interval_s, QosState.VIOLATED, why)
+        if rate > floor * (1 + s.slack):
+            why = f"slack: {rate:.2f} > {floor:g} tok/s + {s.slack:.0%}; asking for a higher-quality plan"
+            return self._maybe(now, self.slack_interval, QosState.MET, why, slack=True)
+        return Decision(QosState.MET, False, f"met: {rate:.2f} tok/s vs floor {floor:g}")
+
+    def replanned(self, now: float) -> None:
+        """Record that a re-plan started at `now`."""
+        self.last_replan = now
+
+    def settled(self, changed: bool, for_slack: bool) -> None:
+        """A re-plan finished: back off slack re-plans that changed nothing; a change resets that."""
+        if changed:
+            self.slack_interval = self.settings.slack_interval_s
+        elif for_slack:
+            self.slack_interval = min(self.slack_interval * 2, self.settings.max_slack_interval_s)
+
+    def _maybe(self, now: float, interval: float, state: QosState, why: str, slack: bool = False) -> Decision:
+        wait = self.last_replan + interval - now
+        if wait > 0:
+            return Decision(state, False, f"{why} (next re-plan allowed in {wait:.1f}s)")
+        return Decision(state, True, why, for_slack=slack)

@@ -1,0 +1,174 @@
+"""The closed loop that keeps a standing throughput floor: measure, recalibrate, judge, re-plan.
+
+Every `tick_s` the loop
+1. re-fits the live calibration to the decode steps of the last `calibration_window_s` (kept as it was
+   when nothing was decoded: an idle executor learns nothing new);
+2. judges the rate of the streams over the last `window_s`, counting only steps under the plan in
+   force (a window straddling a plan switch would judge the new plan by the old one's steps);
+3. when the controller says so, starts a re-plan through the StandingTarget, which asks the planner
+   with the calibrated profile (GetProfile serves the same), applies the plan, and retries with
+   backoff while the planner is down; the plan in force keeps serving throughout.
+Each decision that changes something, or says why nothing changes, is logged once.
+
+With the loop off (`LoopSettings.enabled = False`) steps are still measured and reported, but nothing
+is recalibrated or re-planned: the open-loop behaviour, kept for comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from moeqos.core.plan import Plan
+from moeqos.core.profile import Profile
+from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.service_types import LiveCalibration, QosState, QosStatus, ReplanState
+from moeqos.executor import recalibration
+from moeqos.executor.live_stats import LiveStats, WindowRate
+from moeqos.executor.qos_control import Decision, LoopSettings, QosController
+from moeqos.executor.service_target import StandingTarget
+
+log = logging.getLogger(__name__)
+
+BUSY = (ReplanState.REPLANNING, ReplanState.RETRYING)
+
+
+class QosLoop:
+    """Measures, recalibrates and keeps the standing floor of one executor (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: LoopSettings,
+        stats: LiveStats,
+        target: StandingTarget,
+        plan: Callable[[], Plan],
+    ) -> None:
+        """`plan()` is the plan in force."""
+        self.settings = settings
+        self.stats = stats
+        self.target = target
+        self.controller = QosController(settings)
+        self.calibration = LiveCalibration()
+        """The live calibration (as measured until the loop has fitted one; always so when off)."""
+        self.planned_with = LiveCalibration()
+        """The calibration of the profile the plan in force was chosen from (the prediction's basis)."""
+        self._plan = plan
+        self._last = Decision(QosState.NO_FLOOR, False, "not started")
+        self._fallback = False
+        """The next re-plan asks for the fastest plan within the target's ceiling: the last one failed
+        (no plan meets the floor under the calibrated profile)."""
+        self._pending: tuple[str, bool] | None = None
+        """(plan spec before, for slack) of the re-plan in flight."""
+        self._task: asyncio.Task[None] | None = None
+
+    # ----- the profile the planner plans from --------------------------------------------------
+    def calibrated(self, profile: Profile) -> Profile:
+        """`profile` under the live calibration (as measured when the loop is off)."""
+        if not self.settings.enabled:
+            return profile
+        self.planned_with = self.calibration
+        return recalibration.apply(self.calibration, profile)
+
+    def planning_target(self, target: QosTarget) -> QosTarget:
+        """The target a re-plan asks the planner for: the floor plus `headroom` when the loop is on; after
+        a failed re-plan, the fastest plan within the ceiling (which also gives the recalibration a
+        second plan to tell the fixed cost from the expert calls)."""
+        floor = target.min_tokens_per_s
+        if not self.settings.enabled or floor is None:
+            return target
+        if self._fallback:
+            return dataclasses.replace(target, min_tokens_per_s=None, objective=Objective.SPEED)
+        return dataclasses.replace(target, min_tokens_per_s=floor * (1 + self.settings.headroom))
+
+    # ----- one look ----------------------------------------------------------------------------
+    def tick(self, profile: Profile | None) -> Decision:
+        """Recalibrate against `profile` (None: not measured yet), judge, and start a re-plan if due."""
+        now = self.stats.clock()
+        if profile is not None and self.settings.enabled:
+            steps = self.stats.steps(self.settings.calibration_window_s)
+            if len(steps) < self.settings.min_tokens:  # a slow model: the last few steps, however old
+                steps = self.stats.steps(self.stats.horizon)[-self.settings.min_tokens :]
+            if len(steps) >= self.settings.min_tokens:
+                self.calibration = recalibration.fit(profile, steps)
+        self._settle()
+        floor = self.target.target.min_tokens_per_s if self.target.target else None
+        decision = self.controller.decide(now, floor, self.window(), self.target.state in BUSY)
+        if decision.replan and self.settings.enabled:
+            self._fallback = self.target.state is ReplanState.FAILED and not decision.for_slack
+        if decision.replan and self.settings.enabled and self.target.replan():
+            self.controller.replanned(now)
+            self._pending = (self._plan().to_spec(), decision.for_slack)
+            decision = Decision(QosState.REPLANNING, True, decision.reason, decision.for_slack)
+        self._log(decision)
+        return decision
+
+    def window(self) -> WindowRate:
+        """The rate window: steps under the plan in force of the last `window_s` seconds, or of as long
+        as `min_tokens` take at the floor when that is longer (a slow model on a slow machine)."""
+        target = self.target.target
+        floor = target.min_tokens_per_s if target else None
+        seconds = self.settings.window_s
+        if floor:
+            seconds = min(max(seconds, self.settings.min_tokens / floor), self.stats.horizon)
+        return self.stats.window(seconds, self._plan())
+
+    def _settle(self) -> None:
+        """When the re-plan in flight has finished, tell the controller whether it changed the plan."""
+        if self._pending is None or self.target.state in BUSY:
+            return
+        before, for_slack = self._pending
+        self._pending = None
+        self.controller.settled(self._plan().to_spec() != before, for_slack)
+
+    def _log(self, decision: Decision) -> None:
+        changed = (decision.state, decision.replan) != (self._last.state, self._last.replan)
+        if decision.replan or changed:
+            action = "re-plan" if decision.replan else "hold"
+            log.info("qos %s: %s [%s]", action, decision.reason, self.calibration.describe())
+        self._last = decision
+
+    # ----- reporting ---------------------------------------------------------------------------
+    def status(self, profile: Profile | None) -> QosStatus:
+        """The floor as held now, for GetInfo (`profile`: the measured one, for the prediction)."""
+        target = self.target.target
+        floor = target.min_tokens_per_s if target else None
+        predicted = None
+        if profile is not None:
+            predicted = 1.0 / max(
+                recalibration.predict_seconds(self.planned_with, profile, self._plan()), 1e-9
+            )
+        state = self._last.state
+        if self.target.state in BUSY:
+            state = QosState.REPLANNING
+        elif floor is None:
+            state = QosState.NO_FLOOR
+        return QosStatus(
+            state=state,
+            loop=self.settings.enabled,
+            floor_tokens_per_s=floor,
+            predicted_tokens_per_s=predicted,
+            measured_tokens_per_s=self.window().stream_tokens_per_s,
+            window_seconds=self.settings.window_s,
+            calibration=self.calibration.describe(),
+            last_decision=self._last.reason,
+        )
+
+    # ----- running -----------------------------------------------------------------------------
+    def start(self, profile: Callable[[], Profile | None]) -> None:
+        """Tick every `tick_s` in the background until `stop()`; `profile()` is the measured profile."""
+        self._task = asyncio.get_running_loop().create_task(self._run(profile))
+
+    async def _run(self, profile: Callable[[], Profile | None]) -> None:
+        while True:
+            try:
+                self.tick(profile())
+            except Exception:  # the loop must outlive one bad tick; the plan in force keeps serving
+                log.exception("qos loop tick failed")
+            await asyncio.sleep(self.settings.tick_s)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
