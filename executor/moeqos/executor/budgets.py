@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from moeqos.core.errors import InvalidArgument, OverBudget
 from moeqos.core.plan import Plan
-from moeqos.core.precision import Precision, expert_bytes
+from moeqos.core.precision import Precision, expert_bytes, groups_fit
 from moeqos.core.tier import DISK
 
 
@@ -55,11 +55,12 @@ def check_plan(
     if unknown:
         raise InvalidArgument(f"plan uses tiers {unknown} this executor lacks; it has {sorted(tiers)}")
     hidden, intermediate = hidden_intermediate
-    grouped = any(a.precision.is_grouped for a in plan.counts())
-    if grouped and (hidden % plan.group_size or intermediate % plan.group_size):
-        raise InvalidArgument(
-            f"group_size {plan.group_size} must divide hidden {hidden} and intermediate {intermediate}"
-        )
+    for precision in sorted(a.precision for a in plan.counts()):
+        if not groups_fit(precision, hidden, intermediate, plan.group_size):
+            raise InvalidArgument(
+                f"group_size {precision.group(plan.group_size)} ({precision}) must divide hidden {hidden} "
+                f"and intermediate {intermediate}"
+            )
 
 
 def validate_plan(

@@ -13,7 +13,9 @@ so int4 = ln(5.72/5.47) = 0.045, int3 = ln(6.66/5.47) = 0.197, int2 = ln(431.97/
 int8 per-row RTN is within ~0.01 perplexity of FP16 in the LLM.int8()/SmoothQuant weight-only tables:
 ln(5.48/5.47) = 0.002. The executor uses groups of 64 (slightly better than g128), and these numbers
 quantize every linear layer where moeqos quantizes only experts (~96% of Mixtral's weights), so the
-priors are mildly pessimistic for int4/int3. fp32/bf16/fp16 are taken as lossless (0).
+priors are mildly pessimistic for int4/int3. fp32/bf16/fp16 are taken as lossless (0). A precision
+naming its group size (`int4g32`) takes its bit-width's prior: the table has no per-group figures, so
+only measured quality tells the group sizes apart.
 """
 
 from __future__ import annotations
@@ -35,3 +37,4 @@ PRIOR_LOG_PPL_INCREASE: dict[Precision, float] = {
     Precision.INT3: math.log(6.66 / 5.47),
     Precision.INT2: math.log(431.97 / 5.47),
 }
+PRIOR_LOG_PPL_INCREASE |= {p: PRIOR_LOG_PPL_INCREASE[p.base] for p in Precision if p.group_size}
