@@ -5,8 +5,19 @@
   unpacks them with byte-wise shifts straight into that tensor's bytes and runs the int4 op.
 - `UnpackDequantKernel` (any shape, any device): unpack the codes, dequantize, F.linear.
 
-Measured on a 576x1536 weight, one token, both paths in one run (README, "Sub-4-bit experts"): the
-int4-op path is the faster on CPU, so `QuantLinear` takes it wherever the int4 op fits.
+Measured on a 576x1536 weight, one token, bf16 activations, one torch thread, the paths in turn in one
+run (`moeqos.bench.kernels.packed_paths_table`, 200 repeats, a shared 2-core machine under load):
+
+| path                      | ms    | x int4 |
+|---------------------------|-------|--------|
+| int4, the int4 op         | 0.147 | 1.00   |
+| int3, unpack -> int4 op   | 1.39  | 9.5    |
+| int3, unpack + dequantize | 29.6  | 201    |
+| int2, unpack -> int4 op   | 0.71  | 4.8    |
+| int2, unpack + dequantize | 20.7  | 141    |
+
+so `QuantLinear` takes the int4-op path wherever the op fits the shape. Unpacking is most of its time:
+sub-4-bit experts save memory, not decode time, and the profile's measured call costs say so.
 
 Shape legend: M tokens, K input features, N output features, G groups per row, n = N*K codes.
 """
