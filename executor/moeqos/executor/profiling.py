@@ -191,7 +191,8 @@ def build_profile(
         raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
     device, dense = runtime.config.device, runtime.config.dense_precision
     chosen = tuple(precisions) if precisions else planning_precisions(device, dense)
-    # a named group size that does not divide this model's expert dimensions is no option here
+    # a named group size that does not divide this model's expert dimensions runs on the dequantize
+    # fallback for some matrices (a short last group): applicable, never worth profiling
     chosen = tuple(p for p in chosen if groups_fit(p, *runtime.shape, runtime.plan.group_size))
     with runtime.serving(None):  # the plan (and its group size) must not change under the measurement
         ids = runtime.encode(calibration_ids)[:max_tokens]
