@@ -14,7 +14,29 @@ def test_matrix_bytes_per_format():
     assert matrix_bytes(16, 64, Precision.INT8) == 16 * 64 + 16 * 2
     # 4-bit codes plus a bf16 scale and zero per group of 64
     assert matrix_bytes(16, 128, Precision.INT4, 64) == 16 * 64 + 2 * 16 * 2 * 2
-    assert matrix_bytes(16, 128, Precision.INT2, 64) == matrix_bytes(16, 128, Precision.INT4, 64)
+    # int3 and int2 bit-packed (issue 18): 3 and 2 bits a weight, the same scales and zeros
+    assert matrix_bytes(16, 128, Precision.INT3, 64) == 16 * 128 * 3 // 8 + 2 * 16 * 2 * 2
+    assert matrix_bytes(16, 128, Precision.INT2, 64) == 16 * 128 // 4 + 2 * 16 * 2 * 2
+    # a precision naming its group size keeps it whatever the plan's (issue 20)
+    assert matrix_bytes(16, 128, Precision.INT4_G32, 64) == 16 * 64 + 4 * 16 * 2 * 2
+    assert matrix_bytes(16, 128, Precision.INT4_G128, 32) == 16 * 64 + 1 * 16 * 2 * 2
+    assert matrix_bytes(16, 128, Precision.INT4, 32) == matrix_bytes(16, 128, Precision.INT4_G32, 64)
+
+
+def test_group_size_is_part_of_the_name():
+    assert Precision.parse("int4g32") is Precision.INT4_G32
+    assert Precision.parse("INT2G128") is Precision.INT2_G128
+    assert Precision.parse("int4g64") is Precision.INT4  # the default group has today's name
+    assert Precision.INT4_G32.group_size == 32 and Precision.INT4.group_size is None
+    assert Precision.INT4.group(32) == 32 and Precision.INT4_G128.group(32) == 128
+    assert Precision.INT3_G32.base is Precision.INT3 and Precision.INT3_G32.bits == 3
+    assert Precision.grouped(4, 128) is Precision.INT4_G128 and Precision.grouped(2, None) is Precision.INT2
+    assert Precision.INT4_G32.is_grouped and not Precision.INT4_G32.is_bit_packed
+    assert Precision.INT2_G32.is_bit_packed and not Precision.INT8.is_grouped
+    with pytest.raises(ValueError, match="known"):
+        Precision.parse("int4g48")
+    with pytest.raises(ValueError, match="group sizes"):
+        Precision.grouped(4, 256)
 
 
 def test_expert_bytes_shrink_with_precision():

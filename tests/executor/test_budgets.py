@@ -46,3 +46,15 @@ def test_validate_plan_rejects_unknown_tiers_shapes_and_group_sizes() -> None:
         validate_plan(MIXED, (LAYERS + 1, EXPERTS), DIMS, _need())
     with pytest.raises(InvalidArgument, match="group_size"):
         validate_plan(MIXED, (LAYERS, EXPERTS), (64, 96 + 8), _need())
+
+
+def test_a_named_group_may_leave_a_short_last_group() -> None:
+    """int4g32 names its group, so the plan's group_size check does not apply to it: on intermediate
+    104 (3 groups of 32 and one of 8) it is charged for four groups a row and accepted (issue 20)."""
+    named = Plan.uniform(LAYERS, EXPERTS, Precision.INT4_G32, "cpu", group_size=64)
+    dims = (64, 96 + 8)
+    need = {"cpu": LAYERS * EXPERTS * expert_bytes(*dims, Precision.INT4_G32)}
+    validate_plan(named, (LAYERS, EXPERTS), dims, need)
+    assert plan_bytes(named, dims) == need
+    with pytest.raises(InvalidArgument, match="group_size 64"):
+        validate_plan(Plan.uniform(LAYERS, EXPERTS, Precision.INT4, "cpu"), (LAYERS, EXPERTS), dims, need)

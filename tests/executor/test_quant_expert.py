@@ -76,7 +76,7 @@ def test_mismatched_matrices_are_rejected() -> None:
         QuantExpert(a.w13, b.w2)
 
 
-@pytest.mark.parametrize("precision", [Precision.INT4, Precision.INT3, Precision.INT2])
+@pytest.mark.parametrize("precision", [Precision.INT4, Precision.INT4_G32, Precision.INT4_G128])
 def test_packed_state_round_trip_skips_the_repack(precision: Precision) -> None:
     expert = QuantExpert.from_weights(*weights(128, 256, "packed", precision), precision, 64)
     state = expert.packed_state()

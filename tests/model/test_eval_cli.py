@@ -66,3 +66,17 @@ def test_eval_reacts_to_precision_and_reads_plan_files(
 def test_eval_rejects_a_bad_plan(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--model", str(tiny_model), "--plan", "int5", *ARGS]) == 2
     assert "unknown precision" in capsys.readouterr().err
+
+
+def test_eval_takes_group_sizes_and_bit_packed_precisions_by_name(
+    tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`int4g32` keeps its groups of 32 under `--group-size 16` (the bare names' group; on this model's
+    intermediate 48 a short last group of 16); int3 and int2 are bit-packed, so their experts cost less
+    than int4's (issues 20 and 18)."""
+    results = {p: _eval(capsys, tiny_model, f"{p}@cpu") for p in ("int4", "int4g32", "int3", "int2")}
+    cpu = {p: r["expert_bytes_per_tier"]["cpu"] for p, r in results.items()}
+    assert results["int4g32"]["plan"] == "int4g32@cpu"
+    assert cpu["int4g32"] < cpu["int4"]  # fewer scales and zeros than groups of 16
+    assert results["int4g32"]["perplexity"] != results["int4"]["perplexity"]
+    assert cpu["int2"] < cpu["int3"] < cpu["int4"]

@@ -96,11 +96,12 @@ def test_json_round_trip_keeps_predictions_and_identity() -> None:
 
 
 def test_precisions_sharing_a_layout_share_their_measured_cost() -> None:
-    """int3 timed 10% faster than int4 by noise: same kernel, same bytes, so one cost, and the fastest
-    plan does not trade perplexity for that noise."""
-    precisions = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3)
+    """int4g32 timed 10% faster than int4 by noise: one kernel (group sizes of one bit-width), so one
+    factor over the bytes curve; g32 then costs more (its extra scales), and the fastest plan does not
+    take it for that noise. int3 (bit-packed, its own kernel) is kept apart."""
+    precisions = (Precision.BF16, Precision.INT8, Precision.INT4_G32, Precision.INT4, Precision.INT3)
     profile = synthetic_profile(precisions=precisions, tiers=("cpu", "disk"), pool_slots=2)
-    noisy = {Precision.INT3: 0.9}
+    noisy = {Precision.INT4_G32: 0.9, Precision.INT3: 0.9}
     calls = tuple(
         dataclasses.replace(c, seconds=c.seconds * noisy.get(c.precision, 1.0)) for c in profile.call_costs
     )
@@ -108,8 +109,10 @@ def test_precisions_sharing_a_layout_share_their_measured_cost() -> None:
         dataclasses.replace(c, seconds=c.seconds * noisy.get(c.precision, 1.0)) for c in profile.load_costs
     )
     model = LatencyModel.fit(dataclasses.replace(profile, call_costs=calls, load_costs=loads))
-    assert model.call_seconds(Precision.INT3, "cpu") == model.call_seconds(Precision.INT4, "cpu")
-    assert model.load_seconds(Precision.INT3) == model.load_seconds(Precision.INT4)
+    assert model.call_seconds(Precision.INT4_G32, "cpu") > model.call_seconds(Precision.INT4, "cpu")
+    assert model.load_seconds(Precision.INT4_G32) > model.load_seconds(Precision.INT4)
+    assert model.factors["int4g32@cpu"] == model.factors["int4@cpu"]
+    assert model.factors["int3@cpu"] != model.factors["int4@cpu"]
     assert model.call_seconds(Precision.INT8, "cpu") != model.call_seconds(Precision.INT4, "cpu")
     noisy_profile = dataclasses.replace(profile, call_costs=calls, load_costs=loads)
     fastest = solve(
@@ -117,4 +120,4 @@ def test_precisions_sharing_a_layout_share_their_measured_cost() -> None:
         model,
         QualityModel.fit(noisy_profile),
     )
-    assert Precision.INT3 not in {a.precision for _, a in fastest.plan.items()}
+    assert Precision.INT4_G32 not in {a.precision for _, a in fastest.plan.items()}

@@ -7,10 +7,12 @@ import json
 import pytest
 from moeqos.core.descriptions import HardwareDescription
 from moeqos.core.errors import InfeasibleTarget
+from moeqos.core.precision import Precision
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.units import parse_bytes
 from moeqos.planner.frontier import frontier
 from moeqos.planner.paper import PAPER_MAX_TOKENS_PER_S, PAPER_MIN_TOKENS_PER_S, paper_comparison
+from moeqos.planner.quality_model import QualityModel
 from moeqos.planner.solver import PlanRequest, solve
 from moeqos.planner.whatif import HARDWARE, MODELS, analytic_profile, expert_budgets, hardware_named
 
@@ -94,3 +96,19 @@ def test_hardware_loads_from_json(tmp_path) -> None:
     assert hardware == HardwareDescription.from_dict(data)
     budgets = expert_budgets(MODELS["smollm2-135m-moe8"], hardware)
     assert [b.name for b in budgets] == ["cpu"] and 0 < budgets[0].budget_bytes < parse_bytes("8GiB")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_whatif_offers_group_sizes_with_their_bytes_and_priors(name: str) -> None:
+    """int4 with groups of 32, 64 and 128 (issue 20): each charged its scales and zeros, the smaller
+    group dearer in bytes and better in the prior; int3/int2 at their bit-packed size (issue 18)."""
+    model = MODELS[name]
+    hardware = HARDWARE["cpu-2core"] if name.startswith("smollm") else HARDWARE["h100-80gb"]
+    profile = analytic_profile(model, hardware)
+    size = {c.precision: c.bytes for c in profile.call_costs if c.tier == hardware.device}
+    g32, g64, g128 = Precision.INT4_G32, Precision.INT4, Precision.INT4_G128
+    assert size[g32] > size[g64] > size[g128] > size[Precision.INT3] > size[Precision.INT2]
+    assert size[Precision.INT2] <= 0.56 * size[g64]
+    quality = QualityModel.fit(profile)
+    share = [quality.expert_terms(p).sum() for p in (g32, g64, g128)]
+    assert share == sorted(share) and share[0] < share[2]

@@ -59,11 +59,12 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
 }
 
 
-def _disk_executor(stack, tmp_path: Path):
-    """An executor serving every expert int8 from disk, one slot (every expert use reads its file)."""
+def _disk_executor(stack, tmp_path: Path, precision: Precision = Precision.INT8):
+    """An executor serving every expert in `precision` from disk, one slot (every expert use reads its
+    file)."""
     handle = stack.executor(variant_cache_dir=tmp_path / "variants", disk_pool_slots=1)
     runtime = handle.servicer.runtime
-    plan = Plan.uniform(runtime.num_layers, runtime.num_experts, Precision.INT8, "disk")
+    plan = Plan.uniform(runtime.num_layers, runtime.num_experts, precision, "disk")
     return handle, runtime, plan
 
 
@@ -85,6 +86,24 @@ def test_damaged_variant_files_are_rebuilt_not_served(stack, profile_file, tmp_p
         assert client.complete(PROMPT, GREEDY).text == text
         assert client.info().damaged_files >= found.damaged_files
         assert sum(_verifies(path) for path in files) == found.damaged_files  # those read were rewritten
+
+
+@pytest.mark.parametrize("precision", [Precision.INT3, Precision.INT2])
+def test_damaged_bit_packed_files_are_rebuilt_not_served(stack, profile_file, tmp_path, precision):
+    """The bit-packed int3/int2 files (issue 18) carry the same content hash: flipped bytes in the packed
+    codes are found and mended like any other format's."""
+    handle, runtime, plan = _disk_executor(stack, tmp_path, precision)
+    with ExecutorClient(address(handle.port)) as client:
+        client.apply_plan(plan)
+        text = client.complete(PROMPT, GREEDY).text
+        files = sorted(
+            runtime.factory.directory.glob(f"L*.{precision.value}.g*.b{precision.bits}.safetensors")
+        )
+        assert len(files) == runtime.num_layers * runtime.num_experts
+        for path in files:
+            _flip(path)
+        assert client.complete(PROMPT, GREEDY).text == text
+        assert client.info().damaged_files >= 1
 
 
 def test_unrebuildable_file_is_data_loss_not_internal(stack, profile_file, tmp_path, monkeypatch):

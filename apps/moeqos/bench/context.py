@@ -20,14 +20,23 @@ from typing import Any
 from moeqos.bench.report import Machine
 from moeqos.bench.settings import Settings
 from moeqos.core.plan import Plan
-from moeqos.core.precision import Precision
+from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision
 
 DEVICE = "cpu"
 """The execution device; experts not on disk live here."""
-FITTING_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3)
+FITTING_PRECISIONS = (
+    Precision.BF16,
+    Precision.INT8,
+    Precision.INT4_G32,
+    Precision.INT4,
+    Precision.INT4_G128,
+    Precision.INT3,
+    Precision.INT2,
+)
 """Uniform fitting plans; the mixed fitting plans are built from these (see `fitting_plans`). The
 frontier is restricted to them too: the quality model is fitted for these precisions only (fp32 and fp16
-cost more than the bf16 reference and gain nothing on it; int2 would be a prior's guess)."""
+cost more than the bf16 reference and gain nothing on it). int4 with groups of 32, 64 and 128, and the
+bit-packed int3 and int2, so the frontier shows the group-size and sub-4-bit choices (issues 20, 18)."""
 DISK_READS = "uncached"
 """How the executor reads disk-tier experts (ExecutorConfig.disk_reads): the `tiers` and `offload`
 sections model RAM that cannot hold every expert, so a miss must not be served from the page cache."""
@@ -101,7 +110,12 @@ class BenchContext:
         return {"cpu": m.cpu, "cpus": m.cpus, "torch_threads": m.threads, "host": m.host}
 
     def header(self) -> str:
-        return f"machine: {self.machine().describe()}\ncommand: {self.command}"
+        """Machine, command, and the group size behind every quality figure (issue 20)."""
+        groups = (
+            f"quantization: RTN; int4/int3/int2 in groups of {DEFAULT_GROUP_SIZE} weights, "
+            "int4g32/int4g128/... in the groups their names say"
+        )
+        return f"machine: {self.machine().describe()}\ncommand: {self.command}\n{groups}"
 
     def model_summary(self) -> dict[str, Any]:
         layers, experts = self.shape
@@ -138,7 +152,7 @@ class BenchContext:
 
     @cached_property
     def fitting_plans(self) -> list[Plan]:
-        """Plans the quality model is fitted to: uniform bf16/int8/int4/int3 and three mixes."""
+        """Plans the quality model is fitted to: uniform FITTING_PRECISIONS and three mixes."""
         from moeqos.core.plan import parse_plan
 
         return [parse_plan(spec, *self.shape, DEVICE) for spec in self.fitting_labels]

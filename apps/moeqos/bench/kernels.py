@@ -4,13 +4,15 @@
 
 One token (M = 1) through a 14336x4096 weight (Mixtral-8x7B's w1) and through the default model's
 expert matrices (hidden 576, intermediate 1536), and one whole SwiGLU expert (w1/w3 fused vs three
-separate matmuls). Every time is the median of repeated runs; ratio = fp32 time / this time, so > 1 is
-faster than fp32. `--quick` skips the 14336x4096 weight and runs fewer repeats.
+separate matmuls), and the two compute paths of bit-packed int3/int2 (issue 18). Every time is the
+median of repeated runs; ratio = fp32 time / this time, so > 1 is faster than fp32. `--quick` skips the 14336x4096 weight and runs fewer repeats.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -19,7 +21,9 @@ import torch.nn.functional as F
 from moeqos.bench.report import Machine, Table
 from moeqos.bench.timing import time_repeats
 from moeqos.core.precision import Precision
-from moeqos.executor.quant import QuantExpert, QuantLinear, quantize_linear
+from moeqos.executor.quant import QuantExpert, QuantLinear, cpu_kernels, quantize_linear
+from moeqos.executor.quant.packed_kernels import UnpackDequantKernel, UnpackInt4Kernel
+from moeqos.executor.quant.rtn import quantize
 
 BIG = (14336, 4096)
 HIDDEN, INTERMEDIATE = 576, 1536
@@ -49,6 +53,45 @@ def matrix_table(rows: int, cols: int, repeats: int) -> Table:
         ("precision", "kernel", "ms (fp32 x)", "ratio", "ms (bf16 x)", "ratio"),
         tuple(table_rows),
     )
+
+
+def packed_paths_table(rows: int, cols: int, repeats: int) -> Table:
+    """int3/int2 bit-packed, one token through a [rows, cols] weight by each compute path: unpack into
+    the int4 op's layout per call (what QuantLinear runs where the op fits) vs unpack + dequantize +
+    F.linear, against int4's own kernel. The paths run in turn within each repeat, so machine load
+    moves them together and the ratios hold where the absolute times do not."""
+    weight = torch.randn(rows, cols) / cols**0.5  # [N, K]
+    x = torch.randn(1, cols).bfloat16()  # [1, K]
+    paths: dict[str, Callable[[], object]] = {}
+    for precision in (Precision.INT4, Precision.INT3, Precision.INT2):
+        q = quantize(weight, precision)
+        if precision.is_bit_packed:
+            paths[f"{precision} unpack -> int4 op"] = partial(
+                UnpackInt4Kernel(q, cpu_kernels.INT4_OP).matmul, x
+            )
+            paths[f"{precision} unpack + dequantize"] = partial(UnpackDequantKernel(q).matmul, x)
+        else:
+            paths[f"{precision} int4 op"] = partial(cpu_kernels.Int4CpuKernel(q).matmul, x)
+    times = interleaved_median_ms(paths, repeats)
+    base = next(iter(times.values()))
+    table_rows = tuple((name, f"{ms:.3f}", f"{ms / base:.2f}") for name, ms in times.items())
+    return Table(
+        f"bit-packed compute paths, weight {rows}x{cols}, 1 token (bf16 activations)",
+        ("path", "ms", "x int4"),
+        table_rows,
+    )
+
+
+def interleaved_median_ms(paths: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median ms of each callable, the callables run in turn within every repeat (after 2 warm-ups)."""
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for round_ in range(repeats + 2):
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= 2:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) * 1e3 for name, s in samples.items()}
 
 
 def unfused_expert(w1: QuantLinear, w2: QuantLinear, w3: QuantLinear, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     shapes = [(INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)] + ([] if args.quick else [BIG])
     for rows, cols in shapes:
         print(matrix_table(rows, cols, repeats).render(header), end="\n\n")
+    print(packed_paths_table(HIDDEN, INTERMEDIATE, repeats * 4).render(header), end="\n\n")
     print(expert_table(repeats).render(header))
 
 

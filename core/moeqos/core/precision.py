@@ -2,11 +2,23 @@
 
 The byte counts here are the single source of truth for budgets: the executor allocates exactly this
 much for an expert in a precision, and the planner charges exactly this much against a tier's budget.
+
+A grouped precision's name says its group size when it is not the plan's: `int4g32` is int4 with one
+scale and zero per 32 weights, whatever the plan says; bare `int4` / `int3` / `int2` (today's names)
+use the plan's `group_size`, DEFAULT_GROUP_SIZE (64) unless a plan sets another.
+int3 and int2 codes are bit-packed (3 and 2 bits a weight; moeqos.executor.quant.packing).
 """
 
 from __future__ import annotations
 
 import enum
+
+DEFAULT_GROUP_SIZE = 64
+"""Weights per quantization group for the bare grouped names (int4/int3/int2) unless a plan sets another."""
+
+GROUP_SIZES = (32, 64, 128)
+"""Group sizes a grouped precision can name (DEFAULT_GROUP_SIZE by the bare name); all are ones the
+int4 kernels take (moeqos.executor.quant.cpu_kernels.INT4_GROUP_SIZES)."""
 
 
 class Precision(enum.StrEnum):
@@ -23,9 +35,21 @@ class Precision(enum.StrEnum):
     INT4 = "int4"
     """Group-wise asymmetric round-to-nearest, 4-bit codes, bf16 scale and zero per group."""
     INT3 = "int3"
-    """As int4 with 3-bit codes (8 levels); stored in the int4 layout, so it costs int4's bytes."""
+    """As int4 with 3-bit codes (8 levels), bit-packed: 3 bits a weight plus the scales and zeros."""
     INT2 = "int2"
-    """As int4 with 2-bit codes (4 levels); stored in the int4 layout, so it costs int4's bytes."""
+    """As int4 with 2-bit codes (4 levels), bit-packed: 2 bits a weight plus the scales and zeros."""
+    INT4_G32 = "int4g32"
+    """int4 with groups of 32 weights, whatever the plan's group size."""
+    INT4_G128 = "int4g128"
+    """int4 with groups of 128 weights."""
+    INT3_G32 = "int3g32"
+    """int3 with groups of 32 weights."""
+    INT3_G128 = "int3g128"
+    """int3 with groups of 128 weights."""
+    INT2_G32 = "int2g32"
+    """int2 with groups of 32 weights."""
+    INT2_G128 = "int2g128"
+    """int2 with groups of 128 weights."""
 
     @property
     def bits(self) -> int:
@@ -40,7 +64,37 @@ class Precision(enum.StrEnum):
     @property
     def is_grouped(self) -> bool:
         """True for the group-wise formats that carry a scale and a zero point per group."""
-        return self in (Precision.INT4, Precision.INT3, Precision.INT2)
+        return self.bits <= 4
+
+    @property
+    def is_bit_packed(self) -> bool:
+        """True for the sub-4-bit formats, whose codes are stored `bits` bits a weight."""
+        return self.bits < 4
+
+    @property
+    def group_size(self) -> int | None:
+        """The group size this precision fixes (`int4g32`: 32), None where the plan's applies (bare
+        int4/int3/int2) or the format has no groups."""
+        return _FIXED_GROUP.get(self)
+
+    def group(self, plan_group_size: int = DEFAULT_GROUP_SIZE) -> int:
+        """The group size an expert in this precision is quantized with under a plan whose
+        `group_size` is `plan_group_size`."""
+        return self.group_size or plan_group_size
+
+    @property
+    def base(self) -> Precision:
+        """The bare precision of the same bit-width (`int4g32` -> `int4`; others -> themselves)."""
+        return _BASE.get(self, self)
+
+    @classmethod
+    def grouped(cls, bits: int, group_size: int | None) -> Precision:
+        """The `bits`-bit grouped precision with a fixed `group_size` (None: the bare name)."""
+        name = f"int{bits}" if group_size is None else f"int{bits}g{group_size}"
+        try:
+            return cls(name)
+        except ValueError:
+            raise ValueError(f"no precision {name!r}; group sizes: {GROUP_SIZES}") from None
 
     @property
     def is_float(self) -> bool:
@@ -49,8 +103,11 @@ class Precision(enum.StrEnum):
     @classmethod
     def parse(cls, text: str) -> Precision:
         """Parse a precision name (case-insensitive); raises ValueError naming the known ones."""
+        name = text.strip().lower()
+        if name.endswith(f"g{DEFAULT_GROUP_SIZE}") and name[:-3] in ("int4", "int3", "int2"):
+            name = name[:-3]  # the default group size has the bare name
         try:
-            return cls(text.strip().lower())
+            return cls(name)
         except ValueError:
             known = ", ".join(p.value for p in cls)
             raise ValueError(f"unknown precision {text!r}; known: {known}") from None
@@ -64,26 +121,50 @@ _BITS = {
     Precision.INT4: 4,
     Precision.INT3: 3,
     Precision.INT2: 2,
+    Precision.INT4_G32: 4,
+    Precision.INT4_G128: 4,
+    Precision.INT3_G32: 3,
+    Precision.INT3_G128: 3,
+    Precision.INT2_G32: 2,
+    Precision.INT2_G128: 2,
 }
 
-_STORAGE_BITS = {**_BITS, Precision.INT3: 4, Precision.INT2: 4}
+_STORAGE_BITS = _BITS
 
-DEFAULT_GROUP_SIZE = 64
-"""Weights per quantization group for the grouped formats."""
+_FIXED_GROUP = {p: int(p.value.split("g")[1]) for p in Precision if "g" in p.value}
+_BASE = {p: Precision(p.value.split("g")[0]) for p in _FIXED_GROUP}
 
 SCALE_BYTES = 2
 """Bytes of one scale or zero point (bf16)."""
 
 
 def matrix_bytes(rows: int, cols: int, precision: Precision, group_size: int = DEFAULT_GROUP_SIZE) -> int:
-    """Bytes one [rows, cols] weight matrix takes in `precision` (codes plus scales and zeros)."""
-    code_bytes = rows * cols * precision.storage_bits // 8
+    """Bytes one [rows, cols] weight matrix takes in `precision` (codes plus scales and zeros), under
+    a plan whose group size is `group_size` (see Precision.group)."""
+    code_bytes = packed_code_bytes(rows * cols, precision)
     if precision == Precision.INT8:
         return code_bytes + rows * SCALE_BYTES
     if precision.is_grouped:
-        groups = rows * -(-cols // group_size)
+        groups = rows * -(-cols // precision.group(group_size))
         return code_bytes + 2 * groups * SCALE_BYTES
     return code_bytes
+
+
+def groups_fit(precision: Precision, hidden_size: int, intermediate_size: int, group_size: int) -> bool:
+    """True unless `precision` is grouped and its group (under a plan's `group_size`) does not divide
+    both expert dimensions (a group never straddles two rows of a fused matrix)."""
+    group = precision.group(group_size)
+    return not precision.is_grouped or (hidden_size % group == 0 and intermediate_size % group == 0)
+
+
+def packed_code_bytes(count: int, precision: Precision) -> int:
+    """Bytes of `count` weights' codes in `precision`: int2 four to a byte, int3 as a 2-bit plane and a
+    1-bit plane (moeqos.executor.quant.packing), everything else `storage_bits` a weight."""
+    if precision.bits == 3:
+        return -(-count // 4) + -(-count // 8)
+    if precision.bits == 2:
+        return -(-count // 4)
+    return count * precision.storage_bits // 8
 
 
 def expert_bytes(

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from moeqos.core.errors import InvalidArgument, OverBudget
 from moeqos.core.plan import Plan
-from moeqos.core.precision import Precision, expert_bytes
+from moeqos.core.precision import Precision, expert_bytes, groups_fit
 from moeqos.core.tier import DISK
 
 
@@ -55,8 +55,10 @@ def check_plan(
     if unknown:
         raise InvalidArgument(f"plan uses tiers {unknown} this executor lacks; it has {sorted(tiers)}")
     hidden, intermediate = hidden_intermediate
-    grouped = any(a.precision.is_grouped for a in plan.counts())
-    if grouped and (hidden % plan.group_size or intermediate % plan.group_size):
+    # The plan's group size must divide the expert dimensions; a precision naming its own group
+    # (int4g128 on hidden 576) may leave a short last group per row, computed by the dequantize fallback.
+    bare = any(a.precision.is_grouped and a.precision.group_size is None for a in plan.counts())
+    if bare and not groups_fit(Precision.INT4, hidden, intermediate, plan.group_size):
         raise InvalidArgument(
             f"group_size {plan.group_size} must divide hidden {hidden} and intermediate {intermediate}"
         )

@@ -43,7 +43,7 @@ def designed_plans(
         if q.is_float or q == Precision.INT8 or q not in signal:
             continue
         order = safest_first(signal[q])
-        if q == Precision.INT2:
+        if q.bits == 2:
             picks = [order[: _count(order, INT2_SHARE)]]
         else:
             picks = [order[: _count(order, s)] for s in SAFE_SHARES]

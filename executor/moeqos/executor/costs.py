@@ -74,7 +74,7 @@ def call_costs(
     x = x[:1].to(device)  # [1, H] in the dense dtype
     costs = []
     for precision in precisions:
-        variant = (*REPRESENTATIVE, precision, group_size)
+        variant = (*REPRESENTATIVE, precision, precision.group(group_size))
         on_device = runtime.factory.build(variant, device)
         nbytes = on_device.nbytes()
         for tier in runtime.budgets:
@@ -110,7 +110,7 @@ def load_costs(
     layers = range(min(runtime.num_layers, repeats + 1))
     costs = []
     for precision in precisions:
-        variants = [(layer, REPRESENTATIVE[1], precision, group_size) for layer in layers]
+        variants = [(layer, REPRESENTATIVE[1], precision, precision.group(group_size)) for layer in layers]
         for variant in variants:
             runtime.factory.ensure_file(variant, device)
             # settle the file's page-cache state as serving would; every variant has the same size

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan
-from moeqos.core.precision import Precision
+from moeqos.core.precision import Precision, groups_fit
 from moeqos.core.profile import CallCost, Grid, LoadCost, Profile, QualityPoint
 from moeqos.core.sensitivity import signal_grids
 from moeqos.core.tier import DISK, TierBudget
@@ -45,8 +45,21 @@ SENSITIVITY_PRECISIONS = (Precision.INT4,)
 """Precisions whose layer KL is measured by default; the others borrow it, scaled by their errors
 (moeqos.core.sensitivity): one forward pass per layer and precision is the stage's whole cost."""
 
-PLANNING_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
-"""The precisions the planner mixes on any executor (see planning_precisions for the extras)."""
+PLANNING_PRECISIONS = (
+    Precision.BF16,
+    Precision.INT8,
+    Precision.INT4_G32,
+    Precision.INT4,
+    Precision.INT4_G128,
+    Precision.INT3_G32,
+    Precision.INT3,
+    Precision.INT2_G32,
+    Precision.INT2,
+)
+"""The precisions the planner mixes on any executor (see planning_precisions for the extras): each
+grouped bit-width with several group sizes (int4: 32, 64, 128; int3 and int2: 32 and 64; every one
+costs a uniform-plan perplexity in the profile, so the coarser sub-4-bit groups, the least accurate
+options there are, are left to plans that name them)."""
 
 
 def planning_precisions(device: str, dense: Precision = Precision.BF16) -> tuple[Precision, ...]:
@@ -178,6 +191,9 @@ def build_profile(
         raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
     device, dense = runtime.config.device, runtime.config.dense_precision
     chosen = tuple(precisions) if precisions else planning_precisions(device, dense)
+    # a named group size that does not divide this model's expert dimensions runs on the dequantize
+    # fallback for some matrices (a short last group): applicable, never worth profiling
+    chosen = tuple(p for p in chosen if groups_fit(p, *runtime.shape, runtime.plan.group_size))
     with runtime.serving(None):  # the plan (and its group size) must not change under the measurement
         ids = runtime.encode(calibration_ids)[:max_tokens]
         window = min(window, runtime.context_length)

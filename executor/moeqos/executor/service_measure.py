@@ -18,10 +18,10 @@ from typing import TypeVar
 from moeqos.core.corpora import CALIBRATION_CORPUS, FITTING_CORPUS, corpus_names, load_corpus, tokenize_prefix
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
-from moeqos.core.precision import Precision
+from moeqos.core.precision import Precision, groups_fit
 from moeqos.core.profile import Profile
 from moeqos.core.service_types import Evaluation
-from moeqos.executor.profiling import recorded_disk_reads
+from moeqos.executor.profiling import PLANNING_PRECISIONS, recorded_disk_reads
 from moeqos.executor.runtime import ExecutorRuntime
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,7 @@ class MeasureSettings:
     """Corpus the reference plans' perplexities are measured on."""
     quality_tokens: int = 512
     """Tokens scored per reference plan."""
-    quality_precisions: tuple[Precision, ...] = (
-        Precision.BF16,
-        Precision.INT8,
-        Precision.INT4,
-        Precision.INT3,
-        Precision.INT2,
-    )
+    quality_precisions: tuple[Precision, ...] = PLANNING_PRECISIONS
     """Uniform plans (on the device) whose perplexity is measured; the most precise is the reference.
     Every quantized precision the planner may choose is here, so none of its quality coefficients
     falls back to a prior (a speed target would otherwise pick int3 on a prior's optimism)."""
@@ -91,6 +85,7 @@ def measure(
     plans = [
         Plan.uniform(runtime.num_layers, runtime.num_experts, p, runtime.default_tier)
         for p in (settings.quality_precisions if quality else ())
+        if groups_fit(p, *runtime.shape, runtime.plan.group_size)
     ]
     return runtime.profile(
         corpus_ids(runtime, settings.corpus, settings.tokens),

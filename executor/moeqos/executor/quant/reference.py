@@ -39,7 +39,9 @@ QUANT_ERROR_BOUNDS: dict[Precision, float] = {
     Precision.INT3: 0.3,
     Precision.INT2: 0.7,
 }
-"""Relative output error of RTN quantization against the fp32 weight (see the module table)."""
+QUANT_ERROR_BOUNDS |= {p: QUANT_ERROR_BOUNDS[p.base] for p in Precision if p.group_size}
+"""Relative output error of RTN quantization against the fp32 weight (see the module table; a precision
+naming its group size has its bit-width's bound)."""
 
 
 def kernel_error_bound(precision: Precision, activation_dtype: torch.dtype) -> float:

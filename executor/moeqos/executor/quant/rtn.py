@@ -10,6 +10,9 @@ portable layout that every kernel is built from and that goes to disk:
   w = (code - 8) * scale + zero. This is the tinygemm convention that torch's int4 kernels compute with,
   so a kernel sees exactly the weight this module defines. A b-bit format uses the 2**b codes centred on
   8 (int3: 4..11, int2: 6..9), which keeps `zero` (the value at code 8) inside the group's range.
+  A precision that names its group size (`int4g32`) is quantized with that group whatever the caller's
+  `group_size` (moeqos.core.precision.Precision.group). int3/int2 codes are bit-packed only where they
+  are stored (moeqos.executor.quant.packing); here they are one code a byte like int4's.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ class QuantizedWeight:
     def __post_init__(self) -> None:
         if self.precision.is_float:
             return
+        if self.precision.group_size not in (None, self.group_size):
+            raise ValueError(
+                f"{self.precision} has groups of {self.precision.group_size}, not {self.group_size}"
+            )
         rows, cols = self.values.shape
         expected = (rows,) if self.precision == Precision.INT8 else (rows, -(-cols // self.group_size))
         got = [None if t is None else tuple(t.shape) for t in (self.scales, self.zeros)]
@@ -73,7 +80,9 @@ class QuantizedWeight:
 
 
 def quantize(weight: Tensor, precision: Precision, group_size: int = 64) -> QuantizedWeight:
-    """Round-to-nearest quantize a float [N, K] weight into `precision`."""
+    """Round-to-nearest quantize a float [N, K] weight into `precision` (grouped formats: with groups of
+    `precision.group(group_size)`)."""
+    group_size = precision.group(group_size)
     if weight.dim() != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
     if group_size < 1:

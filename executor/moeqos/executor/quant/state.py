@@ -1,8 +1,9 @@
 """The on-disk form of a `QuantizedWeight`: flat, contiguous CPU tensors that safetensors can write.
 
 Keys, under a caller's prefix (e.g. `w13.`):
-- `values`: the float weight, int8 codes [N, K], or for the grouped formats 4-bit codes packed two per
-  byte [N, ceil(K / 2)] uint8 (even column in the low nibble);
+- `values`: the float weight, int8 codes [N, K], for int4 4-bit codes packed two per byte
+  [N, ceil(K / 2)] uint8 (even column in the low nibble), for int3/int2 the row-major codes bit-packed
+  uint8 [packed_bytes(N*K)] (moeqos.executor.quant.packing);
 - `scales`, `zeros`: as in `QuantizedWeight`, when present;
 - `shape`: int64 [2] = (N, K), since packed codes alone do not say whether K is odd.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from moeqos.core.precision import Precision
+from moeqos.executor.quant.packing import pack_codes, packed_bytes, unpack_codes
 from moeqos.executor.quant.rtn import CODE_MID, QuantizedWeight
 from torch import Tensor
 
@@ -30,7 +32,11 @@ def unpack_nibbles(packed: Tensor, cols: int) -> Tensor:
 
 def weight_to_state(q: QuantizedWeight, prefix: str = "") -> dict[str, Tensor]:
     """Flat CPU tensors for `q`, keys prefixed by `prefix`."""
-    values = pack_nibbles(q.values) if q.precision.is_grouped else q.values
+    values = q.values
+    if q.precision.is_bit_packed:
+        values = pack_codes(q.values, q.precision.bits)
+    elif q.precision.is_grouped:
+        values = pack_nibbles(q.values)
     state = {"values": values, "shape": torch.tensor(q.shape, dtype=torch.int64)}
     if q.scales is not None:
         state["scales"] = q.scales
@@ -42,13 +48,22 @@ def weight_to_state(q: QuantizedWeight, prefix: str = "") -> dict[str, Tensor]:
 def weight_from_state(
     state: dict[str, Tensor], precision: Precision, group_size: int, prefix: str = ""
 ) -> QuantizedWeight:
-    """Rebuild a `QuantizedWeight` (on CPU) from `weight_to_state` output."""
+    """Rebuild a `QuantizedWeight` (on CPU) from `weight_to_state` output (`group_size`: the plan's, see
+    moeqos.core.precision.Precision.group)."""
     rows, cols = (int(n) for n in state[prefix + "shape"].tolist())
     values = state[prefix + "values"]
-    if precision.is_grouped:
+    if precision.is_bit_packed:
+        if values.dtype != torch.uint8 or values.numel() != packed_bytes(rows * cols, precision.bits):
+            raise ValueError(f"state {prefix!r}: {values.numel()} bytes are not {precision} {rows}x{cols}")
+        values = unpack_codes(values, precision.bits, rows * cols).view(rows, cols)
+    elif precision.is_grouped:
         values = unpack_nibbles(values, cols)
     if tuple(values.shape) != (rows, cols):
         raise ValueError(f"state {prefix!r}: values shape {tuple(values.shape)} != {(rows, cols)}")
     return QuantizedWeight(
-        precision, values, state.get(prefix + "scales"), state.get(prefix + "zeros"), group_size
+        precision,
+        values,
+        state.get(prefix + "scales"),
+        state.get(prefix + "zeros"),
+        precision.group(group_size),
     )

@@ -1,0 +1,97 @@
+"""Kernels for bit-packed int3/int2 weights: memory at 3 and 2 bits a weight, computed two ways.
+
+- `UnpackInt4Kernel` (where an int4 op fits the shape): the codes are kept bit-packed in the order the
+  int4 op's packed tensor holds them (learned once per shape, moeqos.executor.quant.layout), so a call
+  unpacks them with byte-wise shifts straight into that tensor's bytes and runs the int4 op.
+- `UnpackDequantKernel` (any shape, any device): unpack the codes, dequantize, F.linear.
+
+Measured on a 576x1536 weight, one token, bf16 activations, one torch thread, the paths in turn in one
+run (`moeqos.bench.kernels.packed_paths_table`, 200 repeats, a shared 2-core machine under load):
+
+| path                      | ms    | x int4 |
+|---------------------------|-------|--------|
+| int4, the int4 op         | 0.147 | 1.00   |
+| int3, unpack -> int4 op   | 1.39  | 9.5    |
+| int3, unpack + dequantize | 29.6  | 201    |
+| int2, unpack -> int4 op   | 0.71  | 4.8    |
+| int2, unpack + dequantize | 20.7  | 141    |
+
+so `QuantLinear` takes the int4-op path wherever the op fits the shape. Unpacking is most of its time:
+sub-4-bit experts save memory, not decode time, and the profile's measured call costs say so.
+
+Shape legend: M tokens, K input features, N output features, G groups per row, n = N*K codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from moeqos.executor.quant.layout import PackFn, source_index
+from moeqos.executor.quant.packing import pack_codes, unpack_codes, unpack_nibble_bytes
+from moeqos.executor.quant.rtn import QuantizedWeight, dequantize
+from torch import Tensor
+
+MatmulFn = Callable[[Tensor, Tensor, int, Tensor], Tensor]
+"""(x bf16 [M, K], packed weight, group size, scales_zeros [G, N, 2]) -> y bf16 [M, N]."""
+
+
+@dataclass(frozen=True)
+class Int4Op:
+    """One device's int4 op: how it packs codes and how it multiplies."""
+
+    pack: PackFn
+    matmul: MatmulFn
+    scales_zeros: Callable[[QuantizedWeight], Tensor]
+    """The op's qScaleAndZeros for a weight."""
+
+
+class UnpackInt4Kernel:
+    """int3/int2 weight bit-packed in an int4 op's code order; unpacked into the op's layout per call."""
+
+    def __init__(self, q: QuantizedWeight, op: Int4Op) -> None:
+        assert q.precision.is_bit_packed
+        self.precision, self.shape, self.group_size, self.op = q.precision, q.shape, q.group_size, op
+        template = op.pack(q.values)  # the op's packed tensor; only its dtype and shape are kept
+        self.packed_dtype, self.packed_shape = template.dtype, tuple(template.shape)
+        order = source_index(op.pack, *self.shape, q.values.device)  # [n]: the code at each nibble
+        self.bits = pack_codes(q.values.flatten()[order], q.precision.bits)  # [n*b/8]
+        self.scales_zeros = op.scales_zeros(q)  # [G, N, 2]
+
+    def matmul(self, x: Tensor) -> Tensor:
+        count = self.shape[0] * self.shape[1]
+        raw = unpack_nibble_bytes(self.bits, self.precision.bits, count)  # uint8 [n/2]
+        packed = raw.view(self.packed_dtype).view(self.packed_shape)
+        y = self.op.matmul(x.to(torch.bfloat16).contiguous(), packed, self.group_size, self.scales_zeros)
+        return y.to(x.dtype)  # [M, N]
+
+    def portable(self) -> QuantizedWeight:
+        rows, cols = self.shape
+        ordered = unpack_codes(self.bits, self.precision.bits, rows * cols)  # [n], op order
+        codes = torch.empty_like(ordered)  # [n], row-major
+        codes[source_index(self.op.pack, rows, cols, ordered.device)] = ordered
+        scales, zeros = self.scales_zeros.transpose(0, 1).unbind(dim=2)  # [N, G] each
+        return QuantizedWeight(
+            self.precision, codes.view(rows, cols), scales.contiguous(), zeros.contiguous(), self.group_size
+        )
+
+
+class UnpackDequantKernel:
+    """int3/int2 weight bit-packed row-major; each call unpacks, dequantizes and runs F.linear."""
+
+    def __init__(self, q: QuantizedWeight) -> None:
+        assert q.precision.is_bit_packed and q.scales is not None and q.zeros is not None
+        self.precision, self.shape, self.group_size = q.precision, q.shape, q.group_size
+        self.bits = pack_codes(q.values, q.precision.bits)  # [n*b/8]
+        self.scales, self.zeros = q.scales, q.zeros  # [N, G] each
+
+    def matmul(self, x: Tensor) -> Tensor:
+        # Dequantizing in fp32 first keeps (code - 8) * scale + zero from rounding twice in 16 bits.
+        return F.linear(x, dequantize(self.portable()).to(x.dtype))  # [M, N]
+
+    def portable(self) -> QuantizedWeight:
+        rows, cols = self.shape
+        codes = unpack_codes(self.bits, self.precision.bits, rows * cols).view(rows, cols)  # [N, K]
+        return QuantizedWeight(self.precision, codes, self.scales, self.zeros, self.group_size)
