@@ -105,21 +105,26 @@ class WithShared(Router):
     Their weight is sigmoid(gate . x) when the family gates its shared expert (Qwen2-MoE's
     `shared_expert_gate`), else 1 (DeepSeek-V3)."""
 
+    shared: torch.Tensor
+    """The shared slices' expert indices [S]: E..E+S-1."""
+
     def __init__(
         self, routed: Router, num_routed: int, slices: int, gate: torch.Tensor | None = None
     ) -> None:
         super().__init__()
         self.routed = routed
         self.gate = None if gate is None else _frozen(gate)  # [1, H]
+        self.slices = slices
         self.width = routed.width + slices
         self.register_buffer("shared", torch.arange(num_routed, num_routed + slices), persistent=False)  # [S]
 
     def forward(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         index, weights = self.routed(flat)  # [T, K], [T, K]
-        tokens, slices = flat.shape[0], self.shared.shape[0]
+        tokens = int(flat.shape[0])
         if self.gate is None:
-            shared_weights = torch.ones(tokens, slices, device=flat.device)  # [T, S]
+            shared_weights = torch.ones(tokens, self.slices, device=flat.device)  # [T, S]
         else:
-            shared_weights = torch.sigmoid(F.linear(flat.float(), self.gate)).expand(tokens, slices)  # [T, S]
-        shared_index = self.shared.expand(tokens, slices)  # [T, S]
+            gate = torch.sigmoid(F.linear(flat.float(), self.gate))  # [T, 1]
+            shared_weights = gate.expand(tokens, self.slices)  # [T, S]
+        shared_index = self.shared.expand(tokens, self.slices)  # [T, S]
         return torch.cat([index, shared_index], dim=1), torch.cat([weights, shared_weights], dim=1)

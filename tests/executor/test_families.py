@@ -1,0 +1,94 @@
+"""Every supported MoE family on a tiny random checkpoint written by transformers' own save_pretrained:
+the fp32 plan reproduces transformers' model (logits within 1e-4, identical greedy output), and the
+routers it loads are the ones the checkpoint's config asks for (a wrong one is caught)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.executor.adapters import adapter_for, read_model
+from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.loader import moe_blocks
+from moeqos.executor.routing import SoftmaxTopK, WithShared
+from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.sampling import SamplingParams
+from moeqos.executor.tiny_families import family_names, make_tiny
+
+from tests.executor.tiny import prompt_ids
+
+FAMILIES = family_names()
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny(request.param, tmp_path_factory.mktemp("families") / request.param)
+
+
+@pytest.fixture(scope="module")
+def family_runtime(family_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutorRuntime]:
+    """The runtime on `family_dir` serving all experts (shared slices included) in fp32."""
+    spec = read_model(family_dir)[2]
+    config = ExecutorConfig(
+        model_dir=family_dir, dense_precision="fp32", variant_cache_dir=tmp_path_factory.mktemp("variants")
+    )
+    plan = Plan.uniform(spec.num_layers, spec.num_experts, Precision.FP32, "cpu")
+    with ExecutorRuntime.load(config, plan) as runtime:
+        yield runtime
+
+
+@pytest.fixture(scope="module")
+def reference(family_dir: Path) -> Any:
+    """transformers' own model of the family, loaded from the same directory in fp32."""
+    adapter = adapter_for(read_model(family_dir)[0].model_type)
+    return adapter.model_class.from_pretrained(str(family_dir), dtype=torch.float32).eval()  # type: ignore[attr-defined]
+
+
+def test_fp32_logits_match_transformers(family_runtime: ExecutorRuntime, reference: Any) -> None:
+    ids = prompt_ids(24)
+    with torch.no_grad():
+        expected = reference(ids).logits  # [1, S, V]
+    torch.testing.assert_close(family_runtime.forward_logits(ids), expected, atol=1e-4, rtol=0)
+
+
+def test_greedy_output_is_identical(family_runtime: ExecutorRuntime, reference: Any) -> None:
+    ids = prompt_ids(10, seed=3)
+    with torch.no_grad():
+        expected = reference.generate(ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)[0, 10:]
+    events = list(family_runtime.generate(ids[0].tolist(), SamplingParams(max_tokens=12)))
+    got = [e.token_id for e in events if e.token_id is not None]
+    assert got == expected.tolist()
+
+
+def test_a_wrong_router_is_caught(family_runtime: ExecutorRuntime, reference: Any) -> None:
+    """The logits check above can fail: with each layer routing to its k *least* likely experts instead,
+    the same comparison finds a difference far beyond its tolerance."""
+    ids = prompt_ids(24)
+    with torch.no_grad():
+        expected = reference(ids).logits
+    blocks = moe_blocks(family_runtime.lm, family_runtime.adapter)
+    saved = [block.router for block in blocks]
+    try:
+        for block in blocks:
+            routed = block.router.routed if isinstance(block.router, WithShared) else block.router
+            block.router = SoftmaxTopK(-routed.weight.detach(), routed.width)
+        assert (family_runtime.forward_logits(ids) - expected).abs().max() > 1e-3
+    finally:
+        for block, router in zip(blocks, saved, strict=True):
+            block.router = router
+
+
+def test_identity_counts_shared_slices_as_experts(family_runtime: ExecutorRuntime, family_dir: Path) -> None:
+    spec = read_model(family_dir)[2]
+    model = family_runtime.model
+    assert (model.num_layers, model.num_experts, model.top_k) == (
+        spec.num_layers,
+        spec.num_routed + spec.num_shared,
+        spec.top_k + spec.num_shared,
+    )
+    assert len(family_runtime.moe_blocks()) == spec.num_layers
