@@ -14,7 +14,7 @@ from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.executor.adapters import adapter_for, read_model
 from moeqos.executor.config import ExecutorConfig
-from moeqos.executor.loader import moe_blocks
+from moeqos.executor.loader import moe_blocks, observing
 from moeqos.executor.routing import SoftmaxTopK, WithShared
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
@@ -92,3 +92,23 @@ def test_identity_counts_shared_slices_as_experts(family_runtime: ExecutorRuntim
         spec.top_k + spec.num_shared,
     )
     assert len(family_runtime.moe_blocks()) == spec.num_layers
+
+
+def test_every_token_routes_to_every_shared_slice(family_runtime: ExecutorRuntime, family_dir: Path) -> None:
+    """What profiling counts (the observed routing): K routed experts per token, all distinct and below
+    E, then the S shared slices E..E+S-1, so their frequency is 1 and the planner prices them per token."""
+    spec = read_model(family_dir)[2]
+    seen: dict[int, torch.Tensor] = {}
+    with observing(
+        family_runtime.lm, family_runtime.adapter, lambda layer, _, index: seen.setdefault(layer, index)
+    ):
+        family_runtime.forward_logits(prompt_ids(9))
+    assert sorted(seen) == list(range(spec.num_layers))
+    for index in seen.values():  # [T, K + S]
+        assert index.shape == (9, spec.top_k + spec.num_shared)
+        routed = index[:, : spec.top_k]
+        assert int(routed.max()) < spec.num_routed and all(
+            len(set(row.tolist())) == spec.top_k for row in routed
+        )
+        shared = torch.arange(spec.num_routed, spec.num_experts).expand(9, spec.num_shared)
+        assert torch.equal(index[:, spec.top_k :], shared)

@@ -1,6 +1,6 @@
 """profile -> plan -> apply -> generate -> evaluate on a tiny checkpoint of every family, through the
-real planner (its solver on the measured profile). Marked slow (about 10-30 s a family on 2 busy
-cores): `pytest tests/executor/test_families_e2e.py -m slow`."""
+real planner (its solver on the measured profile: the fastest plan within a budget of all-int4). Marked
+slow (about 60 s a family on 2 busy cores, most of it the profile's cost measurements): `pytest tests/executor/test_families_e2e.py -m slow`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
-from moeqos.core.qos import QosTarget
+from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.tier import TierBudget
 from moeqos.executor.adapters import read_model
 from moeqos.executor.config import ExecutorConfig
@@ -51,10 +51,13 @@ def test_profile_plan_apply_generate_evaluate(family: str, tmp_path: Path) -> No
             assert row[spec.num_routed :] == (1.0,) * spec.num_shared
         int4 = runtime.model.expert_bytes(Precision.INT4)
         budget = (TierBudget("cpu", int4 * spec.num_layers * spec.num_experts),)  # room for all-int4 at most
-        result = solve(PlanRequest(profile, QosTarget(max_perplexity_increase=0.5), budgets=budget))
+        result = solve(PlanRequest(profile, QosTarget(objective=Objective.SPEED), budgets=budget))
         switch = runtime.apply_plan(result.plan)
         assert runtime.plan == result.plan and switch.report.experts_changed > 0
         *_, last = runtime.generate(prompt_ids(8)[0].tolist(), SamplingParams(max_tokens=6))
-        assert last.stats is not None and last.stats.generated_tokens == 6
+        assert (
+            last.stats is not None and 1 <= last.stats.generated_tokens <= 6
+        )  # a random model may end early
+        assert last.stats.plan_spec == result.plan.to_spec()
         evaluation = runtime.evaluate(prompt_ids(80, seed=2)[0].tolist(), context_length=40, decode_tokens=4)
         assert math.isfinite(evaluation.perplexity) and evaluation.perplexity > 1
