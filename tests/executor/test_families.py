@@ -4,16 +4,21 @@ routers it loads are the ones the checkpoint's config asks for (a wrong one is c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from moeqos.cli.model_cmds import model_info
+from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.executor.adapters import adapter_for, read_model
+from moeqos.executor.checkpoint import CheckpointError
 from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.identity import served_dense_bytes
 from moeqos.executor.loader import moe_blocks, observing
 from moeqos.executor.routing import SoftmaxTopK, WithShared
 from moeqos.executor.runtime import ExecutorRuntime
@@ -112,3 +117,31 @@ def test_every_token_routes_to_every_shared_slice(family_runtime: ExecutorRuntim
         )
         shared = torch.arange(spec.num_routed, spec.num_experts).expand(9, spec.num_shared)
         assert torch.equal(index[:, spec.top_k :], shared)
+
+
+def test_model_info_counts_the_dense_bytes_the_runtime_holds(
+    family_runtime: ExecutorRuntime, family_dir: Path
+) -> None:
+    """`moeqos model info` reads the checkpoint's keys through the adapter (experts, routers, shared
+    gates, correction biases) and gets what the loaded model holds in bf16 with fp32 routers."""
+    assert model_info(family_dir)["dense_bytes"] == served_dense_bytes(family_runtime.lm, Precision.BF16)
+
+
+def _edit_config(directory: Path, **changes: Any) -> None:
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_a_shared_expert_that_is_not_whole_slices_is_refused(tmp_path: Path) -> None:
+    directory = make_tiny("qwen2_moe", tmp_path / "q", with_tokenizer=False)
+    _edit_config(directory, shared_expert_intermediate_size=96)  # 1.5 routed experts
+    with pytest.raises(InvalidArgument, match="not a multiple"):
+        read_model(directory)
+
+
+def test_a_fused_expert_tensor_of_the_wrong_shape_fails_at_load(tmp_path: Path) -> None:
+    directory = make_tiny("granitemoe", tmp_path / "g", with_tokenizer=False)
+    _edit_config(directory, intermediate_size=32)
+    config = ExecutorConfig(model_dir=directory, variant_cache_dir=tmp_path / "v")
+    with pytest.raises(CheckpointError, match="input_linear.*expected \\[8, 64, 64\\]"):
+        ExecutorRuntime.load(config)
