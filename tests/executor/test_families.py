@@ -143,5 +143,5 @@ def test_a_fused_expert_tensor_of_the_wrong_shape_fails_at_load(tmp_path: Path) 
     directory = make_tiny("granitemoe", tmp_path / "g", with_tokenizer=False)
     _edit_config(directory, intermediate_size=32)
     config = ExecutorConfig(model_dir=directory, variant_cache_dir=tmp_path / "v")
-    with pytest.raises(CheckpointError, match="input_linear.*expected \\[8, 64, 64\\]"):
+    with pytest.raises(CheckpointError, match=r"input_linear.*expected \[8, 64, 64\]"):
         ExecutorRuntime.load(config)
