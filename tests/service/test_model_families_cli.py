@@ -56,6 +56,17 @@ def test_tiny_then_info_describes_the_family(
     assert 0 < info["dense_bytes"] < info["bytes_on_disk"]
 
 
+def test_eval_reads_plans_in_the_family_shape(tmp_path: Path) -> None:
+    """`moeqos eval --plan` parses plans over MoE layers x (routed + shared slices) experts."""
+    from moeqos.cli.eval_cmds import read_plan
+
+    directory = tmp_path / "deepseek"
+    assert main(["model", "tiny", "--family", "deepseek_v3", "--out", str(directory)]) == 0
+    plan = read_plan("int4@cpu,L*.E8=bf16", directory, "cpu")  # E8: the shared expert of each layer
+    assert (plan.num_layers, plan.num_experts) == (2, 9)
+    assert [plan[(layer, 8)].precision.value for layer in (0, 1)] == ["bf16", "bf16"]
+
+
 def test_an_unknown_family_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = _run(capsys, "model", "tiny", "--family", "llama", "--out", str(tmp_path / "x"))
     assert code == 2 and "llama" in err and "qwen2_moe" in err
