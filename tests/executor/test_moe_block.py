@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from moeqos.core.precision import Precision
 from moeqos.executor.moe import MoeBlock
 from moeqos.executor.quant import QuantExpert
+from moeqos.executor.routing import SoftmaxTopK
 
 
 class Experts:
@@ -30,7 +31,7 @@ class Experts:
 
 def naive_moe(block: MoeBlock, experts: Experts, x: torch.Tensor) -> torch.Tensor:
     """transformers' MixtralTopKRouter and dispatch, token by token, in fp32: x [T, H] -> [T, H]."""
-    probs = torch.softmax(x.float() @ block.router_weight.T, dim=-1)  # [T, E]
+    probs = torch.softmax(x.float() @ block.router.weight.T, dim=-1)  # [T, E]
     top, index = torch.topk(probs, block.top_k, dim=-1)  # [T, K]
     top = top / top.sum(dim=-1, keepdim=True)
     out = torch.zeros(x.shape)
@@ -50,7 +51,7 @@ def naive_moe(block: MoeBlock, experts: Experts, x: torch.Tensor) -> torch.Tenso
 def test_block_matches_the_naive_moe(hidden, inter, num_experts, top_k, tokens):
     gen = torch.Generator().manual_seed(hidden * 1000 + inter + num_experts + top_k + tokens)
     experts = Experts(num_experts, hidden, inter, gen)
-    block = MoeBlock(0, torch.randn(num_experts, hidden, generator=gen), top_k, experts)
+    block = MoeBlock(0, SoftmaxTopK(torch.randn(num_experts, hidden, generator=gen), top_k), experts)
     x = torch.randn(1, tokens, hidden, generator=gen)  # [B, S, H]
     y = block(x)
     assert y.shape == x.shape
@@ -61,10 +62,10 @@ def test_block_matches_the_naive_moe(hidden, inter, num_experts, top_k, tokens):
 @pytest.mark.parametrize("num_experts", [2, 8, 64])
 def test_route_equals_softmax_topk_renormalise(num_experts):
     gen = torch.Generator().manual_seed(num_experts)
-    block = MoeBlock(0, torch.randn(num_experts, 32, generator=gen), 2, Experts(0, 32, 8, gen))
+    block = MoeBlock(0, SoftmaxTopK(torch.randn(num_experts, 32, generator=gen), 2), Experts(0, 32, 8, gen))
     x = torch.randn(17, 32, generator=gen)  # [T, H]
     index, weights = block.route(x)
-    probs = torch.softmax(x @ block.router_weight.T, dim=-1)  # [T, E]
+    probs = torch.softmax(x @ block.router.weight.T, dim=-1)  # [T, E]
     top, ref_index = torch.topk(probs, 2, dim=-1)
     assert torch.equal(index, ref_index)
     torch.testing.assert_close(weights, top / top.sum(dim=-1, keepdim=True), rtol=1e-6, atol=1e-7)
@@ -73,7 +74,7 @@ def test_route_equals_softmax_topk_renormalise(num_experts):
 def test_one_token_path_in_bf16_matches_the_general_path():
     gen = torch.Generator().manual_seed(7)
     experts = Experts(8, 64, 128, gen)
-    block = MoeBlock(0, torch.randn(8, 64, generator=gen), 2, experts)
+    block = MoeBlock(0, SoftmaxTopK(torch.randn(8, 64, generator=gen), 2), experts)
     x = torch.randn(1, 1, 64, generator=gen).bfloat16()  # [1, 1, H]
     one = block(x)  # the T = 1 path
     general = block(x.expand(1, 2, 64))[:, :1]  # the same token twice takes the multi-token path

@@ -29,13 +29,24 @@ def test_analytic_profiles_are_consistent(name: str) -> None:
     model = MODELS[name]
     hardware = HARDWARE["cpu-2core"] if name.startswith("smollm") else HARDWARE["h100-80gb"]
     profile = analytic_profile(model, hardware)
-    assert all(sum(row) == pytest.approx(model.top_k) for row in profile.frequency)
+    assert all(sum(row) == pytest.approx(model.top_k + model.shared_experts) for row in profile.frequency)
+    assert all(row[model.num_experts :] == (1.0,) * model.shared_experts for row in profile.frequency)
     assert max(map(max, profile.frequency)) > min(map(min, profile.frequency))  # mildly skewed
     assert profile.quality_points[0].tokens == 0  # the reference is published, not measured
     device = next(b for b in profile.tiers if b.name == hardware.device)
     assert device.budget_bytes < hardware.tier(hardware.device).capacity_bytes - model.identity().dense_bytes
     result = solve(PlanRequest(profile, QosTarget(objective=Objective.SPEED)))
     assert result.perplexity_is_estimate and "prior" in result.notes
+
+
+def test_shared_experts_and_head_width_are_counted() -> None:
+    """Qwen1.5-MoE-A2.7B: 60 routed experts of 1408 plus a shared one of 5632 (4 slices) run by every
+    token; Qwen3-30B-A3B: 32 heads of 128 on a 2048 hidden size (q and o are 2048 x 4096)."""
+    qwen15 = MODELS["qwen1.5-moe-a2.7b"].identity()
+    assert (qwen15.num_experts, qwen15.top_k, qwen15.intermediate_size) == (64, 8, 1408)
+    qwen3 = MODELS["qwen3-30b-a3b"]
+    attention = 2 * 2048 * 32 * 128 + 2 * 2048 * 4 * 128
+    assert qwen3.dense_params == 48 * (attention + 2 * 2048) + 2048 + 2 * 151936 * 2048
 
 
 def test_default_model_description_counts_dense_bytes_as_the_executor_holds_them() -> None:

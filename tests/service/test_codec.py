@@ -215,6 +215,12 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ),
     ("model description", MODELS["mixtral-8x7b"], pl_codec.model_to_proto, pl_codec.model_from_proto),
     (
+        "model description with shared experts and a head width",
+        dataclasses.replace(MODELS["qwen1.5-moe-a2.7b"], head_dim=96),
+        pl_codec.model_to_proto,
+        pl_codec.model_from_proto,
+    ),
+    (
         "hardware description",
         HardwareDescription(
             "box",

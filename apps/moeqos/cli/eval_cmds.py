@@ -122,11 +122,15 @@ def read_plan(text: str, model_dir: Path, device: str, group_size: int = DEFAULT
 
 
 def _model_shape(model_dir: Path) -> tuple[int, int]:
-    config = json.loads((model_dir / "config.json").read_text())
-    return int(config["num_hidden_layers"]), int(config["num_local_experts"])
+    """(MoE layers, experts per layer with shared-expert slices) of any supported family."""
+    from moeqos.executor.adapters import read_model
+
+    spec = read_model(model_dir)[2]
+    return spec.num_layers, spec.num_experts
 
 
 def _expert_bytes(model_dir: Path, group_size: int) -> dict[Precision, int]:
-    config = json.loads((model_dir / "config.json").read_text())
-    hidden, intermediate = int(config["hidden_size"]), int(config["intermediate_size"])
-    return {p: expert_bytes(hidden, intermediate, p, group_size) for p in Precision}
+    from moeqos.executor.adapters import read_model
+
+    spec = read_model(model_dir)[2]
+    return {p: expert_bytes(spec.hidden, spec.intermediate, p, group_size) for p in Precision}

@@ -14,7 +14,10 @@ from moeqos.core.tier import validate_tier
 
 @dataclass(frozen=True)
 class ModelDescription:
-    """The shape of a Mixtral-style MoE model (SwiGLU experts, grouped-query attention)."""
+    """The shape of a MoE model with SwiGLU experts and grouped-query attention (Mixtral, Qwen-MoE,
+    OLMoE, Granite-MoE). `num_experts` and `top_k` count routed experts; a shared expert is
+    `shared_experts` slices of a routed expert's size that every token runs (as the executor plans it:
+    moeqos.executor.adapters), so `identity()` counts them in both."""
 
     name: str
     num_layers: int
@@ -29,13 +32,18 @@ class ModelDescription:
     reference_perplexity: float = 0.0
     """Full-precision perplexity used as the what-if quality reference (not measured here)."""
     reference_source: str = ""
+    shared_experts: int = 0
+    """Shared-expert slices per layer (the shared expert's intermediate size over `intermediate_size`)."""
+    head_dim: int = 0
+    """Width of one attention head; 0: hidden_size / num_heads."""
 
     @property
     def dense_params(self) -> int:
-        """Non-expert, non-router parameters: attention (q, o: H*H; k, v: H*H*kv/heads), the two norms
-        of each layer and the final norm, embeddings and head (once when tied)."""
+        """Non-expert, non-router parameters: attention (q, o: H*heads*d; k, v: H*kv*d, d the head
+        width), the two norms of each layer and the final norm, embeddings and head (once when tied)."""
         h = self.hidden_size
-        attention = 2 * h * h + 2 * h * h * self.num_kv_heads // self.num_heads
+        d = self.head_dim or h // self.num_heads
+        attention = 2 * h * self.num_heads * d + 2 * h * self.num_kv_heads * d
         embeddings = self.vocab_size * h * (1 if self.tied_embeddings else 2)
         return self.num_layers * (attention + 2 * h) + h + embeddings
 
@@ -54,8 +62,8 @@ class ModelDescription:
             self.name,
             f"analytic:{self.name}",
             self.num_layers,
-            self.num_experts,
-            self.top_k,
+            self.num_experts + self.shared_experts,
+            self.top_k + self.shared_experts,
             self.hidden_size,
             self.intermediate_size,
             self.vocab_size,

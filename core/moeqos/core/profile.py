@@ -44,7 +44,8 @@ def _grid(rows: Any) -> Grid:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """The model a profile, plan or cost model belongs to."""
+    """The model a profile, plan or cost model belongs to. Its layers are the MoE layers; `num_experts`
+    and `top_k` count a shared expert's slices too (plan elements every token runs)."""
 
     name: str
     """Human name, e.g. `smollm2-135m-moe8` or the checkpoint directory's name."""

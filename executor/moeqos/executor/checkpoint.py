@@ -81,6 +81,16 @@ class Checkpoint:
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc})") from exc
 
+    def read_slice(self, key: str, shape: tuple[int, ...], index: tuple[slice, ...]) -> torch.Tensor:
+        """The part `index` of a tensor checked to have `shape`, read without reading the rest (one
+        expert of a fused [E, ...] tensor, some rows of a shared expert)."""
+        path = self.check(key, shape)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return handle.get_slice(key)[index]
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc})") from exc
+
     def fingerprint(self) -> str:
         """sha256 of config.json, every tensor's name/shape/dtype, and every file's size."""
         digest = hashlib.sha256(self.config_path.read_bytes())

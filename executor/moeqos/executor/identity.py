@@ -11,24 +11,25 @@ from typing import Any
 import torch
 from moeqos.core.precision import Precision, dense_bytes
 from moeqos.core.profile import HardwareIdentity, ModelIdentity
-from moeqos.executor.adapters import ModelAdapter
+from moeqos.executor.adapters import ModelAdapter, MoeSpec
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.moe import MoeBlock
 from torch import nn
 
 
 def model_identity(
-    checkpoint: Checkpoint, config: Any, model: nn.Module, top_k: int, experts: int, dense: Precision
+    checkpoint: Checkpoint, config: Any, spec: MoeSpec, model: nn.Module, dense: Precision
 ) -> ModelIdentity:
-    """Identity of the loaded model (its dense weights held in `dense`); dense_bytes as served."""
+    """Identity of the loaded model (its dense weights held in `dense`); dense_bytes as served. Its
+    layers are the MoE layers, its experts and top_k count shared-expert slices (moeqos.executor.adapters)."""
     return ModelIdentity(
         name=checkpoint.directory.name,
         fingerprint=checkpoint.fingerprint(),
-        num_layers=int(config.num_hidden_layers),
-        num_experts=experts,
-        top_k=top_k,
-        hidden_size=int(config.hidden_size),
-        intermediate_size=int(config.intermediate_size),
+        num_layers=spec.num_layers,
+        num_experts=spec.num_experts,
+        top_k=spec.per_token,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
         vocab_size=int(config.vocab_size),
         dense_bytes=served_dense_bytes(model, dense),
     )
@@ -37,19 +38,20 @@ def model_identity(
 def served_dense_bytes(model: nn.Module, dense: Precision) -> int:
     """moeqos.core.precision.dense_bytes of a loaded model: its parameters are the non-expert weights
     (the experts live in the expert store), the MoE blocks' router weights among them."""
-    routers = sum(m.router_weight.numel() for m in model.modules() if isinstance(m, MoeBlock))
+    routers = sum(
+        p.numel() for m in model.modules() if isinstance(m, MoeBlock) for p in m.router.parameters()
+    )
     return dense_bytes(sum(p.numel() for p in model.parameters()) - routers, routers, dense)
 
 
-def checkpoint_dense_bytes(checkpoint: Checkpoint, adapter: ModelAdapter, dense: Precision) -> int:
+def checkpoint_dense_bytes(
+    checkpoint: Checkpoint, adapter: ModelAdapter, config: Any, dense: Precision
+) -> int:
     """moeqos.core.precision.dense_bytes of a checkpoint served with its dense weights in `dense`,
-    whatever dtype they are stored in: what the executor will hold once it has loaded it."""
-    config = checkpoint.config_dict
-    layers, experts = int(config["num_hidden_layers"]), int(config["num_local_experts"])
-    routers = {adapter.router_key.format(layer=layer) for layer in range(layers)}
-    expert_keys = {
-        k for layer in range(layers) for e in range(experts) for k in adapter.expert_keys(layer, e)
-    }
+    whatever dtype they are stored in: what the executor will hold once it has loaded it (`config`: its
+    transformers config)."""
+    routers = adapter.router_keys(config)
+    expert_keys = adapter.expert_source(config, checkpoint).keys()
     params = router_params = 0
     for key, (shape, _) in checkpoint.meta.items():
         if key in routers:

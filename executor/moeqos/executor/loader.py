@@ -37,13 +37,10 @@ def build_model(
     """The causal LM on `device`: dense weights loaded in `dense` precision, MoE blocks swapped."""
     with torch.device("meta"):
         model: Any = adapter.model_class(config)
-    for layer, decoder in enumerate(adapter.layers(model)):
-        router = checkpoint.read(
-            adapter.router_key.format(layer=layer), (adapter.num_experts(config), config.hidden_size)
-        )
-        setattr(
-            decoder, adapter.moe_module, MoeBlock(layer, router.to(device), adapter.top_k(config), runner)
-        )
+    decoders = adapter.layers(model)
+    for layer, index in enumerate(adapter.spec(config).moe_layers):
+        router = adapter.router(config, checkpoint, index).to(device)
+        setattr(decoders[index], adapter.moe_module, MoeBlock(layer, router, runner))
     _load_dense(model, checkpoint, device, TORCH_DTYPES[dense])
     if getattr(config, "tie_word_embeddings", False):
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
@@ -52,10 +49,10 @@ def build_model(
 
 
 def moe_blocks(model: nn.Module, adapter: ModelAdapter) -> list[MoeBlock]:
-    """The swapped-in MoE block of every decoder layer, in layer order."""
+    """The swapped-in MoE block of every MoE layer, in layer order (dense-MLP layers have none)."""
     blocks = [layer.get_submodule(adapter.moe_module) for layer in adapter.layers(model)]
-    assert all(isinstance(b, MoeBlock) for b in blocks), "the MoE blocks were not swapped"
-    return blocks  # type: ignore[return-value]
+    assert any(isinstance(b, MoeBlock) for b in blocks), "the MoE blocks were not swapped"
+    return [b for b in blocks if isinstance(b, MoeBlock)]
 
 
 def observing(

@@ -3,9 +3,8 @@
 Legend for shape comments: B batch, S sequence, T = B*S tokens, H hidden, E experts, K top-k, N tokens
 routed to one expert.
 
-The router stays full precision (fp32) on purpose: it is tiny, and quantizing it would change which
-experts run, which a per-expert plan is meant to control. Routing reproduces transformers'
-`MixtralTopKRouter` (softmax over all experts, top-k, renormalise the k weights to sum to one).
+Routing is the family's `Router` (moeqos.executor.routing: fp32 on purpose, each reproducing one
+transformers router); shared experts come out of it as experts every token picks.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
+from moeqos.executor.routing import Router
 from torch import nn
 
 RouteObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -29,28 +28,22 @@ class ExpertRunner(Protocol):
 
 
 class MoeBlock(nn.Module):
-    """fp32 top-k router plus dispatch of tokens to experts held by an `ExpertRunner`."""
+    """A family's fp32 router plus dispatch of tokens to experts held by an `ExpertRunner`."""
 
-    def __init__(self, layer: int, router_weight: torch.Tensor, top_k: int, runner: ExpertRunner) -> None:
+    def __init__(self, layer: int, router: Router, runner: ExpertRunner) -> None:
         super().__init__()
         self.layer = layer
-        self.top_k = top_k
-        # fp32 on purpose, whatever the dense precision
-        self.router_weight = nn.Parameter(router_weight.float(), requires_grad=False)  # [E, H]
+        self.router = router
+        self.top_k = router.width
+        """Experts each token runs (shared experts included)."""
         self.runner = runner
         self.observer: RouteObserver | None = None
         self.experts_enabled = True
         """False only while profiling the fixed (non-expert) decode cost."""
 
     def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k expert indices [T, K] and their renormalised weights [T, K] (fp32).
-
-        Softmax over all experts, top-k, renormalise equals a softmax over the top-k logits (softmax
-        is monotonic, and the renormalisation cancels the other experts' share), in two ops fewer.
-        """
-        logits = F.linear(flat.float(), self.router_weight)  # [T, E]
-        top, index = torch.topk(logits, self.top_k, dim=-1)  # [T, K], [T, K]
-        return index, torch.softmax(top, dim=-1)  # [T, K], [T, K]
+        """Expert indices [T, K] and their weights [T, K] (fp32), as the family's router gives them."""
+        return self.router(flat)  # [T, K], [T, K]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape  # [B, S, H]

@@ -71,23 +71,18 @@ class ExecutorRuntime:
         self.config = config
         self.adapter = adapter_for(str(checkpoint.config_dict.get("model_type")))
         self.hf_config = hf_config
-        self.num_layers = self.adapter.num_layers(hf_config)
-        self.num_experts = self.adapter.num_experts(hf_config)
-        self.shape = (int(hf_config.hidden_size), int(hf_config.intermediate_size))
-        self.factory = VariantFactory.for_config(checkpoint, self.adapter, self.shape, variant_dir, config)
-        self.factory.check_experts(self.num_layers, self.num_experts)
+        self.spec = self.adapter.spec(hf_config)
+        self.num_layers = self.spec.num_layers
+        self.num_experts = self.spec.num_experts
+        self.shape = (self.spec.hidden, self.spec.intermediate)
+        source = self.adapter.expert_source(hf_config, checkpoint)
+        self.factory = VariantFactory.for_config(source, self.shape, variant_dir, config)
+        self.factory.check_experts()
         self.store = ExpertStore(self.factory, config.device, config.host_policy, config.disk_pool_slots)
         self.lm = build_model(
             checkpoint, self.adapter, hf_config, config.device, config.dense_precision, self.store
         )
-        self.model = model_identity(
-            checkpoint,
-            hf_config,
-            self.lm,
-            self.adapter.top_k(hf_config),
-            self.num_experts,
-            config.dense_precision,
-        )
+        self.model = model_identity(checkpoint, hf_config, self.spec, self.lm, config.dense_precision)
         """The served model's identity (name, fingerprint, shape)."""
         self.hardware = hardware_identity(config.device)
         self.prompts = PromptCodec.load(checkpoint.directory, hf_config)

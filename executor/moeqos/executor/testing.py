@@ -61,7 +61,7 @@ def make_tiny_mixtral(
     model.save_pretrained(str(directory))
     _check_per_expert_keys(directory)
     if with_tokenizer:
-        _write_tokenizer(directory, vocab_size)
+        write_tokenizer(directory, vocab_size)
     return directory
 
 
@@ -73,7 +73,7 @@ def _check_per_expert_keys(directory: Path) -> None:
         raise RuntimeError(f"{directory}: save_pretrained wrote no per-expert keys: {keys[:5]}...")
 
 
-def _write_tokenizer(directory: Path, vocab_size: int) -> None:
+def write_tokenizer(directory: Path, vocab_size: int) -> None:
     """A BPE tokenizer trained in-process on a few sentences (Metaspace keeps the spaces), with a chat
     template, saved as a PreTrainedTokenizerFast so `AutoTokenizer.from_pretrained(directory)` loads it offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -27,10 +27,9 @@ from moeqos.core.errors import DataLoss, PlanApplyFailed
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision, expert_bytes
 from moeqos.core.tier import DISK
-from moeqos.executor.adapters import ModelAdapter
-from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.disk_room import check_room
+from moeqos.executor.expert_io import ExpertSource
 from moeqos.executor.integrity import (
     DamagedFile,
     IntegrityLog,
@@ -97,8 +96,7 @@ class VariantFactory:
 
     def __init__(
         self,
-        checkpoint: Checkpoint,
-        adapter: ModelAdapter,
+        source: ExpertSource,
         shape: tuple[int, int],
         directory: Path,
         memory_cache_bytes: int,
@@ -106,8 +104,8 @@ class VariantFactory:
         quantize_device: str = "cpu",
         keep_in_page_cache: bool = True,
     ) -> None:
-        self.checkpoint = checkpoint
-        self.adapter = adapter
+        self.source = source
+        """The checkpoint's experts (routed and shared slices), read one at a time."""
         self.hidden, self.intermediate = shape
         self.directory = directory
         self.memory = MemoryVariantCache(memory_cache_bytes)
@@ -130,16 +128,14 @@ class VariantFactory:
     @classmethod
     def for_config(
         cls,
-        checkpoint: Checkpoint,
-        adapter: ModelAdapter,
+        source: ExpertSource,
         shape: tuple[int, int],
         directory: Path,
         config: ExecutorConfig,
     ) -> VariantFactory:
         """The factory an executor with `config` uses, its variant files in `directory`."""
         return cls(
-            checkpoint,
-            adapter,
+            source,
             shape,
             directory,
             config.memory_cache_bytes,
@@ -167,20 +163,13 @@ class VariantFactory:
         tag = "".join(cpu_kernels.int4_layout_tag(rows, cols)[:6] for rows, cols in shapes)
         return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}.cpu-{tag}.safetensors"
 
-    def check_experts(self, num_layers: int, num_experts: int) -> None:
+    def check_experts(self) -> None:
         """Fail at load, not at the first plan that needs it, if any expert tensor is missing or misshapen."""
-        up, down = (self.intermediate, self.hidden), (self.hidden, self.intermediate)
-        for layer in range(num_layers):
-            for expert in range(num_experts):
-                k1, k2, k3 = self.adapter.expert_keys(layer, expert)
-                for key, shape in ((k1, up), (k2, down), (k3, up)):
-                    self.checkpoint.check(key, shape)
+        self.source.check()
 
     def read_weights(self, layer: int, expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(w1 [I, H], w2 [H, I], w3 [I, H]) from the checkpoint, checked for shape."""
-        k1, k2, k3 = self.adapter.expert_keys(layer, expert)
-        up, down = (self.intermediate, self.hidden), (self.hidden, self.intermediate)
-        return self.checkpoint.read(k1, up), self.checkpoint.read(k2, down), self.checkpoint.read(k3, up)
+        return self.source.read(layer, expert)
 
     def build(self, key: VariantKey, device: str) -> QuantExpert:
         """The variant on `device`, from memory, the disk cache or the checkpoint (then persisted)."""

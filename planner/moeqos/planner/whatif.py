@@ -184,11 +184,13 @@ def expert_budgets(
 
 
 def _frequencies(model: ModelDescription, skew: float) -> tuple[tuple[float, ...], ...]:
+    """[L, E + S]: the routed experts' skewed shares of top_k, then 1.0 for each shared slice."""
     e = np.arange(model.num_experts)  # [E]
+    shared = (1.0,) * model.shared_experts  # every token runs them
     rows = []
     for layer in range(model.num_layers):
         weight = 1 + skew * np.cos(2 * math.pi * (e + layer) / model.num_experts)  # [E]
-        rows.append(tuple(float(x) for x in model.top_k * weight / weight.sum()))
+        rows.append(tuple(float(x) for x in model.top_k * weight / weight.sum()) + shared)
     return tuple(rows)
 
 

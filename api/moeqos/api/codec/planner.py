@@ -129,6 +129,8 @@ def model_to_proto(model: ModelDescription) -> pl.ModelDescription:
         tied_embeddings=model.tied_embeddings,
         reference_perplexity=model.reference_perplexity,
         reference_source=model.reference_source,
+        shared_experts=model.shared_experts,
+        head_dim=model.head_dim,
     )
 
 
@@ -147,6 +149,8 @@ def model_from_proto(message: pl.ModelDescription) -> ModelDescription:
         tied_embeddings=message.tied_embeddings,
         reference_perplexity=message.reference_perplexity,
         reference_source=message.reference_source,
+        shared_experts=message.shared_experts,
+        head_dim=message.head_dim,
     )
     _check_model(model)
     return model
@@ -176,7 +180,7 @@ def _check_model(model: ModelDescription) -> None:
 
 def _check_size(model: ModelDescription) -> None:
     """OutOfRange for a model too large to plan for (checked here, at the edge, before any allocation)."""
-    experts = model.num_layers * model.num_experts
+    experts = model.num_layers * (model.num_experts + model.shared_experts)
     if experts > MAX_MODEL_EXPERTS:
         raise OutOfRange(
             f"model description: num_layers * num_experts must be <= {MAX_MODEL_EXPERTS}, got {experts}"
