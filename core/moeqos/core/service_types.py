@@ -128,6 +128,14 @@ class ExecutorInfo:
     """The pin rules re-plans against the standing target keep."""
     target_generation: int = 0
     """Counts SetTarget and ApplyPlan calls; a re-plan started under an older one never applies."""
+    max_batch_size: int = 0
+    """Generations decoded together at most (the batch size); more wait in the queue."""
+    max_queued_generations: int = 0
+    """Generations that may wait for a place; more are refused (RESOURCE_EXHAUSTED)."""
+    max_tokens_in_flight: int = 0
+    """KV tokens the running generations may reserve at most (prompt plus max_tokens each)."""
+    tokens_in_flight: int = 0
+    """KV tokens the running generations reserve now."""
 
 
 @dataclass(frozen=True)

@@ -128,16 +128,31 @@ class BatchScheduler:
                         raise item
                     return item
                 self._stepping = True
-            try:
-                self.step()
-            finally:
-                with self._cond:
-                    self._stepping = False
-                    self._cond.notify_all()
+            self._stepped(self.step)
+
+    def tidy(self) -> None:
+        """Finish the cancelled streams now, between two steps, so their places and KV tokens are free
+        at once rather than at the next step (which only a reader's demand runs)."""
+        with self._cond:
+            while self._stepping:
+                self._cond.wait()
+            self._stepping = True
+        self._stepped(self._drop_cancelled)
+
+    def _stepped(self, work: Callable[[], None]) -> None:
+        """Run `work` holding the stepping role (taken by the caller), then hand the role back."""
+        try:
+            with self._model.exclusive():
+                work()
+        finally:
+            with self._cond:
+                self._stepping = False
+                self._cond.notify_all()
 
     # ----- the step -----------------------------------------------------------------------------
     def step(self) -> None:
-        """One scheduler step (see the module docstring); a failure fails the streams it computed."""
+        """One scheduler step (see the module docstring); a failure fails the streams it computed.
+        Called by a stream's reader holding the stepping role, or directly when nothing reads."""
         with self._model.exclusive():
             self._drop_cancelled()
             self._admit()

@@ -148,6 +148,10 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             integrity=integrity.describe(),
             standing_pins=self.target.pins,
             target_generation=self.target.generation,
+            max_batch_size=runtime.scheduler.limits.max_batch,
+            max_queued_generations=self.admission.max_queued,
+            max_tokens_in_flight=runtime.scheduler.limits.max_tokens,
+            tokens_in_flight=runtime.scheduler.tokens_in_flight,
         )
         return codec.info_to_proto(info)
 
@@ -230,12 +234,14 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
                 held.release()
 
             watch = WriteWatch(self.write_window_s, stalled)
+            finished = False
             try:
                 events: Iterator[GenerationEvent] = await self.served.run(
                     start_generation, runtime, request, params, cancel
                 )
                 while (event := await self.served.run(next, events, _DONE)) is not _DONE:
                     if event.stats is not None:
+                        finished = True
                         self.served.metrics.generation(event.stats)
                     watch.writing()
                     yield event
@@ -243,6 +249,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             finally:
                 watch.written()
                 cancel.set()  # the client went away or the deadline passed: stop at the next token
+                if not finished:  # free its place in the batch now, not at the next step
+                    self.served.run_soon(runtime.scheduler.tidy)
 
     async def Generate(
         self, request: ex.GenerateRequest, context: grpc.aio.ServicerContext
