@@ -158,3 +158,22 @@ def test_a_batch_reads_each_disk_expert_once_per_step(make_runtime) -> None:
     assert 0 < reads <= LAYERS * EXPERTS < len(PROMPTS) * LAYERS * 2
     for stream in streams:
         stream.close()
+
+
+def test_a_failed_step_fails_the_streams_it_computed_and_the_next_ones_run(runtime) -> None:
+    streams = [runtime.generate(p, _greedy(8)) for p in PROMPTS[:2]]
+    for _ in range(2):
+        runtime.scheduler.step()  # both decoding
+    forward = runtime.forward_logits
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost")
+
+    runtime.forward_logits = broken  # type: ignore[method-assign]
+    runtime.scheduler.step()
+    runtime.forward_logits = forward  # type: ignore[method-assign]
+    for stream in streams:
+        with pytest.raises(RuntimeError, match="device lost"):
+            list(stream)
+    assert runtime.scheduler.active == 0
+    assert _tokens(list(runtime.generate(PROMPTS[2], _greedy(4)))) == _alone(runtime, PROMPTS[2], 4)
