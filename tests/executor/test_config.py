@@ -9,7 +9,7 @@ import pytest
 from moeqos.cli import serve_cmds
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.precision import Precision
-from moeqos.executor.config import ExecutorConfig, check_settings
+from moeqos.executor.config import BatchLimits, ExecutorConfig, check_settings
 from moeqos.executor.server import ExecutorServerConfig
 
 
@@ -92,9 +92,11 @@ def test_a_zero_is_a_value_not_an_absent_setting() -> None:
         return ExecutorServerConfig.from_env_and_args(_executor_flags(*argv), env={})
 
     assert config("--max-queued", "0").max_queued == 0
-    assert config().max_queued == 8
+    assert config().max_queued == 16
     with pytest.raises(ValueError, match="max_concurrent"):
         config("--max-concurrent", "0")
+    with pytest.raises(ValueError, match="max_tokens_in_flight"):
+        config("--max-tokens-in-flight", "0")
     with pytest.raises(ValueError, match="threads"):
         config("--threads", "0")
 
@@ -140,3 +142,18 @@ SERVER_DEFAULTS: dict = {
     "disk_reads": "cached",
     "threads": None,
 }
+
+
+def test_batch_limits_come_from_flags_and_environment() -> None:
+    """--max-concurrent is the batch size; the tokens in flight come from their flag or variable."""
+
+    def batch(argv: tuple[str, ...], env: dict[str, str]) -> BatchLimits:
+        config = ExecutorServerConfig.from_env_and_args(_executor_flags(*argv), env=env)
+        return config.runtime_config(Path("m")).batch
+
+    assert batch((), {}) == BatchLimits(max_batch=16, max_tokens=65536)
+    env = {"MOEQOS_MAX_TOKENS_IN_FLIGHT": "900", "MOEQOS_MAX_CONCURRENT": "3"}
+    assert batch((), env) == BatchLimits(max_batch=3, max_tokens=900)
+    assert batch(("--max-tokens-in-flight", "500", "--max-concurrent", "4"), env) == BatchLimits(4, 500)
+    with pytest.raises(ValueError, match="positive"):
+        BatchLimits(prefill_chunk=0)

@@ -87,6 +87,10 @@ def _info(**changes: Any) -> ExecutorInfo:
         "integrity": "3 damaged, 2 mended; last: expert L1.E2 (int8): checkpoint unreadable",
         "standing_pins": PINS,
         "target_generation": 7,
+        "max_batch_size": 16,
+        "max_queued_generations": 8,
+        "max_tokens_in_flight": 65536,
+        "tokens_in_flight": 300,
     }
     return ExecutorInfo(**{**values, **changes})
 
@@ -136,6 +140,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
             integrity="ok",
             standing_pins=(),
             target_generation=0,
+            tokens_in_flight=0,
         ),
         ex_codec.info_to_proto,
         ex_codec.info_from_proto,

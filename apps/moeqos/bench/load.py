@@ -2,6 +2,7 @@
 planner re-planning the executors every few seconds while they serve.
 
     python -m moeqos.bench.load [--duration S] [--clients N] [--model DIR] [--replan-every S] [--json]
+    python -m moeqos.bench.load --streams 1,4,8,16 [--level-seconds S]   (moeqos.bench.concurrency)
 
 Control rounds alternate between a Deploy (alternating speed and quality targets) and a SetBudget on
 each executor (alternating a roomy and a tight device budget, which re-plans against the standing target
@@ -258,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads per executor")
     parser.add_argument("--profile", type=Path, help="profile file kept between runs (default: in --work)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--streams", help="instead: one executor, a level of N concurrent clients for each N, e.g. 1,4,8,16"
+    )
+    parser.add_argument("--level-seconds", type=float, default=20.0, help="seconds per --streams level")
     args = parser.parse_args(argv)
     settings = LoadSettings(
         duration_s=args.duration,
@@ -273,6 +278,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the cluster's processes are stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.streams:
+        from moeqos.bench import concurrency
+
+        sweep = concurrency.main_sweep(concurrency.parse_streams(args.streams), args.level_seconds, settings)
+        print(json.dumps(asdict(sweep), indent=2) if args.json else sweep.table())
+        return 0 if sweep.failed == 0 else 1
     report = run(settings)
     print(json.dumps(asdict(report), indent=2) if args.json else report.table())
     return 0 if report.failed == 0 and not report.control_failures else 1

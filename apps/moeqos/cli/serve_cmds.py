@@ -58,8 +58,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--initial-plan", metavar="PLAN", help="plan to serve first, e.g. int4@cpu,L0.E*=bf16"
     )
     executor.add_argument("--name", help="name reported by GetInfo (default: the host name)")
-    executor.add_argument("--max-concurrent", type=int, help="generations running at once (default 2)")
-    executor.add_argument("--max-queued", type=int, help="generations waiting; more are refused (default 8)")
+    executor.add_argument(
+        "--max-concurrent", type=int, help="generations decoded together: the batch size (default 16)"
+    )
+    executor.add_argument("--max-queued", type=int, help="generations waiting; more are refused (default 16)")
+    executor.add_argument(
+        "--max-tokens-in-flight",
+        type=int,
+        help="KV tokens (prompt + max_tokens) the running generations reserve at most (default 65536)",
+    )
     executor.add_argument("--threads", type=int, help="torch threads")
     executor.add_argument("--variant-cache", metavar="DIR", help="where quantized expert variants are kept")
     executor.add_argument(

@@ -185,6 +185,14 @@ class ExecutorInfo:
     """Counts SetTarget and ApplyPlan calls; a re-plan started under an older one never applies."""
     qos: QosStatus | None = None
     """The standing floor as measured live (None from an executor that does not report it)."""
+    max_batch_size: int = 0
+    """Generations decoded together at most (the batch size); more wait in the queue."""
+    max_queued_generations: int = 0
+    """Generations that may wait for a place; more are refused (RESOURCE_EXHAUSTED)."""
+    max_tokens_in_flight: int = 0
+    """KV tokens the running generations may reserve at most (prompt plus max_tokens each)."""
+    tokens_in_flight: int = 0
+    """KV tokens the running generations reserve now."""
 
 
 @dataclass(frozen=True)

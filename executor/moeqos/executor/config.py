@@ -18,6 +18,23 @@ DEFAULT_DENSE_PRECISION = Precision.BF16
 
 
 @dataclass(frozen=True)
+class BatchLimits:
+    """How much the batch scheduler (moeqos.executor.batch_scheduler) computes at once."""
+
+    max_batch: int = 16
+    """Generations prefilling or decoding at once; more wait for a place."""
+    max_tokens: int = 65536
+    """KV tokens reserved at once, each generation reserving its prompt plus its max_tokens: one waits
+    until its reservation fits, and one that cannot fit even alone is refused (RESOURCE_EXHAUSTED)."""
+    prefill_chunk: int = 256
+    """Prompt tokens read per step, so a long prompt delays the streams decoding by one chunk a step."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_tokens < 1 or self.prefill_chunk < 1:
+            raise ValueError(f"batch limits must be positive, got {self}")
+
+
+@dataclass(frozen=True)
 class ExecutorConfig:
     """How one executor loads and serves one model."""
 
@@ -48,6 +65,8 @@ class ExecutorConfig:
     back and forth between plans does not quantize again (LRU)."""
     threads: int | None = None
     """torch intra-op threads; None leaves torch's default."""
+    batch: BatchLimits = field(default_factory=BatchLimits)
+    """Generations and KV tokens decoded together."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_dir", Path(self.model_dir))

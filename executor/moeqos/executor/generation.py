@@ -1,9 +1,9 @@
 """Token-by-token generation: the decode loop, which yields moeqos.core GenerationEvents and their stats.
 
 The loop knows nothing of the model: it calls `step(token_ids) -> logits [V]`, which the runtime
-implements with a per-request KV cache and the model lock. Requests from different threads therefore
-interleave token by token (each step holds the lock for one forward pass), which is fair enough for a
-handful of concurrent requests and lets a plan switch slip in between any two steps.
+implements with a per-request KV cache and the model lock. It decodes one request alone, as timed
+decodes need (`time_decode`); served generations are decoded together by
+moeqos.executor.batch_scheduler, whose streams finish and report exactly as this loop does.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "DecodeTiming",
     "SamplingParams",
     "decode_loop",
+    "finish_stats",
     "time_decode",
 ]
 
@@ -70,13 +71,15 @@ def decode_loop(
         if stopped or token in eos_ids:
             reason = "stop" if stopped else "eos"
             break
-    stats = _stats(len(prompt_ids), start, stamps, reason, plan_spec() if plan_spec else "")
+    stats = finish_stats(len(prompt_ids), start, stamps, reason, plan_spec() if plan_spec else "")
     yield GenerationEvent(text=stream.flush(), token_id=None, stats=stats)
 
 
-def _stats(
+def finish_stats(
     prompt_tokens: int, start: float, stamps: list[float], reason: str, plan_spec: str
 ) -> GenerationStats:
+    """The statistics of a generation that started at `start` and produced a token at each of `stamps`
+    (perf_counter seconds), ended for `reason`."""
     count, end = len(stamps), time.perf_counter()
     ttft = stamps[0] - start if stamps else 0.0
     if count >= 2:

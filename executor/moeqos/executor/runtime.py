@@ -4,6 +4,8 @@ No gRPC here (the servicer wraps this class). Two locks, private to this class:
 - the model lock: every forward step holds it; a plan switch takes it only to swap the store's
   modules, after building the changed experts outside it, so requests keep flowing while a plan builds;
 - the apply lock: one plan switch at a time.
+Generations are decoded together, one step for all of them, by the batch scheduler
+(moeqos.executor.batch_scheduler), each step under the model lock.
 Measurement (profiling, evaluation) sees the runtime through moeqos.executor.measurement.Measurable:
 `exclusive()` and `serving(plan)` give it what the locks guarantee without handing it the locks.
 """
@@ -15,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,12 @@ from moeqos.core.profile import Profile
 from moeqos.core.service_types import Evaluation, GenerationEvent, SwitchReport
 from moeqos.core.tier import DISK, TierStatus
 from moeqos.executor.adapters import adapter_for
+from moeqos.executor.batch_scheduler import BatchScheduler
 from moeqos.executor.budgets import check_budget, default_plan, physical_budget, plan_bytes, validate_plan
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.evaluation import evaluate
-from moeqos.executor.generation import SamplingParams, Step, decode_loop
+from moeqos.executor.generation import SamplingParams, Step
 from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.identity import hardware_identity, model_identity
 from moeqos.executor.loader import build_model, load_config, moe_blocks
@@ -97,6 +100,9 @@ class ExecutorRuntime:
         """Held by a plan switch (and by `serving` around temporary plans)."""
         self._private_dir: tempfile.TemporaryDirectory[str] | None = None
         """The variant cache's temporary directory when no `variant_cache_dir` was configured."""
+        limits = replace(config.batch, max_batch=1) if _slides(hf_config) else config.batch
+        self.scheduler = BatchScheduler(self, config.device, limits, lambda: self.plan.to_spec())
+        """Decodes every running generation together, one step at a time."""
 
     # ----- loading ------------------------------------------------------------------------------
     @classmethod
@@ -226,11 +232,21 @@ class ExecutorRuntime:
         return self.store.stats()
 
     # ----- forward passes -----------------------------------------------------------------------
-    def forward_logits(self, token_ids: torch.Tensor, cache: Any = None, keep: int = 0) -> torch.Tensor:
-        """Logits [B, S', V] for token ids [B, S] (S' = keep if keep else S), one locked forward step."""
+    def forward_logits(
+        self,
+        token_ids: torch.Tensor,
+        cache: Any = None,
+        keep: int = 0,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, S', V] for token ids [B, S] (S' = keep if keep else S), one locked forward step.
+        A left-padded batch passes its attention mask [B, cached + S] and position ids [B, S]."""
         with self._model_lock, torch.inference_mode():
             out = self.lm(
                 input_ids=token_ids.to(self.config.device),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
                 cache=cache,
                 use_cache=cache is not None,
                 logits_to_keep=keep,
@@ -260,21 +276,15 @@ class ExecutorRuntime:
         cancel: threading.Event | None = None,
         on_step: Callable[[int, float], None] | None = None,
     ) -> Iterator[GenerationEvent]:
-        """Stream a completion; inputs are validated here, before the first token. `on_step` hears each
-        token's step time (see moeqos.executor.generation.decode_loop)."""
+        """Stream a completion, decoded in a batch with every other running generation
+        (moeqos.executor.batch_scheduler); inputs are validated here, before the first token. `on_step`
+        hears each token's step time (see moeqos.executor.batch_stream.Stream)."""
         ids = self.encode(prompt)
         params.validate(len(ids), self.context_length)
         if params.stop and self.tokenizer is None:
             raise InvalidArgument("stop strings need a tokenizer; this model directory has none")
-        return decode_loop(
-            self.decode_step(),
-            ids,
-            params,
-            self.prompts.eos_ids(),
-            self.prompts.decoder(),
-            cancel,
-            lambda: self.plan.to_spec(),
-            on_step,
+        return self.scheduler.submit(
+            ids, params, self.prompts.eos_ids(), self.prompts.decoder(), cancel, on_step
         )
 
     def decode_step(self) -> Step:
@@ -366,6 +376,13 @@ def _variant_base(config: ExecutorConfig) -> tuple[Path, tempfile.TemporaryDirec
         return config.variant_cache_dir, None
     private = tempfile.TemporaryDirectory(prefix="moeqos-variants-")
     return Path(private.name), private
+
+
+def _slides(hf_config: Any) -> bool:
+    """Whether attention has a sliding window: it counts key columns, left padding included, so such a
+    model decodes one stream a step (moeqos.executor.batch_cache pads rows)."""
+    window = getattr(hf_config, "sliding_window", None)
+    return window is not None and bool(getattr(hf_config, "use_sliding_window", True))
 
 
 def _report(progress: Progress | None, stage: str, fraction: float) -> None:

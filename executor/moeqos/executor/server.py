@@ -27,7 +27,7 @@ from moeqos.api.server import PeerServerConfig, Server, start_server
 from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
-from moeqos.executor.config import ExecutorConfig, check_settings
+from moeqos.executor.config import BatchLimits, ExecutorConfig, check_settings
 from moeqos.executor.disk_room import check_writable
 from moeqos.executor.live_stats import LiveStats
 from moeqos.executor.metrics import ExecutorMetrics
@@ -76,10 +76,13 @@ class ExecutorServerConfig(PeerServerConfig):
     """Name reported by GetInfo; empty: the host name."""
     planner_address: str | None = None
     """Planner asked for a new plan when a budget changes under a standing target (Deploy may set it)."""
-    max_concurrent: int = 2
-    """Generations running at once."""
-    max_queued: int = 8
+    max_concurrent: int = 16
+    """Generations running at once, decoded together: the batch size (moeqos.executor.batch_scheduler)."""
+    max_queued: int = 16
     """Generations waiting for a slot; more are refused with RESOURCE_EXHAUSTED."""
+    max_tokens_in_flight: int = BatchLimits.max_tokens
+    """KV tokens the running generations reserve at most, each its prompt plus its max_tokens
+    (BatchLimits.max_tokens; flag `--max-tokens-in-flight`, environment MOEQOS_MAX_TOKENS_IN_FLIGHT)."""
     write_window_s: float = 30.0
     """Seconds a stream's reader may leave a message unread before the stream is cancelled and its
     generation slot freed (moeqos.executor.stream_watch)."""
@@ -105,8 +108,8 @@ class ExecutorServerConfig(PeerServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_concurrent < 1 or self.max_queued < 0:
-            raise ValueError("need max_concurrent >= 1 and max_queued >= 0")
+        if self.max_concurrent < 1 or self.max_queued < 0 or self.max_tokens_in_flight < 1:
+            raise ValueError("need max_concurrent >= 1, max_queued >= 0 and max_tokens_in_flight >= 1")
         if self.write_window_s <= 0:
             raise ValueError(f"write_window_s must be positive, got {self.write_window_s}")
         if self.planner_address is not None:
@@ -136,6 +139,7 @@ class ExecutorServerConfig(PeerServerConfig):
             disk_reads=self.disk_reads,
             variant_cache_dir=self.variant_cache_dir,
             threads=self.threads,
+            batch=BatchLimits(max_batch=self.max_concurrent, max_tokens=self.max_tokens_in_flight),
         )
 
     @classmethod
@@ -175,8 +179,11 @@ class ExecutorServerConfig(PeerServerConfig):
             initial_plan=pick("initial_plan", "MOEQOS_INITIAL_PLAN"),
             name=pick("name", "MOEQOS_NAME") or "",
             planner_address=pick("planner", "MOEQOS_PLANNER"),
-            max_concurrent=number("max_concurrent", "MOEQOS_MAX_CONCURRENT", 2),
-            max_queued=number("max_queued", "MOEQOS_MAX_QUEUED", 8),
+            max_concurrent=number("max_concurrent", "MOEQOS_MAX_CONCURRENT", 16),
+            max_queued=number("max_queued", "MOEQOS_MAX_QUEUED", 16),
+            max_tokens_in_flight=number(
+                "max_tokens_in_flight", "MOEQOS_MAX_TOKENS_IN_FLIGHT", BatchLimits.max_tokens
+            ),
             write_window_s=seconds("write_window", "MOEQOS_WRITE_WINDOW_S", 30.0),
             threads=number("threads", "MOEQOS_THREADS", None),
             variant_cache_dir=Path(cache) if cache else None,

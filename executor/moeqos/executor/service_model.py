@@ -71,6 +71,10 @@ class ServedModel:
         """`fn(*args)` on the worker pool: torch work never runs on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    def run_soon(self, fn: Callable[[], object]) -> None:
+        """`fn()` on the worker pool, not waited for (tidying up after a call that has ended)."""
+        self._pool.submit(fn)
+
     @property
     def profile_cached(self) -> bool:
         return self._profile is not None

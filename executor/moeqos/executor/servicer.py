@@ -159,6 +159,10 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             standing_pins=self.target.pins,
             target_generation=self.target.generation,
             qos=self.qos.status(self.served.measured_profile) if self.qos is not None else None,
+            max_batch_size=runtime.scheduler.limits.max_batch,
+            max_queued_generations=self.admission.max_queued,
+            max_tokens_in_flight=runtime.scheduler.limits.max_tokens,
+            tokens_in_flight=runtime.scheduler.tokens_in_flight,
         )
         return codec.info_to_proto(info)
 
@@ -244,6 +248,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
                 held.release()
 
             watch = WriteWatch(self.write_window_s, stalled)
+            finished = False
             try:
                 on_step = self.qos.stats.stream() if self.qos is not None else None
                 events: Iterator[GenerationEvent] = await self.served.run(
@@ -251,6 +256,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
                 )
                 while (event := await self.served.run(next, events, _DONE)) is not _DONE:
                     if event.stats is not None:
+                        finished = True
                         self.served.metrics.generation(event.stats)
                     watch.writing()
                     yield event
@@ -258,6 +264,8 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             finally:
                 watch.written()
                 cancel.set()  # the client went away or the deadline passed: stop at the next token
+                if not finished:  # free its place in the batch now, not at the next step
+                    self.served.run_soon(runtime.scheduler.tidy)
 
     async def Generate(
         self, request: ex.GenerateRequest, context: grpc.aio.ServicerContext

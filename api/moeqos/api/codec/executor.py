@@ -137,6 +137,10 @@ def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
         integrity=info.integrity,
         standing_pins=[common.pin_to_proto(p) for p in info.standing_pins],
         target_generation=info.target_generation,
+        max_batch_size=info.max_batch_size,
+        max_queued_generations=info.max_queued_generations,
+        max_tokens_in_flight=info.max_tokens_in_flight,
+        tokens_in_flight=info.tokens_in_flight,
     )
     if info.plan_applied_at is not None:
         message.plan_applied_at.CopyFrom(common.timestamp_to_proto(info.plan_applied_at))
@@ -173,6 +177,10 @@ def info_from_proto(message: ex.GetInfoResponse) -> ExecutorInfo:
         standing_pins=common.pins_from_proto(message.standing_pins),
         target_generation=message.target_generation,
         qos=qos_status_from_proto(message.qos) if message.HasField("qos") else None,
+        max_batch_size=message.max_batch_size,
+        max_queued_generations=message.max_queued_generations,
+        max_tokens_in_flight=message.max_tokens_in_flight,
+        tokens_in_flight=message.tokens_in_flight,
     )
 
 
