@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moeqos.bench.report import SectionResult, write_json
-from moeqos.bench.settings import FULL, QUICK, SECTIONS, Settings, parse_sections
+from moeqos.bench.settings import ALL_SECTIONS, FULL, QUICK, Settings, parse_sections
 
 DEFAULT_OUT = Path("out/bench")
 
@@ -29,10 +29,13 @@ OVERRIDES = {
     "eval_tokens": "ptb:test tokens per held-out perplexity",
     "repeats": "timed runs per measurement (the median is reported)",
     "measured_plans": "held-out frontier plans to measure",
+    "peer_threads": "threads of both systems in the peers section (default 2)",
 }
 """Settings a flag may override (moeqos.bench.settings.Settings field -> help)."""
 
-_MODULES = {name: f"moeqos.bench.{name}" for name in SECTIONS} | {"planner": "moeqos.bench.planner_section"}
+_MODULES = {name: f"moeqos.bench.{name}" for name in ALL_SECTIONS} | {
+    "planner": "moeqos.bench.planner_section"
+}
 """Section -> the module whose `run(ctx)` measures it (bench.NAME, but for `planner`)."""
 
 
@@ -43,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="bounded smoke run: few tokens, plans, repeats")
     parser.add_argument(
-        "--only", default=None, type=_sections, help=f"comma-separated sections: {','.join(SECTIONS)}"
+        "--only",
+        default=None,
+        type=_sections,
+        help=f"comma-separated sections: {','.join(ALL_SECTIONS)} (peers only when named)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results.json and PNG plots go here")
     parser.add_argument("--json", action="store_true", help="print the results JSON instead of tables")

@@ -16,7 +16,12 @@ SECTIONS = (
     "paper",
     "quality",
 )
-"""Every section, in the order they run (later ones reuse what earlier ones measured)."""
+"""The sections of a default run, in the order they run (later ones reuse what earlier ones measured)."""
+
+OPT_IN_SECTIONS = ("peers",)
+"""Sections run only when named with `--only`, after the others: `peers` builds llama.cpp (minutes)."""
+
+ALL_SECTIONS = (*SECTIONS, *OPT_IN_SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class Settings:
     """Frontier points the planner computes, the measured plans are picked among them."""
     bandwidth_bytes: int
     """Size of the tensor copied to measure memory bandwidth."""
+    peer_threads: int = 2
+    """Compute threads of both systems in the `peers` section (llama-bench `-t`, torch's threads)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,11 +83,12 @@ QUICK = replace(
 
 
 def parse_sections(text: str | None) -> list[str]:
-    """`frontier,baseline` -> those sections in run order; None or empty -> all. ValueError if unknown."""
+    """`frontier,baseline` -> those sections in run order; None or empty -> the default run (SECTIONS).
+    ValueError if unknown."""
     if not text:
         return list(SECTIONS)
     wanted = {part.strip() for part in text.split(",") if part.strip()}
-    unknown = wanted - set(SECTIONS)
+    unknown = wanted - set(ALL_SECTIONS)
     if unknown:
-        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
-    return [s for s in SECTIONS if s in wanted]
+        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_SECTIONS)}")
+    return [s for s in ALL_SECTIONS if s in wanted]
