@@ -4,7 +4,7 @@ rest is InvalidArgument naming the setting."""
 from __future__ import annotations
 
 import pytest
-from moeqos.core.addresses import check_address
+from moeqos.core.addresses import check_address, same_executor_key
 from moeqos.core.errors import InvalidArgument
 
 
@@ -56,3 +56,33 @@ def test_only_a_listening_address_may_ask_for_port_zero():
     assert check_address("127.0.0.1:0", allow_port_zero=True) == "127.0.0.1:0"
     with pytest.raises(InvalidArgument, match=r"port in 1\.\.65535"):
         check_address("127.0.0.1:0")
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("localhost:5001", "127.0.0.1:5001"),
+        ("LOCALHOST:5001", "[::1]:05001"),
+        ("0.0.0.0:5001", "[::ffff:127.0.0.1]:5001"),
+        ("Executor-A.example:50061", "executor-a.example:50061"),
+        ("[FE80::0:1]:80", "[fe80::1]:80"),
+        ("[::ffff:10.0.0.1]:2", "10.0.0.1:2"),
+        ("unix:///tmp/p.sock", "unix:/tmp/p.sock"),
+    ],
+)
+def test_two_spellings_of_one_address_have_one_key(one, other):
+    assert same_executor_key(check_address(one)) == same_executor_key(check_address(other))
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("127.0.0.1:5001", "127.0.0.1:5002"),
+        ("127.0.0.1:5001", "127.0.0.2:5001"),  # a server may listen on 127.0.0.2 alone
+        ("executor-a:50061", "executor-b:50061"),
+        ("unix:relative.sock", "unix:/relative.sock"),
+        ("[fe80::1%eth0]:80", "[fe80::1%eth1]:80"),
+    ],
+)
+def test_different_addresses_have_different_keys(one, other):
+    assert same_executor_key(one) != same_executor_key(other)

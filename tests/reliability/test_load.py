@@ -1,10 +1,14 @@
 """The load harness (moeqos.bench.load) against real processes: no request may fail while the planner re-plans
-the executors, refusals past the bounded queue are clean, and every token a request was told of arrived."""
+the executors, refusals past the bounded queue are clean, every token a request was told of arrived, a slow
+reader loses its slot after the write window, and memory does not grow across plan switches."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from moeqos.bench.load import LoadSettings, run
+from moeqos.bench.load_probes import ProbeReport, SlowReaderOutcome, rss_mib
 from moeqos.bench.load_report import RequestRecord, summarize
 from moeqos.executor.default_model.location import moeqos_home
 
@@ -22,6 +26,27 @@ def test_the_report_counts_refusals_apart_from_failures():
     assert report.plans_served == 2 and "requests refused (RESOURCE_EXHAUSTED)  7" in report.table()
 
 
+def test_the_probes_flag_a_slot_kept_and_memory_grown():
+    fine = ProbeReport(
+        2.0,
+        (SlowReaderOutcome("a:1", 2.3), SlowReaderOutcome("b:1", 3.9)),
+        (("a:1", 6, 500.0, 549.0), ("b:1", 1, 500.0, 900.0)),  # one switch: nothing to compare
+    )
+    assert fine.problems() == ()
+    assert "2.3 s, 3.9 s" in summarize(1, 1.0, [], 0, 0, (), fine).table()
+    bad = ProbeReport(
+        2.0, (SlowReaderOutcome("a:1", None), SlowReaderOutcome("b:1", 4.1)), (("a:1", 6, 500.0, 551.0),)
+    )
+    report = summarize(1, 1.0, [], 0, 0, (), bad)
+    assert report.probe_problems == bad.problems() and len(bad.problems()) == 3
+    assert "a:1: a slow reader held its slot for good" in report.table()
+    assert "RSS 500 -> 551 MiB over 6 plan switches" in report.table()
+
+
+def test_rss_is_read_from_proc():
+    assert 10 < rss_mib(os.getpid()) < 1_000_000
+
+
 @pytest.mark.e2e
 def test_load_on_the_tiny_model_loses_nothing(tiny_model, profile_file, tmp_path):
     """Eight clients against two executors that admit six requests at once: some are refused."""
@@ -36,11 +61,15 @@ def test_load_on_the_tiny_model_loses_nothing(tiny_model, profile_file, tmp_path
         max_queued=2,
         work_dir=tmp_path,
         threads=1,
+        write_window_s=2.0,
     )
     report = run(settings)
     print(report.table())
     assert report.failed == 0, report.failures
-    assert not report.control_failures
+    assert not report.control_failures and not report.probe_problems
+    assert report.probes is not None and len(report.probes.slow_readers) == 2
+    assert all(r.held_s is not None and 1.5 < r.held_s < 4.0 for r in report.probes.slow_readers)
+    assert all(switches >= 2 for _, switches, _, _ in report.probes.memory)
     assert report.completed > 0 and report.deploys >= 2 and report.budget_changes >= 2
     assert report.plans_served >= 2  # requests were served across re-plans
 
@@ -53,4 +82,4 @@ def test_load_on_the_default_model(tmp_path):
     report = run(LoadSettings(duration_s=60.0, clients=16, work_dir=tmp_path, profile_path=profile))
     print(report.table())
     assert report.failed == 0, report.failures
-    assert not report.control_failures and report.completed > 0
+    assert not report.control_failures and not report.probe_problems and report.completed > 0

@@ -1,6 +1,7 @@
 """Addresses a caller may make the planner dial (issue 16, case 9): only `host:port` (no unix sockets or
 other schemes), only the allow-list when one is configured, only with the token when the planner has
-one, and never the planner itself (which used to answer INTERNAL)."""
+one, never the planner itself (which used to answer INTERNAL), and one Deploy never names the same
+executor twice under two spellings (it used to give it two plans)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 
 import pytest
 from moeqos.cli import serve_cmds
-from moeqos.client import ConnectOptions, PlannerClient
+from moeqos.client import ConnectOptions, DeploySpec, ExecutorClient, PlannerClient
 from moeqos.core.errors import InvalidArgument, Unauthenticated
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.planner.server import PlannerServerConfig
@@ -60,3 +61,24 @@ def test_the_allow_list_comes_from_the_flags_then_the_environment():
     assert allowed(("--executor-allow", "a:1", "--executor-allow", "b:2"), env) == ("a:1", "b:2")
     with pytest.raises(ValueError, match="executor allow-list"):  # a typo fails at start, not per call
         allowed(("--executor-allow", "10.0.0.1"), {})
+
+
+@pytest.mark.parametrize(
+    "spelling", ["localhost:{port}", "[::1]:{port}", "127.0.0.1:0{port}", "0.0.0.0:{port}"]
+)
+def test_a_deploy_naming_one_executor_twice_is_refused_before_anything_applies(stack, profile_file, spelling):
+    """Two plans for one executor under two spellings: refused as a whole, the executor untouched."""
+    executor, planner = stack.executor(tier_budgets={"disk": 0}), stack.planner()
+    one, other = address(executor.port), spelling.format(port=executor.port)
+    twice = [DeploySpec(one, SPEED), DeploySpec(other, QosTarget(objective=Objective.QUALITY))]
+    with PlannerClient(address(planner.port)) as client, ExecutorClient(one) as direct:
+        before = direct.info()
+        with pytest.raises(InvalidArgument, match="name the same executor") as refused:
+            client.deploy(twice)
+        assert one in str(refused.value) and other in str(refused.value)
+        after = direct.info()
+        assert (after.plan, after.standing_target, after.planner_address) == (
+            before.plan,
+            before.standing_target,
+            before.planner_address,
+        )

@@ -8,7 +8,10 @@ Control rounds alternate between a Deploy (alternating speed and quality targets
 each executor (alternating a roomy and a tight device budget, which re-plans against the standing target
 through the planner). Reported: requests completed, refused (RESOURCE_EXHAUSTED past the bounded queue:
 a clean answer, counted apart), failed (anything else, a stream past its deadline or with tokens missing
-included: must be 0), p50/p99 time to first token, tokens/s, and the control rounds.
+included: must be 0), p50/p99 time to first token, tokens/s, and the control rounds. Two probes run on
+the executor processes (moeqos.bench.load_probes): a slow reader on each, whose slot must be freed about
+one write window after it stalls, and each executor's RSS across the plan switches (after the last
+within 10% of after the first).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from moeqos.bench.cluster import Cluster
+from moeqos.bench.cluster import Cluster, Service
+from moeqos.bench.load_probes import MemoryTrack, open_slow_readers, probe_report, sample_memory, track_memory
 from moeqos.bench.load_report import LoadReport, RequestRecord, summarize
 from moeqos.client import (
     AsyncExecutorClient,
@@ -75,6 +79,8 @@ class LoadSettings:
     profile_path: Path | None = None
     """Where the executors keep their measured profile, so a later run need not measure again (it is
     measured anew when the model or device differs); None: in the work directory."""
+    write_window_s: float = 5.0
+    """Seconds an executor lets a stream's reader leave a message unread (the slow-reader probe)."""
 
 
 @dataclass
@@ -89,6 +95,7 @@ class Control:
 def executor_args(settings: LoadSettings, profile: Path) -> list[str]:
     args = ["--max-concurrent", str(settings.max_concurrent), "--max-queued", str(settings.max_queued)]
     args += ["--profile-path", str(profile), "--grace-seconds", "5"]
+    args += ["--write-window", str(settings.write_window_s)]
     if settings.model_dir is not None:
         args += ["--model", str(settings.model_dir)]
     if settings.threads is not None:
@@ -149,8 +156,10 @@ async def control_loop(
     deadline: float,
     every: float,
     control: Control,
+    memory: Sequence[MemoryTrack],
 ) -> None:
-    """Alternate Deploy (alternating targets) and SetBudget (alternating budgets) every `every` seconds."""
+    """Alternate Deploy (alternating targets) and SetBudget (alternating budgets) every `every` seconds;
+    after each round, sample the executors' memory at their plan switches."""
     round_ = 0
     async with AsyncPlannerClient(planner) as planner_client:
         while time.monotonic() + every < deadline:
@@ -166,6 +175,7 @@ async def control_loop(
             except MoeqosError as exc:
                 control.failures.append(f"round {round_}: {type(exc).__name__}: {exc}")
             round_ += 1
+            await sample_memory(memory)
 
 
 async def _set_budgets(executors: Sequence[str], budget: int) -> None:
@@ -209,25 +219,36 @@ async def warm_up(executors: Sequence[str]) -> None:
             await client.get_profile(timeout=None)
 
 
-async def drive(settings: LoadSettings, planner: str, executors: Sequence[str]) -> LoadReport:
-    """Run the clients and the control loop for the duration; the report."""
-    await warm_up(executors)
-    budgets = await device_budgets(executors[0])
-    records: list[RequestRecord] = []
-    control = Control()
-    start = time.monotonic()
-    deadline = start + settings.duration_s
-    clients = [
-        client_loop(i, executors[i % len(executors)], deadline, settings, records)
-        for i in range(settings.clients)
-    ]
-    await asyncio.gather(
-        control_loop(planner, executors, budgets, deadline, settings.replan_every_s, control), *clients
+async def drive(settings: LoadSettings, planner: str, executors: Sequence[Service]) -> LoadReport:
+    """Run the slow readers, then the clients and the control loop for the duration; the report."""
+    addresses = [e.address for e in executors]
+    await warm_up(addresses)
+    budgets = await device_budgets(addresses[0])
+    readers, stalled = await open_slow_readers(
+        [(e.address, e.port) for e in executors], settings.write_window_s, settings.stream_timeout_s
     )
-    elapsed = time.monotonic() - start
-    control.failures += await after_the_run(executors)
+    try:
+        memory = await track_memory([(e.address, e.pid) for e in executors])
+        records: list[RequestRecord] = []
+        control = Control()
+        start = time.monotonic()
+        deadline = start + settings.duration_s
+        clients = [
+            client_loop(i, addresses[i % len(addresses)], deadline, settings, records)
+            for i in range(settings.clients)
+        ]
+        await asyncio.gather(
+            control_loop(planner, addresses, budgets, deadline, settings.replan_every_s, control, memory),
+            *clients,
+        )
+        elapsed = time.monotonic() - start
+        control.failures += await after_the_run(addresses)  # with the slow readers still connected
+    finally:
+        for reader in readers:
+            reader.close()
+    probes = probe_report(settings.write_window_s, stalled, memory)
     return summarize(
-        settings.clients, elapsed, records, control.deploys, control.budget_changes, control.failures
+        settings.clients, elapsed, records, control.deploys, control.budget_changes, control.failures, probes
     )
 
 
@@ -243,7 +264,7 @@ def run(settings: LoadSettings) -> LoadReport:
                 ("executor1", "executor", args),
             ]
             planner, *executors = cluster.start_many(specs)
-            return asyncio.run(drive(settings, planner.address, [e.address for e in executors]))
+            return asyncio.run(drive(settings, planner.address, executors))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="directory for logs and the profile (default: temporary)")
     parser.add_argument("--threads", type=int, help="torch threads per executor")
     parser.add_argument("--profile", type=Path, help="profile file kept between runs (default: in --work)")
+    parser.add_argument(
+        "--write-window",
+        type=float,
+        default=5.0,
+        help="seconds a reader may leave a message unread (default 5)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--streams", help="instead: one executor, a level of N concurrent clients for each N, e.g. 1,4,8,16"
@@ -275,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir=args.work,
         threads=args.threads,
         profile_path=args.profile,
+        write_window_s=args.write_window,
     )
     # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the cluster's processes are stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -286,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if sweep.failed == 0 else 1
     report = run(settings)
     print(json.dumps(asdict(report), indent=2) if args.json else report.table())
-    return 0 if report.failed == 0 and not report.control_failures else 1
+    return 0 if report.failed == 0 and not report.control_failures and not report.probe_problems else 1
 
 
 if __name__ == "__main__":

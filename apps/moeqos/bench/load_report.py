@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from moeqos.bench.load_probes import ProbeReport
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,13 @@ class LoadReport:
     failures: tuple[str, ...]
     """The first few failure messages."""
     control_failures: tuple[str, ...]
+    probes: ProbeReport | None = None
+    """The slow-reader and plan-switch memory probes (moeqos.bench.load_probes); None: not run."""
+
+    @property
+    def probe_problems(self) -> tuple[str, ...]:
+        """What the probes found wrong: a slow reader that kept its slot, memory that grew."""
+        return self.probes.problems() if self.probes is not None else ()
 
     def table(self) -> str:
         rows = (
@@ -61,10 +69,13 @@ class LoadReport:
             ("deploys / budget changes", f"{self.deploys} / {self.budget_changes}"),
             ("control failures", f"{len(self.control_failures)}"),
             ("distinct plans served", f"{self.plans_served}"),
+            *(self.probes.rows() if self.probes is not None else ()),
         )
         width = max(len(name) for name, _ in rows)
         lines = [f"{name:<{width}}  {value}" for name, value in rows]
-        lines += [f"failure: {text}" for text in (*self.failures, *self.control_failures)]
+        lines += [
+            f"failure: {text}" for text in (*self.failures, *self.control_failures, *self.probe_problems)
+        ]
         return "\n".join(lines)
 
 
@@ -75,6 +86,7 @@ def summarize(
     deploys: int,
     budget_changes: int,
     control_failures: Sequence[str],
+    probes: ProbeReport | None = None,
 ) -> LoadReport:
     """The report of a run from its request records and control outcomes."""
     done = [r for r in records if r.outcome == "completed"]
@@ -98,4 +110,5 @@ def summarize(
         plans_served=len({r.plan for r in done}),
         failures=tuple(failures[:5]),
         control_failures=tuple(control_failures),
+        probes=probes,
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moeqos.bench.report import SectionResult, write_json
-from moeqos.bench.settings import FULL, OPT_IN, QUICK, SECTIONS, Settings, parse_sections
+from moeqos.bench.settings import ALL_SECTIONS, FULL, QUICK, Settings, parse_sections
 
 DEFAULT_OUT = Path("out/bench")
 
@@ -29,10 +29,11 @@ OVERRIDES = {
     "eval_tokens": "ptb:test tokens per held-out perplexity",
     "repeats": "timed runs per measurement (the median is reported)",
     "measured_plans": "held-out frontier plans to measure",
+    "peer_threads": "threads of both systems in the peers section (default 2)",
 }
 """Settings a flag may override (moeqos.bench.settings.Settings field -> help)."""
 
-_MODULES = {name: f"moeqos.bench.{name}" for name in (*SECTIONS, *OPT_IN)} | {
+_MODULES = {name: f"moeqos.bench.{name}" for name in ALL_SECTIONS} | {
     "planner": "moeqos.bench.planner_section"
 }
 """Section -> the module whose `run(ctx)` measures it (bench.NAME, but for `planner`)."""
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--only",
         default=None,
         type=_sections,
-        help=f"comma-separated sections: {','.join(SECTIONS)} (default: all of them), or {','.join(OPT_IN)}",
+        help=f"comma-separated sections: {','.join(ALL_SECTIONS)} (contention and peers only when named)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results.json and PNG plots go here")
     parser.add_argument("--json", action="store_true", help="print the results JSON instead of tables")

@@ -16,10 +16,14 @@ SECTIONS = (
     "paper",
     "quality",
 )
-"""The default sections, in the order they run (later ones reuse what earlier ones measured)."""
-OPT_IN = ("contention",)
-"""Sections that run only when `--only` names them: `contention` loads the machine on purpose for
-minutes (a neighbour process burning a core) and starts servers of its own."""
+"""The sections of a default run, in the order they run (later ones reuse what earlier ones measured)."""
+
+OPT_IN_SECTIONS = ("contention", "peers")
+"""Sections run only when named with `--only`, after the others: `contention` loads the machine on purpose
+for minutes (a neighbour process burning a core) and starts servers of its own; `peers` builds llama.cpp
+(minutes)."""
+
+ALL_SECTIONS = (*SECTIONS, *OPT_IN_SECTIONS)
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class Settings:
     """Frontier points the planner computes, the measured plans are picked among them."""
     bandwidth_bytes: int
     """Size of the tensor copied to measure memory bandwidth."""
+    peer_threads: int = 2
+    """Compute threads of both systems in the `peers` section (llama-bench `-t`, torch's threads)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,12 +85,12 @@ QUICK = replace(
 
 
 def parse_sections(text: str | None) -> list[str]:
-    """`frontier,baseline` -> those sections in run order; None or empty -> all. ValueError if unknown."""
+    """`frontier,baseline` -> those sections in run order; None or empty -> the default run (SECTIONS).
+    ValueError if unknown."""
     if not text:
         return list(SECTIONS)
     wanted = {part.strip() for part in text.split(",") if part.strip()}
-    known = (*SECTIONS, *OPT_IN)
-    unknown = wanted - set(known)
+    unknown = wanted - set(ALL_SECTIONS)
     if unknown:
-        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
-    return [s for s in known if s in wanted]
+        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_SECTIONS)}")
+    return [s for s in ALL_SECTIONS if s in wanted]

@@ -43,3 +43,35 @@ def _valid_host(host: str) -> bool:
             return False
         return True
     return len(host) <= 253 and all(_LABEL.match(label) for label in host.split("."))
+
+
+LOOPBACK = "loopback"
+"""The host every spelling of this host's loopback stands for in `same_executor_key`: `localhost`,
+127.0.0.1, ::1 and the wildcard addresses 0.0.0.0 and ::, which a dial on Linux reaches this host by.
+Other 127.x addresses stay apart: a server may listen on one of them alone."""
+
+_LOOPBACK_IPS = frozenset(ipaddress.ip_address(a) for a in ("127.0.0.1", "::1", "0.0.0.0", "::"))
+
+
+def same_executor_key(address: str) -> str:
+    """A key equal for two spellings of the same checked `address` (see `check_address`): host names
+    lower-cased, IP addresses in their compressed form (an IPv4-mapped IPv6 address as its IPv4 one),
+    the loopback spellings as one host (LOOPBACK), the port as a number, `unix:///PATH` as
+    `unix:/PATH`. No name is resolved: two different names of one host are two keys."""
+    if address.startswith("unix:"):
+        return "unix:" + address.removeprefix("unix:").removeprefix("//")
+    host, _, port = address.rpartition(":")
+    return f"{_host_key(host)}:{int(port)}"
+
+
+def _host_key(host: str) -> str:
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        name = host.lower()
+        return LOOPBACK if name == "localhost" else name
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in _LOOPBACK_IPS:
+        return LOOPBACK
+    return f"[{ip}]" if isinstance(ip, ipaddress.IPv6Address) else str(ip)

@@ -349,7 +349,9 @@ def build_changed(
     progress: Callable[[str, float], None] | None = None,
 ) -> dict[ExpertKey, QuantExpert]:
     """The modules of the `changed` experts as `plan` assigns them (disk experts: their files written,
-    no module), reporting `apply_plan` progress; PlanApplyFailed, with nothing kept, if one fails."""
+    no module), reporting `apply_plan` progress. If one fails nothing is kept: DataLoss stays DataLoss
+    (a damaged file the checkpoint cannot rebuild: the caller must see DATA_LOSS, not a retryable
+    ABORTED), anything else becomes PlanApplyFailed."""
     built: dict[ExpertKey, QuantExpert] = {}
     for done, key in enumerate(changed):
         assignment = plan[key]
@@ -361,7 +363,8 @@ def build_changed(
                 built[key] = factory.build(variant, assignment.tier)
         except Exception as exc:
             built.clear()
-            raise PlanApplyFailed(
+            failed = DataLoss if isinstance(exc, DataLoss) else PlanApplyFailed
+            raise failed(
                 f"building expert L{key[0]}.E{key[1]} as {assignment} failed ({exc}); "
                 "the previous plan is still serving"
             ) from exc

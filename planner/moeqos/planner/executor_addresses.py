@@ -5,14 +5,15 @@ The planner acts for its caller at the address the caller names, so an open plan
 probe hosts, ports and unix sockets from where it runs. An address must be a plain `host:port` (the
 syntax of moeqos.core.addresses, less its unix sockets); when an allow-list is configured it must be
 on it; when the planner has a token, naming an address needs it; and the planner never dials itself
-(a call that would wait on itself).
+(a call that would wait on itself). One Deploy names each executor once, however it is spelled.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
-from moeqos.core.addresses import check_address
+from moeqos.core.addresses import check_address, same_executor_key
 from moeqos.core.errors import InvalidArgument, Unauthenticated
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "[::]", "::"})
@@ -38,6 +39,20 @@ class ExecutorAddresses:
         if port == self.own_port and host.lower() in LOOPBACK_HOSTS | {self.own_host, socket.gethostname()}:
             raise InvalidArgument(f"{address!r} is this planner's own address, not an executor")
         return address
+
+
+def refuse_repeats(addresses: Sequence[str]) -> None:
+    """InvalidArgument if two of `addresses` name the same executor (`localhost:5001` and
+    `127.0.0.1:5001`, say): one Deploy would then give one executor two plans. Malformed addresses
+    are refused here too (the key needs the syntax checked)."""
+    seen: dict[str, str] = {}
+    for address in addresses:
+        key = same_executor_key(check_address(address, "executor address"))
+        if key in seen:
+            raise InvalidArgument(
+                f"executor addresses must be distinct: {seen[key]!r} and {address!r} name the same executor"
+            )
+        seen[key] = address
 
 
 def _split(address: str) -> tuple[str, int]:

@@ -35,7 +35,7 @@ from moeqos.core.service_types import (
     WhatIfOutcome,
 )
 from moeqos.core.tier import TierBudget
-from moeqos.planner.executor_addresses import ExecutorAddresses
+from moeqos.planner.executor_addresses import ExecutorAddresses, refuse_repeats
 from moeqos.planner.frontier import DEFAULT_POINTS, frontier
 from moeqos.planner.solver import PlanRequest, PlanResult, solve
 from moeqos.planner.whatif import builtin_hardware, model_named, whatif_profile
@@ -236,8 +236,9 @@ def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:
     if not 0 < len(request.targets) <= MAX_DEPLOY_TARGETS:
         raise InvalidArgument(f"deploy needs 1 to {MAX_DEPLOY_TARGETS} executors, got {len(request.targets)}")
     addresses = [t.executor_address for t in request.targets]
-    if "" in addresses or len(set(addresses)) != len(addresses):
-        raise InvalidArgument(f"executor addresses must be non-empty and distinct, got {addresses}")
+    if "" in addresses:
+        raise InvalidArgument(f"executor addresses must be non-empty, got {addresses}")
+    refuse_repeats(addresses)
     if request.planner_address:
         check_address(request.planner_address, "planner_address")
     return [codec.deploy_spec_from_proto(t) for t in request.targets]
