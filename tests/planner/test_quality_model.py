@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,7 +11,7 @@ from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE
-from moeqos.planner.quality_model import QualityModel
+from moeqos.planner.quality_model import KAPPAS, QualityModel
 
 from tests.planner.planner_fixtures import (
     REFERENCE_PPL,
@@ -89,3 +90,31 @@ def test_json_round_trip() -> None:
     assert again.identity.fingerprint == profile.model.fingerprint
     plan = Plan.uniform(2, 3, Precision.INT2, "cpu")
     assert again.predict_perplexity(plan) == model.predict_perplexity(plan)
+
+
+def compounded_profile(kappa: float, seed: int = 5):
+    """A synthetic profile whose measured plans follow log ppl = D + kappa * D^2 (D: the additive truth)."""
+    profile = synthetic_profile(3, 4, PRECISIONS, quality_plans=10, seed=seed)
+    points = []
+    for q in profile.quality_points:
+        d = true_log_increase(profile, parse_plan(q.plan_spec, 3, 4, "cuda:0"))
+        points.append(dataclasses.replace(q, perplexity=REFERENCE_PPL * math.exp(d + kappa * d * d)))
+    return dataclasses.replace(profile, quality_points=tuple(points))
+
+
+def test_fit_recovers_how_damage_compounds() -> None:
+    kappa = KAPPAS[12]
+    model = QualityModel.fit(compounded_profile(kappa))
+    assert model.compounding == pytest.approx(kappa)
+    for p in model.fitted:
+        assert model.coefficients[p] == pytest.approx(TRUE_COEFFICIENT[p], rel=1e-6)
+    assert model.holdout_error is not None and model.holdout_error < 1e-6
+    additive = QualityModel.fit(compounded_profile(0.0))
+    assert additive.compounding == 0.0  # additive data: no compounding is invented
+
+
+def test_term_cap_inverts_the_link() -> None:
+    model = QualityModel.fit(compounded_profile(KAPPAS[12]))
+    for cap in (0.0, 0.01, 0.3, 2.0):
+        assert model.log_increase_of_terms(model.term_cap(cap)) == pytest.approx(cap)
+    assert model.term_cap(0.3) < 0.3  # compounding: less room for damage than the additive model gives

@@ -1,6 +1,7 @@
 """The output-KL signal in the quality model and the planner, on a synthetic profile whose truth is known.
 
-The truth: int4 on expert e of layer l adds damage[l] * freq[l][e] / top_k to log-perplexity, and the
+The truth: int4 on expert e of layer l adds damage[l] * sqrt(freq[l][e]) / sum_e' sqrt(freq[l][e']) to
+log-perplexity (the share law of moeqos.core.sensitivity), and the
 profile measured layer_kl[int4] = damage exactly. The weight-space error is made *inverse* to the damage
 (the layers that look worst in isolation matter least), and the rarely called experts sit in the layers
 that matter most, so both the old proxy (freq * err) and a frequency-only ranking choose badly.
@@ -38,11 +39,10 @@ def _frequency() -> np.ndarray:
 
 
 def true_log_increase(frequency: np.ndarray, plan: Plan) -> float:
+    share = np.sqrt(frequency) / np.sqrt(frequency).sum(axis=1, keepdims=True)  # [L, E]
     return float(
         sum(
-            DAMAGE[layer] * frequency[layer][e] / 2
-            for (layer, e), a in plan.items()
-            if a.precision == Precision.INT4
+            DAMAGE[layer] * share[layer][e] for (layer, e), a in plan.items() if a.precision == Precision.INT4
         )
     )
 
@@ -100,9 +100,9 @@ def _frequency_plan(frequency: np.ndarray, count: int) -> Plan:
     return _plan({(layer, e) for _, layer, e in order[:count]})
 
 
-def test_signal_shares_layer_kl_by_frequency_times_squared_error() -> None:
+def test_signal_shares_layer_kl_by_sqrt_frequency_times_squared_error() -> None:
     signal = expert_signal([[0.5, 1.5]], [[0.2, 0.1]], [0.3])
-    weights = [0.5 * 0.04, 1.5 * 0.01]
+    weights = [0.5**0.5 * 0.04, 1.5**0.5 * 0.01]
     assert signal[0] == pytest.approx(tuple(0.3 * w / sum(weights) for w in weights))
     assert expert_signal([[0.5, 1.5]], [[0.2, 0.1]], None)[0] == pytest.approx((0.1, 0.15))
 

@@ -51,7 +51,9 @@ def brute_force(profile: Profile, budgets: dict[str, int], precisions: tuple[P, 
     choices = np.array(list(itertools.product(range(len(options)), repeat=freq.size)))  # [M, N]
     rows = np.arange(freq.size)
     seconds = profile.fixed_seconds + cost[rows, choices].sum(axis=1)
-    ppl = quality.reference_perplexity * np.exp(logp[rows, choices].sum(axis=1))
+    ppl = quality.reference_perplexity * np.exp(
+        quality.log_increase_of_terms(logp[rows, choices].sum(axis=1))
+    )
     fits = np.ones(len(choices), dtype=bool)
     for tier, budget in budgets.items():
         used = (nbytes[choices] * np.array([a.tier == tier for a in options])[choices]).sum(axis=1)

@@ -148,7 +148,7 @@ def _search(
     latency, quality = models.latency, models.quality
     hits = np.zeros((len(latency.frequency), len(latency.frequency[0])))  # [L, E]
     expert_cap = None if seconds_cap is None else seconds_cap - latency.fixed_seconds
-    log_cap = None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity)
+    log_cap = None if ppl_cap is None else quality.term_cap(math.log(ppl_cap / quality.reference_perplexity))
     best: tuple[PlanResult, float] | None = None
     solves = 0
     while solves < DISK_ITERATIONS:
