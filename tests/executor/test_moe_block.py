@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from moeqos.core.precision import Precision
 from moeqos.executor.moe import MoeBlock
 from moeqos.executor.quant import QuantExpert
+from moeqos.executor.quant.fused import routed_token
 from moeqos.executor.routing import SoftmaxTopK
 
 
@@ -27,6 +28,12 @@ class Experts:
     def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.modules[expert](x)
+
+    def run_token(
+        self, layer: int, experts: list[int], x: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        self.calls += len(experts)
+        return routed_token([self.modules[expert] for expert in experts], x, weights)
 
 
 def naive_moe(block: MoeBlock, experts: Experts, x: torch.Tensor) -> torch.Tensor:

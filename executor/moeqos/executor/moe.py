@@ -22,9 +22,16 @@ RouteObserver = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 class ExpertRunner(Protocol):
-    """What a MoE block needs from the expert store: compute one expert on some tokens."""
+    """What a MoE block needs from the expert store: compute one expert on some tokens, or one token's
+    routed experts together (the decode case)."""
 
     def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor: ...
+
+    def run_token(
+        self, layer: int, experts: list[int], x: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """sum_k weights[0, k] * expert_k(x) for one token x [1, H], weights [1, K] -> [1, H]."""
+        ...
 
 
 class MoeBlock(nn.Module):
@@ -65,12 +72,10 @@ class MoeBlock(nn.Module):
         return out.reshape(shape)
 
     def _one_token(self, flat: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The decode case, T = 1: the token's K expert ids read once (K ints, no unique or where),
-        and the K outputs mixed by one scale and one sum instead of an indexed add per expert. (Not a
-        [1, K] @ [K, H] matmul: a BLAS call may open a thread-parallel region, which costs far more
-        than these few elementwise ops, and on a loaded machine waits for every thread.)"""
-        ys = [self.runner.run(self.layer, expert, flat) for expert in index[0].tolist()]  # K x [1, H]
-        return (torch.cat(ys) * weights.to(flat.dtype).T).sum(dim=0, keepdim=True)  # [1, H]
+        """The decode case, T = 1: the token's K expert ids read once (K ints, no unique or where) and
+        handed to the runner in one call, which computes and mixes them together
+        (moeqos.executor.quant.fused)."""
+        return self.runner.run_token(self.layer, index[0].tolist(), flat, weights)  # [1, H]
 
 
 class RoutedBlock(Protocol):

@@ -25,6 +25,7 @@ from moeqos.core.tier import DISK
 from moeqos.executor.budgets import bytes_table, plan_bytes
 from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.quant import QuantExpert
+from moeqos.executor.quant.fused import mix
 from moeqos.executor.store import compute_on_tier
 from moeqos.executor.variants import ExpertKey, VariantFactory, variant_key
 
@@ -57,6 +58,12 @@ class PlanView:
             module = self.factory.load(variant_key(self.plan, key), self.device)[0]
             return module(x)
         return compute_on_tier(self.modules[key], tier, self.device, self.host_policy, x)
+
+    def run_token(
+        self, layer: int, experts: list[int], x: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """One token's routed experts [1, H], one `run` each (a view measures; it is not the hot path)."""
+        return mix([self.run(layer, expert, x) for expert in experts], weights)
 
 
 @contextmanager

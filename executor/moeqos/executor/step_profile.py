@@ -4,7 +4,8 @@ Parts are labelled with `torch.profiler.record_function` ranges opened by forwar
 own modules (installed only while profiling, so serving pays nothing) and by a runner wrapper around
 each MoE block's expert calls:
 
-- `experts`: the expert calls (`ExpertRunner.run`), whatever kernel they use;
+- `experts`: the expert calls (`ExpertRunner.run`, and `run_token`, which for a decode token also
+  mixes the K outputs), whatever kernel they use;
 - `routing`: the rest of each MoE block (router matmul, top-k, dispatch, combining the outputs);
 - `attention`: the attention modules (projections, rotary embedding, cache update, SDPA);
 - `norms`: RMS/layer norms; `lm_head`; `embedding`;
@@ -58,6 +59,12 @@ class _LabelledRunner:
     def run(self, layer: int, expert: int, x: torch.Tensor) -> torch.Tensor:
         with record_function("experts"):
             return self.inner.run(layer, expert, x)
+
+    def run_token(
+        self, layer: int, experts: list[int], x: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        with record_function("experts"):
+            return self.inner.run_token(layer, experts, x, weights)
 
 
 def _part_of(module: nn.Module, lm: nn.Module) -> str | None:

@@ -19,6 +19,7 @@ from moeqos.core.tier import DISK
 from moeqos.executor.eviction import SlotPool
 from moeqos.executor.moe import ExpertRunner
 from moeqos.executor.quant import QuantExpert
+from moeqos.executor.quant.fused import mix, routed_token
 from moeqos.executor.variants import ExpertKey, VariantFactory, VariantKey, variant_key
 
 
@@ -45,6 +46,9 @@ class ExpertStore:
         self.pool: SlotPool[ExpertKey, QuantExpert] = SlotPool(slots)
         self.plan: Plan | None = None
         self._resident: dict[ExpertKey, QuantExpert] = {}
+        self._on_device: list[list[QuantExpert | None]] = []
+        """[layer][expert] -> the module of a device-tier expert, None for the others: the decode
+        path's lookup (`run_token`), kept in step with `_resident` by `install` (changed keys only)."""
         self._copied_bytes = 0
         self._local = threading.local()
         """`view`: the runner of this thread's private plan while `viewing` (moeqos.executor.plan_view)."""
@@ -83,6 +87,20 @@ class ExpertStore:
             self._copied_bytes += module.nbytes()
         return compute_on_tier(module, tier, self.device, self.host_policy, x)
 
+    def run_token(
+        self, layer: int, experts: list[int], x: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """sum_k weights[0, k] * expert_k(x) [1, H] for one token x [1, H]: computed together
+        (`routed_token`) when all K experts are on the device tier, else one `run` each."""
+        view = getattr(self._local, "view", None)
+        if view is not None:
+            return view.run_token(layer, experts, x, weights)
+        row = self._on_device[layer]
+        modules = [row[expert] for expert in experts]
+        if None in modules:
+            return mix([self.run(layer, expert, x) for expert in experts], weights)
+        return routed_token(modules, x, weights)  # type: ignore[arg-type]  # no None, checked above
+
     def install(
         self, plan: Plan, built: dict[ExpertKey, QuantExpert]
     ) -> list[tuple[VariantKey, QuantExpert]]:
@@ -99,6 +117,11 @@ class ExpertStore:
             if old is not None and previous is not None:
                 retired.append((variant_key(previous, key), old))
         self._resident.update(built)
+        if not self._on_device:
+            self._on_device = [[None] * len(row) for row in plan.assignments]
+        for layer, expert in changed:
+            on_device = plan[(layer, expert)].tier == self.device
+            self._on_device[layer][expert] = self._resident[(layer, expert)] if on_device else None
         self.plan = plan
         return retired
 
