@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from moeqos.core.errors import InfeasibleTarget, InvalidArgument
-from moeqos.core.plan import Assignment
+from moeqos.core.plan import Assignment, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile
 from moeqos.core.qos import Objective, QosTarget
@@ -19,7 +19,7 @@ from moeqos.planner.latency_model import LatencyModel
 from moeqos.planner.quality_model import QualityModel
 from moeqos.planner.solver import PlanRequest, PlanResult, solve
 
-from tests.planner.planner_fixtures import synthetic_profile
+from tests.planner.planner_fixtures import REFERENCE_PPL, synthetic_profile, true_log_increase
 
 P = Precision
 SMALL_CASES = [
@@ -105,6 +105,27 @@ def test_identical_experts_aggregate_into_integer_counts_and_still_match_brute_f
     result = solve(PlanRequest(profile, QosTarget(min_tokens_per_s=floor), tolerance=1e-9))
     assert result.predicted_perplexity == pytest.approx(ppl[fits & (1 / seconds >= floor)].min(), rel=1e-7)
     _assert_within_budgets(result, budgets)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_perplexity_cap_holds_when_damage_compounds(seed: int) -> None:
+    """With a fitted compounding (log ppl = D + kappa D^2) the cap on D (term_cap) is exact: the
+    fastest plan within the ceiling is the brute force's."""
+    precisions, tiers = SMALL_CASES[0]
+    profile, budgets = _instance(seed, precisions, tiers)
+    points = []
+    for q in profile.quality_points:
+        d = true_log_increase(profile, parse_plan(q.plan_spec, 2, 3, profile.hardware.device))
+        points.append(replace(q, perplexity=REFERENCE_PPL * math.exp(d + 2.0 * d * d)))
+    profile = replace(profile, quality_points=tuple(points))
+    assert QualityModel.fit(profile).compounding > 0
+    seconds, ppl, fits = brute_force(profile, budgets, precisions, tiers)
+    ceiling = float(np.quantile(ppl[fits], 0.4))
+    result = solve(PlanRequest(profile, QosTarget(max_perplexity=ceiling), tolerance=1e-9))
+    assert 1 / result.predicted_tokens_per_s == pytest.approx(
+        seconds[fits & (ppl <= ceiling)].min(), rel=1e-7
+    )
+    assert result.predicted_perplexity <= ceiling * (1 + 1e-9)
 
 
 def test_unreachable_floor_raises_with_the_fastest_plan_as_closest() -> None:
