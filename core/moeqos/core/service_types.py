@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
+from moeqos.core.dense import DenseStatus
 from moeqos.core.plan import Plan
 from moeqos.core.profile import HardwareIdentity, ModelIdentity, Profile
 from moeqos.core.qos import QosTarget
@@ -128,6 +129,8 @@ class ExecutorInfo:
     """The pin rules re-plans against the standing target keep."""
     target_generation: int = 0
     """Counts SetTarget and ApplyPlan calls; a re-plan started under an older one never applies."""
+    dense: tuple[DenseStatus, ...] = ()
+    """Every dense element with the precision it is served in and its bytes (moeqos.core.dense)."""
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             integrity=integrity.describe(),
             standing_pins=self.target.pins,
             target_generation=self.target.generation,
+            dense=runtime.dense_status(),
         )
         return codec.info_to_proto(info)
 
