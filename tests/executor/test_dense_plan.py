@@ -99,3 +99,25 @@ def test_evaluating_a_dense_plan_computes_it_on_this_thread_only(runtime):
     torch.testing.assert_close(runtime.forward_logits(ids), reference)
     runtime.apply_plan(plan)
     torch.testing.assert_close(runtime.forward_logits(ids), viewed)
+
+
+def test_the_profile_measures_each_dense_element_per_precision(make_runtime):
+    runtime = make_runtime(dense_precision="bf16")
+    calibration = runtime.tokenizer.encode(" ".join(["the quick brown fox jumps over the lazy dog"] * 8))
+    served = runtime.plan
+    profile = runtime.profile(
+        calibration, "tiny:train", max_tokens=48, repeats=2, window=24, sensitivity_tokens=0
+    )
+    costs = {(c.element, c.precision): c for c in profile.dense_costs}
+    assert set(costs) == {
+        (e, p) for e in DenseElement for p in (Precision.BF16, Precision.INT8, Precision.INT4)
+    }
+    assert profile.dense_precision == Precision.BF16
+    table = runtime.dense.table(served.group_size)
+    for (element, precision), cost in costs.items():
+        assert cost.bytes == table.bytes[element][precision] and cost.seconds > 0
+        assert (cost.log_ppl == 0.0) == (precision == Precision.BF16)
+    # int4 moves the perplexity more than int8 (random weights: either way), on both elements
+    for element in DenseElement:
+        assert abs(costs[element, Precision.INT4].log_ppl) > abs(costs[element, Precision.INT8].log_ppl)
+    assert runtime.plan == served and runtime.dense.changed(served) == []  # nothing served changed

@@ -64,7 +64,7 @@ class DensePart:
         self.slots: dict[DenseElement, list[DenseSlot]] = {e: [] for e in DenseElement}
         self.sources: dict[str, str] = {}
         """Slot name -> checkpoint key of its weight."""
-        self._shape_of: dict[str, tuple[int, int]] = {}
+        self.shapes_of: dict[str, tuple[int, int]] = {}
         """Slot name -> [out, in] of its weight (the originals are not kept: their bytes go when replaced)."""
         self.tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
         self._tied_head: nn.Module | None = model.get_output_embeddings() if self.tied else None
@@ -76,8 +76,8 @@ class DensePart:
         self._wrap(model, "lm_head", model.get_output_embeddings(), DenseElement.HEAD, keys)
         self.served: dict[DenseElement, tuple[Precision, int]] = {e: (dense, 0) for e in DenseElement}
         """Per element, the precision and group size installed (group size 0 unless grouped)."""
-        attention = tuple(shape for path, shape in self._shape_of.items() if path != "lm_head")
-        self._shapes = DenseShapes(attention, self._shape_of["lm_head"], self.tied)
+        attention = tuple(shape for path, shape in self.shapes_of.items() if path != "lm_head")
+        self._shapes = DenseShapes(attention, self.shapes_of["lm_head"], self.tied)
 
     def _wrap(
         self, model: nn.Module, path: str, module: Any, element: DenseElement, keys: Mapping[int, str]
@@ -88,7 +88,7 @@ class DensePart:
         self.slots[element].append(slot)
         self.sources[path] = keys[id(module.weight)]
         rows, cols = module.weight.shape
-        self._shape_of[path] = (int(rows), int(cols))
+        self.shapes_of[path] = (int(rows), int(cols))
 
     # ----- shapes and bytes ---------------------------------------------------------------------
     def shapes(self) -> DenseShapes:
@@ -155,7 +155,7 @@ class DensePart:
     def _module(self, name: str, precision: Precision, group_size: int) -> nn.Module:
         if precision == self.dense and name == "lm_head" and self._tied_head is not None:
             return self._tied_head  # the embedding matrix itself
-        weight = self.checkpoint.read(self.sources[name], self._shape_of[name])  # [out, in]
+        weight = self.checkpoint.read(self.sources[name], self.shapes_of[name])  # [out, in]
         if precision.is_float:
             weight = weight.to(_FLOAT_DTYPES[precision])
         return quantize_linear(weight, precision, group_size or DEFAULT_GROUP_SIZE, self.device)

@@ -24,7 +24,7 @@ reference and the fitted plans were measured on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Grid, Profile, QualityPoint
 from moeqos.core.sensitivity import signal_grids
+from moeqos.planner.dense_model import DenseModel
 from moeqos.planner.identity import FitIdentity
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE, PRIOR_SOURCE
 from scipy.optimize import nnls
@@ -64,6 +65,8 @@ class QualityModel:
     holdout_points: int = 0
     corpus: str = ""
     """The corpus predictions are on: where the reference and the fitted plans were measured."""
+    dense: DenseModel = field(default_factory=DenseModel)
+    """The dense elements' log-ppl terms (moeqos.planner.dense_model)."""
 
     # ----- fitting ------------------------------------------------------------------------------
     @classmethod
@@ -106,6 +109,7 @@ class QualityModel:
             holdout,
             len(points) if holdout is not None else 0,
             corpus,
+            DenseModel.fit(profile),
         )
 
     # ----- prediction ---------------------------------------------------------------------------
@@ -114,12 +118,11 @@ class QualityModel:
         return self.coefficients[precision] * np.asarray(self.sensitivity[precision])
 
     def predict_log_increase(self, plan: Plan) -> float:
-        return float(
-            sum(
-                self.coefficients[a.precision] * self.sensitivity[a.precision][layer][expert]
-                for (layer, expert), a in plan.items()
-            )
+        experts = sum(
+            self.coefficients[a.precision] * self.sensitivity[a.precision][layer][expert]
+            for (layer, expert), a in plan.items()
         )
+        return float(experts + self.dense.plan_log_ppl(plan.dense))
 
     def predict_perplexity(self, plan: Plan) -> float:
         return self.reference_perplexity * math.exp(self.predict_log_increase(plan))
@@ -149,6 +152,7 @@ class QualityModel:
             self.reference_source.startswith("prior")
             or any(p not in exact for p in precisions)
             or (lossy and not self.trusted)
+            or self.dense.is_estimate(plan.dense)
         )
 
     # ----- JSON ---------------------------------------------------------------------------------
@@ -165,6 +169,7 @@ class QualityModel:
             "holdout_error": self.holdout_error,
             "holdout_points": self.holdout_points,
             "corpus": self.corpus,
+            "dense": self.dense.to_dict(),
         }
 
     @classmethod
@@ -184,6 +189,7 @@ class QualityModel:
             None if data.get("holdout_error") is None else float(data["holdout_error"]),
             int(data.get("holdout_points", 0)),
             str(data.get("corpus", "")),
+            DenseModel.from_dict(data.get("dense")),
         )
 
 
