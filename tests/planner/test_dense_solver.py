@@ -158,3 +158,19 @@ def test_budgets_named_in_a_request_charge_the_dense_part_on_the_device():
     result = solve(request)
     assert result.plan.dense  # one byte short: only the dense part can make room without losing an expert
     assert result.bytes_per_tier[DEVICE] <= 6 * bf16 - 1
+
+
+def test_whatif_profiles_carry_the_dense_elements_with_real_byte_sizes():
+    from moeqos.core.precision import matrix_bytes
+    from moeqos.planner.catalog import HARDWARE, MODELS
+    from moeqos.planner.whatif import whatif_profile
+
+    model = MODELS["mixtral-8x7b"]  # 32 layers, hidden 4096, 32 heads / 8 kv heads, vocab 32000, untied
+    profile = whatif_profile(model, HARDWARE["a100-80gb"])
+    costs = {(c.element, c.precision): c for c in profile.dense_costs}
+    per_layer = 2 * 4096 * 4096 + 2 * 1024 * 4096
+    assert costs[E.ATTN, P.BF16].bytes == 32 * per_layer * 2
+    assert costs[E.HEAD, P.INT4].bytes == matrix_bytes(32000, 4096, P.INT4)
+    assert costs[E.HEAD, P.INT4].seconds < costs[E.HEAD, P.BF16].seconds
+    fastest = solve(PlanRequest(profile, QosTarget(objective=Objective.SPEED)))
+    assert dict(fastest.plan.dense) == {E.ATTN: P.INT4, E.HEAD: P.INT4}
