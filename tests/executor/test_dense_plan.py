@@ -104,7 +104,8 @@ def test_evaluating_a_dense_plan_computes_it_on_this_thread_only(runtime):
 def test_the_profile_measures_each_dense_element_per_precision(make_runtime):
     runtime = make_runtime(dense_precision="bf16")
     calibration = runtime.tokenizer.encode(" ".join(["the quick brown fox jumps over the lazy dog"] * 8))
-    served = runtime.plan
+    served = parse_plan("fp32@cpu,head=int8", LAYERS, EXPERTS, "cpu")
+    runtime.apply_plan(served)  # profiled with the dense part in bf16, then served again
     profile = runtime.profile(
         calibration, "tiny:train", max_tokens=48, repeats=2, window=24, sensitivity_tokens=0
     )

@@ -51,3 +51,16 @@ def test_a_dense_part_over_budget_is_resource_exhausted_and_changes_nothing(own_
             client.apply_plan(before.plan.with_dense(((DenseElement.ATTN, Precision.FP32),)))  # grows
         after = client.info()
     assert after.plan == before.plan and after.dense == before.dense
+
+
+def test_the_cli_applies_a_dense_part_and_status_shows_it(capsys, own_executor):
+    import json
+
+    from moeqos.cli.main import main
+
+    assert main(["apply", "--executor", own_executor, "--plan", "bf16@cpu,head=int4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["experts_changed"] == 0
+    assert main(["status", "--executor", own_executor, "--json"]) == 0
+    [status] = json.loads(capsys.readouterr().out)
+    assert status["plan"] == "bf16@cpu,head=int4"
+    assert {d["element"]: d["precision"] for d in status["dense"]} == {"attn": "bf16", "head": "int4"}

@@ -13,7 +13,7 @@ measured), `dense` (each dense element's time and perplexity effect per precisio
 moeqos.executor.dense_profile, with `dense_precisions` given).
 Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
 precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
-The plan served is pinned throughout (`Measurable.serving`); the frequency and timing passes run
+The plan served is pinned throughout (`Measurable.serving`), its dense part in the dense precision; the frequency and timing passes run
 `exclusive()`ly: generation pauses while they run.
 """
 
@@ -183,7 +183,9 @@ def build_profile(
         raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
     device, dense = runtime.config.device, runtime.config.dense_precision
     chosen = tuple(precisions) if precisions else planning_precisions(device, dense)
-    with runtime.serving(None):  # the plan (and its group size) must not change under the measurement
+    # The plan (and its group size) must not change under the measurement, and its dense part is the
+    # dense precision's: the fixed cost is the planner's base, to which the dense elements add their deltas.
+    with runtime.serving(runtime.plan.with_dense(())):
         ids = runtime.encode(calibration_ids)[:max_tokens]
         window = min(window, runtime.context_length)
         frequency, captured = route_calibration(runtime, ids, window, capture_tokens, progress)
