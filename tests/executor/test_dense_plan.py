@@ -122,3 +122,20 @@ def test_the_profile_measures_each_dense_element_per_precision(make_runtime):
     for element in DenseElement:
         assert abs(costs[element, Precision.INT4].log_ppl) > abs(costs[element, Precision.INT8].log_ppl)
     assert runtime.plan == served and runtime.dense.changed(served) == []  # nothing served changed
+
+
+def test_a_dense_part_that_cannot_be_built_fails_the_switch_and_changes_nothing(runtime, monkeypatch):
+    from moeqos.core.errors import PlanApplyFailed
+    from moeqos.executor.checkpoint import CheckpointError
+
+    ids = prompt_ids(8)
+    before = runtime.forward_logits(ids)
+
+    def unreadable(key, shape=None):
+        raise CheckpointError(f"tensor {key!r} unreadable")
+
+    monkeypatch.setattr(runtime.dense.checkpoint, "read", unreadable)
+    with pytest.raises(PlanApplyFailed, match="dense part"):
+        runtime.apply_plan(parse_plan("int8@cpu,attn=int4", LAYERS, EXPERTS, "cpu"))
+    assert runtime.plan == fp32_plan() and runtime.dense.changed(fp32_plan()) == []
+    torch.testing.assert_close(runtime.forward_logits(ids), before)

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 from moeqos.core.dense import DenseElement, DenseShapes, DenseStatus, DenseTable
+from moeqos.core.errors import PlanApplyFailed
 from moeqos.core.plan import Plan
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision
-from moeqos.executor.checkpoint import Checkpoint
+from moeqos.executor.checkpoint import Checkpoint, CheckpointError
 from moeqos.executor.quant.linear import QuantLinear, quantize_linear
 from torch import Tensor, nn
 
@@ -121,13 +122,17 @@ class DensePart:
         return [e for e, want in self.wanted(plan).items() if self.served[e] != want]
 
     def build(self, plan: Plan, elements: list[DenseElement]) -> Built:
-        """New modules for `elements` as `plan` wants them (nothing installed yet)."""
+        """New modules for `elements` as `plan` wants them (nothing installed yet); PlanApplyFailed when
+        the checkpoint cannot give a weight."""
         wanted = self.wanted(plan)
-        return {
-            slot.name: self._module(slot.name, *wanted[element])
-            for element in elements
-            for slot in self.slots[element]
-        }
+        try:
+            return {
+                slot.name: self._module(slot.name, *wanted[element])
+                for element in elements
+                for slot in self.slots[element]
+            }
+        except CheckpointError as exc:
+            raise PlanApplyFailed(f"re-quantizing the dense part failed: {exc}") from exc
 
     def install(self, plan: Plan, built: Built) -> None:
         """Swap `built` in (call under the model lock) and record `plan`'s dense part as served."""

@@ -203,9 +203,9 @@ class ExecutorRuntime:
             changed = [k for k, _ in plan.items()] if previous is None else plan.changed_experts(previous)
             on_disk = [variant_key(plan, key) for key in changed if plan[key].tier == DISK]
             self.factory.check_room(on_disk, self.config.device)  # before anything is written or swapped
-            built = build_changed(self.factory, plan, changed, self.config.device, progress)
             dense_changed = self.dense.changed(plan)
-            dense_built = self.dense.build(plan, dense_changed)
+            dense_built = self.dense.build(plan, dense_changed)  # first: it fails before experts are built
+            built = build_changed(self.factory, plan, changed, self.config.device, progress)
             with self._model_lock:
                 retired = self.store.install(plan, built)
                 self.dense.install(plan, dense_built)
