@@ -22,7 +22,13 @@ def test_default_tier_fills_missing_tier():
 
 @pytest.mark.parametrize(
     "spec",
-    ["int4@cpu", "bf16@cpu,L0.E0-2=int8@disk,L1.E3=int2@cpu", "fp32@cpu,L1.E*=int3@disk,L0.E1=fp16@cpu"],
+    [
+        "int4@cpu",
+        "bf16@cpu,L0.E0-2=int8@disk,L1.E3=int2@cpu",
+        "fp32@cpu,L1.E*=int3@disk,L0.E1=fp16@cpu",
+        "int4@cpu,head=int4",
+        "int4@cpu,HEAD=int8,L0.E1=bf16,attn=int4",
+    ],
 )
 def test_spec_and_json_round_trip(spec):
     plan = parse_plan(spec, 2, 4, "cpu")
@@ -33,7 +39,19 @@ def test_spec_and_json_round_trip(spec):
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "int5", "int4@tape", "L0.E1=int4", "int4,L0.X1=int8", "int4,L0.E1", "int4,Lx.E1=int8"],
+    [
+        "",
+        "int5",
+        "int4@tape",
+        "L0.E1=int4",
+        "int4,L0.X1=int8",
+        "int4,L0.E1",
+        "int4,Lx.E1=int8",
+        "int4,head=int9",
+        "int4,head=int4@cpu",
+        "int4,attn=int8,attn=int4",
+        "head=int4",
+    ],
 )
 def test_malformed_text_is_rejected_with_value_error(spec):
     with pytest.raises(ValueError):
@@ -78,3 +96,13 @@ def test_dict_form_is_plain_json():
     data = json.loads(json.dumps(plan.to_dict()))
     assert data["assignments"][1][1] == "int3@disk"
     assert Plan.from_dict(data) == plan
+
+
+def test_dense_part_is_canonical_and_left_out_when_empty():
+    plan = parse_plan("int4@cpu,head=int4,attn=int8", 2, 4, "cpu")
+    assert plan.to_spec() == "int4@cpu,attn=int8,head=int4"
+    assert plan.to_dict()["dense"] == {"attn": "int8", "head": "int4"}
+    assert plan != plan.with_dense(()) and plan.with_dense(()) == Plan.uniform(2, 4, "int4", "cpu")
+    assert "dense" not in Plan.uniform(2, 4, "int4", "cpu").to_dict()  # today's JSON, unchanged
+    assert plan.changed_experts(plan.with_dense(())) == []
+    assert plan.describe().endswith("attn=int8 head=int4")

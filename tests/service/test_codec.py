@@ -13,6 +13,7 @@ import pytest
 from moeqos.api.codec import common as wire
 from moeqos.api.codec import executor as ex_codec
 from moeqos.api.codec import planner as pl_codec
+from moeqos.core.dense import DenseCost, DenseElement, DenseStatus
 from moeqos.core.descriptions import HardwareDescription, TierSpec
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Assignment, Plan, parse_plan
@@ -67,6 +68,18 @@ WITH_KL = dataclasses.replace(
     sensitivity_tokens=128,
 )
 
+DENSE_PLAN = parse_plan("int4@cpu,L0.E1=bf16,head=int4,attn=int8", 3, 4, "cpu")
+DENSE_COST = DenseCost(DenseElement.HEAD, Precision.INT4, 1 << 20, 2.5e-4, 0.0125)
+DENSE_STATUS = (
+    DenseStatus(DenseElement.ATTN, Precision.INT8, 1 << 21),
+    DenseStatus(DenseElement.HEAD, Precision.BF16, 0),
+)
+WITH_DENSE = dataclasses.replace(
+    ANALYTIC,
+    dense_costs=(DENSE_COST, DenseCost(DenseElement.ATTN, Precision.BF16, 1 << 22, 1e-3, -0.001)),
+    dense_precision=Precision.FP16,
+)
+
 
 def _info(**changes: Any) -> ExecutorInfo:
     values: dict[str, Any] = {
@@ -98,6 +111,9 @@ def _info(**changes: Any) -> ExecutorInfo:
 # (name, value, to_proto, from_proto): every type the codec converts, both ways.
 ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] = [
     ("plan", PLAN, wire.plan_to_proto, wire.plan_from_proto),
+    ("plan with a dense part", DENSE_PLAN, wire.plan_to_proto, wire.plan_from_proto),
+    ("dense cost", DENSE_COST, wire.dense_cost_to_proto, wire.dense_cost_from_proto),
+    ("profile with dense costs", WITH_DENSE, wire.profile_to_proto, wire.profile_from_proto),
     ("assignment", Assignment(Precision.INT3, "disk"), wire.assignment_to_proto, wire.assignment_from_proto),
     ("grid", ((0.5, 1.0), (2.0, 0.0)), wire.grid_to_proto, lambda m: wire.grid_from_proto(m, "grid")),
     ("target", TARGET, wire.target_to_proto, wire.target_from_proto),
@@ -129,6 +145,13 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
         lambda pair: ex_codec.profile_response_to_proto(*pair),
         ex_codec.profile_response_from_proto,
     ),
+    (
+        "executor info with a dense part",
+        _info(plan=DENSE_PLAN, dense=DENSE_STATUS),
+        ex_codec.info_to_proto,
+        ex_codec.info_from_proto,
+    ),
+    ("dense status", DENSE_STATUS[0], ex_codec.dense_status_to_proto, ex_codec.dense_status_from_proto),
     (
         "executor info, no target, idle",
         _info(
@@ -447,3 +470,52 @@ def test_a_profile_with_a_bad_layer_kl_is_invalid_argument():
     del message.layer_kl[0].kl[0]
     with pytest.raises(InvalidArgument, match="layer_kl"):
         wire.profile_from_proto(message)
+
+
+def test_a_plan_spec_with_a_dense_part_alone_and_beside_the_dense_field():
+    spec = "int4@cpu,L0.E1=bf16,attn=int8,head=int4"
+    alone = common_pb2.Plan(num_layers=3, num_experts=4, spec=spec)
+    assert wire.plan_from_proto(alone) == DENSE_PLAN
+    assert dict(DENSE_PLAN.dense) == {DenseElement.ATTN: Precision.INT8, DenseElement.HEAD: Precision.INT4}
+    # a spec without dense rules keeps today's meaning: the dense part in the model's dense precision
+    assert wire.plan_from_proto(common_pb2.Plan(num_layers=3, num_experts=4, spec="int4@cpu")).dense == ()
+
+
+@pytest.mark.parametrize(
+    ("message", "match"),
+    [
+        (common_pb2.Plan(num_layers=3, num_experts=4, spec="int4@cpu,head=int4@disk"), "no tier"),
+        (common_pb2.Plan(num_layers=3, num_experts=4, spec="int4@cpu,head=int4,head=int8"), "twice"),
+        (
+            common_pb2.Plan(
+                num_layers=3,
+                num_experts=4,
+                spec="int4@cpu",
+                dense=[common_pb2.DensePrecision(element="mlp", precision=common_pb2.PRECISION_INT4)],
+            ),
+            "unknown dense element",
+        ),
+        (
+            common_pb2.Plan(
+                num_layers=3,
+                num_experts=4,
+                spec="int4@cpu,head=int8",
+                dense=[common_pb2.DensePrecision(element="head", precision=common_pb2.PRECISION_INT4)],
+            ),
+            "disagree",
+        ),
+        (
+            common_pb2.Plan(
+                num_layers=3,
+                num_experts=4,
+                spec="int4@cpu",
+                dense=[common_pb2.DensePrecision(element="head")],
+            ),
+            "precision",
+        ),
+    ],
+    ids=["tier", "twice", "unknown-element", "disagree", "no-precision"],
+)
+def test_bad_dense_parts_are_invalid_argument(message, match):
+    with pytest.raises(InvalidArgument, match=match):
+        wire.plan_from_proto(message)

@@ -15,6 +15,7 @@ SECTIONS = (
     "planner",
     "paper",
     "quality",
+    "dense",
 )
 """The sections of a default run, in the order they run (later ones reuse what earlier ones measured)."""
 

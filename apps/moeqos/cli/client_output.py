@@ -126,6 +126,9 @@ def _info_dict(address: str, info: ExecutorInfo) -> dict[str, Any]:
         "replan_detail": info.replan_detail,
         "qos": _qos_dict(info.qos) if info.qos is not None else None,
         "tiers": [t.to_dict() for t in info.tiers],
+        "dense": [
+            {"element": d.element.value, "precision": d.precision.value, "bytes": d.bytes} for d in info.dense
+        ],
         "active_generations": info.active_generations,
         "queued_generations": info.queued_generations,
     }

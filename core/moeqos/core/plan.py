@@ -7,6 +7,7 @@ and the client (which shows it). It is frozen and validated on construction; the
 Text form (what people type, see `parse_plan`):  `DEFAULT[,RULE...]`
     DEFAULT = precision[@tier]          e.g. `int4@cpu`
     RULE    = pattern=precision[@tier]  e.g. `L0-3.E*=bf16`, first match wins (see moeqos.core.rules)
+            | element=precision         e.g. `head=int4`: the dense part (moeqos.core.dense; `attn`, `head`)
 A plan can also be a JSON document (`to_dict`/`from_dict`).
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moeqos.core.dense import DenseElement, DensePrecisions, dense_precisions
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision
 from moeqos.core.rules import PlacementRule, first_match, parse_target
@@ -45,11 +47,14 @@ class Assignment:
 class Plan:
     """Per-expert assignments, `assignments[layer][expert]`, for a model of `num_layers x num_experts`.
 
-    `group_size` applies to the grouped precisions (int4/int3/int2) of every expert in the plan.
+    `group_size` applies to the grouped precisions (int4/int3/int2) of every expert in the plan (and of
+    its dense part). `dense`: the precision of each dense element the plan names (moeqos.core.dense);
+    the others are in the model's dense precision, so `()` is the plan as it was before dense elements.
     """
 
     assignments: tuple[tuple[Assignment, ...], ...]
     group_size: int = DEFAULT_GROUP_SIZE
+    dense: DensePrecisions = ()
     _counts: Counter[Assignment] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +67,7 @@ class Plan:
         if self.group_size <= 0 or self.group_size % 16:
             raise ValueError(f"group_size must be a positive multiple of 16, got {self.group_size}")
         object.__setattr__(self, "_counts", Counter(a for row in self.assignments for a in row))
+        object.__setattr__(self, "dense", dense_precisions(self.dense))
 
     # ----- shape and access -------------------------------------------------------------------
     @property
@@ -81,6 +87,10 @@ class Plan:
         for layer, row in enumerate(self.assignments):
             for expert, assignment in enumerate(row):
                 yield (layer, expert), assignment
+
+    def with_dense(self, dense: DensePrecisions) -> Plan:
+        """This plan's experts with the dense part `dense`."""
+        return Plan(self.assignments, self.group_size, dense)
 
     def tiers(self) -> set[str]:
         return {a.tier for a in self._counts}
@@ -173,15 +183,19 @@ class Plan:
                 experts = str(expert) if end == expert else f"{expert}-{end}"
                 rules.append(f"L{layer}.E{experts}={row[expert]}")
                 expert = end + 1
+        rules += [f"{element.value}={precision.value}" for element, precision in self.dense]
         return ",".join(rules)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "num_layers": self.num_layers,
             "num_experts": self.num_experts,
             "group_size": self.group_size,
             "assignments": [[str(a) for a in row] for row in self.assignments],
         }
+        if self.dense:
+            data["dense"] = {e.value: p.value for e, p in self.dense}
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
@@ -189,7 +203,8 @@ class Plan:
             rows = tuple(
                 tuple(Assignment(*_split_assignment(text)) for text in row) for row in data["assignments"]
             )
-            plan = cls(rows, int(data.get("group_size", DEFAULT_GROUP_SIZE)))
+            dense = dense_precisions(dict(data.get("dense", {})).items())
+            plan = cls(rows, int(data.get("group_size", DEFAULT_GROUP_SIZE)), dense)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed plan document: {exc}") from exc
         if "num_layers" in data and "num_experts" in data:
@@ -206,7 +221,8 @@ class Plan:
     def describe(self) -> str:
         """One line for people: counts per assignment, most common first."""
         parts = [f"{count}x{a}" for a, count in self._counts.most_common()]
-        return f"{self.num_layers}x{self.num_experts} experts: " + " ".join(parts)
+        dense = "".join(f" {e.value}={p.value}" for e, p in self.dense)
+        return f"{self.num_layers}x{self.num_experts} experts: " + " ".join(parts) + dense
 
 
 def plan_text(argument: str) -> str:
@@ -236,7 +252,9 @@ def parse_plan(
 ) -> Plan:
     """Parse the text form (`int4@cpu,L0-3.E*=bf16`) or a JSON document into a plan for the model shape.
 
-    `default_tier` fills in any `precision` given without `@tier`.
+    `default_tier` fills in any `precision` given without `@tier`. Rules naming a dense element
+    (`attn=int8`, `head=int4`) set the plan's dense part; they take no tier (dense weights stay on the
+    device).
     """
     text = text.strip()
     if text.startswith("{"):
@@ -248,5 +266,23 @@ def parse_plan(
         raise ValueError(f"plan {text!r} must start with a default precision[@tier], e.g. int4@cpu")
     precision, tier = parse_target(head)
     default = Assignment(precision, tier or validate_tier(default_tier))
-    rules = [PlacementRule.parse(rule) for rule in rule_texts]
-    return Plan.from_rules(num_layers, num_experts, default, rules, group_size)
+    dense_texts = [r for r in rule_texts if _names_dense(r)]
+    rules = [PlacementRule.parse(rule) for rule in rule_texts if not _names_dense(rule)]
+    plan = Plan.from_rules(num_layers, num_experts, default, rules, group_size)
+    return plan.with_dense(_parse_dense(dense_texts)) if dense_texts else plan
+
+
+def _names_dense(rule: str) -> bool:
+    return rule.partition("=")[0].strip().lower() in {e.value for e in DenseElement}
+
+
+def _parse_dense(texts: list[str]) -> DensePrecisions:
+    """The dense part from `element=precision` rules; ValueError on a tier or an element given twice."""
+    pairs = []
+    for text in texts:
+        element, _, target = text.partition("=")
+        precision, tier = parse_target(target)
+        if tier is not None:
+            raise ValueError(f"dense rule {text.strip()!r} takes no tier: dense weights stay on the device")
+        pairs.append((element, precision.value))
+    return dense_precisions(pairs)

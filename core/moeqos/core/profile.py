@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
@@ -174,6 +175,11 @@ class Profile:
     signal). Empty when not measured."""
     sensitivity_tokens: int = 0
     """Calibration tokens `layer_kl` was measured on (0 when not measured)."""
+    dense_costs: tuple[DenseCost, ...] = ()
+    """Per dense element and precision, its bytes, decode seconds and quality effect
+    (moeqos.core.dense); empty when not measured: the planner then keeps the dense part as it is."""
+    dense_precision: Precision = Precision.BF16
+    """The model's dense precision when measured (what a dense element no plan names is in)."""
 
     def __post_init__(self) -> None:
         rows = len(self.frequency)
@@ -239,6 +245,8 @@ class Profile:
             quality_points=tuple(QualityPoint.from_dict(q) for q in data.get("quality_points", [])),
             layer_kl={Precision(p): tuple(float(x) for x in r) for p, r in data.get("layer_kl", {}).items()},
             sensitivity_tokens=int(data.get("sensitivity_tokens", 0)),
+            dense_costs=tuple(DenseCost.from_dict(c) for c in data.get("dense_costs", [])),
+            dense_precision=Precision(data.get("dense_precision", Precision.BF16.value)),
             tiers=tuple(TierBudget.from_dict(t) for t in data.get("tiers", [])),
             disk_pool_slots=int(data.get("disk_pool_slots", 0)),
             disk_reads=str(data.get("disk_reads", "")),

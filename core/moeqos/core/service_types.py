@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
+from moeqos.core.dense import DenseStatus
 from moeqos.core.plan import Plan
 from moeqos.core.profile import HardwareIdentity, ModelIdentity, Profile
 from moeqos.core.qos import QosTarget
@@ -193,6 +194,8 @@ class ExecutorInfo:
     """KV tokens the running generations may reserve at most (prompt plus max_tokens each)."""
     tokens_in_flight: int = 0
     """KV tokens the running generations reserve now."""
+    dense: tuple[DenseStatus, ...] = ()
+    """Every dense element with the precision it is served in and its bytes (moeqos.core.dense)."""
 
 
 @dataclass(frozen=True)

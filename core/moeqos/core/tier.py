@@ -54,7 +54,8 @@ class TierStatus:
     name: str
     budget_bytes: int
     used_bytes: int
-    """Bytes of experts the current plan assigns to this tier."""
+    """Bytes of experts the current plan assigns to this tier (on the device tier, plus what the plan's
+    dense part holds beyond the dense precision's; moeqos.core.dense)."""
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "budget_bytes": self.budget_bytes, "used_bytes": self.used_bytes}

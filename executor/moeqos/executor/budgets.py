@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
+from moeqos.core.dense import DenseCharge
 from moeqos.core.errors import InvalidArgument, OverBudget
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision, expert_bytes, groups_fit
@@ -36,10 +37,17 @@ def bytes_table(hidden: int, intermediate: int, group_size: int) -> dict[Precisi
     return {p: expert_bytes(hidden, intermediate, p, group_size) for p in Precision}
 
 
-def plan_bytes(plan: Plan, hidden_intermediate: tuple[int, int]) -> dict[str, int]:
-    """Bytes of expert weights `plan` puts on each tier it uses (a pure calculation, no checks)."""
+def plan_bytes(
+    plan: Plan, hidden_intermediate: tuple[int, int], dense: DenseCharge | None = None
+) -> dict[str, int]:
+    """Bytes of expert weights `plan` puts on each tier it uses, plus (given `dense`) what its dense part
+    holds beyond the dense precision's on the device tier (a pure calculation, no checks)."""
     hidden, intermediate = hidden_intermediate
-    return plan.bytes_per_tier(bytes_table(hidden, intermediate, plan.group_size))
+    used = plan.bytes_per_tier(bytes_table(hidden, intermediate, plan.group_size))
+    if dense is not None:
+        for tier, delta in dense.bytes_per_tier(plan.dense, plan.group_size).items():
+            used[tier] = used.get(tier, 0) + delta
+    return used
 
 
 def check_plan(
@@ -69,10 +77,12 @@ def validate_plan(
     shape: tuple[int, int],
     hidden_intermediate: tuple[int, int],
     budgets: Mapping[str, int],
+    dense: DenseCharge | None = None,
 ) -> None:
-    """Raise InvalidArgument (see check_plan) or OverBudget unless `plan` can run here."""
+    """Raise InvalidArgument (see check_plan) or OverBudget unless `plan` can run here (its dense part
+    charged as `dense` says)."""
     check_plan(plan, shape, hidden_intermediate, budgets)
-    used = plan_bytes(plan, hidden_intermediate)
+    used = plan_bytes(plan, hidden_intermediate, dense)
     over = {tier: (n, budgets[tier]) for tier, n in used.items() if n > budgets[tier]}
     if over:
         detail = ", ".join(f"{tier} needs {n} B of {budget} B" for tier, (n, budget) in over.items())

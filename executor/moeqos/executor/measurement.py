@@ -21,6 +21,7 @@ import torch
 from moeqos.core.plan import Plan
 from moeqos.core.profile import HardwareIdentity, ModelIdentity
 from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.dense_part import DensePart
 from moeqos.executor.generation import Step
 from moeqos.executor.moe import RoutedBlock
 from moeqos.executor.quant import QuantExpert
@@ -93,6 +94,11 @@ class Measurable(Protocol):
 
     @property
     def factory(self) -> ExpertVariants: ...
+
+    @property
+    def dense(self) -> DensePart:
+        """The attention projections and the head (moeqos.executor.dense_part), to build them aside."""
+        ...
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt, checked against the vocabulary."""

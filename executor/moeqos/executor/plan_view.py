@@ -3,8 +3,8 @@
 `private_view(runtime, plan)` builds the experts `plan` assigns differently from the serving plan (its
 own copies, from the variant caches or the checkpoint), shares the serving plan's modules for the
 rest, and installs the view on the calling thread through `ExpertStore.viewing`. Forward passes from
-that thread compute with the view; every other request keeps the serving plan, and a plan switch
-meanwhile changes neither. The copies go back to the variant factory's memory cache afterwards.
+that thread compute with the view (its dense part too: moeqos.executor.dense_part); every other request
+keeps the serving plan, and a plan switch meanwhile changes neither. The copies go back to the variant factory's memory cache afterwards.
 
 Disk-tier experts of the viewed plan are read from their files on each use (no slot pool). What the
 view adds counts against the tier budgets beside the serving plan: the files it must write against
@@ -86,7 +86,7 @@ def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:
                 built[key] = factory.build(variant_key(plan, key), assignment.tier)
         modules = {key: module for key, module in shared.items() if module is not None} | built
         view = PlanView(plan, modules, factory, runtime.config.device, runtime.config.host_policy)
-        with store.viewing(view):
+        with store.viewing(view), runtime.dense.viewing(plan):
             yield
     finally:
         for key, module in built.items():

@@ -9,10 +9,11 @@ calibration tokens), `call_costs`, `load_costs`, `fixed` (with the
 call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
 tier only), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`, then
 of the mixed plans moeqos.executor.calibration_design derives from the signal, when the sensitivity was
-measured).
+measured), `dense` (each dense element's time and perplexity effect per precision,
+moeqos.executor.dense_profile, with `dense_precisions` given).
 Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
 precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
-The plan served is pinned throughout (`Measurable.serving`); the frequency and timing passes run
+The plan served is pinned throughout (`Measurable.serving`), its dense part in the dense precision; the frequency and timing passes run
 `exclusive()`ly: generation pauses while they run.
 """
 
@@ -32,6 +33,7 @@ from moeqos.core.sensitivity import signal_grids
 from moeqos.core.tier import DISK, TierBudget
 from moeqos.executor.calibration_design import designed_plans
 from moeqos.executor.costs import calibrate, call_costs, load_costs
+from moeqos.executor.dense_profile import DENSE_PRECISIONS, dense_costs
 from moeqos.executor.disk_calibration import calibrate_loads
 from moeqos.executor.evaluation import evaluate
 from moeqos.executor.measurement import Measurable
@@ -176,6 +178,7 @@ def build_profile(
     progress: Progress,
     sensitivity_tokens: int = 0,
     sensitivity_precisions: Sequence[Precision] = SENSITIVITY_PRECISIONS,
+    dense_precisions: Sequence[Precision] = DENSE_PRECISIONS,
 ) -> Profile:
     """Measure everything a Profile holds (see the module docstring for the stages), the served plan
     pinned throughout.
@@ -186,6 +189,8 @@ def build_profile(
     tokens, labelled `corpus_name`). `precisions` defaults to planning_precisions of the device.
     With `sensitivity_tokens` > 0 the layer KL of `sensitivity_precisions` (those profiled) is measured
     on that many calibration tokens, and with quality plans the designed mixed plans are measured too.
+    The dense elements are measured in their dense precision and `dense_precisions` (those profiled;
+    none: not measured, and the planner keeps the dense part as it is).
     """
     if (quality_ids is None) != (quality_corpus is None):
         raise InvalidArgument("quality_ids and quality_corpus go together: give both or neither")
@@ -194,7 +199,9 @@ def build_profile(
     # a named group size that does not divide this model's expert dimensions runs on the dequantize
     # fallback for some matrices (a short last group): applicable, never worth profiling
     chosen = tuple(p for p in chosen if groups_fit(p, *runtime.shape, runtime.plan.group_size))
-    with runtime.serving(None):  # the plan (and its group size) must not change under the measurement
+    # The plan (and its group size) must not change under the measurement, and its dense part is the
+    # dense precision's: the fixed cost is the planner's base, to which the dense elements add their deltas.
+    with runtime.serving(runtime.plan.with_dense(())):
         ids = runtime.encode(calibration_ids)[:max_tokens]
         window = min(window, runtime.context_length)
         frequency, captured = route_calibration(runtime, ids, window, capture_tokens, progress)
@@ -216,6 +223,10 @@ def build_profile(
             )
         label = quality_corpus or corpus_name
         points = quality(runtime, plans, quality_ids or ids, label, window, progress)
+        lossy = [p for p in dense_precisions if p in chosen]
+        dense_part = (
+            dense_costs(runtime, lossy, quality_ids or ids, window, repeats, progress) if lossy else ()
+        )
         return Profile(
             model=runtime.model,
             hardware=runtime.hardware,
@@ -229,6 +240,8 @@ def build_profile(
             quality_points=tuple(points),
             layer_kl=kl,
             sensitivity_tokens=min(sensitivity_tokens, len(ids)) if kl else 0,
+            dense_costs=dense_part,
+            dense_precision=dense,
             tiers=tuple(TierBudget(name, budget) for name, budget in runtime.budgets.items()),
             disk_pool_slots=runtime.config.disk_pool_slots,
             disk_reads=recorded_disk_reads(runtime),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from moeqos.core.dense import DenseCharge, DenseElement, DenseStatus
 from moeqos.core.errors import InvalidArgument, OutOfRange
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
@@ -33,6 +34,7 @@ from moeqos.executor.batch_scheduler import BatchScheduler
 from moeqos.executor.budgets import check_budget, default_plan, physical_budget, plan_bytes, validate_plan
 from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.dense_part import DensePart
 from moeqos.executor.evaluation import evaluate
 from moeqos.executor.generation import SamplingParams, Step
 from moeqos.executor.host_memory import release_freed_memory
@@ -63,6 +65,8 @@ class PlanSwitch:
     current: Plan
     changed: tuple[ExpertKey, ...] = ()
     """The (layer, expert) keys whose assignment changed."""
+    dense_changed: tuple[DenseElement, ...] = ()
+    """The dense elements re-quantized (moeqos.executor.dense_part)."""
 
 
 class ExecutorRuntime:
@@ -85,6 +89,9 @@ class ExecutorRuntime:
         self.lm = build_model(
             checkpoint, self.adapter, hf_config, config.device, config.dense_precision, self.store
         )
+        self.dense = DensePart(self.lm, checkpoint, config.device, config.dense_precision)
+        """The attention projections and lm head in the plan's dense precisions."""
+        self.dense_charge = DenseCharge(self.dense.shapes(), config.dense_precision, config.device)
         self.model = model_identity(checkpoint, hf_config, self.spec, self.lm, config.dense_precision)
         """The served model's identity (name, fingerprint, shape)."""
         self.hardware = hardware_identity(config.device)
@@ -158,24 +165,31 @@ class ExecutorRuntime:
 
     # ----- tiers and plans ----------------------------------------------------------------------
     def tier_status(self) -> list[TierStatus]:
-        """Every tier with its budget and the bytes the current plan puts there."""
-        used = plan_bytes(self.plan, self.shape)
-        return [TierStatus(name, budget, used.get(name, 0)) for name, budget in self.budgets.items()]
+        """Every tier with its budget and the bytes the current plan puts there (the device tier's
+        include its dense part's bytes beyond the dense precision's: moeqos.core.dense)."""
+        used = plan_bytes(self.plan, self.shape, self.dense_charge)  # a small dense part may go below 0
+        return [TierStatus(name, budget, max(0, used.get(name, 0))) for name, budget in self.budgets.items()]
 
     def validate_plan(self, plan: Plan) -> None:
         """InvalidArgument (shape, tiers, group size) or OverBudget unless `plan` can run here."""
-        validate_plan(plan, (self.num_layers, self.num_experts), self.shape, self.budgets)
+        validate_plan(plan, (self.num_layers, self.num_experts), self.shape, self.budgets, self.dense_charge)
 
     def set_budget(self, tier: str, budget_bytes: int) -> bool:
         """Record a tier's budget; returns whether the current plan still fits."""
         check_budget(tier, budget_bytes, self.budgets)
         self.budgets[tier] = budget_bytes
-        return plan_bytes(self.plan, self.shape).get(tier, 0) <= budget_bytes
+        return plan_bytes(self.plan, self.shape, self.dense_charge).get(tier, 0) <= budget_bytes
+
+    def dense_status(self) -> tuple[DenseStatus, ...]:
+        """Every dense element with the precision it is served in and its bytes."""
+        with self._model_lock:
+            return self.dense.status()
 
     def apply_plan(
         self, plan: Plan, progress: Progress | None = None, check: Callable[[], None] | None = None
     ) -> PlanSwitch:
-        """Validate, build the experts whose assignment differs (outside the model lock), swap atomically.
+        """Validate, build the experts whose assignment differs and the dense elements whose precision
+        differs (outside the model lock), swap atomically.
 
         `check` runs first, under the apply lock: whatever it raises refuses the switch with nothing
         changed (a re-plan checks it is still wanted, with no other switch in between). On a build
@@ -190,15 +204,19 @@ class ExecutorRuntime:
             changed = [k for k, _ in plan.items()] if previous is None else plan.changed_experts(previous)
             on_disk = [variant_key(plan, key) for key in changed if plan[key].tier == DISK]
             self.factory.check_room(on_disk, self.config.device)  # before anything is written or swapped
+            dense_changed = self.dense.changed(plan)
+            dense_built = self.dense.build(plan, dense_changed)  # first: it fails before experts are built
             built = build_changed(self.factory, plan, changed, self.config.device, progress)
             with self._model_lock:
                 retired = self.store.install(plan, built)
+                self.dense.install(plan, dense_built)
                 self.plan_applied_at = time.time()
+            dense_built.clear()
             while retired:  # popped, so no reference outlives the loop
                 self.factory.retire(*retired.pop())
             release_freed_memory()  # the replaced experts not kept in the variant cache are free now
             report = SwitchReport(experts_changed=len(changed), seconds=time.perf_counter() - start)
-            return PlanSwitch(report, previous, plan, tuple(changed))
+            return PlanSwitch(report, previous, plan, tuple(changed), tuple(dense_changed))
 
     @contextmanager
     def serving(self, plan: Plan | None) -> Iterator[None]:

@@ -163,6 +163,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             max_queued_generations=self.admission.max_queued,
             max_tokens_in_flight=runtime.scheduler.limits.max_tokens,
             tokens_in_flight=runtime.scheduler.tokens_in_flight,
+            dense=runtime.dense_status(),
         )
         return codec.info_to_proto(info)
 

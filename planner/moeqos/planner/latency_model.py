@@ -14,7 +14,8 @@ with `freq[l][e]` the expected calls of expert (l, e) per token and `cost` one c
   `load_factor[p]` = measured / curve (a load may also rebuild a kernel layout, which bytes alone do
   not explain), and `hit` the LRU pool's hit rate for that expert under the plan (moeqos.planner.hit_rate).
 Both kinds of factor are medians over the precisions that cost the same (see `same_cost`).
-tokens/s = 1 / seconds per token.
+A plan's dense part adds its elements' measured seconds over the dense precision's
+(moeqos.planner.dense_model). tokens/s = 1 / seconds per token.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, Grid, LoadCost, Profile
 from moeqos.core.tier import DISK
 from moeqos.planner.curves import CostCurve, fit_curve
+from moeqos.planner.dense_model import DenseModel
 from moeqos.planner.hit_rate import lru_hit_rates
 from moeqos.planner.identity import FitIdentity
 
@@ -53,6 +55,8 @@ class LatencyModel:
     pool_tier: str = "cpu"
     """Where disk experts are computed once loaded (the executor's device)."""
     disk_pool_slots: int = 0
+    dense: DenseModel = field(default_factory=DenseModel)
+    """The dense elements' seconds and bytes per precision (the dense regressors)."""
 
     # ----- fitting ------------------------------------------------------------------------------
     @classmethod
@@ -82,6 +86,7 @@ class LatencyModel:
             load_factors=_load_factors(profile, load_curve),
             pool_tier=device if device in curves else (tiers[0] if tiers else device),
             disk_pool_slots=profile.disk_pool_slots,
+            dense=DenseModel.fit(profile),
         )
 
     # ----- per call -----------------------------------------------------------------------------
@@ -129,7 +134,9 @@ class LatencyModel:
 
     def predict_seconds(self, plan: Plan) -> float:
         """Expected decode seconds per token under `plan`."""
-        return self.fixed_seconds + float(self.expert_seconds(plan).sum())
+        return (
+            self.fixed_seconds + float(self.expert_seconds(plan).sum()) + self.dense.plan_seconds(plan.dense)
+        )
 
     def predict_tokens_per_s(self, plan: Plan) -> float:
         return 1.0 / self.predict_seconds(plan)
@@ -155,6 +162,7 @@ class LatencyModel:
             "load_factors": {p.value: f for p, f in self.load_factors.items()},
             "pool_tier": self.pool_tier,
             "disk_pool_slots": self.disk_pool_slots,
+            "dense": self.dense.to_dict(),
         }
 
     @classmethod
@@ -171,6 +179,7 @@ class LatencyModel:
             load_factors={Precision(p): float(f) for p, f in data.get("load_factors", {}).items()},
             pool_tier=str(data["pool_tier"]),
             disk_pool_slots=int(data["disk_pool_slots"]),
+            dense=DenseModel.from_dict(data.get("dense")),
         )
 
 

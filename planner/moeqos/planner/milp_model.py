@@ -1,6 +1,7 @@
 """The MILP behind the solver, as matrices: variables, rows, and the LP/MILP calls to HiGHS.
 
-Variables: y[g, k] = how many experts of group g take option k (integers), plus one constant-term
+Variables: y[g, k] = how many items (experts, and dense elements: moeqos.planner.problem) of group g
+take option k (integers), plus one constant-term
 variable fixed to 1 (the last column). Experts with identical cost rows form one group (exact
 aggregation: they are interchangeable), so what-if profiles with few distinct frequencies solve in
 milliseconds; measured profiles, where every expert differs, keep one binary per (expert, option).
@@ -87,11 +88,12 @@ def build_model(
     g_idx, k_idx = np.nonzero(_undominated(problem, members))  # [V] the variables
     seconds = problem.seconds[members][g_idx, k_idx]  # [V]
     log_ppl = problem.log_ppl[members][g_idx, k_idx]  # [V]
+    nbytes = problem.item_bytes[members][g_idx, k_idx]  # [V]
     objective = _objective(problem, minimise, seconds, log_ppl, fixed_seconds, tolerance)
     a_eq = csr_array(
         (np.ones(g_idx.size), (g_idx, np.arange(g_idx.size))), shape=(counts.size, g_idx.size + 1)
     )
-    a_ub, b_ub = _inequalities(problem, k_idx, seconds, log_ppl, seconds_cap, log_ppl_cap)
+    a_ub, b_ub = _inequalities(problem, k_idx, nbytes, seconds, log_ppl, seconds_cap, log_ppl_cap)
     lower = np.append(np.zeros(g_idx.size), 1.0)
     upper = np.append(counts[g_idx], 1.0)
     return MilpModel(objective, a_eq, counts, a_ub, b_ub, lower, upper, g_idx, k_idx), groups
@@ -122,10 +124,11 @@ def _objective(
 
 
 def _groups(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """[N] group of each expert and [G] a representative: identical (seconds, log_ppl, allowed) rows."""
+    """[M] group of each item and [G] a representative: identical (seconds, log_ppl, bytes, allowed)
+    rows."""
     keys = np.concatenate(
-        [problem.seconds, problem.log_ppl, problem.allowed.astype(float)], axis=1
-    )  # [N, 3K]
+        [problem.seconds, problem.log_ppl, problem.item_bytes, problem.allowed.astype(float)], axis=1
+    )  # [M, 4K]
     _, members, groups = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     return groups.reshape(-1), members
 
@@ -134,14 +137,20 @@ def _undominated(problem: Problem, members: np.ndarray) -> np.ndarray:
     """[G, K] allowed options not beaten by another allowed option of the same tier."""
     allowed = problem.allowed[members].copy()  # [G, K]
     seconds, log_ppl = problem.seconds[members], problem.log_ppl[members]  # [G, K]
-    options, nbytes = problem.options, problem.option_bytes
+    options, nbytes = problem.options, problem.item_bytes[members]  # [G, K]
     for k, a in enumerate(options):
         for j, b in enumerate(options):
-            if j == k or a.tier != b.tier or nbytes[j] > nbytes[k]:
+            if j == k or a.tier != b.tier:
                 continue
-            no_worse = (seconds[:, j] <= seconds[:, k]) & (log_ppl[:, j] <= log_ppl[:, k])
+            no_worse = (
+                (seconds[:, j] <= seconds[:, k])
+                & (log_ppl[:, j] <= log_ppl[:, k])
+                & (nbytes[:, j] <= nbytes[:, k])
+            )
             strictly = (
-                (seconds[:, j] < seconds[:, k]) | (log_ppl[:, j] < log_ppl[:, k]) | (nbytes[j] < nbytes[k])
+                (seconds[:, j] < seconds[:, k])
+                | (log_ppl[:, j] < log_ppl[:, k])
+                | (nbytes[:, j] < nbytes[:, k])
             )
             allowed[:, k] &= ~(allowed[:, j] & no_worse & (strictly | (j < k)))
     return allowed
@@ -150,6 +159,7 @@ def _undominated(problem: Problem, members: np.ndarray) -> np.ndarray:
 def _inequalities(
     problem: Problem,
     k_idx: np.ndarray,
+    var_bytes: np.ndarray,
     seconds: np.ndarray,
     log_ppl: np.ndarray,
     seconds_cap: float | None,
@@ -160,9 +170,9 @@ def _inequalities(
     bounds: list[float] = []
     tiers = np.array([a.tier for a in problem.options])[k_idx]  # [V]
     for budget in problem.budgets:
-        nbytes = np.where(tiers == budget.name, problem.option_bytes[k_idx], 0.0)  # [V]
+        nbytes = np.where(tiers == budget.name, var_bytes, 0.0)  # [V]
         if nbytes.any():
-            scale = max(float(budget.budget_bytes), float(nbytes.max()))
+            scale = max(float(budget.budget_bytes), float(np.abs(nbytes).max()))
             rows.append(nbytes / scale)
             bounds.append(budget.budget_bytes / scale)
     for values, cap in ((seconds, seconds_cap), (log_ppl, log_ppl_cap)):

@@ -29,7 +29,7 @@ reference and the fitted plans were measured on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Grid, Profile, QualityPoint
 from moeqos.core.sensitivity import signal_grids
+from moeqos.planner.dense_model import DenseModel
 from moeqos.planner.identity import FitIdentity
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE, PRIOR_SOURCE
 from scipy.optimize import nnls
@@ -74,6 +75,8 @@ class QualityModel:
     """The corpus predictions are on: where the reference and the fitted plans were measured."""
     compounding: float = 0.0
     """kappa: the log-perplexity increase is D + kappa * D^2 for a plan whose expert terms sum to D."""
+    dense: DenseModel = field(default_factory=DenseModel)
+    """The dense elements' log-ppl terms (moeqos.planner.dense_model)."""
 
     # ----- fitting ------------------------------------------------------------------------------
     @classmethod
@@ -117,6 +120,7 @@ class QualityModel:
             len(points) if holdout is not None else 0,
             corpus,
             kappa,
+            DenseModel.fit(profile),
         )
 
     # ----- prediction ---------------------------------------------------------------------------
@@ -125,14 +129,16 @@ class QualityModel:
         return self.coefficients[precision] * np.asarray(self.sensitivity[precision])
 
     def predict_log_increase(self, plan: Plan) -> float:
-        terms = sum(
+        experts = sum(
             self.coefficients[a.precision] * self.sensitivity[a.precision][layer][expert]
             for (layer, expert), a in plan.items()
         )
-        return float(self.log_increase_of_terms(terms))
+        # the dense elements' terms join the experts' in D, as their rows do in the MILP's sum
+        return float(self.log_increase_of_terms(experts + self.dense.plan_log_ppl(plan.dense)))
 
     def log_increase_of_terms(self, terms: Any) -> Any:
-        """Log-perplexity increase of a plan whose expert terms sum to `terms` (a float or an array)."""
+        """Log-perplexity increase of a plan whose expert (and dense) terms sum to `terms` (a float or
+        an array)."""
         return _link(terms, self.compounding)
 
     def term_cap(self, log_increase: float) -> float:
@@ -168,6 +174,7 @@ class QualityModel:
             self.reference_source.startswith("prior")
             or any(p not in exact for p in precisions)
             or (lossy and not self.trusted)
+            or self.dense.is_estimate(plan.dense)
         )
 
     # ----- JSON ---------------------------------------------------------------------------------
@@ -185,6 +192,7 @@ class QualityModel:
             "holdout_points": self.holdout_points,
             "corpus": self.corpus,
             "compounding": self.compounding,
+            "dense": self.dense.to_dict(),
         }
 
     @classmethod
@@ -205,6 +213,7 @@ class QualityModel:
             int(data.get("holdout_points", 0)),
             str(data.get("corpus", "")),
             float(data.get("compounding", 0.0)),
+            DenseModel.from_dict(data.get("dense")),
         )
 
 

@@ -209,12 +209,16 @@ def _problem(request: PlanRequest, models: _Models, hits: np.ndarray) -> Problem
 def evaluate(
     plan: Plan, latency: LatencyModel, quality: QualityModel, budgets: tuple[TierBudget, ...] = ()
 ) -> PlanResult:
-    """Predictions for a given plan (solve_seconds 0)."""
+    """Predictions for a given plan (solve_seconds 0); the device tier's bytes include what the plan's
+    dense part holds beyond the dense precision's (moeqos.core.dense)."""
+    used = plan.bytes_per_tier(latency.expert_bytes)
+    for tier, delta in latency.dense.plan_bytes(plan.dense).items():
+        used[tier] = used.get(tier, 0) + delta
     return PlanResult(
         plan,
         latency.predict_tokens_per_s(plan),
         quality.predict_perplexity(plan),
-        plan.bytes_per_tier(latency.expert_bytes),
+        used,
         0.0,
         quality.plan_is_estimate(plan),
         "",

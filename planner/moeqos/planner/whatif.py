@@ -9,7 +9,8 @@ Costs are bandwidth/compute bound, per expert call for one decode token:
   computed on the device (the LRU pool's hit rate is the latency model's business).
 `flops = 6 * hidden * intermediate` (three matrix-vector products). Dequantisation work is not
 modelled: on GPUs it hides under memory time; on CPUs it does not, so CPU int4/int3/int2 are optimistic.
-Fixed time per token = `layers * layer_overhead + dense bytes / device bandwidth`.
+Fixed time per token = `layers * layer_overhead + dense bytes / device bandwidth`; the attention and
+head are plan elements too, with their real byte sizes (moeqos.planner.whatif_dense).
 
 Frequencies are *mildly skewed*, not measured: in layer l, expert e gets weight
 `1 + skew * cos(2 pi (e + l) / E)` (default skew 0.25, i.e. the hottest expert of a layer is called
@@ -34,6 +35,7 @@ from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, HardwareIdentity, LoadCost, Profile, QualityPoint
 from moeqos.core.tier import DISK, TierBudget
 from moeqos.planner.catalog import HARDWARE, MODELS
+from moeqos.planner.whatif_dense import whatif_dense_costs
 
 WHATIF_PRECISIONS = (
     Precision.BF16,
@@ -135,6 +137,8 @@ def analytic_profile(
         quality_points=(reference,),
         tiers=expert_budgets(model, hardware, precisions),
         disk_pool_slots=hardware.disk_pool_slots if DISK in tiers else 0,
+        dense_costs=whatif_dense_costs(model, hardware),
+        dense_precision=Precision.BF16,
     )
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from moeqos.core.dense import DenseCost, DenseElement, DensePrecisions, dense_precisions
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Assignment, Plan, parse_plan
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision
@@ -83,7 +84,22 @@ def plan_to_proto(plan: Plan) -> pb.Plan:
         group_size=plan.group_size,
         assignments=[assignment_to_proto(a) for _, a in plan.items()],
         spec=plan.to_spec(),
+        dense=_dense_to_proto(plan.dense),
     )
+
+
+def _dense_to_proto(dense: DensePrecisions) -> list[pb.DensePrecision]:
+    """A plan's dense part, one entry per element it names."""
+    return [pb.DensePrecision(element=e.value, precision=precision_to_proto(p)) for e, p in dense]
+
+
+def _dense_from_proto(messages: Iterable[pb.DensePrecision]) -> DensePrecisions:
+    """A plan's dense part; InvalidArgument on an unknown element, a missing precision or a repeat."""
+    pairs = [(m.element, precision_from_proto(m.precision).value) for m in messages]
+    try:
+        return dense_precisions(pairs)
+    except ValueError as exc:
+        raise _invalid("plan dense part", exc) from None
 
 
 def plan_from_proto(message: pb.Plan, model: ModelIdentity | None = None, default_tier: str = "") -> Plan:
@@ -94,9 +110,13 @@ def plan_from_proto(message: pb.Plan, model: ModelIdentity | None = None, defaul
     InvalidArgument when the shape, an assignment, the spec or the group size is wrong, or when the
     assignments and the spec disagree.
     """
+    dense = _dense_from_proto(message.dense)
     if not message.assignments and message.spec:
-        return _plan_from_spec(message, model, default_tier)
-    plan = _plan_from_assignments(message)
+        from_spec = _plan_from_spec(message, model, default_tier)
+        if dense and from_spec.dense and dense != from_spec.dense:
+            raise InvalidArgument(f"the plan's dense part and its spec {message.spec!r} disagree")
+        return from_spec.with_dense(dense) if dense else from_spec
+    plan = _plan_from_assignments(message).with_dense(dense)
     # The spec a plan_to_proto wrote is the plan's own to_spec(): only another text needs parsing.
     if (
         message.spec
@@ -308,6 +328,33 @@ def profile_to_proto(profile: Profile) -> pb.Profile:
         version=profile.version,
         layer_kl=[pb.LayerKl(precision=precision_to_proto(p), kl=row) for p, row in profile.layer_kl.items()],
         sensitivity_tokens=profile.sensitivity_tokens,
+        dense_costs=[dense_cost_to_proto(c) for c in profile.dense_costs],
+        dense_precision=precision_to_proto(profile.dense_precision),
+    )
+
+
+def dense_cost_to_proto(cost: DenseCost) -> pb.DenseCost:
+    return pb.DenseCost(
+        element=cost.element.value,
+        precision=precision_to_proto(cost.precision),
+        bytes=cost.bytes,
+        seconds=cost.seconds,
+        log_ppl=cost.log_ppl,
+    )
+
+
+def dense_cost_from_proto(message: pb.DenseCost) -> DenseCost:
+    """A validated dense cost; InvalidArgument on an unknown element or a number that is not finite."""
+    try:
+        element = DenseElement.parse(message.element)
+    except ValueError as exc:
+        raise _invalid("dense cost", exc) from None
+    return DenseCost(
+        element,
+        precision_from_proto(message.precision),
+        message.bytes,
+        finite("dense seconds", message.seconds),
+        finite("dense log_ppl", message.log_ppl, -math.inf),
     )
 
 
@@ -345,6 +392,10 @@ def profile_from_proto(message: pb.Profile) -> Profile:
                 for k in message.layer_kl
             },
             sensitivity_tokens=message.sensitivity_tokens,
+            dense_costs=tuple(dense_cost_from_proto(c) for c in message.dense_costs),
+            dense_precision=(
+                precision_from_proto(message.dense_precision) if message.dense_precision else Precision.BF16
+            ),
         )
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidArgument):

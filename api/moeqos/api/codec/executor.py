@@ -7,6 +7,8 @@ Fields are converted one by one, by name; the shared parts go through moeqos.api
 from __future__ import annotations
 
 from moeqos.api.codec import common
+from moeqos.core.dense import DenseElement, DenseStatus
+from moeqos.core.errors import InvalidArgument
 from moeqos.core.profile import Profile
 from moeqos.core.service_types import (
     BudgetOutcome,
@@ -141,6 +143,7 @@ def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
         max_queued_generations=info.max_queued_generations,
         max_tokens_in_flight=info.max_tokens_in_flight,
         tokens_in_flight=info.tokens_in_flight,
+        dense=[dense_status_to_proto(d) for d in info.dense],
     )
     if info.plan_applied_at is not None:
         message.plan_applied_at.CopyFrom(common.timestamp_to_proto(info.plan_applied_at))
@@ -181,7 +184,25 @@ def info_from_proto(message: ex.GetInfoResponse) -> ExecutorInfo:
         max_queued_generations=message.max_queued_generations,
         max_tokens_in_flight=message.max_tokens_in_flight,
         tokens_in_flight=message.tokens_in_flight,
+        dense=tuple(dense_status_from_proto(d) for d in message.dense),
     )
+
+
+def dense_status_to_proto(status: DenseStatus) -> ex.DenseStatus:
+    return ex.DenseStatus(
+        element=status.element.value,
+        precision=common.precision_to_proto(status.precision),
+        bytes=status.bytes,
+    )
+
+
+def dense_status_from_proto(message: ex.DenseStatus) -> DenseStatus:
+    """One served dense element; InvalidArgument on an unknown element or precision."""
+    try:
+        element = DenseElement.parse(message.element)
+    except ValueError as exc:
+        raise InvalidArgument(f"dense status: {exc}") from None
+    return DenseStatus(element, common.precision_from_proto(message.precision), message.bytes)
 
 
 def budget_outcome_to_proto(outcome: BudgetOutcome) -> ex.SetBudgetResponse:

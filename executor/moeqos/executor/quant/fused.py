@@ -45,4 +45,4 @@ def mix(ys: Sequence[Tensor], weights: Tensor) -> Tensor:
     region, which costs far more than these few elementwise ops, and on a loaded machine waits for every
     thread.
     """
-    return (torch.cat(ys) * weights.to(ys[0].dtype).T).sum(dim=0, keepdim=True)  # [1, H]
+    return (torch.cat(list(ys)) * weights.to(ys[0].dtype).T).sum(dim=0, keepdim=True)  # [1, H]

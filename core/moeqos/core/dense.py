@@ -1,0 +1,178 @@
+"""The dense part of a plan: the precision of the non-expert weights that decode reads every token.
+
+Two elements carry a precision of their own, chosen by the planner like an expert's:
+- `attn`: the q/k/v/o projections of every decoder layer (one element: its quality effect is measured
+  once per precision, as a whole, so the profile stays two measurements per precision);
+- `head`: the lm head, the largest single matrix a decode step reads.
+Both always live on the executor's device tier (dense weights are resident). Embeddings, norms and
+routers stay in the model's dense precision: an embedding lookup reads one row per token, so quantizing
+it saves memory but no decode time, and the routers stay fp32 (moeqos.core.precision.ROUTER_PRECISION).
+
+An element a plan does not name is in the model's dense precision (the executor's `dense_precision`),
+so a plan without a dense part means what it always meant.
+
+Bytes (the byte contract, moeqos.core.precision.matrix_bytes): an element in a precision holds its
+matrices in that precision. A head tied to the embeddings holds nothing of its own in the dense
+precision (it *is* the embedding matrix); in any other precision it is a separate quantized copy, so
+quantizing a tied head costs memory and saves time. Budgets charge a plan's dense part on the device
+tier by its bytes minus those of the dense precision (`DenseTable.delta_bytes`): with no dense part a
+budget means exactly what it meant before, and a smaller dense part leaves room for experts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
+
+
+class DenseElement(enum.StrEnum):
+    """A group of dense weights that takes one precision in a plan."""
+
+    ATTN = "attn"
+    """The q/k/v/o projections of every decoder layer."""
+    HEAD = "head"
+    """The lm head (output projection to the vocabulary)."""
+
+    @classmethod
+    def parse(cls, text: str) -> DenseElement:
+        """Parse an element name; ValueError naming the known ones."""
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            known = ", ".join(e.value for e in cls)
+            raise ValueError(f"unknown dense element {text!r}; known: {known}") from None
+
+
+DensePrecisions = tuple[tuple[DenseElement, Precision], ...]
+"""A plan's dense part: (element, precision) pairs in element order, each element at most once;
+elements not listed are in the model's dense precision."""
+
+
+def dense_precisions(pairs: Mapping[DenseElement, Precision] | Iterable[tuple[str, str]]) -> DensePrecisions:
+    """The canonical DensePrecisions of `pairs` (names or enums); ValueError on an unknown name or an
+    element given twice."""
+    items = list(pairs.items()) if isinstance(pairs, Mapping) else list(pairs)
+    parsed = [(DenseElement.parse(str(e)), Precision.parse(str(p))) for e, p in items]
+    elements = [e for e, _ in parsed]
+    if len(set(elements)) != len(elements):
+        raise ValueError(f"a dense element is given twice: {[e.value for e in elements]}")
+    order = list(DenseElement)
+    return tuple(sorted(parsed, key=lambda pair: order.index(pair[0])))
+
+
+@dataclass(frozen=True)
+class DenseShapes:
+    """The weight shapes of the dense elements of one model ([out, in] per matrix)."""
+
+    attention: tuple[tuple[int, int], ...]
+    """Every q/k/v/o projection of every layer."""
+    head: tuple[int, int]
+    """The lm head, [vocab, hidden]."""
+    tied_head: bool
+    """The head shares the input embeddings' matrix."""
+
+    @classmethod
+    def mixtral(
+        cls, layers: int, hidden: int, heads: int, kv_heads: int, vocab: int, tied: bool, head_dim: int = 0
+    ) -> DenseShapes:
+        """Shapes of a Mixtral-style model (grouped-query attention; `head_dim` 0: hidden / heads)."""
+        dim = head_dim or hidden // heads
+        per_layer = (
+            (heads * dim, hidden),
+            (kv_heads * dim, hidden),
+            (kv_heads * dim, hidden),
+            (hidden, heads * dim),
+        )
+        return cls(per_layer * layers, (vocab, hidden), tied)
+
+    def element_bytes(
+        self,
+        element: DenseElement,
+        precision: Precision,
+        dense: Precision,
+        group_size: int = DEFAULT_GROUP_SIZE,
+    ) -> int:
+        """Bytes `element` holds in `precision` when the model's dense precision is `dense`."""
+        if element == DenseElement.HEAD:
+            if self.tied_head and precision == dense:
+                return 0
+            return matrix_bytes(*self.head, precision, group_size)
+        return sum(matrix_bytes(rows, cols, precision, group_size) for rows, cols in self.attention)
+
+    def table(self, dense: Precision, group_size: int = DEFAULT_GROUP_SIZE) -> DenseTable:
+        """Bytes of every element in every precision."""
+        return DenseTable(
+            dense,
+            {e: {p: self.element_bytes(e, p, dense, group_size) for p in Precision} for e in DenseElement},
+        )
+
+
+@dataclass(frozen=True)
+class DenseTable:
+    """Bytes of each dense element per precision, and the model's dense precision they default to."""
+
+    dense: Precision
+    bytes: Mapping[DenseElement, Mapping[Precision, int]]
+
+    def precision_of(self, element: DenseElement, plan_dense: DensePrecisions) -> Precision:
+        """The precision `element` is in under a plan's dense part."""
+        return dict(plan_dense).get(element, self.dense)
+
+    def delta_bytes(self, plan_dense: DensePrecisions) -> int:
+        """Bytes the plan's dense part holds beyond (negative: below) the all-default dense part."""
+        return sum(self.bytes[e][p] - self.bytes[e][self.dense] for e, p in plan_dense)
+
+
+@dataclass(frozen=True)
+class DenseCost:
+    """What one dense element costs in one precision (a profile measures these; what-if derives them)."""
+
+    element: DenseElement
+    precision: Precision
+    bytes: int
+    """Bytes the element holds in this precision (`DenseShapes.element_bytes`)."""
+    seconds: float
+    """Decode seconds per token the element's matrices take in this precision."""
+    log_ppl: float
+    """Increase of log-perplexity over the reference with only this element in this precision (0 in
+    the dense precision)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> DenseCost:
+        return cls(
+            DenseElement.parse(str(data["element"])),
+            Precision.parse(str(data["precision"])),
+            int(str(data["bytes"])),
+            float(str(data["seconds"])),
+            float(str(data["log_ppl"])),
+        )
+
+
+@dataclass(frozen=True)
+class DenseStatus:
+    """One dense element as an executor serves it (GetInfo)."""
+
+    element: DenseElement
+    precision: Precision
+    bytes: int
+    """Bytes it holds (0 for a tied head in the dense precision)."""
+
+
+@dataclass(frozen=True)
+class DenseCharge:
+    """What a plan's dense part charges the tier budgets: its bytes beyond (or below) those of the
+    dense precision, on the device tier (see the module docstring)."""
+
+    shapes: DenseShapes
+    dense: Precision
+    """The model's dense precision (what budgets already leave out)."""
+    device: str
+    """The tier dense weights live in."""
+
+    def bytes_per_tier(self, plan_dense: DensePrecisions, group_size: int) -> dict[str, int]:
+        """{device: delta bytes}, or {} when the plan's dense part costs what the default does."""
+        delta = self.shapes.table(self.dense, group_size).delta_bytes(plan_dense)
+        return {self.device: delta} if delta else {}

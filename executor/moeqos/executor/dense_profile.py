@@ -1,0 +1,77 @@
+"""The profile's `dense` stage: what each dense element costs in each precision (moeqos.core.dense).
+
+Per element and precision:
+- `seconds`: one decode token's pass over the element's matrices (every q/k/v/o projection of every
+  layer, or the head) on a one-token input in the dense dtype, timed cold like the expert call costs
+  (moeqos.executor.costs.cold_median_seconds: decode streams these weights from memory every token);
+- `log_ppl`: log(perplexity of the served plan with only this element in this precision / perplexity of
+  the served plan), on the quality tokens; 0 in the dense precision. The served plan's experts stay as
+  they are (no expert is rebuilt), and the planner adds the term to the experts' (additive in log-ppl,
+  as the experts' terms are);
+- `bytes`: the byte contract's (moeqos.core.dense.DenseShapes.element_bytes).
+The modules are built aside (moeqos.executor.dense_part) and dropped after: nothing served changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from moeqos.core.dense import DenseCost, DenseElement
+from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
+from moeqos.executor.costs import cold_median_seconds
+from moeqos.executor.evaluation import evaluate
+from moeqos.executor.loader import TORCH_DTYPES
+from moeqos.executor.measurement import Measurable
+
+Progress = Callable[[str, float], None]
+
+DENSE_PRECISIONS = (Precision.INT8, Precision.INT4)
+"""The lossy precisions a dense element is profiled in (besides the dense precision): the grouped
+int3/int2 share int4's bytes and kernel, so they could only lose to it in quality for no speed."""
+
+
+def dense_costs(
+    runtime: Measurable,
+    precisions: Sequence[Precision],
+    ids: list[int],
+    window: int,
+    repeats: int,
+    progress: Progress,
+) -> tuple[DenseCost, ...]:
+    """DenseCosts of every element in the dense precision and each of `precisions` (see the module
+    docstring), perplexities on `ids` in windows of `window` tokens."""
+    part, served = runtime.dense, runtime.plan
+    dense = part.dense
+    wanted = [dense, *(p for p in precisions if p != dense)]
+    table = part.table(served.group_size)
+    base = evaluate(runtime, ids, served.with_dense(()), window, None, 0).perplexity
+    costs = []
+    steps = len(DenseElement) * len(wanted)
+    for element in DenseElement:
+        for precision in wanted:
+            plan = served.with_dense(() if precision == dense else ((element, precision),))
+            seconds = _element_seconds(runtime, plan, element, repeats)
+            log_ppl = 0.0
+            if precision != dense:
+                log_ppl = math.log(evaluate(runtime, ids, plan, window, None, 0).perplexity / base)
+            costs.append(DenseCost(element, precision, table.bytes[element][precision], seconds, log_ppl))
+            progress("dense", len(costs) / steps)
+    return tuple(costs)
+
+
+def _element_seconds(runtime: Measurable, plan: Plan, element: DenseElement, repeats: int) -> float:
+    """Cold median seconds of one token through every matrix of `element` as `plan` has it."""
+    part, device = runtime.dense, runtime.config.device
+    modules = part.build(plan, [element])  # slot name -> module, built aside
+    dtype = TORCH_DTYPES.get(part.dense, torch.bfloat16)
+    inputs = {name: torch.randn(1, part.shapes_of[name][1], dtype=dtype, device=device) for name in modules}
+
+    def one_token() -> None:
+        for name, module in modules.items():
+            module(inputs[name])  # [1, in] -> [1, out]
+
+    with torch.inference_mode():
+        return cold_median_seconds(one_token, repeats, device)

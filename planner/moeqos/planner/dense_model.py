@@ -1,0 +1,135 @@
+"""What a plan's dense part adds to the predictions, from a profile's DenseCosts (moeqos.core.dense).
+
+Per element and precision p, relative to the dense precision d:
+    seconds/token += seconds[e][p] - seconds[e][d]      (the latency model's dense regressors)
+    log-ppl       += log_ppl[e][p]                      (0 for d; additive like the experts' terms)
+    device bytes  += bytes[e][p] - bytes[e][d]          (the byte contract's delta, as budgets charge it)
+A precision the profile did not measure borrows the measurement of the measured one nearest in bits
+(int3/int2 from int4: same bytes and kernel), its log-ppl scaled by the priors' ratio
+(moeqos.planner.priors) and its prediction labelled an estimate. With no DenseCosts at all the model
+is empty: only the dense precision is offered, and every term is 0 (plans as before dense elements).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from moeqos.core.dense import DenseCost, DenseElement, DensePrecisions
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Profile
+from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE
+
+Table = Mapping[DenseElement, Mapping[Precision, DenseCost]]
+
+
+@dataclass(frozen=True)
+class DenseModel:
+    """The dense elements' measured costs (plain data; `to_dict`/`from_dict`)."""
+
+    dense: Precision = Precision.BF16
+    """The model's dense precision (what an element a plan does not name is in)."""
+    costs: tuple[DenseCost, ...] = ()
+    device: str = "cpu"
+    """The tier dense weights live in (the executor's device)."""
+    _table: dict[DenseElement, dict[Precision, DenseCost]] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        table: dict[DenseElement, dict[Precision, DenseCost]] = {}
+        for cost in self.costs:
+            table.setdefault(cost.element, {})[cost.precision] = cost
+        usable = {e: row for e, row in table.items() if self.dense in row}  # deltas need the default
+        object.__setattr__(self, "_table", usable)
+
+    @classmethod
+    def fit(cls, profile: Profile) -> DenseModel:
+        return cls(profile.dense_precision, profile.dense_costs, profile.hardware.device)
+
+    # ----- what can be chosen -------------------------------------------------------------------
+    @property
+    def elements(self) -> list[DenseElement]:
+        """The elements with measurements (the others stay in the dense precision)."""
+        return [e for e in DenseElement if e in self._table]
+
+    def precisions(self, element: DenseElement) -> list[Precision]:
+        """The measured precisions of `element`, the dense precision first."""
+        row = self._table.get(element, {})
+        return [self.dense, *(p for p in row if p != self.dense)]
+
+    # ----- per element --------------------------------------------------------------------------
+    def seconds(self, element: DenseElement, precision: Precision) -> float:
+        """Seconds per token `element` in `precision` adds over the dense precision."""
+        if element not in self._table:
+            return 0.0
+        row = self._table[element]
+        return self._nearest(element, precision).seconds - row[self.dense].seconds
+
+    def log_ppl(self, element: DenseElement, precision: Precision) -> float:
+        """Log-perplexity increase of `element` in `precision`."""
+        if precision == self.dense:
+            return 0.0
+        if element not in self._table:  # pessimistic: the prior assumes every weight in `precision`
+            return PRIOR_LOG_PPL_INCREASE[precision]
+        nearest = self._nearest(element, precision)
+        if nearest.precision == precision:
+            return nearest.log_ppl
+        prior = PRIOR_LOG_PPL_INCREASE[nearest.precision]
+        return nearest.log_ppl * PRIOR_LOG_PPL_INCREASE[precision] / prior if prior > 0 else nearest.log_ppl
+
+    def bytes(self, element: DenseElement, precision: Precision) -> int:
+        """Bytes `element` in `precision` holds beyond the dense precision's (the budget charge)."""
+        if element not in self._table:
+            return 0
+        return self._nearest(element, precision).bytes - self._table[element][self.dense].bytes
+
+    def _nearest(self, element: DenseElement, precision: Precision) -> DenseCost:
+        row = self._table[element]
+        if precision in row:
+            return row[precision]
+        return min(
+            row.values(),
+            key=lambda c: (abs(c.precision.storage_bits - precision.storage_bits), c.precision.bits),
+        )
+
+    # ----- per plan -----------------------------------------------------------------------------
+    def plan_seconds(self, dense: DensePrecisions) -> float:
+        return sum(self.seconds(e, p) for e, p in dense)
+
+    def plan_log_ppl(self, dense: DensePrecisions) -> float:
+        return sum(self.log_ppl(e, p) for e, p in dense)
+
+    def plan_bytes(self, dense: DensePrecisions) -> dict[str, int]:
+        """{device: bytes beyond the dense precision's}, {} when none."""
+        delta = sum(self.bytes(e, p) for e, p in dense)
+        return {self.device: delta} if delta else {}
+
+    def is_estimate(self, dense: DensePrecisions) -> bool:
+        """True when a named precision was not measured for its element."""
+        return any(p != self.dense and p not in self._table.get(e, {}) for e, p in dense)
+
+    # ----- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dense": self.dense.value,
+            "device": self.device,
+            "costs": [
+                {
+                    "element": c.element.value,
+                    "precision": c.precision.value,
+                    "bytes": c.bytes,
+                    "seconds": c.seconds,
+                    "log_ppl": c.log_ppl,
+                }
+                for c in self.costs
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> DenseModel:
+        if not data:
+            return cls()
+        costs = tuple(DenseCost.from_dict(c) for c in data.get("costs", []))
+        return cls(Precision(data["dense"]), costs, str(data.get("device", "cpu")))
