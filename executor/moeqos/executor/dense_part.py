@@ -27,8 +27,18 @@ from moeqos.executor.checkpoint import Checkpoint, CheckpointError
 from moeqos.executor.quant.linear import QuantLinear, quantize_linear
 from torch import Tensor, nn
 
-ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-"""The attention projections of a decoder layer's `self_attn` (Mixtral and Llama-style names)."""
+
+def attention_projections(model: nn.Module, layer: int) -> list[str]:
+    """Paths of a decoder layer's attention projections: every `nn.Linear` child of its `self_attn`
+    (q/k/v/o in Mixtral, Qwen, OLMoE and Granite; DeepSeek-V3's latent q_a/q_b/kv_a/kv_b/o). Norms
+    inside the attention (Qwen3's q_norm, OLMoE's q_norm/k_norm) are not projections and stay as they are."""
+    attention = f"model.layers.{layer}.self_attn"
+    return [
+        f"{attention}.{name}"
+        for name, child in model.get_submodule(attention).named_children()
+        if isinstance(child, nn.Linear)
+    ]
+
 
 Built = dict[str, nn.Module]
 """Slot name -> the module it should compute with."""
@@ -71,8 +81,7 @@ class DensePart:
         self._tied_head: nn.Module | None = model.get_output_embeddings() if self.tied else None
         """A tied head's original module: it holds the embedding matrix, so keeping it costs nothing."""
         for layer in range(len(model.get_submodule("model.layers"))):
-            for name in ATTENTION_PROJECTIONS:
-                path = f"model.layers.{layer}.self_attn.{name}"
+            for path in attention_projections(model, layer):
                 self._wrap(model, path, model.get_submodule(path), DenseElement.ATTN, keys)
         self._wrap(model, "lm_head", model.get_output_embeddings(), DenseElement.HEAD, keys)
         self.served: dict[DenseElement, tuple[Precision, int]] = {e: (dense, 0) for e in DenseElement}
