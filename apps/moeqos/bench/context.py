@@ -29,14 +29,14 @@ FITTING_PRECISIONS = (
     Precision.INT8,
     Precision.INT4_G32,
     Precision.INT4,
-    Precision.INT4_G128,
     Precision.INT3,
     Precision.INT2,
 )
 """Uniform fitting plans; the mixed fitting plans are built from these (see `fitting_plans`). The
 frontier is restricted to them too: the quality model is fitted for these precisions only (fp32 and fp16
-cost more than the bf16 reference and gain nothing on it). int4 with groups of 32, 64 and 128, and the
-bit-packed int3 and int2, so the frontier shows the group-size and sub-4-bit choices (issues 20, 18)."""
+cost more than the bf16 reference and gain nothing on it). int4 with groups of 32 and 64, and the
+bit-packed int3 and int2, so the frontier shows the group-size and sub-4-bit choices (issues 20, 18);
+not int4g128, whose groups do not divide the default model's hidden 576 (a dequantize fallback)."""
 DISK_READS = "uncached"
 """How the executor reads disk-tier experts (ExecutorConfig.disk_reads): the `tiers` and `offload`
 sections model RAM that cannot hold every expert, so a miss must not be served from the page cache."""
