@@ -154,14 +154,16 @@ def test_whatif_frontier(planner_address):
 def test_deploy_with_one_bad_target_changes_no_executor(planner_address, executor_address):
     good = DeploySpec(executor_address, QosTarget(objective=Objective.SPEED))
     unreachable = DeploySpec("127.0.0.1:1", QosTarget(min_tokens_per_s=0.001))
-    same_executor = executor_address.replace("127.0.0.1", "localhost")
-    impossible = DeploySpec(same_executor, QosTarget(min_tokens_per_s=1e12))
+    impossible = DeploySpec(executor_address, QosTarget(min_tokens_per_s=1e12))
+    same_executor = DeploySpec(executor_address.replace("127.0.0.1", "localhost"), impossible.target)
     with ExecutorClient(executor_address) as executor, PlannerClient(planner_address) as planner:
         before = executor.info()
         with pytest.raises(Unavailable):
             planner.deploy([good, unreachable])
         with pytest.raises(InfeasibleTarget):
-            planner.deploy([good, impossible])
+            planner.deploy([impossible])
+        with pytest.raises(InvalidArgument, match="name the same executor"):  # one executor, two spellings
+            planner.deploy([good, same_executor])
         after = executor.info()
     assert (after.plan, after.plan_applied_at, after.standing_target) == (
         before.plan,
