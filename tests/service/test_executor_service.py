@@ -12,6 +12,7 @@ from moeqos.core.errors import InvalidArgument, MoeqosError, OutOfRange, OverBud
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.qos import Objective, QosTarget
+from moeqos.planner.dense_model import DenseModel
 from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
 from tests.service.service_harness import address
@@ -66,7 +67,11 @@ def test_budget_change_replans_under_a_running_stream(stack, planner_address):
         rest = list(stream)
     assert first.token_id is not None and outcome.replan_started
     assert after.plan_applied_at > before.plan_applied_at
-    assert sum(after.plan.bytes_per_tier(_bytes(after)).values()) <= grouped + 1000
+    # the tier's use: the experts plus the dense part's bytes beyond the dense precision's (it may shrink)
+    profile = ExecutorClient(executor_address).get_profile()
+    dense_delta = DenseModel.fit(profile).plan_bytes(after.plan.dense).get("cpu", 0)
+    experts = sum(after.plan.bytes_per_tier(_bytes(after)).values())
+    assert {t.name: t.used_bytes for t in after.tiers}["cpu"] == experts + dense_delta <= grouped + 1000
     # the stream completes normally: every token delivered (the new plan may end it with EOS)
     assert rest[-1].stats is not None and rest[-1].stats.generated_tokens == len(rest)
     assert rest[-1].stats.finish_reason in ("length", "eos")
