@@ -174,3 +174,13 @@ def test_whatif_profiles_carry_the_dense_elements_with_real_byte_sizes():
     assert costs[E.HEAD, P.INT4].seconds < costs[E.HEAD, P.BF16].seconds
     fastest = solve(PlanRequest(profile, QosTarget(objective=Objective.SPEED)))
     assert dict(fastest.plan.dense) == {E.ATTN: P.INT4, E.HEAD: P.INT4}
+
+
+def test_dense_timings_beyond_the_fixed_time_are_scaled_into_it():
+    profile = _profile()
+    noisy = replace(profile, fixed_seconds=1e-4)  # the cold timings of the dense part alone exceed it
+    latency = LatencyModel.fit(noisy)
+    plan = solve(PlanRequest(noisy, QosTarget(objective=Objective.SPEED))).plan
+    assert plan.dense and latency.predict_seconds(plan) > 0
+    with pytest.raises(Exception, match="closest"):
+        solve(PlanRequest(noisy, QosTarget(min_tokens_per_s=1e12)))

@@ -13,7 +13,7 @@ is empty: only the dense precision is offered, and every term is 0 (plans as bef
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moeqos.core.dense import DenseCost, DenseElement, DensePrecisions
@@ -46,7 +46,13 @@ class DenseModel:
 
     @classmethod
     def fit(cls, profile: Profile) -> DenseModel:
-        return cls(profile.dense_precision, profile.dense_costs, profile.hardware.device)
+        """The profile's DenseCosts, their seconds scaled to fit inside the fixed time when they exceed
+        it: the dense part in the dense precision is part of the fixed time, and a cold timing of its
+        matrices alone can exceed it (noise on a busy machine), which would predict negative seconds."""
+        defaults = sum(c.seconds for c in profile.dense_costs if c.precision == profile.dense_precision)
+        scale = min(1.0, profile.fixed_seconds / defaults) if defaults > 0 else 1.0
+        costs = tuple(replace(c, seconds=c.seconds * scale) for c in profile.dense_costs)
+        return cls(profile.dense_precision, costs, profile.hardware.device)
 
     # ----- what can be chosen -------------------------------------------------------------------
     @property
