@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from moeqos.core.dense import DenseCost, DenseElement, DenseShapes
+from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.tier import TierBudget
@@ -184,3 +185,12 @@ def test_dense_timings_beyond_the_fixed_time_are_scaled_into_it():
     assert plan.dense and latency.predict_seconds(plan) > 0
     with pytest.raises(Exception, match="closest"):
         solve(PlanRequest(noisy, QosTarget(min_tokens_per_s=1e12)))
+
+
+def test_a_tier_holding_no_experts_is_charged_nothing_for_a_smaller_dense_part():
+    profile = _profile()
+    latency, quality = LatencyModel.fit(profile), QualityModel.fit(profile)
+    on_cpu = Plan.uniform(2, 3, P.INT4, "cpu").with_dense(((E.HEAD, P.INT4),))  # the head shrinks on DEVICE
+    assert latency.dense.plan_bytes(on_cpu.dense)[DEVICE] < 0  # a credit: it frees room for experts
+    used = evaluate(on_cpu, latency, quality).bytes_per_tier
+    assert used[DEVICE] == 0 and used["cpu"] == 6 * profile.model.expert_bytes(P.INT4)

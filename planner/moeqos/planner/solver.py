@@ -210,10 +210,12 @@ def evaluate(
     plan: Plan, latency: LatencyModel, quality: QualityModel, budgets: tuple[TierBudget, ...] = ()
 ) -> PlanResult:
     """Predictions for a given plan (solve_seconds 0); the device tier's bytes include what the plan's
-    dense part holds beyond the dense precision's (moeqos.core.dense)."""
+    dense part holds beyond the dense precision's (moeqos.core.dense). That delta is negative when the
+    dense part shrinks, which frees room for experts, but a tier's use never reads below zero (a tier
+    holding no experts is charged nothing, not a credit)."""
     used = plan.bytes_per_tier(latency.expert_bytes)
     for tier, delta in latency.dense.plan_bytes(plan.dense).items():
-        used[tier] = used.get(tier, 0) + delta
+        used[tier] = max(0, used.get(tier, 0) + delta)
     return PlanResult(
         plan,
         latency.predict_tokens_per_s(plan),
