@@ -6,12 +6,13 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE
-from moeqos.planner.quality_model import KAPPAS, QualityModel
+from moeqos.planner.quality_model import KAPPAS, MAX_LOG_INCREASE, QualityModel, _leave_one_out
 
 from tests.planner.planner_fixtures import (
     REFERENCE_PPL,
@@ -118,3 +119,18 @@ def test_term_cap_inverts_the_link() -> None:
     for cap in (0.0, 0.01, 0.3, 2.0):
         assert model.log_increase_of_terms(model.term_cap(cap)) == pytest.approx(cap)
     assert model.term_cap(0.3) < 0.3  # compounding: less room for damage than the additive model gives
+
+
+def test_a_catastrophic_plan_saturates_instead_of_overflowing() -> None:
+    """A random tiny model's int2 plans break it completely: with a strong compounding fit, exp() of the
+    predicted or measured log increase would overflow (the bench's frontier section raised OverflowError);
+    both saturate at MAX_LOG_INCREASE instead."""
+    model = dataclasses.replace(QualityModel.fit(compounded_profile(KAPPAS[12])), compounding=KAPPAS[-1])
+    int2 = Plan.uniform(3, 4, Precision.INT2, "cuda:0")
+    assert model.predict_log_increase(int2) > MAX_LOG_INCREASE
+    assert model.predict_perplexity(int2) == pytest.approx(REFERENCE_PPL * math.exp(MAX_LOG_INCREASE))
+    rows = np.zeros((3, len(Precision)))  # [N, P]: each plan's summed terms per precision
+    rows[:, list(Precision).index(Precision.INT2)] = (1.0, 2.0, 3.0)
+    targets = np.array([400.0, 800.0, 1200.0])  # log increases past exp()'s range
+    error = _leave_one_out(rows, targets, model.sensitivity)
+    assert error is not None and math.isfinite(error)

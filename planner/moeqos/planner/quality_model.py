@@ -48,6 +48,9 @@ ESTIMATE_THRESHOLD = 0.25
 MIN_INCREASE = 0.01
 """Floor of a plan's perplexity increase (and log ratio) in the fit weights and the holdout error, so
 near-lossless plans (int8: +0.1%) do not turn a 0.1-point miss into a 100% error."""
+MAX_LOG_INCREASE = 50.0
+"""Predicted log-perplexity increases saturate here (perplexity x 5e21): a model broken that badly is
+broken however much worse, and exp() of the compounding curve's square would overflow a float."""
 KAPPAS = (0.0, *(0.05 * 1.25**i for i in range(48)))
 """Compounding strengths tried by the fit (0: additive log-perplexity; the largest, about 1,800, makes a
 D of 0.01 cost 0.19): the fit on the default model picks about 20-60 (its D is small)."""
@@ -147,7 +150,7 @@ class QualityModel:
         return _inverse_link(log_increase, self.compounding)
 
     def predict_perplexity(self, plan: Plan) -> float:
-        return self.reference_perplexity * math.exp(self.predict_log_increase(plan))
+        return self.reference_perplexity * math.exp(min(self.predict_log_increase(plan), MAX_LOG_INCREASE))
 
     @property
     def trusted(self) -> bool:
@@ -322,6 +325,7 @@ def _leave_one_out(rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, 
         keep = np.arange(rows.shape[0]) != i
         coefficients, _, _, kappa = _coefficients(rows[keep], targets[keep], sens)
         vector = np.array([coefficients[p] for p in Precision])  # [P]
-        predicted, measured = math.expm1(_link(rows[i] @ vector, kappa)), math.expm1(targets[i])
+        predicted = math.expm1(min(_link(rows[i] @ vector, kappa), MAX_LOG_INCREASE))
+        measured = math.expm1(min(targets[i], MAX_LOG_INCREASE))
         errors.append(abs(predicted - measured) / max(measured, MIN_INCREASE))
     return float(np.mean(errors))
