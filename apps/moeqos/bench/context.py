@@ -253,6 +253,16 @@ class BenchContext:
         return LatencyModel.fit(self.profile), QualityModel.fit(self.profile)
 
     @cached_property
+    def experts_only(self) -> tuple[Any, Any, Any]:
+        """(profile, LatencyModel, QualityModel) with the dense part held in the dense precision: for
+        sections about where experts go, whose budgets a smaller dense part would otherwise loosen."""
+        from moeqos.planner.latency_model import LatencyModel
+        from moeqos.planner.quality_model import QualityModel
+
+        profile = dataclasses.replace(self.profile, dense_costs=())
+        return profile, LatencyModel.fit(profile), QualityModel.fit(profile)
+
+    @cached_property
     def budgets(self) -> tuple[Any, ...]:
         """The device tier sized for every expert in bf16 (the quality reference), no disk."""
         from moeqos.core.tier import TierBudget
@@ -260,13 +270,18 @@ class BenchContext:
         layers, experts = self.shape
         return (TierBudget(DEVICE, layers * experts * self.profile.expert_bytes()[Precision.BF16]),)
 
-    def frontier_under(self, budgets: tuple[Any, ...], precisions: Any) -> list[Any]:
-        """The planner's frontier within `budgets` over `precisions` (PlanResults, slowest first)."""
+    def frontier_under(
+        self, budgets: tuple[Any, ...], precisions: Any, experts_only: bool = False
+    ) -> list[Any]:
+        """The planner's frontier within `budgets` over `precisions` (PlanResults, slowest first);
+        `experts_only`: with the dense part held in the dense precision (see `experts_only`)."""
         from moeqos.planner.frontier import frontier
 
-        latency, quality = self.models
+        profile, (latency, quality) = self.profile, self.models
+        if experts_only:
+            profile, latency, quality = self.experts_only
         points = frontier(
-            self.profile,
+            profile,
             budgets,
             self.settings.frontier_points,
             latency=latency,

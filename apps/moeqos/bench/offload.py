@@ -118,12 +118,14 @@ def run(ctx: Any) -> SectionResult:
     from moeqos.core.qos import Objective, QosTarget
     from moeqos.planner.solver import PlanRequest, solve
 
-    latency, quality = ctx.models
+    # experts only: on a small model a quantized dense part frees enough RAM to hold every expert, and
+    # this section is about the experts that do not fit
+    profile, latency, quality = ctx.experts_only
     budget = ram_budget(ctx)
     budgets = (budget, *(b for b in ctx.profile.tiers if b.name == DISK))  # the executor's own disk
     full = solve(
         PlanRequest(
-            ctx.profile,
+            profile,
             QosTarget(objective=Objective.SPEED),
             budgets,
             allowed_precisions=frozenset({Precision.BF16}),
@@ -131,7 +133,7 @@ def run(ctx: Any) -> SectionResult:
         latency,
         quality,
     )
-    points = ctx.frontier_under(budgets, FITTING_PRECISIONS)
+    points = ctx.frontier_under(budgets, FITTING_PRECISIONS, experts_only=True)
     chosen = [
         points[i]
         for i in spread_indices([r.predicted_tokens_per_s for r in points], ctx.settings.measured_plans)
