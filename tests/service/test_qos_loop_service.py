@@ -43,9 +43,17 @@ class SlowExperts:
         self.inner, self.runtime, self.seconds_per_byte = inner, runtime, seconds_per_byte
 
     def run(self, layer, expert, x):
-        precision = self.runtime.plan[layer, expert].precision
-        time.sleep(self.seconds_per_byte * self.runtime.model.expert_bytes(precision))
+        self._slow_down(layer, [expert])
         return self.inner.run(layer, expert, x)
+
+    def run_token(self, layer, experts, x, weights):
+        self._slow_down(layer, experts)
+        return self.inner.run_token(layer, experts, x, weights)
+
+    def _slow_down(self, layer, experts):
+        plan = self.runtime.plan
+        nbytes = sum(self.runtime.model.expert_bytes(plan[layer, e].precision) for e in experts)
+        time.sleep(self.seconds_per_byte * nbytes)
 
 
 def expert_bytes(runtime: ExecutorRuntime, plan: Plan) -> int:
