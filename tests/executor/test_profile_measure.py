@@ -3,12 +3,14 @@ lifetime, and the fixed cost plus call costs predicting real decode speed."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
+from moeqos.core.profile import PROFILE_VERSION
 from moeqos.executor import profiling
 from moeqos.executor.profiling import quant_errors
 
@@ -145,6 +147,9 @@ def test_a_saved_profile_is_reused_only_with_the_same_disk_tier(make_runtime, tm
     runtime.close()
     assert load_saved(path, make_runtime(disk_reads="cached", disk_pool_slots=2)) is None
     assert load_saved(path, make_runtime(disk_reads="uncached", disk_pool_slots=3)) is None
+    older = json.loads(path.read_text()) | {"version": PROFILE_VERSION - 1}  # measured by an older build
+    path.write_text(json.dumps(older))
+    assert load_saved(path, make_runtime(disk_reads="uncached", disk_pool_slots=2)) is None  # measured again
 
 
 def test_call_costs_are_scaled_together_to_the_served_plan(make_runtime) -> None:

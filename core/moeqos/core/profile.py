@@ -18,8 +18,11 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 3
-"""3: `layer_kl` (the output-KL sensitivity of each layer per precision) and designed mixed quality
+PROFILE_VERSION = 4
+"""4: int3 and int2 are bit-packed (their call costs and bytes changed: a version-3 profile priced them as
+fast as int4, so a planner reading one chose int3 for speed and measured a quarter of its prediction),
+group-size precisions, the dense elements' costs; a version-3 profile is measured again.
+3: `layer_kl` (the output-KL sensitivity of each layer per precision) and designed mixed quality
 plans, without which the quality model could not tell which experts matter; a version-2 profile is
 measured again.
 2: load costs are what a miss adds to a decode step (moeqos.executor.disk_calibration), not a load timed
