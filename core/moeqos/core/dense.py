@@ -117,10 +117,6 @@ class DenseTable:
     dense: Precision
     bytes: Mapping[DenseElement, Mapping[Precision, int]]
 
-    def precision_of(self, element: DenseElement, plan_dense: DensePrecisions) -> Precision:
-        """The precision `element` is in under a plan's dense part."""
-        return dict(plan_dense).get(element, self.dense)
-
     def delta_bytes(self, plan_dense: DensePrecisions) -> int:
         """Bytes the plan's dense part holds beyond (negative: below) the all-default dense part."""
         return sum(self.bytes[e][p] - self.bytes[e][self.dense] for e, p in plan_dense)

@@ -18,12 +18,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from moeqos.core.dense import DenseElement, DenseShapes, DenseStatus, DenseTable
 from moeqos.core.errors import PlanApplyFailed
 from moeqos.core.plan import Plan
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision
 from moeqos.executor.checkpoint import Checkpoint, CheckpointError
+from moeqos.executor.loader import TORCH_DTYPES
 from moeqos.executor.quant.linear import QuantLinear, quantize_linear
 from torch import Tensor, nn
 
@@ -171,11 +171,8 @@ class DensePart:
             return self._tied_head  # the embedding matrix itself
         weight = self.checkpoint.read(self.sources[name], self.shapes_of[name])  # [out, in]
         if precision.is_float:
-            weight = weight.to(_FLOAT_DTYPES[precision])
+            weight = weight.to(TORCH_DTYPES[precision])
         return quantize_linear(weight, precision, group_size or DEFAULT_GROUP_SIZE, self.device)
-
-
-_FLOAT_DTYPES = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
 
 def _checkpoint_keys(model: nn.Module, checkpoint: Checkpoint) -> dict[int, str]:

@@ -42,15 +42,12 @@ def decode_loop(
     decode: Callable[[list[int]], str] | None,
     cancel: threading.Event | None = None,
     plan_spec: Callable[[], str] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
 ) -> Iterator[GenerationEvent]:
     """Generate up to params.max_tokens tokens, yielding one event per token and a final one.
 
     `plan_spec()` names the plan in force, read when the request finishes (a switch may land mid-request)
-    for the final event's statistics; without it they name none. `on_step(index, seconds)` hears, for
-    each token, the wall seconds since the previous one: its step (forward pass, sampling, the wait for
-    the model lock) and the time the consumer held the previous token (the hand-off to the client), so
-    that the intervals add up to the rate the client sees (index 0: since the start, prefill included).
+    for the final event's statistics; without it they name none. (Served generations decode in
+    moeqos.executor.batch_scheduler; this loop times decoding for measurements.)
     """
     generator = params.generator()
     stream = TextStream(decode, params.stop)
@@ -63,8 +60,6 @@ def decode_loop(
             break
         token = choose_token(step(pending), params, generator)
         stamps.append(time.perf_counter())
-        if on_step is not None:
-            on_step(len(stamps) - 1, stamps[-1] - (stamps[-2] if len(stamps) > 1 else start))
         text, stopped = stream.push(token)
         yield GenerationEvent(text=text, token_id=token)
         pending = [token]

@@ -1,7 +1,7 @@
 """Live measurement of decode steps: what the executor actually does, step by step, while it serves.
 
 The decode loop calls a stream's sink once per generated token with the seconds since the stream's
-previous token (moeqos.executor.generation.decode_loop); the sink stamps it with the clock, the
+previous token (moeqos.executor.batch_stream.Stream); the sink stamps it with the clock, the
 stream and the plan in force, and keeps it for `horizon` seconds.
 Readers ask for the steps of the last few seconds (recalibration) or for rolling rates (the QoS
 loop, GetInfo). The first step of a stream (prefill plus one token) is kept apart from the decode
@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from moeqos.core.plan import Plan
@@ -112,7 +112,12 @@ class LiveStats:
         )
 
 
+def window_span(steps: Sequence[StepRecord]) -> float:
+    """Wall seconds from the start of the first of `steps` (in time order) to the end of the last."""
+    return steps[-1].end - (steps[0].end - steps[0].seconds)
+
+
 def _stream_rate(steps: list[StepRecord]) -> float:
     """tokens / (end of the last step - start of the first): the rate a client of this stream saw."""
-    span = steps[-1].end - (steps[0].end - steps[0].seconds)
+    span = window_span(steps)
     return len(steps) / max(span, 1e-9)

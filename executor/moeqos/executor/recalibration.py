@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from moeqos.core.plan import Plan
 from moeqos.core.profile import CallCost, Profile
 from moeqos.core.service_types import LiveCalibration
-from moeqos.executor.live_stats import StepRecord
+from moeqos.executor.live_stats import StepRecord, window_span
 
 SCALE_BOUNDS = (0.05, 20.0)
 """Scales are clamped here: a window of garbage must not price a plan at zero or forever."""
@@ -100,7 +100,7 @@ def fit(profile: Profile, steps: Sequence[StepRecord], prior_steps: float = 4.0)
     r2 = sum(c * t for _, c, t in rows) + pc * common
     det = a11 * a22 - a12 * a12
     if det <= 0:
-        return LiveCalibration(common, common, len(steps), _span(steps))
+        return LiveCalibration(common, common, len(steps), window_span(steps))
     fixed_scale = (r1 * a22 - r2 * a12) / det
     call_scale = (a11 * r2 - a12 * r1) / det
     # Clamp the scale furthest out of bounds and re-fit the other with it held (clamping both
@@ -112,11 +112,7 @@ def fit(profile: Profile, steps: Sequence[StepRecord], prior_steps: float = 4.0)
     elif call_excess > 0:
         call_scale = _clamp(call_scale)
         fixed_scale = _clamp((r1 - a12 * call_scale) / a11)
-    return LiveCalibration(fixed_scale, call_scale, len(steps), _span(steps))
-
-
-def _span(steps: Sequence[StepRecord]) -> float:
-    return steps[-1].end - (steps[0].end - steps[0].seconds)
+    return LiveCalibration(fixed_scale, call_scale, len(steps), window_span(steps))
 
 
 def _excess(scale: float) -> float:
