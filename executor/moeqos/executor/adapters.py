@@ -70,7 +70,7 @@ class ModelAdapter:
     """Where the routed experts lie in the checkpoint (decoder layer index in the keys)."""
     router_key: str
     """Checkpoint key of a layer's router weight [E, H]; field: layer (decoder index)."""
-    make_router: Callable[[Any, Checkpoint, int], Router]
+    make_router: Callable[[Any, MoeSpec, Checkpoint, int], Router]
     """(config, checkpoint, decoder layer) -> the layer's routed-expert router, fp32."""
     shared: SharedMlp | None = None
     """The shared expert's tensors, for families that have one."""
@@ -91,7 +91,7 @@ class ModelAdapter:
     def router(self, config: Any, checkpoint: Checkpoint, layer: int) -> Router:
         """The fp32 router of decoder layer `layer`, shared-expert slices appended when there are any."""
         spec = self.spec(config)
-        routed = self.make_router(config, checkpoint, layer)
+        routed = self.make_router(config, spec, checkpoint, layer)
         if not spec.num_shared:
             return routed
         gate = None
@@ -141,18 +141,14 @@ def _sparse_layers(config: Any) -> tuple[int, ...]:
     )
 
 
-def _softmax(renormalise: Callable[[Any], bool], router_key: str) -> Callable[[Any, Checkpoint, int], Router]:
-    def make(config: Any, checkpoint: Checkpoint, layer: int) -> Router:
-        spec = config_spec(config)
+def _softmax(
+    renormalise: Callable[[Any], bool], router_key: str
+) -> Callable[[Any, MoeSpec, Checkpoint, int], Router]:
+    def make(config: Any, spec: MoeSpec, checkpoint: Checkpoint, layer: int) -> Router:
         weight = checkpoint.read(router_key.format(layer=layer), (spec.num_routed, spec.hidden))
         return SoftmaxTopK(weight, spec.top_k, renormalise(config))
 
     return make
-
-
-def config_spec(config: Any) -> MoeSpec:
-    """The MoeSpec of a config of any supported family."""
-    return adapter_for(str(config.model_type)).spec(config)
 
 
 def _mixtral_spec(config: Any) -> MoeSpec:
@@ -215,9 +211,8 @@ def _deepseek_v3_spec(config: Any) -> MoeSpec:
     )
 
 
-def _deepseek_v3_router(config: Any, checkpoint: Checkpoint, layer: int) -> Router:
-    spec = _deepseek_v3_spec(config)
-    weight = checkpoint.read(f"model.layers.{layer}.mlp.gate.weight", (spec.num_routed, spec.hidden))
+def _deepseek_v3_router(config: Any, spec: MoeSpec, checkpoint: Checkpoint, layer: int) -> Router:
+    weight = checkpoint.read(_MLP_GATE.format(layer=layer), (spec.num_routed, spec.hidden))
     bias = checkpoint.read(f"model.layers.{layer}.mlp.gate.e_score_correction_bias", (spec.num_routed,))
     return GroupedSigmoidTopK(
         weight,
