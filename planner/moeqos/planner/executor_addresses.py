@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from moeqos.core.addresses import check_address, same_executor_key
 from moeqos.core.errors import InvalidArgument, Unauthenticated
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "[::]", "::"})
-
 
 class ExecutorAddresses:
     """The policy above; `own_port` and `own_host` are set once the planner has bound its port."""
@@ -31,14 +29,20 @@ class ExecutorAddresses:
 
     def check(self, address: str, authenticated: bool) -> str:
         """`address` if the caller may have the planner dial it, else InvalidArgument/Unauthenticated."""
-        host, port = _split(address)
+        _, port = _split(address)
         if self.token_required and not authenticated:
             raise Unauthenticated("naming an executor address needs this planner's token")
         if self.allowed and _normal(address) not in self.allowed:
             raise InvalidArgument(f"executor address {address!r} is not on this planner's allow-list")
-        if port == self.own_port and host.lower() in LOOPBACK_HOSTS | {self.own_host, socket.gethostname()}:
+        if port == self.own_port and same_executor_key(address) in self._own_keys():
             raise InvalidArgument(f"{address!r} is this planner's own address, not an executor")
         return address
+
+    def _own_keys(self) -> set[str]:
+        """The executor keys of this planner's own address, every loopback spelling folded into one
+        (moeqos.core.addresses.same_executor_key), as `refuse_repeats` folds them."""
+        hosts = ("localhost", self.own_host, socket.gethostname())
+        return {same_executor_key(f"{host}:{self.own_port}") for host in hosts if host}
 
 
 def refuse_repeats(addresses: Sequence[str]) -> None:
