@@ -26,7 +26,7 @@ def run(ctx: Any) -> SectionResult:
         plan = ctx.uniform(precision)
         ctx.log(f"profiling decode steps of {plan.describe()}")
         ctx.apply(plan)
-        found = decode_breakdown(ctx.runtime, ctx.runtime.lm, ctx.prompt_ids, steps)
+        found = decode_breakdown(ctx.runtime, ctx.runtime.lm, ctx.prompt_ids, steps, ctx.runtime.decoder)
         name = f"all-{precision.value}"
         rows.append([name, found.step_seconds * 1e3, *(found.parts[p] * 1e3 for p in PARTS)])
         ops = ", ".join(f"{op} {sec * 1e3:.2f} ms x{calls:g}" for op, sec, calls in found.top_ops[:5])

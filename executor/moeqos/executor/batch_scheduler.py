@@ -33,6 +33,7 @@ from moeqos.core.service_types import GenerationEvent
 from moeqos.executor.batch_cache import BatchCache
 from moeqos.executor.batch_stream import Phase, Stream
 from moeqos.executor.config import BatchLimits
+from moeqos.executor.kv_cache import KvCache
 from moeqos.executor.sampling import SamplingParams
 
 __all__ = ["BatchModel", "BatchScheduler"]
@@ -191,13 +192,11 @@ class BatchScheduler:
 
     def _prefill_chunk(self) -> None:
         """One chunk of the oldest admitted stream's prompt; its first token and its row once read."""
-        from transformers import DynamicCache
-
         if not self._admitted:
             return
         stream = self._admitted[0]
         if stream.cache is None:
-            stream.cache = DynamicCache()  # full (non-sliding) layers, as BatchCache rows are
+            stream.cache = KvCache()
         chunk = stream.prompt_ids[stream.read : stream.read + self.limits.prefill_chunk]
         logits = self._model.forward_logits(torch.tensor([chunk]), stream.cache, keep=1)  # [1, 1, V]
         stream.read += len(chunk)
@@ -217,7 +216,7 @@ class BatchScheduler:
         if not self._batch:
             return
         tokens = torch.tensor([[s.last_token] for s in self._batch])  # [B, 1]
-        mask, positions = self._cache.step_inputs(self._device)  # [B, W + 1], [B, 1]
+        mask, positions = self._cache.step_inputs(self._device)  # [B, W + 1] or None, [B, 1]
         logits = self._model.forward_logits(
             tokens, self._cache.cache, keep=1, attention_mask=mask, position_ids=positions
         )  # [B, 1, V]

@@ -62,14 +62,32 @@ class MoeBlock(nn.Module):
             return torch.zeros_like(hidden_states)
         if flat.shape[0] == 1:
             return self._one_token(flat, index, weights).reshape(shape)
-        out = torch.zeros_like(flat)  # [T, H]
-        for expert in torch.unique(index).tolist():
-            token, slot = torch.where(index == expert)  # [N], [N]
-            y = self.runner.run(self.layer, expert, flat[token])  # [N, H]
-            # Tokens are distinct within one expert (top-k picks distinct experts), so an indexed add
-            # is exact; it avoids index_add_'s parallel kernel, which dominates CPU decode steps.
-            out[token] += (y * weights[token, slot, None]).to(out.dtype)
-        return out.reshape(shape)
+        return self._tokens(flat, index, weights).reshape(shape)
+
+    def _tokens(self, flat: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """T > 1 (prefill, a batch's decode step): each expert once on all its tokens, with one host
+        read per layer (the per-expert counts) instead of a `unique` and a `where` per expert.
+
+        The T*K (token, slot) pairs are sorted by expert, so expert e's tokens are one contiguous run
+        of the gathered rows; outputs go back to their pair's place and each token's K are summed in
+        slot order, as the one-token path mixes them (`moeqos.executor.quant.fused.mix`), so a batch's
+        row equals its stream's lone step up to the kernels' own row-count dependence.
+        """
+        tokens, k = index.shape  # T, K
+        pairs = index.reshape(-1)  # [T*K], pair p = token p // K, slot p % K
+        order = torch.argsort(pairs, stable=True)  # [T*K] pairs grouped by expert
+        counts = torch.bincount(pairs).tolist()  # [max id + 1]: the one host read
+        rows = flat[order // k]  # [T*K, H] gathered in expert order
+        ys, start = [], 0
+        for expert, n in enumerate(counts):
+            if n:
+                ys.append(self.runner.run(self.layer, expert, rows[start : start + n]))  # [N, H]
+            start += n
+        y = torch.cat(ys)  # [T*K, H] in expert order
+        scale = weights.reshape(-1)[order].to(y.dtype)  # [T*K]
+        out = torch.empty_like(y)  # [T*K, H] in pair order
+        out[order] = y * scale[:, None]
+        return out.view(tokens, k, -1).sum(dim=1).to(flat.dtype)  # [T, H]
 
     def _one_token(self, flat: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The decode case, T = 1: the token's K expert ids read once (K ints, no unique or where) and

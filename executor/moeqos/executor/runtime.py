@@ -36,9 +36,11 @@ from moeqos.executor.checkpoint import Checkpoint
 from moeqos.executor.config import ExecutorConfig
 from moeqos.executor.dense_part import DensePart
 from moeqos.executor.evaluation import evaluate
+from moeqos.executor.fast_decode import FastDecoder, unsupported_reason
 from moeqos.executor.generation import SamplingParams, Step
 from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.identity import hardware_identity, model_identity
+from moeqos.executor.kv_cache import KvCache
 from moeqos.executor.loader import build_model, load_config, moe_blocks
 from moeqos.executor.moe import MoeBlock
 from moeqos.executor.plan_view import private_view
@@ -91,6 +93,12 @@ class ExecutorRuntime:
         )
         self.dense = DensePart(self.lm, checkpoint, config.device, config.dense_precision)
         """The attention projections and lm head in the plan's dense precisions."""
+        self.fast_decode_off = unsupported_reason(self.adapter.model_type, hf_config)
+        """Why decode steps run on transformers' path (None: they run on `decoder`)."""
+        self.decoder = (
+            None if self.fast_decode_off else FastDecoder(self.lm, hf_config, self.adapter.moe_module)
+        )
+        """The own decode step for [B, 1] tokens on a KvCache (moeqos.executor.fast_decode)."""
         self.dense_charge = DenseCharge(self.dense.shapes(), config.dense_precision, config.device)
         self.model = model_identity(checkpoint, hf_config, self.spec, self.lm, config.dense_precision)
         """The served model's identity (name, fingerprint, shape)."""
@@ -259,20 +267,44 @@ class ExecutorRuntime:
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B, S', V] for token ids [B, S] (S' = keep if keep else S), one locked forward step.
-        A left-padded batch passes its attention mask [B, cached + S] and position ids [B, S]."""
+        A left-padded batch passes its attention mask [B, cached + S] and position ids [B, S].
+
+        On a filled `KvCache` one token per row is decoded by the own decode step (`decoder`, when the
+        family has one); every other pass runs transformers' model, a KvCache lent to it as views."""
+        token_ids = token_ids.to(self.config.device)
         with self._model_lock, torch.inference_mode():
-            out = self.lm(
-                input_ids=token_ids.to(self.config.device),
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                cache=cache,
-                use_cache=cache is not None,
-                logits_to_keep=keep,
-            )
+            if not isinstance(cache, KvCache):
+                return self._transformers_logits(token_ids, cache, keep, attention_mask, position_ids)
+            if self.decoder is not None and token_ids.shape[1] == 1 and cache.width:
+                return self.decoder(token_ids, cache, attention_mask, position_ids)  # [B, 1, V]
+            dynamic = cache.as_dynamic()
+            logits = self._transformers_logits(token_ids, dynamic, keep, attention_mask, position_ids)
+            cache.absorb(dynamic)
+            return logits
+
+    def _transformers_logits(
+        self,
+        token_ids: torch.Tensor,
+        cache: Any,
+        keep: int,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        out = self.lm(
+            input_ids=token_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=keep,
+        )
         return out.logits
 
     def new_cache(self) -> Any:
-        """An empty KV cache for `forward_logits`."""
+        """An empty KV cache for `forward_logits`: a KvCache where the own decode step serves the family,
+        else transformers' DynamicCache (a sliding window's layers keep only the window)."""
+        if self.decoder is not None:
+            return KvCache()
         from transformers import DynamicCache
 
         return DynamicCache(config=self.hf_config)

@@ -98,30 +98,38 @@ def _label(module: nn.Module, label: str, stack: ExitStack) -> None:
 
 
 @contextmanager
-def labelled(lm: nn.Module) -> Iterator[None]:
-    """Inside the block, every part root of `lm` (outermost only) runs inside its profiler range."""
+def labelled(lm: nn.Module, *others: nn.Module) -> Iterator[None]:
+    """Inside the block, every part root of `lm` and of `others` (e.g. the own decode step,
+    moeqos.executor.fast_decode, which shares the model's MoE blocks and slots) runs inside its
+    profiler range; a module reached from two roots, or inside a labelled one, is labelled once."""
     with ExitStack() as stack:
-        roots: list[str] = []
-        for name, module in lm.named_modules():
-            part = _part_of(module, lm)
-            if part is None or any(name.startswith(root + ".") for root in roots):
-                continue
-            roots.append(name)
-            _label(module, part, stack)
-            if isinstance(module, MoeBlock):
-                inner = module.runner
-                module.runner = _LabelledRunner(inner)
-                stack.callback(setattr, module, "runner", inner)
+        covered: set[int] = set()
+        """ids of labelled modules and of everything under them."""
+        for root in (lm, *others):
+            for module in root.modules():
+                part = _part_of(module, lm)
+                if part is None or id(module) in covered:
+                    continue
+                covered.update(id(m) for m in module.modules())
+                _label(module, part, stack)
+                if isinstance(module, MoeBlock):
+                    inner = module.runner
+                    module.runner = _LabelledRunner(inner)
+                    stack.callback(setattr, module, "runner", inner)
         yield
 
 
-def decode_breakdown(runtime: Measurable, lm: nn.Module, prompt: list[int], steps: int) -> StepBreakdown:
-    """Profile `steps` single-token decode steps of `runtime`, whose model is `lm`, after prefilling
-    `prompt` (one warm-up step). Runs `exclusive()`ly: no request's step is labelled or profiled."""
+def decode_breakdown(
+    runtime: Measurable, lm: nn.Module, prompt: list[int], steps: int, decoder: nn.Module | None = None
+) -> StepBreakdown:
+    """Profile `steps` single-token decode steps of `runtime`, whose model is `lm` and own decode step
+    `decoder` (if any), after prefilling `prompt` (one warm-up step). Runs `exclusive()`ly: no
+    request's step is labelled or profiled."""
     with runtime.exclusive():
         step = decode_step(runtime, prompt)
         step()
-        with labelled(lm), profile(activities=[ProfilerActivity.CPU]) as prof:
+        extra = () if decoder is None else (decoder,)
+        with labelled(lm, *extra), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 with record_function(_STEP):
                     step()
