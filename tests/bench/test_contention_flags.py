@@ -14,7 +14,11 @@ from moeqos.executor.server import ExecutorServerConfig
 def test_the_executor_flags_of_the_contention_section_parse(tmp_path: Path) -> None:
     """Regression: the section passed `--budget cpu=1274019840`, which sizes without a unit now refuse."""
     (tmp_path / "config.json").write_text("{}")  # all the config checks of a model directory
-    ctx = SimpleNamespace(budgets=(TierBudget("cpu", 1_274_019_840),), model_dir=tmp_path)
+    ctx = SimpleNamespace(
+        budgets=(TierBudget("cpu", 1_274_019_840),),
+        model_dir=tmp_path,
+        profile=SimpleNamespace(disk_reads="uncached"),  # a saved profile's, served as is
+    )
     for mode, enabled in (("on", True), ("off", False)):
         flags = contention._executor_args(ctx, Path("profile.json"), mode)
         config = ExecutorServerConfig.from_env_and_args(
@@ -22,3 +26,35 @@ def test_the_executor_flags_of_the_contention_section_parse(tmp_path: Path) -> N
         )
         assert config.tier_budgets == {"cpu": 1_274_019_840, "disk": 0}
         assert config.qos.enabled is enabled and config.max_concurrent == 1
+        assert config.disk_reads == "uncached"
+
+
+def test_a_saved_profile_is_used_instead_of_measuring_and_another_models_is_refused(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Review leftover: `--profile FILE` (the contention section measured a profile on every run)."""
+    import argparse
+    import dataclasses
+
+    import pytest
+    from moeqos.bench.context import BenchContext
+    from moeqos.bench.runner import add_arguments, command_line
+    from moeqos.bench.settings import QUICK
+
+    from tests.executor.test_qos_loop import profile
+
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--only", "contention", "--profile", "p.json"]
+    )
+    assert args.profile == Path("p.json")
+    assert "--profile p.json" in command_line("moeqos bench", args)
+    context = BenchContext(tiny_model, QUICK, tmp_path, "test", tmp_path / "saved.json")
+    model, hardware = context.runtime.model, context.runtime.hardware
+    frequency = ((0.5,) * model.num_experts,) * model.num_layers
+    saved = dataclasses.replace(profile(), model=model, hardware=hardware, frequency=frequency)
+    (tmp_path / "saved.json").write_text(saved.to_json())
+    assert context.profile == saved
+    other = BenchContext(tiny_model, QUICK, tmp_path, "test", tmp_path / "other.json")
+    (tmp_path / "other.json").write_text(profile().to_json())
+    with pytest.raises(ValueError, match="measured on model/device"):
+        other.saved_profile(tmp_path / "other.json")

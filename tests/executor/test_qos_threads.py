@@ -216,3 +216,25 @@ def test_the_runtime_applies_the_knob_to_every_step(runtime: ExecutorRuntime) ->
     finally:
         runtime.threads.wanted = before
     assert counts and set(counts) == {1}
+
+
+def test_without_a_floor_the_threads_stay_or_go_back_to_the_starting_count() -> None:
+    clock = FakeClock()
+    machine = Machine(clock)
+    knob = ThreadKnob(2, lambda n: None, lambda: 2)
+    target = StandingTarget("", ConnectOptions(), Hooks())
+    stats = LiveStats(lambda: BF16, clock, threads=lambda: knob.wanted)
+    loop = QosLoop(LoopSettings(), stats, target, lambda: BF16, lambda: knob, machine.share())
+    machine.others = 1.0
+    for _ in range(6):
+        feed(stats, clock, 0.25, 2)
+        loop.tick(profile())
+    assert knob.wanted == 2  # nothing to hold: torch's own count
+    target.set(QosTarget(min_tokens_per_s=8.0), "")
+    for _ in range(6):
+        feed(stats, clock, 0.25, 2)
+        loop.tick(profile())
+    assert knob.wanted == 1
+    target.set(None, "")
+    loop.tick(profile())
+    assert knob.wanted == 2 and "no floor" in loop.thread_note

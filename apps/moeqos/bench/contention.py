@@ -26,7 +26,6 @@ from typing import Any
 from moeqos.bench import plots
 from moeqos.bench.cluster import Cluster
 from moeqos.bench.contention_metrics import ContentionMetrics, Trace, summarize, window_rates
-from moeqos.bench.context import DISK_READS
 from moeqos.bench.report import Goal, SectionResult, table
 from moeqos.core.errors import InfeasibleTarget
 from moeqos.core.plan import Plan
@@ -69,7 +68,8 @@ def _executor_args(ctx: Any, profile_path: Path, mode: str) -> list[str]:
     budget = sum(b.budget_bytes for b in ctx.budgets)
     return [
         *["--model", str(ctx.model_dir), "--profile-path", str(profile_path)],
-        *["--budget", f"cpu={budget}B", "--budget", "disk=0B", "--disk-reads", DISK_READS],
+        # No disk tier; its read mode is the profile's, so a saved profile (`--profile`) is served as is.
+        *["--budget", f"cpu={budget}B", "--budget", "disk=0B", "--disk-reads", ctx.profile.disk_reads],
         *["--max-concurrent", "1", "--qos-loop", mode],
     ]
 

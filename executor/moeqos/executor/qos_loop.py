@@ -138,12 +138,20 @@ class QosLoop:
         return steps if threads is None else [s for s in steps if s.threads == threads]
 
     def _steer_threads(self, now: float) -> None:
-        """Sample other processes' CPU use; let the thread policy change the count or judge a change."""
+        """Sample other processes' CPU use; while a floor is held, let the thread policy change the count
+        or judge its last change."""
         knob = self._knob()
         if self.cpu is None or knob is None:
             return
         self.cpu.sample()
         if not (self.settings.enabled and self.settings.threads.enabled):
+            return
+        target = self.target.target
+        if target is None or target.min_tokens_per_s is None:  # no floor to hold: torch's own count
+            if knob.wanted != knob.most:
+                knob.wanted = knob.most
+                self.thread_note = f"no floor to hold: back to {knob.most} threads"
+                log.info("qos threads: %s", self.thread_note)
             return
         plan = self._plan()
         change = self.thread_policy.decide(
