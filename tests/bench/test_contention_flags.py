@@ -11,9 +11,10 @@ from moeqos.core.tier import TierBudget
 from moeqos.executor.server import ExecutorServerConfig
 
 
-def test_the_executor_flags_of_the_contention_section_parse(tmp_path: Path) -> None:
+def test_the_executor_flags_of_the_contention_section_parse(tmp_path: Path, monkeypatch) -> None:
     """Regression: the section passed `--budget cpu=1274019840`, which sizes without a unit now refuse."""
     (tmp_path / "config.json").write_text("{}")  # all the config checks of a model directory
+    monkeypatch.setenv("MOEQOS_HOME", str(tmp_path))
     ctx = SimpleNamespace(
         budgets=(TierBudget("cpu", 1_274_019_840),),
         model_dir=tmp_path,
@@ -27,6 +28,7 @@ def test_the_executor_flags_of_the_contention_section_parse(tmp_path: Path) -> N
         assert config.tier_budgets == {"cpu": 1_274_019_840, "disk": 0}
         assert config.qos.enabled is enabled and config.max_concurrent == 1
         assert config.disk_reads == "uncached"
+        assert config.variant_cache_dir is not None and config.variant_cache_dir.name == "variants-contention"
 
 
 def test_a_saved_profile_is_used_instead_of_measuring_and_another_models_is_refused(
