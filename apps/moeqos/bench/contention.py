@@ -211,7 +211,7 @@ def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> S
     def perplexity(spec: str) -> float:
         return float(quality.predict_perplexity(parse_plan(spec, layers, experts, ctx.device)))
 
-    metrics = {mode: summarize(trace, floor) for mode, trace in traces.items()}
+    metrics = {mode: summarize(trace, floor, perplexity) for mode, trace in traces.items()}
     rows: list[list[Any]] = []
     modes: dict[str, Any] = {}
     for mode, trace in traces.items():
@@ -237,6 +237,7 @@ def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> S
     notes = [
         f"floor = {FLOOR_FRACTION:.0%} of the quality plan's quiet rate; 1 s windows as a client saw them",
         "perplexity: the planner's prediction for each plan used; the machine is shared with other work",
+        "quality back: the plan before the neighbour, or one within 1% of its predicted perplexity",
     ]
     return SectionResult(
         "contention",
