@@ -60,3 +60,14 @@ def test_a_saved_profile_is_used_instead_of_measuring_and_another_models_is_refu
     (tmp_path / "other.json").write_text(profile().to_json())
     with pytest.raises(ValueError, match="measured on model/device"):
         other.saved_profile(tmp_path / "other.json")
+
+
+def test_the_thread_actuator_has_its_own_switch(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    parse = build_parser().parse_args
+    base = ["executor", "--model", str(tmp_path)]
+    on = ExecutorServerConfig.from_env_and_args(parse(base), env={})
+    off = ExecutorServerConfig.from_env_and_args(parse([*base, "--qos-threads", "off"]), env={})
+    by_env = ExecutorServerConfig.from_env_and_args(parse(base), env={"MOEQOS_QOS_THREADS": "off"})
+    assert on.qos.threads.enabled and on.qos.enabled
+    assert not off.qos.threads.enabled and off.qos.enabled and not by_env.qos.threads.enabled

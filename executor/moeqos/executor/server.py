@@ -41,7 +41,7 @@ from moeqos.executor.service_measure import MeasureSettings
 from moeqos.executor.service_model import ServedModel
 from moeqos.executor.service_target import StandingTarget
 from moeqos.executor.servicer import ExecutorServicer
-from moeqos.executor.thread_knob import ThreadKnob
+from moeqos.executor.thread_knob import ThreadKnob, ThreadSettings
 from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,12 @@ class ExecutorServerConfig(PeerServerConfig):
             profile_path=Path(profile) if profile else None,
             state_path=Path(state) if state else None,
             profile_at_start=_yes(pick("profile_at_start", "MOEQOS_PROFILE_AT_START")),
-            qos=LoopSettings(enabled=_on_off(pick("qos_loop", "MOEQOS_QOS_LOOP") or "on", "qos loop")),
+            qos=LoopSettings(
+                enabled=_on_off(pick("qos_loop", "MOEQOS_QOS_LOOP") or "on", "qos loop"),
+                threads=ThreadSettings(
+                    enabled=_on_off(pick("qos_threads", "MOEQOS_QOS_THREADS") or "on", "qos threads")
+                ),
+            ),
         )
 
 
