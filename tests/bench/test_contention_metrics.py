@@ -36,6 +36,15 @@ def test_quality_back_after_the_stop() -> None:
     assert quality_back_seconds(plans[:3], start=5.0, stop=18.0) is None
 
 
+def test_a_plan_of_the_same_quality_counts_as_back() -> None:
+    plans = [(0.0, "q"), (6.0, "fast"), (20.0, "q2"), (25.0, "q")]
+    ppl = {"q": 91.04, "q2": 91.08, "fast": 404.3}.__getitem__
+    assert quality_back_seconds(plans, start=5.0, stop=18.0) == pytest.approx(7.0)  # the same spec
+    assert quality_back_seconds(plans, start=5.0, stop=18.0, perplexity=ppl) == pytest.approx(2.0)
+    worse = {"q": 91.04, "q2": 93.0, "fast": 404.3}.__getitem__  # 2% worse: not the quality plan
+    assert quality_back_seconds(plans, start=5.0, stop=18.0, perplexity=worse) == pytest.approx(7.0)
+
+
 def test_summarize_a_trace() -> None:
     rates = [10, 10, 10, 4, 10, 10, 10, 10, 12, 12]
     plans = ((0.0, "bf16"), (3.6, "int4"), (4.0, "int3"), (8.4, "bf16"))

@@ -11,9 +11,17 @@ from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import PlanOutcome, Prediction
+from moeqos.demo.hold import Held
 from moeqos.demo.plot import Deployed, Point, plot_frontier
 from moeqos.demo.run import free_ports
-from moeqos.demo.scenario import DemoSettings, meets, quality_target, speed_target
+from moeqos.demo.scenario import (
+    DemoSettings,
+    ExecutorResult,
+    _print_table,
+    meets,
+    quality_target,
+    speed_target,
+)
 
 
 def outcome(precision: Precision, tokens_per_s: float, perplexity: float) -> PlanOutcome:
@@ -53,6 +61,23 @@ def test_the_table_says_whether_the_measured_numbers_meet_the_target() -> None:
     assert not meets(floor, 7.65, 30.0, 12.0)  # the executor-b: 7.65 tok/s against >= 10.75
     assert meets(floor, 10.75, 99.0, 12.0)
     assert meets(ceiling, 1.0, 14.0, 12.0) and not meets(ceiling, 1.0, 14.5, 12.0)
+
+
+def test_the_table_judges_a_floor_on_the_executors_window_and_says_how_long_it_waited(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    held = Held(22.51, 12.0, 23.4, 3.0, "met", True, 1, "int4@cpu", True)
+    result = ExecutorResult(
+        "executor-b", "a:1", ">= 22.51 tok/s", "bf16", "bf16@cpu", 25.0, 10.0, "text",
+        23.4, 10.5, 1024, True, generation_tokens_per_s=10.08, held=held,
+    )  # fmt: skip
+    _print_table([result], DemoSettings())
+    out = capsys.readouterr().out
+    assert "23.40" in out and "met" in out
+    assert (
+        "23.40 tok/s over its own 3s window vs floor 22.51 after waiting 12s (loop on, 1 plan changes" in out
+    )
+    assert "one generation after Deploy: 10.08" in out and "plan after the loop" in out
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:

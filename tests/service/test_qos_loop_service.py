@@ -159,3 +159,22 @@ def test_status_shows_the_floor_prediction_measurement_and_verdict(stack, capsys
     assert main(["status", "--executor", target, "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert row["qos"]["state"] == "met" and row["qos"]["floor_tokens_per_s"] == 0.001
+
+
+def test_the_demo_judges_a_floor_on_the_executors_own_window_after_waiting(stack):
+    """The demo's met/missed for a floor: the executor's measured window once the loop had its chance,
+    early when it meets the floor `confirm` polls in a row, else after `hold_s`."""
+    from moeqos.demo.hold import HoldSettings, hold_floor
+
+    handle = stack.executor(tier_budgets={"cpu": 600_000, "disk": 0}, qos=FAST_LOOP)
+    target = address(handle.port)
+    settings = HoldSettings(hold_s=8.0, poll_s=0.3, confirm=2)
+    with ExecutorClient(target) as client:
+        client.set_target(QosTarget(min_tokens_per_s=0.001))
+        met = hold_floor(target, 0.001, settings, "the quick brown fox")
+        client.set_target(QosTarget(min_tokens_per_s=1e6))  # no planner: the loop cannot act
+        missed = hold_floor(target, 1e6, HoldSettings(hold_s=2.0, poll_s=0.3), "the quick brown fox")
+    assert met is not None and met.met and met.loop and met.waited_s < settings.hold_s
+    assert met.measured_tokens_per_s is not None and met.measured_tokens_per_s > 0.001
+    assert missed is not None and not missed.met and missed.waited_s >= 2.0
+    assert missed.state == "violated" and missed.plan_changes == 0

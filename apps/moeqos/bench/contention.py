@@ -26,7 +26,6 @@ from typing import Any
 from moeqos.bench import plots
 from moeqos.bench.cluster import Cluster
 from moeqos.bench.contention_metrics import ContentionMetrics, Trace, summarize, window_rates
-from moeqos.bench.context import DISK_READS
 from moeqos.bench.report import Goal, SectionResult, table
 from moeqos.core.errors import InfeasibleTarget
 from moeqos.core.plan import Plan
@@ -37,6 +36,8 @@ FLOOR_FRACTION = 0.8
 PHASES = {True: (6.0, 14.0, 14.0), False: (15.0, 40.0, 40.0)}
 """--quick or not -> seconds quiet, with the neighbour, after it."""
 PROMPT = "the planner picks a plan that meets the target"
+VARIANT_CACHE = "variants-contention"
+"""The executors' variant cache under $MOEQOS_HOME (kept between runs)."""
 BURN = "while True:\n    pass\n"
 """The neighbour: one busy core."""
 
@@ -66,10 +67,17 @@ def run(ctx: Any) -> SectionResult:
 
 
 def _executor_args(ctx: Any, profile_path: Path, mode: str) -> list[str]:
+    from moeqos.executor.default_model.location import moeqos_home
+
     budget = sum(b.budget_bytes for b in ctx.budgets)
+    # Quantized experts are kept between runs, as a deployment keeps them: a re-plan then costs the
+    # switch, not the quantization (minutes for every expert on a loaded 2-core machine).
+    variants = moeqos_home() / VARIANT_CACHE
     return [
         *["--model", str(ctx.model_dir), "--profile-path", str(profile_path)],
-        *["--budget", f"cpu={budget}B", "--budget", "disk=0B", "--disk-reads", DISK_READS],
+        *["--variant-cache", str(variants)],
+        # No disk tier; its read mode is the profile's, so a saved profile (`--profile`) is served as is.
+        *["--budget", f"cpu={budget}B", "--budget", "disk=0B", "--disk-reads", ctx.profile.disk_reads],
         *["--max-concurrent", "1", "--qos-loop", mode],
     ]
 
@@ -203,7 +211,7 @@ def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> S
     def perplexity(spec: str) -> float:
         return float(quality.predict_perplexity(parse_plan(spec, layers, experts, ctx.device)))
 
-    metrics = {mode: summarize(trace, floor) for mode, trace in traces.items()}
+    metrics = {mode: summarize(trace, floor, perplexity) for mode, trace in traces.items()}
     rows: list[list[Any]] = []
     modes: dict[str, Any] = {}
     for mode, trace in traces.items():
@@ -229,6 +237,7 @@ def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> S
     notes = [
         f"floor = {FLOOR_FRACTION:.0%} of the quality plan's quiet rate; 1 s windows as a client saw them",
         "perplexity: the planner's prediction for each plan used; the machine is shared with other work",
+        "quality back: the plan before the neighbour, or one within 1% of its predicted perplexity",
     ]
     return SectionResult(
         "contention",

@@ -8,10 +8,12 @@ gaps between requests included).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+QUALITY_TOLERANCE = 0.01
+"""A plan counts as the quality plan back when its predicted perplexity is within this of it."""
 RECOVERED_WINDOWS = 3
 """The floor counts as met again at the first of this many consecutive windows that meet it."""
 
@@ -40,8 +42,8 @@ class ContentionMetrics:
     """From the neighbour's start to the first of RECOVERED_WINDOWS windows meeting the floor again
     (0: never missed); None: not while the neighbour ran."""
     quality_back_s: float | None
-    """From the neighbour's stop until the plan in force before the start is back (0: it never left);
-    None: not within the run."""
+    """From the neighbour's stop until the plan in force before the start, or one within
+    QUALITY_TOLERANCE of its perplexity, is back (0: it never left); None: not within the run."""
     replans_on_start: int
     """Plan changes between the neighbour's start and stop."""
     replans_on_stop: int
@@ -83,25 +85,43 @@ def plan_at(plans: Sequence[tuple[float, str]], t: float) -> str:
     return spec
 
 
-def quality_back_seconds(plans: Sequence[tuple[float, str]], start: float, stop: float) -> float | None:
-    """Seconds from `stop` until the plan in force just before `start` is back (0: never left)."""
+def quality_back_seconds(
+    plans: Sequence[tuple[float, str]],
+    start: float,
+    stop: float,
+    perplexity: Callable[[str], float] | None = None,
+) -> float | None:
+    """Seconds from `stop` until the plan in force just before `start` is back (0: never left). With
+    `perplexity` (a plan spec's predicted perplexity), any plan within QUALITY_TOLERANCE of that plan's
+    perplexity counts as back: a re-plan from a slightly different calibration may pick a plan of the
+    same quality that differs in a few experts."""
     quality = plan_at(plans, start)
-    if all(spec == quality for when, spec in plans if when >= start):
+
+    def as_good(spec: str) -> bool:
+        if perplexity is None or spec == quality:
+            return spec == quality
+        return perplexity(spec) <= perplexity(quality) * (1 + QUALITY_TOLERANCE)
+
+    if all(as_good(spec) for when, spec in plans if when >= start):
         return 0.0
-    if plan_at(plans, stop) == quality:
+    if as_good(plan_at(plans, stop)):
         return 0.0
-    back = [when for when, spec in plans if when > stop and spec == quality]
+    back = [when for when, spec in plans if when > stop and as_good(spec)]
     return back[0] - stop if back else None
 
 
-def summarize(trace: Trace, floor: float) -> ContentionMetrics:
+def summarize(
+    trace: Trace, floor: float, perplexity: Callable[[str], float] | None = None
+) -> ContentionMetrics:
     rates = window_rates(trace.token_times, trace.end)
     changes = [when for when, _ in trace.plans[1:]]
     return ContentionMetrics(
         windows=len(rates),
         fraction_met=sum(r >= floor for r in rates) / len(rates) if rates else 0.0,
         recover_s=recovery_seconds(rates, floor, trace.neighbour_start, trace.neighbour_stop),
-        quality_back_s=quality_back_seconds(trace.plans, trace.neighbour_start, trace.neighbour_stop),
+        quality_back_s=quality_back_seconds(
+            trace.plans, trace.neighbour_start, trace.neighbour_stop, perplexity
+        ),
         replans_on_start=sum(trace.neighbour_start <= w < trace.neighbour_stop for w in changes),
         replans_on_stop=sum(w >= trace.neighbour_stop for w in changes),
     )

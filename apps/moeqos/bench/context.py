@@ -60,8 +60,17 @@ class Speed:
 class BenchContext:
     """Shared state of one benchmark run (see module docstring)."""
 
-    def __init__(self, model_dir: Path, settings: Settings, out_dir: Path, command: str) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        settings: Settings,
+        out_dir: Path,
+        command: str,
+        profile_path: Path | None = None,
+    ) -> None:
         self.model_dir = model_dir
+        self.profile_path = profile_path
+        """A saved profile to use instead of measuring one (`--profile`); None: measure."""
         self.settings = settings
         self.out_dir = out_dir
         self.command = command
@@ -88,11 +97,18 @@ class BenchContext:
             self.log(f"profile: {stage} done ({self.profile_stages[stage]:.1f} s)")
 
     @classmethod
-    def create(cls, model: Path | None, settings: Settings, out_dir: Path, command: str) -> BenchContext:
+    def create(
+        cls,
+        model: Path | None,
+        settings: Settings,
+        out_dir: Path,
+        command: str,
+        profile_path: Path | None = None,
+    ) -> BenchContext:
         """A context for `model` (default: the default model, built if missing)."""
         from moeqos.executor.default_model.location import resolve_model_dir
 
-        return cls(resolve_model_dir(model), settings, out_dir, command)
+        return cls(resolve_model_dir(model), settings, out_dir, command, profile_path)
 
     # ----- identity -------------------------------------------------------------------------------
     @property
@@ -213,6 +229,8 @@ class BenchContext:
         """The executor's profile: ptb:train calibration, perplexity of the fitting plans on the
         ptb:test tokens the held-out plans are measured on (so the quality model's error on them is its
         error on plans it has not seen, not a change of text; see `valid_quality`)."""
+        if self.profile_path is not None:
+            return self.saved_profile(self.profile_path)
         s = self.settings
         calibration = self.tokens("ptb:train", s.calibration_tokens)
         self._stage_clock = time.perf_counter()
@@ -226,6 +244,19 @@ class BenchContext:
             quality_corpus="ptb:test",
             progress=self._profile_progress,
         )
+
+    def saved_profile(self, path: Path) -> Any:
+        """The profile saved at `path`, refused (ValueError) unless measured on this model and device.
+        It is used as saved: a disk tier measured with other settings keeps its own disk costs."""
+        from moeqos.core.profile import Profile
+
+        profile = Profile.from_json(Path(path).read_text())
+        saved = (profile.model.fingerprint, profile.hardware.device)
+        here = (self.runtime.model.fingerprint, self.runtime.hardware.device)
+        if saved != here:
+            raise ValueError(f"profile {path} was measured on model/device {saved}, this run is on {here}")
+        self.log(f"profile: read from {path} (not measured)")
+        return profile
 
     @cached_property
     def valid_quality(self) -> Any:

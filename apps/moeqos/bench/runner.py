@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results.json and PNG plots go here")
     parser.add_argument("--json", action="store_true", help="print the results JSON instead of tables")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a saved profile JSON (an executor's, e.g. $MOEQOS_HOME/executor-a.profile.json) instead of "
+        "measuring one; it must be of this model and device",
+    )
     for name, help_text in OVERRIDES.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=_positive, default=None, help=help_text)
     return parser
@@ -86,6 +93,7 @@ def command_line(program: str, args: argparse.Namespace) -> str:
     words += [
         f"--{k.replace('_', '-')}={getattr(args, k)}" for k in OVERRIDES if getattr(args, k, None) is not None
     ]
+    words += ["--profile", str(args.profile)] if getattr(args, "profile", None) else []
     return shlex.join([*words, "--out", str(args.out), *(["--json"] if args.json else [])])
 
 
@@ -98,7 +106,7 @@ def run(args: argparse.Namespace, program: str) -> int:
     sections = parse_sections(args.only)
     settings = settings_for(args)
     started, clock = datetime.now(UTC), time.perf_counter()
-    context = BenchContext.create(args.model, settings, Path(args.out), command)
+    context = BenchContext.create(args.model, settings, Path(args.out), command, args.profile)
     results = []
     for name in sections:
         results.append(_run_section(name, context))

@@ -87,6 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "off: plan once from the measured profile (open loop). Default on",
     )
     executor.add_argument(
+        "--qos-threads",
+        choices=["on", "off"],
+        help="on: while the loop holds a floor, it also sets torch's thread count from the cores other "
+        "processes keep busy; off: the plan is its only actuator. Default on",
+    )
+    executor.add_argument(
         "--state-path",
         metavar="FILE",
         help="plan, budgets and standing target saved after each change and restored at start",

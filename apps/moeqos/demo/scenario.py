@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from moeqos.client import ExecutorClient, PlannerClient
 from moeqos.core.corpora import FITTING_CORPUS
 from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import DeployOutcome, DeploySpec, PlanOutcome, Sampling
+from moeqos.demo.hold import Held, HoldSettings, hold_floor
 from moeqos.demo.plot import Deployed, Point, plot_frontier
 
 Say = Callable[[str], None]
@@ -42,6 +43,8 @@ class DemoSettings:
     """The quality target's floor; None: 15% of the way from the most accurate plan's predicted speed
     to the fastest plan's."""
     frontier_points: int = 12
+    hold: HoldSettings = field(default_factory=HoldSettings)
+    """How long a floor is given to hold before it is judged (moeqos.demo.hold)."""
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,17 @@ class ExecutorResult:
     predicted_perplexity: float
     generated_text: str
     measured_tokens_per_s: float
+    """A floor's: the executor's own window once its loop had its chance (`held`); otherwise the
+    streamed generation's."""
     measured_perplexity: float
     eval_tokens: int
     target_met: bool
     """Whether the measured numbers meet the target (see `meets`)."""
+    generation_tokens_per_s: float
+    """The one streamed generation right after Deploy."""
+    held: Held | None = None
+    """How a floor stood after the demo waited for the executor's loop (None: no floor, or an
+    executor without a QoS status); the perplexity is measured on its final plan."""
 
 
 def meets(target: QosTarget, tokens_per_s: float, perplexity: float, reference_perplexity: float) -> bool:
@@ -166,7 +176,14 @@ def _exercise(
         f"{name} runs {outcome.plan.describe()} (switched {outcome.report.experts_changed} experts "
         f"in {outcome.report.seconds:.1f}s); streaming a generation:"
     )
-    text, tokens_per_s = stream_generation(name, address, settings)
+    text, generation_rate = stream_generation(name, address, settings)
+    tokens_per_s, held = generation_rate, None
+    if target.min_tokens_per_s is not None:
+        say(f"{name}: decoding up to {settings.hold.hold_s:g}s while its QoS loop holds the floor")
+        held = hold_floor(address, target.min_tokens_per_s, settings.hold, settings.prompt)
+        if held is not None:
+            say(f"{name}: {_held_line(held)}")
+            tokens_per_s = held.measured_tokens_per_s or 0.0
     say(f"{name}: measuring perplexity on {settings.eval_corpus} ({settings.eval_tokens} tokens)")
     start = time.monotonic()
     with ExecutorClient(address) as client:
@@ -185,6 +202,17 @@ def _exercise(
         measured_perplexity=evaluation.perplexity,
         eval_tokens=evaluation.tokens,
         target_met=meets(target, tokens_per_s, evaluation.perplexity, reference),
+        generation_tokens_per_s=generation_rate,
+        held=held,
+    )
+
+
+def _held_line(held: Held) -> str:
+    measured = "too few tokens" if held.measured_tokens_per_s is None else f"{held.measured_tokens_per_s:.2f}"
+    loop = "loop on" if held.loop else "open loop"
+    return (
+        f"{measured} tok/s over its own {held.window_s:g}s window vs floor {held.floor_tokens_per_s:g} after waiting "
+        f"{held.waited_s:.0f}s ({loop}, {held.plan_changes} plan changes, state {held.state})"
     )
 
 
@@ -212,12 +240,19 @@ def _print_table(results: list[ExecutorResult], settings: DemoSettings) -> None:
             f"{'met' if r.target_met else 'MISSED':>10}"
         )
     print(
-        f"measured: tok/s of the streamed generation (decode), perplexity on {settings.eval_corpus} "
-        f"({results[0].eval_tokens} tokens); predicted: the planner, from the executor's profile "
+        f"measured: tok/s of the streamed generation (decode), or for a floor the executor's own window "
+        f"once its QoS loop had its chance (below); perplexity on {settings.eval_corpus} "
+        f"({results[0].eval_tokens} tokens); predicted: the planner at Deploy, from the executor's profile "
         f"(perplexity on {settings.eval_corpus} too); target: the measured numbers against it"
     )
     for r in results:
         print(f"  {r.name}: {r.plan}\n    plan spec: {r.plan_spec}")
+        if r.held is not None:
+            print(
+                f"    floor: {_held_line(r.held)}; one generation after Deploy: {r.generation_tokens_per_s:.2f}"
+            )
+            if r.held.final_plan_spec != r.plan_spec:
+                print(f"    plan after the loop (perplexity measured on it): {r.held.final_plan_spec}")
     print()
 
 

@@ -41,6 +41,9 @@ class StepRecord:
     sampling, and the hand-off of the previous token to the client (what the client's rate counts)."""
     plan: Plan
     """The plan in force when the step finished; its (precision, tier) per expert are the regressors."""
+    threads: int = 0
+    """torch's intra-op thread count wanted when the step finished (moeqos.executor.thread_knob);
+    0 when the executor does not say."""
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,15 @@ class LiveStats:
     """Recent decode steps of every stream, with rolling rates over them."""
 
     def __init__(
-        self, plan: Callable[[], Plan], clock: Clock = time.monotonic, horizon: float = 60.0
+        self,
+        plan: Callable[[], Plan],
+        clock: Clock = time.monotonic,
+        horizon: float = 60.0,
+        threads: Callable[[], int] = lambda: 0,
     ) -> None:
+        """`plan()` and `threads()`: the plan and thread count in force, stamped on every step."""
         self._plan = plan
+        self._threads = threads
         self.clock = clock
         self.horizon = horizon
         """Seconds of steps kept."""
@@ -86,7 +95,7 @@ class LiveStats:
         """Keep one decode step, finished now, of `stream` under the plan in force."""
         now = self.clock()
         with self._lock:
-            self._steps.append(StepRecord(stream, now, seconds, self._plan()))
+            self._steps.append(StepRecord(stream, now, seconds, self._plan(), self._threads()))
             while self._steps and self._steps[0].end < now - self.horizon:
                 self._steps.popleft()
 
@@ -96,9 +105,10 @@ class LiveStats:
         with self._lock:
             return [s for s in self._steps if s.end >= since]
 
-    def window(self, seconds: float, plan: Plan | None = None) -> WindowRate:
-        """Rates over the last `seconds` (see WindowRate), counting only steps under `plan` if given."""
-        steps = [s for s in self.steps(seconds) if plan is None or s.plan is plan]
+    def window(self, seconds: float, plan: Plan | None = None, threads: int | None = None) -> WindowRate:
+        """Rates over the last `seconds` (see WindowRate), counting only steps under `plan` and at
+        `threads` threads when given."""
+        steps = [s for s in self.steps(seconds) if _under(s, plan, threads)]
         by_stream: dict[int, list[StepRecord]] = {}
         for step in steps:
             by_stream.setdefault(step.stream, []).append(step)
@@ -110,6 +120,19 @@ class LiveStats:
             stream_tokens_per_s=sum(rates) / len(rates) if rates else None,
             executor_tokens_per_s=len(steps) / seconds,
         )
+
+    def step_rate(self, plan: Plan, threads: int, since: float, need: int) -> float | None:
+        """Decode tok/s (steps / their summed seconds) of the steps under `plan` at `threads` threads
+        that finished after clock time `since`; None with fewer than `need`."""
+        with self._lock:
+            steps = [s for s in self._steps if s.end > since and _under(s, plan, threads)]
+        if len(steps) < max(need, 1):
+            return None
+        return len(steps) / max(sum(s.seconds for s in steps), 1e-9)
+
+
+def _under(step: StepRecord, plan: Plan | None, threads: int | None) -> bool:
+    return (plan is None or step.plan is plan) and (threads is None or step.threads == threads)
 
 
 def window_span(steps: Sequence[StepRecord]) -> float:

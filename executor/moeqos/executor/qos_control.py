@@ -19,10 +19,11 @@ hysteresis band: a plan chosen to land inside it triggers neither rule.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moeqos.core.service_types import QosState
 from moeqos.executor.live_stats import WindowRate
+from moeqos.executor.thread_knob import ThreadSettings
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class LoopSettings:
     """How often the loop looks."""
     calibration_window_s: float = 6.0
     """Recalibration fits the steps of the last this many seconds."""
+    threads: ThreadSettings = field(default_factory=ThreadSettings)
+    """The torch thread count as a second actuator (moeqos.executor.thread_knob)."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.tolerance < 1 and 0 <= self.headroom < self.slack):

@@ -1,6 +1,9 @@
 """The closed loop that keeps a standing throughput floor: measure, recalibrate, judge, re-plan.
 
 Every `tick_s` the loop
+0. sets torch's thread count from the cores other processes keep busy, and judges the last change
+   by its measured effect (moeqos.executor.thread_knob); steps at another count are not this
+   machine's state any more, so steps 1 and 2 only count steps at the count in force;
 1. re-fits the live calibration to the decode steps of the last `calibration_window_s` (kept as it was
    when nothing was decoded: an idle executor learns nothing new);
 2. judges the rate of the streams over the last `window_s`, counting only steps under the plan in
@@ -26,9 +29,11 @@ from moeqos.core.profile import Profile
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.service_types import LiveCalibration, QosState, QosStatus, ReplanState
 from moeqos.executor import recalibration
-from moeqos.executor.live_stats import LiveStats, WindowRate
+from moeqos.executor.cpu_share import CpuShare
+from moeqos.executor.live_stats import LiveStats, StepRecord, WindowRate
 from moeqos.executor.qos_control import Decision, LoopSettings, QosController
 from moeqos.executor.service_target import StandingTarget
+from moeqos.executor.thread_knob import ThreadKnob, ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +49,20 @@ class QosLoop:
         stats: LiveStats,
         target: StandingTarget,
         plan: Callable[[], Plan],
+        knob: Callable[[], ThreadKnob | None] = lambda: None,
+        cpu: CpuShare | None = None,
     ) -> None:
-        """`plan()` is the plan in force."""
+        """`plan()` is the plan in force; `knob()` the thread knob (None: no thread actuator, e.g.
+        before the model is loaded); `cpu` measures other processes' CPU use (None: not measured)."""
         self.settings = settings
         self.stats = stats
         self.target = target
         self.controller = QosController(settings)
+        self.cpu = cpu
+        self.thread_policy = ThreadPolicy(settings.threads, cpu.cores if cpu is not None else 1)
+        self.thread_note = ""
+        """The last thread change or its measured effect, with the reason (for GetInfo)."""
+        self._knob = knob
         self.calibration = LiveCalibration()
         """The live calibration (as measured until the loop has fitted one; always so when off)."""
         self.planned_with = LiveCalibration()
@@ -86,10 +99,11 @@ class QosLoop:
     def tick(self, profile: Profile | None) -> Decision:
         """Recalibrate against `profile` (None: not measured yet), judge, and start a re-plan if due."""
         now = self.stats.clock()
+        self._steer_threads(now)
         if profile is not None and self.settings.enabled:
-            steps = self.stats.steps(self.settings.calibration_window_s)
+            steps = self._at_threads(self.stats.steps(self.settings.calibration_window_s))
             if len(steps) < self.settings.min_tokens:  # a slow model: the last few steps, however old
-                steps = self.stats.steps(self.stats.horizon)[-self.settings.min_tokens :]
+                steps = self._at_threads(self.stats.steps(self.stats.horizon))[-self.settings.min_tokens :]
             if len(steps) >= self.settings.min_tokens:
                 self.calibration = recalibration.fit(profile, steps)
         self._settle()
@@ -112,7 +126,47 @@ class QosLoop:
         seconds = self.settings.window_s
         if floor:
             seconds = min(max(seconds, self.settings.min_tokens / floor), self.stats.horizon)
-        return self.stats.window(seconds, self._plan())
+        return self.stats.window(seconds, self._plan(), self._threads())
+
+    # ----- the thread actuator ----------------------------------------------------------------------
+    def _threads(self) -> int | None:
+        knob = self._knob()
+        return knob.wanted if knob is not None else None
+
+    def _at_threads(self, steps: list[StepRecord]) -> list[StepRecord]:
+        threads = self._threads()
+        return steps if threads is None else [s for s in steps if s.threads == threads]
+
+    def _steer_threads(self, now: float) -> None:
+        """Sample other processes' CPU use; while a floor is held, let the thread policy change the count
+        or judge its last change."""
+        knob = self._knob()
+        if self.cpu is None or knob is None:
+            return
+        self.cpu.sample()
+        if not (self.settings.enabled and self.settings.threads.enabled):
+            return
+        target = self.target.target
+        if target is None or target.min_tokens_per_s is None:  # no floor to hold: torch's own count
+            if knob.wanted != knob.most:
+                knob.wanted = knob.most
+                self.thread_note = f"no floor to hold: back to {knob.most} threads"
+                log.info("qos threads: %s", self.thread_note)
+            return
+        plan = self._plan()
+        change = self.thread_policy.decide(
+            now,
+            self.cpu.others_cores(self.settings.threads.cpu_window_s),
+            knob.wanted,
+            knob.most,
+            lambda threads, since, need: self.stats.step_rate(plan, threads, since, need),
+        )
+        if change is None:
+            return
+        if change.threads is not None:
+            knob.wanted = change.threads
+        self.thread_note = change.reason
+        log.info("qos threads: %s", change.reason)
 
     def _settle(self) -> None:
         """When the re-plan in flight has finished, tell the controller whether it changed the plan."""
@@ -152,8 +206,14 @@ class QosLoop:
             measured_tokens_per_s=self.window().stream_tokens_per_s,
             window_seconds=self.settings.window_s,
             calibration=self.calibration.describe(),
-            last_decision=self._last.reason,
+            last_decision=self._last.reason + self._threads_said(),
         )
+
+    def _threads_said(self) -> str:
+        threads = self._threads()
+        if threads is None or self.cpu is None:
+            return ""
+        return f"; {threads} threads" + (f" ({self.thread_note})" if self.thread_note else "")
 
     # ----- running -----------------------------------------------------------------------------
     def start(self, profile: Callable[[], Profile | None]) -> None:

@@ -47,6 +47,7 @@ from moeqos.executor.plan_view import private_view
 from moeqos.executor.profiling import build_profile
 from moeqos.executor.prompts import PromptCodec
 from moeqos.executor.store import ExpertStore, StoreStats
+from moeqos.executor.thread_knob import ThreadKnob
 from moeqos.executor.variants import ExpertKey, VariantFactory, build_changed, variant_key
 
 Progress = Callable[[str, float], None]
@@ -111,6 +112,8 @@ class ExecutorRuntime:
         self.plan_applied_at = 0.0
         self._model_lock = threading.RLock()
         """Held by every forward step; a plan swap takes it briefly."""
+        self.threads = ThreadKnob(torch.get_num_threads())
+        """torch's thread count wanted (the QoS loop's second actuator); applied inside `exclusive`."""
         self._apply_lock = threading.RLock()
         """Held by a plan switch (and by `serving` around temporary plans)."""
         self._private_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -313,6 +316,7 @@ class ExecutorRuntime:
     def exclusive(self) -> Iterator[None]:
         """Inside the block no other thread runs a forward step (the model lock; re-entrant)."""
         with self._model_lock:
+            self.threads.apply()  # torch's count is per OS thread: set it on the one about to step
             yield
 
     def moe_blocks(self) -> Sequence[MoeBlock]:

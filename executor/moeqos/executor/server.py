@@ -28,6 +28,7 @@ from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
 from moeqos.executor.config import BatchLimits, ExecutorConfig, check_settings
+from moeqos.executor.cpu_share import CpuShare
 from moeqos.executor.disk_room import check_writable
 from moeqos.executor.live_stats import LiveStats
 from moeqos.executor.metrics import ExecutorMetrics
@@ -40,6 +41,7 @@ from moeqos.executor.service_measure import MeasureSettings
 from moeqos.executor.service_model import ServedModel
 from moeqos.executor.service_target import StandingTarget
 from moeqos.executor.servicer import ExecutorServicer
+from moeqos.executor.thread_knob import ThreadKnob, ThreadSettings
 from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -190,7 +192,12 @@ class ExecutorServerConfig(PeerServerConfig):
             profile_path=Path(profile) if profile else None,
             state_path=Path(state) if state else None,
             profile_at_start=_yes(pick("profile_at_start", "MOEQOS_PROFILE_AT_START")),
-            qos=LoopSettings(enabled=_on_off(pick("qos_loop", "MOEQOS_QOS_LOOP") or "on", "qos loop")),
+            qos=LoopSettings(
+                enabled=_on_off(pick("qos_loop", "MOEQOS_QOS_LOOP") or "on", "qos loop"),
+                threads=ThreadSettings(
+                    enabled=_on_off(pick("qos_threads", "MOEQOS_QOS_THREADS") or "on", "qos threads")
+                ),
+            ),
         )
 
 
@@ -267,7 +274,17 @@ async def start_executor(
     def plan() -> Plan:  # asked only once the model is loaded (by generations, GetInfo, the loop)
         return served.ready().plan
 
-    qos = QosLoop(config.qos, LiveStats(plan), target, plan)
+    def knob() -> ThreadKnob | None:  # None until the model is loaded
+        return served.runtime.threads if served.runtime is not None else None
+
+    qos = QosLoop(
+        config.qos,
+        LiveStats(plan, threads=lambda: served.ready().threads.wanted),
+        target,
+        plan,
+        knob,
+        CpuShare(),
+    )
     target.planning_target = qos.planning_target  # re-plans ask with headroom,
     target.planning_profile = qos.calibrated  # from the live-calibrated profile
     servicer = ExecutorServicer(

@@ -1,0 +1,240 @@
+"""The QoS loop's thread actuator with a fake clock and injected CPU readings and step costs: other
+processes' CPU share, the thread policy (lower under a neighbour, raise after it, judge each change by
+its measured effect, undo a slower one and back off), the loop counting only steps at the count in
+force, and the knob reaching the thread that runs a step (torch keeps the count per OS thread)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from moeqos.api.channel import ConnectOptions
+from moeqos.core.qos import QosTarget
+from moeqos.core.service_types import QosState
+from moeqos.executor.cpu_share import CpuShare, machine_busy_seconds
+from moeqos.executor.live_stats import LiveStats
+from moeqos.executor.qos_control import LoopSettings
+from moeqos.executor.qos_loop import QosLoop
+from moeqos.executor.runtime import ExecutorRuntime
+from moeqos.executor.sampling import SamplingParams
+from moeqos.executor.service_target import StandingTarget
+from moeqos.executor.thread_knob import ThreadKnob, ThreadPolicy, ThreadSettings
+
+from tests.executor.test_qos_loop import BF16, FakeClock, Hooks, feed, profile
+
+
+class Machine:
+    """Fake CPU counters: other processes burn `others` cores, this one `own` cores."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.others, self.own = clock, 0.0, 1.0
+        self.machine_s, self.own_s, self.last = 0.0, 0.0, clock.now
+
+    def advance(self) -> None:
+        wall = self.clock.now - self.last
+        self.machine_s += wall * (self.others + self.own)
+        self.own_s += wall * self.own
+        self.last = self.clock.now
+
+    def share(self) -> CpuShare:
+        def machine() -> float:
+            self.advance()
+            return self.machine_s
+
+        def own() -> float:
+            self.advance()
+            return self.own_s
+
+        return CpuShare(self.clock, machine, own, cores=2)
+
+
+# ----- CPU share ----------------------------------------------------------------------------------
+def test_cpu_share_is_the_machine_minus_this_process_over_the_window() -> None:
+    clock = FakeClock()
+    machine = Machine(clock)
+    share = machine.share()
+    share.sample()
+    assert share.others_cores(2.0) is None  # one sample: nothing known
+    machine.others = 1.0
+    for _ in range(4):
+        clock.now += 0.5
+        share.sample()
+    assert share.others_cores(2.0) == pytest.approx(1.0)
+    machine.others = 0.0
+    clock.now += 1.0
+    share.sample()
+    assert share.others_cores(2.0) == pytest.approx(0.5)  # half the window with the neighbour
+    clock.now += 1.0
+    share.sample()
+    assert share.others_cores(2.0) == pytest.approx(0.0)
+
+
+def test_cpu_share_without_proc_stat_knows_nothing() -> None:
+    assert machine_busy_seconds("/nonexistent/stat") is None
+    share = CpuShare(FakeClock(), lambda: None, lambda: 1.0, cores=2)
+    share.sample()
+    share.sample()
+    assert share.others_cores(1.0) is None
+
+
+# ----- the policy ---------------------------------------------------------------------------------
+def rates(table: dict[int, float | None]):  # type: ignore[no-untyped-def]
+    return lambda threads, since, need: table.get(threads)
+
+
+def test_policy_lowers_under_a_neighbour_raises_after_it_and_keeps_a_faster_change() -> None:
+    policy = ThreadPolicy(ThreadSettings(interval_s=2.0), cores=2)
+    assert policy.decide(0.0, 0.2, 2, 2, rates({2: 10.0})) is None  # quiet: 2 threads stay
+    lower = policy.decide(1.0, 1.1, 2, 2, rates({2: 4.0}))
+    assert lower is not None and lower.threads == 1 and "1.10 of 2 cores" in lower.reason
+    assert policy.decide(1.5, 1.1, 1, 2, rates({2: 4.0})) is None  # not judged yet: no steps at 1
+    kept = policy.decide(2.0, 1.1, 1, 2, rates({1: 7.0, 2: 4.0}))
+    assert kept is not None and kept.threads is None and "4.00 -> 7.00 tok/s" in kept.reason
+    assert policy.decide(2.5, 0.1, 1, 2, rates({1: 7.0})) is None  # within interval_s of the change
+    raised = policy.decide(3.5, 0.1, 1, 2, rates({1: 7.0}))
+    assert raised is not None and raised.threads == 2
+    assert policy.decide(3.5, 0.1, 2, 2, rates({1: 7.0})) is None  # until 2-thread steps come
+
+
+def test_policy_never_goes_above_the_starting_count_nor_below_one() -> None:
+    policy = ThreadPolicy(ThreadSettings(), cores=8)
+    assert policy.decide(0.0, 0.0, 4, 4, rates({})) is None  # 8 free cores, started with 4
+    low = policy.decide(0.0, 8.0, 4, 4, rates({}))
+    assert low is not None and low.threads == 1
+
+
+def test_policy_undoes_a_slower_change_and_does_not_retry_it_before_the_backoff() -> None:
+    policy = ThreadPolicy(ThreadSettings(interval_s=1.0, backoff_s=30.0), cores=2)
+    assert policy.decide(0.0, 1.0, 2, 2, rates({2: 8.0})).threads == 1  # type: ignore[union-attr]
+    undo = policy.decide(1.0, 1.0, 1, 2, rates({1: 5.0, 2: 8.0}))
+    assert undo is not None and undo.threads == 2 and "slower" in undo.reason
+    for now in (3.0, 10.0, 30.0):
+        assert policy.decide(now, 1.0, 2, 2, rates({2: 8.0})) is None
+    again = policy.decide(31.5, 1.0, 2, 2, rates({2: 8.0}))
+    assert again is not None and again.threads == 1
+
+
+def test_policy_leaves_a_change_unjudged_when_nothing_decodes() -> None:
+    policy = ThreadPolicy(ThreadSettings(judge_timeout_s=10.0), cores=2)
+    assert policy.decide(0.0, 1.0, 2, 2, rates({})).threads == 1  # type: ignore[union-attr]
+    assert policy.decide(5.0, 0.0, 1, 2, rates({})) is None
+    note = policy.decide(10.5, 0.0, 1, 2, rates({}))
+    assert note is not None and note.threads is None and "not judged" in note.reason
+    assert policy.decide(11.0, 0.0, 1, 2, rates({})).threads == 2  # type: ignore[union-attr]
+
+
+# ----- the loop with the knob ---------------------------------------------------------------------
+def test_the_loop_lowers_threads_under_a_neighbour_and_judges_only_steps_at_the_new_count() -> None:
+    clock = FakeClock()
+    machine = Machine(clock)
+    applied: list[int] = []
+    knob = ThreadKnob(2, applied.append, lambda: applied[-1] if applied else 2)
+    target = StandingTarget("", ConnectOptions(), Hooks())
+    target.set(QosTarget(min_tokens_per_s=8.0), "")
+    stats = LiveStats(lambda: BF16, clock, threads=lambda: knob.wanted)
+    loop = QosLoop(LoopSettings(), stats, target, lambda: BF16, lambda: knob, machine.share())
+    feed(stats, clock, 0.1, 30)  # 10 tok/s on 2 threads, quiet
+    loop.tick(profile())
+    assert knob.wanted == 2
+    machine.others = 1.0  # the neighbour: 2 threads fall to 4 tok/s
+    ticks = 0
+    while knob.wanted == 2 and ticks < 8:
+        feed(stats, clock, 0.25, 2)
+        decision = loop.tick(profile())
+        ticks += 1
+    assert ticks <= 3  # within 1.5 s of the neighbour's start
+    assert knob.wanted == 1 and "2 -> 1 threads" in loop.thread_note
+    # Right after the change no step is at 1 thread: the 4 tok/s of 2 threads are not judged.
+    assert decision.state is QosState.MET and loop.window().tokens == 0
+    feed(stats, clock, 1 / 9.0, 12)  # 1 thread beside the neighbour: 9 tok/s
+    decision = loop.tick(profile())
+    assert knob.wanted == 1 and "4.00 -> 9.00 tok/s" in loop.thread_note
+    assert decision.state is QosState.MET and loop.window().stream_tokens_per_s == pytest.approx(9.0)
+    assert loop.calibration.steps == 12  # fitted to the steps at 1 thread only
+    assert "1 threads" in loop.status(profile()).last_decision
+    knob.apply()
+    assert applied == [1]
+
+
+def test_the_open_loop_never_touches_the_threads() -> None:
+    clock = FakeClock()
+    machine = Machine(clock)
+    knob = ThreadKnob(2, lambda n: None, lambda: 2)
+    target = StandingTarget("", ConnectOptions(), Hooks())
+    stats = LiveStats(lambda: BF16, clock, threads=lambda: knob.wanted)
+    loop = QosLoop(LoopSettings(enabled=False), stats, target, lambda: BF16, lambda: knob, machine.share())
+    machine.others = 1.0
+    for _ in range(10):
+        feed(stats, clock, 0.25, 2)
+        loop.tick(profile())
+    assert knob.wanted == 2 and loop.thread_note == ""
+
+
+# ----- the knob reaches the stepping thread ---------------------------------------------------------
+def test_the_knob_sets_the_count_on_the_thread_that_applies_it() -> None:
+    """Regression: torch keeps the count per OS thread once it ran a parallel op there, so a count
+    set from another thread (the event loop) never reached a worker that had already stepped."""
+    before = torch.get_num_threads()
+    pool = ThreadPoolExecutor(1)
+    x = torch.randn(256, 256)
+
+    def step() -> int:
+        (x @ x).sum()
+        return torch.get_num_threads()
+
+    try:
+        pool.submit(step).result()
+        knob = ThreadKnob(before)
+        knob.wanted = 1 if before > 1 else 2
+        torch.set_num_threads(knob.wanted)  # from this thread only
+        assert pool.submit(step).result() == before  # the worker kept its count
+        assert pool.submit(lambda: (knob.apply(), step())[1]).result() == knob.wanted
+    finally:
+        torch.set_num_threads(before)
+        pool.submit(lambda: torch.set_num_threads(before)).result()
+        pool.shutdown()
+
+
+def test_the_runtime_applies_the_knob_to_every_step(runtime: ExecutorRuntime) -> None:
+    counts: list[int] = []
+    before = runtime.threads.wanted
+    runtime.threads.wanted = 1
+    try:
+        worker = threading.Thread(
+            target=lambda: list(
+                runtime.generate(
+                    [1, 2, 3],
+                    SamplingParams(max_tokens=3),
+                    on_step=lambda i, s: counts.append(torch.get_num_threads()),
+                )
+            )
+        )
+        worker.start()
+        worker.join(60)
+    finally:
+        runtime.threads.wanted = before
+    assert counts and set(counts) == {1}
+
+
+def test_without_a_floor_the_threads_stay_or_go_back_to_the_starting_count() -> None:
+    clock = FakeClock()
+    machine = Machine(clock)
+    knob = ThreadKnob(2, lambda n: None, lambda: 2)
+    target = StandingTarget("", ConnectOptions(), Hooks())
+    stats = LiveStats(lambda: BF16, clock, threads=lambda: knob.wanted)
+    loop = QosLoop(LoopSettings(), stats, target, lambda: BF16, lambda: knob, machine.share())
+    machine.others = 1.0
+    for _ in range(6):
+        feed(stats, clock, 0.25, 2)
+        loop.tick(profile())
+    assert knob.wanted == 2  # nothing to hold: torch's own count
+    target.set(QosTarget(min_tokens_per_s=8.0), "")
+    for _ in range(6):
+        feed(stats, clock, 0.25, 2)
+        loop.tick(profile())
+    assert knob.wanted == 1
+    target.set(None, "")
+    loop.tick(profile())
+    assert knob.wanted == 2 and "no floor" in loop.thread_note
