@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from moeqos.executor.quant.layout import PackFn, source_index
 from moeqos.executor.quant.packing import pack_codes, unpack_codes, unpack_nibble_bytes
-from moeqos.executor.quant.rtn import QuantizedWeight, dequantize
+from moeqos.executor.quant.rtn import QuantizedWeight, dequantize, float_zeros
 from torch import Tensor
 
 MatmulFn = Callable[[Tensor, Tensor, int, Tensor], Tensor]
@@ -44,8 +44,8 @@ class Int4Op:
 
     pack: PackFn
     matmul: MatmulFn
-    scales_zeros: Callable[[QuantizedWeight], Tensor]
-    """The op's qScaleAndZeros for a weight."""
+    scales_zeros: Callable[[Tensor, Tensor], Tensor]
+    """(bf16 scales, bf16 float zeros [N, G]) -> the op's qScaleAndZeros [G, N, 2]."""
 
 
 class UnpackInt4Kernel:
@@ -58,13 +58,18 @@ class UnpackInt4Kernel:
         self.packed_dtype, self.packed_shape = template.dtype, tuple(template.shape)
         order = source_index(op.pack, *self.shape, q.values.device)  # [n]: the code at each nibble
         self.bits = pack_codes(q.values.flatten()[order], q.precision.bits)  # [n*b/8]
-        self.scales_zeros = op.scales_zeros(q)  # [G, N, 2]
+        assert q.scales is not None and q.zeros is not None
+        # resident as stored (bf16 scales, int8 zero points: the byte contract); the op's float
+        # [G, N, 2] pairs are made per call, a few small ops beside unpacking n codes
+        self.scales, self.zeros = q.scales, q.zeros  # [N, G] each
 
     def matmul(self, x: Tensor) -> Tensor:
         count = self.shape[0] * self.shape[1]
         raw = unpack_nibble_bytes(self.bits, self.precision.bits, count)  # uint8 [n/2]
         packed = raw.view(self.packed_dtype).view(self.packed_shape)
-        y = self.op.matmul(x.to(torch.bfloat16).contiguous(), packed, self.group_size, self.scales_zeros)
+        zeros = float_zeros(self.precision, self.scales, self.zeros)  # bf16 [N, G]
+        scales_zeros = self.op.scales_zeros(self.scales, zeros)  # [G, N, 2]
+        y = self.op.matmul(x.to(torch.bfloat16).contiguous(), packed, self.group_size, scales_zeros)
         return y.to(x.dtype)  # [M, N]
 
     def portable(self) -> QuantizedWeight:
@@ -72,9 +77,8 @@ class UnpackInt4Kernel:
         ordered = unpack_codes(self.bits, self.precision.bits, rows * cols)  # [n], op order
         codes = torch.empty_like(ordered)  # [n], row-major
         codes[source_index(self.op.pack, rows, cols, ordered.device)] = ordered
-        scales, zeros = self.scales_zeros.transpose(0, 1).unbind(dim=2)  # [N, G] each
         return QuantizedWeight(
-            self.precision, codes.view(rows, cols), scales.contiguous(), zeros.contiguous(), self.group_size
+            self.precision, codes.view(rows, cols), self.scales, self.zeros, self.group_size
         )
 
 
