@@ -10,7 +10,7 @@ import pytest
 import torch
 from moeqos.core.precision import Precision, expert_bytes, matrix_bytes, packed_code_bytes
 from moeqos.executor.quant import QuantExpert, cpu_kernels, quantize_linear
-from moeqos.executor.quant.packed_kernels import UnpackDequantKernel, UnpackInt4Kernel
+from moeqos.executor.quant.packed_kernels import UnpackDequantKernel, UnpackInt4Kernel, op_scales_zeros
 from moeqos.executor.quant.packing import (
     code_offset,
     pack_codes,
@@ -23,7 +23,7 @@ from moeqos.executor.quant.reference import (
     reference_linear,
     relative_error,
 )
-from moeqos.executor.quant.rtn import CODE_MID, QuantizedWeight, dequantize, quantize
+from moeqos.executor.quant.rtn import CODE_MID, QuantizedWeight, dequantize, float_zeros, quantize
 from torch import Tensor
 
 SUB4 = [p for p in Precision if p.is_bit_packed]
@@ -141,6 +141,17 @@ def test_integer_zero_points_round_to_whole_scales_and_stay_within_half_a_step(p
     # half a step, and the bf16 rounding of the zero and of the scale (times at most 8 steps)
     slack = scales * (0.5 + 8 * 2**-8) + zeros.abs() * 2**-8
     assert bool(((dequantize(q) - weight).abs() <= slack + 1e-6).all())
+
+
+@pytest.mark.parametrize("precision", SUB4)
+def test_the_ops_float_pairs_are_made_from_the_integer_zero_points(precision: Precision) -> None:
+    """What the unpack kernel hands the int4 op per call: the scale, and the float zero `float_zeros`
+    defines (so the op computes `dequantize`'s weight)."""
+    q = quantize(torch.randn(48, 256, generator=generator("pairs", precision)), precision)
+    assert q.scales is not None and q.zeros is not None
+    pairs = op_scales_zeros(q.scales.T.contiguous(), q.zeros.T.contiguous())  # [G, N, 2]
+    zeros = float_zeros(precision, q.scales, q.zeros)  # [N, G]
+    assert torch.equal(pairs, torch.stack([q.scales, zeros], dim=2).transpose(0, 1))
 
 
 def test_a_constant_group_far_from_zero_keeps_its_zero_point_in_a_byte() -> None:

@@ -22,7 +22,7 @@ import torch
 from moeqos.core.precision import Precision
 from moeqos.executor.quant.layout import source_index, unpack_codes
 from moeqos.executor.quant.packed_kernels import Int4Op
-from moeqos.executor.quant.rtn import QuantizedWeight, float_zeros
+from moeqos.executor.quant.rtn import QuantizedWeight
 from torch import Tensor
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -64,16 +64,10 @@ def pack_int4_cpu(codes: Tensor) -> Tensor:
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), _INNER_K_TILES)
 
 
-def pair_scales_zeros(scales: Tensor, zeros: Tensor) -> Tensor:
-    """The int4 ops' qScaleAndZeros from bf16 scales and float zeros [N, G]: bf16 [G, N, 2], scale then
-    zero."""
-    return torch.stack([scales, zeros], dim=2).transpose(0, 1).contiguous()  # [G, N, 2]
-
-
 def scales_and_zeros(q: QuantizedWeight) -> Tensor:
-    """The int4 ops' qScaleAndZeros of a grouped weight: bf16 [G, N, 2]."""
+    """The int4 ops' qScaleAndZeros: bf16 [G, N, 2], scale then zero."""
     assert q.scales is not None and q.zeros is not None
-    return pair_scales_zeros(q.scales, float_zeros(q.precision, q.scales, q.zeros))
+    return torch.stack([q.scales, q.zeros], dim=2).transpose(0, 1).contiguous()  # [G, N, 2]
 
 
 @cache
@@ -88,7 +82,7 @@ def int4_layout_tag(rows: int, cols: int) -> str:
     return hashlib.sha256(where.numpy().tobytes()).hexdigest()[:12]
 
 
-INT4_OP = Int4Op(pack_int4_cpu, torch.ops.aten._weight_int4pack_mm_for_cpu, pair_scales_zeros)
+INT4_OP = Int4Op(pack_int4_cpu, torch.ops.aten._weight_int4pack_mm_for_cpu)
 """The CPU int4 op, for the bit-packed int3/int2 kernel (moeqos.executor.quant.packed_kernels)."""
 
 

@@ -20,7 +20,7 @@ from functools import cache
 
 import torch
 from moeqos.core.precision import Precision
-from moeqos.executor.quant.cpu_kernels import INT4_GROUP_SIZES, pair_scales_zeros, scales_and_zeros
+from moeqos.executor.quant.cpu_kernels import INT4_GROUP_SIZES, scales_and_zeros
 from moeqos.executor.quant.layout import unpack_codes
 from moeqos.executor.quant.packed_kernels import Int4Op
 from moeqos.executor.quant.rtn import QuantizedWeight, dequantize, quantize
@@ -52,7 +52,7 @@ def pack_int4_cuda(codes: Tensor) -> Tensor:
     return torch.ops.aten._convert_weight_to_int4pack(pairs, tiles)
 
 
-INT4_OP = Int4Op(pack_int4_cuda, torch.ops.aten._weight_int4pack_mm, pair_scales_zeros)
+INT4_OP = Int4Op(pack_int4_cuda, torch.ops.aten._weight_int4pack_mm)
 """tinygemm, for the bit-packed int3/int2 kernel (moeqos.executor.quant.packed_kernels): its int32
 packed tensor is a view of the unpacked nibble bytes like the CPU op's uint8 one."""
 
