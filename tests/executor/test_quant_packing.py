@@ -10,7 +10,13 @@ import pytest
 import torch
 from moeqos.core.precision import Precision, expert_bytes, matrix_bytes, packed_code_bytes
 from moeqos.executor.quant import QuantExpert, cpu_kernels, quantize_linear
-from moeqos.executor.quant.packed_kernels import UnpackDequantKernel, UnpackInt4Kernel, op_scales_zeros
+from moeqos.executor.quant.layout import unpack_codes as layout_unpack_codes
+from moeqos.executor.quant.packed_kernels import (
+    Int4Op,
+    UnpackDequantKernel,
+    UnpackInt4Kernel,
+    op_scales_zeros,
+)
 from moeqos.executor.quant.packing import (
     code_offset,
     pack_codes,
@@ -173,3 +179,37 @@ def test_state_of_the_wrong_size_is_refused() -> None:
     state = linear.to_state()  # int4 nibbles: 4 bits a weight, not 2
     with pytest.raises(ValueError, match="int2"):
         type(linear).from_state(state, Precision.INT2)
+
+
+def _tinygemm_like_pack(codes: Tensor) -> Tensor:
+    """A CPU stand-in for tinygemm's packing: int32, column 2j in the high nibble, tiles reordered."""
+    rows, cols = codes.shape
+    pairs = ((codes[:, 0::2] << 4) | codes[:, 1::2]).contiguous()  # [N, K/2]
+    words = pairs.view(torch.int32).view(rows // 8, 8, cols // 32, 4)  # [N/8, 8, K/32, 4]
+    return words.permute(0, 2, 1, 3).contiguous()  # [N/8, K/32, 8, 4]
+
+
+def _reference_op(x: Tensor, packed: Tensor, group_size: int, scales_zeros: Tensor) -> Tensor:
+    """What an int4 op computes, in pure torch: (code - 8) * scale + zero, then x @ W.T."""
+    rows, cols = scales_zeros.shape[1], packed.numel() * 8 // scales_zeros.shape[1]
+    codes = layout_unpack_codes(packed, _tinygemm_like_pack, rows, cols).float()  # [N, K]
+    scales, zeros = (t.float().T.repeat_interleave(group_size, dim=1) for t in scales_zeros.unbind(2))
+    return (x.float() @ ((codes - CODE_MID) * scales + zeros).T).to(torch.bfloat16)  # [M, N]
+
+
+@pytest.mark.parametrize("precision", SUB4)
+def test_the_unpack_kernel_is_device_agnostic_through_an_int32_op_layout(precision: Precision) -> None:
+    """The CUDA path (tinygemm, int32 packed tensor; no GPU here) runs the same UnpackInt4Kernel: with a
+    CPU op of a tinygemm-like int32 layout, the unpacked nibbles, their order and the per-call float
+    pairs give the reference's output, and the weight comes back unchanged."""
+    gen = generator("int32 op", precision)
+    weight = torch.randn(64, 256, generator=gen)  # [N, K]
+    x = torch.randn(3, 256, generator=gen)  # [M, K]
+    q = quantize(weight, precision)
+    kernel = UnpackInt4Kernel(q, Int4Op(_tinygemm_like_pack, _reference_op))
+    assert kernel.packed_dtype == torch.int32
+    y_ref = reference_linear(x, dequantize(q))
+    assert relative_error(kernel.matmul(x), y_ref) <= kernel_error_bound(precision, x.dtype)
+    back = kernel.portable()
+    assert torch.equal(back.values, q.values) and torch.equal(back.zeros, q.zeros)  # type: ignore[arg-type]
+    assert resident_bytes(kernel) == matrix_bytes(64, 256, precision)
