@@ -213,3 +213,12 @@ def test_the_unpack_kernel_is_device_agnostic_through_an_int32_op_layout(precisi
     back = kernel.portable()
     assert torch.equal(back.values, q.values) and torch.equal(back.zeros, q.zeros)  # type: ignore[arg-type]
     assert resident_bytes(kernel) == matrix_bytes(64, 256, precision)
+
+
+def test_a_state_with_float_zeros_is_refused_for_int2() -> None:
+    """An int2 state written with bf16 zeros (the layout before integer zero points) is not read as int2."""
+    linear = quantize_linear(torch.randn(32, 64), Precision.INT2)
+    state = linear.to_state()
+    state["zeros"] = state["zeros"].to(torch.bfloat16)
+    with pytest.raises(ValueError, match="zeros"):
+        type(linear).from_state(state, Precision.INT2)
