@@ -7,8 +7,8 @@ A grouped precision's name says its group size when it is not the plan's: `int4g
 scale and zero per 32 weights, whatever the plan says; bare `int4` / `int3` / `int2` (today's names)
 use the plan's `group_size`, DEFAULT_GROUP_SIZE (64) unless a plan sets another.
 int3 and int2 codes are bit-packed (3 and 2 bits a weight; moeqos.executor.quant.packing), and their
-zero points are integers, one byte a group (moeqos.executor.quant.rtn): an int2 expert is 19/36 of int4's
-bytes at the same group size, int3 27/36.
+zero points are integers, one byte a group (moeqos.executor.quant.rtn): with groups of 64 an int2 expert
+is 19/36 of int4's bytes, int3 27/36 (groups of 32: 11/20 and 15/20).
 """
 
 from __future__ import annotations
