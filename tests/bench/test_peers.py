@@ -51,29 +51,30 @@ def test_missing_cmake_or_compiler_is_a_skip_that_names_it():
 
 
 def test_the_build_commands(tmp_path):
+    """The commands as the module pins them (version, package, targets, CMake options): a new pin
+    changes no test, a dropped or reordered argument does."""
     peer = peer_at(tmp_path)
     tools = find_toolchain(_which(TOOLS))
+    version = peer_build.VERSION
+    sdist = f"{peer_build.PACKAGE.replace('-', '_')}-{version}"
+    assert peer.source == tmp_path / f"llama.cpp-{version}" / sdist / "vendor" / "llama.cpp"
+    compilers = ["-DCMAKE_C_COMPILER=/usr/bin/cc", "-DCMAKE_CXX_COMPILER=/usr/bin/c++"]
+    build_dir = ["-B", str(peer.root / "build")]
     configure = peer_build.configure_command(tools, peer)
-    assert configure[:5] == ["/usr/bin/cmake", "-S", str(peer.source), "-B", str(peer.root / "build")]
-    assert peer.source == tmp_path / "llama.cpp-0.3.36" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
-    assert configure[5:7] == ["-G", "Ninja"] and "-DCMAKE_C_COMPILER=/usr/bin/cc" in configure
+    assert configure == [
+        "/usr/bin/cmake", "-S", str(peer.source), *build_dir, "-G", "Ninja", *compilers,
+        *peer_build.CMAKE_OPTIONS,
+    ]  # fmt: skip
     assert "-DGGML_NATIVE=ON" in configure and "-DLLAMA_BUILD_TESTS=OFF" in configure
     no_ninja = peer_build.configure_command(Toolchain("/c", "/cc", "/cxx", None), peer)
     assert "-G" not in no_ninja
     build = peer_build.build_command(tools, peer, jobs=2)
-    assert build[1:] == [
-        "--build",
-        str(peer.root / "build"),
-        "--target",
-        "llama-bench",
-        "llama-quantize",
-        "-j",
-        "2",
-    ]
+    assert build == ["/usr/bin/cmake", "--build", build_dir[1], "--target", *peer_build.TARGETS, "-j", "2"]
+    assert set(peer_build.TARGETS) == {peer.bench.name, peer.quantize.name}  # the tools the peer runs
     download = peer_build.download_command(tmp_path / "downloads")
     assert download[1:] == [
-        "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "llama-cpp-python==0.3.36",
-        "--dest", str(tmp_path / "downloads"),
+        "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        f"{peer_build.PACKAGE}=={version}", "--dest", str(tmp_path / "downloads"),
     ]  # fmt: skip
 
 
@@ -140,29 +141,18 @@ def test_the_convert_quantize_and_bench_commands(tmp_path):
         str(tmp_path / "m.bf16.partial"),
     ]
     assert peer_llama.converter_env(peer)["PYTHONPATH"].split(":")[0] == str(peer.gguf_py)
-    quantize = peer_llama.quantize_command(peer, tmp_path / "a.gguf", tmp_path / "b.gguf", Precision.INT4, 2)
-    assert quantize == [
-        str(peer.quantize), "--pure",
-        "--token-embedding-type", "bf16", "--output-tensor-type", "bf16", "--tensor-type", "attn_=bf16",
-        str(tmp_path / "a.gguf"), str(tmp_path / "b.gguf"), "Q4_0", "2",
-    ]  # fmt: skip
-    bench = peer_llama.bench_command(peer, tmp_path / "b.gguf", threads=2, prompt=48, tokens=32, repeats=3)
-    assert bench[1:] == [
-        "-m",
-        str(tmp_path / "b.gguf"),
-        "-t",
-        "2",
-        "-p",
-        "0",
-        "-n",
-        "32",
-        "-d",
-        "48",
-        "-r",
-        "3",
-        "-o",
-        "json",
-    ]
+    source, out = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    for precision, gguf_type in peer_llama.GGUF_TYPES.items():
+        quantize = peer_llama.quantize_command(peer, source, out, precision, 2)
+        assert quantize == [
+            str(peer.quantize), "--pure", *peer_llama.DENSE_BF16, str(source), str(out), gguf_type, "2"
+        ]  # fmt: skip
+    assert peer_llama.GGUF_TYPES[Precision.INT4] == "Q4_0"  # the format the README compares int4 with
+    assert all(value.endswith("bf16") for value in peer_llama.DENSE_BF16[1::2])  # dense weights stay bf16
+    bench = peer_llama.bench_command(peer, out, threads=2, prompt=48, tokens=32, repeats=3)
+    flags = dict(zip(bench[1::2], bench[2::2], strict=True))  # llama-bench's -flag value pairs
+    assert bench[0] == str(peer.bench)
+    assert flags == {"-m": str(out), "-t": "2", "-p": "0", "-n": "32", "-d": "48", "-r": "3", "-o": "json"}
 
 
 def test_converted_files_are_cache_hits_keyed_by_the_checkpoint(tmp_path, monkeypatch):

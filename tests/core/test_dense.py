@@ -35,6 +35,23 @@ def test_budget_charge_is_the_delta_over_the_dense_precision_on_the_device():
     assert untied.delta_bytes(head) < 0  # an untied head gives its bytes back when quantized
 
 
+def test_the_budget_charge_builds_its_bytes_table_once_per_group_size(monkeypatch):
+    charge = DenseCharge(SHAPES, Precision.BF16, "cpu")
+    built: list[int] = []
+    table = DenseShapes.table
+
+    def counted(shapes: DenseShapes, dense: Precision, group_size: int = 64):
+        built.append(group_size)
+        return table(shapes, dense, group_size)
+
+    monkeypatch.setattr(DenseShapes, "table", counted)
+    head = dense_precisions({DenseElement.HEAD: Precision.INT4})
+    first = charge.bytes_per_tier(head, 64)
+    assert [charge.bytes_per_tier(head, 64) for _ in range(3)] == [first] * 3
+    assert charge.bytes_per_tier(head, 32) != first  # another group size: its own table
+    assert built == [64, 32]
+
+
 def test_dense_precisions_reject_unknown_and_repeated_elements():
     with pytest.raises(ValueError, match="unknown dense element"):
         dense_precisions([("mlp", "int4")])

@@ -14,9 +14,9 @@ def test_matrix_bytes_per_format():
     assert matrix_bytes(16, 64, Precision.INT8) == 16 * 64 + 16 * 2
     # 4-bit codes plus a bf16 scale and zero per group of 64
     assert matrix_bytes(16, 128, Precision.INT4, 64) == 16 * 64 + 2 * 16 * 2 * 2
-    # int3 and int2 bit-packed (issue 18): 3 and 2 bits a weight, the same scales and zeros
-    assert matrix_bytes(16, 128, Precision.INT3, 64) == 16 * 128 * 3 // 8 + 2 * 16 * 2 * 2
-    assert matrix_bytes(16, 128, Precision.INT2, 64) == 16 * 128 // 4 + 2 * 16 * 2 * 2
+    # int3 and int2 bit-packed (issue 18): 3 and 2 bits a weight, a bf16 scale and an int8 zero point
+    assert matrix_bytes(16, 128, Precision.INT3, 64) == 16 * 128 * 3 // 8 + 2 * 16 * (2 + 1)
+    assert matrix_bytes(16, 128, Precision.INT2, 64) == 16 * 128 // 4 + 2 * 16 * (2 + 1)
     # a precision naming its group size keeps it whatever the plan's (issue 20)
     assert matrix_bytes(16, 128, Precision.INT4_G32, 64) == 16 * 64 + 4 * 16 * 2 * 2
     assert matrix_bytes(16, 128, Precision.INT4_G128, 32) == 16 * 64 + 1 * 16 * 2 * 2

@@ -60,6 +60,19 @@ def test_a_dense_only_switch_leaves_every_expert_untouched(runtime):
     torch.testing.assert_close(runtime.forward_logits(ids), reference)
 
 
+def test_a_switch_to_the_same_precision_naming_its_group_requantizes_nothing(runtime):
+    """int4g32 is quantized with groups of 32 whatever the plan's group size, so a plan that differs only
+    in its group size leaves such a dense element as it is (it was recorded with the plan's)."""
+    dense = "fp32@cpu,attn=int4g32,head=int4g32"
+    first = runtime.apply_plan(parse_plan(dense, LAYERS, EXPERTS, "cpu", group_size=64))
+    assert set(first.dense_changed) == {DenseElement.ATTN, DenseElement.HEAD}
+    modules = {slot.name: slot.module for slots in runtime.dense.slots.values() for slot in slots}
+    again = runtime.apply_plan(parse_plan(dense, LAYERS, EXPERTS, "cpu", group_size=128))
+    assert again.dense_changed == ()
+    assert all(slot.module is modules[slot.name] for slots in runtime.dense.slots.values() for slot in slots)
+    assert {group for _, group in runtime.dense.served.values()} == {32}
+
+
 def test_dense_bytes_are_charged_to_the_device_tier_and_shown(make_runtime):
     runtime = make_runtime()
     used = {t.name: t.used_bytes for t in runtime.tier_status()}

@@ -148,6 +148,20 @@ def test_models_keep_the_dense_part_through_json_and_predict_with_it():
     )
 
 
+@pytest.mark.parametrize("precision", [P.INT3, P.INT2, P.INT4_G32, P.INT2_G128])
+def test_an_unmeasured_dense_precision_is_charged_its_own_bytes_not_int4s(precision):
+    """int3/int2 (and a precision naming its group) are not profiled for the dense part; the budget
+    charge is still their real packed bytes (the byte contract), not the measured int4's."""
+    dense = LatencyModel.fit(_profile()).dense
+    table = SHAPES.table(P.BF16)
+    for element in DenseElement:
+        assert precision not in {c.precision for c in dense.costs if c.element == element}
+        expected = table.bytes[element][precision] - table.bytes[element][P.BF16]
+        assert dense.bytes(element, precision) == expected
+        assert dense.bytes(element, P.INT4) == table.bytes[element][P.INT4] - table.bytes[element][P.BF16]
+    assert dense.bytes(E.HEAD, P.INT2) < dense.bytes(E.HEAD, P.INT3) < dense.bytes(E.HEAD, P.INT4)
+
+
 def test_budgets_named_in_a_request_charge_the_dense_part_on_the_device():
     bf16 = _profile().model.expert_bytes(P.BF16)
     profile = _profile()

@@ -97,7 +97,7 @@ def test_damaged_bit_packed_files_are_rebuilt_not_served(stack, profile_file, tm
         client.apply_plan(plan)
         text = client.complete(PROMPT, GREEDY).text
         files = sorted(
-            runtime.factory.directory.glob(f"L*.{precision.value}.g*.b{precision.bits}.safetensors")
+            runtime.factory.directory.glob(f"L*.{precision.value}.g*.b{precision.bits}v*.safetensors")
         )
         assert len(files) == runtime.num_layers * runtime.num_experts
         for path in files:

@@ -133,7 +133,10 @@ def run(ctx: Any) -> SectionResult:
         latency,
         quality,
     )
-    points = ctx.frontier_under(budgets, FITTING_PRECISIONS, experts_only=True)
+    # at least 4 bits: with int3/int2 a quarter of the bf16 bytes holds every expert (all-int3 is 21% of
+    # them), and this section is about the experts that do not fit (RAM_SHARE); `frontier` shows those
+    offloadable = [p for p in FITTING_PRECISIONS if not p.is_bit_packed]
+    points = ctx.frontier_under(budgets, offloadable, experts_only=True)
     chosen = [
         points[i]
         for i in spread_indices([r.predicted_tokens_per_s for r in points], ctx.settings.measured_plans)

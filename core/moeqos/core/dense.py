@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
 
@@ -167,8 +167,13 @@ class DenseCharge:
     """The model's dense precision (what budgets already leave out)."""
     device: str
     """The tier dense weights live in."""
+    _tables: dict[int, DenseTable] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """The bytes table per plan group size, built on first use (the shapes never change)."""
 
     def bytes_per_tier(self, plan_dense: DensePrecisions, group_size: int) -> dict[str, int]:
         """{device: delta bytes}, or {} when the plan's dense part costs what the default does."""
-        delta = self.shapes.table(self.dense, group_size).delta_bytes(plan_dense)
+        table = self._tables.get(group_size)
+        if table is None:
+            table = self._tables.setdefault(group_size, self.shapes.table(self.dense, group_size))
+        delta = table.delta_bytes(plan_dense)
         return {self.device: delta} if delta else {}

@@ -6,7 +6,9 @@ much for an expert in a precision, and the planner charges exactly this much aga
 A grouped precision's name says its group size when it is not the plan's: `int4g32` is int4 with one
 scale and zero per 32 weights, whatever the plan says; bare `int4` / `int3` / `int2` (today's names)
 use the plan's `group_size`, DEFAULT_GROUP_SIZE (64) unless a plan sets another.
-int3 and int2 codes are bit-packed (3 and 2 bits a weight; moeqos.executor.quant.packing).
+int3 and int2 codes are bit-packed (3 and 2 bits a weight; moeqos.executor.quant.packing), and their
+zero points are integers, one byte a group (moeqos.executor.quant.rtn): with groups of 64 an int2 expert
+is 19/36 of int4's bytes, int3 27/36 (groups of 32: 11/20 and 15/20).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ class Precision(enum.StrEnum):
     INT4 = "int4"
     """Group-wise asymmetric round-to-nearest, 4-bit codes, bf16 scale and zero per group."""
     INT3 = "int3"
-    """As int4 with 3-bit codes (8 levels), bit-packed: 3 bits a weight plus the scales and zeros."""
+    """As int4 with 3-bit codes (8 levels), bit-packed: 3 bits a weight, a bf16 scale and an integer
+    zero point per group."""
     INT2 = "int2"
-    """As int4 with 2-bit codes (4 levels), bit-packed: 2 bits a weight plus the scales and zeros."""
+    """As int4 with 2-bit codes (4 levels), bit-packed: 2 bits a weight, a bf16 scale and an integer
+    zero point per group."""
     INT4_G32 = "int4g32"
     """int4 with groups of 32 weights, whatever the plan's group size."""
     INT4_G128 = "int4g128"
@@ -135,7 +139,16 @@ _FIXED_GROUP = {p: int(p.value.split("g")[1]) for p in Precision if "g" in p.val
 _BASE = {p: Precision(p.value.split("g")[0]) for p in _FIXED_GROUP}
 
 SCALE_BYTES = 2
-"""Bytes of one scale or zero point (bf16)."""
+"""Bytes of one scale, or of int4's / int8's zero point (bf16)."""
+
+ZERO_POINT_BYTES = 1
+"""Bytes of one bit-packed (int3/int2) group's zero point: an int8 number of scales."""
+
+
+def group_bytes(precision: Precision) -> int:
+    """Bytes a grouped precision stores per group besides its codes: a bf16 scale, and a bf16 zero
+    (int4) or an integer zero point (int3/int2)."""
+    return SCALE_BYTES + (ZERO_POINT_BYTES if precision.is_bit_packed else SCALE_BYTES)
 
 
 def matrix_bytes(rows: int, cols: int, precision: Precision, group_size: int = DEFAULT_GROUP_SIZE) -> int:
@@ -146,7 +159,7 @@ def matrix_bytes(rows: int, cols: int, precision: Precision, group_size: int = D
         return code_bytes + rows * SCALE_BYTES
     if precision.is_grouped:
         groups = rows * -(-cols // precision.group(group_size))
-        return code_bytes + 2 * groups * SCALE_BYTES
+        return code_bytes + groups * group_bytes(precision)
     return code_bytes
 
 
@@ -159,7 +172,8 @@ def groups_fit(precision: Precision, hidden_size: int, intermediate_size: int, g
 
 def packed_code_bytes(count: int, precision: Precision) -> int:
     """Bytes of `count` weights' codes in `precision`: int2 four to a byte, int3 as a 2-bit plane and a
-    1-bit plane (moeqos.executor.quant.packing), everything else `storage_bits` a weight."""
+    1-bit plane (the one count of moeqos.executor.quant.packing), everything else `storage_bits` a
+    weight."""
     if precision.bits == 3:
         return -(-count // 4) + -(-count // 8)
     if precision.bits == 2:

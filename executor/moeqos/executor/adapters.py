@@ -151,64 +151,54 @@ def _softmax(
     return make
 
 
-def _mixtral_spec(config: Any) -> MoeSpec:
-    layers = tuple(range(int(config.num_hidden_layers)))
-    return MoeSpec(
-        layers,
-        config.num_local_experts,
-        config.num_experts_per_tok,
-        0,
-        config.hidden_size,
-        config.intermediate_size,
-    )
+def _every_layer(config: Any) -> tuple[int, ...]:
+    """Mixtral, OLMoE, Granite-MoE: every decoder layer has a MoE block."""
+    return tuple(range(int(config.num_hidden_layers)))
 
 
-def _qwen2_spec(config: Any) -> MoeSpec:
-    inter = int(config.moe_intermediate_size)
-    shared = _shared_slices(int(config.shared_expert_intermediate_size), inter)
-    return MoeSpec(
-        _sparse_layers(config),
-        config.num_experts,
-        config.num_experts_per_tok,
-        shared,
-        config.hidden_size,
-        inter,
-    )
+def _after_first_dense(config: Any) -> tuple[int, ...]:
+    """DeepSeek-V3: the layers after the first `first_k_dense_replace` dense ones."""
+    return tuple(range(int(config.first_k_dense_replace), int(config.num_hidden_layers)))
 
 
-def _qwen3_spec(config: Any) -> MoeSpec:
-    return MoeSpec(
-        _sparse_layers(config),
-        config.num_experts,
-        config.num_experts_per_tok,
-        0,
-        config.hidden_size,
-        config.moe_intermediate_size,
-    )
+@dataclass(frozen=True)
+class SpecReader:
+    """Reads a family's MoeSpec from its config: which attributes hold the shape (every family keeps the
+    top-k in `num_experts_per_tok` and the hidden size in `hidden_size`)."""
+
+    experts: str
+    """Routed experts per MoE layer."""
+    intermediate: str
+    """One routed expert's intermediate size."""
+    layers: Callable[[Any], tuple[int, ...]] = _every_layer
+    """The decoder layers with a MoE block."""
+    shared_size: str | None = None
+    """The shared expert's intermediate size, planned as that many routed-size slices (Qwen2-MoE)."""
+    shared_count: str | None = None
+    """Shared experts of the routed size, one slice each (DeepSeek-V3)."""
+
+    def __call__(self, config: Any) -> MoeSpec:
+        inter = int(getattr(config, self.intermediate))
+        shared = 0
+        if self.shared_size is not None:
+            shared = _shared_slices(int(getattr(config, self.shared_size)), inter)
+        elif self.shared_count is not None:
+            shared = int(getattr(config, self.shared_count))
+        experts = getattr(config, self.experts)
+        return MoeSpec(
+            self.layers(config), experts, config.num_experts_per_tok, shared, config.hidden_size, inter
+        )
 
 
-def _olmoe_spec(config: Any) -> MoeSpec:
-    layers = tuple(range(int(config.num_hidden_layers)))
-    return MoeSpec(
-        layers,
-        config.num_experts,
-        config.num_experts_per_tok,
-        0,
-        config.hidden_size,
-        config.intermediate_size,
-    )
-
-
-def _deepseek_v3_spec(config: Any) -> MoeSpec:
-    layers = tuple(range(int(config.first_k_dense_replace), int(config.num_hidden_layers)))
-    return MoeSpec(
-        layers,
-        config.n_routed_experts,
-        config.num_experts_per_tok,
-        int(config.n_shared_experts),
-        config.hidden_size,
-        config.moe_intermediate_size,
-    )
+_MIXTRAL_SPEC = SpecReader("num_local_experts", "intermediate_size")
+_QWEN2_SPEC = SpecReader(
+    "num_experts", "moe_intermediate_size", _sparse_layers, shared_size="shared_expert_intermediate_size"
+)
+_QWEN3_SPEC = SpecReader("num_experts", "moe_intermediate_size", _sparse_layers)
+_OLMOE_SPEC = SpecReader("num_experts", "intermediate_size")
+_DEEPSEEK_V3_SPEC = SpecReader(
+    "n_routed_experts", "moe_intermediate_size", _after_first_dense, shared_count="n_shared_experts"
+)
 
 
 def _deepseek_v3_router(config: Any, spec: MoeSpec, checkpoint: Checkpoint, layer: int) -> Router:
@@ -246,7 +236,7 @@ def _mixtral() -> ModelAdapter:
         model_type="mixtral",
         model_class=MixtralForCausalLM,
         config_class=MixtralConfig,
-        spec=_mixtral_spec,
+        spec=_MIXTRAL_SPEC,
         routed=PerExpert(
             "model.layers.{layer}.block_sparse_moe.experts.{expert}.{name}.weight", ("w1", "w2", "w3")
         ),
@@ -262,7 +252,7 @@ def _qwen2_moe() -> ModelAdapter:
         model_type="qwen2_moe",
         model_class=Qwen2MoeForCausalLM,
         config_class=Qwen2MoeConfig,
-        spec=_qwen2_spec,
+        spec=_QWEN2_SPEC,
         routed=_QWEN_EXPERTS,
         router_key=_MLP_GATE,
         make_router=_softmax(_norm_topk, _MLP_GATE),
@@ -278,7 +268,7 @@ def _qwen3_moe() -> ModelAdapter:
         model_type="qwen3_moe",
         model_class=Qwen3MoeForCausalLM,
         config_class=Qwen3MoeConfig,
-        spec=_qwen3_spec,
+        spec=_QWEN3_SPEC,
         routed=_QWEN_EXPERTS,
         router_key=_MLP_GATE,
         make_router=_softmax(_norm_topk, _MLP_GATE),
@@ -292,7 +282,7 @@ def _olmoe() -> ModelAdapter:
         model_type="olmoe",
         model_class=OlmoeForCausalLM,
         config_class=OlmoeConfig,
-        spec=_olmoe_spec,
+        spec=_OLMOE_SPEC,
         routed=_QWEN_EXPERTS,
         router_key=_MLP_GATE,
         make_router=_softmax(_norm_topk, _MLP_GATE),
@@ -307,7 +297,7 @@ def _granitemoe() -> ModelAdapter:
         model_type="granitemoe",
         model_class=GraniteMoeForCausalLM,
         config_class=GraniteMoeConfig,
-        spec=_mixtral_spec,
+        spec=_MIXTRAL_SPEC,
         routed=Fused(
             "model.layers.{layer}.block_sparse_moe.input_linear.weight",
             "model.layers.{layer}.block_sparse_moe.output_linear.weight",
@@ -325,7 +315,7 @@ def _deepseek_v3() -> ModelAdapter:
         model_type="deepseek_v3",
         model_class=DeepseekV3ForCausalLM,
         config_class=DeepseekV3Config,
-        spec=_deepseek_v3_spec,
+        spec=_DEEPSEEK_V3_SPEC,
         routed=_QWEN_EXPERTS,
         router_key=_MLP_GATE,
         make_router=_deepseek_v3_router,

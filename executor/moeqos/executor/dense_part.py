@@ -118,12 +118,13 @@ class DensePart:
 
     # ----- plan switches ------------------------------------------------------------------------
     def wanted(self, plan: Plan) -> dict[DenseElement, tuple[Precision, int]]:
-        """Per element, (precision, group size) under `plan` (group size 0 unless grouped)."""
+        """Per element, (precision, group size) under `plan` (group size 0 unless grouped; a precision
+        naming its group, `int4g32`, has that group whatever the plan's)."""
         named = dict(plan.dense)
         out = {}
         for element in DenseElement:
             precision = named.get(element, self.dense)
-            out[element] = (precision, plan.group_size if precision.is_grouped else 0)
+            out[element] = (precision, precision.group(plan.group_size) if precision.is_grouped else 0)
         return out
 
     def changed(self, plan: Plan) -> list[DenseElement]:

@@ -29,8 +29,9 @@ from moeqos.executor.measurement import Measurable
 Progress = Callable[[str, float], None]
 
 DENSE_PRECISIONS = (Precision.INT8, Precision.INT4)
-"""The lossy precisions a dense element is profiled in (besides the dense precision): the grouped
-int3/int2 share int4's bytes and kernel, so they could only lose to it in quality for no speed."""
+"""The lossy precisions a dense element is profiled in (besides the dense precision): int3/int2 are
+smaller than int4 but slower (their kernel unpacks to int4's) and far worse at round-to-nearest; the
+planner prices them from int4's measurement at their own bytes (moeqos.planner.dense_model)."""
 
 
 def dense_costs(

@@ -48,6 +48,10 @@ ExpertKey = tuple[int, int]
 VariantKey = tuple[int, int, Precision, int]
 """(layer, expert, precision, group_size)"""
 
+BIT_PACKED_FORMAT = 2
+"""Version of the bit-packed int3/int2 file layout, in their file names: a file of another version is
+never read (it is rebuilt from the checkpoint). 2: integer zero points (int8) instead of bf16 zeros."""
+
 
 def variant_key(plan: Plan, key: ExpertKey) -> VariantKey:
     """The variant `plan` assigns the expert `key` (layer, expert): its precision and the group size it is
@@ -146,8 +150,8 @@ class VariantFactory:
 
     def path(self, key: VariantKey) -> Path:
         layer, expert, precision, group_size = key
-        # bit-packed files are named apart from the int4-layout int3/int2 files of older versions
-        packed = f".b{precision.bits}" if precision.is_bit_packed else ""
+        # bit-packed files are named apart from older layouts (int4-layout int3/int2, earlier versions)
+        packed = f".b{precision.bits}v{BIT_PACKED_FORMAT}" if precision.is_bit_packed else ""
         return self.directory / f"L{layer}.E{expert}.{precision.value}.g{group_size}{packed}.safetensors"
 
     def packed_path(self, key: VariantKey, device: str) -> Path | None:

@@ -4,9 +4,11 @@ Per element and precision p, relative to the dense precision d:
     seconds/token += seconds[e][p] - seconds[e][d]      (the latency model's dense regressors)
     log-ppl       += log_ppl[e][p]                      (0 for d; additive like the experts' terms)
     device bytes  += bytes[e][p] - bytes[e][d]          (the byte contract's delta, as budgets charge it)
-A precision the profile did not measure borrows the measurement of the measured one nearest in bits
-(int3/int2 from int4: same bytes and kernel), its log-ppl scaled by the priors' ratio
-(moeqos.planner.priors) and its prediction labelled an estimate. With no DenseCosts at all the model
+A precision the profile did not measure borrows the seconds of the measured one nearest in bits
+(int3/int2 from int4), its log-ppl scaled by the priors' ratio (moeqos.planner.priors) and its
+prediction labelled an estimate; its bytes are the nearest one's scaled by the byte contract's bytes
+per weight of the two at the profile's group size (exact for grouped precisions whose groups divide the
+matrices' columns, as the profile's own grouped measurements need). With no DenseCosts at all the model
 is empty: only the dense precision is offered, and every term is 0 (plans as before dense elements).
 """
 
@@ -17,11 +19,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moeqos.core.dense import DenseCost, DenseElement, DensePrecisions
-from moeqos.core.precision import Precision
+from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
 from moeqos.core.profile import Profile
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE
 
 Table = Mapping[DenseElement, Mapping[Precision, DenseCost]]
+
+_PER_WEIGHT_ROW = 1024
+"""Weights in the row `DenseModel` prices a precision's bytes per weight on (a multiple of every group
+size and of the 8 codes the bit-packed formats pack together)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class DenseModel:
     costs: tuple[DenseCost, ...] = ()
     device: str = "cpu"
     """The tier dense weights live in (the executor's device)."""
+    group_size: int = DEFAULT_GROUP_SIZE
+    """The group size the costs were measured under (the profile's)."""
     _table: dict[DenseElement, dict[Precision, DenseCost]] = field(
         init=False, repr=False, compare=False, hash=False
     )
@@ -52,7 +60,7 @@ class DenseModel:
         defaults = sum(c.seconds for c in profile.dense_costs if c.precision == profile.dense_precision)
         scale = min(1.0, profile.fixed_seconds / defaults) if defaults > 0 else 1.0
         costs = tuple(replace(c, seconds=c.seconds * scale) for c in profile.dense_costs)
-        return cls(profile.dense_precision, costs, profile.hardware.device)
+        return cls(profile.dense_precision, costs, profile.hardware.device, profile.group_size)
 
     # ----- what can be chosen -------------------------------------------------------------------
     @property
@@ -89,7 +97,20 @@ class DenseModel:
         """Bytes `element` in `precision` holds beyond the dense precision's (the budget charge)."""
         if element not in self._table:
             return 0
-        return self._nearest(element, precision).bytes - self._table[element][self.dense].bytes
+        return self._held(element, precision) - self._table[element][self.dense].bytes
+
+    def _held(self, element: DenseElement, precision: Precision) -> int:
+        """Bytes `element` holds in `precision`: measured, else the nearest measured precision's scaled
+        by the byte contract's bytes per weight (a row of _PER_WEIGHT_ROW weights, which every group
+        size divides)."""
+        nearest = self._nearest(element, precision)
+        if nearest.precision == precision:
+            return nearest.bytes
+        ratio = self._row_bytes(precision) / self._row_bytes(nearest.precision)
+        return round(nearest.bytes * ratio)
+
+    def _row_bytes(self, precision: Precision) -> int:
+        return matrix_bytes(1, _PER_WEIGHT_ROW, precision, self.group_size)
 
     def _nearest(self, element: DenseElement, precision: Precision) -> DenseCost:
         row = self._table[element]
@@ -121,6 +142,7 @@ class DenseModel:
         return {
             "dense": self.dense.value,
             "device": self.device,
+            "group_size": self.group_size,
             "costs": [
                 {
                     "element": c.element.value,
@@ -138,4 +160,5 @@ class DenseModel:
         if not data:
             return cls()
         costs = tuple(DenseCost.from_dict(c) for c in data.get("costs", []))
-        return cls(Precision(data["dense"]), costs, str(data.get("device", "cpu")))
+        group_size = int(data.get("group_size", DEFAULT_GROUP_SIZE))
+        return cls(Precision(data["dense"]), costs, str(data.get("device", "cpu")), group_size)

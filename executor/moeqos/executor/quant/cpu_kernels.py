@@ -82,7 +82,7 @@ def int4_layout_tag(rows: int, cols: int) -> str:
     return hashlib.sha256(where.numpy().tobytes()).hexdigest()[:12]
 
 
-INT4_OP = Int4Op(pack_int4_cpu, torch.ops.aten._weight_int4pack_mm_for_cpu, scales_and_zeros)
+INT4_OP = Int4Op(pack_int4_cpu, torch.ops.aten._weight_int4pack_mm_for_cpu)
 """The CPU int4 op, for the bit-packed int3/int2 kernel (moeqos.executor.quant.packed_kernels)."""
 
 

@@ -52,7 +52,7 @@ def pack_int4_cuda(codes: Tensor) -> Tensor:
     return torch.ops.aten._convert_weight_to_int4pack(pairs, tiles)
 
 
-INT4_OP = Int4Op(pack_int4_cuda, torch.ops.aten._weight_int4pack_mm, scales_and_zeros)
+INT4_OP = Int4Op(pack_int4_cuda, torch.ops.aten._weight_int4pack_mm)
 """tinygemm, for the bit-packed int3/int2 kernel (moeqos.executor.quant.packed_kernels): its int32
 packed tensor is a view of the unpacked nibble bytes like the CPU op's uint8 one."""
 

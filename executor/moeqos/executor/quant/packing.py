@@ -29,13 +29,9 @@ def code_offset(bits: int) -> int:
     return 8 - (1 << (bits - 1))
 
 
-def packed_bytes(count: int, bits: int) -> int:
-    """Bytes `pack_codes` makes of `count` codes (moeqos.core.precision.packed_code_bytes agrees)."""
-    return -(-count // 4) + (-(-count // 8) if bits == 3 else 0)
-
-
 def pack_codes(codes: Tensor, bits: int) -> Tensor:
-    """uint8 codes (any shape, n of them) of a `bits`-bit format -> uint8 [packed_bytes(n, bits)]."""
+    """uint8 codes (any shape, n of them) of a `bits`-bit format -> uint8 [n/4 (+ n/8 for int3)], the
+    count moeqos.core.precision.packed_code_bytes gives."""
     _check_bits(bits)
     count = codes.numel()
     small = codes.flatten() - code_offset(bits)  # [n] in 0..2**bits-1

@@ -6,10 +6,14 @@ portable layout that every kernel is built from and that goes to disk:
 - fp32 / bf16 / fp16: `values` is the weight in that dtype.
 - int8: symmetric per output row; `values` int8 codes [N, K], `scales` bf16 [N]; w = code * scale.
 - int4 / int3 / int2: asymmetric per group of `group_size` columns (the last group of a row may be short);
-  `values` uint8 codes [N, K] in 0..15, `scales` and `zeros` bf16 [N, G] with G = ceil(K / group_size);
+  `values` uint8 codes [N, K] in 0..15, `scales` bf16 [N, G] with G = ceil(K / group_size);
   w = (code - 8) * scale + zero. This is the tinygemm convention that torch's int4 kernels compute with,
   so a kernel sees exactly the weight this module defines. A b-bit format uses the 2**b codes centred on
-  8 (int3: 4..11, int2: 6..9), which keeps `zero` (the value at code 8) inside the group's range.
+  8 (int3: 4..11, int2: 6..9). int4's `zeros` are bf16 [N, G] (the value at code 8). The bit-packed
+  int3/int2 store an integer zero point instead, one byte a group (moeqos.core.precision.ZERO_POINT_BYTES):
+  `zeros` int8 [N, G] = m, the zero in whole scales, and the kernels' float zero is bf16(m * scale)
+  (`float_zeros`). This is GPTQ's asymmetric format (w = (q - z) * scale on the b-bit code q, with
+  z = 2**(b-1) - m), written in tinygemm's convention.
   A precision that names its group size (`int4g32`) is quantized with that group whatever the caller's
   `group_size` (moeqos.core.precision.Precision.group). int3/int2 codes are bit-packed only where they
   are stored (moeqos.executor.quant.packing); here they are one code a byte like int4's.
@@ -33,6 +37,11 @@ CODE_MID = 8
 _TINY_SCALE = 1e-12
 """Scale floor, so a constant row or group quantizes without dividing by zero."""
 
+ZERO_SPAN = 120
+"""An integer zero point m stays within +-(ZERO_SPAN + 8) (inside int8): a group whose largest weight is
+more than ZERO_SPAN scales from 0 gets a larger scale. Real weights' groups straddle 0, so this binds
+only for a group far off 0 relative to its spread (a constant group)."""
+
 
 @dataclass(frozen=True)
 class QuantizedWeight:
@@ -44,7 +53,7 @@ class QuantizedWeight:
     scales: Tensor | None = None
     """bf16; [N] for int8, [N, G] for the grouped formats, None for floats."""
     zeros: Tensor | None = None
-    """bf16 [N, G] for the grouped formats, else None."""
+    """[N, G] for the grouped formats (bf16 for int4, int8 integer zero points for int3/int2), else None."""
     group_size: int = 64
 
     def __post_init__(self) -> None:
@@ -62,6 +71,9 @@ class QuantizedWeight:
             raise ValueError(
                 f"{self.precision} {rows}x{cols}, group {self.group_size}: scales, zeros {got} != {wanted}"
             )
+        zero_dtype = torch.int8 if self.precision.is_bit_packed else torch.bfloat16
+        if self.zeros is not None and self.zeros.dtype != zero_dtype:
+            raise ValueError(f"{self.precision} zeros are {zero_dtype}, not {self.zeros.dtype}")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -110,13 +122,32 @@ def _quantize_grouped(w: Tensor, precision: Precision, group_size: int) -> Quant
     padded = F.pad(w[None], (0, groups * group_size - cols), mode="replicate")[0]  # [N, G*g]
     grouped = padded.view(rows, groups, group_size)  # [N, G, g]
     lo, hi = grouped.amin(dim=2), grouped.amax(dim=2)  # [N, G]
-    scales = ((hi - lo) / (levels - 1)).clamp_min(_TINY_SCALE).to(torch.bfloat16)  # [N, G]
+    spread = (hi - lo) / (levels - 1)  # [N, G]
+    if precision.is_bit_packed:
+        spread = torch.maximum(spread, torch.maximum(lo.abs(), hi.abs()) / ZERO_SPAN)  # [N, G]
+    scales = spread.clamp_min(_TINY_SCALE).to(torch.bfloat16)  # [N, G]
+    zeros = lo + (levels // 2) * scales.float()  # [N, G], the value at code 8 that spans [lo, hi]
+    if precision.is_bit_packed:
+        # Rounding the zero to whole scales shifts the grid by at most half a step; the end codes then
+        # clamp, so no weight is further than half a step from its code (GPTQ's integer zero point).
+        zeros = (zeros / scales.float()).round().clamp(-128, 127).to(torch.int8)  # [N, G]
+    else:
+        zeros = zeros.to(torch.bfloat16)  # [N, G]
+    kernel_zeros = float_zeros(precision, scales, zeros)  # bf16 [N, G]
     # Codes are computed against the rounded scale and zero, so they are nearest for the stored pair.
-    zeros = (lo + (levels // 2) * scales.float()).to(torch.bfloat16)  # [N, G]
-    steps = (grouped - zeros.float()[..., None]) / scales.float()[..., None]  # [N, G, g]
+    steps = (grouped - kernel_zeros.float()[..., None]) / scales.float()[..., None]  # [N, G, g]
     signed = steps.round().clamp(-(levels // 2), levels // 2 - 1)  # [N, G, g]
     codes = (signed + CODE_MID).to(torch.uint8).view(rows, groups * group_size)[:, :cols]  # [N, K]
     return QuantizedWeight(precision, codes.contiguous(), scales, zeros, group_size)
+
+
+def float_zeros(precision: Precision, scales: Tensor, zeros: Tensor) -> Tensor:
+    """The bf16 zeros [N, G] (the weight at code 8) the int4 kernels compute with, from a grouped
+    weight's scales and stored zeros [N, G]: int4's own, or the int3/int2 integer zero point times the
+    scale, rounded to bf16 as the kernels take it."""
+    if not precision.is_bit_packed:
+        return zeros
+    return (zeros.float() * scales.float()).to(torch.bfloat16)  # [N, G]
 
 
 def dequantize(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -129,7 +160,9 @@ def dequantize(q: QuantizedWeight, dtype: torch.dtype = torch.float32) -> Tensor
     assert q.zeros is not None
     cols = q.values.shape[1]
     scales = q.scales.to(dtype).repeat_interleave(q.group_size, dim=1)[:, :cols]  # [N, K]
-    zeros = q.zeros.to(dtype).repeat_interleave(q.group_size, dim=1)[:, :cols]  # [N, K]
+    zeros = (
+        float_zeros(q.precision, q.scales, q.zeros).to(dtype).repeat_interleave(q.group_size, dim=1)[:, :cols]
+    )  # [N, K]
     return (q.values.to(dtype) - CODE_MID) * scales + zeros
 
 

@@ -3,16 +3,16 @@
 Keys, under a caller's prefix (e.g. `w13.`):
 - `values`: the float weight, int8 codes [N, K], for int4 4-bit codes packed two per byte
   [N, ceil(K / 2)] uint8 (even column in the low nibble), for int3/int2 the row-major codes bit-packed
-  uint8 [packed_bytes(N*K)] (moeqos.executor.quant.packing);
-- `scales`, `zeros`: as in `QuantizedWeight`, when present;
+  uint8 [packed_code_bytes(N*K)] (moeqos.executor.quant.packing);
+- `scales`, `zeros`: as in `QuantizedWeight`, when present (int3/int2 zeros: int8 integer zero points);
 - `shape`: int64 [2] = (N, K), since packed codes alone do not say whether K is odd.
 """
 
 from __future__ import annotations
 
 import torch
-from moeqos.core.precision import Precision
-from moeqos.executor.quant.packing import pack_codes, packed_bytes, unpack_codes
+from moeqos.core.precision import Precision, packed_code_bytes
+from moeqos.executor.quant.packing import pack_codes, unpack_codes
 from moeqos.executor.quant.rtn import CODE_MID, QuantizedWeight
 from torch import Tensor
 
@@ -53,7 +53,7 @@ def weight_from_state(
     rows, cols = (int(n) for n in state[prefix + "shape"].tolist())
     values = state[prefix + "values"]
     if precision.is_bit_packed:
-        if values.dtype != torch.uint8 or values.numel() != packed_bytes(rows * cols, precision.bits):
+        if values.dtype != torch.uint8 or values.numel() != packed_code_bytes(rows * cols, precision):
             raise ValueError(f"state {prefix!r}: {values.numel()} bytes are not {precision} {rows}x{cols}")
         values = unpack_codes(values, precision.bits, rows * cols).view(rows, cols)
     elif precision.is_grouped:
