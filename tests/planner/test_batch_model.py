@@ -4,6 +4,7 @@ routed expert once on its tokens (moeqos.planner.batch_model), and the solver pl
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -135,3 +136,19 @@ def test_json_round_trip_keeps_the_batch_dimension() -> None:
     again = LatencyModel.from_dict(model.to_dict())
     plan = Plan.uniform(2, 3, Precision.INT4, "cpu")
     assert again == model and again.predict_seconds(plan) == model.predict_seconds(plan)
+
+
+def test_the_plan_command_plans_per_stream_at_a_concurrency(tmp_path, capsys) -> None:
+    from tests.planner.test_units_and_cli import main
+
+    path = tmp_path / "profile.json"
+    path.write_text(_profile().to_json())
+    assert main(["plan", "--profile", str(path), "--max-ppl-increase", "0.5", "--concurrency", "16"]) == 0
+    assert "per stream at 16 streams" in capsys.readouterr().out
+    assert (
+        main(["plan", "--profile", str(path), "--max-ppl-increase", "0.5", "--concurrency", "4", "--json"])
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["concurrency"] == 4
+    assert doc["predicted_aggregate_tokens_per_s"] == pytest.approx(4 * doc["predicted_tokens_per_s"])

@@ -526,3 +526,11 @@ def test_a_plan_spec_with_a_dense_part_alone_and_beside_the_dense_field():
 def test_bad_dense_parts_are_invalid_argument(message, match):
     with pytest.raises(InvalidArgument, match=match):
         wire.plan_from_proto(message)
+
+
+@pytest.mark.parametrize("field", ["rows", "fixed_ratio"])
+def test_a_batch_step_that_means_nothing_is_invalid_argument(field):
+    message = wire.profile_to_proto(WITH_BATCH)
+    setattr(message.batch_steps[0], field, 1 if field == "rows" else float("nan"))
+    with pytest.raises(InvalidArgument, match="profile"):
+        wire.profile_from_proto(message)
