@@ -113,12 +113,18 @@ async def burst(address: str, streams: int, tokens: int, seed: int) -> float:
                     arrivals[index].append(time.perf_counter())
 
     await asyncio.gather(*(one(i) for i in range(streams)))
+    return window_rate(arrivals)
+
+
+def window_rate(arrivals: Sequence[Sequence[float]]) -> float:
+    """Per-stream tokens/s from each stream's token arrival times, counted in the window where every
+    stream decodes: after the last stream's first token, up to the first stream's last token."""
     opens = max(times[0] for times in arrivals)
     closes = min(times[-1] for times in arrivals)
     count = sum(1 for times in arrivals for t in times if opens < t <= closes)
     if closes <= opens or count == 0:
-        raise RuntimeError(f"no window where all {streams} streams decoded (a stream ended too early)")
-    return count / (closes - opens) / streams
+        raise RuntimeError(f"no window where all {len(arrivals)} streams decoded (a stream ended too early)")
+    return count / (closes - opens) / len(arrivals)
 
 
 async def measure_profile(address: str) -> tuple[Profile, float, float]:
