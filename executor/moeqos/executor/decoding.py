@@ -39,10 +39,11 @@ class Decoding:
         the generation started)."""
         self.reason: str | None = None
         """Why the generation ended (`stop`, `eos`, `length`), once it has; None before."""
-        self.start = time.perf_counter()
         self._generator = params.generator()
         self._text = TextStream(decode, params.stop)
         self._stamps: list[float] = []
+        self.start = time.perf_counter()
+        """When the generation started (its request arrived): the first token's interval counts from it."""
 
     @property
     def done(self) -> bool:
