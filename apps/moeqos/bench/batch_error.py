@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -148,6 +149,7 @@ async def drive(address: str, settings: ErrorSettings) -> ErrorReport:
         shape = (info.model.num_layers, info.model.num_experts, info.hardware.device)
         await client.apply_plan(parse_plan(START_PLAN, *shape), timeout=None)
     profile, seconds, batch_seconds = await measure_profile(address)
+    _note(f"profile {seconds:.1f} s, of which the batch stage {batch_seconds:.1f} s")
     model = LatencyModel.fit(profile)
     pairs = []
     for spec in settings.plans:
@@ -161,7 +163,15 @@ async def drive(address: str, settings: ErrorSettings) -> ErrorReport:
             ]
             predicted = model.at_concurrency(streams).predict_tokens_per_s(plan)
             pairs.append(Pair(spec, streams, predicted, max(runs)))
+            _note(
+                f"{spec} at {streams} streams: predicted {predicted:.2f}, measured {max(runs):.2f} tok/s per stream"
+            )
     return ErrorReport(tuple(pairs), seconds, batch_seconds)
+
+
+def _note(line: str) -> None:
+    """Progress on stderr as each part is measured, so a run cut short still shows what it measured."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def run(settings: ErrorSettings) -> ErrorReport:
