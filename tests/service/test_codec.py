@@ -13,6 +13,7 @@ import pytest
 from moeqos.api.codec import common as wire
 from moeqos.api.codec import executor as ex_codec
 from moeqos.api.codec import planner as pl_codec
+from moeqos.core.batch import BatchCall, BatchStep
 from moeqos.core.dense import DenseCost, DenseElement, DenseStatus
 from moeqos.core.descriptions import HardwareDescription, TierSpec
 from moeqos.core.errors import InvalidArgument
@@ -51,7 +52,7 @@ from moeqos.proto.executor.v1 import executor_pb2
 PLAN = parse_plan("int4@cpu,L0.E1-2=bf16,L1.E*=int8@disk,L2.E3=fp32", 3, 4, "cpu", group_size=128)
 MODEL = ModelIdentity("tiny", "abc123", 3, 4, 2, 64, 128, 1000, 4096)
 HARDWARE_ID = HardwareIdentity("cpu", "Some CPU", "host-1", 2, "2.5.0")
-PREDICTION = Prediction(12.5, 7.25, True, {"cpu": 1 << 20, "disk": 3}, "priors")
+PREDICTION = Prediction(12.5, 7.25, True, {"cpu": 1 << 20, "disk": 3}, "priors", 4)
 STATS = GenerationStats(5, 3, 0.25, 40.0, 0.3, "stop", PLAN.to_spec())
 TARGET = QosTarget(max_perplexity=12.5, objective=Objective.QUALITY)
 PINS = (PlacementRule("L0.E*", Precision.BF16, "cpu"), PlacementRule("*", Precision.INT4))
@@ -78,6 +79,11 @@ WITH_DENSE = dataclasses.replace(
     ANALYTIC,
     dense_costs=(DENSE_COST, DenseCost(DenseElement.ATTN, Precision.BF16, 1 << 22, 1e-3, -0.001)),
     dense_precision=Precision.FP16,
+)
+WITH_BATCH = dataclasses.replace(
+    ANALYTIC,
+    batch_calls=(BatchCall(Precision.INT4, "cpu", 16, 1.75), BatchCall(Precision.BF16, "cuda:0", 8, 1.25)),
+    batch_steps=(BatchStep(4, 1.5, 1.25), BatchStep(16, 2.75, 0.875)),
 )
 
 
@@ -114,6 +120,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ("plan with a dense part", DENSE_PLAN, wire.plan_to_proto, wire.plan_from_proto),
     ("dense cost", DENSE_COST, wire.dense_cost_to_proto, wire.dense_cost_from_proto),
     ("profile with dense costs", WITH_DENSE, wire.profile_to_proto, wire.profile_from_proto),
+    ("profile with batch timings", WITH_BATCH, wire.profile_to_proto, wire.profile_from_proto),
     ("assignment", Assignment(Precision.INT3, "disk"), wire.assignment_to_proto, wire.assignment_from_proto),
     ("grid", ((0.5, 1.0), (2.0, 0.0)), wire.grid_to_proto, lambda m: wire.grid_from_proto(m, "grid")),
     ("target", TARGET, wire.target_to_proto, wire.target_from_proto),
@@ -231,7 +238,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ),
     (
         "deploy spec",
-        DeploySpec("127.0.0.1:1", TARGET, (TierBudget("cpu", 5),), PINS),
+        DeploySpec("127.0.0.1:1", TARGET, (TierBudget("cpu", 5),), PINS, 8),
         pl_codec.deploy_spec_to_proto,
         pl_codec.deploy_spec_from_proto,
     ),
@@ -519,3 +526,11 @@ def test_a_plan_spec_with_a_dense_part_alone_and_beside_the_dense_field():
 def test_bad_dense_parts_are_invalid_argument(message, match):
     with pytest.raises(InvalidArgument, match=match):
         wire.plan_from_proto(message)
+
+
+@pytest.mark.parametrize("field", ["rows", "fixed_ratio"])
+def test_a_batch_step_that_means_nothing_is_invalid_argument(field):
+    message = wire.profile_to_proto(WITH_BATCH)
+    setattr(message.batch_steps[0], field, 1 if field == "rows" else float("nan"))
+    with pytest.raises(InvalidArgument, match="profile"):
+        wire.profile_from_proto(message)

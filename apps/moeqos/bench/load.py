@@ -3,6 +3,7 @@ planner re-planning the executors every few seconds while they serve.
 
     python -m moeqos.bench.load [--duration S] [--clients N] [--model DIR] [--replan-every S] [--json]
     python -m moeqos.bench.load --streams 1,4,8,16 [--level-seconds S]   (moeqos.bench.concurrency)
+    python -m moeqos.bench.load --streams 1,4,16 --predict [--plans "SPEC;SPEC"]   (moeqos.bench.batch_error)
 
 Control rounds alternate between a Deploy (alternating speed and quality targets) and a SetBudget on
 each executor (alternating a roomy and a tight device budget, which re-plans against the standing target
@@ -290,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--streams", help="instead: one executor, a level of N concurrent clients for each N, e.g. 1,4,8,16"
     )
     parser.add_argument("--level-seconds", type=float, default=20.0, help="seconds per --streams level")
+    parser.add_argument(
+        "--predict",
+        action="store_true",
+        help="with --streams: the throughput model's predicted vs measured tokens/s per (plan, streams)",
+    )
+    parser.add_argument("--plans", help="with --predict: plans measured, `SPEC;SPEC` (default: three)")
     args = parser.parse_args(argv)
     settings = LoadSettings(
         duration_s=args.duration,
@@ -306,6 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the cluster's processes are stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.streams and args.predict:
+        from moeqos.bench import batch_error, concurrency
+
+        errors = batch_error.main_error(concurrency.parse_streams(args.streams), args.plans, settings)
+        print(json.dumps(asdict(errors) | {"mape": errors.mape}, indent=2) if args.json else errors.table())
+        return 0
     if args.streams:
         from moeqos.bench import concurrency
 

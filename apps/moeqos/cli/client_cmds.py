@@ -56,6 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--budget", action=_TargetField, type=budget_arg, metavar="TIER=SIZE", help="plan budget"
     )
     deploy.add_argument("--pin", action=_TargetField, type=_pin, metavar="RULE", help="e.g. L0.E*=bf16@cpu")
+    deploy.add_argument(
+        "--concurrency",
+        action=_TargetField,
+        type=int,
+        metavar="N",
+        help="streams the floor holds for each (default: the executor's active generations)",
+    )
 
     status = _command(
         subparsers, "status", "table of executors, their plans, budgets and targets", cmd_status
@@ -231,7 +238,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     targets = getattr(args, "targets", None) or []
     if not targets:
         raise InvalidArgument("give at least one --executor ADDR with a target")
-    specs = [DeploySpec(t["executor"], _target(t), tuple(t["budget"]), tuple(t["pin"])) for t in targets]
+    specs = [
+        DeploySpec(t["executor"], _target(t), tuple(t["budget"]), tuple(t["pin"]), t.get("concurrency", 0))
+        for t in targets
+    ]
     for spec in specs:
         executor_client(args, spec.executor_address).close()  # waits for it with --wait-ready
     with planner_client(args) as planner, waiting(f"deploying to {len(specs)} executor(s)"):

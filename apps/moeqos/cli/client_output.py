@@ -49,11 +49,11 @@ def deployed(outcomes: list[DeployOutcome], as_json: bool) -> int:
     if as_json:
         print(_json([_outcome_dict(o) for o in outcomes]))
         return 0
-    print(f"{'executor':<22} {'tok/s':>9} {'ppl':>9} {'changed':>8} {'switch s':>9}  plan")
+    print(f"{'executor':<22} {'tok/s':>9} {'streams':>7} {'ppl':>9} {'changed':>8} {'switch s':>9}  plan")
     for o in outcomes:
         p = o.prediction
         print(
-            f"{o.executor_address:<22} {p.tokens_per_s:>9.2f} {p.perplexity:>9.3f} "
+            f"{o.executor_address:<22} {p.tokens_per_s:>9.2f} {p.concurrency:>7} {p.perplexity:>9.3f} "
             f"{o.report.experts_changed:>8} {o.report.seconds:>9.3f}  {o.plan.describe()}"
         )
     return 0
@@ -63,7 +63,10 @@ def _outcome_dict(o: DeployOutcome) -> dict[str, Any]:
     return {
         "executor": o.executor_address,
         "plan": o.plan.to_spec(),
-        "prediction": dataclasses.asdict(o.prediction),
+        "prediction": {
+            **dataclasses.asdict(o.prediction),
+            "aggregate_tokens_per_s": o.prediction.aggregate_tokens_per_s,
+        },
         "report": dataclasses.asdict(o.report),
     }
 

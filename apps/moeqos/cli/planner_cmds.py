@@ -27,6 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_profile_source(plan)
     _add_target_args(plan)
     _add_choice_args(plan, budget_help="TIER=SIZE expert budget (e.g. cuda:0=24GiB); default: the profile's")
+    plan.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="streams decoded together: the floor and the predicted tokens/s are per stream at N "
+        "streams (default 1; above 1 the profile needs batched step timings)",
+    )
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=cmd_plan)
 
@@ -245,6 +253,7 @@ def solve_and_print(
         pins_from_args(args),
         precisions_from_args(args),
         tiers_from_args(args, budgets),
+        concurrency=getattr(args, "concurrency", 1),
     )
     result = solve(request, latency, quality)
     if args.json:

@@ -40,12 +40,14 @@ def plan_request(
     executor: str | None,
     budgets: Sequence[TierBudget],
     pins: Sequence[PlacementRule],
+    concurrency: int = 1,
 ) -> pl.PlanRequest:
     return pl.PlanRequest(
         source=source(profile, executor),
         target=common.target_to_proto(target),
         budgets=[common.budget_to_proto(b) for b in budgets],
         pins=[common.pin_to_proto(p) for p in pins],
+        concurrency=concurrency,
     )
 
 
@@ -108,9 +110,11 @@ class PlannerClient(SyncBase):
         budgets: Sequence[TierBudget] = (),
         pins: Sequence[PlacementRule] = (),
         timeout: Any = DEFAULT_DEADLINE,
+        concurrency: int = 1,
     ) -> PlanOutcome:
-        """The best plan for `target` from a profile, or from the profile of the executor at `executor`."""
-        request = plan_request(target, profile, executor, budgets, pins)
+        """The best plan for `target` from a profile, or from the profile of the executor at `executor`;
+        tokens/s (the floor and the prediction) per stream at `concurrency` streams decoded together."""
+        request = plan_request(target, profile, executor, budgets, pins, concurrency)
         return codec.outcome_from_proto(self._unary(self._stub.Plan, request, timeout))
 
     def frontier(
@@ -166,9 +170,11 @@ class AsyncPlannerClient(AsyncBase):
         budgets: Sequence[TierBudget] = (),
         pins: Sequence[PlacementRule] = (),
         timeout: Any = DEFAULT_DEADLINE,
+        concurrency: int = 1,
     ) -> PlanOutcome:
-        """The best plan for `target` from a profile, or from the profile of the executor at `executor`."""
-        request = plan_request(target, profile, executor, budgets, pins)
+        """The best plan for `target` from a profile, or from the profile of the executor at `executor`;
+        tokens/s (the floor and the prediction) per stream at `concurrency` streams decoded together."""
+        request = plan_request(target, profile, executor, budgets, pins, concurrency)
         return codec.outcome_from_proto(await self._unary(self._stub.Plan, request, timeout))
 
     async def frontier(

@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from moeqos.core.batch import BatchCall, BatchStep
 from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
@@ -183,6 +184,11 @@ class Profile:
     (moeqos.core.dense); empty when not measured: the planner then keeps the dense part as it is."""
     dense_precision: Precision = Precision.BF16
     """The model's dense precision when measured (what a dense element no plan names is in)."""
+    batch_calls: tuple[BatchCall, ...] = ()
+    """Per (precision, tier), an expert call on several tokens against one (moeqos.core.batch); empty
+    when batched steps were not measured: the planner then predicts one stream alone only."""
+    batch_steps: tuple[BatchStep, ...] = ()
+    """Decode steps on several streams at once, by rows (moeqos.core.batch); empty when not measured."""
 
     def __post_init__(self) -> None:
         rows = len(self.frequency)
@@ -250,6 +256,8 @@ class Profile:
             sensitivity_tokens=int(data.get("sensitivity_tokens", 0)),
             dense_costs=tuple(DenseCost.from_dict(c) for c in data.get("dense_costs", [])),
             dense_precision=Precision(data.get("dense_precision", Precision.BF16.value)),
+            batch_calls=tuple(BatchCall.from_dict(c) for c in data.get("batch_calls", [])),
+            batch_steps=tuple(BatchStep.from_dict(c) for c in data.get("batch_steps", [])),
             tiers=tuple(TierBudget.from_dict(t) for t in data.get("tiers", [])),
             disk_pool_slots=int(data.get("disk_pool_slots", 0)),
             disk_reads=str(data.get("disk_reads", "")),

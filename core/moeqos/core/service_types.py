@@ -54,6 +54,13 @@ class Prediction:
     tier_use: dict[str, int] = field(default_factory=dict)
     """Bytes of experts per tier."""
     notes: str = ""
+    concurrency: int = 1
+    """Streams decoded together; `tokens_per_s` is each stream's."""
+
+    @property
+    def aggregate_tokens_per_s(self) -> float:
+        """Tokens/s of all `concurrency` streams together."""
+        return self.concurrency * self.tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -288,6 +295,9 @@ class DeploySpec:
     """Budgets to plan within; empty uses the executor's current tiers."""
     pins: tuple[PlacementRule, ...] = ()
     """Ordered rules fixing some experts' precision (and tier)."""
+    concurrency: int = 0
+    """Streams the throughput floor holds for each; 0: the concurrency the executor reports (its active
+    generations, at least 1 and at most its batch size)."""
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,23 @@
 """One request inside the batch scheduler: its prompt, sampling, text, stop conditions and events.
 
 A stream knows nothing of the batch: the scheduler hands it the logits of its row after each step
-(`take`), and it chooses its token with its own generator, pushes the token through its own text stream
-and decides whether it is finished, exactly as the single-request decode loop does
-(moeqos.executor.generation.decode_loop): the same finish reasons, in the same order of precedence,
-and the same statistics.
+(`take`), and its moeqos.executor.decoding.Decoding chooses the token with the stream's own generator,
+pushes it through its own text stream and decides whether it is finished, the per-token logic the
+single-request decode loop (moeqos.executor.generation.decode_loop) shares.
 """
 
 from __future__ import annotations
 
 import enum
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from moeqos.core.service_types import GenerationEvent
-from moeqos.executor.generation import finish_stats
-from moeqos.executor.sampling import SamplingParams, choose_token
-from moeqos.executor.textstream import TextStream
+from moeqos.executor.decoding import Decoding
+from moeqos.executor.sampling import SamplingParams
 
 __all__ = ["Phase", "Stream"]
 
@@ -52,12 +49,7 @@ class Stream:
     ) -> None:
         self.prompt_ids = prompt_ids
         self.params = params
-        self.eos_ids = eos_ids
         self.cancel = cancel
-        self.on_step = on_step
-        """Hears `(index, seconds)` per token: the wall seconds since its previous token (index 0:
-        since the request arrived, its wait and prefill included), the interval its client sees (the
-        QoS loop's live measurement, moeqos.executor.live_stats)."""
         self.abandoned = False
         """Set when the consumer dropped the event iterator: treated as a cancellation."""
         self.phase = Phase.WAITING
@@ -69,10 +61,10 @@ class Stream:
         """The token the next decode step feeds in."""
         self.events: deque[GenerationEvent | BaseException] = deque()
         """Events not yet read (an exception: the step failed, raised to the consumer)."""
-        self._generator = params.generator()
-        self._text = TextStream(decode, params.stop)
-        self._start = time.perf_counter()
-        self._stamps: list[float] = []
+        self._decoding = Decoding(len(prompt_ids), params, eos_ids, decode, on_step)
+        """`on_step(index, seconds)` hears each token: the wall seconds since its previous token (index
+        0: since the request arrived, its wait and prefill included), the interval its client sees (the
+        QoS loop's live measurement, moeqos.executor.live_stats)."""
 
     @property
     def tokens_reserved(self) -> int:
@@ -86,23 +78,16 @@ class Stream:
     def take(self, logits: torch.Tensor, plan_spec: Callable[[], str]) -> None:
         """Choose the next token from this stream's last-position logits [V], queue its event, and
         finish the stream (final event with statistics) on a stop string, end-of-sequence or length."""
-        token = choose_token(logits, self.params, self._generator)
-        self._stamps.append(time.perf_counter())
-        if self.on_step is not None:
-            previous = self._stamps[-2] if len(self._stamps) > 1 else self._start
-            self.on_step(len(self._stamps) - 1, self._stamps[-1] - previous)
-        text, stopped = self._text.push(token)
-        self.events.append(GenerationEvent(text=text, token_id=token))
-        self.last_token = token
-        if stopped or token in self.eos_ids:
-            self.finish("stop" if stopped else "eos", plan_spec)
-        elif len(self._stamps) >= self.params.max_tokens:
-            self.finish("length", plan_spec)
+        event = self._decoding.take(logits)
+        self.events.append(event)
+        self.last_token = event.token_id
+        if self._decoding.done:
+            self.finish(None, plan_spec)
 
-    def finish(self, reason: str, plan_spec: Callable[[], str]) -> None:
-        """Queue the final event (the held-back text and the statistics); the stream is done."""
-        stats = finish_stats(len(self.prompt_ids), self._start, self._stamps, reason, plan_spec())
-        self.events.append(GenerationEvent(text=self._text.flush(), token_id=None, stats=stats))
+    def finish(self, reason: str | None, plan_spec: Callable[[], str]) -> None:
+        """Queue the final event (the held-back text and the statistics), ended for `reason` (None: the
+        one its last token gave); the stream is done."""
+        self.events.append(self._decoding.finish(reason, plan_spec()))
         self.phase, self.cache = Phase.DONE, None
 
     def fail(self, error: BaseException) -> None:

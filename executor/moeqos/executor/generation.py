@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import statistics
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from moeqos.core.service_types import GenerationEvent, GenerationStats
-from moeqos.executor.sampling import SamplingParams, choose_token
-from moeqos.executor.textstream import TextStream
+from moeqos.core.service_types import GenerationEvent
+from moeqos.executor.decoding import Decoding
+from moeqos.executor.sampling import SamplingParams
 
 __all__ = [
     "TIMED_DECODE_EOS",
@@ -25,7 +24,6 @@ __all__ = [
     "DecodeTiming",
     "SamplingParams",
     "decode_loop",
-    "finish_stats",
     "time_decode",
 ]
 
@@ -46,50 +44,20 @@ def decode_loop(
     """Generate up to params.max_tokens tokens, yielding one event per token and a final one.
 
     `plan_spec()` names the plan in force, read when the request finishes (a switch may land mid-request)
-    for the final event's statistics; without it they name none. (Served generations decode in
-    moeqos.executor.batch_scheduler; this loop times decoding for measurements.)
+    for the final event's statistics; without it they name none. The per-token logic is
+    moeqos.executor.decoding.Decoding's. (Served generations decode in moeqos.executor.batch_scheduler;
+    this loop times decoding for measurements.)
     """
-    generator = params.generator()
-    stream = TextStream(decode, params.stop)
-    start = time.perf_counter()
-    stamps: list[float] = []
-    pending, reason = list(prompt_ids), "length"
-    while len(stamps) < params.max_tokens:
+    decoding = Decoding(len(prompt_ids), params, eos_ids, decode)
+    pending, reason = list(prompt_ids), None
+    while not decoding.done:
         if cancel is not None and cancel.is_set():
             reason = "cancelled"
             break
-        token = choose_token(step(pending), params, generator)
-        stamps.append(time.perf_counter())
-        text, stopped = stream.push(token)
-        yield GenerationEvent(text=text, token_id=token)
-        pending = [token]
-        if stopped or token in eos_ids:
-            reason = "stop" if stopped else "eos"
-            break
-    stats = finish_stats(len(prompt_ids), start, stamps, reason, plan_spec() if plan_spec else "")
-    yield GenerationEvent(text=stream.flush(), token_id=None, stats=stats)
-
-
-def finish_stats(
-    prompt_tokens: int, start: float, stamps: list[float], reason: str, plan_spec: str
-) -> GenerationStats:
-    """The statistics of a generation that started at `start` and produced a token at each of `stamps`
-    (perf_counter seconds), ended for `reason`."""
-    count, end = len(stamps), time.perf_counter()
-    ttft = stamps[0] - start if stamps else 0.0
-    if count >= 2:
-        rate = (count - 1) / max(stamps[-1] - stamps[0], 1e-9)
-    else:
-        rate = count / max((stamps[-1] if stamps else end) - start, 1e-9)
-    return GenerationStats(
-        prompt_tokens=prompt_tokens,
-        generated_tokens=count,
-        time_to_first_token_s=ttft,
-        tokens_per_s=rate,
-        total_s=end - start,
-        finish_reason=reason,
-        plan_spec=plan_spec,
-    )
+        event = decoding.take(step(pending))
+        yield event
+        pending = [event.token_id] if event.token_id is not None else []
+    yield decoding.finish(reason, plan_spec() if plan_spec else "")
 
 
 TIMED_DECODE_EOS = "ignored"

@@ -7,7 +7,7 @@ sparse-upcycled model, are measured once per layer), `sensitivity` (the output K
 layer's experts lose precision, moeqos.executor.sensitivity, on the first `sensitivity_tokens`
 calibration tokens), `call_costs`, `load_costs`, `fixed` (with the
 call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
-tier only), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`, then
+tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`, then
 of the mixed plans moeqos.executor.calibration_design derives from the signal, when the sensitivity was
 measured), `dense` (each dense element's time and perplexity effect per precision,
 moeqos.executor.dense_profile, with `dense_precisions` given).
@@ -31,6 +31,7 @@ from moeqos.core.precision import Precision, groups_fit
 from moeqos.core.profile import CallCost, Grid, LoadCost, Profile, QualityPoint
 from moeqos.core.sensitivity import signal_grids
 from moeqos.core.tier import DISK, TierBudget
+from moeqos.executor.batch_costs import measure_batch
 from moeqos.executor.calibration_design import designed_plans
 from moeqos.executor.costs import calibrate, call_costs, load_costs
 from moeqos.executor.dense_profile import DENSE_PRECISIONS, dense_costs
@@ -214,6 +215,10 @@ def build_profile(
             else {}
         )
         timings = measure_timings(runtime, ids[:16], captured[0], chosen, repeats, progress)
+        batch_calls, batch_steps = measure_batch(
+            runtime, ids, captured[0], chosen, repeats, timings.fixed, timings.calls
+        )
+        progress("batch", 1.0)
         plans = list(quality_plans)
         if kl and plans:
             signal = signal_grids(frequency, errors, kl, chosen)
@@ -242,6 +247,8 @@ def build_profile(
             sensitivity_tokens=min(sensitivity_tokens, len(ids)) if kl else 0,
             dense_costs=dense_part,
             dense_precision=dense,
+            batch_calls=tuple(batch_calls),
+            batch_steps=tuple(batch_steps),
             tiers=tuple(TierBudget(name, budget) for name, budget in runtime.budgets.items()),
             disk_pool_slots=runtime.config.disk_pool_slots,
             disk_reads=recorded_disk_reads(runtime),

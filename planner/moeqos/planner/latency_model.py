@@ -16,12 +16,16 @@ with `freq[l][e]` the expected calls of expert (l, e) per token and `cost` one c
 Both kinds of factor are medians over the precisions that cost the same (see `same_cost`).
 A plan's dense part adds its elements' measured seconds over the dense precision's
 (moeqos.planner.dense_model). tokens/s = 1 / seconds per token.
+
+`at_concurrency(B)` gives the same model for decode steps on B streams at once (the batch dimension,
+moeqos.planner.batch_model): the seconds it predicts are then seconds per step, each stream getting one
+token per step, so its tokens/s are per stream; B = 1 (the default) is the formula above exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, Grid, LoadCost, Profile
 from moeqos.core.tier import DISK
+from moeqos.planner.batch_model import BatchModel
 from moeqos.planner.curves import CostCurve, fit_curve
 from moeqos.planner.dense_model import DenseModel
 from moeqos.planner.hit_rate import lru_hit_rates
@@ -57,6 +62,10 @@ class LatencyModel:
     disk_pool_slots: int = 0
     dense: DenseModel = field(default_factory=DenseModel)
     """The dense elements' seconds and bytes per precision (the dense regressors)."""
+    batch: BatchModel = field(default_factory=BatchModel)
+    """How a step's cost grows with the streams decoded together (empty: one stream only)."""
+    rows: int = 1
+    """Streams decoded together in each predicted step (see `at_concurrency`)."""
 
     # ----- fitting ------------------------------------------------------------------------------
     @classmethod
@@ -87,7 +96,24 @@ class LatencyModel:
             pool_tier=device if device in curves else (tiers[0] if tiers else device),
             disk_pool_slots=profile.disk_pool_slots,
             dense=DenseModel.fit(profile),
+            batch=BatchModel.fit(profile),
         )
+
+    def at_concurrency(self, rows: int) -> LatencyModel:
+        """This model for steps decoding `rows` streams together; InvalidArgument (or OutOfRange) when
+        the profile did not measure batched steps and `rows` > 1."""
+        self.batch.check(rows)
+        return self if rows == self.rows else replace(self, rows=rows)
+
+    @property
+    def step_fixed_seconds(self) -> float:
+        """Seconds of a step outside the experts at `rows` streams (`fixed_seconds` at one)."""
+        return self.fixed_seconds * self.dense_scale
+
+    @property
+    def dense_scale(self) -> float:
+        """How much more a step's dense part costs at `rows` streams than at one."""
+        return self.batch.fixed_ratio(self.rows) if self.rows > 1 else 1.0
 
     # ----- per call -----------------------------------------------------------------------------
     @property
@@ -121,25 +147,41 @@ class LatencyModel:
         hits[on_disk] = lru_hit_rates(freq[on_disk], self.disk_pool_slots)
         return hits
 
+    def option_seconds(self, precision: Precision, tier: str, miss: np.ndarray) -> np.ndarray:
+        """[L, E] expected seconds per step each expert adds in (precision, tier), with `miss` [L, E]
+        the disk pool's miss rate assumed for it (used for `disk` only)."""
+        touched, tokens = self.batch.calls_per_step(np.asarray(self.frequency), self.rows)  # [L, E] x2
+        where = self.pool_tier if tier == DISK else tier
+        growth = self.batch.call_growth(precision, where) if self.rows > 1 else 0.0
+        scale = self.batch.expert_scale(self.rows) if self.rows > 1 else 1.0
+        seconds = scale * self.call_seconds(precision, tier) * (touched + growth * (tokens - touched))
+        if tier == DISK:
+            seconds = seconds + touched * np.asarray(miss) * self.load_seconds(precision)
+        return np.asarray(seconds)
+
     def expert_seconds(self, plan: Plan) -> np.ndarray:
-        """[L, E] expected seconds per token each expert contributes under `plan`."""
+        """[L, E] expected seconds per step each expert contributes under `plan` (per token at one
+        stream)."""
         plan.check_shape(len(self.frequency), len(self.frequency[0]))
-        hits = self.hit_rates(plan)  # [L, E]
-        cost = np.empty_like(hits)
+        miss = 1.0 - self.hit_rates(plan)  # [L, E]
+        options = {a: self.option_seconds(a.precision, a.tier, miss) for a in set(plan.counts())}
+        cost = np.empty_like(miss)
         for (layer, expert), a in plan.items():
-            cost[layer, expert] = self.call_seconds(a.precision, a.tier)
-            if a.tier == DISK:
-                cost[layer, expert] += (1.0 - hits[layer, expert]) * self.load_seconds(a.precision)
-        return np.asarray(self.frequency) * cost
+            cost[layer, expert] = options[a][layer, expert]
+        return cost
 
     def predict_seconds(self, plan: Plan) -> float:
-        """Expected decode seconds per token under `plan`."""
-        return (
-            self.fixed_seconds + float(self.expert_seconds(plan).sum()) + self.dense.plan_seconds(plan.dense)
-        )
+        """Expected seconds per decode step under `plan` (per token at one stream)."""
+        dense = self.dense_scale * self.dense.plan_seconds(plan.dense)
+        return self.step_fixed_seconds + float(self.expert_seconds(plan).sum()) + dense
 
     def predict_tokens_per_s(self, plan: Plan) -> float:
+        """Tokens/s of each stream (one token per step)."""
         return 1.0 / self.predict_seconds(plan)
+
+    def predict_aggregate_tokens_per_s(self, plan: Plan) -> float:
+        """Tokens/s of all `rows` streams together."""
+        return self.rows * self.predict_tokens_per_s(plan)
 
     # ----- reporting and JSON -------------------------------------------------------------------
     @property
@@ -163,6 +205,8 @@ class LatencyModel:
             "pool_tier": self.pool_tier,
             "disk_pool_slots": self.disk_pool_slots,
             "dense": self.dense.to_dict(),
+            "batch": self.batch.to_dict(),
+            "rows": self.rows,
         }
 
     @classmethod
@@ -180,6 +224,8 @@ class LatencyModel:
             pool_tier=str(data["pool_tier"]),
             disk_pool_slots=int(data["disk_pool_slots"]),
             dense=DenseModel.from_dict(data.get("dense")),
+            batch=BatchModel.from_dict(data.get("batch")),
+            rows=int(data.get("rows", 1)),
         )
 
 

@@ -20,7 +20,7 @@ from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Assignment, Plan
 from moeqos.core.precision import Precision
 from moeqos.core.rules import PlacementRule, first_match
-from moeqos.core.tier import DISK, TierBudget
+from moeqos.core.tier import TierBudget
 from moeqos.planner.dense_model import DenseModel
 from moeqos.planner.latency_model import LatencyModel
 from moeqos.planner.quality_model import QualityModel
@@ -92,9 +92,7 @@ def build_problem(
     seconds = np.zeros((freq.size, len(options)))  # dense-only options stay 0 (and not allowed)
     log_ppl = np.zeros_like(seconds)
     for k, a in enumerate(options[:expert_options]):
-        call = latency.call_seconds(a.precision, a.tier)
-        load = latency.load_seconds(a.precision) if a.tier == DISK else 0.0
-        seconds[:, k] = freq * (call + miss * load)
+        seconds[:, k] = latency.option_seconds(a.precision, a.tier, miss.reshape(num_layers, -1)).reshape(-1)
         log_ppl[:, k] = quality.expert_terms(a.precision).reshape(-1)
     allowed = np.zeros((freq.size, len(options)), dtype=bool)  # [N, K]; none of the dense-only options
     allowed[:, :expert_options] = _pinned(options[:expert_options], pins, num_layers, num_experts)
@@ -151,7 +149,7 @@ def _dense_row(
     for k, option in enumerate(options):
         if option in choices:
             allowed[0, k] = True
-            seconds[0, k] = latency.dense.seconds(element, option.precision)
+            seconds[0, k] = latency.dense_scale * latency.dense.seconds(element, option.precision)
             log_ppl[0, k] = quality.dense.log_ppl(element, option.precision)
             nbytes[0, k] = latency.dense.bytes(element, option.precision)
     return seconds, log_ppl, allowed, nbytes

@@ -30,7 +30,8 @@ def format_result(result: PlanResult, target: str = "") -> str:
     estimate = " (estimate)" if result.perplexity_is_estimate else ""
     lines = [f"target:     {target}"] if target else []
     lines += [
-        f"predicted:  {result.predicted_tokens_per_s:.3f} tokens/s, perplexity {result.predicted_perplexity:.4f}{estimate}",
+        f"predicted:  {result.predicted_tokens_per_s:.3f} tokens/s{_per_stream(result)}, perplexity "
+        f"{result.predicted_perplexity:.4f}{estimate}",
         f"plan:       {result.plan.describe()}",
         f"spec:       {_short_spec(result.plan.to_spec())}",
         "",
@@ -39,6 +40,16 @@ def format_result(result: PlanResult, target: str = "") -> str:
         f"solved in {result.solve_seconds * 1e3:.1f} ms; {result.notes}",
     ]
     return "\n".join(lines)
+
+
+def _per_stream(result: PlanResult) -> str:
+    """How the tokens/s read at more than one stream: per stream, and all streams together."""
+    if result.concurrency == 1:
+        return ""
+    return (
+        f" per stream at {result.concurrency} streams "
+        f"({result.predicted_aggregate_tokens_per_s:.3f} tokens/s together)"
+    )
 
 
 def _short_spec(spec: str, limit: int = 160) -> str:

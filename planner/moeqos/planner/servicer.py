@@ -35,6 +35,7 @@ from moeqos.core.service_types import (
     WhatIfOutcome,
 )
 from moeqos.core.tier import TierBudget
+from moeqos.planner.batch_model import check_concurrency
 from moeqos.planner.executor_addresses import ExecutorAddresses, refuse_repeats
 from moeqos.planner.frontier import DEFAULT_POINTS, frontier
 from moeqos.planner.solver import PlanRequest, PlanResult, solve
@@ -59,6 +60,7 @@ def outcome_of(result: PlanResult) -> PlanOutcome:
         perplexity_is_estimate=result.perplexity_is_estimate,
         tier_use=dict(result.bytes_per_tier),
         notes=result.notes,
+        concurrency=result.concurrency,
     )
     return PlanOutcome(result.plan, prediction, result.solve_seconds)
 
@@ -138,6 +140,7 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             common.target_from_proto(request.target),
             common.budgets_from_proto(request.budgets),
             common.pins_from_proto(request.pins),
+            concurrency=check_concurrency(request.concurrency or 1),
         )
         return codec.outcome_to_response(outcome_of(await self._run(solve, plan_request)))
 
@@ -211,7 +214,9 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
             profile = await executor.get_profile(timeout=None)
             info = await executor.info()
         budgets = spec.budgets or tuple(TierBudget(t.name, t.budget_bytes) for t in info.tiers)
-        return await self._run(solve, PlanRequest(profile, spec.target, budgets, spec.pins)), info
+        concurrency = deploy_concurrency(spec, info, profile)
+        request = PlanRequest(profile, spec.target, budgets, spec.pins, concurrency=concurrency)
+        return await self._run(solve, request), info
 
     async def _restore(self, spec: DeploySpec, info: ExecutorInfo, peer: ConnectOptions) -> None:
         """Put the executor back on `info`'s plan and standing target (a no-op switch when unchanged)."""
@@ -229,6 +234,19 @@ class PlannerServicer(pl_grpc.PlannerServiceServicer):
         return DeployOutcome(spec.executor_address, result.plan, outcome_of(result).prediction, report)
 
 
+def deploy_concurrency(spec: DeploySpec, info: ExecutorInfo, profile: Profile) -> int:
+    """The streams a Deploy plans the floor per stream for: the spec's, else the executor's active
+    generations, at least 1 and at most its batch size (an executor that reports none: no bound). A
+    profile without batched step timings (measured by an older build) is planned for one stream unless
+    the spec names a concurrency (then the solve refuses it: INVALID_ARGUMENT)."""
+    if spec.concurrency:
+        return check_concurrency(spec.concurrency)
+    if not profile.batch_steps:
+        return 1
+    reported = max(1, info.active_generations)
+    return min(reported, info.max_batch_size) if info.max_batch_size else reported
+
+
 def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:
     """Every target of a Deploy, validated before any executor is contacted (the executor addresses
     themselves by `ExecutorAddresses.check` in Deploy). A malformed planner address for the executors
@@ -241,4 +259,8 @@ def _deploy_specs(request: pl.DeployRequest) -> list[DeploySpec]:
     refuse_repeats(addresses)
     if request.planner_address:
         check_address(request.planner_address, "planner_address")
-    return [codec.deploy_spec_from_proto(t) for t in request.targets]
+    specs = [codec.deploy_spec_from_proto(t) for t in request.targets]
+    for spec in specs:
+        if spec.concurrency:
+            check_concurrency(spec.concurrency)
+    return specs

@@ -56,6 +56,9 @@ class PlanRequest:
     time_limit_s: float = 1.0
     """Seconds the full MILP may run when the fast path cannot certify `tolerance`; the answer's notes
     then give the gap it certified (see moeqos.planner.milp)."""
+    concurrency: int = 1
+    """Streams decoded together: tokens/s (the target's floor and the predictions) are per stream at
+    this many streams (moeqos.planner.batch_model); > 1 needs a profile with batched step timings."""
 
     @property
     def effective_budgets(self) -> tuple[TierBudget, ...]:
@@ -86,12 +89,21 @@ class PlanResult:
     perplexity_is_estimate: bool
     notes: str = ""
     budgets: tuple[TierBudget, ...] = field(default=(), compare=False)
+    concurrency: int = 1
+    """Streams decoded together; `predicted_tokens_per_s` is each stream's."""
+
+    @property
+    def predicted_aggregate_tokens_per_s(self) -> float:
+        """Tokens/s of all `concurrency` streams together."""
+        return self.concurrency * self.predicted_tokens_per_s
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "plan_spec": self.plan.to_spec(),
             "plan": self.plan.to_dict(),
             "predicted_tokens_per_s": self.predicted_tokens_per_s,
+            "concurrency": self.concurrency,
+            "predicted_aggregate_tokens_per_s": self.predicted_aggregate_tokens_per_s,
             "predicted_perplexity": self.predicted_perplexity,
             "bytes_per_tier": dict(self.bytes_per_tier),
             "budgets": {b.name: b.budget_bytes for b in self.budgets},
@@ -123,9 +135,8 @@ def solve(
 ) -> PlanResult:
     """The optimal plan for `request.target`; raises InfeasibleTarget (with the closest feasible point)."""
     started = time.perf_counter()
-    models = _Models(
-        latency or LatencyModel.fit(request.profile), quality or QualityModel.fit(request.profile)
-    )
+    fitted = (latency or LatencyModel.fit(request.profile)).at_concurrency(request.concurrency)
+    models = _Models(fitted, quality or QualityModel.fit(request.profile))
     target = request.target
     seconds_cap = 1.0 / target.min_tokens_per_s if target.min_tokens_per_s else None
     ppl_cap = target.perplexity_ceiling(models.quality.reference_perplexity)
@@ -147,7 +158,7 @@ def _search(
     """Best truly feasible plan over the hit-rate iterations (see module docstring), or None."""
     latency, quality = models.latency, models.quality
     hits = np.zeros((len(latency.frequency), len(latency.frequency[0])))  # [L, E]
-    expert_cap = None if seconds_cap is None else seconds_cap - latency.fixed_seconds
+    expert_cap = None if seconds_cap is None else seconds_cap - latency.step_fixed_seconds
     log_cap = None if ppl_cap is None else quality.term_cap(math.log(ppl_cap / quality.reference_perplexity))
     best: tuple[PlanResult, float] | None = None
     solves = 0
@@ -160,7 +171,7 @@ def _search(
             expert_cap,
             log_cap,
             request.tolerance,
-            latency.fixed_seconds,
+            latency.step_fixed_seconds,
             request.time_limit_s,
         )
         if solved is None:
@@ -225,6 +236,7 @@ def evaluate(
         quality.plan_is_estimate(plan),
         "",
         budgets,
+        latency.rows,
     )
 
 
@@ -246,6 +258,11 @@ def _better(candidate: PlanResult, best: tuple[PlanResult, float] | None, metric
 
 def _notes(request: PlanRequest, models: _Models, iterations: int) -> str:
     parts = [f"perplexity: {models.quality.basis}"]
+    if models.latency.rows > 1:
+        parts.append(
+            f"tokens/s per stream at {models.latency.rows} streams decoded together (batched steps: "
+            "each routed expert once per step on its tokens)"
+        )
     if any(b.name == DISK for b in request.effective_budgets) and DISK in models.latency.tiers:
         parts.append(
             f"disk: LRU pool of {models.latency.disk_pool_slots} slots (token-cycle reuse model), "

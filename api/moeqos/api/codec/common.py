@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from moeqos.core.batch import BatchCall, BatchStep
 from moeqos.core.dense import DenseCost, DenseElement, DensePrecisions, dense_precisions
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Assignment, Plan, parse_plan
@@ -330,6 +331,16 @@ def profile_to_proto(profile: Profile) -> pb.Profile:
         sensitivity_tokens=profile.sensitivity_tokens,
         dense_costs=[dense_cost_to_proto(c) for c in profile.dense_costs],
         dense_precision=precision_to_proto(profile.dense_precision),
+        batch_calls=[
+            pb.BatchCall(
+                precision=precision_to_proto(c.precision), tier=c.tier, tokens=c.tokens, ratio=c.ratio
+            )
+            for c in profile.batch_calls
+        ],
+        batch_steps=[
+            pb.BatchStep(rows=s.rows, fixed_ratio=s.fixed_ratio, expert_scale=s.expert_scale)
+            for s in profile.batch_steps
+        ],
     )
 
 
@@ -396,6 +407,11 @@ def profile_from_proto(message: pb.Profile) -> Profile:
             dense_precision=(
                 precision_from_proto(message.dense_precision) if message.dense_precision else Precision.BF16
             ),
+            batch_calls=tuple(
+                BatchCall(precision_from_proto(c.precision), tier_from_proto(c.tier), c.tokens, c.ratio)
+                for c in message.batch_calls
+            ),
+            batch_steps=tuple(BatchStep(s.rows, s.fixed_ratio, s.expert_scale) for s in message.batch_steps),
         )
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidArgument):
@@ -420,6 +436,8 @@ def prediction_to_proto(prediction: Prediction) -> pb.PlanPrediction:
         perplexity_is_estimate=prediction.perplexity_is_estimate,
         tier_use=[pb.TierUse(name=name, bytes=size) for name, size in prediction.tier_use.items()],
         notes=prediction.notes,
+        concurrency=prediction.concurrency,
+        aggregate_tokens_per_s=prediction.aggregate_tokens_per_s,
     )
 
 
@@ -430,6 +448,7 @@ def prediction_from_proto(message: pb.PlanPrediction) -> Prediction:
         perplexity_is_estimate=message.perplexity_is_estimate,
         tier_use={use.name: use.bytes for use in message.tier_use},
         notes=message.notes,
+        concurrency=message.concurrency or 1,
     )
 
 

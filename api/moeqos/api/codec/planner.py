@@ -83,6 +83,7 @@ def deploy_spec_to_proto(spec: DeploySpec) -> pl.DeployTarget:
         target=common.target_to_proto(spec.target),
         budgets=[common.budget_to_proto(b) for b in spec.budgets],
         pins=[common.pin_to_proto(p) for p in spec.pins],
+        concurrency=spec.concurrency,
     )
 
 
@@ -93,6 +94,7 @@ def deploy_spec_from_proto(message: pl.DeployTarget) -> DeploySpec:
         target=common.target_from_proto(message.target),
         budgets=common.budgets_from_proto(message.budgets),
         pins=common.pins_from_proto(message.pins),
+        concurrency=message.concurrency,
     )
 
 
