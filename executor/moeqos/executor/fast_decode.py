@@ -4,10 +4,15 @@ tree.
 Legend for shape comments: B rows (streams), H hidden, n query heads, h KV heads, d head dim, W cache
 width before the step, V vocabulary.
 
+Activations stay [B, H] between the embedding and the head (no sequence axis): on a 2-D input a
+projection is one `mm`, where [B, 1, H] takes matmul's fold-and-unfold path, ~5 more aten ops each. The
+step is counted in aten ops, since at one token most of them cost dispatch, not arithmetic (the
+README's "Where a decode step goes").
+
 transformers' forward costs a decode token far more than its matmuls on a CPU: per step it builds a
 causal mask, computes the rotary table for the positions, and per layer runs ~8 modules, rotates q and
 k separately, concatenates the whole KV cache (`DynamicCache`, O(W) copying per layer) and reshapes
-through its attention interface. This step does per layer: RMS norm (`F.rms_norm`), the q, k and v
+through its attention interface. This step does per layer: RMS norm, the q, k and v
 projections, one rotation of q and k together with cos/sin read from a table by position, one column
 written into the preallocated cache, SDPA over the filled columns (a view), the o projection, RMS
 norm and the MoE block, which is the runtime's own (`moeqos.executor.moe.MoeBlock`, unchanged).
@@ -53,7 +58,14 @@ def unsupported_reason(model_type: str, hf_config: Any) -> str | None:
 
 
 class DecodeRmsNorm(nn.Module):
-    """An RMS norm (the model's weight and epsilon) as one `F.rms_norm` call: x [..., H] -> [..., H]."""
+    """An RMS norm (the model's weight and epsilon), x [..., H] -> [..., H], written out as transformers'
+    `MixtralRMSNorm` computes it (fp32 mean of squares, rsqrt, back to x's dtype, times the weight).
+
+    Not `F.rms_norm`: on a bf16 CPU tensor its composite runs ~34 aten ops (casts of every operand to
+    fp32 and back); this is 16 (pow, mean and the epsilon's add written as the multiply, sum, divide
+    and add they run, with 0-dim tensors for the constants, which a Python number would be cast into on
+    every call), with the same result as transformers' module, bit for bit.
+    """
 
     norm: nn.Module
 
@@ -61,10 +73,15 @@ class DecodeRmsNorm(nn.Module):
         super().__init__()
         self.norm = norm
         self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+        # 0-dim fp32 CPU tensors, scalars to ops on any device (a Python number is cast on every call)
+        self._eps = torch.tensor(self.eps)
+        self._width = torch.tensor(float(norm.weight.shape[-1]))  # H
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight: torch.Tensor = self.norm.weight  # type: ignore[assignment]  # [H], a Parameter
-        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+        wide = x.float()  # [..., H] fp32 (x itself when already fp32)
+        variance = (wide * wide).sum(-1, keepdim=True).div_(self._width)  # [..., 1]: the mean
+        return weight * (wide * variance.add_(self._eps).rsqrt_()).to(x.dtype)  # [..., H]
 
 
 class DecodeAttention(nn.Module):
@@ -85,8 +102,9 @@ class DecodeAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KvCache, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """x [B, 1, H], cos/sin [B, 1, d], mask [B, 1, 1, W + 1] (True: attend) or None -> [B, 1, H].
-        Writes the token's key and value into column W of the cache (the caller advances W)."""
+        """x [B, H], cos/sin [B, 1, d], mask [B, 1, 1, W + 1] (True: attend) or None -> [B, H].
+        Writes the token's key and value into column W of the cache (the caller advances W).
+        `sin` carries rotate_half's sign (see `_rotated`)."""
         rows, n, h, d = x.shape[0], self.heads, self.kv_heads, self.head_dim
         q = self.q_proj(x).view(rows, n, d)  # [B, n, d]
         k = self.k_proj(x).view(rows, h, d)  # [B, h, d]
@@ -104,15 +122,15 @@ class DecodeAttention(nn.Module):
             scale=self.scale,
             enable_gqa=n != h,
         )  # [B, n, 1, d]
-        return self.o_proj(out.reshape(rows, 1, n * d))  # [B, 1, H]
+        return self.o_proj(out.reshape(rows, n * d))  # [B, H]
 
 
-def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of x [B, m, d] with cos/sin [B, 1, d], as transformers' `apply_rotary_pos_emb`
-    (x * cos + rotate_half(x) * sin, in x's dtype)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # [B, m, d]
-    return x * cos + rotated * sin
+def _rotated(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, m, d] with cos and signed sin [B, 1, d] (`signed_sin`: the first half
+    of sin negated), equal bit for bit to transformers' `apply_rotary_pos_emb`: x * cos +
+    rotate_half(x) * sin, where rotate_half(x) = cat(-x2, x1), and (-a) * s == a * (-s) exactly, so
+    the halves swap with one `roll` and the sign sits in the table instead of a `neg` per step."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin  # [B, m, d]
 
 
 class DecodeLayer(nn.Module):
@@ -131,8 +149,8 @@ class DecodeLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KvCache, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        x = x + self.attention(self.input_norm(x), cos, sin, cache, mask)  # [B, 1, H]
-        return x + self.moe(self.post_norm(x))  # [B, 1, H]
+        x = x + self.attention(self.input_norm(x), cos, sin, cache, mask)  # [B, H]
+        return x + self.moe(self.post_norm(x))  # [B, H]
 
 
 class FastDecoder(nn.Module):
@@ -158,7 +176,8 @@ class FastDecoder(nn.Module):
         """The model (in a list: not a submodule, so this module's tree holds only the decode path)."""
         self._rotary = base.rotary_emb
         self._cos = self._sin = torch.empty(0)
-        """Rotary tables [P, d] for positions 0..P-1 in the activations' dtype (grown on demand)."""
+        """Rotary tables [P, d] for positions 0..P-1 in the activations' dtype (grown on demand); the
+        sin table's first half negated (see `_rotated`)."""
 
     def forward(
         self,
@@ -170,25 +189,27 @@ class FastDecoder(nn.Module):
         """Logits [B, 1, V] of token ids [B, 1] on `cache` (filled, W columns), which grows by one column.
         A left-padded batch passes its attention mask [B, W + 1] (0 on padding) and positions [B, 1]."""
         lm = self._lm[0]
-        x = lm.get_input_embeddings()(token_ids)  # [B, 1, H]
+        x = lm.get_input_embeddings()(token_ids[:, 0])  # [B, H]
         if position_ids is None:
             position_ids = torch.full_like(token_ids, cache.width)  # [B, 1]
-        cos, sin = self._table(position_ids, cache.width + 1, x)  # [B, 1, d] each
+        cos, sin = self._table(position_ids, cache.width + 1, x)  # [B, 1, d] each, sin signed
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B, 1, 1, W + 1]
         cache.reserve(1)
         for layer in self.layers:
-            x = layer(x, cos, sin, cache, mask)  # [B, 1, H]
+            x = layer(x, cos, sin, cache, mask)  # [B, H]
         cache.width += 1
-        return lm.get_output_embeddings()(self.norm(x))  # [B, 1, V]
+        return lm.get_output_embeddings()(self.norm(x))[:, None]  # [B, 1, V]
 
     def _table(
         self, position_ids: torch.Tensor, top: int, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [B, 1, d] of positions [B, 1], all below `top` (a row's position is its length, at
-        most the cache's width: no read of the ids), from the tables, extended by doubling when short."""
+        """cos, signed sin [B, 1, d] of positions [B, 1] (see `_rotated`), all below `top` (a row's
+        position is its length, at most the cache's width: no read of the ids), from the tables,
+        extended by doubling when short."""
         if top > self._cos.shape[0] or self._cos.dtype != x.dtype or self._cos.device != x.device:
             size = max(256, 2 * top)
             positions = torch.arange(size, device=x.device)[None]  # [1, P]
             cos, sin = self._rotary(x, positions)  # [1, P, d] each, in x's dtype
-            self._cos, self._sin = cos[0], sin[0]  # [P, d]
+            half = sin.shape[-1] // 2
+            self._cos, self._sin = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # [P, d]
         return self._cos[position_ids], self._sin[position_ids]  # [B, 1, d]

@@ -42,6 +42,14 @@ def int4_fits(rows: int, cols: int, group_size: int) -> bool:
     return rows % 16 == 0 and group_size in INT4_GROUP_SIZES and cols % group_size == 0
 
 
+def _bf16_rows(x: Tensor) -> Tensor:
+    """x [M, K] as the ops take it: bf16, contiguous. The checks are Python's: a no-op `to` or
+    `contiguous` is still an aten call, and a decode step makes hundreds of these."""
+    if x.dtype != torch.bfloat16:
+        x = x.to(torch.bfloat16)
+    return x if x.is_contiguous() else x.contiguous()  # [M, K]
+
+
 class Int8CpuKernel:
     """Per-row int8 weight through `aten._weight_int8pack_mm` (its layout is the portable one)."""
 
@@ -52,8 +60,8 @@ class Int8CpuKernel:
     def matmul(self, x: Tensor) -> Tensor:
         scales = self.q.scales
         assert scales is not None
-        y = torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), self.q.values, scales)
-        return y.to(x.dtype)  # [M, N]
+        y = torch.ops.aten._weight_int8pack_mm(_bf16_rows(x), self.q.values, scales)  # [M, N] bf16
+        return y if x.dtype == torch.bfloat16 else y.to(x.dtype)  # [M, N]
 
     def portable(self) -> QuantizedWeight:
         return self.q
@@ -121,9 +129,9 @@ class Int4CpuKernel:
         return {"packed": self.packed, "scales_zeros": self.scales_zeros}
 
     def matmul(self, x: Tensor) -> Tensor:
-        xb = x.to(torch.bfloat16).contiguous()  # [M, K]
+        xb = _bf16_rows(x)  # [M, K]
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, self.packed, self.group_size, self.scales_zeros)
-        return y.to(x.dtype)  # [M, N]
+        return y if x.dtype == torch.bfloat16 else y.to(x.dtype)  # [M, N]
 
     def portable(self) -> QuantizedWeight:
         codes = unpack_codes(self.packed, pack_int4_cpu, *self.shape)  # [N, K]

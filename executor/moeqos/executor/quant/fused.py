@@ -33,8 +33,9 @@ def routed_token(experts: Sequence[QuantExpert], x: Tensor, weights: Tensor) -> 
     """
     inter = experts[0].intermediate_size
     h = torch.cat([expert.w13.kernel.matmul(x) for expert in experts])  # [K, 2I]
-    a = F.silu(h[:, :inter]) * h[:, inter:]  # [K, I], row k contiguous
-    ys = [expert.w2.kernel.matmul(a[k : k + 1]) for k, expert in enumerate(experts)]  # K x [1, H]
+    gate, up = h.split(inter, dim=1)  # [K, I] each
+    a = F.silu(gate) * up  # [K, I], row k contiguous
+    ys = [expert.w2.kernel.matmul(row) for row, expert in zip(a.split(1), experts, strict=True)]  # K x [1, H]
     return mix(ys, weights)
 
 
@@ -45,4 +46,6 @@ def mix(ys: Sequence[Tensor], weights: Tensor) -> Tensor:
     region, which costs far more than these few elementwise ops, and on a loaded machine waits for every
     thread.
     """
-    return (torch.cat(list(ys)) * weights.to(ys[0].dtype).T).sum(dim=0, keepdim=True)  # [1, H]
+    if weights.dtype != ys[0].dtype:
+        weights = weights.to(ys[0].dtype)
+    return (torch.cat(list(ys)) * weights.view(-1, 1)).sum(dim=0, keepdim=True)  # [1, H]

@@ -36,6 +36,8 @@ class FloatKernel:
 
     def matmul(self, x: Tensor) -> Tensor:
         weight = self.q.values  # [N, K]
+        if x.dtype == weight.dtype:  # the usual case: no two no-op `to` calls (aten calls all the same)
+            return F.linear(x, weight)  # [M, N]
         return F.linear(x.to(weight.dtype), weight).to(x.dtype)  # [M, N]
 
     def portable(self) -> QuantizedWeight:
