@@ -53,15 +53,16 @@ class MoeBlock(nn.Module):
         return self.router(flat)  # [T, K], [T, K]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        shape = hidden_states.shape  # [B, S, H]
-        flat = hidden_states.reshape(-1, shape[-1])  # [T, H]
+        shape = hidden_states.shape  # [B, S, H], or [T, H] from the own decode step
+        flat = hidden_states if hidden_states.dim() == 2 else hidden_states.reshape(-1, shape[-1])  # [T, H]
         index, weights = self.route(flat)  # [T, K], [T, K]
         if self.observer is not None:
             self.observer(self.layer, flat, index)
         if not self.experts_enabled:
             return torch.zeros_like(hidden_states)
         if flat.shape[0] == 1:
-            return self._one_token(flat, index, weights).reshape(shape)
+            y = self._one_token(flat, index, weights)  # [1, H]
+            return y if hidden_states.dim() == 2 else y.reshape(shape)
         return self._tokens(flat, index, weights).reshape(shape)
 
     def _tokens(self, flat: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

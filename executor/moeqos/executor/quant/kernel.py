@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
 import torch.nn.functional as F
 from moeqos.executor.quant.rtn import QuantizedWeight, dequantize
 from torch import Tensor
@@ -37,7 +38,7 @@ class FloatKernel:
     def matmul(self, x: Tensor) -> Tensor:
         weight = self.q.values  # [N, K]
         if x.dtype == weight.dtype:  # the usual case: no two no-op `to` calls (aten calls all the same)
-            return F.linear(x, weight)  # [M, N]
+            return torch.mm(x, weight.t())  # [M, N]: what F.linear runs for 2-D x, 4 aten calls fewer
         return F.linear(x.to(weight.dtype), weight).to(x.dtype)  # [M, N]
 
     def portable(self) -> QuantizedWeight:
