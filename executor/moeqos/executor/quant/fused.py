@@ -33,9 +33,8 @@ def routed_token(experts: Sequence[QuantExpert], x: Tensor, weights: Tensor) -> 
     """
     inter = experts[0].intermediate_size
     h = torch.cat([expert.w13.kernel.matmul(x) for expert in experts])  # [K, 2I]
-    gate, up = h.split(inter, dim=1)  # [K, I] each
-    a = F.silu(gate) * up  # [K, I], row k contiguous
-    ys = [expert.w2.kernel.matmul(row) for row, expert in zip(a.split(1), experts, strict=True)]  # K x [1, H]
+    a = F.silu(h[:, :inter]) * h[:, inter:]  # [K, I], row k contiguous
+    ys = [expert.w2.kernel.matmul(a[k : k + 1]) for k, expert in enumerate(experts)]  # K x [1, H]
     return mix(ys, weights)
 
 
