@@ -1,13 +1,15 @@
 """Section `quality`: does the planner know which experts matter?
 
 Profiles the executor twice the product's way (moeqos.executor.service_measure.MeasureSettings: ptb:train
-calibration, uniform plans' perplexity on ptb:valid): without the output-KL signal (the old profile)
-and with it (the layer KL and the designed mixed plans), CPU-seconds of each in the same run. Then, on
+calibration, uniform plans' perplexity on ptb:valid): first with the output-KL signal (the layer KL and
+the designed mixed plans) on the freshly loaded executor, as `moeqos profile` meets it, then without
+(the old profile); wall seconds (the goal's), CPU-seconds and each stage's seconds of both. Then, on
 `eval_tokens` ptb:test tokens, at 25/50/75% int4 (the rest bf16, equal bytes; moeqos.bench.quality_plans)
 measures the planner's plan, 5 random picks and the least-called experts. Every measured plan besides
 the fitted ones is held out: its predicted perplexity increase (the fit's ratio, carried to ptb:test by
 the ptb:test reference) against the measured one gives the MAPE of the increase and the rank
-correlation, for the new signal and for the old one fitted to the same plans.
+correlation, for the new signal and for the old one fitted to the same plans. A second held-out set
+(SECOND_SHARES, other seeds) was added after the model's form was chosen on the first.
 """
 
 from __future__ import annotations
