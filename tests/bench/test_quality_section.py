@@ -50,3 +50,21 @@ def test_fitting_plans_are_measured_again_on_the_eval_tokens_once_each():
     assert refit.frequency == profile.frequency and refit.layer_kl == profile.layer_kl
     on_eval_tokens(ctx, profile)
     assert runtime.calls == 2  # measured plans are cached in the context, not measured again
+
+
+def test_stage_clock_times_each_stage_and_logs_the_finished_ones(monkeypatch):
+    import moeqos.bench.quality as quality
+
+    clock = iter([0.0, 1.0, 3.0, 3.5, 6.0])
+    monkeypatch.setattr(quality.time, "perf_counter", lambda: next(clock))
+    lines: list[str] = []
+    stages = quality.StageClock(lines.append)
+    for stage, fraction in (
+        ("frequency", 0.5),
+        ("frequency", 1.0),
+        ("sensitivity", 0.1),
+        ("sensitivity", 1.0),
+    ):
+        stages.progress(stage, fraction)
+    assert stages.seconds == {"frequency": 3.0, "sensitivity": 3.0}
+    assert lines == ["profile: frequency done (3.0 s)", "profile: sensitivity done (3.0 s)"]

@@ -65,7 +65,7 @@ def test_profile_is_well_formed_and_round_trips(runtime, calibration) -> None:
     assert specs[:2] == ["fp32@cpu", "int4@cpu"]  # the uniform plans asked for, then the designed ones
     assert len(specs) == 2 + 3 and all("int4" in s and "fp32" in s for s in specs[2:])
     assert set(profile.layer_kl) == {Precision.INT4} and len(profile.layer_kl[Precision.INT4]) == LAYERS
-    assert profile.sensitivity_tokens == 96  # the default 128, bounded by the calibration tokens
+    assert profile.sensitivity_tokens == 96  # the default 256, bounded by the calibration tokens
     assert {"sensitivity"} <= {s for s, _ in stages}
     assert all(q.perplexity > 1 and q.corpus == "tiny:valid" for q in profile.quality_points)
     assert all(q.tokens == 64 - 2 for q in profile.quality_points)  # quality_ids: 2 windows of 48

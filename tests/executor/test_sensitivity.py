@@ -7,7 +7,7 @@ import pytest
 import torch
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
-from moeqos.executor.calibration_design import designed_plans
+from moeqos.executor.calibration_design import designed_plans, uniform_increases
 from moeqos.executor.sensitivity import layer_kl, with_layer
 
 from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
@@ -50,16 +50,30 @@ def test_designed_plans_put_the_lossy_precision_on_the_safest_and_the_riskiest_e
     signal = {
         Precision.INT4: ((0.1, 0.2, 0.3, 0.4), (0.5, 0.6, 0.7, 0.8)),
         Precision.INT8: ((0.01,) * 4, (0.01,) * 4),
+        Precision.INT3: ((0.4, 0.3, 0.2, 0.1), (0.5, 0.6, 0.7, 0.8)),
         Precision.INT2: ((1.0, 2.0, 3.0, 4.0), (5.0, 6.0, 7.0, 8.0)),
     }
-    plans = designed_plans(
-        signal, Precision.BF16, [Precision.BF16, Precision.INT8, Precision.INT4, Precision.INT2], "cpu", 64
-    )
+    increases = {Precision.BF16: 0.0, Precision.INT8: 0.005, Precision.INT4: 0.2, Precision.INT3: 0.5}
+    increases[Precision.INT2] = 1000.0
+    plans = designed_plans(signal, Precision.BF16, increases, {Precision.INT4}, "cpu", 64)
     lossy = [{k for k, a in p.items() if a.precision != Precision.BF16} for p in plans]
     assert lossy == [
         {(0, 0), (0, 1)},  # int4 on the safest quarter
         {(0, 0), (0, 1), (0, 2), (0, 3)},  # the safest half
-        {(1, 3), (1, 2)},  # the riskiest quarter
-        {(0, 0)},  # int2: the safest eighth only; int8: none (near lossless)
+        {(1, 3), (1, 2)},  # the riskiest quarter: int4 is the anchor (its KL measured)
+        {(0, 3), (0, 2)},  # int3: the safest quarter and half only (it borrows int4's ranking)
+        {(0, 0), (0, 1), (0, 2), (0, 3)},
+        {(0, 0)},  # int2: the safest eighth only; int8: none (measured nearly lossless)
     ]
     assert all(p.group_size == 64 for p in plans)
+
+
+def test_a_nearly_lossless_precision_gets_designs_only_without_a_measured_reference() -> None:
+    signal = {Precision.INT4: ((0.1, 0.2, 0.3, 0.4),)}
+    shape = (1, 4, Precision.BF16, "cpu")
+    plans = [Plan.uniform(*shape), Plan.uniform(1, 4, Precision.INT4, "cpu")]
+    lossless = uniform_increases(plans, [10.0, 10.05], Precision.BF16)
+    assert lossless == pytest.approx({Precision.BF16: 0.0, Precision.INT4: 0.005})
+    assert designed_plans(signal, Precision.BF16, lossless, (), "cpu", 64) == []
+    unknown = uniform_increases(plans[1:], [10.05], Precision.BF16)  # no reference measured
+    assert len(designed_plans(signal, Precision.BF16, unknown, (), "cpu", 64)) == 2

@@ -134,3 +134,45 @@ def test_a_catastrophic_plan_saturates_instead_of_overflowing() -> None:
     targets = np.array([400.0, 800.0, 1200.0])  # log increases past exp()'s range
     error = _leave_one_out(rows, targets, model.sensitivity)
     assert error is not None and math.isfinite(error)
+
+
+def _anchored_profile(kappa4: float, kappa2: float, seed: int = 3):
+    """int4 (the anchor: its layer KL measured) and int2 plans on the model's own signal, int4's
+    compounding `kappa4`, int2's `kappa2` (int2 far beyond broken, as on the default model)."""
+    base = synthetic_profile(3, 4, PRECISIONS, quality_plans=1, seed=seed)
+    profile = dataclasses.replace(base, layer_kl={Precision.INT4: (0.01, 0.03, 0.02)})
+    sens = QualityModel.fit(profile).sensitivity
+    rng = np.random.default_rng(seed)
+    points = list(profile.quality_points)
+    cells = [(layer, e) for layer in range(3) for e in range(4)]
+    for precision, coefficient, kappa in ((Precision.INT4, 2.0, kappa4), (Precision.INT2, 40.0, kappa2)):
+        for count in (3, 6, 9, 12):
+            chosen = {cells[i] for i in rng.choice(len(cells), count, replace=False)}
+            text = ",".join(f"L{layer}.E{e}={precision.value}@cpu" for layer, e in sorted(chosen))
+            plan = parse_plan(f"bf16@cpu,{text}", 3, 4, "cpu")
+            d = coefficient * sum(sens[precision][layer][e] for layer, e in chosen)
+            ppl = REFERENCE_PPL * math.exp(d + kappa * d * d)
+            points.append(dataclasses.replace(points[0], plan_spec=plan.to_spec(), perplexity=ppl))
+    return dataclasses.replace(profile, quality_points=tuple(points))
+
+
+def test_compounding_comes_from_the_anchor_precision_plans() -> None:
+    """int2's corners compound differently (and are broken): the anchor's kappa and coefficient are
+    still recovered exactly, and the leave-one-out check does not count how broken a broken plan is."""
+    kappa4 = KAPPAS[20]
+    model = QualityModel.fit(_anchored_profile(kappa4, kappa2=0.0))
+    assert model.compounding == pytest.approx(kappa4)
+    assert model.coefficients[Precision.INT4] == pytest.approx(2.0, rel=1e-6)
+    assert "from the int4 plans" in model.basis
+    assert model.holdout_error is not None and model.holdout_error < 0.05
+
+
+def test_broken_plans_count_only_when_predicted_not_broken() -> None:
+    rows = np.zeros((3, len(Precision)))  # [N, P]
+    rows[:, list(Precision).index(Precision.INT2)] = (1.0, 2.0, 3.0)
+    sens = QualityModel.fit(synthetic_profile(quality_plans=1)).sensitivity
+    # every plan measured beyond broken (x7, x55, x8100) and predicted beyond it without it: no miss
+    assert _leave_one_out(rows, np.array([2.0, 4.0, 9.0]), sens) == 0.0
+    # a working plan predicted broken misses by the whole difference
+    error = _leave_one_out(rows[:2], np.array([0.1, 4.0]), sens)
+    assert error is not None and error > 1.0

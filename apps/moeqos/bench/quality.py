@@ -1,24 +1,30 @@
 """Section `quality`: does the planner know which experts matter?
 
 Profiles the executor twice the product's way (moeqos.executor.service_measure.MeasureSettings: ptb:train
-calibration, uniform plans' perplexity on ptb:valid): without the output-KL signal (the old profile)
-and with it (the layer KL and the designed mixed plans), CPU-seconds of each in the same run. Then, on
+calibration, uniform plans' perplexity on ptb:valid): first with the output-KL signal (the layer KL and
+the designed mixed plans) on the freshly loaded executor, as `moeqos profile` meets it, then without
+(the old profile); wall seconds (the goal's), CPU-seconds and each stage's seconds of both. Then, on
 `eval_tokens` ptb:test tokens, at 25/50/75% int4 (the rest bf16, equal bytes; moeqos.bench.quality_plans)
 measures the planner's plan, 5 random picks and the least-called experts. Every measured plan besides
 the fitted ones is held out: its predicted perplexity increase (the fit's ratio, carried to ptb:test by
 the ptb:test reference) against the measured one gives the MAPE of the increase and the rank
-correlation, for the new signal and for the old one fitted to the same plans.
+correlation, for the new signal and for the old one fitted to the same plans. A second held-out set
+(SECOND_SHARES, other seeds) was added after the model's form was chosen on the first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from moeqos.bench.quality_plans import (
     RANDOM_SEEDS,
+    SECOND_SEEDS,
+    SECOND_SHARES,
     SHARES,
     frequency_pick,
     int4_count,
@@ -33,6 +39,7 @@ BEAT_RANDOM = 0.03
 MAX_MAPE = 0.25
 MIN_RANK = 0.95
 PROFILE_SECONDS = 120.0
+"""Wall seconds of the profile with the signal (the issue's "measured in <= 2 minutes on this machine")."""
 
 
 def measure_settings(settings: Any) -> Any:
@@ -50,35 +57,63 @@ def measure_settings(settings: Any) -> Any:
     )
 
 
-def profile_pair(ctx: Any) -> tuple[Any, Any, dict[str, float]]:
-    """(old profile, new profile, CPU- and wall-seconds of each), measured back to back."""
+def profile_pair(ctx: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(old profile, new profile, times): the new one (with the signal) first, on a freshly loaded
+    executor as `moeqos profile` would meet it (no quantized variant cached yet), then the old one.
+    `times` holds CPU- and wall-seconds of each, each stage's wall seconds (`<name>_stages`) and the
+    load average before each (`<name>_load`): wall seconds are the goal's, and mean little under load."""
     from moeqos.core.plan import Plan
+    from moeqos.core.precision import groups_fit
     from moeqos.executor.service_measure import corpus_ids
 
     s, runtime = measure_settings(ctx.settings), ctx.runtime
-    plans = [Plan.uniform(*ctx.shape, p, ctx.device) for p in s.quality_precisions]
+    plans = [
+        Plan.uniform(*ctx.shape, p, ctx.device)
+        for p in s.quality_precisions
+        if groups_fit(p, *runtime.shape, runtime.plan.group_size)  # as the product's measure() does
+    ]
     quality_ids = corpus_ids(runtime, s.quality_corpus, s.quality_tokens)
     calibration = corpus_ids(runtime, s.corpus, s.tokens)
-    times: dict[str, float] = {}
-    profiles = []
-    for name, tokens in (("old", 0), ("new", 128)):
+    times: dict[str, Any] = {}
+    profiles = {}
+    # the new profile measures the signal on the product's default tokens; the old one does not
+    for name, signal in (("new", {}), ("old", {"sensitivity_tokens": 0})):
         ctx.log(f"quality: profile ({name} signal)")
+        stages = StageClock(ctx.log)
+        times[f"{name}_load"] = os.getloadavg()[0]
         cpu, wall = time.process_time(), time.perf_counter()
-        profiles.append(
-            runtime.profile(
-                calibration,
-                s.corpus,
-                repeats=s.repeats,
-                max_tokens=s.tokens,
-                quality_plans=plans,
-                quality_ids=quality_ids,
-                quality_corpus=s.quality_corpus,
-                sensitivity_tokens=tokens,
-            )
+        profiles[name] = runtime.profile(
+            calibration,
+            s.corpus,
+            repeats=s.repeats,
+            max_tokens=s.tokens,
+            quality_plans=plans,
+            quality_ids=quality_ids,
+            quality_corpus=s.quality_corpus,
+            progress=stages.progress,
+            **signal,
         )
         times[f"{name}_cpu_s"] = time.process_time() - cpu
         times[f"{name}_wall_s"] = time.perf_counter() - wall
-    return profiles[0], profiles[1], times
+        times[f"{name}_stages"] = dict(stages.seconds)
+    return profiles["old"], profiles["new"], times
+
+
+class StageClock:
+    """Wall seconds per profiling stage from its progress reports, each finished stage logged as
+    `profile: STAGE done (S s)` (as the frontier section's profile is)."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.seconds: dict[str, float] = {}
+        self._clock = time.perf_counter()
+
+    def progress(self, stage: str, fraction: float) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._clock
+        self._clock = now
+        if fraction >= 1.0:
+            self.log(f"profile: {stage} done ({self.seconds[stage]:.1f} s)")
 
 
 def on_eval_tokens(ctx: Any, profile: Any) -> Any:
@@ -99,8 +134,16 @@ def on_eval_tokens(ctx: Any, profile: Any) -> Any:
     return dataclasses.replace(profile, quality_points=tuple(points))
 
 
-def contenders(ctx: Any, profile: Any, quality: Any, latency: Any) -> list[tuple[str, float, Any]]:
-    """(kind, share, plan) for every share: the planner's, the random picks, the frequency pick."""
+def contenders(
+    ctx: Any,
+    profile: Any,
+    quality: Any,
+    latency: Any,
+    shares: Sequence[float] = SHARES,
+    seeds: Iterable[int] = range(RANDOM_SEEDS),
+) -> list[tuple[str, float, Any]]:
+    """(kind, share, plan) for every share: the planner's, the random picks (one per seed), the
+    frequency pick."""
     from moeqos.core.precision import Precision
     from moeqos.core.qos import Objective, QosTarget
     from moeqos.core.tier import TierBudget
@@ -109,7 +152,7 @@ def contenders(ctx: Any, profile: Any, quality: Any, latency: Any) -> list[tuple
     layers, experts = ctx.shape
     sizes = profile.expert_bytes()
     out = []
-    for share in SHARES:
+    for share in shares:
         count = int4_count(layers, experts, share)
         budget = count * sizes[Precision.INT4] + (layers * experts - count) * sizes[Precision.BF16]
         request = PlanRequest(
@@ -120,10 +163,7 @@ def contenders(ctx: Any, profile: Any, quality: Any, latency: Any) -> list[tuple
             allowed_tiers=frozenset({ctx.device}),
         )
         out.append(("planner", share, solve(request, latency, quality).plan))
-        out += [
-            ("random", share, random_pick(layers, experts, count, seed, ctx.device))
-            for seed in range(RANDOM_SEEDS)
-        ]
+        out += [("random", share, random_pick(layers, experts, count, seed, ctx.device)) for seed in seeds]
         out.append(("frequency", share, frequency_pick(profile.frequency, count, ctx.device)))
     return out
 
@@ -146,15 +186,18 @@ def run(ctx: Any) -> SectionResult:
     result.goals += _equal_memory_goals(plans, measured)
     fitted = {q.plan_spec for q in fit_profile.quality_points}
     held = [(p, m) for (_, _, p), m in zip(plans, measured, strict=True) if p.to_spec() not in fitted]
+    second = contenders(ctx, profile, quality, latency, SECOND_SHARES, SECOND_SEEDS)
+    held2 = [(p, _perplexity(ctx, p)) for _, _, p in second if p.to_spec() not in fitted]
     accuracy = {
-        name: _accuracy(model, held, reference)
-        for name, model in (
-            ("new", quality),
-            ("new, fitted on ptb:valid", valid_quality),
-            ("old", old_quality),
+        name: _accuracy(model, cases, reference)
+        for name, model, cases in (
+            ("new", quality, held),
+            ("new, second set", quality, held2),
+            ("new, fitted on ptb:valid", valid_quality, held),
+            ("old", old_quality, held),
         )
     }
-    result.tables.append(_accuracy_table(accuracy, len(held), quality, times))
+    result.tables.append(_accuracy_table(accuracy, (len(held), len(held2)), quality, times))
     result.goals += [
         Goal(
             "MAPE of the predicted increase, held-out plans",
@@ -169,10 +212,22 @@ def run(ctx: Any) -> SectionResult:
             accuracy["new"][1] >= MIN_RANK,
         ),
         Goal(
-            "profile with the signal, CPU-seconds",
+            "MAPE of the predicted increase, second held-out set",
+            f"<= {MAX_MAPE:.0%}",
+            accuracy["new, second set"][0],
+            accuracy["new, second set"][0] <= MAX_MAPE,
+        ),
+        Goal(
+            "rank correlation, second held-out set",
+            f">= {MIN_RANK}",
+            accuracy["new, second set"][1],
+            accuracy["new, second set"][1] >= MIN_RANK,
+        ),
+        Goal(
+            f"profile with the signal, wall seconds (load average {times['new_load']:.1f})",
             f"<= {PROFILE_SECONDS:.0f}",
-            times["new_cpu_s"],
-            times["new_cpu_s"] <= PROFILE_SECONDS,
+            times["new_wall_s"],
+            times["new_wall_s"] <= PROFILE_SECONDS,
         ),
     ]
     result.data = {
@@ -187,6 +242,11 @@ def run(ctx: Any) -> SectionResult:
             }
             for (k, s, p), m in zip(plans, measured, strict=True)
         ],
+        "second_set": [
+            {"kind": k, "share": s, "plan_spec": p.to_spec(), "perplexity": _perplexity(ctx, p)}
+            for k, s, p in second
+        ],
+        "fit_points": [dataclasses.asdict(q) for q in fit_profile.quality_points],
         "accuracy": {k: {"mape": v[0], "spearman": v[1]} for k, v in accuracy.items()},
         "times": times,
         "fit": quality.to_dict() | {"sensitivity": None},
@@ -268,7 +328,7 @@ def _equal_memory_goals(plans: list[tuple[str, float, Any]], measured: list[floa
 
 
 def _accuracy_table(
-    accuracy: dict[str, tuple[float, float]], held: int, quality: Any, times: dict[str, float]
+    accuracy: dict[str, tuple[float, float]], held: tuple[int, int], quality: Any, times: dict[str, Any]
 ) -> Any:
     rows = [[name, mape, rank] for name, (mape, rank) in accuracy.items()]
     return table(
@@ -276,10 +336,14 @@ def _accuracy_table(
         ["signal", "MAPE of increase", "Spearman"],
         rows,
         [
-            f"{held} held-out plans; fit: {quality.basis}; cross-validated error "
+            f"{held[0]} held-out plans, {held[1]} in the second set (random seeds "
+            f"{SECOND_SEEDS.start}-{SECOND_SEEDS.stop - 1}, planner and least-called at "
+            f"{' and '.join(f'{s:.1%}' for s in SECOND_SHARES)} int4); fit: {quality.basis}; cross-validated error "
             f"{quality.holdout_error if quality.holdout_error is not None else float('nan'):.1%}",
-            f"profile CPU-s: old {times['old_cpu_s']:.1f}, new {times['new_cpu_s']:.1f} "
-            f"(ratio {times['new_cpu_s'] / times['old_cpu_s']:.2f}); wall: old {times['old_wall_s']:.1f}, "
-            f"new {times['new_wall_s']:.1f} (machine shared: wall is noisy)",
+            f"profile wall s: new {times['new_wall_s']:.1f} (cold, first), old {times['old_wall_s']:.1f}; "
+            f"CPU-s: new {times['new_cpu_s']:.1f}, old {times['old_cpu_s']:.1f}; load average before: "
+            f"{times['new_load']:.1f}, {times['old_load']:.1f} (on a loaded machine wall seconds mean little)",
+            "new profile's stages (wall s): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in times["new_stages"].items()),
         ],
     )

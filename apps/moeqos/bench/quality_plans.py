@@ -16,6 +16,11 @@ from moeqos.core.precision import Precision
 
 SHARES = (0.25, 0.5, 0.75)
 RANDOM_SEEDS = 5
+SECOND_SHARES = (0.375, 0.625)
+"""The second held-out set's shares (seeds SECOND_SEEDS): added after the quality model's form (the
+anchor's compounding) and the signal's tokens were chosen by looking at the first set's plans, so that
+one held-out set was never looked at when choosing."""
+SECOND_SEEDS = range(5, 10)
 
 
 def int4_count(layers: int, experts: int, share: float) -> int:

@@ -19,8 +19,11 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 4
-"""4: int3 and int2 are bit-packed (their call costs and bytes changed: a version-3 profile priced them as
+PROFILE_VERSION = 5
+"""5: int3 and int2 keep an integer zero point per group (their bytes, call costs and quality changed),
+batch timings (decode steps on several streams), quality points of the designed plans chosen after the
+uniform plans' increases; a version-4 profile is measured again.
+4: int3 and int2 are bit-packed (their call costs and bytes changed: a version-3 profile priced them as
 fast as int4, so a planner reading one chose int3 for speed and measured a quarter of its prediction),
 group-size precisions, the dense elements' costs; a version-3 profile is measured again.
 3: `layer_kl` (the output-KL sensitivity of each layer per precision) and designed mixed quality

@@ -7,9 +7,10 @@ sparse-upcycled model, are measured once per layer), `sensitivity` (the output K
 layer's experts lose precision, moeqos.executor.sensitivity, on the first `sensitivity_tokens`
 calibration tokens), `call_costs`, `load_costs`, `fixed` (with the
 call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
-tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`, then
-of the mixed plans moeqos.executor.calibration_design derives from the signal, when the sensitivity was
-measured), `dense` (each dense element's time and perplexity effect per precision,
+tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), `quality`
+(perplexity of the given plans on `quality_ids`, labelled `quality_corpus`), `design` (then of the mixed
+plans moeqos.executor.calibration_design derives from the signal and the uniform plans' increases, when
+the sensitivity was measured), `dense` (each dense element's time and perplexity effect per precision,
 moeqos.executor.dense_profile, with `dense_precisions` given).
 Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
 precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
@@ -32,7 +33,7 @@ from moeqos.core.profile import CallCost, Grid, LoadCost, Profile, QualityPoint
 from moeqos.core.sensitivity import signal_grids
 from moeqos.core.tier import DISK, TierBudget
 from moeqos.executor.batch_costs import measure_batch
-from moeqos.executor.calibration_design import designed_plans
+from moeqos.executor.calibration_design import designed_plans, uniform_increases
 from moeqos.executor.costs import calibrate, call_costs, load_costs
 from moeqos.executor.dense_profile import DENSE_PRECISIONS, dense_costs
 from moeqos.executor.disk_calibration import calibrate_loads
@@ -219,15 +220,13 @@ def build_profile(
             runtime, ids, captured[0], chosen, repeats, timings.fixed, timings.calls
         )
         progress("batch", 1.0)
-        plans = list(quality_plans)
-        if kl and plans:
-            signal = signal_grids(frequency, errors, kl, chosen)
-            uniform = [next(iter(plan.counts())).precision for plan in plans if len(plan.counts()) == 1]
-            plans += designed_plans(
-                signal, reference, uniform, runtime.config.device, runtime.plan.group_size
-            )
         label = quality_corpus or corpus_name
-        points = quality(runtime, plans, quality_ids or ids, label, window, progress)
+        points = quality(runtime, quality_plans, quality_ids or ids, label, window, progress)
+        if kl and points:
+            increases = uniform_increases(quality_plans, [q.perplexity for q in points], reference)
+            signal = signal_grids(frequency, errors, kl, chosen)
+            designs = designed_plans(signal, reference, increases, kl, device, runtime.plan.group_size)
+            points += quality(runtime, designs, quality_ids or ids, label, window, progress, "design")
         lossy = [p for p in dense_precisions if p in chosen]
         dense_part = (
             dense_costs(runtime, lossy, quality_ids or ids, window, repeats, progress) if lossy else ()
@@ -290,12 +289,19 @@ def measure_timings(
 
 
 def quality(
-    runtime: Measurable, plans: Sequence[Plan], ids: list[int], corpus: str, window: int, progress: Progress
+    runtime: Measurable,
+    plans: Sequence[Plan],
+    ids: list[int],
+    corpus: str,
+    window: int,
+    progress: Progress,
+    stage: str = "quality",
 ) -> list[QualityPoint]:
-    """The perplexity of each of `plans` on `ids` (windows of `window` tokens), labelled `corpus`."""
+    """The perplexity of each of `plans` on `ids` (windows of `window` tokens), labelled `corpus`,
+    reported as `stage`."""
     points = []
     for done, plan in enumerate(plans):
         result = evaluate(runtime, ids, plan, window, None, 0)
         points.append(QualityPoint(plan.to_spec(), result.perplexity, corpus, result.tokens))
-        progress("quality", (done + 1) / len(plans))
+        progress(stage, (done + 1) / len(plans))
     return points

@@ -14,11 +14,19 @@ Fitting: with at least as many measured plans (besides the reference) as precisi
 them, for each kappa of KAPPAS the `c_p` are fitted by non-negative least squares (scipy.optimize.nnls)
 to each plan's D (its log ratio through the inverse of the link), each plan weighted by
 1 / max(its log ratio, MIN_INCREASE) so that small increases (the plans a planner actually picks)
-count as much as uniform corners; the kappa whose predicted log ratios miss least (same weights) is
-kept. The fit is checked by leave-one-out (kappa chosen again without the plan left out): `holdout_error` is the
+count as much as uniform corners. Kappa is chosen on the plans of the *anchor* precisions alone (those
+whose layer KL the profile measured, when at least two measured plans use nothing else): their signal
+is measured, the other precisions borrow it scaled by their errors, and they borrow its compounding
+too; each precision's `c_p` is then fitted at that kappa (a plan of one lossy precision informs only
+that precision's coefficient). Fitted on every plan, the catastrophic int2 corners (perplexity x1000)
+pulled kappa away from what the anchor's own plans show.
+The fit is checked by leave-one-out (kappa chosen again without the plan left out): `holdout_error` is the
 mean absolute relative error of the perplexity *increase* (ppl / ref - 1) of each plan predicted by a
-fit without it. When that error is unknown or above ESTIMATE_THRESHOLD, every prediction of a plan with
-a lossy precision is labelled an estimate.
+fit without it; a plan measured BROKEN_LOG_INCREASE or more above the reference only has to be
+predicted at least that broken (its miss is the prediction's shortfall below that point: how much worse
+a broken model is carries no information for a planner, and those corners would otherwise outweigh
+every working plan, as the bench's 1468% did). When that error is unknown
+or above ESTIMATE_THRESHOLD, every prediction of a plan with a lossy precision is labelled an estimate.
 Otherwise, and for precisions no measured plan uses, `c_p` comes from moeqos.planner.priors: the prior
 log-ppl increase of a uniform plan divided by that plan's total `s_p`; with fewer measured plans than
 precisions but at least one, all priors are multiplied by one scale fitted to them. Predictions that
@@ -29,6 +37,7 @@ reference and the fitted plans were measured on.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +60,9 @@ near-lossless plans (int8: +0.1%) do not turn a 0.1-point miss into a 100% error
 MAX_LOG_INCREASE = 50.0
 """Predicted log-perplexity increases saturate here (perplexity x 5e21): a model broken that badly is
 broken however much worse, and exp() of the compounding curve's square would overflow a float."""
+BROKEN_LOG_INCREASE = 1.0
+"""A plan measured this much above the reference (log perplexity; x e) is broken: the leave-one-out
+check only asks that it be predicted at least that broken (see the module docstring)."""
 KAPPAS = (0.0, *(0.05 * 1.25**i for i in range(48)))
 """Compounding strengths tried by the fit (0: additive log-perplexity; the largest, about 1,800, makes a
 D of 0.01 cost 0.19): the fit on the default model picks about 20-60 (its D is small)."""
@@ -93,13 +105,15 @@ class QualityModel:
         points = [q for q in points if not corpus or q.corpus == corpus]
         rows = _design_rows(profile, points, sensitivity)  # [N, P]
         targets = np.array([math.log(q.perplexity / ref_ppl) for q in points])  # [N]
-        coefficients, fitted, scale, kappa = _coefficients(rows, targets, sensitivity)
-        holdout = _leave_one_out(rows, targets, sensitivity)
+        anchors = _anchor_columns(profile.layer_kl)
+        coefficients, fitted, scale, kappa = _coefficients(rows, targets, sensitivity, anchors)
+        holdout = _leave_one_out(rows, targets, sensitivity, anchors)
         signal = "output-KL signal" if profile.layer_kl else "frequency x error signal"
         if fitted:
             basis = (
                 f"{signal}, fitted (nnls) to {len(points)} measured plans on {corpus or 'an unnamed corpus'} "
                 f"for {', '.join(sorted(fitted))}, compounding {kappa:.3g}"
+                + (f" (from the {', '.join(sorted(profile.layer_kl))} plans)" if anchors else "")
             )
             if set(coefficients) - fitted - {ref_precision}:
                 basis += "; other precisions from priors"
@@ -269,12 +283,21 @@ def _prior_coefficients(sens: dict[Precision, Grid]) -> dict[Precision, float]:
     return {p: (PRIOR_LOG_PPL_INCREASE[p] / totals[p] if totals[p] > 0 else 0.0) for p in Precision}
 
 
+def _anchor_columns(layer_kl: dict[Precision, Any]) -> list[int]:
+    """Columns (enum order) of the precisions whose layer KL was measured: kappa's precisions."""
+    return [i for i, p in enumerate(Precision) if p in layer_kl]
+
+
 def _coefficients(
-    rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]
+    rows: np.ndarray,
+    targets: np.ndarray,
+    sens: dict[Precision, Grid],
+    anchors: Sequence[int] = (),
 ) -> tuple[dict[Precision, float], set[Precision], float | None, float]:
     """(coefficients, precisions fitted, prior scale, kappa): an nnls fit of each precision the plans use
-    for the best kappa of KAPPAS when there are at least as many plans; with fewer, the priors times one
-    fitted scale (additive); with none, priors."""
+    at the kappa of KAPPAS that fits the anchor plans best (all plans without two anchor plans) when
+    there are at least as many plans as precisions; with fewer, the priors times one fitted scale
+    (additive); with none, priors."""
     coefficients = _prior_coefficients(sens)
     support = np.flatnonzero(np.abs(rows).sum(axis=0) > 0)
     if support.size == 0:
@@ -284,12 +307,28 @@ def _coefficients(
         prior = np.array([coefficients[p] for p in Precision])  # [P]
         (scale,), _ = nnls((weights * (rows @ prior))[:, None], weights * targets)
         return {p: float(scale) * c for p, c in coefficients.items()}, set(), float(scale), 0.0
-    fits = [_fit_at(rows[:, support], targets, weights, kappa) for kappa in KAPPAS]
-    _, solution, kappa = min(fits, key=lambda fit: fit[0])
+    kappa = _kappa(rows, targets, weights, _anchor_rows(rows, anchors))
+    _, solution, _ = _fit_at(rows[:, support], targets, weights, kappa)
     precisions = list(Precision)
     for column, value in zip(support, solution, strict=True):
         coefficients[precisions[column]] = float(value)
     return coefficients, {precisions[c] for c in support}, None, kappa
+
+
+def _anchor_rows(rows: np.ndarray, anchors: Sequence[int]) -> np.ndarray:
+    """[N] True for plans with an anchor-precision expert and no expert in another lossy precision
+    (all True when fewer than two such plans: kappa is then chosen on every plan)."""
+    lossy = np.abs(rows) > 0  # [N, P]
+    mask = lossy[:, list(anchors)].any(axis=1) & ~np.delete(lossy, list(anchors), axis=1).any(axis=1)
+    return mask if mask.sum() >= 2 else np.ones(rows.shape[0], dtype=bool)
+
+
+def _kappa(rows: np.ndarray, targets: np.ndarray, weights: np.ndarray, chosen: np.ndarray) -> float:
+    """The kappa of KAPPAS whose nnls fit of the `chosen` plans misses them least."""
+    sub = rows[chosen]
+    support = np.flatnonzero(np.abs(sub).sum(axis=0) > 0)
+    fits = [_fit_at(sub[:, support], targets[chosen], weights[chosen], kappa) for kappa in KAPPAS]
+    return min(fits, key=lambda fit: fit[0])[2]
 
 
 def _fit_at(
@@ -315,17 +354,26 @@ def _inverse_link(log_increase: Any, kappa: float) -> Any:
     return (np.sqrt(1.0 + 4.0 * kappa * log_increase) - 1.0) / (2.0 * kappa)
 
 
-def _leave_one_out(rows: np.ndarray, targets: np.ndarray, sens: dict[Precision, Grid]) -> float | None:
+def _leave_one_out(
+    rows: np.ndarray,
+    targets: np.ndarray,
+    sens: dict[Precision, Grid],
+    anchors: Sequence[int] = (),
+) -> float | None:
     """Mean |predicted - measured| / max(measured, MIN_INCREASE) of the perplexity increase of each plan
-    predicted by a fit without it (None with < 2 plans)."""
+    predicted by a fit without it; a plan measured beyond BROKEN_LOG_INCREASE misses only by its
+    prediction's shortfall below that point (None with < 2 plans)."""
     if rows.shape[0] < 2:
         return None
+    broken = math.expm1(BROKEN_LOG_INCREASE)
     errors = []
     for i in range(rows.shape[0]):
         keep = np.arange(rows.shape[0]) != i
-        coefficients, _, _, kappa = _coefficients(rows[keep], targets[keep], sens)
+        coefficients, _, _, kappa = _coefficients(rows[keep], targets[keep], sens, anchors)
         vector = np.array([coefficients[p] for p in Precision])  # [P]
         predicted = math.expm1(min(_link(rows[i] @ vector, kappa), MAX_LOG_INCREASE))
         measured = math.expm1(min(targets[i], MAX_LOG_INCREASE))
+        if measured >= broken:
+            predicted, measured = min(predicted, broken), broken
         errors.append(abs(predicted - measured) / max(measured, MIN_INCREASE))
     return float(np.mean(errors))
