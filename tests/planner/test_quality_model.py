@@ -121,6 +121,17 @@ def test_term_cap_inverts_the_link() -> None:
     assert model.term_cap(0.3) < 0.3  # compounding: less room for damage than the additive model gives
 
 
+def test_the_link_rises_with_the_terms_when_an_element_measured_better() -> None:
+    """A dense precision that measured below the reference makes D negative; with strong compounding
+    D + kappa * D^2 fell again there (0.197 at D = -0.019, kappa 588), so the MILP's cap took the gain
+    for a loss and the bench's tiny-model planner section found no feasible plan."""
+    model = dataclasses.replace(QualityModel.fit(compounded_profile(KAPPAS[12])), compounding=588.0)
+    terms = np.linspace(-0.05, 0.05, 41)
+    increases = model.log_increase_of_terms(terms)
+    assert np.all(np.diff(increases) > 0)
+    assert model.log_increase_of_terms(-0.019) == pytest.approx(-0.019)
+
+
 def test_a_catastrophic_plan_saturates_instead_of_overflowing() -> None:
     """A random tiny model's int2 plans break it completely: with a strong compounding fit, exp() of the
     predicted or measured log increase would overflow (the bench's frontier section raised OverflowError);

@@ -343,8 +343,12 @@ def _fit_at(
 
 
 def _link(terms: Any, kappa: float) -> Any:
-    """Log-perplexity increase of summed expert terms D (a float or an array): D + kappa * D^2."""
-    return terms + kappa * terms * terms
+    """Log-perplexity increase of summed expert terms D (a float or an array): D + kappa * D^2 for
+    D >= 0, D itself below. A measured-better element (a dense precision that lowered perplexity on the
+    calibration text) makes D negative; the square would turn that gain into a loss once kappa is large,
+    and the MILP's cap (`term_cap`) is only right for a link that rises with D everywhere."""
+    gain_free = np.maximum(terms, 0.0)
+    return terms + kappa * gain_free * gain_free
 
 
 def _inverse_link(log_increase: Any, kappa: float) -> Any:
