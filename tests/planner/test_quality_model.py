@@ -130,6 +130,8 @@ def test_the_link_rises_with_the_terms_when_an_element_measured_better() -> None
     increases = model.log_increase_of_terms(terms)
     assert np.all(np.diff(increases) > 0)
     assert model.log_increase_of_terms(-0.019) == pytest.approx(-0.019)
+    for cap in (-0.3, -0.019, 0.0, 0.02):  # a cap below the reference has a D too (it was NaN)
+        assert model.log_increase_of_terms(model.term_cap(cap)) == pytest.approx(cap)
 
 
 def test_a_catastrophic_plan_saturates_instead_of_overflowing() -> None:

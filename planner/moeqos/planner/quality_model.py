@@ -160,8 +160,12 @@ class QualityModel:
 
     def term_cap(self, log_increase: float) -> float:
         """The largest sum of expert terms (D) whose predicted log-perplexity increase is within
-        `log_increase`: a perplexity cap as the MILP's linear constraint."""
-        return _inverse_link(log_increase, self.compounding)
+        `log_increase`: a perplexity cap as the MILP's linear constraint. A cap below the reference
+        (negative `log_increase`, reachable when some element measured better) is D itself: the link
+        does not compound gains."""
+        if log_increase < 0:
+            return log_increase
+        return float(_inverse_link(log_increase, self.compounding))
 
     def predict_perplexity(self, plan: Plan) -> float:
         return self.reference_perplexity * math.exp(min(self.predict_log_increase(plan), MAX_LOG_INCREASE))
