@@ -26,7 +26,7 @@ from moeqos.core.profile import CallCost
 from moeqos.core.tier import DISK
 from moeqos.executor.costs import REPRESENTATIVE, cold_median_seconds
 from moeqos.executor.measurement import Measurable
-from moeqos.executor.step_timing import STEPS_PER_ROUND, ExpertsOff, RoundMode, fastest_round
+from moeqos.executor.step_timing import STEPS_PER_ROUND, CallSeconds, ExpertsOff, fastest_round
 
 BATCH_ROWS = (4, 16)
 """Rows (streams) of the timed batch steps; the planner interpolates between them and one row."""
@@ -119,7 +119,7 @@ def _batch_step(runtime: Measurable, prompts: list[list[int]]) -> Callable[[], o
     return lambda: runtime.forward_logits(tokens, cache, keep=1)
 
 
-class BatchCredit(RoundMode):
+class BatchCredit(CallSeconds):
     """Experts on; credits each distinct routed expert of a step once, at its one-token cost times its
     growth for the tokens routed to it (what the planner's batch model predicts for that routing)."""
 
@@ -130,27 +130,11 @@ class BatchCredit(RoundMode):
         seconds: dict[tuple[Precision, str], float],
         growth: dict[tuple[Precision, str], float],
     ) -> None:
-        super().__init__(runtime)
+        super().__init__(runtime, plan, seconds)
         where = runtime.config.device
-        self.cost = [[seconds[a.precision, a.tier] for a in row] for row in plan.assignments]  # [L][E]
         self.growth = [[growth.get((a.precision, where), 0.0) for a in row] for row in plan.assignments]
-        self.total = 0.0
 
     def observe(self, layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
         experts, tokens = torch.unique(index, return_counts=True)  # [U], [U]
         for expert, n in zip(experts.tolist(), tokens.tolist(), strict=True):
             self.total += self.cost[layer][expert] * (1.0 + self.growth[layer][expert] * (n - 1))
-
-    def reset(self) -> None:
-        self.total = 0.0
-
-    def credit(self) -> float:
-        return self.total
-
-    def __enter__(self) -> None:
-        for block in self.blocks:
-            block.observer = self.observe
-
-    def __exit__(self, *exc_info: object) -> None:
-        for block in self.blocks:
-            block.observer = None
