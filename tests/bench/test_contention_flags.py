@@ -71,3 +71,13 @@ def test_the_thread_actuator_has_its_own_switch(tmp_path: Path) -> None:
     by_env = ExecutorServerConfig.from_env_and_args(parse(base), env={"MOEQOS_QOS_THREADS": "off"})
     assert on.qos.threads.enabled and on.qos.enabled
     assert not off.qos.threads.enabled and off.qos.enabled and not by_env.qos.threads.enabled
+
+
+def test_variants_built_ahead_have_their_own_switch(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    parse = build_parser().parse_args
+    base = ["executor", "--model", str(tmp_path)]
+    on = ExecutorServerConfig.from_env_and_args(parse(base), env={})
+    off = ExecutorServerConfig.from_env_and_args(parse([*base, "--warm-variants", "off"]), env={})
+    by_env = ExecutorServerConfig.from_env_and_args(parse(base), env={"MOEQOS_WARM_VARIANTS": "off"})
+    assert on.warmup.enabled and not off.warmup.enabled and not by_env.warmup.enabled

@@ -13,7 +13,7 @@ import pytest
 from moeqos.api.channel import ConnectOptions
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
-from moeqos.core.profile import CallCost, HardwareIdentity, ModelIdentity, Profile
+from moeqos.core.profile import CallCost, HardwareIdentity, ModelIdentity, Profile, QualityPoint
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import LiveCalibration, QosState, ReplanState
@@ -330,23 +330,73 @@ def test_planning_target_adds_headroom_only_with_the_loop_on() -> None:
     assert off.planning_target(floor) == floor
 
 
-def test_after_a_failed_replan_the_next_asks_for_the_fastest_plan_within_the_ceiling() -> None:
+def failing_loop(goal: QosTarget) -> tuple[QosLoop, StandingTarget, FakeClock, LiveStats]:
     clock = FakeClock()
     target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
-    goal = QosTarget(min_tokens_per_s=20.0, max_perplexity=30.0)
     target.set(goal, "")
     stats = LiveStats(lambda: BF16, clock)
-    loop = QosLoop(LoopSettings(), stats, target, lambda: BF16)
-    feed(stats, clock, 0.1, 60)
-    target.state = ReplanState.FAILED  # e.g. no plan met the floor + headroom under the calibration
+    loop = QosLoop(LoopSettings(fallback_ppl_increase=0.15), stats, target, lambda: BF16)
     target.replan = lambda: False  # type: ignore[method-assign]  # (no event loop here: decide only)
-    assert loop.tick(profile()).state is QosState.VIOLATED
-    assert loop.planning_target(goal) == QosTarget(max_perplexity=30.0, objective=Objective.SPEED)
-    target.state = ReplanState.APPLIED
+    return loop, target, clock, stats
+
+
+def violate_after(loop: QosLoop, target: StandingTarget, clock: FakeClock, stats, state, measured) -> None:
+    """The last re-plan ended in `state`; a violated window later the loop decides to re-plan."""
+    target.state = state
     clock.now += 10.0
     feed(stats, clock, 0.1, 60)
-    loop.tick(profile())
+    assert loop.tick(measured).state is QosState.VIOLATED
+
+
+def with_reference(perplexity: float) -> Profile:
+    return dataclasses.replace(
+        profile(), quality_points=(QualityPoint("bf16@cpu", perplexity, "ptb:valid", 64),)
+    )
+
+
+def test_failed_replans_step_down_to_the_floor_then_the_fastest_plan_within_the_ceiling() -> None:
+    goal = QosTarget(min_tokens_per_s=20.0, max_perplexity=30.0)
+    loop, target, clock, stats = failing_loop(goal)
+    violate_after(
+        loop, target, clock, stats, ReplanState.FAILED, profile()
+    )  # e.g. no plan at floor + headroom
+    assert loop.planning_target(goal) == goal  # the floor itself, the ceiling kept
+    violate_after(loop, target, clock, stats, ReplanState.FAILED, profile())  # not even at the floor
+    assert loop.planning_target(goal) == QosTarget(max_perplexity=30.0, objective=Objective.SPEED)
+    violate_after(loop, target, clock, stats, ReplanState.FAILED, profile())  # it stays there
+    assert loop.planning_target(goal) == QosTarget(max_perplexity=30.0, objective=Objective.SPEED)
+    violate_after(loop, target, clock, stats, ReplanState.APPLIED, profile())  # one applied: back up
     assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0 * 1.08, max_perplexity=30.0)
+
+
+def test_without_a_ceiling_the_fallback_is_capped_over_the_reference_never_the_fastest_plan() -> None:
+    goal = QosTarget(min_tokens_per_s=20.0)
+    measured = with_reference(90.0)
+    loop, target, clock, stats = failing_loop(goal)
+    violate_after(loop, target, clock, stats, ReplanState.FAILED, measured)
+    assert loop.planning_target(goal) == goal
+    violate_after(loop, target, clock, stats, ReplanState.FAILED, measured)
+    asked = loop.planning_target(goal)
+    assert asked.objective is Objective.SPEED and asked.min_tokens_per_s is None
+    assert asked.max_perplexity == pytest.approx(90.0 * 1.15)  # int2's 25,000 is out of reach
+
+
+def test_without_a_reference_there_is_no_cap_to_give_and_the_floor_itself_is_kept() -> None:
+    goal = QosTarget(min_tokens_per_s=20.0)
+    loop, target, clock, stats = failing_loop(goal)
+    for _ in range(3):
+        violate_after(loop, target, clock, stats, ReplanState.FAILED, profile())
+        assert loop.planning_target(goal) == goal
+
+
+def test_a_slack_replan_after_a_failure_asks_with_headroom() -> None:
+    goal = QosTarget(min_tokens_per_s=5.0)
+    loop, target, clock, stats = failing_loop(goal)
+    target.state = ReplanState.FAILED
+    clock.now += 10.0
+    feed(stats, clock, 0.1, 60)  # 10 tok/s: slack over 5
+    assert loop.tick(profile()).for_slack
+    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=5.0 * 1.08)
 
 
 def test_a_slow_model_is_judged_over_a_window_long_enough_for_min_tokens_and_still_calibrated() -> None:

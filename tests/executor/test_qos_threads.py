@@ -5,6 +5,7 @@ force, and the knob reaching the thread that runs a step (torch keeps the count 
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -238,3 +239,69 @@ def test_without_a_floor_the_threads_stay_or_go_back_to_the_starting_count() -> 
     target.set(None, "")
     loop.tick(profile())
     assert knob.wanted == 2 and "no floor" in loop.thread_note
+
+
+class ProcStat:
+    """A /proc/stat file whose cpu line advances as a neighbour (niced or not) and this process run."""
+
+    def __init__(self, path, clock: FakeClock) -> None:
+        self.path, self.clock, self.last = path, clock, clock.now
+        self.user = self.nice = 0.0  # seconds
+        self.own = self.own_niced = 0.0
+        self.neighbour = self.niced_neighbour = self.ours = self.ours_niced = 0.0  # cores each uses
+        self.write()
+
+    def write(self) -> None:
+        ticks = os.sysconf("SC_CLK_TCK")
+        user, nice = round(self.user * ticks), round(self.nice * ticks)
+        self.path.write_text(f"cpu  {user} {nice} 0 1000 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
+
+    def advance(self) -> None:
+        wall, self.last = self.clock.now - self.last, self.clock.now
+        self.user += wall * (self.neighbour + self.ours)
+        self.nice += wall * (self.niced_neighbour + self.ours_niced)
+        self.own += wall * (self.ours + self.ours_niced)
+        self.own_niced += wall * self.ours_niced
+        self.write()
+
+    def share(self, nice_counted: bool) -> CpuShare:
+        def machine() -> float | None:
+            self.advance()
+            return machine_busy_seconds(str(self.path), nice=nice_counted)
+
+        return CpuShare(
+            self.clock,
+            machine,
+            lambda: self.own,
+            2,
+            own_niced=lambda: self.own_niced,
+            nice_counted=nice_counted,
+        )
+
+
+def others_after(stat: ProcStat, share: CpuShare, seconds: float = 4.0) -> float | None:
+    for _ in range(int(seconds / 0.5)):
+        stat.clock.now += 0.5
+        share.sample()
+    return share.others_cores(2.0)
+
+
+def test_a_niced_neighbour_is_not_a_busy_core_for_the_thread_count(tmp_path) -> None:
+    clock = FakeClock()
+    stat = ProcStat(tmp_path / "stat", clock)
+    share = stat.share(nice_counted=False)
+    stat.ours, stat.niced_neighbour = 1.0, 1.0  # it yields its core to our threads: not counted
+    assert others_after(stat, share) == pytest.approx(0.0, abs=0.02)
+    stat.niced_neighbour, stat.neighbour = 0.0, 1.0  # one at our priority takes its core: counted
+    assert others_after(stat, share) == pytest.approx(1.0, abs=0.02)
+    stat.neighbour, stat.ours_niced = 0.0, 1.0  # our own niced thread (variants built ahead): neither
+    assert others_after(stat, share) == pytest.approx(0.0, abs=0.02)
+
+
+def test_when_this_process_runs_niced_niced_time_counts(tmp_path) -> None:
+    clock = FakeClock()
+    stat = ProcStat(tmp_path / "stat", clock)
+    share = stat.share(nice_counted=True)
+    stat.ours_niced, stat.niced_neighbour = 1.0, 1.0  # all of us niced: the neighbour may be our equal
+    assert others_after(stat, share) == pytest.approx(1.0, abs=0.02)
+    assert machine_busy_seconds(str(stat.path), nice=False) == pytest.approx(0.0)

@@ -110,6 +110,7 @@ def _info(**changes: Any) -> ExecutorInfo:
         "max_queued_generations": 8,
         "max_tokens_in_flight": 65536,
         "tokens_in_flight": 300,
+        "variants_ahead": "done: int4 240, int2 skipped (needs 1.2 GiB, 900 MiB free)",
     }
     return ExecutorInfo(**{**values, **changes})
 

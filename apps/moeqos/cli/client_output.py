@@ -98,6 +98,8 @@ def status(infos: list[tuple[str, ExecutorInfo]], as_json: bool) -> int:
             print(f"{info.name} @ {address}: re-plan {state} (planner {info.planner_address})")
         if info.qos is not None and info.qos.floor_tokens_per_s is not None:
             print(f"{info.name} @ {address}: {qos_line(info.qos)}")
+        if info.variants_ahead:
+            print(f"{info.name} @ {address}: variants built ahead: {info.variants_ahead}")
     return 0
 
 
@@ -128,6 +130,7 @@ def _info_dict(address: str, info: ExecutorInfo) -> dict[str, Any]:
         "replan_state": info.replan_state.value,
         "replan_detail": info.replan_detail,
         "qos": _qos_dict(info.qos) if info.qos is not None else None,
+        "variants_ahead": info.variants_ahead,
         "tiers": [t.to_dict() for t in info.tiers],
         "dense": [
             {"element": d.element.value, "precision": d.precision.value, "bytes": d.bytes} for d in info.dense

@@ -93,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "processes keep busy; off: the plan is its only actuator. Default on",
     )
     executor.add_argument(
+        "--warm-variants",
+        choices=["on", "off"],
+        help="on: once serving and profiled, build the profile's quantized variants on disk at low "
+        "priority, so plan switches read them instead of quantizing; off: on first use. Default on",
+    )
+    executor.add_argument(
         "--state-path",
         metavar="FILE",
         help="plan, budgets and standing target saved after each change and restored at start",

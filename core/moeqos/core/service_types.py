@@ -203,6 +203,9 @@ class ExecutorInfo:
     """KV tokens the running generations reserve now."""
     dense: tuple[DenseStatus, ...] = ()
     """Every dense element with the precision it is served in and its bytes (moeqos.core.dense)."""
+    variants_ahead: str = ""
+    """For people: the variants built ahead on disk and the precisions skipped, with why (empty: not
+    reported)."""
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,20 @@
     share.sample()              # call now and then (every loop tick)
     share.others_cores(2.0)     # cores busy with other processes over the last ~2 s; None: unknown
 
-Machine busy time comes from the first line of /proc/stat (all cores, user+nice+system+irq+softirq+
-steal), this process's from `time.process_time()` (all its threads); the difference is what the
-rest of the machine used. Where /proc/stat cannot be read (not Linux) nothing is known and the loop
-leaves the thread count alone. Readers are injected in tests.
+Machine busy time comes from the first line of /proc/stat (all cores, user+system+irq+softirq+steal),
+this process's from `time.process_time()` (all its threads); the difference is what the rest of the
+machine used. Where /proc/stat cannot be read (not Linux) nothing is known and the loop leaves the
+thread count alone. Readers are injected in tests.
+
+Niced work is not busy for us. The reading decides how many threads torch may use; a process with a
+higher nice value than ours still runs on a core, but the scheduler gives it a small share of that
+core while our threads want it (CFS weights: 15 at nice 19 against our 1024 at nice 0, 110 at nice
+10), so counting it as a busy core would hand the core to work that yields it to us anyway. So the
+`nice` column (time of processes with a positive nice value) is left out, and so is this process's own
+niced time (the thread building variants ahead, moeqos.executor.variant_warmup, which the `own`
+reader counts and the machine puts in that column). When this process runs niced itself, its own time
+lands in that column too and a neighbour's niceness relative to ours cannot be read from /proc/stat:
+then the column is counted, as any other busy time.
 """
 
 from __future__ import annotations
@@ -20,12 +30,14 @@ from collections.abc import Callable
 Reader = Callable[[], float | None]
 """Seconds of CPU time so far (summed over cores); None when it cannot be read."""
 
-_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
-"""user, nice, system, irq, softirq, steal in /proc/stat's cpu line (idle and iowait left out)."""
+_BUSY_FIELDS = (0, 2, 5, 6, 7)
+"""user, system, irq, softirq, steal in /proc/stat's cpu line (idle and iowait left out)."""
+_NICE_FIELD = 1
 
 
-def machine_busy_seconds(path: str = "/proc/stat") -> float | None:
-    """CPU seconds the whole machine spent busy since boot, all cores together."""
+def machine_busy_seconds(path: str = "/proc/stat", nice: bool = True) -> float | None:
+    """CPU seconds the whole machine spent busy since boot, all cores together; `nice=False` leaves
+    out the time of processes with a positive nice value."""
     try:
         with open(path) as stat:
             fields = stat.readline().split()
@@ -33,8 +45,18 @@ def machine_busy_seconds(path: str = "/proc/stat") -> float | None:
         return None
     if not fields or fields[0] != "cpu":
         return None
+    counted = _BUSY_FIELDS + ((_NICE_FIELD,) if nice else ())
     ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(fields[1 + i]) for i in _BUSY_FIELDS if 1 + i < len(fields)) / ticks
+    return sum(int(fields[1 + i]) for i in counted if 1 + i < len(fields)) / ticks
+
+
+def runs_niced() -> bool:
+    """Whether this process runs with a positive nice value (then niced time is counted: module
+    docstring)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0) > 0
+    except (AttributeError, OSError):  # not POSIX: nothing niced is told apart
+        return True
 
 
 def usable_cores() -> int:
@@ -51,15 +73,23 @@ class CpuShare:
     def __init__(
         self,
         clock: Callable[[], float] = time.monotonic,
-        machine: Reader = machine_busy_seconds,
+        machine: Reader | None = None,
         own: Reader = time.process_time,
         cores: int | None = None,
         horizon: float = 10.0,
+        own_niced: Reader = lambda: 0.0,
+        nice_counted: bool | None = None,
     ) -> None:
+        """`machine`: the machine's busy seconds (None: /proc/stat, its niced time as `nice_counted`
+        says); `own`: this process's CPU seconds; `own_niced`: the part of them spent at a lowered
+        priority; `nice_counted`: whether niced time is busy time (None: only when this process runs
+        niced; an injected `machine` must read it so)."""
         self.clock = clock
         self.cores = cores or usable_cores()
-        self._machine = machine
-        self._own = own
+        self.nice_counted = runs_niced() if nice_counted is None else nice_counted
+        """Whether niced time counts as busy (module docstring)."""
+        self._machine = machine or (lambda: machine_busy_seconds(nice=self.nice_counted))
+        self._own = own if self.nice_counted else (lambda: _less(own(), own_niced()))
         self._horizon = horizon
         self._samples: deque[tuple[float, float, float]] = deque()
 
@@ -86,3 +116,7 @@ class CpuShare:
             return None
         others = (newest[1] - oldest[1]) - (newest[2] - oldest[2])
         return min(max(others / wall, 0.0), float(self.cores))
+
+
+def _less(total: float | None, part: float | None) -> float | None:
+    return None if total is None or part is None else total - part

@@ -14,13 +14,24 @@ Rules, in order (r = measured decode rate of the streams, F = floor):
   plan that is already the best one is not asked for again and again; any plan change resets it.
 The gap between 1 - tolerance and 1 + slack (with the plan asked for at F * (1 + headroom)) is the
 hysteresis band: a plan chosen to land inside it triggers neither rule.
+
+What a re-plan for a violation asks the planner for (`planning_target`) steps down while re-plans fail
+(no plan meets the floor under the calibrated profile), and back up after one applies:
+- stage 0: F * (1 + headroom), the target's ceiling kept;
+- stage 1: F itself: the best plan that meets the floor, so int2 comes in only when nothing else does;
+- stage 2: the fastest plan within the target's ceiling, or, when it has none, within
+  `fallback_ppl_increase` over the reference (full-precision) perplexity: never the fastest plan of
+  all, whose quality can be catastrophic (int2) and whose switch is the largest. Without a measured
+  reference there is no ceiling to give, and stage 1 is kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.service_types import QosState
 from moeqos.executor.live_stats import WindowRate
 from moeqos.executor.thread_knob import ThreadSettings
@@ -54,10 +65,16 @@ class LoopSettings:
     """Recalibration fits the steps of the last this many seconds."""
     threads: ThreadSettings = field(default_factory=ThreadSettings)
     """The torch thread count as a second actuator (moeqos.executor.thread_knob)."""
+    fallback_ppl_increase: float = 0.15
+    """When even the floor itself cannot be met, the fastest plan is asked for within the target's
+    ceiling, or, without one, within this relative increase over the reference perplexity (0.15: +15%;
+    on the default model uniform int4 is +11%, int3 +88%, int2 +27000%)."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.tolerance < 1 and 0 <= self.headroom < self.slack):
             raise ValueError("need 0 <= tolerance < 1 and 0 <= headroom < slack")
+        if self.fallback_ppl_increase < 0:
+            raise ValueError("fallback_ppl_increase must be >= 0")
         positive = (self.window_s, self.min_interval_s, self.slack_interval_s, self.tick_s)
         if min(positive) <= 0 or self.calibration_window_s <= 0 or self.min_tokens < 2:
             raise ValueError("windows, intervals and the tick must be positive; min_tokens >= 2")
@@ -121,3 +138,27 @@ class QosController:
         if wait > 0:
             return Decision(state, False, f"{why} (next re-plan allowed in {wait:.1f}s)")
         return Decision(state, True, why, for_slack=slack)
+
+
+FALLBACK_STAGES = 2
+"""The last stage of `planning_target` (see the module docstring)."""
+
+
+def planning_target(
+    target: QosTarget, settings: LoopSettings, stage: int, reference: float | None
+) -> tuple[QosTarget, int]:
+    """What a re-plan at fallback `stage` asks the planner for, and the stage actually used (2 becomes
+    1 without a ceiling to give); `reference`: the reference perplexity, if measured."""
+    floor = target.min_tokens_per_s
+    if not settings.enabled or floor is None:
+        return target, 0
+    if stage <= 0:
+        return dataclasses.replace(target, min_tokens_per_s=floor * (1 + settings.headroom)), 0
+    has_ceiling = target.max_perplexity is not None or target.max_perplexity_increase is not None
+    if stage == 1 or not (has_ceiling or reference is not None):
+        return target, 1
+    speed = dataclasses.replace(target, min_tokens_per_s=None, objective=Objective.SPEED)
+    if has_ceiling:
+        return speed, FALLBACK_STAGES
+    assert reference is not None
+    return dataclasses.replace(speed, max_perplexity=reference * (1 + settings.fallback_ppl_increase)), 2

@@ -20,15 +20,14 @@ is recalibrated or re-planned: the open-loop behaviour, kept for comparison.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable
 
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
-from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import LiveCalibration, QosState, QosStatus, ReplanState
-from moeqos.executor import recalibration
+from moeqos.executor import qos_control, recalibration
 from moeqos.executor.cpu_share import CpuShare
 from moeqos.executor.live_stats import LiveStats, StepRecord, WindowRate
 from moeqos.executor.qos_control import Decision, LoopSettings, QosController
@@ -69,9 +68,11 @@ class QosLoop:
         """The calibration of the profile the plan in force was chosen from (the prediction's basis)."""
         self._plan = plan
         self._last = Decision(QosState.NO_FLOOR, False, "not started")
-        self._fallback = False
-        """The next re-plan asks for the fastest plan within the target's ceiling: the last one failed
-        (no plan meets the floor under the calibrated profile)."""
+        self._fallback = 0
+        """The fallback stage of the next re-plan for a violation (qos_control.planning_target): one
+        more after each failed re-plan, back to 0 after one applied or a re-plan for slack."""
+        self._reference: float | None = None
+        """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
         self._pending: tuple[str, bool] | None = None
         """(plan spec before, for slack) of the re-plan in flight."""
         self._task: asyncio.Task[None] | None = None
@@ -86,20 +87,21 @@ class QosLoop:
 
     def planning_target(self, target: QosTarget) -> QosTarget:
         """The target a re-plan asks the planner for: the floor plus `headroom` when the loop is on; after
-        a failed re-plan, the fastest plan within the ceiling (which also gives the recalibration a
-        second plan to tell the fixed cost from the expert calls)."""
-        floor = target.min_tokens_per_s
-        if not self.settings.enabled or floor is None:
-            return target
-        if self._fallback:
-            return dataclasses.replace(target, min_tokens_per_s=None, objective=Objective.SPEED)
-        return dataclasses.replace(target, min_tokens_per_s=floor * (1 + self.settings.headroom))
+        failed re-plans, the floor itself, then the fastest plan within a ceiling (the stages:
+        moeqos.executor.qos_control; a faster plan also gives the recalibration a second plan to tell
+        the fixed cost from the expert calls)."""
+        asked, self._fallback = qos_control.planning_target(
+            target, self.settings, self._fallback, self._reference
+        )
+        return asked
 
     # ----- one look ----------------------------------------------------------------------------
     def tick(self, profile: Profile | None) -> Decision:
         """Recalibrate against `profile` (None: not measured yet), judge, and start a re-plan if due."""
         now = self.stats.clock()
         self._steer_threads(now)
+        if profile is not None:
+            self._reference = profile.reference_perplexity()
         if profile is not None and self.settings.enabled:
             steps = self._at_threads(self.stats.steps(self.settings.calibration_window_s))
             if len(steps) < self.settings.min_tokens:  # a slow model: the last few steps, however old
@@ -110,7 +112,8 @@ class QosLoop:
         floor = self.target.target.min_tokens_per_s if self.target.target else None
         decision = self.controller.decide(now, floor, self.window(), self.target.state in BUSY)
         if decision.replan and self.settings.enabled:
-            self._fallback = self.target.state is ReplanState.FAILED and not decision.for_slack
+            failed = self.target.state is ReplanState.FAILED and not decision.for_slack
+            self._fallback = min(self._fallback + 1, qos_control.FALLBACK_STAGES) if failed else 0
         if decision.replan and self.settings.enabled and self.target.replan():
             self.controller.replanned(now)
             self._pending = (self._plan().to_spec(), decision.for_slack)

@@ -42,6 +42,7 @@ from moeqos.executor.service_model import ServedModel
 from moeqos.executor.service_target import StandingTarget
 from moeqos.executor.servicer import ExecutorServicer
 from moeqos.executor.thread_knob import ThreadKnob, ThreadSettings
+from moeqos.executor.variant_warmup import VariantWarmup, WarmupSettings
 from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ class ExecutorServerConfig(PeerServerConfig):
     profile is read before SERVING, so the QoS loop can recalibrate from the first generation."""
     qos: LoopSettings = field(default_factory=LoopSettings)
     """The closed loop keeping a standing floor (`enabled=False`: open loop, measured only)."""
+    warmup: WarmupSettings = field(default_factory=WarmupSettings)
+    """Variants of the profile's precisions built ahead once serving (moeqos.executor.variant_warmup;
+    flag `--warm-variants on|off`, environment MOEQOS_WARM_VARIANTS)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -198,6 +202,9 @@ class ExecutorServerConfig(PeerServerConfig):
                     enabled=_on_off(pick("qos_threads", "MOEQOS_QOS_THREADS") or "on", "qos threads")
                 ),
             ),
+            warmup=WarmupSettings(
+                enabled=_on_off(pick("warm_variants", "MOEQOS_WARM_VARIANTS") or "on", "warm variants")
+            ),
         )
 
 
@@ -229,6 +236,8 @@ class ExecutorHandle:
     pool: ThreadPoolExecutor
     ready: asyncio.Task[None]
     """Done once the model is loaded and warm (health SERVING); raises if loading failed."""
+    warmup: VariantWarmup | None = None
+    """Builds the profile's variants ahead once serving (stopped before the variant cache goes)."""
 
     @property
     def port(self) -> int:
@@ -242,6 +251,8 @@ class ExecutorHandle:
         self.servicer.target.cancel()
         await self.server.stop(grace)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.warmup is not None:
+            await asyncio.to_thread(self.warmup.stop)  # nothing written into a removed cache
         self.servicer.served.close()  # removes the runtime's private variant directory
 
 
@@ -277,13 +288,14 @@ async def start_executor(
     def knob() -> ThreadKnob | None:  # None until the model is loaded
         return served.runtime.threads if served.runtime is not None else None
 
+    warmup = VariantWarmup(lambda: served.ready().factory, config.device, config.warmup)
     qos = QosLoop(
         config.qos,
         LiveStats(plan, threads=lambda: served.ready().threads.wanted),
         target,
         plan,
         knob,
-        CpuShare(),
+        CpuShare(own_niced=warmup.niced_seconds),
     )
     target.planning_target = qos.planning_target  # re-plans ask with headroom,
     target.planning_profile = qos.calibrated  # from the live-calibrated profile
@@ -295,6 +307,7 @@ async def start_executor(
         write_window_s=config.write_window_s,
         state_path=config.state_path,
         qos=qos,
+        variants_ahead=warmup.describe,
     )
     executor_metrics.observe(served, target)
 
@@ -313,8 +326,12 @@ async def start_executor(
         qos.start(lambda: served.measured_profile)
         await server.set_serving(True)
         log.info("executor %s serving %s on port %d", servicer.name, runtime.model.name, server.port)
+        served.on_profile = warmup.start  # serving and profiled: variants built ahead from now on
+        if served.measured_profile is not None:
+            warmup.start(served.measured_profile)
 
-    return ExecutorHandle(server, servicer, pool, asyncio.get_running_loop().create_task(load()))
+    ready = asyncio.get_running_loop().create_task(load())
+    return ExecutorHandle(server, servicer, pool, ready, warmup)
 
 
 async def serve(config: ExecutorServerConfig, on_started: Callable[[int], None] | None = None) -> None:

@@ -48,6 +48,8 @@ class ServedModel:
         """Where generations and plan switches are counted."""
         self.on_switch: Callable[[], None] = lambda: None
         """Called after each plan switch `apply` makes (the server saves the executor's state there)."""
+        self.on_profile: Callable[[Profile], None] = lambda profile: None
+        """Called whenever the cached profile is set (the server builds its variants ahead there)."""
         self._pool = pool
         self._profile: Profile | None = None
         self._profile_lock = asyncio.Lock()
@@ -92,28 +94,36 @@ class ServedModel:
             return
         async with self._profile_lock:
             if self._profile is None:
-                self._profile = service_measure.load_saved(self.profile_path, self.ready())
+                self._keep(service_measure.load_saved(self.profile_path, self.ready()))
 
     async def cached_profile(self) -> Profile:
         """The profile, measured (with reference perplexities) on first use and cached, its `tiers`
         refreshed to the current budgets (they may have changed since it was measured)."""
         async with self._profile_lock:
-            if self._profile is None:
+            profile = self._profile
+            if profile is None:
                 runtime = self.ready()
                 profile = service_measure.load_saved(self.profile_path, runtime)
                 if profile is None:
                     profile = await self.run(service_measure.measure, runtime, self.measure, True, _quiet)
                     service_measure.save(self.profile_path, profile)
-                self._profile = profile
-            return dataclasses.replace(self._profile, tiers=self.budgets())
+                self._keep(profile)
+            return dataclasses.replace(profile, tiers=self.budgets())
 
     async def replace_profile(self, fresh: Profile) -> Profile:
         """Cache and save a re-measured profile, keeping earlier perplexities if it measured none."""
         async with self._profile_lock:
             previous = self._profile or service_measure.load_saved(self.profile_path, self.ready())
-            self._profile = service_measure.keep_quality(fresh, previous)
-            service_measure.save(self.profile_path, self._profile)
-            return self._profile
+            kept = service_measure.keep_quality(fresh, previous)
+            self._keep(kept)
+            service_measure.save(self.profile_path, kept)
+            return kept
+
+    def _keep(self, profile: Profile | None) -> None:
+        """Cache `profile` (None: none yet) and tell `on_profile`."""
+        self._profile = profile
+        if profile is not None:
+            self.on_profile(profile)
 
     def budgets(self) -> tuple[TierBudget, ...]:
         """Every tier's budget now."""

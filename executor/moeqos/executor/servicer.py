@@ -78,8 +78,11 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         write_window_s: float = 30.0,
         state_path: Path | None = None,
         qos: QosLoop | None = None,
+        variants_ahead: Callable[[], str] = lambda: "",
     ) -> None:
+        """`variants_ahead()`: what is built ahead, for GetInfo (moeqos.executor.variant_warmup)."""
         self.name = name
+        self.variants_ahead = variants_ahead
         self.served = served
         self.qos = qos
         """Live measurement and the closed loop (None: neither, e.g. a bare servicer in tests)."""
@@ -164,6 +167,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             max_tokens_in_flight=runtime.scheduler.limits.max_tokens,
             tokens_in_flight=runtime.scheduler.tokens_in_flight,
             dense=runtime.dense_status(),
+            variants_ahead=self.variants_ahead(),
         )
         return codec.info_to_proto(info)
 

@@ -176,10 +176,17 @@ class VariantFactory:
         return self.source.read(layer, expert)
 
     def build(self, key: VariantKey, device: str) -> QuantExpert:
-        """The variant on `device`, from memory, the disk cache or the checkpoint (then persisted)."""
+        """The variant on `device`, from memory, the disk cache (its packed file where one was written,
+        else the portable one) or the checkpoint (then persisted)."""
         module = self.memory.take(key)
         if module is not None:
             return module.to_device(device)
+        packed = self.packed_path(key, device)
+        if packed is not None and packed.is_file():  # written ahead: no repacking of the portable codes
+            try:
+                return QuantExpert.from_packed_state(self.read_state(packed), key[2], key[3])
+            except DamagedFile as error:
+                self._discard(error)
         if self.path(key).is_file():
             try:
                 return self._read_portable(key, device)
@@ -196,6 +203,10 @@ class VariantFactory:
     def check_room(self, keys: list[VariantKey], device: str) -> None:
         """OverBudget unless the disk-tier files `ensure_file` would write for `keys` fit on the cache's
         filesystem now (measured at each call, so other writers and RAM-tier files count)."""
+        check_room(self.directory, self.new_file_bytes(keys, device), "the plan's disk tier")
+
+    def new_file_bytes(self, keys: Sequence[VariantKey], device: str) -> int:
+        """Bytes `ensure_file(key, device)` would write for `keys`: the files not on disk yet."""
         needed = 0
         for key in keys:
             size = expert_bytes(self.hidden, self.intermediate, key[2], key[3])
@@ -204,17 +215,20 @@ class VariantFactory:
             packed = self.packed_path(key, device)
             if packed is not None and not packed.is_file():
                 needed += size
-        check_room(self.directory, needed, "the plan's disk tier")
+        return needed
 
-    def ensure_file(self, key: VariantKey, device: str | None = None) -> Path:
+    def ensure_file(self, key: VariantKey, device: str | None = None, remember: bool = True) -> Path:
         """Make sure the on-disk variant exists (the `disk` tier's backing store), and, given the
-        `device` that will load it, its packed file where one applies, so no miss writes a file."""
+        `device` that will load it, its packed file where one applies, so no miss writes a file.
+        `remember=False` (variants built ahead) leaves the memory cache as it was: its entries are the
+        variants recent plans used, the cheapest switch back."""
         path = self.path(key)
         module = None
         if not path.is_file():
-            module = self.memory.take(key) or self._quantize(key, "cpu")
+            module = (self.memory.take(key) if remember else None) or self._quantize(key, "cpu")
             self._save(key, module)
-            self.memory.put(key, module.to_device("cpu"))
+            if remember:
+                self.memory.put(key, module.to_device("cpu"))
         packed = None if device is None else self.packed_path(key, device)
         if packed is not None and not packed.is_file():
             if module is None:

@@ -144,6 +144,7 @@ def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
         max_tokens_in_flight=info.max_tokens_in_flight,
         tokens_in_flight=info.tokens_in_flight,
         dense=[dense_status_to_proto(d) for d in info.dense],
+        variants_ahead=info.variants_ahead,
     )
     if info.plan_applied_at is not None:
         message.plan_applied_at.CopyFrom(common.timestamp_to_proto(info.plan_applied_at))
@@ -185,6 +186,7 @@ def info_from_proto(message: ex.GetInfoResponse) -> ExecutorInfo:
         max_tokens_in_flight=message.max_tokens_in_flight,
         tokens_in_flight=message.tokens_in_flight,
         dense=tuple(dense_status_from_proto(d) for d in message.dense),
+        variants_ahead=message.variants_ahead,
     )
 
 

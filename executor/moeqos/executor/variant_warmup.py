@@ -1,0 +1,183 @@
+"""Variants built ahead: a plan switch the QoS loop asks for reads files, it does not quantize.
+
+Once the profile is known (measured or read back) and the executor is serving, one background thread
+writes the on-disk variant of every expert in every quantized precision the profile measured (the
+precisions the planner may choose), with the packed kernel file where loads use one
+(VariantFactory.ensure_file), so a later switch builds each changed expert from its file (~4 ms for
+int4 on the default model) instead of quantizing it from the checkpoint (~15 ms, and the whole switch
+blocks on it). Float precisions are left out: building them from the checkpoint is a read already.
+
+Order: precisions whose measured uniform plan has the lower perplexity first (the order in which a
+loop trading quality for speed reaches for them; int2's useless quality puts it last), precisions
+without a measured point after them, more bits first.
+
+Honest about disk: the files count against the filesystem that holds the variant cache. A precision is
+written only if all its missing files fit while leaving `reserve_bytes` free (measured before each
+precision, so other writers count); otherwise it is skipped and the skip is logged and reported by
+`describe()`. The memory cache is left alone (its entries are the variants of recent plans).
+
+Low priority: the thread lowers its own scheduling priority (nice) before its first torch op, so the
+threads its parallel ops start inherit it and the decode steps keep the cores. It leaves torch's
+thread count alone: setting it anywhere also sets the count every thread starts with at its first
+parallel op (prefill, measurement). It stops between two experts when `stop()` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from moeqos.core.precision import Precision
+from moeqos.core.profile import Profile, uniform_precision
+from moeqos.core.units import format_bytes
+from moeqos.executor.disk_room import free_bytes
+from moeqos.executor.variants import VariantFactory, VariantKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WarmupSettings:
+    """Knobs of the variants built ahead."""
+
+    enabled: bool = True
+    """False: variants are built on first use only (by the plan switch that needs them)."""
+    reserve_bytes: int = 1 << 30
+    """Free bytes left on the variant cache's filesystem: a precision that would go below is skipped."""
+    nice: int = 19
+    """Scheduling priority of the building thread (19: the lowest; where the OS supports it)."""
+
+    def __post_init__(self) -> None:
+        if self.reserve_bytes < 0 or not 0 <= self.nice <= 19:
+            raise ValueError("need reserve_bytes >= 0 and 0 <= nice <= 19")
+
+
+def warm_order(profile: Profile) -> list[Precision]:
+    """The quantized precisions `profile` measured, in the order they are built (module docstring)."""
+    measured: dict[Precision, float] = {}
+    for point in profile.quality_points:
+        precision = uniform_precision(point.plan_spec)
+        if precision is not None:
+            measured[precision] = min(point.perplexity, measured.get(precision, point.perplexity))
+    quantized = [p for p in profile.precisions if not p.is_float]
+    return sorted(quantized, key=lambda p: (p not in measured, measured.get(p, 0.0), -p.bits))
+
+
+class VariantWarmup:
+    """Builds the profile's variants ahead, once per profile, on a background thread."""
+
+    def __init__(
+        self,
+        factory: Callable[[], VariantFactory],
+        device: str,
+        settings: WarmupSettings,
+        free: Callable[[Path], int] = free_bytes,
+    ) -> None:
+        """`factory()`: the runtime's variant factory (asked when a build starts, after load); `device`:
+        where loads run (decides the packed files); `free`: free bytes of a directory's filesystem."""
+        self._factory = factory
+        self._device = device
+        self.settings = settings
+        self._free = free
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_for: str | None = None
+        self.built: dict[Precision, int] = {}
+        """Experts per precision whose files are on disk now (written here or found there)."""
+        self.skipped: dict[Precision, str] = {}
+        """Precisions left out, with the reason."""
+        self.done = False
+        self.cpu_seconds = 0.0
+        """CPU seconds spent building so far, all at the lowered priority (moeqos.executor.cpu_share
+        leaves them out of this process's busy time when it leaves niced time out)."""
+
+    def niced_seconds(self) -> float:
+        """`cpu_seconds` (a reader for CpuShare's `own_niced`)."""
+        return self.cpu_seconds
+
+    def start(self, profile: Profile) -> None:
+        """Build `profile`'s variants in the background, unless off or already started for this
+        profile (a re-measured profile with other precisions starts again)."""
+        key = f"{profile.measured_at}|{','.join(p.value for p in profile.precisions)}"
+        if not self.settings.enabled or key == self._started_for:
+            return
+        self.stop()
+        self._started_for = key
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._background, args=(profile, self._stop), name="variant-warmup", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop building (after the expert in hand) and wait for the thread, so nothing is written
+        after the caller removes the cache."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _background(self, profile: Profile, stop: threading.Event) -> None:
+        _lower_priority(self.settings.nice)
+        try:
+            self.run(profile, stop)
+        except Exception:  # a failed build ahead only means the switch builds on first use
+            log.exception("building variants ahead failed; plan switches build them on first use")
+
+    def run(self, profile: Profile, stop: threading.Event | None = None) -> None:
+        """Build every precision of `warm_order(profile)` on this thread (see the module docstring)."""
+        stop = stop or threading.Event()
+        factory = self._factory()
+        self.built, self.skipped, self.done = {}, {}, False
+        experts = [
+            (layer, e) for layer in range(profile.model.num_layers) for e in range(profile.model.num_experts)
+        ]
+        for precision in warm_order(profile):
+            keys = [(layer, e, precision, precision.group(profile.group_size)) for layer, e in experts]
+            if not self._room_for(factory, precision, keys):
+                continue
+            for count, key in enumerate(keys, 1):
+                if stop.is_set():
+                    return
+                started = time.thread_time()
+                factory.ensure_file(key, self._device, remember=False)
+                self.cpu_seconds += time.thread_time() - started
+                self.built[precision] = count
+        self.done = True
+        log.info("variants built ahead: %s", self.describe())
+
+    def _room_for(self, factory: VariantFactory, precision: Precision, keys: list[VariantKey]) -> bool:
+        needed = factory.new_file_bytes(keys, self._device)
+        free = self._free(factory.directory)
+        if needed and needed + self.settings.reserve_bytes > free:
+            self.skipped[precision] = (
+                f"needs {format_bytes(needed)}, {format_bytes(free)} free, "
+                f"{format_bytes(self.settings.reserve_bytes)} kept in reserve"
+            )
+            log.warning("variants of %s not built ahead: %s", precision.value, self.skipped[precision])
+            return False
+        return True
+
+    def describe(self) -> str:
+        """For people: what is built ahead and what was skipped, and why."""
+        if not self.settings.enabled:
+            return "off"
+        if self._started_for is None and not self.built:
+            return "not started (waiting for the profile)"
+        parts = [f"{p.value} {n}" for p, n in self.built.items()]
+        parts += [f"{p.value} skipped ({why})" for p, why in self.skipped.items()]
+        state = "done" if self.done else "building"
+        return f"{state}: " + (", ".join(parts) if parts else "nothing yet")
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower the calling OS thread's priority (Linux threads have their own nice value)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):  # not Linux, or not allowed: built at normal priority
+        log.info("building variants ahead at normal priority (could not lower it)")
