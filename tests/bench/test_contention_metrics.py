@@ -62,3 +62,40 @@ def test_a_trace_starts_at_its_first_token() -> None:
     assert trace.token_times == (0.0, 0.5, 2.0)
     assert trace.plans == ((0.0, "int8"), (1.0, "int4"))
     assert (trace.neighbour_start, trace.neighbour_stop, trace.end) == (3.0, 4.0, 5.0)
+
+
+def test_switches_are_on_the_trace_clock_and_one_before_the_first_token_is_left_out() -> None:
+    from moeqos.bench.contention import _from_first_token
+
+    switches = [(4.5, 240, 30.0), (6.0, 96, 0.6)]  # the first: the Deploy, before the first token
+    trace = _from_first_token([5.0, 5.5, 7.0], [(0.1, "bf16"), (6.0, "int4")], 8.0, 9.0, 10.0, switches)
+    assert trace.switches == ((1.0, 96, 0.6),)
+
+
+def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from moeqos.bench.contention import _result
+    from moeqos.core.plan import Plan
+
+    predicted = {"bf16@cpu": 10.0, "int4@cpu": 11.0}
+    ctx = SimpleNamespace(
+        shape=(2, 4),
+        device="cpu",
+        out_dir=str(tmp_path),
+        perplexity=lambda plan: SimpleNamespace(perplexity=predicted[plan.to_spec()] + 0.5),
+    )
+    quality = SimpleNamespace(predict_perplexity=lambda plan: predicted[plan.to_spec()])
+    assert Plan.uniform(2, 4, "bf16", "cpu").to_spec() == "bf16@cpu"
+    on = Trace(tokens([10] * 10), ((0.0, "bf16@cpu"), (4.0, "int4@cpu")), 3.0, 8.0, 10.0, ((4.0, 8, 0.25),))
+    off = Trace(tokens([10] * 10), ((0.0, "bf16@cpu"),), 3.0, 8.0, 10.0)
+    warmed = {"on": (12.0, "done: int4 8"), "off": (0.0, "done: int4 8")}
+    result = _result(ctx, {"on": on, "off": off}, 8.0, quality, warmed)
+    [section] = result.tables
+    rows = {row[0]: row for row in section.rows}
+    assert rows["on"][-2:] == ("10.50, 11.50", "0.25 (8)") and rows["off"][-2:] == ("10.50", "-")
+    modes = result.data["modes"]
+    assert modes["on"]["switches"] == [{"time_s": 4.0, "experts_changed": 8, "seconds": 0.25}]
+    assert modes["on"]["plans"][1]["measured_perplexity"] == 11.5
+    assert modes["on"]["variants_ahead"] == {"wait_s": 12.0, "said": "done: int4 8"}
+    assert any("on 12s (done: int4 8)" in note for note in section.notes)

@@ -111,6 +111,7 @@ def _info(**changes: Any) -> ExecutorInfo:
         "max_tokens_in_flight": 65536,
         "tokens_in_flight": 300,
         "variants_ahead": "done: int4 240, int2 skipped (needs 1.2 GiB, 900 MiB free)",
+        "last_switch": SwitchReport(experts_changed=240, seconds=0.75),
     }
     return ExecutorInfo(**{**values, **changes})
 

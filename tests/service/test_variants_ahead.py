@@ -43,6 +43,7 @@ def test_variants_are_built_ahead_once_serving_and_a_switch_then_quantizes_nothi
         )
         assert report.experts_changed == experts
         assert runtime.factory.quantized == before  # every changed expert read from its file
+        assert client.info().last_switch == report  # GetInfo tells the last switch's size and time
     assert main(["status", "--executor", address(handle.port)]) == 0
     assert "variants built ahead: done: " in capsys.readouterr().out
 

@@ -7,7 +7,10 @@ Deploy the floor, stream tokens back to back, start a neighbour process that bur
 later, and keep streaming. Reported per mode: the fraction of 1-second windows meeting the floor,
 seconds until the floor is met again after the neighbour starts, seconds until the quality plan is
 back after it stops, plan changes per resource change, and the (predicted) perplexity of the plans
-used; a PNG of tokens/s over time with the floor, the neighbour and the plan switches.
+used (predicted, and measured on ptb:test), each plan switch's seconds and experts changed; a PNG of
+tokens/s over time with the floor, the neighbour and the plan switches. Before each scenario the
+executor is given time to build its variants ahead (moeqos.executor.variant_warmup), so a switch reads
+files instead of quantizing; how long that took is reported.
 
 On a machine that other work also loads the neighbour is not the only contention: the numbers say
 what this run saw, not what the loop can do on a quiet machine.
@@ -40,6 +43,10 @@ VARIANT_CACHE = "variants-contention"
 """The executors' variant cache under $MOEQOS_HOME (kept between runs)."""
 BURN = "while True:\n    pass\n"
 """The neighbour: one busy core."""
+WARMUP_LIMIT_S = 900.0
+"""Longest wait for the executor's variants built ahead before a scenario starts anyway."""
+MEASURED_PLANS = 6
+"""At most this many distinct plans used get a measured perplexity (the rest: predicted only)."""
 
 
 def run(ctx: Any) -> SectionResult:
@@ -50,6 +57,7 @@ def run(ctx: Any) -> SectionResult:
     quality = ctx.models[1]
     phases = PHASES[ctx.settings.quick]
     traces: dict[str, Trace] = {}
+    warmed: dict[str, tuple[float, str]] = {}
     with Cluster(work) as cluster:
         planner = cluster.start("planner", "planner", [])
         floor, first_plan = None, None
@@ -60,10 +68,12 @@ def run(ctx: Any) -> SectionResult:
                 ctx.log(f"contention: floor {floor:.2f} tok/s")
             ctx.log(f"contention: loop {mode}")
             first_plan = _deploy(planner.address, executor.address, floor, first_plan)
+            warmed[mode] = _wait_for_variants(executor.address, WARMUP_LIMIT_S)
+            ctx.log(f"contention: variants built ahead after {warmed[mode][0]:.1f}s: {warmed[mode][1]}")
             traces[mode] = _scenario(executor.address, phases)
             cluster.kill(f"executor-{mode}")
     assert floor is not None
-    return _result(ctx, traces, floor, quality)
+    return _result(ctx, traces, floor, quality, warmed)
 
 
 def _executor_args(ctx: Any, profile_path: Path, mode: str) -> list[str]:
@@ -126,15 +136,38 @@ def _stream(address: str, origin: float, times: list[float], stop: threading.Eve
                     break
 
 
-def _watch(address: str, origin: float, plans: list[tuple[float, str]], stop: threading.Event) -> None:
-    """Every plan change the executor reports, polled every 0.25 s."""
+def _wait_for_variants(address: str, limit: float) -> tuple[float, str]:
+    """Seconds until the executor says its variants are built ahead (or `limit`), and what it says."""
+    from moeqos.client import ExecutorClient
+
+    start = time.monotonic()
+    with ExecutorClient(address) as client:
+        said = client.info().variants_ahead
+        while not said.startswith(("done", "off")) and time.monotonic() - start < limit:
+            time.sleep(1.0)
+            said = client.info().variants_ahead
+    return time.monotonic() - start, said or "not reported"
+
+
+def _watch(
+    address: str,
+    origin: float,
+    plans: list[tuple[float, str]],
+    stop: threading.Event,
+    switches: list[tuple[float, int, float]],
+) -> None:
+    """Every plan change the executor reports, polled every 0.25 s, with the switch it reports."""
     from moeqos.client import ExecutorClient
 
     with ExecutorClient(address) as client:
         while not stop.is_set():
-            spec = client.info().plan.to_spec()
+            info = client.info()
+            spec = info.plan.to_spec()
             if not plans or plans[-1][1] != spec:
-                plans.append((time.monotonic() - origin, spec))
+                now = time.monotonic() - origin
+                plans.append((now, spec))
+                if len(plans) > 1 and info.last_switch is not None:
+                    switches.append((now, info.last_switch.experts_changed, info.last_switch.seconds))
             stop.wait(0.25)
 
 
@@ -161,9 +194,10 @@ def _scenario(executor_address: str, phases: tuple[float, ...]) -> Trace:
     origin, stop = time.monotonic(), threading.Event()
     times: list[float] = []
     plans: list[tuple[float, str]] = []
+    switches: list[tuple[float, int, float]] = []
     workers = [
         threading.Thread(target=_stream, args=(executor_address, origin, times, stop), daemon=True),
-        threading.Thread(target=_watch, args=(executor_address, origin, plans, stop), daemon=True),
+        threading.Thread(target=_watch, args=(executor_address, origin, plans, stop, switches), daemon=True),
     ]
     for worker in workers:
         worker.start()
@@ -184,13 +218,19 @@ def _scenario(executor_address: str, phases: tuple[float, ...]) -> Trace:
     stop.set()
     for worker in workers:
         worker.join(60)
-    return _from_first_token(times, plans, started, stopped, end)
+    return _from_first_token(times, plans, started, stopped, end, switches)
 
 
 def _from_first_token(
-    times: list[float], plans: list[tuple[float, str]], started: float, stopped: float, end: float
+    times: list[float],
+    plans: list[tuple[float, str]],
+    started: float,
+    stopped: float,
+    end: float,
+    switches: list[tuple[float, int, float]] | None = None,
 ) -> Trace:
-    """The trace with its clock starting at the first token (a plan in force then starts at 0)."""
+    """The trace with its clock starting at the first token (a plan in force then starts at 0; a
+    switch seen before it is not part of the trace)."""
     t0 = times[0] if times else 0.0
     shifted = [(max(when - t0, 0.0), spec) for when, spec in plans]
     starting = [p for p in shifted if p[0] == 0.0][-1:]
@@ -200,10 +240,13 @@ def _from_first_token(
         started - t0,
         stopped - t0,
         end - t0,
+        tuple((when - t0, n, s) for when, n, s in switches or () if when > t0),
     )
 
 
-def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> SectionResult:
+def _result(
+    ctx: Any, traces: dict[str, Trace], floor: float, quality: Any, warmed: dict[str, tuple[float, str]]
+) -> SectionResult:
     from moeqos.core.plan import parse_plan
 
     layers, experts = ctx.shape
@@ -211,6 +254,7 @@ def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> S
     def perplexity(spec: str) -> float:
         return float(quality.predict_perplexity(parse_plan(spec, layers, experts, ctx.device)))
 
+    measured = _measured_perplexities(ctx, traces, perplexity)
     metrics = {mode: summarize(trace, floor, perplexity) for mode, trace in traces.items()}
     rows: list[list[Any]] = []
     modes: dict[str, Any] = {}
@@ -218,10 +262,17 @@ def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> S
         m = metrics[mode]
         used = sorted({spec for _, spec in trace.plans}, key=perplexity)
         ppl = ", ".join(f"{perplexity(s):.2f}" for s in used)
-        rows.append(_row(mode, m, ppl))
+        ppl_measured = ", ".join(f"{measured[s]:.2f}" if s in measured else "-" for s in used)
+        switched = ", ".join(f"{s:.2f} ({n})" for _, n, s in trace.switches) or "-"
+        rows.append([*_row(mode, m, ppl), ppl_measured, switched])
         modes[mode] = {
             **m.to_dict(),
-            "plans": [{"time_s": t, "plan": s, "perplexity": perplexity(s)} for t, s in trace.plans],
+            "plans": [
+                {"time_s": t, "plan": s, "perplexity": perplexity(s), "measured_perplexity": measured.get(s)}
+                for t, s in trace.plans
+            ],
+            "switches": [{"time_s": t, "experts_changed": n, "seconds": s} for t, n, s in trace.switches],
+            "variants_ahead": {"wait_s": warmed[mode][0], "said": warmed[mode][1]},
             "window_tokens_per_s": window_rates(trace.token_times, trace.end),
             "neighbour": [trace.neighbour_start, trace.neighbour_stop],
         }
@@ -233,11 +284,24 @@ def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> S
         traces["on"].neighbour_stop,
         f"floor {floor:.1f} tok/s under a one-core neighbour",
     )
-    columns = ["loop", "windows met", "recover s", "quality back s", "re-plans start/stop", "plan ppl"]
+    columns = [
+        "loop",
+        "windows met",
+        "recover s",
+        "quality back s",
+        "re-plans start/stop",
+        "plan ppl",
+        "measured ppl",
+        "switch s (experts)",
+    ]
     notes = [
         f"floor = {FLOOR_FRACTION:.0%} of the quality plan's quiet rate; 1 s windows as a client saw them",
-        "perplexity: the planner's prediction for each plan used; the machine is shared with other work",
+        "plan ppl: the planner's prediction for each plan used, best first; measured ppl: ptb:test "
+        f"(at most {MEASURED_PLANS} plans); the machine may be shared with other work",
         "quality back: the plan before the neighbour, or one within 1% of its predicted perplexity",
+        "switch s (experts): each plan switch in the run, its seconds and experts changed (executor's)",
+        "variants built ahead before each run: "
+        + "; ".join(f"{mode} {w:.0f}s ({said})" for mode, (w, said) in warmed.items()),
     ]
     return SectionResult(
         "contention",
@@ -246,6 +310,21 @@ def _result(ctx: Any, traces: dict[str, Trace], floor: float, quality: Any) -> S
         data={"floor_tokens_per_s": floor, "modes": modes},
         plots=[str(path)],
     )
+
+
+def _measured_perplexities(
+    ctx: Any, traces: dict[str, Trace], predicted: Callable[[str], float]
+) -> dict[str, float]:
+    """ptb:test perplexity of the distinct plans used (the MEASURED_PLANS best predicted; the bench's
+    own runtime, after the scenarios)."""
+    from moeqos.core.plan import parse_plan
+
+    layers, experts = ctx.shape
+    used = sorted({spec for trace in traces.values() for _, spec in trace.plans}, key=predicted)
+    return {
+        spec: float(ctx.perplexity(parse_plan(spec, layers, experts, ctx.device)).perplexity)
+        for spec in used[:MEASURED_PLANS]
+    }
 
 
 def _row(mode: str, m: ContentionMetrics, ppl: str) -> list[Any]:

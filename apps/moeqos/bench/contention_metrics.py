@@ -29,6 +29,8 @@ class Trace:
     neighbour_start: float
     neighbour_stop: float
     end: float
+    switches: tuple[tuple[float, int, float], ...] = ()
+    """(time, experts changed, seconds) of each plan switch seen, as the executor reported it."""
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,8 @@ class ExecutorInfo:
     variants_ahead: str = ""
     """For people: the variants built ahead on disk and the precisions skipped, with why (empty: not
     reported)."""
+    last_switch: SwitchReport | None = None
+    """The last plan switch since start (None before any; the first plan, at load, is not counted)."""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ class ServedModel:
         """Called after each plan switch `apply` makes (the server saves the executor's state there)."""
         self.on_profile: Callable[[Profile], None] = lambda profile: None
         """Called whenever the cached profile is set (the server builds its variants ahead there)."""
+        self.last_switch: SwitchReport | None = None
+        """The last switch `apply` made (for GetInfo)."""
         self._pool = pool
         self._profile: Profile | None = None
         self._profile_lock = asyncio.Lock()
@@ -139,6 +141,7 @@ class ServedModel:
 
         switch = await self.run(self.ready().apply_plan, plan, None, still_current)
         self.metrics.switch(switch.report)
+        self.last_switch = switch.report
         self.on_switch()
         return switch.report
 

@@ -168,6 +168,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             tokens_in_flight=runtime.scheduler.tokens_in_flight,
             dense=runtime.dense_status(),
             variants_ahead=self.variants_ahead(),
+            last_switch=self.served.last_switch,
         )
         return codec.info_to_proto(info)
 

@@ -152,6 +152,8 @@ def info_to_proto(info: ExecutorInfo) -> ex.GetInfoResponse:
         message.standing_target.CopyFrom(common.target_to_proto(info.standing_target))
     if info.qos is not None:
         message.qos.CopyFrom(qos_status_to_proto(info.qos))
+    if info.last_switch is not None:
+        message.last_switch.CopyFrom(common.switch_to_proto(info.last_switch))
     return message
 
 
@@ -187,6 +189,9 @@ def info_from_proto(message: ex.GetInfoResponse) -> ExecutorInfo:
         tokens_in_flight=message.tokens_in_flight,
         dense=tuple(dense_status_from_proto(d) for d in message.dense),
         variants_ahead=message.variants_ahead,
+        last_switch=common.switch_from_proto(message.last_switch)
+        if message.HasField("last_switch")
+        else None,
     )
 
 
