@@ -177,4 +177,5 @@ def test_the_demo_judges_a_floor_on_the_executors_own_window_after_waiting(stack
     assert met is not None and met.met and met.loop and met.waited_s < settings.hold_s
     assert met.measured_tokens_per_s is not None and met.measured_tokens_per_s > 0.001
     assert missed is not None and not missed.met and missed.waited_s >= 2.0
-    assert missed.state == "violated" and missed.plan_changes == 0
+    assert missed.state == "violated" and missed.plan_changes == 0 and missed.switch_seconds == ()
+    assert met.variants_ahead.startswith(("building", "done"))  # the shared profile's, built ahead

@@ -5,8 +5,9 @@ One generation right after Deploy says little about a floor: it runs before the 
 seen a window, on whatever the machine does at that moment. Here the demo keeps the executor decoding
 (generations back to back) and reads its QoS status (GetInfo) every `poll_s`, until the executor's
 own window has met the floor in `confirm` polls in a row (no re-plan in flight), or `hold_s` passed.
-The verdict is the executor's last measured window against the floor; how long it waited and how
-often the loop changed the plan are reported with it.
+The verdict is the executor's last measured window against the floor; how long it waited, how
+often the loop changed the plan, what each switch cost, and how far the executor's variants built
+ahead were (a switch to a variant not built yet quantizes it) are reported with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moeqos.client import ExecutorClient
 from moeqos.core.service_types import QosState, QosStatus, Sampling
@@ -47,6 +48,10 @@ class Held:
     final_plan_spec: str
     met: bool
     """measured_tokens_per_s >= the floor."""
+    switch_seconds: tuple[float, ...] = ()
+    """Seconds of each plan switch seen while waiting, as the executor reported it."""
+    variants_ahead: str = ""
+    """The executor's variants built ahead when the wait ended (GetInfo)."""
 
 
 def hold_floor(
@@ -68,19 +73,23 @@ def hold_floor(
             if info.qos is None:
                 return None
             plans, status, in_a_row = [info.plan.to_spec()], info.qos, 0
+            switches: list[float] = []
             while time.monotonic() - start < settings.hold_s:
                 sleep(settings.poll_s)
                 info = client.info()
                 status = info.qos or status
                 if info.plan.to_spec() != plans[-1]:
                     plans.append(info.plan.to_spec())
+                    if info.last_switch is not None:
+                        switches.append(info.last_switch.seconds)
                 in_a_row = in_a_row + 1 if _meets(status, floor) else 0
                 if in_a_row >= settings.confirm:
                     break
     finally:
         stop.set()
         streamer.join(60)
-    return _held(status, floor, time.monotonic() - start, plans)
+    held = _held(status, floor, time.monotonic() - start, plans)
+    return replace(held, switch_seconds=tuple(switches), variants_ahead=info.variants_ahead)
 
 
 def _meets(status: QosStatus, floor: float) -> bool:

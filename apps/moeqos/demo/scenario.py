@@ -210,9 +210,11 @@ def _exercise(
 def _held_line(held: Held) -> str:
     measured = "too few tokens" if held.measured_tokens_per_s is None else f"{held.measured_tokens_per_s:.2f}"
     loop = "loop on" if held.loop else "open loop"
+    switches = "".join(f", {s:.1f}s" for s in held.switch_seconds)
+    ahead = f"; variants built ahead: {held.variants_ahead}" if held.variants_ahead else ""
     return (
         f"{measured} tok/s over its own {held.window_s:g}s window vs floor {held.floor_tokens_per_s:g} after waiting "
-        f"{held.waited_s:.0f}s ({loop}, {held.plan_changes} plan changes, state {held.state})"
+        f"{held.waited_s:.0f}s ({loop}, {held.plan_changes} plan changes{switches}, state {held.state}){ahead}"
     )
 
 
