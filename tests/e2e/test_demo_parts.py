@@ -66,7 +66,7 @@ def test_the_table_says_whether_the_measured_numbers_meet_the_target() -> None:
 def test_the_table_judges_a_floor_on_the_executors_window_and_says_how_long_it_waited(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    held = Held(22.51, 12.0, 23.4, 3.0, "met", True, 1, "int4@cpu", True)
+    held = Held(22.51, 12.0, 23.4, 3.0, "met", True, 1, "int4@cpu", True, (0.62,), "done: int4 240")
     result = ExecutorResult(
         "executor-b", "a:1", ">= 22.51 tok/s", "bf16", "bf16@cpu", 25.0, 10.0, "text",
         23.4, 10.5, 1024, True, generation_tokens_per_s=10.08, held=held,
@@ -78,6 +78,7 @@ def test_the_table_judges_a_floor_on_the_executors_window_and_says_how_long_it_w
         "23.40 tok/s over its own 3s window vs floor 22.51 after waiting 12s (loop on, 1 plan changes" in out
     )
     assert "one generation after Deploy: 10.08" in out and "plan after the loop" in out
+    assert "1 plan changes, 0.6s, state met); variants built ahead: done: int4 240" in out
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
