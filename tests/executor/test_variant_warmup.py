@@ -12,6 +12,7 @@ import torch
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, HardwareIdentity, ModelIdentity, Profile, QualityPoint
+from moeqos.executor.disk_room import filesystem_type
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.variant_warmup import VariantWarmup, WarmupSettings, warm_order
 
@@ -103,6 +104,19 @@ def test_a_precision_that_does_not_fit_leaves_no_file_and_is_said(make_runtime) 
     assert warmup.built == {P.INT4: LAYERS * EXPERTS} and list(warmup.skipped) == [P.INT8]
     assert not runtime.factory.path((0, 0, P.INT8, 64)).is_file()
     assert "int8 skipped (needs" in warmup.describe() and "kept in reserve" in warmup.describe()
+
+
+def test_nothing_is_built_ahead_on_a_filesystem_held_in_ram(make_runtime, tmp_path) -> None:
+    runtime = make_runtime()
+    warmup = VariantWarmup(lambda: runtime.factory, "cpu", WarmupSettings(), fs_type=lambda d: "tmpfs")
+    warmup.run(profile_of((P.INT4,)))
+    assert warmup.built == {} and not runtime.factory.path((0, 0, P.INT4, 64)).is_file()
+    assert warmup.describe().startswith("off: the variant cache") and "tmpfs (RAM)" in warmup.describe()
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\ntmpfs /tmpx tmpfs rw 0 0\n")
+    assert filesystem_type(Path("/tmp/moeqos-variants-x/abc"), str(mounts)) == "tmpfs"
+    assert filesystem_type(Path("/tmpdir/x"), str(mounts)) == "ext4"  # a prefix of the name is not a parent
+    assert filesystem_type(Path("/x"), str(tmp_path / "none")) is None
 
 
 def test_it_builds_on_its_own_thread_once_per_profile_and_stops(make_runtime) -> None:

@@ -35,6 +35,29 @@ def check_room(directory: Path, needed: int, what: str) -> None:
         )
 
 
+MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
+"""Filesystems whose files are held in RAM: files written there are memory, not disk."""
+
+
+def filesystem_type(directory: Path, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the filesystem that holds `directory` (the longest mount point above it), or None
+    where the mount table cannot be read (not Linux)."""
+    path = _nearest_existing(directory).resolve()
+    try:
+        with open(mounts) as table:
+            entries = [line.split() for line in table]
+    except OSError:
+        return None
+    best: tuple[int, str] | None = None
+    for fields in entries:
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (path == point or point in path.parents) and (best is None or len(point.parts) > best[0]):
+            best = (len(point.parts), fields[2])
+    return best[1] if best else None
+
+
 def check_writable(directory: Path) -> None:
     """ValueError unless `directory` exists as a writable directory or can be created as one."""
     base = _nearest_existing(directory)

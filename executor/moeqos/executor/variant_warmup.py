@@ -14,7 +14,9 @@ without a measured point after them, more bits first.
 Honest about disk: the files count against the filesystem that holds the variant cache. A precision is
 written only if all its missing files fit while leaving `reserve_bytes` free (measured before each
 precision, so other writers count); otherwise it is skipped and the skip is logged and reported by
-`describe()`. The memory cache is left alone (its entries are the variants of recent plans).
+`describe()`. Nothing is built ahead where the cache is on a filesystem held in RAM (tmpfs: a private
+cache under a /tmp that is one): those files would be memory no budget counts. The memory cache is
+left alone (its entries are the variants of recent plans).
 
 Low priority: the thread lowers its own scheduling priority (nice) before its first torch op, so the
 threads its parallel ops start inherit it and the decode steps keep the cores. It leaves torch's
@@ -35,7 +37,7 @@ from pathlib import Path
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile, uniform_precision
 from moeqos.core.units import format_bytes
-from moeqos.executor.disk_room import free_bytes
+from moeqos.executor.disk_room import MEMORY_FILESYSTEMS, filesystem_type, free_bytes
 from moeqos.executor.variants import VariantFactory, VariantKey
 
 log = logging.getLogger(__name__)
@@ -77,13 +79,18 @@ class VariantWarmup:
         device: str,
         settings: WarmupSettings,
         free: Callable[[Path], int] = free_bytes,
+        fs_type: Callable[[Path], str | None] = filesystem_type,
     ) -> None:
         """`factory()`: the runtime's variant factory (asked when a build starts, after load); `device`:
-        where loads run (decides the packed files); `free`: free bytes of a directory's filesystem."""
+        where loads run (decides the packed files); `free`: free bytes of a directory's filesystem;
+        `fs_type`: its type (None: unknown)."""
         self._factory = factory
         self._device = device
         self.settings = settings
         self._free = free
+        self._fs_type = fs_type
+        self.refused = ""
+        """Why nothing is built ahead at all (empty: it is)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_for: str | None = None
@@ -134,6 +141,12 @@ class VariantWarmup:
         stop = stop or threading.Event()
         factory = self._factory()
         self.built, self.skipped, self.done = {}, {}, False
+        kind = self._fs_type(factory.directory)
+        if kind in MEMORY_FILESYSTEMS:
+            self.refused = f"the variant cache {factory.directory} is on {kind} (RAM): not built ahead"
+            log.warning("%s", self.refused)
+            self.done = True
+            return
         experts = [
             (layer, e) for layer in range(profile.model.num_layers) for e in range(profile.model.num_experts)
         ]
@@ -167,6 +180,8 @@ class VariantWarmup:
         """For people: what is built ahead and what was skipped, and why."""
         if not self.settings.enabled:
             return "off"
+        if self.refused:
+            return f"off: {self.refused}"
         if self._started_for is None and not self.built:
             return "not started (waiting for the profile)"
         parts = [f"{p.value} {n}" for p, n in self.built.items()]
