@@ -45,21 +45,39 @@ def test_a_saved_profile_is_used_instead_of_measuring_and_another_models_is_refu
 
     from tests.executor.test_qos_loop import profile
 
-    args = add_arguments(argparse.ArgumentParser()).parse_args(
-        ["--only", "contention", "--profile", "p.json"]
-    )
-    assert args.profile == Path("p.json")
-    assert "--profile p.json" in command_line("moeqos bench", args)
     context = BenchContext(tiny_model, QUICK, tmp_path, "test", tmp_path / "saved.json")
     model, hardware = context.runtime.model, context.runtime.hardware
     frequency = ((0.5,) * model.num_experts,) * model.num_layers
     saved = dataclasses.replace(profile(), model=model, hardware=hardware, frequency=frequency)
     (tmp_path / "saved.json").write_text(saved.to_json())
+    parse = add_arguments(argparse.ArgumentParser()).parse_args
+    args = parse(["--only", "contention", "--profile", str(tmp_path / "saved.json")])
+    assert args.profile == tmp_path / "saved.json"
+    assert f"--profile {tmp_path / 'saved.json'}" in command_line("moeqos bench", args)
     assert context.profile == saved
     other = BenchContext(tiny_model, QUICK, tmp_path, "test", tmp_path / "other.json")
     (tmp_path / "other.json").write_text(profile().to_json())
     with pytest.raises(ValueError, match="measured on model/device"):
         other.saved_profile(tmp_path / "other.json")
+
+
+def test_a_saved_profile_of_another_version_is_refused_before_anything_loads(tmp_path: Path, capsys) -> None:
+    import argparse
+    import json
+
+    import pytest
+    from moeqos.bench.runner import add_arguments
+    from moeqos.core.profile import PROFILE_VERSION
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"version": PROFILE_VERSION - 1}))
+    with pytest.raises(SystemExit):
+        add_arguments(argparse.ArgumentParser()).parse_args(["--profile", str(old)])
+    said = capsys.readouterr().err
+    assert f"a profile of version {PROFILE_VERSION - 1}, this build reads version {PROFILE_VERSION}" in said
+    with pytest.raises(SystemExit):
+        add_arguments(argparse.ArgumentParser()).parse_args(["--profile", str(tmp_path / "missing.json")])
+    assert "not a readable profile JSON" in capsys.readouterr().err
 
 
 def test_the_thread_actuator_has_its_own_switch(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the results JSON instead of tables")
     parser.add_argument(
         "--profile",
-        type=Path,
+        type=_saved_profile,
         default=None,
         help="a saved profile JSON (an executor's, e.g. $MOEQOS_HOME/executor-a.profile.json) instead of "
         "measuring one; it must be of this model and device",
@@ -63,6 +63,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     for name, help_text in OVERRIDES.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=_positive, default=None, help=help_text)
     return parser
+
+
+def _saved_profile(text: str) -> Path:
+    """A `--profile` path, refused at once (not after the model loaded) unless it holds a profile of the
+    version this build reads."""
+    import json
+
+    from moeqos.core.profile import PROFILE_VERSION
+
+    path = Path(text)
+    try:
+        version = int(json.loads(path.read_text()).get("version", PROFILE_VERSION))
+    except (OSError, ValueError, AttributeError) as exc:
+        raise argparse.ArgumentTypeError(f"{path}: not a readable profile JSON ({exc})") from None
+    if version != PROFILE_VERSION:
+        raise argparse.ArgumentTypeError(
+            f"{path}: a profile of version {version}, this build reads version {PROFILE_VERSION}; measure it "
+            "again (a run without --profile saves the one the contention section used as "
+            "OUT/contention/profile.json)"
+        )
+    return path
 
 
 def _positive(text: str) -> int:
