@@ -137,15 +137,14 @@ def test_it_builds_on_its_own_thread_once_per_profile_and_stops(make_runtime) ->
     profile = profile_of((P.INT4,))
     warmup.start(profile)
     warmup.start(profile)  # the same profile again: not a second build
-    thread = warmup._thread
-    assert thread is not None
+    [thread] = warmup._threads
     thread.join(60)
     assert warmup.done and len(threads) == LAYERS * EXPERTS and caller not in threads
     assert nice == {19}  # the lowest priority
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the caller's unchanged
     warmup.start(profile_of((P.INT4,), measured_at="t1"))  # a new profile builds again (files found)
     warmup.stop()
-    assert warmup._thread is None
+    assert not warmup.building and warmup._threads == []
     off = VariantWarmup(lambda: runtime.factory, "cpu", WarmupSettings(enabled=False))
     off.start(profile)
-    assert off._thread is None and off.describe() == "off"
+    assert not off.building and off.describe() == "off"

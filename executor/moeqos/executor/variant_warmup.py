@@ -92,7 +92,8 @@ class VariantWarmup:
         self.refused = ""
         """Why nothing is built ahead at all (empty: it is)."""
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        """Builds started and not yet joined (an older one ends after its expert in hand)."""
         self._started_for: str | None = None
         self.built: dict[Precision, int] = {}
         """Experts per precision whose files are on disk now (written here or found there)."""
@@ -109,25 +110,32 @@ class VariantWarmup:
 
     def start(self, profile: Profile) -> None:
         """Build `profile`'s variants in the background, unless off or already started for this
-        profile (a re-measured profile with other precisions starts again)."""
+        profile (a re-measured profile starts again). Never waits (it is called on the event loop): a
+        build in progress is told to stop and ends after the expert in hand."""
         key = f"{profile.measured_at}|{','.join(p.value for p in profile.precisions)}"
         if not self.settings.enabled or key == self._started_for:
             return
-        self.stop()
+        self._stop.set()
         self._started_for = key
         self._stop = threading.Event()
-        self._thread = threading.Thread(
+        thread = threading.Thread(
             target=self._background, args=(profile, self._stop), name="variant-warmup", daemon=True
         )
-        self._thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    @property
+    def building(self) -> bool:
+        """Whether a build thread is running."""
+        return any(t.is_alive() for t in self._threads)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop building (after the expert in hand) and wait for the thread, so nothing is written
-        after the caller removes the cache."""
+        """Stop building (after the expert in hand) and wait for every build thread, so nothing is
+        written after the caller removes the cache."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
 
     def _background(self, profile: Profile, stop: threading.Event) -> None:
         _lower_priority(self.settings.nice)
@@ -140,7 +148,9 @@ class VariantWarmup:
         """Build every precision of `warm_order(profile)` on this thread (see the module docstring)."""
         stop = stop or threading.Event()
         factory = self._factory()
-        self.built, self.skipped, self.done = {}, {}, False
+        built: dict[Precision, int] = {}
+        skipped: dict[Precision, str] = {}
+        self.built, self.skipped, self.done = built, skipped, False  # this run's (an older one keeps its own)
         kind = self._fs_type(factory.directory)
         if kind in MEMORY_FILESYSTEMS:
             self.refused = f"the variant cache {factory.directory} is on {kind} (RAM): not built ahead"
@@ -152,7 +162,10 @@ class VariantWarmup:
         ]
         for precision in warm_order(profile):
             keys = [(layer, e, precision, precision.group(profile.group_size)) for layer, e in experts]
-            if not self._room_for(factory, precision, keys):
+            lacking = self._lacking_room(factory, keys)
+            if lacking:
+                skipped[precision] = lacking
+                log.warning("variants of %s not built ahead: %s", precision.value, lacking)
                 continue
             for count, key in enumerate(keys, 1):
                 if stop.is_set():
@@ -160,21 +173,21 @@ class VariantWarmup:
                 started = time.thread_time()
                 factory.ensure_file(key, self._device, remember=False)
                 self.cpu_seconds += time.thread_time() - started
-                self.built[precision] = count
-        self.done = True
-        log.info("variants built ahead: %s", self.describe())
+                built[precision] = count
+        if not stop.is_set():
+            self.done = True
+            log.info("variants built ahead: %s", self.describe())
 
-    def _room_for(self, factory: VariantFactory, precision: Precision, keys: list[VariantKey]) -> bool:
+    def _lacking_room(self, factory: VariantFactory, keys: list[VariantKey]) -> str:
+        """Why the files of `keys` not on disk yet do not fit (empty: they do)."""
         needed = factory.new_file_bytes(keys, self._device)
         free = self._free(factory.directory)
         if needed and needed + self.settings.reserve_bytes > free:
-            self.skipped[precision] = (
+            return (
                 f"needs {format_bytes(needed)}, {format_bytes(free)} free, "
                 f"{format_bytes(self.settings.reserve_bytes)} kept in reserve"
             )
-            log.warning("variants of %s not built ahead: %s", precision.value, self.skipped[precision])
-            return False
-        return True
+        return ""
 
     def describe(self) -> str:
         """For people: what is built ahead and what was skipped, and why."""
