@@ -148,3 +148,24 @@ def test_it_builds_on_its_own_thread_once_per_profile_and_stops(make_runtime) ->
     off = VariantWarmup(lambda: runtime.factory, "cpu", WarmupSettings(enabled=False))
     off.start(profile)
     assert not off.building and off.describe() == "off"
+
+
+def test_a_damaged_packed_file_is_counted_and_the_switch_serves_the_portable_one(
+    make_runtime, tmp_path
+) -> None:
+    int4 = Plan.uniform(LAYERS, EXPERTS, P.INT4, "cpu")
+    cold = make_runtime(variant_cache_dir=tmp_path / "cold")
+    cold.apply_plan(int4)
+    expected = cold.forward_logits(prompt_ids(6))
+    warm = make_runtime(variant_cache_dir=tmp_path / "warm")
+    warmup_for(warm).run(profile_of((P.INT4,)))
+    packed = warm.factory.packed_path((1, 2, P.INT4, 64), "cpu")
+    assert packed is not None
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2 :] = bytes(0xFF ^ b for b in data[len(data) // 2 :])  # the tensors, not the header
+    packed.write_bytes(bytes(data))
+    before = warm.factory.quantized
+    warm.apply_plan(int4)
+    assert warm.factory.integrity.status().damaged == 1 and not packed.exists()
+    assert warm.factory.quantized == before  # its portable file served it
+    torch.testing.assert_close(warm.forward_logits(prompt_ids(6)), expected, rtol=0, atol=0)
