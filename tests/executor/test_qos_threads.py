@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -305,3 +306,45 @@ def test_when_this_process_runs_niced_niced_time_counts(tmp_path) -> None:
     stat.ours_niced, stat.niced_neighbour = 1.0, 1.0  # all of us niced: the neighbour may be our equal
     assert others_after(stat, share) == pytest.approx(1.0, abs=0.02)
     assert machine_busy_seconds(str(stat.path), nice=False) == pytest.approx(0.0)
+
+
+def test_niced_threads_of_this_process_are_read_per_thread_and_an_ended_one_keeps_its_time(tmp_path) -> None:
+    from moeqos.executor.cpu_share import NicedThreads
+
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def task(tid: str, name: str, utime: int, stime: int, nice: int) -> None:
+        fields = ["S", *["0"] * 10, str(utime), str(stime), "0", "0", "20", str(nice), "1"]
+        (tmp_path / tid).mkdir(exist_ok=True)
+        (tmp_path / tid / "stat").write_text(f"{tid} ({name}) {' '.join(fields)} 0 0\n")
+
+    task("100", "python", 5 * ticks, ticks, 0)  # the decode threads: not niced
+    task("101", "variant warmup", 2 * ticks, ticks, 19)  # a name with a space and a ')'-free tail
+    task("102", "omp worker", ticks, 0, 19)
+    niced = NicedThreads(str(tmp_path))
+    assert niced() == pytest.approx(4.0)
+    (tmp_path / "102" / "stat").unlink()
+    (tmp_path / "102").rmdir()  # that thread ended: its time stays counted
+    task("101", "variant warmup", 3 * ticks, ticks, 19)
+    assert niced() == pytest.approx(5.0)
+    assert NicedThreads(str(tmp_path / "none"))() is None
+    live = NicedThreads()  # this process, read for real: a thread that nices itself and spins
+    before = live()
+
+    spun, read = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        start = time.thread_time()
+        while time.thread_time() - start < 0.3:
+            pass
+        spun.set()
+        read.wait(30)  # alive while read (a thread seen only after it ended is not counted)
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    spun.wait(60)
+    after = live()
+    read.set()
+    spinner.join()
+    assert before is not None and after is not None and after - before >= 0.2

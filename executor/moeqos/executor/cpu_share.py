@@ -14,8 +14,9 @@ higher nice value than ours still runs on a core, but the scheduler gives it a s
 core while our threads want it (CFS weights: 15 at nice 19 against our 1024 at nice 0, 110 at nice
 10), so counting it as a busy core would hand the core to work that yields it to us anyway. So the
 `nice` column (time of processes with a positive nice value) is left out, and so is this process's own
-niced time (the thread building variants ahead, moeqos.executor.variant_warmup, which the `own`
-reader counts and the machine puts in that column). When this process runs niced itself, its own time
+niced time (the threads building variants ahead, moeqos.executor.variant_warmup, and the ones their
+parallel ops start, which the `own` reader counts and the machine puts in that column; read per
+thread from /proc/self/task by `NicedThreads`). When this process runs niced itself, its own time
 lands in that column too and a neighbour's niceness relative to ours cannot be read from /proc/stat:
 then the column is counted, as any other busy time.
 """
@@ -26,6 +27,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 Reader = Callable[[], float | None]
 """Seconds of CPU time so far (summed over cores); None when it cannot be read."""
@@ -57,6 +59,32 @@ def runs_niced() -> bool:
         return os.getpriority(os.PRIO_PROCESS, 0) > 0
     except (AttributeError, OSError):  # not POSIX: nothing niced is told apart
         return True
+
+
+class NicedThreads:
+    """CPU seconds used by this process's threads that run with a positive nice value (Linux:
+    /proc/self/task); a thread that ended keeps its last reading (process_time keeps its time too),
+    one that started and ended between two readings is not seen (the builders live for minutes)."""
+
+    def __init__(self, tasks: str = "/proc/self/task") -> None:
+        self.tasks = Path(tasks)
+        self._seen: dict[str, float] = {}
+
+    def __call__(self) -> float | None:
+        try:
+            tids = os.listdir(self.tasks)
+        except OSError:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        for tid in tids:
+            try:
+                stat = (self.tasks / tid / "stat").read_text()
+            except OSError:  # ended since the listing
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on: the name may hold spaces
+            if int(fields[16]) > 0:  # field 19, nice
+                self._seen[tid] = (int(fields[11]) + int(fields[12])) / ticks  # fields 14, 15: utime, stime
+        return sum(self._seen.values())
 
 
 def usable_cores() -> int:

@@ -28,7 +28,7 @@ from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.tier import TierBudget
 from moeqos.executor.config import BatchLimits, ExecutorConfig, check_settings
-from moeqos.executor.cpu_share import CpuShare
+from moeqos.executor.cpu_share import CpuShare, NicedThreads
 from moeqos.executor.disk_room import check_writable
 from moeqos.executor.live_stats import LiveStats
 from moeqos.executor.metrics import ExecutorMetrics
@@ -295,7 +295,7 @@ async def start_executor(
         target,
         plan,
         knob,
-        CpuShare(own_niced=warmup.niced_seconds),
+        CpuShare(own_niced=NicedThreads()),
     )
     target.planning_target = qos.planning_target  # re-plans ask with headroom,
     target.planning_profile = qos.calibrated  # from the live-calibrated profile

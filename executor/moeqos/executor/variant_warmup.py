@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,13 +99,6 @@ class VariantWarmup:
         self.skipped: dict[Precision, str] = {}
         """Precisions left out, with the reason."""
         self.done = False
-        self.cpu_seconds = 0.0
-        """CPU seconds spent building so far, all at the lowered priority (moeqos.executor.cpu_share
-        leaves them out of this process's busy time when it leaves niced time out)."""
-
-    def niced_seconds(self) -> float:
-        """`cpu_seconds` (a reader for CpuShare's `own_niced`)."""
-        return self.cpu_seconds
 
     def start(self, profile: Profile) -> None:
         """Build `profile`'s variants in the background, unless off or already started for this
@@ -170,9 +162,7 @@ class VariantWarmup:
             for count, key in enumerate(keys, 1):
                 if stop.is_set():
                     return
-                started = time.thread_time()
                 factory.ensure_file(key, self._device, remember=False)
-                self.cpu_seconds += time.thread_time() - started
                 built[precision] = count
         if not stop.is_set():
             self.done = True
