@@ -16,12 +16,17 @@ from moeqos.api.server import Server
 from moeqos.core.precision import Precision
 from moeqos.executor.server import ExecutorHandle, ExecutorServerConfig, start_executor
 from moeqos.executor.service_measure import MeasureSettings
+from moeqos.executor.variant_warmup import WarmupSettings
 from moeqos.planner.server import PlannerServerConfig, start_planner
 
 T = TypeVar("T")
 
 FAST_MEASURE = MeasureSettings(tokens=64, quality_tokens=32, repeats=1, quality_precisions=(Precision.BF16,))
 """Profile measurement small enough for a 2-core CI box."""
+NO_WARMUP = WarmupSettings(enabled=False)
+"""No variants built ahead unless a test asks (tests/service/test_variants_ahead.py): a build in the
+background of every executor of the suite would load the CI box and add expert objects to the
+process that memory tests count."""
 
 
 class BackgroundLoop:
@@ -63,6 +68,7 @@ class Stack:
             measure=FAST_MEASURE,
             grace_seconds=2.0,
             profile_path=self.profile_path,
+            warmup=NO_WARMUP,
         )
         loader = overrides.pop("loader", None)
         config = replace(base, **overrides)

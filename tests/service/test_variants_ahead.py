@@ -10,7 +10,7 @@ from moeqos.client import ExecutorClient
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile
-from moeqos.executor.variant_warmup import warm_order
+from moeqos.executor.variant_warmup import WarmupSettings, warm_order
 
 from tests.service.service_harness import address
 
@@ -28,7 +28,9 @@ def wait_done(client: ExecutorClient, seconds: float = 120.0) -> str:
 def test_variants_are_built_ahead_once_serving_and_a_switch_then_quantizes_nothing(stack, tmp_path, capsys):
     from moeqos.cli.main import main
 
-    handle = stack.executor(tier_budgets={"cpu": 600_000, "disk": 0}, variant_cache_dir=tmp_path / "v")
+    handle = stack.executor(
+        tier_budgets={"cpu": 600_000, "disk": 0}, variant_cache_dir=tmp_path / "v", warmup=WarmupSettings()
+    )
     runtime = handle.servicer.served.ready()
     profile = Profile.from_json(stack.profile_path.read_text())
     order = warm_order(profile)
@@ -49,8 +51,6 @@ def test_variants_are_built_ahead_once_serving_and_a_switch_then_quantizes_nothi
 
 
 def test_with_warm_variants_off_nothing_is_built_ahead(stack, tmp_path):
-    from moeqos.executor.variant_warmup import WarmupSettings
-
     handle = stack.executor(
         tier_budgets={"cpu": 600_000, "disk": 0},
         variant_cache_dir=tmp_path / "v",
