@@ -104,6 +104,13 @@ class KvCache:
         ]
         self.width = width
 
+    def clear_padding(self, lengths: list[int]) -> None:
+        """Zero each row's left padding: the first W - n columns of a row holding n tokens."""
+        with torch.inference_mode():  # the buffers are inference tensors (written by forward passes)
+            for row, n in enumerate(lengths):
+                for buffer in (*self.keys, *self.values):
+                    buffer[row, :, : self.width - n] = 0  # [h, W - n, d]
+
     def keep_rows(self, rows: list[int], cut: int) -> None:
         """Keep only `rows` (in that order) and drop the first `cut` columns (padding in all of them)."""
         index = torch.tensor(rows, device=self.keys[0].device)  # [B']
