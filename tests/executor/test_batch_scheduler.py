@@ -46,6 +46,19 @@ def _batch_rows(runtime: ExecutorRuntime) -> list[int]:
     return rows
 
 
+def _passes(runtime: ExecutorRuntime) -> list[tuple[int, int]]:
+    """Records the token ids' shape [B, S] of every forward pass the runtime makes from now on."""
+    passes: list[tuple[int, int]] = []
+    forward = runtime.forward_logits
+
+    def recording(token_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        passes.append((int(token_ids.shape[0]), int(token_ids.shape[1])))
+        return forward(token_ids, *args, **kwargs)
+
+    runtime.forward_logits = recording  # type: ignore[method-assign]
+    return passes
+
+
 def _round_robin(streams: list[Iterator[GenerationEvent]]) -> list[list[GenerationEvent]]:
     """Read the streams one event at a time in turn (one thread) until every one has ended."""
     events: list[list[GenerationEvent]] = [[] for _ in streams]
@@ -60,13 +73,30 @@ def _round_robin(streams: list[Iterator[GenerationEvent]]) -> list[list[Generati
 
 
 def test_each_stream_of_a_batch_decodes_as_it_would_alone(runtime) -> None:
+    """The four prompts (5, 11, 3 and 8 tokens) arrive together: one left-padded prefill pass reads
+    them all, then one decode pass a step serves them all."""
     expected = [_alone(runtime, p, 10) for p in PROMPTS]
-    rows = _batch_rows(runtime)
+    passes = _passes(runtime)
     streams = [runtime.generate(p, _greedy(10)) for p in PROMPTS]
     got = _round_robin(streams)
     assert [_tokens(e) for e in got] == expected
-    assert max(rows) == len(PROMPTS)  # they really decoded together
+    assert [shape for shape in passes if shape[1] > 1] == [(len(PROMPTS), 11)]  # prefilled together
+    assert max(rows for rows, _ in passes) == len(PROMPTS)  # they really decoded together
     assert all(e[-1].stats is not None and e[-1].stats.finish_reason == "length" for e in got)
+
+
+def test_prompts_that_fit_one_chunk_together_prefill_together(make_runtime) -> None:
+    """A chunk of 16 tokens: 5 and 11 padded to 11 twice exceed it, so 5 reads alone, then 11 alone
+    (11 and 3 padded are 22), then 3 and 8 together (2 x 8); a 20-token prompt reads in two chunks
+    of its own. Every stream says what it says alone."""
+    runtime = make_runtime(batch=BatchLimits(prefill_chunk=16))
+    long = prompt_ids(20, seed=5)[0].tolist()
+    prompts = [*PROMPTS, long]
+    expected = [_alone(runtime, p, 6) for p in prompts]
+    passes = _passes(runtime)
+    got = _round_robin([runtime.generate(p, _greedy(6)) for p in prompts])
+    assert [_tokens(e) for e in got] == expected
+    assert [shape for shape in passes if shape[1] > 1] == [(1, 5), (1, 11), (2, 8), (1, 16), (1, 4)]
 
 
 def test_streams_join_and_leave_mid_decode(runtime) -> None:
@@ -108,8 +138,8 @@ def test_a_dropped_reader_cancels_its_stream(runtime) -> None:
 
 
 def test_a_plan_switch_between_steps_applies_to_every_stream(runtime) -> None:
-    """Steps are driven by hand: stream 0 prefills (one token) and decodes (another) in step 1,
-    stream 1 joins in step 2, so after 4 steps they hold 5 and 4 tokens when the plan changes."""
+    """Steps are driven by hand: both streams prefill together (one token each) and decode (another)
+    in step 1, so after 4 steps each holds 5 tokens when the plan changes."""
     switched = Plan.uniform(LAYERS, EXPERTS, "int4", "cpu")
     original = runtime.plan
 
@@ -122,7 +152,7 @@ def test_a_plan_switch_between_steps_applies_to_every_stream(runtime) -> None:
         runtime.apply_plan(original)
         return tokens
 
-    expected = [alone_switching_after(PROMPTS[0], 4), alone_switching_after(PROMPTS[1], 3)]
+    expected = [alone_switching_after(PROMPTS[0], 4), alone_switching_after(PROMPTS[1], 4)]
     unswitched = [_alone(runtime, p, 10) for p in PROMPTS[:2]]
     assert expected != unswitched  # the switch changes what they say, so the test can tell
     streams = [runtime.generate(p, _greedy(10)) for p in PROMPTS[:2]]

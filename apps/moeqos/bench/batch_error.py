@@ -7,7 +7,8 @@ The executor measures its profile first (MeasureProfile, latency only; the `batc
 reported), serving its start plan, which is not among the plans measured, so every pair is held out:
 its plan was never timed whole, and the batch steps the model interpolates were timed at other plans.
 For each plan (ApplyPlan) and each level of N streams, `repeats` bursts of N greedy requests of
-`max_tokens` tokens start together. Streams join the batch one prefill per step, so the measurement
+`max_tokens` tokens start together. Streams may join the batch over several steps (those arriving
+together prefill together, a late one in a later step), so the measurement
 window opens when the last stream has its first token (every stream decoding, one token per step each)
 and closes when the first stream has its last: measured aggregate = tokens arriving in the window /
 its seconds, per stream = aggregate / N (the best burst of the repeats: load only ever slows a step).
@@ -129,16 +130,20 @@ def window_rate(arrivals: Sequence[Sequence[float]]) -> float:
 
 
 async def measure_profile(address: str) -> tuple[Profile, float, float]:
-    """Measure the profile again (latency only): it, its seconds and the batch stage's seconds."""
+    """Measure the profile again (latency only): it, its seconds and the batch stage's seconds. Each
+    stage's seconds (every interval ending in one of its progress events) are noted as the next stage
+    reports, so a run cut short still says where the time went."""
     async with AsyncExecutorClient(address) as client:
         start = last = time.perf_counter()
-        stage_seconds = 0.0
+        seconds: dict[str, float] = {}
         async for event in client.measure_profile(timeout=None):
             now = time.perf_counter()
             if isinstance(event, Profile):
-                return event, now - start, stage_seconds
-            if event.stage == "batch":
-                stage_seconds = now - last
+                _note_stage(seconds)
+                return event, now - start, seconds.get("batch", 0.0)
+            if seconds and event.stage not in seconds:
+                _note_stage(seconds)
+            seconds[event.stage] = seconds.get(event.stage, 0.0) + now - last
             last = now
     raise RuntimeError("MeasureProfile ended without a profile")
 
@@ -167,6 +172,12 @@ async def drive(address: str, settings: ErrorSettings) -> ErrorReport:
                 f"{spec} at {streams} streams: predicted {predicted:.2f}, measured {max(runs):.2f} tok/s per stream"
             )
     return ErrorReport(tuple(pairs), seconds, batch_seconds)
+
+
+def _note_stage(seconds: dict[str, float]) -> None:
+    """Note the last stage timed so far (dicts keep their order)."""
+    stage = next(reversed(seconds))
+    _note(f"profile stage {stage}: {seconds[stage]:.1f} s")
 
 
 def _note(line: str) -> None:

@@ -38,14 +38,15 @@ class BatchCache:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def join(self, single: KvCache) -> None:
-        """Append a stream's own (one-row) cache as the last row, left-padding whichever side is
-        shorter so all rows share one width."""
+    def join(self, rows: KvCache, lengths: list[int] | None = None) -> None:
+        """Append the rows of a cache prefilled apart (a stream's own one-row cache, or left-padded rows
+        of `lengths` tokens each: moeqos.executor.batch_prefill) as the last rows, left-padding whichever
+        side is shorter so all rows share one width."""
         if self.cache is None:
-            self.cache = single
+            self.cache = rows
         else:
-            self.cache.append_rows(single)
-        self.lengths.append(single.width)
+            self.cache.append_rows(rows)
+        self.lengths += [rows.width] * rows.rows if lengths is None else lengths
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order), then drop the columns no remaining row uses."""

@@ -7,9 +7,10 @@ exclusive context, so a plan switch lands between two steps and applies to every
 1. streams cancelled (or abandoned by their reader) since the last step finish, leaving the batch;
 2. waiting streams are admitted while the batch has room (`max_batch` streams, `max_tokens` KV tokens
    reserved: prompt + max_tokens of each);
-3. the oldest admitted stream reads one chunk of its prompt into its own KV cache; after its last
-   chunk it takes its first token and joins the batch (moeqos.executor.batch_cache), so a long prompt
-   costs the others one chunk per step instead of stalling them;
+3. the oldest admitted streams whose prompts fit one chunk together read them in one forward pass,
+   take their first tokens and join the batch (moeqos.executor.batch_prefill,
+   moeqos.executor.batch_cache); a prompt longer than a chunk is read alone, one chunk per step, into
+   its own KV cache, so a long prompt costs the others one chunk per step instead of stalling them;
 4. one forward pass [B, 1] gives every batch row its next token, each stream sampling with its own
    parameters and generator and finishing on its own stop conditions (moeqos.executor.batch_stream).
 In the MoE blocks each expert runs once per step on every token routed to it (a disk-tier expert is
@@ -31,6 +32,7 @@ import torch
 from moeqos.core.errors import OverBudget
 from moeqos.core.service_types import GenerationEvent
 from moeqos.executor.batch_cache import BatchCache
+from moeqos.executor.batch_prefill import prefill_together
 from moeqos.executor.batch_stream import Phase, Stream
 from moeqos.executor.config import BatchLimits
 from moeqos.executor.kv_cache import KvCache
@@ -191,10 +193,47 @@ class BatchScheduler:
         return self.tokens_in_flight + stream.tokens_reserved <= self.limits.max_tokens
 
     def _prefill_chunk(self) -> None:
-        """One chunk of the oldest admitted stream's prompt; its first token and its row once read."""
+        """The admitted streams whose prompts fit one chunk together are read in one pass
+        (moeqos.executor.batch_prefill) and join the batch; else one chunk of the oldest one's prompt."""
         if not self._admitted:
             return
-        stream = self._admitted[0]
+        group = self._prefill_group()
+        if not group:
+            self._prefill_long(self._admitted[0])
+            return
+        logits, cache, lengths = prefill_together(
+            self._model, [s.prompt_ids for s in group], self._device
+        )  # [A, V]
+        rows = logits.to("cpu", torch.float32)  # [A, V]: one copy off the device
+        for stream, row in zip(group, rows, strict=True):
+            stream.read = len(stream.prompt_ids)
+            stream.take(row, self._plan_spec)  # row: [V]
+        del self._admitted[: len(group)]
+        joining = [i for i, s in enumerate(group) if s.phase is not Phase.DONE]  # done on a first token
+        if not joining:
+            return
+        lengths = [lengths[i] for i in joining]
+        if len(joining) < len(group):
+            cache.keep_rows(joining, cache.width - max(lengths))
+        self._cache.join(cache, lengths)
+        for i in joining:
+            group[i].phase = Phase.DECODING
+            self._batch.append(group[i])
+
+    def _prefill_group(self) -> list[Stream]:
+        """The oldest admitted streams not begun whose prompts, padded to the longest, fit one chunk
+        together (empty when the oldest has begun or its prompt alone needs more than one chunk)."""
+        group: list[Stream] = []
+        for stream in self._admitted:
+            width = max([len(stream.prompt_ids), *(len(s.prompt_ids) for s in group)])
+            if stream.read or (len(group) + 1) * width > self.limits.prefill_chunk:
+                break
+            group.append(stream)
+        return group
+
+    def _prefill_long(self, stream: Stream) -> None:
+        """One chunk of a prompt longer than a chunk, in the stream's own KV cache; its first token and
+        its row once read."""
         if stream.cache is None:
             stream.cache = KvCache()
         chunk = stream.prompt_ids[stream.read : stream.read + self.limits.prefill_chunk]

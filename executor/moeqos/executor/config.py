@@ -27,7 +27,9 @@ class BatchLimits:
     """KV tokens reserved at once, each generation reserving its prompt plus its max_tokens: one waits
     until its reservation fits, and one that cannot fit even alone is refused (RESOURCE_EXHAUSTED)."""
     prefill_chunk: int = 256
-    """Prompt tokens read per step, so a long prompt delays the streams decoding by one chunk a step."""
+    """Prompt tokens read per step (padding included): the prompts of streams joining together that
+    fit it are read in one pass, and a longer prompt one chunk a step, so it delays the streams
+    decoding by one chunk a step."""
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.max_tokens < 1 or self.prefill_chunk < 1:

@@ -104,6 +104,15 @@ class KvCache:
         ]
         self.width = width
 
+    def clear_padding(self, lengths: list[int]) -> None:
+        """Zero each row's left padding: the first W - n columns of a row holding n tokens."""
+        device = self.keys[0].device
+        start = self.width - torch.tensor(lengths, device=device)  # [B]: first real column
+        padding = torch.arange(self.width, device=device)[None, :] < start[:, None]  # [B, W]
+        with torch.inference_mode():  # the buffers are inference tensors (written by forward passes)
+            for buffer in (*self.keys, *self.values):
+                buffer[:, :, : self.width].masked_fill_(padding[:, None, :, None], 0)  # [B, h, W, d]
+
     def keep_rows(self, rows: list[int], cut: int) -> None:
         """Keep only `rows` (in that order) and drop the first `cut` columns (padding in all of them)."""
         index = torch.tensor(rows, device=self.keys[0].device)  # [B']
