@@ -129,10 +129,15 @@ class GemvPaths:
         with self._lock:
             if key not in self._ops:
                 ops = candidates(key[0])
-                timings = self.timer({name: lambda op=op: op(x, w) for name, op in ops.items()})
+                timings = self.timer({name: _bound(op, x, w) for name, op in ops.items()})
                 name = fastest(timings)
                 self.chosen[key], self._ops[key] = name, ops[name]
             return self._ops[key]
+
+
+def _bound(op: Op, x: Tensor, w: Tensor) -> Callable[[], object]:
+    """One call of `op` on these operands, for a timer."""
+    return lambda: op(x, w)
 
 
 PATHS = GemvPaths()
