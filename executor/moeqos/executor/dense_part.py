@@ -18,13 +18,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from moeqos.core.dense import DenseElement, DenseShapes, DenseStatus, DenseTable
 from moeqos.core.errors import PlanApplyFailed
 from moeqos.core.plan import Plan
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision
 from moeqos.executor.checkpoint import Checkpoint, CheckpointError
 from moeqos.executor.loader import TORCH_DTYPES
+from moeqos.executor.quant import gemv_paths
 from moeqos.executor.quant.linear import QuantLinear, quantize_linear
 from torch import Tensor, nn
 
@@ -61,9 +61,9 @@ class DenseSlot(nn.Module):
         view: Built | None = getattr(self._views, "modules", None)
         module = view.get(self.name, self.module) if view else self.module
         if x.dim() == 2 and type(module) is nn.Linear and module.bias is None:
-            # What nn.Linear runs for 2-D x (F.linear -> matmul -> mm), minus 4 aten calls of the
-            # wrappers: the own decode step's [B, H] activations come here 4 times a layer.
-            return torch.mm(x, module.weight.t())  # [B, out]
+            # The own decode step's [B, H] activations come here 4 times a layer: the op timed fastest
+            # for the shape (moeqos.executor.quant.gemv_paths), past nn.Linear's 4 wrapper aten calls.
+            return gemv_paths.matmul(x, module.weight)  # [B, out]
         if x.dim() > 2:
             # Flattened first: matmul does not fold a [B, 1, in] slice (prefill's last position) into
             # one mm when the weight needs no grad, and copies the whole weight into a bmm instead

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import torch
 import torch.nn.functional as F
+from moeqos.executor.quant import gemv_paths
 from moeqos.executor.quant.rtn import QuantizedWeight, dequantize
 from torch import Tensor
 
@@ -30,7 +30,8 @@ class Kernel(Protocol):
 
 
 class FloatKernel:
-    """fp32 / bf16 / fp16 weight: a plain F.linear in the weight's own dtype."""
+    """fp32 / bf16 / fp16 weight: x @ W.T in the weight's own dtype, through the op timed fastest for
+    the shape and row count (moeqos.executor.quant.gemv_paths)."""
 
     def __init__(self, q: QuantizedWeight) -> None:
         self.q = q
@@ -38,7 +39,7 @@ class FloatKernel:
     def matmul(self, x: Tensor) -> Tensor:
         weight = self.q.values  # [N, K]
         if x.dtype == weight.dtype:  # the usual case: no two no-op `to` calls (aten calls all the same)
-            return torch.mm(x, weight.t())  # [M, N]: what F.linear runs for 2-D x, 4 aten calls fewer
+            return gemv_paths.matmul(x, weight)  # [M, N]
         return F.linear(x.to(weight.dtype), weight).to(x.dtype)  # [M, N]
 
     def portable(self) -> QuantizedWeight:

@@ -1,10 +1,11 @@
 """`QuantLinear`: one weight matrix in one precision, computed with the fastest kernel that fits.
 
-Which kernel runs is a function of precision, shape and device only:
+Which kernel runs is a function of precision, shape and device only (within the float kernel, which
+torch op computes a few rows is chosen by timing at first use: moeqos.executor.quant.gemv_paths):
 
 | precision        | CPU                                   | CUDA                    |
 |------------------|---------------------------------------|-------------------------|
-| fp32, bf16, fp16 | F.linear in the weight's dtype        | same                    |
+| fp32, bf16, fp16 | `mm` or `mv`, timed (gemv_paths)      | `mm`                    |
 | int8             | `_weight_int8pack_mm` (K % 32 == 0)   | dequantize + F.linear   |
 | int4             | `_weight_int4pack_mm_for_cpu`         | `_weight_int4pack_mm`   |
 | int3, int2       | unpack per call + the int4 op         | same                    |

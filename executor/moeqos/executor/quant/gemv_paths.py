@@ -1,0 +1,149 @@
+"""Float x @ W.T for a few rows on the CPU, through whichever torch op is fastest here, chosen by timing.
+
+A decode step multiplies one row (or a few, batched) by every float weight: the attention projections,
+the lm head and bf16 experts. torch sends a 2-D `mm` in bf16 to oneDNN, which for one row is up to ~2x
+slower than `mv` on the same bytes (cpublas' gemv), and which op wins depends on the shape, the dtype,
+the row count and the thread count (README "Float matmuls for a few rows"). So each (rows, N, K, dtype,
+threads) is timed once at first use on the real operands, every candidate op in interleaved rounds, and
+the winner kept in a process-wide table. Threads are in the key because the QoS loop's thread knob
+changes them at run time.
+
+Candidates compute the same product from the same [N, K] weight (no second layout: a pre-transposed copy
+would double the bytes the byte contract counts): `mm` (torch's own route), `mv` (one row) and `mm_wx`
+(W @ x.T, transposed back; the gemm with the weight as the left operand). oneDNN's non-default route for
+`mm` is not among them: torch selects it only through a process-wide flag, which one thread cannot flip
+without changing every other thread's matmuls. More than `MAX_ROWS` rows (prefill), other devices and
+non-contiguous weights take `mm` without timing.
+
+Shape legend: M rows of activations, K input features, N output features.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+Op = Callable[[Tensor, Tensor], Tensor]
+"""x [M, K], w [N, K] -> x @ w.T [M, N], contiguous."""
+
+Key = tuple[int, int, int, torch.dtype, int]
+"""(M, N, K, dtype, threads) of one timed choice."""
+
+Timer = Callable[[Mapping[str, Callable[[], object]]], dict[str, float]]
+"""Candidate name -> one call of it, to seconds per call of each (tests inject fake timings)."""
+
+MAX_ROWS = 16
+"""Above this many rows the product is a real GEMM and `mm` is taken without timing."""
+
+MARGIN = 0.9
+"""Another op replaces `mm` only when it times below MARGIN x mm's time: near a tie the timing is noise
+and torch's own route stays."""
+
+
+def _mm(x: Tensor, w: Tensor) -> Tensor:
+    return torch.mm(x, w.t())  # [M, N]
+
+
+def _mv(x: Tensor, w: Tensor) -> Tensor:
+    return torch.mv(w, x[0])[None]  # [1, N]
+
+
+def _mm_wx(x: Tensor, w: Tensor) -> Tensor:
+    y = torch.mm(w, x.t()).t()  # [M, N], strides (1, M)
+    return y if x.shape[0] == 1 else y.contiguous()  # one row is contiguous already
+
+
+CANDIDATES: Mapping[str, Op] = {"mm": _mm, "mv": _mv, "mm_wx": _mm_wx}
+"""Every op that may compute x @ w.T; `mm` first (the default and the reference for MARGIN)."""
+
+
+def candidates(rows: int) -> dict[str, Op]:
+    """The candidate ops for `rows` rows (`mv` takes exactly one)."""
+    return {name: op for name, op in CANDIDATES.items() if name != "mv" or rows == 1}
+
+
+def wall_timer(rounds: int = 5, budget_s: float = 2e-4) -> Timer:
+    """A timer of candidates in `rounds` interleaved rounds (a burst of load elsewhere then slows all of
+    them alike), each run of enough calls to last about `budget_s`; per candidate the best round (the
+    best, not the mean: other processes only ever add time)."""
+
+    def measure(calls: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+        repeats = {name: _calls_in(call, budget_s) for name, call in calls.items()}
+        best = dict.fromkeys(calls, float("inf"))
+        for _ in range(rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                for _ in range(repeats[name]):
+                    call()
+                best[name] = min(best[name], (time.perf_counter() - start) / repeats[name])
+        return best
+
+    return measure
+
+
+def _calls_in(call: Callable[[], object], budget_s: float) -> int:
+    """How many calls of `call` last about `budget_s` (1 to 64), after one warm-up call (first-call
+    allocations, the thread pool's start)."""
+    call()
+    start = time.perf_counter()
+    call()
+    return max(1, min(64, int(budget_s / max(time.perf_counter() - start, 1e-7))))
+
+
+def fastest(timings: Mapping[str, float]) -> str:
+    """The chosen candidate of measured seconds per call: the fastest, unless it beats `mm` (when timed)
+    by less than MARGIN."""
+    best = min(timings, key=lambda name: timings[name])
+    if "mm" in timings and timings[best] >= MARGIN * timings["mm"]:
+        return "mm"
+    return best
+
+
+class GemvPaths:
+    """The table of chosen ops, filled by timing at first use of each key."""
+
+    def __init__(self, timer: Timer | None = None) -> None:
+        self.timer = timer or wall_timer()
+        self.chosen: dict[Key, str] = {}
+        """Key -> name of the op it runs (read without the lock: a dict lookup is atomic)."""
+        self._ops: dict[Key, Op] = {}
+        self._lock = threading.Lock()
+
+    def matmul(self, x: Tensor, w: Tensor) -> Tensor:
+        """x [M, K] @ w [N, K].T -> [M, N] in their common dtype, through the op chosen for this key."""
+        rows = x.shape[0]
+        if rows > MAX_ROWS or x.device.type != "cpu" or not w.is_contiguous():
+            return torch.mm(x, w.t())  # [M, N]
+        key = (rows, w.shape[0], w.shape[1], w.dtype, torch.get_num_threads())
+        op = self._ops.get(key)
+        if op is None:
+            op = self._choose(key, x, w)
+        return op(x, w)  # [M, N]
+
+    def _choose(self, key: Key, x: Tensor, w: Tensor) -> Op:
+        # One thread times at a time: two timings at once would each slow the other's candidates.
+        with self._lock:
+            if key not in self._ops:
+                ops = candidates(key[0])
+                timings = self.timer({name: _bound(op, x, w) for name, op in ops.items()})
+                name = fastest(timings)
+                self.chosen[key], self._ops[key] = name, ops[name]
+            return self._ops[key]
+
+
+def _bound(op: Op, x: Tensor, w: Tensor) -> Callable[[], object]:
+    """One call of `op` on these operands, for a timer."""
+    return lambda: op(x, w)
+
+
+PATHS = GemvPaths()
+"""The process's table: every float kernel and dense slot of a shape shares one timing."""
+
+
+def matmul(x: Tensor, w: Tensor) -> Tensor:
+    """x [M, K] @ w [N, K].T -> [M, N] through the process table (see `GemvPaths.matmul`)."""
+    return PATHS.matmul(x, w)

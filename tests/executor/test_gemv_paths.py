@@ -1,0 +1,119 @@
+"""The float few-row matmul paths (moeqos.executor.quant.gemv_paths): every candidate op against the
+pure-torch reference, and the chooser's table against injected timings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+
+import pytest
+import torch
+from moeqos.core.precision import Precision
+from moeqos.executor.dense_part import DenseSlot
+from moeqos.executor.quant import gemv_paths, quantize_linear
+from moeqos.executor.quant.gemv_paths import CANDIDATES, MAX_ROWS, GemvPaths, candidates, fastest
+from moeqos.executor.quant.reference import kernel_error_bound, reference_linear, relative_error
+
+DTYPES = {torch.float32: Precision.FP32, torch.bfloat16: Precision.BF16, torch.float16: Precision.FP16}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("shape", [(64, 128), (192, 576), (576, 1536), (3, 7), (1, 1)], ids=str)
+def test_every_candidate_matches_the_reference(shape: tuple[int, int], rows: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(rows * 1000 + shape[0])
+    weight = torch.randn(shape, generator=gen).to(dtype)  # [N, K]
+    x = torch.randn(rows, shape[1], generator=gen).to(dtype)  # [M, K]
+    expected = reference_linear(x, weight)  # [M, N] fp32
+    ops = candidates(rows)
+    assert set(ops) == (set(CANDIDATES) if rows == 1 else set(CANDIDATES) - {"mv"})
+    for name, op in ops.items():
+        y = op(x, weight)
+        assert y.shape == (rows, shape[0]) and y.dtype == dtype and y.is_contiguous(), name
+        assert relative_error(y, expected) <= kernel_error_bound(DTYPES[dtype], dtype), name
+
+
+def fake_timer(seconds: Mapping[str, float], calls: list[set[str]]) -> gemv_paths.Timer:
+    """Times from `seconds`, each candidate called once (its result must still be computed), and every
+    timing's candidate names recorded in `calls`."""
+
+    def measure(ops: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+        calls.append(set(ops))
+        return {name: seconds[name] if ops[name]() is not None else 0.0 for name in ops}
+
+    return measure
+
+
+def test_the_chooser_takes_the_fastest_and_times_each_key_once() -> None:
+    calls: list[set[str]] = []
+    paths = GemvPaths(fake_timer({"mm": 3.0, "mv": 1.0, "mm_wx": 2.0}, calls))
+    w = torch.randn(48, 32, dtype=torch.bfloat16)  # [N, K]
+    one, two = torch.randn(1, 32, dtype=torch.bfloat16), torch.randn(2, 32, dtype=torch.bfloat16)
+    for _ in range(3):
+        torch.testing.assert_close(paths.matmul(one, w), one @ w.T, rtol=0.02, atol=0.02)
+        paths.matmul(two, w)
+    threads = torch.get_num_threads()
+    assert paths.chosen == {
+        (1, 48, 32, torch.bfloat16, threads): "mv",
+        (2, 48, 32, torch.bfloat16, threads): "mm_wx",  # mv takes one row only
+    }
+    assert calls == [{"mm", "mv", "mm_wx"}, {"mm", "mm_wx"}]
+
+
+def test_mm_stays_unless_another_op_beats_it_by_the_margin() -> None:
+    assert fastest({"mm": 1.0, "mv": 0.95, "mm_wx": 0.93}) == "mm"
+    assert fastest({"mm": 1.0, "mv": 0.5, "mm_wx": 0.93}) == "mv"
+    assert fastest({"mm": 1.0, "mv": 1.5, "mm_wx": 2.0}) == "mm"
+
+
+def test_a_thread_count_change_is_timed_again() -> None:
+    calls: list[set[str]] = []
+    paths = GemvPaths(fake_timer({"mm": 1.0, "mv": 0.1, "mm_wx": 2.0}, calls))
+    x, w = torch.randn(1, 16), torch.randn(8, 16)  # [M, K], [N, K]
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            paths.matmul(x, w)
+    finally:
+        torch.set_num_threads(before)
+    assert {key[-1] for key in paths.chosen} == {1, 2}
+    assert len(calls) == 2
+
+
+def test_prefill_rows_and_strided_weights_take_mm_untimed() -> None:
+    calls: list[set[str]] = []
+    paths = GemvPaths(fake_timer({"mm": 1.0, "mv": 0.1, "mm_wx": 0.1}, calls))
+    w = torch.randn(16, 8)  # [N, K]
+    x = torch.randn(MAX_ROWS + 1, 8)  # [M, K]
+    torch.testing.assert_close(paths.matmul(x, w), x @ w.T)
+    torch.testing.assert_close(paths.matmul(x[:1], w.t().contiguous().t()), x[:1] @ w.T)
+    assert calls == [] and paths.chosen == {}
+
+
+def test_float_kernels_compute_through_the_process_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[set[str]] = []
+    monkeypatch.setattr(
+        gemv_paths, "PATHS", GemvPaths(fake_timer({"mm": 1.0, "mv": 0.1, "mm_wx": 2.0}, calls))
+    )
+    weight = torch.randn(32, 64)  # [N, K]
+    x = torch.randn(1, 64).to(torch.bfloat16)  # [M, K]
+    y = quantize_linear(weight, Precision.BF16)(x)
+    assert relative_error(y, reference_linear(x, weight.to(torch.bfloat16))) <= 1e-2
+    assert gemv_paths.PATHS.chosen == {(1, 32, 64, torch.bfloat16, torch.get_num_threads()): "mv"}
+
+
+def test_dense_slots_of_the_checkpoint_module_compute_through_the_process_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[set[str]] = []
+    monkeypatch.setattr(
+        gemv_paths, "PATHS", GemvPaths(fake_timer({"mm": 1.0, "mv": 2.0, "mm_wx": 0.1}, calls))
+    )
+    linear = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16)  # weight [N, K]
+    slot = DenseSlot("model.layers.0.self_attn.q_proj", linear, None, threading.local())
+    x = torch.randn(1, 64).to(torch.bfloat16)  # [M, K]
+    with torch.inference_mode():
+        y = slot(x)
+    assert relative_error(y, reference_linear(x, linear.weight)) <= 1e-2
+    assert gemv_paths.PATHS.chosen == {(1, 32, 64, torch.bfloat16, torch.get_num_threads()): "mm_wx"}
