@@ -8,6 +8,7 @@ import pytest
 import torch
 from moeqos.core.plan import Plan
 from moeqos.executor.fast_decode import DecodeRmsNorm, _rotated
+from moeqos.executor.quant import gemv_paths
 from moeqos.executor.runtime import ExecutorRuntime
 from torch.profiler import profile
 from transformers.models.mixtral.modeling_mixtral import MixtralRMSNorm, apply_rotary_pos_emb
@@ -49,7 +50,11 @@ def _ops_per_step(runtime: ExecutorRuntime) -> int:
     return sum(1 for event in prof.events() if event.name.startswith("aten::"))
 
 
-def test_decode_step_op_count_stays_trimmed(make_runtime) -> None:
+@pytest.mark.parametrize("path", list(gemv_paths.CANDIDATES))
+def test_decode_step_op_count_stays_trimmed(make_runtime, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Whichever op the float few-row table chooses (moeqos.executor.quant.gemv_paths)."""
+    timer = lambda ops: {name: 0.1 if name == path else 1.0 for name in ops}  # noqa: E731
+    monkeypatch.setattr(gemv_paths, "PATHS", gemv_paths.GemvPaths(timer))
     runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
     assert runtime.decoder is not None
     ops = _ops_per_step(runtime)

@@ -12,8 +12,8 @@ Candidates compute the same product from the same [N, K] weight (no second layou
 would double the bytes the byte contract counts): `mm` (torch's own route), `mv` (one row) and `mm_wx`
 (W @ x.T, transposed back; the gemm with the weight as the left operand). oneDNN's non-default route for
 `mm` is not among them: torch selects it only through a process-wide flag, which one thread cannot flip
-without changing every other thread's matmuls. More than `MAX_ROWS` rows (prefill), other devices and
-non-contiguous weights take `mm` without timing.
+without changing every other thread's matmuls. More than `MAX_ROWS` rows (prefill), other devices,
+non-contiguous weights and activations with strided rows take `mm` without timing.
 
 Shape legend: M rows of activations, K input features, N output features.
 """
@@ -48,13 +48,16 @@ def _mm(x: Tensor, w: Tensor) -> Tensor:
     return torch.mm(x, w.t())  # [M, N]
 
 
+# One row: `view`s rather than x[0] / x.t() / [None] (5 and 4 aten ops against 7 and 9; the decode
+# step is counted in aten ops, tests/executor/test_decode_ops.py).
 def _mv(x: Tensor, w: Tensor) -> Tensor:
-    return torch.mv(w, x[0])[None]  # [1, N]
+    return torch.mv(w, x.view(-1)).view(1, -1)  # [1, N]
 
 
 def _mm_wx(x: Tensor, w: Tensor) -> Tensor:
-    y = torch.mm(w, x.t()).t()  # [M, N], strides (1, M)
-    return y if x.shape[0] == 1 else y.contiguous()  # one row is contiguous already
+    if x.shape[0] == 1:
+        return torch.mm(w, x.view(-1, 1)).view(1, -1)  # [1, N]
+    return torch.mm(w, x.t()).t().contiguous()  # [M, N]
 
 
 CANDIDATES: Mapping[str, Op] = {"mm": _mm, "mv": _mv, "mm_wx": _mm_wx}
@@ -116,7 +119,7 @@ class GemvPaths:
     def matmul(self, x: Tensor, w: Tensor) -> Tensor:
         """x [M, K] @ w [N, K].T -> [M, N] in their common dtype, through the op chosen for this key."""
         rows = x.shape[0]
-        if rows > MAX_ROWS or x.device.type != "cpu" or not w.is_contiguous():
+        if rows > MAX_ROWS or x.device.type != "cpu" or not w.is_contiguous() or x.stride(-1) != 1:
             return torch.mm(x, w.t())  # [M, N]
         key = (rows, w.shape[0], w.shape[1], w.dtype, torch.get_num_threads())
         op = self._ops.get(key)
