@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision, expert_bytes
-from moeqos.executor import calibration_design, dense_profile
-from moeqos.executor.profiling import quant_errors, route_calibration
+from moeqos.executor import calibration_design, dense_profile, profiling
+from moeqos.executor.profiling import route_calibration
 from moeqos.executor.quant import QuantExpert
 
 from tests.executor.tiny import EXPERTS, LAYERS, prompt_ids
@@ -91,7 +91,15 @@ def test_the_stages_quantize_each_variant_once_and_measure_what_they_measured_ap
     monkeypatch.setattr(calibration_design, "NEARLY_LOSSLESS", -math.inf)
     counter = QuantizationsAfterBatch(monkeypatch, runtime.factory)
     dense_seen = _recorded_dense_evaluations(monkeypatch)
-    plans = [_uniform(p) for p in (Precision.INT8, Precision.FP32, Precision.INT4)]
+    direct_asked: list[tuple[Precision, ...]] = []
+    measure_directly = profiling.quant_errors
+
+    def recorded(runtime, captured, precisions, *args):
+        direct_asked.append(tuple(precisions))
+        return measure_directly(runtime, captured, precisions, *args)
+
+    monkeypatch.setattr(profiling, "quant_errors", recorded)
+    plans = [_uniform(p) for p in (Precision.INT4, Precision.INT8, Precision.FP32)]
     profile = runtime.profile(
         IDS,
         "tiny",
@@ -110,26 +118,26 @@ def test_the_stages_quantize_each_variant_once_and_measure_what_they_measured_ap
     assert specs[:3] == [p.to_spec() for p in plans]
     assert len(specs) > 3 and all(len(_precisions(s)) == 2 for s in specs[3:])
     assert {"quant_error", "quality", "design", "dense"} <= set(counter.stages)
-    # each lossy variant is quantized at most once, by the factory (earlier stages may have built
-    # some already), for its errors, its uniform plan and its designs alike: measured apart, the
-    # errors quantized every expert once more on the side, and the designs of a precision measured
-    # before the last uniform plan quantized theirs again; fp32's errors are measured directly
+    # the lossy errors are measured on the factory's variants, not quantized once more on the side
+    assert direct_asked == [(Precision.FP32,)]
+    assert counter.counts[Precision.INT8] == counter.by_factory(Precision.INT8) > 0
+    # each lossy variant is quantized at most once for its errors, its uniform plan and its designs;
+    # int4's not at all (the sensitivity stage built them): measured after every uniform plan, as
+    # before, its designs quantized their experts again (int8's flushed them from the cache)
     assert counter.variants and max(counter.variants.values()) == 1
-    for p in (Precision.INT8, Precision.INT4):
-        assert counter.counts[p] == counter.by_factory(p)
-    assert counter.counts[Precision.FP32] > 0
+    assert counter.counts[Precision.INT4] == 0
     # the dense stage measured every lossy element but not its base, the served plan, again
     served = runtime.plan.to_spec()
     assert dense_seen and served not in dense_seen and served in specs
 
     monkeypatch.undo()
     _, captured = route_calibration(runtime, IDS, 48, 32, _no_progress)
-    direct = quant_errors(runtime, captured, PRECISIONS, runtime.plan.group_size, _no_progress)
+    direct = profiling.quant_errors(runtime, captured, PRECISIONS, runtime.plan.group_size, _no_progress)
     for p in PRECISIONS:
         for row, expected in zip(profile.quant_error[p], direct[p], strict=True):
             assert row == pytest.approx(expected, rel=1e-5, abs=1e-7)
     base = dense_profile.evaluate(runtime, IDS, runtime.plan, 48, None, 0).perplexity
-    assert profile.quality_points[1].perplexity == pytest.approx(base, rel=1e-9)
+    assert profile.quality_points[2].perplexity == pytest.approx(base, rel=1e-9)
 
 
 def _precisions(spec: str) -> set[Precision]:
