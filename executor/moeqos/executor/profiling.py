@@ -25,7 +25,6 @@ The plan served is pinned throughout (`Measurable.serving`), its dense part in t
 from __future__ import annotations
 
 import datetime
-import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ from moeqos.executor.moe import observed
 from moeqos.executor.quality_points import measure_quality, uniform_precision
 from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
 from moeqos.executor.sensitivity import layer_kl
-from moeqos.executor.variant_errors import ReferenceOutputs, variant_errors
+from moeqos.executor.variant_errors import ReferenceOutputs, content_hash, variant_errors
 
 Progress = Callable[[str, float], None]
 
@@ -126,7 +125,7 @@ def quant_errors(
         layer_errors = []
         for expert in range(runtime.num_experts):
             weights = runtime.factory.read_weights(layer, expert)
-            key = _content_hash(weights)
+            key = content_hash(weights)
             if key not in measured:
                 measured[key] = _expert_errors(runtime, weights, x, precisions, group_size)
             layer_errors.append(measured[key])
@@ -134,16 +133,6 @@ def quant_errors(
             row.append(tuple(e[p] for e in layer_errors))
         progress("quant_error", (layer + 1) / runtime.num_layers)
     return {p: tuple(row) for p, row in rows.items()}
-
-
-def _content_hash(weights: Sequence[torch.Tensor]) -> str:
-    """A digest of the tensors' dtypes, shapes and bytes (bitwise identity, not closeness)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for w in weights:
-        flat = w.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{w.dtype}{tuple(w.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _expert_errors(
