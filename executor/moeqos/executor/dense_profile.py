@@ -41,14 +41,17 @@ def dense_costs(
     window: int,
     repeats: int,
     progress: Progress,
+    base: float | None = None,
 ) -> tuple[DenseCost, ...]:
     """DenseCosts of every element in the dense precision and each of `precisions` (see the module
-    docstring), perplexities on `ids` in windows of `window` tokens."""
+    docstring), perplexities on `ids` in windows of `window` tokens; `base`: the served plan's
+    perplexity there when the caller measured it already (else measured here)."""
     part, served = runtime.dense, runtime.plan
     dense = part.dense
     wanted = [dense, *(p for p in precisions if p != dense)]
     table = part.table(served.group_size)
-    base = evaluate(runtime, ids, served.with_dense(()), window, None, 0).perplexity
+    if base is None:
+        base = evaluate(runtime, ids, served.with_dense(()), window, None, 0).perplexity
     costs = []
     steps = len(DenseElement) * len(wanted)
     for element in DenseElement:

@@ -1,17 +1,21 @@
 """Build a `moeqos.core.profile.Profile`: what the planner needs to know about this executor and model.
 
 Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
-expert calls and capturing hidden states entering each MoE layer), `quant_error` (every expert in each
-profiled precision against fp32 on the captured states; experts with bitwise identical weights, as in a
-sparse-upcycled model, are measured once per layer), `sensitivity` (the output KL divergence when one
-layer's experts lose precision, moeqos.executor.sensitivity, on the first `sensitivity_tokens`
-calibration tokens), `call_costs`, `load_costs`, `fixed` (with the
+expert calls and capturing hidden states entering each MoE layer), `sensitivity` (the output KL
+divergence when one layer's experts lose precision, moeqos.executor.sensitivity, on the first
+`sensitivity_tokens` calibration tokens), `call_costs`, `load_costs`, `fixed` (with the
 call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
-tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), `quality`
-(perplexity of the given plans on `quality_ids`, labelled `quality_corpus`), `design` (then of the mixed
-plans moeqos.executor.calibration_design derives from the signal and the uniform plans' increases, when
-the sensitivity was measured), `dense` (each dense element's time and perplexity effect per precision,
-moeqos.executor.dense_profile, with `dense_precisions` given).
+tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), then
+`quant_error` (every expert in each profiled precision against fp32 on the captured states),
+`quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`) and `design`
+(then of the mixed plans moeqos.executor.calibration_design derives from the signal and the uniform
+plans' increases, when the sensitivity was measured) interleaved so that each variant is quantized
+once (moeqos.executor.quality_points, moeqos.executor.variant_errors: a precision's errors on the
+variants its uniform plan then takes from the memory cache, its designs right after that plan; the
+errors of precisions without a uniform plan first, experts with bitwise identical weights, as in a
+sparse-upcycled model, measured once per layer there), `dense` (each dense element's time and
+perplexity effect per precision, moeqos.executor.dense_profile, with `dense_precisions` given; its base
+is the served plan's quality point when one was measured).
 Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
 precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
 The plan served is pinned throughout (`Measurable.serving`), its dense part in the dense precision; the frequency and timing passes run
@@ -21,8 +25,7 @@ The plan served is pinned throughout (`Measurable.serving`), its dense part in t
 from __future__ import annotations
 
 import datetime
-import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,15 +36,16 @@ from moeqos.core.profile import CallCost, Grid, LoadCost, Profile, QualityPoint
 from moeqos.core.sensitivity import signal_grids
 from moeqos.core.tier import DISK, TierBudget
 from moeqos.executor.batch_costs import measure_batch
-from moeqos.executor.calibration_design import designed_plans, uniform_increases
+from moeqos.executor.calibration_design import designed_plans
 from moeqos.executor.costs import calibrate, call_costs, load_costs
 from moeqos.executor.dense_profile import DENSE_PRECISIONS, dense_costs
 from moeqos.executor.disk_calibration import calibrate_loads
-from moeqos.executor.evaluation import evaluate
 from moeqos.executor.measurement import Measurable
 from moeqos.executor.moe import observed
+from moeqos.executor.quality_points import measure_quality, uniform_precision
 from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
 from moeqos.executor.sensitivity import layer_kl
+from moeqos.executor.variant_errors import ReferenceOutputs, content_hash, variant_errors
 
 Progress = Callable[[str, float], None]
 
@@ -121,7 +125,7 @@ def quant_errors(
         layer_errors = []
         for expert in range(runtime.num_experts):
             weights = runtime.factory.read_weights(layer, expert)
-            key = _content_hash(weights)
+            key = content_hash(weights)
             if key not in measured:
                 measured[key] = _expert_errors(runtime, weights, x, precisions, group_size)
             layer_errors.append(measured[key])
@@ -129,16 +133,6 @@ def quant_errors(
             row.append(tuple(e[p] for e in layer_errors))
         progress("quant_error", (layer + 1) / runtime.num_layers)
     return {p: tuple(row) for p, row in rows.items()}
-
-
-def _content_hash(weights: Sequence[torch.Tensor]) -> str:
-    """A digest of the tensors' dtypes, shapes and bytes (bitwise identity, not closeness)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for w in weights:
-        flat = w.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{w.dtype}{tuple(w.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _expert_errors(
@@ -207,7 +201,6 @@ def build_profile(
         ids = runtime.encode(calibration_ids)[:max_tokens]
         window = min(window, runtime.context_length)
         frequency, captured = route_calibration(runtime, ids, window, capture_tokens, progress)
-        errors = quant_errors(runtime, captured, chosen, runtime.plan.group_size, progress)
         reference = max((p for p in chosen if p.is_float), key=lambda p: p.bits, default=Precision.BF16)
         kl_precisions = [p for p in sensitivity_precisions if p in chosen and not p.is_float]
         kl = (
@@ -220,17 +213,25 @@ def build_profile(
             runtime, ids, captured[0], chosen, repeats, timings.fixed, timings.calls
         )
         progress("batch", 1.0)
-        label = quality_corpus or corpus_name
-        points = quality(runtime, quality_plans, quality_ids or ids, label, window, progress)
-        if kl and points:
-            increases = uniform_increases(quality_plans, [q.perplexity for q in points], reference)
-            signal = signal_grids(frequency, errors, kl, chosen)
-            designs = designed_plans(signal, reference, increases, kl, device, runtime.plan.group_size)
-            points += quality(runtime, designs, quality_ids or ids, label, window, progress, "design")
-        lossy = [p for p in dense_precisions if p in chosen]
-        dense_part = (
-            dense_costs(runtime, lossy, quality_ids or ids, window, repeats, progress) if lossy else ()
+        label, scored = quality_corpus or corpus_name, quality_ids or ids
+        errors, points = _errors_and_quality(
+            runtime,
+            captured,
+            chosen,
+            reference,
+            frequency,
+            kl,
+            quality_plans,
+            scored,
+            label,
+            window,
+            progress,
         )
+        lossy = [p for p in dense_precisions if p in chosen]
+        # the dense stage's base is the served plan on the same tokens: measured already when it is one
+        # of the quality plans (the bench's and a fresh executor's all-bf16)
+        base = next((q.perplexity for q in points if q.plan_spec == runtime.plan.to_spec()), None)
+        dense_part = dense_costs(runtime, lossy, scored, window, repeats, progress, base) if lossy else ()
         return Profile(
             model=runtime.model,
             hardware=runtime.hardware,
@@ -288,20 +289,48 @@ def measure_timings(
     return Timings(fixed, costs, loads)
 
 
-def quality(
+def _errors_and_quality(
     runtime: Measurable,
+    captured: list[torch.Tensor],
+    chosen: Sequence[Precision],
+    reference: Precision,
+    frequency: Grid,
+    kl: dict[Precision, tuple[float, ...]],
     plans: Sequence[Plan],
     ids: list[int],
-    corpus: str,
+    label: str,
     window: int,
     progress: Progress,
-    stage: str = "quality",
-) -> list[QualityPoint]:
-    """The perplexity of each of `plans` on `ids` (windows of `window` tokens), labelled `corpus`,
-    reported as `stage`."""
-    points = []
-    for done, plan in enumerate(plans):
-        result = evaluate(runtime, ids, plan, window, None, 0)
-        points.append(QualityPoint(plan.to_spec(), result.perplexity, corpus, result.tokens))
-        progress(stage, (done + 1) / len(plans))
-    return points
+) -> tuple[dict[Precision, Grid], list[QualityPoint]]:
+    """(quantization errors of `chosen`, quality points of `plans` and their designs): the stages
+    `quant_error`, `quality` and `design` sharing their quantization. A lossy precision with a uniform
+    plan among `plans` has its errors measured on the variants that plan then takes from the memory
+    cache (moeqos.executor.variant_errors), right before it; the others (and the float precisions:
+    cheap, and the served plan's experts are not built) are measured directly, first."""
+    group_size = runtime.plan.group_size
+    uniform = {uniform_precision(plan) for plan in plans}
+    shared = [p for p in chosen if p in uniform and not p.is_float]
+    direct = [p for p in chosen if p not in shared]
+    share = len(direct) / len(chosen)
+    errors = (
+        quant_errors(runtime, captured, direct, group_size, lambda s, f: progress(s, f * share))
+        if direct
+        else {}
+    )
+    references = ReferenceOutputs(runtime, captured)
+
+    def before(precision: Precision) -> None:
+        if precision in shared and precision not in errors:
+            errors[precision] = variant_errors(runtime, references, precision)
+            progress("quant_error", len(errors) / len(chosen))
+
+    def designer(increases: Mapping[Precision, float]) -> list[Plan]:
+        if not kl:
+            return []
+        signal = signal_grids(frequency, errors, kl, [q for q in increases if q in errors])
+        return designed_plans(signal, reference, increases, kl, runtime.config.device, group_size)
+
+    points = measure_quality(
+        runtime, plans, ids, label, window, progress, reference, designer if kl else None, kl, before
+    )
+    return {p: errors[p] for p in chosen}, points
