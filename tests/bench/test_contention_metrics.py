@@ -27,6 +27,8 @@ def test_recovery_counts_from_the_start_to_three_windows_in_a_row() -> None:
     assert recovery_seconds(rates, 8, start=2.5, stop=11) == pytest.approx(4.5)
     assert recovery_seconds([10] * 8, 8, start=2.0, stop=8) == 0.0
     assert recovery_seconds([10, 10, 4, 4, 4, 10, 10, 10], 8, start=2.0, stop=5) is None
+    # a miss only after the neighbour stopped is not the neighbour's: the floor was never lost
+    assert recovery_seconds([10, 10, 10, 10, 10, 4, 10, 10], 8, start=2.0, stop=5) == 0.0
 
 
 def test_quality_back_after_the_stop() -> None:

@@ -66,10 +66,11 @@ def window_rates(token_times: Sequence[float], end: float) -> list[int]:
 
 def recovery_seconds(rates: Sequence[int], floor: float, start: float, stop: float) -> float | None:
     """Seconds from `start` to the first of RECOVERED_WINDOWS windows in a row meeting `floor` after the
-    first miss (0: no window missed from `start` on); None: not before `stop`."""
+    first miss (0: no window missed while the neighbour ran, from `start` to `stop`: a miss after it
+    stopped is not the neighbour's); None: not before `stop`."""
     met = [r >= floor for r in rates]
     first = math.ceil(start)
-    missed = next((k for k in range(first, len(met)) if not met[k]), None)
+    missed = next((k for k in range(first, min(len(met), int(stop))) if not met[k]), None)
     if missed is None:
         return 0.0
     for k in range(missed + 1, min(len(met), int(stop)) - RECOVERED_WINDOWS + 1):
