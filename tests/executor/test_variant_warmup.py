@@ -169,3 +169,34 @@ def test_a_damaged_packed_file_is_counted_and_the_switch_serves_the_portable_one
     assert warm.factory.integrity.status().damaged == 1 and not packed.exists()
     assert warm.factory.quantized == before  # its portable file served it
     torch.testing.assert_close(warm.forward_logits(prompt_ids(6)), expected, rtol=0, atol=0)
+
+
+def test_the_build_waits_while_generations_decode_and_goes_on_when_they_end(make_runtime) -> None:
+    """Between two experts the build waits while `busy()` (a thread at nice 19 holding the GIL stalls
+    the decode step), writes nothing meanwhile, and finishes once the generations are done; a stop
+    ends a waiting build."""
+    runtime = make_runtime()
+    decoding = threading.Event()
+    decoding.set()
+    written: list[tuple] = []
+    built = runtime.factory.ensure_file
+
+    def record(key, device=None, remember=True) -> Path:
+        written.append(key)
+        return built(key, device, remember)
+
+    runtime.factory.ensure_file = record  # type: ignore[method-assign]
+    warmup = VariantWarmup(lambda: runtime.factory, "cpu", WarmupSettings(), busy=decoding.is_set)
+    warmup.start(profile_of((P.INT4,)))
+    [thread] = warmup._threads
+    thread.join(0.5)
+    assert thread.is_alive() and written == [] and not warmup.done  # waiting, nothing written
+    decoding.clear()
+    thread.join(60)
+    assert warmup.done and len(written) == LAYERS * EXPERTS
+
+    decoding.set()
+    waiting = VariantWarmup(lambda: runtime.factory, "cpu", WarmupSettings(), busy=decoding.is_set)
+    waiting.start(profile_of((P.INT8,)))
+    waiting.stop()
+    assert not waiting.building and not waiting.done

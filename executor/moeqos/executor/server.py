@@ -288,7 +288,10 @@ async def start_executor(
     def knob() -> ThreadKnob | None:  # None until the model is loaded
         return served.runtime.threads if served.runtime is not None else None
 
-    warmup = VariantWarmup(lambda: served.ready().factory, config.device, config.warmup)
+    def decoding() -> bool:  # generations running: the build ahead waits for them
+        return served.runtime is not None and served.runtime.scheduler.active > 0
+
+    warmup = VariantWarmup(lambda: served.ready().factory, config.device, config.warmup, busy=decoding)
     qos = QosLoop(
         config.qos,
         LiveStats(plan, threads=lambda: served.ready().threads.wanted),
