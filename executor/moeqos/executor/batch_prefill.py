@@ -27,7 +27,7 @@ __all__ = ["PrefillModel", "prefill_together"]
 
 
 class PrefillModel(Protocol):
-    """The forward pass the prefill needs (moeqos.executor.batch_scheduler.BatchModel has it)."""
+    """The forward pass the prefill needs (moeqos.executor.batch_scheduler.BatchModel extends it)."""
 
     def forward_logits(
         self,

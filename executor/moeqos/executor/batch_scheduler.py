@@ -26,13 +26,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from moeqos.core.errors import OverBudget
 from moeqos.core.service_types import GenerationEvent
 from moeqos.executor.batch_cache import BatchCache
-from moeqos.executor.batch_prefill import prefill_together
+from moeqos.executor.batch_prefill import PrefillModel, prefill_together
 from moeqos.executor.batch_stream import Phase, Stream
 from moeqos.executor.config import BatchLimits
 from moeqos.executor.kv_cache import KvCache
@@ -41,17 +41,9 @@ from moeqos.executor.sampling import SamplingParams
 __all__ = ["BatchModel", "BatchScheduler"]
 
 
-class BatchModel(Protocol):
-    """What the scheduler needs from the runtime: locked forward passes and a step-long exclusive hold."""
-
-    def forward_logits(
-        self,
-        token_ids: torch.Tensor,
-        cache: Any = None,
-        keep: int = 0,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor: ...
+class BatchModel(PrefillModel, Protocol):
+    """What the scheduler needs from the runtime: locked forward passes (PrefillModel's) and a
+    step-long exclusive hold."""
 
     def exclusive(self) -> AbstractContextManager[None]: ...
 
