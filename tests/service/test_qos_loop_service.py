@@ -116,10 +116,15 @@ def test_an_injected_slowdown_makes_the_executor_replan_to_a_faster_plan(stack, 
             deadline = time.monotonic() + 120
             # After a failed re-plan the loop first asks for the floor itself (a smaller step, e.g. a
             # dense element only), then for the fastest plan within a ceiling: wait for the experts.
+            first_replan_basis = None
             while time.monotonic() < deadline and expert_bytes(runtime, runtime.plan) >= expert_bytes(
                 runtime, quality
             ):
+                if first_replan_basis is None and runtime.plan != quality:
+                    first_replan_basis = handle.servicer.qos.planned_with
                 time.sleep(0.2)
+            if first_replan_basis is None:
+                first_replan_basis = handle.servicer.qos.planned_with
             info = client.info()
         finally:
             stop.set()
@@ -129,7 +134,12 @@ def test_an_injected_slowdown_makes_the_executor_replan_to_a_faster_plan(stack, 
     assert info.qos is not None and info.qos.loop and info.qos.floor_tokens_per_s == pytest.approx(floor)
     assert info.qos.state in (QosState.MET, QosState.VIOLATED, QosState.REPLANNING)
     assert "live: " in info.qos.calibration
-    assert handle.servicer.qos.calibration.call_scale > 1.5  # the fit saw the expert calls slow down
+    # The fit the first re-plan was priced with saw the expert calls slow down: the slowdown triples
+    # a step, and one plan's steps split the scale evenly; 1.6-3.1 measured, on a loaded machine the
+    # lowest. (Later windows mix plans whose real costs need not follow the test profile's
+    # bytes-proportional call costs: on the tiny model an int2 call is not 8x cheaper than a bf16
+    # one, so the split of a later fit is not asserted; CI once saw fixed x7.9, calls x0.05 there.)
+    assert first_replan_basis.call_scale > 1.25
 
 
 def test_profile_at_start_measures_before_serving(stack, tmp_path):
