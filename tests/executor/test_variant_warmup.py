@@ -126,21 +126,30 @@ def test_it_builds_on_its_own_thread_once_per_profile_and_stops(make_runtime) ->
     caller = threading.get_ident()
     threads: list[int] = []
     nice: set[int] = set()
+    torch_threads: set[int] = set()
     built = runtime.factory.ensure_file
 
     def record(key, device=None, remember=True) -> Path:
         threads.append(threading.get_ident())
         nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        torch_threads.add(torch.get_num_threads())
         return built(key, device, remember)
 
     runtime.factory.ensure_file = record  # type: ignore[method-assign]
     profile = profile_of((P.INT4,))
+    torch.set_num_threads(torch.get_num_threads())  # new threads start with this thread's count
     warmup.start(profile)
     warmup.start(profile)  # the same profile again: not a second build
     [thread] = warmup._threads
     thread.join(60)
     assert warmup.done and len(threads) == LAYERS * EXPERTS and caller not in threads
     assert nice == {19}  # the lowest priority
+    assert torch_threads == {1}  # no OpenMP team beside the decode thread's (torch_threads)
+    fresh: list[int] = []
+    started_after = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    started_after.start()
+    started_after.join()
+    assert fresh == [torch.get_num_threads()]  # the count new threads start with is put back
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19  # the caller's unchanged
     warmup.start(profile_of((P.INT4,), measured_at="t1"))  # a new profile builds again (files found)
     warmup.stop()

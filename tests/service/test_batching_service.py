@@ -3,6 +3,7 @@ the batch size decode together, up to the queue depth wait, and past it a reques
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -54,3 +55,30 @@ def test_batch_decodes_together_queues_then_refuses(stack):
         assert stack.bg.run(_result(queued_done))[-1].stats.generated_tokens == 2
         second.close()
     _wait(lambda: runtime.scheduler.active == 0)
+
+
+def test_every_step_of_concurrent_streams_runs_on_the_thread_that_loaded_the_model(stack):
+    """One OS thread runs all decode steps (moeqos.executor.torch_threads: a second thread's OpenMP
+    team slows every step), whichever stream's reader asked for the step."""
+    handle = stack.executor(max_concurrent=4)
+    runtime = handle.servicer.runtime
+    stepped_on: set[int] = set()
+    forward = runtime.forward_logits
+
+    def recording(token_ids, *args, **kwargs):
+        stepped_on.add(threading.get_ident())
+        return forward(token_ids, *args, **kwargs)
+
+    runtime.forward_logits = recording
+    target = address(handle.port)
+    with ExecutorClient(target) as a, ExecutorClient(target) as b, ExecutorClient(target) as c:
+        streams = [
+            stack.bg.loop.run_in_executor(
+                None, lambda client=client: client.complete("hi", Sampling(max_tokens=6))
+            )
+            for client in (a, b, c)
+        ]
+        for stream in streams:
+            assert stack.bg.run(_result(stream)).stats.generated_tokens == 6
+    loaded_on = handle.decoding.submit(threading.get_ident).result(timeout=10)
+    assert stepped_on == {loaded_on}

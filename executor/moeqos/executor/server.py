@@ -15,7 +15,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from moeqos.executor.service_model import ServedModel
 from moeqos.executor.service_target import StandingTarget
 from moeqos.executor.servicer import ExecutorServicer
 from moeqos.executor.thread_knob import ThreadKnob, ThreadSettings
+from moeqos.executor.torch_threads import ThreadPerCall, decoding_thread
 from moeqos.executor.variant_warmup import VariantWarmup, WarmupSettings
 from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
@@ -233,7 +234,10 @@ class ExecutorHandle:
 
     server: Server
     servicer: ExecutorServicer
-    pool: ThreadPoolExecutor
+    pool: Executor
+    """Plan switches and other work off the decode path, each on its own thread (torch_threads)."""
+    decoding: ThreadPoolExecutor
+    """The one thread that loads the model and runs every decode step (torch_threads)."""
     ready: asyncio.Task[None]
     """Done once the model is loaded and warm (health SERVING); raises if loading failed."""
     warmup: VariantWarmup | None = None
@@ -251,6 +255,7 @@ class ExecutorHandle:
         self.servicer.target.cancel()
         await self.server.stop(grace)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.decoding.shutdown(wait=False, cancel_futures=True)
         if self.warmup is not None:
             await asyncio.to_thread(self.warmup.stop)  # nothing written into a removed cache
         self.servicer.served.close()  # removes the runtime's private variant directory
@@ -273,10 +278,10 @@ async def start_executor(
     config: ExecutorServerConfig, loader: Callable[[ExecutorServerConfig], ExecutorRuntime] = load_runtime
 ) -> ExecutorHandle:
     """Bind and start the server now; load the model in the background (see ExecutorHandle.ready)."""
-    pool = ThreadPoolExecutor(config.max_concurrent + 4, thread_name_prefix="executor")
+    pool, decode_thread = ThreadPerCall("executor"), decoding_thread()
     metrics = ServerMetrics()
     executor_metrics = ExecutorMetrics(metrics.registry)
-    served = ServedModel(pool, config.measure, config.profile_path, executor_metrics)
+    served = ServedModel(pool, config.measure, config.profile_path, executor_metrics, decode_thread)
     target = StandingTarget(
         config.planner_address or "", config.peer_options(), served, config.replan_backoff
     )
@@ -320,7 +325,7 @@ async def start_executor(
     server = await start_server(config, register, (SERVICE_NAME,), STATE_CHANGING, metrics)
 
     async def load() -> None:
-        runtime = await asyncio.get_running_loop().run_in_executor(pool, loader, config)
+        runtime = await served.decode(loader, config)  # the decode thread's OpenMP team, warm from here
         served.attach(runtime)
         await servicer.restore()
         if config.profile_at_start:
@@ -334,7 +339,7 @@ async def start_executor(
             warmup.start(served.measured_profile)
 
     ready = asyncio.get_running_loop().create_task(load())
-    return ExecutorHandle(server, servicer, pool, ready, warmup)
+    return ExecutorHandle(server, servicer, pool, decode_thread, ready, warmup)
 
 
 async def serve(config: ExecutorServerConfig, on_started: Callable[[int], None] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""The executor service's state beside its RPCs: the runtime once it is loaded, the worker pool every
-torch call runs on, and the profile, measured (or read back) once and cached.
+"""The executor service's state beside its RPCs: the runtime once it is loaded, the threads every torch
+call runs on (moeqos.executor.torch_threads), and the profile, measured (or read back) once and cached.
 
 Lifecycle: made empty when the server starts (every use raises NotReady), `attach(runtime)` once the
 model is loaded, `close()` at shutdown. The servicer answers RPCs over it, and the standing target
@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 
 class ServedModel:
-    """One runtime (attached once loaded) with its worker pool and its cached profile."""
+    """One runtime (attached once loaded) with its threads and its cached profile."""
 
     def __init__(
         self,
@@ -38,7 +38,10 @@ class ServedModel:
         measure: service_measure.MeasureSettings,
         profile_path: Path | None,
         metrics: ExecutorMetrics,
+        decoding: Executor | None = None,
     ) -> None:
+        """`pool` runs work off the decode path (plan switches, evaluations, tidying up); `decoding`
+        (default: `pool`) runs decode steps and profile measurements, which must be timed as served."""
         self.runtime: ExecutorRuntime | None = None
         self.measure = measure
         """What a profile measurement covers."""
@@ -53,6 +56,7 @@ class ServedModel:
         self.last_switch: SwitchReport | None = None
         """The last switch `apply` made (for GetInfo)."""
         self._pool = pool
+        self._decoding = decoding or pool
         self._profile: Profile | None = None
         self._profile_lock = asyncio.Lock()
 
@@ -72,8 +76,13 @@ class ServedModel:
         return self.runtime
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on the worker pool: torch work never runs on the event loop."""
+        """`fn(*args)` off the event loop and off the decode path (a plan switch, an evaluation)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def decode(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the decode thread: a generation's steps, and a profile, which must time
+        steps as they run."""
+        return await asyncio.get_running_loop().run_in_executor(self._decoding, fn, *args)
 
     def run_soon(self, fn: Callable[[], object]) -> None:
         """`fn()` on the worker pool, not waited for (tidying up after a call that has ended)."""
@@ -107,7 +116,7 @@ class ServedModel:
                 runtime = self.ready()
                 profile = service_measure.load_saved(self.profile_path, runtime)
                 if profile is None:
-                    profile = await self.run(service_measure.measure, runtime, self.measure, True, _quiet)
+                    profile = await self.decode(service_measure.measure, runtime, self.measure, True, _quiet)
                     service_measure.save(self.profile_path, profile)
                 self._keep(profile)
             return dataclasses.replace(profile, tiers=self.budgets())

@@ -187,7 +187,7 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
         settings = self._measure_settings(request)
 
         def job(progress: service_measure.Progress) -> Awaitable[Profile]:
-            return self.served.run(
+            return self.served.decode(
                 service_measure.measure, runtime, settings, request.measure_quality, progress
             )
 
@@ -257,10 +257,10 @@ class ExecutorServicer(ex_grpc.ExecutorServiceServicer):
             finished = False
             try:
                 on_step = self.qos.stats.stream() if self.qos is not None else None
-                events: Iterator[GenerationEvent] = await self.served.run(
+                events: Iterator[GenerationEvent] = await self.served.decode(
                     start_generation, runtime, request, params, cancel, on_step
                 )
-                while (event := await self.served.run(next, events, _DONE)) is not _DONE:
+                while (event := await self.served.decode(next, events, _DONE)) is not _DONE:
                     if event.stats is not None:
                         finished = True
                         self.served.metrics.generation(event.stats)

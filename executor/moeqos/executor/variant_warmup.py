@@ -18,10 +18,14 @@ precision, so other writers count); otherwise it is skipped and the skip is logg
 cache under a /tmp that is one): those files would be memory no budget counts. The memory cache is
 left alone (its entries are the variants of recent plans).
 
-Low priority: the thread lowers its own scheduling priority (nice) before its first torch op, so the
-threads its parallel ops start inherit it and the decode steps keep the cores. It leaves torch's
-thread count alone: setting it anywhere also sets the count every thread starts with at its first
-parallel op (prefill, measurement). It stops between two experts when `stop()` is called.
+Low priority: the thread lowers its own scheduling priority (nice) before its first torch op and
+builds on one torch thread, so it never starts an OpenMP team: a second live team makes libgomp park
+its workers between parallel regions, which slowed the decode steps beside a build from ~24 to ~14
+tok/s (moeqos.executor.torch_threads). torch keeps one count that every thread starts with at its
+first parallel op, and setting it here sets that too, so the count is put back when the build ends;
+the decode thread, which loaded the model, is past its first op and keeps its own count, so only a
+plan switch made during a build (on a thread of its own) quantizes on one thread. It stops between
+two experts when `stop()` is called.
 
 Idle only: between two experts it waits while `busy()` says generations are decoding. Nice alone does
 not keep it out of their way: the build is Python holding the GIL between its torch ops, and a thread
@@ -38,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile, uniform_precision
 from moeqos.core.units import format_bytes
@@ -142,10 +147,14 @@ class VariantWarmup:
 
     def _background(self, profile: Profile, stop: threading.Event) -> None:
         _lower_priority(self.settings.nice)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # no OpenMP team of its own (module docstring)
         try:
             self.run(profile, stop)
         except Exception:  # a failed build ahead only means the switch builds on first use
             log.exception("building variants ahead failed; plan switches build them on first use")
+        finally:
+            torch.set_num_threads(threads)
 
     def run(self, profile: Profile, stop: threading.Event | None = None) -> None:
         """Build every precision of `warm_order(profile)` on this thread (see the module docstring)."""
