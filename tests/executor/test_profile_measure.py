@@ -152,17 +152,30 @@ def test_a_saved_profile_is_reused_only_with_the_same_disk_tier(make_runtime, tm
     assert load_saved(path, make_runtime(disk_reads="uncached", disk_pool_slots=2)) is None  # measured again
 
 
-def test_call_costs_are_scaled_together_to_the_served_plan(make_runtime) -> None:
-    """`calibrate` keeps the measured ratios between precisions and tiers and scales them all by one
-    factor; with a disk expert in the served plan there is nothing to scale against."""
-    from moeqos.executor.costs import calibrate, call_costs
+def test_each_precision_is_calibrated_on_decode_steps_of_its_own(make_runtime) -> None:
+    """`calibrate` scales the served plan's precisions by one factor and every other precision by its
+    own, timed on a trial plan that is gone afterwards; a precision whose trial plan is over budget
+    takes the served plan's factor; with a disk expert in the served plan there is nothing to scale
+    against."""
+    from moeqos.executor.costs import calibrate, call_costs, precision_scale
 
     runtime = make_runtime()  # serves every expert fp32 on the cpu
+    served = runtime.plan
     prompt = runtime.encode("the quick brown fox jumps over the lazy dog")
-    measured = call_costs(runtime, torch.randn(1, 64), (Precision.FP32, Precision.INT8), 2, 64)
+    precisions = (Precision.FP32, Precision.INT8, Precision.INT4)
+    measured = call_costs(runtime, torch.randn(1, 64), precisions, 2, 64)
     _, scaled = calibrate(runtime, prompt, 2, measured)
-    factors = [s.seconds / m.seconds for s, m in zip(scaled, measured, strict=True)]
+    factors = {s.precision: s.seconds / m.seconds for s, m in zip(scaled, measured, strict=True)}
     low, high = 0.2 * (1 - 1e-9), 5.0 * (1 + 1e-9)  # the clamp's bounds, less float rounding of s/m
-    assert factors == pytest.approx([factors[0]] * len(factors)) and low <= factors[0] <= high
+    assert all(low <= f <= high for f in factors.values())
+    assert factors[Precision.INT8] != factors[Precision.FP32] != factors[Precision.INT4]  # each measured
+    assert runtime.plan == served
+
+    seconds = {(c.precision, c.tier): c.seconds for c in measured}
+    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, Precision.INT4, "cpu"))
+    [cpu] = [t for t in runtime.tier_status() if t.name == "cpu"]
+    runtime.set_budget("cpu", cpu.used_bytes)  # room for the int4 plan, not for a layer of fp32
+    assert precision_scale(runtime, prompt, 2, 0.0, seconds, seconds, Precision.FP32) is None
+
     runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, Precision.FP32, "disk"))
     assert calibrate(runtime, prompt, 2, measured)[1] == measured

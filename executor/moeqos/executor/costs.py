@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
+from moeqos.core.errors import OverBudget
+from moeqos.core.plan import Assignment
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, LoadCost
 from moeqos.core.tier import DISK
@@ -130,16 +132,22 @@ def calibrate(
     """The fixed decode-step time outside the experts, and `costs` calibrated to whole decode steps.
 
     Method: prefill `prompt`, then time rounds of STEPS_PER_ROUND single-token steps (max(repeats,
-    FIXED_ROUNDS) rounds after one warm-up round), twice: with expert calls switched off (the fixed
-    part: attention, norms, router, head, overhead) and with the served plan. Each is the minimum over
+    FIXED_ROUNDS) rounds after one warm-up round): with expert calls switched off (the fixed part:
+    attention, norms, router, head, overhead) and with the served plan. Each is the minimum over
     rounds of the per-step mean: load on the machine only ever adds time, so the fastest round is the
     best estimate of the undisturbed cost (a median of a few single steps swung 20x on a busy 2-core
-    machine). The cold-cache call costs keep the ratios between precisions and tiers, but in a real
-    step the hardware prefetches and overlaps part of each expert's weight stream (measured on the
-    default model: cold calls 30-40% slower than their share of a step), so every cost is scaled by
-    (served step - fixed) / (the served plan's cold-cost sum per step), the MoE dispatch around each
-    call folded in. With disk experts or precisions `costs` lacks in the served plan, the costs are
-    returned as measured. Runs `exclusive()`ly, so no request sees the experts switched off.
+    machine). The cold-cache call costs say what one call costs alone, but in a real step the hardware
+    prefetches and overlaps part of each expert's weight stream, and the batched dispatch computes a
+    layer's experts of one precision together, so a precision's real share of a step is not its cold
+    cost (measured on the default model: cold bf16 calls 1.4x the cost of int8 ones, while whole
+    steps at bf16 and int8 ran at the same speed). So each precision gets its own factor:
+    - the served plan's precisions: (served step - fixed) / (the plan's cold-cost sum per step), the
+      MoE dispatch around each call folded in;
+    - every other precision on the served plan's tiers (`precision_scale`): a step with the experts
+      of every third layer switched to it, the other calls credited at their calibrated cost.
+    With disk experts or precisions `costs` lacks in the served plan, the costs are returned as
+    measured; a precision whose trial plan cannot be served here takes the served plan's factor. Each
+    timing runs `exclusive()`ly, so no request sees the experts switched off.
     """
     seconds = {(c.precision, c.tier): c.seconds for c in costs}
     plan = runtime.plan
@@ -153,5 +161,57 @@ def calibrate(
         calls = CallSeconds(runtime, plan, seconds)
         on_minus_cold = fastest_round(step, rounds, runtime.config.device, calls)
     cold_per_step = calls.total / STEPS_PER_ROUND  # the routing repeats each step, so any round's sum
-    scale = min(max((on_minus_cold + cold_per_step - off) / cold_per_step, 0.2), 5.0)
-    return off, [dataclasses.replace(c, seconds=c.seconds * scale) for c in costs]
+    served = _clamped((on_minus_cold + cold_per_step - off) / cold_per_step)
+    scales = {a.precision: served for _, a in plan.items()}
+    calibrated = {key: value * served for key, value in seconds.items()}
+    for precision in dict.fromkeys(c.precision for c in costs):
+        if precision not in scales:
+            scale = precision_scale(runtime, prompt, rounds, off, calibrated, seconds, precision)
+            scales[precision] = served if scale is None else scale
+    return off, [dataclasses.replace(c, seconds=c.seconds * scales[c.precision]) for c in costs]
+
+
+def precision_scale(
+    runtime: Measurable,
+    prompt: list[int],
+    rounds: int,
+    off: float,
+    calibrated: dict[tuple[Precision, str], float],
+    cold: dict[tuple[Precision, str], float],
+    precision: Precision,
+) -> float | None:
+    """The factor from `precision`'s cold call costs to its share of a real decode step (`calibrate`).
+
+    Every third layer's experts are served in `precision` (each on its tier); a round's time less the
+    other calls at their `calibrated` cost, less the fixed `off`, is what those layers' calls cost,
+    over their `cold` sum. A third of the layers keeps the switch short (a third of the experts built)
+    while their calls still take a large share of the step. None where that plan cannot be measured:
+    a tier without a cold cost in `precision`, or over a tier's budget.
+    """
+    plan = runtime.plan
+    timed = frozenset(range(0, runtime.num_layers, 3))
+    trial = dataclasses.replace(
+        plan,
+        assignments=tuple(
+            tuple(Assignment(precision, a.tier) for a in row) if layer in timed else row
+            for layer, row in enumerate(plan.assignments)
+        ),
+    )
+    if any((precision, a.tier) not in cold for _, a in trial.items()):
+        return None
+    try:
+        runtime.validate_plan(trial)
+    except OverBudget:
+        return None
+    mixed = calibrated | {key: value for key, value in cold.items() if key[0] == precision}
+    with runtime.serving(trial), runtime.exclusive():  # the apply lock first, as a plan switch takes them
+        step = decode_step(runtime, prompt)
+        calls = CallSeconds(runtime, trial, mixed, uncredited=timed)
+        rest = fastest_round(step, rounds, runtime.config.device, calls)
+    timed_cold = calls.uncredited_total / STEPS_PER_ROUND
+    return _clamped((rest - off) / timed_cold) if timed_cold > 0 else None
+
+
+def _clamped(scale: float) -> float:
+    """A calibration factor kept within 0.2-5x: beyond that the timing, not the model, is wrong."""
+    return min(max(scale, 0.2), 5.0)

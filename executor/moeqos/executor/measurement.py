@@ -92,6 +92,10 @@ class Measurable(Protocol):
     @property
     def context_length(self) -> int: ...
 
+    def validate_plan(self, plan: Plan) -> None:
+        """InvalidArgument (shape, tiers, group size) or OverBudget unless `plan` can run here."""
+        ...
+
     @property
     def factory(self) -> ExpertVariants: ...
 

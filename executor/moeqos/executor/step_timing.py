@@ -73,18 +73,33 @@ class ExpertsOff(RoundMode):
 
 
 class CallSeconds(RoundMode):
-    """Experts on; credits each routed call with its measured one-token cost under `plan`."""
+    """Experts on; credits each routed call with its measured one-token cost under `plan`, except the
+    calls in `uncredited` layers, whose costs are summed apart (`uncredited_total`): their real time
+    stays in the round's measured rest."""
 
-    def __init__(self, runtime: Measurable, plan: Plan, seconds: dict[tuple[Precision, str], float]):
+    def __init__(
+        self,
+        runtime: Measurable,
+        plan: Plan,
+        seconds: dict[tuple[Precision, str], float],
+        uncredited: frozenset[int] = frozenset(),
+    ):
         super().__init__(runtime)
         self.cost = [[seconds[a.precision, a.tier] for a in row] for row in plan.assignments]  # [L][E]
+        self.uncredited = uncredited
         self.total = 0.0
+        self.uncredited_total = 0.0
 
     def observe(self, layer: int, hidden: torch.Tensor, index: torch.Tensor) -> None:
-        self.total += sum(self.cost[layer][e] for e in index.flatten().tolist())
+        seconds = sum(self.cost[layer][e] for e in index.flatten().tolist())
+        if layer in self.uncredited:
+            self.uncredited_total += seconds
+        else:
+            self.total += seconds
 
     def reset(self) -> None:
         self.total = 0.0
+        self.uncredited_total = 0.0
 
     def credit(self) -> float:
         return self.total
