@@ -164,11 +164,25 @@ def test_each_precision_is_calibrated_on_decode_steps_of_its_own(make_runtime) -
     prompt = runtime.encode("the quick brown fox jumps over the lazy dog")
     precisions = (Precision.FP32, Precision.INT8, Precision.INT4)
     measured = call_costs(runtime, torch.randn(1, 64), precisions, 2, 64)
+    switched: list[Plan] = []
+    apply = runtime.apply_plan
+
+    def recording(plan, *args, **kwargs):
+        switched.append(plan)
+        return apply(plan, *args, **kwargs)
+
+    runtime.apply_plan = recording  # type: ignore[method-assign]
     _, scaled = calibrate(runtime, prompt, 2, measured)
+    runtime.apply_plan = apply  # type: ignore[method-assign]
     factors = {s.precision: s.seconds / m.seconds for s, m in zip(scaled, measured, strict=True)}
     low, high = 0.2 * (1 - 1e-9), 5.0 * (1 + 1e-9)  # the clamp's bounds, less float rounding of s/m
     assert all(low <= f <= high for f in factors.values())
-    assert factors[Precision.INT8] != factors[Precision.FP32] != factors[Precision.INT4]  # each measured
+    trials = [plan for plan in switched if plan != served]
+    assert [{a.precision for a in plan.assignments[0]} for plan in trials] == [
+        {Precision.INT8},
+        {Precision.INT4},
+    ]
+    assert all(plan.assignments[1] == served.assignments[1] for plan in trials)  # every third layer only
     assert runtime.plan == served
 
     seconds = {(c.precision, c.tier): c.seconds for c in measured}
