@@ -219,6 +219,19 @@ def test_controller_rules() -> None:
     assert (slack.state, slack.replan, slack.for_slack) == (QosState.MET, True, True)
 
 
+def test_a_rate_held_short_of_the_floor_inside_the_tolerance_is_a_violation_once_sustained() -> None:
+    c = QosController(LoopSettings(tolerance=0.05, sustained_s=9.0))
+    inside = rate(9.8)  # 2% under the floor: inside the tolerance
+    assert c.decide(0.0, 10.0, inside, busy=False).state is QosState.MET
+    brief = WindowRate(9.0, 40, 1, 9.8, 4.4, covered=5.0)  # the plan in force for 5 s only
+    assert c.decide(0.0, 10.0, inside, busy=False, sustained=brief).state is QosState.MET
+    held = WindowRate(9.0, 88, 1, 9.8, 9.8, covered=8.9)
+    short = c.decide(0.0, 10.0, inside, busy=False, sustained=held)
+    assert (short.state, short.replan) == (QosState.VIOLATED, True) and "short of the floor" in short.reason
+    met = WindowRate(9.0, 90, 1, 10.1, 10.1, covered=8.9)
+    assert c.decide(0.0, 10.0, inside, busy=False, sustained=met).state is QosState.MET
+
+
 def test_slack_replans_that_change_nothing_back_off_and_a_change_resets() -> None:
     c = QosController(LoopSettings(slack_interval_s=8.0, max_slack_interval_s=20.0))
     c.settled(changed=False, for_slack=True)
@@ -397,6 +410,38 @@ def test_a_slack_replan_after_a_failure_asks_with_headroom() -> None:
     feed(stats, clock, 0.1, 60)  # 10 tok/s: slack over 5
     assert loop.tick(profile()).for_slack
     assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=5.0 * 1.08)
+
+
+def test_a_replan_that_applied_and_fell_short_makes_the_next_ask_for_more_until_threads_change() -> None:
+    """The boost: after a re-plan for a violation applied a plan that measures under what it asked
+    for, the next one asks for that ratio more (capped); a thread change drops it."""
+    goal = QosTarget(min_tokens_per_s=10.0)
+    clock = FakeClock()
+    target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
+    target.set(goal, "")
+    serving = [BF16]
+    knob = SimpleNamespace(wanted=2, most=2)
+    stats = LiveStats(lambda: serving[0], clock, threads=lambda: knob.wanted)
+    loop = QosLoop(LoopSettings(max_boost=1.5), stats, target, lambda: serving[0], lambda: knob)  # type: ignore[arg-type, return-value]
+    target.replan = lambda: True  # type: ignore[method-assign]  # (no event loop here: decide only)
+
+    def violated_at(tokens_per_s: float) -> None:
+        clock.now += 10.0
+        feed(stats, clock, 1 / tokens_per_s, 60)
+        assert loop.tick(profile()).replan
+
+    violated_at(8.0)
+    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=10.8)  # the first ask: headroom only
+    serving[0], target.state = INT4, ReplanState.APPLIED  # it applied INT4 ...
+    violated_at(9.0)  # ... which measures 9 where 10.8 was asked: 1.2x short
+    assert loop.boost == pytest.approx(1.2)
+    assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(10.8 * 1.2)
+    serving[0] = BF16
+    violated_at(5.0)  # its plan: 2.6x short, capped
+    assert loop.boost == pytest.approx(1.5)
+    knob.wanted = 1  # the machine changed: what was learned no longer holds
+    loop.tick(profile())
+    assert loop.boost == 1.0 and loop.planning_target(goal) == QosTarget(min_tokens_per_s=10.8)
 
 
 def test_a_slow_model_is_judged_over_a_window_long_enough_for_min_tokens_and_still_calibrated() -> None:

@@ -59,6 +59,9 @@ class WindowRate:
     """Mean over those streams of tokens / (last end - first start) in the window; None without any."""
     executor_tokens_per_s: float
     """All streams' decode tokens divided by the window."""
+    covered: float = 0.0
+    """Seconds from the start of the window's first step to the end of its last (0 without steps):
+    how much of the window the steps counted really span."""
 
 
 class LiveStats:
@@ -119,6 +122,7 @@ class LiveStats:
             streams=len(rates),
             stream_tokens_per_s=sum(rates) / len(rates) if rates else None,
             executor_tokens_per_s=len(steps) / seconds,
+            covered=window_span(steps) if steps else 0.0,
         )
 
     def step_rate(self, plan: Plan, threads: int, since: float, need: int) -> float | None:

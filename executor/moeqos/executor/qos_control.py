@@ -11,7 +11,10 @@ Rules, in order (r = measured decode rate of the streams, F = floor):
 - r < F * (1 - tolerance): violated; re-plan once `min_interval_s` has passed since the last re-plan;
 - r > F * (1 + slack): met with quality left on the table; re-plan once `slack_interval` has passed.
   A slack re-plan that keeps the same plan doubles that interval (up to `max_slack_interval_s`), so a
-  plan that is already the best one is not asked for again and again; any plan change resets it.
+  plan that is already the best one is not asked for again and again; any plan change resets it;
+- r_long < F over `sustained_s` (steps under the plan in force spanning at least SUSTAINED_COVER of
+  it): short of the floor, a violation too. The tolerance is there for a noisy window, not for a plan
+  that lands a few percent short and stays there (measured: the loop held 4% under the floor for 40 s).
 The gap between 1 - tolerance and 1 + slack (with the plan asked for at F * (1 + headroom)) is the
 hysteresis band: a plan chosen to land inside it triggers neither rule.
 
@@ -59,6 +62,12 @@ class LoopSettings:
     """Longest wait between slack re-plans that keep finding the same plan."""
     min_tokens: int = 8
     """Decode tokens a window needs before it is judged."""
+    sustained_s: float = 9.0
+    """A rate below the floor itself (inside the tolerance) over this long is a violation too."""
+    max_boost: float = 1.5
+    """A re-plan for a violation after one that applied and still fell short asks for more, by the
+    factor it fell short (compounded), at most this factor over floor * (1 + headroom)
+    (moeqos.executor.qos_loop: the model's error on plan changes, learned while resources stay)."""
     tick_s: float = 0.5
     """How often the loop looks."""
     calibration_window_s: float = 6.0
@@ -75,7 +84,9 @@ class LoopSettings:
             raise ValueError("need 0 <= tolerance < 1 and 0 <= headroom < slack")
         if self.fallback_ppl_increase < 0:
             raise ValueError("fallback_ppl_increase must be >= 0")
-        positive = (self.window_s, self.min_interval_s, self.slack_interval_s, self.tick_s)
+        if self.max_boost < 1:
+            raise ValueError("max_boost must be >= 1")
+        positive = (self.window_s, self.min_interval_s, self.slack_interval_s, self.tick_s, self.sustained_s)
         if min(positive) <= 0 or self.calibration_window_s <= 0 or self.min_tokens < 2:
             raise ValueError("windows, intervals and the tick must be positive; min_tokens >= 2")
 
@@ -99,8 +110,16 @@ class QosController:
         self.last_replan = -math.inf
         self.slack_interval = settings.slack_interval_s
 
-    def decide(self, now: float, floor: float | None, window: WindowRate, busy: bool) -> Decision:
-        """The verdict at `now` on `window` (steps under the plan in force); `busy`: a re-plan is running."""
+    def decide(
+        self,
+        now: float,
+        floor: float | None,
+        window: WindowRate,
+        busy: bool,
+        sustained: WindowRate | None = None,
+    ) -> Decision:
+        """The verdict at `now` on `window` (steps under the plan in force); `busy`: a re-plan is running;
+        `sustained`: the same over `sustained_s` (None: that rule is not applied)."""
         s = self.settings
         if floor is None:
             return Decision(QosState.NO_FLOOR, False, "no throughput floor")
@@ -120,6 +139,11 @@ class QosController:
         if rate > floor * (1 + s.slack):
             why = f"slack: {rate:.2f} > {floor:g} tok/s + {s.slack:.0%}; asking for a higher-quality plan"
             return self._maybe(now, self.slack_interval, QosState.MET, why, slack=True)
+        if sustained is not None and sustained.stream_tokens_per_s is not None:
+            held, spanned = sustained.stream_tokens_per_s, sustained.covered
+            if held < floor and spanned >= SUSTAINED_COVER * s.sustained_s:
+                why = f"short of the floor: {held:.2f} < {floor:g} tok/s over {spanned:.1f}s"
+                return self._maybe(now, s.min_interval_s, QosState.VIOLATED, why)
         return Decision(QosState.MET, False, f"met: {rate:.2f} tok/s vs floor {floor:g}")
 
     def replanned(self, now: float) -> None:
@@ -140,20 +164,24 @@ class QosController:
         return Decision(state, True, why, for_slack=slack)
 
 
+SUSTAINED_COVER = 0.9
+"""Share of `sustained_s` the steps under the plan in force must span before that rule judges them."""
+
 FALLBACK_STAGES = 2
 """The last stage of `planning_target` (see the module docstring)."""
 
 
 def planning_target(
-    target: QosTarget, settings: LoopSettings, stage: int, reference: float | None
+    target: QosTarget, settings: LoopSettings, stage: int, reference: float | None, boost: float = 1.0
 ) -> tuple[QosTarget, int]:
     """What a re-plan at fallback `stage` asks the planner for, and the stage actually used (2 becomes
-    1 without a ceiling to give); `reference`: the reference perplexity, if measured."""
+    1 without a ceiling to give); `reference`: the reference perplexity, if measured; `boost`: the
+    factor stage 0 asks for over floor * (1 + headroom) (LoopSettings.max_boost)."""
     floor = target.min_tokens_per_s
     if not settings.enabled or floor is None:
         return target, 0
     if stage <= 0:
-        return dataclasses.replace(target, min_tokens_per_s=floor * (1 + settings.headroom)), 0
+        return dataclasses.replace(target, min_tokens_per_s=floor * (1 + settings.headroom) * boost), 0
     has_ceiling = target.max_perplexity is not None or target.max_perplexity_increase is not None
     if stage == 1 or not (has_ceiling or reference is not None):
         return target, 1

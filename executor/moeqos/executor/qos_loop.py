@@ -11,6 +11,12 @@ Every `tick_s` the loop
 3. when the controller says so, starts a re-plan through the StandingTarget, which asks the planner
    with the calibrated profile (GetProfile serves the same), applies the plan, and retries with
    backoff while the planner is down; the plan in force keeps serving throughout.
+   A re-plan for a violation that comes after one that applied and still left the rate under what it
+   asked for asks for more (the boost: the ratio it fell short by, compounded, capped at
+   `max_boost`): the calibration scales the whole step, so the planner's error on what a plan change
+   gains (measured at one thread: it credited switching int8 experts to int4 with about twice what
+   the switch gained) is corrected from outcomes. The boost is kept while resources stay as they
+   are (slack re-plans use it too) and dropped when the thread count or the target changes.
 Each decision that changes something, or says why nothing changes, is logged once.
 
 With the loop off (`LoopSettings.enabled = False`) steps are still measured and reported, but nothing
@@ -75,6 +81,14 @@ class QosLoop:
         """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
         self._pending: tuple[str, bool] | None = None
         """(plan spec before, for slack) of the re-plan in flight."""
+        self.boost = 1.0
+        """The factor re-plans ask for over floor * (1 + headroom) (module docstring, step 3)."""
+        self._asked: tuple[float, str] | None = None
+        """(rate asked for, plan spec applied) of the last re-plan for a violation that changed the plan."""
+        self._asking: float | None = None
+        """The rate the re-plan in flight asks for (None: a slack re-plan, or not at stage 0)."""
+        self._boost_for: tuple[int | None, float | None] = (None, None)
+        """(thread count, floor) the boost was learned at."""
         self._task: asyncio.Task[None] | None = None
 
     # ----- the profile the planner plans from --------------------------------------------------
@@ -91,7 +105,7 @@ class QosLoop:
         moeqos.executor.qos_control; a faster plan also gives the recalibration a second plan to tell
         the fixed cost from the expert calls)."""
         asked, self._fallback = qos_control.planning_target(
-            target, self.settings, self._fallback, self._reference
+            target, self.settings, self._fallback, self._reference, self.boost
         )
         return asked
 
@@ -110,16 +124,47 @@ class QosLoop:
                 self.calibration = recalibration.fit(profile, steps)
         self._settle()
         floor = self.target.target.min_tokens_per_s if self.target.target else None
-        decision = self.controller.decide(now, floor, self.window(), self.target.state in BUSY)
+        window = self.window()
+        sustained = self.stats.window(self.settings.sustained_s, self._plan(), self._threads())
+        decision = self.controller.decide(now, floor, window, self.target.state in BUSY, sustained)
+        self._keep_boost_for(floor)
         if decision.replan and self.settings.enabled:
             failed = self.target.state is ReplanState.FAILED and not decision.for_slack
             self._fallback = min(self._fallback + 1, qos_control.FALLBACK_STAGES) if failed else 0
+            self._asking = None
+            if not decision.for_slack and floor is not None:
+                self._learn_boost(floor, window)
         if decision.replan and self.settings.enabled and self.target.replan():
             self.controller.replanned(now)
             self._pending = (self._plan().to_spec(), decision.for_slack)
             decision = Decision(QosState.REPLANNING, True, decision.reason, decision.for_slack)
         self._log(decision)
         return decision
+
+    def _keep_boost_for(self, floor: float | None) -> None:
+        """Drop the boost when the thread count or the floor has changed since it was learned."""
+        now_for = (self._threads(), floor)
+        if now_for != self._boost_for:
+            self.boost, self._asked, self._boost_for = 1.0, None, now_for
+
+    def _learn_boost(self, floor: float, window: WindowRate) -> None:
+        """Before a re-plan for a violation: when the last one applied a plan that is still in force and
+        the rate fell short of what it asked for, ask for that much more from now on; remember what
+        this one asks for."""
+        rate = window.stream_tokens_per_s
+        if self._asked is not None and self._asked[1] == self._plan().to_spec() and rate:
+            asked = self._asked[0]
+            if rate < asked:
+                self.boost = min(self.boost * asked / rate, self.settings.max_boost)
+                log.info(
+                    "qos boost: a re-plan asked %.2f tok/s, its plan measured %.2f: x%.2f",
+                    asked,
+                    rate,
+                    self.boost,
+                )
+        self._asked = None
+        # stage 0 asks floor * (1 + headroom) * boost; the fallback stages ask for something else
+        self._asking = floor * (1 + self.settings.headroom) * self.boost if self._fallback == 0 else None
 
     def window(self) -> WindowRate:
         """The rate window: steps under the plan in force of the last `window_s` seconds, or of as long
@@ -177,7 +222,10 @@ class QosLoop:
             return
         before, for_slack = self._pending
         self._pending = None
-        self.controller.settled(self._plan().to_spec() != before, for_slack)
+        after = self._plan().to_spec()
+        self.controller.settled(after != before, for_slack)
+        if after != before and not for_slack and self._asking is not None:
+            self._asked = (self._asking, after)
 
     def _log(self, decision: Decision) -> None:
         changed = (decision.state, decision.replan) != (self._last.state, self._last.replan)
