@@ -309,7 +309,7 @@ def test_a_loop_replan_keeps_the_pins_asks_from_the_calibration_and_applies_only
         assert loop.tick(profile()).replan and target.generation == generation + 1
         await target.wait()
         [(goal, planned_from, kept)] = asked
-        assert kept == pins and goal.min_tokens_per_s == pytest.approx(20.0 * 1.08)
+        assert kept == pins and goal.min_tokens_per_s == pytest.approx(20.0 * 1.12)
         assert planned_from.fixed_seconds == pytest.approx(FIXED * loop.calibration.fixed_scale)
         assert hooks.applied == [INT4] and target.state is ReplanState.APPLIED
         [current] = hooks.current
@@ -379,7 +379,7 @@ def test_failed_replans_step_down_to_the_floor_then_the_fastest_plan_within_the_
     violate_after(loop, target, clock, stats, ReplanState.FAILED, profile())  # it stays there
     assert loop.planning_target(goal) == QosTarget(max_perplexity=30.0, objective=Objective.SPEED)
     violate_after(loop, target, clock, stats, ReplanState.APPLIED, profile())  # one applied: back up
-    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0 * 1.08, max_perplexity=30.0)
+    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0 * 1.12, max_perplexity=30.0)
 
 
 def test_without_a_ceiling_the_fallback_is_capped_over_the_reference_never_the_fastest_plan() -> None:
@@ -409,7 +409,7 @@ def test_a_slack_replan_after_a_failure_asks_with_headroom() -> None:
     clock.now += 10.0
     feed(stats, clock, 0.1, 60)  # 10 tok/s: slack over 5
     assert loop.tick(profile()).for_slack
-    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=5.0 * 1.08)
+    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=5.0 * 1.12)
 
 
 def test_a_replan_that_applied_and_fell_short_makes_the_next_ask_for_more_until_threads_change() -> None:
@@ -422,7 +422,9 @@ def test_a_replan_that_applied_and_fell_short_makes_the_next_ask_for_more_until_
     serving = [BF16]
     knob = SimpleNamespace(wanted=2, most=2)
     stats = LiveStats(lambda: serving[0], clock, threads=lambda: knob.wanted)
-    loop = QosLoop(LoopSettings(max_boost=1.5), stats, target, lambda: serving[0], lambda: knob)  # type: ignore[arg-type, return-value]
+    loop = QosLoop(
+        LoopSettings(max_boost=1.5, headroom=0.08), stats, target, lambda: serving[0], lambda: knob
+    )  # type: ignore[arg-type, return-value]
     target.replan = lambda: True  # type: ignore[method-assign]  # (no event loop here: decide only)
 
     def violated_at(tokens_per_s: float) -> None:

@@ -52,7 +52,7 @@ class LoopSettings:
     """Violated when the measured rate is below floor * (1 - tolerance)."""
     slack: float = 0.25
     """Quality left on the table when the measured rate is above floor * (1 + slack)."""
-    headroom: float = 0.08
+    headroom: float = 0.12
     """Re-plans ask the planner for floor * (1 + headroom), so noise does not put the plan at the edge."""
     min_interval_s: float = 4.0
     """At least this long between two re-plans for a violation."""
@@ -62,7 +62,7 @@ class LoopSettings:
     """Longest wait between slack re-plans that keep finding the same plan."""
     min_tokens: int = 8
     """Decode tokens a window needs before it is judged."""
-    sustained_s: float = 9.0
+    sustained_s: float = 5.0
     """A rate below the floor itself (inside the tolerance) over this long is a violation too."""
     max_boost: float = 1.5
     """A re-plan for a violation after one that applied and still fell short asks for more, by the
