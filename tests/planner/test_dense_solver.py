@@ -89,7 +89,7 @@ def _brute_force(profile, budgets):
         for attn, head in itertools.product((P.BF16, P.INT4), repeat=2):
             dense = ((E.ATTN, attn), (E.HEAD, head))
             seconds = profile.fixed_seconds + cost[rows].sum() + latency.dense.plan_seconds(dense)
-            log_increase = logp[rows].sum() + quality.dense.plan_log_ppl(dense)
+            log_increase = quality.log_increase_of_terms(logp[rows].sum() + quality.dense_terms(dense))
             used = {t: (nbytes[list(choice)] * on[t][list(choice)]).sum() for t in budgets}
             used[DEVICE] += sum(latency.dense.bytes(e, p) for e, p in dense)
             fits = all(used[t] <= b for t, b in budgets.items())

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from moeqos.core.dense import DenseCost, DenseElement
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
@@ -132,6 +133,24 @@ def test_the_link_rises_with_the_terms_when_an_element_measured_better() -> None
     assert model.log_increase_of_terms(-0.019) == pytest.approx(-0.019)
     for cap in (-0.3, -0.019, 0.0, 0.02):  # a cap below the reference has a D too (it was NaN)
         assert model.log_increase_of_terms(model.term_cap(cap)) == pytest.approx(cap)
+
+
+def test_a_dense_element_alone_predicts_its_measured_increase_however_strong_the_compounding() -> None:
+    """The dense stage measures each element alone, compounding included: compounding its increase again
+    predicted int4 attention and head on the default model at perplexity 95,000 (measured 115)."""
+    base = compounded_profile(KAPPAS[12])
+    head = (
+        DenseCost(DenseElement.HEAD, Precision.BF16, 2000, 0.001, 0.0),
+        DenseCost(DenseElement.HEAD, Precision.INT4, 500, 0.0005, 0.17),
+    )
+    profile = dataclasses.replace(base, dense_costs=head, dense_precision=Precision.BF16)
+    model = dataclasses.replace(QualityModel.fit(profile), compounding=50.0)
+    assert model.dense.log_ppl(DenseElement.HEAD, Precision.INT4) == pytest.approx(0.17)
+    alone = Plan.uniform(3, 4, model.reference_precision, "cuda:0").with_dense(
+        ((DenseElement.HEAD, Precision.INT4),)
+    )
+    assert model.predict_log_increase(alone) == pytest.approx(0.17)
+    assert 0 < model.dense_term(DenseElement.HEAD, Precision.INT4) < 0.17  # compounds with expert damage
 
 
 def test_a_catastrophic_plan_saturates_instead_of_overflowing() -> None:

@@ -150,7 +150,7 @@ def _dense_row(
         if option in choices:
             allowed[0, k] = True
             seconds[0, k] = latency.dense_scale * latency.dense.seconds(element, option.precision)
-            log_ppl[0, k] = quality.dense.log_ppl(element, option.precision)
+            log_ppl[0, k] = quality.dense_term(element, option.precision)
             nbytes[0, k] = latency.dense.bytes(element, option.precision)
     return seconds, log_ppl, allowed, nbytes
 
