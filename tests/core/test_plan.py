@@ -106,3 +106,13 @@ def test_dense_part_is_canonical_and_left_out_when_empty():
     assert "dense" not in Plan.uniform(2, 4, "int4", "cpu").to_dict()  # today's JSON, unchanged
     assert plan.changed_experts(plan.with_dense(())) == []
     assert plan.describe().endswith("attn=int8 head=int4")
+
+
+def test_with_layers_sets_those_layers_precision_keeping_tiers_group_and_dense() -> None:
+    spec = parse_plan("int8@cpu,L1.E*=int8@disk,head=int8", 3, 2, "cpu")
+    base = Plan(spec.assignments, 32, spec.dense)
+    mixed = base.with_layers((1, 2), Precision.INT4)
+    assert [a.precision for a in mixed.assignments[0]] == [Precision.INT8] * 2
+    assert [(a.precision, a.tier) for a in mixed.assignments[1]] == [(Precision.INT4, "disk")] * 2
+    assert [(a.precision, a.tier) for a in mixed.assignments[2]] == [(Precision.INT4, "cpu")] * 2
+    assert (mixed.group_size, mixed.dense) == (32, base.dense)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,15 @@ class Plan:
     def with_dense(self, dense: DensePrecisions) -> Plan:
         """This plan's experts with the dense part `dense`."""
         return Plan(self.assignments, self.group_size, dense)
+
+    def with_layers(self, layers: Iterable[int], precision: Precision) -> Plan:
+        """This plan with every expert of `layers` in `precision`, each keeping its tier."""
+        chosen = set(layers)
+        rows = tuple(
+            tuple(Assignment(precision, a.tier) for a in row) if layer in chosen else row
+            for layer, row in enumerate(self.assignments)
+        )
+        return Plan(rows, self.group_size, self.dense)
 
     def tiers(self) -> set[str]:
         return {a.tier for a in self._counts}

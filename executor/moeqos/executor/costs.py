@@ -14,7 +14,6 @@ from typing import TypeVar
 
 import torch
 from moeqos.core.errors import OverBudget
-from moeqos.core.plan import Assignment
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, LoadCost
 from moeqos.core.tier import DISK
@@ -188,15 +187,8 @@ def precision_scale(
     while their calls still take a large share of the step. None where that plan cannot be measured:
     a tier without a cold cost in `precision`, or over a tier's budget.
     """
-    plan = runtime.plan
     timed = frozenset(range(0, runtime.num_layers, 3))
-    trial = dataclasses.replace(
-        plan,
-        assignments=tuple(
-            tuple(Assignment(precision, a.tier) for a in row) if layer in timed else row
-            for layer, row in enumerate(plan.assignments)
-        ),
-    )
+    trial = runtime.plan.with_layers(timed, precision)
     if any((precision, a.tier) not in cold for _, a in trial.items()):
         return None
     try:

@@ -79,14 +79,13 @@ class QosLoop:
         more after each failed re-plan, back to 0 after one applied or a re-plan for slack."""
         self._reference: float | None = None
         """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
-        self._pending: tuple[str, bool] | None = None
-        """(plan spec before, for slack) of the re-plan in flight."""
+        self._pending: tuple[str, bool, float | None] | None = None
+        """(plan spec before, for slack, rate asked for at stage 0 of a violation's re-plan, else None) of
+        the re-plan in flight."""
         self.boost = 1.0
         """The factor re-plans ask for over floor * (1 + headroom) (module docstring, step 3)."""
         self._asked: tuple[float, str] | None = None
         """(rate asked for, plan spec applied) of the last re-plan for a violation that changed the plan."""
-        self._asking: float | None = None
-        """The rate the re-plan in flight asks for (None: a slack re-plan, or not at stage 0)."""
         self._boost_for: tuple[int | None, float | None] = (None, None)
         """(thread count, floor) the boost was learned at."""
         self._task: asyncio.Task[None] | None = None
@@ -128,15 +127,15 @@ class QosLoop:
         sustained = self.stats.window(self.settings.sustained_s, self._plan(), self._threads())
         decision = self.controller.decide(now, floor, window, self.target.state in BUSY, sustained)
         self._keep_boost_for(floor)
+        asking = None
         if decision.replan and self.settings.enabled:
             failed = self.target.state is ReplanState.FAILED and not decision.for_slack
             self._fallback = min(self._fallback + 1, qos_control.FALLBACK_STAGES) if failed else 0
-            self._asking = None
             if not decision.for_slack and floor is not None:
-                self._learn_boost(floor, window)
+                asking = self._learn_boost(floor, window)
         if decision.replan and self.settings.enabled and self.target.replan():
             self.controller.replanned(now)
-            self._pending = (self._plan().to_spec(), decision.for_slack)
+            self._pending = (self._plan().to_spec(), decision.for_slack, asking)
             decision = Decision(QosState.REPLANNING, True, decision.reason, decision.for_slack)
         self._log(decision)
         return decision
@@ -147,10 +146,10 @@ class QosLoop:
         if now_for != self._boost_for:
             self.boost, self._asked, self._boost_for = 1.0, None, now_for
 
-    def _learn_boost(self, floor: float, window: WindowRate) -> None:
+    def _learn_boost(self, floor: float, window: WindowRate) -> float | None:
         """Before a re-plan for a violation: when the last one applied a plan that is still in force and
-        the rate fell short of what it asked for, ask for that much more from now on; remember what
-        this one asks for."""
+        the rate fell short of what it asked for, ask for that much more from now on. Returns the rate
+        this one asks for (None at a fallback stage, which asks for something else)."""
         rate = window.stream_tokens_per_s
         if self._asked is not None and self._asked[1] == self._plan().to_spec() and rate:
             asked = self._asked[0]
@@ -163,8 +162,7 @@ class QosLoop:
                     self.boost,
                 )
         self._asked = None
-        # stage 0 asks floor * (1 + headroom) * boost; the fallback stages ask for something else
-        self._asking = floor * (1 + self.settings.headroom) * self.boost if self._fallback == 0 else None
+        return floor * (1 + self.settings.headroom) * self.boost if self._fallback == 0 else None
 
     def window(self) -> WindowRate:
         """The rate window: steps under the plan in force of the last `window_s` seconds, or of as long
@@ -220,12 +218,12 @@ class QosLoop:
         """When the re-plan in flight has finished, tell the controller whether it changed the plan."""
         if self._pending is None or self.target.state in BUSY:
             return
-        before, for_slack = self._pending
+        before, for_slack, asking = self._pending
         self._pending = None
         after = self._plan().to_spec()
         self.controller.settled(after != before, for_slack)
-        if after != before and not for_slack and self._asking is not None:
-            self._asked = (self._asking, after)
+        if after != before and asking is not None:
+            self._asked = (asking, after)
 
     def _log(self, decision: Decision) -> None:
         changed = (decision.state, decision.replan) != (self._last.state, self._last.replan)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from moeqos.core.plan import Assignment, Plan
+from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.executor.measurement import Measurable
 
@@ -37,9 +37,7 @@ def reference_plan(runtime: Measurable, precision: Precision) -> Plan:
 
 def with_layer(plan: Plan, layer: int, precision: Precision) -> Plan:
     """`plan` with every expert of `layer` in `precision` (each keeping its tier)."""
-    rows = [list(row) for row in plan.assignments]
-    rows[layer] = [Assignment(precision, a.tier) for a in rows[layer]]
-    return Plan(tuple(tuple(row) for row in rows), plan.group_size)
+    return plan.with_layers((layer,), precision)
 
 
 def layer_kl(
