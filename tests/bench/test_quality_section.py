@@ -3,18 +3,22 @@ against a stand-in runtime that scores a plan by its int4 count (no model)."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
+import pytest
 from moeqos.bench.quality import on_eval_tokens
-from moeqos.core.plan import Plan
+from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import QualityPoint
+from moeqos.core.service_types import Evaluation
 
 from tests.planner.planner_fixtures import synthetic_profile
 
 
 class _Runtime:
-    """evaluate(ids, plan, ...) -> perplexity 10 + number of int4 experts, `len(ids) - 1` tokens."""
+    """evaluate(ids, plan, ...) -> perplexity 10 + number of int4 experts (+ 1 on token ids from 32 on),
+    `len(ids) - 1` tokens."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -22,7 +26,8 @@ class _Runtime:
     def evaluate(self, ids, plan, context_length, decode_tokens):
         self.calls += 1
         int4 = sum(c for a, c in plan.counts().items() if a.precision == Precision.INT4)
-        return SimpleNamespace(perplexity=10.0 + int4, tokens=len(ids) - 1)
+        later = 1.0 if ids[0] >= 32 else 0.0
+        return Evaluation(10.0 + int4 + later, 0.0, len(ids) - 1, plan.to_spec(), "ptb:test", 0.1, 0)
 
 
 def test_fitting_plans_are_measured_again_on_the_eval_tokens_once_each():
@@ -37,19 +42,24 @@ def test_fitting_plans_are_measured_again_on_the_eval_tokens_once_each():
         shape=(2, 3),
         device="cpu",
         perplexities={},
+        halves={},
         test_ids=list(range(65)),
         runtime=runtime,
         settings=SimpleNamespace(context_length=32),
         log=lambda message: None,
     )
     refit = on_eval_tokens(ctx, profile)
+    # measured by halves split on the 32-token window boundary (31 + 32 tokens), the whole perplexity
+    # the token-weighted geometric mean of the halves', each half's log perplexity kept
+    whole = [math.exp((31 * math.log(low) + 32 * math.log(low + 1)) / 63) for low in (10.0, 16.0)]
     assert [(q.perplexity, q.corpus, q.tokens) for q in refit.quality_points] == [
-        (10.0, "ptb:test", 64),
-        (16.0, "ptb:test", 64),
+        (pytest.approx(whole[0]), "ptb:test", 63),
+        (pytest.approx(whole[1]), "ptb:test", 63),
     ]
+    assert ctx.halves[plans[1].to_spec()] == pytest.approx((math.log(16.0), math.log(17.0)))
     assert refit.frequency == profile.frequency and refit.layer_kl == profile.layer_kl
     on_eval_tokens(ctx, profile)
-    assert runtime.calls == 2  # measured plans are cached in the context, not measured again
+    assert runtime.calls == 4  # measured plans are cached in the context, not measured again
 
 
 def test_stage_clock_times_each_stage_and_logs_the_finished_ones(monkeypatch):
@@ -68,3 +78,25 @@ def test_stage_clock_times_each_stage_and_logs_the_finished_ones(monkeypatch):
         stages.progress(stage, fraction)
     assert stages.seconds == {"frequency": 3.0, "sensitivity": 3.0}
     assert lines == ["profile: frequency done (3.0 s)", "profile: sensitivity done (3.0 s)"]
+
+
+def test_the_measurement_agreement_compares_each_plans_increase_on_the_two_halves():
+    from moeqos.bench.quality import measurement_agreement
+
+    reference = Plan.uniform(1, 4, Precision.BF16, "cpu")
+    plans = [parse_plan(f"bf16@cpu,L0.E{e}=int4@cpu", 1, 4, "cpu") for e in range(3)]
+    halves = {reference.to_spec(): (0.0, 0.0)}
+    rises = ((0.1, 0.1), (0.2, 0.3), (0.3, 0.2))  # log increase on each half
+    for plan, rise in zip(plans, rises, strict=True):
+        halves[plan.to_spec()] = rise
+    whole = {
+        p.to_spec(): SimpleNamespace(perplexity=math.exp(sum(halves[p.to_spec()]) / 2))
+        for p in [reference, *plans]
+    }
+    ctx = SimpleNamespace(halves=halves, perplexities=whole)
+    mape, rank = measurement_agreement(ctx, plans, reference)
+    expected = [abs(math.expm1(a) - math.expm1(b)) / math.expm1((a + b) / 2) for a, b in rises]
+    assert mape == pytest.approx(sum(expected) / 3)
+    assert rank == pytest.approx(0.5)  # ranks (0, 1, 2) against (0, 2, 1)
+    del halves[plans[0].to_spec()]
+    assert measurement_agreement(ctx, plans, reference) is None  # a plan measured whole: no estimate

@@ -118,6 +118,7 @@ def test_the_stages_quantize_each_variant_once_and_measure_what_they_measured_ap
     assert specs[:3] == [p.to_spec() for p in plans]
     assert len(specs) > 3 and all(len(_precisions(s)) == 2 for s in specs[3:])
     assert {"quant_error", "quality", "design", "dense"} <= set(counter.stages)
+    assert len(profile.error_overlap) == LAYERS  # measured on int4's cached variants (no quantization)
     # the lossy errors are measured on the factory's variants, not quantized once more on the side
     assert direct_asked == [(Precision.FP32,)]
     assert counter.counts[Precision.INT8] == counter.by_factory(Precision.INT8) > 0

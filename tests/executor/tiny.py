@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from moeqos.core.plan import Plan
+from safetensors.torch import load_file, save_file
 
 LAYERS, EXPERTS = 2, 4
 """Shape of the `tiny_dir` checkpoint."""
@@ -16,3 +19,20 @@ def fp32_plan(tier: str = "cpu") -> Plan:
 def prompt_ids(length: int = 12, seed: int = 0, vocab: int = 256) -> torch.Tensor:
     """Random token ids [1, length] avoiding the special ids 0-2."""
     return torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+EXPERT_KEY = ".block_sparse_moe.experts."
+
+
+def upcycled(directory: Path) -> Path:
+    """The tiny checkpoint in `directory` rewritten with every expert of a layer a copy of its expert 0
+    (a sparse-upcycled model, as the default model is); returns `directory`."""
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    for key in list(tensors):
+        if EXPERT_KEY in key:
+            prefix, rest = key.split(EXPERT_KEY)
+            _, name = rest.split(".", 1)
+            tensors[key] = tensors[f"{prefix}{EXPERT_KEY}0.{name}"].clone()
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return directory

@@ -208,3 +208,52 @@ def test_broken_plans_count_only_when_predicted_not_broken() -> None:
     # a working plan predicted broken misses by the whole difference
     error = _leave_one_out(rows[:2], np.array([0.1, 4.0]), sens)
     assert error is not None and error > 1.0
+
+
+def _overlapping_profile(overlap: tuple[float, float, float], coefficient: float = 2.0, seed: int = 4):
+    """int4 plans (the anchor) whose damage follows the error-overlap law: per layer (1 - o) of the
+    chosen experts' terms plus o times the square of their summed amplitudes, no compounding."""
+    base = synthetic_profile(3, 4, PRECISIONS, quality_plans=1, seed=seed)
+    profile = dataclasses.replace(base, layer_kl={Precision.INT4: (0.01, 0.03, 0.02)}, error_overlap=overlap)
+    sens = QualityModel.fit(profile).sensitivity[Precision.INT4]
+    rng = np.random.default_rng(seed)
+    points = list(profile.quality_points)
+    cells = [(layer, e) for layer in range(3) for e in range(4)]
+    for count in (2, 3, 5, 6, 8, 9, 12):
+        chosen = {cells[i] for i in rng.choice(len(cells), count, replace=False)}
+        d = 0.0
+        for layer, o in enumerate(overlap):
+            picked = [sens[layer][e] for e in range(4) if (layer, e) in chosen]
+            share = sum(picked) / sum(sens[layer])
+            d += coefficient * sum(sens[layer]) * ((1 - o) * share + o * share * share)
+        text = ",".join(f"L{layer}.E{e}=int4@cpu" for layer, e in sorted(chosen))
+        plan = parse_plan(f"bf16@cpu,{text}", 3, 4, "cpu")
+        points.append(
+            dataclasses.replace(points[0], plan_spec=plan.to_spec(), perplexity=REFERENCE_PPL * math.exp(d))
+        )
+    return dataclasses.replace(profile, quality_points=tuple(points))
+
+
+def test_a_layer_whose_experts_errors_overlap_costs_the_square_of_its_quantized_share() -> None:
+    """Identical experts make the same error on a token they share (the default model: overlap 0.5), so
+    a part of a layer costs less than its share of the whole: fitted with the overlap the law is
+    recovered exactly; the additive fit of the same plans compounds to bend it back and misses."""
+    profile = _overlapping_profile((0.5, 0.0, 0.9))
+    model = QualityModel.fit(profile)
+    assert model.overlap == (0.5, 0.0, 0.9)
+    assert model.coefficients[Precision.INT4] == pytest.approx(2.0, rel=1e-6)
+    assert model.compounding == 0.0
+    assert model.holdout_error is not None and model.holdout_error < 1e-6
+    additive = QualityModel.fit(dataclasses.replace(profile, error_overlap=()))
+    assert additive.holdout_error is not None and additive.holdout_error > 0.05
+
+    terms = model.expert_terms(Precision.INT4)  # [L, E] the MILP's linear bound
+    whole = parse_plan("bf16@cpu,L0.E*=int4@cpu", 3, 4, "cpu")
+    assert model.predict_log_increase(whole) == pytest.approx(terms[0].sum(), rel=1e-9)  # exact there
+    half = parse_plan("bf16@cpu,L0.E0-1=int4@cpu,L1.E0-1=int4@cpu", 3, 4, "cpu")
+    bound = terms[0, :2].sum() + terms[1, :2].sum()
+    assert model.predict_log_increase(half) < bound  # layer 0 overlaps: below the bound
+    alone = parse_plan("bf16@cpu,L1.E0-1=int4@cpu", 3, 4, "cpu")
+    assert model.predict_log_increase(alone) == pytest.approx(terms[1, :2].sum(), rel=1e-9)  # no overlap
+    again = QualityModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again == model and again.predict_log_increase(half) == model.predict_log_increase(half)

@@ -77,6 +77,9 @@ class BenchContext:
         self.config = json.loads((model_dir / "config.json").read_text())
         self.speeds: dict[str, Speed] = {}
         self.perplexities: dict[str, Any] = {}
+        self.halves: dict[str, tuple[float, float]] = {}
+        """Per plan spec, the log perplexity of each half of `test_ids` (the quality section measures its
+        plans by halves, to show how far the measurement agrees with itself)."""
         self.load_seconds = 0.0
         self.frontier_seconds = 0.0
         self.device = DEVICE

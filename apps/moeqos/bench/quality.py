@@ -9,12 +9,16 @@ measures the planner's plan, 5 random picks and the least-called experts. Every 
 the fitted ones is held out: its predicted perplexity increase (the fit's ratio, carried to ptb:test by
 the ptb:test reference) against the measured one gives the MAPE of the increase and the rank
 correlation, for the new signal and for the old one fitted to the same plans. A second held-out set
-(SECOND_SHARES, other seeds) was added after the model's form was chosen on the first.
+(SECOND_SHARES, other seeds) was added after the model's form was chosen on the first, a third
+(THIRD_SHARES) after the error overlap and the fit's floor were chosen on the first two. The profile
+with the signal is written to `quality-profile.json` in the output directory, so a fit can be replayed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import statistics
 import time
@@ -26,6 +30,8 @@ from moeqos.bench.quality_plans import (
     SECOND_SEEDS,
     SECOND_SHARES,
     SHARES,
+    THIRD_SEEDS,
+    THIRD_SHARES,
     frequency_pick,
     int4_count,
     mape_of_increase,
@@ -174,6 +180,8 @@ def run(ctx: Any) -> SectionResult:
     from moeqos.planner.quality_model import QualityModel
 
     old_profile, profile, times = profile_pair(ctx)
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.out_dir / "quality-profile.json").write_text(json.dumps(profile.to_dict()))
     fit_profile = on_eval_tokens(ctx, profile)
     quality, latency = QualityModel.fit(fit_profile), LatencyModel.fit(profile)
     old_quality = QualityModel.fit(dataclasses.replace(fit_profile, layer_kl={}))
@@ -188,19 +196,30 @@ def run(ctx: Any) -> SectionResult:
     held = [(p, m) for (_, _, p), m in zip(plans, measured, strict=True) if p.to_spec() not in fitted]
     second = contenders(ctx, profile, quality, latency, SECOND_SHARES, SECOND_SEEDS)
     held2 = [(p, _perplexity(ctx, p)) for _, _, p in second if p.to_spec() not in fitted]
+    third = contenders(ctx, profile, quality, latency, THIRD_SHARES, THIRD_SEEDS)
+    held3 = [(p, _perplexity(ctx, p)) for _, _, p in third if p.to_spec() not in fitted]
     accuracy = {
         name: _accuracy(model, cases, reference)
         for name, model, cases in (
             ("new", quality, held),
             ("new, second set", quality, held2),
+            ("new, third set", quality, held3),
             ("new, fitted on ptb:valid", valid_quality, held),
             ("old", old_quality, held),
         )
     }
-    result.tables.append(_accuracy_table(accuracy, (len(held), len(held2)), quality, times))
+    for name, cases in (("first", held), ("second", held2), ("third", held3)):
+        agreement = measurement_agreement(ctx, [p for p, _ in cases], ctx.full_precision)
+        if agreement is not None:
+            accuracy[f"halves of the eval tokens, {name} set"] = agreement
+    result.tables.append(_accuracy_table(accuracy, (len(held), len(held2), len(held3)), quality, times))
     result.goals += [
         goal
-        for key, label in (("new", "held-out plans"), ("new, second set", "second held-out set"))
+        for key, label in (
+            ("new", "held-out plans"),
+            ("new, second set", "second held-out set"),
+            ("new, third set", "third held-out set"),
+        )
         for goal in _accuracy_goals(accuracy[key], label)
     ] + [
         Goal(
@@ -222,12 +241,16 @@ def run(ctx: Any) -> SectionResult:
             }
             for (k, s, p), m in zip(plans, measured, strict=True)
         ],
-        "second_set": [
-            {"kind": k, "share": s, "plan_spec": p.to_spec(), "perplexity": _perplexity(ctx, p)}
-            for k, s, p in second
-        ],
+        **{
+            name: [
+                {"kind": k, "share": s, "plan_spec": p.to_spec(), "perplexity": _perplexity(ctx, p)}
+                for k, s, p in plans_of_set
+            ]
+            for name, plans_of_set in (("second_set", second), ("third_set", third))
+        },
         "fit_points": [dataclasses.asdict(q) for q in fit_profile.quality_points],
         "accuracy": {k: {"mape": v[0], "spearman": v[1]} for k, v in accuracy.items()},
+        "halves": {spec: list(logs) for spec, logs in ctx.halves.items()},
         "times": times,
         "fit": quality.to_dict() | {"sensitivity": None},
         "layer_kl": {p.value: list(r) for p, r in profile.layer_kl.items()},
@@ -242,14 +265,47 @@ def run(ctx: Any) -> SectionResult:
 
 def _perplexity(ctx: Any, plan: Any) -> float:
     """ptb:test perplexity of `plan` on the run's `eval_tokens` (cached in the context per plan; unlike
-    ctx.perplexity this does not measure the frontier section's profile first)."""
+    ctx.perplexity this does not measure the frontier section's profile first). With at least two
+    context windows of tokens, measured by halves split on a window boundary (the same windows, so the
+    same perplexity as one evaluation), each half's log perplexity kept in ctx.halves."""
     key = plan.to_spec()
     if key not in ctx.perplexities:
         ctx.log(f"quality: perplexity of {plan.describe()}")
-        ctx.perplexities[key] = ctx.runtime.evaluate(
-            ctx.test_ids, plan, context_length=ctx.settings.context_length, decode_tokens=0
-        )
+        length = ctx.settings.context_length
+        split = len(ctx.test_ids) // 2 // length * length
+        if split == 0:
+            ctx.perplexities[key] = _evaluate(ctx, plan, ctx.test_ids)
+        else:
+            parts = [_evaluate(ctx, plan, ids) for ids in (ctx.test_ids[:split], ctx.test_ids[split:])]
+            logs = [math.log(part.perplexity) for part in parts]
+            tokens = sum(part.tokens for part in parts)
+            mean = sum(log * part.tokens for log, part in zip(logs, parts, strict=True)) / tokens
+            ctx.perplexities[key] = dataclasses.replace(
+                parts[0], perplexity=math.exp(mean), tokens=tokens, seconds=sum(p.seconds for p in parts)
+            )
+            ctx.halves[key] = (logs[0], logs[1])
     return float(ctx.perplexities[key].perplexity)
+
+
+def _evaluate(ctx: Any, plan: Any, ids: list[int]) -> Any:
+    return ctx.runtime.evaluate(ids, plan, context_length=ctx.settings.context_length, decode_tokens=0)
+
+
+def measurement_agreement(ctx: Any, plans: Sequence[Any], reference: Any) -> tuple[float, float] | None:
+    """(MAPE, Spearman) of the plans' perplexity increases measured on the first half of the eval tokens
+    against the second half's: how well a perfect model could match one half from the other (the MAPE
+    counts plans whose whole measurement rose); None without halves."""
+    specs = [p.to_spec() for p in plans]
+    if reference.to_spec() not in ctx.halves or any(s not in ctx.halves for s in specs):
+        return None
+    base = ctx.halves[reference.to_spec()]
+    first = [math.expm1(ctx.halves[s][0] - base[0]) for s in specs]
+    second = [math.expm1(ctx.halves[s][1] - base[1]) for s in specs]
+    whole = [
+        ctx.perplexities[s].perplexity / ctx.perplexities[reference.to_spec()].perplexity - 1 for s in specs
+    ]
+    errors = [abs(a - b) / w for a, b, w in zip(first, second, whole, strict=True) if w > 0]
+    return (sum(errors) / len(errors) if errors else float("nan")), spearman(first, second)
 
 
 def _accuracy(model: Any, held: list[tuple[Any, float]], reference: float) -> tuple[float, float]:
@@ -308,7 +364,7 @@ def _equal_memory_goals(plans: list[tuple[str, float, Any]], measured: list[floa
 
 
 def _accuracy_table(
-    accuracy: dict[str, tuple[float, float]], held: tuple[int, int], quality: Any, times: dict[str, Any]
+    accuracy: dict[str, tuple[float, float]], held: tuple[int, int, int], quality: Any, times: dict[str, Any]
 ) -> Any:
     rows = [[name, mape, rank] for name, (mape, rank) in accuracy.items()]
     return table(
@@ -318,13 +374,18 @@ def _accuracy_table(
         [
             f"{held[0]} held-out plans, {held[1]} in the second set (random seeds "
             f"{SECOND_SEEDS.start}-{SECOND_SEEDS.stop - 1}, planner and least-called at "
-            f"{' and '.join(f'{s:.1%}' for s in SECOND_SHARES)} int4); fit: {quality.basis}; cross-validated error "
+            f"{' and '.join(f'{s:.1%}' for s in SECOND_SHARES)} int4), {held[2]} in the third (seeds "
+            f"{THIRD_SEEDS.start}-{THIRD_SEEDS.stop - 1} at {' and '.join(f'{s:.0%}' for s in THIRD_SHARES)}); "
+            f"fit: {quality.basis}; cross-validated error "
             f"{quality.holdout_error if quality.holdout_error is not None else float('nan'):.1%}",
             f"profile wall s: new {times['new_wall_s']:.1f} (cold, first), old {times['old_wall_s']:.1f}; "
             f"CPU-s: new {times['new_cpu_s']:.1f}, old {times['old_cpu_s']:.1f}; load average before: "
             f"{times['new_load']:.1f}, {times['old_load']:.1f} (on a loaded machine wall seconds mean little)",
             "new profile's stages (wall s): "
             + ", ".join(f"{k} {v:.1f}" for k, v in times["new_stages"].items()),
+            "halves rows: each held-out plan's increase on the first half of the eval tokens against its "
+            "increase on the second half (the MAPE relative to the whole measurement's increase): how far the "
+            "measurement agrees with itself, which bounds how well any model can agree with it",
         ],
     )
 

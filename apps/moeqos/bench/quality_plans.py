@@ -21,6 +21,10 @@ SECOND_SHARES = (0.375, 0.625)
 anchor's compounding) and the signal's tokens were chosen by looking at the first set's plans, so that
 one held-out set was never looked at when choosing."""
 SECOND_SEEDS = range(5, 10)
+THIRD_SHARES = (0.3, 0.6)
+"""The third held-out set's shares (seeds THIRD_SEEDS): added after the error overlap and the fit's
+floor (moeqos.planner.quality_model.MIN_INCREASE) were chosen by looking at the first two sets."""
+THIRD_SEEDS = range(10, 15)
 
 
 def int4_count(layers: int, experts: int, share: float) -> int:

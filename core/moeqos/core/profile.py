@@ -19,8 +19,11 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 6
-"""6: each precision's call costs calibrated to decode steps on their own (a step with a third of the
+PROFILE_VERSION = 7
+"""7: `error_overlap`, the share of each layer's routed expert-error energy in pairs of experts on one
+token, without which the quality model priced a layer's experts additively and a random quarter of the
+default model's experts at 1.5x its measured damage; a version-6 profile is measured again.
+6: each precision's call costs calibrated to decode steps on their own (a step with a third of the
 layers in that precision), not all by the served plan's one factor: a version-5 profile priced int8
 25-30% cheaper than bf16 on the default model, where served steps take the same time.
 5: int3 and int2 keep an integer zero point per group (their bytes, call costs and quality changed),
@@ -185,6 +188,13 @@ class Profile:
     signal). Empty when not measured."""
     sensitivity_tokens: int = 0
     """Calibration tokens `layer_kl` was measured on (0 when not measured)."""
+    error_overlap: tuple[float, ...] = ()
+    """[L] the share of layer l's routed, router-weighted expert output-error energy that lies in the
+    cross terms of a token's experts, measured with the experts in the first `layer_kl` precision
+    (moeqos.executor.error_overlap): 0 when each expert's error is independent of the others' (the
+    experts' damage adds up), 0.5 on the default model (identical experts, top-2, even weights: a
+    layer's damage grows with the square of the share of its routing that is quantized). Empty when
+    not measured (the quality model then adds the experts' damage)."""
     dense_costs: tuple[DenseCost, ...] = ()
     """Per dense element and precision, its bytes, decode seconds and quality effect
     (moeqos.core.dense); empty when not measured: the planner then keeps the dense part as it is."""
@@ -208,6 +218,8 @@ class Profile:
         for precision, row in self.layer_kl.items():
             if len(row) != rows:
                 raise ValueError(f"layer_kl[{precision}] must have one value per layer ({rows})")
+        if self.error_overlap and len(self.error_overlap) != rows:
+            raise ValueError(f"error_overlap must have one value per layer ({rows})")
 
     @property
     def precisions(self) -> list[Precision]:
@@ -260,6 +272,7 @@ class Profile:
             quality_points=tuple(QualityPoint.from_dict(q) for q in data.get("quality_points", [])),
             layer_kl={Precision(p): tuple(float(x) for x in r) for p, r in data.get("layer_kl", {}).items()},
             sensitivity_tokens=int(data.get("sensitivity_tokens", 0)),
+            error_overlap=tuple(float(x) for x in data.get("error_overlap", ())),
             dense_costs=tuple(DenseCost.from_dict(c) for c in data.get("dense_costs", [])),
             dense_precision=Precision(data.get("dense_precision", Precision.BF16.value)),
             batch_calls=tuple(BatchCall.from_dict(c) for c in data.get("batch_calls", [])),

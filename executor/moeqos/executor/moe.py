@@ -105,6 +105,10 @@ class RoutedBlock(Protocol):
     observer: RouteObserver | None
     experts_enabled: bool
 
+    def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expert indices [T, K] and their weights [T, K] of tokens [T, H]."""
+        ...
+
 
 @contextmanager
 def observed(blocks: Sequence[RoutedBlock], observer: RouteObserver) -> Iterator[None]:

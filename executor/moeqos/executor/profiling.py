@@ -40,6 +40,7 @@ from moeqos.executor.calibration_design import designed_plans
 from moeqos.executor.costs import calibrate, call_costs, load_costs
 from moeqos.executor.dense_profile import DENSE_PRECISIONS, dense_costs
 from moeqos.executor.disk_calibration import calibrate_loads
+from moeqos.executor.error_overlap import error_overlap
 from moeqos.executor.measurement import Measurable
 from moeqos.executor.moe import observed
 from moeqos.executor.quality_points import measure_quality, uniform_precision
@@ -214,7 +215,7 @@ def build_profile(
         )
         progress("batch", 1.0)
         label, scored = quality_corpus or corpus_name, quality_ids or ids
-        errors, points = _errors_and_quality(
+        errors, overlap, points = _errors_and_quality(
             runtime,
             captured,
             chosen,
@@ -245,6 +246,7 @@ def build_profile(
             quality_points=tuple(points),
             layer_kl=kl,
             sensitivity_tokens=min(sensitivity_tokens, len(ids)) if kl else 0,
+            error_overlap=overlap,
             dense_costs=dense_part,
             dense_precision=dense,
             batch_calls=tuple(batch_calls),
@@ -301,12 +303,14 @@ def _errors_and_quality(
     label: str,
     window: int,
     progress: Progress,
-) -> tuple[dict[Precision, Grid], list[QualityPoint]]:
-    """(quantization errors of `chosen`, quality points of `plans` and their designs): the stages
-    `quant_error`, `quality` and `design` sharing their quantization. A lossy precision with a uniform
-    plan among `plans` has its errors measured on the variants that plan then takes from the memory
-    cache (moeqos.executor.variant_errors), right before it; the others (and the float precisions:
-    cheap, and the served plan's experts are not built) are measured directly, first."""
+) -> tuple[dict[Precision, Grid], tuple[float, ...], list[QualityPoint]]:
+    """(quantization errors of `chosen`, the layers' error overlap, quality points of `plans` and their
+    designs): the stages `quant_error`, `quality` and `design` sharing their quantization. A lossy
+    precision with a uniform plan among `plans` has its errors measured on the variants that plan then
+    takes from the memory cache (moeqos.executor.variant_errors), right before it; the others (and the
+    float precisions: cheap, and the served plan's experts are not built) are measured directly, first.
+    The overlap (moeqos.executor.error_overlap; empty without a layer KL) is measured in the first
+    precision of `kl` right after its errors, on the same cached variants."""
     group_size = runtime.plan.group_size
     uniform = {uniform_precision(plan) for plan in plans}
     shared = [p for p in chosen if p in uniform and not p.is_float]
@@ -318,11 +322,16 @@ def _errors_and_quality(
         else {}
     )
     references = ReferenceOutputs(runtime, captured)
+    anchor = next(iter(kl), None)
+    overlap: tuple[float, ...] = ()
 
     def before(precision: Precision) -> None:
+        nonlocal overlap
         if precision in shared and precision not in errors:
             errors[precision] = variant_errors(runtime, references, precision)
             progress("quant_error", len(errors) / len(chosen))
+        if precision == anchor and not overlap:
+            overlap = error_overlap(runtime, references, precision)
 
     def designer(increases: Mapping[Precision, float]) -> list[Plan]:
         if not kl:
@@ -333,4 +342,6 @@ def _errors_and_quality(
     points = measure_quality(
         runtime, plans, ids, label, window, progress, reference, designer if kl else None, kl, before
     )
-    return {p: errors[p] for p in chosen}, points
+    if anchor is not None and not overlap:  # no uniform plan of the anchor among `plans`
+        before(anchor)
+    return {p: errors[p] for p in chosen}, overlap, points

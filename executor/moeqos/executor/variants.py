@@ -40,6 +40,7 @@ from moeqos.executor.integrity import (
 from moeqos.executor.quant import QuantExpert, cpu_kernels
 from moeqos.executor.quant.linear import resolve_device
 from moeqos.executor.state_store import remove_orphan_temp_files
+from moeqos.executor.twin_experts import TwinExperts
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,10 @@ class VariantFactory:
         """False: drop a variant file's pages from the OS page cache after each `load` (see
         ExecutorConfig.disk_reads)."""
         self.quantized = 0
-        """Variants quantized from the checkpoint so far (the caches' misses)."""
+        """Variants quantized from the checkpoint so far (the caches' misses, less identical experts'
+        shared variants)."""
+        self.twins = TwinExperts(self.read_weights)
+        """Identical experts of a layer share one quantization (moeqos.executor.twin_experts)."""
         self.integrity = IntegrityLog()
         """Damaged files found and mended so far."""
         self._verified = VerifiedFiles()
@@ -312,9 +316,15 @@ class VariantFactory:
 
     def _quantize(self, key: VariantKey, device: str) -> QuantExpert:
         layer, expert, precision, group_size = key
-        w1, w2, w3 = (w.to(self.quantize_device) for w in self.read_weights(layer, expert))
+        weights = self.read_weights(layer, expert)
+        twin = self.twins.find(layer, precision, group_size, weights)
+        if twin is not None:  # an identical expert's variant: the same codes, quantized once
+            return twin.to_device(device)
+        w1, w2, w3 = (w.to(self.quantize_device) for w in weights)
         self.quantized += 1
-        return QuantExpert.from_weights(w1, w2, w3, precision, group_size=group_size, device=device)
+        module = QuantExpert.from_weights(w1, w2, w3, precision, group_size=group_size, device=device)
+        self.twins.remember(layer, expert, precision, group_size, weights, module)
+        return module
 
     def _save(self, key: VariantKey, module: QuantExpert) -> None:
         self._write(self.path(key), module.to_state())

@@ -1,0 +1,83 @@
+"""Quantize a layer's identical experts once.
+
+A sparse-upcycled MoE (the default model: every expert starts as a copy of the dense MLP) stores the same
+weights under every expert of a layer, and its variants are built expert after expert: a plan switch,
+a uniform quality plan and the profile's error measurement each quantized the same weights eight times
+(most of the profile's `quant_error` and `fixed` stages on the default model). `TwinExperts` remembers,
+per (layer, precision, group size), the last expert quantized there: a fingerprint of its weights (a
+strided sample of each matrix, a few KiB) and a weak reference to its variant. An expert whose
+fingerprint matches is compared in full with that expert's weights (read again from the checkpoint) and,
+when identical and the variant is still alive (held by a plan or the memory cache), gets the same
+variant object: experts are never mutated (QuantExpert.to_device), so sharing one is safe. Distinct
+experts differ in their fingerprint and pay only its comparison; nothing large is held.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+
+import torch
+from moeqos.core.precision import Precision
+from moeqos.executor.quant import QuantExpert
+
+Weights = Sequence[torch.Tensor]
+SAMPLES = 1024
+"""Elements sampled from each matrix for the fingerprint."""
+
+
+def fingerprint(weights: Weights) -> tuple[torch.Tensor, ...]:
+    """A strided sample of each tensor (shape and dtype are in the comparison through it)."""
+    out = []
+    for w in weights:
+        flat = w.reshape(-1)
+        out.append(flat[:: max(1, flat.numel() // SAMPLES)].clone())
+    return tuple(out)
+
+
+class TwinExperts:
+    """The last quantized expert per (layer, precision, group size): see the module docstring."""
+
+    def __init__(self, read_weights: Callable[[int, int], Weights]) -> None:
+        self._read = read_weights
+        self._last: dict[tuple[int, Precision, int], tuple[int, tuple[torch.Tensor, ...], weakref.ref]] = {}
+        self._lock = threading.Lock()
+
+    def find(self, layer: int, precision: Precision, group: int, weights: Weights) -> QuantExpert | None:
+        """The variant of an expert of `layer` with exactly `weights`, quantized in (`precision`,
+        `group`) and still alive, or None."""
+        with self._lock:
+            last = self._last.get((layer, precision, group))
+        if last is None:
+            return None
+        twin, sample, ref = last
+        if not _identical(fingerprint(weights), sample):
+            return None
+        module = ref()
+        if module is None or not _identical(weights, self._read(layer, twin)):
+            return None
+        return module
+
+    def remember(
+        self, layer: int, expert: int, precision: Precision, group: int, weights: Weights, module: QuantExpert
+    ) -> None:
+        """`module` is the fresh variant of (`layer`, `expert`) in (`precision`, `group`)."""
+        with self._lock:
+            self._last[(layer, precision, group)] = (expert, fingerprint(weights), weakref.ref(module))
+
+
+def _identical(ours: Weights, theirs: Weights) -> bool:
+    """Same number of tensors, each of the same shape, dtype and values."""
+    return len(ours) == len(theirs) and all(
+        a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+        for a, b in zip(ours, theirs, strict=True)
+    )
+
+
+def _identical(ours: Weights, theirs: Weights) -> bool:
+    """Same number of tensors, each of the same shape, dtype and values."""
+    return len(ours) == len(theirs) and all(
+        a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+        for a, b in zip(ours, theirs, strict=True)
+    )
