@@ -73,11 +73,3 @@ def _identical(ours: Weights, theirs: Weights) -> bool:
         a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
         for a, b in zip(ours, theirs, strict=True)
     )
-
-
-def _identical(ours: Weights, theirs: Weights) -> bool:
-    """Same number of tensors, each of the same shape, dtype and values."""
-    return len(ours) == len(theirs) and all(
-        a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-        for a, b in zip(ours, theirs, strict=True)
-    )
