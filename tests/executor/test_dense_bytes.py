@@ -13,6 +13,8 @@ from moeqos.core.descriptions import ModelDescription
 from moeqos.core.precision import Precision, dense_bytes
 from moeqos.executor.runtime import ExecutorRuntime
 
+from tests.executor.tiny import held_dense_bytes
+
 
 def _description(model_dir: Path) -> ModelDescription:
     config = json.loads((model_dir / "config.json").read_text())
@@ -34,7 +36,7 @@ def test_model_info_profile_and_whatif_agree_with_memory(
     tiny_dir: Path, make_runtime: Callable[..., ExecutorRuntime]
 ) -> None:
     runtime = make_runtime(dense_precision="bf16")
-    held = sum(p.numel() * p.element_size() for p in runtime.lm.parameters())  # what is really in memory
+    held = held_dense_bytes(runtime.lm)  # what is really in memory
     assert runtime.model.dense_bytes == held
     assert (
         runtime.profile(list(range(3, 40)), "ids", max_tokens=32, repeats=1, window=32).model.dense_bytes
@@ -49,7 +51,7 @@ def test_served_dense_bytes_follow_the_dense_precision(
     make_runtime: Callable[..., ExecutorRuntime], precision: Precision
 ) -> None:
     runtime = make_runtime(dense_precision=str(precision))
-    assert runtime.model.dense_bytes == sum(p.numel() * p.element_size() for p in runtime.lm.parameters())
+    assert runtime.model.dense_bytes == held_dense_bytes(runtime.lm)
 
 
 def test_routers_count_four_bytes_whatever_the_dense_precision() -> None:

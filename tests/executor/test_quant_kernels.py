@@ -9,6 +9,7 @@ import pytest
 import torch
 from moeqos.core.precision import Precision, matrix_bytes
 from moeqos.executor.quant import QuantLinear, quantize_linear
+from moeqos.executor.quant.onednn_kernels import packed_bf16_fits
 from moeqos.executor.quant.reference import (
     kernel_error_bound,
     quantize_dequantize,
@@ -37,10 +38,12 @@ def generator(*case: object) -> torch.Generator:
 
 def expected_kernel(precision: Precision, shape: tuple[int, int, int, str, str]) -> str:
     """The kernel column of SHAPES; a precision naming its own group size fits the int4 op when N is a
-    multiple of 16 and its group divides K; int3/int2 take the bit-packed twin of the int4 kernel."""
+    multiple of 16 and its group divides K; int3/int2 take the bit-packed twin of the int4 kernel; bf16
+    takes oneDNN's prepacked kernel where this CPU computes bf16 natively."""
     rows, cols, _, int8_kernel, int4_kernel = shape
     if precision.is_float:
-        return "FloatKernel"
+        packed = packed_bf16_fits(precision, torch.device("cpu"))
+        return "PackedBf16CpuKernel" if packed else "FloatKernel"
     if precision == Precision.INT8:
         return int8_kernel
     if precision.group_size is not None:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 from moeqos.core.plan import Plan
+from moeqos.executor.quant import QuantLinear
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 LAYERS, EXPERTS = 2, 4
 """Shape of the `tiny_dir` checkpoint."""
@@ -19,6 +21,14 @@ def fp32_plan(tier: str = "cpu") -> Plan:
 def prompt_ids(length: int = 12, seed: int = 0, vocab: int = 256) -> torch.Tensor:
     """Random token ids [1, length] avoiding the special ids 0-2."""
     return torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+def held_dense_bytes(lm: nn.Module) -> int:
+    """What a loaded model's dense part really holds: its parameters at their dtypes, and the dense
+    matrices moved into a kernel's layout (`QuantLinear`s in its tree: bf16 projections prepacked for
+    oneDNN at load, or re-quantized by a plan), which are no longer parameters."""
+    parameters = sum(p.numel() * p.element_size() for p in lm.parameters())
+    return parameters + sum(m.nbytes() for m in lm.modules() if isinstance(m, QuantLinear))
 
 
 EXPERT_KEY = ".block_sparse_moe.experts."

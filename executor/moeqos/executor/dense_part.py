@@ -8,7 +8,10 @@ grouped, group size) changed, from the checkpoint's own weights (round-to-neares
 
 An element back in the model's dense precision computes with a float `QuantLinear` of the checkpoint
 weight (the same F.linear as before), and a tied head with its original module, which *is* the embedding
-matrix (no extra bytes). Shapes: x [..., in] -> [..., out].
+matrix (no extra bytes). Where bf16 takes oneDNN's prepacked kernel (moeqos.executor.quant.onednn_kernels),
+the checkpoint's own bf16 projections are moved into that layout at load, so the dense part computes
+with it from the first step; a tied head keeps the plain layout the embedding lookup reads.
+Shapes: x [..., in] -> [..., out].
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from moeqos.core.dense import DenseElement, DenseShapes, DenseStatus, DenseTable
 from moeqos.core.errors import PlanApplyFailed
 from moeqos.core.plan import Plan
@@ -26,6 +30,8 @@ from moeqos.executor.checkpoint import Checkpoint, CheckpointError
 from moeqos.executor.loader import TORCH_DTYPES
 from moeqos.executor.quant import gemv_paths
 from moeqos.executor.quant.linear import QuantLinear, quantize_linear
+from moeqos.executor.quant.onednn_kernels import packed_bf16_fits
+from moeqos.executor.quant.rtn import QuantizedWeight
 from torch import Tensor, nn
 
 
@@ -102,13 +108,29 @@ class DensePart:
     def _wrap(
         self, model: nn.Module, path: str, module: Any, element: DenseElement, keys: Mapping[int, str]
     ) -> None:
-        slot = DenseSlot(path, module, getattr(module, "bias", None), self._views)
+        slot = DenseSlot(path, self._as_loaded(module, element), getattr(module, "bias", None), self._views)
         owner, _, leaf = path.rpartition(".")
         setattr(model.get_submodule(owner) if owner else model, leaf, slot)
         self.slots[element].append(slot)
         self.sources[path] = keys[id(module.weight)]
         rows, cols = module.weight.shape
         self.shapes_of[path] = (int(rows), int(cols))
+
+    def _as_loaded(self, module: Any, element: DenseElement) -> nn.Module:
+        """The module a slot computes with at load: the checkpoint's own, or, for a bias-free bf16
+        `nn.Linear` that is not a tied head, a `QuantLinear` of its weight in oneDNN's prepacked layout
+        where that kernel serves bf16 (the packed copy replaces the plain one: the same bytes)."""
+        weight = getattr(module, "weight", None)
+        if (
+            type(module) is not nn.Linear
+            or module.bias is not None
+            or (element == DenseElement.HEAD and self.tied)
+            or weight is None
+            or weight.dtype != torch.bfloat16
+            or not packed_bf16_fits(Precision.BF16, weight.device)
+        ):
+            return module
+        return QuantLinear(QuantizedWeight(Precision.BF16, weight.detach()), weight.device)
 
     # ----- shapes and bytes ---------------------------------------------------------------------
     def shapes(self) -> DenseShapes:

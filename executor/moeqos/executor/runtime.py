@@ -92,6 +92,9 @@ class ExecutorRuntime:
         self.lm = build_model(
             checkpoint, self.adapter, hf_config, config.device, config.dense_precision, self.store
         )
+        self.model = model_identity(checkpoint, hf_config, self.spec, self.lm, config.dense_precision)
+        """The served model's identity (name, fingerprint, shape), from the parameters as loaded (before
+        the dense part moves the projections into kernel layouts, which are not parameters)."""
         self.dense = DensePart(self.lm, checkpoint, config.device, config.dense_precision)
         """The attention projections and lm head in the plan's dense precisions."""
         self.fast_decode_off = unsupported_reason(self.adapter.model_type, hf_config)
@@ -101,8 +104,6 @@ class ExecutorRuntime:
         )
         """The own decode step for [B, 1] tokens on a KvCache (moeqos.executor.fast_decode)."""
         self.dense_charge = DenseCharge(self.dense.shapes(), config.dense_precision, config.device)
-        self.model = model_identity(checkpoint, hf_config, self.spec, self.lm, config.dense_precision)
-        """The served model's identity (name, fingerprint, shape)."""
         self.hardware = hardware_identity(config.device)
         self.prompts = PromptCodec.load(checkpoint.directory, hf_config)
         self.tokenizer = self.prompts.tokenizer

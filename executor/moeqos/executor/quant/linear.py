@@ -5,7 +5,9 @@ torch op computes a few rows is chosen by timing at first use: moeqos.executor.q
 
 | precision        | CPU                                   | CUDA                    |
 |------------------|---------------------------------------|-------------------------|
-| fp32, bf16, fp16 | `mm` or `mv`, timed (gemv_paths)      | `mm`                    |
+| bf16             | oneDNN, weight prepacked once         | `mm`                    |
+|                  | (onednn_kernels; else as fp32)        |                         |
+| fp32, fp16       | `mm` or `mv`, timed (gemv_paths)      | `mm`                    |
 | int8             | `_weight_int8pack_mm` (K % 32 == 0)   | dequantize + F.linear   |
 | int4             | `_weight_int4pack_mm_for_cpu`         | `_weight_int4pack_mm`   |
 | int3, int2       | unpack per call + the int4 op         | same                    |
@@ -23,6 +25,7 @@ import torch
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
 from moeqos.executor.quant import cpu_kernels, cuda_kernels
 from moeqos.executor.quant.kernel import DequantKernel, FloatKernel, Kernel
+from moeqos.executor.quant.onednn_kernels import PackedBf16CpuKernel, packed_bf16_fits
 from moeqos.executor.quant.packed_kernels import UnpackDequantKernel, UnpackInt4Kernel
 from moeqos.executor.quant.rtn import QuantizedWeight, dequantize, quantize
 from moeqos.executor.quant.state import weight_from_state, weight_to_state
@@ -41,7 +44,7 @@ def build_kernel(q: QuantizedWeight, device: torch.device) -> Kernel:
     """The kernel for `q` (already on `device`); see the module table."""
     rows, cols = q.shape
     if q.precision.is_float:
-        return FloatKernel(q)
+        return PackedBf16CpuKernel(q) if packed_bf16_fits(q.precision, device) else FloatKernel(q)
     if q.precision.is_bit_packed:
         return _bit_packed_kernel(q, device)
     if device.type == "cpu":
