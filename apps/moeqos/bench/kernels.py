@@ -4,7 +4,8 @@
 
 One token (M = 1) through a 14336x4096 weight (Mixtral-8x7B's w1) and through the default model's
 expert matrices (hidden 576, intermediate 1536), and one whole SwiGLU expert (w1/w3 fused vs three
-separate matmuls), and the two compute paths of bit-packed int3/int2 (issue 18). Every time is the
+separate matmuls), the two compute paths of bit-packed int3/int2 (issue 18), and bf16 through torch's
+`mm` on the plain weight against oneDNN's prepacked layout (issue 13). Every time is the
 median of repeated runs; ratio = fp32 time / this time, so > 1 is faster than fp32. `--quick` skips the 14336x4096 weight and runs fewer repeats.
 """
 
@@ -22,6 +23,7 @@ from moeqos.bench.report import Machine, Table
 from moeqos.bench.timing import time_repeats
 from moeqos.core.precision import Precision
 from moeqos.executor.quant import QuantExpert, QuantLinear, cpu_kernels, quantize_linear
+from moeqos.executor.quant.onednn_kernels import PackedBf16CpuKernel, packed_bf16_fits
 from moeqos.executor.quant.packed_kernels import UnpackDequantKernel, UnpackInt4Kernel
 from moeqos.executor.quant.rtn import quantize
 
@@ -80,6 +82,57 @@ def packed_paths_table(rows: int, cols: int, repeats: int) -> Table:
         ("path", "ms", "x int4"),
         table_rows,
     )
+
+
+BF16_SHAPES = ((HIDDEN, HIDDEN), (192, HIDDEN), (2 * INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE))
+"""The default model's bf16 matrices of a decode step: q/o, k/v, an expert's fused w1/w3, its w2."""
+
+DISTINCT_WEIGHTS = 32
+"""Weights of one shape a path cycles through, so they come from memory as a decode step's do (one
+weight called again and again stays in cache and times the cache, not the step)."""
+
+
+def bf16_paths_table(repeats: int) -> Table:
+    """bf16 matmuls of a few rows by torch's `mm` on the plain [N, K] weight vs oneDNN's prepacked
+    layout (what `QuantLinear` runs for bf16 where `packed_bf16_fits`), per shape and row count, each
+    path over DISTINCT_WEIGHTS weights, interleaved; µs per call, and whether the results are equal."""
+    table_rows = []
+    for rows, cols in BF16_SHAPES:
+        weights = [
+            (torch.randn(rows, cols) / cols**0.5).bfloat16() for _ in range(DISTINCT_WEIGHTS)
+        ]  # [N, K]
+        kernels = [PackedBf16CpuKernel(quantize(w, Precision.BF16)) for w in weights]
+        for tokens in (1, 16):
+            x = torch.randn(tokens, cols).bfloat16()  # [M, K]
+            paths = {
+                "mm": partial(_each, [partial(torch.mm, x, w.t()) for w in weights]),
+                "packed": partial(_each, [partial(k.matmul, x) for k in kernels]),
+            }
+            times = interleaved_median_ms(paths, repeats)
+            same = all(
+                torch.equal(torch.mm(x, w.t()), k.matmul(x)) for w, k in zip(weights, kernels, strict=True)
+            )
+            mm_us, packed_us = (times[name] * 1e3 / DISTINCT_WEIGHTS for name in ("mm", "packed"))
+            table_rows.append(
+                (
+                    f"{rows}x{cols}",
+                    str(tokens),
+                    f"{mm_us:.1f}",
+                    f"{packed_us:.1f}",
+                    f"{mm_us / packed_us:.2f}",
+                    str(same),
+                )
+            )
+    return Table(
+        f"bf16 matmul: torch mm vs oneDNN prepacked, {DISTINCT_WEIGHTS} weights per shape",
+        ("weight", "rows", "µs mm", "µs packed", "x", "equal"),
+        tuple(table_rows),
+    )
+
+
+def _each(calls: list[Callable[[], object]]) -> None:
+    for call in calls:
+        call()
 
 
 def interleaved_median_ms(paths: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -142,6 +195,10 @@ def main(argv: list[str] | None = None) -> None:
         print(matrix_table(rows, cols, repeats).render(header), end="\n\n")
     print(packed_paths_table(HIDDEN, INTERMEDIATE, repeats * 4).render(header), end="\n\n")
     print(expert_table(repeats).render(header))
+    if packed_bf16_fits(Precision.BF16, torch.device("cpu")):
+        print("\n" + bf16_paths_table(repeats).render(header))
+    else:
+        print("\nbf16 prepacked: not measured (this CPU has no native oneDNN bf16; bf16 runs on mm)")
 
 
 if __name__ == "__main__":
