@@ -242,6 +242,20 @@ def test_slack_replans_that_change_nothing_back_off_and_a_change_resets() -> Non
     assert c.slack_interval == 8.0
 
 
+def test_a_plan_that_took_over_is_judged_on_its_own_steps_before_the_next_replan() -> None:
+    """The minimum interval counts from the switch when a re-plan's apply took longer than it."""
+    c = QosController(LoopSettings(min_interval_s=4.0, slack_interval_s=8.0))
+    c.replanned(0.0)
+    c.settled(changed=True, for_slack=False, now=6.0)  # the switch took 6 s
+    assert not c.decide(7.0, 10.0, rate(5.0), busy=False).replan  # 1 s of the new plan's steps
+    assert c.decide(10.0, 10.0, rate(5.0), busy=False).replan
+    c.replanned(20.0)
+    c.settled(changed=False, for_slack=False, now=21.0)  # nothing changed: the interval stays the start's
+    assert c.decide(24.0, 10.0, rate(5.0), busy=False).replan
+    c.settled(changed=True, for_slack=False, now=1.0)  # a late report never moves the clock back
+    assert c.last_replan == 20.0
+
+
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError):
         LoopSettings(headroom=0.3, slack=0.25)
@@ -435,10 +449,12 @@ def test_a_replan_that_applied_and_fell_short_makes_the_next_ask_for_more_until_
     violated_at(8.0)
     assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=10.8)  # the first ask: headroom only
     serving[0], target.state = INT4, ReplanState.APPLIED  # it applied INT4 ...
+    assert not loop.tick(profile()).replan  # (seen at the next tick: nothing of INT4 measured yet)
     violated_at(9.0)  # ... which measures 9 where 10.8 was asked: 1.2x short
     assert loop.boost == pytest.approx(1.2)
     assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(10.8 * 1.2)
     serving[0] = BF16
+    assert not loop.tick(profile()).replan
     violated_at(5.0)  # its plan: 2.6x short, capped
     assert loop.boost == pytest.approx(1.5)
     knob.wanted = 1  # the machine changed: what was learned no longer holds

@@ -221,7 +221,7 @@ class QosLoop:
         before, for_slack, asking = self._pending
         self._pending = None
         after = self._plan().to_spec()
-        self.controller.settled(after != before, for_slack)
+        self.controller.settled(after != before, for_slack, self.stats.clock())
         if after != before and asking is not None:
             self._asked = (asking, after)
 
