@@ -92,7 +92,8 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
     on = Trace(tokens([10] * 10), ((0.0, "bf16@cpu"), (4.0, "int4@cpu")), 3.0, 8.0, 10.0, ((4.0, 8, 0.25),))
     off = Trace(tokens([10] * 10), ((0.0, "bf16@cpu"),), 3.0, 8.0, 10.0)
     warmed = {"on": (12.0, "done: int4 8"), "off": (0.0, "done: int4 8")}
-    result = _result(ctx, {"on": on, "off": off}, 8.0, quality, warmed)
+    basis = {"quality_tokens_per_s": 12.0, "fallback_loaded_tokens_per_s": 8.9}
+    result = _result(ctx, {"on": on, "off": off}, 8.0, quality, warmed, basis)
     [section] = result.tables
     rows = {row[0]: row for row in section.rows}
     assert rows["on"][-2:] == ("10.50, 11.50", "0.25 (8)") and rows["off"][-2:] == ("10.50", "-")
@@ -101,3 +102,5 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
     assert modes["on"]["plans"][1]["measured_perplexity"] == 11.5
     assert modes["on"]["variants_ahead"] == {"wait_s": 12.0, "said": "done: int4 8"}
     assert any("on 12s (done: int4 8)" in note for note in section.notes)
+    assert result.data["floor_basis"] == basis  # which bound set the floor: here the loaded one
+    assert any("quiet rate 12.0" in note and "beside the neighbour 8.9" in note for note in section.notes)
