@@ -104,3 +104,18 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
     assert any("on 12s (done: int4 8)" in note for note in section.notes)
     assert result.data["floor_basis"] == basis  # which bound set the floor: here the loaded one
     assert any("quiet rate 12.0" in note and "beside the neighbour 8.9" in note for note in section.notes)
+
+
+def test_the_floor_probe_takes_the_median_window_after_the_knobs_seconds() -> None:
+    """The fallback plan's rate beside the neighbour: windows before `skip` (the thread knob reacting)
+    are left out; nothing to measure is an error, not a floor of 0."""
+    from moeqos.bench.contention import median_window_rate
+
+    rates = [2, 2, 30, 31, 29]  # a slow start, then ~30 tok/s
+    times = [5.0 + k + i / r for k, r in enumerate(rates) for i in range(r)]  # the first token at 5.0
+    assert median_window_rate(times, 0.0, 5.0) == 29.0
+    assert median_window_rate(times, 2.0, 3.0) == 30.0
+    with pytest.raises(RuntimeError, match="too few tokens"):
+        median_window_rate([], 2.0, 3.0)
+    with pytest.raises(RuntimeError, match="too few tokens"):
+        median_window_rate(times, 5.0, 3.0)

@@ -234,11 +234,11 @@ def test_a_rate_held_short_of_the_floor_inside_the_tolerance_is_a_violation_once
 
 def test_slack_replans_that_change_nothing_back_off_and_a_change_resets() -> None:
     c = QosController(LoopSettings(slack_interval_s=8.0, max_slack_interval_s=20.0))
-    c.settled(changed=False, for_slack=True)
+    c.settled(changed=False, for_slack=True, now=0.0)
     assert c.slack_interval == 16.0
-    c.settled(changed=False, for_slack=True)
+    c.settled(changed=False, for_slack=True, now=0.0)
     assert c.slack_interval == 20.0
-    c.settled(changed=True, for_slack=False)
+    c.settled(changed=True, for_slack=False, now=0.0)
     assert c.slack_interval == 8.0
 
 

@@ -23,11 +23,13 @@ what this run saw, not what the loop can do on a quiet machine.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,40 +122,48 @@ def _quality_rate(planner_address: str, executor_address: str) -> float:
     with PlannerClient(planner_address) as planner:
         planner.deploy([DeploySpec(executor_address, QosTarget(objective=Objective.QUALITY))])
     times = _stream_for(executor_address, 6.0, time.monotonic(), after_first_token=True)
-    if not times:
-        raise RuntimeError("the executor decoded nothing in 6 s: no floor to set")
-    rates = sorted(window_rates([t - times[0] for t in times], times[-1] - times[0]))
-    if not rates or rates[len(rates) // 2] == 0:
-        raise RuntimeError(f"too few tokens to set a floor ({len(times)} in 6 s)")
-    return float(rates[len(rates) // 2])
+    return median_window_rate(times, 0.0, times[-1] - times[0] if times else 0.0)
 
 
 def _fallback_rate_beside_neighbour(planner_address: str, executor_address: str, profile: Any) -> float:
-    """Decode tokens/s, beside the one-core neighbour, of the fastest plan within the loop's fallback
-    ceiling (moeqos.executor.qos_control, stage 2), with a floor held so that the thread knob acts as
+    """Decode tokens/s, beside the one-core neighbour, of the plan the loop's last fallback stage asks
+    for (moeqos.executor.qos_control.planning_target), with a floor held so that the thread knob acts as
     it would: the median 1 s window after the knob's first seconds."""
     from moeqos.client import DeploySpec, PlannerClient
-    from moeqos.executor.qos_control import LoopSettings
+    from moeqos.executor.qos_control import FALLBACK_STAGES, LoopSettings, planning_target
 
-    ceiling = profile.reference_perplexity() * (1 + LoopSettings().fallback_ppl_increase)
-    target = QosTarget(min_tokens_per_s=PROBE_FLOOR, max_perplexity=ceiling, objective=Objective.SPEED)
+    floor = QosTarget(min_tokens_per_s=PROBE_FLOOR)
+    fastest, _ = planning_target(floor, LoopSettings(), FALLBACK_STAGES, profile.reference_perplexity())
     with PlannerClient(planner_address) as planner:
-        planner.deploy([DeploySpec(executor_address, target)])
-    settle, measured = LOADED_PROBE_S
-    neighbour = subprocess.Popen([sys.executable, "-c", BURN])
-    try:
-        times = _stream_for(executor_address, settle + measured, time.monotonic(), after_first_token=True)
-    finally:
-        neighbour.kill()
-        neighbour.wait()
-    time.sleep(PROBE_SETTLE_S)
-    late = [t - times[0] - settle for t in times if t - times[0] >= settle] if times else []
-    rates = sorted(window_rates(late, measured))
-    if not rates or rates[len(rates) // 2] == 0:
-        raise RuntimeError(
-            f"too few tokens beside the neighbour to set a floor ({len(late)} in {measured} s)"
+        planner.deploy(
+            [DeploySpec(executor_address, dataclasses.replace(fastest, min_tokens_per_s=PROBE_FLOOR))]
         )
+    settle, measured = LOADED_PROBE_S
+    with _neighbour():
+        times = _stream_for(executor_address, settle + measured, time.monotonic(), after_first_token=True)
+    time.sleep(PROBE_SETTLE_S)
+    return median_window_rate(times, settle, measured)
+
+
+def median_window_rate(times: list[float], skip: float, seconds: float) -> float:
+    """The median tokens in the whole 1 s windows of `seconds` that start `skip` seconds after the first
+    of the token `times`; RuntimeError when there is none or it is 0 (no floor can be set from it)."""
+    late = [t - times[0] - skip for t in times if t - times[0] >= skip] if times else []
+    rates = sorted(window_rates(late, seconds))
+    if not rates or rates[len(rates) // 2] == 0:
+        raise RuntimeError(f"too few tokens to set a floor ({len(late)} in {seconds:.1f} s)")
     return float(rates[len(rates) // 2])
+
+
+@contextlib.contextmanager
+def _neighbour() -> Iterator[None]:
+    """A process burning one core for the duration of the block."""
+    process = subprocess.Popen([sys.executable, "-c", BURN])
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
 
 
 def _stream_for(address: str, seconds: float, origin: float, after_first_token: bool = False) -> list[float]:
@@ -253,13 +263,9 @@ def _scenario(executor_address: str, phases: tuple[float, ...]) -> Trace:
     while not times and time.monotonic() < deadline:  # the trace starts at the first token
         time.sleep(0.05)
     time.sleep(quiet)
-    neighbour = subprocess.Popen([sys.executable, "-c", BURN])
-    started = time.monotonic() - origin
-    try:
+    with _neighbour():
+        started = time.monotonic() - origin
         time.sleep(loaded)
-    finally:
-        neighbour.kill()
-        neighbour.wait()
     stopped = time.monotonic() - origin
     time.sleep(after)
     end = time.monotonic() - origin

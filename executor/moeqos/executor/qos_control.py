@@ -151,15 +151,14 @@ class QosController:
         """Record that a re-plan started at `now`."""
         self.last_replan = now
 
-    def settled(self, changed: bool, for_slack: bool, now: float | None = None) -> None:
-        """A re-plan finished (at `now`, when given): back off slack re-plans that changed nothing; a
+    def settled(self, changed: bool, for_slack: bool, now: float) -> None:
+        """A re-plan finished at `now`: back off slack re-plans that changed nothing; a
         change resets that, and the intervals count from the change: a new plan is judged on its own
         steps (a switch that quantizes a dense element can take seconds, and a window just after it
         is the switch's cost, not the plan's rate; measured: a boost learned there asked for 51 tok/s)."""
         if changed:
             self.slack_interval = self.settings.slack_interval_s
-            if now is not None:
-                self.last_replan = max(self.last_replan, now)
+            self.last_replan = max(self.last_replan, now)
         elif for_slack:
             self.slack_interval = min(self.slack_interval * 2, self.settings.max_slack_interval_s)
 
