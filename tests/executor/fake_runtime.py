@@ -108,6 +108,19 @@ class FakeRuntime:
             self.switches.append(previous)
 
     @contextmanager
+    def alternating(self, plan: Plan) -> Iterator[Callable[[bool], None]]:
+        served = self.plan
+
+        def turn(to_plan: bool) -> None:
+            self.plan = plan if to_plan else served
+            self.switches.append(self.plan)
+
+        try:
+            yield turn
+        finally:
+            turn(False)
+
+    @contextmanager
     def viewing(self, plan: Plan | None) -> Iterator[None]:
         self._viewed = plan
         try:

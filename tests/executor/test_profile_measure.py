@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from moeqos.core.plan import Plan
+from moeqos.core.plan import Assignment, Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import PROFILE_VERSION
 from moeqos.executor import profiling
+from moeqos.executor.budgets import bytes_table
 from moeqos.executor.profiling import quant_errors
 
 from tests.executor.tiny import EXPERTS, LAYERS
@@ -154,9 +155,10 @@ def test_a_saved_profile_is_reused_only_with_the_same_disk_tier(make_runtime, tm
 
 def test_each_precision_is_calibrated_on_decode_steps_of_its_own(make_runtime) -> None:
     """`calibrate` scales the served plan's precisions by one factor and every other precision by its
-    own, timed on a trial plan that is gone afterwards; a precision whose trial plan is over budget
-    takes the served plan's factor; with a disk expert in the served plan there is nothing to scale
-    against."""
+    own, timed on a trial plan with every layer in that precision, turned in and out beside the served
+    plan (gone afterwards); where that trial does not fit beside the served plan every third layer is
+    tried, and a precision where neither fits takes the served plan's factor; with a disk expert in the
+    served plan there is nothing to scale against."""
     from moeqos.executor.costs import calibrate, call_costs, precision_scale
 
     runtime = make_runtime()  # serves every expert fp32 on the cpu
@@ -164,32 +166,40 @@ def test_each_precision_is_calibrated_on_decode_steps_of_its_own(make_runtime) -
     prompt = runtime.encode("the quick brown fox jumps over the lazy dog")
     precisions = (Precision.FP32, Precision.INT8, Precision.INT4)
     measured = call_costs(runtime, torch.randn(1, 64), precisions, 2, 64)
-    switched: list[Plan] = []
-    apply = runtime.apply_plan
+    trials: list[Plan] = []
+    alternating = runtime.alternating
 
-    def recording(plan, *args, **kwargs):
-        switched.append(plan)
-        return apply(plan, *args, **kwargs)
+    def recording(plan):
+        trials.append(plan)
+        return alternating(plan)
 
-    runtime.apply_plan = recording  # type: ignore[method-assign]
+    runtime.alternating = recording  # type: ignore[method-assign]
     _, scaled = calibrate(runtime, prompt, 2, measured)
-    runtime.apply_plan = apply  # type: ignore[method-assign]
     factors = {s.precision: s.seconds / m.seconds for s, m in zip(scaled, measured, strict=True)}
     low, high = 0.2 * (1 - 1e-9), 5.0 * (1 + 1e-9)  # the clamp's bounds, less float rounding of s/m
     assert all(low <= f <= high for f in factors.values())
-    trials = [plan for plan in switched if plan != served]
-    assert [{a.precision for a in plan.assignments[0]} for plan in trials] == [
-        {Precision.INT8},
-        {Precision.INT4},
+    assert [plan.counts() for plan in trials] == [
+        {Assignment(Precision.INT8, "cpu"): LAYERS * EXPERTS},
+        {Assignment(Precision.INT4, "cpu"): LAYERS * EXPERTS},
     ]
-    assert all(plan.assignments[1] == served.assignments[1] for plan in trials)  # every third layer only
     assert runtime.plan == served
 
     seconds = {(c.precision, c.tier): c.seconds for c in measured}
+    trials.clear()
     runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, Precision.INT4, "cpu"))
     [cpu] = [t for t in runtime.tier_status() if t.name == "cpu"]
-    runtime.set_budget("cpu", cpu.used_bytes)  # room for the int4 plan, not for a layer of fp32
-    assert precision_scale(runtime, prompt, 2, 0.0, seconds, seconds, Precision.FP32) is None
+    int8_layer = EXPERTS * bytes_table(*runtime.shape, 64)[Precision.INT8]
+    runtime.set_budget("cpu", cpu.used_bytes + int8_layer)  # room beside it for one layer in int8
+    assert precision_scale(runtime, prompt, seconds, seconds, Precision.INT8) is not None
+    assert [{a.precision for a in plan.assignments[layer]} for plan in trials for layer in (0, 1)] == [
+        {Precision.INT8},
+        {Precision.INT8},  # every layer: over budget, nothing built
+        {Precision.INT8},
+        {Precision.INT4},  # every third layer
+    ]
+    runtime.set_budget("cpu", cpu.used_bytes)  # room for the int4 plan, not for a layer of fp32 beside it
+    assert precision_scale(runtime, prompt, seconds, seconds, Precision.FP32) is None
 
+    runtime.alternating = alternating  # type: ignore[method-assign]
     runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, Precision.FP32, "disk"))
     assert calibrate(runtime, prompt, 2, measured)[1] == measured

@@ -19,8 +19,11 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 8
-"""8: bf16 weights on a CPU with native oneDNN bf16 compute from a prepacked layout (bf16 expert calls
+PROFILE_VERSION = 9
+"""9: each precision's factor from pairs of single steps, a trial plan with every layer in it turned in
+and out beside the served plan, the median of the pairs (moeqos.executor.step_timing.paired_scale): the
+fastest rounds of every third layer priced int4 calls at 35-551 us across runs on one machine.
+8: bf16 weights on a CPU with native oneDNN bf16 compute from a prepacked layout (bf16 expert calls
 1.3-2.3x cheaper, the dense part's fixed cost lower), so a version-7 profile's bf16 call costs and fixed
 cost price plans slower than they run; it is measured again.
 7: `error_overlap`, the share of each layer's routed expert-error energy in pairs of experts on one

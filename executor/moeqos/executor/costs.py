@@ -18,7 +18,15 @@ from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, LoadCost
 from moeqos.core.tier import DISK
 from moeqos.executor.measurement import Measurable
-from moeqos.executor.step_timing import STEPS_PER_ROUND, CallSeconds, ExpertsOff, decode_step, fastest_round
+from moeqos.executor.step_timing import (
+    PAIRS,
+    CallSeconds,
+    ExpertsOff,
+    TurnedIn,
+    decode_step,
+    fastest_round,
+    paired_scale,
+)
 
 T = TypeVar("T")
 
@@ -130,20 +138,20 @@ def calibrate(
 ) -> tuple[float, list[CallCost]]:
     """The fixed decode-step time outside the experts, and `costs` calibrated to whole decode steps.
 
-    Method: prefill `prompt`, then time rounds of STEPS_PER_ROUND single-token steps (max(repeats,
-    FIXED_ROUNDS) rounds after one warm-up round): with expert calls switched off (the fixed part:
-    attention, norms, router, head, overhead) and with the served plan. Each is the minimum over
-    rounds of the per-step mean: load on the machine only ever adds time, so the fastest round is the
+    Method: prefill `prompt`, then time single-token steps. The fixed part (attention, norms, router,
+    head, overhead) is the fastest of max(repeats, FIXED_ROUNDS) rounds of STEPS_PER_ROUND steps with
+    expert calls switched off: load on the machine only ever adds time, so the fastest round is the
     best estimate of the undisturbed cost (a median of a few single steps swung 20x on a busy 2-core
     machine). The cold-cache call costs say what one call costs alone, but in a real step the hardware
     prefetches and overlaps part of each expert's weight stream, and the batched dispatch computes a
     layer's experts of one precision together, so a precision's real share of a step is not its cold
     cost (measured on the default model: cold bf16 calls 1.4x the cost of int8 ones, while whole
-    steps at bf16 and int8 ran at the same speed). So each precision gets its own factor:
-    - the served plan's precisions: (served step - fixed) / (the plan's cold-cost sum per step), the
-      MoE dispatch around each call folded in;
+    steps at bf16 and int8 ran at the same speed). So each precision gets its own factor, from pairs
+    of steps (moeqos.executor.step_timing.paired_scale):
+    - the served plan's precisions: a step with the experts on against one with them off, over the
+      plan's cold-cost sum per step, the MoE dispatch around each call folded in;
     - every other precision on the served plan's tiers (`precision_scale`): a step with the experts
-      of every third layer switched to it, the other calls credited at their calibrated cost.
+      switched to it against one of the served plan.
     With disk experts or precisions `costs` lacks in the served plan, the costs are returned as
     measured; a precision whose trial plan cannot be served here takes the served plan's factor. Each
     timing runs `exclusive()`ly, so no request sees the experts switched off.
@@ -151,21 +159,20 @@ def calibrate(
     seconds = {(c.precision, c.tier): c.seconds for c in costs}
     plan = runtime.plan
     costed = all(a.tier != DISK and (a.precision, a.tier) in seconds for _, a in plan.items())
-    rounds = max(repeats, FIXED_ROUNDS)
+    device = runtime.config.device
     with runtime.exclusive():
         step = decode_step(runtime, prompt)
-        off = fastest_round(step, rounds, runtime.config.device, ExpertsOff(runtime))
+        off = fastest_round(step, max(repeats, FIXED_ROUNDS), device, ExpertsOff(runtime))
         if not costed:
             return off, list(costs)
-        calls = CallSeconds(runtime, plan, seconds)
-        on_minus_cold = fastest_round(step, rounds, runtime.config.device, calls)
-    cold_per_step = calls.total / STEPS_PER_ROUND  # the routing repeats each step, so any round's sum
-    served = _clamped((on_minus_cold + cold_per_step - off) / cold_per_step)
+        calls = CallSeconds(runtime, plan, seconds, uncredited=frozenset(range(runtime.num_layers)))
+        scale = paired_scale(step, PAIRS, device, ExpertsOff(runtime), calls, calls)
+    served = 1.0 if scale is None else _clamped(scale)
     scales = {a.precision: served for _, a in plan.items()}
     calibrated = {key: value * served for key, value in seconds.items()}
     for precision in dict.fromkeys(c.precision for c in costs):
         if precision not in scales:
-            scale = precision_scale(runtime, prompt, rounds, off, calibrated, seconds, precision)
+            scale = precision_scale(runtime, prompt, calibrated, seconds, precision)
             scales[precision] = served if scale is None else scale
     return off, [dataclasses.replace(c, seconds=c.seconds * scales[c.precision]) for c in costs]
 
@@ -173,35 +180,38 @@ def calibrate(
 def precision_scale(
     runtime: Measurable,
     prompt: list[int],
-    rounds: int,
-    off: float,
     calibrated: dict[tuple[Precision, str], float],
     cold: dict[tuple[Precision, str], float],
     precision: Precision,
 ) -> float | None:
     """The factor from `precision`'s cold call costs to its share of a real decode step (`calibrate`).
 
-    Every third layer's experts are served in `precision` (each on its tier); a round's time less the
-    other calls at their `calibrated` cost, less the fixed `off`, is what those layers' calls cost,
-    over their `cold` sum. A third of the layers keeps the switch short (a third of the experts built)
-    while their calls still take a large share of the step. None where that plan cannot be measured:
-    a tier without a cold cost in `precision`, or over a tier's budget.
+    Pairs of steps: one of the served plan, its calls credited at their `calibrated` cost, and one of
+    a trial plan with the experts of every layer served in `precision` (each on its tier), less the
+    other layers' calls at their `calibrated` cost; the difference is what the trial layers' calls
+    cost, over their `cold` sum. Every layer where the trial fits the budgets beside the served plan
+    (`Measurable.alternating` keeps both plans' experts, so the turn between a pair's steps builds
+    nothing): a third of them gave a third of the difference to measure against the same noise; every
+    third layer where only that fits. None where neither can be measured: a tier without a cold cost
+    in `precision`, or over a tier's budget. The served plan is back afterwards.
     """
-    timed = frozenset(range(0, runtime.num_layers, 3))
-    trial = runtime.plan.with_layers(timed, precision)
-    if any((precision, a.tier) not in cold for _, a in trial.items()):
-        return None
-    try:
-        runtime.validate_plan(trial)
-    except OverBudget:
-        return None
+    served = runtime.plan
     mixed = calibrated | {key: value for key, value in cold.items() if key[0] == precision}
-    with runtime.serving(trial), runtime.exclusive():  # the apply lock first, as a plan switch takes them
-        step = decode_step(runtime, prompt)
-        calls = CallSeconds(runtime, trial, mixed, uncredited=timed)
-        rest = fastest_round(step, rounds, runtime.config.device, calls)
-    timed_cold = calls.uncredited_total / STEPS_PER_ROUND
-    return _clamped((rest - off) / timed_cold) if timed_cold > 0 else None
+    device = runtime.config.device
+    for timed in (frozenset(range(runtime.num_layers)), frozenset(range(0, runtime.num_layers, 3))):
+        trial = served.with_layers(timed, precision)
+        if any((precision, a.tier) not in cold for _, a in trial.items()):
+            return None
+        try:
+            with runtime.alternating(trial) as turn, runtime.exclusive():  # the apply lock first
+                step = decode_step(runtime, prompt)
+                baseline = CallSeconds(runtime, served, calibrated)
+                calls = CallSeconds(runtime, trial, mixed, uncredited=timed)
+                scale = paired_scale(step, PAIRS, device, baseline, TurnedIn(runtime, turn, calls), calls)
+        except OverBudget:  # raised by `alternating` before anything is built
+            continue
+        return None if scale is None else _clamped(scale)
+    return None
 
 
 def _clamped(scale: float) -> float:

@@ -6,13 +6,14 @@ locks or internals. ExecutorRuntime implements it; a test drives the measurement
 
 The two locks behind the runtime stay its own business; measurement asks for what they guarantee:
 `exclusive()` (no request's forward step runs inside the block), `serving(plan)` (that plan and
-no other is served inside the block) and `viewing(plan)` (the calling thread alone computes with that
-plan; everyone else keeps the plan served).
+no other is served inside the block), `alternating(plan)` (two plans served by turns, no other
+switch between) and `viewing(plan)` (the calling thread alone computes with that plan; everyone else
+keeps the plan served).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -132,6 +133,12 @@ class Measurable(Protocol):
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Inside the block no other thread runs a forward step (re-entrant)."""
+        ...
+
+    def alternating(self, plan: Plan) -> AbstractContextManager[Callable[[bool], None]]:
+        """Serve `plan` (turn(True)) and the plan served now (turn(False)) by turns inside the block,
+        both plans' experts resident; OverBudget before anything is built when `plan`'s own experts do
+        not fit beside the served plan's. The plan before is served again afterwards."""
         ...
 
     def serving(self, plan: Plan | None) -> AbstractContextManager[None]:

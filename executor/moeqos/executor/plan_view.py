@@ -74,7 +74,7 @@ def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:
     with runtime.exclusive():  # a consistent snapshot of the serving plan and its modules
         serving = runtime.plan
         shared = {key: store.module(key) for key, _ in plan.items() if _same(serving, plan, key)}
-    _check_room(runtime, plan, serving, [key for key, _ in plan.items() if shared.get(key) is None])
+    check_room_beside(runtime, plan, serving, [key for key, _ in plan.items() if shared.get(key) is None])
     disk = [variant_key(plan, key) for key, a in plan.items() if a.tier == DISK]
     factory.check_room(disk, runtime.config.device)  # the filesystem, as it is now
     built: dict[ExpertKey, QuantExpert] = {}
@@ -99,9 +99,9 @@ def _same(serving: Plan, plan: Plan, key: ExpertKey) -> bool:
     return serving[key] == plan[key] and serving.group_size == plan.group_size
 
 
-def _check_room(runtime: ExecutorRuntime, plan: Plan, serving: Plan, own: list[ExpertKey]) -> None:
-    """OverBudget when what the view adds on a tier does not fit in its budget beside the serving
-    plan: disk files it must write (`own` experts whose file is missing), memory copies it must build
+def check_room_beside(runtime: ExecutorRuntime, plan: Plan, serving: Plan, own: list[ExpertKey]) -> None:
+    """OverBudget when what `plan` adds on a tier does not fit in its budget beside the serving plan:
+    disk files it must write (`own` experts whose file is missing), memory copies it must build
     (`own` experts on a memory tier)."""
     sizes = bytes_table(*runtime.shape, plan.group_size)
     exists = runtime.factory.path
@@ -118,6 +118,6 @@ def _check_room(runtime: ExecutorRuntime, plan: Plan, serving: Plan, own: list[E
         if budget is not None and in_use + needed > budget:
             what = "writes disk-tier files of" if tier == DISK else f"builds {tier} copies of experts of"
             raise OverBudget(
-                f"evaluating this plan {what} {needed} bytes; the {tier} budget {budget} has "
+                f"computing this plan beside the serving one {what} {needed} bytes; the {tier} budget {budget} has "
                 f"{max(0, budget - in_use)} left beside the serving plan's {in_use}"
             )

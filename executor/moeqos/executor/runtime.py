@@ -43,7 +43,7 @@ from moeqos.executor.identity import hardware_identity, model_identity
 from moeqos.executor.kv_cache import KvCache
 from moeqos.executor.loader import build_model, load_config, moe_blocks
 from moeqos.executor.moe import MoeBlock
-from moeqos.executor.plan_view import private_view
+from moeqos.executor.plan_view import check_room_beside, private_view
 from moeqos.executor.profiling import build_profile
 from moeqos.executor.prompts import PromptCodec
 from moeqos.executor.store import ExpertStore, StoreStats
@@ -244,6 +244,40 @@ class ExecutorRuntime:
                 yield
             finally:
                 self.apply_plan(previous)
+
+    @contextmanager
+    def alternating(self, plan: Plan) -> Iterator[Callable[[bool], None]]:
+        """Serve `plan` and the plan served now by turns inside the block: the block gets `turn`, and
+        `turn(True)` serves `plan`, `turn(False)` the plan before. Both plans' experts stay resident, so
+        a turn swaps references and builds nothing (what timing two plans step by step against each
+        other needs: moeqos.executor.costs; a plan switch each way rebuilt ~200 ms of experts here).
+
+        Only memory-tier expert assignments may differ (InvalidArgument otherwise); `plan`'s own
+        experts count against the budgets beside the served plan (OverBudget before anything is built).
+        No other switch interleaves, and the plan before is served again afterwards.
+        """
+        with self._apply_lock:
+            served = self.plan
+            changed = plan.changed_experts(served)
+            if plan.dense != served.dense or any(DISK in (plan[k].tier, served[k].tier) for k in changed):
+                raise InvalidArgument("alternating plans may differ only in their memory-tier experts")
+            self.validate_plan(plan)
+            check_room_beside(self, plan, served, changed)
+            built = build_changed(self.factory, plan, changed, self.config.device)
+            kept = {key: module for key in changed if (module := self.store.module(key)) is not None}
+
+            def turn(to_plan: bool) -> None:
+                with self._model_lock:
+                    self.store.install(plan if to_plan else served, built if to_plan else kept)
+
+            try:
+                yield turn
+            finally:
+                turn(False)
+                for key, module in built.items():
+                    self.factory.retire(variant_key(plan, key), module)
+                built.clear()
+                release_freed_memory()
 
     @contextmanager
     def viewing(self, plan: Plan | None) -> Iterator[None]:

@@ -2,11 +2,13 @@
 known cost: what `moeqos.executor.costs.calibrate` and `moeqos.executor.disk_calibration` build on.
 
 A round is STEPS_PER_ROUND single-token steps on one KV cache; a measurement is the fastest of several
-rounds, since load on the machine only ever adds time.
+rounds, since load on the machine only ever adds time. A difference between two modes is measured
+apart (`paired_scale`): one step of each in turn, the median over the pairs.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -41,6 +43,50 @@ def fastest_round(step: Callable[[], object], rounds: int, device: str, mode: Ro
             sync()
             times.append((time.perf_counter() - start - mode.credit()) / STEPS_PER_ROUND)
     return min(times[1:])
+
+
+PAIRS = 16
+"""Step pairs timed for one calibration factor (`paired_scale`)."""
+
+
+def paired_scale(
+    step: Callable[[], object],
+    pairs: int,
+    device: str,
+    baseline: RoundMode,
+    trial: RoundMode,
+    calls: CallSeconds,
+) -> float | None:
+    """The factor from the cold costs of the calls `calls` leaves uncredited to the time they add to a
+    step in `trial` (`calls` itself, or a mode around it) over one in `baseline`: the median over
+    `pairs` pairs (after a warm-up pair) of
+
+        ((trial step - its credit) - (baseline step - its credit)) / calls.uncredited_total.
+
+    Why pairs of single steps rather than the fastest round of each mode: on a shared machine a
+    step's time swings by 20-40% from one second to the next, and the fastest rounds of two modes,
+    taken seconds apart, differed by more than the calls being priced (measured on the default model,
+    int4 calls on a bf16 plan calibrated at 35-551 us across runs, against ~85 us from whole decode
+    runs). Steps taken one after the other share the machine's state, and the median of their
+    differences ignores the pairs a burst of load hit. None when no call went uncredited.
+    """
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def rest(mode: RoundMode) -> float:
+        with mode:
+            mode.reset()
+            start = time.perf_counter()
+            step()
+            sync()
+            return time.perf_counter() - start - mode.credit()
+
+    ratios = []
+    for pair in range(pairs + 1):
+        base = rest(baseline)
+        added = rest(trial) - base
+        if pair and calls.uncredited_total > 0:
+            ratios.append(added / calls.uncredited_total)
+    return statistics.median(ratios) if ratios else None
 
 
 class RoundMode:
@@ -111,3 +157,26 @@ class CallSeconds(RoundMode):
     def __exit__(self, *exc_info: object) -> None:
         for block in self.blocks:
             block.observer = None
+
+
+class TurnedIn(RoundMode):
+    """`inner` with a trial plan turned in for the time of each step or round: `turn(True)` serves it,
+    `turn(False)` the plan before (the `turn` of `Measurable.alternating`)."""
+
+    def __init__(self, runtime: Measurable, turn: Callable[[bool], None], inner: RoundMode) -> None:
+        super().__init__(runtime)
+        self.turn, self.inner = turn, inner
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def credit(self) -> float:
+        return self.inner.credit()
+
+    def __enter__(self) -> None:
+        self.turn(True)
+        self.inner.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.inner.__exit__(*exc_info)
+        self.turn(False)
