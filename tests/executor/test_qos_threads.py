@@ -14,7 +14,7 @@ import pytest
 import torch
 from moeqos.api.channel import ConnectOptions
 from moeqos.core.qos import QosTarget
-from moeqos.core.service_types import QosState
+from moeqos.core.service_types import LiveCalibration, QosState
 from moeqos.executor.cpu_share import CpuShare, machine_busy_seconds
 from moeqos.executor.live_stats import LiveStats
 from moeqos.executor.qos_control import LoopSettings
@@ -165,6 +165,39 @@ def test_the_loop_lowers_threads_under_a_neighbour_and_judges_only_steps_at_the_
     assert "1 threads" in loop.status(profile()).last_decision
     knob.apply()
     assert applied == [1]
+
+
+def test_back_at_a_thread_count_the_loop_fits_only_steps_taken_since() -> None:
+    """Steps at 2 threads beside a neighbour (4 tok/s) are not what 2 threads do once it has left:
+    a thread change forgets the live calibration, and the fit takes only steps after the change."""
+    clock = FakeClock()
+    machine = Machine(clock)
+    knob = ThreadKnob(2, lambda n: None, lambda: knob.wanted)
+    target = StandingTarget("", ConnectOptions(), Hooks())
+    target.set(QosTarget(min_tokens_per_s=8.0), "")
+    stats = LiveStats(lambda: BF16, clock, threads=lambda: knob.wanted)
+    loop = QosLoop(LoopSettings(), stats, target, lambda: BF16, lambda: knob, machine.share())
+    loop.tick(profile())
+
+    def tick_until(threads: int, seconds: float) -> None:
+        for _ in range(10):
+            feed(stats, clock, seconds, 4)
+            loop.tick(profile())
+            if knob.wanted == threads:
+                return
+        raise AssertionError(f"the loop never went to {threads} threads")
+
+    machine.others = 1.0
+    tick_until(1, 0.25)  # 2 threads beside the neighbour: 4 tok/s
+    feed(stats, clock, 1 / 9.0, 27)  # 1 thread: 9 tok/s
+    loop.tick(profile())
+    assert loop.calibration.steps > 0
+    machine.others = 0.0
+    tick_until(2, 1 / 9.0)
+    assert loop.calibration == LiveCalibration()  # nothing at 2 threads since the change
+    feed(stats, clock, 0.1, 16)  # 2 threads, the neighbour gone: 10 tok/s
+    loop.tick(profile())
+    assert loop.calibration.steps == 16  # the 4 tok/s steps at 2 threads are not among them
 
 
 def test_the_open_loop_never_touches_the_threads() -> None:

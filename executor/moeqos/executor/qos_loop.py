@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 
 from moeqos.core.plan import Plan
@@ -84,6 +85,8 @@ class QosLoop:
         self._spread = 0.0
         """The one-second spread of the rate under the plan in force at the last look (WindowRate.spread):
         what re-plans keep clear of the floor besides the headroom (qos_control.margin)."""
+        self._threads_since = -math.inf
+        """When the loop last changed the thread count: the live calibration fits only later steps."""
         self._pending: tuple[str, bool, float | None] | None = None
         """(plan spec before, for slack, rate asked for at stage 0 of a violation's re-plan, else None) of
         the re-plan in flight."""
@@ -124,6 +127,7 @@ class QosLoop:
             steps = self._at_threads(self.stats.steps(self.settings.calibration_window_s))
             if len(steps) < self.settings.min_tokens:  # a slow model: the last few steps, however old
                 steps = self._at_threads(self.stats.steps(self.stats.horizon))[-self.settings.min_tokens :]
+            steps = [step for step in steps if step.end > self._threads_since]
             if len(steps) >= self.settings.min_tokens:
                 self.calibration = recalibration.fit(profile, steps)
         self._settle()
@@ -202,7 +206,7 @@ class QosLoop:
         target = self.target.target
         if target is None or target.min_tokens_per_s is None:  # no floor to hold: torch's own count
             if knob.wanted != knob.most:
-                knob.wanted = knob.most
+                self._set_threads(knob, knob.most, now)
                 self.thread_note = f"no floor to hold: back to {knob.most} threads"
                 log.info("qos threads: %s", self.thread_note)
             return
@@ -217,9 +221,19 @@ class QosLoop:
         if change is None:
             return
         if change.threads is not None:
-            knob.wanted = change.threads
+            self._set_threads(knob, change.threads, now)
         self.thread_note = change.reason
         log.info("qos threads: %s", change.reason)
+
+    def _set_threads(self, knob: ThreadKnob, threads: int, now: float) -> None:
+        """Change the count, and forget the live calibration: what steps at another count said is not
+        this count's speed, and steps at this count from before the change are another state of the
+        machine (measured: back at 2 threads after a neighbour left, a fit to the 2 tok/s steps of 2
+        threads beside it priced every plan 2x slow, and the next Deploy found no plan for its floor).
+        Until steps at the new count come, plans are priced as profiled."""
+        knob.wanted = threads
+        self._threads_since = now
+        self.calibration = LiveCalibration()
 
     def _settle(self) -> None:
         """When the re-plan in flight has finished, tell the controller whether it changed the plan."""
