@@ -13,7 +13,6 @@ Thread-safe: streams record from worker threads, readers run on the event loop.
 from __future__ import annotations
 
 import itertools
-import statistics
 import threading
 import time
 from collections import deque
@@ -63,16 +62,6 @@ class WindowRate:
     covered: float = 0.0
     """Seconds from the start of the window's first step to the end of its last (0 without steps):
     how much of the window the steps counted really span."""
-    spread: float = 0.0
-    """How much the rate moves from one second to the next: the standard deviation of the window's
-    one-second rates over their mean (`second_rates`); 0 with fewer than MIN_SECONDS_FOR_SPREAD."""
-
-
-SECOND = 1.0
-"""The length of the bins `spread` is measured over: the windows a client's rate is judged by."""
-
-MIN_SECONDS_FOR_SPREAD = 3
-"""Bins with a rate a spread needs."""
 
 
 class LiveStats:
@@ -134,7 +123,6 @@ class LiveStats:
             stream_tokens_per_s=sum(rates) / len(rates) if rates else None,
             executor_tokens_per_s=len(steps) / seconds,
             covered=window_span(steps) if steps else 0.0,
-            spread=relative_spread(second_rates(steps, self.clock())),
         )
 
     def step_rate(self, plan: Plan, threads: int, since: float, need: int) -> float | None:
@@ -154,23 +142,6 @@ def _under(step: StepRecord, plan: Plan | None, threads: int | None) -> bool:
 def window_span(steps: Sequence[StepRecord]) -> float:
     """Wall seconds from the start of the first of `steps` (in time order) to the end of the last."""
     return steps[-1].end - (steps[0].end - steps[0].seconds)
-
-
-def second_rates(steps: Sequence[StepRecord], now: float) -> list[float]:
-    """The decode rate in each whole SECOND back from `now` that holds at least two of `steps`: the
-    steps ending in it over their summed seconds (each a stream's time since its previous token), so
-    several streams give the rate one of them saw."""
-    bins: dict[int, list[StepRecord]] = {}
-    for step in steps:
-        bins.setdefault(int((now - step.end) // SECOND), []).append(step)
-    return [len(b) / max(sum(s.seconds for s in b), 1e-9) for b in bins.values() if len(b) >= 2]
-
-
-def relative_spread(rates: Sequence[float]) -> float:
-    """Sample standard deviation over mean of `rates`; 0 with fewer than MIN_SECONDS_FOR_SPREAD."""
-    if len(rates) < MIN_SECONDS_FOR_SPREAD:
-        return 0.0
-    return statistics.stdev(rates) / statistics.fmean(rates)
 
 
 def _stream_rate(steps: list[StepRecord]) -> float:

@@ -10,24 +10,18 @@ Rules, in order (r = measured decode rate of the streams, F = floor):
   as met (unless the window was long enough for `min_tokens` at the floor and a stream ran in it);
 - r < F * (1 - tolerance): violated; re-plan once `min_interval_s` has passed since the last re-plan
   started, or since the plan it applied took over, whichever is later;
-- r > F * (1 + slack) * m / (1 + headroom): met with quality left on the table (m: the margin,
-  below); re-plan once `slack_interval` has passed. A slack re-plan that keeps the same plan doubles
-  that interval (up to `max_slack_interval_s`), so a plan that is already the best one is not asked for
-  again and again; any plan change resets it;
-- r_long < F * (1 + spread_z * spread_long) over `sustained_s` (steps under the plan in force spanning
-  at least SUSTAINED_COVER of it; spread_long: how much its one-second rates move, relative to their
-  mean): short of the floor, a violation too. The tolerance is there for a noisy window, not for a
-  plan that lands a few percent short and stays there (measured: the loop held 4% under the floor for
-  40 s); and a plan whose mean sits just over the floor while its seconds swing around it misses the
-  floor in a client's one-second windows nearly half the time (measured at one thread beside a busy
-  neighbour: mean 29.6 against a floor of 28.8, seconds from 21 to 36, for 29 s).
-The gap between 1 - tolerance and the slack rule, with the plan asked for at F * m, m = the margin
-max(1 + headroom, 1 + spread_z * spread_long) (`margin`), is the hysteresis band: a plan chosen to
-land inside it triggers neither rule.
+- r > F * (1 + slack): met with quality left on the table; re-plan once `slack_interval` has passed.
+  A slack re-plan that keeps the same plan doubles that interval (up to `max_slack_interval_s`), so a
+  plan that is already the best one is not asked for again and again; any plan change resets it;
+- r_long < F over `sustained_s` (steps under the plan in force spanning at least SUSTAINED_COVER of
+  it): short of the floor, a violation too. The tolerance is there for a noisy window, not for a plan
+  that lands a few percent short and stays there (measured: the loop held 4% under the floor for 40 s).
+The gap between 1 - tolerance and 1 + slack (with the plan asked for at F * (1 + headroom)) is the
+hysteresis band: a plan chosen to land inside it triggers neither rule.
 
 What a re-plan for a violation asks the planner for (`planning_target`) steps down while re-plans fail
 (no plan meets the floor under the calibrated profile), and back up after one applies:
-- stage 0: F * m (the margin above), the target's ceiling kept;
+- stage 0: F * (1 + headroom), the target's ceiling kept;
 - stage 1: F itself: the best plan that meets the floor, so int2 comes in only when nothing else does;
 - stage 2: the fastest plan within the target's ceiling, or, when it has none, within
   `fallback_ppl_increase` over the reference (full-precision) perplexity: never the fastest plan of
@@ -60,12 +54,7 @@ class LoopSettings:
     slack: float = 0.25
     """Quality left on the table when the measured rate is above floor * (1 + slack)."""
     headroom: float = 0.12
-    """Re-plans ask the planner for floor * (1 + headroom), so noise does not put the plan at the edge
-    (or more where the rate's one-second spread needs it: `spread_z`)."""
-    spread_z: float = 1.28
-    """A floor is held when the rate less this many of its one-second standard deviations is at or
-    above it: 1.28 keeps ~90% of one-second windows at or above the floor, if the spread is normal.
-    What the spread adds over the floor is capped at `slack`."""
+    """Re-plans ask the planner for floor * (1 + headroom), so noise does not put the plan at the edge."""
     min_interval_s: float = 4.0
     """At least this long between two re-plans for a violation, and after a re-plan's plan took over."""
     slack_interval_s: float = 8.0
@@ -92,8 +81,8 @@ class LoopSettings:
     on the default model uniform int4 is +11%, int3 +88%, int2 +27000%)."""
 
     def __post_init__(self) -> None:
-        if not (0 <= self.tolerance < 1 and 0 <= self.headroom < self.slack and self.spread_z >= 0):
-            raise ValueError("need 0 <= tolerance < 1, 0 <= headroom < slack and spread_z >= 0")
+        if not (0 <= self.tolerance < 1 and 0 <= self.headroom < self.slack):
+            raise ValueError("need 0 <= tolerance < 1 and 0 <= headroom < slack")
         if self.fallback_ppl_increase < 0:
             raise ValueError("fallback_ppl_increase must be >= 0")
         if self.max_boost < 1:
@@ -148,23 +137,13 @@ class QosController:
                 f"floor violated: {rate:.2f} < {floor:g} tok/s - {s.tolerance:.0%} over {window.seconds:.1f}s"
             )
             return self._maybe(now, s.min_interval_s, QosState.VIOLATED, why)
-        spread = sustained.spread if sustained is not None else 0.0
-        kept = margin(s, spread)
-        if rate > floor * (1 + s.slack) * kept / (1 + s.headroom):
+        if rate > floor * (1 + s.slack):
             why = f"slack: {rate:.2f} > {floor:g} tok/s + {s.slack:.0%}; asking for a higher-quality plan"
-            if kept > 1 + s.headroom:
-                why += f" (margin x{kept:.2f} for a {spread:.0%} spread)"
             return self._maybe(now, self.slack_interval, QosState.MET, why, slack=True)
         if sustained is not None and sustained.stream_tokens_per_s is not None:
             held, spanned = sustained.stream_tokens_per_s, sustained.covered
-            low = floor * (1 + held_spread(s, spread))
-            if held < low and spanned >= SUSTAINED_COVER * s.sustained_s:
+            if held < floor and spanned >= SUSTAINED_COVER * s.sustained_s:
                 why = f"short of the floor: {held:.2f} < {floor:g} tok/s over {spanned:.1f}s"
-                if low > floor:
-                    why = (
-                        f"short of the floor: {held:.2f} < {low:.2f} tok/s (the floor + {s.spread_z:g} x "
-                        f"a {spread:.0%} spread of its seconds) over {spanned:.1f}s"
-                    )
                 return self._maybe(now, s.min_interval_s, QosState.VIOLATED, why)
         return Decision(QosState.MET, False, f"met: {rate:.2f} tok/s vs floor {floor:g}")
 
@@ -190,18 +169,6 @@ class QosController:
         return Decision(state, True, why, for_slack=slack)
 
 
-def held_spread(settings: LoopSettings, spread: float) -> float:
-    """What a rate with one-second `spread` needs over the floor, relative: spread_z x spread, at most
-    `slack`."""
-    return min(settings.spread_z * spread, settings.slack)
-
-
-def margin(settings: LoopSettings, spread: float) -> float:
-    """The factor over the floor a re-plan asks for: 1 + headroom, or more where the rate's one-second
-    `spread` needs it to keep ~90% of seconds at or above the floor (`held_spread`)."""
-    return max(1 + settings.headroom, 1 + held_spread(settings, spread))
-
-
 SUSTAINED_COVER = 0.9
 """Share of `sustained_s` the steps under the plan in force must span before that rule judges them."""
 
@@ -210,22 +177,16 @@ FALLBACK_STAGES = 2
 
 
 def planning_target(
-    target: QosTarget,
-    settings: LoopSettings,
-    stage: int,
-    reference: float | None,
-    boost: float = 1.0,
-    spread: float = 0.0,
+    target: QosTarget, settings: LoopSettings, stage: int, reference: float | None, boost: float = 1.0
 ) -> tuple[QosTarget, int]:
     """What a re-plan at fallback `stage` asks the planner for, and the stage actually used (2 becomes
     1 without a ceiling to give); `reference`: the reference perplexity, if measured; `boost`: the
-    factor stage 0 asks for over floor * margin (LoopSettings.max_boost); `spread`: the one-second
-    spread of the rate the margin keeps clear of the floor (`margin`)."""
+    factor stage 0 asks for over floor * (1 + headroom) (LoopSettings.max_boost)."""
     floor = target.min_tokens_per_s
     if not settings.enabled or floor is None:
         return target, 0
     if stage <= 0:
-        return dataclasses.replace(target, min_tokens_per_s=floor * margin(settings, spread) * boost), 0
+        return dataclasses.replace(target, min_tokens_per_s=floor * (1 + settings.headroom) * boost), 0
     has_ceiling = target.max_perplexity is not None or target.max_perplexity_increase is not None
     if stage == 1 or not (has_ceiling or reference is not None):
         return target, 1

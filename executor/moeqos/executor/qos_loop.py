@@ -7,9 +7,7 @@ Every `tick_s` the loop
 1. re-fits the live calibration to the decode steps of the last `calibration_window_s` (kept as it was
    when nothing was decoded: an idle executor learns nothing new);
 2. judges the rate of the streams over the last `window_s`, counting only steps under the plan in
-   force (a window straddling a plan switch would judge the new plan by the old one's steps), and
-   how much its one-second rates spread over `sustained_s` (the margin a plan must keep over the
-   floor for ~90% of a client's seconds to meet it: qos_control);
+   force (a window straddling a plan switch would judge the new plan by the old one's steps);
 3. when the controller says so, starts a re-plan through the StandingTarget, which asks the planner
    with the calibrated profile (GetProfile serves the same), applies the plan, and retries with
    backoff while the planner is down; the plan in force keeps serving throughout.
@@ -82,16 +80,13 @@ class QosLoop:
         more after each failed re-plan, back to 0 after one applied or a re-plan for slack."""
         self._reference: float | None = None
         """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
-        self._spread = 0.0
-        """The one-second spread of the rate under the plan in force at the last look (WindowRate.spread):
-        what re-plans keep clear of the floor besides the headroom (qos_control.margin)."""
         self._threads_since = -math.inf
         """When the loop last changed the thread count: the live calibration fits only later steps."""
         self._pending: tuple[str, bool, float | None] | None = None
         """(plan spec before, for slack, rate asked for at stage 0 of a violation's re-plan, else None) of
         the re-plan in flight."""
         self.boost = 1.0
-        """The factor re-plans ask for over floor * margin (module docstring, step 3)."""
+        """The factor re-plans ask for over floor * (1 + headroom) (module docstring, step 3)."""
         self._asked: tuple[float, str] | None = None
         """(rate asked for, plan spec applied) of the last re-plan for a violation that changed the plan."""
         self._boost_for: tuple[int | None, float | None] = (None, None)
@@ -112,7 +107,7 @@ class QosLoop:
         moeqos.executor.qos_control; a faster plan also gives the recalibration a second plan to tell
         the fixed cost from the expert calls)."""
         asked, self._fallback = qos_control.planning_target(
-            target, self.settings, self._fallback, self._reference, self.boost, self._spread
+            target, self.settings, self._fallback, self._reference, self.boost
         )
         return asked
 
@@ -134,7 +129,6 @@ class QosLoop:
         floor = self.target.target.min_tokens_per_s if self.target.target else None
         window = self.window()
         sustained = self.stats.window(self.settings.sustained_s, self._plan(), self._threads())
-        self._spread = sustained.spread
         decision = self.controller.decide(now, floor, window, self.target.state in BUSY, sustained)
         self._keep_boost_for(floor)
         asking = None
@@ -172,8 +166,7 @@ class QosLoop:
                     self.boost,
                 )
         self._asked = None
-        asks = floor * qos_control.margin(self.settings, self._spread) * self.boost
-        return asks if self._fallback == 0 else None
+        return floor * (1 + self.settings.headroom) * self.boost if self._fallback == 0 else None
 
     def window(self) -> WindowRate:
         """The rate window: steps under the plan in force of the last `window_s` seconds, or of as long
