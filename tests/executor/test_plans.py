@@ -45,11 +45,13 @@ def test_switch_changes_outputs_and_switching_back_restores_them(runtime) -> Non
 
 
 def test_alternating_turns_two_plans_in_and_out_without_building(runtime, monkeypatch) -> None:
-    """`alternating` builds the trial plan's own experts once; each turn then serves one plan or the
-    other exactly (the same logits as applying it), builds nothing, and the plan before is back
-    afterwards, its own modules untouched."""
+    """`alternating` builds the trial plan's own experts and dense matrices once; each turn then serves
+    one plan or the other exactly (the same logits as applying it), builds nothing, and the plan before
+    is back afterwards, its own modules untouched."""
     ids = prompt_ids(16)
-    trial = parse_plan("fp32@cpu,L0.E*=int4,L1.E2=int8", LAYERS, EXPERTS, "cpu")
+    trial = parse_plan("fp32@cpu,L0.E*=int4,L1.E2=int8", LAYERS, EXPERTS, "cpu").with_dense(
+        (("attn", Precision.INT8),)
+    )
     runtime.apply_plan(trial)
     trial_logits = runtime.forward_logits(ids)
     runtime.apply_plan(fp32_plan())
@@ -70,20 +72,18 @@ def test_alternating_turns_two_plans_in_and_out_without_building(runtime, monkey
 
 
 def test_alternating_refuses_what_it_cannot_turn_with_nothing_built(make_runtime, monkeypatch) -> None:
-    """A trial that changes the dense part or a disk-tier expert is InvalidArgument; one whose own
-    experts do not fit beside the served plan's is OverBudget; either way nothing is built and the
-    plan keeps serving."""
+    """A trial that changes a disk-tier expert is InvalidArgument; one whose own experts do not fit
+    beside the served plan's is OverBudget; either way nothing is built and the plan keeps serving."""
     one_expert = expert_bytes(64, 128, Precision.FP32)
     runtime = make_runtime(tier_budgets={"cpu": (LAYERS * EXPERTS + 1) * one_expert, "disk": one_expert})
     builds: list[object] = []
     build = runtime.factory.build
     monkeypatch.setattr(runtime.factory, "build", lambda *args: builds.append(args) or build(*args))
-    for plan in (
-        fp32_plan().with_dense((("head", Precision.BF16),)),
-        parse_plan("fp32@cpu,L0.E0=fp32@disk", LAYERS, EXPERTS, "cpu"),
+    with (
+        pytest.raises(InvalidArgument),
+        runtime.alternating(parse_plan("fp32@cpu,L0.E0=fp32@disk", LAYERS, EXPERTS, "cpu")),
     ):
-        with pytest.raises(InvalidArgument), runtime.alternating(plan):
-            pass
+        pass
     with (
         pytest.raises(OverBudget, match="beside"),
         runtime.alternating(

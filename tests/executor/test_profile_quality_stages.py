@@ -143,3 +143,40 @@ def test_the_stages_quantize_each_variant_once_and_measure_what_they_measured_ap
 
 def _precisions(spec: str) -> set[Precision]:
     return {a.precision for a in parse_plan(spec, LAYERS, EXPERTS, "cpu").counts()}
+
+
+def test_a_lossy_dense_element_is_priced_by_what_it_adds_to_whole_decode_steps(runtime, monkeypatch) -> None:
+    """The dense precision's seconds are the cold pass over the element's matrices; another
+    precision's are those plus what turning it in adds to a decode step (pairs of steps against the
+    served plan, with that element alone in that precision), so the planner's difference is the
+    measured one; the served plan is back afterwards."""
+    from moeqos.core.dense import DenseElement
+
+    served = runtime.plan
+    monkeypatch.setattr(dense_profile, "_element_seconds", lambda *args: 0.010)
+    turned: list[Plan] = []
+    alternating = runtime.alternating
+
+    def recording(plan):
+        turned.append(plan)
+        return alternating(plan)
+
+    monkeypatch.setattr(runtime, "alternating", recording)
+    added = iter([-0.002, 0.001])
+    monkeypatch.setattr(dense_profile, "paired_seconds", lambda *args: next(added))
+    costs = dense_profile.dense_costs(runtime, [Precision.INT8], IDS, 48, 1, _no_progress, base=1.0)
+    seconds = {(c.element, c.precision): c.seconds for c in costs}
+    dense = runtime.dense.dense
+    assert seconds == pytest.approx(
+        {
+            (DenseElement.ATTN, dense): 0.010,
+            (DenseElement.ATTN, Precision.INT8): 0.008,
+            (DenseElement.HEAD, dense): 0.010,
+            (DenseElement.HEAD, Precision.INT8): 0.011,
+        }
+    )
+    assert [plan.dense for plan in turned] == [
+        ((DenseElement.ATTN, Precision.INT8),),
+        ((DenseElement.HEAD, Precision.INT8),),
+    ]
+    assert runtime.plan == served

@@ -22,7 +22,9 @@ from moeqos.core.tier import TierBudget
 PROFILE_VERSION = 9
 """9: each precision's factor from pairs of single steps, a trial plan with every layer in it turned in
 and out beside the served plan, the median of the pairs (moeqos.executor.step_timing.paired_scale): the
-fastest rounds of every third layer priced int4 calls at 35-551 us across runs on one machine.
+fastest rounds of every third layer priced int4 calls at 35-551 us across runs on one machine; a
+lossy dense element's seconds add what it adds to whole steps the same way (cold single passes priced
+int8 attention and head 6 ms a token cheaper than bf16's prepacked kernels; steps ran no faster).
 8: bf16 weights on a CPU with native oneDNN bf16 compute from a prepacked layout (bf16 expert calls
 1.3-2.3x cheaper, the dense part's fixed cost lower), so a version-7 profile's bf16 call costs and fixed
 cost price plans slower than they run; it is measured again.

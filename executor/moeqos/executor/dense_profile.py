@@ -1,9 +1,14 @@
 """The profile's `dense` stage: what each dense element costs in each precision (moeqos.core.dense).
 
 Per element and precision:
-- `seconds`: one decode token's pass over the element's matrices (every q/k/v/o projection of every
-  layer, or the head) on a one-token input in the dense dtype, timed cold like the expert call costs
-  (moeqos.executor.costs.cold_median_seconds: decode streams these weights from memory every token);
+- `seconds`: in the dense precision, one decode token's pass over the element's matrices (every
+  q/k/v/o projection of every layer, or the head) on a one-token input in the dense dtype, timed cold
+  like the expert call costs (moeqos.executor.costs.cold_median_seconds: decode streams these weights
+  from memory every token); in another precision, that plus what the element in it adds to a whole
+  decode step, from pairs of steps with it turned in and out (moeqos.executor.step_timing.
+  paired_seconds; the planner prices only the difference). Cold single passes said int8 attention and
+  head save 6 ms a token on the default model, where bf16 computes from oneDNN's prepacked layout and
+  whole steps ran no faster: the frontier's throughput error was 51%;
 - `log_ppl`: log(perplexity of the served plan with only this element in this precision / perplexity of
   the served plan), on the quality tokens; 0 in the dense precision. The served plan's experts stay as
   they are (no expert is rebuilt), and the planner adds the term to the experts' (additive in log-ppl,
@@ -25,6 +30,7 @@ from moeqos.executor.costs import cold_median_seconds
 from moeqos.executor.evaluation import evaluate
 from moeqos.executor.loader import TORCH_DTYPES
 from moeqos.executor.measurement import Measurable
+from moeqos.executor.step_timing import PAIRS, RoundMode, TurnedIn, decode_step, paired_seconds
 
 Progress = Callable[[str, float], None]
 
@@ -55,15 +61,30 @@ def dense_costs(
     costs = []
     steps = len(DenseElement) * len(wanted)
     for element in DenseElement:
+        own = _element_seconds(runtime, served.with_dense(()), element, repeats)
         for precision in wanted:
             plan = served.with_dense(() if precision == dense else ((element, precision),))
-            seconds = _element_seconds(runtime, plan, element, repeats)
-            log_ppl = 0.0
+            seconds, log_ppl = own, 0.0
             if precision != dense:
+                seconds = own + _added_seconds(runtime, plan, ids[:STEP_PROMPT_TOKENS])
                 log_ppl = math.log(evaluate(runtime, ids, plan, window, None, 0).perplexity / base)
             costs.append(DenseCost(element, precision, table.bytes[element][precision], seconds, log_ppl))
             progress("dense", len(costs) / steps)
     return tuple(costs)
+
+
+STEP_PROMPT_TOKENS = 16
+"""Tokens prefilled before the paired decode steps."""
+
+
+def _added_seconds(runtime: Measurable, plan: Plan, prompt: list[int]) -> float:
+    """What a decode step with `plan`'s dense part takes over one of the served plan (median of pairs)."""
+    device = runtime.config.device
+    with runtime.alternating(plan) as turn, runtime.exclusive():  # the apply lock first
+        step = decode_step(runtime, prompt)
+        return paired_seconds(
+            step, PAIRS, device, RoundMode(runtime), TurnedIn(runtime, turn, RoundMode(runtime))
+        )
 
 
 def _element_seconds(runtime: Measurable, plan: Plan, element: DenseElement, repeats: int) -> float:

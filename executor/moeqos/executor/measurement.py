@@ -137,8 +137,9 @@ class Measurable(Protocol):
 
     def alternating(self, plan: Plan) -> AbstractContextManager[Callable[[bool], None]]:
         """Serve `plan` (turn(True)) and the plan served now (turn(False)) by turns inside the block,
-        both plans' experts resident; OverBudget before anything is built when `plan`'s own experts do
-        not fit beside the served plan's. The plan before is served again afterwards."""
+        both plans' experts and dense matrices resident; OverBudget before anything is built when
+        `plan`'s own experts do not fit beside the served plan's. The plan before is served again
+        afterwards."""
         ...
 
     def serving(self, plan: Plan | None) -> AbstractContextManager[None]:

@@ -248,27 +248,32 @@ class ExecutorRuntime:
     @contextmanager
     def alternating(self, plan: Plan) -> Iterator[Callable[[bool], None]]:
         """Serve `plan` and the plan served now by turns inside the block: the block gets `turn`, and
-        `turn(True)` serves `plan`, `turn(False)` the plan before. Both plans' experts stay resident, so
-        a turn swaps references and builds nothing (what timing two plans step by step against each
-        other needs: moeqos.executor.costs; a plan switch each way rebuilt ~200 ms of experts here).
+        `turn(True)` serves `plan`, `turn(False)` the plan before. Both plans' experts and dense
+        matrices stay resident, so a turn swaps references and builds nothing (what timing two plans
+        step by step against each other needs: moeqos.executor.costs, dense_profile; a plan switch
+        each way rebuilt ~200 ms of experts here, and a dense element takes seconds to quantize).
 
-        Only memory-tier expert assignments may differ (InvalidArgument otherwise); `plan`'s own
-        experts count against the budgets beside the served plan (OverBudget before anything is built).
-        No other switch interleaves, and the plan before is served again afterwards.
+        Disk-tier experts may not differ (InvalidArgument); `plan`'s own experts count against the
+        budgets beside the served plan (OverBudget before anything is built). No other switch
+        interleaves, and the plan before is served again afterwards.
         """
         with self._apply_lock:
             served = self.plan
             changed = plan.changed_experts(served)
-            if plan.dense != served.dense or any(DISK in (plan[k].tier, served[k].tier) for k in changed):
-                raise InvalidArgument("alternating plans may differ only in their memory-tier experts")
+            if any(DISK in (plan[key].tier, served[key].tier) for key in changed):
+                raise InvalidArgument("alternating plans may not differ in their disk-tier experts")
             self.validate_plan(plan)
             check_room_beside(self, plan, served, changed)
+            dense_changed = self.dense.changed(plan)
+            dense_built = self.dense.build(plan, dense_changed)
+            dense_kept = {slot.name: slot.module for e in dense_changed for slot in self.dense.slots[e]}
             built = build_changed(self.factory, plan, changed, self.config.device)
             kept = {key: module for key in changed if (module := self.store.module(key)) is not None}
 
             def turn(to_plan: bool) -> None:
                 with self._model_lock:
                     self.store.install(plan if to_plan else served, built if to_plan else kept)
+                    self.dense.install(plan if to_plan else served, dense_built if to_plan else dense_kept)
 
             try:
                 yield turn
@@ -277,6 +282,7 @@ class ExecutorRuntime:
                 for key, module in built.items():
                     self.factory.retire(variant_key(plan, key), module)
                 built.clear()
+                dense_built.clear()
                 release_freed_memory()
 
     @contextmanager

@@ -70,6 +70,31 @@ def paired_scale(
     runs). Steps taken one after the other share the machine's state, and the median of their
     differences ignores the pairs a burst of load hit. None when no call went uncredited.
     """
+
+    def ratio(added: float) -> float | None:
+        return added / calls.uncredited_total if calls.uncredited_total > 0 else None
+
+    ratios = _paired(step, pairs, device, baseline, trial, ratio)
+    return statistics.median(ratios) if ratios else None
+
+
+def paired_seconds(
+    step: Callable[[], object], pairs: int, device: str, baseline: RoundMode, trial: RoundMode
+) -> float:
+    """The seconds a step in `trial` takes over one in `baseline` (each less its credit): the median
+    over `pairs` pairs after a warm-up pair (why pairs: `paired_scale`)."""
+    return statistics.median(_paired(step, pairs, device, baseline, trial, lambda added: added))
+
+
+def _paired(
+    step: Callable[[], object],
+    pairs: int,
+    device: str,
+    baseline: RoundMode,
+    trial: RoundMode,
+    value: Callable[[float], float | None],
+) -> list[float]:
+    """value(trial step's rest - baseline step's rest) of each pair after the warm-up, None dropped."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def rest(mode: RoundMode) -> float:
@@ -80,13 +105,13 @@ def paired_scale(
             sync()
             return time.perf_counter() - start - mode.credit()
 
-    ratios = []
+    values = []
     for pair in range(pairs + 1):
         base = rest(baseline)
-        added = rest(trial) - base
-        if pair and calls.uncredited_total > 0:
-            ratios.append(added / calls.uncredited_total)
-    return statistics.median(ratios) if ratios else None
+        measured = value(rest(trial) - base)
+        if pair and measured is not None:
+            values.append(measured)
+    return values
 
 
 class RoundMode:
