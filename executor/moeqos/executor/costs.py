@@ -139,10 +139,12 @@ def calibrate(
     """The fixed decode-step time outside the experts, and `costs` calibrated to whole decode steps.
 
     Method: prefill `prompt`, then time single-token steps. The fixed part (attention, norms, router,
-    head, overhead) is the fastest of max(repeats, FIXED_ROUNDS) rounds of STEPS_PER_ROUND steps with
-    expert calls switched off: load on the machine only ever adds time, so the fastest round is the
-    best estimate of the undisturbed cost (a median of a few single steps swung 20x on a busy 2-core
-    machine). The cold-cache call costs say what one call costs alone, but in a real step the hardware
+    head, overhead) is timed with expert calls switched off: where no call can be calibrated, the
+    fastest of max(repeats, FIXED_ROUNDS) rounds of STEPS_PER_ROUND steps (load on the machine only
+    ever adds time; a median of a few single steps swung 20x on a busy 2-core machine); else the
+    median of the 16 such steps paired with the served plan's below, so that the fixed cost and the
+    calls' are both typical steps' (the fastest round beside medians of pair differences predicted
+    every plan 8-22% fast). The cold-cache call costs say what one call costs alone, but in a real step the hardware
     prefetches and overlaps part of each expert's weight stream, and the batched dispatch computes a
     layer's experts of one precision together, so a precision's real share of a step is not its cold
     cost (measured on the default model: cold bf16 calls 1.4x the cost of int8 ones, while whole
@@ -162,11 +164,12 @@ def calibrate(
     device = runtime.config.device
     with runtime.exclusive():
         step = decode_step(runtime, prompt)
-        off = fastest_round(step, max(repeats, FIXED_ROUNDS), device, ExpertsOff(runtime))
         if not costed:
-            return off, list(costs)
+            return fastest_round(step, max(repeats, FIXED_ROUNDS), device, ExpertsOff(runtime)), list(costs)
         calls = CallSeconds(runtime, plan, seconds, uncredited=frozenset(range(runtime.num_layers)))
-        scale = paired_scale(step, PAIRS, device, ExpertsOff(runtime), calls, calls)
+        offs: list[float] = []
+        scale = paired_scale(step, PAIRS, device, ExpertsOff(runtime), calls, calls, offs)
+    off = statistics.median(offs)  # typical, as the call costs from the pairs' differences are
     served = 1.0 if scale is None else _clamped(scale)
     scales = {a.precision: served for _, a in plan.items()}
     calibrated = {key: value * served for key, value in seconds.items()}

@@ -56,12 +56,15 @@ def paired_scale(
     baseline: RoundMode,
     trial: RoundMode,
     calls: CallSeconds,
+    baselines: list[float] | None = None,
 ) -> float | None:
     """The factor from the cold costs of the calls `calls` leaves uncredited to the time they add to a
     step in `trial` (`calls` itself, or a mode around it) over one in `baseline`: the median over
     `pairs` pairs (after a warm-up pair) of
 
         ((trial step - its credit) - (baseline step - its credit)) / calls.uncredited_total.
+
+    `baselines`, when given, gets each pair's baseline step less its credit.
 
     Why pairs of single steps rather than the fastest round of each mode: on a shared machine a
     step's time swings by 20-40% from one second to the next, and the fastest rounds of two modes,
@@ -74,7 +77,7 @@ def paired_scale(
     def ratio(added: float) -> float | None:
         return added / calls.uncredited_total if calls.uncredited_total > 0 else None
 
-    ratios = _paired(step, pairs, device, baseline, trial, ratio)
+    ratios = _paired(step, pairs, device, baseline, trial, ratio, baselines)
     return statistics.median(ratios) if ratios else None
 
 
@@ -93,8 +96,10 @@ def _paired(
     baseline: RoundMode,
     trial: RoundMode,
     value: Callable[[float], float | None],
+    baselines: list[float] | None = None,
 ) -> list[float]:
-    """value(trial step's rest - baseline step's rest) of each pair after the warm-up, None dropped."""
+    """value(trial step's rest - baseline step's rest) of each pair after the warm-up, None dropped;
+    the baseline rests appended to `baselines` when given."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def rest(mode: RoundMode) -> float:
@@ -109,6 +114,8 @@ def _paired(
     for pair in range(pairs + 1):
         base = rest(baseline)
         measured = value(rest(trial) - base)
+        if pair and baselines is not None:
+            baselines.append(base)
         if pair and measured is not None:
             values.append(measured)
     return values
