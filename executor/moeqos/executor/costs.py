@@ -144,11 +144,11 @@ def calibrate(
     ever adds time; a median of a few single steps swung 20x on a busy 2-core machine); else the
     median of the 16 such steps paired with the served plan's below, so that the fixed cost and the
     calls' are both typical steps' (the fastest round beside medians of pair differences predicted
-    every plan 8-22% fast). The cold-cache call costs say what one call costs alone, but in a real step the hardware
-    prefetches and overlaps part of each expert's weight stream, and the batched dispatch computes a
-    layer's experts of one precision together, so a precision's real share of a step is not its cold
-    cost (measured on the default model: cold bf16 calls 1.4x the cost of int8 ones, while whole
-    steps at bf16 and int8 ran at the same speed). So each precision gets its own factor, from pairs
+    every plan 8-22% fast). The cold-cache call costs say what one call costs alone, but in a real
+    step the hardware prefetches and overlaps part of each expert's weight stream, and the batched
+    dispatch computes a layer's experts of one precision together, so a precision's real share of a
+    step is not its cold cost (measured on the default model: cold bf16 calls 1.4x the cost of int8
+    ones, while whole steps at bf16 and int8 ran at the same speed). So each precision gets its own factor, from pairs
     of steps (moeqos.executor.step_timing.paired_scale):
     - the served plan's precisions: a step with the experts on against one with them off, over the
       plan's cold-cost sum per step, the MoE dispatch around each call folded in;
