@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from moeqos.executor import step_timing
-from moeqos.executor.step_timing import RoundMode, paired_scale
+from moeqos.executor.step_timing import RoundMode, paired_scale, paired_steps
 
 
 class Clock:
@@ -58,7 +58,7 @@ def test_the_factor_is_the_median_pair_and_bursts_of_load_do_not_move_it(monkeyp
         clock.now += seconds
         steps += 1
 
-    scale = paired_scale(step, 16, "cpu", baseline, trial, trial)  # type: ignore[arg-type]
+    scale = paired_scale(paired_steps(step, 16, "cpu", baseline, trial, trial))  # type: ignore[arg-type]
     assert steps == 2 * 17  # a warm-up pair first
     assert scale == pytest.approx(1.5, abs=0.05)
 
@@ -66,4 +66,4 @@ def test_the_factor_is_the_median_pair_and_bursts_of_load_do_not_move_it(monkeyp
 def test_no_uncredited_calls_give_no_factor(monkeypatch) -> None:
     monkeypatch.setattr(step_timing.time, "perf_counter", Clock())
     none = Mode()
-    assert paired_scale(lambda: None, 4, "cpu", none, none, none) is None  # type: ignore[arg-type]
+    assert paired_scale(paired_steps(lambda: None, 4, "cpu", none, none, none)) is None  # type: ignore[arg-type]

@@ -149,8 +149,10 @@ def test_a_lossy_dense_element_is_priced_by_what_it_adds_to_whole_decode_steps(r
     """The dense precision's seconds are the cold pass over the element's matrices; another
     precision's are those plus what turning it in adds to a decode step (pairs of steps against the
     served plan, with that element alone in that precision), so the planner's difference is the
-    measured one; the served plan is back afterwards."""
+    measured one; the element is built once for its steps and its perplexity; the served plan is back
+    afterwards."""
     from moeqos.core.dense import DenseElement
+    from moeqos.executor.step_timing import StepPair
 
     served = runtime.plan
     monkeypatch.setattr(dense_profile, "_element_seconds", lambda *args: 0.010)
@@ -163,8 +165,19 @@ def test_a_lossy_dense_element_is_priced_by_what_it_adds_to_whole_decode_steps(r
 
     monkeypatch.setattr(runtime, "alternating", recording)
     added = iter([-0.002, 0.001])
-    monkeypatch.setattr(dense_profile, "paired_seconds", lambda *args: next(added))
+    monkeypatch.setattr(dense_profile, "paired_steps", lambda *args: [StepPair(0.010, next(added), 0.0)])
+    lossy_builds: list[object] = []
+    build = runtime.dense.build
+    monkeypatch.setattr(
+        runtime.dense,
+        "build",
+        lambda plan, elements: lossy_builds.append(plan.dense) or build(plan, elements),
+    )
     costs = dense_profile.dense_costs(runtime, [Precision.INT8], IDS, 48, 1, _no_progress, base=1.0)
+    assert [dense for dense in lossy_builds if dense] == [  # each once, for its steps and its perplexity
+        ((DenseElement.ATTN, Precision.INT8),),
+        ((DenseElement.HEAD, Precision.INT8),),
+    ]
     seconds = {(c.element, c.precision): c.seconds for c in costs}
     dense = runtime.dense.dense
     assert seconds == pytest.approx(

@@ -21,7 +21,7 @@ from moeqos.core.tier import TierBudget
 
 PROFILE_VERSION = 9
 """9: each precision's factor from pairs of single steps, a trial plan with every layer in it turned in
-and out beside the served plan, the median of the pairs (moeqos.executor.step_timing.paired_scale): the
+and out beside the served plan, the median of the pairs (moeqos.executor.step_timing.paired_steps): the
 fastest rounds of every third layer priced int4 calls at 35-551 us across runs on one machine; a
 lossy dense element's seconds add what it adds to whole steps the same way (cold single passes priced
 int8 attention and head 6 ms a token cheaper than bf16's prepacked kernels; steps ran no faster).

@@ -26,6 +26,7 @@ from moeqos.executor.step_timing import (
     decode_step,
     fastest_round,
     paired_scale,
+    paired_steps,
 )
 
 T = TypeVar("T")
@@ -148,8 +149,8 @@ def calibrate(
     step the hardware prefetches and overlaps part of each expert's weight stream, and the batched
     dispatch computes a layer's experts of one precision together, so a precision's real share of a
     step is not its cold cost (measured on the default model: cold bf16 calls 1.4x the cost of int8
-    ones, while whole steps at bf16 and int8 ran at the same speed). So each precision gets its own factor, from pairs
-    of steps (moeqos.executor.step_timing.paired_scale):
+    ones, while whole steps at bf16 and int8 ran at the same speed). So each precision gets its own
+    factor, from pairs of steps (moeqos.executor.step_timing.paired_steps):
     - the served plan's precisions: a step with the experts on against one with them off, over the
       plan's cold-cost sum per step, the MoE dispatch around each call folded in;
     - every other precision on the served plan's tiers (`precision_scale`): a step with the experts
@@ -167,9 +168,9 @@ def calibrate(
         if not costed:
             return fastest_round(step, max(repeats, FIXED_ROUNDS), device, ExpertsOff(runtime)), list(costs)
         calls = CallSeconds(runtime, plan, seconds, uncredited=frozenset(range(runtime.num_layers)))
-        offs: list[float] = []
-        scale = paired_scale(step, PAIRS, device, ExpertsOff(runtime), calls, calls, offs)
-    off = statistics.median(offs)  # typical, as the call costs from the pairs' differences are
+        pairs = paired_steps(step, PAIRS, device, ExpertsOff(runtime), calls, calls)
+    off = statistics.median(pair.baseline for pair in pairs)  # typical, as the pairs' differences are
+    scale = paired_scale(pairs)
     served = 1.0 if scale is None else _clamped(scale)
     scales = {a.precision: served for _, a in plan.items()}
     calibrated = {key: value * served for key, value in seconds.items()}
@@ -210,7 +211,9 @@ def precision_scale(
                 step = decode_step(runtime, prompt)
                 baseline = CallSeconds(runtime, served, calibrated)
                 calls = CallSeconds(runtime, trial, mixed, uncredited=timed)
-                scale = paired_scale(step, PAIRS, device, baseline, TurnedIn(runtime, turn, calls), calls)
+                scale = paired_scale(
+                    paired_steps(step, PAIRS, device, baseline, TurnedIn(runtime, turn, calls), calls)
+                )
         except OverBudget:  # raised by `alternating` before anything is built
             continue
         return None if scale is None else _clamped(scale)

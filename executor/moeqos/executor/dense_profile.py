@@ -6,7 +6,7 @@ Per element and precision:
   like the expert call costs (moeqos.executor.costs.cold_median_seconds: decode streams these weights
   from memory every token); in another precision, that plus what the element in it adds to a whole
   decode step, from pairs of steps with it turned in and out (moeqos.executor.step_timing.
-  paired_seconds; the planner prices only the difference). Cold single passes said int8 attention and
+  paired_steps; the planner prices only the difference). Cold single passes said int8 attention and
   head save 6 ms a token on the default model, where bf16 computes from oneDNN's prepacked layout and
   whole steps ran no faster: the frontier's throughput error was 51%;
 - `log_ppl`: log(perplexity of the served plan with only this element in this precision / perplexity of
@@ -14,12 +14,14 @@ Per element and precision:
   they are (no expert is rebuilt), and the planner adds the term to the experts' (additive in log-ppl,
   as the experts' terms are);
 - `bytes`: the byte contract's (moeqos.core.dense.DenseShapes.element_bytes).
-The modules are built aside (moeqos.executor.dense_part) and dropped after: nothing served changes.
+A lossy element is built once (Measurable.alternating) for its pairs and its perplexity; the modules
+are dropped after, and the served plan is back: nothing served changes.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,7 +32,7 @@ from moeqos.executor.costs import cold_median_seconds
 from moeqos.executor.evaluation import evaluate
 from moeqos.executor.loader import TORCH_DTYPES
 from moeqos.executor.measurement import Measurable
-from moeqos.executor.step_timing import PAIRS, RoundMode, TurnedIn, decode_step, paired_seconds
+from moeqos.executor.step_timing import PAIRS, RoundMode, TurnedIn, decode_step, paired_steps
 
 Progress = Callable[[str, float], None]
 
@@ -64,11 +66,10 @@ def dense_costs(
         own = _element_seconds(runtime, served.with_dense(()), element, repeats)
         for precision in wanted:
             plan = served.with_dense(() if precision == dense else ((element, precision),))
-            seconds, log_ppl = own, 0.0
-            if precision != dense:
-                seconds = own + _added_seconds(runtime, plan, ids[:STEP_PROMPT_TOKENS])
-                log_ppl = math.log(evaluate(runtime, ids, plan, window, None, 0).perplexity / base)
-            costs.append(DenseCost(element, precision, table.bytes[element][precision], seconds, log_ppl))
+            added, log_ppl = (
+                _turned_in(runtime, plan, ids, window, base) if precision != dense else (0.0, 0.0)
+            )
+            costs.append(DenseCost(element, precision, table.bytes[element][precision], own + added, log_ppl))
             progress("dense", len(costs) / steps)
     return tuple(costs)
 
@@ -77,14 +78,21 @@ STEP_PROMPT_TOKENS = 16
 """Tokens prefilled before the paired decode steps."""
 
 
-def _added_seconds(runtime: Measurable, plan: Plan, prompt: list[int]) -> float:
-    """What a decode step with `plan`'s dense part takes over one of the served plan (median of pairs)."""
+def _turned_in(
+    runtime: Measurable, plan: Plan, ids: list[int], window: int, base: float
+) -> tuple[float, float]:
+    """(seconds a decode step with `plan`'s dense part takes over one of the served plan, the median of
+    pairs; log(perplexity of `plan` on `ids` / `base`)), the element built once for both: turned in
+    and out for the pairs, then in while the perplexity is measured (`evaluate` sees the plan served)."""
     device = runtime.config.device
     with runtime.alternating(plan) as turn, runtime.exclusive():  # the apply lock first
-        step = decode_step(runtime, prompt)
-        return paired_seconds(
+        step = decode_step(runtime, ids[:STEP_PROMPT_TOKENS])
+        pairs = paired_steps(
             step, PAIRS, device, RoundMode(runtime), TurnedIn(runtime, turn, RoundMode(runtime))
         )
+        turn(True)
+        perplexity = evaluate(runtime, ids, plan, window, None, 0).perplexity
+    return statistics.median(pair.added for pair in pairs), math.log(perplexity / base)
 
 
 def _element_seconds(runtime: Measurable, plan: Plan, element: DenseElement, repeats: int) -> float:

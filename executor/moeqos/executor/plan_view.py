@@ -118,6 +118,6 @@ def check_room_beside(runtime: ExecutorRuntime, plan: Plan, serving: Plan, own: 
         if budget is not None and in_use + needed > budget:
             what = "writes disk-tier files of" if tier == DISK else f"builds {tier} copies of experts of"
             raise OverBudget(
-                f"computing this plan beside the serving one {what} {needed} bytes; the {tier} budget {budget} has "
-                f"{max(0, budget - in_use)} left beside the serving plan's {in_use}"
+                f"computing this plan beside the serving one {what} {needed} bytes; the {tier} "
+                f"budget {budget} has {max(0, budget - in_use)} left beside the serving plan's {in_use}"
             )

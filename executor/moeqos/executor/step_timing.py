@@ -3,14 +3,15 @@ known cost: what `moeqos.executor.costs.calibrate` and `moeqos.executor.disk_cal
 
 A round is STEPS_PER_ROUND single-token steps on one KV cache; a measurement is the fastest of several
 rounds, since load on the machine only ever adds time. A difference between two modes is measured
-apart (`paired_scale`): one step of each in turn, the median over the pairs.
+apart (`paired_steps`): one step of each in turn, the median over the pairs.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from moeqos.core.plan import Plan
@@ -46,60 +47,40 @@ def fastest_round(step: Callable[[], object], rounds: int, device: str, mode: Ro
 
 
 PAIRS = 16
-"""Step pairs timed for one calibration factor (`paired_scale`)."""
+"""Step pairs timed for one calibration (`paired_steps`)."""
 
 
-def paired_scale(
+@dataclass(frozen=True)
+class StepPair:
+    """One baseline step and the trial step after it, each less its mode's credit."""
+
+    baseline: float
+    """Seconds of the baseline step."""
+    added: float
+    """Seconds the trial step took over the baseline step."""
+    uncredited: float
+    """The cold cost of the calls the trial left uncredited (`CallSeconds.uncredited_total`; 0 when
+    no CallSeconds was given)."""
+
+
+def paired_steps(
     step: Callable[[], object],
     pairs: int,
     device: str,
     baseline: RoundMode,
     trial: RoundMode,
-    calls: CallSeconds,
-    baselines: list[float] | None = None,
-) -> float | None:
-    """The factor from the cold costs of the calls `calls` leaves uncredited to the time they add to a
-    step in `trial` (`calls` itself, or a mode around it) over one in `baseline`: the median over
-    `pairs` pairs (after a warm-up pair) of
-
-        ((trial step - its credit) - (baseline step - its credit)) / calls.uncredited_total.
-
-    `baselines`, when given, gets each pair's baseline step less its credit.
+    calls: CallSeconds | None = None,
+) -> list[StepPair]:
+    """`pairs` pairs of single steps, one in `baseline` then one in `trial`, after a warm-up pair;
+    `calls`: the CallSeconds inside `trial` (itself or wrapped) whose uncredited calls are priced.
 
     Why pairs of single steps rather than the fastest round of each mode: on a shared machine a
     step's time swings by 20-40% from one second to the next, and the fastest rounds of two modes,
     taken seconds apart, differed by more than the calls being priced (measured on the default model,
     int4 calls on a bf16 plan calibrated at 35-551 us across runs, against ~85 us from whole decode
-    runs). Steps taken one after the other share the machine's state, and the median of their
-    differences ignores the pairs a burst of load hit. None when no call went uncredited.
+    runs). Steps taken one after the other share the machine's state, and the median over the pairs
+    (`paired_scale`, or of `added`) ignores the pairs a burst of load hit.
     """
-
-    def ratio(added: float) -> float | None:
-        return added / calls.uncredited_total if calls.uncredited_total > 0 else None
-
-    ratios = _paired(step, pairs, device, baseline, trial, ratio, baselines)
-    return statistics.median(ratios) if ratios else None
-
-
-def paired_seconds(
-    step: Callable[[], object], pairs: int, device: str, baseline: RoundMode, trial: RoundMode
-) -> float:
-    """The seconds a step in `trial` takes over one in `baseline` (each less its credit): the median
-    over `pairs` pairs after a warm-up pair (why pairs: `paired_scale`)."""
-    return statistics.median(_paired(step, pairs, device, baseline, trial, lambda added: added))
-
-
-def _paired(
-    step: Callable[[], object],
-    pairs: int,
-    device: str,
-    baseline: RoundMode,
-    trial: RoundMode,
-    value: Callable[[float], float | None],
-    baselines: list[float] | None = None,
-) -> list[float]:
-    """value(trial step's rest - baseline step's rest) of each pair after the warm-up, None dropped;
-    the baseline rests appended to `baselines` when given."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def rest(mode: RoundMode) -> float:
@@ -110,15 +91,19 @@ def _paired(
             sync()
             return time.perf_counter() - start - mode.credit()
 
-    values = []
-    for pair in range(pairs + 1):
+    timed = []
+    for _ in range(pairs + 1):
         base = rest(baseline)
-        measured = value(rest(trial) - base)
-        if pair and baselines is not None:
-            baselines.append(base)
-        if pair and measured is not None:
-            values.append(measured)
-    return values
+        added = rest(trial) - base
+        timed.append(StepPair(base, added, calls.uncredited_total if calls is not None else 0.0))
+    return timed[1:]
+
+
+def paired_scale(pairs: Sequence[StepPair]) -> float | None:
+    """The factor from the uncredited calls' cold costs to the time they add to a step: the median of
+    added / uncredited over the pairs that left calls uncredited; None when none did."""
+    ratios = [pair.added / pair.uncredited for pair in pairs if pair.uncredited > 0]
+    return statistics.median(ratios) if ratios else None
 
 
 class RoundMode:
