@@ -149,8 +149,8 @@ def test_a_lossy_dense_element_is_priced_by_what_it_adds_to_whole_decode_steps(r
     """The dense precision's seconds are the cold pass over the element's matrices; another
     precision's are those plus what turning it in adds to a decode step (pairs of steps against the
     served plan, with that element alone in that precision), so the planner's difference is the
-    measured one; the element is built once for its steps and its perplexity; the served plan is back
-    afterwards."""
+    measured one, never below zero; the element is built once for its steps and its perplexity; the
+    served plan is back afterwards."""
     from moeqos.core.dense import DenseElement
     from moeqos.executor.step_timing import StepPair
 
@@ -192,4 +192,7 @@ def test_a_lossy_dense_element_is_priced_by_what_it_adds_to_whole_decode_steps(r
         ((DenseElement.ATTN, Precision.INT8),),
         ((DenseElement.HEAD, Precision.INT8),),
     ]
+    added = iter([-0.030, 0.001])  # attention: a saving larger than its own pass, the pairs' noise
+    noisy = dense_profile.dense_costs(runtime, [Precision.INT8], IDS, 48, 1, _no_progress, base=1.0)
+    assert [c.seconds for c in noisy if c.element is DenseElement.ATTN] == pytest.approx([0.010, 0.0])
     assert runtime.plan == served

@@ -69,7 +69,10 @@ def dense_costs(
             added, log_ppl = (
                 _turned_in(runtime, plan, ids, window, base) if precision != dense else (0.0, 0.0)
             )
-            costs.append(DenseCost(element, precision, table.bytes[element][precision], own + added, log_ppl))
+            # no precision makes the element cost less than nothing: a larger saving is the pairs' noise
+            # (on a tiny model the element's own pass is microseconds, the noise a fraction of a ms)
+            seconds = max(own + added, 0.0)
+            costs.append(DenseCost(element, precision, table.bytes[element][precision], seconds, log_ppl))
             progress("dense", len(costs) / steps)
     return tuple(costs)
 
