@@ -1,7 +1,7 @@
 """Identical experts of a layer are quantized once (moeqos.executor.twin_experts): on an upcycled tiny
 checkpoint a plan switch to int4 quantizes one expert per layer, the layer's experts share that variant
-and compute what quantizing each one would; distinct experts are each quantized, and a twin whose
-variant was dropped is quantized again."""
+and compute what quantizing each one would, and their variant files are links to one file; distinct
+experts are each quantized and written, and a twin whose variant was dropped is quantized again."""
 
 from __future__ import annotations
 
@@ -58,3 +58,41 @@ def test_distinct_experts_and_dropped_twins_are_quantized_each(tmp_path: Path) -
     count = twins.quantized
     twins.build((0, 2, Precision.INT4, 64), "cpu")  # nothing holds the twin's variant: quantized again
     assert twins.quantized == count + 1
+
+
+def test_a_twins_variant_file_is_a_link_to_the_file_written_for_its_layer(tmp_path: Path) -> None:
+    model = upcycled(make_tiny_mixtral(tmp_path / "upcycled", seed=2))
+    config = ExecutorConfig(model_dir=model, dense_precision="fp32", variant_cache_dir=tmp_path / "variants")
+    runtime = ExecutorRuntime.load(config, fp32_plan())
+    runtime.apply_plan(_int4())
+    factory = runtime.factory
+    for layer in range(LAYERS):
+        files = [factory.path((layer, e, Precision.INT4, 64)) for e in range(EXPERTS)]
+        assert len({f.stat().st_ino for f in files}) == 1  # one file, linked under every expert's name
+        assert all(f.stat().st_nlink == EXPERTS for f in files)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(3))
+    key = (1, EXPERTS - 1, Precision.INT4, 64)
+    linked, _ = factory.load(key, "cpu")
+    assert torch.equal(linked(x), factory.build((1, 0, Precision.INT4, 64), "cpu")(x))
+    with open(factory.path(key), "r+b") as f:  # damage the shared inode: every name reads it damaged
+        f.seek(-8, 2)
+        f.write(b"\xff" * 8)
+    rebuilt, read = factory.load(key, "cpu")
+    assert read == 0 and torch.equal(rebuilt(x), linked(x))  # rebuilt from the checkpoint, a file of its own
+    assert factory.path(key).stat().st_nlink == 1
+    assert factory.integrity.status().damaged == 1
+    twin, read = factory.load((1, 0, Precision.INT4, 64), "cpu")  # the twin's name reads the damage too
+    assert read == 0 and torch.equal(twin(x), linked(x))
+    assert factory.integrity.status().damaged == 2
+
+
+def test_distinct_experts_files_are_written_each(tmp_path: Path) -> None:
+    config = ExecutorConfig(
+        model_dir=make_tiny_mixtral(tmp_path / "distinct", seed=2),
+        dense_precision="fp32",
+        variant_cache_dir=tmp_path / "variants",
+    )
+    runtime = ExecutorRuntime.load(config, fp32_plan())
+    runtime.apply_plan(_int4())
+    files = [runtime.factory.path((0, e, Precision.INT4, 64)) for e in range(EXPERTS)]
+    assert len({f.stat().st_ino for f in files}) == EXPERTS

@@ -113,6 +113,13 @@ class VerifiedFiles:
         with self._lock:
             return self._seen.get(path) == signature
 
+    def current(self, path: Path) -> bool:
+        """`path` exists and is the very file whose hash matched (nothing wrote to it since)."""
+        try:
+            return self.unchanged(path, _signature(path))
+        except DamagedFile:  # missing
+            return False
+
     def remember(self, path: Path, signature: Signature | None = None) -> None:
         """`path` matches its hash now (`signature`: as it was when checked; default: as it is now)."""
         signature = signature or _signature(path)

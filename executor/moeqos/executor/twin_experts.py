@@ -9,7 +9,9 @@ strided sample of each matrix, a few KiB) and a weak reference to its variant. A
 fingerprint matches is compared in full with that expert's weights (read again from the checkpoint) and,
 when identical and the variant is still alive (held by a plan or the memory cache), gets the same
 variant object: experts are never mutated (QuantExpert.to_device), so sharing one is safe. Distinct
-experts differ in their fingerprint and pay only its comparison; nothing large is held.
+experts differ in their fingerprint and pay only its comparison; nothing large is held. `origin` names
+the expert a shared variant was quantized for, so the variant cache can link that expert's file instead
+of converting and writing the same bytes again (moeqos.executor.variants).
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ class TwinExperts:
         if module is None or not _identical(weights, self._read(layer, twin)):
             return None
         return module
+
+    def origin(self, layer: int, precision: Precision, group: int, module: QuantExpert) -> int | None:
+        """The expert of `layer` that `module` (this very object) was quantized for in (`precision`,
+        `group`), while it is the one remembered there; None for any other object."""
+        with self._lock:
+            last = self._last.get((layer, precision, group))
+        return None if last is None or last[2]() is not module else last[0]
 
     def remember(
         self, layer: int, expert: int, precision: Precision, group: int, weights: Weights, module: QuantExpert

@@ -327,7 +327,34 @@ class VariantFactory:
         return module
 
     def _save(self, key: VariantKey, module: QuantExpert) -> None:
-        self._write(self.path(key), module.to_state())
+        """Write `module`'s portable file, or hard-link its twin's when `module` is a twin's variant
+        (moeqos.executor.twin_experts): the same bytes, without converting and hashing them again (on
+        the default model 3.9 s of the 6.2 s an all-int4 build took went to writing its 240 files)."""
+        layer, expert, precision, group_size = key
+        origin = self.twins.origin(layer, precision, group_size, module)
+        twin_file = None if origin in (None, expert) else self.path((layer, origin, precision, group_size))
+        if twin_file is None or not self._link(twin_file, key):
+            self._write(self.path(key), module.to_state())
+
+    def _link(self, source: Path, key: VariantKey) -> bool:
+        """Hard-link `source` as `key`'s file, atomically; False (nothing done) unless `source` is a file
+        this cache verified and nothing changed since, or when the filesystem refuses the link.
+
+        A link shares the inode: damage to one twin's file shows in the others, and each is found and
+        rebuilt on its own read (a rebuild writes a new file in place of the link)."""
+        if not self._verified.current(source):
+            return False
+        path = self.path(key)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            os.link(source, tmp)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return False
+        self._verified.remember(source)  # a link moves the inode's ctime: both names are that checked file
+        self._verified.remember(path)
+        return True
 
     def _write(self, path: Path, state: dict[str, torch.Tensor]) -> None:
         """Write atomically (temp file + rename) so a crash never leaves a truncated variant."""
