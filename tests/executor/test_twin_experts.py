@@ -96,3 +96,24 @@ def test_distinct_experts_files_are_written_each(tmp_path: Path) -> None:
     runtime.apply_plan(_int4())
     files = [runtime.factory.path((0, e, Precision.INT4, 64)) for e in range(EXPERTS)]
     assert len({f.stat().st_ino for f in files}) == EXPERTS
+
+
+def test_twins_proved_once_are_not_read_again_in_another_precision(tmp_path: Path, monkeypatch) -> None:
+    runtime = _runtime(upcycled(make_tiny_mixtral(tmp_path / "upcycled", seed=2)), tmp_path)
+    factory = runtime.factory
+    runtime.apply_plan(_int4())  # proves each layer's experts identical
+    reads: list[tuple[int, int]] = []
+    source_read = factory.read_weights
+    monkeypatch.setattr(
+        type(factory),
+        "read_weights",
+        lambda _, layer, expert: reads.append((layer, expert)) or source_read(layer, expert),
+    )
+    before = factory.quantized
+    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, Precision.INT8, "cpu"))
+    assert factory.quantized - before == LAYERS
+    assert len(reads) == LAYERS  # the first expert of each layer, to quantize it; its twins take its variant
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(5))
+    w1, w2, w3 = source_read(1, EXPERTS - 1)
+    alone = QuantExpert.from_weights(w1, w2, w3, Precision.INT8, group_size=64, device="cpu")
+    assert torch.equal(factory.build((1, EXPERTS - 1, Precision.INT8, 64), "cpu")(x), alone(x))

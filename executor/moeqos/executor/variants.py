@@ -316,8 +316,11 @@ class VariantFactory:
 
     def _quantize(self, key: VariantKey, device: str) -> QuantExpert:
         layer, expert, precision, group_size = key
+        twin = self.twins.known(layer, expert, precision, group_size)
+        if twin is not None:  # an expert proved identical before: its variant, nothing read
+            return twin.to_device(device)
         weights = self.read_weights(layer, expert)
-        twin = self.twins.find(layer, precision, group_size, weights)
+        twin = self.twins.find(layer, expert, precision, group_size, weights)
         if twin is not None:  # an identical expert's variant: the same codes, quantized once
             return twin.to_device(device)
         w1, w2, w3 = (w.to(self.quantize_device) for w in weights)
