@@ -117,3 +117,23 @@ def test_twins_proved_once_are_not_read_again_in_another_precision(tmp_path: Pat
     w1, w2, w3 = source_read(1, EXPERTS - 1)
     alone = QuantExpert.from_weights(w1, w2, w3, Precision.INT8, group_size=64, device="cpu")
     assert torch.equal(factory.build((1, EXPERTS - 1, Precision.INT8, 64), "cpu")(x), alone(x))
+
+
+def test_the_memory_cache_counts_a_shared_variant_once(tmp_path: Path) -> None:
+    runtime = _runtime(upcycled(make_tiny_mixtral(tmp_path / "upcycled", seed=2)), tmp_path)
+    factory = runtime.factory
+    runtime.apply_plan(_int4())
+    size = factory.build((0, 0, Precision.INT4, 64), "cpu").nbytes()
+    runtime.apply_plan(fp32_plan())  # every int4 expert retired into the memory cache
+    memory = factory.memory
+    assert len(memory) == LAYERS * EXPERTS
+    assert memory.used_bytes == LAYERS * size  # one variant per layer, held by all its keys
+    for expert in range(EXPERTS - 1):  # the layer's variant is still held by its last key
+        assert memory.take((0, expert, Precision.INT4, 64)) is not None
+    assert memory.used_bytes == LAYERS * size
+    memory.take((0, EXPERTS - 1, Precision.INT4, 64))
+    assert memory.used_bytes == (LAYERS - 1) * size
+    gc.collect()
+    before = factory.quantized
+    runtime.apply_plan(_int4())  # layer 0's variant is gone from the cache: quantized again, once
+    assert factory.quantized - before == 1

@@ -62,12 +62,19 @@ def variant_key(plan: Plan, key: ExpertKey) -> VariantKey:
 
 
 class MemoryVariantCache:
-    """Host-RAM LRU of built variants not in use, bounded by their bytes."""
+    """Host-RAM LRU of built variants not in use, bounded by the bytes they hold.
+
+    Identical experts share one variant object (moeqos.executor.twin_experts), so its bytes count once
+    however many keys hold it, and are freed when the last of them goes: counted per key, the default
+    model's eight twins per layer charged a cached precision 8x what it holds, and a 1 GiB cache kept
+    about one precision of the profile's seven."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
         self.used_bytes = 0
         self._entries: OrderedDict[VariantKey, QuantExpert] = OrderedDict()
+        self._holders: dict[int, int] = {}
+        """id(variant) -> how many entries hold it (the entries keep it alive, so ids stay unique)."""
         self._lock = threading.Lock()
 
     def take(self, key: VariantKey) -> QuantExpert | None:
@@ -75,22 +82,32 @@ class MemoryVariantCache:
         with self._lock:
             module = self._entries.pop(key, None)
             if module is not None:
-                self.used_bytes -= module.nbytes()
+                self._release(module)
             return module
 
     def put(self, key: VariantKey, module: QuantExpert) -> None:
         """Keep a variant a plan stopped using; evicts the least recently kept ones beyond capacity."""
-        size = module.nbytes()
-        if size > self.capacity_bytes:
+        if module.nbytes() > self.capacity_bytes:
             return
         with self._lock:
             if key in self._entries:
-                self.used_bytes -= self._entries.pop(key).nbytes()
+                self._release(self._entries.pop(key))
             self._entries[key] = module
-            self.used_bytes += size
+            held = self._holders.get(id(module), 0)
+            self._holders[id(module)] = held + 1
+            if held == 0:
+                self.used_bytes += module.nbytes()
             while self.used_bytes > self.capacity_bytes:
                 _, evicted = self._entries.popitem(last=False)
-                self.used_bytes -= evicted.nbytes()
+                self._release(evicted)
+
+    def _release(self, module: QuantExpert) -> None:
+        """One entry less holds `module`; its bytes are freed with the last (under the lock)."""
+        held = self._holders.pop(id(module)) - 1
+        if held:
+            self._holders[id(module)] = held
+        else:
+            self.used_bytes -= module.nbytes()
 
     def __len__(self) -> int:
         return len(self._entries)
