@@ -1,6 +1,7 @@
 """The own decode step (moeqos.executor.fast_decode) on a tiny random Mixtral: its logits are
 transformers' (fp32 plans exactly, bf16 within rounding), a left-padded batch's rows are their lone
-runs, the KV buffers regrow correctly, plan switches and private plan views apply mid-stream, and
+runs, the KV buffers regrow correctly, plan switches and private plan views apply mid-stream, bf16
+attention on the CPU (two matmuls, not SDPA) is within SDPA's own rounding of the exact result, and
 families with another attention keep transformers' path."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from moeqos.core.dense import dense_precisions
 from moeqos.core.plan import Plan
 from moeqos.executor.batch_cache import BatchCache
 from moeqos.executor.config import ExecutorConfig
+from moeqos.executor.fast_decode import grouped_attention
 from moeqos.executor.kv_cache import MIN_CAPACITY, KvCache
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.tiny_families import make_tiny
@@ -74,6 +76,55 @@ def test_bf16_decode_matches_transformers_path(make_runtime) -> None:
     ours = _decode(runtime, runtime.new_cache(), ids, 10)
     theirs = _decode(runtime, _transformers_cache(), ids, 10)
     torch.testing.assert_close(torch.stack(ours).float(), torch.stack(theirs).float(), rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("width", [5, 300])
+def test_bf16_grouped_attention_is_as_close_to_exact_as_sdpa(width: int) -> None:
+    """Two rows, 6 query heads on 2 KV heads, the first row left-padded by 3 columns."""
+    gen = torch.Generator().manual_seed(width)
+    q = torch.randn(2, 6, 16, generator=gen)  # [B, n, d]
+    keys, values = (torch.randn(2, 2, width, 16, generator=gen) for _ in range(2))  # [B, h, W, d]
+    mask = torch.ones(2, 1, 1, width, dtype=torch.bool)
+    mask[0, ..., :3] = False
+    scale = 16**-0.5
+
+    def sdpa(dtype: torch.dtype) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, None].to(dtype),
+            keys.to(dtype),
+            values.to(dtype),
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=True,
+        ).reshape(2, 6 * 16)
+
+    exact = sdpa(torch.float64)
+    ours = grouped_attention(q.bfloat16(), keys.bfloat16(), values.bfloat16(), mask, scale)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (2, 96)
+    sdpa_error = (sdpa(torch.bfloat16).double() - exact).abs().max()
+    assert (ours.double() - exact).abs().max() <= 3 * sdpa_error
+    unmasked = grouped_attention(q.bfloat16(), keys.bfloat16(), values.bfloat16(), None, scale)
+    assert torch.equal(unmasked[1], ours[1]) and not torch.equal(unmasked[0], ours[0])
+
+
+def test_a_bf16_left_padded_batch_rows_equal_lone_runs(make_runtime) -> None:
+    runtime = make_runtime(dense_precision="bf16")
+    prompts = [prompt_ids(n, seed=s) for n, s in ((4, 1), (9, 2))]
+    alone = [_decode(runtime, runtime.new_cache(), p, 4) for p in prompts]
+    batch = BatchCache()
+    for p in prompts:
+        single = runtime.new_cache()
+        runtime.forward_logits(p, single, keep=1)
+        batch.join(single)
+    for step in range(4):
+        tokens = torch.tensor([[int(alone[r][step].argmax())] for r in range(2)])  # [B, 1]
+        mask, positions = batch.step_inputs("cpu")
+        logits = runtime.forward_logits(
+            tokens, batch.cache, keep=1, attention_mask=mask, position_ids=positions
+        )
+        batch.advanced()
+        for r in range(2):
+            torch.testing.assert_close(logits[r, -1], alone[r][step + 1], rtol=0.02, atol=0.02)
 
 
 def test_buffers_regrow_past_their_capacity(runtime: ExecutorRuntime) -> None:
