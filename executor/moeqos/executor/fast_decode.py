@@ -15,7 +15,8 @@ k separately, concatenates the whole KV cache (`DynamicCache`, O(W) copying per 
 through its attention interface. This step does per layer: RMS norm, the q, k and v
 projections, one rotation of q and k together with cos/sin read from a table by position, one column
 written into the preallocated cache, attention over the filled columns (a view; in bf16 on the CPU
-two matmuls instead of SDPA, see `grouped_attention`), the o projection, RMS norm and the MoE block, which is the runtime's own (`moeqos.executor.moe.MoeBlock`, unchanged).
+two matmuls instead of SDPA, see `grouped_attention`), the o projection, RMS norm and the MoE
+block, which is the runtime's own (`moeqos.executor.moe.MoeBlock`, unchanged).
 
 The projections and the head are the model's own `DenseSlot`s (moeqos.executor.dense_part), so plan
 switches and per-thread plan views apply here exactly as on transformers' path; the norms, embedding,
