@@ -137,3 +137,20 @@ def test_the_memory_cache_counts_a_shared_variant_once(tmp_path: Path) -> None:
     before = factory.quantized
     runtime.apply_plan(_int4())  # layer 0's variant is gone from the cache: quantized again, once
     assert factory.quantized - before == 1
+
+
+def test_a_twins_disk_tier_files_are_links_to_its_layers(tmp_path: Path) -> None:
+    model = upcycled(make_tiny_mixtral(tmp_path / "upcycled", seed=2))
+    config = ExecutorConfig(model_dir=model, dense_precision="fp32", variant_cache_dir=tmp_path / "variants")
+    factory = ExecutorRuntime.load(config, fp32_plan()).factory
+    keys = [(0, e, Precision.INT4, 64) for e in range(EXPERTS)]
+    held = factory.build(keys[0], "cpu")  # alive: the twins' builds share it
+    for key in keys:
+        factory.ensure_file(key, "cpu", remember=True)
+    for path_of in (factory.path, lambda k: factory.packed_path(k, "cpu")):
+        paths = [path_of(k) for k in keys]
+        if paths[0] is None:  # no packed layout for this shape on this machine
+            continue
+        assert len({p.stat().st_ino for p in paths}) == 1
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(factory.load(keys[-1], "cpu")[0](x), held(x))

@@ -258,9 +258,11 @@ class VariantFactory:
                 except DamagedFile as error:
                     self._discard(error)
                     module = self._rebuild(key)
-            state = module.packed_state()
-            if state is not None:
-                self._write(packed, state)
+            twin = self._twin_file(key, module, lambda k: self.packed_path(k, device))
+            if twin is None or not self._link(twin, packed):
+                state = module.packed_state()
+                if state is not None:
+                    self._write(packed, state)
         return path
 
     def load(self, key: VariantKey, device: str) -> tuple[QuantExpert, int]:
@@ -350,21 +352,28 @@ class VariantFactory:
         """Write `module`'s portable file, or hard-link its twin's when `module` is a twin's variant
         (moeqos.executor.twin_experts): the same bytes, without converting and hashing them again (on
         the default model 3.9 s of the 6.2 s an all-int4 build took went to writing its 240 files)."""
+        path = self.path(key)
+        twin = self._twin_file(key, module, self.path)
+        if twin is None or not self._link(twin, path):
+            self._write(path, module.to_state())
+
+    def _twin_file(
+        self, key: VariantKey, module: QuantExpert, path_of: Callable[[VariantKey], Path | None]
+    ) -> Path | None:
+        """`path_of` the expert whose variant `module` is when that is another expert (a twin's
+        shared variant), else None."""
         layer, expert, precision, group_size = key
         origin = self.twins.origin(layer, precision, group_size, module)
-        twin_file = None if origin in (None, expert) else self.path((layer, origin, precision, group_size))
-        if twin_file is None or not self._link(twin_file, key):
-            self._write(self.path(key), module.to_state())
+        return None if origin in (None, expert) else path_of((layer, origin, precision, group_size))
 
-    def _link(self, source: Path, key: VariantKey) -> bool:
-        """Hard-link `source` as `key`'s file, atomically; False (nothing done) unless `source` is a file
+    def _link(self, source: Path, path: Path) -> bool:
+        """Hard-link `source` as `path`, atomically; False (nothing done) unless `source` is a file
         this cache verified and nothing changed since, or when the filesystem refuses the link.
 
         A link shares the inode: damage to one twin's file shows in the others, and each is found and
         rebuilt on its own read (a rebuild writes a new file in place of the link)."""
         if not self._verified.current(source):
             return False
-        path = self.path(key)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             os.link(source, tmp)
