@@ -13,9 +13,9 @@ experts differ in their fingerprint and pay only its comparison; nothing large i
 identity is remembered (`known`; the checkpoint does not change under a running executor), so later
 builds of a twin, in any precision, take the live variant without reading or comparing its weights:
 in a profile of the default model the reads and full comparisons had cost 26 s, 3x the quantizations
-they saved. `origin` names
-the expert a shared variant was quantized for, so the variant cache can link that expert's file instead
-of converting and writing the same bytes again (moeqos.executor.variants).
+they saved. `origin` names the expert a shared variant was quantized for, so the variant cache can
+link that expert's file instead of converting and writing the same bytes again
+(moeqos.executor.variants).
 """
 
 from __future__ import annotations
