@@ -250,7 +250,10 @@ class VariantFactory:
             self._save(key, module)
             if remember:
                 self.memory.put(key, module.to_device("cpu"))
-        packed = None if device is None else self.packed_path(key, device)
+        if device is None:
+            return path
+        loading: str = device  # a name of its own: the lambda below sees it as a str
+        packed = self.packed_path(key, loading)
         if packed is not None and not packed.is_file():
             if module is None:
                 try:
@@ -258,7 +261,7 @@ class VariantFactory:
                 except DamagedFile as error:
                     self._discard(error)
                     module = self._rebuild(key)
-            twin = self._twin_file(key, module, lambda k: self.packed_path(k, device))
+            twin = self._twin_file(key, module, lambda k: self.packed_path(k, loading))
             if twin is None or not self._link(twin, packed):
                 state = module.packed_state()
                 if state is not None:
