@@ -218,9 +218,9 @@ def test_a_streams_step_times_are_the_intervals_its_client_sees() -> None:
     from moeqos.executor.batch_stream import Stream
 
     heard: list[tuple[int, float]] = []
-    stream = Stream([5], SamplingParams(max_tokens=4), set(), None, None, lambda *x: heard.append(x))
     logits = torch.nn.functional.one_hot(torch.tensor(3), 8).float()  # [V]
-    began = time.perf_counter()
+    began = time.perf_counter()  # before the stream: its first interval counts from its creation
+    stream = Stream([5], SamplingParams(max_tokens=4), set(), None, None, lambda *x: heard.append(x))
     for _ in range(4):
         time.sleep(0.05)  # the consumer sends the previous token on before the next step
         stream.take(logits, lambda: "")
