@@ -32,7 +32,14 @@ from moeqos.executor.costs import cold_median_seconds
 from moeqos.executor.evaluation import evaluate
 from moeqos.executor.loader import TORCH_DTYPES
 from moeqos.executor.measurement import Measurable
-from moeqos.executor.step_timing import PAIRS, RoundMode, TurnedIn, decode_step, paired_steps
+from moeqos.executor.step_timing import (
+    PAIRS,
+    STEP_PROMPT_TOKENS,
+    RoundMode,
+    TurnedIn,
+    decode_step,
+    paired_steps,
+)
 
 Progress = Callable[[str, float], None]
 
@@ -75,10 +82,6 @@ def dense_costs(
             costs.append(DenseCost(element, precision, table.bytes[element][precision], seconds, log_ppl))
             progress("dense", len(costs) / steps)
     return tuple(costs)
-
-
-STEP_PROMPT_TOKENS = 16
-"""Tokens prefilled before the paired decode steps."""
 
 
 def _turned_in(

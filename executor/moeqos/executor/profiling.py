@@ -46,6 +46,7 @@ from moeqos.executor.moe import observed
 from moeqos.executor.quality_points import measure_quality, uniform_precision
 from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
 from moeqos.executor.sensitivity import layer_kl
+from moeqos.executor.step_timing import STEP_PROMPT_TOKENS
 from moeqos.executor.variant_errors import ReferenceOutputs, content_hash, variant_errors
 
 Progress = Callable[[str, float], None]
@@ -209,7 +210,7 @@ def build_profile(
             if sensitivity_tokens > 0 and kl_precisions
             else {}
         )
-        timings = measure_timings(runtime, ids[:16], captured[0], chosen, repeats, progress)
+        timings = measure_timings(runtime, ids[:STEP_PROMPT_TOKENS], captured[0], chosen, repeats, progress)
         batch_calls, batch_steps = measure_batch(
             runtime, ids, captured[0], chosen, repeats, timings.fixed, timings.calls
         )

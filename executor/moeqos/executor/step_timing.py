@@ -49,6 +49,9 @@ def fastest_round(step: Callable[[], object], rounds: int, device: str, mode: Ro
 PAIRS = 16
 """Step pairs timed for one calibration (`paired_steps`)."""
 
+STEP_PROMPT_TOKENS = 16
+"""Tokens prefilled before the timed decode steps of a profile (the calibration and the dense stage)."""
+
 
 @dataclass(frozen=True)
 class StepPair:

@@ -377,7 +377,7 @@ class VariantFactory:
         rebuilt on its own read (a rebuild writes a new file in place of the link)."""
         if not self._verified.current(source):
             return False
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = _temp_path(path)
         try:
             os.link(source, tmp)
             os.replace(tmp, path)
@@ -392,7 +392,7 @@ class VariantFactory:
         """Write atomically (temp file + rename) so a crash never leaves a truncated variant."""
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = _temp_path(path)
         try:
             save_with_digest(state, tmp)
         except BaseException:
@@ -412,6 +412,12 @@ def _size(path: Path, state: dict[str, torch.Tensor]) -> int:
         return path.stat().st_size
     except OSError:
         return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _temp_path(path: Path) -> Path:
+    """This thread's temporary name beside `path`, renamed onto it when complete (a crash leaves a temp
+    file, which `remove_orphan_temp_files` clears at the next start, never a truncated variant)."""
+    return path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def _drop_from_page_cache(path: Path) -> None:
