@@ -14,9 +14,9 @@ causal mask, computes the rotary table for the positions, and per layer runs ~8 
 k separately, concatenates the whole KV cache (`DynamicCache`, O(W) copying per layer) and reshapes
 through its attention interface. This step does per layer: RMS norm, the q, k and v
 projections, one rotation of q and k together with cos/sin read from a table by position, one column
-written into the preallocated cache, attention over the filled columns (a view; in bf16 on the CPU
-two matmuls instead of SDPA, see `grouped_attention`), the o projection, RMS norm and the MoE
-block, which is the runtime's own (`moeqos.executor.moe.MoeBlock`, unchanged).
+written into the preallocated cache, attention over the filled columns (a view; SDPA, in fp32 for
+bf16 on the CPU, see `decode_attention`), the o projection, RMS norm and the MoE block, which is the
+runtime's own (`moeqos.executor.moe.MoeBlock`, unchanged).
 
 The projections and the head are the model's own `DenseSlot`s (moeqos.executor.dense_part), so plan
 switches and per-thread plan views apply here exactly as on transformers' path; the norms, embedding,
@@ -32,7 +32,6 @@ DynamicCache of views (moeqos.executor.kv_cache).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -117,42 +116,36 @@ class DecodeAttention(nn.Module):
         keys[:, :, width] = qk[:, n:]
         values[:, :, width : width + 1] = v
         keys, values = keys[:, :, : width + 1], values[:, :, : width + 1]  # [B, h, W + 1, d]
-        if qk.dtype == torch.bfloat16 and qk.device.type == "cpu":
-            out = grouped_attention(qk[:, :n], keys, values, mask, self.scale)  # [B, n * d]
-        else:
-            out = F.scaled_dot_product_attention(
-                qk[:, :n, None],  # [B, n, 1, d]
-                keys,
-                values,
-                attn_mask=mask,
-                scale=self.scale,
-                enable_gqa=n != h,
-            ).reshape(rows, n * d)  # [B, n, 1, d] -> [B, n * d]
+        out = decode_attention(qk[:, :n], keys, values, mask, self.scale)  # [B, n * d]
         return self.o_proj(out)  # [B, H]
 
 
-def grouped_attention(
+def decode_attention(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> torch.Tensor:
     """Attention of one query token per row: q [B, n, d], keys and values [B, h, W, d] (query heads
     grouped by their KV head as transformers' repeat_kv orders them), mask [B, 1, 1, W] (True: attend)
-    or None -> [B, n * d]. Two batched matmuls around an fp32 softmax.
+    or None -> [B, n * d] in q's dtype. SDPA, in fp32 for bf16 operands on the CPU.
 
-    Why not SDPA for bf16 on the CPU: for a one-token query its bf16 kernel costs ~1 us per cached
-    column per layer (measured at 1 thread on the AMD EPYC: 59 / 243 / 493 / 1,763 us at W = 64 / 256
-    / 512 / 2,048 where this takes 61 / 71 / 53 / 96 us), so a 512-token context spent 15 ms of every
-    decode token in it. The scores leave the first matmul rounded to bf16 and the probabilities enter
-    the second in bf16: the error against a float64 reference is 1-2x SDPA's (both within bf16's
-    rounding). fp32 keeps SDPA, which is fast there and is transformers' own arithmetic.
+    Why fp32 there: torch's bf16 SDPA on the CPU costs a one-token query ~1 us per cached column per
+    layer (1 thread, AMD EPYC: 59 / 243 / 493 / 1,763 us at W = 64 / 256 / 512 / 2,048), and bf16
+    `matmul`s around an fp32 softmax go to oneDNN, whose per-call cost is most of a small product
+    (2 threads: 77 / 128 / 301 us at W = 64 / 512 / 2,048). Upcast copies of q, k and v and the fp32
+    kernel take 17 / 47 / 160 us, the copies included, and every product and the softmax then run in
+    fp32: closer to exact than either bf16 route. fp32 and the other devices run SDPA as it is
+    (transformers' own arithmetic, so fp32 greedy output stays identical to transformers').
     """
     rows, n, d = q.shape
-    heads = keys.shape[1]
-    scores = torch.matmul(q.view(rows, heads, n // heads, d), keys.transpose(-1, -2))  # [B, h, g, W]
-    scores = scores.float().mul_(scale)
-    if mask is not None:
-        scores.masked_fill_(~mask, -math.inf)  # mask [B, 1, 1, W] over every head and group
-    probs = torch.softmax(scores, dim=-1).to(q.dtype)  # [B, h, g, W]
-    return torch.matmul(probs, values).view(rows, n * d)  # [B, h, g, d] -> [B, n * d]
+    work = torch.float32 if q.dtype == torch.bfloat16 and q.device.type == "cpu" else q.dtype
+    out = F.scaled_dot_product_attention(
+        q[:, :, None].to(work),  # [B, n, 1, d]
+        keys.to(work),
+        values.to(work),
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=n != keys.shape[1],
+    )  # [B, n, 1, d]
+    return out.reshape(rows, n * d).to(q.dtype)
 
 
 def _rotated(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
