@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from moeqos.api.channel import ConnectOptions
+from moeqos.core.dense import DenseCost, DenseElement
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, HardwareIdentity, ModelIdentity, Profile, QualityPoint
@@ -22,6 +23,7 @@ from moeqos.executor.live_stats import LiveStats, WindowRate
 from moeqos.executor.qos_control import LoopSettings, QosController
 from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.service_target import StandingTarget, Superseded
+from moeqos.planner.latency_model import LatencyModel
 
 FIXED = 0.02
 CALL = {Precision.BF16: 0.01, Precision.INT4: 0.004}
@@ -180,6 +182,43 @@ def test_fit_recovers_both_scales_of_a_profile_far_off() -> None:
     fitted = recalibration.fit(measured, stats.steps(60.0))
     for p, seconds in live.items():
         assert recalibration.predict_seconds(fitted, measured, p) == pytest.approx(seconds, rel=0.05)
+
+
+ATTN_SECONDS = {Precision.BF16: 0.008, Precision.INT8: 0.003}
+"""The dense attention's measured seconds per token in the dense precision and in int8."""
+
+
+def dense_profile() -> Profile:
+    costs = tuple(DenseCost(DenseElement.ATTN, p, 100, s, 0.0) for p, s in ATTN_SECONDS.items())
+    return dataclasses.replace(profile(), dense_costs=costs)
+
+
+def test_a_plans_dense_part_is_priced_in_the_fixed_regressor_as_the_planner_prices_it() -> None:
+    """Regression: the fixed regressor was the profile's fixed seconds whatever the plan's dense part,
+    so steps of a plan with int8 attention (faster outside the experts) pulled the fixed scale down,
+    and the planner, which adds the dense saving itself, then counted the saving twice."""
+    int8_attention = BF16.with_dense(((DenseElement.ATTN, Precision.INT8),))
+    saving = ATTN_SECONDS[Precision.INT8] - ATTN_SECONDS[Precision.BF16]
+    fixed_scale, call_scale = 2.0, 1.5
+
+    def live(plan: Plan) -> float:
+        return true_seconds(plan, fixed_scale, call_scale) + fixed_scale * saving * (plan.dense != ())
+
+    clock, plan = FakeClock(), [BF16]
+    stats = LiveStats(lambda: plan[0], clock)
+    for served in (BF16, int8_attention, INT4):
+        plan[0] = served
+        feed(stats, clock, live(served), 40)
+    measured = dense_profile()
+    fitted = recalibration.fit(measured, stats.steps(60.0), prior_steps=1.0)
+    assert (fitted.fixed_scale, fitted.call_scale) == pytest.approx((fixed_scale, call_scale), rel=0.02)
+    dense_int4 = INT4.with_dense(int8_attention.dense)
+    for p in (BF16, int8_attention, dense_int4):
+        assert recalibration.predict_seconds(fitted, measured, p) == pytest.approx(live(p), rel=0.02)
+    planner = LatencyModel.fit(recalibration.apply(fitted, measured))  # what the loop re-plans with
+    assert planner.fixed_seconds == pytest.approx(fixed_scale * FIXED, rel=0.02)
+    dense_saving = planner.predict_seconds(int8_attention) - planner.predict_seconds(BF16)
+    assert dense_saving == pytest.approx(live(int8_attention) - live(BF16), rel=0.02)
 
 
 def test_outlier_steps_are_clipped() -> None:

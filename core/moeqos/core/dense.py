@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
 
@@ -177,3 +177,43 @@ class DenseCharge:
             table = self._tables.setdefault(group_size, self.shapes.table(self.dense, group_size))
         delta = table.delta_bytes(plan_dense)
         return {self.device: delta} if delta else {}
+
+
+def nearest_cost(measured: Mapping[Precision, DenseCost], precision: Precision) -> DenseCost:
+    """An element's cost in `precision` from its `measured` costs (not empty): the measured one, else
+    that of the measured precision nearest in stored bits (the more accurate on a tie): int3 and int2
+    borrow int4's timing."""
+    if precision in measured:
+        return measured[precision]
+    return min(
+        measured.values(),
+        key=lambda c: (abs(c.precision.storage_bits - precision.storage_bits), c.precision.bits),
+    )
+
+
+def timed_within_fixed(
+    costs: Iterable[DenseCost], dense: Precision, fixed_seconds: float
+) -> tuple[DenseCost, ...]:
+    """`costs` with their seconds scaled down, when the dense precision's exceed `fixed_seconds`, to fit
+    inside it: the dense part in the dense precision is part of a step's fixed time, and a cold timing
+    of its matrices alone can exceed it (noise on a busy machine), which would price a lossy element's
+    saving above the whole fixed time."""
+    costs = tuple(costs)
+    defaults = sum(c.seconds for c in costs if c.precision == dense)
+    scale = min(1.0, fixed_seconds / defaults) if defaults > 0 else 1.0
+    return tuple(replace(c, seconds=c.seconds * scale) for c in costs)
+
+
+def added_seconds(costs: Iterable[DenseCost], dense: Precision, plan_dense: DensePrecisions) -> float:
+    """Seconds per token `plan_dense` adds over the dense part in `dense` (negative: saves), from the
+    elements' `costs` (nearest measured precision for the others; an element with no cost in `dense`
+    adds nothing, as it cannot be chosen)."""
+    table: dict[DenseElement, dict[Precision, DenseCost]] = {}
+    for cost in costs:
+        table.setdefault(cost.element, {})[cost.precision] = cost
+    total = 0.0
+    for element, precision in plan_dense:
+        row = table.get(element, {})
+        if dense in row:
+            total += nearest_cost(row, precision).seconds - row[dense].seconds
+    return total

@@ -2,12 +2,14 @@
 
 The profile prices a decode step of plan P as
 
-    t(P) = fixed_seconds + calls(P),   calls(P) = sum over experts of frequency[l][e] * cost(prec, tier)
+    t(P) = fixed(P) + calls(P),   calls(P) = sum over experts of frequency[l][e] * cost(prec, tier)
 
-measured once, on a quiet machine. Live, the machine changes (other processes take cores), so the
+with fixed(P) the profile's fixed seconds plus what P's dense part adds over the dense precision (a
+lossy attention or head saves time outside the experts: moeqos.core.dense.added_seconds, priced as the
+planner's latency model prices it), measured once, on a quiet machine. Live, the machine changes (other processes take cores), so the
 executor fits two scales to the steps of the last few seconds,
 
-    t_step ~= a * fixed_seconds + b * calls(plan of the step)
+    t_step ~= a * fixed(plan of the step) + b * calls(plan of the step)
 
 by ridge regression. The prior is the measured profile's split between the two, at the level the
 live steps show: it pulls (a, b) towards (s, s), where s is the single scale that best fits the steps
@@ -15,8 +17,9 @@ live steps show: it pulls (a, b) towards (s, s), where s is the single scale tha
 a*f + b*c and the prior splits it in proportion to the profile (a = b = s, so the calibrated profile
 predicts the rate just measured however far off the measured profile was); once plans change, both
 scales are identified. A scale that leaves SCALE_BOUNDS is clamped and the other re-fitted with it
-held. The calibrated profile is the measured one with fixed_seconds * a and every call cost * b (load
-costs are left as measured), which the planner fits as usual. Regressors use the profile's expected
+held. The calibrated profile is the measured one with fixed_seconds and every dense cost * a, and every
+call cost * b (load costs are left as measured), which the planner fits as usual: its prediction of a
+plan is then a * fixed(P) + b * calls(P), this module's. Regressors use the profile's expected
 calls per token (its frequencies), the same quantity the planner's latency model uses; the step times
 are a stream's intervals between tokens (moeqos.executor.live_stats), the rate its client sees.
 """
@@ -28,6 +31,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from moeqos.core.dense import added_seconds, timed_within_fixed
 from moeqos.core.plan import Plan
 from moeqos.core.profile import CallCost, Profile
 from moeqos.core.service_types import LiveCalibration
@@ -40,13 +44,16 @@ OUTLIER_FACTOR = 3.0
 
 
 def apply(calibration: LiveCalibration, profile: Profile) -> Profile:
-    """`profile` with its fixed cost and call costs scaled by `calibration`."""
+    """`profile` with its fixed cost and dense costs scaled by the calibration's fixed scale, its call
+    costs by the call scale."""
     if calibration.steps == 0:
         return profile
-    scale = calibration.call_scale
-    costs = tuple(dataclasses.replace(c, seconds=c.seconds * scale) for c in profile.call_costs)
+    fixed, calls = calibration.fixed_scale, calibration.call_scale
     return dataclasses.replace(
-        profile, fixed_seconds=profile.fixed_seconds * calibration.fixed_scale, call_costs=costs
+        profile,
+        fixed_seconds=profile.fixed_seconds * fixed,
+        dense_costs=tuple(dataclasses.replace(c, seconds=c.seconds * fixed) for c in profile.dense_costs),
+        call_costs=tuple(dataclasses.replace(c, seconds=c.seconds * calls) for c in profile.call_costs),
     )
 
 
@@ -57,7 +64,8 @@ def predict_seconds(calibration: LiveCalibration, profile: Profile, plan: Plan) 
 
 
 def regressors(profile: Profile, plan: Plan) -> tuple[float, float]:
-    """(fixed seconds, expected expert-call seconds) per token of `plan` under the measured profile."""
+    """(fixed seconds with the dense part's, expected expert-call seconds) per token of `plan` under the
+    measured profile."""
     costs = _cost_table(profile.call_costs)
     calls = 0.0
     for (layer, expert), assignment in plan.items():
@@ -65,7 +73,8 @@ def regressors(profile: Profile, plan: Plan) -> tuple[float, float]:
         if cost is None:  # e.g. a disk expert computes in the pool's tier: any tier of its precision
             cost = costs.get((assignment.precision.value, ""), 0.0)
         calls += profile.frequency[layer][expert] * cost
-    return profile.fixed_seconds, calls
+    dense = timed_within_fixed(profile.dense_costs, profile.dense_precision, profile.fixed_seconds)
+    return profile.fixed_seconds + added_seconds(dense, profile.dense_precision, plan.dense), calls
 
 
 def _cost_table(call_costs: Sequence[CallCost]) -> dict[tuple[str, str], float]:

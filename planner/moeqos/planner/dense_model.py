@@ -15,10 +15,10 @@ is empty: only the dense precision is offered, and every term is 0 (plans as bef
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from moeqos.core.dense import DenseCost, DenseElement, DensePrecisions
+from moeqos.core.dense import DenseCost, DenseElement, DensePrecisions, nearest_cost, timed_within_fixed
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
 from moeqos.core.profile import Profile
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE
@@ -57,9 +57,7 @@ class DenseModel:
         """The profile's DenseCosts, their seconds scaled to fit inside the fixed time when they exceed
         it: the dense part in the dense precision is part of the fixed time, and a cold timing of its
         matrices alone can exceed it (noise on a busy machine), which would predict negative seconds."""
-        defaults = sum(c.seconds for c in profile.dense_costs if c.precision == profile.dense_precision)
-        scale = min(1.0, profile.fixed_seconds / defaults) if defaults > 0 else 1.0
-        costs = tuple(replace(c, seconds=c.seconds * scale) for c in profile.dense_costs)
+        costs = timed_within_fixed(profile.dense_costs, profile.dense_precision, profile.fixed_seconds)
         return cls(profile.dense_precision, costs, profile.hardware.device, profile.group_size)
 
     # ----- what can be chosen -------------------------------------------------------------------
@@ -113,13 +111,7 @@ class DenseModel:
         return matrix_bytes(1, _PER_WEIGHT_ROW, precision, self.group_size)
 
     def _nearest(self, element: DenseElement, precision: Precision) -> DenseCost:
-        row = self._table[element]
-        if precision in row:
-            return row[precision]
-        return min(
-            row.values(),
-            key=lambda c: (abs(c.precision.storage_bits - precision.storage_bits), c.precision.bits),
-        )
+        return nearest_cost(self._table[element], precision)
 
     # ----- per plan -----------------------------------------------------------------------------
     def plan_seconds(self, dense: DensePrecisions) -> float:
