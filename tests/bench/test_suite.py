@@ -38,6 +38,7 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     assert {p["spec"] for p in held_out} <= candidates
     measured = held_out + frontier["ends"]
     assert frontier["ends"] and all(_finite_positive(p["measured_tokens_per_s"]) for p in measured)
+    assert all(_finite_positive(p["live_predicted_tokens_per_s"]) for p in measured)
     assert all(p["measured_perplexity"] > 1 for p in measured)
     baseline = sections["baseline"]["data"]
     assert _finite_positive(baseline["transformers_fp32"]["tokens_per_s"])

@@ -3,7 +3,9 @@
 Profile the executor (calibration ptb:train, fitting plans' perplexity on ptb:test), fit both cost
 models, compute the planner's frontier, then measure plans spread along it that were not used for
 fitting: decode tokens/s (median of repeats) and ptb:test perplexity. The cost models are judged by
-their mean absolute percentage error on those held-out plans.
+their mean absolute percentage error on those held-out plans. Beside the profile's prediction of each
+plan's speed, the closed loop's (moeqos.bench.live_prediction): the profile recalibrated on the decode
+steps of the plans measured just before it, the all-bf16 plan first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moeqos.bench import plots
+from moeqos.bench.live_prediction import LIVE_PLANS, live_tokens_per_s
 from moeqos.bench.metrics import mape, percent_error, ratio, short_description, spread_indices
 from moeqos.bench.report import Goal, SectionResult, table
 
@@ -30,6 +33,8 @@ class Point:
     """`frontier`, `frontier end` or `bf16/int4 dial` (see `held_out`)."""
     predicted_tokens_per_s: float
     measured_tokens_per_s: float
+    live_predicted_tokens_per_s: float
+    """From the profile recalibrated on the plans measured before this one (`live_tokens_per_s`)."""
     predicted_perplexity: float
     measured_perplexity: float
 
@@ -64,9 +69,15 @@ def _ends(points: list[Any]) -> list[Any]:
     return [points[0]] if len(points) == 1 else [points[0], points[-1]]
 
 
-def measure(ctx: Any, result: Any, source: str) -> Point:
-    """Measure one planned plan on the executor."""
+def measure(ctx: Any, result: Any, source: str, history: list[tuple[Any, Any]]) -> Point:
+    """Measure one planned plan on the executor, its live prediction from the other plans measured
+    before it (`history`, (plan, Speed) in measurement order, to which this plan's speed is appended;
+    an end measured already as a held-out plan is not predicted from its own steps)."""
+    spec = result.plan.to_spec()
+    others = [(plan, speed) for plan, speed in history if plan.to_spec() != spec]
+    live = live_tokens_per_s(ctx.profile, result.plan, others)
     speed = ctx.decode_speed(result.plan)
+    history.append((result.plan, speed))
     evaluation = ctx.perplexity(result.plan)
     return Point(
         result.plan.to_spec(),
@@ -74,6 +85,7 @@ def measure(ctx: Any, result: Any, source: str) -> Point:
         source,
         result.predicted_tokens_per_s,
         speed.tokens_per_s,
+        live,
         result.predicted_perplexity,
         float(evaluation.perplexity),
     )
@@ -86,14 +98,16 @@ def _label(ctx: Any, plan: Any) -> str:
 
 def run(ctx: Any) -> SectionResult:
     """Profile, fit, solve the frontier, measure the held-out plans and both ends, report errors and range."""
-    points = [measure(ctx, r, source) for r, source in held_out(ctx)]
-    ends = [measure(ctx, r, "frontier end") for r in _ends(ctx.frontier)]
+    planned = held_out(ctx)  # the profile and the frontier first: the measurements follow back to back
+    history = [(ctx.full_precision, ctx.decode_speed(ctx.full_precision))]
+    points = [measure(ctx, r, source, history) for r, source in planned]
+    ends = [measure(ctx, r, "frontier end", history) for r in _ends(ctx.frontier)]
     reference = float(ctx.perplexity(ctx.full_precision).perplexity)
     result = SectionResult("frontier")
     result.tables += [_plan_table(ctx, points, ends), _profile_table(ctx)]
     result.goals += _goals(points)
     if points:
-        result.tables.append(_corpus_table(ctx, points))
+        result.tables += [_live_table(points), _corpus_table(ctx, points)]
     result.data = _data(ctx, points, ends, reference)
     result.tables.insert(1, _range_table(result.data["range"]))
     result.plots += _plots(ctx, points, ends)
@@ -111,6 +125,8 @@ def _plan_table(ctx: Any, points: list[Point], ends: list[Point]) -> Any:
             p.predicted_tokens_per_s,
             p.measured_tokens_per_s,
             percent_error(p.predicted_tokens_per_s, p.measured_tokens_per_s),
+            p.live_predicted_tokens_per_s,
+            percent_error(p.live_predicted_tokens_per_s, p.measured_tokens_per_s),
             p.predicted_perplexity,
             p.measured_perplexity,
             percent_error(p.predicted_perplexity, p.measured_perplexity),
@@ -124,10 +140,23 @@ def _plan_table(ctx: Any, points: list[Point], ends: list[Point]) -> Any:
         "and the frontier's ends (for the range; in the error only if held out)",
         f"tok/s: median of {s.repeats} greedy runs of {s.decode_tokens} tokens, decode rate after the "
         "first token",
+        f"live pred: from the profile recalibrated on the {LIVE_PLANS} other plans measured just before "
+        "(the closed loop's prediction; see the MAPE table by profile)",
         f"perplexity: {len(ctx.test_ids)} ptb:test tokens, context {s.context_length}; the quality model "
         "is fitted to the fitting plans on the same tokens",
     ]
-    columns = ["plan", "role", "pred tok/s", "meas tok/s", "err %", "pred ppl", "meas ppl", "err %"]
+    columns = [
+        "plan",
+        "role",
+        "pred tok/s",
+        "meas tok/s",
+        "err %",
+        "live pred",
+        "err %",
+        "pred ppl",
+        "meas ppl",
+        "err %",
+    ]
     return table("frontier: held-out plans, predicted vs measured", columns, rows, notes)
 
 
@@ -185,6 +214,27 @@ def _goals(points: list[Point]) -> list[Goal]:
             "perplexity MAPE %", f"< {PERPLEXITY_ERROR_GOAL:g}", ppl_error, ppl_error < PERPLEXITY_ERROR_GOAL
         ),
     ]
+
+
+def _live_table(points: list[Point]) -> Any:
+    """The held-out plans' throughput error from the profile as measured and as the closed loop
+    recalibrates it."""
+    measured = [p.measured_tokens_per_s for p in points]
+    rows = [
+        ["profile (the goal's)", mape([p.predicted_tokens_per_s for p in points], measured)],
+        [
+            f"profile recalibrated on the {LIVE_PLANS} plans measured before",
+            mape([p.live_predicted_tokens_per_s for p in points], measured),
+        ],
+    ]
+    notes = [
+        "recalibrated as the executor's QoS loop does (fixed and call scales fitted to decode steps) on "
+        "other plans' steps only; the all-bf16 plan is measured first",
+        "the gap between the two rows is the host's drift since the profile, not the model's shape",
+    ]
+    return table(
+        "frontier: throughput MAPE % on held-out plans, by profile", ["prediction", "MAPE %"], rows, notes
+    )
 
 
 def _corpus_table(ctx: Any, points: list[Point]) -> Any:
