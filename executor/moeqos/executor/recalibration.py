@@ -6,8 +6,8 @@ The profile prices a decode step of plan P as
 
 with fixed(P) the profile's fixed seconds plus what P's dense part adds over the dense precision (a
 lossy attention or head saves time outside the experts: moeqos.core.dense.added_seconds, priced as the
-planner's latency model prices it), measured once, on a quiet machine. Live, the machine changes (other processes take cores), so the
-executor fits two scales to the steps of the last few seconds,
+planner's latency model prices it), measured once, on a quiet machine. Live, the machine changes
+(other processes take cores), so the executor fits two scales to the steps of the last few seconds,
 
     t_step ~= a * fixed(plan of the step) + b * calls(plan of the step)
 
