@@ -20,7 +20,7 @@ from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import LiveCalibration, QosState, ReplanState
 from moeqos.executor import recalibration, service_target
 from moeqos.executor.live_stats import LiveStats, WindowRate
-from moeqos.executor.qos_control import LoopSettings, QosController
+from moeqos.executor.qos_control import Decision, LoopSettings, QosController
 from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.service_target import StandingTarget, Superseded
 from moeqos.planner.latency_model import LatencyModel
@@ -499,6 +499,34 @@ def test_a_replan_that_applied_and_fell_short_makes_the_next_ask_for_more_until_
     knob.wanted = 1  # the machine changed: what was learned no longer holds
     loop.tick(profile())
     assert loop.boost == 1.0 and loop.planning_target(goal) == QosTarget(min_tokens_per_s=10.8)
+
+
+def test_a_slack_replan_that_lands_short_of_its_ask_teaches_the_boost() -> None:
+    """Regression: only re-plans for a violation recorded what they asked, so a slack move to a quality
+    plan that ran at the floor's edge taught nothing, and the re-plan after it asked for the same
+    headroom that had just fallen short."""
+    goal = QosTarget(min_tokens_per_s=10.0)
+    clock = FakeClock()
+    target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
+    target.set(goal, "")
+    serving = [INT4]
+    stats = LiveStats(lambda: serving[0], clock)
+    loop = QosLoop(LoopSettings(headroom=0.08), stats, target, lambda: serving[0])
+    target.replan = lambda: True  # type: ignore[method-assign]  # (no event loop here: decide only)
+
+    def replan_at(tokens_per_s: float) -> Decision:
+        clock.now += 10.0
+        feed(stats, clock, 1 / tokens_per_s, 60)
+        decision = loop.tick(profile())
+        assert decision.replan
+        return decision
+
+    assert replan_at(14.0).for_slack  # 14 > 10 + 25%: room for quality, asking 10.8
+    serving[0], target.state = BF16, ReplanState.APPLIED  # the quality plan took over ...
+    assert not loop.tick(profile()).replan
+    assert not replan_at(9.0).for_slack  # ... and runs at 9: a violation, 1.2x short of the ask
+    assert loop.boost == pytest.approx(1.2)
+    assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(10.8 * 1.2)
 
 
 def test_a_slow_model_is_judged_over_a_window_long_enough_for_min_tokens_and_still_calibrated() -> None:
