@@ -111,7 +111,7 @@ def test_dense_slots_of_the_checkpoint_module_compute_through_the_process_table(
     monkeypatch.setattr(
         gemv_paths, "PATHS", GemvPaths(fake_timer({"mm": 1.0, "mv": 2.0, "mm_wx": 0.1}, calls))
     )
-    linear = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16)  # weight [N, K]
+    linear = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16).requires_grad_(False)  # [N, K], as loaded
     slot = DenseSlot("model.layers.0.self_attn.q_proj", linear, None, threading.local())
     x = torch.randn(1, 64).to(torch.bfloat16)  # [M, K]
     with torch.inference_mode():
