@@ -1,7 +1,7 @@
 """The own decode step (moeqos.executor.fast_decode) on a tiny random Mixtral: its logits are
 transformers' (fp32 plans exactly, bf16 within rounding), a left-padded batch's rows are their lone
 runs, the KV buffers regrow correctly, plan switches and private plan views apply mid-stream, bf16
-attention on the CPU (two matmuls, not SDPA) is within SDPA's own rounding of the exact result, and
+attention on the CPU (fp32 SDPA on upcast copies) is exact arithmetic on its bf16 operands, and
 families with another attention keep transformers' path."""
 
 from __future__ import annotations
@@ -91,25 +91,21 @@ def test_bf16_decode_attention_is_exact_arithmetic_on_the_bf16_operands(width: i
     mask[0, ..., :3] = False
     scale = 16**-0.5
 
-    def sdpa(dtype: torch.dtype) -> torch.Tensor:
+    def sdpa(operands: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+        q, keys, values = (t.to(dtype) for t in operands)
         return torch.nn.functional.scaled_dot_product_attention(
-            q[:, :, None].to(dtype),
-            keys.to(dtype),
-            values.to(dtype),
-            attn_mask=mask,
-            scale=scale,
-            enable_gqa=True,
+            q[:, :, None], keys, values, attn_mask=mask, scale=scale, enable_gqa=True
         ).reshape(2, 6 * 16)
 
-    exact = sdpa(torch.float64)
-    q, keys, values = q.bfloat16(), keys.bfloat16(), values.bfloat16()
-    ours = decode_attention(q, keys, values, mask, scale)
+    exact = sdpa((q, keys, values), torch.float64)
+    rounded = (q.bfloat16(), keys.bfloat16(), values.bfloat16())
+    ours = decode_attention(*rounded, mask, scale)
     assert ours.dtype == torch.bfloat16 and ours.shape == (2, 96)
-    on_bf16_operands = sdpa(torch.float64)  # exact arithmetic on the rounded operands
-    torch.testing.assert_close(ours.double(), on_bf16_operands, rtol=2**-8, atol=1e-6)
-    sdpa_error = (sdpa(torch.bfloat16).double() - exact).abs().max()
+    on_rounded = sdpa(rounded, torch.float64)  # exact arithmetic on the rounded operands
+    torch.testing.assert_close(ours.double(), on_rounded, rtol=2**-8, atol=1e-6)
+    sdpa_error = (sdpa(rounded, torch.bfloat16).double() - exact).abs().max()
     assert (ours.double() - exact).abs().max() <= 1.5 * sdpa_error
-    unmasked = decode_attention(q, keys, values, None, scale)
+    unmasked = decode_attention(*rounded, None, scale)
     assert torch.equal(unmasked[1], ours[1]) and not torch.equal(unmasked[0], ours[0])
 
 

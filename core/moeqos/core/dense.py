@@ -204,16 +204,25 @@ def timed_within_fixed(
     return tuple(replace(c, seconds=c.seconds * scale) for c in costs)
 
 
-def added_seconds(costs: Iterable[DenseCost], dense: Precision, plan_dense: DensePrecisions) -> float:
-    """Seconds per token `plan_dense` adds over the dense part in `dense` (negative: saves), from the
-    elements' `costs` (nearest measured precision for the others; an element with no cost in `dense`
-    adds nothing, as it cannot be chosen)."""
+def costs_by_element(costs: Iterable[DenseCost]) -> dict[DenseElement, dict[Precision, DenseCost]]:
+    """`costs` as element -> precision -> cost (a later cost of the same pair replaces an earlier)."""
     table: dict[DenseElement, dict[Precision, DenseCost]] = {}
     for cost in costs:
         table.setdefault(cost.element, {})[cost.precision] = cost
-    total = 0.0
-    for element, precision in plan_dense:
-        row = table.get(element, {})
-        if dense in row:
-            total += nearest_cost(row, precision).seconds - row[dense].seconds
-    return total
+    return table
+
+
+def element_seconds(measured: Mapping[Precision, DenseCost], dense: Precision, precision: Precision) -> float:
+    """Seconds per token an element adds in `precision` over `dense`, from its `measured` costs (the
+    nearest measured precision's for an unmeasured one); 0 without a cost in `dense`, as such an
+    element cannot be chosen."""
+    if dense not in measured:
+        return 0.0
+    return nearest_cost(measured, precision).seconds - measured[dense].seconds
+
+
+def added_seconds(costs: Iterable[DenseCost], dense: Precision, plan_dense: DensePrecisions) -> float:
+    """Seconds per token `plan_dense` adds over the dense part in `dense` (negative: saves), from the
+    elements' `costs` (`element_seconds` of each)."""
+    table = costs_by_element(costs)
+    return sum(element_seconds(table.get(element, {}), dense, precision) for element, precision in plan_dense)

@@ -18,7 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from moeqos.core.dense import DenseCost, DenseElement, DensePrecisions, nearest_cost, timed_within_fixed
+from moeqos.core.dense import (
+    DenseCost,
+    DenseElement,
+    DensePrecisions,
+    costs_by_element,
+    element_seconds,
+    nearest_cost,
+    timed_within_fixed,
+)
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, matrix_bytes
 from moeqos.core.profile import Profile
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE
@@ -46,9 +54,7 @@ class DenseModel:
     )
 
     def __post_init__(self) -> None:
-        table: dict[DenseElement, dict[Precision, DenseCost]] = {}
-        for cost in self.costs:
-            table.setdefault(cost.element, {})[cost.precision] = cost
+        table = costs_by_element(self.costs)
         usable = {e: row for e, row in table.items() if self.dense in row}  # deltas need the default
         object.__setattr__(self, "_table", usable)
 
@@ -74,10 +80,7 @@ class DenseModel:
     # ----- per element --------------------------------------------------------------------------
     def seconds(self, element: DenseElement, precision: Precision) -> float:
         """Seconds per token `element` in `precision` adds over the dense precision."""
-        if element not in self._table:
-            return 0.0
-        row = self._table[element]
-        return self._nearest(element, precision).seconds - row[self.dense].seconds
+        return element_seconds(self._table.get(element, {}), self.dense, precision)
 
     def log_ppl(self, element: DenseElement, precision: Precision) -> float:
         """Log-perplexity increase of `element` in `precision`."""
