@@ -92,7 +92,11 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
     on = Trace(tokens([10] * 10), ((0.0, "bf16@cpu"), (4.0, "int4@cpu")), 3.0, 8.0, 10.0, ((4.0, 8, 0.25),))
     off = Trace(tokens([10] * 10), ((0.0, "bf16@cpu"),), 3.0, 8.0, 10.0)
     warmed = {"on": (12.0, "done: int4 8"), "off": (0.0, "done: int4 8")}
-    basis = {"quality_tokens_per_s": 12.0, "fallback_loaded_tokens_per_s": 8.9}
+    basis = {
+        "quality_tokens_per_s": 12.0,
+        "fallback_loaded_tokens_per_s": 8.9,
+        "fallback_loaded_windows_met": 0.7,
+    }
     result = _result(ctx, {"on": on, "off": off}, 8.0, quality, warmed, basis)
     [section] = result.tables
     rows = {row[0]: row for row in section.rows}
@@ -104,18 +108,21 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
     assert any("on 12s (done: int4 8)" in note for note in section.notes)
     assert result.data["floor_basis"] == basis  # which bound set the floor: here the loaded one
     assert any("quiet rate 12.0" in note and "beside the neighbour 8.9" in note for note in section.notes)
+    assert any("met the floor in 70% of its 10 probe windows" in note for note in section.notes)
 
 
 def test_the_floor_probe_takes_the_median_window_after_the_knobs_seconds() -> None:
     """The fallback plan's rate beside the neighbour: windows before `skip` (the thread knob reacting)
     are left out; nothing to measure is an error, not a floor of 0."""
-    from moeqos.bench.contention import median_window_rate
+    from moeqos.bench.contention import median_rate, window_counts
 
     rates = [2, 2, 30, 31, 29]  # a slow start, then ~30 tok/s
     times = [5.0 + k + i / r for k, r in enumerate(rates) for i in range(r)]  # the first token at 5.0
-    assert median_window_rate(times, 0.0, 5.0) == 29.0
-    assert median_window_rate(times, 2.0, 3.0) == 30.0
+    assert window_counts(times, 0.0, 5.0) == rates
+    assert median_rate(window_counts(times, 0.0, 5.0)) == 29.0
+    assert window_counts(times, 2.0, 3.0) == [30, 31, 29]
+    assert median_rate(window_counts(times, 2.0, 3.0)) == 30.0
     with pytest.raises(RuntimeError, match="too few tokens"):
-        median_window_rate([], 2.0, 3.0)
+        median_rate(window_counts([], 2.0, 3.0))
     with pytest.raises(RuntimeError, match="too few tokens"):
-        median_window_rate(times, 5.0, 3.0)
+        median_rate(window_counts(times, 5.0, 3.0))

@@ -529,6 +529,79 @@ def test_a_slack_replan_that_lands_short_of_its_ask_teaches_the_boost() -> None:
     assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(10.8 * 1.2)
 
 
+def stepping_loop(goal: QosTarget) -> tuple[QosLoop, StandingTarget, FakeClock, list[Plan]]:
+    """A loop whose re-plans start (nothing runs them: the test says how each ended); `serving[0]` is
+    the plan in force."""
+    clock = FakeClock()
+    target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
+    target.set(goal, "")
+    serving = [BF16]
+    stats = LiveStats(lambda: serving[0], clock)
+    loop = QosLoop(LoopSettings(fallback_ppl_increase=0.15), stats, target, lambda: serving[0])
+    target.replan = lambda: True  # type: ignore[method-assign]  # (no event loop here: decide only)
+    return loop, target, clock, serving
+
+
+def test_a_fallback_stage_plan_that_falls_short_moves_the_next_replan_on_a_stage() -> None:
+    """Regression (contention bench, beside a one-core neighbour at one thread): stage 0 found no plan,
+    stage 1 applied a plan predicted at the floor that ran 5-8% under it, and the next violation asked
+    at stage 0 again, round and round for 40 s, never for the fastest plan within the ceiling."""
+    goal = QosTarget(min_tokens_per_s=20.0)
+    measured = with_reference(90.0)
+    loop, target, clock, serving = stepping_loop(goal)
+
+    def replan_at(tokens_per_s: float) -> Decision:
+        clock.now += 10.0
+        feed(loop.stats, clock, 1 / tokens_per_s, 60)
+        decision = loop.tick(measured)
+        assert decision.replan and not decision.for_slack
+        return decision
+
+    replan_at(15.0)
+    assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(20.0 * 1.12)
+    target.state = ReplanState.FAILED  # stage 0 found no plan
+    replan_at(15.0)
+    assert loop.planning_target(goal) == goal  # stage 1: the floor itself
+    serving[0], target.state = INT4, ReplanState.APPLIED  # it applied INT4 ...
+    assert not loop.tick(measured).replan  # (settled at the next tick)
+    replan_at(18.5)  # ... which runs short of the floor
+    asked = loop.planning_target(goal)
+    assert asked.objective is Objective.SPEED and asked.max_perplexity == pytest.approx(90.0 * 1.15)
+    serving[0] = BF16  # the fastest plan took over ...
+    assert not loop.tick(measured).replan
+    replan_at(18.0)  # ... and is short too: the last stage is kept
+    assert loop.planning_target(goal).objective is Objective.SPEED
+    clock.now += 10.0
+    feed(loop.stats, clock, 1 / 30.0, 90)  # the neighbour left: slack, asked for with headroom
+    assert loop.tick(measured).for_slack
+    assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(20.0 * 1.12)
+    serving[0] = INT4  # the slack re-plan's plan: a violation under it starts at stage 0 again
+    assert not loop.tick(measured).replan
+    replan_at(18.0)  # (short of the 22.4 the slack re-plan asked for: that much more is asked now)
+    assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(22.4 * 22.4 / 18.0)
+
+
+def test_a_replan_that_found_no_plan_lets_the_next_stage_go_at_the_next_tick() -> None:
+    goal = QosTarget(min_tokens_per_s=20.0)
+    measured = with_reference(90.0)
+    loop, target, clock, serving = stepping_loop(goal)
+    clock.now += 10.0
+    feed(loop.stats, clock, 1 / 15.0, 60)
+    assert loop.tick(measured).replan  # stage 0 ...
+    assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(20.0 * 1.12)
+    target.state = ReplanState.FAILED  # ... found no plan
+    feed(loop.stats, clock, 1 / 15.0, 8)  # half a second later
+    assert loop.tick(measured).replan  # stage 1 at once, not after min_interval_s
+    assert loop.planning_target(goal) == goal
+    target.state = ReplanState.FAILED
+    feed(loop.stats, clock, 1 / 15.0, 8)
+    assert loop.tick(measured).replan  # stage 2 at once too
+    target.state = ReplanState.FAILED  # the last stage found nothing either: now the interval holds
+    feed(loop.stats, clock, 1 / 15.0, 8)
+    decision = loop.tick(measured)
+    assert decision.state is QosState.VIOLATED and not decision.replan
+
+
 def test_a_slow_model_is_judged_over_a_window_long_enough_for_min_tokens_and_still_calibrated() -> None:
     clock = FakeClock()
     target = StandingTarget("", ConnectOptions(), Hooks())

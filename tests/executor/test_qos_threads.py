@@ -388,3 +388,36 @@ def test_niced_threads_of_this_process_are_read_per_thread_and_an_ended_one_keep
     read.set()
     spinner.join()
     assert before is not None and after is not None and after - before >= 0.2
+
+
+def test_after_a_thread_change_a_replan_waits_for_the_calibration_at_the_new_count() -> None:
+    """Regression (contention bench): a violation judged on the few steps at one thread half a second
+    after the change re-planned from the profile as measured, kept the quality plan, and the floor
+    waited for the next re-plan. The re-plan now waits for `min_tokens` steps at the new count."""
+    clock = FakeClock()
+    machine = Machine(clock)
+    knob = ThreadKnob(2, lambda n: None, lambda: knob.wanted)
+    target = StandingTarget("", ConnectOptions(), Hooks())
+    target.set(QosTarget(min_tokens_per_s=8.0), "127.0.0.1:1")
+    started: list[float] = []
+    target.replan = lambda: started.append(clock.now) or True  # type: ignore[method-assign]
+    stats = LiveStats(lambda: BF16, clock, threads=lambda: knob.wanted)
+    loop = QosLoop(LoopSettings(), stats, target, lambda: BF16, lambda: knob, machine.share())
+    feed(stats, clock, 0.1, 30)
+    loop.tick(profile())
+    machine.others = 1.0
+    for _ in range(8):
+        feed(stats, clock, 0.25, 2)
+        loop.tick(profile())
+        if knob.wanted == 1:
+            break
+    assert knob.wanted == 1 and loop.calibration == LiveCalibration()
+    started.clear()  # (a re-plan for the 4 tok/s at 2 threads may have started before the change)
+    clock.now += LoopSettings().min_interval_s
+    feed(stats, clock, 1 / 5.0, 3)  # 3 steps at 1 thread: 5 tok/s, a 3 s window sized for the floor
+    decision = loop.tick(profile())
+    assert decision.state is QosState.VIOLATED and not decision.replan and not started
+    assert "waiting for 8 steps at 1 threads" in decision.reason
+    feed(stats, clock, 1 / 5.0, 5)  # 8 steps at 1 thread: fitted, and the re-plan goes
+    decision = loop.tick(profile())
+    assert decision.replan and started == [clock.now] and loop.calibration.steps == 8

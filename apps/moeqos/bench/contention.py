@@ -45,7 +45,7 @@ FLOOR_FRACTION = 0.8
 """The floor, as a fraction of the quality plan's quiet decode rate ..."""
 LOADED_FRACTION = 0.9
 """... and at most this fraction of the fallback plan's rate beside the neighbour (module docstring)."""
-LOADED_PROBE_S = (4.0, 6.0)
+LOADED_PROBE_S = (4.0, 10.0)
 """Seconds of the fallback plan beside the neighbour: left for the executor's thread knob to react, then
 measured."""
 PROBE_SETTLE_S = 5.0
@@ -86,9 +86,14 @@ def run(ctx: Any) -> SectionResult:
             ctx.log(f"contention: variants built ahead after {warmed[mode][0]:.1f}s: {warmed[mode][1]}")
             if floor is None:
                 quality_rate = _quality_rate(planner.address, executor.address)
-                loaded_rate = _fallback_rate_beside_neighbour(planner.address, executor.address, ctx.profile)
+                loaded = _fallback_windows_beside_neighbour(planner.address, executor.address, ctx.profile)
+                loaded_rate = median_rate(loaded)
                 floor = min(FLOOR_FRACTION * quality_rate, LOADED_FRACTION * loaded_rate)
-                basis = {"quality_tokens_per_s": quality_rate, "fallback_loaded_tokens_per_s": loaded_rate}
+                basis = {
+                    "quality_tokens_per_s": quality_rate,
+                    "fallback_loaded_tokens_per_s": loaded_rate,
+                    "fallback_loaded_windows_met": sum(w >= floor for w in loaded) / len(loaded),
+                }
                 ctx.log(f"contention: floor {floor:.2f} tok/s ({basis})")
             ctx.log(f"contention: loop {mode}")
             first_plan = _deploy(planner.address, executor.address, floor, first_plan)
@@ -122,13 +127,14 @@ def _quality_rate(planner_address: str, executor_address: str) -> float:
     with PlannerClient(planner_address) as planner:
         planner.deploy([DeploySpec(executor_address, QosTarget(objective=Objective.QUALITY))])
     times = _stream_for(executor_address, 6.0, time.monotonic(), after_first_token=True)
-    return median_window_rate(times, 0.0, times[-1] - times[0] if times else 0.0)
+    return median_rate(window_counts(times, 0.0, times[-1] - times[0] if times else 0.0))
 
 
-def _fallback_rate_beside_neighbour(planner_address: str, executor_address: str, profile: Any) -> float:
-    """Decode tokens/s, beside the one-core neighbour, of the plan the loop's last fallback stage asks
-    for (moeqos.executor.qos_control.planning_target), with a floor held so that the thread knob acts as
-    it would: the median 1 s window after the knob's first seconds."""
+def _fallback_windows_beside_neighbour(planner_address: str, executor_address: str, profile: Any) -> list[int]:
+    """Tokens in each 1 s window, beside the one-core neighbour, of the plan the loop's last fallback
+    stage asks for (moeqos.executor.qos_control.planning_target), with a floor held so that the thread
+    knob acts as it would, after the knob's first seconds. The share of them that meets the floor is
+    what the loop can reach beside the neighbour at best: no plan it may choose there is faster."""
     from moeqos.client import DeploySpec, PlannerClient
     from moeqos.executor.qos_control import FALLBACK_STAGES, LoopSettings, planning_target
 
@@ -142,16 +148,22 @@ def _fallback_rate_beside_neighbour(planner_address: str, executor_address: str,
     with _neighbour():
         times = _stream_for(executor_address, settle + measured, time.monotonic(), after_first_token=True)
     time.sleep(PROBE_SETTLE_S)
-    return median_window_rate(times, settle, measured)
+    return window_counts(times, settle, measured)
 
 
-def median_window_rate(times: list[float], skip: float, seconds: float) -> float:
-    """The median tokens in the whole 1 s windows of `seconds` that start `skip` seconds after the first
-    of the token `times`; RuntimeError when there is none or it is 0 (no floor can be set from it)."""
+def window_counts(times: list[float], skip: float, seconds: float) -> list[int]:
+    """Tokens in each whole 1 s window of `seconds` that starts `skip` seconds after the first of the
+    token `times`."""
     late = [t - times[0] - skip for t in times if t - times[0] >= skip] if times else []
-    rates = sorted(window_rates(late, seconds))
+    return window_rates(late, seconds)
+
+
+def median_rate(windows: list[int]) -> float:
+    """The median of 1 s window counts; RuntimeError when there is none or it is 0 (no floor can be set
+    from it)."""
+    rates = sorted(windows)
     if not rates or rates[len(rates) // 2] == 0:
-        raise RuntimeError(f"too few tokens to set a floor ({len(late)} in {seconds:.1f} s)")
+        raise RuntimeError(f"too few tokens to set a floor ({sum(rates)} in {len(rates)} windows)")
     return float(rates[len(rates) // 2])
 
 
@@ -357,6 +369,9 @@ def _result(
         f"floor = min({FLOOR_FRACTION:.0%} of the quality plan's quiet rate "
         f"{basis['quality_tokens_per_s']:.1f}, {LOADED_FRACTION:.0%} of the fallback plan's rate beside the "
         f"neighbour {basis['fallback_loaded_tokens_per_s']:.1f}); 1 s windows as a client saw them",
+        f"the fallback plan alone, beside the neighbour, met the floor in "
+        f"{basis['fallback_loaded_windows_met']:.0%} of its {LOADED_PROBE_S[1]:.0f} probe windows: the best "
+        "any plan the loop may choose can do there",
         "plan ppl: the planner's prediction for each plan used, best first; measured ppl: ptb:test "
         f"(at most {MEASURED_PLANS} plans); the machine may be shared with other work",
         "quality back: the plan before the neighbour, or one within 1% of its predicted perplexity",

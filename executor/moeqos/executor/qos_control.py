@@ -162,6 +162,11 @@ class QosController:
         elif for_slack:
             self.slack_interval = min(self.slack_interval * 2, self.settings.max_slack_interval_s)
 
+    def allow_now(self, now: float) -> None:
+        """The next re-plan for a violation may start at `now` (the last one found no plan: nothing
+        changed that needs measuring before the next fallback stage is tried)."""
+        self.last_replan = min(self.last_replan, now - self.settings.min_interval_s)
+
     def _maybe(self, now: float, interval: float, state: QosState, why: str, slack: bool = False) -> Decision:
         wait = self.last_replan + interval - now
         if wait > 0:

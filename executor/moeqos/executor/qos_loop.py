@@ -19,7 +19,13 @@ Every `tick_s` the loop
    too (measured beside a neighbour at one thread: a slack move from an int4 plan at 46 tok/s to the
    quality plan, asked for 32, ran at 25-33 on a floor of 28.8 for 14 s until the next re-plan). The
    boost is kept while resources stay as they are and dropped when the thread count or the target
-   changes.
+   changes. The fallback stages (moeqos.executor.qos_control) go one further when a re-plan found
+   no plan, and also when the plan a fallback stage applied is still in force and falls short:
+   stage 1 asks for the floor itself from the same calibration whose error put the stage-0 plans out
+   of reach, and its plan can land as short (measured beside a one-core neighbour at one thread:
+   stage 0 found nothing, stage 1 applied plans predicted at the floor that ran 5-8% under it, and the
+   loop went back to stage 0 and round again for 40 s, never asking for the fastest plan). A re-plan
+   that found no plan lets the next stage go at the next tick: nothing changed that needs measuring.
 Each decision that changes something, or says why nothing changes, is logged once.
 
 With the loop off (`LoopSettings.enabled = False`) steps are still measured and reported, but nothing
@@ -80,11 +86,17 @@ class QosLoop:
         self._last = Decision(QosState.NO_FLOOR, False, "not started")
         self._fallback = 0
         """The fallback stage of the next re-plan for a violation (qos_control.planning_target): one
-        more after each failed re-plan, back to 0 after one applied or a re-plan for slack."""
+        more after each failed re-plan and after a fallback stage's plan fell short, back to 0 after
+        one applied a plan that held or a re-plan for slack."""
+        self._fallback_plan: str | None = None
+        """The spec of the plan the last re-plan at a fallback stage (1 or 2) applied."""
         self._reference: float | None = None
         """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
         self._threads_since = -math.inf
         """When the loop last changed the thread count: the live calibration fits only later steps."""
+        self._fitted_threads = True
+        """The live calibration was fitted to steps at the thread count in force (False from a thread
+        change until the first fit after it)."""
         self._pending: tuple[str, bool, float | None] | None = None
         """(plan spec before, for slack, rate asked for at stage 0 of a violation's re-plan, else None) of
         the re-plan in flight."""
@@ -128,16 +140,21 @@ class QosLoop:
             steps = [step for step in steps if step.end > self._threads_since]
             if len(steps) >= self.settings.min_tokens:
                 self.calibration = recalibration.fit(profile, steps)
+                self._fitted_threads = True
         self._settle()
         floor = self.target.target.min_tokens_per_s if self.target.target else None
         window = self.window()
         sustained = self.stats.window(self.settings.sustained_s, self._plan(), self._threads())
         decision = self.controller.decide(now, floor, window, self.target.state in BUSY, sustained)
         self._keep_boost_for(floor)
+        if decision.replan and profile is not None and self.settings.enabled and not self._fitted_threads:
+            decision = self._await_calibration(decision)
         asking = None
         if decision.replan and self.settings.enabled:
-            failed = self.target.state is ReplanState.FAILED and not decision.for_slack
-            self._fallback = min(self._fallback + 1, qos_control.FALLBACK_STAGES) if failed else 0
+            failed = self.target.state is ReplanState.FAILED
+            short = self._fallback_plan == self._plan().to_spec()
+            escalate = (failed or short) and not decision.for_slack
+            self._fallback = min(self._fallback + 1, qos_control.FALLBACK_STAGES) if escalate else 0
             if floor is not None:
                 asking = self._learn_boost(floor, window)
         if decision.replan and self.settings.enabled and self.target.replan():
@@ -146,6 +163,15 @@ class QosLoop:
             decision = Decision(QosState.REPLANNING, True, decision.reason, decision.for_slack)
         self._log(decision)
         return decision
+
+    def _await_calibration(self, decision: Decision) -> Decision:
+        """Hold a re-plan until the calibration is re-fitted at the thread count in force: a re-plan
+        just after a thread change would plan from the profile as measured (measured beside a
+        one-core neighbour: a violation judged on 0.5 s of steps at one thread re-planned "as
+        measured", kept the quality plan, and the floor waited 5 s more for the next re-plan). The
+        fit needs `min_tokens` steps at the new count, a second or less."""
+        why = f"{decision.reason} (waiting for {self.settings.min_tokens} steps at {self._threads()} threads)"
+        return Decision(decision.state, False, why)
 
     def _keep_boost_for(self, floor: float | None) -> None:
         """Drop the boost when the thread count or the floor has changed since it was learned."""
@@ -227,10 +253,12 @@ class QosLoop:
         this count's speed, and steps at this count from before the change are another state of the
         machine (measured: back at 2 threads after a neighbour left, a fit to the 2 tok/s steps of 2
         threads beside it priced every plan 2x slow, and the next Deploy found no plan for its floor).
-        Until steps at the new count come, plans are priced as profiled."""
+        Until steps at the new count come, plans are priced as profiled, and no re-plan starts
+        (`_await_calibration`)."""
         knob.wanted = threads
         self._threads_since = now
         self.calibration = LiveCalibration()
+        self._fitted_threads = False
 
     def _settle(self) -> None:
         """When the re-plan in flight has finished, tell the controller whether it changed the plan."""
@@ -239,9 +267,15 @@ class QosLoop:
         before, for_slack, asking = self._pending
         self._pending = None
         after = self._plan().to_spec()
-        self.controller.settled(after != before, for_slack, self.stats.clock())
+        now = self.stats.clock()
+        self.controller.settled(after != before, for_slack, now)
         if after != before and asking is not None:
             self._asked = (asking, after)
+        if after != before:
+            self._fallback_plan = after if self._fallback > 0 and not for_slack else None
+        found_none = self.target.state is ReplanState.FAILED
+        if found_none and not for_slack and self._fallback < qos_control.FALLBACK_STAGES:
+            self.controller.allow_now(now)
 
     def _log(self, decision: Decision) -> None:
         changed = (decision.state, decision.replan) != (self._last.state, self._last.replan)
