@@ -18,7 +18,7 @@ def test_the_executor_flags_of_the_contention_section_parse(tmp_path: Path, monk
     ctx = SimpleNamespace(
         budgets=(TierBudget("cpu", 1_274_019_840),),
         model_dir=tmp_path,
-        profile=SimpleNamespace(disk_reads="uncached"),  # a saved profile's, served as is
+        profile=SimpleNamespace(disk_reads="uncached"),  # the bench profile's (for the disk tier)
     )
     for mode, enabled in (("on", True), ("off", False)):
         flags = contention._executor_args(ctx, Path("profile.json"), mode)
@@ -27,7 +27,7 @@ def test_the_executor_flags_of_the_contention_section_parse(tmp_path: Path, monk
         )
         assert config.tier_budgets == {"cpu": 1_274_019_840, "disk": 0}
         assert config.qos.enabled is enabled and config.max_concurrent == 1
-        assert config.disk_reads == "uncached"
+        assert config.disk_reads == "cached"  # a deployment's: switches read variants from the page cache
         assert config.variant_cache_dir is not None and config.variant_cache_dir.name == "variants-contention"
 
 

@@ -95,6 +95,7 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
     basis = {
         "quality_tokens_per_s": 12.0,
         "fallback_loaded_tokens_per_s": 8.9,
+        "fallback_loaded_median_tokens_per_s": 10.0,
         "fallback_loaded_windows_met": 0.7,
     }
     result = _result(ctx, {"on": on, "off": off}, 8.0, quality, warmed, basis)
@@ -107,8 +108,8 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
     assert modes["on"]["variants_ahead"] == {"wait_s": 12.0, "said": "done: int4 8"}
     assert any("on 12s (done: int4 8)" in note for note in section.notes)
     assert result.data["floor_basis"] == basis  # which bound set the floor: here the loaded one
-    assert any("quiet rate 12.0" in note and "beside the neighbour 8.9" in note for note in section.notes)
-    assert any("met the floor in 70% of its 10 probe windows" in note for note in section.notes)
+    assert any("quiet rate 12.0" in note and "of its windows 8.9 (median 10.0)" in note for note in section.notes)
+    assert any("met the floor in 70% of its 20 probe windows" in note for note in section.notes)
 
 
 def test_the_floor_probe_takes_the_median_window_after_the_knobs_seconds() -> None:
@@ -126,3 +127,17 @@ def test_the_floor_probe_takes_the_median_window_after_the_knobs_seconds() -> No
         median_rate(window_counts([], 2.0, 3.0))
     with pytest.raises(RuntimeError, match="too few tokens"):
         median_rate(window_counts(times, 5.0, 3.0))
+
+
+def test_the_loaded_bound_is_the_rate_the_fallback_plan_holds_in_the_goals_share_of_windows() -> None:
+    """Ten windows: 90% of them reach the second lowest; the median would put the floor where the
+    fallback plan itself meets it in half of them."""
+    from moeqos.bench.contention import held_rate
+
+    windows = [19, 16, 19, 17, 19, 20, 17, 20, 20, 15]
+    assert held_rate(windows, 0.9) == 16.0
+    assert sum(w >= 16.0 for w in windows) / len(windows) == 0.9
+    assert held_rate(windows, 1.0) == 15.0 and held_rate(windows, 0.5) == 19.0
+    assert held_rate([12] * 3, 0.9) == 12.0
+    with pytest.raises(RuntimeError, match="too few tokens"):
+        held_rate([0, 0, 9], 0.9)

@@ -1,12 +1,15 @@
 """Section `contention`: does a standing throughput floor hold while a noisy neighbour comes and goes?
 
 A planner and an executor run as real processes (moeqos.bench.cluster). The floor is set from what the
-machine does now, measured first: 80% of the decode rate of the best-quality plan, but no more than 90%
-of what the fastest plan the loop may fall back to (within its perplexity ceiling) decodes beside the
-neighbour. A floor above that one is one no plan holds with a core gone, and a run against it measures
-the machine, not the loop: on the AMD EPYC the bf16 kernels made the quality plan within 1.2x of the
-fastest one, so 80% of the quality plan's rate was that fastest plan's rate on one core, and the loop
-met the floor in 58% of the windows. Which bound set the floor is reported. Then, once with
+machine does now, measured first: 80% of the decode rate of the best-quality plan, but no more than
+the rate the fastest plan the loop may fall back to (within its perplexity ceiling) holds beside the
+neighbour in 90% of its 1-second windows (the goal's share). A floor above that one is one no plan
+holds with a core gone, and a run against it measures the machine, not the loop: on the AMD EPYC the
+bf16 kernels made the quality plan within 1.2x of the fastest one, so 80% of the quality plan's rate
+was that fastest plan's rate on one core, and the loop met the floor in 58% of the windows; a cap at
+90% of the fallback plan's median window (the rule until 2026-12-04) left the fallback plan itself
+meeting the floor in 70-80% of its windows (integer token counts of ~17 a window, request gaps). Which
+bound set the floor, and the share of the fallback plan's own windows that meet it, are reported. Then, once with
 the closed loop (`--qos-loop on`) and once open loop (`--qos-loop off`), on a fresh executor each:
 Deploy the floor, stream tokens back to back, start a neighbour process that burns one core, stop it
 later, and keep streaming. Reported per mode: the fraction of 1-second windows meeting the floor,
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import subprocess
 import sys
 import threading
@@ -43,11 +47,13 @@ from moeqos.core.qos import Objective, QosTarget
 
 FLOOR_FRACTION = 0.8
 """The floor, as a fraction of the quality plan's quiet decode rate ..."""
-LOADED_FRACTION = 0.9
-"""... and at most this fraction of the fallback plan's rate beside the neighbour (module docstring)."""
-LOADED_PROBE_S = (4.0, 10.0)
+HELD_SHARE = 0.9
+"""... and at most the rate the fallback plan's windows beside the neighbour reach in this share of them
+(the windows goal's share; module docstring)."""
+LOADED_PROBE_S = (4.0, 20.0)
 """Seconds of the fallback plan beside the neighbour: left for the executor's thread knob to react, then
-measured."""
+measured (20 windows, so 90% of them is all but the two lowest: with 10 it was all but the lowest, and
+one slow window set the floor at 11 where the median was 17)."""
 PROBE_SETTLE_S = 5.0
 """Seconds after the probe's neighbour stops before the floor is deployed (the knob takes its cores back)."""
 PROBE_FLOOR = 1.0
@@ -61,6 +67,12 @@ BURN = "while True:\n    pass\n"
 """The neighbour: one busy core."""
 WARMUP_LIMIT_S = 900.0
 """Longest wait for the executor's variants built ahead before a scenario starts anyway."""
+READS = "cached"
+"""The executors' `--disk-reads`: a deployment's default. With no disk tier it decides only whether a
+plan switch reads the variant files it builds from the page cache; `uncached` (the bench profile's
+mode, for the offload sections' disk tier) sent every switch to the device: beside the neighbour, 214-238
+experts took 4.7-9.9 s to switch at 2-6 tokens a second. The profile's copy names it, so the executor
+serves it rather than measuring its own (its disk costs are never used: the disk budget is 0)."""
 MEASURED_PLANS = 6
 """At most this many distinct plans used get a measured perplexity (the rest: predicted only)."""
 
@@ -69,7 +81,8 @@ def run(ctx: Any) -> SectionResult:
     work = Path(ctx.out_dir) / "contention"
     work.mkdir(parents=True, exist_ok=True)
     profile_path = work / "profile.json"
-    profile_path.write_text(ctx.profile.to_json(indent=2))  # the executors serve it instead of measuring
+    # the executors serve it instead of measuring; read mode: see _executor_args
+    profile_path.write_text(dataclasses.replace(ctx.profile, disk_reads=READS).to_json(indent=2))
     quality = ctx.models[1]
     phases = PHASES[ctx.settings.quick]
     traces: dict[str, Trace] = {}
@@ -87,11 +100,12 @@ def run(ctx: Any) -> SectionResult:
             if floor is None:
                 quality_rate = _quality_rate(planner.address, executor.address)
                 loaded = _fallback_windows_beside_neighbour(planner.address, executor.address, ctx.profile)
-                loaded_rate = median_rate(loaded)
-                floor = min(FLOOR_FRACTION * quality_rate, LOADED_FRACTION * loaded_rate)
+                loaded_rate = held_rate(loaded, HELD_SHARE)
+                floor = min(FLOOR_FRACTION * quality_rate, loaded_rate)
                 basis = {
                     "quality_tokens_per_s": quality_rate,
                     "fallback_loaded_tokens_per_s": loaded_rate,
+                    "fallback_loaded_median_tokens_per_s": median_rate(loaded),
                     "fallback_loaded_windows_met": sum(w >= floor for w in loaded) / len(loaded),
                 }
                 ctx.log(f"contention: floor {floor:.2f} tok/s ({basis})")
@@ -113,8 +127,8 @@ def _executor_args(ctx: Any, profile_path: Path, mode: str) -> list[str]:
     return [
         *["--model", str(ctx.model_dir), "--profile-path", str(profile_path)],
         *["--variant-cache", str(variants)],
-        # No disk tier; its read mode is the profile's, so a saved profile (`--profile`) is served as is.
-        *["--budget", f"cpu={budget}B", "--budget", "disk=0B", "--disk-reads", ctx.profile.disk_reads],
+        # No disk tier; the read mode is the profile copy's (READS), so it is served as is.
+        *["--budget", f"cpu={budget}B", "--budget", "disk=0B", "--disk-reads", READS],
         *["--max-concurrent", "1", "--qos-loop", mode],
     ]
 
@@ -156,6 +170,16 @@ def window_counts(times: list[float], skip: float, seconds: float) -> list[int]:
     token `times`."""
     late = [t - times[0] - skip for t in times if t - times[0] >= skip] if times else []
     return window_rates(late, seconds)
+
+
+def held_rate(windows: list[int], share: float) -> float:
+    """The highest rate that at least `share` of the 1 s window counts reach; RuntimeError when it is 0
+    (no floor can be set from it)."""
+    rates = sorted(windows)
+    held = rates[math.floor(len(rates) * (1 - share) + 1e-9)] if rates else 0
+    if held == 0:
+        raise RuntimeError(f"too few tokens to set a floor ({sum(rates)} in {len(rates)} windows)")
+    return float(held)
 
 
 def median_rate(windows: list[int]) -> float:
@@ -367,8 +391,9 @@ def _result(
     ]
     notes = [
         f"floor = min({FLOOR_FRACTION:.0%} of the quality plan's quiet rate "
-        f"{basis['quality_tokens_per_s']:.1f}, {LOADED_FRACTION:.0%} of the fallback plan's rate beside the "
-        f"neighbour {basis['fallback_loaded_tokens_per_s']:.1f}); 1 s windows as a client saw them",
+        f"{basis['quality_tokens_per_s']:.1f}, the rate the fallback plan holds beside the neighbour in "
+        f"{HELD_SHARE:.0%} of its windows {basis['fallback_loaded_tokens_per_s']:.1f} (median "
+        f"{basis['fallback_loaded_median_tokens_per_s']:.1f})); 1 s windows as a client saw them",
         f"the fallback plan alone, beside the neighbour, met the floor in "
         f"{basis['fallback_loaded_windows_met']:.0%} of its {LOADED_PROBE_S[1]:.0f} probe windows: the best "
         "any plan the loop may choose can do there",
