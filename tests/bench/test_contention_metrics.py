@@ -108,7 +108,9 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
     assert modes["on"]["variants_ahead"] == {"wait_s": 12.0, "said": "done: int4 8"}
     assert any("on 12s (done: int4 8)" in note for note in section.notes)
     assert result.data["floor_basis"] == basis  # which bound set the floor: here the loaded one
-    assert any("quiet rate 12.0" in note and "of its windows 8.9 (median 10.0)" in note for note in section.notes)
+    assert any(
+        "quiet rate 12.0" in note and "of its windows 8.9 (median 10.0)" in note for note in section.notes
+    )
     assert any("met the floor in 70% of its 20 probe windows" in note for note in section.notes)
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from moeqos.core.plan import Plan
+from moeqos.core.precision import Precision
 from moeqos.executor.fast_decode import DecodeRmsNorm, _rotated
 from moeqos.executor.quant import gemv_paths
+from moeqos.executor.quant.onednn_kernels import packed_bf16_fits
 from moeqos.executor.runtime import ExecutorRuntime
 from torch.profiler import profile
 from transformers.models.mixtral.modeling_mixtral import MixtralRMSNorm, apply_rotary_pos_emb
@@ -18,6 +20,10 @@ from tests.executor.tiny import EXPERTS, LAYERS, prompt_ids
 STEP_OPS = 410
 """Ceiling on aten ops in one bf16 decode step of the 2-layer tiny model (measured 2026-12-02: 388;
 before the op trimming of that day, 578): the trimmed casts, reshapes and scalar wraps must not return."""
+STEP_OPS_UNPACKED = 430
+"""The same where oneDNN has no native bf16 (moeqos.executor.quant.onednn_kernels): the dense
+projections and the head then go through the few-row table too, not the prepacked kernel (measured
+2026-12-04 on an AMD EPYC without AVX512-BF16: 420 with `mm` chosen, at most 410 with the others)."""
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -58,4 +64,5 @@ def test_decode_step_op_count_stays_trimmed(make_runtime, monkeypatch: pytest.Mo
     runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
     assert runtime.decoder is not None
     ops = _ops_per_step(runtime)
-    assert ops <= STEP_OPS, f"{ops} aten ops in a {LAYERS}-layer decode step"
+    ceiling = STEP_OPS if packed_bf16_fits(Precision.BF16, torch.device("cpu")) else STEP_OPS_UNPACKED
+    assert ops <= ceiling, f"{ops} aten ops in a {LAYERS}-layer decode step"

@@ -501,22 +501,31 @@ def test_a_replan_that_applied_and_fell_short_makes_the_next_ask_for_more_until_
     assert loop.boost == 1.0 and loop.planning_target(goal) == QosTarget(min_tokens_per_s=10.8)
 
 
+def stepping_loop(
+    goal: QosTarget, settings: LoopSettings, serving: Plan = BF16
+) -> tuple[QosLoop, StandingTarget, FakeClock, list[Plan]]:
+    """A loop whose re-plans start (nothing runs them: the test says how each ended); the list's one
+    item is the plan in force, `serving` at first."""
+    clock = FakeClock()
+    target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
+    target.set(goal, "")
+    served = [serving]
+    stats = LiveStats(lambda: served[0], clock)
+    loop = QosLoop(settings, stats, target, lambda: served[0])
+    target.replan = lambda: True  # type: ignore[method-assign]  # (no event loop here: decide only)
+    return loop, target, clock, served
+
+
 def test_a_slack_replan_that_lands_short_of_its_ask_teaches_the_boost() -> None:
     """Regression: only re-plans for a violation recorded what they asked, so a slack move to a quality
     plan that ran at the floor's edge taught nothing, and the re-plan after it asked for the same
     headroom that had just fallen short."""
     goal = QosTarget(min_tokens_per_s=10.0)
-    clock = FakeClock()
-    target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
-    target.set(goal, "")
-    serving = [INT4]
-    stats = LiveStats(lambda: serving[0], clock)
-    loop = QosLoop(LoopSettings(headroom=0.08), stats, target, lambda: serving[0])
-    target.replan = lambda: True  # type: ignore[method-assign]  # (no event loop here: decide only)
+    loop, target, clock, serving = stepping_loop(goal, LoopSettings(headroom=0.08), INT4)
 
     def replan_at(tokens_per_s: float) -> Decision:
         clock.now += 10.0
-        feed(stats, clock, 1 / tokens_per_s, 60)
+        feed(loop.stats, clock, 1 / tokens_per_s, 60)
         decision = loop.tick(profile())
         assert decision.replan
         return decision
@@ -529,26 +538,13 @@ def test_a_slack_replan_that_lands_short_of_its_ask_teaches_the_boost() -> None:
     assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(10.8 * 1.2)
 
 
-def stepping_loop(goal: QosTarget) -> tuple[QosLoop, StandingTarget, FakeClock, list[Plan]]:
-    """A loop whose re-plans start (nothing runs them: the test says how each ended); `serving[0]` is
-    the plan in force."""
-    clock = FakeClock()
-    target = StandingTarget("127.0.0.1:1", ConnectOptions(), Hooks())
-    target.set(goal, "")
-    serving = [BF16]
-    stats = LiveStats(lambda: serving[0], clock)
-    loop = QosLoop(LoopSettings(fallback_ppl_increase=0.15), stats, target, lambda: serving[0])
-    target.replan = lambda: True  # type: ignore[method-assign]  # (no event loop here: decide only)
-    return loop, target, clock, serving
-
-
 def test_a_fallback_stage_plan_that_falls_short_moves_the_next_replan_on_a_stage() -> None:
     """Regression (contention bench, beside a one-core neighbour at one thread): stage 0 found no plan,
     stage 1 applied a plan predicted at the floor that ran 5-8% under it, and the next violation asked
     at stage 0 again, round and round for 40 s, never for the fastest plan within the ceiling."""
     goal = QosTarget(min_tokens_per_s=20.0)
     measured = with_reference(90.0)
-    loop, target, clock, serving = stepping_loop(goal)
+    loop, target, clock, serving = stepping_loop(goal, LoopSettings(fallback_ppl_increase=0.15))
 
     def replan_at(tokens_per_s: float) -> Decision:
         clock.now += 10.0
@@ -584,7 +580,7 @@ def test_a_fallback_stage_plan_that_falls_short_moves_the_next_replan_on_a_stage
 def test_a_replan_that_found_no_plan_lets_the_next_stage_go_at_the_next_tick() -> None:
     goal = QosTarget(min_tokens_per_s=20.0)
     measured = with_reference(90.0)
-    loop, target, clock, serving = stepping_loop(goal)
+    loop, target, clock, _ = stepping_loop(goal, LoopSettings(fallback_ppl_increase=0.15))
     clock.now += 10.0
     feed(loop.stats, clock, 1 / 15.0, 60)
     assert loop.tick(measured).replan  # stage 0 ...

@@ -144,7 +144,9 @@ def _quality_rate(planner_address: str, executor_address: str) -> float:
     return median_rate(window_counts(times, 0.0, times[-1] - times[0] if times else 0.0))
 
 
-def _fallback_windows_beside_neighbour(planner_address: str, executor_address: str, profile: Any) -> list[int]:
+def _fallback_windows_beside_neighbour(
+    planner_address: str, executor_address: str, profile: Any
+) -> list[int]:
     """Tokens in each 1 s window, beside the one-core neighbour, of the plan the loop's last fallback
     stage asks for (moeqos.executor.qos_control.planning_target), with a floor held so that the thread
     knob acts as it would, after the knob's first seconds. The share of them that meets the floor is
