@@ -52,6 +52,19 @@ def bare_stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     stack.close()
 
 
+@pytest.fixture(autouse=True)
+def _stop_a_tests_own_executors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Executors a test started on the shared stack stop at its end (Stack.stop_started_since); the
+    session's own, started by fixtures of a wider scope before this one, keep serving."""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    stack: Stack = request.getfixturevalue("stack")
+    mark = stack.started()
+    yield
+    stack.stop_started_since(mark)
+
+
 @pytest.fixture(scope="session")
 def planner(bare_stack: Stack) -> Server:
     return bare_stack.planner()

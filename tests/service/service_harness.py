@@ -84,6 +84,18 @@ class Stack:
         self._planners.append(server)
         return server
 
+    def started(self) -> int:
+        """How many executors this stack has started (a mark for `stop_started_since`)."""
+        return len(self._executors)
+
+    def stop_started_since(self, mark: int) -> None:
+        """Stop the executors started after `mark` (a test's own, at its end): each left running keeps a
+        loaded model and a QoS loop ticking on the shared background loop, and ~60 of them by the end of
+        the suite slowed that loop until a 300-token stream outlived a 30 s graceful stop."""
+        for handle in self._executors[mark:]:
+            self.bg.run(handle.stop(0.5))
+        del self._executors[mark:]
+
     def close(self) -> None:
         for handle in self._executors:
             self.bg.run(handle.stop(0.5))
