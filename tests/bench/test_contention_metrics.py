@@ -117,18 +117,18 @@ def test_the_section_reports_measured_perplexity_and_switches_per_mode(tmp_path)
 def test_the_floor_probe_takes_the_median_window_after_the_knobs_seconds() -> None:
     """The fallback plan's rate beside the neighbour: windows before `skip` (the thread knob reacting)
     are left out; nothing to measure is an error, not a floor of 0."""
-    from moeqos.bench.contention import median_rate, window_counts
+    from moeqos.bench.contention import held_rate, window_counts
 
     rates = [2, 2, 30, 31, 29]  # a slow start, then ~30 tok/s
     times = [5.0 + k + i / r for k, r in enumerate(rates) for i in range(r)]  # the first token at 5.0
     assert window_counts(times, 0.0, 5.0) == rates
-    assert median_rate(window_counts(times, 0.0, 5.0)) == 29.0
+    assert held_rate(window_counts(times, 0.0, 5.0), 0.5) == 29.0
     assert window_counts(times, 2.0, 3.0) == [30, 31, 29]
-    assert median_rate(window_counts(times, 2.0, 3.0)) == 30.0
+    assert held_rate(window_counts(times, 2.0, 3.0), 0.5) == 30.0
     with pytest.raises(RuntimeError, match="too few tokens"):
-        median_rate(window_counts([], 2.0, 3.0))
+        held_rate(window_counts([], 2.0, 3.0), 0.5)
     with pytest.raises(RuntimeError, match="too few tokens"):
-        median_rate(window_counts(times, 5.0, 3.0))
+        held_rate(window_counts(times, 5.0, 3.0), 0.5)
 
 
 def test_the_loaded_bound_is_the_rate_the_fallback_plan_holds_in_the_goals_share_of_windows() -> None:

@@ -105,7 +105,7 @@ def run(ctx: Any) -> SectionResult:
                 basis = {
                     "quality_tokens_per_s": quality_rate,
                     "fallback_loaded_tokens_per_s": loaded_rate,
-                    "fallback_loaded_median_tokens_per_s": median_rate(loaded),
+                    "fallback_loaded_median_tokens_per_s": held_rate(loaded, 0.5),
                     "fallback_loaded_windows_met": sum(w >= floor for w in loaded) / len(loaded),
                 }
                 ctx.log(f"contention: floor {floor:.2f} tok/s ({basis})")
@@ -141,7 +141,7 @@ def _quality_rate(planner_address: str, executor_address: str) -> float:
     with PlannerClient(planner_address) as planner:
         planner.deploy([DeploySpec(executor_address, QosTarget(objective=Objective.QUALITY))])
     times = _stream_for(executor_address, 6.0, time.monotonic(), after_first_token=True)
-    return median_rate(window_counts(times, 0.0, times[-1] - times[0] if times else 0.0))
+    return held_rate(window_counts(times, 0.0, times[-1] - times[0] if times else 0.0), 0.5)
 
 
 def _fallback_windows_beside_neighbour(
@@ -175,22 +175,13 @@ def window_counts(times: list[float], skip: float, seconds: float) -> list[int]:
 
 
 def held_rate(windows: list[int], share: float) -> float:
-    """The highest rate that at least `share` of the 1 s window counts reach; RuntimeError when it is 0
-    (no floor can be set from it)."""
+    """The highest rate that at least `share` of the 1 s window counts reach (0.5: the median);
+    RuntimeError when it is 0 (no floor can be set from it)."""
     rates = sorted(windows)
     held = rates[math.floor(len(rates) * (1 - share) + 1e-9)] if rates else 0
     if held == 0:
         raise RuntimeError(f"too few tokens to set a floor ({sum(rates)} in {len(rates)} windows)")
     return float(held)
-
-
-def median_rate(windows: list[int]) -> float:
-    """The median of 1 s window counts; RuntimeError when there is none or it is 0 (no floor can be set
-    from it)."""
-    rates = sorted(windows)
-    if not rates or rates[len(rates) // 2] == 0:
-        raise RuntimeError(f"too few tokens to set a floor ({sum(rates)} in {len(rates)} windows)")
-    return float(rates[len(rates) // 2])
 
 
 @contextlib.contextmanager

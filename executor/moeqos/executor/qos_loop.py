@@ -94,9 +94,6 @@ class QosLoop:
         """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
         self._threads_since = -math.inf
         """When the loop last changed the thread count: the live calibration fits only later steps."""
-        self._fitted_threads = True
-        """The live calibration was fitted to steps at the thread count in force (False from a thread
-        change until the first fit after it)."""
         self._pending: tuple[str, bool, float | None] | None = None
         """(plan spec before, for slack, rate asked for at stage 0 of a violation's re-plan, else None) of
         the re-plan in flight."""
@@ -140,14 +137,15 @@ class QosLoop:
             steps = [step for step in steps if step.end > self._threads_since]
             if len(steps) >= self.settings.min_tokens:
                 self.calibration = recalibration.fit(profile, steps)
-                self._fitted_threads = True
         self._settle()
         floor = self.target.target.min_tokens_per_s if self.target.target else None
         window = self.window()
         sustained = self.stats.window(self.settings.sustained_s, self._plan(), self._threads())
         decision = self.controller.decide(now, floor, window, self.target.state in BUSY, sustained)
         self._keep_boost_for(floor)
-        if decision.replan and profile is not None and self.settings.enabled and not self._fitted_threads:
+        # a thread change forgets the calibration (`_set_threads`): none fitted since means 0 steps
+        unfitted = self._threads_since > -math.inf and self.calibration.steps == 0
+        if decision.replan and profile is not None and self.settings.enabled and unfitted:
             decision = self._await_calibration(decision)
         asking = None
         if decision.replan and self.settings.enabled:
@@ -258,7 +256,6 @@ class QosLoop:
         knob.wanted = threads
         self._threads_since = now
         self.calibration = LiveCalibration()
-        self._fitted_threads = False
 
     def _settle(self) -> None:
         """When the re-plan in flight has finished, tell the controller whether it changed the plan."""
