@@ -80,3 +80,17 @@ def test_plan_from_an_unreachable_executor_is_a_clear_error(capsys):
 def test_apply_with_an_unreadable_plan_file_is_a_clear_error(capsys, executor_address, tmp_path):
     code = main(["apply", "--executor", executor_address, "--plan", f"@{tmp_path / 'missing.json'}"])
     assert code == 2 and "cannot read the plan file" in capsys.readouterr().err  # input error (exit 2)
+
+
+def test_profile_with_json_prints_a_line_per_progress_event_then_where_the_profile_went(
+    capsys, stack, tmp_path
+):
+    target = address(stack.executor().port)
+    out_file = tmp_path / "profile.json"
+    code, out = _run(capsys, "profile", "--executor", target, "--json", "--out", str(out_file))
+    lines = [json.loads(line) for line in out.splitlines()]
+    progress, last = lines[:-1], lines[-1]
+    assert code == 0 and last == {"profile": str(out_file)}
+    assert len(progress) > 3 and {"frequency", "call_costs"} <= {p["stage"] for p in progress}
+    assert all(0 <= p["done"] <= max(p["total"], p["done"]) for p in progress)
+    assert json.loads(out_file.read_text())["model"]

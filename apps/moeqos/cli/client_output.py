@@ -165,20 +165,25 @@ def budget(outcome: BudgetOutcome, as_json: bool) -> int:
 
 
 def profile(events: Iterable[MeasureEvent], out: str | None, as_json: bool) -> int:
-    """Show a progress bar per stage on stderr, then write the profile JSON to `out` (or stdout)."""
+    """Show a progress bar per stage on stderr (with `as_json`: a JSON line per progress event on
+    stdout), then write the profile JSON to `out` (or stdout)."""
     from tqdm import tqdm
 
     bar: Any = None
+    stage: str | None = None
     result: Profile | None = None
     for event in events:
         if isinstance(event, Profile):
             result = event
-            continue
-        if bar is None or bar.desc != event.stage:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=event.total, desc=event.stage, file=sys.stderr, disable=as_json)
-        bar.update(event.done - bar.n)
+        elif as_json:
+            print(_json({"stage": event.stage, "done": event.done, "total": event.total}), flush=True)
+        else:
+            if bar is None or stage != event.stage:
+                if bar is not None:
+                    bar.close()
+                stage = event.stage
+                bar = tqdm(total=event.total, desc=event.stage, file=sys.stderr)
+            bar.update(event.done - bar.n)
     if bar is not None:
         bar.close()
     assert result is not None, "the profile stream ended without a profile"
