@@ -11,7 +11,16 @@ import torch
 from moeqos.core.precision import Precision
 from moeqos.executor.dense_part import DenseSlot
 from moeqos.executor.quant import gemv_paths, quantize_linear
-from moeqos.executor.quant.gemv_paths import CANDIDATES, MAX_ROWS, GemvPaths, candidates, fastest
+from moeqos.executor.quant.gemv_paths import (
+    CANDIDATES,
+    MANY,
+    MANY_CANDIDATES,
+    MAX_ROWS,
+    PROBE_ROWS,
+    GemvPaths,
+    candidates,
+    fastest,
+)
 from moeqos.executor.quant.reference import kernel_error_bound, reference_linear, relative_error
 
 DTYPES = {torch.float32: Precision.FP32, torch.bfloat16: Precision.BF16, torch.float16: Precision.FP16}
@@ -30,6 +39,20 @@ def test_every_candidate_matches_the_reference(shape: tuple[int, int], rows: int
     for name, op in ops.items():
         y = op(x, weight)
         assert y.shape == (rows, shape[0]) and y.dtype == dtype and y.is_contiguous(), name
+        assert relative_error(y, expected) <= kernel_error_bound(DTYPES[dtype], dtype), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("rows", [MAX_ROWS + 1, 100])
+def test_every_many_row_candidate_matches_the_reference(rows: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(192, 576, generator=gen).to(dtype)  # [N, K]
+    x = torch.randn(rows, 576, generator=gen).to(dtype)  # [M, K]
+    expected = reference_linear(x, weight)  # [M, N] fp32
+    assert set(candidates(rows)) == set(MANY_CANDIDATES) == {"mm", "mm_f32"}
+    for name, op in candidates(rows).items():
+        y = op(x, weight)
+        assert y.shape == (rows, 192) and y.dtype == dtype and y.is_contiguous(), name
         assert relative_error(y, expected) <= kernel_error_bound(DTYPES[dtype], dtype), name
 
 
@@ -81,14 +104,37 @@ def test_a_thread_count_change_is_timed_again() -> None:
     assert len(calls) == 2
 
 
-def test_prefill_rows_and_strided_weights_take_mm_untimed() -> None:
+def test_fp32_prefill_rows_and_strided_weights_take_mm_untimed() -> None:
     calls: list[set[str]] = []
-    paths = GemvPaths(fake_timer({"mm": 1.0, "mv": 0.1, "mm_wx": 0.1}, calls))
+    paths = GemvPaths(fake_timer({"mm": 1.0, "mv": 0.1, "mm_wx": 0.1, "mm_f32": 0.1}, calls))
     w = torch.randn(16, 8)  # [N, K]
     x = torch.randn(MAX_ROWS + 1, 8)  # [M, K]
     torch.testing.assert_close(paths.matmul(x, w), x @ w.T)
     torch.testing.assert_close(paths.matmul(x[:1], w.t().contiguous().t()), x[:1] @ w.T)
     assert calls == [] and paths.chosen == {}
+
+
+def test_16_bit_products_of_many_rows_share_one_key_timed_on_the_probe_rows() -> None:
+    calls: list[set[str]] = []
+    probed: list[int] = []
+    fake = fake_timer({"mm": 1.0, "mm_f32": 0.2}, calls)
+
+    def timer(ops: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+        probed.append(ops["mm"]().shape[0])  # type: ignore[attr-defined]
+        return fake(ops)
+
+    paths = GemvPaths(timer)
+    w = torch.randn(48, 32).to(torch.bfloat16)  # [N, K]
+    for rows in (MAX_ROWS + 1, 100, 3 * PROBE_ROWS):
+        x = torch.randn(rows, 32).to(torch.bfloat16)  # [M, K]
+        y = paths.matmul(x, w)
+        assert y.shape == (rows, 48) and y.dtype == torch.bfloat16
+        assert relative_error(y, reference_linear(x, w)) <= 1e-2
+    assert paths.chosen == {(MANY, 48, 32, torch.bfloat16, torch.get_num_threads()): "mm_f32"}
+    assert calls == [{"mm", "mm_f32"}] and probed == [MAX_ROWS + 1]
+    big = torch.randn(5 * PROBE_ROWS, 32).to(torch.bfloat16)
+    paths.matmul(big, torch.randn(40, 32).to(torch.bfloat16))
+    assert probed[-1] == PROBE_ROWS  # a longer call is timed on its first PROBE_ROWS rows
 
 
 def test_float_kernels_compute_through_the_process_table(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@ re-planning under a running stream (standing target), rejected plans, and the er
 
 from __future__ import annotations
 
+import logging
 import time
 
 import grpc
@@ -12,6 +13,7 @@ from moeqos.core.errors import InvalidArgument, MoeqosError, OutOfRange, OverBud
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.qos import Objective, QosTarget
+from moeqos.core.service_types import ProfileProgress
 from moeqos.planner.dense_model import DenseModel
 from moeqos.proto.executor.v1 import executor_pb2, executor_pb2_grpc
 
@@ -197,3 +199,14 @@ def test_profile_token_bounds_are_out_of_range(executor_address):
         for tokens in (1, 15, 10**6):
             with pytest.raises(OutOfRange):
                 list(client.measure_profile(tokens=tokens))
+
+
+def test_a_measurement_whose_caller_went_away_stops_at_its_next_progress_report(stack, caplog):
+    caplog.set_level(logging.INFO, logger="moeqos.executor.service_measure")
+    with ExecutorClient(address(stack.executor(profile_path=None).port)) as client:
+        events = client.measure_profile(measure_quality=True)
+        assert isinstance(next(events), ProfileProgress)
+        events.close()  # cancels the call
+        _wait_for(lambda: caplog.text, lambda text: "profile measurement stopped" in text, timeout=30.0)
+        assert not client.info().profile_cached  # nothing measured was kept
+        assert client.complete("hi", Sampling(max_tokens=2)).stats.generated_tokens == 2

@@ -20,10 +20,12 @@ from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import DeployOutcome, DeploySpec, PlanOutcome, Sampling
 from moeqos.demo.hold import Held, HoldSettings, hold_floor
 from moeqos.demo.plot import Deployed, Point, plot_frontier
+from moeqos.demo.profiles import measure_missing_profiles
 
 Say = Callable[[str], None]
 LONG_CALL_S = 900.0
-"""Deadline for calls that may measure a profile first (minutes on the real model, 2 cores)."""
+"""Deadline for calls that may take minutes (Deploy, a perplexity evaluation); the profiles are measured
+before any of them (moeqos.demo.profiles), with a deadline on progress instead."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class DemoSettings:
     """The quality target's floor; None: 15% of the way from the most accurate plan's predicted speed
     to the fastest plan's."""
     frontier_points: int = 12
+    profile_stall_s: float = 600.0
+    """An executor measuring its profile that reports no progress for this long fails the demo (the
+    measurement itself has no deadline: minutes at one thread on a slow CPU)."""
     hold: HoldSettings = field(default_factory=HoldSettings)
     """How long a floor is given to hold before it is judged (moeqos.demo.hold)."""
 
@@ -131,6 +136,7 @@ def run_scenario(
     the quality target. Returns the report (the caller writes it to demo.json)."""
     pair = list(executors.items())[:2]
     (speed_name, speed_addr), (quality_name, quality_addr) = pair
+    measure_missing_profiles(dict(pair), say, settings.profile_stall_s)
     with PlannerClient(planner) as client:
         frontiers = {name: _frontier(client, name, address, settings, say) for name, address in pair}
         speed = speed_target(frontiers[speed_name], settings)
@@ -158,7 +164,7 @@ def run_scenario(
 def _frontier(
     client: PlannerClient, name: str, address: str, settings: DemoSettings, say: Say
 ) -> list[PlanOutcome]:
-    say(f"asking the planner for {name}'s frontier (its profile is measured on first use, then kept)")
+    say(f"asking the planner for {name}'s frontier")
     frontier = client.frontier(executor=address, points=settings.frontier_points, timeout=LONG_CALL_S)
     say(f"{name}: {len(frontier)} plans on the frontier, {_span(frontier)}")
     return frontier

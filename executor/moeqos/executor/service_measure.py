@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from moeqos.core.corpora import CALIBRATION_CORPUS, FITTING_CORPUS, corpus_names, load_corpus, tokenize_prefix
 from moeqos.core.errors import InvalidArgument, OutOfRange
@@ -99,23 +100,53 @@ def measure(
     )
 
 
+class MeasurementAbandoned(Exception):
+    """Raised into a measurement, at its next progress report, once its caller has gone."""
+
+
 async def with_progress(job: Callable[[Progress], Awaitable[T]]) -> AsyncIterator[tuple[str, float] | T]:
     """Run `job(progress)` (which calls `progress(stage, fraction)` from any thread) and yield each
-    (stage, fraction) as it is reported, then the job's result."""
+    (stage, fraction) as it is reported, then the job's result.
+
+    Closing the iterator early (the caller cancelled, its deadline passed) stops the job at its next
+    progress report: an abandoned profile would otherwise hold the decode thread for minutes, its
+    timing passes pausing every generation, for a result nobody reads."""
     loop, reports = asyncio.get_running_loop(), asyncio.Queue[tuple[str, float]]()
+    abandoned = threading.Event()
 
     def progress(stage: str, fraction: float) -> None:
+        if abandoned.is_set():
+            raise MeasurementAbandoned(f"the caller went away during {stage}")
         loop.call_soon_threadsafe(reports.put_nowait, (stage, fraction))
 
     task = asyncio.ensure_future(job(progress))
-    while not task.done() or not reports.empty():
-        getter = asyncio.ensure_future(reports.get())
-        await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done():
-            yield getter.result()
-        else:
-            getter.cancel()
-    yield task.result()
+    try:
+        while not task.done() or not reports.empty():
+            getter = asyncio.ensure_future(reports.get())
+            try:
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                reported = getter.done()
+                if not reported:
+                    getter.cancel()
+            if reported:
+                yield getter.result()
+        yield task.result()
+    finally:
+        if not task.done():
+            abandoned.set()
+            task.add_done_callback(_log_abandoned)
+
+
+def _log_abandoned(task: asyncio.Future[Any]) -> None:
+    """Say how an abandoned measurement ended (and retrieve its exception, which nobody awaits)."""
+    error = None if task.cancelled() else task.exception()
+    if isinstance(error, MeasurementAbandoned):
+        log.info("profile measurement stopped: %s", error)
+    elif error is not None:
+        log.warning("abandoned profile measurement failed: %r", error)
+    else:
+        log.info("abandoned profile measurement finished before its next progress report")
 
 
 def evaluate(runtime: ExecutorRuntime, corpus: str, tokens: int, plan: Plan | None) -> Evaluation:

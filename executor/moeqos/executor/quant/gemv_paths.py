@@ -1,4 +1,4 @@
-"""Float x @ W.T for a few rows on the CPU, through whichever torch op is fastest here, chosen by timing.
+"""Float x @ W.T on the CPU, through whichever torch op is fastest here, chosen by timing.
 
 A decode step multiplies one row (or a few, batched) by every float weight: the attention projections,
 the lm head and bf16 experts. torch sends a 2-D `mm` in bf16 to oneDNN, which for one row is up to ~2x
@@ -12,8 +12,16 @@ Candidates compute the same product from the same [N, K] weight (no second layou
 would double the bytes the byte contract counts): `mm` (torch's own route), `mv` (one row) and `mm_wx`
 (W @ x.T, transposed back; the gemm with the weight as the left operand). oneDNN's non-default route for
 `mm` is not among them: torch selects it only through a process-wide flag, which one thread cannot flip
-without changing every other thread's matmuls. More than `MAX_ROWS` rows (prefill), other devices,
-non-contiguous weights and activations with strided rows take `mm` without timing.
+without changing every other thread's matmuls.
+
+More than `MAX_ROWS` rows (a prefill, a perplexity evaluation, a profile's passes) is a GEMM, and a 16-bit
+GEMM is fast only where the CPU computes bf16 natively: with AVX2 alone (an AMD EPYC VM, 2026-12-04)
+torch's bf16 `mm` ran at ~10 GFLOP/s against ~88 for fp32 `mm` on the same core (1536x576, 512 rows, one
+thread: 101 ms vs 10.7 ms with the weight widened to fp32 in the call). So one key per (N, K, dtype,
+threads) covers every row count above `MAX_ROWS` (row count `MANY` in the key: past a few rows a GEMM's
+time is linear in M, so the ranking holds for all of them), timed on the call's first `PROBE_ROWS` rows,
+between `mm` and `mm_f32` (both operands widened to fp32 for the product, the result rounded back once).
+fp32 weights, other devices, non-contiguous weights and activations with strided rows take `mm` untimed.
 
 Shape legend: M rows of activations, K input features, N output features.
 """
@@ -31,13 +39,20 @@ Op = Callable[[Tensor, Tensor], Tensor]
 """x [M, K], w [N, K] -> x @ w.T [M, N], contiguous."""
 
 Key = tuple[int, int, int, torch.dtype, int]
-"""(M, N, K, dtype, threads) of one timed choice."""
+"""(M, N, K, dtype, threads) of one timed choice; M is `MANY` for every row count above `MAX_ROWS`."""
 
 Timer = Callable[[Mapping[str, Callable[[], object]]], dict[str, float]]
 """Candidate name -> one call of it, to seconds per call of each (tests inject fake timings)."""
 
 MAX_ROWS = 16
 """Above this many rows the product is a real GEMM and `mm` is taken without timing."""
+
+MANY = MAX_ROWS + 1
+"""The row count in the key of every product of more than `MAX_ROWS` rows."""
+
+PROBE_ROWS = 32
+"""Rows a `MANY` key's candidates are timed on: a GEMM's regime, and few enough that timing the slow
+route of the default model's 49152x576 head stays near a second, once per process and thread count."""
 
 MARGIN = 0.9
 """Another op replaces `mm` only when it times below MARGIN x mm's time: near a tie the timing is noise
@@ -60,12 +75,22 @@ def _mm_wx(x: Tensor, w: Tensor) -> Tensor:
     return torch.mm(w, x.t()).t().contiguous()  # [M, N]
 
 
+def _mm_f32(x: Tensor, w: Tensor) -> Tensor:
+    return torch.mm(x.float(), w.float().t()).to(x.dtype)  # [M, N]; fp32 copies of both for the call
+
+
 CANDIDATES: Mapping[str, Op] = {"mm": _mm, "mv": _mv, "mm_wx": _mm_wx}
-"""Every op that may compute x @ w.T; `mm` first (the default and the reference for MARGIN)."""
+"""Every op that may compute x @ w.T for up to `MAX_ROWS` rows; `mm` first (the default and the
+reference for MARGIN)."""
+
+MANY_CANDIDATES: Mapping[str, Op] = {"mm": _mm, "mm_f32": _mm_f32}
+"""Every op that may compute x @ w.T for more rows, from a 16-bit weight."""
 
 
 def candidates(rows: int) -> dict[str, Op]:
-    """The candidate ops for `rows` rows (`mv` takes exactly one)."""
+    """The candidate ops for `rows` rows (`mv` takes exactly one; `MANY`: more than `MAX_ROWS`)."""
+    if rows > MAX_ROWS:
+        return dict(MANY_CANDIDATES)
     return {name: op for name, op in CANDIDATES.items() if name != "mv" or rows == 1}
 
 
@@ -119,12 +144,16 @@ class GemvPaths:
     def matmul(self, x: Tensor, w: Tensor) -> Tensor:
         """x [M, K] @ w [N, K].T -> [M, N] in their common dtype, through the op chosen for this key."""
         rows = x.shape[0]
-        if rows > MAX_ROWS or x.device.type != "cpu" or not w.is_contiguous() or x.stride(-1) != 1:
+        if x.device.type != "cpu" or not w.is_contiguous() or x.stride(-1) != 1:
             return torch.mm(x, w.t())  # [M, N]
+        if rows > MAX_ROWS:
+            if w.dtype == torch.float32:
+                return torch.mm(x, w.t())  # [M, N]
+            rows = MANY
         key = (rows, w.shape[0], w.shape[1], w.dtype, torch.get_num_threads())
         op = self._ops.get(key)
         if op is None:
-            op = self._choose(key, x, w)
+            op = self._choose(key, x[:PROBE_ROWS], w)
         return op(x, w)  # [M, N]
 
     def _choose(self, key: Key, x: Tensor, w: Tensor) -> Op:
