@@ -56,7 +56,7 @@ def _ops_per_step(runtime: ExecutorRuntime) -> int:
     return sum(1 for event in prof.events() if event.name.startswith("aten::"))
 
 
-@pytest.mark.parametrize("path", list(gemv_paths.CANDIDATES))
+@pytest.mark.parametrize("path", list(gemv_paths.candidates(1, torch.bfloat16)))
 def test_decode_step_op_count_stays_trimmed(make_runtime, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """Whichever op the float few-row table chooses (moeqos.executor.quant.gemv_paths)."""
     timer = lambda ops: {name: 0.1 if name == path else 1.0 for name in ops}  # noqa: E731

@@ -14,7 +14,6 @@ from moeqos.executor.quant import gemv_paths, quantize_linear
 from moeqos.executor.quant.gemv_paths import (
     CANDIDATES,
     MANY,
-    MANY_CANDIDATES,
     MAX_ROWS,
     PROBE_ROWS,
     GemvPaths,
@@ -30,12 +29,14 @@ DTYPES = {torch.float32: Precision.FP32, torch.bfloat16: Precision.BF16, torch.f
 @pytest.mark.parametrize("rows", [1, 2, 5])
 @pytest.mark.parametrize("shape", [(64, 128), (192, 576), (576, 1536), (3, 7), (1, 1)], ids=str)
 def test_every_candidate_matches_the_reference(shape: tuple[int, int], rows: int, dtype: torch.dtype) -> None:
+    fp32 = {"mm_f32"} if dtype == torch.float32 else set()
     gen = torch.Generator().manual_seed(rows * 1000 + shape[0])
     weight = torch.randn(shape, generator=gen).to(dtype)  # [N, K]
     x = torch.randn(rows, shape[1], generator=gen).to(dtype)  # [M, K]
     expected = reference_linear(x, weight)  # [M, N] fp32
-    ops = candidates(rows)
-    assert set(ops) == (set(CANDIDATES) if rows == 1 else set(CANDIDATES) - {"mv"})
+    ops = candidates(rows, dtype)
+    names = {"mm", "mv", "mm_wx"} if rows == 1 else {"mm", "mm_wx"} | ({"mm_f32"} - fp32)
+    assert set(ops) == names and set(ops) <= set(CANDIDATES)
     for name, op in ops.items():
         y = op(x, weight)
         assert y.shape == (rows, shape[0]) and y.dtype == dtype and y.is_contiguous(), name
@@ -49,8 +50,8 @@ def test_every_many_row_candidate_matches_the_reference(rows: int, dtype: torch.
     weight = torch.randn(192, 576, generator=gen).to(dtype)  # [N, K]
     x = torch.randn(rows, 576, generator=gen).to(dtype)  # [M, K]
     expected = reference_linear(x, weight)  # [M, N] fp32
-    assert set(candidates(rows)) == set(MANY_CANDIDATES) == {"mm", "mm_f32"}
-    for name, op in candidates(rows).items():
+    assert set(candidates(rows, dtype)) == {"mm", "mm_f32"}
+    for name, op in candidates(rows, dtype).items():
         y = op(x, weight)
         assert y.shape == (rows, 192) and y.dtype == dtype and y.is_contiguous(), name
         assert relative_error(y, expected) <= kernel_error_bound(DTYPES[dtype], dtype), name
@@ -69,7 +70,7 @@ def fake_timer(seconds: Mapping[str, float], calls: list[set[str]]) -> gemv_path
 
 def test_the_chooser_takes_the_fastest_and_times_each_key_once() -> None:
     calls: list[set[str]] = []
-    paths = GemvPaths(fake_timer({"mm": 3.0, "mv": 1.0, "mm_wx": 2.0}, calls))
+    paths = GemvPaths(fake_timer({"mm": 3.0, "mv": 1.0, "mm_wx": 2.0, "mm_f32": 2.5}, calls))
     w = torch.randn(48, 32, dtype=torch.bfloat16)  # [N, K]
     one, two = torch.randn(1, 32, dtype=torch.bfloat16), torch.randn(2, 32, dtype=torch.bfloat16)
     for _ in range(3):
@@ -80,7 +81,7 @@ def test_the_chooser_takes_the_fastest_and_times_each_key_once() -> None:
         (1, 48, 32, torch.bfloat16, threads): "mv",
         (2, 48, 32, torch.bfloat16, threads): "mm_wx",  # mv takes one row only
     }
-    assert calls == [{"mm", "mv", "mm_wx"}, {"mm", "mm_wx"}]
+    assert calls == [{"mm", "mv", "mm_wx"}, {"mm", "mm_wx", "mm_f32"}]
 
 
 def test_mm_stays_unless_another_op_beats_it_by_the_margin() -> None:

@@ -9,19 +9,21 @@ the winner kept in a process-wide table. Threads are in the key because the QoS 
 changes them at run time.
 
 Candidates compute the same product from the same [N, K] weight (no second layout: a pre-transposed copy
-would double the bytes the byte contract counts): `mm` (torch's own route), `mv` (one row) and `mm_wx`
-(W @ x.T, transposed back; the gemm with the weight as the left operand). oneDNN's non-default route for
-`mm` is not among them: torch selects it only through a process-wide flag, which one thread cannot flip
-without changing every other thread's matmuls.
+would double the bytes the byte contract counts): `mm` (torch's own route), `mv` (one row), `mm_wx`
+(W @ x.T, transposed back; the gemm with the weight as the left operand) and, for two or more rows of a
+16-bit weight, `mm_f32` (both operands widened to fp32 for the product, the result rounded back once).
+oneDNN's non-default route for `mm` is not among them: torch selects it only through a process-wide
+flag, which one thread cannot flip without changing every other thread's matmuls.
 
-More than `MAX_ROWS` rows (a prefill, a perplexity evaluation, a profile's passes) is a GEMM, and a 16-bit
-GEMM is fast only where the CPU computes bf16 natively: with AVX2 alone (an AMD EPYC VM, 2026-12-04)
-torch's bf16 `mm` ran at ~10 GFLOP/s against ~88 for fp32 `mm` on the same core (1536x576, 512 rows, one
-thread: 101 ms vs 10.7 ms with the weight widened to fp32 in the call). So one key per (N, K, dtype,
-threads) covers every row count above `MAX_ROWS` (row count `MANY` in the key: past a few rows a GEMM's
-time is linear in M, so the ranking holds for all of them), timed on the call's first `PROBE_ROWS` rows,
-between `mm` and `mm_f32` (both operands widened to fp32 for the product, the result rounded back once).
-fp32 weights, other devices, non-contiguous weights and activations with strided rows take `mm` untimed.
+`mm_f32` is for CPUs that do not compute bf16 natively: with AVX2 alone (an AMD EPYC VM, 2026-12-04)
+torch's bf16 `mm` ran at ~10 GFLOP/s against ~88 for fp32 `mm` on the same core (1536x576, one thread:
+8 rows 1.46 ms vs 0.46 ms widened, 512 rows 101 ms vs 10.7 ms). More than `MAX_ROWS` rows (a prefill,
+a perplexity evaluation, a profile's passes, a large batch) share one key per (N, K, dtype, threads),
+with row count `MANY`, timed on the call's first `PROBE_ROWS` rows: past a few rows a GEMM's time is
+linear in M, so the ranking there holds above it (below it, only a weight whose widening is dear can
+rank the other way: the default model's 49152x576 head, ~90 ms to widen, by a few percent at 17-20 rows,
+which only a perplexity window that short gives it). fp32 weights of that many rows, other devices,
+non-contiguous weights and activations with strided rows take `mm` untimed.
 
 Shape legend: M rows of activations, K input features, N output features.
 """
@@ -79,19 +81,22 @@ def _mm_f32(x: Tensor, w: Tensor) -> Tensor:
     return torch.mm(x.float(), w.float().t()).to(x.dtype)  # [M, N]; fp32 copies of both for the call
 
 
-CANDIDATES: Mapping[str, Op] = {"mm": _mm, "mv": _mv, "mm_wx": _mm_wx}
-"""Every op that may compute x @ w.T for up to `MAX_ROWS` rows; `mm` first (the default and the
-reference for MARGIN)."""
-
-MANY_CANDIDATES: Mapping[str, Op] = {"mm": _mm, "mm_f32": _mm_f32}
-"""Every op that may compute x @ w.T for more rows, from a 16-bit weight."""
+CANDIDATES: Mapping[str, Op] = {"mm": _mm, "mv": _mv, "mm_wx": _mm_wx, "mm_f32": _mm_f32}
+"""Every op that may compute x @ w.T; `mm` first (the default and the reference for MARGIN)."""
 
 
-def candidates(rows: int) -> dict[str, Op]:
-    """The candidate ops for `rows` rows (`mv` takes exactly one; `MANY`: more than `MAX_ROWS`)."""
-    if rows > MAX_ROWS:
-        return dict(MANY_CANDIDATES)
-    return {name: op for name, op in CANDIDATES.items() if name != "mv" or rows == 1}
+def candidates(rows: int, dtype: torch.dtype) -> dict[str, Op]:
+    """The candidate ops for `rows` rows of `dtype` (`MANY`: more than `MAX_ROWS`): `mv` takes exactly
+    one row, `mm_wx` up to `MAX_ROWS`, `mm_f32` two or more of a 16-bit dtype (for one row, widening
+    the weight costs more than the product it could speed up; for fp32 it is `mm`)."""
+    names = ["mm"]
+    if rows == 1:
+        names.append("mv")
+    if rows <= MAX_ROWS:
+        names.append("mm_wx")
+    if rows >= 2 and dtype != torch.float32:
+        names.append("mm_f32")
+    return {name: CANDIDATES[name] for name in names}
 
 
 def wall_timer(rounds: int = 5, budget_s: float = 2e-4) -> Timer:
@@ -160,7 +165,7 @@ class GemvPaths:
         # One thread times at a time: two timings at once would each slow the other's candidates.
         with self._lock:
             if key not in self._ops:
-                ops = candidates(key[0])
+                ops = candidates(key[0], key[3])
                 timings = self.timer({name: _bound(op, x, w) for name, op in ops.items()})
                 name = fastest(timings)
                 self.chosen[key], self._ops[key] = name, ops[name]
