@@ -30,7 +30,7 @@ def measure_missing_profiles(
     executors: Mapping[str, str], say: Say, stall_s: float, report_every_s: float = REPORT_EVERY_S
 ) -> list[str]:
     """Measure the profile (with its quality plans) of each executor that has none cached, all at once;
-    return the names measured. DeadlineExceeded when one reports no progress for `stall_s` seconds."""
+    return the names measured. Unavailable when one reports no progress for `stall_s` seconds."""
     return asyncio.run(_measure_all(executors, say, stall_s, report_every_s))
 
 

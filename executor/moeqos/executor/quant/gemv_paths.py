@@ -47,7 +47,7 @@ Timer = Callable[[Mapping[str, Callable[[], object]]], dict[str, float]]
 """Candidate name -> one call of it, to seconds per call of each (tests inject fake timings)."""
 
 MAX_ROWS = 16
-"""Above this many rows the product is a real GEMM and `mm` is taken without timing."""
+"""Up to this many rows each row count is a key of its own; above it one key (`MANY`) serves them all."""
 
 MANY = MAX_ROWS + 1
 """The row count in the key of every product of more than `MAX_ROWS` rows."""
