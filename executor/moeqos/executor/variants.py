@@ -296,11 +296,11 @@ class VariantFactory:
     def read_state(self, path: Path) -> dict[str, torch.Tensor]:
         """Every tensor of a variant file, in memory of its own, checked against the file's content
         hash (DamagedFile when it is missing, unreadable or does not match)."""
-        # read (and clone) here, not as page faults inside the first matmul, and so the slot owns its
-        # memory rather than pinning the file's page-cache pages
+        # read whole here, not as page faults inside the first matmul, and so the slot owns its memory
+        # rather than pinning the file's page-cache pages
         state = read_verified(path, self._verified)
         if not self.keep_in_page_cache:
-            _drop_from_page_cache(path)  # after the read's mapping is gone: mapped pages are not dropped
+            _drop_from_page_cache(path)
         return state
 
     def _read_portable(self, key: VariantKey, device: str) -> QuantExpert:
