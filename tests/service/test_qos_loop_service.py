@@ -194,3 +194,24 @@ def test_the_demo_judges_a_floor_on_the_executors_own_window_after_waiting(stack
     assert missed is not None and not missed.met and missed.waited_s >= 2.0
     assert missed.state == "violated" and missed.plan_changes == 0 and missed.switch_seconds == ()
     assert met.variants_ahead.startswith(("building", "done"))  # the shared profile's, built ahead
+
+
+def test_after_the_demos_warm_up_the_profile_the_planner_reads_is_calibrated_live(stack):
+    """The demo reads its targets off a frontier planned from GetProfile; its warm-up generation gives
+    the executor's loop the live steps that calibrate that profile to the machine as it runs now."""
+    from moeqos.demo.scenario import DemoSettings, warm_up
+
+    handle = stack.executor(tier_budgets={"cpu": 600_000, "disk": 0}, qos=FAST_LOOP)
+    target = address(handle.port)
+    with ExecutorClient(target) as client:
+        measured = client.get_profile()
+        assert client.info().qos.calibration == "as measured"
+        assert warm_up(target, DemoSettings(warmup_tokens=24)) > 0
+        status = client.info().qos
+        deadline = time.monotonic() + 5.0
+        while not status.calibration.startswith("live:") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = client.info().qos
+        calibrated = client.get_profile()
+    assert status.calibration.startswith("live:"), status.calibration
+    assert calibrated.fixed_seconds != measured.fixed_seconds  # what the planner plans from now

@@ -45,6 +45,9 @@ class DemoSettings:
     """The quality target's floor; None: 15% of the way from the most accurate plan's predicted speed
     to the fastest plan's."""
     frontier_points: int = 12
+    warmup_tokens: int = 48
+    """Tokens each executor decodes just before its frontier is asked for, so that the profile the planner
+    reads is calibrated to the speed the machine gives now (`warm_up`)."""
     profile_stall_s: float = 600.0
     """An executor measuring its profile that reports no progress for this long fails the demo (the
     measurement itself has no deadline: minutes at one thread on a slow CPU)."""
@@ -161,10 +164,26 @@ def run_scenario(
     }
 
 
+def warm_up(address: str, settings: DemoSettings) -> float:
+    """Decode `settings.warmup_tokens` on the executor at `address` and return its tokens/s.
+
+    An executor's QoS loop fits its live calibration to the decode steps of the last few seconds, and
+    GetProfile, which the planner reads, answers with the profile under it: after this, the frontier and
+    the targets read off it are the machine's as it runs now (another process busy on a core included),
+    not as it ran when the profile was measured."""
+    with ExecutorClient(address) as client:
+        completion = client.complete(
+            settings.prompt, Sampling(max_tokens=settings.warmup_tokens), timeout=LONG_CALL_S
+        )
+    return completion.stats.tokens_per_s
+
+
 def _frontier(
     client: PlannerClient, name: str, address: str, settings: DemoSettings, say: Say
 ) -> list[PlanOutcome]:
-    say(f"asking the planner for {name}'s frontier")
+    rate = warm_up(address, settings)
+    say(f"{name}: a {settings.warmup_tokens}-token warm-up decoded at {rate:.1f} tok/s")
+    say(f"asking the planner for {name}'s frontier (from its profile as calibrated by that warm-up)")
     frontier = client.frontier(executor=address, points=settings.frontier_points, timeout=LONG_CALL_S)
     say(f"{name}: {len(frontier)} plans on the frontier, {_span(frontier)}")
     return frontier
