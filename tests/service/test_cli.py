@@ -94,3 +94,12 @@ def test_profile_with_json_prints_a_line_per_progress_event_then_where_the_profi
     assert len(progress) > 3 and {"frequency", "call_costs"} <= {p["stage"] for p in progress}
     assert all(0 <= p["done"] <= max(p["total"], p["done"]) for p in progress)
     assert json.loads(out_file.read_text())["model"]
+
+
+def test_profile_without_json_shows_a_bar_per_stage_on_stderr(capsys, stack, tmp_path):
+    out_file = tmp_path / "profile.json"
+    code = main(["profile", "--executor", address(stack.executor().port), "--out", str(out_file)])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out.strip() == f"profile written to {out_file}"
+    assert all(f"{stage}:" in captured.err for stage in ("frequency", "call_costs"))
+    assert json.loads(out_file.read_text())["model"]

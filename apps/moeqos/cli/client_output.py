@@ -170,7 +170,6 @@ def profile(events: Iterable[MeasureEvent], out: str | None, as_json: bool) -> i
     from tqdm import tqdm
 
     bar: Any = None
-    stage: str | None = None
     result: Profile | None = None
     for event in events:
         if isinstance(event, Profile):
@@ -178,10 +177,9 @@ def profile(events: Iterable[MeasureEvent], out: str | None, as_json: bool) -> i
         elif as_json:
             print(_json({"stage": event.stage, "done": event.done, "total": event.total}), flush=True)
         else:
-            if bar is None or stage != event.stage:
+            if bar is None or bar.desc != event.stage:
                 if bar is not None:
                     bar.close()
-                stage = event.stage
                 bar = tqdm(total=event.total, desc=event.stage, file=sys.stderr)
             bar.update(event.done - bar.n)
     if bar is not None:

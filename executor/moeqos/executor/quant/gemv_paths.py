@@ -149,13 +149,10 @@ class GemvPaths:
     def matmul(self, x: Tensor, w: Tensor) -> Tensor:
         """x [M, K] @ w [N, K].T -> [M, N] in their common dtype, through the op chosen for this key."""
         rows = x.shape[0]
-        if x.device.type != "cpu" or not w.is_contiguous() or x.stride(-1) != 1:
+        untimed = x.device.type != "cpu" or not w.is_contiguous() or x.stride(-1) != 1
+        if untimed or (rows > MAX_ROWS and w.dtype == torch.float32):
             return torch.mm(x, w.t())  # [M, N]
-        if rows > MAX_ROWS:
-            if w.dtype == torch.float32:
-                return torch.mm(x, w.t())  # [M, N]
-            rows = MANY
-        key = (rows, w.shape[0], w.shape[1], w.dtype, torch.get_num_threads())
+        key = (min(rows, MANY), w.shape[0], w.shape[1], w.dtype, torch.get_num_threads())
         op = self._ops.get(key)
         if op is None:
             op = self._choose(key, x[:PROBE_ROWS], w)
