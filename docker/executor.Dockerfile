@@ -13,6 +13,8 @@ FROM python:3.11-slim
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 WORKDIR /app
+# gcc: the native CPU kernels are compiled on first use for the CPU the container runs on (-march=native)
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"
 COPY pyproject.toml README.md ./
 COPY core/ core/

@@ -92,6 +92,11 @@ else
     echo "$PROTO_WANT" >"$PROTO_STAMP"
 fi
 
+# The native CPU kernels (moeqos.executor.quant.native) for this machine's CPU: ~1 s with a C compiler;
+# without one (or if the build fails) torch's ops serve and this only says so.
+say "building the native CPU kernels"
+"$VENV/bin/python" -m moeqos.executor.quant.native
+
 if [ "$WITH_MODEL" = 1 ]; then
     say "preparing the default model (built once, then reused)"
     "$VENV/bin/moeqos" model prepare

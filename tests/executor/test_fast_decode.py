@@ -75,7 +75,16 @@ def test_bf16_decode_matches_transformers_path(make_runtime) -> None:
     ids = prompt_ids(7, seed=3)
     ours = _decode(runtime, runtime.new_cache(), ids, 10)
     theirs = _decode(runtime, _transformers_cache(), ids, 10)
-    torch.testing.assert_close(torch.stack(ours).float(), torch.stack(theirs).float(), rtol=0.02, atol=0.02)
+    assert_close_through_rounded_activations(torch.stack(ours).float(), torch.stack(theirs).float())
+
+
+def assert_close_through_rounded_activations(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """The two paths' logits agree within 0.05: their norms and attention round in a different order,
+    and the integer kernels round each matmul's activations to 8 bits (the native kernels, per 32
+    values; torch's ops, to bf16), where a last-bit difference upstream can move a value by one step.
+    The tiny random model amplifies that: 0.02 held with torch's ops, up to 0.047 was seen with the
+    native ones."""
+    torch.testing.assert_close(ours, theirs, rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("width", [5, 300])
@@ -185,7 +194,7 @@ def test_a_plan_switch_mid_stream_applies_at_the_next_step(make_runtime) -> None
         return [*head, runtime.forward_logits(token, cache, keep=1)[0, -1]]
 
     ours, theirs = run(runtime.new_cache()), run(_transformers_cache())
-    torch.testing.assert_close(torch.stack(ours).float(), torch.stack(theirs).float(), rtol=0.02, atol=0.02)
+    assert_close_through_rounded_activations(torch.stack(ours).float(), torch.stack(theirs).float())
     assert not torch.allclose(ours[-1].float(), _decode(runtime, runtime.new_cache(), ids, 4)[-1].float())
 
 

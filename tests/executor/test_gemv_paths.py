@@ -10,7 +10,7 @@ import pytest
 import torch
 from moeqos.core.precision import Precision
 from moeqos.executor.dense_part import DenseSlot
-from moeqos.executor.quant import gemv_paths, quantize_linear
+from moeqos.executor.quant import gemv_paths, native, quantize_linear
 from moeqos.executor.quant.gemv_paths import (
     CANDIDATES,
     MANY,
@@ -33,9 +33,10 @@ def test_every_candidate_matches_the_reference(shape: tuple[int, int], rows: int
     weight = torch.randn(shape, generator=gen).to(dtype)  # [N, K]
     x = torch.randn(rows, shape[1], generator=gen).to(dtype)  # [M, K]
     expected = reference_linear(x, weight)  # [M, N] fp32
-    ops = candidates(rows, dtype)
+    ops = candidates(rows, dtype, shape[1])
     widened = set() if dtype == torch.float32 else {"mm_f32"}  # fp32: mm_f32 would be mm
     names = {"mm", "mv", "mm_wx"} if rows == 1 else {"mm", "mm_wx"} | widened
+    names |= _native(dtype, shape[1])
     assert set(ops) == names and set(ops) <= set(CANDIDATES)
     for name, op in ops.items():
         y = op(x, weight)
@@ -50,11 +51,17 @@ def test_every_many_row_candidate_matches_the_reference(rows: int, dtype: torch.
     weight = torch.randn(192, 576, generator=gen).to(dtype)  # [N, K]
     x = torch.randn(rows, 576, generator=gen).to(dtype)  # [M, K]
     expected = reference_linear(x, weight)  # [M, N] fp32
-    assert set(candidates(rows, dtype)) == {"mm", "mm_f32"}
-    for name, op in candidates(rows, dtype).items():
+    assert set(candidates(rows, dtype, 576)) == {"mm", "mm_f32"} | _native(dtype, 576)
+    for name, op in candidates(rows, dtype, 576).items():
         y = op(x, weight)
         assert y.shape == (rows, 192) and y.dtype == dtype and y.is_contiguous(), name
         assert relative_error(y, expected) <= kernel_error_bound(DTYPES[dtype], dtype), name
+
+
+def _native(dtype: torch.dtype, cols: int) -> set[str]:
+    """{"native"} where the native bf16 kernel is a candidate: built, bf16, K a multiple of 8."""
+    built = native.library() is not None
+    return {"native"} if built and dtype == torch.bfloat16 and cols % 8 == 0 else set()
 
 
 def fake_timer(seconds: Mapping[str, float], calls: list[set[str]]) -> gemv_paths.Timer:
@@ -70,7 +77,7 @@ def fake_timer(seconds: Mapping[str, float], calls: list[set[str]]) -> gemv_path
 
 def test_the_chooser_takes_the_fastest_and_times_each_key_once() -> None:
     calls: list[set[str]] = []
-    paths = GemvPaths(fake_timer({"mm": 3.0, "mv": 1.0, "mm_wx": 2.0, "mm_f32": 2.5}, calls))
+    paths = GemvPaths(fake_timer({"mm": 3.0, "mv": 1.0, "mm_wx": 2.0, "mm_f32": 2.5, "native": 4.0}, calls))
     w = torch.randn(48, 32, dtype=torch.bfloat16)  # [N, K]
     one, two = torch.randn(1, 32, dtype=torch.bfloat16), torch.randn(2, 32, dtype=torch.bfloat16)
     for _ in range(3):
@@ -81,7 +88,8 @@ def test_the_chooser_takes_the_fastest_and_times_each_key_once() -> None:
         (1, 48, 32, torch.bfloat16, threads): "mv",
         (2, 48, 32, torch.bfloat16, threads): "mm_wx",  # mv takes one row only
     }
-    assert calls == [{"mm", "mv", "mm_wx"}, {"mm", "mm_wx", "mm_f32"}]
+    built = _native(torch.bfloat16, 32)
+    assert calls == [{"mm", "mv", "mm_wx"} | built, {"mm", "mm_wx", "mm_f32"} | built]
 
 
 def test_mm_stays_unless_another_op_beats_it_by_the_margin() -> None:
@@ -118,7 +126,7 @@ def test_fp32_prefill_rows_and_strided_weights_take_mm_untimed() -> None:
 def test_16_bit_products_of_many_rows_share_one_key_timed_on_the_probe_rows() -> None:
     calls: list[set[str]] = []
     probed: list[int] = []
-    fake = fake_timer({"mm": 1.0, "mm_f32": 0.2}, calls)
+    fake = fake_timer({"mm": 1.0, "mm_f32": 0.2, "native": 0.5}, calls)
 
     def timer(ops: Mapping[str, Callable[[], object]]) -> dict[str, float]:
         probed.append(ops["mm"]().shape[0])  # type: ignore[attr-defined]
@@ -132,7 +140,7 @@ def test_16_bit_products_of_many_rows_share_one_key_timed_on_the_probe_rows() ->
         assert y.shape == (rows, 48) and y.dtype == torch.bfloat16
         assert relative_error(y, reference_linear(x, w)) <= 1e-2
     assert paths.chosen == {(MANY, 48, 32, torch.bfloat16, torch.get_num_threads()): "mm_f32"}
-    assert calls == [{"mm", "mm_f32"}] and probed == [MAX_ROWS + 1]
+    assert calls == [{"mm", "mm_f32"} | _native(torch.bfloat16, 32)] and probed == [MAX_ROWS + 1]
     big = torch.randn(5 * PROBE_ROWS, 32).to(torch.bfloat16)
     paths.matmul(big, torch.randn(40, 32).to(torch.bfloat16))
     assert probed[-1] == PROBE_ROWS  # a longer call is timed on its first PROBE_ROWS rows
@@ -156,7 +164,7 @@ def test_dense_slots_of_the_checkpoint_module_compute_through_the_process_table(
 ) -> None:
     calls: list[set[str]] = []
     monkeypatch.setattr(
-        gemv_paths, "PATHS", GemvPaths(fake_timer({"mm": 1.0, "mv": 2.0, "mm_wx": 0.1}, calls))
+        gemv_paths, "PATHS", GemvPaths(fake_timer({"mm": 1.0, "mv": 2.0, "mm_wx": 0.1, "native": 0.5}, calls))
     )
     linear = torch.nn.Linear(64, 32, bias=False).to(torch.bfloat16).requires_grad_(False)  # [N, K], as loaded
     slot = DenseSlot("model.layers.0.self_attn.q_proj", linear, None, threading.local())

@@ -1,0 +1,261 @@
+"""moeqos's native CPU matmuls (moeqos_kernels.c), built from source at first use, with torch's ops as
+the fallback.
+
+Why they exist (issue 13): where the CPU has AVX2 but no AVX512 (a 2-core AMD EPYC VM, 2026-12-04),
+torch's weight-only CPU ops are compute-bound at one decode row: `_weight_int4pack_mm_for_cpu` read a
+3072x576 int4 weight at ~3.5 GB/s, `_weight_int8pack_mm` at ~6 GB/s, bf16 `mm` at ~10 GB/s. The C
+kernels multiply integer codes by activations rounded to int8 per 32 values (llama.cpp's Q8_0: exact
+int32 dot products, `maddubs`), four output features at a time; bf16 weights are widened to fp32 in
+registers. Measured there, one row, µs per call, 1 / 2 threads: int4 3072x576 254 / 136 (torch) vs
+105 / 93 (native), int8 149 / 85 vs 70 / 41, bf16 375 / 199 vs 128 / 74
+(`python -m moeqos.bench.kernels --native`).
+
+What it costs: the activations' rounding to 8 bits. An int4 or int8 product then differs from the fp32
+product of the dequantized weight by ~3x what torch's bf16-in, bf16-out op does (the weights' own
+rounding is far larger: the profile measures each precision's error with the kernel that serves it).
+bf16 products are fp32 products of bf16 operands, as torch's.
+
+Built with the machine's C compiler (`cc -O3 -march=native -fopenmp`, ~1 s) into
+$MOEQOS_HOME/native/<hash of source, flags, compiler and CPU>/, once per machine; loaded after torch, the
+library uses torch's libgomp (same soname), so its threads are torch's pool. Not built, and torch's ops
+serve everything, when there is no compiler, the build fails (logged once), or MOEQOS_NATIVE_KERNELS=0.
+Whether a precision uses them is measured once per process (`preferred`): both routes timed on one
+decode row of a 3072x576 weight, the native one kept only when clearly faster (a CPU with AVX512 keeps
+torch's ops if they win there).
+
+Shape legend: M rows of activations, K input features, N output features, G = K / group groups.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from functools import cache
+from pathlib import Path
+
+import torch
+from moeqos.executor.default_model.location import moeqos_home
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("moeqos_kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-D_ISOC11_SOURCE")
+DISABLE_ENV = "MOEQOS_NATIVE_KERNELS"
+"""Set to 0 to keep torch's ops everywhere (comparisons, or a machine where the build misbehaves)."""
+
+INT4_BLOCK = 64
+"""Weights per native int4 code block (32 bytes); K must be a multiple of it."""
+
+_P, _I, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {
+    "moeqos_q4_mm": [_P, _I, _I, _I, _P, _P, _P, _I, _I, _P, _I, _INT],
+    "moeqos_q8_mm": [_P, _I, _I, _I, _P, _P, _I, _P, _I, _INT],
+    "moeqos_bf16_mm": [_P, _I, _I, _I, _P, _I, _P, _I, _INT],
+}
+_build_lock = threading.Lock()
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def compiler() -> str | None:
+    """The C compiler the kernels are built with ($CC, else cc or gcc on the PATH), or None."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def library_path(compiler: str) -> Path:
+    """Where the library for this source, compiler and CPU is (or will be) built."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), _cpu_flags().encode()):
+        digest.update(part)
+    return moeqos_home() / "native" / digest.hexdigest()[:16] / "libmoeqos_kernels.so"
+
+
+def build(compiler: str) -> Path:
+    """Compile the kernels for this machine (a no-op when already built); raises on failure."""
+    target = library_path(compiler)
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # renamed into place whole
+        built = Path(scratch) / target.name
+        result = subprocess.run(
+            [compiler, *FLAGS, "-o", str(built), str(SOURCE), "-lm"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(built, target)
+    return target
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, built first if need be; None where they are off or cannot be built."""
+    if os.environ.get(DISABLE_ENV, "1") == "0":
+        return None
+    cc = compiler()
+    if cc is None:
+        log.info("native kernels: no C compiler; torch's ops serve every precision")
+        return None
+    try:
+        with _build_lock:
+            lib = ctypes.CDLL(str(build(cc)))
+    except (OSError, RuntimeError) as error:
+        log.warning("native kernels not built (%s); torch's ops serve every precision", error)
+        return None
+    for name, args in _SIGNATURES.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = _INT
+    return lib
+
+
+def _call(name: str, *args: object) -> None:
+    lib = library()
+    assert lib is not None, "native kernels called without a library (check `preferred` first)"
+    code = getattr(lib, name)(*args)
+    if code != 0:
+        raise RuntimeError(f"{name} failed with code {code} (1: shape, 2: out of memory)")
+
+
+def _bf16_rows(x: Tensor) -> Tensor:
+    if x.dtype != torch.bfloat16:
+        x = x.to(torch.bfloat16)
+    return x if x.stride(-1) == 1 else x.contiguous()  # [M, K], rows may be strided
+
+
+def q4_mm(x: Tensor, codes: Tensor, scales_zeros: Tensor, group: int) -> Tensor:
+    """x [M, K] -> x @ W.T [M, N] bf16, W the int4 weight of `codes` uint8 [N, K/2] (`pack_q4`) and
+    `scales_zeros` bf16 [2, N, G] (scales, zeros)."""
+    xb = _bf16_rows(x)
+    rows, cols, features = xb.shape[0], xb.shape[1], codes.shape[0]
+    y = torch.empty(rows, features, dtype=torch.bfloat16)
+    scales, zeros = scales_zeros[0], scales_zeros[1]
+    _call(
+        "moeqos_q4_mm", xb.data_ptr(), rows, cols, xb.stride(0), codes.data_ptr(), scales.data_ptr(),
+        zeros.data_ptr(), features, group, y.data_ptr(), features, torch.get_num_threads(),
+    )  # fmt: skip
+    return y
+
+
+def q8_mm(x: Tensor, codes: Tensor, scales: Tensor) -> Tensor:
+    """x [M, K] -> x @ W.T [M, N] bf16, W = codes int8 [N, K] times scales bf16 [N] per row."""
+    xb = _bf16_rows(x)
+    rows, cols, features = xb.shape[0], xb.shape[1], codes.shape[0]
+    y = torch.empty(rows, features, dtype=torch.bfloat16)
+    _call(
+        "moeqos_q8_mm", xb.data_ptr(), rows, cols, xb.stride(0), codes.data_ptr(), scales.data_ptr(),
+        features, y.data_ptr(), features, torch.get_num_threads(),
+    )  # fmt: skip
+    return y
+
+
+def bf16_mm(x: Tensor, w: Tensor) -> Tensor:
+    """x [M, K] bf16 @ w [N, K].T bf16 -> [M, N] bf16, accumulated in fp32; w contiguous, rows of x
+    contiguous, K a multiple of 8 (gemv_paths offers it only then)."""
+    rows, cols, features = x.shape[0], x.shape[1], w.shape[0]
+    y = torch.empty(rows, features, dtype=torch.bfloat16)
+    _call(
+        "moeqos_bf16_mm", x.data_ptr(), rows, cols, x.stride(0), w.data_ptr(), features, y.data_ptr(),
+        features, torch.get_num_threads(),
+    )  # fmt: skip
+    return y
+
+
+def q4_fits(cols: int, group: int) -> bool:
+    """True if the native int4 kernel takes a weight of K = `cols` with this group size."""
+    return cols % INT4_BLOCK == 0 and group % 32 == 0 and cols % group == 0
+
+
+def q8_fits(cols: int) -> bool:
+    """True if the native int8 kernel takes a weight of K = `cols`."""
+    return cols % 32 == 0
+
+
+def pack_q4(codes: Tensor) -> Tensor:
+    """uint8 codes [N, K] in 0..15 -> [N, K/2]: per 64-weight block, byte i = code i | code 32 + i << 4."""
+    rows, cols = codes.shape
+    blocks = codes.contiguous().view(rows, cols // INT4_BLOCK, 2, INT4_BLOCK // 2)  # [N, K/64, 2, 32]
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(rows, cols // 2).contiguous()
+
+
+def unpack_q4(packed: Tensor) -> Tensor:
+    """`pack_q4`'s inverse: [N, K/2] -> uint8 codes [N, K]."""
+    rows, half = packed.shape
+    blocks = packed.view(rows, half // (INT4_BLOCK // 2), INT4_BLOCK // 2)  # [N, K/64, 32]
+    return torch.stack([blocks & 0x0F, blocks >> 4], dim=2).reshape(rows, half * 2)
+
+
+PROBE_SHAPE = (3072, 576)
+"""The weight `preferred` times: a default-model expert's fused gate-and-up projection."""
+MARGIN = 0.9
+"""The native route is preferred only below MARGIN x torch's time (gemv_paths.MARGIN's rule): near a tie,
+torch's op stays. For int4 the choice also names the layout of the variant files this process writes
+(`cpu_kernels.int4_layout_tag`), so a process that chose otherwise only rebuilds them from the portable ones."""
+
+
+@cache
+def preferred(precision: str) -> bool:
+    """True if the native kernel serves `precision` ("int4", "int8" or "bf16") in this process: built,
+    and faster than torch's op on one decode row of a PROBE_SHAPE weight (timed once, interleaved)."""
+    if library() is None:
+        return False
+    from moeqos.executor.quant import gemv_paths
+    from moeqos.executor.quant.cpu_kernels import pack_int4_cpu
+
+    torch_op, native_op = _probe_ops(precision, pack_int4_cpu)
+    timings = gemv_paths.wall_timer()({"torch": torch_op, "native": native_op})
+    chosen = timings["native"] < MARGIN * timings["torch"]
+    log.info(
+        "native kernels %s for %s: %.0f vs torch's %.0f µs a decode row",
+        "chosen" if chosen else "not chosen",
+        precision,
+        timings["native"] * 1e6,
+        timings["torch"] * 1e6,
+    )
+    return chosen
+
+
+def _probe_ops(precision: str, pack_int4_cpu: object) -> tuple[object, object]:
+    rows, cols = PROBE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cols, generator=generator).to(torch.bfloat16)  # [1, K]
+    if precision == "int4":
+        codes = torch.randint(0, 16, (rows, cols), generator=generator, dtype=torch.uint8)
+        halves = torch.rand(2, rows, cols // 64, generator=generator).to(torch.bfloat16)  # [2, N, G]
+        torch_packed = pack_int4_cpu(codes)  # type: ignore[operator]
+        torch_sz = halves.permute(2, 1, 0).contiguous()  # [G, N, 2]
+        native_packed = pack_q4(codes)
+        return (
+            lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, torch_packed, 64, torch_sz),
+            lambda: q4_mm(x, native_packed, halves, 64),
+        )
+    if precision == "int8":
+        codes8 = torch.randint(-127, 128, (rows, cols), generator=generator, dtype=torch.int8)
+        scales = torch.rand(rows, generator=generator).to(torch.bfloat16)
+        return (
+            lambda: torch.ops.aten._weight_int8pack_mm(x, codes8, scales),
+            lambda: q8_mm(x, codes8, scales),
+        )
+    if precision == "bf16":
+        w = torch.randn(rows, cols, generator=generator).to(torch.bfloat16)
+        return lambda: torch.mm(x, w.t()), lambda: bf16_mm(x, w)
+    raise ValueError(f"no native kernel for {precision}")

@@ -1,0 +1,343 @@
+/* moeqos's native CPU matmuls: y = x @ W.T for a few rows of bf16 activations against one weight matrix
+ * in int4 (grouped, asymmetric), int8 (per output row) or bf16, accumulated in fp32, rounded to bf16.
+ *
+ * Why: at one decode row torch's CPU weight-only ops are compute-bound where the CPU lacks AVX512
+ * (measured on a 2-core AVX2 AMD EPYC, 3072x576, one thread: `_weight_int4pack_mm_for_cpu` 252 us,
+ * `_weight_int8pack_mm` 145 us, bf16 `mm` 364 us, where the weight's bytes take 70-150 us to read).
+ * - int4: activations rounded to int8 per 32 values (llama.cpp's Q8_0), codes times them summed exactly
+ *   in int32 by `maddubs`, four output features at a time sharing the loads of x;
+ * - int8: the same with activations rounded to int16 (`madd`; see quantize_rows16 for why not 8 bits);
+ * - bf16: the weight widened to fp32 in registers (exact), TILE rows of x per pass over it.
+ * Built at first use by moeqos.executor.quant.native with -march=native; without AVX2 and FMA the plain
+ * C loops below them are compiled instead (the Python side times the native kernels against torch's
+ * ops and keeps whichever is faster, so a slow build is never used).
+ *
+ * Layouts (N output features, K input features, G = K / group groups):
+ *   x, y:   bf16 [M, K] and [M, N], rows contiguous (row strides x_stride, y_stride in elements)
+ *   int4:   codes [N, K/2] bytes, K a multiple of 64; the 32 bytes of 64-weight block b of a row hold
+ *           code 64b+i in the low nibble of byte i and code 64b+32+i in its high nibble; scales, zeros
+ *           bf16 [N, G], the group a multiple of 32; w = (code - 8) * scale + zero
+ *   int8:   codes int8 [N, K], K a multiple of 32; scales bf16 [N]; w = code * scale
+ *   bf16:   [N, K], K a multiple of 8
+ * Parallel over output features with OpenMP: loaded after torch, the library shares torch's libgomp
+ * (same soname), so its threads are torch's pool, sized by the caller (torch.get_num_threads()).
+ * Return codes: 0 done, 1 a shape the kernel does not take, 2 out of memory.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <math.h>
+#include <string.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MOEQOS_AVX2 1
+#endif
+
+#define TILE 4     /* rows of x multiplied per pass over a bf16 weight */
+#define FEATURES 4 /* output features computed together by the integer kernels */
+#define MIN_PARALLEL (1 << 16) /* weights below which one thread does the whole product */
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch does */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* x bf16 [M, K] (row stride x_stride) -> fp32 [M, K], contiguous; NULL when out of memory. */
+static float *widen_rows(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride) {
+    float *xf = (float *)malloc((size_t)(m * k) * sizeof(float));
+    if (!xf) return NULL;
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t i = 0; i < k; i++) xf[r * k + i] = bf16_to_f32(x[r * x_stride + i]);
+    return xf;
+}
+
+static int threads_for(int64_t n, int64_t k, int threads) {
+    return (n * k < MIN_PARALLEL || threads < 1) ? 1 : threads;
+}
+
+#ifdef MOEQOS_AVX2
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+/* ---------------------------------------------------------------- activations as int8 ---------- */
+
+/* Rows of x as int8 blocks of 32 with one fp32 scale each (llama.cpp's Q8_0): xq [M, K], dx [M, K/32],
+ * and the exact fp32 sum of each weight group's x, xsum [M, K/group] (the zero points' term needs no
+ * rounding). Integer products of codes and xq are exact; only x's rounding to 8 bits (at most half a
+ * step of its block's largest value / 127) separates the result from the fp32 product: the default
+ * model's all-int4 perplexity on 2,048 ptb:test tokens 98.24 -> 98.59, where int4 itself costs +24%. */
+typedef struct {
+    int8_t *xq;
+    float *dx, *xsum;
+} QuantRows;
+
+static void free_rows(QuantRows *q) {
+    free(q->xq);
+    free(q->dx);
+    free(q->xsum);
+}
+
+static int quantize_rows(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, int64_t group,
+                         QuantRows *q) {
+    const int64_t blocks = k / 32, groups = k / group;
+    q->xq = (int8_t *)aligned_alloc(32, (size_t)(m * k));
+    q->dx = (float *)malloc((size_t)(m * blocks) * sizeof(float));
+    q->xsum = (float *)malloc((size_t)(m * groups) * sizeof(float));
+    if (!q->xq || !q->dx || !q->xsum) {
+        free_rows(q);
+        return 0;
+    }
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t b = 0; b < blocks; b++) {
+            float v[32], amax = 0.0f;
+            for (int i = 0; i < 32; i++) {
+                v[i] = bf16_to_f32(x[r * x_stride + b * 32 + i]);
+                const float a = v[i] < 0 ? -v[i] : v[i];
+                amax = a > amax ? a : amax;
+            }
+            const float d = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+            q->dx[r * blocks + b] = d;
+            for (int i = 0; i < 32; i++) q->xq[r * k + b * 32 + i] = (int8_t)lrintf(v[i] * inv);
+        }
+        for (int64_t g = 0; g < groups; g++) {
+            float s = 0.0f;
+            for (int64_t i = 0; i < group; i++) s += bf16_to_f32(x[r * x_stride + g * group + i]);
+            q->xsum[r * groups + g] = s;
+        }
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- int4, grouped, asymmetric ----- */
+
+/* Four output features (FEATURES rows of the weight) for one row of x: out[j] = sum_k x[k] w_j[k], with
+ * w = (code - 8) * scale + zero per group: sum_b (dx_b scale_g(b)) (codes . xq)_b + sum_g (zero_g -
+ * 8 scale_g) xsum_g, the codes . xq of each 32-block summed exactly in int32. Four features at once
+ * share the loads of x and give the FMAs independent chains (one feature at a time waited on its one
+ * accumulator: 12 cycles per 64 weights measured, against ~4 here). Codes come as 64-weight blocks of
+ * 32 bytes: byte i holds code i (low nibble) and code 32 + i (high nibble). */
+static void q4_features(const int8_t *xq, const float *dx, const float *xsum, int64_t k, int64_t group,
+                        const uint8_t *codes[FEATURES], const uint16_t *scales[FEATURES],
+                        const uint16_t *zeros[FEATURES], float out[FEATURES]) {
+    const int64_t blocks = k / 32, groups = k / group, per_group = group / 32;
+    for (int j = 0; j < FEATURES; j++) {
+        float zero_term = 0.0f;
+        for (int64_t g = 0; g < groups; g++) {
+            const float s = bf16_to_f32(scales[j][g]);
+            zero_term += (bf16_to_f32(zeros[j][g]) - 8.0f * s) * xsum[g];
+        }
+        out[j] = zero_term;
+    }
+#ifdef MOEQOS_AVX2
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 even[FEATURES], odd[FEATURES];
+    for (int j = 0; j < FEATURES; j++) even[j] = odd[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b += 2) { /* blocks b and b + 1: one 64-weight code block */
+        const __m256i x0 = _mm256_load_si256((const __m256i *)(xq + b * 32));
+        const __m256i x1 = _mm256_load_si256((const __m256i *)(xq + b * 32 + 32));
+        for (int j = 0; j < FEATURES; j++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(codes[j] + b * 16));
+            const __m256i c0 = _mm256_and_si256(v, low);
+            const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            const __m256i d0 = _mm256_madd_epi16(_mm256_maddubs_epi16(c0, x0), ones);
+            const __m256i d1 = _mm256_madd_epi16(_mm256_maddubs_epi16(c1, x1), ones);
+            const float s0 = dx[b] * bf16_to_f32(scales[j][b / per_group]);
+            const float s1 = dx[b + 1] * bf16_to_f32(scales[j][(b + 1) / per_group]);
+            even[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), _mm256_set1_ps(s0), even[j]);
+            odd[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), _mm256_set1_ps(s1), odd[j]);
+        }
+    }
+    for (int j = 0; j < FEATURES; j++) out[j] += hsum(_mm256_add_ps(even[j], odd[j]));
+#else
+    for (int j = 0; j < FEATURES; j++)
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint8_t *block = codes[j] + (b / 2) * 32;
+            int32_t dot = 0;
+            for (int i = 0; i < 32; i++) dot += ((b % 2) ? block[i] >> 4 : block[i] & 0x0f) * xq[b * 32 + i];
+            out[j] += (float)dot * dx[b] * bf16_to_f32(scales[j][b / per_group]);
+        }
+#endif
+}
+
+int moeqos_q4_mm(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, const uint8_t *codes,
+                 const uint16_t *scales, const uint16_t *zeros, int64_t n, int64_t group, uint16_t *y,
+                 int64_t y_stride, int threads) {
+    if (k % 64 || group % 32 || k % group) return 1;
+    QuantRows q;
+    if (!quantize_rows(x, m, k, x_stride, group, &q)) return 2;
+    const int64_t groups = k / group, quads = (n + FEATURES - 1) / FEATURES;
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, k, threads))
+    for (int64_t quad = 0; quad < quads; quad++) {
+        const uint8_t *c[FEATURES];
+        const uint16_t *s[FEATURES], *z[FEATURES];
+        for (int j = 0; j < FEATURES; j++) { /* past the last feature: the last again, not stored */
+            const int64_t f = quad * FEATURES + j < n ? quad * FEATURES + j : n - 1;
+            c[j] = codes + f * (k / 2), s[j] = scales + f * groups, z[j] = zeros + f * groups;
+        }
+        for (int64_t r = 0; r < m; r++) {
+            float out[FEATURES];
+            q4_features(q.xq + r * k, q.dx + r * (k / 32), q.xsum + r * groups, k, group, c, s, z, out);
+            for (int j = 0; j < FEATURES && quad * FEATURES + j < n; j++)
+                y[r * y_stride + quad * FEATURES + j] = f32_to_bf16(out[j]);
+        }
+    }
+    free_rows(&q);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- int8, per output row ---------- */
+
+/* Rows of x as int16 blocks of 32 with one fp32 scale each: xq [M, K], dx [M, K/32]. 16 bits, not 8, for
+ * int8 weights: rounded to 8 bits the activations erred more than the int8 weights do (the default model's
+ * perplexity on 2,048 ptb:test tokens 79.49 -> 79.59), and an int8 weight's bytes take longer to read
+ * from memory than the 16-bit products take. */
+typedef struct {
+    int16_t *xq;
+    float *dx;
+} Quant16Rows;
+
+static int quantize_rows16(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, Quant16Rows *q) {
+    const int64_t blocks = k / 32;
+    q->xq = (int16_t *)aligned_alloc(32, (size_t)(m * k) * sizeof(int16_t));
+    q->dx = (float *)malloc((size_t)(m * blocks) * sizeof(float));
+    if (!q->xq || !q->dx) {
+        free(q->xq);
+        free(q->dx);
+        return 0;
+    }
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t b = 0; b < blocks; b++) {
+            float v[32], amax = 0.0f;
+            for (int i = 0; i < 32; i++) {
+                v[i] = bf16_to_f32(x[r * x_stride + b * 32 + i]);
+                const float a = v[i] < 0 ? -v[i] : v[i];
+                amax = a > amax ? a : amax;
+            }
+            const float inv = amax > 0 ? 32767.0f / amax : 0.0f;
+            q->dx[r * blocks + b] = amax / 32767.0f;
+            for (int i = 0; i < 32; i++) q->xq[r * k + b * 32 + i] = (int16_t)lrintf(v[i] * inv);
+        }
+    return 1;
+}
+
+/* Four output features for one row of x: out[j] = sum_k x[k] code_j[k] (the row's scale applied by the
+ * caller): per 32-block an exact int32 dot of the codes widened to int16 and xq (madd), times dx. Four
+ * at once for the reason q4_features gives. */
+static void q8_features(const int16_t *xq, const float *dx, int64_t k, const int8_t *codes[FEATURES],
+                        float out[FEATURES]) {
+    const int64_t blocks = k / 32;
+#ifdef MOEQOS_AVX2
+    __m256 acc[FEATURES];
+    for (int j = 0; j < FEATURES; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        const __m256i x0 = _mm256_load_si256((const __m256i *)(xq + b * 32));
+        const __m256i x1 = _mm256_load_si256((const __m256i *)(xq + b * 32 + 16));
+        const __m256 d = _mm256_broadcast_ss(dx + b);
+        for (int j = 0; j < FEATURES; j++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(codes[j] + b * 32));
+            const __m256i w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
+            const __m256i w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w, 1));
+            const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[j]);
+        }
+    }
+    for (int j = 0; j < FEATURES; j++) out[j] = hsum(acc[j]);
+#else
+    for (int j = 0; j < FEATURES; j++) {
+        out[j] = 0.0f;
+        for (int64_t b = 0; b < blocks; b++) {
+            int32_t dot = 0;
+            for (int i = 0; i < 32; i++) dot += codes[j][b * 32 + i] * xq[b * 32 + i];
+            out[j] += (float)dot * dx[b];
+        }
+    }
+#endif
+}
+
+int moeqos_q8_mm(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, const int8_t *codes,
+                 const uint16_t *scales, int64_t n, uint16_t *y, int64_t y_stride, int threads) {
+    if (k % 32) return 1;
+    Quant16Rows q;
+    if (!quantize_rows16(x, m, k, x_stride, &q)) return 2;
+    const int64_t quads = (n + FEATURES - 1) / FEATURES;
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, k, threads))
+    for (int64_t quad = 0; quad < quads; quad++) {
+        const int8_t *c[FEATURES];
+        for (int j = 0; j < FEATURES; j++)
+            c[j] = codes + (quad * FEATURES + j < n ? quad * FEATURES + j : n - 1) * k;
+        for (int64_t r = 0; r < m; r++) {
+            float out[FEATURES];
+            q8_features(q.xq + r * k, q.dx + r * (k / 32), k, c, out);
+            for (int j = 0; j < FEATURES && quad * FEATURES + j < n; j++) {
+                const int64_t f = quad * FEATURES + j;
+                y[r * y_stride + f] = f32_to_bf16(out[j] * bf16_to_f32(scales[f]));
+            }
+        }
+    }
+    free(q.xq);
+    free(q.dx);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- bf16 ------------------------- */
+
+/* out[t] = sum_k x[t, k] w[k] in fp32 (a bf16 weight widens exactly: its bits shifted up by 16); four
+ * accumulators, so consecutive FMAs do not wait for each other. */
+static void bf16_feature(const float *xf, int64_t k, const uint16_t *w, int rows, float *out) {
+    for (int t = 0; t < rows; t++) {
+        const float *xr = xf + t * k;
+#ifdef MOEQOS_AVX2
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        int64_t i = 0;
+        for (; i + 32 <= k; i += 32)
+            for (int u = 0; u < 4; u++) {
+                const __m128i v = _mm_loadu_si128((const __m128i *)(w + i + 8 * u));
+                const __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+                acc[u] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xr + i + 8 * u), acc[u]);
+            }
+        for (; i < k; i += 8) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(w + i));
+            const __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+            acc[0] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xr + i), acc[0]);
+        }
+        out[t] = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+#else
+        float acc = 0.0f;
+        for (int64_t i = 0; i < k; i++) acc += bf16_to_f32(w[i]) * xr[i];
+        out[t] = acc;
+#endif
+    }
+}
+
+int moeqos_bf16_mm(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, const uint16_t *w, int64_t n,
+                   uint16_t *y, int64_t y_stride, int threads) {
+    if (k % 8) return 1;
+    float *xf = widen_rows(x, m, k, x_stride);
+    if (!xf) return 2;
+    for (int64_t r0 = 0; r0 < m; r0 += TILE) {
+        const int rows = (int)(m - r0 < TILE ? m - r0 : TILE);
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, k, threads))
+        for (int64_t f = 0; f < n; f++) {
+            float out[TILE];
+            bf16_feature(xf + r0 * k, k, w + f * k, rows, out);
+            for (int t = 0; t < rows; t++) y[(r0 + t) * y_stride + f] = f32_to_bf16(out[t]);
+        }
+    }
+    free(xf);
+    return 0;
+}

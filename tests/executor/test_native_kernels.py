@@ -1,0 +1,140 @@
+"""The native CPU matmuls (moeqos.executor.quant.native) against fp32 products of the dequantized weights,
+within the error their arithmetic allows, and their build, layout and fallbacks."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from moeqos.core.precision import Precision
+from moeqos.executor.quant import cpu_kernels, native
+from moeqos.executor.quant.rtn import dequantize, quantize
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels not built (no C compiler)")
+
+SHAPES = [(64, 64), (50, 128), (256, 576)]
+"""[N, K]: the tiny model's, an N that is no multiple of the four features computed together, an expert's."""
+ROWS = [1, 3, 5, 17]
+
+
+def _rows(count: int, cols: int, seed: int) -> torch.Tensor:
+    """bf16 activations [count, cols] whose rows are strided (a view into a wider tensor), with outliers."""
+    wide = torch.randn(count, cols + 32, generator=torch.Generator().manual_seed(seed))
+    wide[:, 7] *= 20  # an outlier channel, as LLM activations have
+    return wide.to(torch.bfloat16)[:, :cols]
+
+
+def _activation_bound(x: torch.Tensor, weight: torch.Tensor, levels: int) -> torch.Tensor:
+    """The most x's rounding to integers per 32-block (its largest value to `levels`: 127 for int8, 32767
+    for int16) can move x @ weight.T, `weight` [N, K] the part of the weight that multiplies the rounded
+    x: half a step on every element, through |weight|; [M, N]."""
+    blocks = x.float().reshape(x.shape[0], -1, 32)  # [M, K/32, 32]
+    half_step = (blocks.abs().amax(dim=2, keepdim=True) / (2 * levels)).expand_as(blocks).reshape(x.shape)
+    return half_step @ weight.abs().t()
+
+
+def _close(got: torch.Tensor, exact: torch.Tensor, slack: torch.Tensor) -> None:
+    """got within slack plus its own bf16 rounding (2^-8 relative) and fp32 summation noise of exact."""
+    allowed = slack + exact.abs() * 2**-8 + 1e-4 * exact.abs().max()
+    excess = (got.float() - exact).abs() - allowed
+    assert excess.max() <= 0, f"off by {excess.max():.3g} beyond the bound"
+
+
+@pytest.mark.parametrize(("features", "cols"), SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("precision", ["int4", "int4g32"])
+def test_int4_matches_the_dequantized_product_within_the_activations_rounding(
+    features, cols, rows, precision
+):
+    q = quantize(torch.randn(features, cols) * 0.05, Precision(precision), 64)
+    assert q.scales is not None and q.zeros is not None
+    x = _rows(rows, cols, seed=rows)
+    weight = dequantize(q)  # [N, K] fp32
+    # the zero points multiply the exact sums of x; the codes x scales meet the rounded x
+    scaled_codes = q.values.float() * q.scales.float().repeat_interleave(q.group_size, dim=1)  # [N, K]
+    got = native.q4_mm(x, native.pack_q4(q.values), torch.stack([q.scales, q.zeros]), q.group_size)
+    _close(got, x.float() @ weight.t(), _activation_bound(x, scaled_codes, 127))
+
+
+@pytest.mark.parametrize(("features", "cols"), SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_int8_matches_the_dequantized_product_within_the_activations_16_bit_rounding(features, cols, rows):
+    q = quantize(torch.randn(features, cols) * 0.05, Precision.INT8)
+    assert q.scales is not None
+    x = _rows(rows, cols, seed=rows)
+    weight = dequantize(q)
+    got = native.q8_mm(x, q.values, q.scales)
+    _close(got, x.float() @ weight.t(), _activation_bound(x, weight, 32767))
+
+
+@pytest.mark.parametrize(("features", "cols"), SHAPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_bf16_is_the_fp32_product_of_the_bf16_operands(features, cols, rows):
+    weight = torch.randn(features, cols).to(torch.bfloat16)
+    x = _rows(rows, cols, seed=rows)
+    got = native.bf16_mm(x, weight)
+    _close(got, x.float() @ weight.float().t(), torch.zeros(()))
+
+
+def test_q4_packing_round_trips_and_puts_code_32_in_the_high_nibble():
+    codes = torch.randint(0, 16, (4, 128), dtype=torch.uint8)
+    packed = native.pack_q4(codes)
+    assert packed.shape == (4, 64)
+    assert torch.equal(native.unpack_q4(packed), codes)
+    assert int(packed[0, 0]) == int(codes[0, 0]) | int(codes[0, 32]) << 4
+
+
+def test_an_int4_kernel_in_the_native_layout_reads_back_what_it_was_given(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "native_int4", lambda cols, group: True)
+    q = quantize(torch.randn(64, 128), Precision.INT4, 64)
+    kernel = cpu_kernels.Int4CpuKernel(q)
+    assert kernel.native and kernel.scales_zeros.shape == (2, 64, 2)
+    back = kernel.portable()
+    assert torch.equal(back.values, q.values) and torch.equal(back.scales, q.scales)
+    assert torch.equal(back.zeros, q.zeros)
+    state = kernel.packed_state()
+    again = cpu_kernels.Int4CpuKernel.from_packed(q.precision, 64, state["packed"], state["scales_zeros"])
+    x = torch.randn(2, 128)
+    assert torch.equal(again.matmul(x), kernel.matmul(x))
+    with pytest.raises(ValueError, match="does not match"):
+        cpu_kernels.Int4CpuKernel.from_packed(q.precision, 64, state["packed"], state["scales_zeros"][:1])
+
+
+def test_the_native_layout_has_a_tag_of_its_own(monkeypatch):
+    cpu_kernels.int4_layout_tag.cache_clear()
+    monkeypatch.setattr(cpu_kernels, "native_int4", lambda cols, group: True)
+    try:
+        assert cpu_kernels.int4_layout_tag(64, 128) == "nat64v1"
+    finally:
+        cpu_kernels.int4_layout_tag.cache_clear()
+
+
+def test_switched_off_or_without_a_working_compiler_torch_serves(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("MOEQOS_HOME", str(tmp_path))
+    native.library.cache_clear()
+    native.preferred.cache_clear()
+    try:
+        monkeypatch.setenv(native.DISABLE_ENV, "0")
+        assert native.library() is None and not native.preferred("int4")
+        native.library.cache_clear()
+        monkeypatch.delenv(native.DISABLE_ENV)
+        monkeypatch.setenv("CC", "false")  # a compiler that always fails
+        with caplog.at_level(logging.WARNING, logger=native.__name__):
+            assert native.library() is None
+        assert "native kernels not built" in caplog.text
+    finally:
+        native.library.cache_clear()
+        native.preferred.cache_clear()
+        monkeypatch.undo()
+        assert native.library() is not None  # the machine's build again, for the tests that follow
+
+
+def test_a_build_lands_in_the_cache_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOEQOS_HOME", str(tmp_path))
+    compiler = native.compiler()
+    assert compiler is not None
+    built = native.build(compiler)
+    assert built.is_file() and built.is_relative_to(tmp_path / "native")
+    stamp = built.stat().st_mtime_ns
+    assert native.build(compiler) == built and built.stat().st_mtime_ns == stamp
