@@ -138,3 +138,14 @@ def test_a_build_lands_in_the_cache_once(monkeypatch, tmp_path):
     assert built.is_file() and built.is_relative_to(tmp_path / "native")
     stamp = built.stat().st_mtime_ns
     assert native.build(compiler) == built and built.stat().st_mtime_ns == stamp
+
+
+def test_an_int8_kernel_sends_a_few_rows_to_the_native_kernel_and_more_to_torchs_op(monkeypatch):
+    monkeypatch.setattr(native, "preferred", lambda precision: True)
+    q = quantize(torch.randn(64, 128), Precision.INT8)
+    assert q.scales is not None
+    kernel = cpu_kernels.Int8CpuKernel(q)
+    few, many = _rows(native.FEW_ROWS, 128, seed=1), _rows(native.FEW_ROWS + 1, 128, seed=2)
+    assert torch.equal(kernel.matmul(few), native.q8_mm(few, q.values, q.scales))
+    torch_op = torch.ops.aten._weight_int8pack_mm(many.contiguous(), q.values, q.scales)
+    assert torch.equal(kernel.matmul(many), torch_op)

@@ -5,7 +5,8 @@
 One token (M = 1) through a 14336x4096 weight (Mixtral-8x7B's w1) and through the default model's
 expert matrices (hidden 576, intermediate 1536), and one whole SwiGLU expert (w1/w3 fused vs three
 separate matmuls), the two compute paths of bit-packed int3/int2 (issue 18), and bf16 through torch's
-`mm` on the plain weight against oneDNN's prepacked layout (issue 13). Every time is the
+`mm` on the plain weight against oneDNN's prepacked layout, and torch's int4 / int8 / bf16 ops against
+moeqos's native kernels (issue 13; `--native` prints only that table). Every time is the
 median of repeated runs; ratio = fp32 time / this time, so > 1 is faster than fp32. `--quick` skips the 14336x4096 weight and runs fewer repeats.
 """
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from moeqos.bench.report import Machine, Table
 from moeqos.bench.timing import time_repeats
 from moeqos.core.precision import Precision
-from moeqos.executor.quant import QuantExpert, QuantLinear, cpu_kernels, quantize_linear
+from moeqos.executor.quant import QuantExpert, QuantLinear, cpu_kernels, native, quantize_linear
 from moeqos.executor.quant.onednn_kernels import PackedBf16CpuKernel, packed_bf16_fits
 from moeqos.executor.quant.packed_kernels import UnpackDequantKernel, UnpackInt4Kernel
 from moeqos.executor.quant.rtn import quantize
@@ -130,6 +131,67 @@ def bf16_paths_table(repeats: int) -> Table:
     )
 
 
+NATIVE_SHAPES = ((2 * INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE), (HIDDEN, HIDDEN))
+"""An expert's fused w1/w3 and its w2, and the q/o projection."""
+
+
+def native_table(repeats: int) -> Table:
+    """torch's op vs the native kernel (moeqos.executor.quant.native) per precision, shape and row count,
+    each path over DISTINCT_WEIGHTS weights (so they come from memory), interleaved; µs per call."""
+    table_rows = []
+    for rows, cols in NATIVE_SHAPES:
+        for name in ("int4", "int8", "bf16"):
+            torch_calls, native_calls = _native_pair(name, rows, cols)
+            for tokens in (1, 16):
+                x = torch.randn(tokens, cols).bfloat16()  # [M, K]
+                paths = {
+                    "torch": partial(_each, [partial(call, x) for call in torch_calls]),
+                    "native": partial(_each, [partial(call, x) for call in native_calls]),
+                }
+                times = interleaved_median_ms(paths, repeats)
+                torch_us, native_us = (times[p] * 1e3 / DISTINCT_WEIGHTS for p in ("torch", "native"))
+                table_rows.append(
+                    (name, f"{rows}x{cols}", str(tokens), f"{torch_us:.1f}", f"{native_us:.1f}",
+                     f"{torch_us / native_us:.2f}")
+                )  # fmt: skip
+    return Table(
+        f"torch's ops vs the native kernels, {DISTINCT_WEIGHTS} weights per shape (bf16 activations)",
+        ("precision", "weight", "rows", "µs torch", "µs native", "x"),
+        tuple(table_rows),
+    )
+
+
+def _native_pair(
+    name: str, rows: int, cols: int
+) -> tuple[list[Callable[[torch.Tensor], object]], list[Callable[[torch.Tensor], object]]]:
+    """(torch's op, the native kernel) as calls on x, for DISTINCT_WEIGHTS random [rows, cols] weights."""
+    torch_calls: list[Callable[[torch.Tensor], object]] = []
+    native_calls: list[Callable[[torch.Tensor], object]] = []
+    for _ in range(DISTINCT_WEIGHTS):
+        weight = torch.randn(rows, cols) / cols**0.5  # [N, K]
+        if name == "bf16":
+            w = weight.bfloat16()
+            torch_calls.append(lambda x, w=w: torch.mm(x, w.t()))
+            native_calls.append(partial(native.bf16_mm, w=w))
+            continue
+        q = quantize(weight, Precision(name))
+        assert q.scales is not None
+        if name == "int8":
+            torch_calls.append(lambda x, c=q.values, s=q.scales: torch.ops.aten._weight_int8pack_mm(x, c, s))
+            native_calls.append(partial(native.q8_mm, codes=q.values, scales=q.scales))
+        else:
+            assert q.zeros is not None
+            packed, sz = cpu_kernels.pack_int4_cpu(q.values), cpu_kernels.scales_and_zeros(q)
+            torch_calls.append(
+                lambda x, p=packed, sz=sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, 64, sz)
+            )
+            halves = torch.stack([q.scales, q.zeros])  # [2, N, G]
+            native_calls.append(
+                partial(native.q4_mm, codes=native.pack_q4(q.values), scales_zeros=halves, group=64)
+            )
+    return torch_calls, native_calls
+
+
 def _each(calls: list[Callable[[], object]]) -> None:
     for call in calls:
         call()
@@ -184,12 +246,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="skip the 14336x4096 weight, fewer repeats")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per median (default 25, quick 7)")
+    parser.add_argument("--native", action="store_true", help="only torch's ops vs the native kernels")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (7 if args.quick else 25)
     torch.manual_seed(0)
     header = f"{Machine.detect(torch.get_num_threads()).describe()}; torch {torch.__version__}; median of {repeats}"
+    if args.native:
+        if native.library() is None:
+            print("native kernels: not built here (no C compiler, or MOEQOS_NATIVE_KERNELS=0)")
+            return
+        print(native_table(repeats).render(header))
+        return
     shapes = [(INTERMEDIATE, HIDDEN), (HIDDEN, INTERMEDIATE)] + ([] if args.quick else [BIG])
     for rows, cols in shapes:
         print(matrix_table(rows, cols, repeats).render(header), end="\n\n")

@@ -1,18 +1,23 @@
 """`QuantLinear`: one weight matrix in one precision, computed with the fastest kernel that fits.
 
-Which kernel runs is a function of precision, shape and device only (within the float kernel, which
-torch op computes a few rows is chosen by timing at first use: moeqos.executor.quant.gemv_paths):
+Which kernel runs is a function of precision, shape and device, and of timings taken once per process
+(within the float kernel, which op computes a few rows: moeqos.executor.quant.gemv_paths; whether the
+native kernels serve int8 and int4: moeqos.executor.quant.native):
 
 | precision        | CPU                                   | CUDA                    |
 |------------------|---------------------------------------|-------------------------|
 | bf16             | oneDNN, weight prepacked once         | `mm`                    |
 |                  | (onednn_kernels; else as fp32)        |                         |
 | fp32, fp16       | `mm` or `mv`, timed (gemv_paths)      | `mm`                    |
-| int8             | `_weight_int8pack_mm` (K % 32 == 0)   | dequantize + F.linear   |
-| int4             | `_weight_int4pack_mm_for_cpu`         | `_weight_int4pack_mm`   |
+| int8             | `_weight_int8pack_mm` (K % 32 == 0);  | dequantize + F.linear   |
+|                  | native `q8_mm` for <= 4 rows *        |                         |
+| int4             | `_weight_int4pack_mm_for_cpu`, or     | `_weight_int4pack_mm`   |
+|                  | native `q4_mm` (K % 64 == 0) *        |                         |
 | int3, int2       | unpack per call + the int4 op         | same                    |
 
-and any shape a device op does not take goes through dequantize + F.linear (`DequantKernel`; for the
+(* where moeqos.executor.quant.native is built and timed faster than torch's op in this process; where
+bf16 is not prepacked, the native bf16 kernel is one of gemv_paths' timed candidates), and any shape a
+device op does not take goes through dequantize + F.linear (`DequantKernel`; for the
 bit-packed int3/int2, `UnpackDequantKernel`, which keeps them bit-packed). The int4 op's group sizes are
 those of cpu_kernels.INT4_GROUP_SIZES; every group size a precision can name is one of them.
 The module holds no parameters or buffers: kernel layouts are device-specific, so `nn.Module.to` would

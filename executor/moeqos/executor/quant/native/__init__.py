@@ -54,6 +54,11 @@ DISABLE_ENV = "MOEQOS_NATIVE_KERNELS"
 INT4_BLOCK = 64
 """Weights per native int4 code block (32 bytes); K must be a multiple of it."""
 
+FEW_ROWS = 4
+"""Rows up to which the native int8 kernel is used (`cpu_kernels.Int8CpuKernel`); int4, whose native
+layout torch's op cannot read, takes every row count to it (16 rows from memory: 0.71-0.85x torch's op;
+32-512 rows of one cached weight: 0.9-1.0x)."""
+
 _P, _I, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
     "moeqos_q4_mm": [_P, _I, _I, _I, _P, _P, _P, _I, _I, _P, _I, _INT],
@@ -129,6 +134,7 @@ def library() -> ctypes.CDLL | None:
 
 
 def _call(name: str, *args: object) -> None:
+    """One kernel call; the arguments are plain ints (pointers, sizes), so ctypes converts nothing."""
     lib = library()
     assert lib is not None, "native kernels called without a library (check `preferred` first)"
     code = getattr(lib, name)(*args)
@@ -144,14 +150,15 @@ def _bf16_rows(x: Tensor) -> Tensor:
 
 def q4_mm(x: Tensor, codes: Tensor, scales_zeros: Tensor, group: int) -> Tensor:
     """x [M, K] -> x @ W.T [M, N] bf16, W the int4 weight of `codes` uint8 [N, K/2] (`pack_q4`) and
-    `scales_zeros` bf16 [2, N, G] (scales, zeros)."""
+    `scales_zeros` bf16 [2, N, G] (scales, zeros), contiguous."""
     xb = _bf16_rows(x)
     rows, cols, features = xb.shape[0], xb.shape[1], codes.shape[0]
     y = torch.empty(rows, features, dtype=torch.bfloat16)
-    scales, zeros = scales_zeros[0], scales_zeros[1]
+    scales = scales_zeros.data_ptr()
+    zeros = scales + features * (cols // group) * 2  # the second [N, G] half, bf16 (no slicing op)
     _call(
-        "moeqos_q4_mm", xb.data_ptr(), rows, cols, xb.stride(0), codes.data_ptr(), scales.data_ptr(),
-        zeros.data_ptr(), features, group, y.data_ptr(), features, torch.get_num_threads(),
+        "moeqos_q4_mm", xb.data_ptr(), rows, cols, xb.stride(0), codes.data_ptr(), scales, zeros,
+        features, group, y.data_ptr(), features, torch.get_num_threads(),
     )  # fmt: skip
     return y
 
