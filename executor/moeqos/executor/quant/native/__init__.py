@@ -3,17 +3,18 @@ the fallback.
 
 Why they exist (issue 13): where the CPU has AVX2 but no AVX512 (a 2-core AMD EPYC VM, 2026-12-04),
 torch's weight-only CPU ops are compute-bound at one decode row: `_weight_int4pack_mm_for_cpu` read a
-3072x576 int4 weight at ~3.5 GB/s, `_weight_int8pack_mm` at ~6 GB/s, bf16 `mm` at ~10 GB/s. The C
-kernels multiply integer codes by activations rounded to int8 per 32 values (llama.cpp's Q8_0: exact
-int32 dot products, `maddubs`), four output features at a time; bf16 weights are widened to fp32 in
-registers. Measured there, one row, µs per call, 1 / 2 threads: int4 3072x576 254 / 136 (torch) vs
-105 / 93 (native), int8 149 / 85 vs 70 / 41, bf16 375 / 199 vs 128 / 74
-(`python -m moeqos.bench.kernels --native`).
+3072x576 int4 weight at ~3.5 GB/s, `_weight_int8pack_mm` at ~6 GB/s, bf16 `mm` at ~10 GB/s, against
+30-35 GB/s of copy bandwidth. The C kernels (see moeqos_kernels.c): int4 codes times activations rounded
+to int8 per 32 values (llama.cpp's Q8_0: exact int32 dot products, `maddubs`), int8 codes times
+activations rounded to int16 (`madd`), four output features at a time; bf16 weights widened to fp32 in
+registers. Measured there from memory (32 weights per shape), one row, 2 threads, µs per call, torch
+vs native: int4 3072x576 183 vs 117, int8 188 vs 155, bf16 211 vs 142
+(`python -m moeqos.bench.kernels --native`; README "Native kernels").
 
-What it costs: the activations' rounding to 8 bits. An int4 or int8 product then differs from the fp32
-product of the dequantized weight by ~3x what torch's bf16-in, bf16-out op does (the weights' own
-rounding is far larger: the profile measures each precision's error with the kernel that serves it).
-bf16 products are fp32 products of bf16 operands, as torch's.
+What it costs: int4 activations rounded to 8 bits, which moved the default model's all-int4 perplexity
+98.24 -> 98.59 (int4 itself: +24%); `kernel_error_bound` in moeqos.executor.quant.reference has the
+bound. The int8 kernel's 16-bit activations err less than torch's bf16 ones; bf16 products are fp32
+products of the bf16 operands, as torch's.
 
 Built with the machine's C compiler (`cc -O3 -march=native -fopenmp`, ~1 s) into
 $MOEQOS_HOME/native/<hash of source, flags, compiler and CPU>/, once per machine; loaded after torch, the
