@@ -149,3 +149,17 @@ def test_an_int8_kernel_sends_a_few_rows_to_the_native_kernel_and_more_to_torchs
     assert torch.equal(kernel.matmul(few), native.q8_mm(few, q.values, q.scales))
     torch_op = torch.ops.aten._weight_int8pack_mm(many.contiguous(), q.values, q.scales)
     assert torch.equal(kernel.matmul(many), torch_op)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_infinite_activation_comes_out_nan_not_a_finite_wrong_number(bad):
+    q4 = quantize(torch.randn(8, 64), Precision.INT4, 64)
+    q8 = quantize(torch.randn(8, 64), Precision.INT8)
+    assert q4.scales is not None and q4.zeros is not None and q8.scales is not None
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    x[1, 5] = bad
+    for y in (
+        native.q4_mm(x, native.pack_q4(q4.values), torch.stack([q4.scales, q4.zeros]), 64),
+        native.q8_mm(x, q8.values, q8.scales),
+    ):
+        assert torch.isfinite(y[0]).all() and not torch.isfinite(y[1]).any()

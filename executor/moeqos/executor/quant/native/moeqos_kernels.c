@@ -75,6 +75,21 @@ static inline float hsum(__m256 v) {
 
 /* ---------------------------------------------------------------- activations as int8 ---------- */
 
+/* The 32 values of a block widened into v, and their largest magnitude: NaN if any is NaN, infinity if
+ * any is infinite. Such a block's scale (amax / levels) is then NaN or infinite and its codes 0, so the
+ * product comes out NaN, as torch's would, rather than a finite wrong number. */
+static float block_max(const uint16_t *x, float v[32]) {
+    float amax = 0.0f;
+    int nan = 0;
+    for (int i = 0; i < 32; i++) {
+        v[i] = bf16_to_f32(x[i]);
+        const float a = fabsf(v[i]);
+        nan |= a != a;
+        amax = a > amax ? a : amax;
+    }
+    return nan ? NAN : amax;
+}
+
 /* Rows of x as int8 blocks of 32 with one fp32 scale each (llama.cpp's Q8_0): xq [M, K], dx [M, K/32],
  * and the exact fp32 sum of each weight group's x, xsum [M, K/group] (the zero points' term needs no
  * rounding). Integer products of codes and xq are exact; only x's rounding to 8 bits (at most half a
@@ -103,13 +118,9 @@ static int quantize_rows(const uint16_t *x, int64_t m, int64_t k, int64_t x_stri
     }
     for (int64_t r = 0; r < m; r++) {
         for (int64_t b = 0; b < blocks; b++) {
-            float v[32], amax = 0.0f;
-            for (int i = 0; i < 32; i++) {
-                v[i] = bf16_to_f32(x[r * x_stride + b * 32 + i]);
-                const float a = v[i] < 0 ? -v[i] : v[i];
-                amax = a > amax ? a : amax;
-            }
-            const float d = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+            float v[32];
+            const float amax = block_max(x + r * x_stride + b * 32, v);
+            const float d = amax / 127.0f, inv = amax > 0 && !isinf(amax) ? 127.0f / amax : 0.0f;
             q->dx[r * blocks + b] = d;
             for (int i = 0; i < 32; i++) q->xq[r * k + b * 32 + i] = (int8_t)lrintf(v[i] * inv);
         }
@@ -222,13 +233,9 @@ static int quantize_rows16(const uint16_t *x, int64_t m, int64_t k, int64_t x_st
     }
     for (int64_t r = 0; r < m; r++)
         for (int64_t b = 0; b < blocks; b++) {
-            float v[32], amax = 0.0f;
-            for (int i = 0; i < 32; i++) {
-                v[i] = bf16_to_f32(x[r * x_stride + b * 32 + i]);
-                const float a = v[i] < 0 ? -v[i] : v[i];
-                amax = a > amax ? a : amax;
-            }
-            const float inv = amax > 0 ? 32767.0f / amax : 0.0f;
+            float v[32];
+            const float amax = block_max(x + r * x_stride + b * 32, v);
+            const float inv = amax > 0 && !isinf(amax) ? 32767.0f / amax : 0.0f;
             q->dx[r * blocks + b] = amax / 32767.0f;
             for (int i = 0; i < 32; i++) q->xq[r * k + b * 32 + i] = (int16_t)lrintf(v[i] * inv);
         }
