@@ -163,3 +163,24 @@ def test_a_nan_or_infinite_activation_comes_out_nan_not_a_finite_wrong_number(ba
         native.q8_mm(x, q8.values, q8.scales),
     ):
         assert torch.isfinite(y[0]).all() and not torch.isfinite(y[1]).any()
+
+
+@pytest.mark.parametrize("precision", ["int4", "int4g32", "int8"])
+def test_dequantized_weights_are_the_references_bit_for_bit(precision):
+    q = quantize(torch.randn(48, 128), Precision(precision), 64)
+    assert q.scales is not None
+    if q.zeros is None:
+        got = native.q8_dequantize(q.values, q.scales)
+    else:
+        got = native.q4_dequantize(native.pack_q4(q.values), torch.stack([q.scales, q.zeros]), q.group_size)
+    assert torch.equal(got, dequantize(q))
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8"])
+def test_many_rows_go_through_the_dequantized_weight_and_fp32_mm(monkeypatch, precision):
+    monkeypatch.setattr(cpu_kernels, "native_int4", lambda cols, group: True)
+    monkeypatch.setattr(native, "preferred", lambda name: True)
+    q = quantize(torch.randn(64, 128), Precision(precision), 64)
+    kernel = cpu_kernels.Int8CpuKernel(q) if precision == "int8" else cpu_kernels.Int4CpuKernel(q)
+    x = _rows(native.DEQUANT_ROWS, 128, seed=3)
+    assert torch.equal(kernel.matmul(x), (x.float() @ dequantize(q).t()).to(torch.bfloat16))

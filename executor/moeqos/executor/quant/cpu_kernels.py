@@ -61,13 +61,16 @@ class Int8CpuKernel:
         self.q = q
         self.native = native.preferred("int8") and native.q8_fits(q.shape[1])
         """Up to `native.FEW_ROWS` rows go to the native kernel (the same layout: the choice is only which
-        op reads it); more rows to torch's op, faster there (16 rows from memory: 0.81-1.08x native)."""
+        op reads it), from `native.DEQUANT_ROWS` on fp32 `mm` on the weight dequantized for the call, in
+        between torch's op (16 rows from memory: native 0.81-1.08x)."""
 
     def matmul(self, x: Tensor) -> Tensor:
         scales = self.q.scales
         assert scales is not None
         if self.native and x.shape[0] <= native.FEW_ROWS:
             y = native.q8_mm(x, self.q.values, scales)  # [M, N] bf16
+        elif self.native and x.shape[0] >= native.DEQUANT_ROWS:
+            y = native.many_rows(x, native.q8_dequantize(self.q.values, scales))  # [M, N] bf16
         else:
             y = torch.ops.aten._weight_int8pack_mm(_bf16_rows(x), self.q.values, scales)  # [M, N] bf16
         return y if x.dtype == torch.bfloat16 else y.to(x.dtype)  # [M, N]
@@ -154,7 +157,10 @@ class Int4CpuKernel:
         return {"packed": self.packed, "scales_zeros": self.scales_zeros}
 
     def matmul(self, x: Tensor) -> Tensor:
-        if self.native:
+        if self.native and x.shape[0] >= native.DEQUANT_ROWS:
+            weight = native.q4_dequantize(self.packed, self.scales_zeros, self.group_size)  # [N, K] fp32
+            y = native.many_rows(x, weight)  # [M, N] bf16
+        elif self.native:
             y = native.q4_mm(x, self.packed, self.scales_zeros, self.group_size)  # [M, N] bf16
         else:
             xb = _bf16_rows(x)  # [M, K]

@@ -99,7 +99,9 @@ def candidates(rows: int, dtype: torch.dtype, cols: int = 0) -> dict[str, Op]:
     """The candidate ops for `rows` rows of `dtype` and `cols` input features (`MANY` rows: more than
     `MAX_ROWS`): `mv` takes exactly one row, `mm_wx` up to `MAX_ROWS`, `mm_f32` two or more of a 16-bit
     dtype (for one row, widening the weight costs more than the product it could speed up; for fp32 it
-    is `mm`), `native` bf16 with `cols` a multiple of 8 where the native library is built."""
+    is `mm`), `native` up to `MAX_ROWS` rows of bf16 with `cols` a multiple of 8 where the native library
+    is built (timed on 32 rows it won the `MANY` key and lost at 512: four rows per pass over the
+    weight, where a GEMM blocks for many)."""
     names = ["mm"]
     if rows == 1:
         names.append("mv")
@@ -107,7 +109,7 @@ def candidates(rows: int, dtype: torch.dtype, cols: int = 0) -> dict[str, Op]:
         names.append("mm_wx")
     if rows >= 2 and dtype != torch.float32:
         names.append("mm_f32")
-    if dtype == torch.bfloat16 and cols % 8 == 0 and native.library() is not None:
+    if rows <= MAX_ROWS and dtype == torch.bfloat16 and cols % 8 == 0 and native.library() is not None:
         names.append("native")
     return {name: CANDIDATES[name] for name in names}
 

@@ -348,3 +348,37 @@ int moeqos_bf16_mm(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, co
     free(xf);
     return 0;
 }
+
+/* ---------------------------------------------------------------- dequantized, for many rows --- */
+
+/* The fp32 weight [N, K] of native int4 codes: w = (code - 8) * scale + zero. For many rows of x (a
+ * prefill, a perplexity window) one fp32 GEMM on this beats any per-row kernel: 128 rows of a 3072x576
+ * weight took 6.2 ms by the int4 kernels, 3.2 ms by fp32 `mm`, and this takes a fraction of a ms. */
+int moeqos_q4_dequant(const uint8_t *codes, const uint16_t *scales, const uint16_t *zeros, int64_t n,
+                      int64_t k, int64_t group, float *w, int threads) {
+    if (k % 64 || group % 32 || k % group) return 1;
+    const int64_t groups = k / group;
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, k, threads))
+    for (int64_t f = 0; f < n; f++) {
+        const uint8_t *row = codes + f * (k / 2);
+        for (int64_t i = 0; i < k; i++) {
+            const uint8_t byte = row[(i / 64) * 32 + (i % 32)];
+            const int code = (i % 64) < 32 ? byte & 0x0f : byte >> 4;
+            const int64_t g = f * groups + i / group;
+            const float s = bf16_to_f32(scales[g]);
+            w[f * k + i] = (float)(code - 8) * s + bf16_to_f32(zeros[g]);
+        }
+    }
+    return 0;
+}
+
+/* The fp32 weight [N, K] of int8 codes with one scale per row, for the same reason. */
+int moeqos_q8_dequant(const int8_t *codes, const uint16_t *scales, int64_t n, int64_t k, float *w,
+                      int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, k, threads))
+    for (int64_t f = 0; f < n; f++) {
+        const float s = bf16_to_f32(scales[f]);
+        for (int64_t i = 0; i < k; i++) w[f * k + i] = (float)codes[f * k + i] * s;
+    }
+    return 0;
+}
