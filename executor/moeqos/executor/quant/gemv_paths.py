@@ -13,10 +13,10 @@ would double the bytes the byte contract counts): `mm` (torch's own route), `mv`
 (W @ x.T, transposed back; the gemm with the weight as the left operand) and, for two or more rows of a
 16-bit weight, `mm_f32` (both operands widened to fp32 for the product, the result rounded back once).
 oneDNN's non-default route for `mm` is not among them: torch selects it only through a process-wide
-flag, which one thread cannot flip without changing every other thread's matmuls. For bf16 weights
-`native` (moeqos.executor.quant.native: fp32 FMAs on the bf16 weight widened in registers, four rows
-of activations per pass) is a candidate too, where its library is built (AVX2 AMD EPYC, 3072x576, 2
-threads: 74 µs a row against `mm`'s 199; 16 rows 0.87 ms against 2.9).
+flag, which one thread cannot flip without changing every other thread's matmuls. For up to
+`MAX_ROWS` rows of a bf16 weight `native` (moeqos.executor.quant.native: fp32 FMAs on the weight widened
+in registers, four rows of activations per pass) is a candidate too, where its library is built (AVX2
+AMD EPYC, 3072x576 from memory, 2 threads: 142 µs a row against `mm`'s 211; 16 rows 0.88 ms against 2.9).
 
 `mm_f32` is for CPUs that do not compute bf16 natively: with AVX2 alone (an AMD EPYC VM, 2026-12-04)
 torch's bf16 `mm` ran at ~10 GFLOP/s against ~88 for fp32 `mm` on the same core (1536x576, one thread:

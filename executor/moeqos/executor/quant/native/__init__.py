@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -284,14 +285,16 @@ def preferred(precision: str) -> bool:
     return chosen
 
 
-def _probe_ops(precision: str, pack_int4_cpu: object) -> tuple[object, object]:
+def _probe_ops(
+    precision: str, pack_int4_cpu: Callable[[Tensor], Tensor]
+) -> tuple[Callable[[], object], Callable[[], object]]:
     rows, cols = PROBE_SHAPE
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, cols, generator=generator).to(torch.bfloat16)  # [1, K]
     if precision == "int4":
         codes = torch.randint(0, 16, (rows, cols), generator=generator, dtype=torch.uint8)
         halves = torch.rand(2, rows, cols // 64, generator=generator).to(torch.bfloat16)  # [2, N, G]
-        torch_packed = pack_int4_cpu(codes)  # type: ignore[operator]
+        torch_packed = pack_int4_cpu(codes)
         torch_sz = halves.permute(2, 1, 0).contiguous()  # [G, N, 2]
         native_packed = pack_q4(codes)
         return (
