@@ -73,8 +73,8 @@ fp32 `mm` (3072x576, 128 rows: 3.2 ms + the dequantization against 6.2-6.3 ms by
 
 FEW_ROWS = 4
 """Rows up to which the native int8 kernel is used (`cpu_kernels.Int8CpuKernel`); int4, whose native
-layout torch's op cannot read, takes every row count to it (16 rows from memory: 0.71-0.85x torch's op;
-32-512 rows of one cached weight: 0.9-1.0x)."""
+layout torch's op cannot read, takes every row count below DEQUANT_ROWS to it (16 rows from memory:
+0.71-0.85x torch's op)."""
 
 _P, _I, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {

@@ -7,7 +7,8 @@
  * - int4: activations rounded to int8 per 32 values (llama.cpp's Q8_0), codes times them summed exactly
  *   in int32 by `maddubs`, four output features at a time sharing the loads of x;
  * - int8: the same with activations rounded to int16 (`madd`; see quantize_rows16 for why not 8 bits);
- * - bf16: the weight widened to fp32 in registers (exact), TILE rows of x per pass over it.
+ * - bf16: the weight widened to fp32 in registers (exact), TILE rows of x per pass over it;
+ * - for many rows, int4 and int8 weights dequantized to fp32 (the caller then runs one fp32 GEMM).
  * Built at first use by moeqos.executor.quant.native with -march=native; without AVX2 and FMA the plain
  * C loops below them are compiled instead (the Python side times the native kernels against torch's
  * ops and keeps whichever is faster, so a slow build is never used).
