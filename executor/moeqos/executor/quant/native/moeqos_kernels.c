@@ -352,22 +352,27 @@ int moeqos_bf16_mm(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, co
 
 /* ---------------------------------------------------------------- dequantized, for many rows --- */
 
-/* The fp32 weight [N, K] of native int4 codes: w = (code - 8) * scale + zero. For many rows of x (a
- * prefill, a perplexity window) one fp32 GEMM on this beats any per-row kernel: 128 rows of a 3072x576
- * weight took 6.2 ms by the int4 kernels, 3.2 ms by fp32 `mm`, and this takes a fraction of a ms. */
+/* The fp32 weight [N, K] of native int4 codes: w = (code - 8) * scale + zero, rounded as torch rounds
+ * it (no FMA contraction: -ffp-contract=off). For many rows of x (a prefill, a perplexity window) one
+ * fp32 GEMM on this beats any per-row kernel: 128 rows of a 3072x576 weight took 6.2 ms by the int4
+ * kernels, 3.2 ms by fp32 `mm`, and this 0.2 ms (a division per weight made it 3.3 ms: the loop goes by
+ * 64-weight blocks, so the compiler vectorizes it). */
 int moeqos_q4_dequant(const uint8_t *codes, const uint16_t *scales, const uint16_t *zeros, int64_t n,
                       int64_t k, int64_t group, float *w, int threads) {
     if (k % 64 || group % 32 || k % group) return 1;
     const int64_t groups = k / group;
 #pragma omp parallel for schedule(static) num_threads(threads_for(n, k, threads))
     for (int64_t f = 0; f < n; f++) {
-        const uint8_t *row = codes + f * (k / 2);
-        for (int64_t i = 0; i < k; i++) {
-            const uint8_t byte = row[(i / 64) * 32 + (i % 32)];
-            const int code = (i % 64) < 32 ? byte & 0x0f : byte >> 4;
-            const int64_t g = f * groups + i / group;
-            const float s = bf16_to_f32(scales[g]);
-            w[f * k + i] = (float)(code - 8) * s + bf16_to_f32(zeros[g]);
+        for (int64_t b = 0; b < k / 64; b++) { /* a 64-weight block: its halves' groups, then 32 bytes */
+            const uint8_t *bytes = codes + f * (k / 2) + b * 32;
+            float *out = w + f * k + b * 64;
+            const int64_t g0 = f * groups + (b * 64) / group, g1 = f * groups + (b * 64 + 32) / group;
+            const float s0 = bf16_to_f32(scales[g0]), z0 = bf16_to_f32(zeros[g0]);
+            const float s1 = bf16_to_f32(scales[g1]), z1 = bf16_to_f32(zeros[g1]);
+            for (int i = 0; i < 32; i++) {
+                out[i] = (float)((bytes[i] & 0x0f) - 8) * s0 + z0;
+                out[32 + i] = (float)((bytes[i] >> 4) - 8) * s1 + z1;
+            }
         }
     }
     return 0;
