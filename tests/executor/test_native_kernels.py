@@ -9,6 +9,7 @@ import pytest
 import torch
 from moeqos.core.precision import Precision
 from moeqos.executor.quant import cpu_kernels, native
+from moeqos.executor.quant.reference import NATIVE_INT4_BOUND, relative_error
 from moeqos.executor.quant.rtn import dequantize, quantize
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels not built (no C compiler)")
@@ -184,3 +185,12 @@ def test_many_rows_go_through_the_dequantized_weight_and_fp32_mm(monkeypatch, pr
     kernel = cpu_kernels.Int8CpuKernel(q) if precision == "int8" else cpu_kernels.Int4CpuKernel(q)
     x = _rows(native.DEQUANT_ROWS, 128, seed=3)
     assert torch.equal(kernel.matmul(x), (x.float() @ dequantize(q).t()).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8", "bf16"])
+def test_the_two_routes_preferred_times_compute_the_same_product(precision):
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(64, 128, generator=gen) / 128**0.5  # [N, K]
+    x = torch.randn(3, 128, generator=gen).to(torch.bfloat16)  # [M, K], Gaussian: no outlier channel
+    torch_route, native_route = native.routes(precision, weight)
+    assert relative_error(native_route(x), torch_route(x)) < NATIVE_INT4_BOUND  # int4's 8-bit activations

@@ -141,12 +141,14 @@ def native_table(repeats: int) -> Table:
     table_rows = []
     for rows, cols in NATIVE_SHAPES:
         for name in ("int4", "int8", "bf16"):
-            torch_calls, native_calls = _native_pair(name, rows, cols)
+            pairs = [
+                native.routes(name, torch.randn(rows, cols) / cols**0.5) for _ in range(DISTINCT_WEIGHTS)
+            ]
             for tokens in (1, 16):
                 x = torch.randn(tokens, cols).bfloat16()  # [M, K]
                 paths = {
-                    "torch": partial(_each, [partial(call, x) for call in torch_calls]),
-                    "native": partial(_each, [partial(call, x) for call in native_calls]),
+                    "torch": partial(_each, [partial(torch_route, x) for torch_route, _ in pairs]),
+                    "native": partial(_each, [partial(native_route, x) for _, native_route in pairs]),
                 }
                 times = interleaved_median_ms(paths, repeats)
                 torch_us, native_us = (times[p] * 1e3 / DISTINCT_WEIGHTS for p in ("torch", "native"))
@@ -159,37 +161,6 @@ def native_table(repeats: int) -> Table:
         ("precision", "weight", "rows", "µs torch", "µs native", "x"),
         tuple(table_rows),
     )
-
-
-def _native_pair(
-    name: str, rows: int, cols: int
-) -> tuple[list[Callable[[torch.Tensor], object]], list[Callable[[torch.Tensor], object]]]:
-    """(torch's op, the native kernel) as calls on x, for DISTINCT_WEIGHTS random [rows, cols] weights."""
-    torch_calls: list[Callable[[torch.Tensor], object]] = []
-    native_calls: list[Callable[[torch.Tensor], object]] = []
-    for _ in range(DISTINCT_WEIGHTS):
-        weight = torch.randn(rows, cols) / cols**0.5  # [N, K]
-        if name == "bf16":
-            w = weight.bfloat16()
-            torch_calls.append(lambda x, w=w: torch.mm(x, w.t()))
-            native_calls.append(partial(native.bf16_mm, w=w))
-            continue
-        q = quantize(weight, Precision(name))
-        assert q.scales is not None
-        if name == "int8":
-            torch_calls.append(lambda x, c=q.values, s=q.scales: torch.ops.aten._weight_int8pack_mm(x, c, s))
-            native_calls.append(partial(native.q8_mm, codes=q.values, scales=q.scales))
-        else:
-            assert q.zeros is not None
-            packed, sz = cpu_kernels.pack_int4_cpu(q.values), cpu_kernels.scales_and_zeros(q)
-            torch_calls.append(
-                lambda x, p=packed, sz=sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, p, 64, sz)
-            )
-            halves = torch.stack([q.scales, q.zeros])  # [2, N, G]
-            native_calls.append(
-                partial(native.q4_mm, codes=native.pack_q4(q.values), scales_zeros=halves, group=64)
-            )
-    return torch_calls, native_calls
 
 
 def _each(calls: list[Callable[[], object]]) -> None:

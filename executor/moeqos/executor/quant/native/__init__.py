@@ -258,24 +258,27 @@ def unpack_q4(packed: Tensor) -> Tensor:
 
 PROBE_SHAPE = (3072, 576)
 """The weight `preferred` times: a default-model expert's fused gate-and-up projection."""
-MARGIN = 0.9
-"""The native route is preferred only below MARGIN x torch's time (gemv_paths.MARGIN's rule): near a tie,
-torch's op stays. For int4 the choice also names the layout of the variant files this process writes
-(`cpu_kernels.int4_layout_tag`), so a process that chose otherwise only rebuilds them from the portable ones."""
+
+Route = Callable[[Tensor], Tensor]
+"""x bf16 [M, K] -> x @ W.T [M, N] bf16 for one weight W."""
 
 
 @cache
 def preferred(precision: str) -> bool:
     """True if the native kernel serves `precision` ("int4", "int8" or "bf16") in this process: built,
-    and faster than torch's op on one decode row of a PROBE_SHAPE weight (timed once, interleaved)."""
+    and faster than torch's op on one decode row of a PROBE_SHAPE weight by gemv_paths.MARGIN's rule (timed
+    once, interleaved; near a tie torch's op stays). For int4 the choice also names the layout of the
+    variant files this process writes (`cpu_kernels.int4_layout_tag`), so a process that chose otherwise
+    only rebuilds them from the portable ones."""
     if library() is None:
         return False
     from moeqos.executor.quant import gemv_paths
-    from moeqos.executor.quant.cpu_kernels import pack_int4_cpu
 
-    torch_op, native_op = _probe_ops(precision, pack_int4_cpu)
-    timings = gemv_paths.wall_timer()({"torch": torch_op, "native": native_op})
-    chosen = timings["native"] < MARGIN * timings["torch"]
+    generator = torch.Generator().manual_seed(0)
+    torch_route, native_route = routes(precision, torch.randn(*PROBE_SHAPE, generator=generator))
+    x = torch.randn(1, PROBE_SHAPE[1], generator=generator).to(torch.bfloat16)  # [1, K]
+    timings = gemv_paths.wall_timer()({"torch": lambda: torch_route(x), "native": lambda: native_route(x)})
+    chosen = timings["native"] < gemv_paths.MARGIN * timings["torch"]
     log.info(
         "native kernels %s for %s: %.0f vs torch's %.0f µs a decode row",
         "chosen" if chosen else "not chosen",
@@ -286,30 +289,32 @@ def preferred(precision: str) -> bool:
     return chosen
 
 
-def _probe_ops(
-    precision: str, pack_int4_cpu: Callable[[Tensor], Tensor]
-) -> tuple[Callable[[], object], Callable[[], object]]:
-    rows, cols = PROBE_SHAPE
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, cols, generator=generator).to(torch.bfloat16)  # [1, K]
-    if precision == "int4":
-        codes = torch.randint(0, 16, (rows, cols), generator=generator, dtype=torch.uint8)
-        halves = torch.rand(2, rows, cols // 64, generator=generator).to(torch.bfloat16)  # [2, N, G]
-        torch_packed = pack_int4_cpu(codes)
-        torch_sz = halves.permute(2, 1, 0).contiguous()  # [G, N, 2]
-        native_packed = pack_q4(codes)
-        return (
-            lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x, torch_packed, 64, torch_sz),
-            lambda: q4_mm(x, native_packed, halves, 64),
-        )
-    if precision == "int8":
-        codes8 = torch.randint(-127, 128, (rows, cols), generator=generator, dtype=torch.int8)
-        scales = torch.rand(rows, generator=generator).to(torch.bfloat16)
-        return (
-            lambda: torch.ops.aten._weight_int8pack_mm(x, codes8, scales),
-            lambda: q8_mm(x, codes8, scales),
-        )
+def routes(precision: str, weight: Tensor) -> tuple[Route, Route]:
+    """(torch's op, the native kernel) for the float `weight` [N, K] stored in `precision` ("int4" with
+    groups of 64, "int8" or "bf16"), each in its own layout: what `preferred` and
+    `python -m moeqos.bench.kernels --native` time against each other."""
+    from moeqos.core.precision import Precision
+    from moeqos.executor.quant.cpu_kernels import pack_int4_cpu, scales_and_zeros
+    from moeqos.executor.quant.rtn import quantize
+
     if precision == "bf16":
-        w = torch.randn(rows, cols, generator=generator).to(torch.bfloat16)
-        return lambda: torch.mm(x, w.t()), lambda: bf16_mm(x, w)
+        w = weight.to(torch.bfloat16)
+        return (lambda x: torch.mm(x, w.t())), (lambda x: bf16_mm(x, w))
+    q = quantize(weight, Precision(precision), INT4_BLOCK)
+    scales = q.scales
+    assert scales is not None
+    if precision == "int8":
+        codes = q.values
+        return (
+            lambda x: torch.ops.aten._weight_int8pack_mm(x, codes, scales),
+            lambda x: q8_mm(x, codes, scales),
+        )
+    if precision == "int4":
+        assert q.zeros is not None
+        torch_packed, torch_sz = pack_int4_cpu(q.values), scales_and_zeros(q)  # [G, N, 2]
+        packed, halves = pack_q4(q.values), torch.stack([scales, q.zeros])  # [2, N, G]
+        return (
+            lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, torch_packed, INT4_BLOCK, torch_sz),
+            lambda x: q4_mm(x, packed, halves, INT4_BLOCK),
+        )
     raise ValueError(f"no native kernel for {precision}")
