@@ -35,6 +35,9 @@ class Experts:
         self.calls += len(experts)
         return routed_token([self.modules[expert] for expert in experts], x, weights)
 
+    def device_experts(self, layer: int, experts: list[int]) -> list[QuantExpert] | None:
+        return [self.modules[expert] for expert in experts]
+
 
 def naive_moe(block: MoeBlock, experts: Experts, x: torch.Tensor) -> torch.Tensor:
     """transformers' MixtralTopKRouter and dispatch, token by token, in fp32: x [T, H] -> [T, H]."""

@@ -62,10 +62,14 @@ class DenseSlot(nn.Module):
         """The original's bias, added to a `QuantLinear`'s output (which has none)."""
         self._views = views
 
+    def current(self) -> nn.Module:
+        """The module this thread computes with: its private view's, else the installed one."""
+        view: Built | None = getattr(self._views, "modules", None)
+        return view.get(self.name, self.module) if view else self.module
+
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in] -> [..., out] with this thread's view of the slot, else the installed module."""
-        view: Built | None = getattr(self._views, "modules", None)
-        module = view.get(self.name, self.module) if view else self.module
+        module = self.current()
         if x.dim() == 2 and type(module) is nn.Linear and module.bias is None:
             # The own decode step's [B, H] activations come here 4 times a layer: the op timed fastest
             # for the shape (moeqos.executor.quant.gemv_paths), past nn.Linear's 4 wrapper aten calls.

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from moeqos.executor.kv_cache import KvCache
+from moeqos.executor.native_decode import NativeLayers
 from torch import nn
 
 __all__ = ["FastDecoder", "unsupported_reason"]
@@ -197,6 +198,8 @@ class FastDecoder(nn.Module):
             for i, decoder in enumerate(base.layers)
         )
         self.norm = DecodeRmsNorm(base.norm)
+        self.native = NativeLayers(list(self.layers), heads, kv_heads, head_dim)  # type: ignore[arg-type]
+        """The layers in C for one bf16 row where the native kernels are built (its `reason` when not)."""
         self._lm: list[Any] = [lm]
         """The model (in a list: not a submodule, so this module's tree holds only the decode path)."""
         self._rotary = base.rotary_emb
@@ -220,8 +223,11 @@ class FastDecoder(nn.Module):
         cos, sin = self._table(position_ids, cache.width + 1, x)  # [B, 1, d] each, sin signed
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B, 1, 1, W + 1]
         cache.reserve(1)
-        for layer in self.layers:
-            x = layer(x, cos, sin, cache, mask)  # [B, H]
+        if self.native.takes(x):
+            x = self.native(x, cos, sin, cache, mask)  # [1, H]
+        else:
+            for layer in self.layers:
+                x = layer(x, cos, sin, cache, mask)  # [B, H]
         cache.width += 1
         return lm.get_output_embeddings()(self.norm(x))[:, None]  # [B, 1, V]
 

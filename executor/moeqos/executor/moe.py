@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 import torch
+from moeqos.executor.quant import QuantExpert
 from moeqos.executor.routing import Router
 from torch import nn
 
@@ -31,6 +32,11 @@ class ExpertRunner(Protocol):
         self, layer: int, experts: list[int], x: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
         """sum_k weights[0, k] * expert_k(x) for one token x [1, H], weights [1, K] -> [1, H]."""
+        ...
+
+    def device_experts(self, layer: int, experts: list[int]) -> list[QuantExpert] | None:
+        """The modules of `experts` of `layer` when every one is resident on the device tier as this
+        thread's plan has it (the C decode step computes them itself), else None."""
         ...
 
 

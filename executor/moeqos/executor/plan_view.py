@@ -65,6 +65,13 @@ class PlanView:
         """One token's routed experts [1, H], one `run` each (a view measures; it is not the hot path)."""
         return mix([self.run(layer, expert, x) for expert in experts], weights)
 
+    def device_experts(self, layer: int, experts: list[int]) -> list[QuantExpert] | None:
+        """The viewed plan's modules of `experts` when all are on the device tier, else None."""
+        keys = [(layer, expert) for expert in experts]
+        if any(self.plan[key].tier != self.device for key in keys):
+            return None
+        return [self.modules[key] for key in keys]
+
 
 @contextmanager
 def private_view(runtime: ExecutorRuntime, plan: Plan) -> Iterator[None]:

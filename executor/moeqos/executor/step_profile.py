@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from moeqos.executor.measurement import Measurable
 from moeqos.executor.moe import ExpertRunner, MoeBlock
+from moeqos.executor.quant import QuantExpert
 from moeqos.executor.step_timing import decode_step
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -65,6 +66,9 @@ class _LabelledRunner:
     ) -> torch.Tensor:
         with record_function("experts"):
             return self.inner.run_token(layer, experts, x, weights)
+
+    def device_experts(self, layer: int, experts: list[int]) -> list[QuantExpert] | None:
+        return self.inner.device_experts(layer, experts)
 
 
 def _part_of(module: nn.Module, lm: nn.Module) -> str | None:

@@ -101,6 +101,16 @@ class ExpertStore:
             return mix([self.run(layer, expert, x) for expert in experts], weights)
         return routed_token(modules, x, weights)  # type: ignore[arg-type]  # no None, checked above
 
+    def device_experts(self, layer: int, experts: list[int]) -> list[QuantExpert] | None:
+        """The modules of `experts` when all are on the device tier (None for any other, or for this
+        thread's private view, whose experts `run_token` computes)."""
+        view = getattr(self._local, "view", None)
+        if view is not None:
+            return view.device_experts(layer, experts)
+        row = self._on_device[layer]
+        modules = [row[expert] for expert in experts]
+        return None if None in modules else modules  # type: ignore[return-value]  # no None, checked
+
     def install(
         self, plan: Plan, built: dict[ExpertKey, QuantExpert]
     ) -> list[tuple[VariantKey, QuantExpert]]:

@@ -48,7 +48,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("moeqos_kernels.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("moeqos_kernels.c", "moeqos_decode.c"))
+HEADER = Path(__file__).with_name("moeqos_kernels.h")
 FLAGS = (
     "-O3",
     "-march=native",
@@ -84,6 +85,8 @@ _SIGNATURES = {
     "moeqos_bf16_mm": [_P, _I, _I, _I, _P, _I, _P, _I, _INT],
     "moeqos_q4_dequant": [_P, _P, _P, _I, _I, _I, _P, _INT],
     "moeqos_q8_dequant": [_P, _P, _I, _I, _P, _INT],
+    "moeqos_attention_step": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _INT],
+    "moeqos_moe_step": [_I, _P, _P, _I, _P, _P, _P, _INT],
 }
 _build_lock = threading.Lock()
 
@@ -107,7 +110,8 @@ def library_path(compiler: str) -> Path:
     """Where the library for this source, compiler and CPU is (or will be) built."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), _cpu_flags().encode()):
+    sources = [path.read_bytes() for path in (*SOURCES, HEADER)]
+    for part in (*sources, " ".join(FLAGS).encode(), version.encode(), _cpu_flags().encode()):
         digest.update(part)
     return moeqos_home() / "native" / digest.hexdigest()[:16] / "libmoeqos_kernels.so"
 
@@ -121,7 +125,7 @@ def build(compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:  # renamed into place whole
         built = Path(scratch) / target.name
         result = subprocess.run(
-            [compiler, *FLAGS, "-o", str(built), str(SOURCE), "-lm"],
+            [compiler, *FLAGS, "-o", str(built), *map(str, SOURCES), "-lm"],
             capture_output=True,
             text=True,
             check=False,
@@ -153,7 +157,7 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def _call(name: str, *args: object) -> None:
+def call(name: str, *args: object) -> None:
     """One kernel call; the arguments are plain ints (pointers, sizes), so ctypes converts nothing."""
     lib = library()
     assert lib is not None, "native kernels called without a library (check `preferred` first)"
@@ -176,7 +180,7 @@ def q4_mm(x: Tensor, codes: Tensor, scales_zeros: Tensor, group: int) -> Tensor:
     y = torch.empty(rows, features, dtype=torch.bfloat16)
     scales = scales_zeros.data_ptr()
     zeros = scales + features * (cols // group) * 2  # the second [N, G] half, bf16 (no slicing op)
-    _call(
+    call(
         "moeqos_q4_mm", xb.data_ptr(), rows, cols, xb.stride(0), codes.data_ptr(), scales, zeros,
         features, group, y.data_ptr(), features, torch.get_num_threads(),
     )  # fmt: skip
@@ -188,7 +192,7 @@ def q8_mm(x: Tensor, codes: Tensor, scales: Tensor) -> Tensor:
     xb = _bf16_rows(x)
     rows, cols, features = xb.shape[0], xb.shape[1], codes.shape[0]
     y = torch.empty(rows, features, dtype=torch.bfloat16)
-    _call(
+    call(
         "moeqos_q8_mm", xb.data_ptr(), rows, cols, xb.stride(0), codes.data_ptr(), scales.data_ptr(),
         features, y.data_ptr(), features, torch.get_num_threads(),
     )  # fmt: skip
@@ -200,7 +204,7 @@ def bf16_mm(x: Tensor, w: Tensor) -> Tensor:
     contiguous, K a multiple of 8 (gemv_paths offers it only then)."""
     rows, cols, features = x.shape[0], x.shape[1], w.shape[0]
     y = torch.empty(rows, features, dtype=torch.bfloat16)
-    _call(
+    call(
         "moeqos_bf16_mm", x.data_ptr(), rows, cols, x.stride(0), w.data_ptr(), features, y.data_ptr(),
         features, torch.get_num_threads(),
     )  # fmt: skip
@@ -213,7 +217,7 @@ def q4_dequantize(codes: Tensor, scales_zeros: Tensor, group: int) -> Tensor:
     w = torch.empty(features, cols)
     scales = scales_zeros.data_ptr()
     zeros = scales + features * (cols // group) * 2
-    _call("moeqos_q4_dequant", codes.data_ptr(), scales, zeros, features, cols, group, w.data_ptr(),
+    call("moeqos_q4_dequant", codes.data_ptr(), scales, zeros, features, cols, group, w.data_ptr(),
           torch.get_num_threads())  # fmt: skip
     return w
 
@@ -222,7 +226,7 @@ def q8_dequantize(codes: Tensor, scales: Tensor) -> Tensor:
     """The fp32 weight [N, K] of `q8_mm`'s operands (for a product of many rows: `DEQUANT_ROWS`)."""
     features, cols = codes.shape
     w = torch.empty(features, cols)
-    _call("moeqos_q8_dequant", codes.data_ptr(), scales.data_ptr(), features, cols, w.data_ptr(),
+    call("moeqos_q8_dequant", codes.data_ptr(), scales.data_ptr(), features, cols, w.data_ptr(),
           torch.get_num_threads())  # fmt: skip
     return w
 

@@ -24,10 +24,9 @@
  * (same soname), so its threads are torch's pool, sized by the caller (torch.get_num_threads()).
  * Return codes: 0 done, 1 a shape the kernel does not take, 2 out of memory.
  */
-#include <stdint.h>
+#include "moeqos_kernels.h"
 #include <stdlib.h>
 #include <math.h>
-#include <string.h>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define MOEQOS_AVX2 1
@@ -36,21 +35,6 @@
 #define TILE 4     /* rows of x multiplied per pass over a bf16 weight */
 #define FEATURES 4 /* output features computed together by the integer kernels */
 #define MIN_PARALLEL (1 << 16) /* weights below which one thread does the whole product */
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, as torch does */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 /* x bf16 [M, K] (row stride x_stride) -> fp32 [M, K], contiguous; NULL when out of memory. */
 static float *widen_rows(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride) {

@@ -1,0 +1,217 @@
+/* moeqos's decode step in C for one new token of one stream, one layer in two calls: the attention half
+ * (norm, projections, rotary, the KV cache's new column, attention, residual, the second norm, Mixtral's
+ * router) and the MoE half (the token's routed experts, mixed into the residual).
+ *
+ * Why (issue 13): at one token a layer of the default model is ~130 aten ops in eager PyTorch, each
+ * costing its dispatch (~3-5 us on a 2-core AVX2 EPYC) where its arithmetic takes less; these two calls
+ * replace them, and the matmuls are moeqos_kernels.c's. Arithmetic follows the PyTorch step
+ * (moeqos.executor.fast_decode) op by op: every value PyTorch holds in bf16 is rounded to bf16 here at
+ * the same point (bf16_round), norms and attention run in fp32 as there, so the two differ only by the
+ * order of fp32 sums (and a routing decision a near tie may flip).
+ *
+ * Layouts (H hidden, n query heads, h KV heads, d head dim, C cache columns, W filled, E experts, K top-k,
+ * I an expert's intermediate size); every vector bf16 unless said otherwise:
+ *   x [H] the residual stream, updated in place; normed [H] the MoE block's input (written);
+ *   keys, values: the layer's cache of the stream, [h, C, d] with head stride head_stride elements,
+ *   column W written here; cos, sin [d] the token position's rotary rows (sin's first half negated);
+ *   mask: bytes [W + 1] (nonzero: attend), or NULL for every column;
+ *   router fp32 [E, H]; ids int64 [K] and weights fp32 [K] written (softmax over the top-k logits).
+ * Return codes: 0 done, 1 a shape or matrix kind the step does not take, 2 out of memory.
+ */
+#include "moeqos_kernels.h"
+#include <math.h>
+#include <stdlib.h>
+
+enum { MQ_BF16 = 1, MQ_INT8 = 2, MQ_INT4 = 3 };
+
+/* One weight matrix [N, K] as a moeqos_kernels.c kernel reads it (moeqos.executor.quant.native.decode
+ * builds these from a loaded kernel): bf16 weight; int8 codes + scales [N]; native int4 codes + scales
+ * and zeros [N, K / group]. */
+typedef struct {
+    int64_t kind, n, k, group;
+    const void *w;
+    const uint16_t *scales, *zeros;
+} MqMatrix;
+
+/* Shape and constants of one model's layers, fixed at load. */
+typedef struct {
+    int64_t hidden, heads, kv_heads, head_dim, experts, top_k;
+    float norm_eps, scale;
+} MqShape;
+
+/* y [N] = W x for one row x [K]. */
+static int mat_vec(const MqMatrix *m, const uint16_t *x, uint16_t *y, int threads) {
+    switch (m->kind) {
+    case MQ_BF16:
+        return moeqos_bf16_mm(x, 1, m->k, m->k, (const uint16_t *)m->w, m->n, y, m->n, threads);
+    case MQ_INT8:
+        return moeqos_q8_mm(x, 1, m->k, m->k, (const int8_t *)m->w, m->scales, m->n, y, m->n, threads);
+    case MQ_INT4:
+        return moeqos_q4_mm(x, 1, m->k, m->k, (const uint8_t *)m->w, m->scales, m->zeros, m->n, m->group, y,
+                            m->n, threads);
+    }
+    return 1;
+}
+
+/* transformers' MixtralRMSNorm on bf16: fp32 mean of squares, x * rsqrt(mean + eps) rounded to bf16,
+ * times the weight (rounded again). */
+static void rms_norm(const uint16_t *x, const uint16_t *weight, int64_t n, float eps, uint16_t *out) {
+    float squares = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const float v = bf16_to_f32(x[i]);
+        squares += v * v;
+    }
+    const float inverse = 1.0f / sqrtf(squares / (float)n + eps);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = f32_to_bf16(bf16_to_f32(weight[i]) * bf16_round(bf16_to_f32(x[i]) * inverse));
+}
+
+/* v [d] rotated in place: v * cos + rotate_half(v) * sin with rotate_half(v) = (v2, v1) and the sign in
+ * `sin`, each product and the sum rounded to bf16 as torch's bf16 ops round them. */
+static void rotate(uint16_t *v, const uint16_t *cos, const uint16_t *sin, int64_t d) {
+    float original[512];
+    const int64_t half = d / 2;
+    for (int64_t i = 0; i < d; i++) original[i] = bf16_to_f32(v[i]);
+    for (int64_t i = 0; i < d; i++) {
+        const float turned = original[i < half ? i + half : i - half];
+        const float a = bf16_round(original[i] * bf16_to_f32(cos[i]));
+        const float b = bf16_round(turned * bf16_to_f32(sin[i]));
+        v[i] = f32_to_bf16(a + b);
+    }
+}
+
+/* out [d] = softmax(q . keys[c] * scale over attended columns c) . values, in fp32 (as the PyTorch step
+ * runs SDPA for bf16 on the CPU), rounded to bf16. */
+static int attend(const uint16_t *q, const uint16_t *keys, const uint16_t *values, int64_t columns,
+                  int64_t d, const uint8_t *mask, float scale, uint16_t *out) {
+    float *scores = (float *)malloc((size_t)columns * sizeof(float));
+    float acc[512] = {0};
+    if (!scores) return 2;
+    float top = -INFINITY;
+    for (int64_t c = 0; c < columns; c++) {
+        if (mask && !mask[c]) continue;
+        float dot = 0.0f;
+        for (int64_t i = 0; i < d; i++) dot += bf16_to_f32(q[i]) * bf16_to_f32(keys[c * d + i]);
+        scores[c] = dot * scale;
+        top = scores[c] > top ? scores[c] : top;
+    }
+    float total = 0.0f;
+    for (int64_t c = 0; c < columns; c++) {
+        if (mask && !mask[c]) continue;
+        const float p = expf(scores[c] - top);
+        total += p;
+        for (int64_t i = 0; i < d; i++) acc[i] += p * bf16_to_f32(values[c * d + i]);
+    }
+    for (int64_t i = 0; i < d; i++) out[i] = f32_to_bf16(acc[i] / total);
+    free(scores);
+    return 0;
+}
+
+/* Mixtral's router on the normed token: fp32 logits, the top-k (the lower index first on a tie), their
+ * softmax (equal to renormalizing the full softmax's top-k). */
+static void route(const uint16_t *normed, const float *router, const MqShape *s, int64_t *ids, float *weights) {
+    float logits[1024];
+    for (int64_t e = 0; e < s->experts; e++) {
+        float dot = 0.0f;
+        for (int64_t i = 0; i < s->hidden; i++) dot += bf16_to_f32(normed[i]) * router[e * s->hidden + i];
+        logits[e] = dot;
+    }
+    for (int64_t j = 0; j < s->top_k; j++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < s->experts; e++) {
+            int taken = 0;
+            for (int64_t t = 0; t < j; t++) taken |= ids[t] == e;
+            if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
+        }
+        ids[j] = best;
+    }
+    float total = 0.0f;
+    for (int64_t j = 0; j < s->top_k; j++) {
+        weights[j] = expf(logits[ids[j]] - logits[ids[0]]);
+        total += weights[j];
+    }
+    for (int64_t j = 0; j < s->top_k; j++) weights[j] /= total;
+}
+
+int moeqos_attention_step(const MqShape *s, uint16_t *x, uint16_t *normed, const uint16_t *input_norm,
+                          const uint16_t *post_norm, const MqMatrix *q_proj, const MqMatrix *k_proj,
+                          const MqMatrix *v_proj, const MqMatrix *o_proj, const uint16_t *cos,
+                          const uint16_t *sin, uint16_t *keys, uint16_t *values, int64_t head_stride,
+                          int64_t width, const uint8_t *mask, const float *router, int64_t *ids,
+                          float *weights, int threads) {
+    const int64_t n = s->heads, h = s->kv_heads, d = s->head_dim, hidden = s->hidden;
+    if (d > 512 || d % 2 || n % h || s->experts > 1024 || s->top_k > s->experts) return 1;
+    if (q_proj->n != n * d || k_proj->n != h * d || v_proj->n != h * d || o_proj->k != n * d) return 1;
+    uint16_t *buffer = (uint16_t *)malloc((size_t)(2 * hidden + (2 * n + 2 * h) * d) * sizeof(uint16_t));
+    if (!buffer) return 2;
+    uint16_t *in = buffer, *q = in + hidden, *k = q + n * d, *v = k + h * d, *out = v + h * d;
+    uint16_t *projected = out + n * d;
+    int code = 0;
+    rms_norm(x, input_norm, hidden, s->norm_eps, in);
+    if ((code = mat_vec(q_proj, in, q, threads)) || (code = mat_vec(k_proj, in, k, threads)) ||
+        (code = mat_vec(v_proj, in, v, threads)))
+        goto done;
+    for (int64_t head = 0; head < n; head++) rotate(q + head * d, cos, sin, d);
+    for (int64_t g = 0; g < h; g++) {
+        rotate(k + g * d, cos, sin, d);
+        memcpy(keys + g * head_stride + width * d, k + g * d, (size_t)d * sizeof(uint16_t));
+        memcpy(values + g * head_stride + width * d, v + g * d, (size_t)d * sizeof(uint16_t));
+    }
+    for (int64_t head = 0; head < n; head++) { /* query head i reads KV head i / (n / h), as repeat_kv */
+        const int64_t g = head / (n / h);
+        if ((code = attend(q + head * d, keys + g * head_stride, values + g * head_stride, width + 1, d, mask,
+                           s->scale, out + head * d)))
+            goto done;
+    }
+    if ((code = mat_vec(o_proj, out, projected, threads))) goto done;
+    for (int64_t i = 0; i < hidden; i++) x[i] = f32_to_bf16(bf16_to_f32(x[i]) + bf16_to_f32(projected[i]));
+    rms_norm(x, post_norm, hidden, s->norm_eps, normed);
+    if (router) route(normed, router, s, ids, weights);
+done:
+    free(buffer);
+    return code;
+}
+
+/* x += sum_j weights[j] * expert_j(normed) for the token's `count` experts, expert j being
+ * w2[j] (silu(gate) * up) with (gate, up) = w13[j] normed ([2I]: gate rows first); each expert's output
+ * times its weight rounded to bf16, summed in fp32 in slot order, rounded, added to x (the PyTorch
+ * step's `mix`). */
+int moeqos_moe_step(int64_t hidden, uint16_t *x, const uint16_t *normed, int64_t count,
+                    const MqMatrix *const *w13, const MqMatrix *const *w2, const float *weights, int threads) {
+    float *sum = (float *)calloc((size_t)hidden, sizeof(float));
+    uint16_t *y = (uint16_t *)malloc((size_t)hidden * sizeof(uint16_t));
+    uint16_t *gate_up = NULL;
+    int code = 0;
+    if (!sum || !y) {
+        code = 2;
+        goto done;
+    }
+    for (int64_t j = 0; j < count; j++) {
+        const int64_t inter = w2[j]->k;
+        if (w13[j]->n != 2 * inter || w13[j]->k != hidden || w2[j]->n != hidden) {
+            code = 1;
+            goto done;
+        }
+        uint16_t *grown = (uint16_t *)realloc(gate_up, (size_t)(3 * inter) * sizeof(uint16_t));
+        if (!grown) {
+            code = 2;
+            goto done;
+        }
+        gate_up = grown;
+        uint16_t *act = gate_up + 2 * inter;
+        if ((code = mat_vec(w13[j], normed, gate_up, threads))) goto done;
+        for (int64_t i = 0; i < inter; i++) {
+            const float g = bf16_to_f32(gate_up[i]);
+            act[i] = f32_to_bf16(bf16_round(g / (1.0f + expf(-g))) * bf16_to_f32(gate_up[inter + i]));
+        }
+        if ((code = mat_vec(w2[j], act, y, threads))) goto done;
+        const float weight = bf16_round(weights[j]);
+        for (int64_t i = 0; i < hidden; i++) sum[i] += bf16_round(bf16_to_f32(y[i]) * weight);
+    }
+    for (int64_t i = 0; i < hidden; i++) x[i] = f32_to_bf16(bf16_to_f32(x[i]) + bf16_round(sum[i]));
+done:
+    free(sum);
+    free(y);
+    free(gate_up);
+    return code;
+}

@@ -1,0 +1,188 @@
+"""The decode step's layers in C (moeqos.executor.native_decode) on the tiny random Mixtral in bf16: its
+logits are the PyTorch step's within rounding for every precision the native kernels read, it really
+runs (its calls counted), it hands layers and experts it cannot read to the PyTorch step, it honours the
+route observer and `experts_enabled`, a plan switch mid-stream applies, and its attention with a mask is
+SDPA's on the same operands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from moeqos.core.dense import dense_precisions
+from moeqos.core.plan import Plan, parse_plan
+from moeqos.executor.quant import native
+from moeqos.executor.quant.native import decode
+from moeqos.executor.runtime import ExecutorRuntime
+
+from tests.executor.test_fast_decode import assert_close_through_rounded_activations
+from tests.executor.tiny import EXPERTS, LAYERS, prompt_ids
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native step is off")
+
+
+def _decode(runtime: ExecutorRuntime, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Logits [steps + 1, V] of the prompt's last position and `steps` greedy tokens, on a fresh cache."""
+    cache = runtime.new_cache()
+    out = [runtime.forward_logits(prompt, cache, keep=1)[0, -1]]
+    for _ in range(steps):
+        out.append(runtime.forward_logits(torch.tensor([[int(out[-1].argmax())]]), cache, keep=1)[0, -1])
+    return torch.stack(out).float()
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Calls of the two C halves from now on."""
+    calls = {"attention": 0, "moe": 0}
+    for name, key in (("attention_step", "attention"), ("moe_step", "moe")):
+        original = getattr(decode, name)
+
+        def counted(*args: object, _original: Callable[..., None] = original, _key: str = key) -> None:
+            calls[_key] += 1
+            _original(*args)
+
+        monkeypatch.setattr(decode, name, counted)
+    return calls
+
+
+def _pytorch_step(runtime: ExecutorRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert runtime.decoder is not None
+    monkeypatch.setattr(runtime.decoder.native, "reason", "turned off by the test")
+
+
+def _both(
+    runtime: ExecutorRuntime, monkeypatch: pytest.MonkeyPatch, steps: int = 8
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """(C step logits, PyTorch step logits, the C calls of the first) for one prompt."""
+    ids = prompt_ids(7, seed=5)
+    with monkeypatch.context() as patch:
+        calls = _counted(patch)
+        ours = _decode(runtime, ids, steps)
+    with monkeypatch.context() as patch:
+        _pytorch_step(runtime, patch)
+        theirs = _decode(runtime, ids, steps)
+    return ours, theirs, calls
+
+
+@pytest.mark.parametrize(
+    ("experts", "dense"),
+    [("bf16", {}), ("int8", {}), ("int4", {}), ("int4", {"attn": "int8", "head": "int4"}), ("bf16", {"attn": "int4"})],
+)
+def test_native_step_matches_the_pytorch_step(
+    make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch, experts: str, dense: dict
+) -> None:
+    """Every layer of every step in C (2 halves x LAYERS x 8 steps), logits the PyTorch step's."""
+    plan = Plan.uniform(LAYERS, EXPERTS, experts, "cpu").with_dense(dense_precisions(dense))
+    runtime = make_runtime(plan, dense_precision="bf16")
+    ours, theirs, calls = _both(runtime, monkeypatch)
+    assert calls == {"attention": LAYERS * 8, "moe": LAYERS * 8}
+    assert_close_through_rounded_activations(ours, theirs)
+
+
+def test_unreadable_layers_and_experts_run_on_the_pytorch_step(
+    make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A q projection with a bias in layer 1 (no C description) and fp32 experts in layer 0: layer 1
+    whole and layer 0's experts take the PyTorch step, the rest C, and the logits still match."""
+    plan = parse_plan("bf16@cpu,L0.E*=fp32", LAYERS, EXPERTS, "cpu")
+    runtime = make_runtime(plan, dense_precision="bf16")
+    assert runtime.decoder is not None
+    slot = runtime.decoder.layers[1].attention.q_proj
+    monkeypatch.setattr(slot, "module", torch.nn.Linear(64, 64, dtype=torch.bfloat16))
+    ours, theirs, calls = _both(runtime, monkeypatch)
+    assert calls == {"attention": 8, "moe": 0}
+    assert_close_through_rounded_activations(ours, theirs)
+
+
+def test_disk_tier_experts_go_through_the_store(
+    make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Experts on the disk tier are not resident: their tokens go to `run_token` (the slot pool)."""
+    plan = parse_plan("int8@cpu,L1.E*=int8@disk", LAYERS, EXPERTS, "cpu")
+    runtime = make_runtime(plan, dense_precision="bf16")
+    ours, theirs, calls = _both(runtime, monkeypatch)
+    assert calls == {"attention": LAYERS * 8, "moe": 8}
+    assert runtime.store.stats().hits + runtime.store.stats().misses > 0
+    assert_close_through_rounded_activations(ours, theirs)
+
+
+def test_observer_sees_the_routing_and_experts_can_be_off(
+    make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route observer hears each layer's normed token and ids (the PyTorch step's, up to a near
+    tie); with experts off the MoE halves are skipped and the output is the PyTorch step's without
+    experts."""
+    runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
+    blocks = runtime.moe_blocks()
+    heard: dict[str, list[tuple[int, list[int]]]] = {"c": [], "pytorch": []}
+    for step in ("c", "pytorch"):
+        with monkeypatch.context() as patch:
+            if step == "pytorch":
+                _pytorch_step(runtime, patch)
+            for block in blocks:
+                patch.setattr(block, "observer", lambda layer, h, index, _s=step: heard[_s].append((layer, index[0].tolist())))
+            _decode(runtime, prompt_ids(5, seed=2), 4)
+    decode_steps = slice(-4 * LAYERS, None)  # the prompt's pass routes all its tokens at once
+    assert heard["c"][decode_steps] == heard["pytorch"][decode_steps]
+    off = {}
+    for step in ("c", "pytorch"):
+        with monkeypatch.context() as patch:
+            calls = _counted(patch)
+            if step == "pytorch":
+                _pytorch_step(runtime, patch)
+            for block in blocks:
+                patch.setattr(block, "experts_enabled", False)
+            off[step] = _decode(runtime, prompt_ids(5, seed=2), 3)
+            if step == "c":
+                assert calls == {"attention": LAYERS * 3, "moe": 0}
+    assert_close_through_rounded_activations(off["c"], off["pytorch"])
+
+
+def test_plan_switch_mid_stream_applies(make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switching experts and attention to int4 between two steps changes the next step's logits as it
+    does on the PyTorch step."""
+    runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
+    lossy = Plan.uniform(LAYERS, EXPERTS, "int4", "cpu").with_dense(dense_precisions({"attn": "int4"}))
+    results = {}
+    for step in ("c", "pytorch"):
+        with monkeypatch.context() as patch:
+            if step == "pytorch":
+                _pytorch_step(runtime, patch)
+            runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"))
+            cache = runtime.new_cache()
+            first = runtime.forward_logits(prompt_ids(6, seed=1), cache, keep=1)[0, -1]
+            token = torch.tensor([[int(first.argmax())]])
+            runtime.apply_plan(lossy)
+            results[step] = runtime.forward_logits(token, cache, keep=1)[0, -1].float()
+    assert_close_through_rounded_activations(results["c"], results["pytorch"])
+    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"))
+    cache = runtime.new_cache()
+    first = runtime.forward_logits(prompt_ids(6, seed=1), cache, keep=1)[0, -1]
+    unswitched = runtime.forward_logits(torch.tensor([[int(first.argmax())]]), cache, keep=1)[0, -1].float()
+    assert (unswitched - results["c"]).abs().max() > 0.05
+
+
+def test_masked_attention_is_sdpa_on_the_same_operands(
+    make_runtime: Callable[..., ExecutorRuntime],
+) -> None:
+    """One stream whose first 3 cache columns are padding (mask 0): the C step's logits equal the
+    PyTorch step's on the same cache and mask."""
+    runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
+    assert runtime.decoder is not None
+    decoder = runtime.decoder
+    ids = prompt_ids(9, seed=4)
+    outs = []
+    for native_on in (True, False):
+        cache = runtime.new_cache()
+        runtime.forward_logits(ids, cache, keep=1)
+        mask = torch.ones(1, cache.width + 1, dtype=torch.long)
+        mask[0, :3] = 0
+        reason = decoder.native.reason
+        decoder.native.reason = None if native_on else "off"
+        try:
+            with torch.inference_mode():
+                logits = decoder(torch.tensor([[7]]), cache, mask, torch.tensor([[cache.width - 3]]))  # [1, 1, V]
+            outs.append(logits[0, -1].float())
+        finally:
+            decoder.native.reason = reason
+    assert_close_through_rounded_activations(outs[0], outs[1])
