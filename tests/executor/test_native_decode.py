@@ -6,13 +6,13 @@ SDPA's on the same operands."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
 from moeqos.core.dense import dense_precisions
 from moeqos.core.plan import Plan, parse_plan
-from moeqos.executor.quant import native
+from moeqos.executor.quant import cpu_kernels, native
 from moeqos.executor.quant.native import decode
 from moeqos.executor.runtime import ExecutorRuntime
 
@@ -20,6 +20,16 @@ from tests.executor.test_fast_decode import assert_close_through_rounded_activat
 from tests.executor.tiny import EXPERTS, LAYERS, prompt_ids
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native step is off")
+
+
+@pytest.fixture(autouse=True)
+def native_kernels_chosen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """int4 and int8 on the native kernels whatever this process's timing chose (`native.preferred`, noisy
+    on a shared machine): the C step reads only those, and the call counts below assume it."""
+    monkeypatch.setattr(native, "preferred", lambda precision: True)
+    cpu_kernels.int4_layout_tag.cache_clear()
+    yield
+    cpu_kernels.int4_layout_tag.cache_clear()
 
 
 def _decode(runtime: ExecutorRuntime, prompt: torch.Tensor, steps: int) -> torch.Tensor:
