@@ -42,9 +42,9 @@ def _decode(runtime: ExecutorRuntime, prompt: torch.Tensor, steps: int) -> torch
 
 
 def _counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Calls of the two C halves from now on."""
-    calls = {"attention": 0, "moe": 0}
-    for name, key in (("attention_step", "attention"), ("moe_step", "moe")):
+    """Calls from now on of the C step (`layers`) and of the C MoE half for experts it handed back (`moe`)."""
+    calls = {"layers": 0, "moe": 0}
+    for name, key in (("decode_layers", "layers"), ("moe_step", "moe")):
         original = getattr(decode, name)
 
         def counted(*args: object, _original: Callable[..., None] = original, _key: str = key) -> None:
@@ -76,31 +76,38 @@ def _both(
 
 @pytest.mark.parametrize(
     ("experts", "dense"),
-    [("bf16", {}), ("int8", {}), ("int4", {}), ("int4", {"attn": "int8", "head": "int4"}), ("bf16", {"attn": "int4"})],
+    [
+        ("bf16", {}),
+        ("int8", {}),
+        ("int4", {}),
+        ("int4", {"attn": "int8", "head": "int4"}),
+        ("bf16", {"attn": "int4"}),
+    ],
 )
 def test_native_step_matches_the_pytorch_step(
     make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch, experts: str, dense: dict
 ) -> None:
-    """Every layer of every step in C (2 halves x LAYERS x 8 steps), logits the PyTorch step's."""
+    """Every layer of every step in C (one call a step), logits the PyTorch step's."""
     plan = Plan.uniform(LAYERS, EXPERTS, experts, "cpu").with_dense(dense_precisions(dense))
     runtime = make_runtime(plan, dense_precision="bf16")
     ours, theirs, calls = _both(runtime, monkeypatch)
-    assert calls == {"attention": LAYERS * 8, "moe": LAYERS * 8}
+    assert calls == {"layers": 8, "moe": 0}
     assert_close_through_rounded_activations(ours, theirs)
 
 
 def test_unreadable_layers_and_experts_run_on_the_pytorch_step(
     make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A q projection with a bias in layer 1 (no C description) and fp32 experts in layer 0: layer 1
-    whole and layer 0's experts take the PyTorch step, the rest C, and the logits still match."""
+    """A q projection with a bias in layer 1 (no C description) and fp32 experts in layer 0: the C step
+    hands back layer 0's experts (to the store's `run_token`) and layer 1 whole (to the PyTorch step),
+    resuming after each: two C calls a step, and the logits still match."""
     plan = parse_plan("bf16@cpu,L0.E*=fp32", LAYERS, EXPERTS, "cpu")
     runtime = make_runtime(plan, dense_precision="bf16")
     assert runtime.decoder is not None
     slot = runtime.decoder.layers[1].attention.q_proj
     monkeypatch.setattr(slot, "module", torch.nn.Linear(64, 64, dtype=torch.bfloat16))
     ours, theirs, calls = _both(runtime, monkeypatch)
-    assert calls == {"attention": 8, "moe": 0}
+    assert calls == {"layers": 2 * 8, "moe": 0}
     assert_close_through_rounded_activations(ours, theirs)
 
 
@@ -111,7 +118,7 @@ def test_disk_tier_experts_go_through_the_store(
     plan = parse_plan("int8@cpu,L1.E*=int8@disk", LAYERS, EXPERTS, "cpu")
     runtime = make_runtime(plan, dense_precision="bf16")
     ours, theirs, calls = _both(runtime, monkeypatch)
-    assert calls == {"attention": LAYERS * 8, "moe": 8}
+    assert calls == {"layers": 8, "moe": 0}
     assert runtime.store.stats().hits + runtime.store.stats().misses > 0
     assert_close_through_rounded_activations(ours, theirs)
 
@@ -130,7 +137,11 @@ def test_observer_sees_the_routing_and_experts_can_be_off(
             if step == "pytorch":
                 _pytorch_step(runtime, patch)
             for block in blocks:
-                patch.setattr(block, "observer", lambda layer, h, index, _s=step: heard[_s].append((layer, index[0].tolist())))
+                patch.setattr(
+                    block,
+                    "observer",
+                    lambda layer, h, index, _s=step: heard[_s].append((layer, index[0].tolist())),
+                )
             _decode(runtime, prompt_ids(5, seed=2), 4)
     decode_steps = slice(-4 * LAYERS, None)  # the prompt's pass routes all its tokens at once
     assert heard["c"][decode_steps] == heard["pytorch"][decode_steps]
@@ -144,11 +155,13 @@ def test_observer_sees_the_routing_and_experts_can_be_off(
                 patch.setattr(block, "experts_enabled", False)
             off[step] = _decode(runtime, prompt_ids(5, seed=2), 3)
             if step == "c":
-                assert calls == {"attention": LAYERS * 3, "moe": 0}
+                assert calls == {"layers": 3, "moe": 0}
     assert_close_through_rounded_activations(off["c"], off["pytorch"])
 
 
-def test_plan_switch_mid_stream_applies(make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_switch_mid_stream_applies(
+    make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Switching experts and attention to int4 between two steps changes the next step's logits as it
     does on the PyTorch step."""
     runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
@@ -191,8 +204,28 @@ def test_masked_attention_is_sdpa_on_the_same_operands(
         decoder.native.reason = None if native_on else "off"
         try:
             with torch.inference_mode():
-                logits = decoder(torch.tensor([[7]]), cache, mask, torch.tensor([[cache.width - 3]]))  # [1, 1, V]
+                logits = decoder(
+                    torch.tensor([[7]]), cache, mask, torch.tensor([[cache.width - 3]])
+                )  # [1, 1, V]
             outs.append(logits[0, -1].float())
         finally:
             decoder.native.reason = reason
     assert_close_through_rounded_activations(outs[0], outs[1])
+
+
+def test_private_view_experts_run_in_c_layer_by_layer(
+    make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a private plan view the C step hands every layer's experts back (its tables are the
+    serving plan's); they run on the view's own modules through the C MoE half, and the logits are the
+    view plan's as the PyTorch step computes them, not the serving plan's."""
+    from moeqos.executor.plan_view import private_view
+
+    runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
+    viewed = Plan.uniform(LAYERS, EXPERTS, "int4", "cpu")
+    with private_view(runtime, viewed):
+        ours, theirs, calls = _both(runtime, monkeypatch, steps=3)
+    assert calls == {"layers": LAYERS * 3, "moe": LAYERS * 3}
+    assert_close_through_rounded_activations(ours, theirs)
+    serving, _, _ = _both(runtime, monkeypatch, steps=3)
+    assert (serving - ours).abs().max() > 0.05

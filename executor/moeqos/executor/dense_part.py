@@ -91,6 +91,8 @@ class DensePart:
     def __init__(self, model: Any, checkpoint: Checkpoint, device: str, dense: Precision) -> None:
         self.checkpoint, self.device, self.dense = checkpoint, device, dense
         self._views = threading.local()
+        self.generation = 0
+        """Bumped by every `install`: a reader that cached what the slots compute with re-reads them."""
         keys = _checkpoint_keys(model, checkpoint)
         self.slots: dict[DenseElement, list[DenseSlot]] = {e: [] for e in DenseElement}
         self.sources: dict[str, str] = {}
@@ -182,6 +184,7 @@ class DensePart:
 
     def install(self, plan: Plan, built: Built) -> None:
         """Swap `built` in (call under the model lock) and record `plan`'s dense part as served."""
+        self.generation += 1
         for element in DenseElement:
             for slot in self.slots[element]:
                 if slot.name in built:
@@ -189,6 +192,10 @@ class DensePart:
         wanted = self.wanted(plan)
         for element in {e for e in DenseElement for s in self.slots[e] if s.name in built}:
             self.served[element] = wanted[element]
+
+    def viewed(self) -> bool:
+        """True while this thread computes with a private view (`viewing`)."""
+        return getattr(self._views, "modules", None) is not None
 
     @contextmanager
     def viewing(self, plan: Plan) -> Iterator[None]:

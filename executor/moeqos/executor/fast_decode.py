@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from moeqos.executor.dense_part import DensePart
 from moeqos.executor.kv_cache import KvCache
 from moeqos.executor.native_decode import NativeLayers
 from torch import nn
@@ -184,7 +185,7 @@ class FastDecoder(nn.Module):
 
     layers: nn.ModuleList
 
-    def __init__(self, lm: Any, hf_config: Any, moe_module: str) -> None:
+    def __init__(self, lm: Any, hf_config: Any, moe_module: str, dense: DensePart) -> None:
         super().__init__()
         base: Any = lm.get_submodule("model")
         heads, kv_heads = int(hf_config.num_attention_heads), int(hf_config.num_key_value_heads)
@@ -198,7 +199,7 @@ class FastDecoder(nn.Module):
             for i, decoder in enumerate(base.layers)
         )
         self.norm = DecodeRmsNorm(base.norm)
-        self.native = NativeLayers(list(self.layers), heads, kv_heads, head_dim)  # type: ignore[arg-type]
+        self.native = NativeLayers(list(self.layers), dense, heads, kv_heads, head_dim)  # type: ignore[arg-type]
         """The layers in C for one bf16 row where the native kernels are built (its `reason` when not)."""
         self._lm: list[Any] = [lm]
         """The model (in a list: not a submodule, so this module's tree holds only the decode path)."""

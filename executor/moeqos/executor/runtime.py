@@ -100,7 +100,9 @@ class ExecutorRuntime:
         self.fast_decode_off = unsupported_reason(self.adapter.model_type, hf_config)
         """Why decode steps run on transformers' path (None: they run on `decoder`)."""
         self.decoder = (
-            None if self.fast_decode_off else FastDecoder(self.lm, hf_config, self.adapter.moe_module)
+            None
+            if self.fast_decode_off
+            else FastDecoder(self.lm, hf_config, self.adapter.moe_module, self.dense)
         )
         """The own decode step for [B, 1] tokens on a KvCache (moeqos.executor.fast_decode)."""
         self.dense_charge = DenseCharge(self.dense.shapes(), config.dense_precision, config.device)

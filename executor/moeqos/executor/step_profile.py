@@ -12,6 +12,11 @@ each MoE block's expert calls:
 - `other`: the step's wall time outside every labelled part (residual adds, mask and cache bookkeeping
   of the model code, Python between modules).
 
+Where the C decode step runs the layers (moeqos.executor.native_decode), the profiler sees one op; the
+step clocks its own halves instead: its attention halves (with the norms and the router in them) are
+added to `attention`, its MoE halves to `experts`, and `norms` and `routing` hold only what ran in
+PyTorch (the final norm).
+
 Times are wall-clock per step under the profiler, which adds a little to every op; the split, not the
 absolute figure, is the point. Ranges are host (CPU) time: on an accelerator, where kernels run
 asynchronously, they show launch cost, not device time.
@@ -102,10 +107,12 @@ def _label(module: nn.Module, label: str, stack: ExitStack) -> None:
 
 
 @contextmanager
-def labelled(lm: nn.Module, *others: nn.Module) -> Iterator[None]:
+def labelled(lm: nn.Module, *others: nn.Module, runners: bool = True) -> Iterator[None]:
     """Inside the block, every part root of `lm` and of `others` (e.g. the own decode step,
     moeqos.executor.fast_decode, which shares the model's MoE blocks and slots) runs inside its
-    profiler range; a module reached from two roots, or inside a labelled one, is labelled once."""
+    profiler range; a module reached from two roots, or inside a labelled one, is labelled once.
+    `runners`: the MoE blocks' expert calls are labelled too (a wrapped runner keeps the C decode step
+    from reading the experts itself, so it is off while that step is profiled)."""
     with ExitStack() as stack:
         covered: set[int] = set()
         """ids of labelled modules and of everything under them."""
@@ -116,7 +123,7 @@ def labelled(lm: nn.Module, *others: nn.Module) -> Iterator[None]:
                     continue
                 covered.update(id(m) for m in module.modules())
                 _label(module, part, stack)
-                if isinstance(module, MoeBlock):
+                if isinstance(module, MoeBlock) and runners:
                     inner = module.runner
                     module.runner = _LabelledRunner(inner)
                     stack.callback(setattr, module, "runner", inner)
@@ -129,24 +136,36 @@ def decode_breakdown(
     """Profile `steps` single-token decode steps of `runtime`, whose model is `lm` and own decode step
     `decoder` (if any), after prefilling `prompt` (one warm-up step). Runs `exclusive()`ly: no
     request's step is labelled or profiled."""
+    native = getattr(decoder, "native", None)
     with runtime.exclusive():
         step = decode_step(runtime, prompt)
+        before = 0 if native is None else native.steps
         step()
+        in_c = native is not None and native.steps > before  # the warm-up step ran in C: so will these
         extra = () if decoder is None else (decoder,)
-        with labelled(lm, *extra), profile(activities=[ProfilerActivity.CPU]) as prof:
+        with ExitStack() as stack:
+            stack.enter_context(labelled(lm, *extra, runners=not in_c))
+            clock = stack.enter_context(native.timed()) if in_c else None
+            prof = stack.enter_context(profile(activities=[ProfilerActivity.CPU]))
             for _ in range(steps):
                 with record_function(_STEP):
                     step()
-    return _summarise(prof, steps)
+    return _summarise(prof, steps, None if clock is None else (clock[0], clock[1]))
 
 
-def _summarise(prof: Any, steps: int) -> StepBreakdown:
+def _summarise(prof: Any, steps: int, in_c: tuple[float, float] | None) -> StepBreakdown:
+    """The parts per step; `in_c`: the C decode step's own seconds of attention halves and MoE halves
+    (the profiler sees a C call as one op), added to `attention` (which then holds the norms and the
+    router too) and `experts`."""
     totals: dict[str, float] = {}
     for event in prof.events():
         totals[event.name] = totals.get(event.name, 0.0) + event.cpu_time_total * 1e-6 / steps
     step_seconds = totals.get(_STEP, 0.0)
     parts = {part: totals.get(part, 0.0) for part in PARTS[:-1]}
     parts["routing"] = totals.get(_MOE, 0.0) - parts["experts"]
+    if in_c is not None:
+        parts["attention"] += in_c[0] / steps
+        parts["experts"] += in_c[1] / steps
     parts["other"] = step_seconds - sum(parts.values())
     labels = {*PARTS, _STEP, _MOE}
     ops = [e for e in prof.key_averages() if e.key not in labels]

@@ -101,6 +101,10 @@ class ExpertStore:
             return mix([self.run(layer, expert, x) for expert in experts], weights)
         return routed_token(modules, x, weights)  # type: ignore[arg-type]  # no None, checked above
 
+    def viewed(self) -> bool:
+        """True while this thread computes with a private plan view (`viewing`)."""
+        return getattr(self._local, "view", None) is not None
+
     def device_experts(self, layer: int, experts: list[int]) -> list[QuantExpert] | None:
         """The modules of `experts` when all are on the device tier (None for any other, or for this
         thread's private view, whose experts `run_token` computes)."""

@@ -85,7 +85,7 @@ _SIGNATURES = {
     "moeqos_bf16_mm": [_P, _I, _I, _I, _P, _I, _P, _I, _INT],
     "moeqos_q4_dequant": [_P, _P, _P, _I, _I, _I, _P, _INT],
     "moeqos_q8_dequant": [_P, _P, _I, _I, _P, _INT],
-    "moeqos_attention_step": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P, _INT],
+    "moeqos_decode_layers": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _INT],
     "moeqos_moe_step": [_I, _P, _P, _I, _P, _P, _P, _INT],
 }
 _build_lock = threading.Lock()

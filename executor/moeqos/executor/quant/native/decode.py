@@ -139,32 +139,53 @@ def _made(
     return Described(matrix, ctypes.addressof(matrix), kept)
 
 
-def attention_step(
+class Layer(ctypes.Structure):
+    """moeqos_decode.c's MqLayer: one layer's weights and cache as the C step reads them (addresses; 0 for
+    `q` hands the whole layer to the caller, 0 for `w13`/`w2` or an entry of them hands it its experts)."""
+
+    _fields_ = [
+        ("input_norm", ctypes.c_void_p),
+        ("post_norm", ctypes.c_void_p),
+        ("q", ctypes.c_void_p),
+        ("k", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("o", ctypes.c_void_p),
+        ("router", ctypes.c_void_p),
+        ("keys", ctypes.c_void_p),
+        ("values", ctypes.c_void_p),
+        ("head_stride", ctypes.c_int64),
+        ("experts_on", ctypes.c_int64),
+        ("w13", ctypes.c_void_p),
+        ("w2", ctypes.c_void_p),
+    ]
+
+
+def decode_layers(
     shape: Shape,
+    layers: ctypes.Array[Layer],
+    first: int,
     x: Tensor,
     normed: Tensor,
-    norms: tuple[int, int],
-    projections: tuple[int, int, int, int],
-    cos: Tensor,
-    sin: Tensor,
-    keys: Tensor,
-    values: Tensor,
-    width: int,
-    mask: Tensor | None,
-    router: int,
     ids: Tensor,
     weights: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    width: int,
+    mask: Tensor | None,
+    stop: ctypes.Array[ctypes.c_int64],
+    seconds: ctypes.Array[ctypes.c_double] | None = None,
 ) -> None:
-    """One layer's attention half for one token (moeqos_attention_step): x [1, H] += attention of its
-    norm, the token's key and value written into column `width` of `keys`/`values` [1, h, C, d];
-    `normed` [1, H] = the second norm of x; Mixtral's router on it into `ids` int64 [1, K] and `weights`
-    fp32 [1, K] (`router`: the fp32 [E, H] weight's address). `norms` and `projections` are addresses
-    (the norms' bf16 weights, `describe`d q, k, v, o); `mask` bool [W + 1] or None."""
+    """Layers `first`.. of one token's decode step in C (moeqos_decode_layers): x [1, H] updated in place,
+    each layer's MoE input, routed ids and weights into rows of `normed` [L, H], `ids` int64 [L, K] and
+    `weights` fp32 [L, K], the token's key and value into column `width` of each layer's cache; cos, sin
+    [1, 1, d]; mask bool [W + 1] or None. `stop` gets (layer, 1) where that layer's experts are the
+    caller's, (layer, 0) where the whole layer is, (L, 0) when done. `seconds` (two doubles), when given,
+    accumulates the wall time of the attention halves and of the MoE halves."""
     native.call(
-        "moeqos_attention_step", ctypes.addressof(shape), x.data_ptr(), normed.data_ptr(), *norms,
-        *projections, cos.data_ptr(), sin.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.stride(1),
-        width, 0 if mask is None else mask.data_ptr(), router, ids.data_ptr(), weights.data_ptr(),
-        torch.get_num_threads(),
+        "moeqos_decode_layers", ctypes.addressof(shape), ctypes.addressof(layers), len(layers), first,
+        x.data_ptr(), normed.data_ptr(), ids.data_ptr(), weights.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+        width, 0 if mask is None else mask.data_ptr(), ctypes.addressof(stop),
+        0 if seconds is None else ctypes.addressof(seconds), torch.get_num_threads(),
     )  # fmt: skip
 
 

@@ -1,25 +1,28 @@
-/* moeqos's decode step in C for one new token of one stream, one layer in two calls: the attention half
- * (norm, projections, rotary, the KV cache's new column, attention, residual, the second norm, Mixtral's
- * router) and the MoE half (the token's routed experts, mixed into the residual).
+/* moeqos's decode step in C for one new token of one stream: every layer's attention half (norm,
+ * projections, rotary, the KV cache's new column, attention, residual, the second norm, Mixtral's
+ * router) and MoE half (the token's routed experts, mixed into the residual) in one call, which returns
+ * to the caller only where a layer or a layer's experts are not in a form these kernels read.
  *
  * Why (issue 13): at one token a layer of the default model is ~130 aten ops in eager PyTorch, each
- * costing its dispatch (~3-5 us on a 2-core AVX2 EPYC) where its arithmetic takes less; these two calls
- * replace them, and the matmuls are moeqos_kernels.c's. Arithmetic follows the PyTorch step
+ * costing its dispatch (~3-5 us on a 2-core AVX2 EPYC) where its arithmetic takes less, and then a
+ * layer's Python glue (~50 us) was a tenth of the step; here a step is one call, and the matmuls are
+ * moeqos_kernels.c's. Arithmetic follows the PyTorch step
  * (moeqos.executor.fast_decode) op by op: every value PyTorch holds in bf16 is rounded to bf16 here at
  * the same point (bf16_round), norms and attention run in fp32 as there, so the two differ only by the
  * order of fp32 sums (and a routing decision a near tie may flip).
  *
  * Layouts (H hidden, n query heads, h KV heads, d head dim, C cache columns, W filled, E experts, K top-k,
  * I an expert's intermediate size); every vector bf16 unless said otherwise:
- *   x [H] the residual stream, updated in place; normed [H] the MoE block's input (written);
- *   keys, values: the layer's cache of the stream, [h, C, d] with head stride head_stride elements,
+ *   x [H] the residual stream, updated in place; normed [L, H] each layer's MoE input (written);
+ *   keys, values: a layer's cache of the stream, [h, C, d] with head stride head_stride elements,
  *   column W written here; cos, sin [d] the token position's rotary rows (sin's first half negated);
  *   mask: bytes [W + 1] (nonzero: attend), or NULL for every column;
- *   router fp32 [E, H]; ids int64 [K] and weights fp32 [K] written (softmax over the top-k logits).
+ *   router fp32 [E, H]; ids int64 [L, K] and weights fp32 [L, K] written (softmax over the top-k logits).
  * Return codes: 0 done, 1 a shape or matrix kind the step does not take, 2 out of memory.
  */
 #include "moeqos_kernels.h"
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 
 enum { MQ_BF16 = 1, MQ_INT8 = 2, MQ_INT4 = 3 };
@@ -133,40 +136,48 @@ static void route(const uint16_t *normed, const float *router, const MqShape *s,
     for (int64_t j = 0; j < s->top_k; j++) weights[j] /= total;
 }
 
-int moeqos_attention_step(const MqShape *s, uint16_t *x, uint16_t *normed, const uint16_t *input_norm,
-                          const uint16_t *post_norm, const MqMatrix *q_proj, const MqMatrix *k_proj,
-                          const MqMatrix *v_proj, const MqMatrix *o_proj, const uint16_t *cos,
-                          const uint16_t *sin, uint16_t *keys, uint16_t *values, int64_t head_stride,
-                          int64_t width, const uint8_t *mask, const float *router, int64_t *ids,
-                          float *weights, int threads) {
+/* One layer's weights and cache as the step reads them. */
+typedef struct {
+    const uint16_t *input_norm, *post_norm; /* bf16 [H] */
+    const MqMatrix *q, *k, *v, *o;          /* NULL q: the caller runs the whole layer */
+    const float *router;                    /* fp32 [E, H] */
+    uint16_t *keys, *values;                /* [h, C, d], head stride head_stride */
+    int64_t head_stride, experts_on;        /* experts_on 0: the MoE block adds nothing (profiling) */
+    const MqMatrix *const *w13, *const *w2; /* [E] each, NULL (or NULL entries): the caller's experts */
+} MqLayer;
+
+/* x += attention(norm(x)) of one layer; normed = its second norm of x; the router's ids and weights. */
+static int attention_half(const MqShape *s, const MqLayer *layer, uint16_t *x, uint16_t *normed,
+                          const uint16_t *cos, const uint16_t *sin, int64_t width, const uint8_t *mask,
+                          int64_t *ids, float *weights, int threads) {
     const int64_t n = s->heads, h = s->kv_heads, d = s->head_dim, hidden = s->hidden;
     if (d > 512 || d % 2 || n % h || s->experts > 1024 || s->top_k > s->experts) return 1;
-    if (q_proj->n != n * d || k_proj->n != h * d || v_proj->n != h * d || o_proj->k != n * d) return 1;
+    if (layer->q->n != n * d || layer->k->n != h * d || layer->v->n != h * d || layer->o->k != n * d) return 1;
     uint16_t *buffer = (uint16_t *)malloc((size_t)(2 * hidden + (2 * n + 2 * h) * d) * sizeof(uint16_t));
     if (!buffer) return 2;
     uint16_t *in = buffer, *q = in + hidden, *k = q + n * d, *v = k + h * d, *out = v + h * d;
     uint16_t *projected = out + n * d;
     int code = 0;
-    rms_norm(x, input_norm, hidden, s->norm_eps, in);
-    if ((code = mat_vec(q_proj, in, q, threads)) || (code = mat_vec(k_proj, in, k, threads)) ||
-        (code = mat_vec(v_proj, in, v, threads)))
+    rms_norm(x, layer->input_norm, hidden, s->norm_eps, in);
+    if ((code = mat_vec(layer->q, in, q, threads)) || (code = mat_vec(layer->k, in, k, threads)) ||
+        (code = mat_vec(layer->v, in, v, threads)))
         goto done;
     for (int64_t head = 0; head < n; head++) rotate(q + head * d, cos, sin, d);
     for (int64_t g = 0; g < h; g++) {
         rotate(k + g * d, cos, sin, d);
-        memcpy(keys + g * head_stride + width * d, k + g * d, (size_t)d * sizeof(uint16_t));
-        memcpy(values + g * head_stride + width * d, v + g * d, (size_t)d * sizeof(uint16_t));
+        memcpy(layer->keys + g * layer->head_stride + width * d, k + g * d, (size_t)d * sizeof(uint16_t));
+        memcpy(layer->values + g * layer->head_stride + width * d, v + g * d, (size_t)d * sizeof(uint16_t));
     }
     for (int64_t head = 0; head < n; head++) { /* query head i reads KV head i / (n / h), as repeat_kv */
         const int64_t g = head / (n / h);
-        if ((code = attend(q + head * d, keys + g * head_stride, values + g * head_stride, width + 1, d, mask,
-                           s->scale, out + head * d)))
+        if ((code = attend(q + head * d, layer->keys + g * layer->head_stride, layer->values + g * layer->head_stride,
+                           width + 1, d, mask, s->scale, out + head * d)))
             goto done;
     }
-    if ((code = mat_vec(o_proj, out, projected, threads))) goto done;
+    if ((code = mat_vec(layer->o, out, projected, threads))) goto done;
     for (int64_t i = 0; i < hidden; i++) x[i] = f32_to_bf16(bf16_to_f32(x[i]) + bf16_to_f32(projected[i]));
-    rms_norm(x, post_norm, hidden, s->norm_eps, normed);
-    if (router) route(normed, router, s, ids, weights);
+    rms_norm(x, layer->post_norm, hidden, s->norm_eps, normed);
+    route(normed, layer->router, s, ids, weights);
 done:
     free(buffer);
     return code;
@@ -212,4 +223,47 @@ int moeqos_moe_step(int64_t hidden, uint16_t *x, const uint16_t *normed, int64_t
         }
     free(ys);
     return code;
+}
+
+/* Layers first, first + 1, ... of one decode step for one token: attention half, then, when every routed
+ * expert has a matrix here, the MoE half. Stops where the caller must act and says so in stop[2]:
+ * {layer, 1} when that layer's attention half is done and its experts are the caller's (normed, ids and
+ * weights of the layer written: rows `layer` of normed [L, H], ids [L, K], weights [L, K]); {layer, 0}
+ * when the whole layer is the caller's (no q matrix), or layer == count when all are done. With
+ * `seconds` (else NULL), the wall time of the attention halves is added to seconds[0] and of the MoE
+ * halves to seconds[1] (the profile's breakdown of a step it cannot see into). */
+int moeqos_decode_layers(const MqShape *s, const MqLayer *layers, int64_t count, int64_t first, uint16_t *x,
+                         uint16_t *normed, int64_t *ids, float *weights, const uint16_t *cos,
+                         const uint16_t *sin, int64_t width, const uint8_t *mask, int64_t *stop,
+                         double *seconds, int threads) {
+    const int64_t hidden = s->hidden, top_k = s->top_k;
+    for (int64_t i = first; i < count; i++) {
+        const MqLayer *layer = layers + i;
+        uint16_t *normed_i = normed + i * hidden;
+        int64_t *ids_i = ids + i * top_k;
+        float *weights_i = weights + i * top_k;
+        stop[0] = i, stop[1] = 0;
+        if (!layer->q) return 0;
+        const double start = seconds ? omp_get_wtime() : 0.0;
+        int code = attention_half(s, layer, x, normed_i, cos, sin, width, mask, ids_i, weights_i, threads);
+        if (seconds) seconds[0] += omp_get_wtime() - start;
+        if (code) return code;
+        if (!layer->experts_on) continue;
+        const MqMatrix *w13[64], *w2[64];
+        int readable = top_k <= 64 && layer->w13 && layer->w2;
+        for (int64_t j = 0; readable && j < top_k; j++) {
+            w13[j] = layer->w13[ids_i[j]], w2[j] = layer->w2[ids_i[j]];
+            readable = w13[j] && w2[j];
+        }
+        if (!readable) {
+            stop[1] = 1;
+            return 0;
+        }
+        const double moe_start = seconds ? omp_get_wtime() : 0.0;
+        code = moeqos_moe_step(hidden, x, normed_i, top_k, w13, w2, weights_i, threads);
+        if (seconds) seconds[1] += omp_get_wtime() - moe_start;
+        if (code) return code;
+    }
+    stop[0] = count, stop[1] = 0;
+    return 0;
 }
