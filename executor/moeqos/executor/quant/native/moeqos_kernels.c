@@ -50,6 +50,11 @@ static int threads_for(int64_t n, int64_t k, int threads) {
 }
 
 #ifdef MOEQOS_AVX2
+/* Eight bf16 values widened to fp32 (exact). */
+static inline __m256 widen8(const uint16_t *x) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)x)), 16));
+}
+
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -195,8 +200,31 @@ static void q4_features(const int8_t *xq, const float *dx, const float *xsum, in
     const int64_t blocks = k / 32, groups = k / group, per_group = group / 32;
     float block_scale[FEATURES * blocks]; /* dx_b scale_g(b) per feature and 32-block: no gather below */
     for (int j = 0; j < FEATURES; j++) {
+        int64_t g = 0;
         float zero_term = 0.0f;
-        for (int64_t g = 0; g < groups; g++) {
+#ifdef MOEQOS_AVX2
+        /* eight groups at a time: the zero points' term, and for 64-weight groups (two 32-blocks each) the
+         * block scales, each group's scale widened and repeated for its two blocks */
+        __m256 zero_terms = _mm256_setzero_ps();
+        for (; g + 8 <= groups; g += 8) {
+            const __m256 s = widen8(scales[j] + g), z = widen8(zeros[j] + g);
+            zero_terms = _mm256_add_ps(zero_terms, _mm256_mul_ps(_mm256_sub_ps(z, _mm256_mul_ps(_mm256_set1_ps(8.0f), s)),
+                                                                 _mm256_loadu_ps(xsum + g)));
+            if (per_group == 2) {
+                const __m256 low = _mm256_unpacklo_ps(s, s), high = _mm256_unpackhi_ps(s, s);
+                float *out_scale = block_scale + j * blocks + 2 * g;
+                _mm256_storeu_ps(out_scale, _mm256_mul_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_loadu_ps(dx + 2 * g)));
+                _mm256_storeu_ps(out_scale + 8, _mm256_mul_ps(_mm256_permute2f128_ps(low, high, 0x31), _mm256_loadu_ps(dx + 2 * g + 8)));
+            } else {
+                for (int64_t t = g; t < g + 8; t++) {
+                    const float st = bf16_to_f32(scales[j][t]);
+                    for (int64_t b = t * per_group; b < (t + 1) * per_group; b++) block_scale[j * blocks + b] = dx[b] * st;
+                }
+            }
+        }
+        zero_term = hsum(zero_terms);
+#endif
+        for (; g < groups; g++) {
             const float s = bf16_to_f32(scales[j][g]);
             zero_term += (bf16_to_f32(zeros[j][g]) - 8.0f * s) * xsum[g];
             for (int64_t b = g * per_group; b < (g + 1) * per_group; b++) block_scale[j * blocks + b] = dx[b] * s;
@@ -305,9 +333,8 @@ static void q8_features(const int16_t *xq, const float *dx, int64_t k, const int
         const __m256i x1 = _mm256_load_si256((const __m256i *)(xq + b * 32 + 16));
         const __m256 d = _mm256_broadcast_ss(dx + b);
         for (int j = 0; j < FEATURES; j++) {
-            const __m256i w = _mm256_loadu_si256((const __m256i *)(codes[j] + b * 32));
-            const __m256i w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w));
-            const __m256i w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w, 1));
+            const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes[j] + b * 32)));
+            const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes[j] + b * 32 + 16)));
             const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
             acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[j]);
         }
