@@ -111,6 +111,23 @@ def test_the_native_layout_has_a_tag_of_its_own(monkeypatch):
         cpu_kernels.int4_layout_tag.cache_clear()
 
 
+@pytest.mark.parametrize(("torch_share", "native_chosen"), [(0.6, True), (1.5, True), (0.4, False)])
+def test_torch_op_serves_only_where_it_is_more_than_twice_as_fast(monkeypatch, torch_share, native_chosen):
+    """`preferred` with the probe's times faked: torch's op at 0.6x the native kernel's time still leaves
+    the native kernel (whose weights the C decode step reads), at 0.4x it takes over."""
+    from moeqos.executor.quant import gemv_paths
+
+    def timer():
+        return lambda calls: {"torch": torch_share * 1e-4, "native": 1e-4}
+
+    monkeypatch.setattr(gemv_paths, "wall_timer", timer)
+    native.preferred.cache_clear()
+    try:
+        assert native.preferred("int8") is native_chosen
+    finally:
+        native.preferred.cache_clear()
+
+
 def test_switched_off_or_without_a_working_compiler_torch_serves(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("MOEQOS_HOME", str(tmp_path))
     native.library.cache_clear()
