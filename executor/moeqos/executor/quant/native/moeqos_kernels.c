@@ -203,14 +203,16 @@ static void q4_features(const int8_t *xq, const float *dx, const float *xsum, in
         int64_t g = 0;
         float zero_term = 0.0f;
 #ifdef MOEQOS_AVX2
-        /* eight groups at a time: the zero points' term, and for 64-weight groups (two 32-blocks each) the
-         * block scales, each group's scale widened and repeated for its two blocks */
+        /* eight groups at a time: the zero points' term, and for 32- and 64-weight groups (one or two
+         * 32-blocks each) the block scales, each group's scale widened (and repeated for its two blocks) */
         __m256 zero_terms = _mm256_setzero_ps();
         for (; g + 8 <= groups; g += 8) {
             const __m256 s = widen8(scales[j] + g), z = widen8(zeros[j] + g);
             zero_terms = _mm256_add_ps(zero_terms, _mm256_mul_ps(_mm256_sub_ps(z, _mm256_mul_ps(_mm256_set1_ps(8.0f), s)),
                                                                  _mm256_loadu_ps(xsum + g)));
-            if (per_group == 2) {
+            if (per_group == 1) {
+                _mm256_storeu_ps(block_scale + j * blocks + g, _mm256_mul_ps(s, _mm256_loadu_ps(dx + g)));
+            } else if (per_group == 2) {
                 const __m256 low = _mm256_unpacklo_ps(s, s), high = _mm256_unpackhi_ps(s, s);
                 float *out_scale = block_scale + j * blocks + 2 * g;
                 _mm256_storeu_ps(out_scale, _mm256_mul_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_loadu_ps(dx + 2 * g)));
