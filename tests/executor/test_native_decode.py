@@ -229,3 +229,19 @@ def test_private_view_experts_run_in_c_layer_by_layer(
     assert_close_through_rounded_activations(ours, theirs)
     serving, _, _ = _both(runtime, monkeypatch, steps=3)
     assert (serving - ours).abs().max() > 0.05
+
+
+def test_long_cache_attention_in_parallel_heads_matches(
+    make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past 256 cached columns the C step splits attention heads across threads: the logits still match
+    the PyTorch step's."""
+    runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
+    ids = prompt_ids(300, seed=7)
+    results = {}
+    for step in ("c", "pytorch"):
+        with monkeypatch.context() as patch:
+            if step == "pytorch":
+                _pytorch_step(runtime, patch)
+            results[step] = _decode(runtime, ids, 3)
+    assert_close_through_rounded_activations(results["c"], results["pytorch"])

@@ -186,12 +186,15 @@ static int attention_half(const MqShape *s, const MqLayer *layer, uint16_t *x, u
         memcpy(layer->keys + g * layer->head_stride + width * d, k + g * d, (size_t)d * sizeof(uint16_t));
         memcpy(layer->values + g * layer->head_stride + width * d, v + g * d, (size_t)d * sizeof(uint16_t));
     }
-    for (int64_t head = 0; head < n; head++) { /* query head i reads KV head i / (n / h), as repeat_kv */
+    /* query head i reads KV head i / (n / h), as repeat_kv; heads in parallel once the cache is long
+     * enough for their work (2 d products per head and column) to outweigh a parallel region's start */
+#pragma omp parallel for schedule(static) num_threads(threads > 1 && width >= 256 ? threads : 1) reduction(| : code)
+    for (int64_t head = 0; head < n; head++) {
         const int64_t g = head / (n / h);
-        if ((code = attend(q + head * d, layer->keys + g * layer->head_stride, layer->values + g * layer->head_stride,
-                           width + 1, d, mask, s->scale, out + head * d)))
-            goto done;
+        code |= attend(q + head * d, layer->keys + g * layer->head_stride, layer->values + g * layer->head_stride,
+                       width + 1, d, mask, s->scale, out + head * d);
     }
+    if (code) goto done;
     if ((code = mat_vec(layer->o, out, projected, threads))) goto done;
     for (int64_t i = 0; i < hidden; i++) x[i] = f32_to_bf16(bf16_to_f32(x[i]) + bf16_to_f32(projected[i]));
     rms_norm(x, layer->post_norm, hidden, s->norm_eps, normed);
