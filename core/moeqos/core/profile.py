@@ -19,8 +19,12 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 9
-"""9: each precision's factor from pairs of single steps, a trial plan with every layer in it turned in
+PROFILE_VERSION = 10
+"""10: a lone stream of a bf16 model on a CPU with the native kernels decodes all its layers in one C call
+(moeqos.executor.native_decode; 2.0-2.3x the PyTorch step), so a version-9 profile's fixed and call
+costs priced plans at about half the rate they run (a demo executor's live recalibration read x0.51);
+it is measured again.
+9: each precision's factor from pairs of single steps, a trial plan with every layer in it turned in
 and out beside the served plan, the median of the pairs (moeqos.executor.step_timing.paired_steps): the
 fastest rounds of every third layer priced int4 calls at 35-551 us across runs on one machine; a
 lossy dense element's seconds add what it adds to whole steps the same way (cold single passes priced
