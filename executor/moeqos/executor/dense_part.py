@@ -92,7 +92,8 @@ class DensePart:
         self.checkpoint, self.device, self.dense = checkpoint, device, dense
         self._views = threading.local()
         self.generation = 0
-        """Bumped by every `install`: a reader that cached what the slots compute with re-reads them."""
+        """Bumped by every `install` (the only place a slot's module is replaced): a reader that cached
+        what the slots compute with (the C decode step's table of addresses) re-reads them."""
         keys = _checkpoint_keys(model, checkpoint)
         self.slots: dict[DenseElement, list[DenseSlot]] = {e: [] for e in DenseElement}
         self.sources: dict[str, str] = {}

@@ -1,11 +1,11 @@
 """The operands of the C decode step (moeqos_decode.c): weight matrices described once per loaded kernel,
-the model's layer shape, and the two calls a layer makes.
+the model's layer shape and the per-layer table, and the two calls (all layers; one layer's experts).
 
 A described matrix is a ctypes `Matrix` holding the addresses of a kernel's tensors; it is cached per
 kernel object (a kernel never changes its tensors, and a plan switch installs new kernels), so a decode
 step looks descriptions up instead of building them. A kernel the C step cannot read (fp32, a torch int4
 layout, int8 where torch's op was measured faster, int3/int2, another device) has no description, and
-the caller runs that layer on the PyTorch step.
+the caller runs that layer (or that layer's experts) on the PyTorch step.
 
 Shape legend: H hidden, K top-k, W cache columns filled, d head dim.
 """
