@@ -1,5 +1,6 @@
-"""moeqos's native CPU matmuls (moeqos_kernels.c), built from source at first use, with torch's ops as
-the fallback.
+"""moeqos's native CPU matmuls (moeqos_kernels.c) and the decode step built from them (moeqos_decode.c,
+driven by moeqos.executor.native_decode through .decode), compiled from source at first use, with torch's
+ops and the PyTorch step as the fallback.
 
 Why they exist (issue 13): where the CPU has AVX2 but no AVX512 (a 2-core AMD EPYC VM, 2026-12-04),
 torch's weight-only CPU ops are compute-bound at one decode row: `_weight_int4pack_mm_for_cpu` read a
