@@ -245,3 +245,17 @@ def test_long_cache_attention_in_parallel_heads_matches(
                 _pytorch_step(runtime, patch)
             results[step] = _decode(runtime, ids, 3)
     assert_close_through_rounded_activations(results["c"], results["pytorch"])
+
+
+def test_breakdown_reads_the_c_steps_own_clock(make_runtime: Callable[..., ExecutorRuntime]) -> None:
+    """The profiler sees the C step as one op: the breakdown's attention and experts come from the step's
+    own clock (both halves ran, so both are positive), and the parts still sum to the step."""
+    from moeqos.executor.step_profile import decode_breakdown
+
+    runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "int8", "cpu"), dense_precision="bf16")
+    assert runtime.decoder is not None
+    before = runtime.decoder.native.steps
+    found = decode_breakdown(runtime, runtime.lm, prompt_ids(6)[0].tolist(), 3, runtime.decoder)
+    assert runtime.decoder.native.steps == before + 4  # the warm-up step and the 3 profiled, all in C
+    assert found.parts["experts"] > 0 and found.parts["attention"] > 0
+    assert sum(found.parts.values()) == pytest.approx(found.step_seconds)

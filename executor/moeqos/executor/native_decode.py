@@ -64,15 +64,14 @@ class NativeLayers:
         self._blocks = [layer.moe for layer in self.layers]
         self._dense_generation: int | None = None
         """The dense part's `generation` the table's q/k/v/o addresses are for (None: stale)."""
-        self._experts_pointed: list[ExpertTable] | None = None
-        """The expert tables the table's w13/w2 addresses point at."""
         self.reason = _unsupported(layers)
         self.shape = decode.Shape()
         self._table = (decode.Layer * len(layers))()
         """The per-layer addresses handed to C; norms and routers set here, the rest every step."""
-        self._experts_for: tuple[ExpertStore, Plan] | None = None
-        """The store and serving plan `_experts` was built for (a new plan object: rebuilt)."""
+        self._experts_of_plan: tuple[ExpertStore | None, Plan | None] = (None, None)
+        """The store and serving plan the table's w13/w2 point at ((None, None): at no experts)."""
         self._experts: list[ExpertTable] = []
+        """Those per-layer expert tables (kept alive here: the table holds their addresses)."""
         self.steps = 0
         """Decode steps run here (whether a given step ran in C: moeqos.executor.step_profile)."""
         self.clock: ctypes.Array[ctypes.c_double] | None = None
@@ -159,12 +158,7 @@ class NativeLayers:
             for entry, slots in zip(self._table, self._slots, strict=True):
                 entry.q, entry.k, entry.v, entry.o = _described_projections(slots) or (None, None, None, None)
             self._dense_generation = None if viewed else self._dense.generation
-        experts = self._expert_tables()
-        if experts is not self._experts_pointed:
-            for index, entry in enumerate(self._table):
-                entry.w13 = None if experts is None else ctypes.addressof(experts[index][0])
-                entry.w2 = None if experts is None else ctypes.addressof(experts[index][1])
-            self._experts_pointed = experts
+        self._point_experts()
         for entry, block, keys, values in zip(
             self._table, self._blocks, cache.keys, cache.values, strict=True
         ):
@@ -174,30 +168,32 @@ class NativeLayers:
             entry.keys, entry.values, entry.head_stride = keys.data_ptr(), values.data_ptr(), keys.stride(1)
             entry.experts_on = block.experts_enabled
 
-    def _expert_tables(self) -> list[ExpertTable] | None:
-        """Each layer's described device-tier experts of the serving plan, rebuilt when the plan changes;
-        None where the experts are not the store's serving plan (a wrapping runner, a private view)."""
+    def _point_experts(self) -> None:
+        """Point the table at each layer's described device-tier experts of the store's serving plan,
+        rebuilt when the plan object changes; at none (every layer's experts handed back) where they are
+        not the serving plan's: a runner that wraps the store, a private view on this thread."""
         store = self._blocks[0].runner
-        if not isinstance(store, ExpertStore) or store.viewed() or store.plan is None:
-            return None
-        if any(block.runner is not store for block in self._blocks):
-            return None
-        if (
-            self._experts_for is None
-            or self._experts_for[0] is not store
-            or self._experts_for[1] is not store.plan
-        ):
-            self._experts = [self._layer_experts(store, index) for index in range(len(self.layers))]
-            self._experts_for = (store, store.plan)
-        return self._experts
+        serving = isinstance(store, ExpertStore) and not store.viewed() and store.plan is not None
+        if not serving or any(block.runner is not store for block in self._blocks):
+            store = None
+        plan = None if store is None else store.plan
+        if self._experts_of_plan[0] is store and self._experts_of_plan[1] is plan:
+            return
+        self._experts = (
+            [] if store is None else [self._layer_experts(store, i) for i in range(len(self.layers))]
+        )
+        for index, entry in enumerate(self._table):
+            entry.w13 = ctypes.addressof(self._experts[index][0]) if self._experts else None
+            entry.w2 = ctypes.addressof(self._experts[index][1]) if self._experts else None
+        self._experts_of_plan = (store, plan)
 
     def _layer_experts(self, store: ExpertStore, layer: int) -> ExpertTable:
-        w13, w2 = [], []
+        pairs = []
         for expert in range(self.shape.experts):
             modules = store.device_experts(layer, [expert])
-            module = None if modules is None else modules[0]
-            w13.append(None if module is None else decode.describe(module.w13.kernel))
-            w2.append(None if module is None else decode.describe(module.w2.kernel))
+            pairs.append(None if modules is None else _described_pair(modules[0]))
+        w13 = [None if pair is None else pair[0] for pair in pairs]
+        w2 = [None if pair is None else pair[1] for pair in pairs]
         return (ctypes.c_void_p * len(w13))(*w13), (ctypes.c_void_p * len(w2))(*w2)
 
     def _experts_of(
@@ -253,13 +249,14 @@ def _described_experts(runner: Any, layer: int, chosen: list[int]) -> list[tuple
     modules = runner.device_experts(layer, chosen)
     if modules is None:
         return None
-    found = []
-    for module in modules:
-        w13, w2 = decode.describe(module.w13.kernel), decode.describe(module.w2.kernel)
-        if w13 is None or w2 is None:
-            return None
-        found.append((w13, w2))
-    return found
+    pairs = [_described_pair(module) for module in modules]
+    return None if None in pairs else pairs  # type: ignore[return-value]  # no None, checked
+
+
+def _described_pair(expert: Any) -> tuple[int, int] | None:
+    """The described (gate-and-up, down) matrices of one expert module, or None unless C reads both."""
+    w13, w2 = decode.describe(expert.w13.kernel), decode.describe(expert.w2.kernel)
+    return None if w13 is None or w2 is None else (w13, w2)
 
 
 def _cache_ok(keys: torch.Tensor, values: torch.Tensor) -> bool:

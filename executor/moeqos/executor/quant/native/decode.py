@@ -80,19 +80,9 @@ def _describe(owner: object) -> Described | None:
     from moeqos.executor.quant.kernel import FloatKernel
     from moeqos.executor.quant.linear import QuantLinear
 
-    if isinstance(owner, QuantLinear):
-        return _described_kernel(owner.kernel)
-    if type(owner) is nn.Linear and owner.bias is None:
-        return _bf16(owner.weight.detach())
-    if isinstance(owner, FloatKernel | Int8CpuKernel | Int4CpuKernel):
-        return _described_kernel(owner)
-    return None
-
-
-def _described_kernel(kernel: object) -> Described | None:
-    from moeqos.executor.quant.cpu_kernels import Int4CpuKernel, Int8CpuKernel
-    from moeqos.executor.quant.kernel import FloatKernel
-
+    if type(owner) is nn.Linear:
+        return _bf16(owner.weight.detach()) if owner.bias is None else None
+    kernel = owner.kernel if isinstance(owner, QuantLinear) else owner
     if isinstance(kernel, FloatKernel):
         return _bf16(kernel.q.values)
     if isinstance(kernel, Int8CpuKernel) and kernel.native:
@@ -107,7 +97,7 @@ def _described_kernel(kernel: object) -> Described | None:
             return None
         rows, cols = kernel.shape
         scales, zeros = halves[0], halves[1]  # views: the addresses of the two [N, G] halves
-        return _made(INT4, rows, cols, kernel.group_size, packed, scales, zeros, keep=halves)
+        return _made(INT4, rows, cols, kernel.group_size, packed, scales, zeros)
     return None
 
 
@@ -129,13 +119,12 @@ def _made(
     w: Tensor,
     scales: Tensor | None,
     zeros: Tensor | None,
-    keep: Tensor | None = None,
 ) -> Described:
     matrix = Matrix(
         kind, rows, cols, group, w.data_ptr(),
         0 if scales is None else scales.data_ptr(), 0 if zeros is None else zeros.data_ptr(),
     )  # fmt: skip
-    kept = tuple(t for t in (w, scales, zeros, keep) if t is not None)
+    kept = tuple(t for t in (w, scales, zeros) if t is not None)  # views keep their bases alive
     return Described(matrix, ctypes.addressof(matrix), kept)
 
 
