@@ -14,8 +14,9 @@ from moeqos.executor.quant.rtn import dequantize, quantize
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="native kernels not built (no C compiler)")
 
-SHAPES = [(64, 64), (50, 128), (256, 576)]
-"""[N, K]: the tiny model's, an N that is no multiple of the four features computed together, an expert's."""
+SHAPES = [(64, 64), (50, 128), (3, 64), (256, 576)]
+"""[N, K]: the tiny model's, an N that is no multiple of the four features computed together (and spans
+two of the int4 kernel's 32-feature chunks), an N below four, an expert's."""
 ROWS = [1, 3, 5, 17]
 
 
@@ -48,7 +49,17 @@ def _close(got: torch.Tensor, exact: torch.Tensor, slack: torch.Tensor) -> None:
 def test_int4_matches_the_dequantized_product_within_the_activations_rounding(
     features, cols, rows, precision
 ):
-    q = quantize(torch.randn(features, cols) * 0.05, Precision(precision), 64)
+    _check_int4(features, cols, rows, Precision(precision), 64)
+
+
+@pytest.mark.parametrize(("features", "cols"), [(50, 128), (3, 256)])
+def test_int4_with_groups_of_four_blocks(features, cols):
+    """Groups of 128 take the block-scale table's general path (groups of 32 and 64 have vector ones)."""
+    _check_int4(features, cols, 5, Precision.INT4, 128)
+
+
+def _check_int4(features: int, cols: int, rows: int, precision: Precision, group: int) -> None:
+    q = quantize(torch.randn(features, cols) * 0.05, precision, group)
     assert q.scales is not None and q.zeros is not None
     x = _rows(rows, cols, seed=rows)
     weight = dequantize(q)  # [N, K] fp32
