@@ -259,3 +259,15 @@ def test_breakdown_reads_the_c_steps_own_clock(make_runtime: Callable[..., Execu
     assert runtime.decoder.native.steps == before + 4  # the warm-up step and the 3 profiled, all in C
     assert found.parts["experts"] > 0 and found.parts["attention"] > 0
     assert sum(found.parts.values()) == pytest.approx(found.step_seconds)
+
+
+def test_silu_times_up_is_torchs_bit_for_bit() -> None:
+    """The C step's SiLU (a vector exp in place of libm's) against torch's bf16 silu(gate) * up for every
+    bf16 gate value: the exp's overflow, subnormals, NaNs and infinities included."""
+    gate = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)  # [65536]
+    up = torch.randn(gate.numel(), generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    act = torch.empty_like(gate)
+    native.call("moeqos_silu_mul", gate.data_ptr(), up.data_ptr(), gate.numel(), act.data_ptr())
+    expected = torch.nn.functional.silu(gate) * up
+    same = (act.view(torch.int16) == expected.view(torch.int16)) | (act.isnan() & expected.isnan())
+    assert bool(same.all()), f"differs at gates {gate[~same][:8].tolist()}"

@@ -88,6 +88,7 @@ _SIGNATURES = {
     "moeqos_q8_dequant": [_P, _P, _I, _I, _P, _INT],
     "moeqos_decode_layers": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _INT],
     "moeqos_moe_step": [_I, _P, _P, _I, _P, _P, _P, _INT],
+    "moeqos_silu_mul": [_P, _P, _I, _P],
 }
 _build_lock = threading.Lock()
 
