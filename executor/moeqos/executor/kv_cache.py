@@ -17,6 +17,7 @@ columns, no copy — and `absorb` then copies only the columns that pass appende
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -26,17 +27,39 @@ __all__ = ["KvCache"]
 MIN_CAPACITY = 64
 """Columns allocated at least, so short generations never regrow."""
 
+_buffer_sets = itertools.count(1)
+"""Numbers for `KvCache.buffers`, unique across caches."""
+
 
 class KvCache:
     """Static key/value buffers for L layers; empty (no buffers) until the first forward pass fills it."""
 
     def __init__(self) -> None:
-        self.keys: list[torch.Tensor] = []
-        """Per layer [B, h, C, d]; empty until filled."""
-        self.values: list[torch.Tensor] = []
-        """Per layer [B, h, C, d]."""
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self.buffers = 0
+        """A number that changes whenever the key or value buffers are replaced (regrown, restacked,
+        filtered), unique across caches: the C decode step re-reads the buffers' addresses only then."""
         self.width = 0
         """Columns filled (W), the same in every layer and row."""
+
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Per layer [B, h, C, d]; empty until filled."""
+        return self._keys
+
+    @keys.setter
+    def keys(self, buffers: list[torch.Tensor]) -> None:
+        self._keys, self.buffers = buffers, next(_buffer_sets)
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        """Per layer [B, h, C, d]."""
+        return self._values
+
+    @values.setter
+    def values(self, buffers: list[torch.Tensor]) -> None:
+        self._values, self.buffers = buffers, next(_buffer_sets)
 
     @property
     def rows(self) -> int:
