@@ -234,7 +234,7 @@ def test_private_view_experts_run_in_c_layer_by_layer(
 def test_long_cache_attention_in_parallel_heads_matches(
     make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past 256 cached columns the C step splits attention heads across threads: the logits still match
+    """Past 32 cached columns the C step splits attention heads across threads: the logits still match
     the PyTorch step's."""
     runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
     ids = prompt_ids(300, seed=7)
