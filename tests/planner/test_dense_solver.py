@@ -89,7 +89,7 @@ def _brute_force(profile, budgets):
         for attn, head in itertools.product((P.BF16, P.INT4), repeat=2):
             dense = ((E.ATTN, attn), (E.HEAD, head))
             seconds = profile.fixed_seconds + cost[rows].sum() + latency.dense.plan_seconds(dense)
-            log_increase = quality.log_increase_of_terms(logp[rows].sum() + quality.dense_terms(dense))
+            log_increase = quality.log_increase_of_terms(logp[rows].sum()) + quality.dense_log_ppl(dense)
             used = {t: (nbytes[list(choice)] * on[t][list(choice)]).sum() for t in budgets}
             used[DEVICE] += sum(latency.dense.bytes(e, p) for e, p in dense)
             fits = all(used[t] <= b for t, b in budgets.items())
@@ -169,9 +169,10 @@ def test_budgets_named_in_a_request_charge_the_dense_part_on_the_device():
         profile,
         QosTarget(objective=Objective.QUALITY),
         budgets=(TierBudget(DEVICE, 6 * bf16 - 1), TierBudget("cpu", 0)),
+        allowed_precisions=frozenset({P.BF16, P.INT4}),  # no int8 expert, nearly lossless, to make room
     )
     result = solve(request)
-    assert result.plan.dense  # one byte short: only the dense part can make room without losing an expert
+    assert result.plan.dense  # one byte short: the int4 head (log-ppl 1e-6) makes room at least cost
     assert result.bytes_per_tier[DEVICE] <= 6 * bf16 - 1
 
 

@@ -6,13 +6,15 @@ M = N + D items, K = options (precision, tier).
 Both cost models are linear in the one-hot choice of option per item, which is what makes the
 optimisation an exact MILP (moeqos.planner.milp). A dense item's seconds, log-ppl and bytes are its
 terms relative to the dense precision (moeqos.planner.dense_model): 0 when left as it is, negative
-seconds and (untied) bytes when quantized.
+seconds and (untied) bytes when quantized. Its log-ppl is the element's own measured increase, which
+adds to the experts' after their compounding: the solver fixes the dense items per setting
+(`with_dense`) and caps the experts' terms at what the setting leaves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from moeqos.core.dense import DenseElement
@@ -47,6 +49,23 @@ class Problem:
     """The dense items, rows N.. of every array."""
     dense_precision: Precision = Precision.BF16
     """The precision a dense element is in when the plan does not name it."""
+
+    def with_dense(self, picks: tuple[int, ...]) -> Problem:
+        """This problem with dense item d fixed to option `picks[d]` and its log-ppl left out: the experts'
+        problem under one dense setting (whose log-ppl, `dense_log_ppl`, adds outside the experts'
+        compounding, moeqos.planner.quality_model)."""
+        first = self.num_layers * self.num_experts
+        allowed, log_ppl = self.allowed.copy(), self.log_ppl.copy()
+        for d, k in enumerate(picks):
+            allowed[first + d] = False
+            allowed[first + d, k] = True
+        log_ppl[first:] = 0.0
+        return replace(self, allowed=allowed, log_ppl=log_ppl)
+
+    def dense_log_ppl(self, picks: tuple[int, ...]) -> float:
+        """The log-perplexity increase of the dense setting choosing option `picks[d]` for dense item d."""
+        first = self.num_layers * self.num_experts
+        return float(sum(self.log_ppl[first + d, k] for d, k in enumerate(picks)))
 
     def to_plan(self, choice: np.ndarray) -> Plan:
         """The plan choosing option `choice[i]` ([M] ints) for item i."""
@@ -150,7 +169,7 @@ def _dense_row(
         if option in choices:
             allowed[0, k] = True
             seconds[0, k] = latency.dense_scale * latency.dense.seconds(element, option.precision)
-            log_ppl[0, k] = quality.dense_term(element, option.precision)
+            log_ppl[0, k] = quality.dense.log_ppl(element, option.precision)
             nbytes[0, k] = latency.dense.bytes(element, option.precision)
     return seconds, log_ppl, allowed, nbytes
 

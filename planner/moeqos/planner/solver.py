@@ -10,10 +10,17 @@ call misses (an upper bound on time, so its plan is truly feasible whenever the 
 next solve uses the hit rates of the previous plan; every plan is re-evaluated with its own hit rates
 and the best truly feasible one is kept (at most `DISK_ITERATIONS` solves). Tier budgets count
 resident experts only: the pool's slots are memory the executor reserves apart from them.
+
+The dense part's perplexity adds to the experts' after their compounding (moeqos.planner.quality_model),
+which one linear MILP over both cannot express. Where perplexity is the objective or capped, the experts
+are planned once per dense setting (each combination of the dense elements' options that no other
+beats in seconds, log-ppl and bytes at once: a handful), the cap on their terms being what the setting's
+log-ppl leaves, and the best plan of all is kept; the optimality certificate holds over all of them.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -155,21 +162,62 @@ def _search(
     ppl_cap: float | None,
     started: float,
 ) -> PlanResult | None:
-    """Best truly feasible plan over the hit-rate iterations (see module docstring), or None."""
+    """Best truly feasible plan over the dense settings and, for each, the hit-rate iterations (see the
+    module docstring), or None."""
+    latency, quality = models.latency, models.quality
+    log_cap = None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity)
+    template = _problem(request, models, np.zeros((len(latency.frequency), len(latency.frequency[0]))))
+    best: _Found | None = None
+    for dense in _dense_settings(template, metric, log_cap):
+        found = _search_experts(request, models, metric, seconds_cap, ppl_cap, log_cap, dense)
+        if found is not None and _better(found.result, best, metric):
+            best = found
+    if best is None:
+        return None
+    notes = f"optimal within {best.gap:.2%} (certified); " + _notes(request, models, best.solves)
+    notes += _offload_note(best.result.plan, metric)
+    return replace(best.result, solve_seconds=time.perf_counter() - started, notes=notes)
+
+
+@dataclass(frozen=True)
+class _Found:
+    result: PlanResult
+    gap: float
+    """The certified relative optimality gap of its MILP."""
+    solves: int
+    """MILP solves its hit-rate iterations took."""
+
+
+def _search_experts(
+    request: PlanRequest,
+    models: _Models,
+    metric: Metric,
+    seconds_cap: float | None,
+    ppl_cap: float | None,
+    log_cap: float | None,
+    dense: tuple[int, ...] | None,
+) -> _Found | None:
+    """The best truly feasible plan with the dense part fixed to option `dense[d]` per dense item (None:
+    free, when its perplexity does not matter) over the hit-rate iterations, or None. Under a fixed dense
+    setting the experts' MILP caps their terms at what the cap leaves after the setting's log-ppl."""
     latency, quality = models.latency, models.quality
     hits = np.zeros((len(latency.frequency), len(latency.frequency[0])))  # [L, E]
     expert_cap = None if seconds_cap is None else seconds_cap - latency.step_fixed_seconds
-    log_cap = None if ppl_cap is None else quality.term_cap(math.log(ppl_cap / quality.reference_perplexity))
-    best: tuple[PlanResult, float] | None = None
+    term_cap: float | None = None
+    best: _Found | None = None
     solves = 0
     while solves < DISK_ITERATIONS:
         solves += 1
         problem = _problem(request, models, hits)
+        if log_cap is not None:
+            term_cap = quality.term_cap(log_cap - (0.0 if dense is None else problem.dense_log_ppl(dense)))
+        if dense is not None:
+            problem = problem.with_dense(dense)
         solved = solve_choice(
             problem,
             metric,
             expert_cap,
-            log_cap,
+            term_cap,
             request.tolerance,
             latency.step_fixed_seconds,
             request.time_limit_s,
@@ -179,17 +227,39 @@ def _search(
         plan = problem.to_plan(solved[0])
         candidate = evaluate(plan, latency, quality, request.effective_budgets)
         if _meets(candidate, seconds_cap, ppl_cap) and _better(candidate, best, metric):
-            best = candidate, solved[1]
+            best = _Found(candidate, solved[1], solves)
         new_hits = latency.hit_rates(plan)
         if not any(a.tier == DISK for a in problem.options) or np.allclose(new_hits, hits):
             break
         hits = new_hits
-    if best is None:
-        return None
-    result, gap = best
-    notes = f"optimal within {gap:.2%} (certified); " + _notes(request, models, solves)
-    notes += _offload_note(result.plan, metric)
-    return replace(result, solve_seconds=time.perf_counter() - started, notes=notes)
+    return best
+
+
+def _dense_settings(problem: Problem, metric: Metric, log_cap: float | None) -> list[tuple[int, ...] | None]:
+    """The dense settings to plan the experts under: [None] (the MILP chooses the dense part freely)
+    when perplexity is neither the objective nor capped or there are no dense items, else every
+    combination of the dense items' allowed options that no other beats or equals in seconds, log-ppl
+    and bytes at once (a dense element's log-ppl adds outside the experts' compounding, which no linear
+    MILP over both expresses; at most a few precisions for each of two elements)."""
+    if not problem.dense_elements or (metric == "seconds" and log_cap is None):
+        return [None]
+    first = problem.num_layers * problem.num_experts
+    rows = range(first, first + len(problem.dense_elements))
+    settings = list(itertools.product(*(np.flatnonzero(problem.allowed[i]).tolist() for i in rows)))
+    tables = (problem.seconds, problem.log_ppl, problem.item_bytes)  # [M, K] each
+    costs = [
+        np.array([sum(table[i, k] for i, k in zip(rows, setting, strict=True)) for table in tables])
+        for setting in settings
+    ]  # [3] each: seconds, log-ppl, bytes of a setting
+    return [
+        setting
+        for s, setting in enumerate(settings)
+        if not any(
+            np.all(other <= costs[s]) and (np.any(other < costs[s]) or o < s)
+            for o, other in enumerate(costs)
+            if o != s
+        )
+    ]
 
 
 def _offload_note(plan: Plan, metric: Metric) -> str:
@@ -247,10 +317,10 @@ def _meets(result: PlanResult, seconds_cap: float | None, ppl_cap: float | None)
     return fast_enough and good_enough
 
 
-def _better(candidate: PlanResult, best: tuple[PlanResult, float] | None, metric: Metric) -> bool:
+def _better(candidate: PlanResult, best: _Found | None, metric: Metric) -> bool:
     if best is None:
         return True
-    current = best[0]
+    current = best.result
     if metric == "seconds":
         return candidate.predicted_tokens_per_s > current.predicted_tokens_per_s
     return candidate.predicted_perplexity < current.predicted_perplexity
