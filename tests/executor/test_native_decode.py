@@ -6,6 +6,7 @@ SDPA's on the same operands."""
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -271,3 +272,30 @@ def test_silu_times_up_is_torchs_bit_for_bit() -> None:
     expected = torch.nn.functional.silu(gate) * up
     same = (act.view(torch.int16) == expected.view(torch.int16)) | (act.isnan() & expected.isnan())
     assert bool(same.all()), f"differs at gates {gate[~same][:8].tolist()}"
+
+
+@pytest.mark.parametrize("spec", ["int4@cpu", "int4@cpu,L0.E1=bf16@cpu"])
+def test_the_moe_half_is_the_same_one_expert_per_thread(
+    make_runtime: Callable[..., ExecutorRuntime], spec: str
+) -> None:
+    """With two threads, a token's two equal int4 experts run one per thread, whole; unequal ones split
+    each matmul. Either way every output feature is one thread's sum in one order, so the MoE half is
+    bit for bit the single thread's."""
+    runtime = make_runtime(parse_plan(spec, LAYERS, EXPERTS, "cpu"), dense_precision="bf16")
+    modules = runtime.store.device_experts(0, [0, 1])
+    assert modules is not None
+    pairs = [(decode.describe(m.w13.kernel), decode.describe(m.w2.kernel)) for m in modules]
+    hidden = runtime.decoder.native.shape.hidden
+    normed = torch.randn(1, hidden, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    weights = torch.tensor([[0.7, 0.3]])
+    outs = []
+    for threads in (1, 2):
+        x = torch.randn(1, hidden, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+        w13 = (ctypes.c_void_p * 2)(*(p[0] for p in pairs))
+        w2 = (ctypes.c_void_p * 2)(*(p[1] for p in pairs))
+        native.call(
+            "moeqos_moe_step", hidden, x.data_ptr(), normed.data_ptr(), 2, ctypes.addressof(w13),
+            ctypes.addressof(w2), weights.data_ptr(), threads,
+        )  # fmt: skip
+        outs.append(x)
+    assert torch.equal(outs[0], outs[1])
