@@ -67,6 +67,17 @@ class Problem:
         first = self.num_layers * self.num_experts
         return float(sum(self.log_ppl[first + d, k] for d, k in enumerate(picks)))
 
+    def dense_seconds(self, picks: tuple[int, ...]) -> float:
+        """Seconds per token the dense setting choosing option `picks[d]` for dense item d adds."""
+        first = self.num_layers * self.num_experts
+        return float(sum(self.seconds[first + d, k] for d, k in enumerate(picks)))
+
+    def fastest_experts_seconds(self) -> float:
+        """Seconds per token of the experts, each in its fastest allowed option (budgets ignored)."""
+        experts = self.num_layers * self.num_experts
+        seconds = np.where(self.allowed[:experts], self.seconds[:experts], np.inf)  # [N, K]
+        return float(seconds.min(axis=1).sum())
+
     def to_plan(self, choice: np.ndarray) -> Plan:
         """The plan choosing option `choice[i]` ([M] ints) for item i."""
         rows = tuple(

@@ -16,6 +16,9 @@ which one linear MILP over both cannot express. Where perplexity is the objectiv
 are planned once per dense setting (each combination of the dense elements' options that no other
 beats in seconds, log-ppl and bytes at once: a handful), the cap on their terms being what the setting's
 log-ppl leaves, and the best plan of all is kept; the optimality certificate holds over all of them.
+Settings are tried from the one whose own part of the objective is least, and a setting whose part
+plus the least the experts can add (0 log-ppl; every expert in its fastest option) cannot beat the
+best plan found is skipped.
 """
 
 from __future__ import annotations
@@ -166,9 +169,27 @@ def _search(
     module docstring), or None."""
     latency, quality = models.latency, models.quality
     log_cap = None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity)
-    template = _problem(request, models, np.zeros((len(latency.frequency), len(latency.frequency[0]))))
+    shape = (len(latency.frequency), len(latency.frequency[0]))  # [L, E]
+    template = _problem(request, models, np.zeros(shape))
+    settings = _dense_settings(template, metric, log_cap)
+    floor = 0.0  # the least the experts add to the objective under any dense setting
+    if metric == "seconds" and len(settings) > 1:  # every expert in its fastest option, disk reads all hits
+        floor = (
+            latency.step_fixed_seconds + _problem(request, models, np.ones(shape)).fastest_experts_seconds()
+        )
+
+    def bound(dense: tuple[int, ...] | None) -> float:
+        """The least `dense` lets a plan reach: seconds per token, or log-ppl increase (experts' >= 0)."""
+        if dense is None:
+            return -math.inf
+        return floor + (
+            template.dense_seconds(dense) if metric == "seconds" else template.dense_log_ppl(dense)
+        )
+
     best: _Found | None = None
-    for dense in _dense_settings(template, metric, log_cap):
+    for dense in sorted(settings, key=bound):
+        if best is not None and bound(dense) >= _objective(best.result, metric, quality):
+            continue  # no plan under this setting can be better than the best found
         found = _search_experts(request, models, metric, seconds_cap, ppl_cap, log_cap, dense)
         if found is not None and _better(found.result, best, metric):
             best = found
@@ -315,6 +336,13 @@ def _meets(result: PlanResult, seconds_cap: float | None, ppl_cap: float | None)
     fast_enough = seconds_cap is None or 1.0 / result.predicted_tokens_per_s <= seconds_cap * (1 + slack)
     good_enough = ppl_cap is None or result.predicted_perplexity <= ppl_cap * (1 + slack)
     return fast_enough and good_enough
+
+
+def _objective(result: PlanResult, metric: Metric, quality: QualityModel) -> float:
+    """The value `metric` minimises for `result`: seconds per token, or its log-ppl increase."""
+    if metric == "seconds":
+        return 1.0 / result.predicted_tokens_per_s
+    return math.log(result.predicted_perplexity / quality.reference_perplexity)
 
 
 def _better(candidate: PlanResult, best: _Found | None, metric: Metric) -> bool:
