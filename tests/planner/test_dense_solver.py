@@ -74,9 +74,9 @@ def test_a_profile_without_dense_costs_plans_as_before():
     assert result.plan.dense == ()
 
 
-def _brute_force(profile, budgets):
-    """Every (experts, dense) plan: seconds, perplexity, fits — from the fitted models' own terms."""
-    latency, quality = LatencyModel.fit(profile), QualityModel.fit(profile)
+def _brute_force(profile, budgets, quality):
+    """Every (experts, dense) plan: seconds, perplexity, fits — from the models' own terms."""
+    latency = LatencyModel.fit(profile)
     options = [(p, t) for t in (DEVICE, "cpu") for p in (P.BF16, P.INT4)]
     freq = np.asarray(profile.frequency).reshape(-1)  # [N]
     cost = np.array([[f * latency.call_seconds(p, t) for p, t in options] for f in freq])  # [N, K]
@@ -98,25 +98,37 @@ def _brute_force(profile, budgets):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_dense_choices_match_brute_force_for_both_objectives(seed):
+@pytest.mark.parametrize("compounding", [None, 30.0])
+def test_dense_choices_match_brute_force_for_both_objectives(seed, compounding):
+    """Also with damage compounding across the experts (the default model's fit: kappa ~20-60), where
+    a dense element's term in the MILP's sum depends on the experts' damage it joins."""
     probe = _profile(seed)
     bf16 = probe.model.expert_bytes(P.BF16)
     rng = np.random.default_rng(seed)
     budgets = {DEVICE: int(rng.uniform(1, 4) * bf16), "cpu": int(rng.uniform(2, 5) * bf16)}
     profile = _profile(seed, budgets)
-    table = _brute_force(profile, budgets)
+    quality = QualityModel.fit(profile)
+    if compounding is not None:
+        quality = replace(quality, compounding=compounding)
+    table = _brute_force(profile, budgets, quality)
     seconds, ppl, fits = table[:, 0], table[:, 1], table[:, 2].astype(bool)
     floor = 1 / (seconds[fits].min() + 0.5 * (seconds[fits].max() - seconds[fits].min()))
     ceiling = float(np.quantile(ppl[fits], 0.4))
     allowed = frozenset({P.BF16, P.INT4})
     for target in (QosTarget(min_tokens_per_s=floor), QosTarget(max_perplexity=ceiling)):
-        result = solve(PlanRequest(profile, target, allowed_precisions=allowed, tolerance=1e-9))
+        result = solve(
+            PlanRequest(profile, target, allowed_precisions=allowed, tolerance=1e-9), quality=quality
+        )
         if target.min_tokens_per_s:
             ok = fits & (1 / seconds >= floor)
             assert result.predicted_perplexity == pytest.approx(ppl[ok].min(), rel=1e-7)
         else:
             ok = fits & (ppl <= ceiling)
-            assert 1 / result.predicted_tokens_per_s == pytest.approx(seconds[ok].min(), rel=1e-7)
+            assert result.predicted_perplexity <= ceiling * (1 + 1e-9)
+            # under compounding the MILP sets a dense element's term for the damage its last plan
+            # reached, not the optimum's: re-solving there gets within 0.6% (0.5-1.3% with one solve)
+            slack = 1e-7 if compounding is None else 6e-3
+            assert seconds[ok].min() <= 1 / result.predicted_tokens_per_s <= seconds[ok].min() * (1 + slack)
         for tier, used in result.bytes_per_tier.items():
             assert used <= budgets[tier]
 

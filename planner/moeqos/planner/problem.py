@@ -6,15 +6,14 @@ M = N + D items, K = options (precision, tier).
 Both cost models are linear in the one-hot choice of option per item, which is what makes the
 optimisation an exact MILP (moeqos.planner.milp). A dense item's seconds, log-ppl and bytes are its
 terms relative to the dense precision (moeqos.planner.dense_model): 0 when left as it is, negative
-seconds and (untied) bytes when quantized. Its log-ppl is the element's own measured increase, which
-adds to the experts' after their compounding: the solver fixes the dense items per setting
-(`with_dense`) and caps the experts' terms at what the setting leaves.
+seconds and (untied) bytes when quantized. Its log-ppl is the term that adds its measured increase to
+the experts' at their damage (`QualityModel.dense_term`: dense damage adds, it does not compound).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from moeqos.core.dense import DenseElement
@@ -50,34 +49,6 @@ class Problem:
     dense_precision: Precision = Precision.BF16
     """The precision a dense element is in when the plan does not name it."""
 
-    def with_dense(self, picks: tuple[int, ...]) -> Problem:
-        """This problem with dense item d fixed to option `picks[d]` and its log-ppl left out: the experts'
-        problem under one dense setting (whose log-ppl, `dense_log_ppl`, adds outside the experts'
-        compounding, moeqos.planner.quality_model)."""
-        first = self.num_layers * self.num_experts
-        allowed, log_ppl = self.allowed.copy(), self.log_ppl.copy()
-        for d, k in enumerate(picks):
-            allowed[first + d] = False
-            allowed[first + d, k] = True
-        log_ppl[first:] = 0.0
-        return replace(self, allowed=allowed, log_ppl=log_ppl)
-
-    def dense_log_ppl(self, picks: tuple[int, ...]) -> float:
-        """The log-perplexity increase of the dense setting choosing option `picks[d]` for dense item d."""
-        first = self.num_layers * self.num_experts
-        return float(sum(self.log_ppl[first + d, k] for d, k in enumerate(picks)))
-
-    def dense_seconds(self, picks: tuple[int, ...]) -> float:
-        """Seconds per token the dense setting choosing option `picks[d]` for dense item d adds."""
-        first = self.num_layers * self.num_experts
-        return float(sum(self.seconds[first + d, k] for d, k in enumerate(picks)))
-
-    def fastest_experts_seconds(self) -> float:
-        """Seconds per token of the experts, each in its fastest allowed option (budgets ignored)."""
-        experts = self.num_layers * self.num_experts
-        seconds = np.where(self.allowed[:experts], self.seconds[:experts], np.inf)  # [N, K]
-        return float(seconds.min(axis=1).sum())
-
     def to_plan(self, choice: np.ndarray) -> Plan:
         """The plan choosing option `choice[i]` ([M] ints) for item i."""
         rows = tuple(
@@ -104,8 +75,10 @@ def build_problem(
     pins: tuple[PlacementRule, ...],
     hits: np.ndarray,
     group_size: int,
+    damage: float = 0.0,
 ) -> Problem:
-    """Arrays for every (item, option) pair; `hits` is the assumed [L, E] disk pool hit rate."""
+    """Arrays for every (item, option) pair; `hits` is the assumed [L, E] disk pool hit rate, `damage`
+    the experts' summed log-ppl terms the dense items' terms are set for (`QualityModel.dense_term`)."""
     tiers = [b.name for b in budgets if b.name in latency.tiers]
     options = tuple(Assignment(p, t) for t in tiers for p in precisions)
     expert_options = len(options)
@@ -128,7 +101,9 @@ def build_problem(
     allowed[:, :expert_options] = _pinned(options[:expert_options], pins, num_layers, num_experts)
     option_bytes = np.array([latency.expert_bytes.get(a.precision, 0) for a in options], dtype=float)  # [K]
     item_bytes = np.broadcast_to(option_bytes, seconds.shape)  # [N, K]
-    rows = [_dense_row(latency, quality, element, choices, options) for element, choices in dense.items()]
+    rows = [
+        _dense_row(latency, quality, element, choices, options, damage) for element, choices in dense.items()
+    ]
     if rows:
         seconds = np.vstack([seconds, *(r[0] for r in rows)])  # [M, K]
         log_ppl = np.vstack([log_ppl, *(r[1] for r in rows)])
@@ -172,6 +147,7 @@ def _dense_row(
     element: DenseElement,
     choices: list[Assignment],
     options: tuple[Assignment, ...],
+    damage: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """[1, K] seconds, log-ppl, allowed and bytes of one dense element (0 outside its choices)."""
     seconds, log_ppl, nbytes = (np.zeros((1, len(options))) for _ in range(3))
@@ -180,7 +156,7 @@ def _dense_row(
         if option in choices:
             allowed[0, k] = True
             seconds[0, k] = latency.dense_scale * latency.dense.seconds(element, option.precision)
-            log_ppl[0, k] = quality.dense.log_ppl(element, option.precision)
+            log_ppl[0, k] = quality.dense_term(element, option.precision, damage)
             nbytes[0, k] = latency.dense.bytes(element, option.precision)
     return seconds, log_ppl, allowed, nbytes
 

@@ -19,7 +19,8 @@ minimises that linear bound in a MILP (`expert_terms`) and turns a perplexity ca
 (`term_cap`), so a plan planned under a cap is predicted within it. Without a measured overlap (o = 0)
 the bound is D. L_d is the log-perplexity increase the profile measured for dense element d alone in
 the plan's precision for it (moeqos.planner.dense_model); dense elements add to the experts' damage,
-they do not compound with it (`dense_log_ppl`), so the solver plans the experts once per dense setting.
+they do not compound with it (`dense_log_ppl`). In the MILP's linear sum an element counts as the term
+that adds its measured increase at the experts' damage (`dense_term`).
 
 Fitting: with at least as many measured plans (besides the reference) as precisions that appear in
 them, for each kappa of KAPPAS the `c_p` are fitted by non-negative least squares (scipy.optimize.nnls)
@@ -54,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from moeqos.core.dense import DensePrecisions
+from moeqos.core.dense import DenseElement, DensePrecisions
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan, parse_plan
 from moeqos.core.precision import Precision
@@ -202,6 +203,17 @@ class QualityModel:
         the last plan was predicted at +1.195 (perplexity 263, measured 147.6): compounding reads a
         dense element's damage as more of the experts' kind, which it is not."""
         return sum(self.dense.log_ppl(element, precision) for element, precision in dense)
+
+    def dense_term(self, element: DenseElement, precision: Precision, damage: float = 0.0) -> float:
+        """A dense element's share of the MILP's linear sum of terms for a plan whose experts' terms sum
+        to about `damage`: the T with link(damage + T) = link(damage) + its measured log-ppl, so that the
+        linear sum predicts the additive increase at that point (exact at `damage`, and for one element
+        alone at 0; the link's convexity makes it slightly pessimistic elsewhere). The solver re-solves
+        at the damage its plan's experts reach (moeqos.planner.solver)."""
+        target = float(self.log_increase_of_terms(damage)) + self.dense.log_ppl(element, precision)
+        if target < 0:  # a gain: the link does not compound below 0
+            return target - damage
+        return float(_inverse_link(target, self.compounding)) - damage
 
     def log_increase_of_terms(self, terms: Any) -> Any:
         """Log-perplexity increase of a plan whose expert terms sum to `terms` (a float or an array),

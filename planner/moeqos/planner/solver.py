@@ -11,19 +11,16 @@ next solve uses the hit rates of the previous plan; every plan is re-evaluated w
 and the best truly feasible one is kept (at most `DISK_ITERATIONS` solves). Tier budgets count
 resident experts only: the pool's slots are memory the executor reserves apart from them.
 
-The dense part's perplexity adds to the experts' after their compounding (moeqos.planner.quality_model),
-which one linear MILP over both cannot express. Where perplexity is the objective or capped, the experts
-are planned once per dense setting (each combination of the dense elements' options that no other
-beats in seconds, log-ppl and bytes at once: a handful), the cap on their terms being what the setting's
-log-ppl leaves, and the best plan of all is kept; the optimality certificate holds over all of them.
-Settings are tried from the one whose own part of the objective is least, and a setting whose part
-plus the least the experts can add (0 log-ppl; every expert in its fastest option) cannot beat the
-best plan found is skipped.
+A lossy dense element's perplexity adds to the experts' after their compounding
+(moeqos.planner.quality_model), which is not linear in the MILP's sum of terms. Its term is the share
+that adds its measured increase at a given damage of the experts (`QualityModel.dense_term`): the first
+solve sets it for lossless experts, and while a plan with a lossy dense element reaches another
+damage, the next solve sets it there (the same loop and limit as the hit rates). Each plan is evaluated
+by the model itself, so caps hold whatever the terms were set for.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -165,80 +162,22 @@ def _search(
     ppl_cap: float | None,
     started: float,
 ) -> PlanResult | None:
-    """Best truly feasible plan over the dense settings and, for each, the hit-rate iterations (see the
-    module docstring), or None."""
-    latency, quality = models.latency, models.quality
-    log_cap = None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity)
-    shape = (len(latency.frequency), len(latency.frequency[0]))  # [L, E]
-    template = _problem(request, models, np.zeros(shape))
-    settings = _dense_settings(template, metric, log_cap)
-    floor = 0.0  # the least the experts add to the objective under any dense setting
-    if metric == "seconds" and len(settings) > 1:  # every expert in its fastest option, disk reads all hits
-        floor = (
-            latency.step_fixed_seconds + _problem(request, models, np.ones(shape)).fastest_experts_seconds()
-        )
-
-    def bound(dense: tuple[int, ...] | None) -> float:
-        """The least `dense` lets a plan reach: seconds per token, or log-ppl increase (experts' >= 0)."""
-        if dense is None:
-            return -math.inf
-        return floor + (
-            template.dense_seconds(dense) if metric == "seconds" else template.dense_log_ppl(dense)
-        )
-
-    best: _Found | None = None
-    for dense in sorted(settings, key=bound):
-        if best is not None and bound(dense) >= _objective(best.result, metric, quality):
-            continue  # no plan under this setting can be better than the best found
-        found = _search_experts(request, models, metric, seconds_cap, ppl_cap, log_cap, dense)
-        if found is not None and _better(found.result, best, metric):
-            best = found
-    if best is None:
-        return None
-    notes = f"optimal within {best.gap:.2%} (certified); " + _notes(request, models, best.solves)
-    notes += _offload_note(best.result.plan, metric)
-    return replace(best.result, solve_seconds=time.perf_counter() - started, notes=notes)
-
-
-@dataclass(frozen=True)
-class _Found:
-    result: PlanResult
-    gap: float
-    """The certified relative optimality gap of its MILP."""
-    solves: int
-    """MILP solves its hit-rate iterations took."""
-
-
-def _search_experts(
-    request: PlanRequest,
-    models: _Models,
-    metric: Metric,
-    seconds_cap: float | None,
-    ppl_cap: float | None,
-    log_cap: float | None,
-    dense: tuple[int, ...] | None,
-) -> _Found | None:
-    """The best truly feasible plan with the dense part fixed to option `dense[d]` per dense item (None:
-    free, when its perplexity does not matter) over the hit-rate iterations, or None. Under a fixed dense
-    setting the experts' MILP caps their terms at what the cap leaves after the setting's log-ppl."""
+    """Best truly feasible plan over the hit-rate and damage iterations (see module docstring), or None."""
     latency, quality = models.latency, models.quality
     hits = np.zeros((len(latency.frequency), len(latency.frequency[0])))  # [L, E]
+    damage = 0.0  # the experts' summed terms the dense items' terms are set for
     expert_cap = None if seconds_cap is None else seconds_cap - latency.step_fixed_seconds
-    term_cap: float | None = None
-    best: _Found | None = None
+    log_cap = None if ppl_cap is None else quality.term_cap(math.log(ppl_cap / quality.reference_perplexity))
+    best: tuple[PlanResult, float] | None = None
     solves = 0
     while solves < DISK_ITERATIONS:
         solves += 1
-        problem = _problem(request, models, hits)
-        if log_cap is not None:
-            term_cap = quality.term_cap(log_cap - (0.0 if dense is None else problem.dense_log_ppl(dense)))
-        if dense is not None:
-            problem = problem.with_dense(dense)
+        problem = _problem(request, models, hits, damage)
         solved = solve_choice(
             problem,
             metric,
             expert_cap,
-            term_cap,
+            log_cap,
             request.tolerance,
             latency.step_fixed_seconds,
             request.time_limit_s,
@@ -248,39 +187,27 @@ def _search_experts(
         plan = problem.to_plan(solved[0])
         candidate = evaluate(plan, latency, quality, request.effective_budgets)
         if _meets(candidate, seconds_cap, ppl_cap) and _better(candidate, best, metric):
-            best = _Found(candidate, solved[1], solves)
+            best = candidate, solved[1]
         new_hits = latency.hit_rates(plan)
-        if not any(a.tier == DISK for a in problem.options) or np.allclose(new_hits, hits):
-            break
-        hits = new_hits
-    return best
-
-
-def _dense_settings(problem: Problem, metric: Metric, log_cap: float | None) -> list[tuple[int, ...] | None]:
-    """The dense settings to plan the experts under: [None] (the MILP chooses the dense part freely)
-    when perplexity is neither the objective nor capped or there are no dense items, else every
-    combination of the dense items' allowed options that no other beats or equals in seconds, log-ppl
-    and bytes at once (a dense element's log-ppl adds outside the experts' compounding, which no linear
-    MILP over both expresses; at most a few precisions for each of two elements)."""
-    if not problem.dense_elements or (metric == "seconds" and log_cap is None):
-        return [None]
-    first = problem.num_layers * problem.num_experts
-    rows = range(first, first + len(problem.dense_elements))
-    settings = list(itertools.product(*(np.flatnonzero(problem.allowed[i]).tolist() for i in rows)))
-    tables = (problem.seconds, problem.log_ppl, problem.item_bytes)  # [M, K] each
-    costs = [
-        np.array([sum(table[i, k] for i, k in zip(rows, setting, strict=True)) for table in tables])
-        for setting in settings
-    ]  # [3] each: seconds, log-ppl, bytes of a setting
-    return [
-        setting
-        for s, setting in enumerate(settings)
-        if not any(
-            np.all(other <= costs[s]) and (np.any(other < costs[s]) or o < s)
-            for o, other in enumerate(costs)
-            if o != s
+        experts = problem.num_layers * problem.num_experts
+        new_damage = float(problem.log_ppl[np.arange(experts), solved[0][:experts]].sum())  # [N] terms
+        hits_settled = not any(a.tier == DISK for a in problem.options) or np.allclose(new_hits, hits)
+        # settled when the plan's dense terms set at the damage it reached move by less than the
+        # tolerance (what-if priors price int8 and int4 dense elements at ~1e-4: one solve)
+        moved = sum(
+            abs(quality.dense_term(e, p, new_damage) - quality.dense_term(e, p, damage))
+            for e, p in plan.dense
         )
-    ]
+        damage_settled = moved <= request.tolerance * (1.0 + max(new_damage, 0.0))
+        if hits_settled and damage_settled:
+            break
+        hits, damage = new_hits, new_damage
+    if best is None:
+        return None
+    result, gap = best
+    notes = f"optimal within {gap:.2%} (certified); " + _notes(request, models, solves)
+    notes += _offload_note(result.plan, metric)
+    return replace(result, solve_seconds=time.perf_counter() - started, notes=notes)
 
 
 def _offload_note(plan: Plan, metric: Metric) -> str:
@@ -296,7 +223,7 @@ def _offload_note(plan: Plan, metric: Metric) -> str:
     )
 
 
-def _problem(request: PlanRequest, models: _Models, hits: np.ndarray) -> Problem:
+def _problem(request: PlanRequest, models: _Models, hits: np.ndarray, damage: float) -> Problem:
     return build_problem(
         models.latency,
         models.quality,
@@ -305,6 +232,7 @@ def _problem(request: PlanRequest, models: _Models, hits: np.ndarray) -> Problem
         request.pins,
         hits,
         request.profile.group_size,
+        damage,
     )
 
 
@@ -338,17 +266,10 @@ def _meets(result: PlanResult, seconds_cap: float | None, ppl_cap: float | None)
     return fast_enough and good_enough
 
 
-def _objective(result: PlanResult, metric: Metric, quality: QualityModel) -> float:
-    """The value `metric` minimises for `result`: seconds per token, or its log-ppl increase."""
-    if metric == "seconds":
-        return 1.0 / result.predicted_tokens_per_s
-    return math.log(result.predicted_perplexity / quality.reference_perplexity)
-
-
-def _better(candidate: PlanResult, best: _Found | None, metric: Metric) -> bool:
+def _better(candidate: PlanResult, best: tuple[PlanResult, float] | None, metric: Metric) -> bool:
     if best is None:
         return True
-    current = best.result
+    current = best[0]
     if metric == "seconds":
         return candidate.predicted_tokens_per_s > current.predicted_tokens_per_s
     return candidate.predicted_perplexity < current.predicted_perplexity
