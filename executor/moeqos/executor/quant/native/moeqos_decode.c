@@ -24,9 +24,6 @@
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
 
 enum { MQ_BF16 = 1, MQ_INT8 = 2, MQ_INT4 = 3 };
 
@@ -51,19 +48,11 @@ typedef struct {
 static float dot(const uint16_t *a, const uint16_t *b, const float *b_f32, int64_t n) {
     int64_t i = 0;
     float sum = 0.0f;
-#if defined(__AVX2__) && defined(__FMA__)
+#ifdef MOEQOS_AVX2
     __m256 acc = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) {
-        const __m256 va = _mm256_castsi256_ps(
-            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(a + i))), 16));
-        const __m256 vb = b_f32 ? _mm256_loadu_ps(b_f32 + i)
-                                : _mm256_castsi256_ps(_mm256_slli_epi32(
-                                      _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(b + i))), 16));
-        acc = _mm256_fmadd_ps(va, vb, acc);
-    }
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    sum = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(widen8(a + i), b_f32 ? _mm256_loadu_ps(b_f32 + i) : widen8(b + i), acc);
+    sum = hsum(acc);
 #endif
     for (; i < n; i++) sum += bf16_to_f32(a[i]) * (b_f32 ? b_f32[i] : bf16_to_f32(b[i]));
     return sum;
@@ -205,7 +194,7 @@ done:
     return code;
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+#ifdef MOEQOS_AVX2
 /* e^x for eight fp32 values, Cephes' expf (x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial for e^r,
  * times 2^n): within 2 ulps of libm's expf, far inside the bf16 rounding the result meets.
  * Past expf's overflow bound the result is infinity, as expf's (silu(-100) is then -0 and silu(-inf) NaN,
@@ -232,11 +221,6 @@ static inline __m256 exp8(__m256 input) {
     return _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(p, low), high), _mm256_set1_ps(INFINITY), overflow);
 }
 
-/* Eight bf16 values widened to fp32 (exact). */
-static inline __m256 widen(const uint16_t *x) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)x)), 16));
-}
-
 /* bf16 rounding (to nearest even) of eight fp32 values, kept as fp32; NaN stays NaN (f32_to_bf16). */
 static inline __m256 round8(__m256 v) {
     const __m256i u = _mm256_castps_si256(v);
@@ -253,12 +237,12 @@ static inline __m256 round8(__m256 v) {
  * thread. Returns 0. */
 int moeqos_silu_mul(const uint16_t *gate, const uint16_t *up, int64_t inter, uint16_t *act) {
     int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
+#ifdef MOEQOS_AVX2
     for (; i + 8 <= inter; i += 8) {
-        const __m256 g = widen(gate + i);
+        const __m256 g = widen8(gate + i);
         const __m256 silu = round8(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g)))));
         float product[8];
-        _mm256_storeu_ps(product, _mm256_mul_ps(silu, widen(up + i)));
+        _mm256_storeu_ps(product, _mm256_mul_ps(silu, widen8(up + i)));
         for (int u = 0; u < 8; u++) act[i + u] = f32_to_bf16(product[u]);
     }
 #endif

@@ -28,10 +28,6 @@
 #include <stdlib.h>
 #include <math.h>
 #include <omp.h>
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define MOEQOS_AVX2 1
-#endif
 
 #define TILE 4     /* rows of x multiplied per pass over a bf16 weight */
 #define FEATURES 4 /* output features computed together by the integer kernels */
@@ -57,20 +53,6 @@ static int threads_for(int64_t n, int64_t k, int threads) {
     return (n * k < MIN_PARALLEL || threads < 1) ? 1 : threads;
 }
 
-#ifdef MOEQOS_AVX2
-/* Eight bf16 values widened to fp32 (exact). */
-static inline __m256 widen8(const uint16_t *x) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)x)), 16));
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
-
 /* ---------------------------------------------------------------- activations as int8 ---------- */
 
 #ifdef MOEQOS_AVX2
@@ -79,8 +61,7 @@ static inline float block_max8(const uint16_t *x, __m256 v[4]) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 amax = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
     for (int u = 0; u < 4; u++) {
-        const __m128i h = _mm_loadu_si128((const __m128i *)(x + 8 * u));
-        v[u] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        v[u] = widen8(x + 8 * u);
         amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[u]));
         nan = _mm256_or_ps(nan, _mm256_cmp_ps(v[u], v[u], _CMP_UNORD_Q));
     }
@@ -160,10 +141,7 @@ static void free_rows(QuantRows *q) {
 static float group_sum(const uint16_t *x, int64_t n) {
 #ifdef MOEQOS_AVX2
     __m256 sum = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n; i += 8) {
-        const __m128i h = _mm_loadu_si128((const __m128i *)(x + i));
-        sum = _mm256_add_ps(sum, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-    }
+    for (int64_t i = 0; i < n; i += 8) sum = _mm256_add_ps(sum, widen8(x + i));
     return hsum(sum);
 #else
     float sum = 0.0f;
@@ -427,15 +405,9 @@ static void bf16_feature(const float *xf, int64_t k, const uint16_t *w, int rows
             for (int u = 0; u < 4; u++) {
                 if (u % 2 == 0) /* once per 32 bytes: lines of 64 are not aligned to the rows */
                     _mm_prefetch((const char *)(w + i + 8 * u) + PREFETCH_BF16, _MM_HINT_T0);
-                const __m128i v = _mm_loadu_si128((const __m128i *)(w + i + 8 * u));
-                const __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-                acc[u] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xr + i + 8 * u), acc[u]);
+                acc[u] = _mm256_fmadd_ps(widen8(w + i + 8 * u), _mm256_loadu_ps(xr + i + 8 * u), acc[u]);
             }
-        for (; i < k; i += 8) {
-            const __m128i v = _mm_loadu_si128((const __m128i *)(w + i));
-            const __m256 wf = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-            acc[0] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xr + i), acc[0]);
-        }
+        for (; i < k; i += 8) acc[0] = _mm256_fmadd_ps(widen8(w + i), _mm256_loadu_ps(xr + i), acc[0]);
         out[t] = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 #else
         float acc = 0.0f;
