@@ -299,3 +299,28 @@ def test_the_moe_half_is_the_same_one_expert_per_thread(
         )  # fmt: skip
         outs.append(x)
     assert torch.equal(outs[0], outs[1])
+
+
+def test_a_cache_regrown_mid_stream_is_read_at_its_new_buffers(
+    make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The C step re-reads the cache's addresses only when its buffers change (`KvCache.buffers`): fed the
+    same tokens past the cache's first capacity, it matches the PyTorch step on every step after the
+    regrowth too (stale addresses would write into freed buffers)."""
+    runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
+    prompt = prompt_ids(7, seed=5)
+    fed = prompt_ids(70, seed=6)[0].tolist()  # past the 64 columns a short prompt's cache starts with
+    results, regrown = {}, {}
+    for step in ("c", "pytorch"):
+        with monkeypatch.context() as patch:
+            if step == "pytorch":
+                _pytorch_step(runtime, patch)
+            cache = runtime.new_cache()
+            out = [runtime.forward_logits(prompt, cache, keep=1)[0, -1]]
+            first_buffers = cache.buffers
+            for token in fed:
+                out.append(runtime.forward_logits(torch.tensor([[token]]), cache, keep=1)[0, -1])
+            regrown[step] = cache.buffers != first_buffers
+            results[step] = torch.stack(out).float()
+    assert regrown == {"c": True, "pytorch": True}
+    assert_close_through_rounded_activations(results["c"], results["pytorch"])
