@@ -163,27 +163,29 @@ def test_observer_sees_the_routing_and_experts_can_be_off(
 def test_plan_switch_mid_stream_applies(
     make_runtime: Callable[..., ExecutorRuntime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Switching experts and attention to int4 between two steps changes the next step's logits as it
-    does on the PyTorch step."""
+    """Switching experts and attention to int4 between two decode steps changes the next step's logits
+    as it does on the PyTorch step (the C step's table, filled by the step before, is re-read: the dense
+    part's `generation` and the serving plan changed)."""
     runtime = make_runtime(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"), dense_precision="bf16")
     lossy = Plan.uniform(LAYERS, EXPERTS, "int4", "cpu").with_dense(dense_precisions({"attn": "int4"}))
+
+    def two_steps(switch: bool) -> torch.Tensor:
+        runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"))
+        cache = runtime.new_cache()
+        logits = runtime.forward_logits(prompt_ids(6, seed=1), cache, keep=1)[0, -1]
+        logits = runtime.forward_logits(torch.tensor([[int(logits.argmax())]]), cache, keep=1)[0, -1]
+        if switch:
+            runtime.apply_plan(lossy)
+        return runtime.forward_logits(torch.tensor([[int(logits.argmax())]]), cache, keep=1)[0, -1].float()
+
     results = {}
     for step in ("c", "pytorch"):
         with monkeypatch.context() as patch:
             if step == "pytorch":
                 _pytorch_step(runtime, patch)
-            runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"))
-            cache = runtime.new_cache()
-            first = runtime.forward_logits(prompt_ids(6, seed=1), cache, keep=1)[0, -1]
-            token = torch.tensor([[int(first.argmax())]])
-            runtime.apply_plan(lossy)
-            results[step] = runtime.forward_logits(token, cache, keep=1)[0, -1].float()
+            results[step] = two_steps(switch=True)
     assert_close_through_rounded_activations(results["c"], results["pytorch"])
-    runtime.apply_plan(Plan.uniform(LAYERS, EXPERTS, "bf16", "cpu"))
-    cache = runtime.new_cache()
-    first = runtime.forward_logits(prompt_ids(6, seed=1), cache, keep=1)[0, -1]
-    unswitched = runtime.forward_logits(torch.tensor([[int(first.argmax())]]), cache, keep=1)[0, -1].float()
-    assert (unswitched - results["c"]).abs().max() > 0.05
+    assert (two_steps(switch=False) - results["c"]).abs().max() > 0.05
 
 
 def test_masked_attention_is_sdpa_on_the_same_operands(
