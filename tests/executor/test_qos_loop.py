@@ -111,6 +111,44 @@ def test_window_counts_only_steps_under_the_plan_asked_for() -> None:
     assert stats.window(10.0).tokens == 9
 
 
+def requests(stats: LiveStats, clock: FakeClock, count: int, prefill: float, step: float, tokens: int) -> None:
+    """`count` requests back to back: each waits and prefills `prefill` seconds for its first token,
+    then decodes `tokens - 1` steps of `step` seconds."""
+    for _ in range(count):
+        sink = stats.stream()
+        clock.now += prefill
+        sink(0, prefill)
+        for index in range(1, tokens):
+            clock.now += step
+            sink(index, step)
+
+
+def test_the_clients_rate_counts_each_first_token_from_its_requests_arrival() -> None:
+    """Decode at 10 tok/s; each request's first token comes 0.3 s after it arrived: its client sees 10
+    tokens in 1.2 s, and the recalibration still fits decode steps only."""
+    clock = FakeClock()
+    stats = LiveStats(lambda: BF16, clock, horizon=10.0)
+    requests(stats, clock, 2, prefill=0.3, step=0.1, tokens=10)
+    window = stats.window(5.0)
+    assert (window.tokens, window.streams) == (18, 2)
+    assert window.stream_tokens_per_s == pytest.approx(10.0)
+    assert window.client_tokens_per_s == pytest.approx(20 / 2.4)
+    assert window.overhead == pytest.approx(1.2)
+    assert len(stats.steps(5.0)) == 18 and all(not s.first for s in stats.steps(5.0))
+    assert stats.step_rate(BF16, 0, 0.0, 2) == pytest.approx(10.0)
+
+
+def test_streams_are_pooled_by_the_seconds_they_ran_in_the_window() -> None:
+    """A request that only began at the window's end (prefill and two tokens) weighs as little as it
+    lasted, not as much as the whole one before it."""
+    clock = FakeClock()
+    stats = LiveStats(lambda: BF16, clock, horizon=10.0)
+    requests(stats, clock, 1, prefill=0.1, step=0.1, tokens=21)  # 2.1 s at 10 tok/s seen
+    requests(stats, clock, 1, prefill=0.5, step=0.1, tokens=3)  # 0.7 s, a slow prefill
+    window = stats.window(10.0)
+    assert window.client_tokens_per_s == pytest.approx(24 / 2.8)
+
+
 # ----- recalibration ------------------------------------------------------------------------------
 def test_fit_recovers_both_scales_once_two_plans_were_served() -> None:
     clock, plan = FakeClock(), [BF16]
@@ -221,6 +259,27 @@ def test_a_plans_dense_part_is_priced_in_the_fixed_regressor_as_the_planner_pric
     assert dense_saving == pytest.approx(live(int8_attention) - live(BF16), rel=0.02)
 
 
+def test_fit_walks_each_plans_experts_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `setdefault(key, regressors(...))` walked every expert of the plan for every step
+    (47 ms a tick at 330 steps of the default model's 240 experts, every 0.5 s on the event loop:
+    the closed loop's quiet decode ran ~9% under the open loop's)."""
+    clock, plan = FakeClock(), [BF16]
+    stats = LiveStats(lambda: plan[0], clock)
+    feed(stats, clock, 0.05, 30)
+    plan[0] = INT4
+    feed(stats, clock, 0.03, 30)
+    walked: list[Plan] = []
+    real = recalibration.regressors
+
+    def counted(profile: Profile, plan: Plan) -> tuple[float, float]:
+        walked.append(plan)
+        return real(profile, plan)
+
+    monkeypatch.setattr(recalibration, "regressors", counted)
+    recalibration.fit(profile(), stats.steps(60.0))
+    assert walked == [BF16, INT4]
+
+
 def test_outlier_steps_are_clipped() -> None:
     clock = FakeClock()
     stats = LiveStats(lambda: BF16, clock)
@@ -256,6 +315,21 @@ def test_controller_rules() -> None:
     assert not c.decide(7.0, 10.0, rate(13.0), busy=False).replan  # slack waits its longer interval
     slack = c.decide(8.0, 10.0, rate(13.0), busy=False)
     assert (slack.state, slack.replan, slack.for_slack) == (QosState.MET, True, True)
+
+
+def test_the_floor_is_judged_at_the_rate_the_clients_see() -> None:
+    """Regression: decode steps at 10.5 tok/s met a floor of 10 while the clients, whose requests wait
+    for their prefills, counted 9 (measured: plans the loop judged as held ran at 40-47 tok/s in the
+    clients' 1 s windows against a floor of 46.4)."""
+    c = QosController(LoopSettings(tolerance=0.05))
+    window = WindowRate(3.0, 30, 1, 10.5, 10.0, covered=3.0)
+    assert c.decide(0.0, 10.0, window, busy=False).state is QosState.MET
+    decision = c.decide(0.0, 10.0, window, busy=False, overhead=10.5 / 9.0)
+    assert (decision.state, decision.replan) == (QosState.VIOLATED, True)
+    assert "9.00 < 10" in decision.reason
+    held = WindowRate(9.0, 90, 1, 10.3, 10.3, covered=8.9)  # inside the tolerance, short once sustained
+    short = c.decide(0.0, 10.0, rate(10.3), busy=False, sustained=held, overhead=1.04)
+    assert short.replan and "short of the floor: 9.90" in short.reason
 
 
 def test_a_rate_held_short_of_the_floor_inside_the_tolerance_is_a_violation_once_sustained() -> None:
@@ -611,3 +685,25 @@ def test_a_slow_model_is_judged_over_a_window_long_enough_for_min_tokens_and_sti
     assert decision.state is QosState.VIOLATED  # judged over 8 s (8 tokens at the 1 tok/s floor)
     assert loop.window().seconds == pytest.approx(8.0)
     assert loop.calibration.steps == 8  # fitted to the last 8 steps, older than the 6 s window
+
+
+def test_a_replan_asks_for_the_decode_rate_the_clients_floor_needs() -> None:
+    """The planner predicts decode steps: with requests that spend a sixth of their time before their
+    first token, a floor as the clients see it needs that much more decode rate, plus the headroom;
+    the status puts the prediction on the clients' scale."""
+    goal = QosTarget(min_tokens_per_s=11.5)
+    loop, target, clock, _ = stepping_loop(goal, LoopSettings(headroom=0.1, window_s=6.0))
+    clock.now += 10.0
+    requests(loop.stats, clock, 3, prefill=0.3, step=1 / 12, tokens=19)  # 5.4 s: decode 12 tok/s
+    clients = 57 / 5.4
+    decision = loop.tick(profile())
+    assert decision.replan and decision.reason.startswith("floor violated: 10.56 < 11.5")
+    assert loop.overhead == pytest.approx(12 / clients)
+    assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(11.5 * 12 / clients * 1.1)
+    status = loop.status(profile())
+    assert status.measured_tokens_per_s == pytest.approx(clients)
+    assert status.predicted_tokens_per_s == pytest.approx(1 / true_seconds(BF16, 1.0, 1.0) / (12 / clients))
+    clock.now += 10.0
+    requests(loop.stats, clock, 3, prefill=3.0, step=1 / 12, tokens=19)  # mostly prefill: capped
+    loop.tick(profile())
+    assert loop.overhead == LoopSettings().max_overhead

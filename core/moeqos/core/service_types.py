@@ -154,9 +154,11 @@ class QosStatus:
     """Whether the closed loop re-plans on its own (False: open loop, measured but not acted on)."""
     floor_tokens_per_s: float | None
     predicted_tokens_per_s: float | None
-    """What the profile the plan in force was chosen from predicts for it."""
+    """What the profile the plan in force was chosen from predicts for its decode, over the measured
+    overhead of the clients' rate (prefills, waits): the rate its clients should see."""
     measured_tokens_per_s: float | None
-    """Mean decode rate of the streams over the last window (None: too few tokens decoded)."""
+    """The streams' rate as their clients see it over the last window: their decode rate over the
+    measured overhead (None: too few tokens decoded)."""
     window_seconds: float
     calibration: str
     """For people: how the live calibration scales the measured profile."""

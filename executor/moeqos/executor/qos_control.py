@@ -3,7 +3,10 @@
     controller = QosController(LoopSettings())
     decision = controller.decide(now, floor, measured, busy)   # measured: WindowRate of the plan in force
 
-Rules, in order (r = measured decode rate of the streams, F = floor):
+Rules, in order (r = the streams' decode rate over the window divided by the overhead of their
+clients' rate, i.e. the rate the clients see with their first tokens' waits and prefills
+(moeqos.executor.live_stats; the overhead is measured over many requests, so a short window is not
+judged by whether a prefill fell into it); F = floor):
 - no floor: nothing to hold;
 - a re-plan in flight (or retrying): wait for it; never start a second (the first keeps its backoff);
 - fewer than `min_tokens` decode tokens under the plan in force: too little to judge, the floor counts
@@ -20,7 +23,9 @@ The gap between 1 - tolerance and 1 + slack (with the plan asked for at F * (1 +
 hysteresis band: a plan chosen to land inside it triggers neither rule.
 
 What a re-plan for a violation asks the planner for (`planning_target`) steps down while re-plans fail
-(no plan meets the floor under the calibrated profile), and back up after one applies:
+(no plan meets the floor under the calibrated profile), and back up after one applies. The planner
+predicts decode steps, so each floor below is first raised by the measured overhead (decode rate over
+the clients' rate: the prefills and waits between a client's tokens):
 - stage 0: F * (1 + headroom), the target's ceiling kept;
 - stage 1: F itself: the best plan that meets the floor, so int2 comes in only when nothing else does;
 - stage 2: the fastest plan within the target's ceiling, or, when it has none, within
@@ -69,6 +74,9 @@ class LoopSettings:
     """A re-plan for a violation after one that applied and still fell short asks for more, by the
     factor it fell short (compounded), at most this factor over floor * (1 + headroom)
     (moeqos.executor.qos_loop: the model's error on plan changes, learned while resources stay)."""
+    max_overhead: float = 1.5
+    """At most this factor of decode rate over the clients' rate is asked for (short requests with long
+    prompts spend most of a client's time in prefill, which a plan speeds up far less than decode)."""
     tick_s: float = 0.5
     """How often the loop looks."""
     calibration_window_s: float = 6.0
@@ -85,8 +93,8 @@ class LoopSettings:
             raise ValueError("need 0 <= tolerance < 1 and 0 <= headroom < slack")
         if self.fallback_ppl_increase < 0:
             raise ValueError("fallback_ppl_increase must be >= 0")
-        if self.max_boost < 1:
-            raise ValueError("max_boost must be >= 1")
+        if self.max_boost < 1 or self.max_overhead < 1:
+            raise ValueError("max_boost and max_overhead must be >= 1")
         positive = (self.window_s, self.min_interval_s, self.slack_interval_s, self.tick_s, self.sustained_s)
         if min(positive) <= 0 or self.calibration_window_s <= 0 or self.min_tokens < 2:
             raise ValueError("windows, intervals and the tick must be positive; min_tokens >= 2")
@@ -118,15 +126,17 @@ class QosController:
         window: WindowRate,
         busy: bool,
         sustained: WindowRate | None = None,
+        overhead: float = 1.0,
     ) -> Decision:
         """The verdict at `now` on `window` (steps under the plan in force); `busy`: a re-plan is running;
-        `sustained`: the same over `sustained_s` (None: that rule is not applied)."""
+        `sustained`: the same over `sustained_s` (None: that rule is not applied); `overhead`: decode
+        rate over the clients' rate (WindowRate.overhead)."""
         s = self.settings
         if floor is None:
             return Decision(QosState.NO_FLOOR, False, "no throughput floor")
         if busy:
             return Decision(QosState.REPLANNING, False, "re-plan in progress")
-        rate = window.stream_tokens_per_s
+        rate = clients_rate(window, overhead)
         # A window long enough for min_tokens at the floor that holds fewer, from a running stream,
         # is itself evidence of a rate below the floor: judged, not skipped.
         sized_for_floor = window.seconds * floor >= s.min_tokens and window.streams > 0
@@ -140,8 +150,9 @@ class QosController:
         if rate > floor * (1 + s.slack):
             why = f"slack: {rate:.2f} > {floor:g} tok/s + {s.slack:.0%}; asking for a higher-quality plan"
             return self._maybe(now, self.slack_interval, QosState.MET, why, slack=True)
-        if sustained is not None and sustained.stream_tokens_per_s is not None:
-            held, spanned = sustained.stream_tokens_per_s, sustained.covered
+        held = clients_rate(sustained, overhead) if sustained is not None else None
+        if sustained is not None and held is not None:
+            spanned = sustained.covered
             if held < floor and spanned >= SUSTAINED_COVER * s.sustained_s:
                 why = f"short of the floor: {held:.2f} < {floor:g} tok/s over {spanned:.1f}s"
                 return self._maybe(now, s.min_interval_s, QosState.VIOLATED, why)
@@ -174,6 +185,12 @@ class QosController:
         return Decision(state, True, why, for_slack=slack)
 
 
+def clients_rate(window: WindowRate, overhead: float) -> float | None:
+    """The window's rate as the clients see it: its decode rate over `overhead` (None without one)."""
+    rate = window.stream_tokens_per_s
+    return rate / overhead if rate is not None else None
+
+
 SUSTAINED_COVER = 0.9
 """Share of `sustained_s` the steps under the plan in force must span before that rule judges them."""
 
@@ -182,19 +199,26 @@ FALLBACK_STAGES = 2
 
 
 def planning_target(
-    target: QosTarget, settings: LoopSettings, stage: int, reference: float | None, boost: float = 1.0
+    target: QosTarget,
+    settings: LoopSettings,
+    stage: int,
+    reference: float | None,
+    boost: float = 1.0,
+    overhead: float = 1.0,
 ) -> tuple[QosTarget, int]:
     """What a re-plan at fallback `stage` asks the planner for, and the stage actually used (2 becomes
     1 without a ceiling to give); `reference`: the reference perplexity, if measured; `boost`: the
-    factor stage 0 asks for over floor * (1 + headroom) (LoopSettings.max_boost)."""
+    factor stage 0 asks for over floor * (1 + headroom) (LoopSettings.max_boost); `overhead`: the
+    decode rate the clients' floor needs, per tok/s of it (WindowRate.overhead)."""
     floor = target.min_tokens_per_s
     if not settings.enabled or floor is None:
         return target, 0
+    decode_floor = floor * overhead
     if stage <= 0:
-        return dataclasses.replace(target, min_tokens_per_s=floor * (1 + settings.headroom) * boost), 0
+        return dataclasses.replace(target, min_tokens_per_s=decode_floor * (1 + settings.headroom) * boost), 0
     has_ceiling = target.max_perplexity is not None or target.max_perplexity_increase is not None
     if stage == 1 or not (has_ceiling or reference is not None):
-        return target, 1
+        return dataclasses.replace(target, min_tokens_per_s=decode_floor), 1
     speed = dataclasses.replace(target, min_tokens_per_s=None, objective=Objective.SPEED)
     if has_ceiling:
         return speed, FALLBACK_STAGES

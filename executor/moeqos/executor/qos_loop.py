@@ -6,8 +6,10 @@ Every `tick_s` the loop
    machine's state any more, so steps 1 and 2 only count steps at the count in force;
 1. re-fits the live calibration to the decode steps of the last `calibration_window_s` (kept as it was
    when nothing was decoded: an idle executor learns nothing new);
-2. judges the rate of the streams over the last `window_s`, counting only steps under the plan in
-   force (a window straddling a plan switch would judge the new plan by the old one's steps);
+2. judges the rate of the streams as their clients see it over the last `window_s`: their decode rate,
+   counting only steps under the plan in force (a window straddling a plan switch would judge the new
+   plan by the old one's steps), over the overhead of the clients' rate (first tokens' waits and
+   prefills), measured over all steps the stats keep;
 3. when the controller says so, starts a re-plan through the StandingTarget, which asks the planner
    with the calibrated profile (GetProfile serves the same), applies the plan, and retries with
    backoff while the planner is down; the plan in force keeps serving throughout.
@@ -99,6 +101,10 @@ class QosLoop:
         the re-plan in flight."""
         self.boost = 1.0
         """The factor re-plans ask for over floor * (1 + headroom) (module docstring, step 3)."""
+        self.overhead = 1.0
+        """Decode rate over the clients' rate over the steps the stats keep, at most `max_overhead`
+        (WindowRate.overhead; kept as it was while nothing is decoded): windows are judged at the
+        decode rate over this, and re-plans ask the planner for the floor times this."""
         self._asked: tuple[float, str] | None = None
         """(rate asked for, plan spec applied) of the last re-plan for a violation that changed the plan."""
         self._boost_for: tuple[int | None, float | None] = (None, None)
@@ -119,7 +125,7 @@ class QosLoop:
         moeqos.executor.qos_control; a faster plan also gives the recalibration a second plan to tell
         the fixed cost from the expert calls)."""
         asked, self._fallback = qos_control.planning_target(
-            target, self.settings, self._fallback, self._reference, self.boost
+            target, self.settings, self._fallback, self._reference, self.boost, self.overhead
         )
         return asked
 
@@ -139,9 +145,13 @@ class QosLoop:
                 self.calibration = recalibration.fit(profile, steps)
         self._settle()
         floor = self.target.target.min_tokens_per_s if self.target.target else None
+        kept = self.stats.window(self.stats.horizon)
+        if kept.client_tokens_per_s is not None:
+            self.overhead = min(kept.overhead, self.settings.max_overhead)
         window = self.window()
         sustained = self.stats.window(self.settings.sustained_s, self._plan(), self._threads())
-        decision = self.controller.decide(now, floor, window, self.target.state in BUSY, sustained)
+        busy = self.target.state in BUSY
+        decision = self.controller.decide(now, floor, window, busy, sustained, self.overhead)
         self._keep_boost_for(floor)
         # a thread change forgets the calibration (`_set_threads`): none fitted since means 0 steps
         unfitted = self._threads_since > -math.inf and self.calibration.steps == 0
@@ -194,7 +204,9 @@ class QosLoop:
                     self.boost,
                 )
         self._asked = None
-        return floor * (1 + self.settings.headroom) * self.boost if self._fallback == 0 else None
+        if self._fallback != 0:
+            return None
+        return floor * self.overhead * (1 + self.settings.headroom) * self.boost
 
     def window(self) -> WindowRate:
         """The rate window: steps under the plan in force of the last `window_s` seconds, or of as long
@@ -288,9 +300,8 @@ class QosLoop:
         floor = target.min_tokens_per_s if target else None
         predicted = None
         if profile is not None:
-            predicted = 1.0 / max(
-                recalibration.predict_seconds(self.planned_with, profile, self._plan()), 1e-9
-            )
+            seconds = recalibration.predict_seconds(self.planned_with, profile, self._plan())
+            predicted = 1.0 / max(seconds, 1e-9) / self.overhead
         state = self._last.state
         if self.target.state in BUSY:
             state = QosState.REPLANNING
@@ -301,7 +312,7 @@ class QosLoop:
             loop=self.settings.enabled,
             floor_tokens_per_s=floor,
             predicted_tokens_per_s=predicted,
-            measured_tokens_per_s=self.window().stream_tokens_per_s,
+            measured_tokens_per_s=qos_control.clients_rate(self.window(), self.overhead),
             window_seconds=self.settings.window_s,
             calibration=self.calibration.describe(),
             last_decision=self._last.reason + self._threads_said(),

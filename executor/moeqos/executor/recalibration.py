@@ -91,7 +91,9 @@ def fit(profile: Profile, steps: Sequence[StepRecord], prior_steps: float = 4.0)
     per_plan: dict[int, tuple[float, float]] = {}
     rows = []
     for step in steps:
-        x = per_plan.setdefault(id(step.plan), regressors(profile, step.plan))
+        x = per_plan.get(id(step.plan))
+        if x is None:  # once per plan: a plan's regressors walk all its experts
+            x = per_plan[id(step.plan)] = regressors(profile, step.plan)
         rows.append((x[0], x[1], step.seconds))
     cap = OUTLIER_FACTOR * statistics.median(t for _, _, t in rows)
     rows = [(f, c, min(t, cap)) for f, c, t in rows]
