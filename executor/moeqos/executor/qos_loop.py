@@ -244,12 +244,14 @@ class QosLoop:
                 log.info("qos threads: %s", self.thread_note)
             return
         plan = self._plan()
+        windows = self.settings.threads
         change = self.thread_policy.decide(
             now,
-            self.cpu.others_cores(self.settings.threads.cpu_window_s),
+            self.cpu.others_cores(windows.cpu_window_s),
             knob.wanted,
             knob.most,
             lambda threads, since, need: self.stats.step_rate(plan, threads, since, need),
+            self.cpu.others_cores(windows.fall_window_s),
         )
         if change is None:
             return

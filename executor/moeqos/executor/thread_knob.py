@@ -11,7 +11,11 @@ parallel op, so setting it from the event loop would not reach the step's thread
 
 `ThreadPolicy` picks the count from the cores other processes keep busy (moeqos.executor.cpu_share):
 round(cores - others), between 1 and the count the executor started with, at most one change every
-`interval_s`. Each change is then judged by its measured effect: the decode rate of the plan in
+`interval_s`. Others' use is read over `cpu_window_s`, and also over the shorter `fall_window_s`,
+which may only take threads away: a lost core costs at once (measured beside a one-core neighbour:
+2 threads decoded 0-4 tok/s where 1 thread decoded 45-55), a regained one only the difference
+between the two counts, and a longer look keeps a brief burst of other work from giving threads back
+too early. Each change is then judged by its measured effect: the decode rate of the plan in
 force over the first `judge_tokens` steps at the new count against its steps of the last moment
 (half the CPU window) at the old one. A change that
 made decoding slower by more than `tolerance` is undone, and that change is not tried again for
@@ -55,6 +59,8 @@ class ThreadSettings:
     enabled: bool = True
     cpu_window_s: float = 2.0
     """Other processes' CPU use is averaged over this long."""
+    fall_window_s: float = 1.0
+    """... and over this long to take threads away sooner (module docstring)."""
     interval_s: float = 2.0
     """At least this long between two changes."""
     judge_tokens: int = 16
@@ -97,14 +103,23 @@ class ThreadPolicy:
         """(from, to) -> until when that change is not tried again (it was measured slower)."""
 
     def decide(
-        self, now: float, others: float | None, current: int, most: int, rate: RateAt
+        self,
+        now: float,
+        others: float | None,
+        current: int,
+        most: int,
+        rate: RateAt,
+        recent: float | None = None,
     ) -> ThreadChange | None:
-        """The change to make at `now` (or a note), given the cores others use and the count in force."""
+        """The change to make at `now` (or a note), given the cores others use (over `cpu_window_s`;
+        `recent`: over `fall_window_s`, None when not read) and the count in force."""
         s = self.settings
         if self._pending is not None:
             return self._judge(now, current, rate)
         if others is None or now - self.last_change < s.interval_s:
             return None
+        if recent is not None and recent > others:  # fewer threads at once, more only after a while
+            others = recent
         want = min(max(math.floor(self.cores - others + 0.5), 1), most)
         if want == current or self._refused.get((current, want), -math.inf) > now:
             return None
