@@ -18,7 +18,7 @@ from moeqos.core.profile import CallCost, HardwareIdentity, ModelIdentity, Profi
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import LiveCalibration, QosState, ReplanState
-from moeqos.executor import recalibration, service_target
+from moeqos.executor import qos_control, recalibration, service_target
 from moeqos.executor.live_stats import LiveStats, WindowRate
 from moeqos.executor.qos_control import Decision, LoopSettings, QosController
 from moeqos.executor.qos_loop import QosLoop
@@ -111,7 +111,9 @@ def test_window_counts_only_steps_under_the_plan_asked_for() -> None:
     assert stats.window(10.0).tokens == 9
 
 
-def requests(stats: LiveStats, clock: FakeClock, count: int, prefill: float, step: float, tokens: int) -> None:
+def requests(
+    stats: LiveStats, clock: FakeClock, count: int, prefill: float, step: float, tokens: int
+) -> None:
     """`count` requests back to back: each waits and prefills `prefill` seconds for its first token,
     then decodes `tokens - 1` steps of `step` seconds."""
     for _ in range(count):
@@ -509,12 +511,27 @@ def test_failed_replans_step_down_to_the_floor_then_the_fastest_plan_within_the_
     assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0 * 1.12, max_perplexity=30.0)
 
 
-def test_without_a_ceiling_the_fallback_is_capped_over_the_reference_never_the_fastest_plan() -> None:
+def test_the_boost_and_the_overhead_raise_the_floor_of_stages_0_and_1() -> None:
+    """Regression: stage 1 asked for the floor alone after a boosted stage 0 found nothing, so it
+    chose a plan slower than one that had already fallen short, and one more stage went by."""
+    goal = QosTarget(min_tokens_per_s=10.0, max_perplexity=50.0)
+    settings = LoopSettings(headroom=0.1)
+    stage0, _ = qos_control.planning_target(goal, settings, 0, None, boost=1.2, overhead=1.1)
+    assert stage0.min_tokens_per_s == pytest.approx(10.0 * 1.1 * 1.2 * 1.1)
+    stage1, _ = qos_control.planning_target(goal, settings, 1, None, boost=1.2, overhead=1.1)
+    assert stage1.min_tokens_per_s == pytest.approx(10.0 * 1.1 * 1.2) and stage1.max_perplexity == 50.0
+    stage2, _ = qos_control.planning_target(goal, settings, 2, None, boost=1.2, overhead=1.1)
+    assert stage2 == QosTarget(max_perplexity=50.0, objective=Objective.SPEED)
+
+
+def test_without_a_ceiling_every_stage_is_capped_over_the_reference_never_the_fastest_plan() -> None:
     goal = QosTarget(min_tokens_per_s=20.0)
     measured = with_reference(90.0)
     loop, target, clock, stats = failing_loop(goal)
+    violate_after(loop, target, clock, stats, ReplanState.APPLIED, measured)
+    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0 * 1.12, max_perplexity=90.0 * 1.15)
     violate_after(loop, target, clock, stats, ReplanState.FAILED, measured)
-    assert loop.planning_target(goal) == goal
+    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15)
     violate_after(loop, target, clock, stats, ReplanState.FAILED, measured)
     asked = loop.planning_target(goal)
     assert asked.objective is Objective.SPEED and asked.min_tokens_per_s is None
@@ -631,7 +648,9 @@ def test_a_fallback_stage_plan_that_falls_short_moves_the_next_replan_on_a_stage
     assert loop.planning_target(goal).min_tokens_per_s == pytest.approx(20.0 * 1.12)
     target.state = ReplanState.FAILED  # stage 0 found no plan
     replan_at(15.0)
-    assert loop.planning_target(goal) == goal  # stage 1: the floor itself
+    assert loop.planning_target(goal) == QosTarget(
+        min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15
+    )  # stage 1
     serving[0], target.state = INT4, ReplanState.APPLIED  # it applied INT4 ...
     assert not loop.tick(measured).replan  # (settled at the next tick)
     replan_at(18.5)  # ... which runs short of the floor
@@ -662,7 +681,7 @@ def test_a_replan_that_found_no_plan_lets_the_next_stage_go_at_the_next_tick() -
     target.state = ReplanState.FAILED  # ... found no plan
     feed(loop.stats, clock, 1 / 15.0, 8)  # half a second later
     assert loop.tick(measured).replan  # stage 1 at once, not after min_interval_s
-    assert loop.planning_target(goal) == goal
+    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15)
     target.state = ReplanState.FAILED
     feed(loop.stats, clock, 1 / 15.0, 8)
     assert loop.tick(measured).replan  # stage 2 at once too
@@ -692,7 +711,7 @@ def test_a_replan_asks_for_the_decode_rate_the_clients_floor_needs() -> None:
     first token, a floor as the clients see it needs that much more decode rate, plus the headroom;
     the status puts the prediction on the clients' scale."""
     goal = QosTarget(min_tokens_per_s=11.5)
-    loop, target, clock, _ = stepping_loop(goal, LoopSettings(headroom=0.1, window_s=6.0))
+    loop, _, clock, _ = stepping_loop(goal, LoopSettings(headroom=0.1, window_s=6.0))
     clock.now += 10.0
     requests(loop.stats, clock, 3, prefill=0.3, step=1 / 12, tokens=19)  # 5.4 s: decode 12 tok/s
     clients = 57 / 5.4

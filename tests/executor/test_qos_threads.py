@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from moeqos.api.channel import ConnectOptions
+from moeqos.core.precision import Precision
 from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import LiveCalibration, QosState
 from moeqos.executor.cpu_share import CpuShare, machine_busy_seconds
@@ -268,6 +269,34 @@ def test_the_runtime_applies_the_knob_to_every_step(runtime: ExecutorRuntime) ->
     finally:
         runtime.threads.wanted = before
     assert counts and set(counts) == {1}
+
+
+def test_a_plan_switch_builds_at_the_knobs_count(runtime: ExecutorRuntime, monkeypatch) -> None:
+    """Regression: the switch's builds ran at the thread's own count (torch's default): beside a
+    one-core neighbour with the decode steps at 1 thread, a 210-expert switch took 11.5 s."""
+    from moeqos.executor import runtime as runtime_module
+
+    counts: list[int] = []
+    real = runtime_module.build_changed
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        counts.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime_module, "build_changed", counted)
+    served = runtime.plan
+    trial = served.with_layers(frozenset({0}), Precision.INT8)
+    before = runtime.threads.wanted
+    runtime.threads.wanted = 1
+    pool = ThreadPoolExecutor(1)
+    try:
+        pool.submit(lambda: torch.set_num_threads(2)).result()  # the worker's own count
+        pool.submit(runtime.apply_plan, trial).result()
+    finally:
+        runtime.threads.wanted = before
+        pool.submit(runtime.apply_plan, served).result()
+        pool.shutdown()
+    assert counts[0] == 1
 
 
 def test_without_a_floor_the_threads_stay_or_go_back_to_the_starting_count() -> None:

@@ -63,8 +63,9 @@ PHASES = {True: (6.0, 14.0, 14.0), False: (15.0, 40.0, 40.0)}
 PROMPT = "the planner picks a plan that meets the target"
 VARIANT_CACHE = "variants-contention"
 """The executors' variant cache under $MOEQOS_HOME (kept between runs)."""
-BURN = "while True:\n    pass\n"
-"""The neighbour: one busy core."""
+BURN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"
+"""The neighbour: one busy core, until its parent (the bench) is gone: a bench killed by a signal runs
+no `finally`, and a burner it left behind loaded every later measurement on the machine."""
 WARMUP_LIMIT_S = 900.0
 """Longest wait for the executor's variants built ahead before a scenario starts anyway."""
 READS = "cached"

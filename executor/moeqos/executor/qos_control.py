@@ -25,13 +25,20 @@ hysteresis band: a plan chosen to land inside it triggers neither rule.
 What a re-plan for a violation asks the planner for (`planning_target`) steps down while re-plans fail
 (no plan meets the floor under the calibrated profile), and back up after one applies. The planner
 predicts decode steps, so each floor below is first raised by the measured overhead (decode rate over
-the clients' rate: the prefills and waits between a client's tokens):
+the clients' rate: the prefills and waits between a client's tokens), and by the boost (the model's
+error on plan changes, learned from re-plans that landed short: moeqos.executor.qos_loop):
 - stage 0: F * (1 + headroom), the target's ceiling kept;
-- stage 1: F itself: the best plan that meets the floor, so int2 comes in only when nothing else does;
-- stage 2: the fastest plan within the target's ceiling, or, when it has none, within
-  `fallback_ppl_increase` over the reference (full-precision) perplexity: never the fastest plan of
-  all, whose quality can be catastrophic (int2) and whose switch is the largest. Without a measured
-  reference there is no ceiling to give, and stage 1 is kept.
+- stage 1: F itself: the best plan that meets the floor, so int2 comes in only when nothing else does
+  (the boost kept: a plan asked for at the floor lands as far short as one asked for above it; stage
+  1 asking for less than a plan that already fell short put one more short plan between the
+  neighbour's start and the fallback, 5 s of missed windows);
+- stage 2: the fastest plan within the target's ceiling.
+A target without a ceiling gets one for every stage: `fallback_ppl_increase` over the reference
+(full-precision) perplexity. The loop never asks for the fastest plan of all, whose quality can be
+catastrophic (int2) and whose switch is the largest, and no stage trades more quality than the last
+one may (measured: a boosted stage-0 ask with no ceiling chose int4 attention, perplexity 79 -> 114,
+where the last stage's plan at +15% held the floor in all of its windows). Without a measured
+reference there is no ceiling to give, and stage 1 is kept.
 """
 
 from __future__ import annotations
@@ -208,19 +215,17 @@ def planning_target(
 ) -> tuple[QosTarget, int]:
     """What a re-plan at fallback `stage` asks the planner for, and the stage actually used (2 becomes
     1 without a ceiling to give); `reference`: the reference perplexity, if measured; `boost`: the
-    factor stage 0 asks for over floor * (1 + headroom) (LoopSettings.max_boost); `overhead`: the
-    decode rate the clients' floor needs, per tok/s of it (WindowRate.overhead)."""
+    factor stages 0 and 1 ask for over their floors (LoopSettings.max_boost); `overhead`: the decode
+    rate the clients' floor needs, per tok/s of it (WindowRate.overhead)."""
     floor = target.min_tokens_per_s
     if not settings.enabled or floor is None:
         return target, 0
-    decode_floor = floor * overhead
-    if stage <= 0:
-        return dataclasses.replace(target, min_tokens_per_s=decode_floor * (1 + settings.headroom) * boost), 0
+    decode_floor = floor * overhead * boost
     has_ceiling = target.max_perplexity is not None or target.max_perplexity_increase is not None
+    if not has_ceiling and reference is not None:
+        target = dataclasses.replace(target, max_perplexity=reference * (1 + settings.fallback_ppl_increase))
+    if stage <= 0:
+        return dataclasses.replace(target, min_tokens_per_s=decode_floor * (1 + settings.headroom)), 0
     if stage == 1 or not (has_ceiling or reference is not None):
         return dataclasses.replace(target, min_tokens_per_s=decode_floor), 1
-    speed = dataclasses.replace(target, min_tokens_per_s=None, objective=Objective.SPEED)
-    if has_ceiling:
-        return speed, FALLBACK_STAGES
-    assert reference is not None
-    return dataclasses.replace(speed, max_perplexity=reference * (1 + settings.fallback_ppl_increase)), 2
+    return dataclasses.replace(target, min_tokens_per_s=None, objective=Objective.SPEED), FALLBACK_STAGES
