@@ -19,7 +19,7 @@ from moeqos.core.descriptions import HardwareDescription, TierSpec
 from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Assignment, Plan, parse_plan
 from moeqos.core.precision import Precision
-from moeqos.core.profile import HardwareIdentity, ModelIdentity
+from moeqos.core.profile import HardwareIdentity, ModelIdentity, Profile
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.rules import PlacementRule
 from moeqos.core.service_types import (
@@ -80,6 +80,15 @@ WITH_DENSE = dataclasses.replace(
     dense_costs=(DENSE_COST, DenseCost(DenseElement.ATTN, Precision.BF16, 1 << 22, 1e-3, -0.001)),
     dense_precision=Precision.FP16,
 )
+WITH_MEASUREMENTS = dataclasses.replace(  # what a measured profile has and an analytic one does not
+    ANALYTIC,
+    error_overlap=tuple(0.25 + 0.01 * layer for layer in range(ANALYTIC.model.num_layers)),
+    quant_error={Precision.INT4: tuple((0.125,) * ANALYTIC.model.num_experts for _ in ANALYTIC.frequency)},
+    disk_reads="cached",
+    group_size=32,
+    measured_at="2026-12-05T00:00:00+00:00",
+    version=9,
+)
 WITH_BATCH = dataclasses.replace(
     ANALYTIC,
     batch_calls=(BatchCall(Precision.INT4, "cpu", 16, 1.75), BatchCall(Precision.BF16, "cuda:0", 8, 1.25)),
@@ -123,6 +132,7 @@ ROUND_TRIPS: list[tuple[str, Any, Callable[[Any], Any], Callable[[Any], Any]]] =
     ("dense cost", DENSE_COST, wire.dense_cost_to_proto, wire.dense_cost_from_proto),
     ("profile with dense costs", WITH_DENSE, wire.profile_to_proto, wire.profile_from_proto),
     ("profile with batch timings", WITH_BATCH, wire.profile_to_proto, wire.profile_from_proto),
+    ("measured profile", WITH_MEASUREMENTS, wire.profile_to_proto, wire.profile_from_proto),
     ("assignment", Assignment(Precision.INT3, "disk"), wire.assignment_to_proto, wire.assignment_from_proto),
     ("grid", ((0.5, 1.0), (2.0, 0.0)), wire.grid_to_proto, lambda m: wire.grid_from_proto(m, "grid")),
     ("target", TARGET, wire.target_to_proto, wire.target_from_proto),
@@ -457,6 +467,21 @@ def test_pins_and_budgets():
     assert wire.budgets_from_proto([wire.budget_to_proto(b) for b in budgets]) == budgets
     with pytest.raises(InvalidArgument, match="more than one"):
         wire.budgets_from_proto([wire.budget_to_proto(budgets[0])] * 2)
+
+
+def test_every_profile_field_crosses_the_wire() -> None:
+    """Regression: `error_overlap` was left out of the proto, so the planner's quality model lost every
+    layer's overlap and the demo's Deploy found no plan for a ceiling that all-bf16 met. Each field
+    of Profile must be set (not its default) in some profile the round trips above carry."""
+    carried = [value for _, value, to_proto, _ in ROUND_TRIPS if to_proto is wire.profile_to_proto]
+    for field in dataclasses.fields(Profile):
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            continue  # required: every profile sets it
+        assert any(getattr(profile, field.name) != default for profile in carried), field.name
 
 
 def test_profile_round_trip(executor_address):

@@ -341,6 +341,7 @@ def profile_to_proto(profile: Profile) -> pb.Profile:
             pb.BatchStep(rows=s.rows, fixed_ratio=s.fixed_ratio, expert_scale=s.expert_scale)
             for s in profile.batch_steps
         ],
+        error_overlap=profile.error_overlap,
     )
 
 
@@ -412,6 +413,7 @@ def profile_from_proto(message: pb.Profile) -> Profile:
                 for c in message.batch_calls
             ),
             batch_steps=tuple(BatchStep(s.rows, s.fixed_ratio, s.expert_scale) for s in message.batch_steps),
+            error_overlap=tuple(finite("error_overlap", x) for x in message.error_overlap),
         )
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidArgument):
