@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 from moeqos.api.channel import ConnectOptions
 from moeqos.core.dense import DenseCost, DenseElement
+from moeqos.core.errors import InfeasibleTarget
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import CallCost, HardwareIdentity, ModelIdentity, Profile, QualityPoint
@@ -726,3 +727,60 @@ def test_a_replan_asks_for_the_decode_rate_the_clients_floor_needs() -> None:
     requests(loop.stats, clock, 3, prefill=3.0, step=1 / 12, tokens=19)  # mostly prefill: capped
     loop.tick(profile())
     assert loop.overhead == LoopSettings().max_overhead
+
+
+def test_a_violations_replan_asks_for_the_later_stages_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: each stage the planner found no plan for cost a tick and a solve before the next
+    was asked for (1-1.5 s each beside the neighbour, while the clients' windows read 4-14 tokens);
+    now one re-plan asks for them in turn. A slack re-plan asks for its one target only."""
+    asked: list[QosTarget] = []
+
+    class Planner:  # moeqos.client.planner.AsyncPlannerClient: no plan meets any floor
+        def __init__(self, *args: object) -> None:
+            pass
+
+        async def __aenter__(self) -> Planner:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def plan(self, target, profile, budgets, pins):  # type: ignore[no-untyped-def]
+            asked.append(target)
+            if target.min_tokens_per_s is not None:
+                raise InfeasibleTarget(f"no plan meets {target.describe()}")
+            return SimpleNamespace(plan=INT4)
+
+    monkeypatch.setattr(service_target, "AsyncPlannerClient", Planner)
+    measured = with_reference(90.0)
+
+    async def scenario() -> None:
+        clock, hooks, served = FakeClock(), Hooks(), [BF16]
+        target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks)
+        target.set(QosTarget(min_tokens_per_s=20.0), "")
+        loop = QosLoop(LoopSettings(), LiveStats(lambda: served[0], clock), target, lambda: served[0])
+        target.planning_target, target.planning_fallbacks = loop.planning_target, loop.planning_fallbacks
+        feed(loop.stats, clock, 0.1, 60)  # 10 tok/s < 20
+        assert loop.tick(measured).replan
+        await target.wait()
+        assert [a.min_tokens_per_s for a in asked] == [pytest.approx(22.4), pytest.approx(20.0), None]
+        assert asked[-1].objective is Objective.SPEED and asked[-1].max_perplexity == pytest.approx(103.5)
+        assert hooks.applied == [INT4] and target.rung == 2
+        served[0] = INT4  # the last stage's plan took over ...
+        assert not loop.tick(measured).replan
+        asked.clear()
+        clock.now += 10.0
+        feed(loop.stats, clock, 0.1, 60)  # ... and falls short: the last stage again, alone
+        assert loop.tick(measured).replan
+        await target.wait()
+        assert [a.objective for a in asked] == [Objective.SPEED]
+        asked.clear()
+        clock.now += 60.0
+        feed(loop.stats, clock, 1 / 40.0, 240)  # 40 tok/s: slack, for the quality plan
+        decision = loop.tick(measured)
+        assert decision.replan and decision.for_slack
+        await target.wait()
+        assert [a.min_tokens_per_s for a in asked] == [pytest.approx(22.4)]  # no fallback stages
+        assert target.state is ReplanState.FAILED
+
+    asyncio.run(scenario())

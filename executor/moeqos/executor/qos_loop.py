@@ -92,6 +92,10 @@ class QosLoop:
         one applied a plan that held or a re-plan for slack."""
         self._fallback_plan: str | None = None
         """The spec of the plan the last re-plan at a fallback stage (1 or 2) applied."""
+        self._chain = False
+        """The re-plan being started is the loop's, for a violation: it tries the later stages at once."""
+        self._rungs: tuple[int, ...] = (0,)
+        """The stage of each target the re-plan in flight asks for, in turn (StandingTarget.rung)."""
         self._reference: float | None = None
         """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
         self._threads_since = -math.inf
@@ -127,7 +131,26 @@ class QosLoop:
         asked, self._fallback = qos_control.planning_target(
             target, self.settings, self._fallback, self._reference, self.boost, self.overhead
         )
+        self._rungs = (self._fallback,)
         return asked
+
+    def planning_fallbacks(self, target: QosTarget) -> tuple[QosTarget, ...]:
+        """What a violation's re-plan asks for next, at once, while the planner finds no plan: the later
+        stages (after `planning_target`). Each stage that found nothing had cost a tick and a solve
+        under the neighbour (measured: stages 0 and 1 failed in turn, 1-1.5 s each, while the windows
+        read 4-14 tokens); the planner says at once that a stage is out of reach."""
+        if not (self._chain and self.settings.enabled):
+            return ()
+        asks: list[QosTarget] = []
+        while self._rungs[-1] < qos_control.FALLBACK_STAGES:
+            asked, stage = qos_control.planning_target(
+                target, self.settings, self._rungs[-1] + 1, self._reference, self.boost, self.overhead
+            )
+            if stage <= self._rungs[-1]:  # no later stage to give (no ceiling)
+                break
+            asks.append(asked)
+            self._rungs = (*self._rungs, stage)
+        return tuple(asks)
 
     # ----- one look ----------------------------------------------------------------------------
     def tick(self, profile: Profile | None) -> Decision:
@@ -165,6 +188,8 @@ class QosLoop:
             self._fallback = min(self._fallback + 1, qos_control.FALLBACK_STAGES) if escalate else 0
             if floor is not None:
                 asking = self._learn_boost(floor, window)
+            self._chain = not decision.for_slack
+            self._rungs = (self._fallback,)  # until the re-plan asks (planning_target, planning_fallbacks)
         if decision.replan and self.settings.enabled and self.target.replan():
             self.controller.replanned(now)
             self._pending = (self._plan().to_spec(), decision.for_slack, asking)
@@ -280,12 +305,16 @@ class QosLoop:
         after = self._plan().to_spec()
         now = self.stats.clock()
         self.controller.settled(after != before, for_slack, now)
-        if after != before and asking is not None:
+        chained, self._chain = len(self._rungs) > 1, False
+        found_none = self.target.state is ReplanState.FAILED
+        rung = len(self._rungs) - 1 if found_none else min(self.target.rung, len(self._rungs) - 1)
+        self._fallback = self._rungs[rung]  # the stage whose plan applied, or the last one tried
+        if after != before and asking is not None and rung == 0:
             self._asked = (asking, after)
         if after != before:
             self._fallback_plan = after if self._fallback > 0 and not for_slack else None
-        found_none = self.target.state is ReplanState.FAILED
-        if found_none and not for_slack and self._fallback < qos_control.FALLBACK_STAGES:
+        # a failed stage with later ones untried goes on at the next tick; a failed ladder waits
+        if found_none and not for_slack and not chained and self._fallback < qos_control.FALLBACK_STAGES:
             self.controller.allow_now(now)
 
     def _log(self, decision: Decision) -> None:

@@ -306,6 +306,7 @@ async def start_executor(
         CpuShare(own_niced=NicedThreads()),
     )
     target.planning_target = qos.planning_target  # re-plans ask with headroom,
+    target.planning_fallbacks = qos.planning_fallbacks  # the loop's: then the fallback stages at once,
     target.planning_profile = qos.calibrated  # from the live-calibrated profile
     servicer = ExecutorServicer(
         config.name or socket.gethostname(),

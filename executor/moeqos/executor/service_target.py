@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from moeqos.api.channel import ConnectOptions
 from moeqos.client.planner import AsyncPlannerClient
-from moeqos.core.errors import MoeqosError, Unavailable
+from moeqos.core.errors import InfeasibleTarget, MoeqosError, Unavailable
 from moeqos.core.plan import Plan
 from moeqos.core.profile import Profile
 from moeqos.core.qos import QosTarget
@@ -74,6 +74,11 @@ class StandingTarget:
         self._backoff = backoff
         self.planning_target: Callable[[QosTarget], QosTarget] = lambda target: target
         """The target the planner is asked for (the QoS loop adds headroom to the floor)."""
+        self.planning_fallbacks: Callable[[QosTarget], Sequence[QosTarget]] = lambda target: ()
+        """Targets asked for next, in turn and at once, while the planner finds no plan for the one
+        before (the QoS loop's fallback stages); the last one's failure is the re-plan's."""
+        self.rung = 0
+        """Which target the last plan applied was found for: 0 the planning target, i the i-th fallback."""
         self.planning_profile: Callable[[Profile], Profile] = lambda profile: profile
         """The profile the planner plans from (the QoS loop's live calibration of the measured one)."""
         self._task: asyncio.Task[None] | None = None
@@ -144,8 +149,17 @@ class StandingTarget:
 
     async def _plan_once(self, target: QosTarget, address: str, pins: tuple[PlacementRule, ...]) -> Plan:
         profile = self.planning_profile(await self._hooks.cached_profile())
+        asks = (self.planning_target(target), *self.planning_fallbacks(target))
+        budgets = self._hooks.budgets()
         async with AsyncPlannerClient(address, self._peer) as planner:
-            outcome = await planner.plan(
-                self.planning_target(target), profile=profile, budgets=self._hooks.budgets(), pins=pins
-            )
+            for rung, asked in enumerate(asks[:-1]):
+                try:
+                    outcome = await planner.plan(asked, profile=profile, budgets=budgets, pins=pins)
+                except InfeasibleTarget as exc:
+                    log.info("no plan meets %s (%s); asking for the next fallback", asked.describe(), exc)
+                    continue
+                self.rung = rung
+                return outcome.plan
+            outcome = await planner.plan(asks[-1], profile=profile, budgets=budgets, pins=pins)
+        self.rung = len(asks) - 1
         return outcome.plan
