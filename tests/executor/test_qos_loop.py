@@ -530,9 +530,12 @@ def test_without_a_ceiling_every_stage_is_capped_over_the_reference_never_the_fa
     measured = with_reference(90.0)
     loop, target, clock, stats = failing_loop(goal)
     violate_after(loop, target, clock, stats, ReplanState.APPLIED, measured)
-    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0 * 1.12, max_perplexity=90.0 * 1.15)
+    quality = Objective.QUALITY  # kept: a ceiling alone would make the planner optimise speed
+    stage0 = QosTarget(min_tokens_per_s=20.0 * 1.12, max_perplexity=90.0 * 1.15, objective=quality)
+    assert loop.planning_target(goal) == stage0
     violate_after(loop, target, clock, stats, ReplanState.FAILED, measured)
-    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15)
+    stage1 = QosTarget(min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15, objective=quality)
+    assert loop.planning_target(goal) == stage1
     violate_after(loop, target, clock, stats, ReplanState.FAILED, measured)
     asked = loop.planning_target(goal)
     assert asked.objective is Objective.SPEED and asked.min_tokens_per_s is None
@@ -650,7 +653,7 @@ def test_a_fallback_stage_plan_that_falls_short_moves_the_next_replan_on_a_stage
     target.state = ReplanState.FAILED  # stage 0 found no plan
     replan_at(15.0)
     assert loop.planning_target(goal) == QosTarget(
-        min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15
+        min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15, objective=Objective.QUALITY
     )  # stage 1
     serving[0], target.state = INT4, ReplanState.APPLIED  # it applied INT4 ...
     assert not loop.tick(measured).replan  # (settled at the next tick)
@@ -682,7 +685,9 @@ def test_a_replan_that_found_no_plan_lets_the_next_stage_go_at_the_next_tick() -
     target.state = ReplanState.FAILED  # ... found no plan
     feed(loop.stats, clock, 1 / 15.0, 8)  # half a second later
     assert loop.tick(measured).replan  # stage 1 at once, not after min_interval_s
-    assert loop.planning_target(goal) == QosTarget(min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15)
+    assert loop.planning_target(goal) == QosTarget(
+        min_tokens_per_s=20.0, max_perplexity=90.0 * 1.15, objective=Objective.QUALITY
+    )
     target.state = ReplanState.FAILED
     feed(loop.stats, clock, 1 / 15.0, 8)
     assert loop.tick(measured).replan  # stage 2 at once too
@@ -781,6 +786,7 @@ def test_a_violations_replan_asks_for_the_later_stages_at_once(monkeypatch: pyte
         assert decision.replan and decision.for_slack
         await target.wait()
         assert [a.min_tokens_per_s for a in asked] == [pytest.approx(22.4)]  # no fallback stages
+        assert asked[0].effective_objective is Objective.QUALITY  # for quality, under the ceiling
         assert target.state is ReplanState.FAILED
 
     asyncio.run(scenario())

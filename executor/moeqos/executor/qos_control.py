@@ -222,8 +222,9 @@ def planning_target(
         return target, 0
     decode_floor = floor * overhead * boost
     has_ceiling = target.max_perplexity is not None or target.max_perplexity_increase is not None
-    if not has_ceiling and reference is not None:
-        target = dataclasses.replace(target, max_perplexity=reference * (1 + settings.fallback_ppl_increase))
+    if not has_ceiling and reference is not None:  # the objective kept: a ceiling alone would mean speed
+        ceiling = reference * (1 + settings.fallback_ppl_increase)
+        target = dataclasses.replace(target, max_perplexity=ceiling, objective=target.effective_objective)
     if stage <= 0:
         return dataclasses.replace(target, min_tokens_per_s=decode_floor * (1 + settings.headroom)), 0
     if stage == 1 or not (has_ceiling or reference is not None):
