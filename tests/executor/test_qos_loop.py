@@ -405,12 +405,14 @@ def test_loop_against_a_planner_that_is_down_keeps_the_plan_and_retries() -> Non
     asyncio.run(scenario())
 
 
-def test_a_loop_replan_keeps_the_pins_asks_from_the_calibration_and_applies_only_while_current(
+def fake_planner(
     monkeypatch: pytest.MonkeyPatch,
+    answer: Callable[[QosTarget, Profile, tuple[PlacementRule, ...]], Plan],
 ) -> None:
-    asked: list[tuple[QosTarget, Profile, tuple[PlacementRule, ...]]] = []
+    """Re-plans ask `answer` instead of a planner (moeqos.client.planner.AsyncPlannerClient's `plan`;
+    what it raises, the planner raised)."""
 
-    class Planner:  # moeqos.client.planner.AsyncPlannerClient, answering INT4
+    class Planner:
         def __init__(self, *args: object) -> None:
             pass
 
@@ -421,10 +423,21 @@ def test_a_loop_replan_keeps_the_pins_asks_from_the_calibration_and_applies_only
             return None
 
         async def plan(self, target, profile, budgets, pins):  # type: ignore[no-untyped-def]
-            asked.append((target, profile, pins))
-            return SimpleNamespace(plan=INT4)
+            return SimpleNamespace(plan=answer(target, profile, pins))
 
     monkeypatch.setattr(service_target, "AsyncPlannerClient", Planner)
+
+
+def test_a_loop_replan_keeps_the_pins_asks_from_the_calibration_and_applies_only_while_current(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[tuple[QosTarget, Profile, tuple[PlacementRule, ...]]] = []
+
+    def answer(target: QosTarget, profile: Profile, pins: tuple[PlacementRule, ...]) -> Plan:
+        asked.append((target, profile, pins))
+        return INT4
+
+    fake_planner(monkeypatch, answer)
 
     async def scenario() -> None:
         clock, hooks = FakeClock(), Hooks()
@@ -740,23 +753,13 @@ def test_a_violations_replan_asks_for_the_later_stages_at_once(monkeypatch: pyte
     now one re-plan asks for them in turn. A slack re-plan asks for its one target only."""
     asked: list[QosTarget] = []
 
-    class Planner:  # moeqos.client.planner.AsyncPlannerClient: no plan meets any floor
-        def __init__(self, *args: object) -> None:
-            pass
+    def answer(target: QosTarget, profile: Profile, pins: tuple[PlacementRule, ...]) -> Plan:
+        asked.append(target)
+        if target.min_tokens_per_s is not None:  # no plan meets any floor
+            raise InfeasibleTarget(f"no plan meets {target.describe()}")
+        return INT4
 
-        async def __aenter__(self) -> Planner:
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            return None
-
-        async def plan(self, target, profile, budgets, pins):  # type: ignore[no-untyped-def]
-            asked.append(target)
-            if target.min_tokens_per_s is not None:
-                raise InfeasibleTarget(f"no plan meets {target.describe()}")
-            return SimpleNamespace(plan=INT4)
-
-    monkeypatch.setattr(service_target, "AsyncPlannerClient", Planner)
+    fake_planner(monkeypatch, answer)
     measured = with_reference(90.0)
 
     async def scenario() -> None:
