@@ -26,8 +26,9 @@ Every `tick_s` the loop
    stage 1 asks for the floor itself from the same calibration whose error put the stage-0 plans out
    of reach, and its plan can land as short (measured beside a one-core neighbour at one thread:
    stage 0 found nothing, stage 1 applied plans predicted at the floor that ran 5-8% under it, and the
-   loop went back to stage 0 and round again for 40 s, never asking for the fastest plan). A re-plan
-   that found no plan lets the next stage go at the next tick: nothing changed that needs measuring.
+   loop went back to stage 0 and round again for 40 s, never asking for the fastest plan). A
+   violation's re-plan asks for the later stages itself, at once, while the planner finds no plan
+   (`planning_fallbacks`): nothing changed that needs measuring between them.
 Each decision that changes something, or says why nothing changes, is logged once.
 
 With the loop off (`LoopSettings.enabled = False`) steps are still measured and reported, but nothing
