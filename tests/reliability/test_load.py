@@ -4,6 +4,7 @@ reader loses its slot after the write window, and memory does not grow across pl
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -41,6 +42,40 @@ def test_the_probes_flag_a_slot_kept_and_memory_grown():
     assert report.probe_problems == bad.problems() and len(bad.problems()) == 3
     assert "a:1: a slow reader held its slot for good" in report.table()
     assert "RSS 500 -> 551 MiB over 6 plan switches" in report.table()
+
+
+def test_after_the_run_waits_for_requests_to_leave_and_flags_one_that_stays(monkeypatch):
+    """Regression: a client has its last message before the server hands its admission slot back, so
+    a check at once read `1 running` on a CI run; a request still there SETTLE_S later is a problem."""
+    from types import SimpleNamespace
+
+    from moeqos.bench import load
+    from moeqos.core.service_types import ReplanState
+
+    active = {"leaving": [1, 1, 0], "stuck": [1] * 1000}
+
+    class Client:  # moeqos.client.AsyncExecutorClient: GetInfo and health
+        def __init__(self, address: str) -> None:
+            self.counts = iter(active[address])
+
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def info(self):
+            return SimpleNamespace(
+                active_generations=next(self.counts), queued_generations=0, replan_state=ReplanState.IDLE
+            )
+
+        async def health(self) -> str:
+            return "SERVING"
+
+    monkeypatch.setattr(load, "AsyncExecutorClient", Client)
+    monkeypatch.setattr(load, "SETTLE_S", 0.5)
+    assert asyncio.run(load.after_the_run(["leaving"])) == []
+    assert asyncio.run(load.after_the_run(["stuck"])) == ["stuck: SERVING, 1 running, 0 queued"]
 
 
 def test_rss_is_read_from_proc():

@@ -197,13 +197,22 @@ async def device_budgets(address: str) -> tuple[int, int]:
     return int(total(Precision.BF16) * 1.1), int(total(Precision.INT4) * 1.2)
 
 
+SETTLE_S = 5.0
+"""How long requests may take to leave an executor after the traffic is over: a client has its last
+message before the server's handler hands its admission slot back (a CI run read `1 running` at once)."""
+
+
 async def after_the_run(executors: Sequence[str]) -> list[str]:
-    """What is wrong once the traffic is over: an executor not SERVING, requests left running or queued,
-    or a standing-target re-plan that failed."""
+    """What is wrong once the traffic is over: an executor not SERVING, requests left running or queued
+    `SETTLE_S` later, or a standing-target re-plan that failed."""
     problems = []
     for address in executors:
         async with AsyncExecutorClient(address) as client:
             info, health = await client.info(), await client.health()
+            settle_by = time.monotonic() + SETTLE_S
+            while (info.active_generations or info.queued_generations) and time.monotonic() < settle_by:
+                await asyncio.sleep(0.1)
+                info = await client.info()
         if health != "SERVING" or info.active_generations or info.queued_generations:
             problems.append(
                 f"{address}: {health}, {info.active_generations} running, {info.queued_generations} queued"
