@@ -5,6 +5,7 @@ force, and the knob reaching the thread that runs a step (torch keeps the count 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -18,12 +19,16 @@ from moeqos.core.qos import QosTarget
 from moeqos.core.service_types import LiveCalibration, QosState
 from moeqos.executor.cpu_share import CpuShare, machine_busy_seconds
 from moeqos.executor.live_stats import LiveStats
+from moeqos.executor.metrics import ExecutorMetrics
 from moeqos.executor.qos_control import LoopSettings
 from moeqos.executor.qos_loop import QosLoop
 from moeqos.executor.runtime import ExecutorRuntime
 from moeqos.executor.sampling import SamplingParams
+from moeqos.executor.service_measure import MeasureSettings
+from moeqos.executor.service_model import ServedModel
 from moeqos.executor.service_target import StandingTarget
 from moeqos.executor.thread_knob import ThreadKnob, ThreadPolicy, ThreadSettings
+from prometheus_client import CollectorRegistry
 
 from tests.executor.test_qos_loop import BF16, FakeClock, Hooks, feed, profile
 
@@ -272,8 +277,9 @@ def test_the_runtime_applies_the_knob_to_every_step(runtime: ExecutorRuntime) ->
 
 
 def test_a_plan_switch_builds_at_the_knobs_count(runtime: ExecutorRuntime, monkeypatch) -> None:
-    """Regression: the switch's builds ran at the thread's own count (torch's default): beside a
-    one-core neighbour with the decode steps at 1 thread, a 210-expert switch took 11.5 s."""
+    """Regression: the switch's builds ran at its thread's own count (torch's default): beside a
+    one-core neighbour with the decode steps at 1 thread, a 210-expert switch took 11.5 s. Every call
+    the served model runs off the decode path starts at the knob's count."""
     from moeqos.executor import runtime as runtime_module
 
     counts: list[int] = []
@@ -284,18 +290,19 @@ def test_a_plan_switch_builds_at_the_knobs_count(runtime: ExecutorRuntime, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runtime_module, "build_changed", counted)
-    served = runtime.plan
-    trial = served.with_layers(frozenset({0}), Precision.INT8)
+    served_plan = runtime.plan
+    trial = served_plan.with_layers(frozenset({0}), Precision.INT8)
     before = runtime.threads.wanted
     runtime.threads.wanted = 1
-    pool = ThreadPoolExecutor(1)
-    try:
+    with ThreadPoolExecutor(1) as pool:
         pool.submit(lambda: torch.set_num_threads(2)).result()  # the worker's own count
-        pool.submit(runtime.apply_plan, trial).result()
-    finally:
-        runtime.threads.wanted = before
-        pool.submit(runtime.apply_plan, served).result()
-        pool.shutdown()
+        served = ServedModel(pool, MeasureSettings(), None, ExecutorMetrics(CollectorRegistry()))
+        served.attach(runtime)
+        try:
+            asyncio.run(served.apply(trial))
+        finally:
+            runtime.threads.wanted = before
+            asyncio.run(served.apply(served_plan))
     assert counts[0] == 1
 
 

@@ -93,8 +93,6 @@ class QosLoop:
         one applied a plan that held or a re-plan for slack."""
         self._fallback_plan: str | None = None
         """The spec of the plan the last re-plan at a fallback stage (1 or 2) applied."""
-        self._chain = False
-        """The re-plan being started is the loop's, for a violation: it tries the later stages at once."""
         self._rungs: tuple[int, ...] = (0,)
         """The stage of each target the re-plan in flight asks for, in turn (StandingTarget.rung)."""
         self._reference: float | None = None
@@ -140,7 +138,8 @@ class QosLoop:
         stages (after `planning_target`). Each stage that found nothing had cost a tick and a solve
         under the neighbour (measured: stages 0 and 1 failed in turn, 1-1.5 s each, while the windows
         read 4-14 tokens); the planner says at once that a stage is out of reach."""
-        if not (self._chain and self.settings.enabled):
+        # the loop's own re-plan for a violation (`_pending` is set as it starts, before it asks)
+        if not (self.settings.enabled and self._pending is not None and not self._pending[1]):
             return ()
         asks: list[QosTarget] = []
         while self._rungs[-1] < qos_control.FALLBACK_STAGES:
@@ -189,7 +188,6 @@ class QosLoop:
             self._fallback = min(self._fallback + 1, qos_control.FALLBACK_STAGES) if escalate else 0
             if floor is not None:
                 asking = self._learn_boost(floor, window)
-            self._chain = not decision.for_slack
             self._rungs = (self._fallback,)  # until the re-plan asks (planning_target, planning_fallbacks)
         if decision.replan and self.settings.enabled and self.target.replan():
             self.controller.replanned(now)
@@ -306,7 +304,7 @@ class QosLoop:
         after = self._plan().to_spec()
         now = self.stats.clock()
         self.controller.settled(after != before, for_slack, now)
-        chained, self._chain = len(self._rungs) > 1, False
+        chained = len(self._rungs) > 1
         found_none = self.target.state is ReplanState.FAILED
         rung = len(self._rungs) - 1 if found_none else min(self.target.rung, len(self._rungs) - 1)
         self._fallback = self._rungs[rung]  # the stage whose plan applied, or the last one tried

@@ -213,10 +213,6 @@ class ExecutorRuntime:
             if check is not None:
                 check()
             self.validate_plan(plan)
-            # the builds' torch ops run on this thread, at the count the decode steps use (measured: at
-            # torch's default 2 beside a one-core neighbour, a 210-expert switch took 11.5 s; quiet ones
-            # take 0.01-0.09 s)
-            self.threads.apply()
             start = time.perf_counter()
             previous = self.store.plan
             changed = [k for k, _ in plan.items()] if previous is None else plan.changed_experts(previous)
