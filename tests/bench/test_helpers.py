@@ -127,3 +127,29 @@ def test_cpu_model_comes_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t: avx2\n")
     assert cpu_model(cpuinfo) == "Test CPU 9000"
     assert cpu_model(tmp_path / "missing")  # falls back to what platform knows, never empty
+
+
+def test_a_plans_dense_reads_follow_its_dense_part_and_skip_untied_embeddings():
+    from types import SimpleNamespace
+
+    from moeqos.bench.bandwidth import dense_read_bytes
+    from moeqos.core.dense import DenseShapes
+
+    def ctx(tied: bool) -> SimpleNamespace:
+        shapes = DenseShapes.mixtral(2, 64, 4, 2, 1000, tied=tied)
+        model = SimpleNamespace(dense_bytes=10_000_000)
+        runtime = SimpleNamespace(dense=SimpleNamespace(shapes=lambda: shapes))
+        return SimpleNamespace(
+            runtime=runtime, profile=SimpleNamespace(model=model, dense_precision=Precision.BF16)
+        )
+
+    plain = parse_plan("int4@cpu", 2, 2, "cpu")
+    quantized = parse_plan("int4@cpu,attn=int8,head=int4", 2, 2, "cpu")
+    tied, untied = ctx(True), ctx(False)
+    assert dense_read_bytes(tied, plain) == 10_000_000
+    assert dense_read_bytes(untied, plain) == 10_000_000 - 2 * 1000 * 64  # the embeddings: one row a token
+    shapes = tied.runtime.dense.shapes()
+    assert dense_read_bytes(tied, quantized) == 10_000_000 + shapes.read_delta(
+        quantized.dense, Precision.BF16
+    )
+    assert dense_read_bytes(tied, quantized) < dense_read_bytes(tied, plain)

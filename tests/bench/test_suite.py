@@ -47,7 +47,12 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     baseline = sections["baseline"]["data"]
     assert _finite_positive(baseline["transformers_fp32"]["tokens_per_s"])
     assert _finite_positive(baseline["knee"]["ratio"])
-    assert all(_finite_positive(p["fraction_of_bound"]) for p in sections["bandwidth"]["data"]["plans"])
+    bandwidth = sections["bandwidth"]["data"]
+    assert all(_finite_positive(p["fraction_of_bound"]) for p in bandwidth["plans"])
+    assert [p["plan"] for p in bandwidth["plans"]][-1] == "fastest"
+    assert [g["name"] for g in sections["bandwidth"]["goals"]] == [
+        "fastest plan's fraction of the bytes bound"
+    ]
     breakdown = sections["breakdown"]["data"]["plans"]
     assert [p["plan"] for p in breakdown] == ["all-bf16", "all-int8", "all-int4"]
     assert all(p["parts_seconds"]["experts"] > 0 for p in breakdown)

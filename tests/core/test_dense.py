@@ -22,6 +22,19 @@ def test_element_bytes_follow_the_matrix_contract():
     )
 
 
+def test_a_token_reads_a_tied_head_in_the_dense_precision_and_the_plans_dense_part_moves_its_reads():
+    head_bf16 = 2 * 49152 * 576
+    # holds nothing of its own, but a decode token reads the whole embedding matrix through it
+    assert SHAPES.read_bytes(DenseElement.HEAD, Precision.BF16) == head_bf16
+    attn_bf16 = SHAPES.read_bytes(DenseElement.ATTN, Precision.BF16)
+    assert attn_bf16 == SHAPES.element_bytes(DenseElement.ATTN, Precision.BF16, Precision.BF16)
+    plan_dense = dense_precisions({DenseElement.ATTN: Precision.INT8, DenseElement.HEAD: Precision.INT4})
+    delta = SHAPES.read_delta(plan_dense, Precision.BF16)
+    attn_int8 = SHAPES.element_bytes(DenseElement.ATTN, Precision.INT8, Precision.BF16)
+    assert delta == attn_int8 - attn_bf16 + matrix_bytes(49152, 576, Precision.INT4) - head_bf16
+    assert SHAPES.read_delta((), Precision.BF16) == 0
+
+
 def test_budget_charge_is_the_delta_over_the_dense_precision_on_the_device():
     charge = DenseCharge(SHAPES, Precision.BF16, "cpu")
     assert charge.bytes_per_tier((), 64) == {}

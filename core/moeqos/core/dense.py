@@ -102,6 +102,24 @@ class DenseShapes:
             return matrix_bytes(*self.head, precision, group_size)
         return sum(matrix_bytes(rows, cols, precision, group_size) for rows, cols in self.attention)
 
+    def read_bytes(
+        self, element: DenseElement, precision: Precision, group_size: int = DEFAULT_GROUP_SIZE
+    ) -> int:
+        """Bytes one decode token reads from `element` in `precision`: all of its matrices (a tied head
+        in the dense precision holds nothing of its own but reads the embedding matrix, all of it)."""
+        if element == DenseElement.HEAD:
+            return matrix_bytes(*self.head, precision, group_size)
+        return sum(matrix_bytes(rows, cols, precision, group_size) for rows, cols in self.attention)
+
+    def read_delta(
+        self, plan_dense: DensePrecisions, dense: Precision, group_size: int = DEFAULT_GROUP_SIZE
+    ) -> int:
+        """Bytes a decode token reads from the dense elements under `plan_dense` beyond (negative: below)
+        what it reads with every element in the model's dense precision `dense`."""
+        return sum(
+            self.read_bytes(e, p, group_size) - self.read_bytes(e, dense, group_size) for e, p in plan_dense
+        )
+
     def table(self, dense: Precision, group_size: int = DEFAULT_GROUP_SIZE) -> DenseTable:
         """Bytes of every element in every precision."""
         return DenseTable(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from moeqos.core.dense import DenseCost, DenseElement, DenseShapes
 from moeqos.core.descriptions import HardwareDescription, ModelDescription
-from moeqos.core.precision import Precision, matrix_bytes
+from moeqos.core.precision import Precision
 from moeqos.planner.priors import PRIOR_LOG_PPL_INCREASE
 
 WHATIF_DENSE_PRECISIONS = (Precision.BF16, Precision.INT8, Precision.INT4)
@@ -42,7 +42,7 @@ def whatif_dense_costs(model: ModelDescription, hardware: HardwareDescription) -
         weights = _weights(shapes, element)
         for precision in WHATIF_DENSE_PRECISIONS:
             held = shapes.element_bytes(element, precision, Precision.BF16)
-            read = _read_bytes(shapes, element, precision)
+            read = shapes.read_bytes(element, precision)
             log_ppl = PRIOR_LOG_PPL_INCREASE[precision] * weights / expert_weights
             costs.append(DenseCost(element, precision, held, read / bandwidth, log_ppl))
     return tuple(costs)
@@ -51,10 +51,3 @@ def whatif_dense_costs(model: ModelDescription, hardware: HardwareDescription) -
 def _weights(shapes: DenseShapes, element: DenseElement) -> int:
     matrices = [shapes.head] if element == DenseElement.HEAD else list(shapes.attention)
     return sum(rows * cols for rows, cols in matrices)
-
-
-def _read_bytes(shapes: DenseShapes, element: DenseElement, precision: Precision) -> int:
-    """Bytes one decode token reads from `element` (a tied head in bf16 reads the embedding matrix)."""
-    if element == DenseElement.HEAD:
-        return matrix_bytes(*shapes.head, precision)
-    return shapes.element_bytes(element, precision, Precision.BF16)
