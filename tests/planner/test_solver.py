@@ -245,3 +245,34 @@ def test_a_quality_plan_that_offloads_says_so_and_excluding_disk_fits_by_precisi
     )
     assert {a.tier for a in fitted.plan.counts()} == {"cpu"} and "offload" not in fitted.notes
     assert any(a.precision == P.INT4 for a in fitted.plan.counts())  # it quantizes instead
+
+
+def test_a_plan_the_linear_terms_underprice_is_replaced_by_one_solved_under_a_tightened_cap(
+    monkeypatch,
+) -> None:
+    """When the model's own evaluation puts the plan the MILP's linear cap allowed over the ceiling (a
+    fit whose terms under-price plans: here every predicted increase raised to the power 1.3), the
+    search shrinks the cap and solves again instead of answering InfeasibleTarget."""
+    from moeqos.planner import solver
+
+    precisions, tiers = SMALL_CASES[0]
+    profile, budgets = _instance(0, precisions, tiers)
+    reference = QualityModel.fit(profile).reference_perplexity
+    honest = solver.evaluate
+
+    def underpriced(plan, *args, **kwargs):
+        result = honest(plan, *args, **kwargs)
+        increase = max(math.log(result.predicted_perplexity / reference), 0.0)
+        return replace(result, predicted_perplexity=reference * math.exp(1.3 * increase + increase**2))
+
+    _, ppl, fits = brute_force(profile, budgets, precisions, tiers)
+    log_increase = np.log(ppl[fits] / reference)
+    ceiling = float(reference * math.exp(np.quantile(1.3 * log_increase + log_increase**2, 0.5)))
+    monkeypatch.setattr(solver, "evaluate", underpriced)
+    monkeypatch.setattr(solver, "TIGHTEN_ITERATIONS", 0)
+    with pytest.raises(InfeasibleTarget):
+        solve(PlanRequest(profile, QosTarget(max_perplexity=ceiling), tolerance=1e-9))
+    monkeypatch.setattr(solver, "TIGHTEN_ITERATIONS", 3)
+    result = solve(PlanRequest(profile, QosTarget(max_perplexity=ceiling), tolerance=1e-9))
+    assert result.predicted_perplexity <= ceiling * (1 + 1e-6)
+    _assert_within_budgets(result, budgets)

@@ -16,7 +16,10 @@ A lossy dense element's perplexity adds to the experts' after their compounding
 that adds its measured increase at a given damage of the experts (`QualityModel.dense_term`): the first
 solve sets it for lossless experts, and while a plan with a lossy dense element reaches another
 damage, the next solve sets it there (the same loop and limit as the hit rates). Each plan is evaluated
-by the model itself, so caps hold whatever the terms were set for.
+by the model itself, so caps hold whatever the terms were set for. When that evaluation puts the plan
+over a cap its linear terms met and nothing feasible was found yet, the broken cap is shrunk by the
+overshoot and the MILP solved again (at most `TIGHTEN_ITERATIONS` times) rather than answering
+InfeasibleTarget for a target some plan meets.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from moeqos.planner.problem import Problem, build_problem
 from moeqos.planner.quality_model import QualityModel
 
 DISK_ITERATIONS = 4
+TIGHTEN_ITERATIONS = 3
+"""Re-solves with tightened linear caps when the model's evaluation of a plan breaks a cap its linear
+terms met (`_tightened_caps`), before the search gives up."""
 
 
 @dataclass(frozen=True)
@@ -169,8 +175,8 @@ def _search(
     expert_cap = None if seconds_cap is None else seconds_cap - latency.step_fixed_seconds
     log_cap = None if ppl_cap is None else quality.term_cap(math.log(ppl_cap / quality.reference_perplexity))
     best: tuple[PlanResult, float] | None = None
-    solves = 0
-    while solves < DISK_ITERATIONS:
+    solves = tightenings = 0
+    while solves < DISK_ITERATIONS + tightenings:
         solves += 1
         problem = _problem(request, models, hits, damage)
         solved = solve_choice(
@@ -188,6 +194,11 @@ def _search(
         candidate = evaluate(plan, latency, quality, request.effective_budgets)
         if _meets(candidate, seconds_cap, ppl_cap) and _better(candidate, best, metric):
             best = candidate, solved[1]
+        if best is None and tightenings < TIGHTEN_ITERATIONS:
+            tightened = _tightened_caps(candidate, quality, expert_cap, log_cap, seconds_cap, ppl_cap)
+            if tightened is not None:
+                (expert_cap, log_cap), tightenings = tightened, tightenings + 1
+                continue
         new_hits = latency.hit_rates(plan)
         experts = problem.num_layers * problem.num_experts
         new_damage = float(problem.log_ppl[np.arange(experts), solved[0][:experts]].sum())  # [N] terms
@@ -208,6 +219,32 @@ def _search(
     notes = f"optimal within {gap:.2%} (certified); " + _notes(request, models, solves)
     notes += _offload_note(result.plan, metric)
     return replace(result, solve_seconds=time.perf_counter() - started, notes=notes)
+
+
+def _tightened_caps(
+    candidate: PlanResult,
+    quality: QualityModel,
+    expert_cap: float | None,
+    log_cap: float | None,
+    seconds_cap: float | None,
+    ppl_cap: float | None,
+) -> tuple[float | None, float | None] | None:
+    """The linear caps to solve again with when the model's own evaluation puts the plan they allowed
+    over a target's cap (a linearisation that under-prices the plan: the perplexity terms bound the
+    prediction from above on measured profiles, but nothing guarantees it for every fit), each broken
+    cap shrunk by the plan's overshoot: seconds by their excess, the expert terms in the ratio of the
+    allowed to the plan's predicted increase as terms. None when no cap was broken or none can shrink
+    (the plan already allowed no loss): the search then ends with what it has."""
+    seconds = 1.0 / candidate.predicted_tokens_per_s
+    new_expert, new_log, shrunk = expert_cap, log_cap, False
+    if seconds_cap is not None and expert_cap is not None and seconds > seconds_cap:
+        new_expert, shrunk = expert_cap - (seconds - seconds_cap), True
+    if ppl_cap is not None and log_cap is not None and candidate.predicted_perplexity > ppl_cap:
+        allowed = quality.term_cap(math.log(ppl_cap / quality.reference_perplexity))
+        predicted = quality.term_cap(math.log(candidate.predicted_perplexity / quality.reference_perplexity))
+        if allowed > 0 and predicted > allowed:
+            new_log, shrunk = log_cap * allowed / predicted, True
+    return (new_expert, new_log) if shrunk else None
 
 
 def _offload_note(plan: Plan, metric: Metric) -> str:
