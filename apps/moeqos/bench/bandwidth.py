@@ -22,8 +22,9 @@ from typing import Any
 from moeqos.bench.metrics import bandwidth_bound, expert_bytes_per_token
 from moeqos.bench.report import Goal, SectionResult, table
 from moeqos.bench.timing import Timing, time_repeats
+from moeqos.core.dense import DenseShapes
 from moeqos.core.plan import Plan
-from moeqos.core.precision import matrix_bytes
+from moeqos.core.precision import Precision, matrix_bytes
 
 MIN_COPY_REPEATS = 5
 FASTEST_GOAL = 0.60
@@ -44,9 +45,10 @@ def dense_read_bytes(ctx: Any, plan: Plan) -> int:
     """Bytes of dense weights one decode token reads under `plan`: the profile's dense bytes (every
     dense weight in the model's dense precision, routers fp32; less an untied model's input embeddings,
     of which a token reads one row), moved by the precisions the plan gives its dense elements."""
-    shapes = ctx.runtime.dense.shapes()
-    dense = ctx.profile.dense_precision
-    embeddings = 0 if shapes.tied_head else matrix_bytes(*shapes.head, dense)
+    shapes: DenseShapes = ctx.runtime.dense.shapes()
+    dense: Precision = ctx.profile.dense_precision
+    vocab, hidden = shapes.head
+    embeddings = 0 if shapes.tied_head else matrix_bytes(vocab, hidden, dense)
     return ctx.profile.model.dense_bytes - embeddings + shapes.read_delta(plan.dense, dense, plan.group_size)
 
 
