@@ -251,7 +251,7 @@ def test_a_plan_the_linear_terms_underprice_is_replaced_by_one_solved_under_a_ti
     monkeypatch,
 ) -> None:
     """When the model's own evaluation puts the plan the MILP's linear cap allowed over the ceiling (a
-    fit whose terms under-price plans: here every predicted increase raised to the power 1.3), the
+    fit whose terms under-price plans: here every predicted log increase x priced 1.3 x + x^2), the
     search shrinks the cap and solves again instead of answering InfeasibleTarget."""
     from moeqos.planner import solver
 

@@ -95,12 +95,11 @@ class DenseShapes:
         dense: Precision,
         group_size: int = DEFAULT_GROUP_SIZE,
     ) -> int:
-        """Bytes `element` holds in `precision` when the model's dense precision is `dense`."""
-        if element == DenseElement.HEAD:
-            if self.tied_head and precision == dense:
-                return 0
-            return matrix_bytes(*self.head, precision, group_size)
-        return sum(matrix_bytes(rows, cols, precision, group_size) for rows, cols in self.attention)
+        """Bytes `element` holds in `precision` when the model's dense precision is `dense`: what a token
+        reads from it, except a tied head in the dense precision, which is the embedding matrix."""
+        if element == DenseElement.HEAD and self.tied_head and precision == dense:
+            return 0
+        return self.read_bytes(element, precision, group_size)
 
     def read_bytes(
         self, element: DenseElement, precision: Precision, group_size: int = DEFAULT_GROUP_SIZE
