@@ -75,6 +75,13 @@ class FakeRuntime:
     def new_cache(self) -> Any:
         return None
 
+    def layer_inputs(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = token_ids.float()[..., None].expand(-1, -1, self.shape[0])  # [B, S, H]
+        return self.forward_logits(token_ids), [hidden] * self.num_layers
+
+    def logits_from(self, layer: int, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_logits(token_ids)
+
     def decode_step(self) -> Callable[[list[int]], torch.Tensor]:
         self.decode_steps += 1
         return lambda ids: self.forward_logits(torch.tensor([ids]), keep=1)[0, -1]  # [V]

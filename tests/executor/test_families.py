@@ -70,6 +70,26 @@ def test_greedy_output_is_identical(family_runtime: ExecutorRuntime, reference: 
     assert got == expected.tolist()
 
 
+def test_a_pass_from_any_moe_layer_on_the_captured_states_is_the_whole_pass(
+    family_runtime: ExecutorRuntime,
+) -> None:
+    """moeqos.executor.layer_tail through the runtime: starting at MoE layer l from the hidden states the
+    reference pass had there gives that pass's logits bit for bit (DeepSeek-V3's first layer is dense, so
+    MoE layer 0 starts at decoder layer 1); the states of another layer do not; the decoder's own layers
+    are back afterwards."""
+    ids = prompt_ids(20, seed=5)
+    layers = list(family_runtime.adapter.layers(family_runtime.lm))
+    whole, inputs = family_runtime.layer_inputs(ids)  # [1, S, V], L x [1, S, H]
+    assert len(inputs) == family_runtime.num_layers
+    torch.testing.assert_close(whole, family_runtime.forward_logits(ids), atol=0, rtol=0)
+    for layer in range(family_runtime.num_layers):
+        got = family_runtime.logits_from(layer, inputs[layer], ids)
+        torch.testing.assert_close(got, whole, atol=0, rtol=0)
+    wrong = family_runtime.logits_from(1, inputs[0], ids)
+    assert not torch.allclose(wrong, whole, atol=1e-3)
+    assert list(family_runtime.adapter.layers(family_runtime.lm)) == layers
+
+
 def test_a_wrong_router_is_caught(family_runtime: ExecutorRuntime, reference: Any) -> None:
     """The logits check above can fail: with each layer routing to its k *least* likely experts instead,
     the same comparison finds a difference far beyond its tolerance."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 from moeqos.core.precision import Precision
 from moeqos.executor.quant import cpu_kernels, native
+from moeqos.executor.quant.packing import code_offset, pack_codes, unpack_nibble_bytes
 from moeqos.executor.quant.reference import NATIVE_INT4_BOUND, relative_error
 from moeqos.executor.quant.rtn import dequantize, quantize
 
@@ -222,3 +223,17 @@ def test_the_two_routes_preferred_times_compute_the_same_product(precision):
     x = torch.randn(3, 128, generator=gen).to(torch.bfloat16)  # [M, K], Gaussian: no outlier channel
     torch_route, native_route = native.routes(precision, weight)
     assert relative_error(native_route(x), torch_route(x)) < NATIVE_INT4_BOUND  # int4's 8-bit activations
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_native_nibble_unpacking_is_the_torch_ops_byte_for_byte(bits):
+    """The int3/int2 kernels' per-call unpacking (moeqos.executor.quant.packed_kernels): every code
+    value at every position of an eight-code step, and a refused bit width."""
+    count = 8 * 4096
+    codes = (torch.arange(count) * 7 % (1 << bits)).to(torch.uint8) + code_offset(bits)  # [n]
+    codes[: 1 << bits] = torch.arange(1 << bits, dtype=torch.uint8) + code_offset(bits)
+    packed = pack_codes(codes, bits)
+    expected = unpack_nibble_bytes(packed, bits, count)  # [n/2]
+    assert torch.equal(native.unpack_nibbles(packed, bits, count), expected)
+    with pytest.raises(RuntimeError, match="code 1"):
+        native.unpack_nibbles(packed, 4, count)

@@ -117,6 +117,16 @@ class Measurable(Protocol):
         """An empty KV cache for `forward_logits`."""
         ...
 
+    def layer_inputs(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits [B, S, V] for token ids [B, S] and the hidden states [B, S, H] entering each MoE layer
+        (in layer order), from one forward pass."""
+        ...
+
+    def logits_from(self, layer: int, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] of a forward pass over token ids [B, S] that starts at MoE layer `layer` with
+        `hidden` [B, S, H] (`layer_inputs`' on the same tokens: then the whole pass's logits)."""
+        ...
+
     def decode_step(self) -> Step:
         """A decode step with its own fresh KV cache (new token ids -> logits [V] of the last position),
         for timing a greedy decode (moeqos.executor.generation.time_decode)."""

@@ -41,6 +41,7 @@ from moeqos.executor.generation import SamplingParams, Step
 from moeqos.executor.host_memory import release_freed_memory
 from moeqos.executor.identity import hardware_identity, model_identity
 from moeqos.executor.kv_cache import KvCache
+from moeqos.executor.layer_tail import capturing_inputs, skipping
 from moeqos.executor.loader import build_model, load_config, moe_blocks
 from moeqos.executor.moe import MoeBlock
 from moeqos.executor.plan_view import check_room_beside, private_view
@@ -345,6 +346,24 @@ class ExecutorRuntime:
             logits_to_keep=keep,
         )
         return out.logits
+
+    def layer_inputs(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits [B, S, V] for token ids [B, S] and the hidden states [B, S, H] entering each MoE layer
+        (in MoE layer order), from one locked forward pass: the starts `logits_from` takes."""
+        layers = self.adapter.layers(self.lm)
+        token_ids = token_ids.to(self.config.device)
+        with self._model_lock, torch.inference_mode(), capturing_inputs(layers, self.spec.moe_layers) as inputs:
+            logits = self._transformers_logits(token_ids, None, 0, None, None)
+        return logits, inputs
+
+    def logits_from(self, layer: int, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] for token ids [B, S] of a locked forward pass that starts at MoE layer
+        `layer` with `hidden` [B, S, H] (`layer_inputs`' on the same tokens: the result is then the
+        whole pass's), the layers before it skipped (moeqos.executor.layer_tail)."""
+        layers = self.adapter.layers(self.lm)
+        token_ids = token_ids.to(self.config.device)
+        with self._model_lock, torch.inference_mode(), skipping(layers, self.spec.moe_layers[layer], hidden):
+            return self._transformers_logits(token_ids, None, 0, None, None)
 
     def new_cache(self) -> Any:
         """An empty KV cache for `forward_logits`: a KvCache where the own decode step serves the family,

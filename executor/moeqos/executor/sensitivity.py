@@ -8,8 +8,11 @@ text is compared to the reference's:
 
 This is the damage as the output sees it, so unlike a per-expert weight or activation error it sees
 how much a layer's perturbation is amplified or washed out downstream. moeqos.core.sensitivity shares
-it out over a layer's experts. Cost: one forward pass of `tokens` tokens per (precision, layer), plus
-switching one layer's experts each time (only the experts that change are rebuilt).
+it out over a layer's experts. Cost: one forward pass of `tokens` tokens for the reference, then per
+(precision, layer) a pass from layer l on (the layers before compute what the reference's did, so each
+pass starts from the reference's hidden states entering layer l: moeqos.executor.layer_tail; about half
+the layer work of whole passes), plus switching one layer's experts each time (only the experts that
+change are rebuilt).
 
 Sees the runtime only as a moeqos.executor.measurement.Measurable: each temporary plan is served
 inside `serving(plan)`, which restores the served plan afterwards (and on error).
@@ -58,13 +61,14 @@ def layer_kl(
     out: dict[Precision, tuple[float, ...]] = {}
     steps, done = len(precisions) * runtime.num_layers, 0
     with runtime.serving(base):
-        ref_logp = _log_probs(runtime, window)  # [S, V]
+        logits, inputs = runtime.layer_inputs(window)  # [1, S, V], L x [1, S, H]
+        ref_logp = _log_probs(logits)  # [S, V]
         ref_p = ref_logp.exp()  # [S, V]
         for p in precisions:
             row = []
             for layer in range(runtime.num_layers):
                 with runtime.serving(with_layer(base, layer, p)):
-                    logp = _log_probs(runtime, window)  # [S, V]
+                    logp = _log_probs(runtime.logits_from(layer, inputs[layer], window))  # [S, V]
                 row.append(float((ref_p * (ref_logp - logp)).sum(-1).mean().clamp_min(0.0)))
                 done += 1
                 progress("sensitivity", done / steps)
@@ -72,6 +76,5 @@ def layer_kl(
     return out
 
 
-def _log_probs(runtime: Measurable, window: torch.Tensor) -> torch.Tensor:
-    logits = runtime.forward_logits(window)[0].float()  # [S, V]
-    return torch.log_softmax(logits, dim=-1)  # [S, V]
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits[0].float(), dim=-1)  # [1, S, V] -> [S, V]

@@ -2,22 +2,25 @@
 
 - `UnpackInt4Kernel` (where an int4 op fits the shape): the codes are kept bit-packed in the order the
   int4 op's packed tensor holds them (learned once per shape, moeqos.executor.quant.layout), so a call
-  unpacks them with byte-wise shifts straight into that tensor's bytes and runs the int4 op.
+  unpacks them straight into that tensor's bytes (on CPU in one native pass with a table,
+  moeqos.executor.quant.native.unpack_nibbles; elsewhere with byte-wise torch shifts) and runs the int4 op.
 - `UnpackDequantKernel` (any shape, any device): unpack the codes, dequantize, F.linear.
 
 Measured on a 576x1536 weight, one token, bf16 activations, one torch thread, the paths in turn in one
-run (`moeqos.bench.kernels.packed_paths_table`, 200 repeats, a shared 2-core machine under load):
+run (`moeqos.bench.kernels.packed_paths_table`, 200 repeats, the 2-core AVX2 VM, two runs):
 
-| path                      | ms    | x int4 |
-|---------------------------|-------|--------|
-| int4, the int4 op         | 0.147 | 1.00   |
-| int3, unpack -> int4 op   | 1.39  | 9.5    |
-| int3, unpack + dequantize | 29.6  | 201    |
-| int2, unpack -> int4 op   | 0.71  | 4.8    |
-| int2, unpack + dequantize | 20.7  | 141    |
+| path                      | ms          | x int4    |
+|---------------------------|-------------|-----------|
+| int4, the int4 op         | 0.092-0.119 | 1.00      |
+| int3, unpack -> int4 op   | 0.385-0.423 | 3.6-4.2   |
+| int3, unpack + dequantize | 3.4-4.2     | 35-37     |
+| int2, unpack -> int4 op   | 0.359-0.409 | 3.4-3.9   |
+| int2, unpack + dequantize | 2.4-3.2     | 26-27     |
 
-so `QuantLinear` takes the int4-op path wherever the op fits the shape. Unpacking is most of its time:
-sub-4-bit experts save memory, not decode time, and the profile's measured call costs say so.
+so `QuantLinear` takes the int4-op path wherever the op fits the shape. With torch's shifts the int3
+unpacking took 1.0-2.0 ms of a 3072x576 weight, natively 0.27 (int2: 0.38-0.52 against 0.18), and the
+int3 path ran at 9.5x int4 in this table before. Unpacking is still most of its time: sub-4-bit experts
+save memory, not decode time, and the profile's measured call costs say so.
 
 Shape legend: M tokens, K input features, N output features, G groups per row, n = N*K codes.
 """
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from moeqos.executor.quant import native
 from moeqos.executor.quant.layout import PackFn, source_index
 from moeqos.executor.quant.packing import pack_codes, unpack_codes, unpack_nibble_bytes
 from moeqos.executor.quant.rtn import QuantizedWeight, dequantize
@@ -77,7 +81,10 @@ class UnpackInt4Kernel:
 
     def matmul(self, x: Tensor) -> Tensor:
         count = self.shape[0] * self.shape[1]
-        raw = unpack_nibble_bytes(self.bits, self.precision.bits, count)  # uint8 [n/2]
+        if self.bits.device.type == "cpu" and native.library() is not None:
+            raw = native.unpack_nibbles(self.bits, self.precision.bits, count)  # uint8 [n/2]
+        else:
+            raw = unpack_nibble_bytes(self.bits, self.precision.bits, count)  # uint8 [n/2]
         packed = raw.view(self.packed_dtype).view(self.packed_shape)
         scales_zeros = op_scales_zeros(self.scales_t, self.zeros_t)  # [G, N, 2]
         y = self.op.matmul(x.to(torch.bfloat16).contiguous(), packed, self.group_size, scales_zeros)

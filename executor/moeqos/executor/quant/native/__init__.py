@@ -89,6 +89,7 @@ _SIGNATURES = {
     "moeqos_decode_layers": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _INT],
     "moeqos_moe_step": [_I, _P, _P, _I, _P, _P, _P, _INT],
     "moeqos_silu_mul": [_P, _P, _I, _P],
+    "moeqos_unpack_nibbles": [_P, _INT, _I, _P],
 }
 _build_lock = threading.Lock()
 
@@ -236,6 +237,14 @@ def q8_dequantize(codes: Tensor, scales: Tensor) -> Tensor:
 def many_rows(x: Tensor, weight: Tensor) -> Tensor:
     """x [M, K] @ weight [N, K] fp32 .T -> [M, N] bf16, through fp32 `mm` (a dequantized weight)."""
     return torch.mm(x.float(), weight.t()).to(torch.bfloat16)
+
+
+def unpack_nibbles(packed: Tensor, bits: int, count: int) -> Tensor:
+    """moeqos.executor.quant.packing.unpack_nibble_bytes in one native pass: uint8 [count / 2] from a
+    contiguous CPU `pack_codes` stream of `count` codes (a multiple of 8)."""
+    out = torch.empty(count // 2, dtype=torch.uint8)
+    call("moeqos_unpack_nibbles", packed.data_ptr(), bits, count, out.data_ptr())
+    return out
 
 
 def q4_fits(cols: int, group: int) -> bool:

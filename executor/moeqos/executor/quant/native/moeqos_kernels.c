@@ -473,3 +473,29 @@ int moeqos_q8_dequant(const int8_t *codes, const uint16_t *scales, int64_t n, in
     }
     return 0;
 }
+
+/* Bit-packed int3/int2 codes (moeqos.executor.quant.packing.pack_codes: count / 4 bytes of the low two
+ * bits, four codes a byte, then for int3 count / 8 bytes of the high bit, eight a byte) to the byte
+ * stream an int4 op reads: code 2j in the low nibble of byte j, code 2j + 1 in the high one, each
+ * biased to the int4 range (int2: + 6; int3: + 4, the high bit worth 4 more). `unpack_nibble_bytes`'
+ * torch ops in one pass, two output bytes per table lookup: a low byte's four codes as two bytes, plus
+ * the bias (int3: of four high bits; every nibble stays below 16, so the sum never carries).
+ * count a multiple of 8; 1 for other bits. */
+int moeqos_unpack_nibbles(const uint8_t *packed, int bits, int64_t count, uint8_t *out) {
+    if ((bits != 2 && bits != 3) || count % 8) return 1;
+    uint16_t pairs[256], bias[16]; /* little-endian: the first output byte is the low one */
+    for (int b = 0; b < 256; b++)
+        pairs[b] = (uint16_t)(((b & 0x03) | ((b & 0x0c) << 2)) | ((((b >> 4) & 0x03) | ((b >> 2) & 0x30)) << 8));
+    for (int h = 0; h < 16; h++) /* four codes' high bits -> + 4 + 4 * bit in each nibble */
+        bias[h] = bits == 2 ? 0x6666
+                            : (uint16_t)((0x44 + ((h & 1) << 2) + ((h & 2) << 5)) |
+                                         ((0x44 + (h & 4) + ((h & 8) << 3)) << 8));
+    const uint8_t *low = packed, *high = packed + count / 4;
+    uint16_t *o = (uint16_t *)out;
+    for (int64_t m = 0; m < count / 8; m++) { /* eight codes: two low bytes, one high byte */
+        const int h = bits == 3 ? high[m] : 0;
+        o[2 * m] = (uint16_t)(pairs[low[2 * m]] + bias[h & 15]);
+        o[2 * m + 1] = (uint16_t)(pairs[low[2 * m + 1]] + bias[h >> 4]);
+    }
+    return 0;
+}
