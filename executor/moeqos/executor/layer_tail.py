@@ -4,8 +4,9 @@ Measuring what one layer's experts cost the output (moeqos.executor.sensitivity)
 layer with only that layer changed; the layers before it compute exactly what the reference pass
 computed. So the reference pass keeps the hidden states entering every MoE layer (`layer_inputs`) and
 each changed pass starts at its layer from them (`skipping`): on the default model's 30 layers that
-skips half of the layer work of the whole measurement, and the logits are the full pass's bit for bit
-(the mask, the positions and the layers from there on are computed as before).
+skips half of the layers the measurement ran (its stage 0.65-0.67x the time of whole passes), and the
+logits are the full pass's bit for bit (the mask, the positions and the layers from there on are
+computed as before).
 
 How a layer is skipped: it is swapped, in the decoder's own layer list, for a module that returns the
 given hidden states whatever it is called with, so the model's loop (and anything it indexes by layer

@@ -352,7 +352,11 @@ class ExecutorRuntime:
         (in MoE layer order), from one locked forward pass: the starts `logits_from` takes."""
         layers = self.adapter.layers(self.lm)
         token_ids = token_ids.to(self.config.device)
-        with self._model_lock, torch.inference_mode(), capturing_inputs(layers, self.spec.moe_layers) as inputs:
+        with (
+            self._model_lock,
+            torch.inference_mode(),
+            capturing_inputs(layers, self.spec.moe_layers) as inputs,
+        ):
             logits = self._transformers_logits(token_ids, None, 0, None, None)
         return logits, inputs
 

@@ -10,8 +10,10 @@ This is the damage as the output sees it, so unlike a per-expert weight or activ
 how much a layer's perturbation is amplified or washed out downstream. moeqos.core.sensitivity shares
 it out over a layer's experts. Cost: one forward pass of `tokens` tokens for the reference, then per
 (precision, layer) a pass from layer l on (the layers before compute what the reference's did, so each
-pass starts from the reference's hidden states entering layer l: moeqos.executor.layer_tail; about half
-the layer work of whole passes), plus switching one layer's experts each time (only the experts that
+pass starts from the reference's hidden states entering layer l: moeqos.executor.layer_tail; the same
+KL to the bit, in 0.65-0.67x the time of whole passes on the default model, 256 tokens: 30.0 vs 45.1 s
+and 32.8 vs 50.5 s, alternated in one process; the head and the weights each pass streams whatever its
+length keep it above a half), plus switching one layer's experts each time (only the experts that
 change are rebuilt).
 
 Sees the runtime only as a moeqos.executor.measurement.Measurable: each temporary plan is served
