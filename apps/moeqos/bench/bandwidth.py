@@ -64,7 +64,7 @@ def run(ctx: Any) -> SectionResult:
         per_token = dense_read_bytes(ctx, plan) + experts
         before, _ = measure_copy_bandwidth(ctx.settings.bandwidth_bytes, ctx.settings.repeats)
         measured = ctx.decode_speed(plan).tokens_per_s
-        after, _ = measure_copy_bandwidth(ctx.settings.bandwidth_bytes, ctx.settings.repeats)
+        after, timing = measure_copy_bandwidth(ctx.settings.bandwidth_bytes, ctx.settings.repeats)
         probes += [before, after]
         bandwidth = (before + after) / 2
         bound = bandwidth_bound(per_token, bandwidth)
@@ -86,7 +86,7 @@ def run(ctx: Any) -> SectionResult:
     fastest = max(data, key=lambda d: d["measured_tokens_per_s"])
     notes = [
         f"copy bandwidth (read + write of {ctx.settings.bandwidth_bytes >> 20} MiB, median of "
-        f"{max(ctx.settings.repeats, MIN_COPY_REPEATS)}) probed before and after each plan's decode: "
+        f"{len(timing.samples)}) probed before and after each plan's decode: "
         f"{min(probes) / 1e9:.1f}-{max(probes) / 1e9:.1f} GB/s, median {statistics.median(probes) / 1e9:.1f}",
         f"dense weights {profile.model.dense_bytes / 2**20:.1f} MiB per token in {profile.dense_precision.value}, "
         f"less where a plan quantizes them; experts weighted by the {profile.calibration_corpus} routing "

@@ -36,11 +36,10 @@ class _Given(nn.Module):
 
 
 @contextmanager
-def capturing_inputs(layers: nn.ModuleList, indices: Sequence[int]) -> Iterator[list[torch.Tensor]]:
-    """Inside the block each forward pass appends the hidden states [B, S, H] entering decoder layer
-    `indices[i]` to the yielded list, in the order of `indices` (one pass: one tensor per index)."""
+def capturing_inputs(layers: nn.ModuleList, indices: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside the block, the yielded dict holds for each decoder layer of `indices` the hidden states
+    [B, S, H] that entered it in the latest forward pass (a layer the pass never reached has no entry)."""
     captured: dict[int, torch.Tensor] = {}
-    out: list[torch.Tensor] = []
 
     def hook(index: int) -> Any:
         def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -50,11 +49,10 @@ def capturing_inputs(layers: nn.ModuleList, indices: Sequence[int]) -> Iterator[
 
     handles = [layers[i].register_forward_pre_hook(hook(i), with_kwargs=True) for i in indices]
     try:
-        yield out
+        yield captured
     finally:
         for handle in handles:
             handle.remove()
-        out.extend(captured[i] for i in indices if i in captured)
 
 
 @contextmanager

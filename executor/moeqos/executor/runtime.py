@@ -358,7 +358,7 @@ class ExecutorRuntime:
             capturing_inputs(layers, self.spec.moe_layers) as inputs,
         ):
             logits = self._transformers_logits(token_ids, None, 0, None, None)
-        return logits, inputs
+        return logits, [inputs[i] for i in self.spec.moe_layers]  # a layer not reached: KeyError
 
     def logits_from(self, layer: int, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """Logits [B, S, V] for token ids [B, S] of a locked forward pass that starts at MoE layer

@@ -73,6 +73,8 @@ class UnpackInt4Kernel:
         self.packed_dtype, self.packed_shape = template.dtype, tuple(template.shape)
         order = source_index(op.pack, *self.shape, q.values.device)  # [n]: the code at each nibble
         self.bits = pack_codes(q.values.flatten()[order], q.precision.bits)  # [n*b/8]
+        native_unpack = self.bits.device.type == "cpu" and native.library() is not None
+        self._unpack = native.unpack_nibbles if native_unpack else unpack_nibble_bytes
         assert q.scales is not None and q.zeros is not None
         # resident as stored (bf16 scales, int8 zero points: the byte contract), transposed for
         # `op_scales_zeros`, which makes the op's float pairs per call
@@ -81,10 +83,7 @@ class UnpackInt4Kernel:
 
     def matmul(self, x: Tensor) -> Tensor:
         count = self.shape[0] * self.shape[1]
-        if self.bits.device.type == "cpu" and native.library() is not None:
-            raw = native.unpack_nibbles(self.bits, self.precision.bits, count)  # uint8 [n/2]
-        else:
-            raw = unpack_nibble_bytes(self.bits, self.precision.bits, count)  # uint8 [n/2]
+        raw = self._unpack(self.bits, self.precision.bits, count)  # uint8 [n/2]
         packed = raw.view(self.packed_dtype).view(self.packed_shape)
         scales_zeros = op_scales_zeros(self.scales_t, self.zeros_t)  # [G, N, 2]
         y = self.op.matmul(x.to(torch.bfloat16).contiguous(), packed, self.group_size, scales_zeros)

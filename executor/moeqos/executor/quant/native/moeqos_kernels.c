@@ -8,7 +8,8 @@
  *   in int32 by `maddubs`, four output features at a time sharing the loads of x;
  * - int8: the same with activations rounded to int16 (`madd`; see quantize_rows16 for why not 8 bits);
  * - bf16: the weight widened to fp32 in registers (exact), TILE rows of x per pass over it;
- * - for many rows, int4 and int8 weights dequantized to fp32 (the caller then runs one fp32 GEMM).
+ * - for many rows, int4 and int8 weights dequantized to fp32 (the caller then runs one fp32 GEMM);
+ * - bit-packed int3/int2 codes unpacked into the byte stream torch's int4 op reads (packed_kernels.py).
  * Built at first use by moeqos.executor.quant.native with -march=native; without AVX2 and FMA the plain
  * C loops below them are compiled instead (the Python side times the native kernels against torch's
  * ops and keeps whichever is faster, so a slow build is never used).
