@@ -6,8 +6,9 @@ native kernels serve int8 and int4: moeqos.executor.quant.native):
 
 | precision        | CPU                                   | CUDA                    |
 |------------------|---------------------------------------|-------------------------|
-| bf16             | oneDNN, weight prepacked once         | `mm`                    |
-|                  | (onednn_kernels; else as fp32)        |                         |
+| bf16             | oneDNN, weight prepacked once, where  | `mm`                    |
+|                  | the native kernels are not built      |                         |
+|                  | (onednn_kernels); else as fp32        |                         |
 | fp32, fp16       | `mm` or `mv`, timed (gemv_paths)      | `mm`                    |
 | int8             | `_weight_int8pack_mm` (K % 32 == 0);  | dequantize + F.linear   |
 |                  | native `q8_mm` for <= 4 rows *        |                         |

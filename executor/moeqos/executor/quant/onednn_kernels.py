@@ -6,13 +6,21 @@ once at build (`mkldnn._reorder_linear_weight`) and multiplied by `mkldnn._linea
 product costs 1.3-2.3x less on the 2-core AMD EPYC (60 distinct weights per shape, so they come from
 memory as a decode step's do; µs per call, 2 threads: 576x576 39.6 -> 24; 3072x576 177 -> 114; 576x1536
 121 -> 58; 1 to 48 rows all faster; `python -m moeqos.bench.kernels`), with results equal to `mm`'s bit
-for bit on every shape and row count measured (the same oneDNN kernel, without the per-call reorder).
+for bit on every shape and row count measured (the same oneDNN kernel, without the per-call reorder;
+on a Xeon with AMX `mm` at 48 rows sums in another order, one bf16 rounding apart).
 The packed tensor holds exactly the plain weight's bytes (the byte contract is unchanged) and is the
 only copy kept: `portable()` lays it back out as a plain tensor when the disk cache, a device move or a
 dequantize asks.
 
-Only bf16, only where oneDNN computes bf16 natively (`packed_bf16_fits`): fp32 stays on MKL's `mm` (the
-path whose greedy output equals transformers'), fp16 on the CPU has no native oneDNN support here.
+Only bf16, only where oneDNN computes bf16 natively, and only where the native kernels are not built
+(`packed_bf16_fits`): fp32 stays on MKL's `mm` (the path whose greedy output equals transformers'), fp16
+on the CPU has no native oneDNN support here. Where the native kernels are built, bf16 stays in the plain
+layout: the C decode step (moeqos.executor.native_decode) reads only that one, and a layer with a packed
+projection goes whole to the PyTorch step. On a 2-core Xeon with AMX and AVX512-BF16 (2026-12-05) packing
+made the default model decode at 28.5 tok/s all-bf16 and 37.4 all-int4 against 52.8 and 92.6 plain
+(median of 3 interleaved 64-token decodes), and the native bf16 kernel, one of the plain layout's timed
+candidates (moeqos.executor.quant.gemv_paths), beat the packed one alone on one decode row too (576x576
+20 vs 39 µs, 1536x576 72 vs 97, 576x1536 73 vs 104; only 3072x576 lost, 205 vs 172).
 
 Shape legend: M rows of activations, K input features, N output features.
 """
@@ -23,6 +31,7 @@ from functools import cache
 
 import torch
 from moeqos.core.precision import Precision
+from moeqos.executor.quant import native
 from moeqos.executor.quant.rtn import QuantizedWeight
 from torch import Tensor
 
@@ -41,9 +50,19 @@ def _onednn_bf16() -> bool:
         return False
 
 
+def _native_kernels_built() -> bool:
+    """True if moeqos's native kernels serve this process (their bf16 reads only the plain layout)."""
+    return native.library() is not None
+
+
 def packed_bf16_fits(precision: Precision, device: torch.device) -> bool:
-    """True if a `precision` weight on `device` takes `PackedBf16CpuKernel`."""
-    return precision == Precision.BF16 and device.type == "cpu" and _onednn_bf16()
+    """True if a `precision` weight on `device` takes `PackedBf16CpuKernel` (see module docstring)."""
+    return (
+        precision == Precision.BF16
+        and device.type == "cpu"
+        and _onednn_bf16()
+        and not _native_kernels_built()
+    )
 
 
 class PackedBf16CpuKernel:
