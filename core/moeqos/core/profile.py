@@ -19,8 +19,12 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 10
-"""10: a lone stream of a bf16 model on a CPU with the native kernels decodes all its layers in one C call
+PROFILE_VERSION = 11
+"""11: bf16 weights stay in the plain layout where the native kernels are built (the C decode step reads
+only that one): on a CPU with native oneDNN bf16 a version-10 profile timed bf16 on the PyTorch step,
+which decoded the default model at about half the C step's rate (Xeon with AMX: all-bf16 28.5 against
+52.8 tok/s), so it is measured again.
+10: a lone stream of a bf16 model on a CPU with the native kernels decodes all its layers in one C call
 (moeqos.executor.native_decode; 2.0-2.3x the PyTorch step), so a version-9 profile's fixed and call
 costs priced plans at about half the rate they run (a demo executor's live recalibration read x0.51);
 it is measured again.
