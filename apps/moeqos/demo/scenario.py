@@ -21,6 +21,7 @@ from moeqos.core.service_types import DeployOutcome, DeploySpec, PlanOutcome, Sa
 from moeqos.demo.hold import Held, HoldSettings, hold_floor
 from moeqos.demo.plot import Deployed, Point, plot_frontier
 from moeqos.demo.profiles import measure_missing_profiles
+from moeqos.demo.variants import wait_for_variants_ahead
 
 Say = Callable[[str], None]
 LONG_CALL_S = 900.0
@@ -51,6 +52,9 @@ class DemoSettings:
     profile_stall_s: float = 600.0
     """An executor measuring its profile that reports no progress for this long fails the demo (the
     measurement itself has no deadline: minutes at one thread on a slow CPU)."""
+    variants_wait_s: float = 300.0
+    """How long the demo waits for the executors' variants built ahead before it measures any rate
+    (moeqos.demo.variants); past it, it goes on and says so."""
     hold: HoldSettings = field(default_factory=HoldSettings)
     """How long a floor is given to hold before it is judged (moeqos.demo.hold)."""
 
@@ -140,6 +144,7 @@ def run_scenario(
     pair = list(executors.items())[:2]
     (speed_name, speed_addr), (quality_name, quality_addr) = pair
     measure_missing_profiles(dict(pair), say, settings.profile_stall_s)
+    wait_for_variants_ahead(dict(pair), say, settings.variants_wait_s)
     with PlannerClient(planner) as client:
         frontiers = {name: _frontier(client, name, address, settings, say) for name, address in pair}
         speed = speed_target(frontiers[speed_name], settings)
