@@ -1,6 +1,7 @@
-"""A configured variant cache directory is keyed by the checkpoint's content, not only its fingerprint:
-two checkpoints with one config, names, shapes and sizes (two fine-tunes of one base) kept in one cache
-directory each compute with their own experts, and the same checkpoint loaded again reads its files."""
+"""A configured variant cache directory is keyed by the checkpoint's fingerprint, which reads sampled
+bytes of its files: two checkpoints with one config, names, shapes and sizes (two fine-tunes of one
+base) kept in one cache directory each compute with their own experts, and the same checkpoint loaded
+again reads its files."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def int4_logits(model: Path, cache: Path) -> tuple[torch.Tensor, ExecutorRuntime
 def test_two_fine_tunes_of_one_base_in_one_cache_keep_their_own_experts(tmp_path: Path) -> None:
     first = make_tiny_mixtral(tmp_path / "first", seed=1, with_tokenizer=False)
     second = make_tiny_mixtral(tmp_path / "second", seed=2, with_tokenizer=False)
-    assert Checkpoint(first).fingerprint() == Checkpoint(second).fingerprint()  # what the key must add to
+    assert Checkpoint(first).fingerprint() != Checkpoint(second).fingerprint()  # one config, shapes, sizes
     shared = tmp_path / "shared"
     int4_logits(first, shared)
     theirs, _ = int4_logits(second, shared)

@@ -19,8 +19,9 @@ from safetensors import SafetensorError, safe_open
 INDEX_FILE = "model.safetensors.index.json"
 SAMPLES = 16
 SAMPLE_BYTES = 64 << 10
-"""`Checkpoint.sampled_digest` reads this many pieces of this many bytes of every file (first and last
-included): a fine-tune changes essentially every weight, so any piece of tensor data tells it apart."""
+"""`Checkpoint.fingerprint` reads this many pieces of this many bytes of every file (first and last
+included; a few MiB whatever the model's size): a fine-tune changes essentially every weight, so any
+piece of tensor data tells it apart."""
 
 
 class CheckpointError(InvalidArgument):
@@ -96,25 +97,21 @@ class Checkpoint:
             raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc})") from exc
 
     def fingerprint(self) -> str:
-        """sha256 of config.json, every tensor's name/shape/dtype, and every file's size."""
+        """sha256 of config.json, every tensor's name/shape/dtype, every file's size, and SAMPLES evenly
+        spaced SAMPLE_BYTES-byte pieces of every file. Without the pieces, two fine-tunes of one base
+        (one config, names, shapes and sizes) or a checkpoint rewritten in place had one fingerprint,
+        and what is kept per fingerprint (the variant cache directory, the saved profile and state) was
+        the other model's: a shared variant cache computed with the other's experts."""
         digest = hashlib.sha256(self.config_path.read_bytes())
         for key in sorted(self.meta):
             shape, dtype = self.meta[key]
             digest.update(f"{key}:{list(shape)}:{dtype}\n".encode())
         for path in self.files:
-            digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
-        return digest.hexdigest()
-
-    def sampled_digest(self) -> str:
-        """sha256 of SAMPLES evenly spaced SAMPLE_BYTES-byte pieces of every file: tells apart the
-        checkpoints `fingerprint` cannot (one config, names, shapes and sizes: two fine-tunes of one
-        base, or a checkpoint rewritten in place), reading a few MiB whatever the model's size."""
-        digest = hashlib.sha256()
-        for path in self.files:
             size = path.stat().st_size
+            digest.update(f"{path.name}:{size}\n".encode())
             with path.open("rb") as handle:
                 for i in range(SAMPLES):
-                    handle.seek(max(size - SAMPLE_BYTES, 0) * i // max(SAMPLES - 1, 1))
+                    handle.seek(max(size - SAMPLE_BYTES, 0) * i // (SAMPLES - 1))
                     digest.update(handle.read(SAMPLE_BYTES))
         return digest.hexdigest()
 

@@ -142,10 +142,7 @@ class ExecutorRuntime:
         hf_config = load_config(checkpoint, adapter_for(str(checkpoint.config_dict.get("model_type"))))
         base, private = _variant_base(config)
         try:
-            # the fingerprint alone names two fine-tunes of one base alike, and a cache directory kept
-            # for one would serve its experts to the other: the sampled bytes tell them apart
-            key = f"{checkpoint.fingerprint()[:16]}-{checkpoint.sampled_digest()[:16]}"
-            runtime = cls(config, checkpoint, hf_config, base / key)
+            runtime = cls(config, checkpoint, hf_config, base / checkpoint.fingerprint()[:16])
             runtime._private_dir = private
             _report(progress, "load", 0.2)
             runtime.apply_plan(initial_plan or runtime.default_plan(), progress)
