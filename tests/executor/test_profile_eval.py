@@ -190,3 +190,47 @@ def test_evaluate_rejects_bad_arguments(runtime, kwargs, error) -> None:
     arguments = {"token_ids": [5, 6, 7, 8], "context_length": 32, **kwargs}
     with pytest.raises(error):
         runtime.evaluate(**arguments)
+
+
+def test_a_loud_layers_experts_are_measured_alone_and_shape_its_signal(runtime, calibration, monkeypatch):
+    from moeqos.core.sensitivity import alone_weights_of, expert_signal
+    from moeqos.executor import profiling
+    from moeqos.executor.sensitivity import expert_alone
+    from moeqos.planner.quality_model import QualityModel
+
+    asked: list[tuple[float, ...]] = []
+
+    def loud(layer_kl):
+        asked.append(tuple(layer_kl))
+        return [1]  # two layers are never 8x their median: name one
+
+    monkeypatch.setattr(profiling, "loud_layers", loud)
+    stages: set[str] = set()
+    profile = runtime.profile(
+        calibration,
+        "tiny:train",
+        max_tokens=96,
+        repeats=1,
+        capture_tokens=32,
+        window=48,
+        quality_plans=[fp32_plan(), INT4],
+        precisions=[Precision.FP32, Precision.INT4],
+        progress=lambda stage, fraction: stages.add(stage),
+    )
+    assert asked == [profile.layer_kl[Precision.INT4]] and "expert_alone" in stages
+    assert set(profile.expert_alone) == {1} and profile.expert_alone_tokens == 2 * 47  # 2 windows of 48
+    ids = runtime.encode(calibration)[:96]
+    direct = expert_alone(
+        runtime, [ids[:48], ids[48:]], Precision.FP32, Precision.INT4, [1], lambda s, f: None
+    )
+    assert profile.expert_alone[1] == pytest.approx(direct[1], rel=1e-6, abs=1e-9)
+    assert Profile.from_json(profile.to_json()) == profile
+    # the quality model shares layer 1's KL by those measurements, layer 0's by frequency and error
+    signal = QualityModel.fit(profile).sensitivity[Precision.INT4]
+    weights = alone_weights_of(profile.expert_alone, None, None)[1]
+    kl = profile.layer_kl[Precision.INT4][1]
+    assert signal[1] == pytest.approx(tuple(kl * w / sum(weights) for w in weights))
+    quiet = expert_signal(
+        profile.frequency, profile.quant_error[Precision.INT4], profile.layer_kl[Precision.INT4]
+    )
+    assert signal[0] == pytest.approx(quiet[0])

@@ -8,7 +8,7 @@ import torch
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.executor.calibration_design import designed_plans, uniform_increases
-from moeqos.executor.sensitivity import layer_kl, with_layer
+from moeqos.executor.sensitivity import expert_alone, layer_kl, with_layer
 
 from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
 
@@ -44,6 +44,31 @@ def test_layer_kl_matches_a_direct_computation_and_restores_the_plan(runtime) ->
 def test_layer_kl_of_the_reference_precision_is_zero(runtime) -> None:
     kl = layer_kl(runtime, IDS, Precision.FP32, [Precision.FP32], _no_progress)
     assert kl[Precision.FP32] == pytest.approx((0.0,) * LAYERS, abs=1e-7)
+
+
+def _direct_nll(runtime, plan: Plan, ids: list[int]) -> float:
+    """Summed NLL of each next token of `ids` under `plan`, from one plain forward pass."""
+    runtime.apply_plan(plan)
+    window = torch.tensor([ids])  # [1, S]
+    logp = torch.log_softmax(runtime.forward_logits(window)[0].float(), -1)[:-1]  # [S-1, V]
+    return float(-logp.gather(1, window[0, 1:, None]).sum())
+
+
+def test_experts_alone_match_a_direct_computation_and_restore_the_plan(runtime) -> None:
+    served = Plan.uniform(LAYERS, EXPERTS, Precision.INT8, "cpu")
+    runtime.apply_plan(served)
+    windows = [IDS[:24], IDS[24:]]
+    alone = expert_alone(runtime, windows, Precision.FP32, Precision.INT2, [1], _no_progress)
+    assert runtime.plan == served and set(alone) == {1} and len(alone[1]) == EXPERTS
+    scored = sum(len(w) - 1 for w in windows)
+    for expert in range(EXPERTS):
+        direct = sum(
+            _direct_nll(runtime, fp32_plan().with_expert(1, expert, Precision.INT2), w)
+            - _direct_nll(runtime, fp32_plan(), w)
+            for w in windows
+        )
+        assert alone[1][expert] == pytest.approx(direct / scored, rel=1e-4, abs=1e-7)
+    assert any(v != 0 for v in alone[1])
 
 
 def test_designed_plans_put_the_lossy_precision_on_the_safest_and_the_riskiest_experts() -> None:

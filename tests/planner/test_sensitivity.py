@@ -18,7 +18,14 @@ from moeqos.core.plan import Assignment, Plan
 from moeqos.core.precision import Precision
 from moeqos.core.profile import Profile, QualityPoint
 from moeqos.core.qos import Objective, QosTarget
-from moeqos.core.sensitivity import expert_signal, safest_first, signal_grids
+from moeqos.core.sensitivity import (
+    ALONE_FLOOR,
+    alone_weights_of,
+    expert_signal,
+    loud_layers,
+    safest_first,
+    signal_grids,
+)
 from moeqos.core.tier import TierBudget
 from moeqos.planner.quality_model import ESTIMATE_THRESHOLD, QualityModel
 from moeqos.planner.solver import PlanRequest, solve
@@ -113,6 +120,36 @@ def test_unmeasured_precision_borrows_the_nearest_measured_kl_scaled_by_squared_
     grids = signal_grids(frequency, errors, {Precision.INT4: [0.01]}, [Precision.INT4, Precision.INT3])
     assert sum(grids[Precision.INT3][0]) == pytest.approx(0.04)  # 0.01 * (0.2 / 0.1)^2
     assert safest_first(((3.0, 1.0), (2.0, 0.5))) == [(1, 1), (0, 1), (1, 0), (0, 0)]
+
+
+def test_loud_layers_stand_far_above_the_median_layer_loudest_first() -> None:
+    quiet = [0.005] * 26
+    assert loud_layers([*quiet, 0.054, 0.023, 0.04, 0.063]) == [29, 26, 28]  # 0.023 < 8 x 0.005
+    assert loud_layers([0.001] * 30) == [] and loud_layers([0.0] * 4) == []
+    assert loud_layers([0.001] * 20 + [1.0, 2.0, 3.0, 4.0, 5.0]) == [24, 23, 22, 21]  # at most MOST_LOUD
+
+
+def test_a_loud_layer_is_shared_by_its_experts_measured_alone_less_the_median() -> None:
+    alone = {1: (0.015, -0.002, 0.0, 0.001)}  # median of every measured value: 0.0005
+    weights = alone_weights_of(alone, None, None)
+    assert weights[1] == pytest.approx((0.0145, ALONE_FLOOR, ALONE_FLOOR, ALONE_FLOOR))
+    frequency = [[0.25] * 4, [0.25] * 4]
+    errors = [[0.1] * 4, [0.1] * 4]
+    signal = expert_signal(frequency, errors, [0.01, 0.2], weights)
+    assert signal[0] == pytest.approx((0.0025,) * 4)  # a quiet layer: by frequency and error
+    assert signal[1] == pytest.approx(tuple(0.2 * w / sum(weights[1]) for w in weights[1]))
+    # a precision borrowing the anchor's measurement scales each expert by its squared error ratio
+    doubled = alone_weights_of(alone, [[0.1] * 4] * 2, [[0.2, 0.1, 0.1, 0.1]] * 2)
+    assert doubled[1] == pytest.approx((0.058, ALONE_FLOOR, ALONE_FLOOR, ALONE_FLOOR))
+    grids = signal_grids(
+        frequency,
+        {Precision.INT4: errors, Precision.INT3: [[0.2, 0.1, 0.1, 0.1]] * 2},
+        {Precision.INT4: [0.01, 0.2]},
+        [Precision.INT4, Precision.INT3],
+        alone,
+    )
+    assert grids[Precision.INT4][1] == pytest.approx(signal[1])
+    assert grids[Precision.INT3][1][0] / grids[Precision.INT3][1][1] == pytest.approx(0.058 / ALONE_FLOOR)
 
 
 def test_kl_signal_recovers_the_truth_and_labels_the_fit_honest() -> None:

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--only",
         default=None,
         type=_sections,
-        help=f"comma-separated sections: {','.join(ALL_SECTIONS)} (contention and peers only when named)",
+        help=f"comma-separated sections: {','.join(ALL_SECTIONS)} (contention, peers and singles only when named)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results.json and PNG plots go here")
     parser.add_argument("--json", action="store_true", help="print the results JSON instead of tables")

@@ -19,10 +19,10 @@ SECTIONS = (
 )
 """The sections of a default run, in the order they run (later ones reuse what earlier ones measured)."""
 
-OPT_IN_SECTIONS = ("contention", "peers")
+OPT_IN_SECTIONS = ("contention", "peers", "singles")
 """Sections run only when named with `--only`, after the others: `contention` loads the machine on purpose
 for minutes (a neighbour process burning a core) and starts servers of its own; `peers` builds llama.cpp
-(minutes)."""
+(minutes); `singles` evaluates every expert quantized alone (about 15 minutes on the default model)."""
 
 ALL_SECTIONS = (*SECTIONS, *OPT_IN_SECTIONS)
 

@@ -101,6 +101,12 @@ class Plan:
         )
         return Plan(rows, self.group_size, self.dense)
 
+    def with_expert(self, layer: int, expert: int, precision: Precision) -> Plan:
+        """This plan with expert `expert` of `layer` in `precision`, keeping its tier."""
+        rows = [list(row) for row in self.assignments]
+        rows[layer][expert] = Assignment(precision, rows[layer][expert].tier)
+        return Plan(tuple(tuple(row) for row in rows), self.group_size, self.dense)
+
     def tiers(self) -> set[str]:
         return {a.tier for a in self._counts}
 

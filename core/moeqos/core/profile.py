@@ -19,8 +19,11 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 11
-"""11: bf16 weights stay in the plain layout where the native kernels are built (the C decode step reads
+PROFILE_VERSION = 12
+"""12: `expert_alone`, the loud layers' experts each measured alone (moeqos.core.sensitivity), without
+which the quality model shared the last layer's and the attention-sink layer's KL by frequency and
+error, and priced held-out random picks holding their costly experts at about half their damage.
+11: bf16 weights stay in the plain layout where the native kernels are built (the C decode step reads
 only that one): on a CPU with native oneDNN bf16 a version-10 profile timed bf16 on the PyTorch step,
 which decoded the default model at about half the C step's rate (Xeon with AMX: all-bf16 28.5 against
 52.8 tok/s), so it is measured again.
@@ -204,6 +207,12 @@ class Profile:
     signal). Empty when not measured."""
     sensitivity_tokens: int = 0
     """Calibration tokens `layer_kl` was measured on (0 when not measured)."""
+    expert_alone: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    """Per loud layer l (moeqos.core.sensitivity.loud_layers of the first `layer_kl` precision), [E] the
+    calibration tokens' log-perplexity increase (nats per token) with only expert e of l in that
+    precision (moeqos.executor.sensitivity.expert_alone). Empty when not measured."""
+    expert_alone_tokens: int = 0
+    """Calibration tokens `expert_alone` was measured on (0 when not measured)."""
     error_overlap: tuple[float, ...] = ()
     """[L] the share of layer l's routed, router-weighted expert output-error energy that lies in the
     cross terms of a token's experts, measured with the experts in the first `layer_kl` precision
@@ -236,6 +245,11 @@ class Profile:
                 raise ValueError(f"layer_kl[{precision}] must have one value per layer ({rows})")
         if self.error_overlap and len(self.error_overlap) != rows:
             raise ValueError(f"error_overlap must have one value per layer ({rows})")
+        for layer, row in self.expert_alone.items():
+            if not 0 <= layer < rows or len(row) != self.model.num_experts:
+                raise ValueError(
+                    f"expert_alone[{layer}] must be a layer below {rows} with one value per expert"
+                )
 
     @property
     def precisions(self) -> list[Precision]:
@@ -266,6 +280,7 @@ class Profile:
         data["quant_error"] = {p.value: [list(r) for r in g] for p, g in self.quant_error.items()}
         data["frequency"] = [list(r) for r in self.frequency]
         data["layer_kl"] = {p.value: list(r) for p, r in self.layer_kl.items()}
+        data["expert_alone"] = {str(layer): list(r) for layer, r in self.expert_alone.items()}
         return json.loads(json.dumps(data, default=str))
 
     @classmethod
@@ -288,6 +303,10 @@ class Profile:
             quality_points=tuple(QualityPoint.from_dict(q) for q in data.get("quality_points", [])),
             layer_kl={Precision(p): tuple(float(x) for x in r) for p, r in data.get("layer_kl", {}).items()},
             sensitivity_tokens=int(data.get("sensitivity_tokens", 0)),
+            expert_alone={
+                int(layer): tuple(float(x) for x in r) for layer, r in data.get("expert_alone", {}).items()
+            },
+            expert_alone_tokens=int(data.get("expert_alone_tokens", 0)),
             error_overlap=tuple(float(x) for x in data.get("error_overlap", ())),
             dense_costs=tuple(DenseCost.from_dict(c) for c in data.get("dense_costs", [])),
             dense_precision=Precision(data.get("dense_precision", Precision.BF16.value)),

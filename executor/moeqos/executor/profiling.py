@@ -3,7 +3,8 @@
 Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
 expert calls and capturing hidden states entering each MoE layer), `sensitivity` (the output KL
 divergence when one layer's experts lose precision, moeqos.executor.sensitivity, on the first
-`sensitivity_tokens` calibration tokens), `call_costs`, `load_costs`, `fixed` (with the
+`sensitivity_tokens` calibration tokens), `expert_alone` (each expert of the loud layers alone, on up
+to EXPERT_ALONE_TOKENS calibration tokens: moeqos.core.sensitivity.loud_layers), `call_costs`, `load_costs`, `fixed` (with the
 call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
 tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), then
 `quant_error` (every expert in each profiled precision against fp32 on the captured states),
@@ -33,7 +34,7 @@ from moeqos.core.errors import InvalidArgument
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision, groups_fit
 from moeqos.core.profile import CallCost, Grid, LoadCost, Profile, QualityPoint
-from moeqos.core.sensitivity import signal_grids
+from moeqos.core.sensitivity import loud_layers, signal_grids
 from moeqos.core.tier import DISK, TierBudget
 from moeqos.executor.batch_costs import measure_batch
 from moeqos.executor.calibration_design import designed_plans
@@ -45,7 +46,7 @@ from moeqos.executor.measurement import Measurable
 from moeqos.executor.moe import observed
 from moeqos.executor.quality_points import measure_quality, uniform_precision
 from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
-from moeqos.executor.sensitivity import layer_kl
+from moeqos.executor.sensitivity import expert_alone, layer_kl
 from moeqos.executor.step_timing import STEP_PROMPT_TOKENS
 from moeqos.executor.variant_errors import ReferenceOutputs, content_hash, variant_errors
 
@@ -54,6 +55,10 @@ Progress = Callable[[str, float], None]
 SENSITIVITY_PRECISIONS = (Precision.INT4,)
 """Precisions whose layer KL is measured by default; the others borrow it, scaled by their errors
 (moeqos.core.sensitivity): one forward pass per layer and precision is the stage's whole cost."""
+
+EXPERT_ALONE_TOKENS = 1024
+"""Calibration tokens the loud layers' experts are measured alone on (an executor's profile routes 1,024):
+each expert's increase is noisy at +-0.002 nats there, against +0.015 for the default model's dearest."""
 
 PLANNING_PRECISIONS = (
     Precision.BF16,
@@ -210,6 +215,7 @@ def build_profile(
             if sensitivity_tokens > 0 and kl_precisions
             else {}
         )
+        alone, alone_tokens = _expert_alone(runtime, ids, window, reference, kl, progress)
         timings = measure_timings(runtime, ids[:STEP_PROMPT_TOKENS], captured[0], chosen, repeats, progress)
         batch_calls, batch_steps = measure_batch(
             runtime, ids, captured[0], chosen, repeats, timings.fixed, timings.calls
@@ -223,6 +229,7 @@ def build_profile(
             reference,
             frequency,
             kl,
+            alone,
             quality_plans,
             scored,
             label,
@@ -247,6 +254,8 @@ def build_profile(
             quality_points=tuple(points),
             layer_kl=kl,
             sensitivity_tokens=min(sensitivity_tokens, len(ids)) if kl else 0,
+            expert_alone=alone,
+            expert_alone_tokens=alone_tokens,
             error_overlap=overlap,
             dense_costs=dense_part,
             dense_precision=dense,
@@ -292,6 +301,27 @@ def measure_timings(
     return Timings(fixed, costs, loads)
 
 
+def _expert_alone(
+    runtime: Measurable,
+    ids: list[int],
+    window: int,
+    reference: Precision,
+    kl: dict[Precision, tuple[float, ...]],
+    progress: Progress,
+) -> tuple[dict[int, tuple[float, ...]], int]:
+    """(the loud layers' experts alone in the first KL precision on the first EXPERT_ALONE_TOKENS
+    calibration tokens in windows of `window`, the tokens scored; moeqos.core.sensitivity), ({}, 0) without a KL or a loud layer."""
+    anchor = next(iter(kl), None)
+    layers = loud_layers(kl[anchor]) if anchor is not None else []
+    measured = ids[:EXPERT_ALONE_TOKENS]
+    windows = [measured[start : start + window] for start in range(0, len(measured), window)]
+    windows = [w for w in windows if len(w) > 1]
+    if not layers or not windows:
+        return {}, 0
+    alone = expert_alone(runtime, windows, reference, anchor, layers, progress)
+    return alone, sum(len(w) - 1 for w in windows)
+
+
 def _errors_and_quality(
     runtime: Measurable,
     captured: list[torch.Tensor],
@@ -299,6 +329,7 @@ def _errors_and_quality(
     reference: Precision,
     frequency: Grid,
     kl: dict[Precision, tuple[float, ...]],
+    alone: dict[int, tuple[float, ...]],
     plans: Sequence[Plan],
     ids: list[int],
     label: str,
@@ -337,7 +368,7 @@ def _errors_and_quality(
     def designer(increases: Mapping[Precision, float]) -> list[Plan]:
         if not kl:
             return []
-        signal = signal_grids(frequency, errors, kl, [q for q in increases if q in errors])
+        signal = signal_grids(frequency, errors, kl, [q for q in increases if q in errors], alone)
         return designed_plans(signal, reference, increases, kl, runtime.config.device, group_size)
 
     points = measure_quality(

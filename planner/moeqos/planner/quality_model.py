@@ -4,7 +4,8 @@
 
 with t_e = c_{p(e)} * s_p[l][e] the term of expert e of layer l in its precision p. `s_p[l][e]` is the
 expert's signal in p (moeqos.core.sensitivity: the measured output KL of its layer in p shared out by
-sqrt(frequency) times squared error; without a measured KL, the older proxy freq * err_p), a_e = s_p[l][e]
+sqrt(frequency) times squared error, in the loud layers by each expert's measured increase alone;
+without a measured KL, the older proxy freq * err_p), a_e = s_p[l][e]
 / sum_e' s_p[l][e'] its share of the layer's signal, `c_p >= 0` one coefficient per precision and
 `kappa >= 0` how damage compounds across layers. `o_l` is the layer's error overlap (core
 Profile.error_overlap): the share of its routed output-error energy in the cross terms of a token's
@@ -328,7 +329,9 @@ def _corpus(profile: Profile, ref_spec: str | None) -> str:
 
 def _sensitivity(profile: Profile, reference: Precision) -> dict[Precision, Grid]:
     """The per-expert signal per precision (moeqos.core.sensitivity), 0 for the reference precision."""
-    grids = signal_grids(profile.frequency, profile.quant_error, profile.layer_kl, list(Precision))
+    grids = signal_grids(
+        profile.frequency, profile.quant_error, profile.layer_kl, list(Precision), profile.expert_alone
+    )
     zero = tuple(tuple(0.0 for _ in row) for row in profile.frequency)
     return {p: zero if p == reference else grids[p] for p in Precision}
 

@@ -342,6 +342,10 @@ def profile_to_proto(profile: Profile) -> pb.Profile:
             for s in profile.batch_steps
         ],
         error_overlap=profile.error_overlap,
+        expert_alone=[
+            pb.ExpertAlone(layer=layer, increase=row) for layer, row in profile.expert_alone.items()
+        ],
+        expert_alone_tokens=profile.expert_alone_tokens,
     )
 
 
@@ -414,6 +418,10 @@ def profile_from_proto(message: pb.Profile) -> Profile:
             ),
             batch_steps=tuple(BatchStep(s.rows, s.fixed_ratio, s.expert_scale) for s in message.batch_steps),
             error_overlap=tuple(finite("error_overlap", x) for x in message.error_overlap),
+            expert_alone={
+                a.layer: tuple(finite("expert_alone", v) for v in a.increase) for a in message.expert_alone
+            },
+            expert_alone_tokens=message.expert_alone_tokens,
         )
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidArgument):
