@@ -10,7 +10,9 @@ the fitted ones is held out: its predicted perplexity increase (the fit's ratio,
 the ptb:test reference) against the measured one gives the MAPE of the increase and the rank
 correlation, for the new signal and for the old one fitted to the same plans. A second held-out set
 (SECOND_SHARES, other seeds) was added after the model's form was chosen on the first, a third
-(THIRD_SHARES) after the error overlap and the fit's floor were chosen on the first two. The profile
+(THIRD_SHARES) after the error overlap and the fit's floor were chosen on the first two, a fourth
+(FOURTH_SHARES) after the loud layers' experts measured alone were chosen on the first three
+(moeqos.bench.quality_plans.LATER_SETS). The profile
 with the signal is written to `quality-profile.json` in the output directory, so a fit can be replayed.
 """
 
@@ -26,12 +28,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from moeqos.bench.quality_plans import (
+    LATER_SETS,
     RANDOM_SEEDS,
-    SECOND_SEEDS,
-    SECOND_SHARES,
     SHARES,
-    THIRD_SEEDS,
-    THIRD_SHARES,
     frequency_pick,
     int4_count,
     mape_of_increase,
@@ -194,31 +193,33 @@ def run(ctx: Any) -> SectionResult:
     result.goals += _equal_memory_goals(plans, measured)
     fitted = {q.plan_spec for q in fit_profile.quality_points}
     held = [(p, m) for (_, _, p), m in zip(plans, measured, strict=True) if p.to_spec() not in fitted]
-    second = contenders(ctx, profile, quality, latency, SECOND_SHARES, SECOND_SEEDS)
-    held2 = [(p, _perplexity(ctx, p)) for _, _, p in second if p.to_spec() not in fitted]
-    third = contenders(ctx, profile, quality, latency, THIRD_SHARES, THIRD_SEEDS)
-    held3 = [(p, _perplexity(ctx, p)) for _, _, p in third if p.to_spec() not in fitted]
+    later = {
+        name: contenders(ctx, profile, quality, latency, shares, seeds) for name, shares, seeds in LATER_SETS
+    }
+    held_later = {
+        name: [(p, _perplexity(ctx, p)) for _, _, p in plans_of_set if p.to_spec() not in fitted]
+        for name, plans_of_set in later.items()
+    }
+    sets = {"first": held, **held_later}
     accuracy = {
         name: _accuracy(model, cases, reference)
         for name, model, cases in (
             ("new", quality, held),
-            ("new, second set", quality, held2),
-            ("new, third set", quality, held3),
+            *((f"new, {name} set", quality, cases) for name, cases in held_later.items()),
             ("new, fitted on ptb:valid", valid_quality, held),
             ("old", old_quality, held),
         )
     }
-    for name, cases in (("first", held), ("second", held2), ("third", held3)):
+    for name, cases in sets.items():
         agreement = measurement_agreement(ctx, [p for p, _ in cases], ctx.full_precision)
         if agreement is not None:
             accuracy[f"halves of the eval tokens, {name} set"] = agreement
-    result.tables.append(_accuracy_table(accuracy, (len(held), len(held2), len(held3)), quality, times))
+    result.tables.append(_accuracy_table(accuracy, {k: len(v) for k, v in sets.items()}, quality, times))
     result.goals += [
         goal
         for key, label in (
             ("new", "held-out plans"),
-            ("new, second set", "second held-out set"),
-            ("new, third set", "third held-out set"),
+            *((f"new, {name} set", f"{name} held-out set") for name in held_later),
         )
         for goal in _accuracy_goals(accuracy[key], label)
     ] + [
@@ -246,7 +247,7 @@ def run(ctx: Any) -> SectionResult:
                 {"kind": k, "share": s, "plan_spec": p.to_spec(), "perplexity": _perplexity(ctx, p)}
                 for k, s, p in plans_of_set
             ]
-            for name, plans_of_set in (("second_set", second), ("third_set", third))
+            for name, plans_of_set in ((f"{set_name}_set", plans) for set_name, plans in later.items())
         },
         "fit_points": [dataclasses.asdict(q) for q in fit_profile.quality_points],
         "accuracy": {k: {"mape": v[0], "spearman": v[1]} for k, v in accuracy.items()},
@@ -364,7 +365,7 @@ def _equal_memory_goals(plans: list[tuple[str, float, Any]], measured: list[floa
 
 
 def _accuracy_table(
-    accuracy: dict[str, tuple[float, float]], held: tuple[int, int, int], quality: Any, times: dict[str, Any]
+    accuracy: dict[str, tuple[float, float]], held: dict[str, int], quality: Any, times: dict[str, Any]
 ) -> Any:
     rows = [[name, mape, rank] for name, (mape, rank) in accuracy.items()]
     return table(
@@ -372,11 +373,13 @@ def _accuracy_table(
         ["signal", "MAPE of increase", "Spearman"],
         rows,
         [
-            f"{held[0]} held-out plans, {held[1]} in the second set (random seeds "
-            f"{SECOND_SEEDS.start}-{SECOND_SEEDS.stop - 1}, planner and least-called at "
-            f"{' and '.join(f'{s:.1%}' for s in SECOND_SHARES)} int4), {held[2]} in the third (seeds "
-            f"{THIRD_SEEDS.start}-{THIRD_SEEDS.stop - 1} at {' and '.join(f'{s:.0%}' for s in THIRD_SHARES)}); "
-            f"fit: {quality.basis}; cross-validated error "
+            f"{held['first']} held-out plans; "
+            + "; ".join(
+                f"{held[name]} in the {name} set (random seeds {seeds.start}-{seeds.stop - 1}, planner and "
+                f"least-called at {' and '.join(f'{s:.1%}' for s in shares)} int4)"
+                for name, shares, seeds in LATER_SETS
+            )
+            + f"; fit: {quality.basis}; cross-validated error "
             f"{quality.holdout_error if quality.holdout_error is not None else float('nan'):.1%}",
             f"profile wall s: new {times['new_wall_s']:.1f} (cold, first), old {times['old_wall_s']:.1f}; "
             f"CPU-s: new {times['new_cpu_s']:.1f}, old {times['old_cpu_s']:.1f}; load average before: "

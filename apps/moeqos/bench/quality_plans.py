@@ -25,6 +25,16 @@ THIRD_SHARES = (0.3, 0.6)
 """The third held-out set's shares (seeds THIRD_SEEDS): added after the error overlap and the fit's
 floor (moeqos.planner.quality_model.MIN_INCREASE) were chosen by looking at the first two sets."""
 THIRD_SEEDS = range(10, 15)
+FOURTH_SHARES = (0.2, 0.45)
+"""The fourth held-out set's shares (seeds FOURTH_SEEDS): added after the loud layers' experts measured
+alone (moeqos.core.sensitivity.loud_layers) were chosen by replaying the first three sets."""
+FOURTH_SEEDS = range(15, 20)
+LATER_SETS = (
+    ("second", SECOND_SHARES, SECOND_SEEDS),
+    ("third", THIRD_SHARES, THIRD_SEEDS),
+    ("fourth", FOURTH_SHARES, FOURTH_SEEDS),
+)
+"""(name, shares, random seeds) of the held-out sets added after the first, in the order they were added."""
 
 
 def int4_count(layers: int, experts: int, share: float) -> int:
