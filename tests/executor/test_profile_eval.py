@@ -226,7 +226,9 @@ def test_a_loud_layers_experts_are_measured_alone_and_shape_its_signal(runtime, 
     assert profile.expert_alone[1] == pytest.approx(direct[1], rel=1e-6, abs=1e-9)
     assert Profile.from_json(profile.to_json()) == profile
     # the quality model shares layer 1's KL by those measurements, layer 0's by frequency and error
-    signal = QualityModel.fit(profile).sensitivity[Precision.INT4]
+    model = QualityModel.fit(profile)
+    signal = model.sensitivity[Precision.INT4]
+    assert "layers 1 shared by their experts measured alone" in model.basis
     weights = alone_weights_of(profile.expert_alone, None, None)[1]
     kl = profile.layer_kl[Precision.INT4][1]
     assert signal[1] == pytest.approx(tuple(kl * w / sum(weights) for w in weights))

@@ -133,6 +133,9 @@ class QualityModel:
         coefficients, fitted, scale, kappa = _coefficients(rows, targets, sensitivity, anchors)
         holdout = _leave_one_out(rows, targets, sensitivity, anchors)
         signal = "output-KL signal" if profile.layer_kl else "frequency x error signal"
+        if profile.expert_alone:
+            loud = ", ".join(str(layer) for layer in sorted(profile.expert_alone))
+            signal += f" (layers {loud} shared by their experts measured alone)"
         if overlap:
             signal += f", layers' error overlap {min(overlap):.2f}-{max(overlap):.2f}"
         if fitted:
