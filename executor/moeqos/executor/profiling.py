@@ -4,9 +4,9 @@ Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration
 expert calls and capturing hidden states entering each MoE layer), `sensitivity` (the output KL
 divergence when one layer's experts lose precision, moeqos.executor.sensitivity, on the first
 `sensitivity_tokens` calibration tokens), `expert_alone` (each expert of the loud layers alone, on up
-to EXPERT_ALONE_TOKENS calibration tokens: moeqos.core.sensitivity.loud_layers), `call_costs`, `load_costs`, `fixed` (with the
-call costs calibrated to whole decode steps), `load_calibration` (the same for disk loads, with a disk
-tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), then
+to EXPERT_ALONE_TOKENS calibration tokens: moeqos.core.sensitivity.loud_layers), `call_costs`,
+`load_costs`, `fixed` (with the call costs calibrated to whole decode steps), `load_calibration` (the
+same for disk loads, with a disk tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), then
 `quant_error` (every expert in each profiled precision against fp32 on the captured states),
 `quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`) and `design`
 (then of the mixed plans moeqos.executor.calibration_design derives from the signal and the uniform
@@ -310,7 +310,8 @@ def _expert_alone(
     progress: Progress,
 ) -> tuple[dict[int, tuple[float, ...]], int]:
     """(the loud layers' experts alone in the first KL precision on the first EXPERT_ALONE_TOKENS
-    calibration tokens in windows of `window`, the tokens scored; moeqos.core.sensitivity), ({}, 0) without a KL or a loud layer."""
+    calibration tokens in windows of `window`, the tokens scored; moeqos.core.sensitivity), or ({}, 0)
+    without a KL or a loud layer."""
     anchor = next(iter(kl), None)
     layers = loud_layers(kl[anchor]) if anchor is not None else []
     measured = ids[:EXPERT_ALONE_TOKENS]
