@@ -419,7 +419,8 @@ def profile_from_proto(message: pb.Profile) -> Profile:
             batch_steps=tuple(BatchStep(s.rows, s.fixed_ratio, s.expert_scale) for s in message.batch_steps),
             error_overlap=tuple(finite("error_overlap", x) for x in message.error_overlap),
             expert_alone={
-                a.layer: tuple(finite("expert_alone", v) for v in a.increase) for a in message.expert_alone
+                a.layer: tuple(finite("expert_alone", v, -math.inf) for v in a.increase)
+                for a in message.expert_alone
             },
             expert_alone_tokens=message.expert_alone_tokens,
         )
