@@ -313,7 +313,9 @@ def _expert_alone(
     calibration tokens in windows of `window`, the tokens scored; moeqos.core.sensitivity), or ({}, 0)
     without a KL or a loud layer."""
     anchor = next(iter(kl), None)
-    layers = loud_layers(kl[anchor]) if anchor is not None else []
+    if anchor is None:
+        return {}, 0
+    layers = loud_layers(kl[anchor])
     measured = ids[:EXPERT_ALONE_TOKENS]
     windows = [measured[start : start + window] for start in range(0, len(measured), window)]
     windows = [w for w in windows if len(w) > 1]
