@@ -100,3 +100,40 @@ def test_the_measurement_agreement_compares_each_plans_increase_on_the_two_halve
     assert rank == pytest.approx(0.5)  # ranks (0, 1, 2) against (0, 2, 1)
     del halves[plans[0].to_spec()]
     assert measurement_agreement(ctx, plans, reference) is None  # a plan measured whole: no estimate
+
+
+def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monkeypatch):
+    import moeqos.executor.profiling as profiling
+    from moeqos.executor.profiling import Alone
+
+    profile = synthetic_profile(2, 3, (Precision.BF16, Precision.INT4), ("cpu",), quality_plans=0)
+    profile = profile.__class__.from_dict(
+        profile.to_dict()
+        | {
+            "layer_kl": {"int4": [0.01, 0.2]},
+            "layer_alone": [0.5, 0.5],  # as measured on the profile's own quality corpus
+            "expert_alone": {"1": [0.5, 0.5, 0.5]},
+            "alone_tokens": 510,
+        }
+    )
+    asked = []
+
+    def measure_alone(runtime, ids, window, reference, kl, progress):
+        asked.append((ids, window, reference, dict(kl)))
+        return Alone((0.001, 0.02), {1: (0.0, 0.01, 0.002)}, 63)
+
+    monkeypatch.setattr(profiling, "measure_alone", measure_alone)
+    ctx = SimpleNamespace(
+        shape=(2, 3),
+        device="cpu",
+        perplexities={},
+        halves={},
+        test_ids=list(range(65)),
+        runtime=_Runtime(),
+        settings=SimpleNamespace(context_length=32),
+        log=lambda message: None,
+    )
+    refit = on_eval_tokens(ctx, profile)
+    assert asked == [(list(range(65)), 32, Precision.BF16, {Precision.INT4: (0.01, 0.2)})]
+    assert refit.layer_alone == (0.001, 0.02) and refit.expert_alone == {1: (0.0, 0.01, 0.002)}
+    assert refit.alone_tokens == 63 and refit.layer_kl == profile.layer_kl

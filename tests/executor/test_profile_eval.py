@@ -192,10 +192,12 @@ def test_evaluate_rejects_bad_arguments(runtime, kwargs, error) -> None:
         runtime.evaluate(**arguments)
 
 
-def test_a_loud_layers_experts_are_measured_alone_and_shape_its_signal(runtime, calibration, monkeypatch):
-    from moeqos.core.sensitivity import alone_weights_of, expert_signal
+def test_layers_and_a_loud_layers_experts_are_measured_alone_and_shape_the_signal(
+    runtime, calibration, monkeypatch
+):
+    from moeqos.core.sensitivity import alone_weights_of, blended, expert_signal
     from moeqos.executor import profiling
-    from moeqos.executor.sensitivity import expert_alone
+    from moeqos.executor.sensitivity import alone_increases
     from moeqos.planner.quality_model import QualityModel
 
     asked: list[tuple[float, ...]] = []
@@ -217,22 +219,25 @@ def test_a_loud_layers_experts_are_measured_alone_and_shape_its_signal(runtime, 
         precisions=[Precision.FP32, Precision.INT4],
         progress=lambda stage, fraction: stages.add(stage),
     )
-    assert asked == [profile.layer_kl[Precision.INT4]] and "expert_alone" in stages
-    assert set(profile.expert_alone) == {1} and profile.expert_alone_tokens == 2 * 47  # 2 windows of 48
+    assert asked == [profile.layer_kl[Precision.INT4]] and "alone" in stages
+    # no quality corpus given: measured on the calibration tokens the quality points were
+    assert set(profile.expert_alone) == {1} and profile.alone_tokens == 2 * 47  # 2 windows of 48
     ids = runtime.encode(calibration)[:96]
-    direct = expert_alone(
+    layers, experts = alone_increases(
         runtime, [ids[:48], ids[48:]], Precision.FP32, Precision.INT4, [1], lambda s, f: None
     )
-    assert profile.expert_alone[1] == pytest.approx(direct[1], rel=1e-6, abs=1e-9)
+    assert profile.expert_alone[1] == pytest.approx(experts[1], rel=1e-6, abs=1e-9)
+    assert profile.layer_alone == pytest.approx(layers, rel=1e-6, abs=1e-9) and len(layers) == 2
     assert Profile.from_json(profile.to_json()) == profile
-    # the quality model shares layer 1's KL by those measurements, layer 0's by frequency and error
+    # the quality model blends the layers' KL with their increases alone, shares layer 1's by its
+    # experts measured alone and layer 0's by frequency and error
     model = QualityModel.fit(profile)
     signal = model.sensitivity[Precision.INT4]
+    assert "blended with each layer measured alone" in model.basis
     assert "layers 1 shared by their experts measured alone" in model.basis
+    kl = blended(profile.layer_kl[Precision.INT4], profile.layer_alone, profile.alone_tokens)
+    assert kl != pytest.approx(profile.layer_kl[Precision.INT4])
     weights = alone_weights_of(profile.expert_alone, None, None)[1]
-    kl = profile.layer_kl[Precision.INT4][1]
-    assert signal[1] == pytest.approx(tuple(kl * w / sum(weights) for w in weights))
-    quiet = expert_signal(
-        profile.frequency, profile.quant_error[Precision.INT4], profile.layer_kl[Precision.INT4]
-    )
+    assert signal[1] == pytest.approx(tuple(kl[1] * w / sum(weights) for w in weights))
+    quiet = expert_signal(profile.frequency, profile.quant_error[Precision.INT4], kl)
     assert signal[0] == pytest.approx(quiet[0])

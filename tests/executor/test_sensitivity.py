@@ -8,7 +8,7 @@ import torch
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.executor.calibration_design import designed_plans, uniform_increases
-from moeqos.executor.sensitivity import expert_alone, layer_kl, with_layer
+from moeqos.executor.sensitivity import alone_increases, layer_kl, with_layer
 
 from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
 
@@ -54,21 +54,25 @@ def _direct_nll(runtime, plan: Plan, ids: list[int]) -> float:
     return float(-logp.gather(1, window[0, 1:, None]).sum())
 
 
-def test_experts_alone_match_a_direct_computation_and_restore_the_plan(runtime) -> None:
+def test_layers_and_experts_alone_match_a_direct_computation_and_restore_the_plan(runtime) -> None:
     served = Plan.uniform(LAYERS, EXPERTS, Precision.INT8, "cpu")
     runtime.apply_plan(served)
     windows = [IDS[:24], IDS[24:]]
-    alone = expert_alone(runtime, windows, Precision.FP32, Precision.INT2, [1], _no_progress)
+    layers, alone = alone_increases(runtime, windows, Precision.FP32, Precision.INT2, [1], _no_progress)
     assert runtime.plan == served and set(alone) == {1} and len(alone[1]) == EXPERTS
+    assert len(layers) == LAYERS
     scored = sum(len(w) - 1 for w in windows)
+
+    def increase(plan: Plan) -> float:
+        return sum(_direct_nll(runtime, plan, w) - _direct_nll(runtime, fp32_plan(), w) for w in windows)
+
     for expert in range(EXPERTS):
-        direct = sum(
-            _direct_nll(runtime, fp32_plan().with_expert(1, expert, Precision.INT2), w)
-            - _direct_nll(runtime, fp32_plan(), w)
-            for w in windows
-        )
+        direct = increase(fp32_plan().with_expert(1, expert, Precision.INT2))
         assert alone[1][expert] == pytest.approx(direct / scored, rel=1e-4, abs=1e-7)
-    assert any(v != 0 for v in alone[1])
+    for layer in range(LAYERS):
+        direct = increase(fp32_plan().with_layers((layer,), Precision.INT2))
+        assert layers[layer] == pytest.approx(direct / scored, rel=1e-4, abs=1e-7)
+    assert any(v != 0 for v in alone[1]) and any(v != 0 for v in layers)
 
 
 def test_designed_plans_put_the_lossy_precision_on_the_safest_and_the_riskiest_experts() -> None:

@@ -20,7 +20,9 @@ from moeqos.core.profile import Profile, QualityPoint
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.sensitivity import (
     ALONE_FLOOR,
+    EVEN_TOKENS,
     alone_weights_of,
+    blended,
     expert_signal,
     loud_layers,
     safest_first,
@@ -150,6 +152,26 @@ def test_a_loud_layer_is_shared_by_its_experts_measured_alone_less_the_median() 
     )
     assert grids[Precision.INT4][1] == pytest.approx(signal[1])
     assert grids[Precision.INT3][1][0] / grids[Precision.INT3][1][1] == pytest.approx(0.058 / ALONE_FLOOR)
+
+
+def test_the_anchors_layer_kl_is_blended_with_the_layers_measured_alone_by_their_tokens() -> None:
+    kl, alone = [0.03, 0.01], [-0.002, 0.009]  # layer 0 loud by KL, harmless on the text
+    weights = [ALONE_FLOOR, 0.009]
+    for tokens, mix in ((EVEN_TOKENS, 0.5), (EVEN_TOKENS // 4, 0.2), (0, 0.0)):
+        mixed = blended(kl, alone, tokens)
+        assert sum(mixed) == pytest.approx(0.04)
+        expected = [0.04 * ((1 - mix) * k / 0.04 + mix * w / 0.01) for k, w in zip(kl, weights, strict=True)]
+        assert mixed == pytest.approx(tuple(expected))
+    assert blended(kl, alone, EVEN_TOKENS)[1] > blended(kl, alone, EVEN_TOKENS // 4)[1] > kl[1]
+    assert blended([0.0, 0.0], alone, EVEN_TOKENS) == (0.0, 0.0)
+    mixed = blended(kl, alone, EVEN_TOKENS)
+    frequency, errors = [[1.0, 1.0]] * 2, {Precision.INT4: [[0.1, 0.1]] * 2, Precision.INT3: [[0.2, 0.2]] * 2}
+    grids = signal_grids(
+        frequency, errors, {Precision.INT4: kl}, [Precision.INT4, Precision.INT3], None, alone, EVEN_TOKENS
+    )
+    assert [sum(row) for row in grids[Precision.INT4]] == pytest.approx(mixed)
+    # a precision borrowing the anchor borrows the blended one, scaled by its squared error ratio
+    assert [sum(row) for row in grids[Precision.INT3]] == pytest.approx([4 * m for m in mixed])
 
 
 def test_kl_signal_recovers_the_truth_and_labels_the_fit_honest() -> None:

@@ -84,7 +84,8 @@ WITH_MEASUREMENTS = dataclasses.replace(  # what a measured profile has and an a
     ANALYTIC,
     error_overlap=tuple(0.25 + 0.01 * layer for layer in range(ANALYTIC.model.num_layers)),
     expert_alone={0: tuple(0.001 * e - 0.002 for e in range(ANALYTIC.model.num_experts))},  # some gain
-    expert_alone_tokens=1022,
+    layer_alone=tuple(0.001 * layer - 0.001 for layer in range(ANALYTIC.model.num_layers)),  # some gain
+    alone_tokens=1022,
     quant_error={Precision.INT4: tuple((0.125,) * ANALYTIC.model.num_experts for _ in ANALYTIC.frequency)},
     disk_reads="cached",
     group_size=32,

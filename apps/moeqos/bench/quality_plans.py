@@ -29,10 +29,16 @@ FOURTH_SHARES = (0.2, 0.45)
 """The fourth held-out set's shares (seeds FOURTH_SEEDS): added after the loud layers' experts measured
 alone (moeqos.core.sensitivity.loud_layers) were chosen by replaying the first three sets."""
 FOURTH_SEEDS = range(15, 20)
+FIFTH_SHARES = (0.35, 0.55)
+"""The fifth held-out set's shares (seeds FIFTH_SEEDS): added after the layers and the loud layers'
+experts measured alone on the quality text (moeqos.core.sensitivity.EVEN_TOKENS) were chosen by
+replaying the first four sets."""
+FIFTH_SEEDS = range(20, 25)
 LATER_SETS = (
     ("second", SECOND_SHARES, SECOND_SEEDS),
     ("third", THIRD_SHARES, THIRD_SEEDS),
     ("fourth", FOURTH_SHARES, FOURTH_SEEDS),
+    ("fifth", FIFTH_SHARES, FIFTH_SEEDS),
 )
 """(name, shares, random seeds) of the held-out sets added after the first, in the order they were added."""
 

@@ -19,8 +19,12 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 12
-"""12: `expert_alone`, the loud layers' experts each measured alone (moeqos.core.sensitivity), without
+PROFILE_VERSION = 13
+"""13: `layer_alone`, each layer whole measured alone on the quality corpus, and `expert_alone` measured
+there too (it was on the calibration text; `alone_tokens` replaces `expert_alone_tokens`): the costly
+experts and layers are not the same on every text, and the planner's predictions are on the quality
+corpus (moeqos.core.sensitivity).
+12: `expert_alone`, the loud layers' experts each measured alone (moeqos.core.sensitivity), without
 which the quality model shared the last layer's and the attention-sink layer's KL by frequency and
 error, and priced held-out random picks holding their costly experts at about half their damage.
 11: bf16 weights stay in the plain layout where the native kernels are built (the C decode step reads
@@ -209,10 +213,13 @@ class Profile:
     """Calibration tokens `layer_kl` was measured on (0 when not measured)."""
     expert_alone: dict[int, tuple[float, ...]] = field(default_factory=dict)
     """Per loud layer l (moeqos.core.sensitivity.loud_layers of the first `layer_kl` precision), [E] the
-    calibration tokens' log-perplexity increase (nats per token) with only expert e of l in that
-    precision (moeqos.executor.sensitivity.expert_alone). Empty when not measured."""
-    expert_alone_tokens: int = 0
-    """Calibration tokens `expert_alone` was measured on (0 when not measured)."""
+    quality corpus's log-perplexity increase (nats per token) with only expert e of l in that precision
+    (moeqos.executor.sensitivity.alone_increases). Empty when not measured."""
+    layer_alone: tuple[float, ...] = ()
+    """[L] the quality corpus's log-perplexity increase (nats per token) with every expert of layer l,
+    and only those, in the first `layer_kl` precision. Empty when not measured."""
+    alone_tokens: int = 0
+    """Quality-corpus tokens `layer_alone` and `expert_alone` were measured on (0 when not measured)."""
     error_overlap: tuple[float, ...] = ()
     """[L] the share of layer l's routed, router-weighted expert output-error energy that lies in the
     cross terms of a token's experts, measured with the experts in the first `layer_kl` precision
@@ -245,6 +252,8 @@ class Profile:
                 raise ValueError(f"layer_kl[{precision}] must have one value per layer ({rows})")
         if self.error_overlap and len(self.error_overlap) != rows:
             raise ValueError(f"error_overlap must have one value per layer ({rows})")
+        if self.layer_alone and len(self.layer_alone) != rows:
+            raise ValueError(f"layer_alone must have one value per layer ({rows})")
         for layer, row in self.expert_alone.items():
             if not 0 <= layer < rows or len(row) != self.model.num_experts:
                 raise ValueError(
@@ -306,7 +315,8 @@ class Profile:
             expert_alone={
                 int(layer): tuple(float(x) for x in r) for layer, r in data.get("expert_alone", {}).items()
             },
-            expert_alone_tokens=int(data.get("expert_alone_tokens", 0)),
+            layer_alone=tuple(float(x) for x in data.get("layer_alone", ())),
+            alone_tokens=int(data.get("alone_tokens", 0)),
             error_overlap=tuple(float(x) for x in data.get("error_overlap", ())),
             dense_costs=tuple(DenseCost.from_dict(c) for c in data.get("dense_costs", [])),
             dense_precision=Precision(data.get("dense_precision", Precision.BF16.value)),

@@ -3,8 +3,8 @@
 Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
 expert calls and capturing hidden states entering each MoE layer), `sensitivity` (the output KL
 divergence when one layer's experts lose precision, moeqos.executor.sensitivity, on the first
-`sensitivity_tokens` calibration tokens), `expert_alone` (each expert of the loud layers alone, on up
-to EXPERT_ALONE_TOKENS calibration tokens: moeqos.core.sensitivity.loud_layers), `call_costs`,
+`sensitivity_tokens` calibration tokens), `alone` (each layer whole and each expert of the loud layers
+alone, on up to ALONE_TOKENS quality tokens: moeqos.core.sensitivity.loud_layers), `call_costs`,
 `load_costs`, `fixed` (with the call costs calibrated to whole decode steps), `load_calibration` (the
 same for disk loads, with a disk tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), then
 `quant_error` (every expert in each profiled precision against fp32 on the captured states),
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from moeqos.core.errors import InvalidArgument
@@ -46,7 +46,7 @@ from moeqos.executor.measurement import Measurable
 from moeqos.executor.moe import observed
 from moeqos.executor.quality_points import measure_quality, uniform_precision
 from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
-from moeqos.executor.sensitivity import expert_alone, layer_kl
+from moeqos.executor.sensitivity import alone_increases, layer_kl
 from moeqos.executor.step_timing import STEP_PROMPT_TOKENS
 from moeqos.executor.variant_errors import ReferenceOutputs, content_hash, variant_errors
 
@@ -56,9 +56,10 @@ SENSITIVITY_PRECISIONS = (Precision.INT4,)
 """Precisions whose layer KL is measured by default; the others borrow it, scaled by their errors
 (moeqos.core.sensitivity): one forward pass per layer and precision is the stage's whole cost."""
 
-EXPERT_ALONE_TOKENS = 1024
-"""Calibration tokens the loud layers' experts are measured alone on (an executor's profile routes 1,024):
-each expert's increase is noisy at +-0.002 nats there, against +0.015 for the default model's dearest."""
+ALONE_TOKENS = 2048
+"""Quality tokens at most that the layers and the loud layers' experts are measured alone on (each a pass
+from its layer on: about 22 passes' worth on the default model, 16 s on the product's 511 ptb:valid
+tokens, 4x that on the bench's 2,048 ptb:test tokens): a long quality corpus does not multiply the stage."""
 
 PLANNING_PRECISIONS = (
     Precision.BF16,
@@ -215,13 +216,13 @@ def build_profile(
             if sensitivity_tokens > 0 and kl_precisions
             else {}
         )
-        alone, alone_tokens = _expert_alone(runtime, ids, window, reference, kl, progress)
+        label, scored = quality_corpus or corpus_name, quality_ids or ids
+        alone = measure_alone(runtime, scored, window, reference, kl, progress)
         timings = measure_timings(runtime, ids[:STEP_PROMPT_TOKENS], captured[0], chosen, repeats, progress)
         batch_calls, batch_steps = measure_batch(
             runtime, ids, captured[0], chosen, repeats, timings.fixed, timings.calls
         )
         progress("batch", 1.0)
-        label, scored = quality_corpus or corpus_name, quality_ids or ids
         errors, overlap, points = _errors_and_quality(
             runtime,
             captured,
@@ -254,8 +255,9 @@ def build_profile(
             quality_points=tuple(points),
             layer_kl=kl,
             sensitivity_tokens=min(sensitivity_tokens, len(ids)) if kl else 0,
-            expert_alone=alone,
-            expert_alone_tokens=alone_tokens,
+            layer_alone=alone.layers,
+            expert_alone=alone.experts,
+            alone_tokens=alone.tokens,
             error_overlap=overlap,
             dense_costs=dense_part,
             dense_precision=dense,
@@ -301,28 +303,35 @@ def measure_timings(
     return Timings(fixed, costs, loads)
 
 
-def _expert_alone(
+@dataclass(frozen=True)
+class Alone:
+    """Increases measured alone (moeqos.executor.sensitivity.alone_increases); empty when not measured."""
+
+    layers: tuple[float, ...] = ()
+    experts: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    tokens: int = 0
+
+
+def measure_alone(
     runtime: Measurable,
     ids: list[int],
     window: int,
     reference: Precision,
-    kl: dict[Precision, tuple[float, ...]],
+    kl: Mapping[Precision, Sequence[float]],
     progress: Progress,
-) -> tuple[dict[int, tuple[float, ...]], int]:
-    """(the loud layers' experts alone in the first KL precision on the first EXPERT_ALONE_TOKENS
-    calibration tokens in windows of `window`, the tokens scored; moeqos.core.sensitivity), or ({}, 0)
-    without a KL or a loud layer."""
+) -> Alone:
+    """Each layer whole and the loud layers' experts alone in the first KL precision, on the first
+    ALONE_TOKENS of `ids` (the quality tokens) in windows of `window` (stage `alone`); empty without a
+    KL."""
     anchor = next(iter(kl), None)
-    if anchor is None:
-        return {}, 0
-    layers = loud_layers(kl[anchor])
-    measured = ids[:EXPERT_ALONE_TOKENS]
+    measured = ids[:ALONE_TOKENS]
     windows = [measured[start : start + window] for start in range(0, len(measured), window)]
     windows = [w for w in windows if len(w) > 1]
-    if not layers or not windows:
-        return {}, 0
-    alone = expert_alone(runtime, windows, reference, anchor, layers, progress)
-    return alone, sum(len(w) - 1 for w in windows)
+    if anchor is None or not windows:
+        return Alone()
+    loud = loud_layers(kl[anchor])
+    layers, experts = alone_increases(runtime, windows, reference, anchor, loud, progress)
+    return Alone(layers, experts, sum(len(w) - 1 for w in windows))
 
 
 def _errors_and_quality(
@@ -332,7 +341,7 @@ def _errors_and_quality(
     reference: Precision,
     frequency: Grid,
     kl: dict[Precision, tuple[float, ...]],
-    alone: dict[int, tuple[float, ...]],
+    alone: Alone,
     plans: Sequence[Plan],
     ids: list[int],
     label: str,
@@ -371,7 +380,8 @@ def _errors_and_quality(
     def designer(increases: Mapping[Precision, float]) -> list[Plan]:
         if not kl:
             return []
-        signal = signal_grids(frequency, errors, kl, [q for q in increases if q in errors], alone)
+        chosen = [q for q in increases if q in errors]
+        signal = signal_grids(frequency, errors, kl, chosen, alone.experts, alone.layers, alone.tokens)
         return designed_plans(signal, reference, increases, kl, runtime.config.device, group_size)
 
     points = measure_quality(

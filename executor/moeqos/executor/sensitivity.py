@@ -16,10 +16,11 @@ and 32.8 vs 50.5 s, alternated in one process; the head and the weights each pas
 length keep it above a half), plus switching one layer's experts each time (only the experts that
 change are rebuilt).
 
-`expert_alone` measures, for the few loud layers, each expert alone in one precision the same way, as
-the log-perplexity increase of the calibration text (its next tokens), not a KL: on the default model
-the KL of one expert of a loud layer sits near a floor that any change reaches (~0.002 nats on 256
-tokens), and it named an expert that costs +0.2% alone as dear as one that costs +1.5%.
+`alone_increases` measures each layer whole, and for the few loud layers each expert alone, in one
+precision the same way, as the log-perplexity increase of the quality text (its next tokens), not a KL:
+on the default model the KL of one expert of a loud layer sits near a floor that any change reaches
+(~0.002 nats on 256 tokens), and it named an expert that costs +0.2% alone as dear as one that costs
++1.5%; and the layer KL ranks layers 0 and 2 high though their increase is within the text's noise.
 
 Sees the runtime only as a moeqos.executor.measurement.Measurable: each temporary plan is served
 inside `serving(plan)`, which restores the served plan afterwards (and on error).
@@ -87,20 +88,23 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits[0].float(), dim=-1)  # [1, S, V] -> [S, V]
 
 
-def expert_alone(
+def alone_increases(
     runtime: Measurable,
     windows: Sequence[list[int]],
     reference: Precision,
     precision: Precision,
-    layers: Sequence[int],
+    loud: Sequence[int],
     progress: Progress,
-) -> dict[int, tuple[float, ...]]:
-    """Per layer of `layers`, [E] the log-perplexity increase (nats per scored token) of `windows` with
-    only that expert in `precision`, the rest in `reference` (moeqos.core.sensitivity: the loud layers'
-    experts alone). Each pass starts at its layer from the reference's hidden states, as `layer_kl`'s."""
-    experts = runtime.num_experts
-    increase = {layer: [0.0] * experts for layer in layers}
-    scored, steps, done = 0, len(windows) * len(layers) * experts, 0
+) -> tuple[tuple[float, ...], dict[int, tuple[float, ...]]]:
+    """([L] the log-perplexity increase (nats per scored token) of `windows` with every expert of layer
+    l in `precision` and the rest in `reference`, per layer of `loud` [E] the same with only expert e
+    of it in `precision`) (moeqos.core.sensitivity: the layers and the loud layers' experts alone).
+    Each pass starts at its layer from the reference's hidden states, as `layer_kl`'s; the reference
+    runs once per window for both."""
+    layers, experts = runtime.num_layers, runtime.num_experts
+    whole = [0.0] * layers
+    single = {layer: [0.0] * experts for layer in loud}
+    scored, steps, done = 0, len(windows) * (layers + len(loud) * experts), 0
     base = reference_plan(runtime, reference)
     with runtime.serving(base):
         for ids in windows:
@@ -108,14 +112,27 @@ def expert_alone(
             logits, inputs = runtime.layer_inputs(window)  # [1, S, V], L x [1, S, H]
             ref_nll = _nll(logits, window)
             scored += len(ids) - 1
-            for layer in layers:
-                for expert in range(experts):
-                    with runtime.serving(base.with_expert(layer, expert, precision)):
-                        nll = _nll(runtime.logits_from(layer, inputs[layer], window), window)
-                    increase[layer][expert] += nll - ref_nll
-                    done += 1
-                    progress("expert_alone", done / steps)
-    return {layer: tuple(v / max(scored, 1) for v in row) for layer, row in increase.items()}
+            changes: list[tuple[int, int | None]] = [(layer, None) for layer in range(layers)]
+            changes += [(layer, expert) for layer in loud for expert in range(experts)]
+            for layer, expert in changes:
+                plan = (
+                    with_layer(base, layer, precision)
+                    if expert is None
+                    else base.with_expert(layer, expert, precision)
+                )
+                with runtime.serving(plan):
+                    increase = _nll(runtime.logits_from(layer, inputs[layer], window), window) - ref_nll
+                if expert is None:
+                    whole[layer] += increase
+                else:
+                    single[layer][expert] += increase
+                done += 1
+                progress("alone", done / steps)
+    per_token = max(scored, 1)
+    return (
+        tuple(v / per_token for v in whole),
+        {layer: tuple(v / per_token for v in row) for layer, row in single.items()},
+    )
 
 
 def _nll(logits: torch.Tensor, window: torch.Tensor) -> float:

@@ -3,8 +3,9 @@
     log ppl(plan) = log ppl_ref + D + kappa * D^2 + sum_d L_d,    D = sum_l [(1 - o_l) sum_e t_e + o_l (sum_e sqrt(t_e a_e))^2]
 
 with t_e = c_{p(e)} * s_p[l][e] the term of expert e of layer l in its precision p. `s_p[l][e]` is the
-expert's signal in p (moeqos.core.sensitivity: the measured output KL of its layer in p shared out by
-sqrt(frequency) times squared error, in the loud layers by each expert's measured increase alone;
+expert's signal in p (moeqos.core.sensitivity: the measured output KL of its layer in p, blended with the
+layer's measured increase alone, shared out by sqrt(frequency) times squared error, in the loud layers
+by each expert's measured increase alone;
 without a measured KL, the older proxy freq * err_p), a_e = s_p[l][e]
 / sum_e' s_p[l][e'] its share of the layer's signal, `c_p >= 0` one coefficient per precision and
 `kappa >= 0` how damage compounds across layers. `o_l` is the layer's error overlap (core
@@ -133,6 +134,8 @@ class QualityModel:
         coefficients, fitted, scale, kappa = _coefficients(rows, targets, sensitivity, anchors)
         holdout = _leave_one_out(rows, targets, sensitivity, anchors)
         signal = "output-KL signal" if profile.layer_kl else "frequency x error signal"
+        if profile.layer_kl and profile.layer_alone:
+            signal += " blended with each layer measured alone"
         if profile.expert_alone:
             loud = ", ".join(str(layer) for layer in sorted(profile.expert_alone))
             signal += f" (layers {loud} shared by their experts measured alone)"
@@ -333,7 +336,13 @@ def _corpus(profile: Profile, ref_spec: str | None) -> str:
 def _sensitivity(profile: Profile, reference: Precision) -> dict[Precision, Grid]:
     """The per-expert signal per precision (moeqos.core.sensitivity), 0 for the reference precision."""
     grids = signal_grids(
-        profile.frequency, profile.quant_error, profile.layer_kl, list(Precision), profile.expert_alone
+        profile.frequency,
+        profile.quant_error,
+        profile.layer_kl,
+        list(Precision),
+        profile.expert_alone,
+        profile.layer_alone,
+        profile.alone_tokens,
     )
     zero = tuple(tuple(0.0 for _ in row) for row in profile.frequency)
     return {p: zero if p == reference else grids[p] for p in Precision}

@@ -345,7 +345,8 @@ def profile_to_proto(profile: Profile) -> pb.Profile:
         expert_alone=[
             pb.ExpertAlone(layer=layer, increase=row) for layer, row in profile.expert_alone.items()
         ],
-        expert_alone_tokens=profile.expert_alone_tokens,
+        alone_tokens=profile.alone_tokens,
+        layer_alone=profile.layer_alone,
     )
 
 
@@ -422,7 +423,8 @@ def profile_from_proto(message: pb.Profile) -> Profile:
                 a.layer: tuple(finite("expert_alone", v, -math.inf) for v in a.increase)
                 for a in message.expert_alone
             },
-            expert_alone_tokens=message.expert_alone_tokens,
+            layer_alone=tuple(finite("layer_alone", v, -math.inf) for v in message.layer_alone),
+            alone_tokens=message.alone_tokens,
         )
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidArgument):
