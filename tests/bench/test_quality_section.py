@@ -30,15 +30,9 @@ class _Runtime:
         return Evaluation(10.0 + int4 + later, 0.0, len(ids) - 1, plan.to_spec(), "ptb:test", 0.1, 0)
 
 
-def test_fitting_plans_are_measured_again_on_the_eval_tokens_once_each():
-    profile = synthetic_profile(2, 3, (Precision.BF16, Precision.INT4), ("cpu",), quality_plans=0)
-    plans = [Plan.uniform(2, 3, p, "cpu") for p in (Precision.BF16, Precision.INT4)]
-    profile = profile.__class__.from_dict(
-        profile.to_dict()
-        | {"quality_points": [QualityPoint(p.to_spec(), 99.0, "ptb:valid", 511).__dict__ for p in plans]}
-    )
-    runtime = _Runtime()
-    ctx = SimpleNamespace(
+def _context(runtime: _Runtime) -> SimpleNamespace:
+    """The bench context `on_eval_tokens` reads: a 2 x 3 model, 65 eval tokens in windows of 32."""
+    return SimpleNamespace(
         shape=(2, 3),
         device="cpu",
         perplexities={},
@@ -48,6 +42,17 @@ def test_fitting_plans_are_measured_again_on_the_eval_tokens_once_each():
         settings=SimpleNamespace(context_length=32),
         log=lambda message: None,
     )
+
+
+def test_fitting_plans_are_measured_again_on_the_eval_tokens_once_each():
+    profile = synthetic_profile(2, 3, (Precision.BF16, Precision.INT4), ("cpu",), quality_plans=0)
+    plans = [Plan.uniform(2, 3, p, "cpu") for p in (Precision.BF16, Precision.INT4)]
+    profile = profile.__class__.from_dict(
+        profile.to_dict()
+        | {"quality_points": [QualityPoint(p.to_spec(), 99.0, "ptb:valid", 511).__dict__ for p in plans]}
+    )
+    runtime = _Runtime()
+    ctx = _context(runtime)
     refit = on_eval_tokens(ctx, profile)
     # measured by halves split on the 32-token window boundary (31 + 32 tokens), the whole perplexity
     # the token-weighted geometric mean of the halves', each half's log perplexity kept
@@ -123,16 +128,7 @@ def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monk
         return Alone((0.001, 0.02), {1: (0.0, 0.01, 0.002)}, 63)
 
     monkeypatch.setattr(profiling, "measure_alone", measure_alone)
-    ctx = SimpleNamespace(
-        shape=(2, 3),
-        device="cpu",
-        perplexities={},
-        halves={},
-        test_ids=list(range(65)),
-        runtime=_Runtime(),
-        settings=SimpleNamespace(context_length=32),
-        log=lambda message: None,
-    )
+    ctx = _context(_Runtime())
     refit = on_eval_tokens(ctx, profile)
     assert asked == [(list(range(65)), 32, Precision.BF16, {Precision.INT4: (0.01, 0.2)})]
     assert refit.layer_alone == (0.001, 0.02) and refit.expert_alone == {1: (0.0, 0.01, 0.002)}
