@@ -8,6 +8,7 @@ import pytest
 from moeqos.bench.runner import main
 from moeqos.bench.settings import QUICK, SECTIONS
 from moeqos.cli.main import main as moeqos_main
+from moeqos.core.profile import Profile
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,14 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     assert quality["times"]["new_cpu_s"] > 0 and quality["layer_kl"]["int4"]
     assert quality["profile_tokens"]["calibration"] <= QUICK.calibration_tokens  # --quick bounds them
     assert quality["profile_tokens"]["quality"] <= QUICK.fit_tokens
+    # the product's path (the profile as measured, not refitted) is measured and judged at every share
+    assert [p["share"] for p in quality["plans"] if p["kind"] == "product planner"] == [0.25, 0.5, 0.75]
+    goals = [g["name"] for g in sections["quality"]["goals"]]
+    assert sum(name.endswith("product planner vs mean random") for name in goals) == 3
+    # the refitted profile is written for replays, its layers measured alone on the eval tokens
+    refit = Profile.from_json((tmp_path / "quality-fit-profile.json").read_text())
+    assert len(refit.layer_alone) == len(refit.frequency) and refit.alone_tokens > 0
+    assert {q.corpus for q in refit.quality_points} == {"ptb:test"}
     for section in sections.values():
         assert all((tmp_path / p.rsplit("/", 1)[-1]).is_file() for p in section["plots"])
     assert out.count("machine: ") >= len(SECTIONS) and "== frontier: held-out plans" in out

@@ -208,6 +208,7 @@ def test_layers_and_a_loud_layers_experts_are_measured_alone_and_shape_the_signa
 
     monkeypatch.setattr(profiling, "loud_layers", loud)
     stages: set[str] = set()
+    quality = prompt_ids(96, seed=5)[0].tolist()
     profile = runtime.profile(
         calibration,
         "tiny:train",
@@ -216,15 +217,16 @@ def test_layers_and_a_loud_layers_experts_are_measured_alone_and_shape_the_signa
         capture_tokens=32,
         window=48,
         quality_plans=[fp32_plan(), INT4],
+        quality_ids=quality,
+        quality_corpus="tiny:valid",
         precisions=[Precision.FP32, Precision.INT4],
         progress=lambda stage, fraction: stages.add(stage),
     )
     assert asked == [profile.layer_kl[Precision.INT4]] and "alone" in stages
-    # no quality corpus given: measured on the calibration tokens the quality points were
+    # measured on the quality text, where the quality points are, not on the calibration tokens
     assert set(profile.expert_alone) == {1} and profile.alone_tokens == 2 * 47  # 2 windows of 48
-    ids = runtime.encode(calibration)[:96]
     layers, experts = alone_increases(
-        runtime, [ids[:48], ids[48:]], Precision.FP32, Precision.INT4, [1], lambda s, f: None
+        runtime, [quality[:48], quality[48:]], Precision.FP32, Precision.INT4, [1], lambda s, f: None
     )
     assert profile.expert_alone[1] == pytest.approx(experts[1], rel=1e-6, abs=1e-9)
     assert profile.layer_alone == pytest.approx(layers, rel=1e-6, abs=1e-9) and len(layers) == 2

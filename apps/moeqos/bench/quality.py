@@ -360,10 +360,7 @@ def _accuracy(model: Any, held: list[tuple[Any, float]], reference: float) -> tu
 def _equal_memory_table(plans: list[tuple[str, float, Any]], measured: list[float], reference: float) -> Any:
     rows = []
     for share in SHARES:
-        by_kind = {
-            k: [m for (k2, s, _), m in zip(plans, measured, strict=True) if s == share and k2 == k]
-            for k in ("planner", PRODUCT, "random", "frequency")
-        }
+        by_kind = _by_kind(plans, measured, share)
         rows.append(
             [
                 f"{share:.0%}",
@@ -386,13 +383,20 @@ def _equal_memory_table(plans: list[tuple[str, float, Any]], measured: list[floa
     )
 
 
+def _by_kind(
+    plans: list[tuple[str, float, Any]], measured: list[float], share: float
+) -> dict[str, list[float]]:
+    """Per contender kind, the measured perplexities of its plans at `share`."""
+    return {
+        kind: [m for (k, s, _), m in zip(plans, measured, strict=True) if s == share and k == kind]
+        for kind in ("planner", PRODUCT, "random", "frequency")
+    }
+
+
 def _equal_memory_goals(plans: list[tuple[str, float, Any]], measured: list[float]) -> list[Goal]:
     goals = []
     for share in SHARES:
-        pick = {
-            k: [m for (k2, s, _), m in zip(plans, measured, strict=True) if s == share and k2 == k]
-            for k in ("planner", PRODUCT, "random", "frequency")
-        }
+        pick = _by_kind(plans, measured, share)
         for kind in ("planner", PRODUCT):
             gain = 1 - pick[kind][0] / statistics.mean(pick["random"])
             goals.append(

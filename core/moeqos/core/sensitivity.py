@@ -1,10 +1,10 @@
 """The per-expert quality signal: how much one expert in one precision hurts the model's output.
 
-A profile measures, per precision p and layer l, `layer_kl[p][l]`: the mean per-token KL divergence of
-the model's next-token distribution from the reference when *every* expert of layer l is in p (see
-moeqos.executor.sensitivity). That is measured where the damage happens (the output), so it sees how a
-layer's error is amplified or washed out downstream. Within a layer it is shared out by each expert's squared relative error (KL grows
-with the square of a small output perturbation) times the square root of its call frequency:
+A profile measures, per precision p and layer l, `layer_kl[p][l]`: the mean per-token KL divergence of the
+model's next-token distribution from the reference when *every* expert of layer l is in p (see
+moeqos.executor.sensitivity). That is measured where the damage happens (the output), so it sees how a layer's
+error is amplified or washed out downstream. Within a layer it is shared out by each expert's squared relative
+error (KL grows with the square of a small output perturbation) times the square root of its call frequency:
 
     signal_p[l][e] = layer_kl[p][l] * w[l][e] / sum_e' w[l][e'],   w = freq^FREQUENCY_EXPONENT * err_p^2
 
@@ -24,38 +24,38 @@ increase), and the anchor's layer KL is blended with it by shape:
     kl'[l] = sum(kl) * ((1 - m) kl[l] / sum(kl) + m w[l] / sum(w)),    w[l] = max(layer_alone[l], ALONE_FLOOR)
     m = n / (n + EVEN_TOKENS),    n = the tokens the increases were measured on
 
-(the KL is smooth where one layer's increase is within the text's noise, the increase is the damage
-itself; the increase's noise falls as 1/n, so its share grows with n: half on 2,048 tokens, a fifth on
-the product's 511 ptb:valid tokens). In the few layers whose KL stands far above the others' (`loud_layers`: the last layer and an
-attention-sink layer on the default model, at 12x and 11x the median), the profile also measures each
-expert *alone* in the anchor precision, on the same quality text (`Profile.expert_alone`). There the
-layer's weight is shared by those measurements instead of frequency and error:
+(the KL is smooth where one layer's increase is within the text's noise, the increase is the damage itself;
+the increase's noise falls as 1/n, so its share grows with n: half on 2,048 tokens, a fifth on the product's
+511 ptb:valid tokens). In the few layers whose KL stands far above the others' (`loud_layers`: the last layer
+and an attention-sink layer on the default model, at 12x and 11x the median), the profile also measures each
+expert *alone* in the anchor precision, on the same quality text (`Profile.expert_alone`). There the layer's
+weight is shared by those measurements instead of frequency and error:
 
     w[l][e] = max(alone[l][e] - m, ALONE_FLOOR) * (err_p / err_anchor)^2,    m = median of all measured
 
-(m takes off what any single change moves the text's perplexity by: even one expert computed in fp32
-moves 1,024 ptb:train tokens' perplexity by -0.1%). Why: on the default model the loud layers' experts
-are not alike. Alone on 2,048 ptb:test tokens, int4 on expert 2 of layer 11 (the one every window's
-first token, the attention sink, is routed to) costs +1.5% and expert 1 of layer 29 +1.5%, while most
-experts of those layers cost under +0.3%; the frequency-and-error share gave expert (11, 2) 3% of its
-layer. Why on the quality text and not the calibration text: the costly experts are not the same on
-both (each expert alone on ptb:train and on ptb:test rank alike at Spearman 0.32 only; layer 29's dear
-ones cost 3-4x more on ptb:test), and the bench's held-out plans, measured on ptb:test, showed it.
-Replayed on the bench's four held-out sets (`/tmp/qb60`, MAPE of the increase / Spearman): both
-measured on 1,024 ptb:train tokens (the loud layers' experts only, profile version 12) 0.168 / 0.977,
-0.227 / 0.934, 0.337 / 0.908, 0.235 / 0.886; the experts alone on the quality text 0.129 / 0.974,
-0.203 / 0.982, 0.273 / 0.930, 0.206 / 0.969; with the whole layers blended in, 0.112 / 0.968,
-0.160 / 0.987, 0.244 / 0.982, 0.140 / 0.965 (m from 0.3 to 0.7 and floors 0.0005-0.0015 within 0.02
-of that; chosen on all four sets, so a fifth set measured after is the honest check). The product's
-profile measures on 511 ptb:valid tokens, where a layer's increase is mostly noise: planning from it at
-equal memory (scratch script, 2,048 ptb:test tokens) gave 79.94 / 81.76 / 84.19 at 25/50/75% int4 with
-m = 0.5, 79.40 / 81.62 / 84.01 with m = 0.2, against random means of 82.09 / 86.56 / 92.64. Sharing every layer by its
-experts alone was worse (the quiet layers' experts alone are within the text's noise, +-0.2%).
+(m takes off what any single change moves the text's perplexity by: even one expert computed in fp32 moves
+1,024 ptb:train tokens' perplexity by -0.1%). Why: on the default model the loud layers' experts are not
+alike. Alone on 2,048 ptb:test tokens, int4 on expert 2 of layer 11 (the one every window's first token, the
+attention sink, is routed to) costs +1.5% and expert 1 of layer 29 +1.5%, while most experts of those layers
+cost under +0.3%; the frequency-and-error share gave expert (11, 2) 3% of its layer. Why on the quality text
+and not the calibration text: the costly experts are not the same on both (each expert alone on ptb:train and
+on ptb:test rank alike at Spearman 0.32 only; layer 29's dear ones cost 3-4x more on ptb:test), and the
+bench's held-out plans, measured on ptb:test, showed it. Replayed on the bench's four held-out sets
+(`/tmp/qb60`, MAPE of the increase / Spearman): both measured on 1,024 ptb:train tokens (the loud layers'
+experts only, profile version 12) 0.168 / 0.977, 0.227 / 0.934, 0.337 / 0.908, 0.235 / 0.886; the experts
+alone on the quality text 0.129 / 0.974, 0.203 / 0.982, 0.273 / 0.930, 0.206 / 0.969; with the whole layers
+blended in, 0.112 / 0.968, 0.160 / 0.987, 0.244 / 0.982, 0.140 / 0.965 (m from 0.3 to 0.7 and floors
+0.0005-0.0015 within 0.02 of that; chosen on all four sets, so a fifth set measured after is the honest
+check). The product's profile measures on 511 ptb:valid tokens, where a layer's increase is mostly noise:
+planning from it at equal memory (scratch script, 2,048 ptb:test tokens) gave 79.94 / 81.76 / 84.19 at
+25/50/75% int4 with m = 0.5, 79.40 / 81.62 / 84.01 with m = 0.2, against random means of 82.09 / 86.56 /
+92.64. Sharing every layer by its experts alone was worse (the quiet layers' experts alone are within the
+text's noise, +-0.2%).
 
-A precision whose `layer_kl` was not measured borrows a measured one's ("the anchor", the measured
-precision nearest in bits), scaled per layer by the squared ratio of the two precisions'
-mean errors in that layer (the same quadratic law). With no `layer_kl` at all the signal is the older
-proxy `freq * err_p` (err = 1 where not measured either). Shapes: L = layers, E = experts per layer. Pure Python, no numpy: core imports nothing
+A precision whose `layer_kl` was not measured borrows a measured one's ("the anchor", the measured precision
+nearest in bits), scaled per layer by the squared ratio of the two precisions' mean errors in that layer (the
+same quadratic law). With no `layer_kl` at all the signal is the older proxy `freq * err_p` (err = 1 where not
+measured either). Shapes: L = layers, E = experts per layer. Pure Python, no numpy: core imports nothing
 heavy.
 """
 
@@ -147,12 +147,13 @@ def blended(kl: Row, layer_alone: Row, tokens: int) -> tuple[float, ...]:
     alone measured on `tokens` tokens (floored at ALONE_FLOOR), its total kept (see the module
     docstring); `kl` itself when it sums to 0."""
     total = sum(kl)
-    weights = [max(v, ALONE_FLOOR) for v in layer_alone]
     if total <= 0:
         return tuple(kl)
-    mix = max(tokens, 0) / (max(tokens, 0) + EVEN_TOKENS)
+    weights = [max(v, ALONE_FLOOR) for v in layer_alone]
+    weight_total, tokens = sum(weights), max(tokens, 0)
+    mix = tokens / (tokens + EVEN_TOKENS)
     return tuple(
-        total * ((1 - mix) * k / total + mix * w / sum(weights)) for k, w in zip(kl, weights, strict=True)
+        total * ((1 - mix) * k / total + mix * w / weight_total) for k, w in zip(kl, weights, strict=True)
     )
 
 

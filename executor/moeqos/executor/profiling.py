@@ -1,26 +1,25 @@
 """Build a `moeqos.core.profile.Profile`: what the planner needs to know about this executor and model.
 
-Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting
-expert calls and capturing hidden states entering each MoE layer), `sensitivity` (the output KL
-divergence when one layer's experts lose precision, moeqos.executor.sensitivity, on the first
-`sensitivity_tokens` calibration tokens), `alone` (each layer whole and each expert of the loud layers
-alone, on up to ALONE_TOKENS quality tokens: moeqos.core.sensitivity.loud_layers), `call_costs`,
-`load_costs`, `fixed` (with the call costs calibrated to whole decode steps), `load_calibration` (the
-same for disk loads, with a disk tier only), `batch` (decode steps on several streams at once, moeqos.executor.batch_costs), then
-`quant_error` (every expert in each profiled precision against fp32 on the captured states),
-`quality` (perplexity of the given plans on `quality_ids`, labelled `quality_corpus`) and `design`
-(then of the mixed plans moeqos.executor.calibration_design derives from the signal and the uniform
-plans' increases, when the sensitivity was measured) interleaved so that each variant is quantized
-once (moeqos.executor.quality_points, moeqos.executor.variant_errors: a precision's errors on the
-variants its uniform plan then takes from the memory cache, its designs right after that plan; the
-errors of precisions without a uniform plan first, experts with bitwise identical weights, as in a
-sparse-upcycled model, measured once per layer there), `dense` (each dense element's time and
-perplexity effect per precision, moeqos.executor.dense_profile, with `dense_precisions` given; its base
-is the served plan's quality point when one was measured).
-Only the profiled precisions get call costs, load costs and errors, so the planner (which offers the
-precisions with call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens` and `repeats`.
-The plan served is pinned throughout (`Measurable.serving`), its dense part in the dense precision; the frequency and timing passes run
-`exclusive()`ly: generation pauses while they run.
+Stages (reported to `progress(stage, fraction)`): `frequency` (route calibration tokens, counting expert calls
+and capturing hidden states entering each MoE layer), `sensitivity` (the output KL divergence when one layer's
+experts lose precision, moeqos.executor.sensitivity, on the first `sensitivity_tokens` calibration tokens),
+`alone` (each layer whole and each expert of the loud layers alone, on up to ALONE_TOKENS quality tokens:
+moeqos.core.sensitivity.loud_layers), `call_costs`, `load_costs`, `fixed` (with the call costs calibrated to
+whole decode steps), `load_calibration` (the same for disk loads, with a disk tier only), `batch` (decode
+steps on several streams at once, moeqos.executor.batch_costs), then `quant_error` (every expert in each
+profiled precision against fp32 on the captured states), `quality` (perplexity of the given plans on
+`quality_ids`, labelled `quality_corpus`) and `design` (then of the mixed plans
+moeqos.executor.calibration_design derives from the signal and the uniform plans' increases, when the
+sensitivity was measured) interleaved so that each variant is quantized once (moeqos.executor.quality_points,
+moeqos.executor.variant_errors: a precision's errors on the variants its uniform plan then takes from the
+memory cache, its designs right after that plan; the errors of precisions without a uniform plan first,
+experts with bitwise identical weights, as in a sparse-upcycled model, measured once per layer there), `dense`
+(each dense element's time and perplexity effect per precision, moeqos.executor.dense_profile, with
+`dense_precisions` given; its base is the served plan's quality point when one was measured). Only the
+profiled precisions get call costs, load costs and errors, so the planner (which offers the precisions with
+call costs) never offers one without a quantization error. Time is bounded by `max_tokens`, `capture_tokens`
+and `repeats`. The plan served is pinned throughout (`Measurable.serving`), its dense part in the dense
+precision; the frequency and timing passes run `exclusive()`ly: generation pauses while they run.
 """
 
 from __future__ import annotations
