@@ -109,7 +109,7 @@ def test_the_measurement_agreement_compares_each_plans_increase_on_the_two_halve
 
 def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monkeypatch):
     import moeqos.executor.profiling as profiling
-    from moeqos.executor.profiling import Alone
+    from moeqos.executor.sensitivity import Alone
 
     profile = synthetic_profile(2, 3, (Precision.BF16, Precision.INT4), ("cpu",), quality_plans=0)
     profile = profile.__class__.from_dict(
@@ -117,6 +117,7 @@ def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monk
         | {
             "layer_kl": {"int4": [0.01, 0.2]},
             "layer_alone": [0.5, 0.5],  # as measured on the profile's own quality corpus
+            "layer_alone_error": [0.1, 0.1],
             "expert_alone": {"1": [0.5, 0.5, 0.5]},
             "alone_tokens": 510,
         }
@@ -125,11 +126,12 @@ def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monk
 
     def measure_alone(runtime, ids, window, reference, kl, progress):
         asked.append((ids, window, reference, dict(kl)))
-        return Alone((0.001, 0.02), {1: (0.0, 0.01, 0.002)}, 63)
+        return Alone((0.001, 0.02), (0.0005, 0.004), {1: (0.0, 0.01, 0.002)}, 63)
 
     monkeypatch.setattr(profiling, "measure_alone", measure_alone)
     ctx = _context(_Runtime())
     refit = on_eval_tokens(ctx, profile)
     assert asked == [(list(range(65)), 32, Precision.BF16, {Precision.INT4: (0.01, 0.2)})]
     assert refit.layer_alone == (0.001, 0.02) and refit.expert_alone == {1: (0.0, 0.01, 0.002)}
+    assert refit.layer_alone_error == (0.0005, 0.004)
     assert refit.alone_tokens == 63 and refit.layer_kl == profile.layer_kl

@@ -93,7 +93,8 @@ def test_quick_suite_on_a_tiny_model(tiny_model, tmp_path, capsys):
     assert sum(name.endswith("product planner vs mean random") for name in goals) == 3
     # the refitted profile is written for replays, its layers measured alone on the eval tokens
     refit = Profile.from_json((tmp_path / "quality-fit-profile.json").read_text())
-    assert len(refit.layer_alone) == len(refit.frequency) and refit.alone_tokens > 0
+    assert len(refit.layer_alone) == len(refit.layer_alone_error) == len(refit.frequency)
+    assert refit.alone_tokens > 0
     assert {q.corpus for q in refit.quality_points} == {"ptb:test"}
     for section in sections.values():
         assert all((tmp_path / p.rsplit("/", 1)[-1]).is_file() for p in section["plots"])

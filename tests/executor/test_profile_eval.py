@@ -195,7 +195,7 @@ def test_evaluate_rejects_bad_arguments(runtime, kwargs, error) -> None:
 def test_layers_and_a_loud_layers_experts_are_measured_alone_and_shape_the_signal(
     runtime, calibration, monkeypatch
 ):
-    from moeqos.core.sensitivity import alone_weights_of, blended, expert_signal
+    from moeqos.core.sensitivity import alone_weights_of, expert_signal, shrunk
     from moeqos.executor import profiling
     from moeqos.executor.sensitivity import alone_increases
     from moeqos.planner.quality_model import QualityModel
@@ -225,19 +225,20 @@ def test_layers_and_a_loud_layers_experts_are_measured_alone_and_shape_the_signa
     assert asked == [profile.layer_kl[Precision.INT4]] and "alone" in stages
     # measured on the quality text, where the quality points are, not on the calibration tokens
     assert set(profile.expert_alone) == {1} and profile.alone_tokens == 2 * 47  # 2 windows of 48
-    layers, experts = alone_increases(
+    alone = alone_increases(
         runtime, [quality[:48], quality[48:]], Precision.FP32, Precision.INT4, [1], lambda s, f: None
     )
-    assert profile.expert_alone[1] == pytest.approx(experts[1], rel=1e-6, abs=1e-9)
-    assert profile.layer_alone == pytest.approx(layers, rel=1e-6, abs=1e-9) and len(layers) == 2
+    assert profile.expert_alone[1] == pytest.approx(alone.experts[1], rel=1e-6, abs=1e-9)
+    assert profile.layer_alone == pytest.approx(alone.layers, rel=1e-6, abs=1e-9) and len(alone.layers) == 2
+    assert profile.layer_alone_error == pytest.approx(alone.layer_errors, rel=1e-6, abs=1e-9)
     assert Profile.from_json(profile.to_json()) == profile
-    # the quality model blends the layers' KL with their increases alone, shares layer 1's by its
-    # experts measured alone and layer 0's by frequency and error
+    # the quality model shapes the layers' KL by their increases alone, weighed by their noise, shares
+    # layer 1's by its experts measured alone and layer 0's by frequency and error
     model = QualityModel.fit(profile)
     signal = model.sensitivity[Precision.INT4]
-    assert "blended with each layer measured alone" in model.basis
+    assert "shaped by each layer measured alone, weighed by its noise" in model.basis
     assert "layers 1 shared by their experts measured alone" in model.basis
-    kl = blended(profile.layer_kl[Precision.INT4], profile.layer_alone, profile.alone_tokens)
+    kl = shrunk(profile.layer_kl[Precision.INT4], profile.layer_alone, profile.layer_alone_error)
     assert kl != pytest.approx(profile.layer_kl[Precision.INT4])
     weights = alone_weights_of(profile.expert_alone, None, None)[1]
     assert signal[1] == pytest.approx(tuple(kl[1] * w / sum(weights) for w in weights))

@@ -8,7 +8,7 @@ import torch
 from moeqos.core.plan import Plan
 from moeqos.core.precision import Precision
 from moeqos.executor.calibration_design import designed_plans, uniform_increases
-from moeqos.executor.sensitivity import alone_increases, layer_kl, with_layer
+from moeqos.executor.sensitivity import Alone, alone_increases, layer_kl, with_layer
 
 from tests.executor.tiny import EXPERTS, LAYERS, fp32_plan, prompt_ids
 
@@ -46,33 +46,42 @@ def test_layer_kl_of_the_reference_precision_is_zero(runtime) -> None:
     assert kl[Precision.FP32] == pytest.approx((0.0,) * LAYERS, abs=1e-7)
 
 
-def _direct_nll(runtime, plan: Plan, ids: list[int]) -> float:
-    """Summed NLL of each next token of `ids` under `plan`, from one plain forward pass."""
+def _direct_token_nll(runtime, plan: Plan, ids: list[int]) -> torch.Tensor:
+    """[S-1] the NLL of each next token of `ids` under `plan`, from one plain forward pass."""
     runtime.apply_plan(plan)
     window = torch.tensor([ids])  # [1, S]
     logp = torch.log_softmax(runtime.forward_logits(window)[0].float(), -1)[:-1]  # [S-1, V]
-    return float(-logp.gather(1, window[0, 1:, None]).sum())
+    return -logp.gather(1, window[0, 1:, None])[:, 0].double()
 
 
 def test_layers_and_experts_alone_match_a_direct_computation_and_restore_the_plan(runtime) -> None:
     served = Plan.uniform(LAYERS, EXPERTS, Precision.INT8, "cpu")
     runtime.apply_plan(served)
     windows = [IDS[:24], IDS[24:]]
-    layers, alone = alone_increases(runtime, windows, Precision.FP32, Precision.INT2, [1], _no_progress)
-    assert runtime.plan == served and set(alone) == {1} and len(alone[1]) == EXPERTS
-    assert len(layers) == LAYERS
+    alone = alone_increases(runtime, windows, Precision.FP32, Precision.INT2, [1], _no_progress)
+    assert runtime.plan == served and set(alone.experts) == {1} and len(alone.experts[1]) == EXPERTS
+    assert len(alone.layers) == len(alone.layer_errors) == LAYERS
     scored = sum(len(w) - 1 for w in windows)
+    assert alone.tokens == scored
 
-    def increase(plan: Plan) -> float:
-        return sum(_direct_nll(runtime, plan, w) - _direct_nll(runtime, fp32_plan(), w) for w in windows)
+    def increases(plan: Plan) -> torch.Tensor:  # [scored] per token, every window's
+        return torch.cat(
+            [
+                _direct_token_nll(runtime, plan, w) - _direct_token_nll(runtime, fp32_plan(), w)
+                for w in windows
+            ]
+        )
 
     for expert in range(EXPERTS):
-        direct = increase(fp32_plan().with_expert(1, expert, Precision.INT2))
-        assert alone[1][expert] == pytest.approx(direct / scored, rel=1e-4, abs=1e-7)
+        direct = increases(fp32_plan().with_expert(1, expert, Precision.INT2))
+        assert alone.experts[1][expert] == pytest.approx(float(direct.mean()), rel=1e-4, abs=1e-7)
     for layer in range(LAYERS):
-        direct = increase(fp32_plan().with_layers((layer,), Precision.INT2))
-        assert layers[layer] == pytest.approx(direct / scored, rel=1e-4, abs=1e-7)
-    assert any(v != 0 for v in alone[1]) and any(v != 0 for v in layers)
+        direct = increases(fp32_plan().with_layers((layer,), Precision.INT2))
+        assert alone.layers[layer] == pytest.approx(float(direct.mean()), rel=1e-4, abs=1e-7)
+        standard_error = float(direct.std(correction=0)) / scored**0.5
+        assert alone.layer_errors[layer] == pytest.approx(standard_error, rel=1e-3, abs=1e-7)
+    assert any(v != 0 for v in alone.experts[1]) and all(se > 0 for se in alone.layer_errors)
+    assert alone_increases(runtime, [], Precision.FP32, Precision.INT2, [1], _no_progress) == Alone()
 
 
 def test_designed_plans_put_the_lossy_precision_on_the_safest_and_the_riskiest_experts() -> None:

@@ -20,12 +20,11 @@ from moeqos.core.profile import Profile, QualityPoint
 from moeqos.core.qos import Objective, QosTarget
 from moeqos.core.sensitivity import (
     ALONE_FLOOR,
-    EVEN_TOKENS,
     alone_weights_of,
-    blended,
     expert_signal,
     loud_layers,
     safest_first,
+    shrunk,
     signal_grids,
 )
 from moeqos.core.tier import TierBudget
@@ -131,10 +130,10 @@ def test_loud_layers_stand_far_above_the_median_layer_loudest_first() -> None:
     assert loud_layers([0.001] * 20 + [1.0, 2.0, 3.0, 4.0, 5.0]) == [24, 23, 22, 21]  # at most MOST_LOUD
 
 
-def test_a_loud_layer_is_shared_by_its_experts_measured_alone_less_the_median() -> None:
-    alone = {1: (0.015, -0.002, 0.0, 0.001)}  # median of every measured value: 0.0005
+def test_a_loud_layer_is_shared_by_its_experts_measured_alone_as_measured() -> None:
+    alone = {1: (0.015, -0.002, 0.0, 0.003)}
     weights = alone_weights_of(alone, None, None)
-    assert weights[1] == pytest.approx((0.0145, ALONE_FLOOR, ALONE_FLOOR, ALONE_FLOOR))
+    assert weights[1] == pytest.approx((0.015, ALONE_FLOOR, ALONE_FLOOR, 0.003))  # a gain weighs the floor
     frequency = [[0.25] * 4, [0.25] * 4]
     errors = [[0.1] * 4, [0.1] * 4]
     signal = expert_signal(frequency, errors, [0.01, 0.2], weights)
@@ -142,7 +141,7 @@ def test_a_loud_layer_is_shared_by_its_experts_measured_alone_less_the_median() 
     assert signal[1] == pytest.approx(tuple(0.2 * w / sum(weights[1]) for w in weights[1]))
     # a precision borrowing the anchor's measurement scales each expert by its squared error ratio
     doubled = alone_weights_of(alone, [[0.1] * 4] * 2, [[0.2, 0.1, 0.1, 0.1]] * 2)
-    assert doubled[1] == pytest.approx((0.058, ALONE_FLOOR, ALONE_FLOOR, ALONE_FLOOR))
+    assert doubled[1] == pytest.approx((0.06, ALONE_FLOOR, ALONE_FLOOR, 0.003))
     grids = signal_grids(
         frequency,
         {Precision.INT4: errors, Precision.INT3: [[0.2, 0.1, 0.1, 0.1]] * 2},
@@ -151,26 +150,35 @@ def test_a_loud_layer_is_shared_by_its_experts_measured_alone_less_the_median() 
         alone,
     )
     assert grids[Precision.INT4][1] == pytest.approx(signal[1])
-    assert grids[Precision.INT3][1][0] / grids[Precision.INT3][1][1] == pytest.approx(0.058 / ALONE_FLOOR)
+    assert grids[Precision.INT3][1][0] / grids[Precision.INT3][1][1] == pytest.approx(0.06 / ALONE_FLOOR)
 
 
-def test_the_anchors_layer_kl_is_blended_with_the_layers_measured_alone_by_their_tokens() -> None:
-    kl, alone = [0.03, 0.01], [-0.002, 0.009]  # layer 0 loud by KL, harmless on the text
-    weights = [ALONE_FLOOR, 0.009]
-    for tokens, mix in ((EVEN_TOKENS, 0.5), (EVEN_TOKENS // 4, 0.2), (0, 0.0)):
-        mixed = blended(kl, alone, tokens)
-        assert sum(mixed) == pytest.approx(0.04)
-        expected = [0.04 * ((1 - mix) * k / 0.04 + mix * w / 0.01) for k, w in zip(kl, weights, strict=True)]
-        assert mixed == pytest.approx(tuple(expected))
-    assert blended(kl, alone, EVEN_TOKENS)[1] > blended(kl, alone, EVEN_TOKENS // 4)[1] > kl[1]
-    assert blended([0.0, 0.0], alone, EVEN_TOKENS) == (0.0, 0.0)
-    mixed = blended(kl, alone, EVEN_TOKENS)
+def test_each_layer_measured_alone_is_weighed_against_the_kl_by_its_own_noise() -> None:
+    kl, alone = [1.0, 1.0], [0.1, 0.3]  # the KL ranks the layers alike, the text does not
+    # by hand: the KL predicts 0.2 each (slope 0.2); the increases stray from it by 0.1 where their noise
+    # is 0.05, so r^2 = (2 * (0.01 - 0.0025)) / (2 * 0.04) = 0.1875 and each keeps 0.75 of its measured
+    # difference: 0.125 and 0.275, the shape 0.3125 / 0.6875 of the KL's total 2
+    assert shrunk(kl, alone, [0.05, 0.05]) == pytest.approx((0.625, 1.375))
+    assert shrunk(kl, alone, [0.1, 0.1]) == pytest.approx((1.0, 1.0))  # all noise: the KL kept
+    assert shrunk(kl, alone, [0.0, 0.0]) == pytest.approx((0.5, 1.5))  # no noise: as measured
+    # a layer measured far above its noise keeps its measurement while a noisy one keeps the KL's
+    # prediction: layer 2's 0.3 stands (se 0.001), layer 0's 0.3 (se 1.0) goes back to the prediction,
+    # 1/6 (the slope the precise layers give), which is 1.0 of the total 4 once the shape sums 2/3
+    held = shrunk([1.0, 1.0, 1.0, 1.0], [0.3, 0.1, 0.3, 0.1], [1.0, 0.001, 0.001, 0.001])
+    assert held[2] / held[1] == pytest.approx(3.0, rel=1e-3) and held[0] == pytest.approx(1.0, rel=0.01)
+    assert sum(held) == pytest.approx(4.0)
+    # a KL that does not rise with the increases predicts nothing: the measurements as they are (floored)
+    assert shrunk([1.0, 0.0], [-0.1, 0.2], [0.01, 0.01]) == pytest.approx(
+        (ALONE_FLOOR / (0.2 + ALONE_FLOOR), 0.2 / (0.2 + ALONE_FLOOR))
+    )
+    assert shrunk([0.0, 0.0], alone, [0.05, 0.05]) == (0.0, 0.0)
+    mixed = shrunk(kl, alone, [0.05, 0.05])
     frequency, errors = [[1.0, 1.0]] * 2, {Precision.INT4: [[0.1, 0.1]] * 2, Precision.INT3: [[0.2, 0.2]] * 2}
     grids = signal_grids(
-        frequency, errors, {Precision.INT4: kl}, [Precision.INT4, Precision.INT3], None, alone, EVEN_TOKENS
+        frequency, errors, {Precision.INT4: kl}, [Precision.INT4, Precision.INT3], None, alone, [0.05, 0.05]
     )
     assert [sum(row) for row in grids[Precision.INT4]] == pytest.approx(mixed)
-    # a precision borrowing the anchor borrows the blended one, scaled by its squared error ratio
+    # a precision borrowing the anchor borrows the shaped one, scaled by its squared error ratio
     assert [sum(row) for row in grids[Precision.INT3]] == pytest.approx([4 * m for m in mixed])
 
 

@@ -85,6 +85,7 @@ WITH_MEASUREMENTS = dataclasses.replace(  # what a measured profile has and an a
     error_overlap=tuple(0.25 + 0.01 * layer for layer in range(ANALYTIC.model.num_layers)),
     expert_alone={0: tuple(0.001 * e - 0.002 for e in range(ANALYTIC.model.num_experts))},  # some gain
     layer_alone=tuple(0.001 * layer - 0.001 for layer in range(ANALYTIC.model.num_layers)),  # some gain
+    layer_alone_error=tuple(0.002 + 0.0001 * layer for layer in range(ANALYTIC.model.num_layers)),
     alone_tokens=1022,
     quant_error={Precision.INT4: tuple((0.125,) * ANALYTIC.model.num_experts for _ in ANALYTIC.frequency)},
     disk_reads="cached",
@@ -563,4 +564,14 @@ def test_a_batch_step_that_means_nothing_is_invalid_argument(field):
     message = wire.profile_to_proto(WITH_BATCH)
     setattr(message.batch_steps[0], field, 1 if field == "rows" else float("nan"))
     with pytest.raises(InvalidArgument, match="profile"):
+        wire.profile_from_proto(message)
+
+
+def test_a_profile_with_a_negative_or_missing_standard_error_is_rejected() -> None:
+    message = wire.profile_to_proto(WITH_MEASUREMENTS)
+    message.layer_alone_error[0] = -0.001
+    with pytest.raises(InvalidArgument, match="layer_alone_error"):
+        wire.profile_from_proto(message)
+    del message.layer_alone_error[:]
+    with pytest.raises(InvalidArgument, match="layer_alone_error"):
         wire.profile_from_proto(message)

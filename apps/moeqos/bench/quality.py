@@ -13,7 +13,8 @@ correlation, for the new signal and for the old one fitted to the same plans. A 
 (THIRD_SHARES) after the error overlap and the fit's floor were chosen on the first two, a fourth
 (FOURTH_SHARES) after the loud layers' experts measured alone were chosen on the first three, a fifth
 (FIFTH_SHARES) after the layers measured alone and both measured on the quality text were chosen on the
-first four (moeqos.bench.quality_plans.LATER_SETS). The equal-memory table also measures the plans the planner
+first four, a sixth (SIXTH_SHARES) after each layer measured alone was weighed by its noise, chosen on the
+first five (moeqos.bench.quality_plans.LATER_SETS). The equal-memory table also measures the plans the planner
 picks from the profile as measured (`PRODUCT`, fitted on its ptb:valid quality points), the path a user
 of `moeqos profile` and `moeqos plan` takes. The profile with the signal is written to
 `quality-profile.json` in the output directory and the one refitted on the eval tokens to
@@ -160,6 +161,7 @@ def on_eval_tokens(ctx: Any, profile: Any) -> Any:
         profile,
         quality_points=tuple(points),
         layer_alone=alone.layers,
+        layer_alone_error=alone.layer_errors,
         expert_alone=alone.experts,
         alone_tokens=alone.tokens,
     )

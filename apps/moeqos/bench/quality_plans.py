@@ -31,14 +31,20 @@ alone (moeqos.core.sensitivity.loud_layers) were chosen by replaying the first t
 FOURTH_SEEDS = range(15, 20)
 FIFTH_SHARES = (0.35, 0.55)
 """The fifth held-out set's shares (seeds FIFTH_SEEDS): added after the layers and the loud layers'
-experts measured alone on the quality text (moeqos.core.sensitivity.EVEN_TOKENS) were chosen by
-replaying the first four sets."""
+experts measured alone on the quality text (then blended by a share fixed by the token count) were
+chosen by replaying the first four sets."""
 FIFTH_SEEDS = range(20, 25)
+SIXTH_SHARES = (0.4, 0.7)
+"""The sixth held-out set's shares (seeds SIXTH_SEEDS): added after each layer's increase alone was
+weighed by its own noise and the loud layers' experts taken as measured (moeqos.core.sensitivity),
+chosen by replaying the first five sets and by measuring subsets of two layers' experts."""
+SIXTH_SEEDS = range(25, 30)
 LATER_SETS = (
     ("second", SECOND_SHARES, SECOND_SEEDS),
     ("third", THIRD_SHARES, THIRD_SEEDS),
     ("fourth", FOURTH_SHARES, FOURTH_SEEDS),
     ("fifth", FIFTH_SHARES, FIFTH_SEEDS),
+    ("sixth", SIXTH_SHARES, SIXTH_SEEDS),
 )
 """(name, shares, random seeds) of the held-out sets added after the first, in the order they were added."""
 

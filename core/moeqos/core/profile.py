@@ -19,8 +19,11 @@ from moeqos.core.dense import DenseCost
 from moeqos.core.precision import DEFAULT_GROUP_SIZE, Precision, expert_bytes
 from moeqos.core.tier import TierBudget
 
-PROFILE_VERSION = 13
-"""13: `layer_alone`, each layer whole measured alone on the quality corpus, and `expert_alone` measured
+PROFILE_VERSION = 14
+"""14: `layer_alone_error`, the standard error of each layer's increase alone, by which the quality
+signal weighs that increase against the layer's KL (moeqos.core.sensitivity); a version-13 profile has
+none, and is measured again.
+13: `layer_alone`, each layer whole measured alone on the quality corpus, and `expert_alone` measured
 there too (it was on the calibration text; `alone_tokens` replaces `expert_alone_tokens`): the costly
 experts and layers are not the same on every text, and the planner's predictions are on the quality
 corpus (moeqos.core.sensitivity).
@@ -218,6 +221,9 @@ class Profile:
     layer_alone: tuple[float, ...] = ()
     """[L] the quality corpus's log-perplexity increase (nats per token) with every expert of layer l,
     and only those, in the first `layer_kl` precision. Empty when not measured."""
+    layer_alone_error: tuple[float, ...] = ()
+    """[L] the standard error of `layer_alone[l]`: the standard deviation of its per-token increases over
+    the square root of their count (one value per `layer_alone` value)."""
     alone_tokens: int = 0
     """Quality-corpus tokens `layer_alone` and `expert_alone` were measured on (0 when not measured)."""
     error_overlap: tuple[float, ...] = ()
@@ -254,6 +260,10 @@ class Profile:
             raise ValueError(f"error_overlap must have one value per layer ({rows})")
         if self.layer_alone and len(self.layer_alone) != rows:
             raise ValueError(f"layer_alone must have one value per layer ({rows})")
+        if len(self.layer_alone_error) != len(self.layer_alone):
+            raise ValueError("layer_alone_error must have one standard error per layer_alone value")
+        if any(not se >= 0 for se in self.layer_alone_error):
+            raise ValueError("layer_alone_error must be non-negative")
         for layer, row in self.expert_alone.items():
             if not 0 <= layer < rows or len(row) != self.model.num_experts:
                 raise ValueError(
@@ -316,6 +326,7 @@ class Profile:
                 int(layer): tuple(float(x) for x in r) for layer, r in data.get("expert_alone", {}).items()
             },
             layer_alone=tuple(float(x) for x in data.get("layer_alone", ())),
+            layer_alone_error=tuple(float(x) for x in data.get("layer_alone_error", ())),
             alone_tokens=int(data.get("alone_tokens", 0)),
             error_overlap=tuple(float(x) for x in data.get("error_overlap", ())),
             dense_costs=tuple(DenseCost.from_dict(c) for c in data.get("dense_costs", [])),

@@ -19,38 +19,45 @@ about does: on the default model layers 0 and 2 stand at 4x the median KL, yet i
 moves 2,048 ptb:test tokens' perplexity by under 0.4%, while layer 29 (12x) costs +7.1% and layer 11
 (11x) +3.8%. So the profile also measures, on the quality corpus (the text predictions are on), each
 layer whole in the anchor precision (the first measured: `Profile.layer_alone`, the log-perplexity
-increase), and the anchor's layer KL is blended with it by shape:
+increase x, with its standard error se from the per-token increases, `Profile.layer_alone_error`), and
+the anchor's layer KL takes the shape of those increases, each shrunk toward what the KL predicts of it by
+its own noise (empirical Bayes):
 
-    kl'[l] = sum(kl) * ((1 - m) kl[l] / sum(kl) + m w[l] / sum(w)),    w[l] = max(layer_alone[l], ALONE_FLOOR)
-    m = n / (n + EVEN_TOKENS),    n = the tokens the increases were measured on
+    mu[l] = a kl[l],    a = sum(kl x / se^2) / sum(kl^2 / se^2)       (the KL's prediction of x)
+    r^2 = max(sum(((x - mu)^2 - se^2) / se^2) / sum(mu^2 / se^2), 0)  (how far true increases stray from it)
+    x'[l] = mu[l] + m[l] (x[l] - mu[l]),    m[l] = r^2 mu[l]^2 / (r^2 mu[l]^2 + se[l]^2)
+    kl'[l] = sum(kl) * w[l] / sum(w),    w[l] = max(x'[l], ALONE_FLOOR)
 
-(the KL is smooth where one layer's increase is within the text's noise, the increase is the damage itself;
-the increase's noise falls as 1/n, so its share grows with n: half on 2,048 tokens, a fifth on the product's
-511 ptb:valid tokens). In the few layers whose KL stands far above the others' (`loud_layers`: the last layer
-and an attention-sink layer on the default model, at 12x and 11x the median), the profile also measures each
-expert *alone* in the anchor precision, on the same quality text (`Profile.expert_alone`). There the layer's
-weight is shared by those measurements instead of frequency and error:
+A layer measured well above its noise keeps its measurement, one within its noise keeps the KL's
+prediction, and how far to trust either is read from the profile's own numbers, not a constant. On the
+default model: on the product's 511 ptb:valid tokens (se 0.004-0.014 nats, increases -0.013 to +0.027)
+r = 0.14 and m < 0.03 everywhere: the measurements are noise around the KL, which is kept; on the bench's
+2,048 ptb:test tokens (se 0.002-0.008) r = 0.73, m = 0.92-0.93 for layers 29 and 11 and 0.4-0.9 for the
+rest. Why measured so, not with a share fixed by the token count (profile version 13, a share n / (n +
+2,048)): in layer 29, with its whole value half the KL's and half measured, the bench's held-out plans'
+layer-29 parts (each plan's int4 experts of that layer alone, measured) were predicted at 0.5 of their
+measured increase; at its measured value, 36 subsets of its experts (pairs to all eight) measured on
+2,048 ptb:test tokens are predicted within 6% (MAPE; rank correlation 0.998), where the fixed share
+missed by 30%. On 511 ptb:valid tokens, planning at 25% int4 from the measurements in full gave 79.77 on
+ptb:test (the random picks' mean: 82.09), from the shrinkage 79.48, from the fixed share 79.57.
 
-    w[l][e] = max(alone[l][e] - m, ALONE_FLOOR) * (err_p / err_anchor)^2,    m = median of all measured
+In the few layers whose KL stands far above the others' (`loud_layers`: the last layer and an
+attention-sink layer on the default model, at 12x and 11x the median), the profile also measures each
+expert *alone* in the anchor precision, on the same quality text (`Profile.expert_alone`). There the
+layer's weight is shared by those measurements instead of frequency and error:
 
-(m takes off what any single change moves the text's perplexity by: even one expert computed in fp32 moves
-1,024 ptb:train tokens' perplexity by -0.1%). Why: on the default model the loud layers' experts are not
-alike. Alone on 2,048 ptb:test tokens, int4 on expert 2 of layer 11 (the one every window's first token, the
-attention sink, is routed to) costs +1.5% and expert 1 of layer 29 +1.5%, while most experts of those layers
-cost under +0.3%; the frequency-and-error share gave expert (11, 2) 3% of its layer. Why on the quality text
-and not the calibration text: the costly experts are not the same on both (each expert alone on ptb:train and
-on ptb:test rank alike at Spearman 0.32 only; layer 29's dear ones cost 3-4x more on ptb:test), and the
-bench's held-out plans, measured on ptb:test, showed it. Replayed on the bench's four held-out sets
-(`/tmp/qb60`, MAPE of the increase / Spearman): both measured on 1,024 ptb:train tokens (the loud layers'
-experts only, profile version 12) 0.168 / 0.977, 0.227 / 0.934, 0.337 / 0.908, 0.235 / 0.886; the experts
-alone on the quality text 0.129 / 0.974, 0.203 / 0.982, 0.273 / 0.930, 0.206 / 0.969; with the whole layers
-blended in, 0.112 / 0.968, 0.160 / 0.987, 0.244 / 0.982, 0.140 / 0.965 (m from 0.3 to 0.7 and floors
-0.0005-0.0015 within 0.02 of that; chosen on all four sets, so a fifth set measured after is the honest
-check). The product's profile measures on 511 ptb:valid tokens, where a layer's increase is mostly noise:
-planning from it at equal memory (scratch script, 2,048 ptb:test tokens) gave 79.94 / 81.76 / 84.19 at
-25/50/75% int4 with m = 0.5, 79.40 / 81.62 / 84.01 with m = 0.2, against random means of 82.09 / 86.56 /
-92.64. Sharing every layer by its experts alone was worse (the quiet layers' experts alone are within the
-text's noise, +-0.2%).
+    w[l][e] = max(alone[l][e], ALONE_FLOOR) * (err_p / err_anchor)^2
+
+Why: on the default model the loud layers' experts are not alike. Alone on 2,048 ptb:test tokens, int4 on
+expert 2 of layer 11 (the one every window's first token, the attention sink, is routed to) costs +1.5%
+and expert 1 of layer 29 +1.5%, while most experts of those layers cost under +0.3%; the
+frequency-and-error share gave expert (11, 2) 3% of its layer. The increases are taken as measured (until
+profile version 13 the median of all of them was taken off first, as what any single change moves the
+text by): with the median off, layer 29's subsets above ranked at 0.968 and layer 11's at 0.924, without
+it at 0.998 and 0.963. Why on the quality text and not the calibration text: the costly experts are not
+the same on both (each expert alone on ptb:train and on ptb:test rank alike at Spearman 0.32 only; layer
+29's dear ones cost 3-4x more on ptb:test). Sharing every layer by its experts alone was worse (the quiet
+layers' experts alone are within the text's noise, +-0.2%).
 
 A precision whose `layer_kl` was not measured borrows a measured one's ("the anchor", the measured precision
 nearest in bits), scaled per layer by the squared ratio of the two precisions' mean errors in that layer (the
@@ -78,12 +85,11 @@ and 19/30 of one)."""
 MOST_LOUD = 4
 """At most this many loud layers get their experts measured alone (the loudest): each costs E passes."""
 ALONE_FLOOR = 0.001
-"""Least weight (nats) of an expert or a layer measured alone: one that measured no dearer than the
-median (a layer: than nothing) still weighs a little (a single change's increase is noisy at +-0.002 on
-1,024 tokens)."""
-EVEN_TOKENS = 2048
-"""Tokens at which a layer's measured increase and its KL share its weight evenly (see the module
-docstring): the share from the increase is n / (n + EVEN_TOKENS) on n tokens."""
+"""Least weight (nats) of an expert or a layer measured alone: one that measured no dearer than nothing
+still weighs a little (a single change's increase is noisy at +-0.002 on 2,048 tokens)."""
+LEAST_STANDARD_ERROR = 1e-9
+"""Standard errors are taken at least this (nats): a layer that changed no token's likelihood at all has
+a standard error of 0, and is then trusted fully, without dividing by 0."""
 
 
 def expert_signal(
@@ -118,15 +124,15 @@ def signal_grids(
     precisions: Sequence[Precision],
     expert_alone: Mapping[int, Row] | None = None,
     layer_alone: Row = (),
-    alone_tokens: int = 0,
+    layer_alone_error: Row = (),
 ) -> dict[Precision, tuple[tuple[float, ...], ...]]:
     """Per precision in `precisions`, the [L, E] signal (measured, anchor-scaled or proxy; see above).
     `expert_alone` is the profile's measurement of the loud layers' experts alone and `layer_alone` of
-    each layer whole, both in the first `layer_kl` precision on `alone_tokens` tokens (empty or None:
-    every layer shared by frequency and error; the KL alone)."""
+    each layer whole with its standard errors `layer_alone_error`, both in the first `layer_kl` precision
+    (empty or None: every layer shared by frequency and error; the KL alone)."""
     first = next(iter(layer_kl), None)
     if first is not None and layer_alone:
-        layer_kl = {**layer_kl, first: blended(layer_kl[first], layer_alone, alone_tokens)}
+        layer_kl = {**layer_kl, first: shrunk(layer_kl[first], layer_alone, layer_alone_error)}
     anchors = [a for a in layer_kl if a in quant_error]
     out = {}
     for p in precisions:
@@ -142,19 +148,31 @@ def signal_grids(
     return out
 
 
-def blended(kl: Row, layer_alone: Row, tokens: int) -> tuple[float, ...]:
-    """[L] `kl` with a share tokens / (tokens + EVEN_TOKENS) of its shape from the layers' increases
-    alone measured on `tokens` tokens (floored at ALONE_FLOOR), its total kept (see the module
-    docstring); `kl` itself when it sums to 0."""
+def shrunk(kl: Row, layer_alone: Row, standard_error: Row) -> tuple[float, ...]:
+    """[L] `kl` in the shape of the layers' increases `layer_alone`, each shrunk toward the KL's
+    prediction of it by its `standard_error` (empirical Bayes, see the module docstring), floored at
+    ALONE_FLOOR, its total kept; `kl` itself when it sums to 0. When the KL predicts no increase at all
+    (it does not rise with the measurements) the measurements are taken as they are."""
     total = sum(kl)
     if total <= 0:
         return tuple(kl)
-    weights = [max(v, ALONE_FLOOR) for v in layer_alone]
-    weight_total, tokens = sum(weights), max(tokens, 0)
-    mix = tokens / (tokens + EVEN_TOKENS)
-    return tuple(
-        total * ((1 - mix) * k / total + mix * w / weight_total) for k, w in zip(kl, weights, strict=True)
-    )
+    variance = [max(se, LEAST_STANDARD_ERROR) ** 2 for se in standard_error]  # [L]
+    triples = list(zip(kl, layer_alone, variance, strict=True))
+    slope = sum(k * x / v for k, x, v in triples) / sum(k * k / v for k, x, v in triples)
+    prior = [max(slope, 0.0) * k for k in kl]  # [L] the KL's prediction of each increase
+    scale = sum(m * m / v for m, (_, _, v) in zip(prior, triples, strict=True))
+    if scale > 0:
+        stray = sum(((x - m) ** 2 - v) / v for m, (_, x, v) in zip(prior, triples, strict=True)) / scale
+        spread = max(stray, 0.0)  # r^2: the true increases' relative spread about the prediction
+        posterior = [
+            m + spread * m * m / (spread * m * m + v) * (x - m)
+            for m, (_, x, v) in zip(prior, triples, strict=True)
+        ]
+    else:
+        posterior = list(layer_alone)
+    weights = [max(x, ALONE_FLOOR) for x in posterior]
+    weight_total = sum(weights)
+    return tuple(total * w / weight_total for w in weights)
 
 
 def loud_layers(layer_kl: Sequence[float]) -> list[int]:
@@ -170,13 +188,12 @@ def loud_layers(layer_kl: Sequence[float]) -> list[int]:
 def alone_weights_of(
     expert_alone: Mapping[int, Row], anchor_error: Sequence[Row] | None, error: Sequence[Row] | None
 ) -> dict[int, tuple[float, ...]]:
-    """Per measured layer, [E] weights max(alone - median of every measured expert, ALONE_FLOOR), times
-    (err / anchor err)^2 per expert where both errors are known (a precision borrowing the anchor's
-    measurement, by the same quadratic law as `_scaled`)."""
-    median = statistics.median(v for row in expert_alone.values() for v in row)
+    """Per measured layer, [E] weights max(alone, ALONE_FLOOR), times (err / anchor err)^2 per expert
+    where both errors are known (a precision borrowing the anchor's measurement, by the same quadratic
+    law as `_scaled`)."""
     out = {}
     for layer, row in expert_alone.items():
-        weights = [max(v - median, ALONE_FLOOR) for v in row]
+        weights = [max(v, ALONE_FLOOR) for v in row]
         if anchor_error is not None and error is not None:
             weights = [
                 w * (e / a) ** 2 if a > 0 else w

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from moeqos.core.errors import InvalidArgument
@@ -45,7 +45,7 @@ from moeqos.executor.measurement import Measurable
 from moeqos.executor.moe import observed
 from moeqos.executor.quality_points import measure_quality, uniform_precision
 from moeqos.executor.quant import QuantExpert, reference_expert_forward, relative_error
-from moeqos.executor.sensitivity import alone_increases, layer_kl
+from moeqos.executor.sensitivity import Alone, alone_increases, layer_kl
 from moeqos.executor.step_timing import STEP_PROMPT_TOKENS
 from moeqos.executor.variant_errors import ReferenceOutputs, content_hash, variant_errors
 
@@ -255,6 +255,7 @@ def build_profile(
             layer_kl=kl,
             sensitivity_tokens=min(sensitivity_tokens, len(ids)) if kl else 0,
             layer_alone=alone.layers,
+            layer_alone_error=alone.layer_errors,
             expert_alone=alone.experts,
             alone_tokens=alone.tokens,
             error_overlap=overlap,
@@ -302,15 +303,6 @@ def measure_timings(
     return Timings(fixed, costs, loads)
 
 
-@dataclass(frozen=True)
-class Alone:
-    """Increases measured alone (moeqos.executor.sensitivity.alone_increases); empty when not measured."""
-
-    layers: tuple[float, ...] = ()
-    experts: dict[int, tuple[float, ...]] = field(default_factory=dict)
-    tokens: int = 0
-
-
 def measure_alone(
     runtime: Measurable,
     ids: list[int],
@@ -329,8 +321,7 @@ def measure_alone(
     if anchor is None or not windows:
         return Alone()
     loud = loud_layers(kl[anchor])
-    layers, experts = alone_increases(runtime, windows, reference, anchor, loud, progress)
-    return Alone(layers, experts, sum(len(w) - 1 for w in windows))
+    return alone_increases(runtime, windows, reference, anchor, loud, progress)
 
 
 def _errors_and_quality(
@@ -380,7 +371,7 @@ def _errors_and_quality(
         if not kl:
             return []
         chosen = [q for q in increases if q in errors]
-        signal = signal_grids(frequency, errors, kl, chosen, alone.experts, alone.layers, alone.tokens)
+        signal = signal_grids(frequency, errors, kl, chosen, alone.experts, alone.layers, alone.layer_errors)
         return designed_plans(signal, reference, increases, kl, runtime.config.device, group_size)
 
     points = measure_quality(

@@ -28,7 +28,9 @@ inside `serving(plan)`, which restores the served plan afterwards (and on error)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from moeqos.core.plan import Plan
@@ -88,6 +90,21 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits[0].float(), dim=-1)  # [1, S, V] -> [S, V]
 
 
+@dataclass(frozen=True)
+class Alone:
+    """Log-perplexity increases measured alone (`alone_increases`); empty when not measured."""
+
+    layers: tuple[float, ...] = ()
+    """[L] nats per scored token with every expert of layer l in the lossy precision."""
+    layer_errors: tuple[float, ...] = ()
+    """[L] the standard error of each of `layers`: its per-token increases' standard deviation over the
+    square root of their count."""
+    experts: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    """Per loud layer, [E] nats per scored token with only expert e of it in the lossy precision."""
+    tokens: int = 0
+    """Tokens scored (each window's next tokens)."""
+
+
 def alone_increases(
     runtime: Measurable,
     windows: Sequence[list[int]],
@@ -95,14 +112,16 @@ def alone_increases(
     precision: Precision,
     loud: Sequence[int],
     progress: Progress,
-) -> tuple[tuple[float, ...], dict[int, tuple[float, ...]]]:
-    """([L] the log-perplexity increase (nats per scored token) of `windows` with every expert of layer
-    l in `precision` and the rest in `reference`, per layer of `loud` [E] the same with only expert e
-    of it in `precision`) (moeqos.core.sensitivity: the layers and the loud layers' experts alone).
-    Each pass starts at its layer from the reference's hidden states, as `layer_kl`'s; the reference
-    runs once per window for both."""
+) -> Alone:
+    """The log-perplexity increase of `windows` with every expert of each layer in `precision` and the
+    rest in `reference`, with its standard error, and for each layer of `loud` the same with each of its
+    experts alone (moeqos.core.sensitivity: the layers and the loud layers' experts alone). Each pass
+    starts at its layer from the reference's hidden states, as `layer_kl`'s; the reference runs once
+    per window for both; empty without windows."""
+    if not windows:
+        return Alone()
     layers, experts = runtime.num_layers, runtime.num_experts
-    whole = [0.0] * layers
+    whole: list[list[torch.Tensor]] = [[] for _ in range(layers)]  # per layer, per window [S-1]
     single = {layer: [0.0] * experts for layer in loud}
     scored, steps, done = 0, len(windows) * (layers + len(loud) * experts), 0
     base = reference_plan(runtime, reference)
@@ -110,7 +129,7 @@ def alone_increases(
         for ids in windows:
             window = torch.tensor([ids])  # [1, S]
             logits, inputs = runtime.layer_inputs(window)  # [1, S, V], L x [1, S, H]
-            ref_nll = _nll(logits, window)
+            ref_nll = _token_nll(logits, window)  # [S-1]
             scored += len(ids) - 1
             changes: list[tuple[int, int | None]] = [(layer, None) for layer in range(layers)]
             changes += [(layer, expert) for layer in loud for expert in range(experts)]
@@ -121,21 +140,24 @@ def alone_increases(
                     else base.with_expert(layer, expert, precision)
                 )
                 with runtime.serving(plan):
-                    increase = _nll(runtime.logits_from(layer, inputs[layer], window), window) - ref_nll
+                    nll = _token_nll(runtime.logits_from(layer, inputs[layer], window), window)  # [S-1]
                 if expert is None:
-                    whole[layer] += increase
+                    whole[layer].append(nll - ref_nll)
                 else:
-                    single[layer][expert] += increase
+                    single[layer][expert] += float((nll - ref_nll).sum())
                 done += 1
                 progress("alone", done / steps)
+    per_layer = [torch.cat(parts) for parts in whole]  # L x [scored]
     per_token = max(scored, 1)
-    return (
-        tuple(v / per_token for v in whole),
+    return Alone(
+        tuple(float(d.mean()) for d in per_layer),
+        tuple(float(d.std(correction=0)) / math.sqrt(per_token) for d in per_layer),
         {layer: tuple(v / per_token for v in row) for layer, row in single.items()},
+        scored,
     )
 
 
-def _nll(logits: torch.Tensor, window: torch.Tensor) -> float:
-    """Summed negative log-likelihood of each next token of `window` [1, S] under `logits` [1, S, V]."""
+def _token_nll(logits: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """[S-1] the negative log-likelihood of each next token of `window` [1, S] under `logits` [1, S, V]."""
     logp = _log_probs(logits)[:-1]  # [S-1, V]: position t predicts token t+1
-    return float(-logp.gather(1, window[0, 1:, None].to(logp.device)).sum())
+    return -logp.gather(1, window[0, 1:, None].to(logp.device))[:, 0].cpu().double()

@@ -3,10 +3,10 @@
     log ppl(plan) = log ppl_ref + D + kappa * D^2 + sum_d L_d,    D = sum_l [(1 - o_l) sum_e t_e + o_l (sum_e sqrt(t_e a_e))^2]
 
 with t_e = c_{p(e)} * s_p[l][e] the term of expert e of layer l in its precision p. `s_p[l][e]` is the
-expert's signal in p (moeqos.core.sensitivity: the measured output KL of its layer in p, blended with the
-layer's measured increase alone, shared out by sqrt(frequency) times squared error, in the loud layers
-by each expert's measured increase alone;
-without a measured KL, the older proxy freq * err_p), a_e = s_p[l][e]
+expert's signal in p (moeqos.core.sensitivity: the measured output KL of its layer in p, shaped by the
+layer's measured increase alone as far as that rises above its noise, shared out by sqrt(frequency) times
+squared error, in the loud layers by each expert's measured increase alone; without a measured KL, the
+older proxy freq * err_p), a_e = s_p[l][e]
 / sum_e' s_p[l][e'] its share of the layer's signal, `c_p >= 0` one coefficient per precision and
 `kappa >= 0` how damage compounds across layers. `o_l` is the layer's error overlap (core
 Profile.error_overlap): the share of its routed output-error energy in the cross terms of a token's
@@ -135,7 +135,7 @@ class QualityModel:
         holdout = _leave_one_out(rows, targets, sensitivity, anchors)
         signal = "output-KL signal" if profile.layer_kl else "frequency x error signal"
         if profile.layer_kl and profile.layer_alone:
-            signal += " blended with each layer measured alone"
+            signal += " shaped by each layer measured alone, weighed by its noise"
         if profile.expert_alone:
             loud = ", ".join(str(layer) for layer in sorted(profile.expert_alone))
             signal += f" (layers {loud} shared by their experts measured alone)"
@@ -342,7 +342,7 @@ def _sensitivity(profile: Profile, reference: Precision) -> dict[Precision, Grid
         list(Precision),
         profile.expert_alone,
         profile.layer_alone,
-        profile.alone_tokens,
+        profile.layer_alone_error,
     )
     zero = tuple(tuple(0.0 for _ in row) for row in profile.frequency)
     return {p: zero if p == reference else grids[p] for p in Precision}

@@ -347,6 +347,7 @@ def profile_to_proto(profile: Profile) -> pb.Profile:
         ],
         alone_tokens=profile.alone_tokens,
         layer_alone=profile.layer_alone,
+        layer_alone_error=profile.layer_alone_error,
     )
 
 
@@ -424,6 +425,7 @@ def profile_from_proto(message: pb.Profile) -> Profile:
                 for a in message.expert_alone
             },
             layer_alone=tuple(finite("layer_alone", v, -math.inf) for v in message.layer_alone),
+            layer_alone_error=tuple(finite("layer_alone_error", v) for v in message.layer_alone_error),
             alone_tokens=message.alone_tokens,
         )
     except (ValueError, TypeError) as exc:
