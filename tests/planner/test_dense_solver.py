@@ -221,3 +221,31 @@ def test_a_tier_holding_no_experts_is_charged_nothing_for_a_smaller_dense_part()
     assert latency.dense.plan_bytes(on_cpu.dense)[DEVICE] < 0  # a credit: it frees room for experts
     used = evaluate(on_cpu, latency, quality).bytes_per_tier
     assert used[DEVICE] == 0 and used["cpu"] == 6 * profile.model.expert_bytes(P.INT4)
+
+
+def test_a_dense_gain_does_not_license_a_dense_loss_under_a_ceiling_with_strong_compounding():
+    """Regression (demo, 2026-12-05): a fit on 511 noisy tokens chose kappa 1,800; at lossless experts
+    the int8 head's gain counted 1:1 in the MILP's sum while int4 attention's loss was pressed by the
+    link, so the sum let both in, every plan the MILP found broke the ceiling, and a ceiling the most
+    accurate plan met was answered with InfeasibleTarget."""
+    table = SHAPES.table(P.BF16)
+    log_ppl = {
+        E.ATTN: {P.BF16: 0.0, P.INT8: 0.002, P.INT4: 0.2},
+        E.HEAD: {P.BF16: 0.0, P.INT8: -0.007, P.INT4: 0.14},
+    }
+    costs = tuple(
+        DenseCost(e, p, table.bytes[e][p], SECONDS[p] * (0.5 if e == E.ATTN else 1.0), log_ppl[e][p])
+        for e in DenseElement
+        for p in (P.BF16, P.INT8, P.INT4)
+    )
+    profile = replace(_profile(), dense_costs=costs)
+    fitted = QualityModel.fit(profile)
+    free = {p: 0.0 for p in fitted.coefficients}  # as int4g32 fitted on the demo: lossy experts cost nothing
+    quality = replace(fitted, coefficients=free, compounding=1800.0)
+    ceiling = quality.reference_perplexity * np.exp(0.15)  # int4 attention alone breaks it
+    result = solve(PlanRequest(profile, QosTarget(max_perplexity=ceiling)), quality=quality)
+    assert result.predicted_perplexity <= ceiling
+    # the int4 head (+0.14) fits; two losses are priced at least at their sum (pessimistic under the
+    # link's convexity), so int8 attention's +0.002 beside it may be left out, never int4 attention
+    dense = dict(result.plan.dense)
+    assert dense[E.HEAD] == P.INT4 and dense.get(E.ATTN, P.BF16) != P.INT4

@@ -7,7 +7,8 @@ Both cost models are linear in the one-hot choice of option per item, which is w
 optimisation an exact MILP (moeqos.planner.milp). A dense item's seconds, log-ppl and bytes are its
 terms relative to the dense precision (moeqos.planner.dense_model): 0 when left as it is, negative
 seconds and (untied) bytes when quantized. Its log-ppl is the term that adds its measured increase to
-the experts' at their damage (`QualityModel.dense_term`: dense damage adds, it does not compound).
+the experts' at their damage, a gain under a perplexity cap no more than it frees at the cap
+(`QualityModel.dense_term`: dense damage adds, it does not compound).
 """
 
 from __future__ import annotations
@@ -76,9 +77,11 @@ def build_problem(
     hits: np.ndarray,
     group_size: int,
     damage: float = 0.0,
+    cap: float | None = None,
 ) -> Problem:
     """Arrays for every (item, option) pair; `hits` is the assumed [L, E] disk pool hit rate, `damage`
-    the experts' summed log-ppl terms the dense items' terms are set for (`QualityModel.dense_term`)."""
+    the experts' summed log-ppl terms and `cap` the largest log-perplexity increase allowed (None:
+    none) the dense items' terms are set for (`QualityModel.dense_term`)."""
     tiers = [b.name for b in budgets if b.name in latency.tiers]
     options = tuple(Assignment(p, t) for t in tiers for p in precisions)
     expert_options = len(options)
@@ -102,7 +105,8 @@ def build_problem(
     option_bytes = np.array([latency.expert_bytes.get(a.precision, 0) for a in options], dtype=float)  # [K]
     item_bytes = np.broadcast_to(option_bytes, seconds.shape)  # [N, K]
     rows = [
-        _dense_row(latency, quality, element, choices, options, damage) for element, choices in dense.items()
+        _dense_row(latency, quality, element, choices, options, damage, cap)
+        for element, choices in dense.items()
     ]
     if rows:
         seconds = np.vstack([seconds, *(r[0] for r in rows)])  # [M, K]
@@ -148,6 +152,7 @@ def _dense_row(
     choices: list[Assignment],
     options: tuple[Assignment, ...],
     damage: float,
+    cap: float | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """[1, K] seconds, log-ppl, allowed and bytes of one dense element (0 outside its choices)."""
     seconds, log_ppl, nbytes = (np.zeros((1, len(options))) for _ in range(3))
@@ -156,7 +161,7 @@ def _dense_row(
         if option in choices:
             allowed[0, k] = True
             seconds[0, k] = latency.dense_scale * latency.dense.seconds(element, option.precision)
-            log_ppl[0, k] = quality.dense_term(element, option.precision, damage)
+            log_ppl[0, k] = quality.dense_term(element, option.precision, damage, cap)
             nbytes[0, k] = latency.dense.bytes(element, option.precision)
     return seconds, log_ppl, allowed, nbytes
 
