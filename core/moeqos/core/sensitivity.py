@@ -29,17 +29,16 @@ its own noise (empirical Bayes):
     kl'[l] = sum(kl) * w[l] / sum(w),    w[l] = max(x'[l], ALONE_FLOOR)
 
 A layer measured well above its noise keeps its measurement, one within its noise keeps the KL's
-prediction, and how far to trust either is read from the profile's own numbers, not a constant. On the
-default model: on the product's 511 ptb:valid tokens (se 0.004-0.014 nats, increases -0.013 to +0.027)
-r = 0.14 and m < 0.03 everywhere: the measurements are noise around the KL, which is kept; on the bench's
-2,048 ptb:test tokens (se 0.002-0.008) r = 0.73, m = 0.92-0.93 for layers 29 and 11 and 0.4-0.9 for the
-rest. Why measured so, not with a share fixed by the token count (profile version 13, a share n / (n +
-2,048)): in layer 29, with its whole value half the KL's and half measured, the bench's held-out plans'
-layer-29 parts (each plan's int4 experts of that layer alone, measured) were predicted at 0.5 of their
-measured increase; at its measured value, 36 subsets of its experts (pairs to all eight) measured on
-2,048 ptb:test tokens are predicted within 6% (MAPE; rank correlation 0.998), where the fixed share
-missed by 30%. On 511 ptb:valid tokens, planning at 25% int4 from the measurements in full gave 79.77 on
-ptb:test (the random picks' mean: 82.09), from the shrinkage 79.48, from the fixed share 79.57.
+prediction, and how far to trust either is read from the profile's own numbers, not a constant (r^2 is
+weighted by 1/se^2 so that one very noisy layer does not drown the others' evidence). On the default
+model: on the product's 511 ptb:valid tokens (se 0.004-0.014 nats, increases -0.013 to +0.027) the
+quiet layers keep 8-39% of their difference from the prediction and layers 11 and 29 about 60%; on the
+bench's 2,048 ptb:test tokens (se 0.002-0.008) 29-80% and 89%. Why not a share fixed by the token
+count (profile version 13: n / (n + 2,048), a half on 2,048 tokens): in layer 29, with its whole value
+half the KL's and half measured, 36 subsets of its experts (pairs to all eight) measured on 2,048
+ptb:test tokens were predicted at 0.74 of their measurement (MAPE 0.29), and at its measured value
+within 6%; while on 511 ptb:valid tokens, planning at 25% int4 from the measurements in full gave 79.77
+on ptb:test (the random picks' mean: 82.09), from the fixed share 79.57, from this shrinkage 79.35-79.48.
 
 In the few layers whose KL stands far above the others' (`loud_layers`: the last layer and an
 attention-sink layer on the default model, at 12x and 11x the median), the profile also measures each
@@ -54,7 +53,7 @@ and expert 1 of layer 29 +1.5%, while most experts of those layers cost under +0
 frequency-and-error share gave expert (11, 2) 3% of its layer. The increases are taken as measured (until
 profile version 13 the median of all of them was taken off first, as what any single change moves the
 text by): with the median off, layer 29's subsets above ranked at 0.968 and layer 11's at 0.924, without
-it at 0.998 and 0.963. Why on the quality text and not the calibration text: the costly experts are not
+it at 0.998 and 0.963 (the median halved the weight of the middle expert (29, 6)). Why on the quality text and not the calibration text: the costly experts are not
 the same on both (each expert alone on ptb:train and on ptb:test rank alike at Spearman 0.32 only; layer
 29's dear ones cost 3-4x more on ptb:test). Sharing every layer by its experts alone was worse (the quiet
 layers' experts alone are within the text's noise, +-0.2%).
