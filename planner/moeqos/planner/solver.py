@@ -16,8 +16,8 @@ A lossy dense element's perplexity adds to the experts' after their compounding
 that adds its measured increase at a given damage of the experts (a gain under a perplexity cap no
 more than it frees at the cap; `QualityModel.dense_term`): the first solve sets it for lossless
 experts, and while a plan with a lossy dense element reaches another damage, the next solve sets it
-there (the same loop and limit as the hit rates). Each plan is evaluated
-by the model itself, so caps hold whatever the terms were set for. When that evaluation puts the plan
+there (the same loop and limit as the hit rates). Each plan is evaluated by the model itself, so caps
+hold whatever the terms were set for. When that evaluation puts the plan
 over a cap its linear terms met and nothing feasible was found yet, the broken cap is shrunk by the
 overshoot and the MILP solved again (at most `TIGHTEN_ITERATIONS` times) rather than answering
 InfeasibleTarget for a target some plan meets.
@@ -174,13 +174,13 @@ def _search(
     hits = np.zeros((len(latency.frequency), len(latency.frequency[0])))  # [L, E]
     damage = 0.0  # the experts' summed terms the dense items' terms are set for
     expert_cap = None if seconds_cap is None else seconds_cap - latency.step_fixed_seconds
-    cap = None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity)
-    log_cap = None if cap is None else quality.term_cap(cap)
+    allowed_increase = None if ppl_cap is None else math.log(ppl_cap / quality.reference_perplexity)
+    log_cap = None if allowed_increase is None else quality.term_cap(allowed_increase)
     best: tuple[PlanResult, float] | None = None
     solves = tightenings = 0
     while solves < DISK_ITERATIONS + tightenings:
         solves += 1
-        problem = _problem(request, models, hits, damage, cap)
+        problem = _problem(request, models, hits, damage, allowed_increase)
         solved = solve_choice(
             problem,
             metric,
@@ -208,7 +208,10 @@ def _search(
         # settled when the plan's dense terms set at the damage it reached move by less than the
         # tolerance (what-if priors price int8 and int4 dense elements at ~1e-4: one solve)
         moved = sum(
-            abs(quality.dense_term(e, p, new_damage, cap) - quality.dense_term(e, p, damage, cap))
+            abs(
+                quality.dense_term(e, p, new_damage, allowed_increase)
+                - quality.dense_term(e, p, damage, allowed_increase)
+            )
             for e, p in plan.dense
         )
         damage_settled = moved <= request.tolerance * (1.0 + max(new_damage, 0.0))
