@@ -793,3 +793,47 @@ def test_a_violations_replan_asks_for_the_later_stages_at_once(monkeypatch: pyte
         assert target.state is ReplanState.FAILED
 
     asyncio.run(scenario())
+
+
+def test_a_violations_replan_never_applies_a_plan_predicted_slower_than_the_one_in_force(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (demo, 2026-12-05): the plan in force sat beyond the last stage's ceiling, so the
+    fastest plan within it was a slower one, and the loop switched to it while short of the floor.
+    A plan predicted slower (under the live calibration) is turned down like no plan found; a re-plan
+    for slack may still pick a slower, more accurate plan."""
+    asked: list[QosTarget] = []
+    floors_met = [False]
+
+    def answer(target: QosTarget, profile: Profile, pins: tuple[PlacementRule, ...]) -> Plan:
+        asked.append(target)
+        if target.min_tokens_per_s is not None and not floors_met[0]:  # no plan meets any floor ...
+            raise InfeasibleTarget(f"no plan meets {target.describe()}")
+        return BF16  # ... and the most accurate plan is the one within the ceiling
+
+    fake_planner(monkeypatch, answer)
+    measured = with_reference(90.0)
+
+    async def scenario() -> None:
+        clock, hooks, served = FakeClock(), Hooks(), [INT4]
+        target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks)
+        target.set(QosTarget(min_tokens_per_s=40.0), "")
+        loop = QosLoop(LoopSettings(), LiveStats(lambda: served[0], clock), target, lambda: served[0])
+        target.planning_target, target.planning_fallbacks = loop.planning_target, loop.planning_fallbacks
+        target.planning_refusal = loop.planning_refusal
+        feed(loop.stats, clock, true_seconds(INT4, 1.0, 1.0), 200)  # int4 as profiled: 27.8 tok/s < 40
+        assert loop.tick(measured).replan
+        await target.wait()
+        assert len(asked) == 3 and asked[-1].objective is Objective.SPEED  # every stage was asked
+        assert hooks.applied == [] and target.state is ReplanState.FAILED
+        assert "slower than the plan in force" in target.detail
+        assert loop.planning_refusal(INT4) is None  # as fast as itself
+        floors_met[0] = True  # the planner now answers every floor with the accurate plan
+        clock.now += 60.0
+        feed(loop.stats, clock, true_seconds(INT4, 1.0, 1.0) / 3, 600)  # 83 tok/s: slack
+        decision = loop.tick(measured)
+        assert decision.replan and decision.for_slack
+        await target.wait()
+        assert hooks.applied == [BF16]  # for slack, the slower and more accurate plan applies
+
+    asyncio.run(scenario())

@@ -33,6 +33,8 @@ error on plan changes, learned from re-plans that landed short: moeqos.executor.
   1 asking for less than a plan that already fell short put one more short plan between the
   neighbour's start and the fallback, 5 s of missed windows);
 - stage 2: the fastest plan within the target's ceiling.
+A plan found at any stage is turned down when the live calibration predicts it slower than the plan
+in force (moeqos.executor.qos_loop.QosLoop.planning_refusal): a re-plan for a floor exists to beat it.
 A target without a ceiling gets one for every stage: `fallback_ppl_increase` over the reference
 (full-precision) perplexity. The loop never asks for the fastest plan of all, whose quality can be
 catastrophic (int2) and whose switch is the largest, and no stage trades more quality than the last

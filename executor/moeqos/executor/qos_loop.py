@@ -97,6 +97,8 @@ class QosLoop:
         """The stage of each target the re-plan in flight asks for, in turn (StandingTarget.rung)."""
         self._reference: float | None = None
         """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
+        self._profile: Profile | None = None
+        """The measured profile the last tick saw (`planning_refusal` predicts from it)."""
         self._threads_since = -math.inf
         """When the loop last changed the thread count: the live calibration fits only later steps."""
         self._pending: tuple[str, bool, float | None] | None = None
@@ -133,6 +135,24 @@ class QosLoop:
         self._rungs = (self._fallback,)
         return asked
 
+    def planning_refusal(self, plan: Plan) -> str | None:
+        """Why a plan found for a violation's re-plan must not apply: it is predicted slower, under the
+        live calibration, than the plan in force, which a re-plan for a floor exists to beat. None when
+        it may (and for a re-plan for slack, or before a profile was seen). Seen in the demo: a Deploy
+        for quality under a floor chose a plan at +18% perplexity, beyond the last stage's ceiling
+        (+15%, `qos_control.planning_target`), so the fastest plan within that ceiling was a slower one
+        (54.8 against 55-60 tok/s predicted) and the loop switched to it while short of the floor."""
+        if self._pending is None or self._pending[1] or self._profile is None:
+            return None
+        in_force = recalibration.predict_seconds(self.calibration, self._profile, self._plan())
+        found = recalibration.predict_seconds(self.calibration, self._profile, plan)
+        if found <= in_force:
+            return None
+        return (
+            f"its plan ({plan.describe()}) is predicted at {1 / found:.3g} tok/s, slower than the plan "
+            f"in force ({1 / in_force:.3g})"
+        )
+
     def planning_fallbacks(self, target: QosTarget) -> tuple[QosTarget, ...]:
         """What a violation's re-plan asks for next, at once, while the planner finds no plan: the later
         stages (after `planning_target`). Each stage that found nothing had cost a tick and a solve
@@ -158,7 +178,7 @@ class QosLoop:
         now = self.stats.clock()
         self._steer_threads(now)
         if profile is not None:
-            self._reference = profile.reference_perplexity()
+            self._reference, self._profile = profile.reference_perplexity(), profile
         if profile is not None and self.settings.enabled:
             steps = self._at_threads(self.stats.steps(self.settings.calibration_window_s))
             if len(steps) < self.settings.min_tokens:  # a slow model: the last few steps, however old

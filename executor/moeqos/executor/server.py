@@ -307,7 +307,8 @@ async def start_executor(
     )
     target.planning_target = qos.planning_target  # re-plans ask with headroom,
     target.planning_fallbacks = qos.planning_fallbacks  # the loop's: then the fallback stages at once,
-    target.planning_profile = qos.calibrated  # from the live-calibrated profile
+    target.planning_profile = qos.calibrated  # from the live-calibrated profile,
+    target.planning_refusal = qos.planning_refusal  # and never a slower plan for a violation
     servicer = ExecutorServicer(
         config.name or socket.gethostname(),
         served,

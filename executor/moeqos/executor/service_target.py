@@ -81,6 +81,10 @@ class StandingTarget:
         """Which target the last plan applied was found for: 0 the planning target, i the i-th fallback."""
         self.planning_profile: Callable[[Profile], Profile] = lambda profile: profile
         """The profile the planner plans from (the QoS loop's live calibration of the measured one)."""
+        self.planning_refusal: Callable[[Plan], str | None] = lambda plan: None
+        """Why a plan the planner found must not apply (None: it may): the QoS loop turns down a
+        violation's plan predicted slower than the plan in force. A plan turned down counts as none
+        found for its target."""
         self._task: asyncio.Task[None] | None = None
 
     def set(
@@ -152,14 +156,20 @@ class StandingTarget:
         asks = (self.planning_target(target), *self.planning_fallbacks(target))
         budgets = self._hooks.budgets()
         async with AsyncPlannerClient(address, self._peer) as planner:
-            for rung, asked in enumerate(asks[:-1]):
+            for rung, asked in enumerate(asks):
+                last = rung == len(asks) - 1
                 try:
                     outcome = await planner.plan(asked, profile=profile, budgets=budgets, pins=pins)
                 except InfeasibleTarget as exc:
+                    if last:
+                        raise
                     log.info("no plan meets %s (%s); asking for the next fallback", asked.describe(), exc)
                     continue
-                self.rung = rung
-                return outcome.plan
-            outcome = await planner.plan(asks[-1], profile=profile, budgets=budgets, pins=pins)
-        self.rung = len(asks) - 1
-        return outcome.plan
+                refusal = self.planning_refusal(outcome.plan)
+                if refusal is None:
+                    self.rung = rung
+                    return outcome.plan
+                if last:
+                    raise InfeasibleTarget(f"for {asked.describe()}: {refusal}")
+                log.info("for %s: %s; asking for the next fallback", asked.describe(), refusal)
+        raise AssertionError("unreachable: the last ask returns or raises")
