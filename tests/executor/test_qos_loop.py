@@ -747,6 +747,18 @@ def test_a_replan_asks_for_the_decode_rate_the_clients_floor_needs() -> None:
     assert loop.overhead == LoopSettings().max_overhead
 
 
+def wired_loop(served: list[Plan], floor: float) -> tuple[FakeClock, Hooks, StandingTarget, QosLoop]:
+    """A loop holding `floor` over a standing target wired to it as the server wires them; the plan in
+    force is `served[0]`."""
+    clock, hooks = FakeClock(), Hooks()
+    target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks)
+    target.set(QosTarget(min_tokens_per_s=floor), "")
+    loop = QosLoop(LoopSettings(), LiveStats(lambda: served[0], clock), target, lambda: served[0])
+    target.planning_target, target.planning_fallbacks = loop.planning_target, loop.planning_fallbacks
+    target.planning_refusal = loop.planning_refusal
+    return clock, hooks, target, loop
+
+
 def test_a_violations_replan_asks_for_the_later_stages_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: each stage the planner found no plan for cost a tick and a solve before the next
     was asked for (1-1.5 s each beside the neighbour, while the clients' windows read 4-14 tokens);
@@ -763,11 +775,8 @@ def test_a_violations_replan_asks_for_the_later_stages_at_once(monkeypatch: pyte
     measured = with_reference(90.0)
 
     async def scenario() -> None:
-        clock, hooks, served = FakeClock(), Hooks(), [BF16]
-        target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks)
-        target.set(QosTarget(min_tokens_per_s=20.0), "")
-        loop = QosLoop(LoopSettings(), LiveStats(lambda: served[0], clock), target, lambda: served[0])
-        target.planning_target, target.planning_fallbacks = loop.planning_target, loop.planning_fallbacks
+        served = [BF16]
+        clock, hooks, target, loop = wired_loop(served, 20.0)
         feed(loop.stats, clock, 0.1, 60)  # 10 tok/s < 20
         assert loop.tick(measured).replan
         await target.wait()
@@ -815,12 +824,8 @@ def test_a_violations_replan_never_applies_a_plan_predicted_slower_than_the_one_
     measured = with_reference(90.0)
 
     async def scenario() -> None:
-        clock, hooks, served = FakeClock(), Hooks(), [INT4]
-        target = StandingTarget("127.0.0.1:1", ConnectOptions(), hooks)
-        target.set(QosTarget(min_tokens_per_s=40.0), "")
-        loop = QosLoop(LoopSettings(), LiveStats(lambda: served[0], clock), target, lambda: served[0])
-        target.planning_target, target.planning_fallbacks = loop.planning_target, loop.planning_fallbacks
-        target.planning_refusal = loop.planning_refusal
+        served = [INT4]
+        clock, hooks, target, loop = wired_loop(served, 40.0)
         feed(loop.stats, clock, true_seconds(INT4, 1.0, 1.0), 200)  # int4 as profiled: 27.8 tok/s < 40
         assert loop.tick(measured).replan
         await target.wait()
