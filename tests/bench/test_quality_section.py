@@ -35,6 +35,7 @@ def _context(runtime: _Runtime) -> SimpleNamespace:
     return SimpleNamespace(
         shape=(2, 3),
         device="cpu",
+        full_precision=Plan.uniform(2, 3, Precision.BF16, "cpu"),
         perplexities={},
         halves={},
         test_ids=list(range(65)),

@@ -137,9 +137,9 @@ def on_eval_tokens(ctx: Any, profile: Any) -> Any:
     increases differ; the accuracy table shows that fit too). The held-out plans are still plans the
     fit never saw."""
     from moeqos.core.plan import parse_plan
-    from moeqos.core.precision import Precision
     from moeqos.core.profile import QualityPoint
     from moeqos.executor.profiling import measure_alone
+    from moeqos.executor.quality_points import uniform_precision
 
     layers, experts = ctx.shape
     points = []
@@ -153,7 +153,7 @@ def on_eval_tokens(ctx: Any, profile: Any) -> Any:
         ctx.runtime,
         ctx.test_ids,
         ctx.settings.context_length,
-        Precision.BF16,
+        uniform_precision(ctx.full_precision),
         profile.layer_kl,
         stages.progress,
     )

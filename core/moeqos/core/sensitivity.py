@@ -53,10 +53,11 @@ and expert 1 of layer 29 +1.5%, while most experts of those layers cost under +0
 frequency-and-error share gave expert (11, 2) 3% of its layer. The increases are taken as measured (until
 profile version 13 the median of all of them was taken off first, as what any single change moves the
 text by): with the median off, layer 29's subsets above ranked at 0.968 and layer 11's at 0.924, without
-it at 0.998 and 0.963 (the median halved the weight of the middle expert (29, 6)). Why on the quality text and not the calibration text: the costly experts are not
-the same on both (each expert alone on ptb:train and on ptb:test rank alike at Spearman 0.32 only; layer
-29's dear ones cost 3-4x more on ptb:test). Sharing every layer by its experts alone was worse (the quiet
-layers' experts alone are within the text's noise, +-0.2%).
+it at 0.998 and 0.963 (the median halved the weight of the middle expert (29, 6)). Why on the quality
+text and not the calibration text: the costly experts are not the same on both (each expert alone on
+ptb:train and on ptb:test rank alike at Spearman 0.32 only; layer 29's dear ones cost 3-4x more on
+ptb:test). Sharing every layer by its experts alone was worse (the quiet layers' experts alone are within
+the text's noise, +-0.2%).
 
 A precision whose `layer_kl` was not measured borrows a measured one's ("the anchor", the measured precision
 nearest in bits), scaled per layer by the squared ratio of the two precisions' mean errors in that layer (the
@@ -156,19 +157,19 @@ def shrunk(kl: Row, layer_alone: Row, standard_error: Row) -> tuple[float, ...]:
     if total <= 0:
         return tuple(kl)
     variance = [max(se, LEAST_STANDARD_ERROR) ** 2 for se in standard_error]  # [L]
-    triples = list(zip(kl, layer_alone, variance, strict=True))
-    slope = sum(k * x / v for k, x, v in triples) / sum(k * k / v for k, x, v in triples)
+    rows = list(zip(kl, layer_alone, variance, strict=True))  # [L] (kl, x, se^2)
+    slope = sum(k * x / v for k, x, v in rows) / sum(k * k / v for k, _, v in rows)
     prior = [max(slope, 0.0) * k for k in kl]  # [L] the KL's prediction of each increase
-    scale = sum(m * m / v for m, (_, _, v) in zip(prior, triples, strict=True))
-    if scale > 0:
-        stray = sum(((x - m) ** 2 - v) / v for m, (_, x, v) in zip(prior, triples, strict=True)) / scale
-        spread = max(stray, 0.0)  # r^2: the true increases' relative spread about the prediction
+    scale = sum(m * m / v for m, (_, _, v) in zip(prior, rows, strict=True))
+    if scale <= 0:  # the KL predicts nothing: the measurements as they are
+        posterior = list(layer_alone)
+    else:
+        stray = sum(((x - m) ** 2 - v) / v for m, (_, x, v) in zip(prior, rows, strict=True))
+        spread = max(stray / scale, 0.0)  # r^2: the true increases' relative spread about the prediction
         posterior = [
             m + spread * m * m / (spread * m * m + v) * (x - m)
-            for m, (_, x, v) in zip(prior, triples, strict=True)
+            for m, (_, x, v) in zip(prior, rows, strict=True)
         ]
-    else:
-        posterior = list(layer_alone)
     weights = [max(x, ALONE_FLOOR) for x in posterior]
     weight_total = sum(weights)
     return tuple(total * w / weight_total for w in weights)

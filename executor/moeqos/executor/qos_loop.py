@@ -95,10 +95,9 @@ class QosLoop:
         """The spec of the plan the last re-plan at a fallback stage (1 or 2) applied."""
         self._rungs: tuple[int, ...] = (0,)
         """The stage of each target the re-plan in flight asks for, in turn (StandingTarget.rung)."""
-        self._reference: float | None = None
-        """The profile's reference perplexity (the fallback's ceiling is relative to it)."""
         self._profile: Profile | None = None
-        """The measured profile the last tick saw (`planning_refusal` predicts from it)."""
+        """The measured profile the last tick saw: its reference perplexity is what the fallback's
+        ceiling is relative to, and `planning_refusal` predicts from it."""
         self._threads_since = -math.inf
         """When the loop last changed the thread count: the live calibration fits only later steps."""
         self._pending: tuple[str, bool, float | None] | None = None
@@ -130,10 +129,14 @@ class QosLoop:
         moeqos.executor.qos_control; a faster plan also gives the recalibration a second plan to tell
         the fixed cost from the expert calls)."""
         asked, self._fallback = qos_control.planning_target(
-            target, self.settings, self._fallback, self._reference, self.boost, self.overhead
+            target, self.settings, self._fallback, self._reference(), self.boost, self.overhead
         )
         self._rungs = (self._fallback,)
         return asked
+
+    def _reference(self) -> float | None:
+        """The reference perplexity of the profile last seen (None before one, or without one)."""
+        return self._profile.reference_perplexity() if self._profile is not None else None
 
     def planning_refusal(self, plan: Plan) -> str | None:
         """Why a plan found for a violation's re-plan must not apply: it is predicted slower, under the
@@ -164,7 +167,7 @@ class QosLoop:
         asks: list[QosTarget] = []
         while self._rungs[-1] < qos_control.FALLBACK_STAGES:
             asked, stage = qos_control.planning_target(
-                target, self.settings, self._rungs[-1] + 1, self._reference, self.boost, self.overhead
+                target, self.settings, self._rungs[-1] + 1, self._reference(), self.boost, self.overhead
             )
             if stage <= self._rungs[-1]:  # no later stage to give (no ceiling)
                 break
@@ -178,7 +181,7 @@ class QosLoop:
         now = self.stats.clock()
         self._steer_threads(now)
         if profile is not None:
-            self._reference, self._profile = profile.reference_perplexity(), profile
+            self._profile = profile
         if profile is not None and self.settings.enabled:
             steps = self._at_threads(self.stats.steps(self.settings.calibration_window_s))
             if len(steps) < self.settings.min_tokens:  # a slow model: the last few steps, however old

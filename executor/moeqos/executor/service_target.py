@@ -156,20 +156,30 @@ class StandingTarget:
         asks = (self.planning_target(target), *self.planning_fallbacks(target))
         budgets = self._hooks.budgets()
         async with AsyncPlannerClient(address, self._peer) as planner:
-            for rung, asked in enumerate(asks):
-                last = rung == len(asks) - 1
+            for rung, asked in enumerate(asks[:-1]):
                 try:
-                    outcome = await planner.plan(asked, profile=profile, budgets=budgets, pins=pins)
+                    plan = await self._accepted(planner, asked, profile, budgets, pins)
                 except InfeasibleTarget as exc:
-                    if last:
-                        raise
-                    log.info("no plan meets %s (%s); asking for the next fallback", asked.describe(), exc)
+                    log.info("%s; asking for the next fallback", exc)
                     continue
-                refusal = self.planning_refusal(outcome.plan)
-                if refusal is None:
-                    self.rung = rung
-                    return outcome.plan
-                if last:
-                    raise InfeasibleTarget(f"for {asked.describe()}: {refusal}")
-                log.info("for %s: %s; asking for the next fallback", asked.describe(), refusal)
-        raise AssertionError("unreachable: the last ask returns or raises")
+                self.rung = rung
+                return plan
+            plan = await self._accepted(planner, asks[-1], profile, budgets, pins)
+        self.rung = len(asks) - 1
+        return plan
+
+    async def _accepted(
+        self,
+        planner: AsyncPlannerClient,
+        asked: QosTarget,
+        profile: Profile,
+        budgets: tuple[TierBudget, ...],
+        pins: tuple[PlacementRule, ...],
+    ) -> Plan:
+        """The planner's plan for `asked`; InfeasibleTarget when it finds none or `planning_refusal`
+        turns it down."""
+        outcome = await planner.plan(asked, profile=profile, budgets=budgets, pins=pins)
+        refusal = self.planning_refusal(outcome.plan)
+        if refusal is not None:
+            raise InfeasibleTarget(f"for {asked.describe()}: {refusal}")
+        return outcome.plan
