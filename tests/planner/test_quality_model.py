@@ -260,3 +260,56 @@ def test_a_layer_whose_experts_errors_overlap_costs_the_square_of_its_quantized_
     assert model.predict_log_increase(alone) == pytest.approx(terms[1, :2].sum(), rel=1e-9)  # no overlap
     again = QualityModel.from_dict(json.loads(json.dumps(model.to_dict())))
     assert again == model and again.predict_log_increase(half) == model.predict_log_increase(half)
+
+
+def _measured_alone_profile(designed: tuple[tuple[str, float], ...] = ()):
+    """3 layers x 4 experts with int4's layer KL and each whole layer measured alone in int4 (0.004,
+    0.012, 0.006 nats, with so small an error that the signal takes their shape), plus the `designed`
+    (plan spec, log increase) measured plans."""
+    base = synthetic_profile(3, 4, PRECISIONS, quality_plans=1, seed=3)
+    reference = base.quality_points[0]
+    points = tuple(
+        dataclasses.replace(reference, plan_spec=spec, perplexity=REFERENCE_PPL * math.exp(log))
+        for spec, log in designed
+    )
+    return dataclasses.replace(
+        base,
+        layer_kl={Precision.INT4: (0.01, 0.03, 0.02)},
+        layer_alone=(0.004, 0.012, 0.006),
+        layer_alone_error=(1e-5,) * 3,
+        quality_points=(reference, *points),
+    )
+
+
+def _whole_layer_log_increases(model: QualityModel) -> list[float]:
+    plans = [parse_plan(f"bf16@cpu,L{layer}.E*=int4@cpu", 3, 4, "cpu") for layer in range(3)]
+    return [model.predict_log_increase(plan) for plan in plans]
+
+
+def test_the_layers_measured_alone_are_fitted_plans() -> None:
+    """With no designed plan at all, the three layers measured alone fit int4's coefficient (not a
+    prior) and each whole layer is predicted at its measurement."""
+    model = QualityModel.fit(_measured_alone_profile())
+    assert Precision.INT4 in model.fitted and model.compounding == 0.0
+    assert _whole_layer_log_increases(model) == pytest.approx([0.004, 0.012, 0.006], rel=1e-3)
+    assert model.holdout_points == 3 and "3 layers measured alone" in model.basis
+
+
+def test_the_layers_measured_alone_hold_a_noisy_designed_fit_to_a_sane_compounding() -> None:
+    """The product's fit on 511 tokens in miniature: the uniform int4 plan and the riskier two layers
+    measured alike, the safest layer a gain. Those three alone fit the strongest compounding tried
+    (1,800, the whole layers predicted at 0.3-0.6 of what they measured alone); with the layers alone
+    in the fit the compounding stays moderate and each layer is predicted near its measurement."""
+    designed = (
+        ("int4@cpu", 0.022),
+        ("bf16@cpu,L1.E*=int4@cpu,L2.E*=int4@cpu", 0.022),
+        ("bf16@cpu,L0.E*=int4@cpu", -0.003),
+    )
+    profile = _measured_alone_profile(designed)
+    alone = QualityModel.fit(profile)
+    plans_only = QualityModel.fit(dataclasses.replace(profile, layer_alone=(), layer_alone_error=()))
+    assert plans_only.compounding == KAPPAS[-1]
+    assert _whole_layer_log_increases(plans_only)[0] < 0.5 * 0.004
+    assert alone.compounding < 0.05 * KAPPAS[-1]
+    assert _whole_layer_log_increases(alone) == pytest.approx([0.004, 0.012, 0.006], rel=0.25)
+    assert alone.holdout_points == 6

@@ -14,7 +14,8 @@ correlation, for the new signal and for the old one fitted to the same plans. A 
 (FOURTH_SHARES) after the loud layers' experts measured alone were chosen on the first three, a fifth
 (FIFTH_SHARES) after the layers measured alone and both measured on the quality text were chosen on the
 first four, a sixth (SIXTH_SHARES) after each layer measured alone was weighed by its noise, chosen on the
-first five (moeqos.bench.quality_plans.LATER_SETS). The equal-memory table also measures the plans the planner
+first five, a seventh (SEVENTH_SHARES) after the layers measured alone joined the fit's plans, chosen on
+the first six (moeqos.bench.quality_plans.LATER_SETS). The equal-memory table also measures the plans the planner
 picks from the profile as measured (`PRODUCT`, fitted on its ptb:valid quality points), the path a user
 of `moeqos profile` and `moeqos plan` takes. The profile with the signal is written to
 `quality-profile.json` in the output directory and the one refitted on the eval tokens to

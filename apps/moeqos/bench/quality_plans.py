@@ -39,12 +39,18 @@ SIXTH_SHARES = (0.4, 0.7)
 weighed by its own noise and the loud layers' experts taken as measured (moeqos.core.sensitivity),
 chosen by replaying the first five sets and by measuring subsets of two layers' experts."""
 SIXTH_SEEDS = range(25, 30)
+SEVENTH_SHARES = (0.15, 0.65)
+"""The seventh held-out set's shares (seeds SEVENTH_SEEDS): added after the whole layers measured alone
+joined the designed plans in the quality model's fit (moeqos.planner.quality_model), chosen on the
+product profile's fit and by replaying the first six sets."""
+SEVENTH_SEEDS = range(30, 35)
 LATER_SETS = (
     ("second", SECOND_SHARES, SECOND_SEEDS),
     ("third", THIRD_SHARES, THIRD_SEEDS),
     ("fourth", FOURTH_SHARES, FOURTH_SEEDS),
     ("fifth", FIFTH_SHARES, FIFTH_SEEDS),
     ("sixth", SIXTH_SHARES, SIXTH_SEEDS),
+    ("seventh", SEVENTH_SHARES, SEVENTH_SEEDS),
 )
 """(name, shares, random seeds) of the held-out sets added after the first, in the order they were added."""
 
