@@ -30,13 +30,13 @@ profile measured them (`Profile.layer_alone`), each whole layer alone in the anc
 plan of one whole layer, whose D is exactly its summed signal. Those single layers pin the anchor's
 scale where the designed plans are few and noisy: on the product's 511 ptb:valid tokens the riskiest
 designed int4 quarter measured as much as all-int4 and the safest half a gain, and those four plans
-alone fitted the strongest compounding tried (1,800) with a coefficient 20x below the bench's, its
+alone fitted the strongest compounding tried (1,800) with a coefficient 21x below the bench's, its
 leave-one-out error 6,300%; with the 30 layers the compounding is 6.8 and the error 44%. On the bench's
 2,048 ptb:test tokens (compounding 4.3 -> 2.2) replaying its six held-out sets moved their MAPE of the
 increase from 0.152/0.166/0.173/0.258/0.157/0.090 to 0.138/0.183/0.162/0.224/0.149/0.085 (the ranks
 are the link's: unchanged). With at least as many measured plans (besides the reference) as precisions
-that appear in them, for each kappa of KAPPAS the `c_p` are fitted by non-negative least squares (scipy.optimize.nnls)
-to each plan's D (a plan's D is linear in c_p as long as each layer holds one lossy precision, as every
+that appear in them, for each kappa of KAPPAS the `c_p` are fitted by non-negative least squares
+(scipy.optimize.nnls) to each plan's D (a plan's D is linear in c_p as long as each layer holds one lossy precision, as every
 measured plan does; cross terms of two lossy precisions in one layer are left out of the fit's rows) (its log ratio through the inverse of the link), each plan weighted by
 1 / max(its log ratio, MIN_INCREASE) so that small increases (the plans a planner actually picks)
 count as much as uniform corners. Kappa is chosen on the plans of the *anchor* precisions alone (those
