@@ -288,11 +288,13 @@ def _whole_layer_log_increases(model: QualityModel) -> list[float]:
 
 def test_the_layers_measured_alone_are_fitted_plans() -> None:
     """With no designed plan at all, the three layers measured alone fit int4's coefficient (not a
-    prior) and each whole layer is predicted at its measurement."""
+    prior) and each whole layer is predicted at its measurement; they are not held out (the signal
+    was shaped by them), so the fit has no cross-validated error and its predictions are estimates."""
     model = QualityModel.fit(_measured_alone_profile())
     assert Precision.INT4 in model.fitted and model.compounding == 0.0
     assert _whole_layer_log_increases(model) == pytest.approx([0.004, 0.012, 0.006], rel=1e-3)
-    assert model.holdout_points == 3 and "3 layers measured alone" in model.basis
+    assert "3 layers measured alone" in model.basis
+    assert model.holdout_error is None and model.holdout_points == 0 and model.is_estimate
 
 
 def test_the_layers_measured_alone_hold_a_noisy_designed_fit_to_a_sane_compounding() -> None:
@@ -312,4 +314,4 @@ def test_the_layers_measured_alone_hold_a_noisy_designed_fit_to_a_sane_compoundi
     assert _whole_layer_log_increases(plans_only)[0] < 0.5 * 0.004
     assert alone.compounding < 0.05 * KAPPAS[-1]
     assert _whole_layer_log_increases(alone) == pytest.approx([0.004, 0.012, 0.006], rel=0.25)
-    assert alone.holdout_points == 6
+    assert alone.holdout_points == 3  # the designed plans only
