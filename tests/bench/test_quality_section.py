@@ -108,12 +108,10 @@ def test_the_measurement_agreement_compares_each_plans_increase_on_the_two_halve
     assert measurement_agreement(ctx, plans, reference) is None  # a plan measured whole: no estimate
 
 
-def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monkeypatch):
-    import moeqos.executor.profiling as profiling
-    from moeqos.executor.sensitivity import Alone
-
+def _measured_alone_profile():
+    """A 2 x 3 profile with int4's layer KL and the layers and layer 1's experts measured alone."""
     profile = synthetic_profile(2, 3, (Precision.BF16, Precision.INT4), ("cpu",), quality_plans=0)
-    profile = profile.__class__.from_dict(
+    return profile.__class__.from_dict(
         profile.to_dict()
         | {
             "layer_kl": {"int4": [0.01, 0.2]},
@@ -123,6 +121,14 @@ def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monk
             "alone_tokens": 510,
         }
     )
+
+
+def _recorded_alone(monkeypatch) -> list:
+    """Stand in for the alone stage: each call's (ids, window, reference, kl) is appended to the list
+    returned, and the same measurement answered."""
+    import moeqos.executor.profiling as profiling
+    from moeqos.executor.sensitivity import Alone
+
     asked = []
 
     def measure_alone(runtime, ids, window, reference, kl, progress):
@@ -130,9 +136,25 @@ def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monk
         return Alone((0.001, 0.02), (0.0005, 0.004), {1: (0.0, 0.01, 0.002)}, 63)
 
     monkeypatch.setattr(profiling, "measure_alone", measure_alone)
+    return asked
+
+
+def test_the_layers_and_experts_alone_are_measured_again_on_the_eval_tokens(monkeypatch):
+    profile = _measured_alone_profile()
+    asked = _recorded_alone(monkeypatch)
     ctx = _context(_Runtime())
     refit = on_eval_tokens(ctx, profile)
     assert asked == [(list(range(65)), 32, Precision.BF16, {Precision.INT4: (0.01, 0.2)})]
     assert refit.layer_alone == (0.001, 0.02) and refit.expert_alone == {1: (0.0, 0.01, 0.002)}
     assert refit.layer_alone_error == (0.0005, 0.004)
     assert refit.alone_tokens == 63 and refit.layer_kl == profile.layer_kl
+
+
+def test_the_alone_stage_measures_against_the_benchs_own_full_precision(monkeypatch):
+    """The reference of the increases alone is the precision of the bench's full-precision plan (fp32
+    where the bench runs one), not a fixed bf16."""
+    asked = _recorded_alone(monkeypatch)
+    ctx = _context(_Runtime())
+    ctx.full_precision = Plan.uniform(2, 3, Precision.FP32, "cpu")
+    on_eval_tokens(ctx, _measured_alone_profile())
+    assert [reference for _, _, reference, _ in asked] == [Precision.FP32]

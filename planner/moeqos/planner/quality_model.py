@@ -31,13 +31,15 @@ plan of one whole layer, whose D is exactly its summed signal. Those single laye
 scale where the designed plans are few and noisy: on the product's 511 ptb:valid tokens the riskiest
 designed int4 quarter measured as much as all-int4 and the safest half a gain, and those four plans
 alone fitted the strongest compounding tried (1,800) with a coefficient 21x below the bench's, its
-leave-one-out error 6,300%; with the 30 layers the compounding is 6.8 and the error 87%. On the bench's
-2,048 ptb:test tokens (compounding 4.3 -> 2.2, error 35% -> 31%) replaying its six held-out sets moved their MAPE of the
-increase from 0.152/0.166/0.173/0.258/0.157/0.090 to 0.138/0.183/0.162/0.224/0.149/0.085 (the ranks
-are the link's: unchanged). With at least as many measured plans (besides the reference) as precisions
-that appear in them, for each kappa of KAPPAS the `c_p` are fitted by non-negative least squares
-(scipy.optimize.nnls) to each plan's D (a plan's D is linear in c_p as long as each layer holds one lossy precision, as every
-measured plan does; cross terms of two lossy precisions in one layer are left out of the fit's rows) (its log ratio through the inverse of the link), each plan weighted by
+leave-one-out error 6,300%; with the 30 layers the compounding is 6.8 and the error 87%. On the
+bench's 2,048 ptb:test tokens (compounding 4.3 -> 2.2, error 35% -> 31%) replaying its six held-out
+sets moved their MAPE of the increase from 0.152/0.166/0.173/0.258/0.157/0.090 to
+0.138/0.183/0.162/0.224/0.149/0.085 (the ranks are the link's: unchanged). With at least as many
+measured plans (besides the reference) as precisions that appear in them, for each kappa of KAPPAS the
+`c_p` are fitted by non-negative least squares (scipy.optimize.nnls) to each plan's D (a plan's D is
+linear in c_p as long as each layer holds one lossy precision, as every measured plan does; cross terms
+of two lossy precisions in one layer are left out of the fit's rows) (its log ratio through the
+inverse of the link), each plan weighted by
 1 / max(its log ratio, MIN_INCREASE) so that small increases (the plans a planner actually picks)
 count as much as uniform corners. Kappa is chosen on the plans of the *anchor* precisions alone (those
 whose layer KL the profile measured, when at least two measured plans use nothing else): their signal
@@ -48,11 +50,11 @@ pulled kappa away from what the anchor's own plans show.
 The fit is checked by leave-one-out (kappa chosen again without the plan left out): `holdout_error` is the
 mean absolute relative error of the perplexity *increase* (ppl / ref - 1) of each plan predicted by a
 fit without it (the quality points only: a layer measured alone shaped the signal, so leaving it out of
-the fit would not hold it out; counted, they brought the bench's error from 31% to 15%); a plan measured BROKEN_LOG_INCREASE or more above the reference only has to be
-predicted at least that broken (its miss is the prediction's shortfall below that point: how much worse
-a broken model is carries no information for a planner, and those corners would otherwise outweigh
-every working plan, as the bench's 1468% did). When that error is unknown
-or above ESTIMATE_THRESHOLD, every prediction of a plan with a lossy precision is labelled an estimate.
+the fit would not hold it out; counted, they brought the bench's error from 31% to 15%); a plan
+measured BROKEN_LOG_INCREASE or more above the reference only has to be predicted at least that
+broken (its miss is the prediction's shortfall below that point: how much worse a broken model is
+carries no information for a planner, and those corners would otherwise outweigh every working plan,
+as the bench's 1468% did). When that error is unknown or above ESTIMATE_THRESHOLD, every prediction of a plan with a lossy precision is labelled an estimate.
 Otherwise, and for precisions no measured plan uses, `c_p` comes from moeqos.planner.priors: the prior
 log-ppl increase of a uniform plan divided by that plan's total `s_p`; with fewer measured plans than
 precisions but at least one, all priors are multiplied by one scale fitted to them. Predictions that
@@ -237,8 +239,9 @@ class QualityModel:
         alone at 0; for a loss the link's convexity makes it pessimistic elsewhere, and two losses cost
         at least their sum). The solver re-solves at the damage its plan's experts reach
         (moeqos.planner.solver). Under a perplexity cap (`cap`, the largest log-perplexity increase
-        allowed) a gain is worth no more than it frees at the cap, term_cap(cap) - term_cap(cap - its
-        log-ppl): at lossless experts a gain counts 1:1 in D while a loss is pressed by the link's
+        allowed) an element counts at least term_cap(cap) - term_cap(cap - its log-ppl): a gain is
+        worth no more than it frees at the cap (a loss, already priced at least that, is unchanged in
+        practice): at lossless experts a gain counts 1:1 in D while a loss is pressed by the link's
         convexity, and with a strong compounding (a fit on 511 noisy tokens chose 1,800) the int8 head's
         0.7% gain licensed int4 attention's 18% loss; the search then answered a reachable ceiling with
         InfeasibleTarget."""
