@@ -54,7 +54,8 @@ the fit would not hold it out; counted, they brought the bench's error from 31% 
 measured BROKEN_LOG_INCREASE or more above the reference only has to be predicted at least that
 broken (its miss is the prediction's shortfall below that point: how much worse a broken model is
 carries no information for a planner, and those corners would otherwise outweigh every working plan,
-as the bench's 1468% did). When that error is unknown or above ESTIMATE_THRESHOLD, every prediction of a plan with a lossy precision is labelled an estimate.
+as the bench's 1468% did). When that error is unknown or above ESTIMATE_THRESHOLD, every prediction
+of a plan with a lossy precision is labelled an estimate.
 Otherwise, and for precisions no measured plan uses, `c_p` comes from moeqos.planner.priors: the prior
 log-ppl increase of a uniform plan divided by that plan's total `s_p`; with fewer measured plans than
 precisions but at least one, all priors are multiplied by one scale fitted to them. Predictions that
