@@ -15,7 +15,8 @@ correlation, for the new signal and for the old one fitted to the same plans. A 
 (FIFTH_SHARES) after the layers measured alone and both measured on the quality text were chosen on the
 first four, a sixth (SIXTH_SHARES) after each layer measured alone was weighed by its noise, chosen on the
 first five, a seventh (SEVENTH_SHARES) after the layers measured alone joined the fit's plans, chosen on
-the first six (moeqos.bench.quality_plans.LATER_SETS). The equal-memory table also measures the plans the planner
+the first six, an eighth (EIGHTH_SHARES) with no change after the seventh
+(moeqos.bench.quality_plans.LATER_SETS). The equal-memory table also measures the plans the planner
 picks from the profile as measured (`PRODUCT`, fitted on its ptb:valid quality points), the path a user
 of `moeqos profile` and `moeqos plan` takes. The profile with the signal is written to
 `quality-profile.json` in the output directory and the one refitted on the eval tokens to
@@ -33,6 +34,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from moeqos.bench.quality_parts import PartsCheck, parts_check, plan_parts
 from moeqos.bench.quality_plans import (
     LATER_SETS,
     RANDOM_SEEDS,
@@ -259,6 +261,11 @@ def run(ctx: Any) -> SectionResult:
         if agreement is not None:
             accuracy[f"halves of the eval tokens, {name} set"] = agreement
     result.tables.append(_accuracy_table(accuracy, {k: len(v) for k, v in sets.items()}, quality, times))
+    # `not >=`: a set whose rank correlation is nan (no spread) misses the goal too
+    missed = {name: cases for name, cases in sets.items() if not accuracy[_accuracy_key(name)][1] >= MIN_RANK}
+    parts = {name: _parts(ctx, cases, quality, fit_profile, reference) for name, cases in missed.items()}
+    if parts:
+        result.tables.append(_parts_table({name: check for name, (check, _) in parts.items()}))
     result.goals += [
         goal
         for key, label in (
@@ -296,6 +303,10 @@ def run(ctx: Any) -> SectionResult:
         "fit_points": [dataclasses.asdict(q) for q in fit_profile.quality_points],
         "accuracy": {k: {"mape": v[0], "spearman": v[1]} for k, v in accuracy.items()},
         "halves": {spec: list(logs) for spec, logs in ctx.halves.items()},
+        "parts": {
+            name: {"additive_rank": check.additive_rank, "model_rank": check.model_rank, "plans": plans}
+            for name, (check, plans) in parts.items()
+        },
         "times": times,
         "fit": quality.to_dict() | {"sensitivity": None},
         "layer_kl": {p.value: list(r) for p, r in profile.layer_kl.items()},
@@ -306,6 +317,58 @@ def run(ctx: Any) -> SectionResult:
         },
     }
     return result
+
+
+def _accuracy_key(name: str) -> str:
+    """The accuracy row of the held-out set `name` ('first' is the section's own plans)."""
+    return "new" if name == "first" else f"new, {name} set"
+
+
+def _parts(
+    ctx: Any, cases: list[tuple[Any, float]], quality: Any, profile: Any, reference: float
+) -> tuple[PartsCheck, list[dict[str, Any]]]:
+    """(check, per plan {plan_spec, whole, parts}) of one held-out set split into its loud layers' and
+    the rest's experts, each part measured alone on the eval tokens (moeqos.bench.quality_parts); the
+    log increases are against the full-precision `reference` perplexity."""
+    loud = sorted(profile.expert_alone)
+    records = []
+    for plan, perplexity in cases:
+        pieces = plan_parts(plan, ctx.full_precision, loud)
+        measured = {name: math.log(_perplexity(ctx, part) / reference) for name, part in pieces.items()}
+        records.append(
+            {"plan_spec": plan.to_spec(), "whole": math.log(perplexity / reference), "parts": measured}
+        )
+    check = parts_check(
+        [r["whole"] for r in records],
+        [r["parts"] for r in records],
+        [quality.predict_log_increase(plan) for plan, _ in cases],
+    )
+    return check, records
+
+
+def _parts_table(checks: dict[str, PartsCheck]) -> Any:
+    rows = [
+        [
+            name,
+            check.plans,
+            check.model_rank,
+            check.additive_rank,
+            min(check.interactions),
+            max(check.interactions),
+        ]
+        for name, check in checks.items()
+    ]
+    return table(
+        f"quality: held-out sets below the rank goal ({MIN_RANK}), their plans split into parts",
+        ["set", "plans", "model Spearman", "parts summed Spearman", "interaction min", "interaction max"],
+        rows,
+        [
+            "each plan's lossy experts split into the loud layers' (one part each) and the rest's, each part "
+            "measured alone on the eval tokens; 'parts summed': the rank correlation of the sum of a plan's "
+            "parts' log increases with its own, which any model that adds up exactly predicted parts reaches "
+            "through any rising link; interaction: a plan's log increase minus its parts' sum (nats)",
+        ],
+    )
 
 
 def _perplexity(ctx: Any, plan: Any) -> float:
