@@ -264,8 +264,12 @@ class BenchContext:
     @cached_property
     def valid_quality(self) -> Any:
         """The quality model fitted instead to the fitting plans' perplexity on ptb:valid (`fit_tokens`
-        tokens): how well predictions carry over to text the fit never saw."""
+        tokens), with the layers and loud layers' experts measured alone on those tokens too (the
+        profile measured them on its quality text, ptb:test, and they shape the signal and join the
+        fit): how well predictions carry over to text the fit never saw."""
         from moeqos.core.profile import QualityPoint
+        from moeqos.executor.profiling import measure_alone
+        from moeqos.executor.quality_points import uniform_precision
         from moeqos.planner.quality_model import QualityModel
 
         ids = self.tokens("ptb:valid", self.settings.fit_tokens)
@@ -276,7 +280,20 @@ class BenchContext:
                 ids, plan, context_length=self.settings.context_length, decode_tokens=0
             )
             points.append(QualityPoint(plan.to_spec(), result.perplexity, "ptb:valid", result.tokens))
-        return QualityModel.fit(dataclasses.replace(self.profile, quality_points=tuple(points)))
+        self.log("ptb:valid: layers and loud layers' experts alone")
+        reference = uniform_precision(self.full_precision)
+        alone = measure_alone(
+            self.runtime, ids, self.settings.context_length, reference, self.profile.layer_kl, _quiet
+        )
+        valid = dataclasses.replace(
+            self.profile,
+            quality_points=tuple(points),
+            layer_alone=alone.layers,
+            layer_alone_error=alone.layer_errors,
+            expert_alone=alone.experts,
+            alone_tokens=alone.tokens,
+        )
+        return QualityModel.fit(valid)
 
     @cached_property
     def models(self) -> tuple[Any, Any]:
@@ -393,3 +410,7 @@ class BenchContext:
     @cached_property
     def test_ids(self) -> list[int]:
         return self.tokens("ptb:test", self.settings.eval_tokens)
+
+
+def _quiet(stage: str, fraction: float) -> None:
+    """A progress callback that reports nothing: its caller logs the stage."""
