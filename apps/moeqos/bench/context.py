@@ -269,7 +269,6 @@ class BenchContext:
         fit): how well predictions carry over to text the fit never saw."""
         from moeqos.core.profile import QualityPoint
         from moeqos.executor.profiling import measure_alone
-        from moeqos.executor.quality_points import uniform_precision
         from moeqos.planner.quality_model import QualityModel
 
         ids = self.tokens("ptb:valid", self.settings.fit_tokens)
@@ -281,7 +280,7 @@ class BenchContext:
             )
             points.append(QualityPoint(plan.to_spec(), result.perplexity, "ptb:valid", result.tokens))
         self.log("ptb:valid: layers and loud layers' experts alone")
-        reference = uniform_precision(self.full_precision)
+        reference = self.full_precision[0, 0].precision  # a uniform plan: every expert's precision
         alone = measure_alone(
             self.runtime, ids, self.settings.context_length, reference, self.profile.layer_kl, _quiet
         )
