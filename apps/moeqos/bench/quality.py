@@ -20,7 +20,9 @@ the first six, an eighth (EIGHTH_SHARES) with no change after the seventh
 picks from the profile as measured (`PRODUCT`, fitted on its ptb:valid quality points), the path a user
 of `moeqos profile` and `moeqos plan` takes. The profile with the signal is written to
 `quality-profile.json` in the output directory and the one refitted on the eval tokens to
-`quality-fit-profile.json`, so a fit can be replayed.
+`quality-fit-profile.json`, so a fit can be replayed. A held-out set whose rank correlation misses the
+goal is split into parts measured alone (moeqos.bench.quality_parts): how far a model that adds up its
+parts exactly could have ranked it.
 """
 
 from __future__ import annotations
@@ -268,11 +270,10 @@ def run(ctx: Any) -> SectionResult:
         result.tables.append(_parts_table({name: check for name, (check, _) in parts.items()}))
     result.goals += [
         goal
-        for key, label in (
-            ("new", "held-out plans"),
-            *((f"new, {name} set", f"{name} held-out set") for name in held_later),
+        for name in sets
+        for goal in _accuracy_goals(
+            accuracy[_accuracy_key(name)], "held-out plans" if name == "first" else f"{name} held-out set"
         )
-        for goal in _accuracy_goals(accuracy[key], label)
     ] + [
         Goal(
             f"profile with the signal, wall seconds (load average {times['new_load']:.1f})",
