@@ -47,13 +47,17 @@ def _with_experts(reference: Plan, plan: Plan, keys: Sequence[tuple[int, int]]) 
 class PartsCheck:
     """One held-out set's plans against the sum of their parts measured alone."""
 
-    plans: int
     model_rank: float
     """The quality model's rank correlation with the measured increases."""
     additive_rank: float
     """The rank correlation of the sum of each plan's parts' measured log increases with its own."""
     interactions: tuple[float, ...]
     """[N] each plan's measured log-perplexity increase minus the sum of its parts'."""
+
+    @property
+    def plans(self) -> int:
+        """N, the set's plans."""
+        return len(self.interactions)
 
 
 def parts_check(
@@ -64,7 +68,6 @@ def parts_check(
     `predicted` increases (any scale: only their order counts)."""
     summed = [sum(p.values()) for p in parts]
     return PartsCheck(
-        len(whole),
         spearman(list(predicted), list(whole)),
         spearman(summed, list(whole)),
         tuple(w - s for w, s in zip(whole, summed, strict=True)),
